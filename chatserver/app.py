@@ -1,0 +1,82 @@
+"""Wiring: the ChatServer owns the store, the registry and the transport, and joins them up."""
+
+import logging
+import threading
+
+from chatserver import frames
+from chatserver.client import TokenBucket
+from chatserver.config import Config
+from chatserver.dispatch import Context, dispatch
+from chatserver.registry import Registry
+from chatserver.store import open_store
+from chatserver.transport import RoomchatServer
+from chatserver.web import WebRoutes
+
+log = logging.getLogger("roomchat")
+
+
+class ChatServer:
+    """A running roomchat: `serve_forever()` in the main thread or `start()` in a background one,
+    then `shutdown()` (close 1001 to everyone, stop threads, close the store)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.store = open_store(config)
+        self.registry = Registry(self.store, config.limits())
+        self.web = WebRoutes(self.registry.stats)
+        self.transport = RoomchatServer(
+            self,
+            config.host,
+            config.port,
+            max_message_bytes=config.max_message_bytes,
+            max_outbox_bytes=config.max_outbox_bytes,
+            handshake_timeout=config.handshake_timeout,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+        )
+        self._thread = None
+        self._shut = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        return self.transport.port
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}/"
+
+    # -- transport callbacks ------------------------------------------------------------------------
+
+    def on_connect(self, conn) -> None:
+        limiter = TokenBucket(self.config.rate_burst, self.config.rate_per_second)
+        conn.client = self.registry.connect(conn, limiter)
+        conn.context = Context(self.registry, conn.client, self.config)
+        log.info("connect %s %s", conn.peer, conn.client.nick)
+
+    def on_text(self, conn, text: str) -> None:
+        dispatch(conn.context, text)
+
+    def on_close(self, conn) -> None:
+        self.registry.disconnect(conn.client)
+
+    def on_http(self, method: str, target: str, headers: dict):
+        return self.web.respond(method, target, headers)
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        self.transport.serve()
+
+    def start(self) -> "ChatServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="roomchat-accept", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self, timeout: float = 1.5) -> None:
+        """Stop accepting, send close 1001 to every client, wait for them at most `timeout`."""
+        with self._shut:
+            self.transport.stop_accepting()
+            self.transport.close_all(frames.CLOSE_GOING_AWAY, "server shutting down", timeout)
+            self.store.close()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,97 @@
+"""Settings: one dataclass, each field an option `--some-name` and a variable `ROOMCHAT_SOME_NAME`.
+
+Precedence: command line, then environment, then the default written here.
+"""
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    log_level: str = "INFO"
+    db: str = ":memory:"
+    max_message_bytes: int = 65536
+    max_text_chars: int = 2000
+    max_rooms: int = 32
+    rate_burst: int = 20
+    rate_per_second: float = 5.0
+    max_outbox_bytes: int = 1024 * 1024
+    history_per_room: int = 10000
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    handshake_timeout: float = 10.0
+
+    def limits(self) -> dict:
+        """What `welcome` tells each client about the limits it must stay within."""
+        return {
+            "max_message_bytes": self.max_message_bytes,
+            "max_text_chars": self.max_text_chars,
+            "max_rooms": self.max_rooms,
+            "rate_burst": self.rate_burst,
+            "rate_per_second": self.rate_per_second,
+        }
+
+
+HELP = {
+    "host": "address to listen on",
+    "port": "TCP port for WebSocket and HTTP (0 picks a free one)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "db": "SQLite file for chat history; ':memory:' keeps it in memory only",
+    "max_message_bytes": "largest WebSocket message accepted; larger ones close with 1009",
+    "max_text_chars": "longest chat or dm text, in characters",
+    "max_rooms": "rooms one connection may be in at once",
+    "rate_burst": "messages a connection may send at once before rate limiting",
+    "rate_per_second": "sustained messages per second per connection",
+    "max_outbox_bytes": "bytes queued for a client that is not reading before it is closed with 1008",
+    "history_per_room": "chat events kept per room; older ones are pruned",
+    "ping_interval": "seconds between server pings that detect dead connections",
+    "ping_timeout": "seconds to wait for a pong before closing with 1011",
+    "handshake_timeout": "seconds a new connection has to finish its opening handshake",
+}
+
+
+def env_name(field_name: str) -> str:
+    return "ROOMCHAT_" + field_name.upper()
+
+
+def build_parser(prog: str = "roomchat.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="roomchat: a room-based chat server over WebSocket, one thread per client.",
+        epilog="Every option can also be set by an environment variable, shown in brackets.",
+    )
+    for f in fields(Config):
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{HELP[f.name]} (default {f.default!r}) [{env_name(f.name)}]",
+        )
+    return parser
+
+
+def from_args(argv=None, environ=None) -> Config:
+    """Build a Config from the command line and the environment; a bad value exits with usage."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values = {}
+    for f in fields(Config):
+        value = getattr(args, f.name)
+        if value is None and env_name(f.name) in environ:
+            raw = environ[env_name(f.name)]
+            kind = type(f.default)
+            try:
+                value = kind(raw)
+            except ValueError:
+                parser.error(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}")
+        if value is not None:
+            values[f.name] = value
+    return Config(**values)

@@ -1,0 +1,193 @@
+"""RFC 6455 framing with no sockets: bytes in, events out, and server frames out.
+
+`FrameReader` pulls bytes through a `read_exact(n)` callable, so the same code runs on a socket's
+buffered file in production and on a `BytesIO` in the unit tests. Every rule violation raises
+`FrameError(close_code, reason)`; the caller sends that close code and stops reading.
+"""
+
+import codecs
+import struct
+from dataclasses import dataclass
+
+from chatserver.errors import FrameError
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+KNOWN_OPCODES = {OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG}
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+MAX_CONTROL_PAYLOAD = 125
+
+@dataclass(frozen=True)
+class Text:
+    """A complete text message (all fragments joined, UTF-8 checked)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Pong:
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Close:
+    """The peer's close frame; `code` is None when it sent no status."""
+
+    code: int | None
+    reason: str
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR with the 4-byte mask as one big integer: C speed instead of a Python loop per byte."""
+    n = len(payload)
+    if n == 0:
+        return b""
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented, unmasked server frame (servers never mask, RFC 6455 5.1)."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return header + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A text frame around an already UTF-8 encoded payload."""
+    return encode_frame(OP_TEXT, payload)
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """A close frame; the reason is cut to fit the 125-byte control payload."""
+    body = struct.pack("!H", code) + reason.encode("utf-8")[: MAX_CONTROL_PAYLOAD - 2]
+    return encode_frame(OP_CLOSE, body)
+
+
+def valid_close_code(code: int) -> bool:
+    """Codes a peer may send (RFC 6455 7.4): 1004-1006 and 1015 are reserved, 3000-4999 are free."""
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or (
+        3000 <= code <= 4999
+    )
+
+
+class FrameReader:
+    """Reads client frames one at a time and returns whole messages and control frames.
+
+    A fragmented text message is reassembled across continuation frames; control frames may come
+    between its fragments and are returned as they arrive. `max_message_bytes` bounds the whole
+    message and is checked from the header, before a payload byte is read.
+    """
+
+    def __init__(self, read_exact, max_message_bytes: int):
+        self._read_exact = read_exact
+        self._max = max_message_bytes
+        self._parts: list[str] = []
+        self._size = 0
+        self._decoder = None  # an incremental UTF-8 decoder while a fragmented message is open
+
+    def next_event(self) -> Text | Ping | Pong | Close:
+        """Read frames until one yields an event. Raises FrameError or EOFError."""
+        while True:
+            event = self._read_frame()
+            if event is not None:
+                return event
+
+    def _read_frame(self):
+        b1, b2 = self._read_exact(2)
+        fin, rsv, opcode = b1 & 0x80, b1 & 0x70, b1 & 0x0F
+        masked, length = b2 & 0x80, b2 & 0x7F
+        if rsv:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits must be 0")
+        if opcode not in KNOWN_OPCODES:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+        if not masked:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+        control = opcode >= OP_CLOSE
+        if control and not fin:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+        if control and length > MAX_CONTROL_PAYLOAD:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, "control frame too long")
+        if length == 126:
+            (length,) = struct.unpack("!H", self._read_exact(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._read_exact(8))
+            if length >> 63:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "payload length has its top bit set")
+        if opcode == OP_BINARY:
+            raise FrameError(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
+        if not control and self._size + length > self._max:
+            raise FrameError(CLOSE_TOO_BIG, f"message over {self._max} bytes")
+        mask = self._read_exact(4)
+        payload = unmask(self._read_exact(length), mask) if length else b""
+
+        if opcode == OP_TEXT:
+            if self._decoder is not None:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "new message before the last one finished")
+            if fin:
+                return Text(_decode_utf8(payload))
+            self._decoder = codecs.getincrementaldecoder("utf-8")()
+            self._append(payload, final=False, length=length)
+            return None
+        if opcode == OP_CONTINUATION:
+            if self._decoder is None:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "continuation frame with no message to continue")
+            self._append(payload, final=bool(fin), length=length)
+            if not fin:
+                return None
+            text = "".join(self._parts)
+            self._parts, self._size, self._decoder = [], 0, None
+            return Text(text)
+        if opcode == OP_PING:
+            return Ping(payload)
+        if opcode == OP_PONG:
+            return Pong(payload)
+        return _parse_close(payload)
+
+    def _append(self, payload: bytes, final: bool, length: int) -> None:
+        try:
+            self._parts.append(self._decoder.decode(payload, final))
+        except UnicodeDecodeError:
+            raise FrameError(CLOSE_INVALID_DATA, "text is not valid UTF-8") from None
+        self._size += length
+
+
+def _decode_utf8(payload: bytes) -> str:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError(CLOSE_INVALID_DATA, "text is not valid UTF-8") from None
+
+
+def _parse_close(payload: bytes) -> Close:
+    if not payload:
+        return Close(None, "")
+    if len(payload) == 1:
+        raise FrameError(CLOSE_PROTOCOL_ERROR, "close payload of one byte")
+    (code,) = struct.unpack("!H", payload[:2])
+    if not valid_close_code(code):
+        raise FrameError(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+    return Close(code, _decode_utf8(payload[2:]))

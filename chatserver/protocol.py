@@ -1,0 +1,138 @@
+"""Protocol v1 on the wire: field rules, request decoding and the events the server sends.
+
+PROTOCOL.md is the contract; this module is its executable half. Everything here is pure.
+"""
+
+import json
+import re
+import time
+
+from chatserver import __version__, frames
+from chatserver.errors import ChatError
+
+SERVER_NAME = f"roomchat/{__version__}"
+NICK_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+ROOM_RE = re.compile(r"[A-Za-z0-9_.\-#]{1,64}")
+MAX_ID_CHARS = 64
+JOIN_HISTORY = 50  # chat events a plain `join` replays
+MAX_RESUME = 1000  # chat events a `join` with `after` replays before it says truncated
+MAX_HISTORY_LIMIT = 200
+
+
+def decode(raw: str) -> dict:
+    """Parse one client message; it must be a JSON object with a string `type` and a valid `id`."""
+    try:
+        msg = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ChatError("bad_json", "That message is not valid JSON; send one JSON object per frame.") from None
+    if not isinstance(msg, dict):
+        raise ChatError("bad_message", "A message must be a JSON object with a \"type\" field.")
+    msg_id = msg.get("id")
+    if msg_id is not None and not _valid_id(msg_id):
+        msg.pop("id")
+        raise ChatError("bad_message", f"\"id\" must be an integer or a string of at most {MAX_ID_CHARS} characters.")
+    if not isinstance(msg.get("type"), str):
+        raise ChatError("bad_message", "A message needs a string \"type\" field, such as \"chat\" or \"join\".")
+    return msg
+
+
+def _valid_id(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, str) and len(value) <= MAX_ID_CHARS and _encodable(value)
+
+
+def _encodable(text: str) -> bool:
+    """False for strings with lone surrogates (a JSON "\\ud800" escape), which UTF-8 cannot carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def require_str(msg: dict, field: str) -> str:
+    value = msg.get(field)
+    if not isinstance(value, str):
+        raise ChatError("bad_message", f"\"{field}\" must be a string.")
+    return value
+
+
+def require_nick(msg: dict, field: str = "nick") -> str:
+    nick = require_str(msg, field)
+    if not NICK_RE.fullmatch(nick):
+        raise ChatError("bad_nick", "A nick is 1-32 letters, digits, '_', '-' or '.'.")
+    return nick
+
+
+def require_room(msg: dict) -> str:
+    room = require_str(msg, "room")
+    if not ROOM_RE.fullmatch(room):
+        raise ChatError("bad_room", "A room name is 1-64 letters, digits, '_', '-', '.' or '#'.")
+    return room
+
+
+def require_text(msg: dict, max_chars: int) -> str:
+    text = require_str(msg, "text")
+    if not text:
+        raise ChatError("bad_message", "\"text\" must not be empty.")
+    if len(text) > max_chars:
+        raise ChatError("too_long", f"Text is {len(text)} characters; the limit is {max_chars}.")
+    if not _encodable(text):
+        raise ChatError("bad_message", "\"text\" contains an unpaired surrogate, which is not valid Unicode.")
+    return text
+
+
+def optional_seq(msg: dict, field: str) -> int | None:
+    value = msg.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ChatError("bad_message", f"\"{field}\" must be a non-negative integer seq.")
+    return value
+
+
+def history_limit(msg: dict) -> int:
+    value = msg.get("limit", JOIN_HISTORY)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_HISTORY_LIMIT:
+        raise ChatError("bad_message", f"\"limit\" must be an integer from 1 to {MAX_HISTORY_LIMIT}.")
+    return value
+
+
+# -- events the server sends -------------------------------------------------------------------
+
+
+def welcome(nick: str, limits: dict, epoch: str) -> dict:
+    return {"type": "welcome", "nick": nick, "server": SERVER_NAME, "epoch": epoch, "limits": limits}
+
+
+def chat_event(room: str, nick: str, text: str, seq: int) -> dict:
+    return {"type": "chat", "room": room, "from": nick, "text": text, "seq": seq, "ts": time.time()}
+
+
+def dm_event(sender: str, recipient: str, text: str) -> dict:
+    return {"type": "dm", "from": sender, "to": recipient, "text": text, "ts": time.time()}
+
+
+def presence(room: str, event: str, nick: str) -> dict:
+    return {"type": "presence", "room": room, "event": event, "nick": nick}
+
+
+def error(exc: ChatError, msg_id=None) -> dict:
+    return with_id({"type": "error", "code": exc.code, "message": exc.message}, msg_id)
+
+
+def with_id(event: dict, msg_id) -> dict:
+    """The direct reply to a request carries the request's `id`; broadcasts do not."""
+    return event if msg_id is None else {**event, "id": msg_id}
+
+
+def encode(event: dict) -> bytes:
+    """A ready-to-send text frame: the JSON is built once and the same bytes go to every member."""
+    try:
+        payload = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate slipped through: ASCII escapes are always valid UTF-8
+        payload = json.dumps(event, separators=(",", ":")).encode("ascii")
+    return frames.text_frame(payload)

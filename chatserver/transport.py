@@ -1,0 +1,418 @@
+"""The WebSocket transport: websocket-server 0.6.4 with its defects fixed, in one place.
+
+This is the only module that imports `websocket_server`. The rest of roomchat sees a connection
+(`send_frame`, `send_text`, `close`, `peer`, `path`, `headers`) and three callbacks on the app:
+`on_connect(conn)`, `on_text(conn, text)`, `on_close(conn)`, plus `on_http(method, path, headers)`
+for plain HTTP requests on the same port.
+
+Each override below says what upstream does, what we do instead, and which test pins it.
+The version is pinned (requirements.txt) because the overrides rely on upstream internals:
+`rfile`, `request`, `server`, `keep_alive` and `WebsocketServer.__init__`'s hardcoded handler.
+"""
+
+import base64
+import contextlib
+import hashlib
+import http.client
+import io
+import logging
+import socket
+import threading
+import time
+
+from websocket_server import WebSocketHandler, WebsocketServer
+
+from chatserver import frames
+from chatserver.errors import FrameError, HandshakeError
+from chatserver.outbox import Flusher, Outbox
+
+log = logging.getLogger("roomchat.transport")
+
+MAX_REQUEST_HEAD = 16 * 1024
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CLOSE_LINGER = 1.0  # seconds we keep reading after our close frame so the peer can read it
+
+
+class RoomchatHandler(WebSocketHandler):
+    """One client connection, served on its own thread by socketserver.
+
+    Lifecycle: `setup` -> `handle` (handshake, then one message at a time) -> `finish`.
+    """
+
+    rbufsize = 4096  # upstream reads through an 8 KiB buffer per connection; 4 KiB halves idle memory
+
+    def setup(self):
+        super().setup()
+        self.peer = "{}:{}".format(*self.client_address[:2])
+        self.path = ""
+        self.headers = {}
+        self.client = None  # set by the app in on_connect
+        self.close_reason = "connection lost"
+        self.last_seen = time.monotonic()
+        self.ping_sent_at = None
+        self._closing = False
+        self._left = False
+        self.outbox = Outbox(
+            self.request,
+            self.server.max_outbox_bytes,
+            self.server.flusher,
+            self._on_overflow,
+            frames.close_frame(frames.CLOSE_POLICY_VIOLATION, "too slow: outgoing queue full"),
+        )
+
+    def __repr__(self):
+        return f"<conn {self.peer}>"
+
+    # upstream: `while keep_alive: handshake() / read_next_message()`, where a failed handshake or an
+    # unknown opcode only flips keep_alive and a traceback escapes for bad input.
+    # fix: one linear flow; every error ends in a defined HTTP status or close code.
+    # tests: tests/integration/test_transport.py
+    def handle(self):
+        self.server.track(self)
+        try:
+            if not self.handshake():
+                return
+            self.server.app.on_connect(self)
+            self.read_messages()
+        finally:
+            self.server.untrack(self)
+
+    # upstream: asserts GET, splits headers by hand, KeyError traceback on a plain GET, no limits.
+    # fix: parse with http.client, 400/405/426/431 answers, a deadline, plain HTTP goes to on_http.
+    # tests: test_transport.py::test_handshake_*, test_plain_get_*
+    def handshake(self) -> bool:
+        sock = self.request
+        sock.settimeout(self.server.handshake_timeout)
+        try:
+            method, target, headers = read_request_head(self.rfile)
+            self.path, self.headers = target, headers
+            if "websocket" not in headers.get("upgrade", "").lower():
+                self._http_reply(*self.server.app.on_http(method, target, headers), head_only=method == "HEAD")
+                self.close_reason = f"http {method} {target[:80]}"
+                return False
+            response = accept_upgrade(method, headers)
+        except HandshakeError as exc:
+            plain = {"Content-Type": "text/plain; charset=utf-8", **exc.headers}
+            self._http_reply(exc.status, plain, exc.reason.encode() + b"\n")
+            self.close_reason = f"handshake refused: {exc.status} {exc.reason}"
+            return False
+        except (OSError, EOFError) as exc:  # timeout, reset, or gone before the head was complete
+            self.close_reason = "handshake timed out" if isinstance(exc, TimeoutError) else "gone during handshake"
+            return False
+        finally:
+            self.server.handshake_finished(self)
+        sock.settimeout(None)  # from here every wait is bounded by pings and close deadlines instead
+        sock.sendall(response)
+        self.handshake_done = True
+        return True
+
+    # upstream: reads any payload length it is told, unmasks byte by byte, ignores binary and
+    # continuation frames (the stream falls out of step), never answers a close.
+    # fix: frames.FrameReader (limits before reading, fast unmask, fragments, UTF-8 checks);
+    # every FrameError becomes its close code. tests: tests/unit/test_frames.py, test_transport.py
+    def read_messages(self) -> None:
+        reader = frames.FrameReader(self._read_exact, self.server.max_message_bytes)
+        while True:
+            try:
+                event = reader.next_event()
+            except FrameError as exc:
+                self.fail(exc.close_code, exc.reason)
+                return
+            except (OSError, EOFError, ValueError):
+                return
+            self.last_seen = time.monotonic()
+            if isinstance(event, frames.Text):
+                if self._closing:
+                    continue
+                try:
+                    self.server.app.on_text(self, event.text)
+                except FrameError as exc:
+                    self.fail(exc.close_code, exc.reason)
+                    return
+                except Exception:
+                    log.exception("handler failed for %s", self.peer)
+                    self.fail(frames.CLOSE_INTERNAL_ERROR, "internal error")
+                    return
+            elif isinstance(event, frames.Ping):
+                self.send_frame(frames.encode_frame(frames.OP_PONG, event.payload))
+            elif isinstance(event, frames.Close):
+                if not self._closing:  # the peer started the close: echo its code (RFC 6455 5.5.1)
+                    self._closing = True
+                    self.close_reason = f"client closed ({event.code})"
+                    echo = frames.close_frame(event.code) if event.code else frames.encode_frame(frames.OP_CLOSE, b"")
+                    self.outbox.put_last(echo)
+                    self.outbox.drain(CLOSE_LINGER)
+                return
+
+    def _read_exact(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        if len(data) < n:
+            raise EOFError
+        return data
+
+    # upstream: `self.request.send(header + payload)` under `_send_lock`: partial writes are lost.
+    # fix: every frame goes through this connection's Outbox (complete writes, in order, never
+    # blocking the caller). tests: test_transport.py::test_large_message_arrives_whole, test_slow_reader_*
+    def send_frame(self, frame: bytes) -> None:
+        self.outbox.put(frame)
+
+    def send_text(self, text: str) -> None:
+        self.send_frame(frames.text_frame(text.encode("utf-8")))
+
+    def send_ping(self) -> None:
+        self.ping_sent_at = time.monotonic()
+        self.send_frame(frames.encode_frame(frames.OP_PING, b"roomchat"))
+
+    def close(self, code: int, reason: str, grace: float = CLOSE_LINGER) -> None:
+        """Start a close from any thread: queue our close frame, and cut the TCP connection after
+        `grace` seconds unless the peer answered first."""
+        if self._closing:
+            return
+        self._closing = True
+        self.close_reason = f"closed by server ({code} {reason})"
+        self.outbox.put_last(frames.close_frame(code, reason))
+        self.server.abort_later(self, grace)
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close from this connection's own thread after a protocol or policy error, then read and
+        drop what the peer still sends for a moment, so our close frame is not lost to a reset."""
+        self._closing = True
+        self.close_reason = f"closed by server ({code} {reason})"
+        self.outbox.put_last(frames.close_frame(code, reason))
+        self.leave()
+        self.outbox.drain(CLOSE_LINGER)
+        deadline = time.monotonic() + CLOSE_LINGER
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self.request.settimeout(left)
+                if not self.request.recv(65536):
+                    break
+        except OSError:
+            pass
+
+    def _on_overflow(self) -> None:
+        # Runs inside Outbox's lock on whatever thread was sending: only flags and a schedule here.
+        self._closing = True
+        self.close_reason = "closed by server (1008 too slow: outgoing queue full)"
+        self.server.abort_later(self, 0)
+
+    def abort(self) -> None:
+        """Cut the TCP connection so this connection's thread wakes up and finishes."""
+        with contextlib.suppress(OSError):
+            self.request.shutdown(socket.SHUT_RDWR)
+
+    def leave(self) -> None:
+        """Tell the app this client is gone (once): rooms get their presence `leave` now."""
+        if not self._left:
+            self._left = True
+            if self.handshake_done:
+                self.server.app.on_close(self)
+
+    # upstream: calls `server._client_left_` even when the handshake never completed, which does
+    # a linear scan of an unlocked list and calls client_left(None).
+    # fix: tell the app only about connections it saw; detach the outbox before the socket closes.
+    # tests: test_transport.py::test_plain_get_*, test_protocol_v1.py::test_presence_on_abrupt_disconnect
+    def finish(self):
+        try:
+            self.leave()
+        finally:
+            self.outbox.detach()
+            self.server.log_disconnect(self)
+            super(WebSocketHandler, self).finish()
+
+    def _http_reply(self, status: int, headers: dict, body: bytes, head_only: bool = False) -> None:
+        lines = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Unknown')}"]
+        headers = {"Content-Length": str(len(body)), "Connection": "close", **headers}
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        with contextlib.suppress(OSError):
+            self.request.sendall(head if head_only else head + body)
+
+
+class RoomchatServer(WebsocketServer):
+    """Thread-per-client server with our handler, our connection set and two helper threads:
+    the Flusher (queued writes) and the housekeeper (handshake deadlines, pings, delayed aborts).
+    """
+
+    request_queue_size = 1024  # socketserver's default backlog of 5 drops bursts of new clients
+
+    # upstream: `TCPServer.__init__(self, (host, port), WebSocketHandler)`, a `clients` list that
+    # every thread changes without a lock, and `logging.basicConfig()` at import time.
+    # fix: our handler class, our own lock-guarded connection set (upstream's list stays empty).
+    # tests: every integration test runs through this class.
+    def __init__(self, app, host, port, *, max_message_bytes, max_outbox_bytes, handshake_timeout,
+                 ping_interval, ping_timeout):
+        super().__init__(host=host, port=port)
+        self.RequestHandlerClass = RoomchatHandler
+        self.app = app
+        self.max_message_bytes = max_message_bytes
+        self.max_outbox_bytes = max_outbox_bytes
+        self.handshake_timeout = handshake_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.flusher = Flusher()
+        self._lock = threading.Lock()
+        self._connections: set[RoomchatHandler] = set()
+        self._handshaking: dict[RoomchatHandler, float] = {}  # conn -> deadline
+        self._aborts: dict[RoomchatHandler, float] = {}  # conn -> when to cut it
+        self._all_gone = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._serving = False
+        self._housekeeper = threading.Thread(target=self._housekeep, name="roomchat-housekeeper", daemon=True)
+
+    def serve(self) -> None:
+        """Accept connections until `stop_accepting()`; call from the thread that owns the server."""
+        self.flusher.start()
+        self._housekeeper.start()
+        self._serving = True
+        self.serve_forever(poll_interval=0.2)
+
+    # -- connection bookkeeping ------------------------------------------------------------------
+
+    def track(self, conn: RoomchatHandler) -> None:
+        with self._lock:
+            self._connections.add(conn)
+            self._handshaking[conn] = time.monotonic() + self.handshake_timeout
+
+    def handshake_finished(self, conn: RoomchatHandler) -> None:
+        with self._lock:
+            self._handshaking.pop(conn, None)
+
+    def untrack(self, conn: RoomchatHandler) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+            self._handshaking.pop(conn, None)
+            self._aborts.pop(conn, None)
+            if not self._connections:
+                self._all_gone.notify_all()
+
+    def abort_later(self, conn: RoomchatHandler, delay: float) -> None:
+        with self._lock:
+            self._aborts[conn] = time.monotonic() + delay
+
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def log_disconnect(self, conn: RoomchatHandler) -> None:
+        if conn.handshake_done:
+            nick = conn.client.nick if conn.client else "-"
+            log.info("disconnect %s %s: %s", conn.peer, nick, conn.close_reason)
+        else:
+            log.debug("%s %s", conn.peer, conn.close_reason)
+
+    # upstream: `handle_error` prints a traceback to stderr for anything a handler raised.
+    # fix: log it once through `logging`, without the noise for a peer that just went away.
+    def handle_error(self, request, client_address):
+        log.exception("connection %s failed", client_address)
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def _housekeep(self) -> None:
+        tick = min(0.1, self.ping_interval / 4)
+        next_ping = time.monotonic() + self.ping_interval
+        check_pongs_at = None
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                late = [c for c, deadline in self._handshaking.items() if now > deadline]
+                due = [c for c, when in self._aborts.items() if now >= when]
+                for conn in due:
+                    del self._aborts[conn]
+                pong_check_due = check_pongs_at is not None and now >= check_pongs_at
+                conns = list(self._connections) if now >= next_ping or pong_check_due else ()
+            for conn in late + due:
+                conn.abort()
+            if pong_check_due:
+                check_pongs_at = None
+                for conn in conns:
+                    if conn.handshake_done and conn.ping_sent_at and conn.last_seen < conn.ping_sent_at:
+                        conn.close(frames.CLOSE_INTERNAL_ERROR, "ping timeout", grace=0)
+            if now >= next_ping:
+                next_ping = now + self.ping_interval
+                check_pongs_at = now + self.ping_timeout
+                for conn in conns:
+                    if conn.handshake_done:
+                        conn.send_ping()
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        if self._serving:  # socketserver's shutdown() would wait forever for a loop never started
+            self.shutdown()
+        self.server_close()
+
+    def close_all(self, code: int, reason: str, timeout: float = 1.5) -> None:
+        """Send every client a close frame, give them until `timeout` to answer, then cut."""
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            if conn.handshake_done:
+                conn.close(code, reason, grace=timeout * 0.6)
+            else:
+                conn.abort()
+        with self._lock:
+            self._all_gone.wait_for(lambda: not self._connections, timeout)
+            left = list(self._connections)
+        for conn in left:
+            conn.abort()
+        self._stop.set()
+        self.flusher.stop()
+
+
+def read_request_head(rfile) -> tuple[str, str, dict]:
+    """Read an HTTP/1.1 request line and headers (at most 16 KiB) with the standard library.
+
+    Returns (method, target, headers with lower-case names). Raises HandshakeError for a
+    malformed or oversized head and EOFError if the peer leaves before finishing it.
+    """
+    line = rfile.readline(MAX_REQUEST_HEAD + 1)
+    if not line:
+        raise EOFError
+    total = len(line)
+    parts = line.decode("latin-1").rstrip("\r\n").split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1]:
+        raise HandshakeError(400, "malformed request line")
+    head = []
+    while True:
+        if total > MAX_REQUEST_HEAD:
+            raise HandshakeError(431, "request header fields too large")
+        line = rfile.readline(MAX_REQUEST_HEAD + 1 - total)
+        if not line:
+            raise EOFError
+        total += len(line)
+        if line in (b"\r\n", b"\n"):
+            break
+        if line.endswith(b"\n") and (b":" not in line or line[:1] in b" \t"):
+            raise HandshakeError(400, "malformed header line")
+        head.append(line)
+    message = http.client.parse_headers(io.BytesIO(b"".join(head) + b"\r\n"))
+    headers = {}
+    for name, value in message.items():
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return parts[0], parts[1], headers
+
+
+def accept_upgrade(method: str, headers: dict) -> bytes:
+    """Check a WebSocket opening request (RFC 6455 4.2.1) and return the 101 response."""
+    if method != "GET":
+        raise HandshakeError(405, "a WebSocket upgrade must use GET", {"Allow": "GET"})
+    if headers.get("sec-websocket-version", "").strip() != "13":
+        raise HandshakeError(426, "unsupported WebSocket version; use 13", {"Sec-WebSocket-Version": "13"})
+    key = headers.get("sec-websocket-key", "").strip()
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        valid = False
+    if not valid:
+        raise HandshakeError(400, "missing or invalid Sec-WebSocket-Key")
+    if "upgrade" not in headers.get("connection", "").lower():
+        raise HandshakeError(400, "Connection header must include Upgrade")
+    accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    ).encode()

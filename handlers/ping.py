@@ -1,0 +1,9 @@
+"""ping: an application-level liveness check; the reply is `pong`."""
+
+from chatserver import protocol
+
+TYPE = "ping"
+
+
+def handle(ctx, msg):
+    ctx.client.send(protocol.encode(protocol.with_id({"type": "pong"}, msg.get("id"))))

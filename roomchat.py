@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""roomchat: a room-based chat server over WebSocket, one thread per client.
+
+    python roomchat.py                 # serve on ws://127.0.0.1:8765/ (see --help)
+"""
+
+import logging
+import resource
+import signal
+import sys
+import threading
+
+from chatserver.app import ChatServer
+from chatserver.config import from_args
+
+THREAD_STACK_BYTES = 512 * 1024  # many clients means many threads; 8 MiB stacks waste address space
+
+
+def raise_open_file_limit() -> None:
+    """Each client is a socket: lift the soft limit on open files to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(argv) -> int:
+    config = from_args(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # websocket_server calls basicConfig() at import; ours wins
+    )
+    raise_open_file_limit()
+    threading.stack_size(THREAD_STACK_BYTES)
+    try:
+        server = ChatServer(config)
+    except OSError as exc:
+        print(f"roomchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    print(f"roomchat listening on {server.url}", flush=True)
+    print(f"open http://{config.host}:{server.port}/ in your browser", flush=True)
+    stop.wait()
+    logging.getLogger("roomchat").info("shutting down")
+    server.shutdown()
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    return serve(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
