@@ -19,9 +19,9 @@ class ChatServer:
     """A running roomchat: `serve_forever()` in the main thread or `start()` in a background one,
     then `shutdown()` (close 1001 to everyone, stop threads, close the store)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, store=None):
         self.config = config
-        self.store = open_store(config)
+        self.store = open_store(config) if store is None else store
         self.registry = Registry(self.store, config.limits())
         self.web = WebRoutes(self.registry.stats)
         self.transport = RoomchatServer(
