@@ -31,6 +31,9 @@ log = logging.getLogger("roomchat.transport")
 MAX_REQUEST_HEAD = 16 * 1024
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_LINGER = 1.0  # seconds we keep reading after our close frame so the peer can read it
+# Linux grows a socket's send buffer to 4 MiB for a peer that stops reading; a fixed size keeps
+# "how far behind may a client fall" close to max_outbox_bytes (the kernel doubles this value).
+SOCKET_SEND_BUFFER = 128 * 1024
 
 
 class RoomchatHandler(WebSocketHandler):
@@ -43,6 +46,7 @@ class RoomchatHandler(WebSocketHandler):
 
     def setup(self):
         super().setup()
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         self.peer = "{}:{}".format(*self.client_address[:2])
         self.path = ""
         self.headers = {}
@@ -115,7 +119,7 @@ class RoomchatHandler(WebSocketHandler):
         while True:
             try:
                 event = reader.next_event()
-            except FrameError as exc:
+            except FrameError as exc:  # a payload may be left unread: the stream is out of step
                 self.fail(exc.close_code, exc.reason)
                 return
             except (OSError, EOFError, ValueError):
@@ -127,11 +131,11 @@ class RoomchatHandler(WebSocketHandler):
                 try:
                     self.server.app.on_text(self, event.text)
                 except FrameError as exc:
-                    self.fail(exc.close_code, exc.reason)
+                    self.fail(exc.close_code, exc.reason, reader)
                     return
-                except Exception:
+                except Exception:  # a bug: log it, and don't tell the peer details
                     log.exception("handler failed for %s", self.peer)
-                    self.fail(frames.CLOSE_INTERNAL_ERROR, "internal error")
+                    self.fail(frames.CLOSE_INTERNAL_ERROR, "internal error", reader)
                     return
             elif isinstance(event, frames.Ping):
                 self.send_frame(frames.encode_frame(frames.OP_PONG, event.payload))
@@ -173,9 +177,11 @@ class RoomchatHandler(WebSocketHandler):
         self.outbox.put_last(frames.close_frame(code, reason))
         self.server.abort_later(self, grace)
 
-    def fail(self, code: int, reason: str) -> None:
-        """Close from this connection's own thread after a protocol or policy error, then read and
-        drop what the peer still sends for a moment, so our close frame is not lost to a reset."""
+    def fail(self, code: int, reason: str, reader: frames.FrameReader | None = None) -> None:
+        """Close from this connection's own thread after a protocol or policy error.
+
+        Then keep reading for a moment, so our close frame is not lost to a TCP reset: until the
+        peer's close frame when the stream is still in step (`reader` given), else until EOF."""
         self._closing = True
         self.close_reason = f"closed by server ({code} {reason})"
         self.outbox.put_last(frames.close_frame(code, reason))
@@ -185,9 +191,12 @@ class RoomchatHandler(WebSocketHandler):
         try:
             while (left := deadline - time.monotonic()) > 0:
                 self.request.settimeout(left)
-                if not self.request.recv(65536):
-                    break
-        except OSError:
+                if reader is not None:
+                    if isinstance(reader.next_event(), frames.Close):
+                        return
+                elif not self.request.recv(65536):
+                    return
+        except (OSError, EOFError, ValueError, FrameError):
             pass
 
     def _on_overflow(self) -> None:
@@ -265,7 +274,7 @@ class RoomchatServer(WebsocketServer):
         self.flusher.start()
         self._housekeeper.start()
         self._serving = True
-        self.serve_forever(poll_interval=0.2)
+        self.serve_forever(poll_interval=0.05)
 
     # -- connection bookkeeping ------------------------------------------------------------------
 

@@ -128,8 +128,12 @@ def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool =
 class RawClient:
     """A WebSocket client on a plain socket: handshake, then frames in and out by hand."""
 
-    def __init__(self, port: int, handshake: bool = True, timeout: float = 5):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, handshake: bool = True, timeout: float = 5, rcvbuf: int = 0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:  # before connect, so the advertised window stays small: a reader that stalls
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
         self.buf = b""
         if handshake:
             key = base64.b64encode(os.urandom(16)).decode()
@@ -179,11 +183,14 @@ class RawClient:
         assert opcode == 0x1, (opcode, payload)
         return json.loads(payload)
 
-    def read_close(self) -> int:
-        """Read frames until a close frame; return its status code."""
+    def read_close(self, reply: bool = True) -> int:
+        """Read frames until a close frame; answer it as a client should; return its status code."""
         while True:
             opcode, payload = self.read_frame()
             if opcode == 0x8:
+                if reply:
+                    with contextlib.suppress(OSError):
+                        self.sock.sendall(frame(0x8, payload[:2]))
                 return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
 
     def wait_eof(self, timeout: float = 3) -> bool:

@@ -1,0 +1,282 @@
+"""The websocket-server fixes, checked with raw bytes on a real socket (one test or more per fix)."""
+
+import json
+import socket
+import struct
+import threading
+import time
+
+import pytest
+import websocket
+
+from tests.conftest import RawClient, frame, wait_for
+
+
+def http_exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+UPGRADE = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+# -- handshake -----------------------------------------------------------------------------------
+
+
+def test_plain_get_gets_http_response(server):
+    """A plain GET without Upgrade gets a valid HTTP response (the page), not a traceback."""
+    response = http_exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head
+    assert b"Content-Type: text/html" in head and b"<html" in body.lower()
+
+
+def test_handshake_missing_key_is_400(server):
+    """An upgrade without Sec-WebSocket-Key is answered 400."""
+    response = http_exchange(server.port, (UPGRADE + "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert response.startswith(b"HTTP/1.1 400 ")
+
+
+def test_handshake_wrong_version_is_426(server):
+    """An upgrade with another Sec-WebSocket-Version is answered 426 naming version 13."""
+    request = UPGRADE + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+    response = http_exchange(server.port, request.encode())
+    assert response.startswith(b"HTTP/1.1 426 ") and b"Sec-WebSocket-Version: 13" in response
+
+
+def test_handshake_oversized_headers_is_431(server):
+    """Request headers over 16 KiB are answered 431."""
+    request = UPGRADE + "".join(f"X-Filler-{i}: {'a' * 100}\r\n" for i in range(200)) + "\r\n"
+    assert http_exchange(server.port, request.encode()).startswith(b"HTTP/1.1 431 ")
+
+
+MALFORMED = [b"\x16\x03\x01garbage\r\n\r\n", b"GET /\r\n\r\n", b"GET / HTTP/1.1\r\nno colon\r\n\r\n"]
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED)
+def test_malformed_request_is_400_and_harms_nobody(server, connect, request_bytes):
+    """A malformed request gets 400 and only its own connection ends."""
+    peer = connect()
+    assert http_exchange(server.port, request_bytes).startswith(b"HTTP/1.1 400 ")
+    assert peer.request(type="ping") == {"type": "pong"}
+
+
+def test_handshake_timeout_drops_slow_client(make_server):
+    """A client that does not finish its handshake in time is disconnected."""
+    server = make_server(handshake_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        started = time.monotonic()
+        assert sock.recv(1024) == b""
+        assert time.monotonic() - started < 3
+
+
+def test_dribbling_handshake_is_cut_at_the_deadline(make_server):
+    """A client sending one header byte at a time cannot stretch the handshake past the deadline."""
+    server = make_server(handshake_timeout=0.6)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(100):
+                sock.sendall(b"X")
+                time.sleep(0.05)
+        assert time.monotonic() - started < 3
+
+
+def test_upstream_client_list_unused(server, connect):
+    """Connections live in our registry; upstream's unlocked `clients` list stays empty."""
+    connect()
+    connect()
+    assert server.registry.stats()["connections"] == 2
+    assert server.transport.clients == []
+
+
+# -- frames --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (frame(0x1, b'{"type":"ping"}', masked=False), 1002),
+        (frame(0x3, b""), 1002),
+        (frame(0x1, b'{"type":"ping"}', rsv=4), 1002),
+        (frame(0x9, b"x" * 126), 1002),
+        (frame(0x9, b"x", fin=False), 1002),
+        (frame(0x2, b"\x00\x01\x02"), 1003),
+        (frame(0x1, b'{"type":"chat","text":"\xff"}'), 1007),
+        (frame(0x1, "€".encode()[:1], fin=False) + frame(0x0, b"x"), 1007),
+    ],
+    ids=["unmasked", "opcode-3", "rsv1", "long-ping", "fragmented-ping", "binary", "bad-utf8", "bad-utf8-fragments"],
+)
+def test_bad_frames_close_with_code(raw, data, code):
+    """Each protocol violation gets a close frame with its RFC 6455 code, then TCP closes."""
+    client = raw()
+    client.send(data)
+    assert client.read_close() == code
+    assert client.wait_eof()
+
+
+def test_huge_length_closes_1009_at_once(raw):
+    """A header claiming 2**62 bytes closes 1009 at once, without the server reading the payload."""
+    client = raw()
+    started = time.monotonic()
+    client.send(frame(0x1, b"", length=2**62)[:14])
+    assert client.read_close() == 1009
+    assert time.monotonic() - started < 1
+
+
+def test_one_mib_refused_60_kib_roundtrips(make_server, connect, raw):
+    """A 1 MiB message closes 1009; a 60 KiB chat message goes out and comes back whole."""
+    server = make_server(max_text_chars=70000)
+    peer = connect(server.url)
+    peer.join("r")
+    text = "x" * (60 * 1024 - 100)
+    peer.send(type="chat", room="r", text=text)
+    assert peer.recv_type("chat")["text"] == text
+    big = raw(server.port)
+    big.send(frame(0x1, b"y" * (1024 * 1024)))
+    assert big.read_close() == 1009
+
+
+def test_fragmented_message_with_ping_between(raw):
+    """Fragments are joined into one message; a ping between them gets its pong first."""
+    client = raw()
+    msg = json.dumps({"type": "ping", "id": "frag"}).encode()
+    client.send(frame(0x1, msg[:5], fin=False) + frame(0x9, b"hello") + frame(0x0, msg[5:10], fin=False)
+                + frame(0x0, msg[10:]))
+    assert client.read_frame() == (0xA, b"hello")
+    assert client.read_json() == {"type": "pong", "id": "frag"}
+
+
+def test_close_is_echoed(raw):
+    """A client's close frame is answered with a close frame carrying the same code."""
+    client = raw()
+    client.send(frame(0x8, struct.pack("!H", 1000) + b"bye"))
+    assert client.read_close() == 1000
+    assert client.wait_eof()
+
+
+def test_binary_does_not_desync_other_clients(raw, connect):
+    """After one client's binary frame is refused, other clients are unaffected."""
+    peer = connect()
+    bad = raw()
+    bad.send(frame(0x2, b"\x00" * 10) + frame(0x1, b'{"type":"ping"}'))
+    assert bad.read_close() == 1003
+    assert peer.request(type="ping") == {"type": "pong"}
+
+
+def test_deep_json_nesting_is_bad_json(raw):
+    """60,000 nested brackets get bad_json, not a crashed thread."""
+    client = raw()
+    client.send(frame(0x1, b"[" * 60000))
+    assert client.read_json()["code"] == "bad_json"
+    client.send_json(type="ping")
+    assert client.read_json() == {"type": "pong"}
+
+
+# -- sending -------------------------------------------------------------------------------------
+
+
+def test_large_message_arrives_whole_to_slow_reader(make_server, raw):
+    """A 1.5 MB frame is written completely (upstream's send() could drop the tail)."""
+    server = make_server(max_message_bytes=2_000_000, max_text_chars=2_000_000, max_outbox_bytes=8_000_000)
+    receiver = raw(server.port)
+    receiver.send_json(type="join", room="big")
+    assert receiver.read_json()["type"] == "joined"
+    sender = raw(server.port)
+    sender.send_json(type="join", room="big")
+    sender.read_json()
+    text = "z" * 1_500_000
+    sender.send_json(type="chat", room="big", text=text)
+    time.sleep(0.5)  # the receiver is not reading: the kernel buffer fills and the rest is queued
+    receiver.read_json()  # presence join of the sender
+    event = receiver.read_json()
+    assert event["type"] == "chat" and len(event["text"]) == 1_500_000
+
+
+def test_server_answers_ping_with_same_payload(raw):
+    """A client ping gets a pong with the same payload."""
+    client = raw()
+    client.send(frame(0x9, b"are you there"))
+    assert client.read_frame() == (0xA, b"are you there")
+
+
+def test_send_path_shared_by_threads_keeps_frames_whole(make_server):
+    """Many threads sending to one client at once never interleave bytes inside a frame."""
+    server = make_server(rate_burst=100000, rate_per_second=100000, max_text_chars=5000)
+    listener = websocket.create_connection(server.url, timeout=5)
+    listener.recv()
+    listener.send(json.dumps({"type": "join", "room": "r"}))
+    senders = []
+    for _ in range(4):
+        ws = websocket.create_connection(server.url, timeout=5)
+        ws.recv()
+        ws.send(json.dumps({"type": "join", "room": "r"}))
+        senders.append(ws)
+
+    def blast(ws, tag):
+        for i in range(100):
+            ws.send(json.dumps({"type": "chat", "room": "r", "text": f"{tag}{i}" + "." * 3000}))
+
+    threads = [threading.Thread(target=blast, args=(ws, t)) for t, ws in enumerate(senders)]
+    for t in threads:
+        t.start()
+    seqs = []
+    while len(seqs) < 400:
+        event = json.loads(listener.recv())
+        if event["type"] == "chat":
+            seqs.append(event["seq"])
+    for t in threads:
+        t.join()
+    assert seqs == list(range(1, 401))
+    for ws in [listener, *senders]:
+        ws.close()
+
+
+# -- slow and dead clients -----------------------------------------------------------------------
+
+
+def test_stalled_reader_is_closed_and_others_keep_pace(make_server, connect):
+    """A member that stops reading is dropped with presence leave; the others get every message fast."""
+    server = make_server(max_outbox_bytes=64 * 1024, rate_burst=100000, rate_per_second=100000, max_text_chars=5000)
+    stalled = RawClient(server.port, rcvbuf=4096)
+    stalled.send_json(type="join", room="r")
+    sender, other = connect(server.url), connect(server.url)
+    sender.join("r")
+    other.join("r")
+    gaps, presence = [], []
+    last = time.monotonic()
+    for i in range(400):
+        sender.send(type="chat", room="r", text=f"{i:04d}" + "." * 2000)
+        sender.recv_type("chat")
+        while (event := other.recv())["type"] != "chat":
+            presence.append(event)
+        assert event["seq"] == i + 1
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+    assert max(gaps) < 0.5
+    assert {"type": "presence", "room": "r", "event": "leave", "nick": stalled.welcome["nick"]} in presence
+    wait_for(lambda: server.registry.stats()["connections"] == 2)
+    stalled.close()
+
+
+def test_half_open_client_detected_by_ping(make_server, connect):
+    """A client that vanished without a close (never answers pings) is closed and leaves its rooms."""
+    server = make_server(ping_interval=0.3, ping_timeout=0.3)
+    watcher = connect(server.url)
+    watcher.join("r")
+    ghost = RawClient(server.port)
+    ghost.send_json(type="join", room="r")
+    # The ghost never reads or answers; the watcher's websocket-client answers pings as it reads.
+    started = time.monotonic()
+    assert watcher.recv_type("presence")["event"] == "join"
+    assert watcher.recv_type("presence")["event"] == "leave"
+    assert time.monotonic() - started < 3
+    assert watcher.request(type="ping") == {"type": "pong"}
+    ghost.close()

@@ -1,0 +1,236 @@
+"""Registry rules with fake connections whose outboxes are lists: no sockets."""
+
+import json
+import threading
+
+import pytest
+
+from chatserver.client import TokenBucket
+from chatserver.config import Config
+from chatserver.errors import ChatError
+from chatserver.registry import Registry
+from chatserver.store import MemoryStore
+
+
+class FakeConn:
+    def __init__(self):
+        self.frames = []
+
+    def send_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def events(self, kind=None) -> list:
+        out = []
+        for data in self.frames:
+            n = data[1] & 0x7F
+            start = 2 if n < 126 else 4 if n == 126 else 10
+            event = json.loads(data[start:])
+            if kind is None or event["type"] == kind:
+                out.append(event)
+        return out
+
+
+@pytest.fixture
+def registry():
+    return Registry(MemoryStore(), Config().limits())
+
+
+def connect(registry):
+    conn = FakeConn()
+    return registry.connect(conn, TokenBucket(20, 5)), conn
+
+
+def test_connect_sends_welcome_with_guest_nick(registry):
+    """A new client gets welcome first, with a free guest nick and the limits."""
+    client, conn = connect(registry)
+    [welcome] = conn.events()
+    assert welcome["type"] == "welcome" and welcome["nick"] == client.nick and welcome["nick"].startswith("guest-")
+    assert welcome["limits"]["max_rooms"] == 32
+
+
+def test_guest_nick_skips_taken(registry):
+    """A guest nick someone chose by hand is not handed out again."""
+    a, _ = connect(registry)
+    registry.set_nick(a, "GUEST-2")
+    b, _ = connect(registry)
+    assert b.nick == "guest-3"
+
+
+def test_nick_unique_case_insensitive(registry):
+    """Two clients cannot hold nicks that differ only in case."""
+    a, _ = connect(registry)
+    b, _ = connect(registry)
+    registry.set_nick(a, "Alice")
+    with pytest.raises(ChatError) as info:
+        registry.set_nick(b, "alice")
+    assert info.value.code == "nick_taken"
+    registry.set_nick(a, "ALICE")  # changing the case of your own nick is fine
+
+
+def test_nick_change_told_once_to_each_peer(registry):
+    """A peer sharing two rooms with you hears of your new nick once."""
+    a, _ = connect(registry)
+    b, conn_b = connect(registry)
+    for room in ("r1", "r2"):
+        registry.join(a, room)
+        registry.join(b, room)
+    registry.set_nick(a, "alice")
+    assert len(conn_b.events("nick")) == 1
+
+
+def test_seq_continuous_and_same_for_all(registry):
+    """Chat seqs start at 1, rise by one, and every member sees the same sequence."""
+    clients = [connect(registry) for _ in range(3)]
+    for client, _ in clients:
+        registry.join(client, "r")
+    for i in range(5):
+        registry.chat(clients[i % 3][0], "r", f"m{i}")
+    seqs = [[e["seq"] for e in conn.events("chat")] for _, conn in clients]
+    assert seqs == [[1, 2, 3, 4, 5]] * 3
+
+
+def test_concurrent_chats_keep_one_order(registry):
+    """Four threads chatting at once: every member's seq list is identical and gapless."""
+    clients = [connect(registry) for _ in range(4)]
+    for client, _ in clients:
+        registry.join(client, "r")
+
+    def spam(client):
+        for i in range(300):
+            registry.chat(client, "r", str(i))
+
+    threads = [threading.Thread(target=spam, args=(c,)) for c, _ in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for _, conn in clients:
+        assert [e["seq"] for e in conn.events("chat")] == list(range(1, 1201))
+
+
+def test_join_replays_last_50_and_presence(registry):
+    """A joiner gets the last 50 chat events; members already there get its presence."""
+    a, conn_a = connect(registry)
+    registry.join(a, "r")
+    for i in range(60):
+        registry.chat(a, "r", str(i))
+    b, conn_b = connect(registry)
+    registry.join(b, "r")
+    [joined] = conn_b.events("joined")
+    assert [e["seq"] for e in joined["history"]] == list(range(11, 61))
+    assert joined["members"] == [a.nick, b.nick]
+    assert conn_a.events("presence")[-1] == {"type": "presence", "room": "r", "event": "join", "nick": b.nick}
+
+
+def test_join_after_resumes_and_truncates(registry):
+    """join with `after` replays everything newer, up to 1000, then says truncated."""
+    a, _ = connect(registry)
+    registry.join(a, "r")
+    for i in range(1005):
+        registry.chat(a, "r", str(i))
+    b, conn_b = connect(registry)
+    registry.join(b, "r", after=1000)
+    assert [e["seq"] for e in conn_b.events("joined")[0]["history"]] == [1001, 1002, 1003, 1004, 1005]
+    c, conn_c = connect(registry)
+    registry.join(c, "r", after=0)
+    joined = conn_c.events("joined")[0]
+    assert joined["truncated"] is True and len(joined["history"]) == 1000 and joined["history"][0]["seq"] == 1
+
+
+def test_seq_survives_empty_room(registry):
+    """A room forgotten when empty continues its seq when used again."""
+    a, _ = connect(registry)
+    registry.join(a, "r")
+    registry.chat(a, "r", "one")
+    registry.leave(a, "r")
+    assert registry.stats()["rooms"] == 0
+    registry.join(a, "r")
+    registry.chat(a, "r", "two")
+    b, conn_b = connect(registry)
+    registry.join(b, "r")
+    assert [e["seq"] for e in conn_b.events("joined")[0]["history"]] == [1, 2]
+
+
+def test_max_rooms(registry):
+    """Joining more than max_rooms rooms is refused with too_many_rooms."""
+    a, _ = connect(registry)
+    for i in range(32):
+        registry.join(a, f"r{i}")
+    with pytest.raises(ChatError) as info:
+        registry.join(a, "one-more")
+    assert info.value.code == "too_many_rooms"
+    registry.join(a, "r0")  # rejoining a room you are in is not a new room
+
+
+def test_disconnect_sends_leave_to_each_room(registry):
+    """A disconnect is a presence leave in every room the client was in, and frees its nick."""
+    a, _ = connect(registry)
+    b, conn_b = connect(registry)
+    registry.set_nick(a, "alice")
+    for room in ("r1", "r2"):
+        registry.join(a, room)
+        registry.join(b, room)
+    registry.disconnect(a)
+    leaves = [(e["room"], e["nick"]) for e in conn_b.events("presence") if e["event"] == "leave"]
+    assert leaves == [("r1", "alice"), ("r2", "alice")]
+    registry.disconnect(a)  # twice is harmless
+    c, _ = connect(registry)
+    registry.set_nick(c, "alice")
+
+
+def test_not_in_room_errors(registry):
+    """chat, leave and history need membership."""
+    a, _ = connect(registry)
+    for call in (lambda: registry.chat(a, "r", "x"), lambda: registry.leave(a, "r"), lambda: registry.history(a, "r")):
+        with pytest.raises(ChatError) as info:
+            call()
+        assert info.value.code == "not_in_room"
+
+
+def test_dm_to_self_sends_one_copy(registry):
+    """A dm to yourself arrives once, with the request id."""
+    a, conn = connect(registry)
+    registry.dm(a, a.nick.upper(), "note", reply_id=5)
+    [dm] = conn.events("dm")
+    assert dm["to"] == a.nick and dm["id"] == 5
+
+
+class SlowStore(MemoryStore):
+    """A store that commits only when told to, like a background SQLite writer."""
+
+    def __init__(self):
+        super().__init__()
+        self.uncommitted = []
+
+    def append(self, event):
+        super().append(event)
+        self.uncommitted.append(event)
+        return False
+
+    def commit(self):
+        batch, self.uncommitted = self.uncommitted, []
+        self.on_durable(batch)
+
+
+def test_events_wait_for_the_store_and_keep_order():
+    """With a background store nobody sees an event before it is committed, and order holds."""
+    store = SlowStore()
+    registry = Registry(store, Config().limits())
+    a, conn_a = connect(registry)
+    registry.join(a, "r")
+    registry.chat(a, "r", "one", reply_id=1)
+    registry.chat(a, "r", "two")
+    assert conn_a.events("chat") == []
+    store.commit()
+    chats = conn_a.events("chat")
+    assert [e["seq"] for e in chats] == [1, 2] and chats[0]["id"] == 1
+
+
+def test_token_bucket():
+    """The bucket allows a burst, then refills at its rate, and counts refusals in a row."""
+    now = [0.0]
+    bucket = TokenBucket(3, 2, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    assert bucket.refused_in_a_row == 1
+    now[0] += 0.5
+    assert bucket.take() and not bucket.take()
