@@ -1,0 +1,39 @@
+"""Settings: command line over ROOMCHAT_* variables over defaults; bad values are usage errors."""
+
+import pytest
+
+from chatserver.config import Config, build_parser, from_args
+
+
+def test_defaults():
+    """With nothing set, the documented defaults apply."""
+    config = from_args([], environ={})
+    assert (config.host, config.port, config.rate_burst, config.rate_per_second) == ("127.0.0.1", 8765, 20, 5.0)
+
+
+def test_environment_then_command_line():
+    """ROOMCHAT_<NAME> sets an option; the command line wins over it."""
+    env = {"ROOMCHAT_PORT": "9001", "ROOMCHAT_RATE_PER_SECOND": "2.5", "ROOMCHAT_MAX_TEXT_CHARS": "99"}
+    config = from_args(["--max-text-chars", "50"], environ=env)
+    assert (config.port, config.rate_per_second, config.max_text_chars) == (9001, 2.5, 50)
+
+
+@pytest.mark.parametrize("argv, env", [
+    (["--rate-burst", "0"], {}),
+    (["--port", "70000"], {}),
+    ([], {"ROOMCHAT_PORT": "not-a-number"}),
+    (["--log-level", "LOUD"], {}),
+    (["--ping-timeout", "-1"], {}),
+])
+def test_bad_values_exit_with_usage(argv, env):
+    """A value out of range or of the wrong type exits with status 2 and a usage line."""
+    with pytest.raises(SystemExit) as info:
+        from_args(argv, environ=env)
+    assert info.value.code == 2
+
+
+def test_help_names_every_option_and_variable():
+    """--help documents each setting with its variable."""
+    text = build_parser().format_help()
+    for name in Config.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in text and "ROOMCHAT_" + name.upper() in text
