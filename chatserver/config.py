@@ -13,7 +13,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8765
     log_level: str = "INFO"
-    db: str = ":memory:"
+    db: str = "roomchat.db"
     max_message_bytes: int = 65536
     max_text_chars: int = 2000
     max_rooms: int = 32
@@ -24,6 +24,21 @@ class Config:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
+
+    def problem(self) -> str | None:
+        """A sentence saying which setting is out of range, or None."""
+        if not 0 <= self.port <= 65535:
+            return f"port {self.port} is not between 0 and 65535"
+        for name in ("max_message_bytes", "max_text_chars", "max_rooms", "rate_burst", "max_outbox_bytes",
+                     "history_per_room"):
+            if getattr(self, name) < 1:
+                return f"{name.replace('_', '-')} must be at least 1"
+        for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout"):
+            if getattr(self, name) <= 0:
+                return f"{name.replace('_', '-')} must be more than 0"
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            return f"log-level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
+        return None
 
     def limits(self) -> dict:
         """What `welcome` tells each client about the limits it must stay within."""
@@ -94,4 +109,8 @@ def from_args(argv=None, environ=None) -> Config:
                 parser.error(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}")
         if value is not None:
             values[f.name] = value
-    return Config(**values)
+    config = Config(**values)
+    problem = config.problem()
+    if problem:
+        parser.error(problem)
+    return config
