@@ -280,3 +280,22 @@ def test_half_open_client_detected_by_ping(make_server, connect):
     assert time.monotonic() - started < 3
     assert watcher.request(type="ping") == {"type": "pong"}
     ghost.close()
+
+
+def test_bad_clients_leak_no_threads(server, connect):
+    """After a crowd of misbehaving clients has come and gone, no connection thread is left."""
+    connect().request(type="ping")  # warm up the server's helper threads
+    baseline = threading.active_count()
+    abusers = [
+        lambda: http_exchange(server.port, b"GET /nope HTTP/1.1\r\n\r\n"),
+        lambda: http_exchange(server.port, b"\x00\x01\x02\r\n\r\n"),
+    ]
+    for n in range(20):
+        abusers[n % 2]()
+        client = RawClient(server.port)
+        client.send([frame(0x2, b"x"), frame(0x1, b"\xff"), frame(0x1, b"", length=2**40)[:14], b""][n % 4])
+        if n % 4 == 3:
+            client.sock.shutdown(socket.SHUT_RDWR)  # half-closed mid-conversation
+        client.close()
+    wait_for(lambda: threading.active_count() <= baseline, timeout=5)
+    assert server.registry.stats()["connections"] == 1
