@@ -1,0 +1,70 @@
+"""What a typed line means: a plain line is chat, a line starting with `/` is a command."""
+
+from dataclasses import dataclass
+
+HELP = """\
+commands:
+  TEXT                send TEXT to the current room (start it with // to send a leading /)
+  /join ROOM          join ROOM (or switch to it) and make it the current room
+  /leave [ROOM]       leave ROOM (default: the current room)
+  /nick NICK          change your nick
+  /msg NICK TEXT      send a direct message to NICK
+  /who [ROOM]         list who is in ROOM (default: the current room)
+  /rooms              list the rooms with their member counts
+  /history [N]        show the last N messages of the current room (default 20, at most 200)
+  /quit               leave once the server has confirmed what you sent
+  /help               show this help"""
+
+DEFAULT_HISTORY = 20
+MAX_HISTORY = 200
+
+
+class UsageError(ValueError):
+    """A line that cannot be turned into a command; the message says how to write it."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # say, join, leave, nick, msg, who, rooms, history, quit, help
+    args: tuple = ()
+
+
+# name -> (usage, fewest and most words after the command); a /msg's TEXT counts as one word
+USAGE = {
+    "join": ("/join ROOM", 1, 1),
+    "leave": ("/leave [ROOM]", 0, 1),
+    "nick": ("/nick NICK", 1, 1),
+    "msg": ("/msg NICK TEXT", 2, 2),
+    "who": ("/who [ROOM]", 0, 1),
+    "rooms": ("/rooms", 0, 0),
+    "history": ("/history [N]", 0, 1),
+    "quit": ("/quit", 0, 0),
+    "help": ("/help", 0, 0),
+}
+
+
+def parse(line: str) -> Command | None:
+    """Turn one input line into a Command; None for a blank line. Raises UsageError."""
+    if not line.strip():
+        return None
+    if not line.startswith("/"):
+        return Command("say", (line,))
+    if line.startswith("//"):
+        return Command("say", (line[1:],))
+    name, _, rest = line[1:].partition(" ")
+    name = name.lower()
+    if name not in USAGE:
+        raise UsageError(f"Unknown command /{name}; /help lists the commands.")
+    usage, least, most = USAGE[name]
+    args = tuple(rest.split(None, 1) if name == "msg" else rest.split())
+    if not least <= len(args) <= most:
+        raise UsageError(f"Usage: {usage}")
+    if name == "history":
+        args = (_history_count(args[0]) if args else DEFAULT_HISTORY,)
+    return Command(name, args)
+
+
+def _history_count(word: str) -> int:
+    if not word.isdigit() or not 1 <= int(word) <= MAX_HISTORY:
+        raise UsageError(f"Usage: /history [N], where N is from 1 to {MAX_HISTORY}")
+    return int(word)

@@ -1,0 +1,285 @@
+"""The terminal client's state across connections, and what to send after a reconnect. No I/O:
+the caller feeds in typed lines and server events, prints what comes back and sends the
+requests that `take_request()` hands out.
+
+Resume rule (the web page follows the same one): after a reconnect we send our nick and, for
+every room we were in, a `join` with `after` = the last seq we showed, and hold everything else
+back until each of those `joined` replies is in. A chat that was in flight when the connection
+dropped is sent again only if the resumed history does not hold it already, so nothing is lost
+or shown twice. If the new `welcome` carries another epoch, the old seqs mean nothing: the
+rooms are joined afresh, without `after`.
+"""
+
+import itertools
+import time
+from collections import deque
+
+from chatclient import render
+from chatclient.commands import HELP, UsageError, parse
+
+JOIN_SHOW = 20  # messages of a room's history printed when we join it
+
+
+class Pacer:
+    """A token bucket a little below the server's rate limit, so our own bursts (a pipe full of
+    lines, a reconnect with many rooms) are paced instead of refused with rate_limited."""
+
+    def __init__(self, burst: float, rate: float, clock=time.monotonic):
+        self.burst = max(1.0, burst)
+        self.rate = rate
+        self._clock = clock
+        self._tokens = self.burst
+        self._last = clock()
+
+    @classmethod
+    def for_limits(cls, limits: dict, clock=time.monotonic) -> "Pacer":
+        """The server's bucket starts full when it accepts us, a moment before ours starts."""
+        return cls(limits.get("rate_burst", 20) - 1, limits.get("rate_per_second", 5.0) * 0.9, clock)
+
+    def delay(self) -> float:
+        """Seconds until a request may go out (0 means now)."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
+
+    def take(self) -> None:
+        self._tokens -= 1
+
+
+class Session:
+    """Rooms, nick, seqs and queued requests of one user, kept across reconnects."""
+
+    def __init__(self, nick: str | None = None, room: str | None = None):
+        self.nick = None  # what the server calls us now
+        self.wanted_nick = nick  # what we asked for; asked again after every reconnect
+        self.room = None  # the current room: where plain lines go
+        self.rooms: dict[str, int | None] = {}  # rooms we are in -> last seq shown (None: reload)
+        self.epoch = None
+        self.limits: dict = {}
+        self.failed = 0  # chat and dm messages the server refused
+        self.quitting = False
+        self._ids = itertools.count(1)
+        self._resume: deque = deque()  # requests that go first on a new connection
+        self._outbox: deque = deque()  # everything else, in the order it was typed
+        self._inflight: dict = {}  # id -> request sent whose reply has not come yet
+        self._unconfirmed: list = []  # chats that were in flight when the connection dropped
+        self._waiting: set = set()  # rooms whose resumed `joined` has not come yet
+        if room:
+            self._cmd_join(room)
+
+    # -- the connection's life ------------------------------------------------------------------
+
+    def connected(self, welcome: dict) -> list[str]:
+        """A new connection said `welcome`: queue the nick and room joins that restore us."""
+        lines = []
+        if self.epoch is not None and welcome.get("epoch") != self.epoch:
+            lines.append(render.notice("the server's history was reset; reloading your rooms"))
+            self.rooms = dict.fromkeys(self.rooms)
+        self.epoch = welcome.get("epoch")
+        self.nick = welcome["nick"]
+        self.limits = welcome.get("limits", {})
+        self._resume.clear()
+        if self.wanted_nick and self.wanted_nick != self.nick:
+            self._resume.append(self._request(type="nick", nick=self.wanted_nick))
+        for room, seq in self.rooms.items():
+            self._resume.append(self._request(type="join", room=room, **({} if seq is None else {"after": seq})))
+        self._waiting = set(self.rooms)
+        self._release_unconfirmed()
+        return lines
+
+    def disconnected(self) -> None:
+        """The connection is gone: sort what was in flight into resent, dropped or unconfirmed."""
+        again = []
+        for req in self._inflight.values():
+            kind = req["type"]
+            if kind == "chat":
+                self._unconfirmed.append(req)
+            elif kind == "leave":
+                self.rooms.pop(req["room"], None)  # the server forgot us anyway
+            elif kind not in ("nick", "ping") and not (kind == "join" and req["room"] in self.rooms):
+                again.append(req)  # reads, dms and first joins; nick and rejoins come from connected()
+        self._inflight.clear()
+        self._outbox.extendleft(reversed(again))
+        self._resume.clear()
+        self._waiting.clear()
+
+    def take_request(self) -> dict | None:
+        """The next request to send, now counted as in flight; None while there is none."""
+        if self._resume:
+            req = self._resume.popleft()
+        elif self._outbox and not self._waiting:
+            req = self._outbox.popleft()
+        else:
+            return None
+        self._inflight[req["id"]] = req
+        return req
+
+    def has_request(self) -> bool:
+        return bool(self._resume or (self._outbox and not self._waiting))
+
+    @property
+    def done(self) -> bool:
+        """Quitting, and everything we sent has been answered."""
+        return self.quitting and not (self._resume or self._outbox or self._inflight or self._unconfirmed)
+
+    def undelivered(self) -> int:
+        """Chat and dm messages not yet confirmed by the server."""
+        queued = itertools.chain(self._outbox, self._inflight.values(), self._unconfirmed)
+        return sum(1 for req in queued if req["type"] in ("chat", "dm"))
+
+    # -- typed lines ----------------------------------------------------------------------------
+
+    def handle_line(self, line: str) -> list[str]:
+        """Queue what a typed line asks for; return the lines to print right away."""
+        try:
+            command = parse(line)
+        except UsageError as exc:
+            return [render.error(str(exc))]
+        if command is None:
+            return []
+        return getattr(self, "_cmd_" + command.name)(*command.args) or []
+
+    def _cmd_say(self, text: str):
+        if self.room is None:
+            return [render.error("You are in no room; /join ROOM first.")]
+        self._queue(type="chat", room=self.room, text=text)
+
+    def _cmd_join(self, room: str):
+        self.room = room
+        self._queue(type="join", room=room)
+
+    def _cmd_leave(self, room: str | None = None):
+        room = room or self.room
+        if room is None:
+            return [render.error("You are in no room.")]
+        if room == self.room:
+            self.room = next((r for r in reversed(self.rooms) if r != room), None)
+        self._queue(type="leave", room=room)
+
+    def _cmd_nick(self, nick: str):
+        self.wanted_nick = nick
+        self._queue(type="nick", nick=nick)
+
+    def _cmd_msg(self, nick: str, text: str):
+        self._queue(type="dm", to=nick, text=text)
+
+    def _cmd_who(self, room: str | None = None):
+        if not (room or self.room):
+            return [render.error("Which room? /who ROOM")]
+        self._queue(type="who", room=room or self.room)
+
+    def _cmd_rooms(self):
+        self._queue(type="rooms")
+
+    def _cmd_history(self, count: int):
+        if self.room is None:
+            return [render.error("You are in no room; /join ROOM first.")]
+        self._queue(type="history", room=self.room, limit=count)
+
+    def _cmd_quit(self):
+        self.quitting = True
+
+    def _cmd_help(self):
+        return HELP.splitlines()
+
+    def _request(self, **msg) -> dict:
+        return {**msg, "id": next(self._ids)}
+
+    def _queue(self, **msg) -> None:
+        self._outbox.append(self._request(**msg))
+
+    # -- server events --------------------------------------------------------------------------
+
+    def on_event(self, event: dict) -> list[str]:
+        """Update the state from one server event; return the lines to print for it."""
+        request = self._inflight.pop(event.get("id"), None)
+        handler = getattr(self, "_on_" + str(event.get("type")), None)
+        return handler(event, request) if handler else []
+
+    def _on_chat(self, event: dict, request) -> list[str]:
+        room, seq = event["room"], event["seq"]
+        last = self.rooms.get(room)
+        if last is not None and seq <= last:
+            return []  # already shown (a resumed history overlapping a live event)
+        if room in self.rooms:
+            self.rooms[room] = seq
+        return [render.chat(event)]
+
+    def _on_dm(self, event: dict, request) -> list[str]:
+        return [render.dm(event)]
+
+    def _on_presence(self, event: dict, request) -> list[str]:
+        return [render.presence(event)]
+
+    def _on_nick(self, event: dict, request) -> list[str]:
+        if request is None and event["old"] != self.nick:
+            return [render.renamed(event)]
+        self.nick = self.wanted_nick = event["nick"]
+        return [render.notice(f"you are now known as {render.safe(self.nick)}")]
+
+    def _on_joined(self, event: dict, request) -> list[str]:
+        room, history = event["room"], event.get("history", [])
+        resumed = room in self._waiting
+        last = self.rooms.get(room)
+        new = history[-JOIN_SHOW:] if last is None else [e for e in history if e["seq"] > last]
+        lines = [] if resumed else [render.members(room, event.get("members", []), joined=True)]
+        lines += [render.chat(e) for e in new]
+        if event.get("truncated"):
+            lines.append(render.notice("more messages were missed than the server replays; /history shows the latest"))
+        self.rooms[room] = history[-1]["seq"] if history else (last or 0)
+        if resumed:
+            self._drop_stored(room, new)
+            self._waiting.discard(room)
+            self._release_unconfirmed()
+        return lines
+
+    def _on_left(self, event: dict, request) -> list[str]:
+        self.rooms.pop(event["room"], None)
+        where = f"; now in {render.safe(self.room)}" if self.room else ""
+        return [render.notice(f"you left {render.safe(event['room'])}{where}")]
+
+    def _on_rooms(self, event: dict, request) -> list[str]:
+        return [render.rooms(event.get("rooms", []))]
+
+    def _on_who(self, event: dict, request) -> list[str]:
+        return [render.members(event["room"], event.get("members", []))]
+
+    def _on_history(self, event: dict, request) -> list[str]:
+        messages = event.get("messages", [])
+        head = f"last {len(messages)} messages in {render.safe(event['room'])}" if messages else "no messages yet"
+        return [render.notice(head)] + [render.chat(e) for e in messages]
+
+    def _on_error(self, event: dict, request) -> list[str]:
+        kind = request["type"] if request else None
+        if kind in ("chat", "dm"):
+            self.failed += 1
+        elif kind == "nick":
+            self.wanted_nick = self.nick
+        elif kind == "join" and request["room"] not in self.rooms:
+            if self.room == request["room"]:
+                self.room = next(reversed(self.rooms), None)
+        elif kind == "join" and request["room"] in self._waiting:  # a room we could not get back into
+            self.rooms.pop(request["room"])
+            self._waiting.discard(request["room"])
+            self._release_unconfirmed()
+        return [render.error(event.get("message") or event.get("code", "error"))]
+
+    # -- resending chats after a reconnect --------------------------------------------------------
+
+    def _drop_stored(self, room: str, resumed: list) -> None:
+        """Forget unconfirmed chats to `room` that the resumed history shows the server stored."""
+        stored = [e["text"] for e in resumed if e["from"] == self.nick]
+        keep = []
+        for req in self._unconfirmed:
+            if req["room"] == room and req["text"] in stored:
+                stored.remove(req["text"])
+            else:
+                keep.append(req)
+        self._unconfirmed = keep
+
+    def _release_unconfirmed(self) -> None:
+        """Once every room is resumed, chats the server never stored go first, in their order."""
+        if not self._waiting and self._unconfirmed:
+            self._outbox.extendleft(reversed(self._unconfirmed))
+            self._unconfirmed = []
