@@ -36,4 +36,4 @@ def dispatch(ctx: Context, raw: str) -> None:
             raise ChatError("rate_limited", f"Slow down: at most {limiter.rate:g} messages per second.")
         handler(ctx, msg)
     except ChatError as exc:
-        ctx.client.send(protocol.encode(protocol.error(exc, msg_id)))
+        ctx.registry.reply(ctx.client, protocol.error(exc, msg_id))

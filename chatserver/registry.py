@@ -1,12 +1,16 @@
-"""Who is connected, under which nick, in which rooms; and the fan-out of room events.
+"""Who is connected, under which nick, in which rooms; and the fan-out of everything we send.
 
 One non-reentrant lock guards all of it. Public methods take the lock; `_helpers` expect it held.
 Inside the lock we only touch dicts and sets and call `Client.send()`, which never blocks.
 
-Ordering rule: a chat event's seq is assigned, the event handed to the store, and (once the
-store has it) put on every member's outgoing queue inside one critical section per step, in seq
-order. Each connection writes its queue in order, so every member sees a room's events in seq
-order with no gap from the moment it joined.
+Ordering rule: every decision (a chat's seq, a join, a leave, a reply) is made under the lock,
+and what it sends goes out in the order the decisions were made. With a store that keeps events
+at once (memory) that is simply "send now". With a store that commits in the background
+(SQLite), a chat event may not be sent before it is committed; while any chat waits for its
+commit, everything decided after it waits too, in one FIFO (`_backlog`), and leaves in order
+when the store reports the commit. So every member sees a room's events in seq order with no
+gap from the moment it joined, a client's replies come in the order of its requests, and no
+presence or reply overtakes a chat decided before it.
 """
 
 import threading
@@ -16,18 +20,38 @@ from chatserver import protocol
 from chatserver.client import Client
 from chatserver.errors import ChatError
 
-LIVE = None  # value of Room.members[client] once the member's `joined` reply is queued
+LIVE = None  # value of Room.members[client] once the member's `joined` reply is sent
 
 
 class Room:
     """A room with members. A member maps to LIVE, or to a list of frames held back while its
-    `joined` reply is being prepared, so no event can overtake `joined`."""
+    `joined` reply is being prepared, so no room event can overtake `joined`."""
 
     __slots__ = ("members", "name")
 
     def __init__(self, name: str):
         self.name = name
         self.members: dict[Client, list | None] = {}
+
+    def send(self, member: Client, frame: bytes) -> None:
+        """Send a room event to `member`: held back while it is joining, else straight out."""
+        held = self.members.get(member)
+        if held is LIVE:
+            member.send(frame)
+        else:
+            held.append(frame)
+
+
+class PendingChat:
+    """A chat event waiting for its commit, with whom it must reach once committed."""
+
+    __slots__ = ("event", "recipients", "reply_id", "sender")
+
+    def __init__(self, event: dict, sender: Client, reply_id, recipients: list):
+        self.event = event
+        self.sender = sender
+        self.reply_id = reply_id
+        self.recipients = recipients  # the members when the seq was assigned
 
 
 class Registry:
@@ -41,19 +65,20 @@ class Registry:
         self._nicks: dict[str, Client] = {}  # casefolded nick -> client
         self._rooms: dict[str, Room] = {}  # only rooms with members
         self._last_seq: dict[str, int] = store.last_seqs()  # outlives empty rooms: seqs are never reused
-        self._delivered: dict[str, int] = dict(self._last_seq)  # highest seq handed to members
-        self._pending: deque = deque()  # (event, sender, reply_id) the store has not committed yet
+        self._delivered: dict[str, int] = dict(self._last_seq)  # highest seq sent to members
+        self._backlog: deque = deque()  # PendingChat and deferred sends, in decision order
         self._guests = 0
 
     # -- connections ---------------------------------------------------------------------------
 
     def connect(self, conn, limiter) -> Client:
-        """Register a new connection under a free guest nick and queue its `welcome`."""
+        """Register a new connection under a free guest nick and send its `welcome`."""
         with self._lock:
             nick = self._free_guest_nick()
             client = Client(conn, nick, limiter)
             self._clients.add(client)
             self._nicks[nick.casefold()] = client
+            # First frame on a new connection: nothing can be queued for it yet, so no backlog.
             client.send(protocol.encode(protocol.welcome(nick, self._limits, self._store.epoch)))
             return client
 
@@ -76,6 +101,11 @@ class Registry:
 
     # -- requests ------------------------------------------------------------------------------
 
+    def reply(self, client: Client, event: dict) -> None:
+        """Send a direct reply (pong, error) in order with everything decided before it."""
+        with self._lock:
+            self._send(client, protocol.encode(event))
+
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
         with self._lock:
             owner = self._nicks.get(nick.casefold())
@@ -88,8 +118,8 @@ class Registry:
             event = {"type": "nick", "old": old, "nick": nick}
             frame = protocol.encode(event)
             for other in self._room_peers(client):
-                other.send(frame)
-            client.send(protocol.encode(protocol.with_id(event, reply_id)))
+                self._send(other, frame)
+            self._send(client, protocol.encode(protocol.with_id(event, reply_id)))
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room. `joined` carries the members and either the last 50 chat events or,
@@ -102,12 +132,12 @@ class Registry:
             if room is None:
                 room = self._rooms[name] = Room(name)
             if not rejoin:
-                self._broadcast(room, protocol.presence(name, "join", client.nick))
+                self._room_event(room, protocol.encode(protocol.presence(name, "join", client.nick)))
                 client.rooms.add(name)
-            held = room.members[client] = room.members.get(client) or []
+            held = room.members[client] = []  # from here on, room events for it wait in `held`
             members = [m.nick for m in room.members]
             upto = self._delivered.get(name, 0)
-        # The store read happens outside the lock; events delivered meanwhile wait in `held`.
+        # Read the store outside the lock: it holds every event up to `upto`; later ones are in `held`.
         if after is None:
             history, truncated = self._store.read(name, before=upto + 1, limit=protocol.JOIN_HISTORY), False
         else:
@@ -117,20 +147,24 @@ class Registry:
         reply = {"type": "joined", "room": name, "members": members, "history": history}
         if truncated:
             reply["truncated"] = True
-        with self._lock:
-            if room.members.get(client) is not held:  # left (or disconnected) while we read
-                return
-            client.send(protocol.encode(protocol.with_id(reply, reply_id)))
-            for frame in held:
+        frame = protocol.encode(protocol.with_id(reply, reply_id))
+
+        def go_live():
+            if room.members.get(client) is held:  # not left or disconnected meanwhile
                 client.send(frame)
-            room.members[client] = LIVE
+                for queued in held:
+                    client.send(queued)
+                room.members[client] = LIVE
+
+        with self._lock:
+            self._later(go_live)
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
         with self._lock:
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"You are not in {name!r}.")
             self._remove_member(client, name)
-            client.send(protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)))
+            self._send(client, protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)))
 
     def chat(self, client: Client, name: str, text: str, reply_id=None) -> None:
         with self._lock:
@@ -139,10 +173,11 @@ class Registry:
             seq = self._last_seq.get(name, 0) + 1
             self._last_seq[name] = seq
             event = protocol.chat_event(name, client.nick, text, seq)
-            if self._store.append(event):
-                self._deliver(event, client, reply_id)
-            else:
-                self._pending.append((event, client, reply_id))
+            if self._store.append(event):  # stored already (memory): send now, or in turn
+                self._later(lambda: self._deliver(event, client, reply_id))
+            else:  # the store calls _on_durable once it is committed
+                recipients = list(self._rooms[name].members)
+                self._backlog.append(PendingChat(event, client, reply_id, recipients))
 
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
         with self._lock:
@@ -151,19 +186,20 @@ class Registry:
                 raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
             event = protocol.dm_event(client.nick, target.nick, text)
             if target is not client:
-                target.send(protocol.encode(event))
-            client.send(protocol.encode(protocol.with_id(event, reply_id)))
+                self._send(target, protocol.encode(event))
+            self._send(client, protocol.encode(protocol.with_id(event, reply_id)))
 
     def list_rooms(self, client: Client, reply_id=None) -> None:
         with self._lock:
             rooms = [{"room": r.name, "members": len(r.members)} for r in sorted(self._rooms.values(), key=_name)]
-            client.send(protocol.encode(protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id)))
+            self._send(client, protocol.encode(protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id)))
 
     def who(self, client: Client, name: str, reply_id=None) -> None:
         with self._lock:
             room = self._rooms.get(name)
             members = [m.nick for m in room.members] if room else []
-            client.send(protocol.encode(protocol.with_id({"type": "who", "room": name, "members": members}, reply_id)))
+            reply = {"type": "who", "room": name, "members": members}
+            self._send(client, protocol.encode(protocol.with_id(reply, reply_id)))
 
     def history(self, client: Client, name: str, before=None, after=None, limit=50, reply_id=None) -> None:
         """Members page through a room's stored chat events, oldest first."""
@@ -174,7 +210,8 @@ class Registry:
         before = upto if before is None else min(before, upto)
         messages = self._store.read(name, before=before, after=after, limit=limit)
         reply = {"type": "history", "room": name, "messages": messages}
-        client.send(protocol.encode(protocol.with_id(reply, reply_id)))
+        with self._lock:
+            self._send(client, protocol.encode(protocol.with_id(reply, reply_id)))
 
     def stats(self) -> dict:
         with self._lock:
@@ -182,42 +219,71 @@ class Registry:
 
     # -- helpers (lock held) -------------------------------------------------------------------
 
+    def _later(self, action) -> None:
+        """Run `action` now, or after everything already waiting for the store."""
+        assert self._lock.locked()
+        if self._backlog:
+            self._backlog.append(action)
+        else:
+            action()
+
+    def _send(self, client: Client, frame: bytes) -> None:
+        self._later(lambda: client.send(frame))
+
+    def _room_event(self, room: Room, frame: bytes) -> None:
+        """Send to the room's members as they are now (presence)."""
+        if not self._backlog:
+            for member in room.members:
+                room.send(member, frame)
+            return
+        recipients = list(room.members)
+
+        def send_to_recipients():
+            for member in recipients:
+                if member in room.members:
+                    room.send(member, frame)
+                else:  # left since: it still gets what was decided while it was there
+                    member.send(frame)
+
+        self._backlog.append(send_to_recipients)
+
     def _on_durable(self, events: list) -> None:
         """Called by a background store, in append order, once `events` are committed."""
         with self._lock:
             for event in events:
-                pending_event, sender, reply_id = self._pending.popleft()
-                assert pending_event is event, "store committed events out of order"
-                self._deliver(event, sender, reply_id)
+                while callable(self._backlog[0]):
+                    self._backlog.popleft()()
+                pending = self._backlog.popleft()
+                assert pending.event is event, "store committed events out of order"
+                self._deliver(event, pending.sender, pending.reply_id, pending.recipients)
+            while self._backlog and callable(self._backlog[0]):
+                self._backlog.popleft()()
 
-    def _deliver(self, event: dict, sender: Client, reply_id) -> None:
+    def _deliver(self, event: dict, sender: Client, reply_id, recipients: list | None = None) -> None:
+        """Send a chat event, encoded once, to the room's members (and, for an event that
+        waited for its commit, to members who have left since its seq was assigned)."""
         name = event["room"]
         self._delivered[name] = event["seq"]
+        frame = protocol.encode(event)
+        own = frame if reply_id is None else protocol.encode({**event, "id": reply_id})
         room = self._rooms.get(name)
-        if room is not None:
-            frame = protocol.encode(event)
-            own = frame if reply_id is None else protocol.encode({**event, "id": reply_id})
-            self._fan_out(room, frame, sender, own)
-
-    def _broadcast(self, room: Room, event: dict) -> None:
-        self._fan_out(room, protocol.encode(event))
-
-    def _fan_out(self, room: Room, frame: bytes, sender: Client | None = None, own: bytes = b"") -> None:
-        """The same bytes to every member; the sender's copy (with its request id) is `own`."""
-        for member, held in room.members.items():
+        members = room.members if room is not None else {}
+        for member, held in members.items():
             data = own if member is sender else frame
             if held is LIVE:
                 member.send(data)
             else:
                 held.append(data)
+        for member in recipients or ():
+            if member not in members:
+                member.send(own if member is sender else frame)
 
     def _remove_member(self, client: Client, name: str) -> None:
-        assert self._lock.locked()
         room = self._rooms[name]
         del room.members[client]
         client.rooms.discard(name)
         if room.members:
-            self._broadcast(room, protocol.presence(name, "leave", client.nick))
+            self._room_event(room, protocol.encode(protocol.presence(name, "leave", client.nick)))
         else:
             del self._rooms[name]
 

@@ -6,4 +6,4 @@ TYPE = "ping"
 
 
 def handle(ctx, msg):
-    ctx.client.send(protocol.encode(protocol.with_id({"type": "pong"}, msg.get("id"))))
+    ctx.registry.reply(ctx.client, protocol.with_id({"type": "pong"}, msg.get("id")))

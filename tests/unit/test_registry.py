@@ -234,3 +234,57 @@ def test_token_bucket():
     assert bucket.refused_in_a_row == 1
     now[0] += 0.5
     assert bucket.take() and not bucket.take()
+
+
+@pytest.fixture
+def slow():
+    store = SlowStore()
+    return store, Registry(store, Config().limits())
+
+
+def kinds(conn) -> list:
+    return [(e["type"], e.get("seq") or e.get("event")) for e in conn.events()[1:]]
+
+
+def test_leave_after_pending_chat_keeps_decision_order(slow):
+    """A chat waiting for its commit still reaches a member who left after it was sent, before
+    `left`; the others see the chat before the presence leave."""
+    store, registry = slow
+    a, conn_a = connect(registry)
+    b, conn_b = connect(registry)
+    registry.join(a, "r")
+    registry.join(b, "r")
+    registry.chat(a, "r", "bye")
+    registry.leave(b, "r")
+    assert ("left", None) not in kinds(conn_b)
+    store.commit()
+    assert kinds(conn_b)[-2:] == [("chat", 1), ("left", None)]
+    assert kinds(conn_a)[-2:] == [("chat", 1), ("presence", "leave")]
+
+
+def test_reply_waits_behind_own_pending_chat(slow):
+    """A pong (or any reply) never overtakes the echo of a chat sent before it."""
+    store, registry = slow
+    a, conn_a = connect(registry)
+    registry.join(a, "r")
+    registry.chat(a, "r", "one", reply_id=1)
+    registry.reply(a, {"type": "pong"})
+    registry.who(a, "r")
+    store.commit()
+    assert [e["type"] for e in conn_a.events()[-3:]] == ["chat", "pong", "who"]
+
+
+def test_join_during_pending_chat_gets_it_after_joined(slow):
+    """A member joining while a chat waits for its commit gets `joined` (without it), then the chat."""
+    store, registry = slow
+    a, _ = connect(registry)
+    registry.join(a, "r")
+    registry.chat(a, "r", "first")
+    store.commit()
+    registry.chat(a, "r", "second")
+    c, conn_c = connect(registry)
+    registry.join(c, "r")
+    store.commit()
+    events = conn_c.events()[1:]
+    assert events[0]["type"] == "joined" and [e["seq"] for e in events[0]["history"]] == [1]
+    assert [(e["type"], e.get("seq")) for e in events[1:]] == [("chat", 2)]
