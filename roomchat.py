@@ -12,6 +12,7 @@ import threading
 
 from chatserver.app import ChatServer
 from chatserver.config import from_args
+from chatserver.store import StoreError
 
 THREAD_STACK_BYTES = 512 * 1024  # many clients means many threads; 8 MiB stacks waste address space
 
@@ -37,13 +38,20 @@ def serve(argv) -> int:
     except OSError as exc:
         print(f"roomchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"roomchat: {exc}", file=sys.stderr)
+        return 2
+    print(f"history in {server.store.location}", flush=True)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
     print(f"roomchat listening on {server.url}", flush=True)
     print(f"open http://{config.host}:{server.port}/ in your browser", flush=True)
-    stop.wait()
+    # A signal that lands on another thread only sets a flag; the main thread runs the handler
+    # when it next wakes, so it must not block forever (stop.wait() alone hung now and then).
+    while not stop.wait(0.25):
+        pass
     logging.getLogger("roomchat").info("shutting down")
     server.shutdown()
     return 0
@@ -51,6 +59,10 @@ def serve(argv) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "client":
+        from chatclient.terminal import main as client_main  # only the client needs it
+
+        return client_main(argv[1:])
     return serve(argv)
 
 

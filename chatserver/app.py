@@ -24,16 +24,20 @@ class ChatServer:
         self.store = open_store(config) if store is None else store
         self.registry = Registry(self.store, config.limits())
         self.web = WebRoutes(self.registry.stats)
-        self.transport = RoomchatServer(
-            self,
-            config.host,
-            config.port,
-            max_message_bytes=config.max_message_bytes,
-            max_outbox_bytes=config.max_outbox_bytes,
-            handshake_timeout=config.handshake_timeout,
-            ping_interval=config.ping_interval,
-            ping_timeout=config.ping_timeout,
-        )
+        try:
+            self.transport = RoomchatServer(
+                self,
+                config.host,
+                config.port,
+                max_message_bytes=config.max_message_bytes,
+                max_outbox_bytes=config.max_outbox_bytes,
+                handshake_timeout=config.handshake_timeout,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
+            )
+        except OSError:  # port in use: release the history file before giving up
+            self.store.close()
+            raise
         self._thread = None
         self._shut = threading.Lock()
 

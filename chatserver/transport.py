@@ -47,6 +47,8 @@ class RoomchatHandler(WebSocketHandler):
     def setup(self):
         super().setup()
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
+        # Chat frames are small and latency matters: don't let Nagle hold one back for an ACK.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.peer = "{}:{}".format(*self.client_address[:2])
         self.path = ""
         self.headers = {}
