@@ -56,21 +56,29 @@ def new_mask():
     return os.urandom(4)
 
 
-def encode_frame(opcode, payload, mask):
-    """One final, masked client frame. The XOR runs as a single big-integer operation, so a
-    32 KiB payload costs microseconds instead of a Python loop over each byte."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        header = bytes((0x80 | opcode, 0xFE)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 0xFF)) + n.to_bytes(8, "big")
+def frame_header(opcode, length):
+    """Header of a final, masked client frame carrying `length` payload bytes (key not included)."""
+    if length < 126:
+        return bytes((0x80 | opcode, 0x80 | length))
+    if length < 65536:
+        return bytes((0x80 | opcode, 0xFE)) + length.to_bytes(2, "big")
+    return bytes((0x80 | opcode, 0xFF)) + length.to_bytes(8, "big")
+
+
+def mask_bytes(data, mask, offset=0):
+    """XOR `data` with the masking key as if it sat at `offset` in the payload. One big-integer
+    XOR instead of a Python loop per byte; the offset lets a caller mask a constant part once."""
+    n = len(data)
     if not n:
-        return header + mask
-    key = (mask * (n // 4 + 1))[:n]
-    masked = int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")
-    return header + mask + masked.to_bytes(n, "big")
+        return b""
+    shift = offset % 4
+    key = ((mask[shift:] + mask[:shift]) * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+def encode_frame(opcode, payload, mask):
+    """One final, masked client frame."""
+    return frame_header(opcode, len(payload)) + mask + mask_bytes(payload, mask)
 
 
 def frame_bounds(buf, pos, n):

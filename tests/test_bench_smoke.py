@@ -1,0 +1,48 @@
+"""Smoke test of the benchmark harness (bench/run.py): a harness check, not a timing."""
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(120)
+def test_quick_bench_run_checks_every_delivery(tmp_path):
+    """A one-second S1 against roomchat delivers chat events, none missing and none out of order."""
+    if not (ROOT / "roomchat.py").exists():
+        pytest.skip("roomchat.py does not exist yet: nothing to benchmark")
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "bench/run.py", "--quick", "--servers", "roomchat", "--scenarios", "S1", "--out", out]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads(out.read_text())["scenarios"]["S1"]["results"]["roomchat"]
+    assert "error" not in run, run
+    assert run["deliveries"] > 0
+    assert run["missing"] == 0
+    assert run["reordered"] == 0
+    assert run["errors"] == 0
+
+
+def test_loadgen_counts_gaps_and_reordering(monkeypatch):
+    """The load generator's check counts a skipped seq as missing and a lower one as reordered."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    loadgen = importlib.import_module("loadgen")
+
+    class Gen:
+        host, port = "127.0.0.1", 1
+
+    client = loadgen.Client(Gen(), b"r1")
+    client.upgraded = client.joined = True
+    frames = []
+    for seq in (1, 2, 4, 3, 5):  # 3 arrives late: counted missing when 4 shows, then reordered
+        event = b'{"type": "chat", "room": "r1", "from": "guest-2", "text": "hi", "seq": %d, "ts": 1.5}' % seq
+        frames.append(bytes((0x81, len(event))) + event)
+    blob = b"".join(frames)
+    client.data_received(blob[:7])  # a frame split across reads
+    client.data_received(blob[7:])
+    assert (client.deliveries, client.missing, client.reordered) == (5, 1, 1)
