@@ -7,7 +7,7 @@ for plain HTTP requests on the same port.
 
 Each override below says what upstream does, what we do instead, and which test pins it.
 The version is pinned (requirements.txt) because the overrides rely on upstream internals:
-`rfile`, `request`, `server`, `keep_alive` and `WebsocketServer.__init__`'s hardcoded handler.
+`request`, `server`, `handshake_done` and `WebsocketServer.__init__`'s hardcoded handler.
 """
 
 import base64
@@ -42,10 +42,14 @@ class RoomchatHandler(WebSocketHandler):
     Lifecycle: `setup` -> `handle` (handshake, then one message at a time) -> `finish`.
     """
 
-    rbufsize = 4096  # upstream reads through an 8 KiB buffer per connection; 4 KiB halves idle memory
-
+    # upstream (via StreamRequestHandler) wraps the socket in a buffered file and a writer per
+    # connection: 8 KiB of buffer held by every idle client, and calls through three layers.
+    # fix: one SocketReader whose buffer exists only while bytes are waiting to be parsed.
+    # tests: test_transport.py (every test reads through it); bench S4 measures idle memory.
     def setup(self):
-        super().setup()
+        self.connection = self.request
+        self.reader = SocketReader(self.request)
+        self.handshake_done = False
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         # Chat frames are small and latency matters: don't let Nagle hold one back for an ACK.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -90,7 +94,7 @@ class RoomchatHandler(WebSocketHandler):
         sock = self.request
         sock.settimeout(self.server.handshake_timeout)
         try:
-            method, target, headers = read_request_head(self.rfile)
+            method, target, headers = read_request_head(self.reader)
             self.path, self.headers = target, headers
             if "websocket" not in headers.get("upgrade", "").lower():
                 self._http_reply(*self.server.app.on_http(method, target, headers), head_only=method == "HEAD")
@@ -117,7 +121,7 @@ class RoomchatHandler(WebSocketHandler):
     # fix: frames.FrameReader (limits before reading, fast unmask, fragments, UTF-8 checks);
     # every FrameError becomes its close code. tests: tests/unit/test_frames.py, test_transport.py
     def read_messages(self) -> None:
-        reader = frames.FrameReader(self._read_exact, self.server.max_message_bytes)
+        reader = frames.FrameReader(self.reader.read_exact, self.server.max_message_bytes)
         while True:
             try:
                 event = reader.next_event()
@@ -149,12 +153,6 @@ class RoomchatHandler(WebSocketHandler):
                     self.outbox.put_last(echo)
                     self.outbox.drain(CLOSE_LINGER)
                 return
-
-    def _read_exact(self, n: int) -> bytes:
-        data = self.rfile.read(n)
-        if len(data) < n:
-            raise EOFError
-        return data
 
     # upstream: `self.request.send(header + payload)` under `_send_lock`: partial writes are lost.
     # fix: every frame goes through this connection's Outbox (complete writes, in order, never
@@ -229,7 +227,6 @@ class RoomchatHandler(WebSocketHandler):
         finally:
             self.outbox.detach()
             self.server.log_disconnect(self)
-            super(WebSocketHandler, self).finish()
 
     def _http_reply(self, status: int, headers: dict, body: bytes, head_only: bool = False) -> None:
         lines = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Unknown')}"]
@@ -369,6 +366,58 @@ class RoomchatServer(WebsocketServer):
             conn.abort()
         self._stop.set()
         self.flusher.stop()
+
+
+class SocketReader:
+    """Exact-size reads from a blocking socket, for the frame parser and the handshake.
+
+    One `recv` often brings several frames; they are sliced from the same bytes object. Between
+    messages an idle connection keeps no buffer at all.
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock")
+    RECV_SIZE = 65536
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def read_exact(self, n: int) -> bytes:
+        """Return exactly `n` bytes; EOFError if the peer closes first."""
+        buf, pos = self._buf, self._pos
+        end = pos + n
+        if end <= len(buf):
+            self._pos = end
+            return buf[pos:end]
+        parts = [buf[pos:]]
+        have = len(buf) - pos
+        while have < n:
+            chunk = self._sock.recv(max(self.RECV_SIZE, n - have))
+            if not chunk:
+                raise EOFError
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts)
+        self._buf, self._pos = data, n
+        if n == len(data):  # nothing left over: drop the buffer rather than keep it while idle
+            self._buf, self._pos = b"", 0
+        return data[:n]
+
+    def readline(self, limit: int) -> bytes:
+        """A line ending in LF, or `limit` bytes if no LF comes first; b"" at EOF."""
+        while True:
+            end = self._buf.find(b"\n", self._pos, self._pos + limit)
+            if end >= 0 or len(self._buf) - self._pos >= limit:
+                stop = end + 1 if end >= 0 else self._pos + limit
+                line, self._pos = self._buf[self._pos : stop], stop
+                return line
+            chunk = self._sock.recv(4096)
+            if not chunk:
+                line, self._buf, self._pos = self._buf[self._pos :], b"", 0
+                return line
+            self._buf = self._buf[self._pos :] + chunk
+            self._pos = 0
 
 
 def read_request_head(rfile) -> tuple[str, str, dict]:

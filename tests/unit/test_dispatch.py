@@ -60,7 +60,8 @@ def test_every_type_has_a_handler():
         ({"type": "leave", "room": "r"}, "not_in_room"),
         ({"type": "history", "room": "r", "limit": 201}, "bad_message"),
         ({"type": "history", "room": "r"}, "not_in_room"),
-        ('{"type":"chat","room":"r","text":"\\ud800"}', "bad_message"),
+        ('{"type":"chat","room":"r","text":"\\ud800"}', "bad_json"),
+        ('{"type":"ping","x":NaN}', "bad_json"),
     ],
 )
 def test_bad_requests_get_error_codes(ctx, raw, code):
