@@ -6,7 +6,7 @@ import threading
 from chatserver import frames
 from chatserver.client import TokenBucket
 from chatserver.config import Config
-from chatserver.dispatch import Context, dispatch
+from chatserver.dispatch import Context, dispatch_many
 from chatserver.registry import Registry
 from chatserver.store import open_store
 from chatserver.transport import RoomchatServer
@@ -57,8 +57,8 @@ class ChatServer:
         conn.context = Context(self.registry, conn.client, self.config)
         log.info("connect %s %s", conn.peer, conn.client.nick)
 
-    def on_text(self, conn, text: str) -> None:
-        dispatch(conn.context, text)
+    def on_texts(self, conn, texts: list) -> None:
+        dispatch_many(conn.context, texts)
 
     def on_close(self, conn) -> None:
         self.registry.disconnect(conn.client)

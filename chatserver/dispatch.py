@@ -1,11 +1,11 @@
-"""Raw text from a client -> one handler call; refused requests become `error` replies."""
+"""Raw text from a client -> the handler for its type; refused requests become `error` replies."""
 
 from dataclasses import dataclass
 
 from chatserver import frames, protocol
 from chatserver.config import Config
 from chatserver.errors import ChatError, FrameError
-from handlers import HANDLERS
+from handlers import BATCH_HANDLERS, HANDLERS
 
 FLOOD_FACTOR = 3  # refusals in a row, as a multiple of the burst, before we hang up
 
@@ -21,19 +21,49 @@ class Context:
 
 def dispatch(ctx: Context, raw: str) -> None:
     """Handle one message. Raises FrameError(1008) when a client keeps flooding after refusals."""
-    msg_id = None
-    try:
-        msg = protocol.decode(raw)
-        msg_id = msg.get("id")
-        handler = HANDLERS.get(msg["type"])
-        if handler is None:
-            known = ", ".join(sorted(HANDLERS))
-            raise ChatError("unknown_type", f"Unknown message type {msg['type'][:40]!r}; known types: {known}.")
-        limiter = ctx.client.limiter
-        if not limiter.take():
-            if limiter.refused_in_a_row > FLOOD_FACTOR * limiter.burst:
-                raise FrameError(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
-            raise ChatError("rate_limited", f"Slow down: at most {limiter.rate:g} messages per second.")
-        handler(ctx, msg)
-    except ChatError as exc:
-        ctx.registry.reply(ctx.client, protocol.error(exc, msg_id))
+    dispatch_many(ctx, [raw])
+
+
+def dispatch_many(ctx: Context, raws: list) -> None:
+    """Handle messages that arrived together, in order. Consecutive requests of a type with a
+    batch handler (chat) go to it in one call, so their fan-out shares one write per member."""
+    batch, batch_type = [], None
+    for raw in raws:
+        msg_id = None
+        try:
+            msg = protocol.decode(raw)
+            msg_id = msg.get("id")
+            kind = msg["type"]
+            handler = HANDLERS.get(kind)
+            if handler is None:
+                known = ", ".join(sorted(HANDLERS))
+                raise ChatError("unknown_type", f"Unknown message type {kind[:40]!r}; known types: {known}.")
+            _take_token(ctx, batch, batch_type)
+            if kind in BATCH_HANDLERS:
+                if kind != batch_type:
+                    _flush(ctx, batch, batch_type)
+                batch.append(msg)
+                batch_type = kind
+                continue
+            _flush(ctx, batch, batch_type)
+            handler(ctx, msg)
+        except ChatError as exc:
+            _flush(ctx, batch, batch_type)
+            ctx.registry.reply(ctx.client, protocol.error(exc, msg_id))
+    _flush(ctx, batch, batch_type)
+
+
+def _take_token(ctx: Context, batch: list, batch_type) -> None:
+    limiter = ctx.client.limiter
+    if limiter.take():
+        return
+    if limiter.refused_in_a_row > FLOOD_FACTOR * limiter.burst:
+        _flush(ctx, batch, batch_type)  # what was accepted before the flood still goes out
+        raise FrameError(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+    raise ChatError("rate_limited", f"Slow down: at most {limiter.rate:g} messages per second.")
+
+
+def _flush(ctx: Context, batch: list, batch_type) -> None:
+    if batch:
+        BATCH_HANDLERS[batch_type](ctx, list(batch))
+        batch.clear()

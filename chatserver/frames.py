@@ -99,6 +99,24 @@ def close_frame(code: int, reason: str = "") -> bytes:
     return encode_frame(OP_CLOSE, body)
 
 
+def frame_ready(buf: bytes, pos: int) -> bool:
+    """True when buf[pos:] holds at least one whole client frame, so reading it cannot block."""
+    avail = len(buf) - pos
+    if avail < 2:
+        return False
+    b2 = buf[pos + 1]
+    length, head = b2 & 0x7F, 2 + (4 if b2 & 0x80 else 0)
+    if length == 126:
+        if avail < 4:
+            return False
+        length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), head + 2
+    elif length == 127:
+        if avail < 10:
+            return False
+        length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), head + 8
+    return avail >= head + length
+
+
 def valid_close_code(code: int) -> bool:
     """Codes a peer may send (RFC 6455 7.4): 1004-1006 and 1015 are reserved, 3000-4999 are free."""
     return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or (

@@ -33,14 +33,6 @@ class Room:
         self.name = name
         self.members: dict[Client, list | None] = {}
 
-    def send(self, member: Client, frame: bytes) -> None:
-        """Send a room event to `member`: held back while it is joining, else straight out."""
-        held = self.members.get(member)
-        if held is LIVE:
-            member.send(frame)
-        else:
-            held.append(frame)
-
 
 class PendingChat:
     """A chat event waiting for its commit, with whom it must reach once committed."""
@@ -67,6 +59,7 @@ class Registry:
         self._last_seq: dict[str, int] = store.last_seqs()  # outlives empty rooms: seqs are never reused
         self._delivered: dict[str, int] = dict(self._last_seq)  # highest seq sent to members
         self._backlog: deque = deque()  # PendingChat and deferred sends, in decision order
+        self._batch: dict | None = None  # while set: frames per client, written once at the end
         self._guests = 0
 
     # -- connections ---------------------------------------------------------------------------
@@ -151,9 +144,9 @@ class Registry:
 
         def go_live():
             if room.members.get(client) is held:  # not left or disconnected meanwhile
-                client.send(frame)
+                self._out(client, frame)
                 for queued in held:
-                    client.send(queued)
+                    self._out(client, queued)
                 room.members[client] = LIVE
 
         with self._lock:
@@ -168,16 +161,35 @@ class Registry:
 
     def chat(self, client: Client, name: str, text: str, reply_id=None) -> None:
         with self._lock:
-            if name not in client.rooms:
-                raise ChatError("not_in_room", f"Join {name!r} before sending to it.")
-            seq = self._last_seq.get(name, 0) + 1
-            self._last_seq[name] = seq
-            event = protocol.chat_event(name, client.nick, text, seq)
-            if self._store.append(event):  # stored already (memory): send now, or in turn
-                self._later(lambda: self._deliver(event, client, reply_id))
-            else:  # the store calls _on_durable once it is committed
-                recipients = list(self._rooms[name].members)
-                self._backlog.append(PendingChat(event, client, reply_id, recipients))
+            self._chat(client, name, text, reply_id)
+
+    def chat_many(self, client: Client, items: list) -> None:
+        """Several chats from one client in one step: (room, text, reply_id) each, or
+        (ChatError, None, reply_id) for one refused already. Each member gets one write."""
+        with self._lock:
+            self._batch = {} if len(items) > 1 else None
+            try:
+                for name, text, reply_id in items:
+                    try:
+                        if isinstance(name, ChatError):
+                            raise name
+                        self._chat(client, name, text, reply_id)
+                    except ChatError as exc:
+                        self._send(client, protocol.encode(protocol.error(exc, reply_id)))
+            finally:
+                self._flush_batch()
+
+    def _chat(self, client: Client, name: str, text: str, reply_id) -> None:
+        if name not in client.rooms:
+            raise ChatError("not_in_room", f"Join {name!r} before sending to it.")
+        seq = self._last_seq.get(name, 0) + 1
+        self._last_seq[name] = seq
+        event = protocol.chat_event(name, client.nick, text, seq)
+        if self._store.append(event):  # stored already (memory): send now, or in turn
+            self._later(lambda: self._deliver(event, client, reply_id))
+        else:  # the store calls _on_durable once it is committed
+            recipients = list(self._rooms[name].members)
+            self._backlog.append(PendingChat(event, client, reply_id, recipients))
 
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
         with self._lock:
@@ -228,36 +240,56 @@ class Registry:
             action()
 
     def _send(self, client: Client, frame: bytes) -> None:
-        self._later(lambda: client.send(frame))
+        self._later(lambda: self._out(client, frame))
+
+    def _out(self, client: Client, frame: bytes) -> None:
+        """Write a frame to a client now, or add it to the batch written when the step ends."""
+        if self._batch is None:
+            client.send(frame)
+        elif client in self._batch:
+            self._batch[client].append(frame)
+        else:
+            self._batch[client] = [frame]
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        for client, queued in (batch or {}).items():
+            client.send(queued[0] if len(queued) == 1 else b"".join(queued))
+
+    def _to_member(self, room: Room, member: Client, frame: bytes) -> None:
+        """A room event for `member`: held back while it is joining, else written."""
+        held = room.members.get(member, LIVE)  # LIVE too for a member who left since
+        if held is LIVE:
+            self._out(member, frame)
+        else:
+            held.append(frame)
 
     def _room_event(self, room: Room, frame: bytes) -> None:
         """Send to the room's members as they are now (presence)."""
-        if not self._backlog:
-            for member in room.members:
-                room.send(member, frame)
-            return
         recipients = list(room.members)
 
         def send_to_recipients():
-            for member in recipients:
-                if member in room.members:
-                    room.send(member, frame)
-                else:  # left since: it still gets what was decided while it was there
-                    member.send(frame)
+            for member in recipients:  # one who left since still gets what was decided before
+                self._to_member(room, member, frame)
 
-        self._backlog.append(send_to_recipients)
+        self._later(send_to_recipients)
 
     def _on_durable(self, events: list) -> None:
-        """Called by a background store, in append order, once `events` are committed."""
+        """Called by a background store, in append order, once `events` are committed; all it
+        releases is written as one batch (one write per client for the whole commit)."""
         with self._lock:
-            for event in events:
-                while callable(self._backlog[0]):
+            self._batch = {}
+            try:
+                for event in events:
+                    while callable(self._backlog[0]):
+                        self._backlog.popleft()()
+                    pending = self._backlog.popleft()
+                    assert pending.event is event, "store committed events out of order"
+                    self._deliver(event, pending.sender, pending.reply_id, pending.recipients)
+                while self._backlog and callable(self._backlog[0]):
                     self._backlog.popleft()()
-                pending = self._backlog.popleft()
-                assert pending.event is event, "store committed events out of order"
-                self._deliver(event, pending.sender, pending.reply_id, pending.recipients)
-            while self._backlog and callable(self._backlog[0]):
-                self._backlog.popleft()()
+            finally:
+                self._flush_batch()
 
     def _deliver(self, event: dict, sender: Client, reply_id, recipients: list | None = None) -> None:
         """Send a chat event, encoded once, to the room's members (and, for an event that
@@ -268,15 +300,16 @@ class Registry:
         own = frame if reply_id is None else protocol.encode({**event, "id": reply_id})
         room = self._rooms.get(name)
         members = room.members if room is not None else {}
+        out = self._out if self._batch is not None else Client.send
         for member, held in members.items():
             data = own if member is sender else frame
             if held is LIVE:
-                member.send(data)
+                out(member, data)
             else:
                 held.append(data)
         for member in recipients or ():
             if member not in members:
-                member.send(own if member is sender else frame)
+                out(member, own if member is sender else frame)
 
     def _remove_member(self, client: Client, name: str) -> None:
         room = self._rooms[name]

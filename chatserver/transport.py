@@ -1,9 +1,9 @@
 """The WebSocket transport: websocket-server 0.6.4 with its defects fixed, in one place.
 
 This is the only module that imports `websocket_server`. The rest of roomchat sees a connection
-(`send_frame`, `send_text`, `close`, `peer`, `path`, `headers`) and three callbacks on the app:
-`on_connect(conn)`, `on_text(conn, text)`, `on_close(conn)`, plus `on_http(method, path, headers)`
-for plain HTTP requests on the same port.
+(`send_frame`, `send_text`, `close`, `peer`, `path`, `headers`) and callbacks on the app:
+`on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
+`on_close(conn)`, and `on_http(method, path, headers)` for plain HTTP on the same port.
 
 Each override below says what upstream does, what we do instead, and which test pins it.
 The version is pinned (requirements.txt) because the overrides rely on upstream internals:
@@ -31,6 +31,7 @@ log = logging.getLogger("roomchat.transport")
 MAX_REQUEST_HEAD = 16 * 1024
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_LINGER = 1.0  # seconds we keep reading after our close frame so the peer can read it
+MAX_BATCH = 64  # messages from one client handled together when they arrived together
 # Linux grows a socket's send buffer to 4 MiB for a peer that stops reading; a fixed size keeps
 # "how far behind may a client fall" close to max_outbox_bytes (the kernel doubles this value).
 SOCKET_SEND_BUFFER = 128 * 1024
@@ -122,30 +123,29 @@ class RoomchatHandler(WebSocketHandler):
     # every FrameError becomes its close code. tests: tests/unit/test_frames.py, test_transport.py
     def read_messages(self) -> None:
         reader = frames.FrameReader(self.reader.read_exact, self.server.max_message_bytes)
+        texts = []  # messages read but not yet handled: all that arrived together, up to MAX_BATCH
         while True:
+            if texts and (len(texts) >= MAX_BATCH or not self.reader.frame_ready()):
+                if not self._handle_texts(texts, reader):
+                    return
+                texts = []
             try:
                 event = reader.next_event()
             except FrameError as exc:  # a payload may be left unread: the stream is out of step
-                self.fail(exc.close_code, exc.reason)
+                if not texts or self._handle_texts(texts, reader):
+                    self.fail(exc.close_code, exc.reason)
                 return
             except (OSError, EOFError, ValueError):
                 return
             self.last_seen = time.monotonic()
             if isinstance(event, frames.Text):
-                if self._closing:
-                    continue
-                try:
-                    self.server.app.on_text(self, event.text)
-                except FrameError as exc:
-                    self.fail(exc.close_code, exc.reason, reader)
-                    return
-                except Exception:  # a bug: log it, and don't tell the peer details
-                    log.exception("handler failed for %s", self.peer)
-                    self.fail(frames.CLOSE_INTERNAL_ERROR, "internal error", reader)
-                    return
+                if not self._closing:
+                    texts.append(event.text)
             elif isinstance(event, frames.Ping):
                 self.send_frame(frames.encode_frame(frames.OP_PONG, event.payload))
             elif isinstance(event, frames.Close):
+                if texts and not self._handle_texts(texts, reader):
+                    return
                 if not self._closing:  # the peer started the close: echo its code (RFC 6455 5.5.1)
                     self._closing = True
                     self.close_reason = f"client closed ({event.code})"
@@ -153,6 +153,19 @@ class RoomchatHandler(WebSocketHandler):
                     self.outbox.put_last(echo)
                     self.outbox.drain(CLOSE_LINGER)
                 return
+
+    def _handle_texts(self, texts: list, reader: frames.FrameReader) -> bool:
+        """Hand messages that arrived together to the app in one call (so their fan-out can share
+        one write per member). False if the connection was closed instead."""
+        try:
+            self.server.app.on_texts(self, texts)
+            return True
+        except FrameError as exc:
+            self.fail(exc.close_code, exc.reason, reader)
+        except Exception:  # a bug: log it, and don't tell the peer details
+            log.exception("handler failed for %s", self.peer)
+            self.fail(frames.CLOSE_INTERNAL_ERROR, "internal error", reader)
+        return False
 
     # upstream: `self.request.send(header + payload)` under `_send_lock`: partial writes are lost.
     # fix: every frame goes through this connection's Outbox (complete writes, in order, never
@@ -376,7 +389,8 @@ class SocketReader:
     """
 
     __slots__ = ("_buf", "_pos", "_sock")
-    RECV_SIZE = 65536
+    RECV_SIZE = 65536  # when a message is under way: take whatever has arrived in one call
+    IDLE_RECV_SIZE = 1024  # when waiting for the next message: recv() allocates this much while it blocks
 
     def __init__(self, sock: socket.socket):
         self._sock = sock
@@ -393,7 +407,7 @@ class SocketReader:
         parts = [buf[pos:]]
         have = len(buf) - pos
         while have < n:
-            chunk = self._sock.recv(max(self.RECV_SIZE, n - have))
+            chunk = self._sock.recv(max(self.RECV_SIZE if have else self.IDLE_RECV_SIZE, n - have))
             if not chunk:
                 raise EOFError
             parts.append(chunk)
@@ -403,6 +417,10 @@ class SocketReader:
         if n == len(data):  # nothing left over: drop the buffer rather than keep it while idle
             self._buf, self._pos = b"", 0
         return data[:n]
+
+    def frame_ready(self) -> bool:
+        """A whole frame is already buffered: the next frame read will not block."""
+        return frames.frame_ready(self._buf, self._pos)
 
     def readline(self, limit: int) -> bytes:
         """A line ending in LF, or `limit` bytes if no LF comes first; b"" at EOF."""

@@ -1,8 +1,11 @@
 """One module per request type; HANDLERS maps a message's `type` to its `handle(ctx, msg)`.
 
 A handler checks its fields and calls one Registry method. It never sees sockets or frames.
+A module may also offer `handle_many(ctx, msgs)` for a run of such requests that arrived together.
 """
 
 from handlers import chat, dm, history, join, leave, nick, ping, rooms, who
 
-HANDLERS = {m.TYPE: m.handle for m in (nick, join, leave, chat, dm, rooms, who, history, ping)}
+MODULES = (nick, join, leave, chat, dm, rooms, who, history, ping)
+HANDLERS = {m.TYPE: m.handle for m in MODULES}
+BATCH_HANDLERS = {m.TYPE: m.handle_many for m in MODULES if hasattr(m, "handle_many")}

@@ -1,11 +1,22 @@
 """chat: say something in a room; every member, the sender included, gets it with its seq."""
 
+from chatserver.errors import ChatError
 from chatserver.protocol import require_room, require_text
 
 TYPE = "chat"
 
 
 def handle(ctx, msg):
-    room = require_room(msg)
-    text = require_text(msg, ctx.config.max_text_chars)
-    ctx.registry.chat(ctx.client, room, text, reply_id=msg.get("id"))
+    handle_many(ctx, [msg])
+
+
+def handle_many(ctx, msgs):
+    """Chats that arrived together: each checked on its own, all sent in one registry step.
+    A refused one becomes an error reply in its place, so replies keep the order of requests."""
+    items = []
+    for msg in msgs:
+        try:
+            items.append((require_room(msg), require_text(msg, ctx.config.max_text_chars), msg.get("id")))
+        except ChatError as exc:
+            items.append((exc, None, msg.get("id")))
+    ctx.registry.chat_many(ctx.client, items)

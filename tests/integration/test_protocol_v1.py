@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import frame, wait_for
 
 
 def test_welcome(connect):
@@ -231,3 +231,18 @@ def test_presence_on_abrupt_disconnect(server, connect, raw):
     seen = [(e["room"], e["event"]) for e in leaves]
     assert seen == [("r1", "join"), ("r2", "join"), ("r1", "leave"), ("r2", "leave")]
     wait_for(lambda: server.registry.stats()["connections"] == 1)
+
+
+def test_requests_sent_together_answered_in_order(server, raw, connect):
+    """Several requests in one TCP write (chats, a bad one, a ping) are answered in request order."""
+    watcher = connect()
+    watcher.join("r")
+    client = raw()
+    client.send_json(type="join", room="r")
+    assert client.read_json()["type"] == "joined"
+    burst = [{"type": "chat", "room": "r", "text": "a", "id": 1}, {"type": "chat", "room": "r", "text": "", "id": 2},
+             {"type": "ping", "id": 3}, {"type": "chat", "room": "r", "text": "b", "id": 4}]
+    client.send(b"".join(frame(0x1, json.dumps(m).encode()) for m in burst))
+    replies = [client.read_json() for _ in range(4)]
+    assert [(r["type"], r["id"]) for r in replies] == [("chat", 1), ("error", 2), ("pong", 3), ("chat", 4)]
+    assert [watcher.recv_type("chat")["text"] for _ in range(2)] == ["a", "b"]

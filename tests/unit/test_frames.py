@@ -139,3 +139,12 @@ def test_close_frame_reason_fits_control_limit():
     """A long close reason is cut so the frame stays a valid control frame."""
     data = frames.close_frame(1008, "x" * 500)
     assert data[1] <= 125
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_frame_ready_only_for_whole_frames(size):
+    """frame_ready is True exactly when a whole frame (any length encoding) is buffered."""
+    data = frame(0x1, b"a" * size)
+    assert frames.frame_ready(b"xx" + data, 2)
+    assert frames.frame_ready(data + data[:3], 0)
+    assert not any(frames.frame_ready(data[:cut], 0) for cut in range(len(data)) if cut in (0, 1, 3, 9, len(data) - 1))

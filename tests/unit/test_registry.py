@@ -20,13 +20,21 @@ class FakeConn:
         self.frames.append(frame)
 
     def events(self, kind=None) -> list:
+        """Every event sent, in order; one write may carry several frames."""
         out = []
         for data in self.frames:
-            n = data[1] & 0x7F
-            start = 2 if n < 126 else 4 if n == 126 else 10
-            event = json.loads(data[start:])
-            if kind is None or event["type"] == kind:
-                out.append(event)
+            pos = 0
+            while pos < len(data):
+                n = data[pos + 1] & 0x7F
+                start = pos + 2
+                if n == 126:
+                    n, start = int.from_bytes(data[pos + 2 : pos + 4], "big"), pos + 4
+                elif n == 127:
+                    n, start = int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
+                event = json.loads(data[start : start + n])
+                pos = start + n
+                if kind is None or event["type"] == kind:
+                    out.append(event)
         return out
 
 
@@ -288,3 +296,20 @@ def test_join_during_pending_chat_gets_it_after_joined(slow):
     events = conn_c.events()[1:]
     assert events[0]["type"] == "joined" and [e["seq"] for e in events[0]["history"]] == [1]
     assert [(e["type"], e.get("seq")) for e in events[1:]] == [("chat", 2)]
+
+
+def test_chat_many_keeps_order_and_writes_once_per_member(registry):
+    """Chats that arrived together: in order, a refused one answered in its place, and each
+    member's frames written in a single send."""
+    a, conn_a = connect(registry)
+    b, conn_b = connect(registry)
+    registry.join(a, "r")
+    registry.join(b, "r")
+    conn_a.frames.clear()
+    conn_b.frames.clear()
+    items = [("r", "one", 1), (ChatError("too_long", "Too long."), None, 2), ("nowhere", "x", 3), ("r", "two", 4)]
+    registry.chat_many(a, items)
+    assert [(e["type"], e.get("id")) for e in conn_a.events()] == [("chat", 1), ("error", 2), ("error", 3), ("chat", 4)]
+    assert [e["code"] for e in conn_a.events("error")] == ["too_long", "not_in_room"]
+    assert [e["seq"] for e in conn_b.events()] == [1, 2]
+    assert len(conn_a.frames) == len(conn_b.frames) == 1
