@@ -8,10 +8,6 @@ ROOMS rooms with SENDERS senders and RECEIVERS receivers each, then runs two pha
   Gives incoming chat messages/s (echoes/s) and the send -> own echo latency under full load.
 - paced: --rate chats/s in total, sent on a schedule; gives the latency at a load both keep up with.
 
-While roomchat's sockets lack TCP_NODELAY, a sender's echo often waits about one send interval
-(Nagle's algorithm), so the paced p50 is ~16 ms for both stores; with TCP_NODELAY set on the
-accepted sockets it was ~0.4 ms. That is the transport's business, not the store's.
-
 Every delivery is checked (per client, seq must rise by 1). After the SQLite run the file is opened
 and every echoed message must be in it. The SQLite server must keep at least 70 % of the in-memory
 throughput (exit status 1 otherwise).
