@@ -29,15 +29,17 @@ class TokenBucket:
 class Client:
     """A connection with a nick. `conn` is the transport's connection: it sends frames in order.
 
-    `rooms` is owned by the Registry and changed only under its lock.
+    `rooms` (the rooms it has asked to be in) and `joined` (the rooms fan-out sends it, which
+    follow `rooms` in decision order) are owned by the Registry and changed under its lock.
     """
 
-    __slots__ = ("conn", "limiter", "nick", "rooms")
+    __slots__ = ("conn", "joined", "limiter", "nick", "rooms")
 
     def __init__(self, conn, nick: str, limiter: TokenBucket):
         self.conn = conn
         self.nick = nick
         self.rooms: set[str] = set()
+        self.joined: set[str] = set()
         self.limiter = limiter
 
     def send(self, frame: bytes) -> None:

@@ -1,16 +1,18 @@
 """Who is connected, under which nick, in which rooms; and the fan-out of everything we send.
 
 One non-reentrant lock guards all of it. Public methods take the lock; `_helpers` expect it held.
-Inside the lock we only touch dicts and sets and call `Client.send()`, which never blocks.
+Inside the lock we touch dicts and sets and call `Client.send()`, which never blocks; the one
+store read under the lock is a rare fallback in `_join_history`.
 
-Ordering rule: every decision (a chat's seq, a join, a leave, a reply) is made under the lock,
-and what it sends goes out in the order the decisions were made. With a store that keeps events
-at once (memory) that is simply "send now". With a store that commits in the background
-(SQLite), a chat event may not be sent before it is committed; while any chat waits for its
-commit, everything decided after it waits too, in one FIFO (`_backlog`), and leaves in order
-when the store reports the commit. So every member sees a room's events in seq order with no
-gap from the moment it joined, a client's replies come in the order of its requests, and no
-presence or reply overtakes a chat decided before it.
+Decisions and effects. A request is decided at once, under the lock, against the *decided*
+state: `client.rooms`, the nick table, the rooms' seqs. What it sends and what it changes in the
+*effective* state that fan-out uses (`Room.members`, `client.joined`) is an effect, run by
+`_later` in decision order. With a store that keeps events at once (memory) an effect runs
+immediately. With a store that commits in the background (SQLite) a chat may not be sent before
+its commit, so while any chat waits, every later effect waits behind it in one FIFO
+(`_backlog`) and runs when the store reports the commit. Hence: every member sees a room's chat
+events in seq order with no gap from its `joined` on; a client's replies come in the order of
+its requests; and no presence, nick, reply or `joined` overtakes a chat decided before it.
 """
 
 import threading
@@ -20,30 +22,29 @@ from chatserver import protocol
 from chatserver.client import Client
 from chatserver.errors import ChatError
 
-LIVE = None  # value of Room.members[client] once the member's `joined` reply is sent
+TAIL = 128  # recent chat events kept per live room: `joined` needs no store read under the lock
 
 
 class Room:
-    """A room with members. A member maps to LIVE, or to a list of frames held back while its
-    `joined` reply is being prepared, so no room event can overtake `joined`."""
+    """A room as fan-out sees it: members in join order and its recently delivered events."""
 
-    __slots__ = ("members", "name")
+    __slots__ = ("members", "name", "tail")
 
     def __init__(self, name: str):
         self.name = name
-        self.members: dict[Client, list | None] = {}
+        self.members: dict[Client, None] = {}
+        self.tail: deque = deque(maxlen=TAIL)  # chat events delivered since the room appeared
 
 
 class PendingChat:
-    """A chat event waiting for its commit, with whom it must reach once committed."""
+    """A chat event waiting for its commit."""
 
-    __slots__ = ("event", "recipients", "reply_id", "sender")
+    __slots__ = ("event", "reply_id", "sender")
 
-    def __init__(self, event: dict, sender: Client, reply_id, recipients: list):
+    def __init__(self, event: dict, sender: Client, reply_id):
         self.event = event
         self.sender = sender
         self.reply_id = reply_id
-        self.recipients = recipients  # the members when the seq was assigned
 
 
 class Registry:
@@ -55,10 +56,10 @@ class Registry:
         self._max_rooms = limits["max_rooms"]
         self._clients: set[Client] = set()
         self._nicks: dict[str, Client] = {}  # casefolded nick -> client
-        self._rooms: dict[str, Room] = {}  # only rooms with members
+        self._rooms: dict[str, Room] = {}  # rooms with members (effective)
         self._last_seq: dict[str, int] = store.last_seqs()  # outlives empty rooms: seqs are never reused
         self._delivered: dict[str, int] = dict(self._last_seq)  # highest seq sent to members
-        self._backlog: deque = deque()  # PendingChat and deferred sends, in decision order
+        self._backlog: deque = deque()  # PendingChat and effects, in decision order
         self._batch: dict | None = None  # while set: frames per client, written once at the end
         self._guests = 0
 
@@ -71,7 +72,7 @@ class Registry:
             client = Client(conn, nick, limiter)
             self._clients.add(client)
             self._nicks[nick.casefold()] = client
-            # First frame on a new connection: nothing can be queued for it yet, so no backlog.
+            # First frame of a new connection: nothing can be queued for it yet, so no backlog.
             client.send(protocol.encode(protocol.welcome(nick, self._limits, self._store.epoch)))
             return client
 
@@ -80,10 +81,15 @@ class Registry:
         with self._lock:
             if client not in self._clients:
                 return
-            for name in sorted(client.rooms):
-                self._remove_member(client, name)
             self._clients.discard(client)
             del self._nicks[client.nick.casefold()]
+            rooms, client.rooms = sorted(client.rooms), set()
+
+            def leave_all():
+                for name in rooms:
+                    self._leave_room(client, name)
+
+            self._later(leave_all)
 
     def _free_guest_nick(self) -> str:
         while True:
@@ -109,55 +115,55 @@ class Registry:
             self._nicks[nick.casefold()] = client
             client.nick = nick
             event = {"type": "nick", "old": old, "nick": nick}
-            frame = protocol.encode(event)
-            for other in self._room_peers(client):
-                self._send(other, frame)
-            self._send(client, protocol.encode(protocol.with_id(event, reply_id)))
+
+            def announce():
+                frame = protocol.encode(event)
+                for peer in self._room_peers(client):
+                    self._out(peer, frame)
+                self._out(client, protocol.encode(protocol.with_id(event, reply_id)))
+
+            self._later(announce)
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room. `joined` carries the members and either the last 50 chat events or,
         with `after`, every event with a higher seq (up to 1000, then `truncated`)."""
-        with self._lock:
-            room = self._rooms.get(name)
-            rejoin = room is not None and client in room.members
-            if not rejoin and len(client.rooms) >= self._max_rooms:
-                raise ChatError("too_many_rooms", f"You are in {self._max_rooms} rooms, the limit; leave one first.")
-            if room is None:
-                room = self._rooms[name] = Room(name)
-            if not rejoin:
-                self._room_event(room, protocol.encode(protocol.presence(name, "join", client.nick)))
-                client.rooms.add(name)
-            held = room.members[client] = []  # from here on, room events for it wait in `held`
-            members = [m.nick for m in room.members]
-            upto = self._delivered.get(name, 0)
-        # Read the store outside the lock: it holds every event up to `upto`; later ones are in `held`.
+        # Read the store first, outside the lock; `_join_history` adds what is delivered meanwhile.
         if after is None:
-            history, truncated = self._store.read(name, before=upto + 1, limit=protocol.JOIN_HISTORY), False
+            stored = self._store.read(name, limit=protocol.JOIN_HISTORY)
         else:
-            history = self._store.read(name, after=after, before=upto + 1, limit=protocol.MAX_RESUME + 1)
-            truncated = len(history) > protocol.MAX_RESUME
-            history = history[: protocol.MAX_RESUME]
-        reply = {"type": "joined", "room": name, "members": members, "history": history}
-        if truncated:
-            reply["truncated"] = True
-        frame = protocol.encode(protocol.with_id(reply, reply_id))
-
-        def go_live():
-            if room.members.get(client) is held:  # not left or disconnected meanwhile
-                self._out(client, frame)
-                for queued in held:
-                    self._out(client, queued)
-                room.members[client] = LIVE
-
+            stored = self._store.read(name, after=after, limit=protocol.MAX_RESUME + 1)
         with self._lock:
-            self._later(go_live)
+            if name not in client.rooms and len(client.rooms) >= self._max_rooms:
+                raise ChatError("too_many_rooms", f"You are in {self._max_rooms} rooms, the limit; leave one first.")
+            client.rooms.add(name)
+
+            def enter():
+                room = self._rooms.get(name)
+                if room is None:
+                    room = self._rooms[name] = Room(name)
+                if client not in room.members:
+                    self._fan_out(room, protocol.encode(protocol.presence(name, "join", client.nick)))
+                    room.members[client] = None
+                    client.joined.add(name)
+                history, truncated = self._join_history(room, stored, after)
+                reply = {"type": "joined", "room": name, "members": [m.nick for m in room.members], "history": history}
+                if truncated:
+                    reply["truncated"] = True
+                self._out(client, protocol.encode(protocol.with_id(reply, reply_id)))
+
+            self._later(enter)
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
         with self._lock:
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"You are not in {name!r}.")
-            self._remove_member(client, name)
-            self._send(client, protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)))
+            client.rooms.discard(name)
+
+            def go():
+                self._leave_room(client, name)
+                self._out(client, protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)))
+
+            self._later(go)
 
     def chat(self, client: Client, name: str, text: str, reply_id=None) -> None:
         with self._lock:
@@ -188,8 +194,7 @@ class Registry:
         if self._store.append(event):  # stored already (memory): send now, or in turn
             self._later(lambda: self._deliver(event, client, reply_id))
         else:  # the store calls _on_durable once it is committed
-            recipients = list(self._rooms[name].members)
-            self._backlog.append(PendingChat(event, client, reply_id, recipients))
+            self._backlog.append(PendingChat(event, client, reply_id))
 
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
         with self._lock:
@@ -203,27 +208,39 @@ class Registry:
 
     def list_rooms(self, client: Client, reply_id=None) -> None:
         with self._lock:
-            rooms = [{"room": r.name, "members": len(r.members)} for r in sorted(self._rooms.values(), key=_name)]
-            self._send(client, protocol.encode(protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id)))
+
+            def answer():
+                rooms = [{"room": r.name, "members": len(r.members)} for r in sorted(self._rooms.values(), key=_name)]
+                self._out(client, protocol.encode(protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id)))
+
+            self._later(answer)
 
     def who(self, client: Client, name: str, reply_id=None) -> None:
         with self._lock:
-            room = self._rooms.get(name)
-            members = [m.nick for m in room.members] if room else []
-            reply = {"type": "who", "room": name, "members": members}
-            self._send(client, protocol.encode(protocol.with_id(reply, reply_id)))
+
+            def answer():
+                room = self._rooms.get(name)
+                members = [m.nick for m in room.members] if room else []
+                reply = {"type": "who", "room": name, "members": members}
+                self._out(client, protocol.encode(protocol.with_id(reply, reply_id)))
+
+            self._later(answer)
 
     def history(self, client: Client, name: str, before=None, after=None, limit=50, reply_id=None) -> None:
         """Members page through a room's stored chat events, oldest first."""
         with self._lock:
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"Join {name!r} to read its history.")
-            upto = self._delivered.get(name, 0) + 1
-        before = upto if before is None else min(before, upto)
         messages = self._store.read(name, before=before, after=after, limit=limit)
-        reply = {"type": "history", "room": name, "messages": messages}
         with self._lock:
-            self._send(client, protocol.encode(protocol.with_id(reply, reply_id)))
+
+            def answer():
+                # Committed but not yet delivered events stay out; a member gets those live.
+                upto = self._delivered.get(name, 0)
+                reply = {"type": "history", "room": name, "messages": [m for m in messages if m["seq"] <= upto]}
+                self._out(client, protocol.encode(protocol.with_id(reply, reply_id)))
+
+            self._later(answer)
 
     def stats(self) -> dict:
         with self._lock:
@@ -231,13 +248,12 @@ class Registry:
 
     # -- helpers (lock held) -------------------------------------------------------------------
 
-    def _later(self, action) -> None:
-        """Run `action` now, or after everything already waiting for the store."""
-        assert self._lock.locked()
+    def _later(self, effect) -> None:
+        """Run `effect` now, or after everything already waiting for the store."""
         if self._backlog:
-            self._backlog.append(action)
+            self._backlog.append(effect)
         else:
-            action()
+            effect()
 
     def _send(self, client: Client, frame: bytes) -> None:
         self._later(lambda: self._out(client, frame))
@@ -256,23 +272,9 @@ class Registry:
         for client, queued in (batch or {}).items():
             client.send(queued[0] if len(queued) == 1 else b"".join(queued))
 
-    def _to_member(self, room: Room, member: Client, frame: bytes) -> None:
-        """A room event for `member`: held back while it is joining, else written."""
-        held = room.members.get(member, LIVE)  # LIVE too for a member who left since
-        if held is LIVE:
+    def _fan_out(self, room: Room, frame: bytes) -> None:
+        for member in room.members:
             self._out(member, frame)
-        else:
-            held.append(frame)
-
-    def _room_event(self, room: Room, frame: bytes) -> None:
-        """Send to the room's members as they are now (presence)."""
-        recipients = list(room.members)
-
-        def send_to_recipients():
-            for member in recipients:  # one who left since still gets what was decided before
-                self._to_member(room, member, frame)
-
-        self._later(send_to_recipients)
 
     def _on_durable(self, events: list) -> None:
         """Called by a background store, in append order, once `events` are committed; all it
@@ -285,48 +287,75 @@ class Registry:
                         self._backlog.popleft()()
                     pending = self._backlog.popleft()
                     assert pending.event is event, "store committed events out of order"
-                    self._deliver(event, pending.sender, pending.reply_id, pending.recipients)
+                    self._deliver(event, pending.sender, pending.reply_id)
                 while self._backlog and callable(self._backlog[0]):
                     self._backlog.popleft()()
             finally:
                 self._flush_batch()
 
-    def _deliver(self, event: dict, sender: Client, reply_id, recipients: list | None = None) -> None:
-        """Send a chat event, encoded once, to the room's members (and, for an event that
-        waited for its commit, to members who have left since its seq was assigned)."""
+    def _deliver(self, event: dict, sender: Client, reply_id) -> None:
+        """Send a chat event, encoded once, to the room's members; the sender's copy has its id."""
         name = event["room"]
         self._delivered[name] = event["seq"]
+        room = self._rooms.get(name)
+        if room is None:
+            return
+        room.tail.append(event)
         frame = protocol.encode(event)
         own = frame if reply_id is None else protocol.encode({**event, "id": reply_id})
-        room = self._rooms.get(name)
-        members = room.members if room is not None else {}
         out = self._out if self._batch is not None else Client.send
-        for member, held in members.items():
-            data = own if member is sender else frame
-            if held is LIVE:
-                out(member, data)
-            else:
-                held.append(data)
-        for member in recipients or ():
-            if member not in members:
-                out(member, own if member is sender else frame)
+        for member in room.members:
+            out(member, own if member is sender else frame)
 
-    def _remove_member(self, client: Client, name: str) -> None:
-        room = self._rooms[name]
+    def _join_history(self, room: Room, stored: list, after: int | None) -> tuple[list, bool]:
+        """What `joined` replays: `stored` (read before the join was decided) plus the events
+        delivered since, from the room's tail. If the two do not meet (a long burst, a room that
+        was empty meanwhile), read the store again, here under the lock: rare and correct."""
+        upto = self._delivered.get(room.name, 0)
+        merged = [e for e in stored if e["seq"] <= upto]
+        last = merged[-1]["seq"] if merged else (after or 0)
+        merged += [e for e in room.tail if e["seq"] > last]
+        if not _replays(merged, stored, after, upto):
+            limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
+            merged = self._store.read(room.name, after=after, before=upto + 1, limit=limit)
+        if after is None:
+            return merged[-protocol.JOIN_HISTORY :], False
+        return merged[: protocol.MAX_RESUME], len(merged) > protocol.MAX_RESUME
+
+    def _leave_room(self, client: Client, name: str) -> None:
+        room = self._rooms.get(name)
+        if room is None or client not in room.members:
+            return
         del room.members[client]
-        client.rooms.discard(name)
+        client.joined.discard(name)
         if room.members:
-            self._room_event(room, protocol.encode(protocol.presence(name, "leave", client.nick)))
+            self._fan_out(room, protocol.encode(protocol.presence(name, "leave", client.nick)))
         else:
             del self._rooms[name]
 
     def _room_peers(self, client: Client) -> set:
         """Everyone sharing a room with `client`, each once, without `client`."""
         peers = set()
-        for name in client.rooms:
+        for name in client.joined:
             peers.update(self._rooms[name].members)
         peers.discard(client)
         return peers
+
+
+def _replays(merged: list, stored: list, after: int | None, upto: int) -> bool:
+    """True when `merged` is what a store read right now would give for the join."""
+    if not merged:
+        return upto <= (after or 0)
+    if merged[-1]["seq"] - merged[0]["seq"] != len(merged) - 1:  # seqs rise, so this means a gap
+        return False
+    starts_where_history_starts = bool(stored) and merged[0] is stored[0]
+    if after is not None:
+        if len(merged) > protocol.MAX_RESUME:
+            return merged[0]["seq"] == after + 1 or starts_where_history_starts
+        return merged[-1]["seq"] == upto and (merged[0]["seq"] == after + 1 or starts_where_history_starts)
+    complete = len(merged) >= protocol.JOIN_HISTORY or merged[0]["seq"] == 1
+    whole_store = starts_where_history_starts and len(stored) < protocol.JOIN_HISTORY
+    return merged[-1]["seq"] == upto and (complete or whole_store)
 
 
 def _name(room: Room) -> str:

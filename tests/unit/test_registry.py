@@ -282,8 +282,9 @@ def test_reply_waits_behind_own_pending_chat(slow):
     assert [e["type"] for e in conn_a.events()[-3:]] == ["chat", "pong", "who"]
 
 
-def test_join_during_pending_chat_gets_it_after_joined(slow):
-    """A member joining while a chat waits for its commit gets `joined` (without it), then the chat."""
+def test_join_during_pending_chat_replays_it_in_joined(slow):
+    """A join decided after a chat that still waits for its commit: `joined` comes after the
+    commit and its history holds that chat; nothing is sent twice."""
     store, registry = slow
     a, _ = connect(registry)
     registry.join(a, "r")
@@ -292,10 +293,26 @@ def test_join_during_pending_chat_gets_it_after_joined(slow):
     registry.chat(a, "r", "second")
     c, conn_c = connect(registry)
     registry.join(c, "r")
+    assert conn_c.events("joined") == []
     store.commit()
     events = conn_c.events()[1:]
-    assert events[0]["type"] == "joined" and [e["seq"] for e in events[0]["history"]] == [1]
-    assert [(e["type"], e.get("seq")) for e in events[1:]] == [("chat", 2)]
+    assert [e["type"] for e in events] == ["joined"]
+    assert [e["seq"] for e in events[0]["history"]] == [1, 2]
+
+
+def test_rejoin_and_nick_stay_in_request_order(slow):
+    """chat, join (again), nick, ping from one client while a commit is pending: replies come in
+    request order, and a peer's `joined` lists the new nick before any nick event."""
+    store, registry = slow
+    a, conn_a = connect(registry)
+    registry.join(a, "r")
+    registry.chat(a, "r", "x", reply_id=1)
+    registry.join(a, "r", reply_id=2)
+    registry.set_nick(a, "alice", reply_id=3)
+    registry.reply(a, {"type": "pong", "id": 4})
+    store.commit()
+    assert [(e["type"], e.get("id")) for e in conn_a.events()[-4:]] == [
+        ("chat", 1), ("joined", 2), ("nick", 3), ("pong", 4)]
 
 
 def test_chat_many_keeps_order_and_writes_once_per_member(registry):
@@ -313,3 +330,39 @@ def test_chat_many_keeps_order_and_writes_once_per_member(registry):
     assert [e["code"] for e in conn_a.events("error")] == ["too_long", "not_in_room"]
     assert [e["seq"] for e in conn_b.events()] == [1, 2]
     assert len(conn_a.frames) == len(conn_b.frames) == 1
+
+
+class BusyStore(MemoryStore):
+    """A store where, right after join's read and before the join is decided, chats happen."""
+
+    burst = None
+    reads = 0
+
+    def read(self, *args, **kwargs):
+        self.reads += 1
+        result = super().read(*args, **kwargs)
+        if self.burst:
+            burst, self.burst = self.burst, None
+            burst()
+        return result
+
+
+@pytest.mark.parametrize("before, during, after, expect, reads", [
+    (5, 50, None, range(6, 56), 1),  # the room's tail fills in what came after the read
+    (0, 300, None, range(251, 301), 1),  # the newest 50 are all in the tail
+    (20, 300, 10, range(11, 321), 2),  # a resume across such a burst
+])
+def test_join_history_whole_whatever_happens_between_read_and_join(before, during, after, expect, reads):
+    """Events delivered between join's store read and its decision are replayed once, no gap."""
+    store = BusyStore()
+    registry = Registry(store, Config().limits())
+    a, _ = connect(registry)
+    registry.join(a, "r")
+    for i in range(before):
+        registry.chat(a, "r", str(i))
+    store.burst = lambda: [registry.chat(a, "r", str(i)) for i in range(during)]
+    store.reads = 0
+    b, conn_b = connect(registry)
+    registry.join(b, "r", after=after)
+    assert [e["seq"] for e in conn_b.events("joined")[0]["history"]] == list(expect)
+    assert store.reads == reads
