@@ -31,14 +31,21 @@ def dispatch_many(ctx: Context, raws: list) -> None:
     for raw in raws:
         msg_id = None
         try:
-            msg = protocol.decode(raw)
+            allowed = _take_token(ctx, batch, batch_type)  # every message costs a token, valid or not
+            try:
+                msg = protocol.decode(raw)
+            except ChatError:
+                if allowed:
+                    raise
+                msg = {}
             msg_id = msg.get("id")
+            if not allowed:
+                raise ChatError("rate_limited", f"Slow down: at most {ctx.client.limiter.rate:g} messages per second.")
             kind = msg["type"]
             handler = HANDLERS.get(kind)
             if handler is None:
                 known = ", ".join(sorted(HANDLERS))
                 raise ChatError("unknown_type", f"Unknown message type {kind[:40]!r}; known types: {known}.")
-            _take_token(ctx, batch, batch_type)
             if kind in BATCH_HANDLERS:
                 if kind != batch_type:
                     _flush(ctx, batch, batch_type)
@@ -53,14 +60,15 @@ def dispatch_many(ctx: Context, raws: list) -> None:
     _flush(ctx, batch, batch_type)
 
 
-def _take_token(ctx: Context, batch: list, batch_type) -> None:
+def _take_token(ctx: Context, batch: list, batch_type) -> bool:
+    """False when the client is over its rate; FrameError(1008) when it keeps on flooding."""
     limiter = ctx.client.limiter
     if limiter.take():
-        return
+        return True
     if limiter.refused_in_a_row > FLOOD_FACTOR * limiter.burst:
         _flush(ctx, batch, batch_type)  # what was accepted before the flood still goes out
         raise FrameError(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
-    raise ChatError("rate_limited", f"Slow down: at most {limiter.rate:g} messages per second.")
+    return False
 
 
 def _flush(ctx: Context, batch: list, batch_type) -> None:

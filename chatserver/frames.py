@@ -34,6 +34,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 
 MAX_CONTROL_PAYLOAD = 125
+MAX_FRAGMENTS = 1024  # frames per message: empty continuation frames must not go on for ever
 
 @dataclass(frozen=True)
 class Text:
@@ -100,9 +101,10 @@ def close_frame(code: int, reason: str = "") -> bytes:
 
 
 def frame_ready(buf: bytes, pos: int) -> bool:
-    """True when buf[pos:] holds at least one whole client frame, so reading it cannot block."""
+    """True when buf[pos:] starts with a whole frame that ends a message (FIN set), so reading
+    the next event cannot block. A first fragment is not enough: its rest may be far off."""
     avail = len(buf) - pos
-    if avail < 2:
+    if avail < 2 or not buf[pos] & 0x80:
         return False
     b2 = buf[pos + 1]
     length, head = b2 & 0x7F, 2 + (4 if b2 & 0x80 else 0)
@@ -137,6 +139,7 @@ class FrameReader:
         self._max = max_message_bytes
         self._parts: list[str] = []
         self._size = 0
+        self._fragments = 0
         self._decoder = None  # an incremental UTF-8 decoder while a fragmented message is open
 
     def next_event(self) -> Text | Ping | Pong | Close:
@@ -189,7 +192,7 @@ class FrameReader:
             if not fin:
                 return None
             text = "".join(self._parts)
-            self._parts, self._size, self._decoder = [], 0, None
+            self._parts, self._size, self._fragments, self._decoder = [], 0, 0, None
             return Text(text)
         if opcode == OP_PING:
             return Ping(payload)
@@ -198,10 +201,15 @@ class FrameReader:
         return _parse_close(payload)
 
     def _append(self, payload: bytes, final: bool, length: int) -> None:
+        self._fragments += 1
+        if self._fragments > MAX_FRAGMENTS:
+            raise FrameError(CLOSE_TOO_BIG, f"message in more than {MAX_FRAGMENTS} fragments")
         try:
-            self._parts.append(self._decoder.decode(payload, final))
+            part = self._decoder.decode(payload, final)
         except UnicodeDecodeError:
             raise FrameError(CLOSE_INVALID_DATA, "text is not valid UTF-8") from None
+        if part:
+            self._parts.append(part)
         self._size += length
 
 

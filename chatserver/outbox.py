@@ -26,7 +26,7 @@ class Outbox:
         self._limit = limit_bytes
         self._flusher = flusher
         self._on_overflow = on_overflow  # called with the lock held: it must not call back into us
-        self._overflow_frame = overflow_frame  # tried once, without waiting, when we give up
+        self._overflow_frame = overflow_frame  # queued in place of the backlog when we give up
         self._lock = threading.Lock()
         self._queue: deque = deque()
         self._queued = 0
@@ -41,11 +41,12 @@ class Outbox:
             return self._put(data)
 
     def put_last(self, data: bytes) -> None:
-        """Queue a final frame (a close frame); nothing put later is sent."""
+        """Queue a final frame (a close frame); nothing put later is sent. A no-op once closed,
+        so a connection never sends two close frames."""
         with self._lock:
-            if self._open or not self._broken:
+            if self._open:
+                self._open = False
                 self._put(data)
-            self._open = False
 
     def _put(self, data: bytes) -> bool:
         if self._queue:
@@ -63,7 +64,7 @@ class Outbox:
             self._fail()
             return False
         if sent < len(data):
-            rest = memoryview(data)[sent:]
+            rest = memoryview(data)[sent:] if sent else data  # a memoryview marks a frame half written
             self._queue.append(rest)
             self._queued = len(rest)
             self._flusher.watch(self._fd, self)
@@ -86,7 +87,7 @@ class Outbox:
                     self._queue[0] = memoryview(data)[sent:]
                     return
                 self._queue.popleft()
-            self._flusher.unwatch(self._fd)
+            self._flusher.unwatch(self._fd, self)
 
     def drain(self, timeout: float) -> bool:
         """Wait until everything queued is written (or cannot be); True if it was written."""
@@ -106,12 +107,16 @@ class Outbox:
         return self._queued
 
     def _overflow(self) -> None:
-        mid_frame = isinstance(self._queue[0], memoryview)  # a frame half written: no room for more
-        self._discard()
+        """Too far behind: drop the backlog but finish a half-written frame, then the close
+        frame, so the peer can still read why it is being dropped."""
+        head = self._queue[0]
+        self._queue.clear()
+        if isinstance(head, memoryview):
+            self._queue.append(head)
+        if self._overflow_frame:
+            self._queue.append(self._overflow_frame)
+        self._queued = sum(len(data) for data in self._queue)
         self._open = False
-        if self._overflow_frame and not mid_frame:
-            with contextlib.suppress(OSError):
-                self._sock.send(self._overflow_frame, socket.MSG_DONTWAIT)
         self._on_overflow()
 
     def _fail(self) -> None:
@@ -121,7 +126,7 @@ class Outbox:
 
     def _discard(self) -> None:
         if self._queue:
-            self._flusher.unwatch(self._fd)
+            self._flusher.unwatch(self._fd, self)
         self._queue.clear()
         self._queued = 0
 
@@ -144,8 +149,10 @@ class Flusher(threading.Thread):
         except OSError:
             self._outboxes.pop(fd, None)
 
-    def unwatch(self, fd: int) -> None:
-        if self._outboxes.pop(fd, None) is not None:
+    def unwatch(self, fd: int, outbox: Outbox) -> None:
+        """Stop watching `fd` for `outbox`; a no-op if the fd now belongs to another connection."""
+        if self._outboxes.get(fd) is outbox:
+            del self._outboxes[fd]
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
 

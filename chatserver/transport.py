@@ -102,6 +102,8 @@ class RoomchatHandler(WebSocketHandler):
                 self.close_reason = f"http {method} {target[:80]}"
                 return False
             response = accept_upgrade(method, headers)
+            sock.settimeout(None)  # from here every wait is bounded by pings and close deadlines instead
+            sock.sendall(response)
         except HandshakeError as exc:
             plain = {"Content-Type": "text/plain; charset=utf-8", **exc.headers}
             self._http_reply(exc.status, plain, exc.reason.encode() + b"\n")
@@ -112,8 +114,6 @@ class RoomchatHandler(WebSocketHandler):
             return False
         finally:
             self.server.handshake_finished(self)
-        sock.settimeout(None)  # from here every wait is bounded by pings and close deadlines instead
-        sock.sendall(response)
         self.handshake_done = True
         return True
 
@@ -213,10 +213,12 @@ class RoomchatHandler(WebSocketHandler):
             pass
 
     def _on_overflow(self) -> None:
-        # Runs inside Outbox's lock on whatever thread was sending: only flags and a schedule here.
+        # Runs inside Outbox's lock (and often the Registry's) on whatever thread was sending:
+        # only flags and a schedule here. The Outbox has queued our 1008 close frame; the peer
+        # gets CLOSE_LINGER to read it, while its rooms hear of its leave on the next tick.
         self._closing = True
         self.close_reason = "closed by server (1008 too slow: outgoing queue full)"
-        self.server.abort_later(self, 0)
+        self.server.abort_later(self, CLOSE_LINGER, leave_now=True)
 
     def abort(self) -> None:
         """Cut the TCP connection so this connection's thread wakes up and finishes."""
@@ -276,6 +278,7 @@ class RoomchatServer(WebsocketServer):
         self._connections: set[RoomchatHandler] = set()
         self._handshaking: dict[RoomchatHandler, float] = {}  # conn -> deadline
         self._aborts: dict[RoomchatHandler, float] = {}  # conn -> when to cut it
+        self._dropped: list[RoomchatHandler] = []  # too slow: leave their rooms before the cut
         self._all_gone = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._serving = False
@@ -307,9 +310,12 @@ class RoomchatServer(WebsocketServer):
             if not self._connections:
                 self._all_gone.notify_all()
 
-    def abort_later(self, conn: RoomchatHandler, delay: float) -> None:
+    def abort_later(self, conn: RoomchatHandler, delay: float, leave_now: bool = False) -> None:
+        """Cut `conn` after `delay`; with `leave_now`, let the app forget it on the next tick."""
         with self._lock:
             self._aborts[conn] = time.monotonic() + delay
+            if leave_now:
+                self._dropped.append(conn)
 
     def connection_count(self) -> int:
         with self._lock:
@@ -330,9 +336,11 @@ class RoomchatServer(WebsocketServer):
     # -- housekeeping ---------------------------------------------------------------------------
 
     def _housekeep(self) -> None:
-        tick = min(0.1, self.ping_interval / 4)
-        next_ping = time.monotonic() + self.ping_interval
-        check_pongs_at = None
+        """Every tick: cut handshakes past their deadline and connections due to be aborted,
+        tell the app at once about clients dropped for being too slow; every few ticks: ping."""
+        tick = min(0.1, self.ping_interval / 4, self.ping_timeout / 4)
+        check_every = min(self.ping_interval, self.ping_timeout) / 4
+        next_check = time.monotonic() + check_every
         while not self._stop.wait(tick):
             now = time.monotonic()
             with self._lock:
@@ -340,21 +348,28 @@ class RoomchatServer(WebsocketServer):
                 due = [c for c, when in self._aborts.items() if now >= when]
                 for conn in due:
                     del self._aborts[conn]
-                pong_check_due = check_pongs_at is not None and now >= check_pongs_at
-                conns = list(self._connections) if now >= next_ping or pong_check_due else ()
+                dropped, self._dropped = self._dropped, []
+                conns = list(self._connections) if now >= next_check else ()
+            for conn in dropped:
+                conn.leave()  # presence `leave` now, though the socket lingers for the close frame
             for conn in late + due:
                 conn.abort()
-            if pong_check_due:
-                check_pongs_at = None
+            if conns:
+                next_check = now + check_every
                 for conn in conns:
-                    if conn.handshake_done and conn.ping_sent_at and conn.last_seen < conn.ping_sent_at:
-                        conn.close(frames.CLOSE_INTERNAL_ERROR, "ping timeout", grace=0)
-            if now >= next_ping:
-                next_ping = now + self.ping_interval
-                check_pongs_at = now + self.ping_timeout
-                for conn in conns:
-                    if conn.handshake_done:
-                        conn.send_ping()
+                    self._check_alive(conn, now)
+
+    def _check_alive(self, conn: RoomchatHandler, now: float) -> None:
+        """Ping a connection that has been quiet for ping_interval; close one that has not
+        answered its ping within ping_timeout. One ping at a time per connection."""
+        if not conn.handshake_done:
+            return
+        waiting = conn.ping_sent_at is not None and conn.last_seen < conn.ping_sent_at
+        if waiting:
+            if now - conn.ping_sent_at >= self.ping_timeout:
+                conn.close(frames.CLOSE_INTERNAL_ERROR, "ping timeout", grace=0)
+        elif now - max(conn.last_seen, conn.ping_sent_at or 0) >= self.ping_interval:
+            conn.send_ping()
 
     # -- shutdown -------------------------------------------------------------------------------
 
@@ -448,6 +463,8 @@ def read_request_head(rfile) -> tuple[str, str, dict]:
     if not line:
         raise EOFError
     total = len(line)
+    if total > MAX_REQUEST_HEAD:
+        raise HandshakeError(431, "request line too long")
     parts = line.decode("latin-1").rstrip("\r\n").split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1]:
         raise HandshakeError(400, "malformed request line")
@@ -464,7 +481,10 @@ def read_request_head(rfile) -> tuple[str, str, dict]:
         if line.endswith(b"\n") and (b":" not in line or line[:1] in b" \t"):
             raise HandshakeError(400, "malformed header line")
         head.append(line)
-    message = http.client.parse_headers(io.BytesIO(b"".join(head) + b"\r\n"))
+    try:
+        message = http.client.parse_headers(io.BytesIO(b"".join(head) + b"\r\n"))
+    except http.client.HTTPException:  # more than 100 header lines
+        raise HandshakeError(431, "too many request header fields") from None
     headers = {}
     for name, value in message.items():
         name = name.lower()

@@ -22,7 +22,10 @@ class WebRoutes:
     def respond(self, method: str, target: str, headers: dict) -> tuple[int, dict, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, {"Allow": "GET, HEAD", "Content-Type": TEXT}, b"method not allowed\n"
-        path = urlsplit(target).path
+        try:
+            path = urlsplit(target).path
+        except ValueError:  # e.g. "//[" is not a URL
+            return 400, {"Content-Type": TEXT}, b"bad request target\n"
         if path == "/":
             return self._file(self._root / "index.html")
         if path == "/healthz":
@@ -38,8 +41,11 @@ class WebRoutes:
         """The file under web/static/ that `name` names, or None for anything that escapes it."""
         if not name or "\\" in name or "\0" in name or name.startswith("/"):
             return None
-        candidate = (self._static / name).resolve()
-        if not candidate.is_relative_to(self._static) or not candidate.is_file():
+        try:
+            candidate = (self._static / name).resolve()
+            if not candidate.is_relative_to(self._static) or not candidate.is_file():
+                return None
+        except (OSError, ValueError):  # a name too long for the file system, say
             return None
         return candidate
 

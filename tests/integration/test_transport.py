@@ -262,6 +262,7 @@ def test_stalled_reader_is_closed_and_others_keep_pace(make_server, connect):
         last = now
     assert max(gaps) < 0.5
     assert {"type": "presence", "room": "r", "event": "leave", "nick": stalled.welcome["nick"]} in presence
+    assert stalled.read_close() == 1008  # after what the kernel held: the reason it was dropped
     wait_for(lambda: server.registry.stats()["connections"] == 2)
     stalled.close()
 
@@ -299,3 +300,67 @@ def test_bad_clients_leak_no_threads(server, connect):
         client.close()
     wait_for(lambda: threading.active_count() <= baseline, timeout=5)
     assert server.registry.stats()["connections"] == 1
+
+
+def test_ping_timeout_longer_than_interval_still_detects(make_server, connect):
+    """A ping timeout longer than the ping interval still closes a silent peer (one ping at a time)."""
+    server = make_server(ping_interval=0.2, ping_timeout=0.5)
+    watcher = connect(server.url)
+    watcher.join("r")
+    ghost = RawClient(server.port)
+    ghost.send_json(type="join", room="r")
+    started = time.monotonic()
+    assert watcher.recv_type("presence")["event"] == "join"
+    assert watcher.recv_type("presence")["event"] == "leave"
+    assert time.monotonic() - started < 3
+    ghost.close()
+
+
+def test_empty_continuation_flood_closes_1009(raw):
+    """A message in endless empty fragments is cut off (1009), not buffered for ever."""
+    client = raw()
+    client.send(frame(0x1, b"", fin=False) + frame(0x0, b"", fin=False) * 2000)
+    assert client.read_close() == 1009
+
+
+def test_first_fragment_does_not_hold_back_earlier_request(raw):
+    """A complete request followed by the first fragment of the next is answered at once."""
+    client = raw()
+    client.send(frame(0x1, b'{"type":"ping","id":1}') + frame(0x1, b'{"type":', fin=False))
+    assert client.read_json() == {"type": "pong", "id": 1}
+    client.send(frame(0x0, b'"ping","id":2}'))
+    assert client.read_json() == {"type": "pong", "id": 2}
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (UPGRADE.encode() + b"".join(b"X-H%d: v\r\n" % i for i in range(101)) + b"\r\n", b"431"),
+    (b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\n\r\n", b"431"),
+    (b"GET //[ HTTP/1.1\r\n\r\n", b"400"),
+    (b"GET /static/" + b"n" * 300 + b" HTTP/1.1\r\n\r\n", b"404"),
+])
+def test_odd_requests_get_an_http_answer(server, request_bytes, status):
+    """Odd but possible requests get a status line, never a traceback and silence."""
+    assert http_exchange(server.port, request_bytes).startswith(b"HTTP/1.1 " + status)
+
+
+def test_reset_right_after_handshake_logs_no_traceback(server, caplog):
+    """Clients that reset the connection as soon as the handshake is done leave no ERROR logs."""
+    request = (UPGRADE + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    for n in range(60):
+        client = RawClient(server.port) if n % 2 else RawClient(server.port, handshake=False)
+        if not n % 2:
+            client.send(request)  # and reset before the 101 is written
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+    wait_for(lambda: server.registry.stats()["connections"] == 0)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_malformed_flood_is_rate_limited_then_closed(make_server, raw):
+    """Malformed messages cost tokens too: over the burst they are rate_limited, then closed 1008."""
+    server = make_server(rate_burst=3, rate_per_second=0.01)
+    client = raw(server.port)
+    client.send(frame(0x1, b"x") * 20)
+    codes = [client.read_json()["code"] for _ in range(3 + 3 * 3)]
+    assert codes == ["bad_json"] * 3 + ["rate_limited"] * 9
+    assert client.read_close() == 1008
