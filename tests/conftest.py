@@ -1,11 +1,16 @@
-"""Fixtures: a real roomchat on port 0 in this process, WebSocket clients, and raw sockets."""
+"""Fixtures: a real roomchat on port 0 in this process or as `python roomchat.py`, WebSocket
+clients, and raw sockets."""
 
 import base64
 import contextlib
 import json
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,6 +22,10 @@ from chatserver.app import ChatServer
 from chatserver.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
+ROOMCHAT = [sys.executable, str(ROOT / "roomchat.py")]
+# Rate limits out of the way of a test's load: for make_server(), and as roomchat.py options.
+FAST_LIMITS = {"rate_burst": 100_000, "rate_per_second": 100_000}
+FAST = ["--rate-burst", "100000", "--rate-per-second", "100000", "--log-level", "WARNING"]
 
 threading.stack_size(512 * 1024)  # as roomchat.py does, so deep-input tests see production stacks
 
@@ -46,6 +55,28 @@ def make_server():
 @pytest.fixture
 def server(make_server) -> ChatServer:
     return make_server()
+
+
+def restart(make_server, server: ChatServer, store=None) -> ChatServer:
+    """Stop `server` and start another on its port, with its history unless `store` is given."""
+    port, kept = server.port, server.store
+    server.shutdown(timeout=0.5)
+    return make_server(store=store or kept, port=port)
+
+
+def closing_all(factory, close=lambda thing: thing.close()):
+    """The body of a fixture that hands out `factory(...)` and closes all it made at teardown:
+    `yield from closing_all(Peer)`."""
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(factory(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for thing in made:
+        with contextlib.suppress(Exception):
+            close(thing)
 
 
 class Peer:
@@ -84,24 +115,112 @@ class Peer:
         assert reply["type"] == "nick", reply
         self.nick = nick
 
+    def chat_all(self, room: str, texts: list[str]) -> list[dict]:
+        """Send every text to `room` at once; return the chat events that come back, one per text
+        (the acknowledgements, when nobody else talks there)."""
+        for text in texts:
+            self.send(type="chat", room=room, text=text)
+        return [self.recv_type("chat") for _ in texts]
+
     def close(self) -> None:
         self.ws.close()
 
 
 @pytest.fixture
-def connect(server):
+def peers(make_server):
+    """peers(url, timeout=5) -> Peer on any server; all closed at teardown (before make_server's
+    servers shut down, so none of them waits for a client's close)."""
+    yield from closing_all(Peer)
+
+
+@pytest.fixture
+def connect(server, peers):
     """connect() -> Peer on the default server; connect(url) for another one."""
-    peers = []
+    return lambda url=None, **kwargs: peers(url or server.url, **kwargs)
 
-    def open_peer(url: str | None = None, **kwargs) -> Peer:
-        peer = Peer(url or server.url, **kwargs)
-        peers.append(peer)
-        return peer
 
-    yield open_peer
-    for peer in peers:
-        with contextlib.suppress(Exception):
-            peer.close()
+def server_with_chats(make_server, connect, texts: list[str], room: str = "lobby") -> ChatServer:
+    """A new server (no rate limits in the way) whose `room` holds `texts` as seqs 1..n, all stored."""
+    busy = make_server(**FAST_LIMITS)
+    peer = connect(busy.url)
+    peer.join(room)
+    assert [e["seq"] for e in peer.chat_all(room, texts)] == list(range(1, len(texts) + 1))
+    return busy
+
+
+# -- `python roomchat.py` as a process --------------------------------------------------------------
+
+
+def roomchat_env(**variables: str) -> dict:
+    """This process's environment without any ROOMCHAT_* setting, plus `variables`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
+    return {**env, **variables}
+
+
+class ServerProcess:
+    """`python roomchat.py --port 0 <FAST> ...` with its stdout read up to the ws:// URL.
+
+    stderr (the log) goes to `log_path`, or to a temporary file; `stderr_text()` reads it.
+    `defaults=()` leaves out `--port 0` and FAST, for tests of the settings themselves."""
+
+    def __init__(self, *args: str, cwd=ROOT, env=None, log_path=None, defaults=("--port", "0", *FAST)):
+        self._log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self._stderr = ""
+        self.proc = subprocess.Popen(
+            [*ROOMCHAT, *defaults, *args],
+            cwd=cwd, env=roomchat_env() if env is None else env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, text=True,
+        )
+        self.lines = []
+        self.url = None
+        while self.url is None:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.stop()
+                raise AssertionError(f"roomchat exited before listening: {self.lines}, stderr {self._stderr!r}")
+            self.lines.append(line.rstrip("\n"))
+            if "listening on ws://" in line:
+                self.url = line.split("listening on ", 1)[1].strip()
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rstrip("/").rsplit(":", 1)[1])
+
+    def stderr_text(self) -> str:
+        """What the server has written to stderr so far; all of it once stopped."""
+        if self._log.closed:
+            return self._stderr
+        fd = self._log.fileno()  # pread leaves the offset the server writes at alone
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        """Signal the server and return its exit status; one that hangs is killed, then fails the test."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            self.proc.stdout.close()
+            self._stderr = self.stderr_text()
+            self._log.close()
+
+
+@pytest.fixture
+def spawn():
+    """spawn(*args, **kwargs) -> ServerProcess; any still running is stopped at teardown."""
+    yield from closing_all(ServerProcess, close=ServerProcess.stop)
+
+
+def run_to_exit(*args: str, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
+    """`python roomchat.py --port 0 ...` run to its end (for start-up failures and --help)."""
+    return subprocess.run(
+        [*ROOMCHAT, "--port", "0", *args],
+        cwd=cwd, env=roomchat_env() if env is None else env, capture_output=True, text=True, timeout=10,
+    )
 
 
 # -- raw sockets, for tests where the bytes matter ------------------------------------------------
@@ -210,18 +329,15 @@ class RawClient:
 
 
 @pytest.fixture
-def raw(server):
+def raw_clients(make_server):
+    """raw_clients(port, handshake=True, ...) -> RawClient on any server; all closed at teardown."""
+    yield from closing_all(RawClient)
+
+
+@pytest.fixture
+def raw(server, raw_clients):
     """raw() -> RawClient on the default server (handshake done); raw(handshake=False) for HTTP tests."""
-    clients = []
-
-    def open_raw(port: int | None = None, **kwargs) -> RawClient:
-        client = RawClient(port or server.port, **kwargs)
-        clients.append(client)
-        return client
-
-    yield open_raw
-    for client in clients:
-        client.close()
+    return lambda port=None, **kwargs: raw_clients(port or server.port, **kwargs)
 
 
 def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):

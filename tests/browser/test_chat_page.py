@@ -6,7 +6,7 @@ import pytest
 
 from chatserver.store import MemoryStore
 from tests.browser.conftest import By, Keys, NoAlertPresentException
-from tests.conftest import ROOT
+from tests.conftest import FAST_LIMITS, ROOT, restart, server_with_chats
 
 pytestmark = pytest.mark.browser
 
@@ -59,13 +59,6 @@ def test_markup_in_messages_stays_text(open_page, connect):
         ann.driver.switch_to.alert.text  # noqa: B018  (reading it is the check)
 
 
-def _restart(make_server, server, store=None):
-    """Stop `server` and start a new one on the same port, keeping its history unless told otherwise."""
-    port, kept = server.port, server.store
-    server.shutdown(timeout=0.5)
-    return make_server(store=store or kept, port=port)
-
-
 def test_reconnect_after_server_restart_has_no_gap_and_no_duplicate(open_page, server, make_server, connect):
     """After a restart the pages reconnect, fetch what they missed, and show each seq once, in order."""
     ann = open_page("/?nick=ann#lobby")
@@ -75,7 +68,7 @@ def test_reconnect_after_server_restart_has_no_gap_and_no_duplicate(open_page, s
     ann.wait_for_text("before 3")
     bob.wait_for_text("before 3")
 
-    restarted = _restart(make_server, server)
+    restarted = restart(make_server, server)
     carol = connect(restarted.url)  # talks before the pages are back: they must fetch it on resume
     carol.join("lobby")
     carol.send(type="chat", room="lobby", text="while you were away")
@@ -98,7 +91,7 @@ def test_new_epoch_reloads_rooms(open_page, server, make_server):
     ann = open_page("/?nick=ann#lobby")
     ann.say("from the old server")
     ann.wait_for_text("from the old server")
-    _restart(make_server, server, store=MemoryStore())
+    restart(make_server, server, store=MemoryStore())
     ann.wait_for_line("The server started afresh; earlier messages are gone.", timeout=20)
     ann.wait(lambda: ann.status() == "Connected.", "no reconnect")
     ann.say("first on the new server")
@@ -108,23 +101,19 @@ def test_new_epoch_reloads_rooms(open_page, server, make_server):
 
 def test_long_absence_shows_the_latest_then_older_pages(open_page, make_server, connect):
     """Missing more than a resume replays: the page shows the latest page, and scrolling up fills in."""
-    fast = {"rate_burst": 2000, "rate_per_second": 2000}
-    first = make_server(**fast)
+    first = make_server(**FAST_LIMITS)
     ann = open_page("/?nick=ann#lobby", on=first)
     ann.say("before the outage")
     ann.wait_for_text("before the outage")
     port, store = first.port, first.store
     first.shutdown(timeout=0.5)
-    elsewhere = make_server(store=store, **fast)  # another port: the page cannot come back yet
+    elsewhere = make_server(store=store, **FAST_LIMITS)  # another port: the page cannot come back yet
     peer = connect(elsewhere.url)
     peer.join("lobby")
-    for n in range(2, 1102):
-        peer.send(type="chat", room="lobby", text=f"missed {n}")
-    assert peer.recv_type("chat", limit=2000)["seq"] == 2
-    while peer.recv_type("chat")["seq"] < 1101:
-        pass
+    missed = peer.chat_all("lobby", [f"missed {n}" for n in range(2, 1102)])
+    assert [e["seq"] for e in missed] == list(range(2, 1102))
     elsewhere.shutdown(timeout=0.5)
-    make_server(store=store, port=port, **fast)
+    make_server(store=store, port=port, **FAST_LIMITS)
 
     ann.wait_for_line("Many messages came while you were away; showing the latest. Scroll up for older ones.", 30)
     ann.wait(lambda: len(ann.messages()) == 50, "the latest page never came")
@@ -136,12 +125,7 @@ def test_long_absence_shows_the_latest_then_older_pages(open_page, make_server, 
 
 def test_history_on_join_and_older_pages_on_scroll(open_page, make_server, connect):
     """Joining shows the last 50 messages; scrolling to the top loads older ones until the beginning."""
-    busy = make_server(rate_burst=500, rate_per_second=500)
-    peer = connect(busy.url)
-    peer.join("lobby")
-    for n in range(1, 121):
-        peer.send(type="chat", room="lobby", text=f"message {n}")
-    assert [peer.recv_type("chat")["seq"] for _ in range(120)] == list(range(1, 121))  # all stored
+    busy = server_with_chats(make_server, connect, [f"message {n}" for n in range(1, 121)])
     ann = open_page("/?nick=ann#lobby", on=busy)
     ann.wait(lambda: len(ann.messages()) == 50, "join did not show 50 messages")
     assert ann.messages()[0]["seq"] == 71

@@ -1,35 +1,13 @@
 """Durable history end to end: restarts, resume with `after`, kill -9, and files roomchat cannot use."""
 
 import contextlib
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 
 import pytest
 import websocket
 
-from tests.conftest import ROOT, Peer, wait_for
-
-FAST = ["--rate-burst", "100000", "--rate-per-second", "100000", "--log-level", "WARNING"]
-
-
-@pytest.fixture
-def peers():
-    """peers(url) -> Peer; all closed at teardown."""
-    opened = []
-
-    def open_peer(url: str) -> Peer:
-        peer = Peer(url)
-        opened.append(peer)
-        return peer
-
-    yield open_peer
-    for peer in opened:
-        with contextlib.suppress(Exception):
-            peer.close()
+from tests.conftest import Peer, ServerProcess, roomchat_env, run_to_exit, wait_for
 
 
 def chat(peer: Peer, room: str, text: str) -> dict:
@@ -95,48 +73,6 @@ def test_memory_history_gets_a_new_epoch_at_every_start(make_server, peers):
 
 
 # -- roomchat.py as a process --------------------------------------------------------------------
-
-
-class ServerProcess:
-    """`python roomchat.py --port 0 ...` with its stdout read up to the ws:// URL."""
-
-    def __init__(self, *args: str, cwd=ROOT, env=None, log_path=None):
-        self.stderr = open(log_path or os.devnull, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "roomchat.py"), "--port", "0", *FAST, *args],
-            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-        )
-        self.lines = []
-        self.url = None
-        while self.url is None:
-            line = self.proc.stdout.readline()
-            if not line:
-                self.stop()
-                raise AssertionError(f"roomchat exited before listening: {self.lines}")
-            self.lines.append(line.rstrip("\n"))
-            if "listening on ws://" in line:
-                self.url = line.split("listening on ", 1)[1].strip()
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        """Signal the server and return its exit status; one that hangs is killed, then fails the test."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        finally:
-            self.proc.stdout.close()
-            self.stderr.close()
-
-
-def run_to_exit(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "roomchat.py"), "--port", "0", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=10,
-    )
 
 
 @pytest.mark.timeout(20)
@@ -221,10 +157,10 @@ def test_kill_9_loses_no_event_any_client_saw(tmp_path):
         assert restarted.stop() == 0
 
 
-def test_default_database_is_roomchat_db_in_the_working_directory(tmp_path):
+def test_default_database_is_roomchat_db_in_the_working_directory(spawn, tmp_path):
     """Without --db, history goes to ./roomchat.db, the start-up output says where, and a
     graceful stop folds the WAL back into the file."""
-    server = ServerProcess(cwd=tmp_path)
+    server = spawn(cwd=tmp_path)
     assert f"history in {tmp_path / 'roomchat.db'}" in server.lines
     peer = Peer(server.url)
     peer.join("lobby")
@@ -236,13 +172,12 @@ def test_default_database_is_roomchat_db_in_the_working_directory(tmp_path):
         assert conn.execute("SELECT sender, text FROM events").fetchall() == [(peer.nick, "kept")]
 
 
-def test_db_from_environment_and_memory(tmp_path):
+def test_db_from_environment_and_memory(spawn, tmp_path):
     """ROOMCHAT_DB chooses the file; --db :memory: says the history is in memory and writes nothing."""
-    env = {**os.environ, "ROOMCHAT_DB": str(tmp_path / "env.db")}
-    server = ServerProcess(env=env)
+    server = spawn(env=roomchat_env(ROOMCHAT_DB=str(tmp_path / "env.db")))
     assert f"history in {tmp_path / 'env.db'}" in server.lines
     assert server.stop() == 0
-    server = ServerProcess("--db", ":memory:", cwd=tmp_path)
+    server = spawn("--db", ":memory:", cwd=tmp_path)
     assert any(line.startswith("history in memory") for line in server.lines)
     assert server.stop() == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["env.db"]

@@ -1,18 +1,18 @@
 """`python roomchat.py client` as a subprocess against a real server: pipes, commands, reconnects."""
 
+import contextlib
 import queue
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from chatserver.store import MemoryStore
-from tests.conftest import ROOT, Peer
+from tests.conftest import ROOMCHAT, Peer, closing_all, restart, server_with_chats
 
-CLIENT = [sys.executable, str(ROOT / "roomchat.py"), "client"]
+CLIENT = [*ROOMCHAT, "client"]
 
 
 def run_pipe(url: str, stdin: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -27,7 +27,8 @@ class ClientProcess:
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
         self.lines: list[str] = []
         self._new: queue.Queue = queue.Queue()
-        threading.Thread(target=self._collect, daemon=True).start()
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
 
     def _collect(self) -> None:
         for line in self.proc.stdout:
@@ -59,23 +60,20 @@ class ClientProcess:
         return status
 
     def kill(self) -> None:
+        """Kill it if it still runs, and close its pipes."""
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
+        self._reader.join(5)  # it reads stdout until EOF
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 @pytest.fixture
 def client():
     """client(url, *args) -> ClientProcess; any still running is killed at teardown."""
-    started = []
-
-    def start(url: str, *args: str) -> ClientProcess:
-        started.append(ClientProcess(url, *args))
-        return started[-1]
-
-    yield start
-    for proc in started:
-        proc.kill()
+    yield from closing_all(ClientProcess, close=ClientProcess.kill)
 
 
 def free_port() -> int:
@@ -86,13 +84,6 @@ def free_port() -> int:
 
 def chats(peer: Peer, count: int) -> list[dict]:
     return [peer.recv_type("chat") for _ in range(count)]
-
-
-def restart(make_server, server, store=None):
-    """Stop `server` and start another on its port, with its history unless `store` is given."""
-    port, kept = server.port, server.store
-    server.shutdown(timeout=0.5)
-    return make_server(store=store or kept, port=port)
 
 
 def test_pipe_joins_sends_and_exits_zero(server, connect):
@@ -183,12 +174,7 @@ def test_commands_and_incoming_events(server, connect, client):
 
 def test_join_shows_recent_history_and_history_command_more(make_server, connect, client):
     """Joining prints the last 20 messages; /history N prints the last N."""
-    busy = make_server(rate_burst=100, rate_per_second=100)
-    peer = connect(busy.url)
-    peer.join("lobby")
-    for n in range(1, 26):
-        peer.send(type="chat", room="lobby", text=f"old {n}")
-    chats(peer, 25)
+    busy = server_with_chats(make_server, connect, [f"old {n}" for n in range(1, 26)])
     ann = client(busy.url, "--room", "lobby")
     ann.expect("> old 25")
     ann.expect("> old 6", ending=True)
