@@ -267,9 +267,11 @@ def test_stalled_reader_is_closed_and_others_keep_pace(make_server, connect):
     stalled.close()
 
 
-def test_half_open_client_detected_by_ping(make_server, connect):
-    """A client that vanished without a close (never answers pings) is closed and leaves its rooms."""
-    server = make_server(ping_interval=0.3, ping_timeout=0.3)
+@pytest.mark.parametrize("interval, timeout", [(0.3, 0.3), (0.2, 0.5)])
+def test_half_open_client_detected_by_ping(make_server, connect, interval, timeout):
+    """A client that vanished without a close (never answers pings) is closed and leaves its rooms,
+    also when the ping timeout is longer than the interval (one ping at a time)."""
+    server = make_server(ping_interval=interval, ping_timeout=timeout)
     watcher = connect(server.url)
     watcher.join("r")
     ghost = RawClient(server.port)
@@ -300,20 +302,6 @@ def test_bad_clients_leak_no_threads(server, connect):
         client.close()
     wait_for(lambda: threading.active_count() <= baseline, timeout=5)
     assert server.registry.stats()["connections"] == 1
-
-
-def test_ping_timeout_longer_than_interval_still_detects(make_server, connect):
-    """A ping timeout longer than the ping interval still closes a silent peer (one ping at a time)."""
-    server = make_server(ping_interval=0.2, ping_timeout=0.5)
-    watcher = connect(server.url)
-    watcher.join("r")
-    ghost = RawClient(server.port)
-    ghost.send_json(type="join", room="r")
-    started = time.monotonic()
-    assert watcher.recv_type("presence")["event"] == "join"
-    assert watcher.recv_type("presence")["event"] == "leave"
-    assert time.monotonic() - started < 3
-    ghost.close()
 
 
 def test_empty_continuation_flood_closes_1009(raw):

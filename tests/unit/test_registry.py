@@ -116,12 +116,18 @@ def test_concurrent_chats_keep_one_order(registry):
         assert [e["seq"] for e in conn.events("chat")] == list(range(1, 1201))
 
 
-def test_join_replays_last_50_and_presence(registry):
-    """A joiner gets the last 50 chat events; members already there get its presence."""
+def room_with_chats(registry, count: int):
+    """A client in room "r" that has said `count` things there."""
     a, conn_a = connect(registry)
     registry.join(a, "r")
-    for i in range(60):
+    for i in range(count):
         registry.chat(a, "r", str(i))
+    return a, conn_a
+
+
+def test_join_replays_last_50_and_presence(registry):
+    """A joiner gets the last 50 chat events; members already there get its presence."""
+    a, conn_a = room_with_chats(registry, 60)
     b, conn_b = connect(registry)
     registry.join(b, "r")
     [joined] = conn_b.events("joined")
@@ -132,10 +138,7 @@ def test_join_replays_last_50_and_presence(registry):
 
 def test_join_after_resumes_and_truncates(registry):
     """join with `after` replays everything newer, up to 1000, then says truncated."""
-    a, _ = connect(registry)
-    registry.join(a, "r")
-    for i in range(1005):
-        registry.chat(a, "r", str(i))
+    room_with_chats(registry, 1005)
     b, conn_b = connect(registry)
     registry.join(b, "r", after=1000)
     assert [e["seq"] for e in conn_b.events("joined")[0]["history"]] == [1001, 1002, 1003, 1004, 1005]
