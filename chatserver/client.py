@@ -33,11 +33,12 @@ class Client:
     follow `rooms` in decision order) are owned by the Registry and changed under its lock.
     """
 
-    __slots__ = ("conn", "joined", "limiter", "nick", "rooms")
+    __slots__ = ("conn", "joined", "limiter", "nick", "rooms", "shown")
 
     def __init__(self, conn, nick: str, limiter: TokenBucket):
         self.conn = conn
-        self.nick = nick
+        self.nick = nick  # decided: what new chat events carry
+        self.shown = nick  # what the peers have been told, in decision order (presence, member lists)
         self.rooms: set[str] = set()
         self.joined: set[str] = set()
         self.limiter = limiter

@@ -18,6 +18,7 @@ MAX_ID_CHARS = 64
 JOIN_HISTORY = 50  # chat events a plain `join` replays
 MAX_RESUME = 1000  # chat events a `join` with `after` replays before it says truncated
 MAX_HISTORY_LIMIT = 200
+MAX_SEQ = 2**63 - 1  # what SQLite's INTEGER holds
 
 
 def decode(raw: str) -> dict:
@@ -77,8 +78,8 @@ def optional_seq(msg: dict, field: str) -> int | None:
     value = msg.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ChatError("bad_message", f"\"{field}\" must be a non-negative integer seq.")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise ChatError("bad_message", f"\"{field}\" must be a seq: an integer from 0 to {MAX_SEQ}.")
     return value
 
 

@@ -15,6 +15,7 @@ events in seq order with no gap from its `joined` on; a client's replies come in
 its requests; and no presence, nick, reply or `joined` overtakes a chat decided before it.
 """
 
+import logging
 import threading
 from collections import deque
 
@@ -23,6 +24,8 @@ from chatserver.client import Client
 from chatserver.errors import ChatError
 
 TAIL = 128  # recent chat events kept per live room: `joined` needs no store read under the lock
+
+log = logging.getLogger("roomchat.registry")
 
 
 class Room:
@@ -100,13 +103,19 @@ class Registry:
 
     # -- requests ------------------------------------------------------------------------------
 
+    # Every request is ignored once its client is disconnected: a client dropped for being too
+    # slow is disconnected from another thread while its own may still be handling requests.
+
     def reply(self, client: Client, event: dict) -> None:
         """Send a direct reply (pong, error) in order with everything decided before it."""
         with self._lock:
-            self._send(client, protocol.encode(event))
+            if client in self._clients:
+                self._send(client, protocol.encode(event))
 
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
         with self._lock:
+            if client not in self._clients:
+                return
             owner = self._nicks.get(nick.casefold())
             if owner is not None and owner is not client:
                 raise ChatError("nick_taken", f"The nick {nick!r} is taken; choose another.")
@@ -117,6 +126,7 @@ class Registry:
             event = {"type": "nick", "old": old, "nick": nick}
 
             def announce():
+                client.shown = nick
                 frame = protocol.encode(event)
                 for peer in self._room_peers(client):
                     self._out(peer, frame)
@@ -133,20 +143,21 @@ class Registry:
         else:
             stored = self._store.read(name, after=after, limit=protocol.MAX_RESUME + 1)
         with self._lock:
+            if client not in self._clients:
+                return
             if name not in client.rooms and len(client.rooms) >= self._max_rooms:
                 raise ChatError("too_many_rooms", f"You are in {self._max_rooms} rooms, the limit; leave one first.")
             client.rooms.add(name)
 
             def enter():
-                room = self._rooms.get(name)
-                if room is None:
-                    room = self._rooms[name] = Room(name)
+                room = self._rooms.get(name) or Room(name)
+                history, truncated = self._join_history(room, stored, after)  # before any change
+                self._rooms[name] = room
                 if client not in room.members:
-                    self._fan_out(room, protocol.encode(protocol.presence(name, "join", client.nick)))
+                    self._fan_out(room, protocol.encode(protocol.presence(name, "join", client.shown)))
                     room.members[client] = None
                     client.joined.add(name)
-                history, truncated = self._join_history(room, stored, after)
-                reply = {"type": "joined", "room": name, "members": [m.nick for m in room.members], "history": history}
+                reply = {"type": "joined", "room": name, "members": [m.shown for m in room.members], "history": history}
                 if truncated:
                     reply["truncated"] = True
                 self._out(client, protocol.encode(protocol.with_id(reply, reply_id)))
@@ -155,6 +166,8 @@ class Registry:
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
         with self._lock:
+            if client not in self._clients:
+                return
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"You are not in {name!r}.")
             client.rooms.discard(name)
@@ -167,12 +180,15 @@ class Registry:
 
     def chat(self, client: Client, name: str, text: str, reply_id=None) -> None:
         with self._lock:
-            self._chat(client, name, text, reply_id)
+            if client in self._clients:
+                self._chat(client, name, text, reply_id)
 
     def chat_many(self, client: Client, items: list) -> None:
         """Several chats from one client in one step: (room, text, reply_id) each, or
         (ChatError, None, reply_id) for one refused already. Each member gets one write."""
         with self._lock:
+            if client not in self._clients:
+                return
             self._batch = {} if len(items) > 1 else None
             try:
                 for name, text, reply_id in items:
@@ -198,6 +214,8 @@ class Registry:
 
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
         with self._lock:
+            if client not in self._clients:
+                return
             target = self._nicks.get(nick.casefold())
             if target is None:
                 raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
@@ -208,6 +226,8 @@ class Registry:
 
     def list_rooms(self, client: Client, reply_id=None) -> None:
         with self._lock:
+            if client not in self._clients:
+                return
 
             def answer():
                 rooms = [{"room": r.name, "members": len(r.members)} for r in sorted(self._rooms.values(), key=_name)]
@@ -217,10 +237,12 @@ class Registry:
 
     def who(self, client: Client, name: str, reply_id=None) -> None:
         with self._lock:
+            if client not in self._clients:
+                return
 
             def answer():
                 room = self._rooms.get(name)
-                members = [m.nick for m in room.members] if room else []
+                members = [m.shown for m in room.members] if room else []
                 reply = {"type": "who", "room": name, "members": members}
                 self._out(client, protocol.encode(protocol.with_id(reply, reply_id)))
 
@@ -229,6 +251,8 @@ class Registry:
     def history(self, client: Client, name: str, before=None, after=None, limit=50, reply_id=None) -> None:
         """Members page through a room's stored chat events, oldest first."""
         with self._lock:
+            if client not in self._clients:
+                return
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"Join {name!r} to read its history.")
         messages = self._store.read(name, before=before, after=after, limit=limit)
@@ -284,12 +308,12 @@ class Registry:
             try:
                 for event in events:
                     while callable(self._backlog[0]):
-                        self._backlog.popleft()()
+                        _run(self._backlog.popleft())
                     pending = self._backlog.popleft()
                     assert pending.event is event, "store committed events out of order"
-                    self._deliver(event, pending.sender, pending.reply_id)
+                    _run(lambda p=pending: self._deliver(p.event, p.sender, p.reply_id))
                 while self._backlog and callable(self._backlog[0]):
-                    self._backlog.popleft()()
+                    _run(self._backlog.popleft())
             finally:
                 self._flush_batch()
 
@@ -309,18 +333,26 @@ class Registry:
 
     def _join_history(self, room: Room, stored: list, after: int | None) -> tuple[list, bool]:
         """What `joined` replays: `stored` (read before the join was decided) plus the events
-        delivered since, from the room's tail. If the two do not meet (a long burst, a room that
-        was empty meanwhile), read the store again, here under the lock: rare and correct."""
+        delivered since, from the room's tail. If the two do not meet (a burst longer than the
+        tail, a room that was empty meanwhile), read the store again, here under the lock: rare."""
+        if after is not None and len(stored) > protocol.MAX_RESUME:  # truncated: newer ones can wait
+            return stored[: protocol.MAX_RESUME], True
         upto = self._delivered.get(room.name, 0)
         merged = [e for e in stored if e["seq"] <= upto]
         last = merged[-1]["seq"] if merged else (after or 0)
-        merged += [e for e in room.tail if e["seq"] > last]
-        if not _replays(merged, stored, after, upto):
-            limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
+        newer = [e for e in room.tail if e["seq"] > last]
+        if after is None and len(newer) >= protocol.JOIN_HISTORY:
+            return newer[-protocol.JOIN_HISTORY :], False
+        if not newer or newer[0]["seq"] == last + 1:
+            merged += newer
+            if _replays(merged, stored, after, upto):
+                return _cut(merged, after)
+        limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
+        try:
             merged = self._store.read(room.name, after=after, before=upto + 1, limit=limit)
-        if after is None:
-            return merged[-protocol.JOIN_HISTORY :], False
-        return merged[: protocol.MAX_RESUME], len(merged) > protocol.MAX_RESUME
+        except Exception:  # the store failed: `joined` with what we have beats no `joined`
+            log.exception("history read for %s failed", room.name)
+        return _cut(merged, after)
 
     def _leave_room(self, client: Client, name: str) -> None:
         room = self._rooms.get(name)
@@ -329,7 +361,7 @@ class Registry:
         del room.members[client]
         client.joined.discard(name)
         if room.members:
-            self._fan_out(room, protocol.encode(protocol.presence(name, "leave", client.nick)))
+            self._fan_out(room, protocol.encode(protocol.presence(name, "leave", client.shown)))
         else:
             del self._rooms[name]
 
@@ -340,6 +372,20 @@ class Registry:
             peers.update(self._rooms[name].members)
         peers.discard(client)
         return peers
+
+
+def _run(effect) -> None:
+    """Run an effect from the store's thread: one that fails is logged, the rest still run."""
+    try:
+        effect()
+    except Exception:
+        log.exception("effect failed")
+
+
+def _cut(events: list, after: int | None) -> tuple[list, bool]:
+    if after is None:
+        return events[-protocol.JOIN_HISTORY :], False
+    return events[: protocol.MAX_RESUME], len(events) > protocol.MAX_RESUME
 
 
 def _replays(merged: list, stored: list, after: int | None, upto: int) -> bool:

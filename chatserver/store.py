@@ -22,6 +22,8 @@ import time
 import uuid
 from collections import deque
 
+from chatserver.protocol import MAX_SEQ
+
 log = logging.getLogger("roomchat.store")
 
 
@@ -93,7 +95,6 @@ OPEN_TIMEOUT = 1.0  # seconds start-up waits for a write lock held by another pr
 BUSY_TIMEOUT = 5.0  # seconds a running store waits for a lock before a commit counts as failed
 RETRY_MAX_DELAY = 2.0  # a failed commit is retried with backoff up to this many seconds apart
 MAX_IDLE_READERS = 8  # read connections kept open between reads; a burst of joins opens more for a moment
-MAX_SEQ = 2**63 - 1
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",

@@ -157,6 +157,8 @@ class RoomchatHandler(WebSocketHandler):
     def _handle_texts(self, texts: list, reader: frames.FrameReader) -> bool:
         """Hand messages that arrived together to the app in one call (so their fan-out can share
         one write per member). False if the connection was closed instead."""
+        if self._closing:  # dropped (too slow, ping timeout, shutdown): its requests go unanswered
+            return True
         try:
             self.server.app.on_texts(self, texts)
             return True

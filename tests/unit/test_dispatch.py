@@ -52,6 +52,7 @@ def test_every_type_has_a_handler():
         ({"type": "join", "room": "a/b"}, "bad_room"),
         ({"type": "join", "room": ""}, "bad_room"),
         ({"type": "join", "room": "r", "after": -1}, "bad_message"),
+        ({"type": "join", "room": "r", "after": 2**63}, "bad_message"),
         ({"type": "chat", "room": "r", "text": "hi"}, "not_in_room"),
         ({"type": "chat", "room": "r", "text": ""}, "bad_message"),
         ({"type": "chat", "room": "r", "text": "x" * 2001}, "too_long"),

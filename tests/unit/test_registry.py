@@ -257,14 +257,19 @@ def kinds(conn) -> list:
     return [(e["type"], e.get("seq") or e.get("event")) for e in conn.events()[1:]]
 
 
+def pair_in_room(registry):
+    """Two clients in room "r"."""
+    (a, conn_a), (b, conn_b) = connect(registry), connect(registry)
+    registry.join(a, "r")
+    registry.join(b, "r")
+    return a, conn_a, b, conn_b
+
+
 def test_leave_after_pending_chat_keeps_decision_order(slow):
     """A chat waiting for its commit still reaches a member who left after it was sent, before
     `left`; the others see the chat before the presence leave."""
     store, registry = slow
-    a, conn_a = connect(registry)
-    b, conn_b = connect(registry)
-    registry.join(a, "r")
-    registry.join(b, "r")
+    a, conn_a, b, conn_b = pair_in_room(registry)
     registry.chat(a, "r", "bye")
     registry.leave(b, "r")
     assert ("left", None) not in kinds(conn_b)
@@ -369,3 +374,56 @@ def test_join_history_whole_whatever_happens_between_read_and_join(before, durin
     registry.join(b, "r", after=after)
     assert [e["seq"] for e in conn_b.events("joined")[0]["history"]] == list(expect)
     assert store.reads == reads
+
+
+def test_nick_change_after_leave_is_told_in_order(slow):
+    """leave then nick while a commit is pending: peers see the leave under the old nick."""
+    store, registry = slow
+    a, _, _, conn_b = pair_in_room(registry)
+    registry.chat(a, "r", "x")
+    old = a.nick
+    registry.leave(a, "r")
+    registry.set_nick(a, "alice")
+    store.commit()
+    leaves = [e for e in conn_b.events("presence") if e["event"] == "leave"]
+    assert leaves == [{"type": "presence", "room": "r", "event": "leave", "nick": old}]
+    assert conn_b.events("nick") == []  # no longer sharing a room
+
+
+def test_requests_of_a_disconnected_client_are_ignored(registry):
+    """A client dropped from another thread cannot rejoin or rename as a ghost."""
+    a, _ = connect(registry)
+    b, conn_b = connect(registry)
+    registry.join(b, "r")
+    registry.disconnect(a)
+    registry.join(a, "r")
+    registry.set_nick(a, "ghost")
+    registry.chat(a, "r", "boo")
+    assert registry.stats() == {"connections": 1, "rooms": 1}
+    assert [e["type"] for e in conn_b.events()[1:]] == ["joined"]
+
+
+def test_failing_effect_does_not_stop_delivery(slow, caplog):
+    """An effect that raises on the store's thread is logged; later events still go out."""
+    store, registry = slow
+    a, conn_a = connect(registry)
+    registry.join(a, "r")
+    registry.chat(a, "r", "one")
+    with registry._lock:
+        registry._later(lambda: 1 / 0)
+    registry.chat(a, "r", "two")
+    store.commit()
+    assert [e["seq"] for e in conn_a.events("chat")] == [1, 2]
+    assert "effect failed" in caplog.text
+
+
+def test_truncated_resume_reads_the_store_once():
+    """A resume with more than 1000 missed events answers from its one read, truncated."""
+    store = BusyStore()
+    registry = Registry(store, Config().limits())
+    room_with_chats(registry, 1200)
+    store.reads = 0
+    b, conn_b = connect(registry)
+    registry.join(b, "r", after=0)
+    joined = conn_b.events("joined")[0]
+    assert joined["truncated"] and len(joined["history"]) == 1000 and store.reads == 1
