@@ -102,10 +102,6 @@ class Outbox:
             self._open = False
             self._discard()
 
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued
-
     def _overflow(self) -> None:
         """Too far behind: drop the backlog but finish a half-written frame, then the close
         frame, so the peer can still read why it is being dropped."""

@@ -1,7 +1,7 @@
 """The WebSocket transport: websocket-server 0.6.4 with its defects fixed, in one place.
 
 This is the only module that imports `websocket_server`. The rest of roomchat sees a connection
-(`send_frame`, `send_text`, `close`, `peer`, `path`, `headers`) and callbacks on the app:
+(`send_frame`, `close`, `peer`, `path`, `headers`) and callbacks on the app:
 `on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
 `on_close(conn)`, and `on_http(method, path, headers)` for plain HTTP on the same port.
 
@@ -175,9 +175,6 @@ class RoomchatHandler(WebSocketHandler):
     def send_frame(self, frame: bytes) -> None:
         self.outbox.put(frame)
 
-    def send_text(self, text: str) -> None:
-        self.send_frame(frames.text_frame(text.encode("utf-8")))
-
     def send_ping(self) -> None:
         self.ping_sent_at = time.monotonic()
         self.send_frame(frames.encode_frame(frames.OP_PING, b"roomchat"))
@@ -318,10 +315,6 @@ class RoomchatServer(WebsocketServer):
             self._aborts[conn] = time.monotonic() + delay
             if leave_now:
                 self._dropped.append(conn)
-
-    def connection_count(self) -> int:
-        with self._lock:
-            return len(self._connections)
 
     def log_disconnect(self, conn: RoomchatHandler) -> None:
         if conn.handshake_done:
