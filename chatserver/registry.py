@@ -24,6 +24,7 @@ from chatserver.client import Client
 from chatserver.errors import ChatError
 
 TAIL = 128  # recent chat events kept per live room: `joined` needs no store read under the lock
+MAX_BACKLOG = 50_000  # effects waiting for commits; past this the store is stuck, so chats are refused
 
 log = logging.getLogger("roomchat.registry")
 
@@ -204,6 +205,8 @@ class Registry:
     def _chat(self, client: Client, name: str, text: str, reply_id) -> None:
         if name not in client.rooms:
             raise ChatError("not_in_room", f"Join {name!r} before sending to it.")
+        if len(self._backlog) >= MAX_BACKLOG:  # commits have stalled (disk full?): don't pile up
+            raise ChatError("rate_limited", "The server cannot store messages right now; try again shortly.")
         seq = self._last_seq.get(name, 0) + 1
         self._last_seq[name] = seq
         event = protocol.chat_event(name, client.nick, text, seq)

@@ -427,3 +427,20 @@ def test_truncated_resume_reads_the_store_once():
     registry.join(b, "r", after=0)
     joined = conn_b.events("joined")[0]
     assert joined["truncated"] and len(joined["history"]) == 1000 and store.reads == 1
+
+
+def test_chats_refused_while_the_store_is_stuck(slow, monkeypatch):
+    """When commits stall and the backlog is full, chats get rate_limited instead of piling up."""
+    store, registry = slow
+    monkeypatch.setattr("chatserver.registry.MAX_BACKLOG", 3)
+    a, conn_a = connect(registry)
+    registry.join(a, "r")
+    for i in range(3):
+        registry.chat(a, "r", str(i))
+    with pytest.raises(ChatError) as info:
+        registry.chat(a, "r", "one too many")
+    assert info.value.code == "rate_limited"
+    store.commit()
+    registry.chat(a, "r", "fine again")
+    store.commit()
+    assert [e["seq"] for e in conn_a.events("chat")] == [1, 2, 3, 4]
