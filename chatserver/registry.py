@@ -15,6 +15,7 @@ events in seq order with no gap from its `joined` on; a client's replies come in
 its requests; and no presence, nick, reply or `joined` overtakes a chat decided before it.
 """
 
+import functools
 import logging
 import threading
 from collections import deque
@@ -49,6 +50,20 @@ class PendingChat:
         self.event = event
         self.sender = sender
         self.reply_id = reply_id
+
+
+def _request(method):
+    """A request: run under the lock, and ignored once its client is disconnected (a client
+    dropped for being too slow is disconnected from another thread while its own thread may
+    still be handling what it had read)."""
+
+    @functools.wraps(method)
+    def locked(self, client, *args, **kwargs):
+        with self._lock:
+            if client in self._clients:
+                method(self, client, *args, **kwargs)
+
+    return locked
 
 
 class Registry:
@@ -104,36 +119,30 @@ class Registry:
 
     # -- requests ------------------------------------------------------------------------------
 
-    # Every request is ignored once its client is disconnected: a client dropped for being too
-    # slow is disconnected from another thread while its own may still be handling requests.
-
+    @_request
     def reply(self, client: Client, event: dict) -> None:
         """Send a direct reply (pong, error) in order with everything decided before it."""
-        with self._lock:
-            if client in self._clients:
-                self._send(client, protocol.encode(event))
+        self._send(client, protocol.encode(event))
 
+    @_request
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
-        with self._lock:
-            if client not in self._clients:
-                return
-            owner = self._nicks.get(nick.casefold())
-            if owner is not None and owner is not client:
-                raise ChatError("nick_taken", f"The nick {nick!r} is taken; choose another.")
-            old = client.nick
-            del self._nicks[old.casefold()]
-            self._nicks[nick.casefold()] = client
-            client.nick = nick
-            event = {"type": "nick", "old": old, "nick": nick}
+        owner = self._nicks.get(nick.casefold())
+        if owner is not None and owner is not client:
+            raise ChatError("nick_taken", f"The nick {nick!r} is taken; choose another.")
+        old = client.nick
+        del self._nicks[old.casefold()]
+        self._nicks[nick.casefold()] = client
+        client.nick = nick
+        event = {"type": "nick", "old": old, "nick": nick}
 
-            def announce():
-                client.shown = nick
-                frame = protocol.encode(event)
-                for peer in self._room_peers(client):
-                    self._out(peer, frame)
-                self._out(client, protocol.encode(protocol.with_id(event, reply_id)))
+        def announce():
+            client.shown = nick
+            frame = protocol.encode(event)
+            for peer in self._room_peers(client):
+                self._out(peer, frame)
+            self._out(client, protocol.encode(protocol.with_id(event, reply_id)))
 
-            self._later(announce)
+        self._later(announce)
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room. `joined` carries the members and either the last 50 chat events or,
@@ -165,42 +174,37 @@ class Registry:
 
             self._later(enter)
 
+    @_request
     def leave(self, client: Client, name: str, reply_id=None) -> None:
-        with self._lock:
-            if client not in self._clients:
-                return
-            if name not in client.rooms:
-                raise ChatError("not_in_room", f"You are not in {name!r}.")
-            client.rooms.discard(name)
+        if name not in client.rooms:
+            raise ChatError("not_in_room", f"You are not in {name!r}.")
+        client.rooms.discard(name)
 
-            def go():
-                self._leave_room(client, name)
-                self._out(client, protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)))
+        def go():
+            self._leave_room(client, name)
+            self._out(client, protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)))
 
-            self._later(go)
+        self._later(go)
 
+    @_request
     def chat(self, client: Client, name: str, text: str, reply_id=None) -> None:
-        with self._lock:
-            if client in self._clients:
-                self._chat(client, name, text, reply_id)
+        self._chat(client, name, text, reply_id)
 
+    @_request
     def chat_many(self, client: Client, items: list) -> None:
         """Several chats from one client in one step: (room, text, reply_id) each, or
         (ChatError, None, reply_id) for one refused already. Each member gets one write."""
-        with self._lock:
-            if client not in self._clients:
-                return
-            self._batch = {} if len(items) > 1 else None
-            try:
-                for name, text, reply_id in items:
-                    try:
-                        if isinstance(name, ChatError):
-                            raise name
-                        self._chat(client, name, text, reply_id)
-                    except ChatError as exc:
-                        self._send(client, protocol.encode(protocol.error(exc, reply_id)))
-            finally:
-                self._flush_batch()
+        self._batch = {} if len(items) > 1 else None
+        try:
+            for name, text, reply_id in items:
+                try:
+                    if isinstance(name, ChatError):
+                        raise name
+                    self._chat(client, name, text, reply_id)
+                except ChatError as exc:
+                    self._send(client, protocol.encode(protocol.error(exc, reply_id)))
+        finally:
+            self._flush_batch()
 
     def _chat(self, client: Client, name: str, text: str, reply_id) -> None:
         if name not in client.rooms:
@@ -215,41 +219,33 @@ class Registry:
         else:  # the store calls _on_durable once it is committed
             self._backlog.append(PendingChat(event, client, reply_id))
 
+    @_request
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
-        with self._lock:
-            if client not in self._clients:
-                return
-            target = self._nicks.get(nick.casefold())
-            if target is None:
-                raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
-            event = protocol.dm_event(client.nick, target.nick, text)
-            if target is not client:
-                self._send(target, protocol.encode(event))
-            self._send(client, protocol.encode(protocol.with_id(event, reply_id)))
+        target = self._nicks.get(nick.casefold())
+        if target is None:
+            raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
+        event = protocol.dm_event(client.nick, target.nick, text)
+        if target is not client:
+            self._send(target, protocol.encode(event))
+        self._send(client, protocol.encode(protocol.with_id(event, reply_id)))
 
+    @_request
     def list_rooms(self, client: Client, reply_id=None) -> None:
-        with self._lock:
-            if client not in self._clients:
-                return
+        def answer():
+            rooms = [{"room": r.name, "members": len(r.members)} for r in sorted(self._rooms.values(), key=_name)]
+            self._out(client, protocol.encode(protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id)))
 
-            def answer():
-                rooms = [{"room": r.name, "members": len(r.members)} for r in sorted(self._rooms.values(), key=_name)]
-                self._out(client, protocol.encode(protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id)))
+        self._later(answer)
 
-            self._later(answer)
-
+    @_request
     def who(self, client: Client, name: str, reply_id=None) -> None:
-        with self._lock:
-            if client not in self._clients:
-                return
+        def answer():
+            room = self._rooms.get(name)
+            members = [m.shown for m in room.members] if room else []
+            reply = {"type": "who", "room": name, "members": members}
+            self._out(client, protocol.encode(protocol.with_id(reply, reply_id)))
 
-            def answer():
-                room = self._rooms.get(name)
-                members = [m.shown for m in room.members] if room else []
-                reply = {"type": "who", "room": name, "members": members}
-                self._out(client, protocol.encode(protocol.with_id(reply, reply_id)))
-
-            self._later(answer)
+        self._later(answer)
 
     def history(self, client: Client, name: str, before=None, after=None, limit=50, reply_id=None) -> None:
         """Members page through a room's stored chat events, oldest first."""
