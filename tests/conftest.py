@@ -1,40 +1,10 @@
 """Fixtures: a real roomchat on port 0 in this process or as `python roomchat.py`, WebSocket
-clients, and raw sockets."""
-
-import base64
-import contextlib
-import json
-import os
-import signal
-import socket
-import struct
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-from pathlib import Path
+clients, and raw sockets. The helpers they hand out live in tests/helpers.py."""
 
 import pytest
-import websocket
 
 from chatserver.app import ChatServer
-from chatserver.config import Config
-
-ROOT = Path(__file__).resolve().parent.parent
-ROOMCHAT = [sys.executable, str(ROOT / "roomchat.py")]
-# Rate limits out of the way of a test's load: for make_server(), and as roomchat.py options.
-FAST_LIMITS = {"rate_burst": 100_000, "rate_per_second": 100_000}
-FAST = ["--rate-burst", "100000", "--rate-per-second", "100000", "--log-level", "WARNING"]
-
-threading.stack_size(512 * 1024)  # as roomchat.py does, so deep-input tests see production stacks
-
-
-def make_config(**overrides) -> Config:
-    """Test defaults: port 0, in-memory history, quiet logs; anything can be overridden."""
-    values = {"port": 0, "db": ":memory:", "log_level": "WARNING"}
-    values.update(overrides)
-    return Config(**values)
+from tests.helpers import Peer, RawClient, ServerProcess, closing_all, make_config
 
 
 @pytest.fixture
@@ -57,75 +27,6 @@ def server(make_server) -> ChatServer:
     return make_server()
 
 
-def restart(make_server, server: ChatServer, store=None) -> ChatServer:
-    """Stop `server` and start another on its port, with its history unless `store` is given."""
-    port, kept = server.port, server.store
-    server.shutdown(timeout=0.5)
-    return make_server(store=store or kept, port=port)
-
-
-def closing_all(factory, close=lambda thing: thing.close()):
-    """The body of a fixture that hands out `factory(...)` and closes all it made at teardown:
-    `yield from closing_all(Peer)`."""
-    made = []
-
-    def make(*args, **kwargs):
-        made.append(factory(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for thing in made:
-        with contextlib.suppress(Exception):
-            close(thing)
-
-
-class Peer:
-    """A websocket-client connection with JSON helpers; `welcome` is read on connect."""
-
-    def __init__(self, url: str, timeout: float = 5):
-        self.ws = websocket.create_connection(url, timeout=timeout)
-        self.welcome = self.recv()
-        self.nick = self.welcome["nick"]
-
-    def send(self, **msg) -> None:
-        self.ws.send(json.dumps(msg))
-
-    def recv(self) -> dict:
-        return json.loads(self.ws.recv())
-
-    def recv_type(self, kind: str, limit: int = 50) -> dict:
-        """The next event of type `kind`, skipping others (presence, say)."""
-        for _ in range(limit):
-            event = self.recv()
-            if event["type"] == kind:
-                return event
-        raise AssertionError(f"no {kind!r} event in {limit} messages")
-
-    def request(self, **msg) -> dict:
-        """Send and return the next event (the reply, when nothing else is in flight)."""
-        self.send(**msg)
-        return self.recv()
-
-    def join(self, room: str, **extra) -> dict:
-        self.send(type="join", room=room, **extra)
-        return self.recv_type("joined")
-
-    def set_nick(self, nick: str) -> None:
-        reply = self.request(type="nick", nick=nick)
-        assert reply["type"] == "nick", reply
-        self.nick = nick
-
-    def chat_all(self, room: str, texts: list[str]) -> list[dict]:
-        """Send every text to `room` at once; return the chat events that come back, one per text
-        (the acknowledgements, when nobody else talks there)."""
-        for text in texts:
-            self.send(type="chat", room=room, text=text)
-        return [self.recv_type("chat") for _ in texts]
-
-    def close(self) -> None:
-        self.ws.close()
-
-
 @pytest.fixture
 def peers(make_server):
     """peers(url, timeout=5) -> Peer on any server; all closed at teardown (before make_server's
@@ -139,193 +40,10 @@ def connect(server, peers):
     return lambda url=None, **kwargs: peers(url or server.url, **kwargs)
 
 
-def server_with_chats(make_server, connect, texts: list[str], room: str = "lobby") -> ChatServer:
-    """A new server (no rate limits in the way) whose `room` holds `texts` as seqs 1..n, all stored."""
-    busy = make_server(**FAST_LIMITS)
-    peer = connect(busy.url)
-    peer.join(room)
-    assert [e["seq"] for e in peer.chat_all(room, texts)] == list(range(1, len(texts) + 1))
-    return busy
-
-
-# -- `python roomchat.py` as a process --------------------------------------------------------------
-
-
-def roomchat_env(**variables: str) -> dict:
-    """This process's environment without any ROOMCHAT_* setting, plus `variables`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
-    return {**env, **variables}
-
-
-class ServerProcess:
-    """`python roomchat.py --port 0 <FAST> ...` with its stdout read up to the ws:// URL.
-
-    stderr (the log) goes to `log_path`, or to a temporary file; `stderr_text()` reads it.
-    `defaults=()` leaves out `--port 0` and FAST, for tests of the settings themselves."""
-
-    def __init__(self, *args: str, cwd=ROOT, env=None, log_path=None, defaults=("--port", "0", *FAST)):
-        self._log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self._stderr = ""
-        self.proc = subprocess.Popen(
-            [*ROOMCHAT, *defaults, *args],
-            cwd=cwd, env=roomchat_env() if env is None else env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, text=True,
-        )
-        self.lines = []
-        self.url = None
-        while self.url is None:
-            line = self.proc.stdout.readline()
-            if not line:
-                self.stop()
-                raise AssertionError(f"roomchat exited before listening: {self.lines}, stderr {self._stderr!r}")
-            self.lines.append(line.rstrip("\n"))
-            if "listening on ws://" in line:
-                self.url = line.split("listening on ", 1)[1].strip()
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rstrip("/").rsplit(":", 1)[1])
-
-    def stderr_text(self) -> str:
-        """What the server has written to stderr so far; all of it once stopped."""
-        if self._log.closed:
-            return self._stderr
-        fd = self._log.fileno()  # pread leaves the offset the server writes at alone
-        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        """Signal the server and return its exit status; one that hangs is killed, then fails the test."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        finally:
-            self.proc.stdout.close()
-            self._stderr = self.stderr_text()
-            self._log.close()
-
-
 @pytest.fixture
 def spawn():
     """spawn(*args, **kwargs) -> ServerProcess; any still running is stopped at teardown."""
     yield from closing_all(ServerProcess, close=ServerProcess.stop)
-
-
-def run_to_exit(*args: str, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
-    """`python roomchat.py --port 0 ...` run to its end (for start-up failures and --help)."""
-    return subprocess.run(
-        [*ROOMCHAT, "--port", "0", *args],
-        cwd=cwd, env=roomchat_env() if env is None else env, capture_output=True, text=True, timeout=10,
-    )
-
-
-# -- raw sockets, for tests where the bytes matter ------------------------------------------------
-
-
-def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True, rsv: int = 0,
-          length: int | None = None) -> bytes:
-    """A client frame with every field under the test's control (`length` may lie)."""
-    n = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    mask_bit = 0x80 if masked else 0
-    if n < 126:
-        head += bytes([mask_bit | n])
-    elif n < 65536:
-        head += bytes([mask_bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([mask_bit | 127]) + struct.pack("!Q", n)
-    if not masked:
-        return head + payload
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-class RawClient:
-    """A WebSocket client on a plain socket: handshake, then frames in and out by hand."""
-
-    def __init__(self, port: int, handshake: bool = True, timeout: float = 5, rcvbuf: int = 0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:  # before connect, so the advertised window stays small: a reader that stalls
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
-        self.buf = b""
-        if handshake:
-            key = base64.b64encode(os.urandom(16)).decode()
-            self.sock.sendall(
-                f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-            )
-            head = self.read_until(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 101"), head
-            self.welcome = self.read_json()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def send_json(self, **msg) -> None:
-        self.sock.sendall(frame(0x1, json.dumps(msg).encode()))
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError("server closed the connection")
-        self.buf += chunk
-
-    def read_exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-    def read_until(self, marker: bytes) -> bytes:
-        while marker not in self.buf:
-            self._fill()
-        head, _, self.buf = self.buf.partition(marker)
-        return head + marker
-
-    def read_frame(self) -> tuple[int, bytes]:
-        b1, b2 = self.read_exact(2)
-        n = b2 & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", self.read_exact(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", self.read_exact(8))
-        return b1 & 0x0F, self.read_exact(n)
-
-    def read_json(self) -> dict:
-        opcode, payload = self.read_frame()
-        assert opcode == 0x1, (opcode, payload)
-        return json.loads(payload)
-
-    def read_close(self, reply: bool = True) -> int:
-        """Read frames until a close frame; answer it as a client should; return its status code."""
-        while True:
-            opcode, payload = self.read_frame()
-            if opcode == 0x8:
-                if reply:
-                    with contextlib.suppress(OSError):
-                        self.sock.sendall(frame(0x8, payload[:2]))
-                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-
-    def wait_eof(self, timeout: float = 3) -> bool:
-        """True once the server has closed the TCP connection."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self._fill()
-            except EOFError:
-                return True
-            except (ConnectionResetError, TimeoutError):
-                return True
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -338,14 +56,3 @@ def raw_clients(make_server):
 def raw(server, raw_clients):
     """raw() -> RawClient on the default server (handshake done); raw(handshake=False) for HTTP tests."""
     return lambda port=None, **kwargs: raw_clients(port or server.port, **kwargs)
-
-
-def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):
-    """Poll until `predicate()` is truthy; return its value or fail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")

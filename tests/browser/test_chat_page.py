@@ -3,10 +3,12 @@
 import os
 
 import pytest
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from chatserver.store import MemoryStore
-from tests.browser.conftest import By, Keys, NoAlertPresentException
-from tests.conftest import FAST_LIMITS, ROOT, restart, server_with_chats
+from tests.helpers import FAST_LIMITS, ROOT, restart, server_with_chats
 
 pytestmark = pytest.mark.browser
 

@@ -13,7 +13,7 @@ import pytest
 import websocket
 
 from chatserver.config import Config
-from tests.conftest import ROOT, closing_all, roomchat_env, run_to_exit, wait_for
+from tests.helpers import ROOT, closing_all, roomchat_env, run_to_exit, wait_for
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 import websocket
 
-from tests.conftest import Peer, ServerProcess, roomchat_env, run_to_exit, wait_for
+from tests.helpers import Peer, ServerProcess, roomchat_env, run_to_exit, wait_for
 
 
 def chat(peer: Peer, room: str, text: str) -> dict:

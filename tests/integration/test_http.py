@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def get(server, path: str, method: str = "GET") -> tuple[http.client.HTTPResponse, bytes]:

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.conftest import frame, wait_for
+from tests.helpers import frame, wait_for
 
 
 def test_welcome(connect):

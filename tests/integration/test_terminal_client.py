@@ -10,7 +10,7 @@ import time
 import pytest
 
 from chatserver.store import MemoryStore
-from tests.conftest import ROOMCHAT, Peer, closing_all, restart, server_with_chats
+from tests.helpers import ROOMCHAT, Peer, closing_all, restart, server_with_chats
 
 CLIENT = [*ROOMCHAT, "client"]
 

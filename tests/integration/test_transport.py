@@ -9,7 +9,7 @@ import time
 import pytest
 import websocket
 
-from tests.conftest import RawClient, frame, wait_for
+from tests.helpers import RawClient, frame, wait_for
 
 
 def http_exchange(port: int, request: bytes) -> bytes:

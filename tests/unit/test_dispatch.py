@@ -11,7 +11,7 @@ from chatserver.errors import FrameError
 from chatserver.registry import Registry
 from chatserver.store import MemoryStore
 from handlers import HANDLERS
-from tests.unit.test_registry import FakeConn
+from tests.helpers import FakeConn
 
 
 @pytest.fixture

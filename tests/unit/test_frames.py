@@ -8,7 +8,7 @@ import pytest
 
 from chatserver import frames
 from chatserver.errors import FrameError
-from tests.conftest import frame
+from tests.helpers import frame
 
 MAX = 65536
 

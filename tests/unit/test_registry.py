@@ -1,6 +1,5 @@
 """Registry rules with fake connections whose outboxes are lists: no sockets."""
 
-import json
 import threading
 
 import pytest
@@ -10,32 +9,7 @@ from chatserver.config import Config
 from chatserver.errors import ChatError
 from chatserver.registry import Registry
 from chatserver.store import MemoryStore
-
-
-class FakeConn:
-    def __init__(self):
-        self.frames = []
-
-    def send_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def events(self, kind=None) -> list:
-        """Every event sent, in order; one write may carry several frames."""
-        out = []
-        for data in self.frames:
-            pos = 0
-            while pos < len(data):
-                n = data[pos + 1] & 0x7F
-                start = pos + 2
-                if n == 126:
-                    n, start = int.from_bytes(data[pos + 2 : pos + 4], "big"), pos + 4
-                elif n == 127:
-                    n, start = int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
-                event = json.loads(data[start : start + n])
-                pos = start + n
-                if kind is None or event["type"] == kind:
-                    out.append(event)
-        return out
+from tests.helpers import FakeConn
 
 
 @pytest.fixture

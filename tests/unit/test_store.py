@@ -9,7 +9,7 @@ import pytest
 
 from chatserver.config import Config
 from chatserver.store import MemoryStore, SqliteStore, StoreError, open_store
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 KINDS = ["memory", "sqlite"]
 
