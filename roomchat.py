@@ -12,7 +12,7 @@ import threading
 
 from chatserver.app import ChatServer
 from chatserver.config import from_args
-from chatserver.store import StoreError
+from chatserver.engine import EngineError
 
 THREAD_STACK_BYTES = 512 * 1024  # many clients means many threads; 8 MiB stacks waste address space
 
@@ -38,10 +38,10 @@ def serve(argv) -> int:
     except OSError as exc:
         print(f"roomchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
+    except EngineError as exc:
         print(f"roomchat: {exc}", file=sys.stderr)
         return 2
-    print(f"history in {server.store.location}", flush=True)
+    print(f"history in {server.engine.location}", flush=True)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -1,4 +1,4 @@
-"""Wiring: the ChatServer owns the store, the registry and the transport, and joins them up."""
+"""Wiring: the ChatServer owns the engine, the registry and the transport, and joins them up."""
 
 import logging
 import threading
@@ -8,7 +8,7 @@ from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, dispatch_many
 from chatserver.registry import Registry
-from chatserver.store import open_store
+from chatserver.sqlite_engine import open_engine
 from chatserver.transport import RoomchatServer
 from chatserver.web import WebRoutes
 
@@ -17,27 +17,27 @@ log = logging.getLogger("roomchat")
 
 class ChatServer:
     """A running roomchat: `serve_forever()` in the main thread or `start()` in a background one,
-    then `shutdown()` (close 1001 to everyone, stop threads, close the store)."""
+    then `shutdown()` (close 1001 to everyone, stop threads, close the engine)."""
 
-    def __init__(self, config: Config, store=None):
+    def __init__(self, config: Config, engine=None):
         self.config = config
-        self.store = open_store(config) if store is None else store
-        self.registry = Registry(self.store, config.limits())
-        self.web = WebRoutes(self.registry.stats)
-        try:
-            self.transport = RoomchatServer(
-                self,
-                config.host,
-                config.port,
-                max_message_bytes=config.max_message_bytes,
-                max_outbox_bytes=config.max_outbox_bytes,
-                handshake_timeout=config.handshake_timeout,
-                ping_interval=config.ping_interval,
-                ping_timeout=config.ping_timeout,
-            )
-        except OSError:  # port in use: release the history file before giving up
-            self.store.close()
+        self.transport = RoomchatServer(
+            self,
+            config.host,
+            config.port,
+            max_message_bytes=config.max_message_bytes,
+            max_outbox_bytes=config.max_outbox_bytes,
+            handshake_timeout=config.handshake_timeout,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+        )
+        try:  # after binding: a port in use is reported before the history file is touched
+            self.engine = open_engine(config) if engine is None else engine
+        except Exception:
+            self.transport.server_close()
             raise
+        self.registry = Registry(self.engine, config.limits())
+        self.web = WebRoutes(self.registry.stats, self.engine.health)
         self._thread = None
         self._shut = threading.Lock()
 
@@ -81,6 +81,6 @@ class ChatServer:
         with self._shut:
             self.transport.stop_accepting()
             self.transport.close_all(frames.CLOSE_GOING_AWAY, "server shutting down", timeout)
-            self.store.close()
+            self.engine.close()
         if self._thread is not None:
             self._thread.join(timeout)

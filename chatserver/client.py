@@ -1,6 +1,7 @@
 """One connected client as the chat layer sees it: nick, rooms, rate limit, and a way to send."""
 
 import time
+from collections import deque
 
 
 class TokenBucket:
@@ -27,20 +28,23 @@ class TokenBucket:
 
 
 class Client:
-    """A connection with a nick. `conn` is the transport's connection: it sends frames in order.
+    """A connection with a nick, as the Registry sees it. `conn` is the transport's connection:
+    it sends frames in order and never blocks.
 
-    `rooms` (the rooms it has asked to be in) and `joined` (the rooms fan-out sends it, which
-    follow `rooms` in decision order) are owned by the Registry and changed under its lock.
+    Owned by the Registry and changed under its lock: `nick`; `rooms` (the rooms it is in: the
+    index of `Room.members`); `pending` (chats published and not yet delivered: its next request
+    waits for them); `changes` (the last nick changes it was told of, so it hears of each once).
     """
 
-    __slots__ = ("conn", "joined", "limiter", "nick", "rooms", "shown")
+    __slots__ = ("changes", "conn", "id", "limiter", "nick", "pending", "rooms")
 
-    def __init__(self, conn, nick: str, limiter: TokenBucket):
+    def __init__(self, client_id: int, conn, nick: str, limiter: TokenBucket):
+        self.id = client_id
         self.conn = conn
-        self.nick = nick  # decided: what new chat events carry
-        self.shown = nick  # what the peers have been told, in decision order (presence, member lists)
+        self.nick = nick
         self.rooms: set[str] = set()
-        self.joined: set[str] = set()
+        self.pending = 0
+        self.changes: deque = deque(maxlen=16)
         self.limiter = limiter
 
     def send(self, frame: bytes) -> None:
@@ -48,4 +52,4 @@ class Client:
         self.conn.send_frame(frame)
 
     def __repr__(self) -> str:
-        return f"<Client {self.nick} {self.conn!r}>"
+        return f"<Client {self.id} {self.nick} {self.conn!r}>"

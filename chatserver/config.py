@@ -14,6 +14,7 @@ class Config:
     port: int = 8765
     log_level: str = "INFO"
     db: str = "roomchat.db"
+    redis: str = ""
     max_message_bytes: int = 65536
     max_text_chars: int = 2000
     max_rooms: int = 32
@@ -36,6 +37,10 @@ class Config:
         for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout"):
             if getattr(self, name) <= 0:
                 return f"{name.replace('_', '-')} must be more than 0"
+        if self.redis and self.db != "roomchat.db":
+            return "--db and --redis are mutually exclusive: with --redis, history lives in Redis"
+        if self.redis and not self.redis.startswith(("redis://", "rediss://", "unix://")):
+            return f"--redis {self.redis!r} is not a redis://HOST:PORT/DB URL"
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             return f"log-level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
         return None
@@ -56,6 +61,7 @@ HELP = {
     "port": "TCP port for WebSocket and HTTP (0 picks a free one)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "db": "SQLite file for chat history; ':memory:' keeps it in memory only",
+    "redis": "redis://HOST:PORT/DB: history, nicks and rooms in Redis, shared by several roomchat processes",
     "max_message_bytes": "largest WebSocket message accepted; larger ones close with 1009",
     "max_text_chars": "longest chat or dm text, in characters",
     "max_rooms": "rooms one connection may be in at once",

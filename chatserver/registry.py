@@ -1,285 +1,412 @@
-"""Who is connected, under which nick, in which rooms; and the fan-out of everything we send.
+"""The hub: who is connected to this process, under which nick, in which rooms; and fan-out.
 
-One non-reentrant lock guards all of it. Public methods take the lock; `_helpers` expect it held.
-Inside the lock we touch dicts and sets and call `Client.send()`, which never blocks; the one
-store read under the lock is a rare fallback in `_join_history`.
+One copy of each fact, under one non-reentrant lock (`_lock`): `_clients` (id -> Client),
+`_nicks` (casefolded nick -> Client), `_rooms` (room -> Room with its local members; a Client's
+`rooms` is the index of the same membership, changed only with it), `_seqs` (room -> last chat
+seq delivered here). Public methods take the lock; `_helpers` assert it is held. Under the lock
+we touch dicts and call `Client.send()`, which never blocks. The engine is never called under
+the lock: it calls us back (`deliver`, `reject`, `deliver_dm`) from its own threads.
 
-Decisions and effects. A request is decided at once, under the lock, against the *decided*
-state: `client.rooms`, the nick table, the rooms' seqs. What it sends and what it changes in the
-*effective* state that fan-out uses (`Room.members`, `client.joined`) is an effect, run by
-`_later` in decision order. With a store that keeps events at once (memory) an effect runs
-immediately. With a store that commits in the background (SQLite) a chat may not be sent before
-its commit, so while any chat waits, every later effect waits behind it in one FIFO
-(`_backlog`) and runs when the store reports the commit. Hence: every member sees a room's chat
-events in seq order with no gap from its `joined` on; a client's replies come in the order of
-its requests; and no presence, nick, reply or `joined` overtakes a chat decided before it.
+A request is applied at once. Only room events wait for the engine: a chat is delivered when the
+engine hands it back stored, in the room's stream order; `announce` puts presence and nick
+events into the same stream. A client's next request waits until its own published chats are
+delivered (`_settle`), so its replies keep the order of its requests, and a sender that outruns
+the disk is slowed down alone. Ping, who, rooms, dm, nick and leave never wait for the disk.
+
+Joining has a seam: the joiner becomes a member at once, but events reach it only from its own
+join's place in the stream (`Hold.at`, the room's seq there). Until `joined` is sent, events
+after that place are held; `joined.history` is read from the engine up to that seq; then the
+held events follow. So `joined` plus what follows is exactly the room's stream, with no gap and
+no repeat, whichever engine and process.
 """
 
-import functools
+import itertools
 import logging
 import threading
-from collections import deque
+import uuid
 
 from chatserver import protocol
 from chatserver.client import Client
+from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
 
-TAIL = 128  # recent chat events kept per live room: `joined` needs no store read under the lock
-MAX_BACKLOG = 50_000  # effects waiting for commits; past this the store is stuck, so chats are refused
+SETTLE_TIMEOUT = 10.0  # seconds a request waits for its client's chats to be delivered, at most
+JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
 
 log = logging.getLogger("roomchat.registry")
 
 
-class Room:
-    """A room as fan-out sees it: members in join order and its recently delivered events."""
+class Hold:
+    """A member between its join and its `joined`: `at` is None until its own join comes back
+    from the stream (events before that are not its to see), then the room's seq there, and
+    `frames` keeps what follows until `joined` is sent."""
 
-    __slots__ = ("members", "name", "tail")
+    __slots__ = ("at", "frames", "members")
+
+    def __init__(self, at: int | None = None, members: list | None = None):
+        self.at = at
+        self.frames: list[bytes] = []
+        self.members = members  # nicks at the join's place in the stream (one process)
+
+
+class Room:
+    __slots__ = ("members", "name")
 
     def __init__(self, name: str):
         self.name = name
-        self.members: dict[Client, None] = {}
-        self.tail: deque = deque(maxlen=TAIL)  # chat events delivered since the room appeared
+        self.members: dict[Client, Hold | None] = {}  # join order; None = receiving live
 
 
-class PendingChat:
-    """A chat event waiting for its commit."""
-
-    __slots__ = ("event", "reply_id", "sender")
-
-    def __init__(self, event: dict, sender: Client, reply_id):
-        self.event = event
-        self.sender = sender
-        self.reply_id = reply_id
-
-
-def _request(method):
-    """A request: run under the lock, and ignored once its client is disconnected (a client
-    dropped for being too slow is disconnected from another thread while its own thread may
-    still be handling what it had read)."""
-
-    @functools.wraps(method)
-    def locked(self, client, *args, **kwargs):
-        with self._lock:
-            if client in self._clients:
-                method(self, client, *args, **kwargs)
-
-    return locked
+def unavailable(exc: Unavailable) -> ChatError:
+    return ChatError("unavailable", f"The server cannot do that right now ({exc}); try again shortly.")
 
 
 class Registry:
-    def __init__(self, store, limits: dict):
+    def __init__(self, engine, limits: dict):
         self._lock = threading.Lock()
-        self._store = store
-        store.on_durable = self._on_durable
+        self._settled = threading.Condition(self._lock)  # pending chats delivered, joins placed
+        self._engine = engine
+        self._cluster = engine.cluster
+        self.process_id = uuid.uuid4().hex[:12]
         self._limits = limits
         self._max_rooms = limits["max_rooms"]
-        self._clients: set[Client] = set()
-        self._nicks: dict[str, Client] = {}  # casefolded nick -> client
-        self._rooms: dict[str, Room] = {}  # rooms with members (effective)
-        self._last_seq: dict[str, int] = store.last_seqs()  # outlives empty rooms: seqs are never reused
-        self._delivered: dict[str, int] = dict(self._last_seq)  # highest seq sent to members
-        self._backlog: deque = deque()  # PendingChat and effects, in decision order
+        self._ids = itertools.count(1)
+        self._clients: dict[int, Client] = {}
+        self._nicks: dict[str, Client] = {}
+        self._rooms: dict[str, Room] = {}
+        self._seqs: dict[str, int] = engine.last_seqs() if hasattr(engine, "last_seqs") else {}
         self._batch: dict | None = None  # while set: frames per client, written once at the end
         self._guests = 0
+        engine.start(self)
 
     # -- connections ---------------------------------------------------------------------------
 
     def connect(self, conn, limiter) -> Client:
-        """Register a new connection under a free guest nick and send its `welcome`."""
-        with self._lock:
-            nick = self._free_guest_nick()
-            client = Client(conn, nick, limiter)
-            self._clients.add(client)
-            self._nicks[nick.casefold()] = client
-            # First frame of a new connection: nothing can be queued for it yet, so no backlog.
-            client.send(protocol.encode(protocol.welcome(nick, self._limits, self._store.epoch)))
+        """Register a new connection under a free guest nick and send its `welcome`.
+
+        Raises ChatError("unavailable") when a cluster engine cannot give it a nick."""
+        while True:
+            with self._lock:
+                self._guests += 1
+                nick = f"guest-{self._guests}" if not self._cluster else f"guest-{uuid.uuid4().hex[:6]}"
+                if nick.casefold() in self._nicks:
+                    continue
+                client = Client(next(self._ids), conn, nick, limiter)
+            if self._cluster and not self._claim(client, nick):
+                continue
+            with self._lock:
+                self._clients[client.id] = client
+                self._nicks[nick.casefold()] = client
+                client.send(protocol.encode(protocol.welcome(nick, self._limits, self._engine.epoch)))
             return client
 
     def disconnect(self, client: Client) -> None:
         """Forget a client; every room it was in gets a presence `leave`. Safe to call twice."""
         with self._lock:
-            if client not in self._clients:
+            if self._clients.pop(client.id, None) is None:
                 return
-            self._clients.discard(client)
             del self._nicks[client.nick.casefold()]
-            rooms, client.rooms = sorted(client.rooms), set()
-
-            def leave_all():
-                for name in rooms:
-                    self._leave_room(client, name)
-
-            self._later(leave_all)
-
-    def _free_guest_nick(self) -> str:
-        while True:
-            self._guests += 1
-            nick = f"guest-{self._guests}"
-            if nick.casefold() not in self._nicks:
-                return nick
+            left = [self._remove_member(client, name) for name in sorted(client.rooms)]
+            self._settled.notify_all()
+        for name, emptied in left:
+            self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
+            if emptied and self._cluster:
+                self._engine.unsubscribe(name)
+        if self._cluster:
+            self._engine.release_nick(client.nick, self._owner(client))
 
     # -- requests ------------------------------------------------------------------------------
 
-    @_request
     def reply(self, client: Client, event: dict) -> None:
-        """Send a direct reply (pong, error) in order with everything decided before it."""
-        self._send(client, protocol.encode(event))
+        """Send a direct reply (pong, error) after the client's earlier requests are answered."""
+        with self._lock:
+            if self._settle(client):
+                client.send(protocol.encode(event))
 
-    @_request
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
-        owner = self._nicks.get(nick.casefold())
-        if owner is not None and owner is not client:
-            raise ChatError("nick_taken", f"The nick {nick!r} is taken; choose another.")
-        old = client.nick
-        del self._nicks[old.casefold()]
-        self._nicks[nick.casefold()] = client
-        client.nick = nick
+        """Take `nick`; peers sharing a room hear of it once. Raises ChatError nick_taken, unavailable."""
+        folded = nick.casefold()
+        with self._lock:
+            if not self._settle(client):
+                return
+            owner = self._nicks.get(folded)
+            if owner is not None and owner is not client:
+                raise _nick_taken(nick)
+            old = client.nick
+        if self._cluster and folded != old.casefold() and not self._claim(client, nick):
+            raise _nick_taken(nick)
         event = {"type": "nick", "old": old, "nick": nick}
-
-        def announce():
-            client.shown = nick
-            frame = protocol.encode(event)
-            for peer in self._room_peers(client):
-                self._out(peer, frame)
-            self._out(client, protocol.encode(protocol.with_id(event, reply_id)))
-
-        self._later(announce)
+        with self._lock:
+            if client.id not in self._clients or self._nicks.get(folded, client) is not client:
+                if self._cluster and folded != old.casefold():
+                    self._engine.release_nick(nick, self._owner(client))
+                if client.id in self._clients:
+                    raise _nick_taken(nick)
+                return
+            del self._nicks[old.casefold()]
+            self._nicks[folded] = client
+            client.nick = nick
+            client.send(protocol.encode(protocol.with_id(event, reply_id)))
+            rooms = sorted(client.rooms)
+        if self._cluster and folded != old.casefold():
+            self._engine.release_nick(old, self._owner(client))
+        change = uuid.uuid4().hex
+        for name in rooms:
+            self._announce_quietly(name, event, client, change)
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
-        """Enter a room. `joined` carries the members and either the last 50 chat events or,
-        with `after`, every event with a higher seq (up to 1000, then `truncated`)."""
-        # Read the store first, outside the lock; `_join_history` adds what is delivered meanwhile.
-        if after is None:
-            stored = self._store.read(name, limit=protocol.JOIN_HISTORY)
-        else:
-            stored = self._store.read(name, after=after, limit=protocol.MAX_RESUME + 1)
+        """Enter a room (or re-enter one, without presence). `joined` carries the members and the
+        last 50 chat events or, with `after`, every one with a higher seq (up to 1000, then
+        `truncated`). Raises ChatError too_many_rooms, unavailable."""
         with self._lock:
-            if client not in self._clients:
+            if not self._settle(client):
                 return
-            if name not in client.rooms and len(client.rooms) >= self._max_rooms:
-                raise ChatError("too_many_rooms", f"You are in {self._max_rooms} rooms, the limit; leave one first.")
-            client.rooms.add(name)
-
-            def enter():
-                room = self._rooms.get(name) or Room(name)
-                history, truncated = self._join_history(room, stored, after)  # before any change
-                self._rooms[name] = room
-                if client not in room.members:
-                    self._fan_out(room, protocol.encode(protocol.presence(name, "join", client.shown)))
-                    room.members[client] = None
-                    client.joined.add(name)
-                reply = {"type": "joined", "room": name, "members": [m.shown for m in room.members], "history": history}
-                if truncated:
-                    reply["truncated"] = True
-                self._out(client, protocol.encode(protocol.with_id(reply, reply_id)))
-
-            self._later(enter)
-
-    @_request
-    def leave(self, client: Client, name: str, reply_id=None) -> None:
-        if name not in client.rooms:
-            raise ChatError("not_in_room", f"You are not in {name!r}.")
-        client.rooms.discard(name)
-
-        def go():
-            self._leave_room(client, name)
-            self._out(client, protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)))
-
-        self._later(go)
-
-    @_request
-    def chat(self, client: Client, name: str, text: str, reply_id=None) -> None:
-        self._chat(client, name, text, reply_id)
-
-    @_request
-    def chat_many(self, client: Client, items: list) -> None:
-        """Several chats from one client in one step: (room, text, reply_id) each, or
-        (ChatError, None, reply_id) for one refused already. Each member gets one write."""
-        self._batch = {} if len(items) > 1 else None
-        try:
-            for name, text, reply_id in items:
-                try:
-                    if isinstance(name, ChatError):
-                        raise name
-                    self._chat(client, name, text, reply_id)
-                except ChatError as exc:
-                    self._send(client, protocol.encode(protocol.error(exc, reply_id)))
-        finally:
-            self._flush_batch()
-
-    def _chat(self, client: Client, name: str, text: str, reply_id) -> None:
-        if name not in client.rooms:
-            raise ChatError("not_in_room", f"Join {name!r} before sending to it.")
-        if len(self._backlog) >= MAX_BACKLOG:  # commits have stalled (disk full?): don't pile up
-            raise ChatError("rate_limited", "The server cannot store messages right now; try again shortly.")
-        seq = self._last_seq.get(name, 0) + 1
-        self._last_seq[name] = seq
-        event = protocol.chat_event(name, client.nick, text, seq)
-        if self._store.append(event):  # stored already (memory): send now, or in turn
-            self._later(lambda: self._deliver(event, client, reply_id))
-        else:  # the store calls _on_durable once it is committed
-            self._backlog.append(PendingChat(event, client, reply_id))
-
-    @_request
-    def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
-        target = self._nicks.get(nick.casefold())
-        if target is None:
-            raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
-        event = protocol.dm_event(client.nick, target.nick, text)
-        if target is not client:
-            self._send(target, protocol.encode(event))
-        self._send(client, protocol.encode(protocol.with_id(event, reply_id)))
-
-    @_request
-    def list_rooms(self, client: Client, reply_id=None) -> None:
-        def answer():
-            rooms = [{"room": r.name, "members": len(r.members)} for r in sorted(self._rooms.values(), key=_name)]
-            self._out(client, protocol.encode(protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id)))
-
-        self._later(answer)
-
-    @_request
-    def who(self, client: Client, name: str, reply_id=None) -> None:
-        def answer():
             room = self._rooms.get(name)
-            members = [m.shown for m in room.members] if room else []
-            reply = {"type": "who", "room": name, "members": members}
-            self._out(client, protocol.encode(protocol.with_id(reply, reply_id)))
+            rejoin = room is not None and client in room.members
+            if rejoin:  # its place in the stream is here and now
+                hold = room.members[client] or Hold(self._seqs.get(name, 0), self._nicks_in(room))
+                room.members[client] = hold
+            else:
+                if len(client.rooms) >= self._max_rooms:
+                    raise ChatError("too_many_rooms", f"You are in {self._max_rooms} rooms; leave one first.")
+                new_room = room is None
+                room = self._rooms.setdefault(name, Room(name))
+                hold = room.members[client] = Hold()
+                client.rooms.add(name)
+            nick = client.nick
+        if not rejoin:
+            emptied = False
+            try:
+                if self._cluster and new_room:
+                    self._engine.subscribe(name)
+                self._engine.announce(name, protocol.presence(name, "join", nick), self._meta(client))
+            except Unavailable as exc:
+                with self._lock:
+                    if room.members.get(client) is hold:
+                        emptied = self._remove_member(client, name)[1]
+                if self._cluster and emptied:
+                    self._engine.unsubscribe(name)
+                raise unavailable(exc) from None
+        with self._lock:  # wait for our join's place in the stream (at once, but on Redis)
+            if not self._settled.wait_for(lambda: hold.at is not None or room.members.get(client) is not hold,
+                                          JOIN_TIMEOUT):
+                log.warning("join of %s by %s not placed in %.0f s", name, client.nick, JOIN_TIMEOUT)
+                hold.at = self._seqs.get(name, 0)
+        limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
+        try:
+            history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit)
+            members = self._engine.members(name) if self._cluster else hold.members
+        except Unavailable as exc:
+            history, members = None, exc
+        with self._lock:
+            if room.members.get(client) is not hold:
+                return  # disconnected meanwhile
+            room.members[client] = None
+            if history is None:  # read failed after the join was placed: the join stands, say so
+                client.send(protocol.encode(protocol.error(unavailable(members), reply_id)))
+                history, members = [], self._nicks_in(room)
+            reply = {"type": "joined", "room": name, "members": members, "history": history[: protocol.MAX_RESUME]}
+            if len(history) > protocol.MAX_RESUME:
+                reply["truncated"] = True
+            client.send(b"".join([protocol.encode(protocol.with_id(reply, reply_id)), *hold.frames]))
 
-        self._later(answer)
+    def leave(self, client: Client, name: str, reply_id=None) -> None:
+        """Quit a room; the others see a presence `leave`. Raises ChatError not_in_room."""
+        with self._lock:
+            if not self._settle(client):
+                return
+            if name not in client.rooms:
+                raise ChatError("not_in_room", f"You are not in {name!r}.")
+            emptied = self._remove_member(client, name)[1]
+            client.send(protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)))
+        self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
+        if emptied and self._cluster:
+            self._engine.unsubscribe(name)
+
+    def chat_many(self, client: Client, items: list) -> None:
+        """Chats from one client that arrived together: [(room, text, reply_id)], or
+        (ChatError, None, reply_id) for one refused already. Runs of chats to one room are
+        published together; an error reply waits until the chats before it are delivered."""
+        run_room, run = None, []
+        for name, text, reply_id in [*items, (None, None, None)]:
+            if run and (name != run_room or isinstance(name, ChatError) or name is None):
+                self._publish(client, run_room, run)
+                run_room, run = None, []
+            if name is None:
+                return
+            try:
+                if isinstance(name, ChatError):
+                    raise name
+                with self._lock:
+                    if client.id not in self._clients:
+                        return
+                    if name not in client.rooms:
+                        raise ChatError("not_in_room", f"Join {name!r} before sending to it.")
+                    client.pending += 1
+                    nick = client.nick
+                run_room = name
+                run.append((nick, text, self._meta(client, reply_id)))
+            except ChatError as exc:
+                self.reply(client, protocol.error(exc, reply_id))
+
+    def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
+        """A direct message to a connected nick. Raises ChatError no_such_user, unavailable."""
+        with self._lock:
+            if not self._settle(client):
+                return
+            target = self._nicks.get(nick.casefold())
+            event = protocol.dm_event(client.nick, target.nick if target else nick, text)
+            if target is None and not self._cluster:
+                raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
+            if target is not None and target is not client:
+                target.send(protocol.encode(event))
+        if target is None:
+            try:
+                to = self._engine.send_dm(nick, event)
+            except Unavailable as exc:
+                raise unavailable(exc) from None
+            if to is None:
+                raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
+            event = {**event, "to": to}
+        self.reply(client, protocol.with_id(event, reply_id))
+
+    def list_rooms(self, client: Client, reply_id=None) -> None:
+        """Rooms with members and their counts (all processes, with a cluster engine)."""
+        if self._cluster:
+            rooms = self._ask_engine(self._engine.rooms)
+        else:
+            with self._lock:
+                rooms = [{"room": n, "members": len(self._nicks_in(r))} for n, r in sorted(self._rooms.items())]
+        self.reply(client, protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id))
+
+    def who(self, client: Client, name: str, reply_id=None) -> None:
+        """The nicks in a room, in join order; [] for a room nobody is in."""
+        if self._cluster:
+            members = self._ask_engine(lambda: self._engine.members(name))
+        else:
+            with self._lock:
+                room = self._rooms.get(name)
+                members = self._nicks_in(room) if room else []
+        self.reply(client, protocol.with_id({"type": "who", "room": name, "members": members}, reply_id))
 
     def history(self, client: Client, name: str, before=None, after=None, limit=50, reply_id=None) -> None:
-        """Members page through a room's stored chat events, oldest first."""
+        """Members page through a room's stored chat events, oldest first. Raises ChatError
+        not_in_room, unavailable."""
         with self._lock:
-            if client not in self._clients:
+            if not self._settle(client):
                 return
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"Join {name!r} to read its history.")
-        messages = self._store.read(name, before=before, after=after, limit=limit)
-        with self._lock:
-
-            def answer():
-                # Committed but not yet delivered events stay out; a member gets those live.
-                upto = self._delivered.get(name, 0)
-                reply = {"type": "history", "room": name, "messages": [m for m in messages if m["seq"] <= upto]}
-                self._out(client, protocol.encode(protocol.with_id(reply, reply_id)))
-
-            self._later(answer)
+        messages = self._ask_engine(lambda: self._engine.read(name, before=before, after=after, limit=limit))
+        with self._lock:  # stored but not yet delivered: a member gets those live, not twice
+            upto = self._seqs.get(name, 0)
+            messages = [m for m in messages if m["seq"] <= upto]
+        self.reply(client, protocol.with_id({"type": "history", "room": name, "messages": messages}, reply_id))
 
     def stats(self) -> dict:
         with self._lock:
             return {"connections": len(self._clients), "rooms": len(self._rooms)}
 
+    def has_room(self, name: str) -> bool:
+        """True while a local client is in `name` (the Redis engine asks before unsubscribing)."""
+        with self._lock:
+            return name in self._rooms
+
+    # -- called by the engine ------------------------------------------------------------------
+
+    def deliver(self, items: list) -> None:
+        """[(room, event, Meta)] from the engine, in stream order per room: send each, encoded
+        once, to the room's members, all in one batch (one write per client for the call)."""
+        with self._lock:
+            self._batch = {}
+            try:
+                for name, event, meta in items:
+                    self._deliver_one(name, event, meta)
+            finally:
+                self._flush_batch()
+                self._settled.notify_all()
+
+    def reject(self, items: list, reason: str) -> None:
+        """Published chats that will not be delivered: their senders get `unavailable`."""
+        with self._lock:
+            for _name, _event, meta in items:
+                sender = self._origin(meta)
+                if sender is not None:
+                    sender.pending -= 1
+                    error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
+                    sender.send(protocol.encode(error))
+            self._settled.notify_all()
+
+    def deliver_dm(self, client_id: int, event: dict) -> None:
+        with self._lock:
+            client = self._clients.get(client_id)
+            if client is not None:
+                client.send(protocol.encode(event))
+
     # -- helpers (lock held) -------------------------------------------------------------------
 
-    def _later(self, effect) -> None:
-        """Run `effect` now, or after everything already waiting for the store."""
-        if self._backlog:
-            self._backlog.append(effect)
-        else:
-            effect()
+    def _deliver_one(self, name: str, event: dict, meta: Meta) -> None:
+        assert self._lock.locked()
+        kind = event["type"]
+        sender = self._origin(meta)
+        if kind == "chat":
+            self._seqs[name] = event["seq"]
+            if sender is not None:
+                sender.pending -= 1
+        room = self._rooms.get(name)
+        if room is None:
+            return
+        if kind == "presence" and sender is not None and event["event"] == "join":
+            hold = room.members.get(sender)
+            if hold is not None and hold.at is None:  # our own join: its place in the stream
+                hold.at = self._seqs.get(name, 0) if meta.at is None else meta.at
+                hold.members = self._nicks_in(room)
+        frame = protocol.encode(event)
+        own = frame if kind != "chat" or meta.reply_id is None else protocol.encode({**event, "id": meta.reply_id})
+        for member, hold in room.members.items():
+            if member is sender:
+                if kind != "chat":
+                    continue  # own nick or leave: answered directly
+                data = own
+            else:
+                data = frame
+            if kind == "nick":
+                if meta.change in member.changes:
+                    continue
+                member.changes.append(meta.change)
+            if hold is None:
+                self._out(member, data)
+            elif hold.at is not None:
+                hold.frames.append(data)
 
-    def _send(self, client: Client, frame: bytes) -> None:
-        self._later(lambda: self._out(client, frame))
+    def _settle(self, client: Client) -> bool:
+        """Wait until the client's published chats are delivered; False if it is gone."""
+        assert self._lock.locked()
+        if client.pending and not self._settled.wait_for(lambda: not client.pending, SETTLE_TIMEOUT):
+            log.warning("%s: %d chats not delivered after %.0f s", client.nick, client.pending, SETTLE_TIMEOUT)
+        return client.id in self._clients
+
+    def _remove_member(self, client: Client, name: str) -> tuple[str, bool]:
+        """Take the client out of a room; returns (room, True if the room is now empty here)."""
+        assert self._lock.locked()
+        client.rooms.discard(name)
+        room = self._rooms.get(name)
+        if room is None:
+            return name, False
+        room.members.pop(client, None)
+        if room.members:
+            return name, False
+        del self._rooms[name]
+        return name, True
+
+    def _nicks_in(self, room: Room) -> list:
+        """Nicks of the members whose join has its place in the stream, in join order."""
+        return [m.nick for m, hold in room.members.items() if hold is None or hold.at is not None]
+
+    def _origin(self, meta: Meta) -> Client | None:
+        if meta.origin is None or meta.origin[0] != self.process_id:
+            return None
+        return self._clients.get(meta.origin[1])
 
     def _out(self, client: Client, frame: bytes) -> None:
         """Write a frame to a client now, or add it to the batch written when the step ends."""
@@ -295,113 +422,39 @@ class Registry:
         for client, queued in (batch or {}).items():
             client.send(queued[0] if len(queued) == 1 else b"".join(queued))
 
-    def _fan_out(self, room: Room, frame: bytes) -> None:
-        for member in room.members:
-            self._out(member, frame)
+    # -- helpers (lock not held) ---------------------------------------------------------------
 
-    def _on_durable(self, events: list) -> None:
-        """Called by a background store, in append order, once `events` are committed; all it
-        releases is written as one batch (one write per client for the whole commit)."""
-        with self._lock:
-            self._batch = {}
-            try:
-                for event in events:
-                    while callable(self._backlog[0]):
-                        _run(self._backlog.popleft())
-                    pending = self._backlog.popleft()
-                    assert pending.event is event, "store committed events out of order"
-                    _run(lambda p=pending: self._deliver(p.event, p.sender, p.reply_id))
-                while self._backlog and callable(self._backlog[0]):
-                    _run(self._backlog.popleft())
-            finally:
-                self._flush_batch()
-
-    def _deliver(self, event: dict, sender: Client, reply_id) -> None:
-        """Send a chat event, encoded once, to the room's members; the sender's copy has its id."""
-        name = event["room"]
-        self._delivered[name] = event["seq"]
-        room = self._rooms.get(name)
-        if room is None:
-            return
-        room.tail.append(event)
-        frame = protocol.encode(event)
-        own = frame if reply_id is None else protocol.encode({**event, "id": reply_id})
-        out = self._out if self._batch is not None else Client.send
-        for member in room.members:
-            out(member, own if member is sender else frame)
-
-    def _join_history(self, room: Room, stored: list, after: int | None) -> tuple[list, bool]:
-        """What `joined` replays: `stored` (read before the join was decided) plus the events
-        delivered since, from the room's tail. If the two do not meet (a burst longer than the
-        tail, a room that was empty meanwhile), read the store again, here under the lock: rare."""
-        if after is not None and len(stored) > protocol.MAX_RESUME:  # truncated: newer ones can wait
-            return stored[: protocol.MAX_RESUME], True
-        upto = self._delivered.get(room.name, 0)
-        merged = [e for e in stored if e["seq"] <= upto]
-        last = merged[-1]["seq"] if merged else (after or 0)
-        newer = [e for e in room.tail if e["seq"] > last]
-        if after is None and len(newer) >= protocol.JOIN_HISTORY:
-            return newer[-protocol.JOIN_HISTORY :], False
-        if not newer or newer[0]["seq"] == last + 1:
-            merged += newer
-            if _replays(merged, stored, after, upto):
-                return _cut(merged, after)
-        limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
+    def _publish(self, client: Client, name: str, run: list) -> None:
         try:
-            merged = self._store.read(room.name, after=after, before=upto + 1, limit=limit)
-        except Exception:  # the store failed: `joined` with what we have beats no `joined`
-            log.exception("history read for %s failed", room.name)
-        return _cut(merged, after)
+            self._engine.publish(name, run)
+        except Unavailable as exc:
+            self.reject([(name, None, meta) for _nick, _text, meta in run], str(exc))
 
-    def _leave_room(self, client: Client, name: str) -> None:
-        room = self._rooms.get(name)
-        if room is None or client not in room.members:
-            return
-        del room.members[client]
-        client.joined.discard(name)
-        if room.members:
-            self._fan_out(room, protocol.encode(protocol.presence(name, "leave", client.shown)))
-        else:
-            del self._rooms[name]
+    def _announce_quietly(self, name: str, event: dict, client: Client, change: str | None = None) -> None:
+        """Announce presence or a nick change; applied here already, so a failure is only logged."""
+        try:
+            self._engine.announce(name, event, self._meta(client, change=change))
+        except Unavailable as exc:
+            log.warning("%s in %s not announced: %s", event["type"], name, exc)
 
-    def _room_peers(self, client: Client) -> set:
-        """Everyone sharing a room with `client`, each once, without `client`."""
-        peers = set()
-        for name in client.joined:
-            peers.update(self._rooms[name].members)
-        peers.discard(client)
-        return peers
+    def _ask_engine(self, read):
+        try:
+            return read()
+        except Unavailable as exc:
+            raise unavailable(exc) from None
 
+    def _meta(self, client: Client, reply_id=None, change=None) -> Meta:
+        return Meta(origin=(self.process_id, client.id), reply_id=reply_id, change=change)
 
-def _run(effect) -> None:
-    """Run an effect from the store's thread: one that fails is logged, the rest still run."""
-    try:
-        effect()
-    except Exception:
-        log.exception("effect failed")
+    def _owner(self, client: Client) -> str:
+        return f"{self.process_id}:{client.id}"
+
+    def _claim(self, client: Client, nick: str) -> bool:
+        try:
+            return self._engine.claim_nick(nick, self._owner(client))
+        except Unavailable as exc:
+            raise unavailable(exc) from None
 
 
-def _cut(events: list, after: int | None) -> tuple[list, bool]:
-    if after is None:
-        return events[-protocol.JOIN_HISTORY :], False
-    return events[: protocol.MAX_RESUME], len(events) > protocol.MAX_RESUME
-
-
-def _replays(merged: list, stored: list, after: int | None, upto: int) -> bool:
-    """True when `merged` is what a store read right now would give for the join."""
-    if not merged:
-        return upto <= (after or 0)
-    if merged[-1]["seq"] - merged[0]["seq"] != len(merged) - 1:  # seqs rise, so this means a gap
-        return False
-    starts_where_history_starts = bool(stored) and merged[0] is stored[0]
-    if after is not None:
-        if len(merged) > protocol.MAX_RESUME:
-            return merged[0]["seq"] == after + 1 or starts_where_history_starts
-        return merged[-1]["seq"] == upto and (merged[0]["seq"] == after + 1 or starts_where_history_starts)
-    complete = len(merged) >= protocol.JOIN_HISTORY or merged[0]["seq"] == 1
-    whole_store = starts_where_history_starts and len(stored) < protocol.JOIN_HISTORY
-    return merged[-1]["seq"] == upto and (complete or whole_store)
-
-
-def _name(room: Room) -> str:
-    return room.name
+def _nick_taken(nick: str) -> ChatError:
+    return ChatError("nick_taken", f"The nick {nick!r} is taken; choose another.")

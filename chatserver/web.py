@@ -13,8 +13,9 @@ TEXT = "text/plain; charset=utf-8"
 class WebRoutes:
     """Answers GET/HEAD for `/`, `/static/<file>` and `/healthz`; anything else is 404 or 405."""
 
-    def __init__(self, stats, root: Path = WEB_ROOT):
+    def __init__(self, stats, health=lambda: None, root: Path = WEB_ROOT):
         self._stats = stats  # () -> {"connections": N, "rooms": M}
+        self._health = health  # () -> None when the engine accepts writes, else why not
         self._root = root
         self._static = (root / "static").resolve()
         self._started = time.monotonic()
@@ -29,8 +30,13 @@ class WebRoutes:
         if path == "/":
             return self._file(self._root / "index.html")
         if path == "/healthz":
-            body = {"status": "ok", **self._stats(), "uptime_s": round(time.monotonic() - self._started, 3)}
-            return 200, {"Content-Type": "application/json", "Cache-Control": "no-store"}, json.dumps(body).encode()
+            problem = self._health()
+            body = {"status": "failing" if problem else "ok", **self._stats(),
+                    "uptime_s": round(time.monotonic() - self._started, 3)}
+            if problem:
+                body["reason"] = problem
+            headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+            return 503 if problem else 200, headers, json.dumps(body).encode()
         if path.startswith("/static/"):
             resolved = self._static_path(unquote(path[len("/static/"):]))
             if resolved is not None:

@@ -12,8 +12,8 @@ def make_server():
     """Start ChatServer(s) with chosen settings; all are shut down at teardown."""
     servers = []
 
-    def start(store=None, **overrides) -> ChatServer:
-        server = ChatServer(make_config(**overrides), store=store).start()
+    def start(engine=None, **overrides) -> ChatServer:
+        server = ChatServer(make_config(**overrides), engine=engine).start()
         servers.append(server)
         return server
 

@@ -43,11 +43,11 @@ def make_config(**overrides) -> Config:
     return Config(**values)
 
 
-def restart(make_server, server: ChatServer, store=None) -> ChatServer:
-    """Stop `server` and start another on its port, with its history unless `store` is given."""
-    port, kept = server.port, server.store
+def restart(make_server, server: ChatServer, engine=None) -> ChatServer:
+    """Stop `server` and start another on its port, with its (memory) engine unless `engine` is given."""
+    port, kept = server.port, server.engine
     server.shutdown(timeout=0.5)
-    return make_server(store=store or kept, port=port)
+    return make_server(engine=engine or kept, port=port)
 
 
 def closing_all(factory, close=lambda thing: thing.close()):
@@ -326,3 +326,61 @@ class FakeConn:
                 if kind is None or event["type"] == kind:
                     out.append(event)
         return out
+
+
+class ManualEngine:
+    """An engine that stores a chat only when the test says `commit()`, like the SQLite writer:
+    reads see committed events only, and `announce` delivers at once. `on_read` runs inside
+    every read, so a test can make things happen between a join's place and its history read."""
+
+    cluster = False
+    location = "test"
+    epoch = "manual"
+
+    def __init__(self):
+        self.committed: dict[str, list] = {}
+        self.uncommitted: list = []
+        self.seqs: dict[str, int] = {}
+        self.on_read = None
+        self.reads = 0
+        self.hub = None
+
+    def start(self, hub) -> None:
+        self.hub = hub
+
+    def last_seqs(self) -> dict:
+        return {room: events[-1]["seq"] for room, events in self.committed.items() if events}
+
+    def publish(self, room: str, chats: list) -> None:
+        from chatserver.protocol import chat_event
+
+        for sender, text, meta in chats:
+            seq = self.seqs[room] = self.seqs.get(room, 0) + 1
+            self.uncommitted.append((room, chat_event(room, sender, text, seq), meta))
+
+    def commit(self, n: int | None = None) -> None:
+        """Store the first `n` waiting events (all by default) and deliver them, in order."""
+        n = len(self.uncommitted) if n is None else n
+        batch, self.uncommitted = self.uncommitted[:n], self.uncommitted[n:]
+        for room, event, _meta in batch:
+            self.committed.setdefault(room, []).append(event)
+        if batch:
+            self.hub.deliver(batch)
+
+    def announce(self, room: str, event: dict, meta) -> None:
+        self.hub.deliver([(room, event, meta)])
+
+    def read(self, room, before=None, after=None, limit=50) -> list:
+        self.reads += 1
+        if self.on_read is not None:
+            hook, self.on_read = self.on_read, None
+            hook()
+        events = [e for e in self.committed.get(room, [])
+                  if (after is None or e["seq"] > after) and (before is None or e["seq"] < before)]
+        return events[:limit] if after is not None else events[-limit:]
+
+    def health(self):
+        return None
+
+    def close(self) -> None:
+        pass

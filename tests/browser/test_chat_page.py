@@ -7,7 +7,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from chatserver.store import MemoryStore
+from chatserver.engine import MemoryEngine
 from tests.helpers import FAST_LIMITS, ROOT, restart, server_with_chats
 
 pytestmark = pytest.mark.browser
@@ -93,7 +93,7 @@ def test_new_epoch_reloads_rooms(open_page, server, make_server):
     ann = open_page("/?nick=ann#lobby")
     ann.say("from the old server")
     ann.wait_for_text("from the old server")
-    restart(make_server, server, store=MemoryStore())
+    restart(make_server, server, engine=MemoryEngine())
     ann.wait_for_line("The server started afresh; earlier messages are gone.", timeout=20)
     ann.wait(lambda: ann.status() == "Connected.", "no reconnect")
     ann.say("first on the new server")
@@ -107,15 +107,15 @@ def test_long_absence_shows_the_latest_then_older_pages(open_page, make_server, 
     ann = open_page("/?nick=ann#lobby", on=first)
     ann.say("before the outage")
     ann.wait_for_text("before the outage")
-    port, store = first.port, first.store
+    port, store = first.port, first.engine
     first.shutdown(timeout=0.5)
-    elsewhere = make_server(store=store, **FAST_LIMITS)  # another port: the page cannot come back yet
+    elsewhere = make_server(engine=store, **FAST_LIMITS)  # another port: the page cannot come back yet
     peer = connect(elsewhere.url)
     peer.join("lobby")
     missed = peer.chat_all("lobby", [f"missed {n}" for n in range(2, 1102)])
     assert [e["seq"] for e in missed] == list(range(2, 1102))
     elsewhere.shutdown(timeout=0.5)
-    make_server(store=store, port=port, **FAST_LIMITS)
+    make_server(engine=store, port=port, **FAST_LIMITS)
 
     ann.wait_for_line("Many messages came while you were away; showing the latest. Scroll up for older ones.", 30)
     ann.wait(lambda: len(ann.messages()) == 50, "the latest page never came")

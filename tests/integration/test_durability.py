@@ -220,7 +220,9 @@ def test_database_in_use_exits_2_with_one_line(tmp_path):
     try:
         done = run_to_exit("--db", str(db))
         assert done.returncode == 2
-        assert done.stderr == f"roomchat: history database {db} is in use by another roomchat process\n"
+        assert done.stderr.count("\n") == 1
+        assert done.stderr.startswith(f"roomchat: history database {db} is in use by another roomchat process")
+        assert "--db" in done.stderr and "--port" in done.stderr  # says the way out
     finally:
         assert server.stop() == 0
     other = sqlite3.connect(db, isolation_level=None)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chatserver.store import MemoryStore
+from chatserver.engine import MemoryEngine
 from tests.helpers import ROOMCHAT, Peer, closing_all, restart, server_with_chats
 
 CLIENT = [*ROOMCHAT, "client"]
@@ -214,7 +214,7 @@ def test_new_epoch_rejoins_afresh(make_server, server, connect, client):
     ann = client(server.url, "--room", "lobby")
     ann.type("old world")
     ann.expect("> old world")
-    restarted = restart(make_server, server, store=MemoryStore())
+    restarted = restart(make_server, server, engine=MemoryEngine())
     ann.expect("history was reset", timeout=20)
     ann.type("new world")
     ann.expect("> new world")

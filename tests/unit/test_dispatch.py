@@ -7,9 +7,9 @@ import pytest
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, dispatch
+from chatserver.engine import MemoryEngine
 from chatserver.errors import FrameError
 from chatserver.registry import Registry
-from chatserver.store import MemoryStore
 from handlers import HANDLERS
 from tests.helpers import FakeConn
 
@@ -17,7 +17,7 @@ from tests.helpers import FakeConn
 @pytest.fixture
 def ctx():
     config = Config()
-    registry = Registry(MemoryStore(), config.limits())
+    registry = Registry(MemoryEngine(), config.limits())
     conn = FakeConn()
     client = registry.connect(conn, TokenBucket(1000, 1000))
     conn.frames.clear()
@@ -85,7 +85,7 @@ def test_ping_pong(ctx):
 def test_rate_limit_then_flood_close():
     """Over the burst: rate_limited errors; 3x the burst refused in a row: FrameError 1008."""
     config = Config(rate_burst=2, rate_per_second=0.001)
-    registry = Registry(MemoryStore(), config.limits())
+    registry = Registry(MemoryEngine(), config.limits())
     conn = FakeConn()
     ctx = Context(registry, registry.connect(conn, TokenBucket(2, 0.001)), config)
     for _ in range(2):

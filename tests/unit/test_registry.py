@@ -6,15 +6,19 @@ import pytest
 
 from chatserver.client import TokenBucket
 from chatserver.config import Config
+from chatserver.engine import MemoryEngine
 from chatserver.errors import ChatError
 from chatserver.registry import Registry
-from chatserver.store import MemoryStore
-from tests.helpers import FakeConn
+from tests.helpers import FakeConn, ManualEngine
 
 
 @pytest.fixture
 def registry():
-    return Registry(MemoryStore(), Config().limits())
+    return Registry(MemoryEngine(), Config().limits())
+
+
+def chat(registry, client, room, text, reply_id=None):
+    registry.chat_many(client, [(room, text, reply_id)])
 
 
 def connect(registry):
@@ -66,7 +70,7 @@ def test_seq_continuous_and_same_for_all(registry):
     for client, _ in clients:
         registry.join(client, "r")
     for i in range(5):
-        registry.chat(clients[i % 3][0], "r", f"m{i}")
+        chat(registry, clients[i % 3][0], "r", f"m{i}")
     seqs = [[e["seq"] for e in conn.events("chat")] for _, conn in clients]
     assert seqs == [[1, 2, 3, 4, 5]] * 3
 
@@ -79,7 +83,7 @@ def test_concurrent_chats_keep_one_order(registry):
 
     def spam(client):
         for i in range(300):
-            registry.chat(client, "r", str(i))
+            chat(registry, client, "r", str(i))
 
     threads = [threading.Thread(target=spam, args=(c,)) for c, _ in clients]
     for t in threads:
@@ -95,7 +99,7 @@ def room_with_chats(registry, count: int):
     a, conn_a = connect(registry)
     registry.join(a, "r")
     for i in range(count):
-        registry.chat(a, "r", str(i))
+        chat(registry, a, "r", str(i))
     return a, conn_a
 
 
@@ -126,11 +130,11 @@ def test_seq_survives_empty_room(registry):
     """A room forgotten when empty continues its seq when used again."""
     a, _ = connect(registry)
     registry.join(a, "r")
-    registry.chat(a, "r", "one")
+    chat(registry, a, "r", "one")
     registry.leave(a, "r")
     assert registry.stats()["rooms"] == 0
     registry.join(a, "r")
-    registry.chat(a, "r", "two")
+    chat(registry, a, "r", "two")
     b, conn_b = connect(registry)
     registry.join(b, "r")
     assert [e["seq"] for e in conn_b.events("joined")[0]["history"]] == [1, 2]
@@ -165,11 +169,14 @@ def test_disconnect_sends_leave_to_each_room(registry):
 
 def test_not_in_room_errors(registry):
     """chat, leave and history need membership."""
-    a, _ = connect(registry)
-    for call in (lambda: registry.chat(a, "r", "x"), lambda: registry.leave(a, "r"), lambda: registry.history(a, "r")):
+    a, conn = connect(registry)
+    for call in (lambda: registry.leave(a, "r"), lambda: registry.history(a, "r")):
         with pytest.raises(ChatError) as info:
             call()
         assert info.value.code == "not_in_room"
+    chat(registry, a, "r", "x", reply_id=3)  # chats are answered in place, in order with the others
+    assert conn.events()[-1] == {"type": "error", "code": "not_in_room", "message": "Join 'r' before sending to it.",
+                                 "id": 3}
 
 
 def test_dm_to_self_sends_one_copy(registry):
@@ -178,37 +185,6 @@ def test_dm_to_self_sends_one_copy(registry):
     registry.dm(a, a.nick.upper(), "note", reply_id=5)
     [dm] = conn.events("dm")
     assert dm["to"] == a.nick and dm["id"] == 5
-
-
-class SlowStore(MemoryStore):
-    """A store that commits only when told to, like a background SQLite writer."""
-
-    def __init__(self):
-        super().__init__()
-        self.uncommitted = []
-
-    def append(self, event):
-        super().append(event)
-        self.uncommitted.append(event)
-        return False
-
-    def commit(self):
-        batch, self.uncommitted = self.uncommitted, []
-        self.on_durable(batch)
-
-
-def test_events_wait_for_the_store_and_keep_order():
-    """With a background store nobody sees an event before it is committed, and order holds."""
-    store = SlowStore()
-    registry = Registry(store, Config().limits())
-    a, conn_a = connect(registry)
-    registry.join(a, "r")
-    registry.chat(a, "r", "one", reply_id=1)
-    registry.chat(a, "r", "two")
-    assert conn_a.events("chat") == []
-    store.commit()
-    chats = conn_a.events("chat")
-    assert [e["seq"] for e in chats] == [1, 2] and chats[0]["id"] == 1
 
 
 def test_token_bucket():
@@ -222,9 +198,9 @@ def test_token_bucket():
 
 
 @pytest.fixture
-def slow():
-    store = SlowStore()
-    return store, Registry(store, Config().limits())
+def manual():
+    engine = ManualEngine()
+    return engine, Registry(engine, Config().limits())
 
 
 def kinds(conn) -> list:
@@ -239,126 +215,139 @@ def pair_in_room(registry):
     return a, conn_a, b, conn_b
 
 
-def test_leave_after_pending_chat_keeps_decision_order(slow):
-    """A chat waiting for its commit still reaches a member who left after it was sent, before
-    `left`; the others see the chat before the presence leave."""
-    store, registry = slow
-    a, conn_a, b, conn_b = pair_in_room(registry)
-    registry.chat(a, "r", "bye")
-    registry.leave(b, "r")
-    assert ("left", None) not in kinds(conn_b)
-    store.commit()
-    assert kinds(conn_b)[-2:] == [("chat", 1), ("left", None)]
-    assert kinds(conn_a)[-2:] == [("chat", 1), ("presence", "leave")]
+def in_thread(call) -> threading.Thread:
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread
 
 
-def test_reply_waits_behind_own_pending_chat(slow):
-    """A pong (or any reply) never overtakes the echo of a chat sent before it."""
-    store, registry = slow
+def test_events_wait_for_the_engine_and_keep_order(manual):
+    """Nobody sees a chat before the engine stored it; then all see it in seq order, the
+    sender's own copy carrying its id."""
+    engine, registry = manual
+    a, conn_a, _b, conn_b = pair_in_room(registry)
+    registry.chat_many(a, [("r", "one", 1), ("r", "two", None)])
+    assert conn_a.events("chat") == conn_b.events("chat") == []
+    engine.commit()
+    assert [(e["seq"], e.get("id")) for e in conn_a.events("chat")] == [(1, 1), (2, None)]
+    assert [e["seq"] for e in conn_b.events("chat")] == [1, 2]
+
+
+def test_next_request_waits_for_own_pending_chats(manual):
+    """A pong never overtakes the acknowledgement of a chat sent before it: the request waits."""
+    engine, registry = manual
     a, conn_a = connect(registry)
     registry.join(a, "r")
-    registry.chat(a, "r", "one", reply_id=1)
-    registry.reply(a, {"type": "pong"})
-    registry.who(a, "r")
-    store.commit()
-    assert [e["type"] for e in conn_a.events()[-3:]] == ["chat", "pong", "who"]
+    chat(registry, a, "r", "one", reply_id=1)
+    ping = in_thread(lambda: registry.reply(a, {"type": "pong", "id": 2}))
+    ping.join(0.2)
+    assert ping.is_alive() and conn_a.events("pong") == []
+    engine.commit()
+    ping.join(2)
+    assert [(e["type"], e.get("id")) for e in conn_a.events()[-2:]] == [("chat", 1), ("pong", 2)]
 
 
-def test_join_during_pending_chat_replays_it_in_joined(slow):
-    """A join decided after a chat that still waits for its commit: `joined` comes after the
-    commit and its history holds that chat; nothing is sent twice."""
-    store, registry = slow
+def test_other_clients_never_wait_for_the_engine(manual):
+    """While a's chat waits for its commit, b's ping, who, rooms, dm, nick, leave and join are
+    answered at once."""
+    _engine, registry = manual
+    a, _conn_a, b, conn_b = pair_in_room(registry)
+    chat(registry, a, "r", "pending")
+    registry.reply(b, {"type": "pong"})
+    registry.who(b, "r")
+    registry.list_rooms(b)
+    registry.dm(b, a.nick, "hi")
+    registry.set_nick(b, "bob")
+    registry.join(b, "elsewhere")
+    registry.leave(b, "r")
+    assert [e["type"] for e in conn_b.events()[2:]] == ["pong", "who", "rooms", "dm", "nick", "joined", "left"]
+
+
+def test_join_while_a_chat_waits_gets_it_live_once(manual):
+    """A join placed before a pending chat is delivered: `joined` holds what was delivered, and
+    the pending chat follows live, once."""
+    engine, registry = manual
     a, _ = connect(registry)
     registry.join(a, "r")
-    registry.chat(a, "r", "first")
-    store.commit()
-    registry.chat(a, "r", "second")
+    chat(registry, a, "r", "first")
+    engine.commit()
+    chat(registry, a, "r", "second")
     c, conn_c = connect(registry)
     registry.join(c, "r")
-    assert conn_c.events("joined") == []
-    store.commit()
-    events = conn_c.events()[1:]
-    assert [e["type"] for e in events] == ["joined"]
-    assert [e["seq"] for e in events[0]["history"]] == [1, 2]
+    assert [e["seq"] for e in conn_c.events("joined")[0]["history"]] == [1]
+    engine.commit()
+    assert [e["seq"] for e in conn_c.events("chat")] == [2]
 
 
-def test_rejoin_and_nick_stay_in_request_order(slow):
-    """chat, join (again), nick, ping from one client while a commit is pending: replies come in
-    request order, and a peer's `joined` lists the new nick before any nick event."""
-    store, registry = slow
-    a, conn_a = connect(registry)
+@pytest.mark.parametrize("after", [None, 0, 3])
+def test_events_between_join_and_history_read_follow_joined(manual, after):
+    """Chats delivered while a join reads its history are held and follow `joined`: joined plus
+    what follows is the room's stream, no gap, no repeat."""
+    engine, registry = manual
+    a, _ = connect(registry)
     registry.join(a, "r")
-    registry.chat(a, "r", "x", reply_id=1)
-    registry.join(a, "r", reply_id=2)
-    registry.set_nick(a, "alice", reply_id=3)
-    registry.reply(a, {"type": "pong", "id": 4})
-    store.commit()
-    assert [(e["type"], e.get("id")) for e in conn_a.events()[-4:]] == [
-        ("chat", 1), ("joined", 2), ("nick", 3), ("pong", 4)]
+    registry.chat_many(a, [("r", str(i), None) for i in range(10)])
+    engine.commit(6)
+    c, conn_c = connect(registry)
+    engine.on_read = engine.commit  # the other 4 are delivered during c's read
+    registry.join(c, "r", after=after)
+    [joined] = conn_c.events("joined")
+    seen = [e["seq"] for e in joined["history"]] + [e["seq"] for e in conn_c.events("chat")]
+    assert seen == list(range((after or 0) + 1, 11))
+    assert conn_c.events()[1]["type"] == "joined"
+
+
+def test_leave_is_not_held_by_a_pending_chat(manual):
+    """Leaving is answered at once; the leaver does not get a chat delivered after it left, and
+    the others see the leave before that chat."""
+    engine, registry = manual
+    a, conn_a, b, conn_b = pair_in_room(registry)
+    chat(registry, a, "r", "bye")
+    registry.leave(b, "r")
+    assert kinds(conn_b)[-1] == ("left", None)
+    engine.commit()
+    assert ("chat", 1) not in kinds(conn_b)
+    assert kinds(conn_a)[-2:] == [("presence", "leave"), ("chat", 1)]
+
+
+def test_rejoin_answers_joined_without_presence(manual):
+    """Joining a room you are in answers `joined` again, with history, and tells nobody."""
+    engine, registry = manual
+    a, _conn_a, b, conn_b = pair_in_room(registry)
+    chat(registry, a, "r", "x")
+    engine.commit()
+    registry.join(b, "r", reply_id=7)
+    joined = conn_b.events("joined")[-1]
+    assert joined["id"] == 7 and [e["seq"] for e in joined["history"]] == [1]
+    assert [e["event"] for e in _conn_a.events("presence")] == ["join"]
 
 
 def test_chat_many_keeps_order_and_writes_once_per_member(registry):
     """Chats that arrived together: in order, a refused one answered in its place, and each
-    member's frames written in a single send."""
+    member's frames written in a single send per run of chats."""
     a, conn_a = connect(registry)
     b, conn_b = connect(registry)
     registry.join(a, "r")
     registry.join(b, "r")
     conn_a.frames.clear()
     conn_b.frames.clear()
-    items = [("r", "one", 1), (ChatError("too_long", "Too long."), None, 2), ("nowhere", "x", 3), ("r", "two", 4)]
+    items = [("r", "one", 1), (ChatError("too_long", "Too long."), None, 2), ("nowhere", "x", 3), ("r", "two", 4),
+             ("r", "three", 5)]
     registry.chat_many(a, items)
-    assert [(e["type"], e.get("id")) for e in conn_a.events()] == [("chat", 1), ("error", 2), ("error", 3), ("chat", 4)]
+    assert [(e["type"], e.get("id")) for e in conn_a.events()] == [
+        ("chat", 1), ("error", 2), ("error", 3), ("chat", 4), ("chat", 5)]
     assert [e["code"] for e in conn_a.events("error")] == ["too_long", "not_in_room"]
-    assert [e["seq"] for e in conn_b.events()] == [1, 2]
-    assert len(conn_a.frames) == len(conn_b.frames) == 1
+    assert [e["seq"] for e in conn_b.events()] == [1, 2, 3]
+    assert len(conn_b.frames) == 2  # one write for [1], one for [2, 3]
 
 
-class BusyStore(MemoryStore):
-    """A store where, right after join's read and before the join is decided, chats happen."""
-
-    burst = None
-    reads = 0
-
-    def read(self, *args, **kwargs):
-        self.reads += 1
-        result = super().read(*args, **kwargs)
-        if self.burst:
-            burst, self.burst = self.burst, None
-            burst()
-        return result
-
-
-@pytest.mark.parametrize("before, during, after, expect, reads", [
-    (5, 50, None, range(6, 56), 1),  # the room's tail fills in what came after the read
-    (0, 300, None, range(251, 301), 1),  # the newest 50 are all in the tail
-    (20, 300, 10, range(11, 321), 2),  # a resume across such a burst
-])
-def test_join_history_whole_whatever_happens_between_read_and_join(before, during, after, expect, reads):
-    """Events delivered between join's store read and its decision are replayed once, no gap."""
-    store = BusyStore()
-    registry = Registry(store, Config().limits())
-    a, _ = connect(registry)
-    registry.join(a, "r")
-    for i in range(before):
-        registry.chat(a, "r", str(i))
-    store.burst = lambda: [registry.chat(a, "r", str(i)) for i in range(during)]
-    store.reads = 0
-    b, conn_b = connect(registry)
-    registry.join(b, "r", after=after)
-    assert [e["seq"] for e in conn_b.events("joined")[0]["history"]] == list(expect)
-    assert store.reads == reads
-
-
-def test_nick_change_after_leave_is_told_in_order(slow):
-    """leave then nick while a commit is pending: peers see the leave under the old nick."""
-    store, registry = slow
+def test_nick_change_after_leave_is_told_in_order(manual):
+    """leave then nick: peers see the leave under the old nick, and no nick event."""
+    _engine, registry = manual
     a, _, _, conn_b = pair_in_room(registry)
-    registry.chat(a, "r", "x")
     old = a.nick
     registry.leave(a, "r")
     registry.set_nick(a, "alice")
-    store.commit()
     leaves = [e for e in conn_b.events("presence") if e["event"] == "leave"]
     assert leaves == [{"type": "presence", "room": "r", "event": "leave", "nick": old}]
     assert conn_b.events("nick") == []  # no longer sharing a room
@@ -372,49 +361,33 @@ def test_requests_of_a_disconnected_client_are_ignored(registry):
     registry.disconnect(a)
     registry.join(a, "r")
     registry.set_nick(a, "ghost")
-    registry.chat(a, "r", "boo")
+    chat(registry, a, "r", "boo")
     assert registry.stats() == {"connections": 1, "rooms": 1}
     assert [e["type"] for e in conn_b.events()[1:]] == ["joined"]
 
 
-def test_failing_effect_does_not_stop_delivery(slow, caplog):
-    """An effect that raises on the store's thread is logged; later events still go out."""
-    store, registry = slow
-    a, conn_a = connect(registry)
-    registry.join(a, "r")
-    registry.chat(a, "r", "one")
-    with registry._lock:
-        registry._later(lambda: 1 / 0)
-    registry.chat(a, "r", "two")
-    store.commit()
-    assert [e["seq"] for e in conn_a.events("chat")] == [1, 2]
-    assert "effect failed" in caplog.text
-
-
-def test_truncated_resume_reads_the_store_once():
+def test_truncated_resume_reads_the_engine_once(manual):
     """A resume with more than 1000 missed events answers from its one read, truncated."""
-    store = BusyStore()
-    registry = Registry(store, Config().limits())
-    room_with_chats(registry, 1200)
-    store.reads = 0
+    engine, registry = manual
+    a, _ = connect(registry)
+    registry.join(a, "r")
+    registry.chat_many(a, [("r", str(i), None) for i in range(1200)])
+    engine.commit()
+    engine.reads = 0
     b, conn_b = connect(registry)
     registry.join(b, "r", after=0)
     joined = conn_b.events("joined")[0]
-    assert joined["truncated"] and len(joined["history"]) == 1000 and store.reads == 1
+    assert joined["truncated"] and len(joined["history"]) == 1000 and engine.reads == 1
 
 
-def test_chats_refused_while_the_store_is_stuck(slow, monkeypatch):
-    """When commits stall and the backlog is full, chats get rate_limited instead of piling up."""
-    store, registry = slow
-    monkeypatch.setattr("chatserver.registry.MAX_BACKLOG", 3)
-    a, conn_a = connect(registry)
-    registry.join(a, "r")
-    for i in range(3):
-        registry.chat(a, "r", str(i))
-    with pytest.raises(ChatError) as info:
-        registry.chat(a, "r", "one too many")
-    assert info.value.code == "rate_limited"
-    store.commit()
-    registry.chat(a, "r", "fine again")
-    store.commit()
-    assert [e["seq"] for e in conn_a.events("chat")] == [1, 2, 3, 4]
+def test_rejected_chats_answer_unavailable_in_place(manual):
+    """Chats the engine gives up on are answered `unavailable` with their ids; nobody else hears."""
+    engine, registry = manual
+    a, conn_a, _b, conn_b = pair_in_room(registry)
+    registry.chat_many(a, [("r", "one", 1), ("r", "two", 2)])
+    batch, engine.uncommitted = engine.uncommitted, []
+    registry.reject(batch, "history cannot be stored")
+    assert [(e["code"], e["id"]) for e in conn_a.events("error")] == [("unavailable", 1), ("unavailable", 2)]
+    assert conn_b.events("chat") == []
+    registry.reply(a, {"type": "pong"})  # nothing pending any more: answered at once
+    assert conn_a.events()[-1] == {"type": "pong"}

@@ -1,14 +1,16 @@
-"""History stores: where chat events are kept so `join` and `history` can replay them.
+"""The SQLite engine, roomchat's default: one process, chat history in a file.
 
-A store is told events in seq order (the Registry calls `append` under its lock) and answers
-range reads. `append` returns True when the event is already stored, so the Registry delivers it
-at once; a store that persists in the background returns False and calls `on_durable(events)`
-from its own thread, in append order, once they are committed. That is how "committed before
-any client receives it" holds without the sender waiting on the disk.
+Implements engine.Engine (its docstring states the contract). Seqs are assigned under `_lock`
+in `publish` and the event is queued; one writer thread commits what has queued up (group
+commit) and then hands the batch to the hub, so no client sees an event before it is committed
+and many messages share one commit. Presence and nick events (`announce`) are delivered at once:
+they are not stored, so they never wait for the disk, and their place in a room's stream is
+where the hub delivers them.
 
-Every store offers: `epoch` (a string naming this history, sent in `welcome`), `location` (where
-the history lives, for the start-up line), `on_durable` (set by the Registry), `last_seqs()`,
-`append(event)`, `read(room, before, after, limit)` and `close()`.
+When commits keep failing (disk full, the file locked by another program) for `fail_after`
+seconds, the engine gives up on what is queued: seqs are rewound to the last committed ones, the
+senders get `unavailable`, and until a commit works again each batch is tried only once, so
+chats are refused quickly instead of piling up; `health()` says why for /healthz.
 """
 
 import contextlib
@@ -19,68 +21,15 @@ import queue
 import sqlite3
 import threading
 import time
-import uuid
-from collections import deque
 
-from chatserver.protocol import MAX_SEQ
+from chatserver.engine import EngineError, Unavailable, new_epoch
+from chatserver.protocol import MAX_SEQ, chat_event
 
 log = logging.getLogger("roomchat.store")
 
 
-class StoreError(Exception):
-    """The history database cannot be used (missing directory, unwritable, corrupt, locked).
-
-    The message is one line for the operator; roomchat prints it and exits with status 2.
-    """
-
-
-def new_epoch() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-class MemoryStore:
-    """Keeps the last `per_room` events of each room in memory; gone when the process ends."""
-
-    location = "memory only (--db :memory:), lost when the server stops"
-
-    def __init__(self, per_room: int = 10000):
-        self.epoch = new_epoch()
-        self.on_durable = None
-        self._per_room = per_room
-        self._rooms: dict[str, deque] = {}
-        self._lock = threading.Lock()  # reads come from handler threads, outside the Registry lock
-
-    def last_seqs(self) -> dict[str, int]:
-        """The highest stored seq of every room, so seqs continue where they stopped."""
-        with self._lock:
-            return {room: events[-1]["seq"] for room, events in self._rooms.items() if events}
-
-    def append(self, event: dict) -> bool:
-        with self._lock:
-            events = self._rooms.get(event["room"])
-            if events is None:
-                events = self._rooms[event["room"]] = deque(maxlen=self._per_room)
-            events.append(event)
-        return True
-
-    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
-        """Chat events with after < seq < before, oldest first: the first `limit` of them when
-        `after` is given (paging forward), else the last `limit` (paging back)."""
-        with self._lock:
-            events = self._rooms.get(room)
-            if not events:
-                return []
-            first = events[0]["seq"]  # seqs in a room are consecutive, so a seq is an index
-            lo = 0 if after is None else max(0, after + 1 - first)
-            hi = len(events) if before is None else max(0, min(len(events), before - first))
-            if after is not None:
-                hi = min(hi, lo + limit)
-            else:
-                lo = max(lo, hi - limit)
-            return [events[i] for i in range(lo, hi)]
-
-    def close(self) -> None:
-        pass
+class StoreError(EngineError):
+    """The history database cannot be used (missing directory, unwritable, corrupt, locked)."""
 
 
 # -- SQLite ------------------------------------------------------------------------------------
@@ -94,6 +43,7 @@ CHECKPOINT_INTERVAL = 1.0  # seconds between WAL checkpoints, made by their own 
 OPEN_TIMEOUT = 1.0  # seconds start-up waits for a write lock held by another process before giving up
 BUSY_TIMEOUT = 5.0  # seconds a running store waits for a lock before a commit counts as failed
 RETRY_MAX_DELAY = 2.0  # a failed commit is retried with backoff up to this many seconds apart
+FAIL_AFTER = 10.0  # seconds of failing commits before queued chats are refused with `unavailable`
 MAX_IDLE_READERS = 8  # read connections kept open between reads; a burst of joins opens more for a moment
 
 SCHEMA = (
@@ -118,13 +68,12 @@ READ_BACK = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER BY 
 _STOP = object()  # put on the writer's queue by close()
 
 
-class SqliteStore:
+class SqliteEngine:
     """Chat history in a SQLite file, written by one background thread with group commit.
 
-    `append` only puts the event on a queue (it runs under the Registry lock). The writer thread
-    takes whatever has queued up (at most BATCH_MAX events), inserts it in one transaction, commits
-    and then calls `on_durable(batch)`, so many messages share one commit and no client sees an
-    event before it is committed.
+    `publish` only assigns seqs and queues the events. The writer thread takes whatever has
+    queued up (at most BATCH_MAX events), inserts it in one transaction, commits and then calls
+    `hub.deliver(batch)`.
 
     Durability: WAL journal with `synchronous=NORMAL`. A commit is in the WAL file (the OS page
     cache) when COMMIT returns, so every committed event survives the server being killed, even
@@ -140,7 +89,7 @@ class SqliteStore:
     Reads (`read`, `last_seqs`) use their own connections from a small pool (threads are per
     client, so a connection per thread would mean thousands), so a reader never
     waits for the writer (WAL) and never needs uncommitted rows: the Registry only asks for seqs
-    it has delivered, and it delivers only what `on_durable` reported.
+    it has delivered, and it delivers only what the writer handed it.
 
     Retention: reads see at most the last `per_room` events of a room; the writer deletes older
     rows every PRUNE_INTERVAL seconds for the rooms it wrote to, never on the append path.
@@ -149,14 +98,21 @@ class SqliteStore:
     the same file fails at start-up instead of reusing seqs.
     """
 
+    cluster = False
+
     def __init__(self, path: str, per_room: int = 10000, *, synchronous: str = "NORMAL",
                  batch_max: int = BATCH_MAX, prune_interval: float = PRUNE_INTERVAL,
-                 checkpoint_interval: float = CHECKPOINT_INTERVAL):
+                 checkpoint_interval: float = CHECKPOINT_INTERVAL, busy_timeout: float = BUSY_TIMEOUT,
+                 fail_after: float = FAIL_AFTER):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = os.path.abspath(path)
         self.location = self.path
-        self.on_durable = None
+        self._hub = None
+        self._busy_timeout = busy_timeout
+        self._fail_after = fail_after
+        self._lock = threading.Lock()  # guards _seqs, _committed_seqs, _failing and the queue's order
+        self._failing: str | None = None  # why commits fail, while they do
         self._per_room = per_room
         self._synchronous = synchronous
         self._batch_max = batch_max
@@ -168,11 +124,18 @@ class SqliteStore:
         self._idle_readers: list[sqlite3.Connection] = []  # guarded by _close_lock
         self.commits = self.committed = 0  # transactions and events written, for the log and the bench
         self._lock_fd, self._conn, self.epoch = self._open()
+        self._seqs = self._committed_seqs = {}
+        with self._reader() as conn:
+            self._seqs = dict(conn.execute("SELECT room, last_seq FROM rooms"))
+        self._committed_seqs = dict(self._seqs)  # writer thread only, once started
         self._checkpoints_stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(checkpoint_interval,), name="roomchat-checkpoint", daemon=True
         )
         self._writer = threading.Thread(target=self._write_loop, name="roomchat-store", daemon=True)
+
+    def start(self, hub) -> None:
+        self._hub = hub
         self._checkpointer.start()
         self._writer.start()
 
@@ -189,7 +152,10 @@ class SqliteStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise StoreError(f"{where} is in use by another roomchat process") from None
+            raise StoreError(
+                f"{where} is in use by another roomchat process; is one already running? "
+                "Stop it, or start this one with --db OTHER.db (and --port OTHER_PORT)"
+            ) from None
         conn = None
         try:
             conn = self._connect(OPEN_TIMEOUT)
@@ -200,7 +166,7 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")  # fails fast when another process holds the write lock
             epoch = self._prepare(conn, where)
             conn.execute("COMMIT")
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread does it
             conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")  # shrink the WAL after a burst
         except (sqlite3.Error, StoreError) as exc:
@@ -243,23 +209,35 @@ class SqliteStore:
 
     def last_seqs(self) -> dict[str, int]:
         """The highest seq ever stored in each room (pruning keeps these)."""
-        with self._reader() as conn:
-            return dict(conn.execute("SELECT room, last_seq FROM rooms"))
+        with self._lock:
+            return dict(self._seqs)
 
-    def append(self, event: dict) -> bool:
-        """Queue the event for the writer; called under the Registry lock, so no SQLite here."""
-        if self._closing:
-            log.warning("history store closed: %s seq %d not stored and not delivered", event["room"], event["seq"])
-            return False
-        self._queue.put(event)
-        return False
+    def publish(self, room: str, chats: list) -> None:
+        """Assign seqs and queue the events for the writer; no SQLite here. Raises Unavailable
+        once the engine is closing."""
+        with self._lock:
+            if self._closing:
+                raise Unavailable("the server is shutting down")
+            for sender, text, meta in chats:
+                seq = self._seqs[room] = self._seqs.get(room, 0) + 1
+                self._queue.put((room, chat_event(room, sender, text, seq), meta))
+
+    def announce(self, room: str, event: dict, meta) -> None:
+        self._hub.deliver([(room, event, meta)])
+
+    def health(self) -> str | None:
+        return f"history store failing: {self._failing}" if self._failing else None
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
         """Chat events with after < seq < before, oldest first: the first `limit` of them when
         `after` is given (paging forward), else the last `limit` (paging back)."""
         params = (room, after or 0, room, self._per_room, MAX_SEQ if before is None else before, limit)
-        with self._reader() as conn:
-            rows = conn.execute(READ_BACK if after is None else READ_FORWARD, params).fetchall()
+        try:
+            with self._reader() as conn:
+                rows = conn.execute(READ_BACK if after is None else READ_FORWARD, params).fetchall()
+        except sqlite3.Error as exc:
+            log.error("history read for %s failed: %s", room, exc)
+            raise Unavailable("history cannot be read") from None
         if after is None:
             rows.reverse()
         return [
@@ -268,22 +246,25 @@ class SqliteStore:
         ]
 
     def close(self) -> None:
-        """Commit what is queued (and report it with on_durable), stop the writer, close the file."""
-        with self._close_lock:
+        """Commit what is queued (and deliver it), stop the writer, close the file."""
+        with self._lock:
             if self._closing:
                 return
             self._closing = True
         self._queue.put(_STOP)
-        self._writer.join()
+        if self._writer.is_alive():
+            self._writer.join()
         self._checkpoints_stop.set()
-        self._checkpointer.join()
+        if self._checkpointer.is_alive():
+            self._checkpointer.join()
         with self._close_lock:
             self._closed = True
             readers, self._idle_readers = self._idle_readers, []
         for conn in readers:
             conn.close()
         self._conn.close()  # the last connection out checkpoints the WAL into the main file
-        log.info("history: %d chat events stored in %d commits this run", self.committed, self.commits)
+        if self.commits:
+            log.info("history: %d chat events stored in %d commits this run", self.committed, self.commits)
         os.close(self._lock_fd)  # last: closing a descriptor of the file drops SQLite's own locks
 
     @contextlib.contextmanager
@@ -292,7 +273,7 @@ class SqliteStore:
         with self._close_lock:
             conn = self._idle_readers.pop() if self._idle_readers else None
         if conn is None:
-            conn = self._connect(BUSY_TIMEOUT)
+            conn = self._connect(self._busy_timeout)
             conn.execute("PRAGMA query_only = 1")
         try:
             yield conn
@@ -313,8 +294,8 @@ class SqliteStore:
         while True:
             batch, stopping = self._take_batch(stopping)
             if batch and self._commit(batch):
-                touched.update(event["room"] for event in batch)
-                self._report(batch)
+                touched.update(room for room, _event, _meta in batch)
+                self._hand_over(batch)
             if touched and (stopping or time.monotonic() - last_prune >= self._prune_interval):
                 self._prune(touched)
                 touched.clear()
@@ -342,10 +323,12 @@ class SqliteStore:
 
     def _commit(self, batch: list) -> bool:
         """Insert the batch in one transaction. A failure (disk full, a foreign lock) is retried
-        with backoff, holding back later events, until it works; at shutdown we give up."""
-        rows = [(e["room"], e["seq"], e["from"], e["text"], e["ts"]) for e in batch]
-        last = {e["room"]: e["seq"] for e in batch}
+        with backoff for `fail_after` seconds (once only while already failing); then the batch
+        and everything queued behind it are refused (`_give_up`). False if not committed."""
+        rows = [(e["room"], e["seq"], e["from"], e["text"], e["ts"]) for _room, e, _meta in batch]
+        last = {e["room"]: e["seq"] for _room, e, _meta in batch}
         delay = 0.05
+        give_up_at = time.monotonic() + (0 if self._failing else self._fail_after)
         while True:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -354,23 +337,48 @@ class SqliteStore:
                 self._conn.execute("COMMIT")
                 self.commits += 1
                 self.committed += len(batch)
+                self._committed_seqs.update(last)
+                if self._failing:
+                    log.warning("history store: commits work again")
+                    self._failing = None
                 return True
             except sqlite3.Error as exc:
                 self._rollback()
-                if self._closing:
-                    log.error("history store closing: %d chat events not stored and not delivered: %s", len(batch), exc)
+                if self._closing or time.monotonic() >= give_up_at:
+                    self._give_up(batch, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                     return False
                 log.error("cannot store %d chat events, retrying in %.2f s: %s", len(batch), delay, exc)
                 time.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX_DELAY)
 
-    def _report(self, batch: list) -> None:
-        if self.on_durable is None:
-            return
+    def _give_up(self, batch: list, reason: str) -> None:
+        """Refuse the batch and everything queued: rewind seqs to the committed ones, so the next
+        chat takes the seq after the last stored one, and tell the senders."""
+        with self._lock:
+            refused = list(batch)
+            stop = False
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                else:
+                    refused.append(item)
+            if stop:
+                self._queue.put(_STOP)
+            for room, _event, _meta in refused:
+                self._seqs[room] = self._committed_seqs.get(room, 0)
+            self._failing = reason
+        log.error("history store failing (%s): %d chat events refused", reason, len(refused))
+        self._hub.reject(refused, "history cannot be stored")
+
+    def _hand_over(self, batch: list) -> None:
         try:
-            self.on_durable(batch)
-        except Exception:  # a bug in the callback must not stop the writer
-            log.exception("on_durable failed")
+            self._hub.deliver(batch)
+        except Exception:  # a bug in the hub must not stop the writer
+            log.exception("delivery failed")
 
     def _prune(self, rooms: set) -> None:
         """Delete events older than the last `per_room` of each room; failures wait for the next pass."""
@@ -384,7 +392,7 @@ class SqliteStore:
 
     def _checkpoint_loop(self, interval: float) -> None:
         """Copy committed WAL frames into the main file, beside the writer (PASSIVE never waits)."""
-        conn = self._connect(BUSY_TIMEOUT)
+        conn = self._connect(self._busy_timeout)
         try:
             while not self._checkpoints_stop.wait(interval):
                 try:
@@ -400,13 +408,17 @@ class SqliteStore:
                 self._conn.execute("ROLLBACK")
 
 
-def open_store(config):
-    """The store `config.db` names: ':memory:' for MemoryStore, else a SQLite file.
+def open_engine(config):
+    """The engine the settings name: Redis with `redis`, else memory for `--db :memory:`, else a
+    SQLite file. Raises EngineError (StoreError) when it cannot be used."""
+    if getattr(config, "redis", ""):
+        from chatserver.redis_engine import RedisEngine  # only Redis users need redis-py
 
-    Raises StoreError when the file cannot be used.
-    """
+        return RedisEngine(config.redis, per_room=config.history_per_room)
     if config.db == ":memory:":
-        return MemoryStore(per_room=config.history_per_room)
+        from chatserver.engine import MemoryEngine
+
+        return MemoryEngine(per_room=config.history_per_room)
     if not config.db:
         raise StoreError("--db must name a file, or ':memory:' to keep history in memory only")
-    return SqliteStore(config.db, per_room=config.history_per_room)
+    return SqliteEngine(config.db, per_room=config.history_per_room)

@@ -1,4 +1,5 @@
-"""History stores: MemoryStore and SqliteStore through one parametrized suite, then SQLite's own rules."""
+"""Engines: MemoryEngine and SqliteEngine through one parametrized suite, then SQLite's own rules.
+(The Redis engine has its own suite against a real redis-server: tests/integration/test_redis.py.)"""
 
 import os
 import sqlite3
@@ -8,24 +9,59 @@ import time
 import pytest
 
 from chatserver.config import Config
-from chatserver.store import MemoryStore, SqliteStore, StoreError, open_store
+from chatserver.engine import MemoryEngine, Meta, Unavailable
+from chatserver.sqlite_engine import SqliteEngine, StoreError, open_engine
 from tests.helpers import wait_for
 
 KINDS = ["memory", "sqlite"]
 
 
+class RecordingHub:
+    """Plays the Registry: records what the engine delivers and rejects."""
+
+    process_id = "test"
+
+    def __init__(self):
+        self.batches = []
+        self.rejected = []
+        self._cond = threading.Condition()
+
+    def deliver(self, items: list) -> None:
+        with self._cond:
+            self.batches.append([event for _room, event, _meta in items])
+            self._cond.notify_all()
+
+    def reject(self, items: list, reason: str) -> None:
+        with self._cond:
+            self.rejected.extend(items)
+            self._cond.notify_all()
+
+    def delivered(self) -> list:
+        return [event for batch in self.batches for event in batch]
+
+    def wait(self, count: int) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.delivered()) + len(self.rejected) >= count, timeout=5)
+
+
+def started(engine):
+    engine.hub = RecordingHub()
+    engine.start(engine.hub)
+    return engine
+
+
 @pytest.fixture(params=KINDS)
 def make_store(request, tmp_path):
-    """make_store(per_room=...) -> a store of this run's kind; SQLite ones share one file, so a
-    second call after close() reopens it. All are closed at teardown."""
+    """make_store(per_room=...) -> a started engine of this run's kind; SQLite ones share one
+    file, so a second call after close() reopens it. All are closed at teardown."""
     stores = []
 
     def make(per_room: int = 10000, **kwargs):
         if request.param == "memory":
-            store = MemoryStore(per_room)
+            store = MemoryEngine(per_room)
         else:
-            store = SqliteStore(str(tmp_path / "history.db"), per_room, **kwargs)
-        stores.append(store)
+            store = SqliteEngine(str(tmp_path / "history.db"), per_room, **kwargs)
+        stores.append(started(store))
         return store
 
     make.kind = request.param
@@ -34,40 +70,20 @@ def make_store(request, tmp_path):
         store.close()
 
 
-def chat(room: str, seq: int, text: str | None = None, nick: str = "ann") -> dict:
-    return {"type": "chat", "room": room, "from": nick, "text": text or f"{room} {seq}", "seq": seq, "ts": 1e9 + seq}
+def chat(room: str, seq: int, text: str | None = None, nick: str = "ann") -> tuple:
+    """What a test publishes: the engine gives it the room's next seq, which the test names."""
+    return room, seq, nick, text or f"{room} {seq}"
 
 
-class Durable:
-    """Plays the Registry: appends events and waits until the store says they are stored."""
-
-    def __init__(self, store):
-        self.store = store
-        self.batches = []
-        self.pending = []  # events append() answered False for, in append order
-        self._cond = threading.Condition()
-        store.on_durable = self._on_durable
-
-    def _on_durable(self, events: list) -> None:
-        with self._cond:
-            self.batches.append(list(events))
-            self._cond.notify_all()
-
-    def reported(self) -> list:
-        return [event for batch in self.batches for event in batch]
-
-    def write(self, events) -> None:
-        for event in events:
-            if not self.store.append(event):
-                self.pending.append(event)
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.reported()) >= len(self.pending), timeout=5)
-
-
-def write(store, events) -> Durable:
-    durable = Durable(store)
-    durable.write(events)
-    return durable
+def write(store, chats) -> list:
+    """Publish each (room, seq, nick, text) in order; wait until all are delivered; return them."""
+    before = len(store.hub.delivered())
+    for room, _seq, nick, text in chats:
+        store.publish(room, [(nick, text, Meta())])
+    store.hub.wait(before + len(chats))
+    delivered = store.hub.delivered()[before:]
+    assert [(e["room"], e["seq"]) for e in delivered] == [(room, seq) for room, seq, _n, _t in chats]
+    return delivered
 
 
 def seqs(events: list) -> list:
@@ -85,12 +101,12 @@ def test_empty_store_has_no_rooms(make_store):
     assert isinstance(store.epoch, str) and store.epoch
 
 
-def test_read_returns_events_as_appended(make_store):
-    """Events come back with the same fields and values they were appended with."""
+def test_read_returns_events_as_delivered(make_store):
+    """Events read back have the same fields and values they were delivered with."""
     store = make_store()
-    events = [chat("lobby", 1, "hello ☃ \U0001f600"), chat("lobby", 2, "x" * 2000, nick="bob")]
-    write(store, events)
+    events = write(store, [chat("lobby", 1, "hello ☃ \U0001f600"), chat("lobby", 2, "x" * 2000, nick="bob")])
     assert store.read("lobby") == events
+    assert [(e["from"], e["text"]) for e in events] == [("ann", "hello ☃ \U0001f600"), ("bob", "x" * 2000)]
 
 
 def test_read_without_after_returns_the_last_limit_oldest_first(make_store):
@@ -137,23 +153,17 @@ def test_retention_keeps_the_last_per_room_events(make_store):
     assert store.last_seqs() == {"a": 12, "b": 3}
 
 
-def test_append_is_stored_or_reported_once_in_order(make_store):
-    """Each event is stored at append (True) or handed to on_durable once, same object, in order."""
+def test_publish_delivers_each_event_once_in_order(make_store):
+    """Each published chat is delivered once, in publish order, with consecutive seqs per room."""
     store = make_store()
-    events = [chat(f"r{n % 3}", n // 3 + 1) for n in range(3000)]
-    durable = write(store, events)
-    reported = durable.reported()
-    assert len(reported) == len(durable.pending)
-    assert all(a is b for a, b in zip(reported, durable.pending, strict=True))
+    write(store, [chat(f"r{n % 3}", n // 3 + 1) for n in range(3000)])
     if make_store.kind == "sqlite":
-        assert reported, "SqliteStore commits in the background"
-        assert len(durable.batches) < len(events), "group commit: many events share one commit"
+        assert len(store.hub.batches) < 3000, "group commit: many events share one commit"
 
 
 def test_reads_from_many_threads_while_writing(make_store):
     """Readers on other threads, beside the writer, always see a gapless run of committed seqs."""
     store = make_store()
-    durable = Durable(store)
     failures = []
 
     def reader():
@@ -165,7 +175,7 @@ def test_reads_from_many_threads_while_writing(make_store):
     threads = [threading.Thread(target=reader) for _ in range(8)]
     for thread in threads:
         thread.start()
-    durable.write([chat("a", n) for n in range(1, 3001)])
+    write(store, [chat("a", n) for n in range(1, 3001)])
     for thread in threads:
         thread.join()
     assert failures == []
@@ -179,6 +189,7 @@ def test_reopening_continues_or_forgets(make_store):
     epoch = store.epoch
     store.close()
     again = make_store()
+    again.hub.batches.clear()
     if make_store.kind == "memory":
         assert again.last_seqs() == {} and again.epoch != epoch
         return
@@ -199,29 +210,56 @@ def test_close_is_idempotent(make_store):
 # -- SQLite only ---------------------------------------------------------------------------------
 
 
-def test_close_commits_and_reports_what_is_queued(tmp_path):
-    """close() flushes the writer's queue: everything appended is reported and in the file."""
-    store = SqliteStore(str(tmp_path / "h.db"))
-    durable = Durable(store)
-    events = [chat("a", n) for n in range(1, 2001)]
-    for event in events:
-        assert store.append(event) is False
+def test_close_commits_and_delivers_what_is_queued(tmp_path):
+    """close() flushes the writer's queue: everything published is delivered and in the file."""
+    store = started(SqliteEngine(str(tmp_path / "h.db")))
+    for _ in range(2000):
+        store.publish("a", [("ann", "x", Meta())])
     store.close()
-    assert durable.reported() == events
-    again = SqliteStore(str(tmp_path / "h.db"))
+    assert seqs(store.hub.delivered()) == list(range(1, 2001))
+    again = SqliteEngine(str(tmp_path / "h.db"))
     try:
         assert again.last_seqs() == {"a": 2000}
     finally:
         again.close()
 
 
-def test_append_after_close_is_refused(tmp_path):
-    """An event appended after close() is neither stored nor reported."""
-    store = SqliteStore(str(tmp_path / "h.db"))
-    durable = Durable(store)
+def test_publish_after_close_is_refused(tmp_path):
+    """A chat published after close() raises Unavailable: neither stored nor delivered."""
+    store = started(SqliteEngine(str(tmp_path / "h.db")))
     store.close()
-    assert store.append(chat("a", 1)) is False
-    assert durable.reported() == []
+    with pytest.raises(Unavailable):
+        store.publish("a", [("ann", "x", Meta())])
+    assert store.hub.delivered() == []
+
+
+@pytest.mark.timeout(20)
+def test_failing_commits_refuse_chats_and_rewind_seqs(tmp_path):
+    """Commits that keep failing (the file write-locked elsewhere): after `fail_after` the queued
+    chats are rejected, new ones are tried once and refused and health says why; once the lock
+    is gone the next chat takes the seq after the last stored one."""
+    path = str(tmp_path / "h.db")
+    store = started(SqliteEngine(path, busy_timeout=0.1, fail_after=0.5))
+    try:
+        write(store, [chat("a", 1)])
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        store.publish("a", [("ann", "two", Meta()), ("ann", "three", Meta())])
+        wait_for(lambda: len(store.hub.rejected) == 2, timeout=5)
+        assert "locked" in store.health()
+        started_at = time.monotonic()
+        store.publish("a", [("ann", "four", Meta())])
+        wait_for(lambda: len(store.hub.rejected) == 3, timeout=5)
+        assert time.monotonic() - started_at < 0.5  # tried once (busy_timeout 0.1 s), no retries
+        other.execute("ROLLBACK")
+        other.close()
+        store.publish("a", [("ann", "again", Meta())])
+        store.hub.wait(5)
+        assert seqs(store.hub.delivered()) == [1, 2]
+        assert store.health() is None
+        assert [e["text"] for e in store.read("a")] == ["a 1", "again"]
+    finally:
+        store.close()
 
 
 def count_rows(path) -> dict:
@@ -232,7 +270,7 @@ def count_rows(path) -> dict:
 def test_writer_prunes_old_rows_from_the_file(tmp_path):
     """The writer deletes rows beyond the retention window from the file itself."""
     path = str(tmp_path / "h.db")
-    store = SqliteStore(path, per_room=5, prune_interval=0)
+    store = started(SqliteEngine(path, per_room=5, prune_interval=0))
     write(store, [chat("a", n) for n in range(1, 51)])
     assert seqs(store.read("a", after=0)) == [46, 47, 48, 49, 50]
     store.close()
@@ -242,17 +280,17 @@ def test_writer_prunes_old_rows_from_the_file(tmp_path):
 def test_smaller_retention_prunes_at_start(tmp_path):
     """Reopening with a smaller history_per_room prunes every room when the store opens."""
     path = str(tmp_path / "h.db")
-    store = SqliteStore(path)
+    store = started(SqliteEngine(path))
     write(store, [chat("a", n) for n in range(1, 21)] + [chat("b", n) for n in range(1, 3)])
     store.close()
-    SqliteStore(path, per_room=3).close()
+    SqliteEngine(path, per_room=3).close()
     assert count_rows(path) == {"a": 3, "b": 2}
 
 
 def test_graceful_close_leaves_no_wal_file(tmp_path):
     """After close() the history is in the main file; the -wal and -shm files are gone."""
     path = tmp_path / "h.db"
-    store = SqliteStore(str(path))
+    store = started(SqliteEngine(str(path)))
     write(store, [chat("a", 1)])
     assert (tmp_path / "h.db-wal").exists()
     store.close()
@@ -262,7 +300,7 @@ def test_graceful_close_leaves_no_wal_file(tmp_path):
 def test_checkpoint_thread_moves_the_wal_into_the_file(tmp_path):
     """While the store runs, committed events reach the main file (SQLite's own checkpoint is off)."""
     path = tmp_path / "h.db"
-    store = SqliteStore(str(path), checkpoint_interval=0.05)
+    store = started(SqliteEngine(str(path), checkpoint_interval=0.05))
     try:
         empty = path.stat().st_size
         write(store, [chat("a", n, "x" * 200) for n in range(1, 2001)])
@@ -271,12 +309,12 @@ def test_checkpoint_thread_moves_the_wal_into_the_file(tmp_path):
         store.close()
 
 
-def test_open_store_picks_the_store_from_config(tmp_path):
-    """':memory:' gives a MemoryStore; a path gives a SqliteStore at that absolute path."""
-    assert isinstance(open_store(Config(db=":memory:")), MemoryStore)
-    store = open_store(Config(db=str(tmp_path / "x.db"), history_per_room=7))
+def test_open_engine_picks_the_engine_from_config(tmp_path):
+    """':memory:' gives a MemoryEngine; a path gives a SqliteEngine at that absolute path."""
+    assert isinstance(open_engine(Config(db=":memory:")), MemoryEngine)
+    store = open_engine(Config(db=str(tmp_path / "x.db"), history_per_room=7))
     try:
-        assert isinstance(store, SqliteStore)
+        assert isinstance(store, SqliteEngine)
         assert store.location == str(tmp_path / "x.db")
     finally:
         store.close()
@@ -292,7 +330,7 @@ def test_default_db_is_roomchat_db():
 
 def malformed_pages(path) -> None:
     """A real roomchat history whose middle pages are overwritten with garbage."""
-    store = SqliteStore(str(path))
+    store = started(SqliteEngine(str(path)))
     write(store, [chat(f"r{n % 4}", n // 4 + 1, "some text " * 10) for n in range(4000)])
     store.close()
     size = os.path.getsize(path)
@@ -322,7 +360,7 @@ def test_unusable_file_raises_store_error(tmp_path, prepare, reason):
     path = tmp_path / "h.db"
     prepare(path)
     with pytest.raises(StoreError) as info:
-        SqliteStore(str(path))
+        SqliteEngine(str(path))
     message = str(info.value)
     assert reason in message and str(path) in message and "\n" not in message
 
@@ -331,34 +369,34 @@ def test_missing_directory_raises_store_error(tmp_path):
     """A path inside a regular file (or a missing directory) cannot be created."""
     (tmp_path / "plain").write_text("")
     with pytest.raises(StoreError, match="Not a directory"):
-        SqliteStore(str(tmp_path / "plain" / "h.db"))
+        SqliteEngine(str(tmp_path / "plain" / "h.db"))
     with pytest.raises(StoreError, match="No such file or directory"):
-        SqliteStore(str(tmp_path / "missing" / "h.db"))
+        SqliteEngine(str(tmp_path / "missing" / "h.db"))
 
 
 def test_second_store_on_one_file_is_refused(tmp_path):
     """While one store has the file open, another fails instead of reusing its seqs."""
     path = str(tmp_path / "h.db")
-    store = SqliteStore(path)
+    store = SqliteEngine(path)
     try:
         with pytest.raises(StoreError, match="in use by another roomchat process"):
-            SqliteStore(path)
+            SqliteEngine(path)
     finally:
         store.close()
-    SqliteStore(path).close()  # free again once the first is closed
+    SqliteEngine(path).close()  # free again once the first is closed
 
 
 @pytest.mark.timeout(10)
 def test_write_lock_held_elsewhere_fails_fast(tmp_path):
     """A write lock held by another connection makes opening fail within about a second."""
     path = str(tmp_path / "h.db")
-    SqliteStore(path).close()
+    SqliteEngine(path).close()
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
         started = time.monotonic()
         with pytest.raises(StoreError, match="database is locked"):
-            SqliteStore(path)
+            SqliteEngine(path)
         assert time.monotonic() - started < 3
     finally:
         other.execute("ROLLBACK")
@@ -368,4 +406,4 @@ def test_write_lock_held_elsewhere_fails_fast(tmp_path):
 def test_bad_synchronous_mode_is_refused(tmp_path):
     """Only SQLite's synchronous levels are accepted."""
     with pytest.raises(ValueError):
-        SqliteStore(str(tmp_path / "h.db"), synchronous="SOMETIMES")
+        SqliteEngine(str(tmp_path / "h.db"), synchronous="SOMETIMES")

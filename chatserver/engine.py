@@ -1,0 +1,176 @@
+"""Engines: what orders, stores and spreads each room's events. The interface, and the memory engine.
+
+The Registry (the hub) knows the clients of this process and the rooms they are in. An engine
+gives each room one ordered stream and keeps its history. Three engines implement the interface:
+`MemoryEngine` here (tests, `--db :memory:`), `SqliteEngine` (sqlite_engine.py, the default:
+one process, history in a file) and `RedisEngine` (redis_engine.py: several processes behave as
+one server). The Registry imports none of sqlite3 or redis; app.py picks the engine.
+
+The contract (PROTOCOL.md "What a client can rely on" is the client's side of it):
+
+1. Per room, one ordered stream. `publish` assigns the room's next seq (1, 2, 3, ... with no
+   gap, never reused) and the engine hands the event back through `hub.deliver` in seq order.
+   `announce` puts a room event that is not stored (presence, nick) into the same stream.
+   Whatever the engine hands back for a room, every process delivers in the same order.
+2. Stored before delivered: a chat event reaches `hub.deliver` only once the engine has stored
+   it (committed to SQLite, written to Redis). The sender's own copy is its acknowledgement.
+3. Nothing is promised across rooms.
+
+Threads. `publish`, `announce` and the reads are called by connection threads, never while the
+Registry lock is held. `hub.deliver` and `hub.reject` are called with no engine lock held:
+from the publishing thread (memory), the SQLite writer thread, or the Redis listener thread; so
+the lock order is engine -> Registry, and the Registry never calls an engine under its lock.
+"""
+
+import threading
+import uuid
+from collections import deque
+from typing import NamedTuple, Protocol
+
+from chatserver.protocol import chat_event
+
+
+class EngineError(Exception):
+    """The engine cannot start (a history file that cannot be used, Redis unreachable).
+
+    The message is one line for the operator; roomchat prints it and exits with status 2.
+    """
+
+
+class Unavailable(Exception):
+    """The engine cannot take a request now (commits failing, Redis gone); the client gets an
+    `unavailable` error and may try again. The message says why, for the client."""
+
+
+class Meta(NamedTuple):
+    """What the hub needs to know about an event besides the event itself.
+
+    `origin`: (process id, client id) of the connection that caused it, or None.
+    `reply_id`: the request's `id`, for the origin's own copy.
+    `at`: for an event without a seq (presence, nick), the room's seq at its place in the stream,
+    when the engine knows it (Redis); else None and the hub uses the last seq it delivered.
+    `change`: a nick change's id, so a peer sharing several rooms hears of it once.
+    """
+
+    origin: tuple | None = None
+    reply_id: object = None
+    at: int | None = None
+    change: str | None = None
+
+
+class Hub(Protocol):
+    """What an engine calls back: the Registry."""
+
+    process_id: str
+
+    def deliver(self, items: list) -> None:
+        """`items`: [(room, event, Meta)] in stream order per room, each to its room's local members."""
+
+    def reject(self, items: list, reason: str) -> None:
+        """Published chats that will never be delivered: [(room, event, Meta)]; their senders are told."""
+
+    def deliver_dm(self, client_id: int, event: dict) -> None:
+        """A direct message for a local client (Redis: from another process)."""
+
+
+class Engine(Protocol):
+    """The interface every engine implements. See the module docstring for the contract.
+
+    `epoch`: names this history (sent in `welcome`; a client's seqs are valid within it).
+    `location`: where the history lives, for the start-up line.
+    `cluster`: False for one process (the Registry is then the directory of nicks, rooms and
+    members); True when other processes share the engine (Redis), which is then the directory.
+    """
+
+    epoch: str
+    location: str
+    cluster: bool
+
+    def start(self, hub: Hub) -> None:
+        """Begin handing events to `hub`. Called once, before any other method."""
+
+    def publish(self, room: str, chats: list) -> None:
+        """Store chat events with the room's next seqs, then deliver them, in order.
+
+        `chats`: [(sender nick, text, Meta)]. Raises Unavailable (none of them was stored, or,
+        with Redis, the connection broke mid-call: see redis_engine.py)."""
+
+    def announce(self, room: str, event: dict, meta: Meta) -> None:
+        """Put a presence or nick event into the room's stream. Raises Unavailable."""
+
+    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
+        """Stored chat events with after < seq < before, oldest first: the first `limit` when
+        `after` is given (paging forward), else the last `limit`. Raises Unavailable."""
+
+    def health(self) -> str | None:
+        """None when the engine accepts writes, else a one-line reason (for /healthz)."""
+
+    def close(self) -> None:
+        """Finish what is queued, stop threads, release files and connections. Idempotent."""
+
+
+def new_epoch() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class MemoryEngine:
+    """History in memory, the last `per_room` events of each room; gone when the process ends.
+
+    `publish` stores and delivers on the calling thread, under `_lock`, so concurrent publishers
+    to a room deliver in seq order; `announce` delivers at once (lock order: engine -> Registry).
+    """
+
+    location = "memory only (--db :memory:), lost when the server stops"
+    cluster = False
+
+    def __init__(self, per_room: int = 10000):
+        self.epoch = new_epoch()
+        self._per_room = per_room
+        self._rooms: dict[str, deque] = {}  # room -> its last per_room events
+        self._seqs: dict[str, int] = {}  # room -> last seq; outlives pruning
+        self._lock = threading.Lock()
+        self._hub = None
+
+    def start(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def last_seqs(self) -> dict[str, int]:
+        """The highest seq of every room, so the hub knows where each stream stands."""
+        with self._lock:
+            return dict(self._seqs)
+
+    def publish(self, room: str, chats: list) -> None:
+        with self._lock:
+            events = self._rooms.get(room)
+            if events is None:
+                events = self._rooms[room] = deque(maxlen=self._per_room)
+            items = []
+            for sender, text, meta in chats:
+                seq = self._seqs[room] = self._seqs.get(room, 0) + 1
+                events.append(chat_event(room, sender, text, seq))
+                items.append((room, events[-1], meta))
+            self._hub.deliver(items)
+
+    def announce(self, room: str, event: dict, meta: Meta) -> None:
+        with self._lock:
+            self._hub.deliver([(room, event, meta)])
+
+    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
+        with self._lock:
+            events = self._rooms.get(room)
+            if not events:
+                return []
+            first = events[0]["seq"]  # seqs in a room are consecutive, so a seq is an index
+            lo = 0 if after is None else max(0, after + 1 - first)
+            hi = len(events) if before is None else max(0, min(len(events), before - first))
+            if after is not None:
+                hi = min(hi, lo + limit)
+            else:
+                lo = max(lo, hi - limit)
+            return [events[i] for i in range(lo, hi)]
+
+    def health(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
