@@ -4,7 +4,7 @@ clients, and raw sockets. The helpers they hand out live in tests/helpers.py."""
 import pytest
 
 from chatserver.app import ChatServer
-from tests.helpers import Peer, RawClient, ServerProcess, closing_all, make_config
+from tests.helpers import Peer, RawClient, RedisServer, ServerProcess, closing_all, make_config
 
 
 @pytest.fixture
@@ -56,3 +56,11 @@ def raw_clients(make_server):
 def raw(server, raw_clients):
     """raw() -> RawClient on the default server (handshake done); raw(handshake=False) for HTTP tests."""
     return lambda port=None, **kwargs: raw_clients(port or server.port, **kwargs)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of this test's own (skipped without one, failing under CI=true)."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.kill()

@@ -384,3 +384,68 @@ class ManualEngine:
 
     def close(self) -> None:
         pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def need_system_program(name: str, package: str) -> str:
+    """The path of a program from a Debian package; the test skips without it, or fails under CI=true."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        message = f"{name} not found: apt-get install {package}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI must have it: .ci/run installs it)")
+        pytest.skip(message)
+    return path
+
+
+class RedisServer:
+    """A real redis-server of the test's own on a free port, with an append-only file in
+    `directory` (fsync always), so it can be stopped, killed and started again with its data."""
+
+    def __init__(self, directory: Path):
+        self.binary = need_system_program("redis-server", "redis-server")
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_for(lambda: _pings(client), timeout=10)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False

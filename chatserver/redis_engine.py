@@ -1,0 +1,421 @@
+"""The Redis engine: several roomchat processes behave as one server (redis-py, `--redis URL`).
+
+Implements engine.Engine (its docstring states the contract). Redis assigns seqs and orders each
+room's stream: one Lua script per call does INCR (the seq), XADD (the room's history, a stream
+capped at `per_room`, entry id `0-<seq>`) and PUBLISH (the event, on the room's channel), so
+publish order is seq order, the same on every process. Every process, the sender's included,
+delivers only what comes back on its subscription, from one listener thread, in order.
+Presence and nick events go through a script of their own that updates the room's members and
+publishes on the same channel, tagged with the room's seq at that place (`Meta.at`).
+
+Keys. Those of one room share a hash tag, `roomchat:{<room>}:...` (seq, hist, members, owners,
+joins; channel `...:events`), so the scripts also run on Redis Cluster. Nicks are
+`roomchat:nick:<casefolded>` = "<process>:<client>:<nick>", taken with SET NX and a TTL that the
+heartbeat refreshes. Each process keeps `roomchat:proc:<id>` alive with the same TTL and lists
+its room memberships in `roomchat:proc:<id>:rooms`; when a process dies (kill -9), the first
+survivor to notice takes `roomchat:reap:<id>` and announces one presence leave per member.
+DMs to a client of another process go to `roomchat:proc:<id>:dm`. The epoch is `roomchat:epoch`.
+
+Gaps and faults. The listener knows the last seq it delivered per room: an event above it + 1
+is preceded by the missing ones read from history, one at or below it is dropped; after a
+reconnect every room is caught up from history. So nothing stored is lost or delivered twice.
+While Redis is unreachable, `publish`, `announce`, `read` and the directory calls raise
+Unavailable (the client gets `unavailable`); the listener reconnects with backoff. A call that
+breaks mid-way may still have been carried out: such a chat is answered `unavailable` and can
+arrive later as a normal chat event. Durability is Redis's own: with AOF and
+`appendfsync everysec`, at most about a second of acknowledged chats is lost if Redis crashes.
+
+Threads: connection threads call the methods below (redis-py's pool is thread-safe); the
+listener thread reads the subscription and calls the hub; the heartbeat thread refreshes keys
+and reaps dead processes. `_sub_lock` serializes (un)subscribing, `_lock` guards `_last`,
+`_claims` and `_confirmed`. Lock order: `_sub_lock` -> Registry -> `_lock`.
+"""
+
+import contextlib
+import logging
+import threading
+import time
+
+import orjson
+import redis
+
+from chatserver.engine import EngineError, Meta, Unavailable, new_epoch
+
+log = logging.getLogger("roomchat.redis")
+
+PROCESS_TTL = 5.0  # seconds a dead process's nicks and members outlive it, at most (plus one heartbeat)
+SUBSCRIBE_TIMEOUT = 5.0
+RETRY_MAX_DELAY = 5.0
+
+PUBLISH = """
+local n = tonumber(ARGV[3])
+local seqs = {}
+for i = 0, n - 1 do
+  local seq = redis.call('INCR', KEYS[1])
+  local event = ARGV[4 + 3 * i] .. seq .. ARGV[5 + 3 * i]
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', event, 'o', ARGV[6 + 3 * i])
+  redis.call('PUBLISH', ARGV[1], ARGV[6 + 3 * i] .. '\\n' .. event)
+  seqs[i + 1] = seq
+end
+return seqs
+"""
+# KEYS: seq, members (zset nick -> join order), owners (hash nick -> owner), joins (counter)
+# ARGV: channel, kind, nick, owner, event json, origin json without its last `at` element, old nick
+ANNOUNCE = """
+local at = tonumber(redis.call('GET', KEYS[1]) or '0')
+local kind, nick, owner = ARGV[2], ARGV[3], ARGV[4]
+if kind == 'join' then
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), nick)
+  redis.call('HSET', KEYS[3], nick, owner)
+elseif kind == 'leave' then
+  if redis.call('HGET', KEYS[3], nick) ~= owner then return -1 end
+  redis.call('ZREM', KEYS[2], nick)
+  redis.call('HDEL', KEYS[3], nick)
+elseif kind == 'nick' then
+  local score = redis.call('ZSCORE', KEYS[2], ARGV[7])
+  if score and redis.call('HGET', KEYS[3], ARGV[7]) == owner then
+    redis.call('ZREM', KEYS[2], ARGV[7])
+    redis.call('HDEL', KEYS[3], ARGV[7])
+    redis.call('ZADD', KEYS[2], score, nick)
+    redis.call('HSET', KEYS[3], nick, owner)
+  end
+end
+redis.call('PUBLISH', ARGV[1], ARGV[6] .. at .. ']\\n' .. ARGV[5])
+return redis.call('ZCARD', KEYS[2])
+"""
+IF_OWNER_DELETE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+IF_OWNER_PREFIX_DELETE = (
+    "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then"
+    " return redis.call('DEL', KEYS[1]) end return 0"
+)
+IF_OWNER_EXPIRE = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+)
+
+
+def room_key(room: str, part: str) -> str:
+    return f"roomchat:{{{room}}}:{part}"
+
+
+class RedisEngine:
+    """See the module docstring. Raises EngineError at start when Redis cannot be reached."""
+
+    cluster = True
+
+    def __init__(self, url: str, per_room: int = 10000, *, process_ttl: float = PROCESS_TTL):
+        self.location = f"Redis at {url}"
+        self._per_room = per_room
+        self._ttl_ms = int(process_ttl * 1000)
+        self._heartbeat_every = process_ttl / 4
+        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10)
+        try:
+            self._redis.ping()
+            self._redis.set("roomchat:epoch", new_epoch(), nx=True)
+            self.epoch = self._redis.get("roomchat:epoch").decode()
+        except redis.RedisError as exc:
+            raise EngineError(f"cannot reach Redis at {url}: {exc}") from None
+        self._publish = self._redis.register_script(PUBLISH)
+        self._announce = self._redis.register_script(ANNOUNCE)
+        self._if_owner_delete = self._redis.register_script(IF_OWNER_DELETE)
+        self._if_owner_expire = self._redis.register_script(IF_OWNER_EXPIRE)
+        self._if_owner_prefix_delete = self._redis.register_script(IF_OWNER_PREFIX_DELETE)
+        self.process_id = None  # the hub's, at start()
+        self._hub = None
+        self._lock = threading.Lock()
+        self._sub_lock = threading.Lock()
+        self._last: dict[str, int | None] = {}  # subscribed room -> last seq delivered here
+        self._claims: dict[str, str] = {}  # nick key -> value, the nicks this process holds
+        self._confirmed: dict[str, threading.Event] = {}  # channel -> set once subscribed
+        self._pubsub = None
+        self._problem: str | None = None
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._listen, name="roomchat-redis-listener", daemon=True),
+                         threading.Thread(target=self._heartbeat, name="roomchat-redis-heartbeat", daemon=True)]
+
+    def start(self, hub) -> None:
+        self._hub = hub
+        self.process_id = hub.process_id
+        self._dm_channel = f"roomchat:proc:{self.process_id}:dm"
+        self._beat()
+        for thread in self._threads:
+            thread.start()
+
+    # -- streams ---------------------------------------------------------------------------------
+
+    def publish(self, room: str, chats: list) -> None:
+        args = [room_key(room, "events"), self._per_room, len(chats)]
+        for sender, text, meta in chats:
+            head = orjson.dumps({"type": "chat", "room": room, "from": sender, "text": text, "ts": time.time()})
+            args += [head[:-1] + b',"seq":', b"}", _origin(meta)]
+        self._call(self._publish, keys=[room_key(room, "seq"), room_key(room, "hist")], args=args)
+
+    def announce(self, room: str, event: dict, meta: Meta) -> None:
+        kind = event.get("event", event["type"])  # join, leave or nick
+        owner = f"{meta.origin[0]}:{meta.origin[1]}"
+        origin = orjson.dumps([*meta.origin, meta.reply_id, meta.change])[:-1] + b","  # the script adds `at`
+        keys = [room_key(room, part) for part in ("seq", "members", "owners", "joins")]
+        args = [room_key(room, "events"), kind, event["nick"], owner, orjson.dumps(event), origin, event.get("old", "")]
+        count = self._call(self._announce, keys=keys, args=args)
+        entry = f"{room}\n{event['nick']}\n{owner}"
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            if kind == "join":
+                pipe.sadd(f"roomchat:proc:{meta.origin[0]}:rooms", entry)
+            elif kind == "leave":
+                pipe.srem(f"roomchat:proc:{meta.origin[0]}:rooms", entry)
+            else:
+                pipe.srem(f"roomchat:proc:{meta.origin[0]}:rooms", f"{room}\n{event['old']}\n{owner}")
+                pipe.sadd(f"roomchat:proc:{meta.origin[0]}:rooms", entry)
+            pipe.zadd("roomchat:rooms", {room: count}) if count and count > 0 else pipe.zrem("roomchat:rooms", room)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("membership index for %s not updated: %s", room, exc)
+
+    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
+        low = "-" if after is None else f"(0-{after}"
+        high = "+" if before is None else f"(0-{before}"
+        if after is not None:
+            entries = self._call(self._redis.xrange, room_key(room, "hist"), low, high, count=limit)
+        else:
+            entries = self._call(self._redis.xrevrange, room_key(room, "hist"), high, low, count=limit)[::-1]
+        return [orjson.loads(fields[b"e"]) for _id, fields in entries]
+
+    def health(self) -> str | None:
+        return self._problem
+
+    # -- the directory: nicks, members, rooms, DMs ----------------------------------------------
+
+    def claim_nick(self, nick: str, owner: str) -> bool:
+        key, value = f"roomchat:nick:{nick.casefold()}", f"{owner}:{nick}"
+        if not self._call(self._redis.set, key, value, nx=True, px=self._ttl_ms):
+            return False
+        self._call(self._redis.sadd, f"roomchat:proc:{self.process_id}:nicks", key)
+        with self._lock:
+            self._claims[key] = value
+        return True
+
+    def release_nick(self, nick: str, owner: str) -> None:
+        key = f"roomchat:nick:{nick.casefold()}"
+        with self._lock:
+            value = self._claims.pop(key, None)
+        if value is not None:
+            try:
+                self._if_owner_delete(keys=[key], args=[value])
+                self._redis.srem(f"roomchat:proc:{self.process_id}:nicks", key)
+            except redis.RedisError as exc:  # it expires by itself within the TTL
+                log.warning("nick %s not released: %s", nick, exc)
+
+    def members(self, room: str) -> list:
+        return [m.decode() for m in self._call(self._redis.zrange, room_key(room, "members"), 0, -1)]
+
+    def rooms(self) -> list:
+        rooms = self._call(self._redis.zrange, "roomchat:rooms", 0, -1, withscores=True)
+        return sorted(({"room": r.decode(), "members": int(n)} for r, n in rooms), key=lambda r: r["room"])
+
+    def send_dm(self, nick: str, event: dict) -> str | None:
+        """Route a DM to the process holding `nick`; returns its nick as spelled, None if nobody."""
+        owner = self._call(self._redis.get, f"roomchat:nick:{nick.casefold()}")
+        if owner is None:
+            return None
+        process, client, spelled = owner.decode().split(":", 2)
+        event = {**event, "to": spelled}
+        if process == self.process_id:
+            self._hub.deliver_dm(int(client), event)
+        else:
+            self._call(self._redis.publish, f"roomchat:proc:{process}:dm", orjson.dumps([int(client), event]))
+        return spelled
+
+    def subscribe(self, room: str) -> None:
+        """Subscribe to the room's channel and wait until Redis confirms. Raises Unavailable."""
+        channel = room_key(room, "events")
+        with self._sub_lock:
+            with self._lock:
+                if room in self._last:
+                    return
+                self._last[room] = None
+                confirmed = self._confirmed[channel] = threading.Event()
+            # without a subscription now, the listener subscribes to every wanted room as it reconnects
+            with contextlib.suppress(redis.RedisError, AttributeError):
+                self._pubsub.subscribe(channel)
+            if not confirmed.wait(SUBSCRIBE_TIMEOUT):
+                raise Unavailable("Redis did not confirm the subscription")
+
+    def unsubscribe(self, room: str) -> None:
+        """Unsubscribe once the room has no local member (unless one has joined again since)."""
+        with self._sub_lock:
+            if self._hub.has_room(room):
+                return
+            with self._lock:
+                self._last.pop(room, None)
+            with contextlib.suppress(redis.RedisError, AttributeError):
+                self._pubsub.unsubscribe(room_key(room, "events"))
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(3)
+        try:
+            with self._lock:
+                claims = list(self._claims.items())
+            for key, value in claims:
+                self._if_owner_delete(keys=[key], args=[value])
+            self._redis.delete(*(f"roomchat:proc:{self.process_id}{part}" for part in ("", ":rooms", ":nicks")))
+            self._redis.srem("roomchat:procs", self.process_id)
+        except redis.RedisError:
+            pass
+        self._redis.close()
+
+    # -- the listener thread ---------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                if self._pubsub is None:
+                    self._connect()
+                    delay = 0.1
+                self._receive()
+            except (redis.RedisError, OSError) as exc:
+                self._problem = f"Redis unreachable: {exc}"
+                log.error("Redis subscription lost (%s); reconnecting in %.1f s", exc, delay)
+                self._drop_pubsub()
+                self._stop.wait(delay)
+                delay = min(2 * delay, RETRY_MAX_DELAY)
+        self._drop_pubsub()
+
+    def _connect(self) -> None:
+        """Subscribe to this process's DM channel and every wanted room, then catch each room up."""
+        pubsub = self._redis.pubsub()
+        with self._lock:
+            rooms = list(self._last)
+        pubsub.subscribe(self._dm_channel, *[room_key(r, "events") for r in rooms])
+        self._pubsub = pubsub
+        for room in rooms:
+            with self._lock:
+                last = self._last.get(room)
+            if last is not None:
+                self._hub.deliver(self._fill(room, last, None))
+        if self._problem:
+            log.warning("Redis is back")
+        self._problem = None
+
+    def _receive(self) -> None:
+        message = self._pubsub.get_message(timeout=0.5)
+        items = []
+        while message is not None and len(items) < 512:
+            if message["type"] == "subscribe":
+                with self._lock:
+                    confirmed = self._confirmed.pop(message["channel"].decode(), None)
+                if confirmed is not None:
+                    confirmed.set()
+            elif message["type"] == "message":
+                channel = message["channel"].decode()
+                if channel == self._dm_channel:
+                    client, event = orjson.loads(message["data"])
+                    self._hub.deliver_dm(client, event)
+                else:
+                    items += self._place(channel[len("roomchat:{"):-len("}:events")], message["data"])
+            message = self._pubsub.get_message(timeout=0)
+        if items:
+            self._hub.deliver(items)
+
+    def _place(self, room: str, data: bytes) -> list:
+        """The items to deliver for one message: the event, after any it shows were missed."""
+        head, _, body = data.partition(b"\n")
+        event, origin = orjson.loads(body), orjson.loads(head)
+        meta = _meta(origin)
+        seq = event.get("seq")
+        with self._lock:
+            if room not in self._last:
+                return []  # unsubscribed meanwhile
+            last = self._last[room]
+        position = seq if seq is not None else meta.at
+        if last is not None and seq is not None and seq <= last:
+            return []  # delivered already (a catch-up got there first)
+        items = self._fill(room, last, position - 1 if seq is not None else position) if last is not None else []
+        with self._lock:
+            if room in self._last:
+                self._last[room] = max(position, self._last[room] or 0)
+        return [*items, (room, event, meta)]
+
+    def _fill(self, room: str, last: int, upto: int | None) -> list:
+        """Stored events after `last` (up to `upto`), as items, from the room's history."""
+        if upto is not None and upto <= last:
+            return []
+        entries = self._redis.xrange(room_key(room, "hist"), f"(0-{last}", "+" if upto is None else f"0-{upto}")
+        items = [(room, orjson.loads(f[b"e"]), _meta(orjson.loads(f[b"o"]))) for _id, f in entries]
+        if items:
+            log.warning("%s: %d events filled in from history", room, len(items))
+            with self._lock:
+                if room in self._last:
+                    self._last[room] = max(items[-1][1]["seq"], self._last[room] or 0)
+        return items
+
+    def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                pubsub.close()
+
+    # -- the heartbeat thread ------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self._heartbeat_every):
+            try:
+                self._beat()
+                self._reap()
+            except redis.RedisError as exc:
+                self._problem = f"Redis unreachable: {exc}"
+                log.warning("Redis heartbeat failed: %s", exc)
+
+    def _beat(self) -> None:
+        with self._lock:
+            claims = list(self._claims.items())
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(f"roomchat:proc:{self.process_id}", 1, px=self._ttl_ms)
+        pipe.sadd("roomchat:procs", self.process_id)
+        for key, value in claims:
+            self._if_owner_expire(keys=[key], args=[value, self._ttl_ms], client=pipe)
+        pipe.execute()
+
+    def _reap(self) -> None:
+        """Announce the leaves of processes whose heartbeat key has expired (once, cluster-wide)."""
+        for process in (p.decode() for p in self._redis.smembers("roomchat:procs")):
+            if process == self.process_id or self._redis.exists(f"roomchat:proc:{process}"):
+                continue
+            if not self._redis.set(f"roomchat:reap:{process}", self.process_id, nx=True, ex=60):
+                continue
+            entries = self._redis.smembers(f"roomchat:proc:{process}:rooms")
+            for entry in entries:
+                room, nick, owner = entry.decode().split("\n")
+                client = int(owner.split(":")[1])
+                event = {"type": "presence", "room": room, "event": "leave", "nick": nick}
+                self.announce(room, event, Meta(origin=(process, client)))
+            for key in self._redis.smembers(f"roomchat:proc:{process}:nicks"):
+                self._if_owner_prefix_delete(keys=[key], args=[f"{process}:"])
+            self._redis.delete(f"roomchat:proc:{process}:rooms", f"roomchat:proc:{process}:nicks")
+            self._redis.srem("roomchat:procs", process)
+            log.warning("process %s is gone: %d members left their rooms", process, len(entries))
+
+    def _call(self, command, *args, **kwargs):
+        """Run a Redis command or script; Raises Unavailable when Redis cannot be reached."""
+        try:
+            return command(*args, **kwargs)
+        except redis.RedisError as exc:
+            self._problem = f"Redis unreachable: {exc}"
+            raise Unavailable("Redis is unreachable") from None
+
+
+def _origin(meta: Meta) -> bytes:
+    """Meta as JSON: [process, client, reply id, change, at]."""
+    process, client = meta.origin if meta.origin else (None, None)
+    return orjson.dumps([process, client, meta.reply_id, meta.change, meta.at])
+
+
+def _meta(origin: list) -> Meta:
+    process, client, reply_id, change, at = origin
+    return Meta(origin=(process, client) if process is not None else None, reply_id=reply_id, at=at, change=change)
+

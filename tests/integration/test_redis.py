@@ -1,0 +1,172 @@
+"""Several roomchat processes on one Redis behave as one server: real redis-server, real processes."""
+
+import threading
+import time
+
+import pytest
+import websocket
+
+from tests.helpers import Peer, run_to_exit, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def cluster(redis_server, spawn):
+    """cluster(n) -> n roomchat processes on this test's Redis."""
+    return lambda n=2: [spawn("--redis", redis_server.url) for _ in range(n)]
+
+
+def stream(peer: Peer, room: str, until) -> list:
+    """Everything `peer` receives for `room` (chats as seqs, presence and nick as tuples) until
+    `until(events)` is true."""
+    seen = []
+    while not until(seen):
+        event = peer.recv()
+        if event.get("room", room) == room and event["type"] in ("chat", "presence", "nick"):
+            seen.append(event["seq"] if event["type"] == "chat" else (event["type"], event.get("nick")))
+    return seen
+
+
+def test_concurrent_senders_on_three_processes_see_one_stream(cluster, peers):
+    """4 senders and 3 receivers spread over 3 processes: every receiver sees the same sequence of
+    chats and presence, with gapless seqs."""
+    servers = cluster(3)
+    receivers = [peers(s.url) for s in servers]
+    for receiver in receivers:
+        receiver.join("lobby")
+    senders = [peers(servers[i % 3].url) for i in range(4)]
+    for sender in senders:
+        sender.join("lobby")
+    per_sender = 50
+
+    def send_all(sender):
+        for i in range(per_sender):
+            sender.send(type="chat", room="lobby", text=f"{sender.nick} {i}")
+
+    threads = [threading.Thread(target=send_all, args=(s,)) for s in senders]
+    for thread in threads:
+        thread.start()
+    leaver = peers(servers[1].url)
+    leaver.join("lobby")
+    leaver.close()
+    for thread in threads:
+        thread.join()
+    total = 4 * per_sender
+    views = [stream(r, "lobby", lambda seen: sum(isinstance(x, int) for x in seen) >= total) for r in receivers]
+    chats = [[x for x in view if isinstance(x, int)] for view in views]
+    assert chats[0] == list(range(1, total + 1))
+    assert chats[0] == chats[1] == chats[2]
+    tails = [view[view.index(("presence", senders[-1].nick)) + 1 :] for view in views]  # after all joined
+    assert tails[0] == tails[1] == tails[2]  # the leaver's join and leave sit at the same place for all
+
+
+def test_nicks_are_unique_across_processes(cluster, peers):
+    """A nick taken on one process is taken on the others, in any case; freed when its owner leaves."""
+    a, b = cluster(2)
+    ann = peers(a.url)
+    ann.set_nick("ann")
+    other = peers(b.url)
+    assert other.request(type="nick", nick="ANN")["code"] == "nick_taken"
+    ann.close()
+    wait_for(lambda: other.request(type="nick", nick="ann")["type"] == "nick", timeout=5)
+
+
+def test_dm_who_and_rooms_across_processes(cluster, peers):
+    """A DM reaches the nick on whichever process; who and rooms count every process's members."""
+    a, b = cluster(2)
+    ann, bob = peers(a.url), peers(b.url)
+    ann.set_nick("ann")
+    bob.set_nick("bob")
+    ann.join("lobby")
+    bob.join("lobby")
+    bob.join("side")
+    dm = bob.request(type="dm", to="ANN", text="psst", id=3)
+    assert dm == {**ann.recv_type("dm"), "id": 3} and dm["to"] == "ann"
+    assert bob.request(type="dm", to="nobody", text="x")["code"] == "no_such_user"
+    assert ann.request(type="who", room="lobby")["members"] == ["ann", "bob"]
+    assert ann.request(type="rooms")["rooms"] == [{"room": "lobby", "members": 2}, {"room": "side", "members": 1}]
+
+
+def test_history_and_resume_across_a_process_restart(redis_server, cluster, peers, spawn):
+    """History lives in Redis: after the process restarts, join and join-after replay it."""
+    [a] = cluster(1)
+    peer = peers(a.url)
+    peer.join("r")
+    assert [e["seq"] for e in peer.chat_all("r", [f"m{i}" for i in range(5)])] == [1, 2, 3, 4, 5]
+    peer.close()
+    epoch = peer.welcome["epoch"]
+    assert a.stop() == 0
+    again = peers(spawn("--redis", redis_server.url).url)
+    assert again.welcome["epoch"] == epoch
+    assert [e["seq"] for e in again.join("r", after=2)["history"]] == [3, 4, 5]
+    assert again.chat_all("r", ["next"])[0]["seq"] == 6
+
+
+def test_redis_restart_answers_unavailable_then_recovers(redis_server, cluster, peers):
+    """Redis stopped mid-run: connections stay open and chat answers `unavailable`; once Redis is
+    back, chats flow again and every receiver has each acknowledged chat once, in order."""
+    a, b = cluster(2)
+    sender, receiver = peers(a.url), peers(b.url)
+    sender.join("r")
+    receiver.join("r")
+    acked = [e["seq"] for e in sender.chat_all("r", ["one", "two"])]
+    redis_server.stop()
+    reply = sender.request(type="chat", room="r", text="lost", id=9)
+    assert reply["type"] == "error" and reply["code"] == "unavailable" and reply["id"] == 9
+    assert sender.request(type="ping") == {"type": "pong"}  # the connection stays usable
+    redis_server.start()
+
+    def chat_goes_through():
+        reply = sender.request(type="chat", room="r", text="back")
+        return reply if reply["type"] == "chat" else None
+
+    acked.append(wait_for(chat_goes_through, timeout=15, interval=0.2)["seq"])
+    got = []
+    while len(got) < 3:
+        event = receiver.recv()
+        if event["type"] == "chat":
+            got.append(event["seq"])
+    assert got == acked == [1, 2, 3]
+
+
+def test_killed_process_members_leave_within_the_ttl(cluster, peers):
+    """kill -9 of one process: the others go on, and its members leave everyone's presence once."""
+    a, b, c = cluster(3)
+    doomed = peers(a.url)
+    doomed.set_nick("doomed")
+    doomed.join("r")
+    watchers = [peers(b.url), peers(c.url)]
+    for watcher in watchers:
+        watcher.join("r")
+    a.proc.kill()
+    a.proc.wait()
+    started = time.monotonic()
+    for watcher in watchers:
+        watcher.ws.settimeout(15)
+        event = watcher.recv_type("presence")
+        while event["event"] == "join":
+            event = watcher.recv_type("presence")
+        assert event == {"type": "presence", "room": "r", "event": "leave", "nick": "doomed"}
+    assert time.monotonic() - started < 5 + 2 + 1  # the process TTL, one heartbeat, and slack
+    assert watchers[0].request(type="who", room="r")["members"] == [w.nick for w in watchers]
+    watchers[0].set_nick("doomed")  # its nick is free again
+    watchers[1].ws.settimeout(1)
+    with pytest.raises(websocket.WebSocketTimeoutException):  # one leave only, not one per survivor
+        while True:
+            event = watchers[1].recv()
+            assert event.get("event") != "leave", event
+
+
+def test_unreachable_redis_at_start_exits_2_with_one_line():
+    """roomchat with a Redis nobody answers at: one line, status 2."""
+    done = run_to_exit("--redis", "redis://127.0.0.1:1/0")
+    assert done.returncode == 2
+    assert done.stderr.startswith("roomchat: cannot reach Redis at redis://127.0.0.1:1/0")
+    assert done.stderr.count("\n") == 1
+
+
+def test_db_and_redis_are_mutually_exclusive():
+    """--db and --redis together are refused with a usage error."""
+    done = run_to_exit("--redis", "redis://127.0.0.1:1/0", "--db", "x.db")
+    assert done.returncode == 2 and "mutually exclusive" in done.stderr
