@@ -1,12 +1,16 @@
 """Durable history end to end: restarts, resume with `after`, kill -9, and files roomchat cannot use."""
 
 import contextlib
+import http.client
+import json
 import sqlite3
 import threading
+import time
 
 import pytest
 import websocket
 
+from chatserver.sqlite_engine import SqliteEngine
 from tests.helpers import Peer, ServerProcess, roomchat_env, run_to_exit, wait_for
 
 
@@ -234,3 +238,52 @@ def test_database_in_use_exits_2_with_one_line(tmp_path):
         other.close()
     assert done.returncode == 2
     assert done.stderr == f"roomchat: cannot use history database {db}: database is locked\n"
+
+
+@pytest.mark.timeout(30)
+def test_stalled_disk_holds_up_only_chats(make_server, peers, tmp_path):
+    """With the history file write-locked by another program (a stalled disk, as far as commits
+    can tell): ping, who and dm are answered at once for everybody; chats get `unavailable` once
+    commits keep failing; /healthz says the store is failing, and recovers with the disk."""
+    path = tmp_path / "h.db"
+    engine = SqliteEngine(str(path), busy_timeout=0.2, fail_after=1.0)
+    server = make_server(engine=engine)
+    alice, bob = peers(server.url), peers(server.url)
+    alice.set_nick("alice")
+    alice.join("r")
+    bob.join("r")
+    assert alice.chat_all("r", ["stored"])[0]["seq"] == 1
+    bob.recv_type("chat")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        alice.send(type="chat", room="r", text="stuck", id="c1")
+        started = time.monotonic()
+        assert bob.request(type="ping") == {"type": "pong"}
+        assert bob.request(type="who", room="r")["members"] == ["alice", bob.nick]
+        assert bob.request(type="dm", to="alice", text="psst")["type"] == "dm"
+        assert time.monotonic() - started < 0.5  # none of that waited for the disk
+        got = {}
+        while len(got) < 2:
+            event = alice.recv()
+            got[event["type"]] = event
+        assert got["dm"]["text"] == "psst"  # before the error: the dm did not wait for the disk
+        assert got["error"]["code"] == "unavailable" and got["error"]["id"] == "c1"
+        status, body = http_get(server.port, "/healthz")
+        assert status == 503 and body["status"] == "failing" and "locked" in body["reason"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    chat = wait_for(lambda: (r := alice.request(type="chat", room="r", text="back"))["type"] == "chat" and r, 5)
+    assert chat["seq"] == 2  # the refused chat's seq was not used up
+    assert http_get(server.port, "/healthz")[0] == 200
+
+
+def http_get(port: int, path: str) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
