@@ -14,7 +14,6 @@ chats are refused quickly instead of piling up; `health()` says why for /healthz
 """
 
 import contextlib
-import fcntl
 import logging
 import os
 import queue
@@ -22,48 +21,29 @@ import sqlite3
 import threading
 import time
 
-from chatserver.engine import EngineError, Unavailable, new_epoch
+from chatserver.engine import Unavailable
 from chatserver.protocol import MAX_SEQ, chat_event
+from chatserver.sqlite_file import (
+    BUSY_TIMEOUT,
+    INSERT_EVENT,
+    PRUNE_ROOM,
+    READ_BACK,
+    READ_FORWARD,
+    SET_LAST_SEQ,
+    StoreError,
+    connect,
+    open_history,
+)
 
 log = logging.getLogger("roomchat.store")
 
 
-class StoreError(EngineError):
-    """The history database cannot be used (missing directory, unwritable, corrupt, locked)."""
-
-
-# -- SQLite ------------------------------------------------------------------------------------
-
-APPLICATION_ID = 0x52434854  # "RCHT" in the file header: this SQLite file is a roomchat history
-SCHEMA_VERSION = 1  # PRAGMA user_version
 BATCH_MAX = 500  # events per commit at most; a batch is whatever queued up while the last one committed
 PRUNE_INTERVAL = 1.0  # seconds between retention passes of the writer over the rooms it wrote to
-WAL_SIZE_LIMIT = 64 * 2**20  # bytes the WAL file is cut back to when it restarts
 CHECKPOINT_INTERVAL = 1.0  # seconds between WAL checkpoints, made by their own thread (see SqliteStore)
-OPEN_TIMEOUT = 1.0  # seconds start-up waits for a write lock held by another process before giving up
-BUSY_TIMEOUT = 5.0  # seconds a running store waits for a lock before a commit counts as failed
 RETRY_MAX_DELAY = 2.0  # a failed commit is retried with backoff up to this many seconds apart
 FAIL_AFTER = 10.0  # seconds of failing commits before queued chats are refused with `unavailable`
 MAX_IDLE_READERS = 8  # read connections kept open between reads; a burst of joins opens more for a moment
-
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    # Per room, the highest seq ever stored: it outlives pruning, so a seq is never reused.
-    "CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID",
-    # Clustered by (room, seq): a room's events are contiguous, appends go to the end of its range.
-    "CREATE TABLE IF NOT EXISTS events (room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,"
-    " text TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID",
-)
-INSERT_EVENT = "INSERT INTO events (room, seq, sender, text, ts) VALUES (?, ?, ?, ?, ?)"
-SET_LAST_SEQ = (
-    "INSERT INTO rooms (room, last_seq) VALUES (?, ?)"
-    " ON CONFLICT (room) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
-)
-PRUNE_ROOM = "DELETE FROM events WHERE room = ? AND seq <= (SELECT last_seq FROM rooms WHERE room = ?) - ?"
-# Reads apply the retention window themselves, so pruning can lag behind without showing.
-_WINDOW = "room = ? AND seq > max(?, ifnull((SELECT last_seq FROM rooms WHERE room = ?), 0) - ?) AND seq < ?"
-READ_FORWARD = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER BY seq LIMIT ?"
-READ_BACK = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER BY seq DESC LIMIT ?"
 
 _STOP = object()  # put on the writer's queue by close()
 
@@ -123,7 +103,7 @@ class SqliteEngine:
         self._close_lock = threading.Lock()
         self._idle_readers: list[sqlite3.Connection] = []  # guarded by _close_lock
         self.commits = self.committed = 0  # transactions and events written, for the log and the bench
-        self._lock_fd, self._conn, self.epoch = self._open()
+        self._lock_fd, self._conn, self.epoch = open_history(self.path, per_room, synchronous, busy_timeout)
         self._seqs = self._committed_seqs = {}
         with self._reader() as conn:
             self._seqs = dict(conn.execute("SELECT room, last_seq FROM rooms"))
@@ -138,72 +118,6 @@ class SqliteEngine:
         self._hub = hub
         self._checkpointer.start()
         self._writer.start()
-
-    # -- opening -------------------------------------------------------------------------------
-
-    def _open(self) -> tuple[int, sqlite3.Connection, str]:
-        """Lock the file, check it and create the schema. Raises StoreError with a one-line reason."""
-        where = f"history database {self.path}"
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StoreError(f"cannot open {where}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StoreError(
-                f"{where} is in use by another roomchat process; is one already running? "
-                "Stop it, or start this one with --db OTHER.db (and --port OTHER_PORT)"
-            ) from None
-        conn = None
-        try:
-            conn = self._connect(OPEN_TIMEOUT)
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise StoreError(f"cannot switch {where} to WAL mode (journal_mode is {mode})")
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            conn.execute("BEGIN IMMEDIATE")  # fails fast when another process holds the write lock
-            epoch = self._prepare(conn, where)
-            conn.execute("COMMIT")
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread does it
-            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")  # shrink the WAL after a burst
-        except (sqlite3.Error, StoreError) as exc:
-            if conn is not None:
-                conn.close()
-            os.close(fd)  # after conn.close(): closing any descriptor of the file drops SQLite's locks
-            if isinstance(exc, StoreError):
-                raise
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StoreError(f"cannot use {where}: {reason}") from None
-        return fd, conn, epoch
-
-    def _prepare(self, conn: sqlite3.Connection, where: str) -> str:
-        """Inside the opening transaction: check the file is ours and sound, create what is
-        missing, apply retention, prove we can write. Returns the epoch."""
-        objects = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
-        if objects and conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-            raise StoreError(f"{where} is a SQLite file but not a roomchat history; choose another --db")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{where} was written by a newer roomchat (schema {version} > {SCHEMA_VERSION})")
-        problems = conn.execute("PRAGMA quick_check").fetchall()  # reads every page once
-        if problems != [("ok",)]:
-            raise StoreError(f"{where} is corrupt: {problems[0][0]}")
-        for statement in SCHEMA:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (new_epoch(),))
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)", (str(time.time()),))
-        rooms = [room for (room,) in conn.execute("SELECT room FROM rooms")]
-        conn.executemany(PRUNE_ROOM, [(room, room, self._per_room) for room in rooms])
-        return conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
-
-    def _connect(self, timeout: float) -> sqlite3.Connection:
-        # isolation_level=None: no implicit transactions; the writer says BEGIN and COMMIT itself.
-        return sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
 
     # -- the store interface -------------------------------------------------------------------
 
@@ -273,7 +187,7 @@ class SqliteEngine:
         with self._close_lock:
             conn = self._idle_readers.pop() if self._idle_readers else None
         if conn is None:
-            conn = self._connect(self._busy_timeout)
+            conn = connect(self.path, self._busy_timeout)
             conn.execute("PRAGMA query_only = 1")
         try:
             yield conn
@@ -392,7 +306,7 @@ class SqliteEngine:
 
     def _checkpoint_loop(self, interval: float) -> None:
         """Copy committed WAL frames into the main file, beside the writer (PASSIVE never waits)."""
-        conn = self._connect(self._busy_timeout)
+        conn = connect(self.path, self._busy_timeout)
         try:
             while not self._checkpoints_stop.wait(interval):
                 try:

@@ -407,3 +407,13 @@ def test_bad_synchronous_mode_is_refused(tmp_path):
     """Only SQLite's synchronous levels are accepted."""
     with pytest.raises(ValueError):
         SqliteEngine(str(tmp_path / "h.db"), synchronous="SOMETIMES")
+
+
+def test_history_file_is_owner_only(tmp_path):
+    """A new history file can be read by its owner only: chats are private."""
+    path = tmp_path / "h.db"
+    store = started(SqliteEngine(str(path)))
+    write(store, [chat("a", 1)])
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "h.db-wal").stat().st_mode & 0o077 == 0
+    store.close()

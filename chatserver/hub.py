@@ -1,0 +1,186 @@
+"""The hub: this process's clients and rooms, and the fan-out of each room's stream to them.
+
+One copy of each fact, under one non-reentrant lock (`_lock`): `_clients` (id -> Client),
+`_nicks` (casefolded nick -> Client), `_rooms` (room -> Room with its local members; a Client's
+`rooms` is the index of the same membership, changed only with it), `_seqs` (room -> last chat
+seq delivered here). Methods that take the lock are public; `_helpers` assert it is held. Under
+the lock we touch dicts and call `Client.send()`, which never blocks; never an engine.
+
+The engine calls `deliver`, `reject` and `deliver_dm` from its own threads (the publishing one,
+the SQLite writer, the Redis listener). `deliver` sends each event, encoded once, to the room's
+members, batched so each client gets one write per call. Joining has a seam: a joiner is a
+member at once, but receives events only from its own join's place in the stream (`Hold`); the
+Registry (registry.py) sends its `joined` and then what was held.
+"""
+
+import logging
+import threading
+import uuid
+
+from chatserver import protocol
+from chatserver.client import Client
+from chatserver.engine import Meta, Unavailable
+from chatserver.errors import ChatError
+
+SETTLE_TIMEOUT = 10.0  # seconds a request waits for its client's chats to be delivered, at most
+
+log = logging.getLogger("roomchat.hub")
+
+
+class Hold:
+    """A member between its join and its `joined`: `at` is None until its own join comes back
+    from the stream (events before that are not its to see), then the room's seq there, and
+    `frames` keeps what follows until `joined` is sent."""
+
+    __slots__ = ("at", "frames", "members")
+
+    def __init__(self, at: int | None = None, members: list | None = None):
+        self.at = at
+        self.frames: list[bytes] = []
+        self.members = members  # nicks at the join's place in the stream (one process)
+
+
+class Room:
+    __slots__ = ("members", "name")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.members: dict[Client, Hold | None] = {}  # join order; None = receiving live
+
+
+
+def unavailable(exc: Unavailable) -> ChatError:
+    return ChatError("unavailable", f"The server cannot do that right now ({exc}); try again shortly.")
+
+
+class Hub:
+    """Local clients and rooms, and delivery. The Registry (a subclass) adds the requests."""
+
+    def __init__(self, engine):
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # pending chats delivered, joins placed
+        self.process_id = uuid.uuid4().hex[:12]
+        self._clients: dict[int, Client] = {}
+        self._nicks: dict[str, Client] = {}
+        self._rooms: dict[str, Room] = {}
+        self._seqs: dict[str, int] = engine.last_seqs() if hasattr(engine, "last_seqs") else {}
+        self._batch: dict | None = None  # while set: frames per client, written once at the end
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"connections": len(self._clients), "rooms": len(self._rooms)}
+
+    def has_room(self, name: str) -> bool:
+        """True while a local client is in `name` (the Redis engine asks before unsubscribing)."""
+        with self._lock:
+            return name in self._rooms
+
+    # -- called by the engine ------------------------------------------------------------------
+
+    def deliver(self, items: list) -> None:
+        """[(room, event, Meta)] from the engine, in stream order per room: send each, encoded
+        once, to the room's members, all in one batch (one write per client for the call)."""
+        with self._lock:
+            self._batch = {}
+            try:
+                for name, event, meta in items:
+                    self._deliver_one(name, event, meta)
+            finally:
+                self._flush_batch()
+                self._settled.notify_all()
+
+    def reject(self, items: list, reason: str) -> None:
+        """Published chats that will not be delivered: their senders get `unavailable`."""
+        with self._lock:
+            for _name, _event, meta in items:
+                sender = self._origin(meta)
+                if sender is not None:
+                    sender.pending -= 1
+                    error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
+                    sender.send(protocol.encode(error))
+            self._settled.notify_all()
+
+    def deliver_dm(self, client_id: int, event: dict) -> None:
+        with self._lock:
+            client = self._clients.get(client_id)
+            if client is not None:
+                client.send(protocol.encode(event))
+
+    # -- helpers (lock held) -------------------------------------------------------------------
+
+    def _deliver_one(self, name: str, event: dict, meta: Meta) -> None:
+        assert self._lock.locked()
+        kind = event["type"]
+        sender = self._origin(meta)
+        if kind == "chat":
+            self._seqs[name] = event["seq"]
+            if sender is not None:
+                sender.pending -= 1
+        room = self._rooms.get(name)
+        if room is None:
+            return
+        if kind == "presence" and sender is not None and event["event"] == "join":
+            hold = room.members.get(sender)
+            if hold is not None and hold.at is None:  # our own join: its place in the stream
+                hold.at = self._seqs.get(name, 0) if meta.at is None else meta.at
+                hold.members = self._nicks_in(room)
+        frame = protocol.encode(event)
+        own = frame if kind != "chat" or meta.reply_id is None else protocol.encode({**event, "id": meta.reply_id})
+        for member, hold in room.members.items():
+            if member is sender:
+                if kind != "chat":
+                    continue  # own nick or leave: answered directly
+                data = own
+            else:
+                data = frame
+            if kind == "nick":
+                if meta.change in member.changes:
+                    continue
+                member.changes.append(meta.change)
+            if hold is None:
+                self._out(member, data)
+            elif hold.at is not None:
+                hold.frames.append(data)
+
+    def _settle(self, client: Client) -> bool:
+        """Wait until the client's published chats are delivered; False if it is gone."""
+        assert self._lock.locked()
+        if client.pending and not self._settled.wait_for(lambda: not client.pending, SETTLE_TIMEOUT):
+            log.warning("%s: %d chats not delivered after %.0f s", client.nick, client.pending, SETTLE_TIMEOUT)
+        return client.id in self._clients
+
+    def _remove_member(self, client: Client, name: str) -> tuple[str, bool]:
+        """Take the client out of a room; returns (room, True if the room is now empty here)."""
+        assert self._lock.locked()
+        client.rooms.discard(name)
+        room = self._rooms.get(name)
+        if room is None:
+            return name, False
+        room.members.pop(client, None)
+        if room.members:
+            return name, False
+        del self._rooms[name]
+        return name, True
+
+    def _nicks_in(self, room: Room) -> list:
+        """Nicks of the members whose join has its place in the stream, in join order."""
+        return [m.nick for m, hold in room.members.items() if hold is None or hold.at is not None]
+
+    def _origin(self, meta: Meta) -> Client | None:
+        if meta.origin is None or meta.origin[0] != self.process_id:
+            return None
+        return self._clients.get(meta.origin[1])
+
+    def _out(self, client: Client, frame: bytes) -> None:
+        """Write a frame to a client now, or add it to the batch written when the step ends."""
+        if self._batch is None:
+            client.send(frame)
+        elif client in self._batch:
+            self._batch[client].append(frame)
+        else:
+            self._batch[client] = [frame]
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        for client, queued in (batch or {}).items():
+            client.send(queued[0] if len(queued) == 1 else b"".join(queued))

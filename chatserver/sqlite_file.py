@@ -1,0 +1,112 @@
+"""The SQLite history file: its schema, its SQL, and opening it safely (sqlite_engine.py uses it).
+
+One file holds a roomchat history: `meta` (epoch), `rooms` (the highest seq ever stored per room,
+which outlives pruning, so seqs are never reused) and `events`. The file is created owner-only
+(0600): chats are private.
+"""
+
+import fcntl
+import os
+import sqlite3
+import time
+
+from chatserver.engine import EngineError, new_epoch
+
+
+class StoreError(EngineError):
+    """The history database cannot be used (missing directory, unwritable, corrupt, locked)."""
+
+
+APPLICATION_ID = 0x52434854  # "RCHT" in the file header: this SQLite file is a roomchat history
+SCHEMA_VERSION = 1  # PRAGMA user_version
+WAL_SIZE_LIMIT = 64 * 2**20  # bytes the WAL file is cut back to when it restarts
+OPEN_TIMEOUT = 1.0  # seconds start-up waits for a write lock held by another process before giving up
+BUSY_TIMEOUT = 5.0  # seconds a running store waits for a lock before a commit counts as failed
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    # Per room, the highest seq ever stored: it outlives pruning, so a seq is never reused.
+    "CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID",
+    # Clustered by (room, seq): a room's events are contiguous, appends go to the end of its range.
+    "CREATE TABLE IF NOT EXISTS events (room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,"
+    " text TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID",
+)
+INSERT_EVENT = "INSERT INTO events (room, seq, sender, text, ts) VALUES (?, ?, ?, ?, ?)"
+SET_LAST_SEQ = (
+    "INSERT INTO rooms (room, last_seq) VALUES (?, ?)"
+    " ON CONFLICT (room) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
+)
+PRUNE_ROOM = "DELETE FROM events WHERE room = ? AND seq <= (SELECT last_seq FROM rooms WHERE room = ?) - ?"
+# Reads apply the retention window themselves, so pruning can lag behind without showing.
+_WINDOW = "room = ? AND seq > max(?, ifnull((SELECT last_seq FROM rooms WHERE room = ?), 0) - ?) AND seq < ?"
+READ_FORWARD = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER BY seq LIMIT ?"
+READ_BACK = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER BY seq DESC LIMIT ?"
+
+
+def open_history(path: str, per_room: int, synchronous: str, busy_timeout: float) -> tuple:
+    """Lock the file (flock, for the engine's lifetime), check it and create the schema.
+
+    Returns (locked descriptor, the writer's connection, epoch). Raises StoreError with a
+    one-line reason for the operator."""
+    where = f"history database {path}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # chats are private
+    except OSError as exc:
+        raise StoreError(f"cannot open {where}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(
+            f"{where} is in use by another roomchat process; is one already running? "
+            "Stop it, or start this one with --db OTHER.db (and --port OTHER_PORT)"
+        ) from None
+    conn = None
+    try:
+        conn = connect(path, OPEN_TIMEOUT)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"cannot switch {where} to WAL mode (journal_mode is {mode})")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("BEGIN IMMEDIATE")  # fails fast when another process holds the write lock
+        epoch = _prepare(conn, where, per_room)
+        conn.execute("COMMIT")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread does it
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")  # shrink the WAL after a burst
+    except (sqlite3.Error, StoreError) as exc:
+        if conn is not None:
+            conn.close()
+        os.close(fd)  # after conn.close(): closing any descriptor of the file drops SQLite's locks
+        if isinstance(exc, StoreError):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"cannot use {where}: {reason}") from None
+    return fd, conn, epoch
+
+def _prepare(conn: sqlite3.Connection, where: str, per_room: int) -> str:
+    """Inside the opening transaction: check the file is ours and sound, create what is
+    missing, apply retention, prove we can write. Returns the epoch."""
+    objects = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+    if objects and conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        raise StoreError(f"{where} is a SQLite file but not a roomchat history; choose another --db")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{where} was written by a newer roomchat (schema {version} > {SCHEMA_VERSION})")
+    problems = conn.execute("PRAGMA quick_check").fetchall()  # reads every page once
+    if problems != [("ok",)]:
+        raise StoreError(f"{where} is corrupt: {problems[0][0]}")
+    for statement in SCHEMA:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (new_epoch(),))
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)", (str(time.time()),))
+    rooms = [room for (room,) in conn.execute("SELECT room FROM rooms")]
+    conn.executemany(PRUNE_ROOM, [(room, room, per_room) for room in rooms])
+    return conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+
+def connect(path: str, timeout: float) -> sqlite3.Connection:
+    """A connection any thread may use; isolation_level=None: no implicit transactions, the
+    writer says BEGIN and COMMIT itself."""
+    return sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
