@@ -2,6 +2,7 @@
 """roomchat: a room-based chat server over WebSocket, one thread per client.
 
     python roomchat.py                 # serve on ws://127.0.0.1:8765/ (see --help)
+    python roomchat.py selftest URL    # check a server against protocol v1
 """
 
 import logging
@@ -63,6 +64,10 @@ def main(argv=None) -> int:
         from chatclient.terminal import main as client_main  # only the client needs it
 
         return client_main(argv[1:])
+    if argv and argv[0] == "selftest":
+        from chatclient.selftest import main as selftest_main
+
+        return selftest_main(argv[1:])
     return serve(argv)
 
 
