@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 
+from chatserver import logs
 from chatserver.app import ChatServer
 from chatserver.config import from_args
 from chatserver.store import StoreError
@@ -27,11 +28,7 @@ def raise_open_file_limit() -> None:
 
 def serve(argv) -> int:
     config = from_args(argv)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,  # websocket_server calls basicConfig() at import; ours wins
-    )
+    logs.configure(config.log_level, config.log_format)  # replaces websocket_server's basicConfig()
     raise_open_file_limit()
     threading.stack_size(THREAD_STACK_BYTES)
     try:
