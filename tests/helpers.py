@@ -5,6 +5,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -15,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import websocket
 
 from chatserver.app import ChatServer
@@ -326,3 +328,16 @@ class FakeConn:
                 if kind is None or event["type"] == kind:
                     out.append(event)
         return out
+
+
+def require_program(name: str, install: str) -> str:
+    """The path of system program `name` (PATH, then /usr/sbin and /sbin). Missing, the test is
+    skipped with one line saying how to install it, or fails when CI is set: a CI that forgot to
+    install it must not pass by skipping."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        reason = f"{name} is not installed here ({install})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must install it")
+        pytest.skip(reason)
+    return path
