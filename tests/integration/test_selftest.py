@@ -85,6 +85,7 @@ def selftest(url: str, only=None, timeout: float = 3) -> tuple[int, list[str]]:
     return status, out.getvalue().splitlines()
 
 
+@pytest.mark.slow
 def test_selftest_passes_against_roomchat_process():
     """`python roomchat.py selftest URL` against `python roomchat.py` with default limits: every
     check passes, one line each, exit status 0 (this is how CI runs it against the server under test)."""
