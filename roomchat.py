@@ -2,6 +2,7 @@
 """roomchat: a room-based chat server over WebSocket, one thread per client.
 
     python roomchat.py                 # serve on ws://127.0.0.1:8765/ (see --help)
+    python roomchat.py selftest URL    # check a server against protocol v1
 """
 
 import logging
@@ -10,6 +11,7 @@ import signal
 import sys
 import threading
 
+from chatserver import logs
 from chatserver.app import ChatServer
 from chatserver.config import from_args
 from chatserver.engine import EngineError
@@ -26,11 +28,7 @@ def raise_open_file_limit() -> None:
 
 def serve(argv) -> int:
     config = from_args(argv)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,  # websocket_server calls basicConfig() at import; ours wins
-    )
+    logs.configure(config.log_level, config.log_format)  # replaces websocket_server's basicConfig()
     raise_open_file_limit()
     threading.stack_size(THREAD_STACK_BYTES)
     try:
@@ -63,6 +61,10 @@ def main(argv=None) -> int:
         from chatclient.terminal import main as client_main  # only the client needs it
 
         return client_main(argv[1:])
+    if argv and argv[0] == "selftest":
+        from chatclient.selftest import main as selftest_main
+
+        return selftest_main(argv[1:])
     return serve(argv)
 
 

@@ -13,6 +13,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8765
     log_level: str = "INFO"
+    log_format: str = "text"
     db: str = "roomchat.db"
     redis: str = ""
     max_message_bytes: int = 65536
@@ -43,6 +44,8 @@ class Config:
             return f"--redis {self.redis!r} is not a redis://HOST:PORT/DB URL"
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             return f"log-level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
+        if self.log_format not in ("text", "json"):
+            return f"log-format {self.log_format!r} is not text or json"
         return None
 
     def limits(self) -> dict:
@@ -60,6 +63,7 @@ HELP = {
     "host": "address to listen on",
     "port": "TCP port for WebSocket and HTTP (0 picks a free one)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "text (one line per event, for people) or json (one JSON object per line, for log collectors)",
     "db": "SQLite file for chat history; ':memory:' keeps it in memory only",
     "redis": "redis://HOST:PORT/DB: history, nicks and rooms in Redis, shared by several roomchat processes",
     "max_message_bytes": "largest WebSocket message accepted; larger ones close with 1009",

@@ -5,6 +5,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -15,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import websocket
 
 from chatserver.app import ChatServer
@@ -328,6 +330,19 @@ class FakeConn:
         return out
 
 
+def require_program(name: str, install: str) -> str:
+    """The path of system program `name` (PATH, then /usr/sbin and /sbin). Missing, the test is
+    skipped with one line saying how to install it, or fails when CI is set: a CI that forgot to
+    install it must not pass by skipping."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        reason = f"{name} is not installed here ({install})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must install it")
+        pytest.skip(reason)
+    return path
+
+
 class ManualEngine:
     """An engine that stores a chat only when the test says `commit()`, like the SQLite writer:
     reads see committed events only, and `announce` delivers at once. `on_read` runs inside
@@ -392,27 +407,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def need_system_program(name: str, package: str) -> str:
-    """The path of a program from a Debian package; the test skips without it, or fails under CI=true."""
-    import shutil
-
-    import pytest
-
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
-    if path is None:
-        message = f"{name} not found: apt-get install {package}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI must have it: .ci/run installs it)")
-        pytest.skip(message)
-    return path
-
-
 class RedisServer:
     """A real redis-server of the test's own on a free port, with an append-only file in
     `directory` (fsync always), so it can be stopped, killed and started again with its data."""
 
     def __init__(self, directory: Path):
-        self.binary = need_system_program("redis-server", "redis-server")
+        self.binary = require_program("redis-server", "apt-get install redis-server")
         self.directory = directory
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"

@@ -1,0 +1,84 @@
+"""`python roomchat.py selftest ws://HOST:PORT/`: check any roomchat (or compatible) server
+against protocol v1 (PROTOCOL.md and schema/).
+
+Each check opens its own connections, with nicks and rooms unique to the run (so a live server's
+users do not notice much beyond a few `st...` rooms in `rooms`), prints one line:
+
+    ok    chat                 chat: every member gets it with the room's next seq; ...
+    FAIL  ordering             member3 saw another order than the listener
+    skip  error rate_limited   rate_burst is 100000: too many requests to reach it
+
+and closes them. Every event received is checked against schema/events.json. Requests are paced
+to the rate the server advertises in `welcome.limits`, except where a check provokes the limit.
+
+Exit status: 0 when every check passed or was skipped, 1 when one failed, 2 when the server
+cannot be reached or the arguments are wrong. Runs in the calling thread (the ordering check
+starts a few threads of its own and joins them).
+"""
+
+import argparse
+import secrets
+import sys
+
+from chatclient.selftest_checks import CHECKS
+from chatclient.selftest_client import CheckFailed, Conn, Probe, Skip
+from chatclient.terminal import DEFAULT_URL, normalize_url
+
+DEFAULT_TIMEOUT = 5.0
+
+
+def one_line(text: str) -> str:
+    """`text` with anything unprintable (newlines, ESC, bidi controls, ...) escaped, e.g. as \\x1b."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def run(url: str, timeout: float = DEFAULT_TIMEOUT, only=None, out=sys.stdout) -> int:
+    """Run the checks (all, or those named in `only`) against `url`; print one line each.
+    Returns the exit status (0, 1 or 2, as the module docstring says)."""
+    try:
+        Conn(url, timeout, "connect").close()
+    except CheckFailed as exc:
+        print(f"FAIL  {'connect':<21} {one_line(str(exc))}", file=out, flush=True)
+        return 2
+    run_tag = secrets.token_hex(2)
+    counts = {"ok": 0, "FAIL": 0, "skip": 0}
+    for number, (name, fn) in enumerate(CHECKS):
+        if only and name not in only:
+            continue
+        probe = Probe(url, timeout, f"{run_tag}{number:02d}")
+        try:
+            fn(probe)
+            status, text = "ok", fn.__doc__.strip().splitlines()[0]
+        except Skip as exc:
+            status, text = "skip", str(exc)
+        except CheckFailed as exc:
+            status, text = "FAIL", str(exc)
+        except Exception as exc:  # a reply shaped so oddly that the check itself tripped over it
+            status, text = "FAIL", f"could not go on: {type(exc).__name__}: {exc}"
+        finally:
+            probe.close()
+        counts[status] += 1
+        print(f"{status:<5} {name:<21} {one_line(text)}", file=out, flush=True)
+    print(f"selftest: {counts['ok']} passed, {counts['FAIL']} failed, {counts['skip']} skipped against {url}",
+          file=out, flush=True)
+    return 1 if counts["FAIL"] else 0
+
+
+def main(argv=None) -> int:
+    names = [name for name, _ in CHECKS]
+    parser = argparse.ArgumentParser(
+        prog="roomchat.py selftest",
+        description="Check a roomchat (or compatible) server against protocol v1: each request type, "
+        "each error code, ordering with concurrent senders, resume with `after`.",
+        epilog="Exit status: 0 all passed (or skipped), 1 a check failed, 2 server unreachable. "
+        f"Checks: {', '.join(names)}.",
+    )
+    parser.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"server address (default {DEFAULT_URL})")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help=f"seconds to wait for each expected event (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--only", metavar="NAME,...", help="run only these checks (comma-separated)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    only = set(args.only.split(",")) if args.only else None
+    if only and only - set(names):
+        parser.error(f"no such check: {', '.join(sorted(only - set(names)))}")
+    return run(normalize_url(args.url), args.timeout, only)

@@ -1,0 +1,191 @@
+"""What the selftest checks talk through: a connection that paces its requests to the server's
+advertised rate, checks every message against schema/ and turns each surprise into CheckFailed.
+
+Threads: a Probe and its connections belong to the thread running the check, except in a
+check that hands one connection to each of its own threads (ordering); nothing here is shared.
+"""
+
+import contextlib
+import itertools
+import json
+import secrets
+import time
+from collections import deque
+
+import websocket
+
+from chatclient.schema import problems, validator
+from chatclient.session import Pacer
+
+
+class CheckFailed(Exception):
+    """The server did something protocol v1 does not allow; the message says what."""
+
+
+class Skip(Exception):
+    """This check cannot run against this server (its limits make it impractical); says why."""
+
+
+class Conn:
+    """One WebSocket connection: `welcome` is read and checked on connect.
+
+    `request()` sends with a fresh id and returns the reply carrying that id; events without an
+    id that arrive meanwhile (broadcasts) wait in `pending` for `expect()`. Every event read is
+    validated against schema/events.json, every request sent against schema/requests.json.
+
+    Raises CheckFailed on a schema violation, a timeout (`timeout` seconds per event) or a close.
+    """
+
+    def __init__(self, url: str, timeout: float, label: str):
+        self.label = label
+        self.timeout = timeout
+        try:
+            self.ws = websocket.create_connection(url, timeout=timeout)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise CheckFailed(f"{label}: cannot connect to {url}: {exc}") from None
+        self.pending: deque = deque()
+        self._ids = itertools.count(1)
+        self.welcome = self._read("welcome")
+        if self.welcome["type"] != "welcome":
+            raise CheckFailed(f"{label}: first frame is {self.welcome['type']!r}, not welcome")
+        self.nick = self.welcome["nick"]
+        self.limits = self.welcome["limits"]
+        self._pacer = Pacer.for_limits(self.limits)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(self, **msg) -> None:
+        """Send a request that must be valid (paced to the server's rate)."""
+        found = problems(validator("requests"), msg)
+        if found:  # a bug in the selftest itself, not in the server
+            raise AssertionError(f"selftest sent an invalid request {msg}: {found}")
+        self.send_raw(json.dumps(msg, ensure_ascii=False))
+
+    def send_raw(self, text: str, paced: bool = True) -> None:
+        """Send any text frame, valid or not; `paced=False` ignores the rate (to provoke rate_limited)."""
+        if paced:
+            wait = self._pacer.delay()
+            if wait:
+                time.sleep(wait)
+        self._pacer.take()
+        try:
+            self.ws.send(text)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise CheckFailed(f"{self.label}: send failed: {exc}") from None
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _read(self, waiting_for: str) -> dict:
+        """The next event from the socket, validated."""
+        try:
+            opcode, data = self.ws.recv_data()
+        except websocket.WebSocketTimeoutException:
+            raise CheckFailed(f"{self.label}: nothing in {self.timeout:g} s while waiting for {waiting_for}") from None
+        except websocket.WebSocketConnectionClosedException:
+            raise CheckFailed(f"{self.label}: connection closed while waiting for {waiting_for}") from None
+        except OSError as exc:
+            raise CheckFailed(f"{self.label}: {exc} while waiting for {waiting_for}") from None
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+            raise CheckFailed(f"{self.label}: server closed ({code}) while waiting for {waiting_for}")
+        if opcode != websocket.ABNF.OPCODE_TEXT:
+            raise CheckFailed(f"{self.label}: got opcode {opcode}, not a text frame")
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise CheckFailed(f"{self.label}: a frame that is not JSON: {data[:80]!r}") from None
+        found = problems(validator("events"), event)
+        if found:
+            raise CheckFailed(f"{self.label}: {str(event.get('type', 'an'))!r} event breaks the schema: {found[0]}")
+        return event
+
+    def recv(self, waiting_for: str = "an event") -> dict:
+        """The next event: one set aside by `request()` first, else from the socket."""
+        return self.pending.popleft() if self.pending else self._read(waiting_for)
+
+    def expect(self, kind: str, **fields) -> dict:
+        """The next event of `kind` whose fields equal `fields`; events of other kinds are passed
+        over (a broadcast may come first), but one of `kind` that differs fails the check."""
+        wanted = f"{kind} {fields}" if fields else kind
+        while True:
+            event = self.recv(wanted)
+            if event["type"] != kind:
+                continue
+            wrong = {k: event.get(k) for k, v in fields.items() if event.get(k) != v}
+            if wrong:
+                raise CheckFailed(f"{self.label}: expected {wanted}, got {kind} with {wrong}")
+            return event
+
+    def request(self, reply: str, **msg) -> dict:
+        """Send `msg` with a new id; the next event carrying an id must be the reply to it, of
+        type `reply`. Returns it."""
+        msg_id = msg["id"] = self.next_id()
+        self.send(**msg)
+        return self.reply_to(msg_id, reply)
+
+    def reply_to(self, msg_id, reply: str | tuple) -> dict:
+        """Read up to the event carrying `msg_id` (setting broadcasts aside); its type must be
+        `reply` (or one of them)."""
+        while True:
+            event = self._read(f"the reply to request {msg_id}")
+            if "id" not in event:
+                self.pending.append(event)
+                continue
+            if event["id"] != msg_id:
+                raise CheckFailed(f"{self.label}: reply carries id {event['id']!r}, expected {msg_id!r}")
+            if event["type"] not in ((reply,) if isinstance(reply, str) else reply):
+                detail = f" ({event.get('code')}: {event.get('message')!r})" if event["type"] == "error" else ""
+                raise CheckFailed(f"{self.label}: expected {reply} in reply, got {event['type']}{detail}")
+            return event
+
+    def refused(self, code: str, raw: str, msg_id=None) -> dict:
+        """Send `raw` (a text frame, often malformed on purpose); the reply must be an error with
+        `code` carrying `msg_id` (when the request had a valid one), and the connection must stay
+        open: a ping after it still gets its pong."""
+        self.send_raw(raw)
+        while True:
+            event = self._read(f"error {code}")
+            if event["type"] == "error" or "id" in event:
+                break
+            self.pending.append(event)
+        if event["type"] != "error":
+            raise CheckFailed(f"{self.label}: expected error {code}, got {event['type']}")
+        if event["code"] != code:
+            raise CheckFailed(f"{self.label}: expected error {code}, got {event['code']} ({event['message']!r})")
+        if event.get("id") != msg_id:
+            raise CheckFailed(f"{self.label}: error {code} carries id {event.get('id')!r}, expected {msg_id!r}")
+        self.request("pong", type="ping")  # the connection stays open
+        return event
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, websocket.WebSocketException):
+            self.ws.close(timeout=1)
+
+
+class Probe:
+    """What one check gets: connections it opens (all closed when it ends) and names unique
+    to this run, so checks do not meet each other or a live server's users."""
+
+    def __init__(self, url: str, timeout: float, tag: str | None = None):
+        self.url = url
+        self.timeout = timeout
+        self.tag = tag or secrets.token_hex(3)
+        self._names = itertools.count(1)
+        self.conns: list[Conn] = []
+
+    def connect(self, label: str | None = None) -> Conn:
+        conn = Conn(self.url, self.timeout, label or f"conn{len(self.conns) + 1}")
+        self.conns.append(conn)
+        return conn
+
+    def name(self, what: str) -> str:
+        """A fresh nick or room name, e.g. `st3a9f07-room4` (valid as both, at most 32 characters)."""
+        return f"st{self.tag}-{what}{next(self._names)}"
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        self.conns.clear()

@@ -1,0 +1,196 @@
+"""The deployment recipes in docs/, run for real: nginx in front of roomchat (page, WebSocket
+chat, forwarded headers, timeouts), and the systemd unit checked by systemd-analyze and its
+command line started."""
+
+import http.server
+import re
+import shlex
+import socket
+import subprocess
+import threading
+import urllib.request
+
+import pytest
+
+from chatserver.config import Config
+from tests.helpers import ROOT, Peer, ServerProcess, require_program, roomchat_env, wait_for
+
+NGINX_CONF = ROOT / "docs" / "nginx.conf"
+UNIT = ROOT / "docs" / "roomchat.service"
+# What the test changes in docs/nginx.conf, each found exactly once: where roomchat and nginx listen.
+UPSTREAM, LISTEN = "server 127.0.0.1:8765;", "listen 80;"
+MAIN_CONF = """daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {tmp}/roomchat.conf;
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def seconds(value: str) -> float:
+    """An nginx time ("300s", "5m", "1h", "90") in seconds."""
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", value).groups()
+    return int(number) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    """nginx(upstream_port) -> the port of Debian's nginx running docs/nginx.conf in front of
+    `upstream_port`, in the foreground as our child, every path in tmp_path; stopped at teardown."""
+    binary = require_program("nginx", "apt-get install nginx")
+    children = []
+
+    def start(upstream_port: int) -> int:
+        port = free_port()
+        site = NGINX_CONF.read_text()
+        assert site.count(UPSTREAM) == 1 and site.count(LISTEN) == 1, "docs/nginx.conf changed shape"
+        site = site.replace(UPSTREAM, f"server 127.0.0.1:{upstream_port};").replace(LISTEN, f"listen 127.0.0.1:{port};")
+        (tmp_path / "roomchat.conf").write_text(site)
+        (tmp_path / "nginx.conf").write_text(MAIN_CONF.format(tmp=tmp_path))
+        proc = subprocess.Popen([binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                                 "-e", str(tmp_path / "error.log")],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        children.append(proc)
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"nginx exited {proc.returncode}: {proc.stderr.read()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, timeout=10, interval=0.05)
+        return port
+
+    yield start
+    for proc in children:
+        proc.terminate()  # SIGTERM: nginx's fast shutdown
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def test_nginx_serves_the_chat_page(server, nginx):
+    """Through nginx, GET / is the same chat page roomchat serves directly."""
+    port = nginx(server.port)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as proxied:
+        body = proxied.read()
+        assert proxied.status == 200 and proxied.headers["Content-Type"].startswith("text/html")
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=5) as direct:
+        assert body == direct.read()
+
+
+def test_nginx_carries_a_websocket_chat(server, nginx, peers):
+    """Two clients connected through nginx join a room and chat; both get the event."""
+    url = f"ws://127.0.0.1:{nginx(server.port)}/"
+    alice, bob = peers(url), peers(url)
+    alice.join("lobby")
+    bob.join("lobby")
+    alice.send(type="chat", room="lobby", text="through the proxy", id=1)
+    assert alice.recv_type("chat")["id"] == 1
+    assert bob.recv_type("chat")["text"] == "through the proxy"
+
+
+class HeaderRecorder(http.server.BaseHTTPRequestHandler):
+    """Keeps the headers of each request it gets (on the server object) and answers 204."""
+
+    def do_GET(self):
+        self.server.seen.append(dict(self.headers))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_nginx_forwards_client_address_scheme_and_upgrade(nginx):
+    """roomchat behind nginx gets X-Forwarded-For (the client's address, not what the client
+    claims), X-Forwarded-Proto, the original Host, and the WebSocket Upgrade/Connection headers."""
+    recorder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HeaderRecorder)
+    recorder.seen = []
+    threading.Thread(target=recorder.serve_forever, daemon=True).start()
+    try:
+        port = nginx(recorder.server_address[1])
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Forwarded-For": "6.6.6.6",
+                   "Host": "chat.example.org"}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers=upgrade)
+        urllib.request.urlopen(request, timeout=5).close()
+    finally:
+        recorder.shutdown()
+        recorder.server_close()
+    headers = {k.lower(): v for k, v in recorder.seen[0].items()}
+    assert headers["x-forwarded-for"] == "127.0.0.1" and headers["x-forwarded-proto"] == "http"
+    assert headers["host"] == "chat.example.org"
+    assert headers["upgrade"] == "websocket" and headers["connection"].lower() == "upgrade"
+
+
+def test_nginx_timeouts_outlast_roomchat_pings():
+    """docs/nginx.conf lets a connection idle longer than roomchat's ping interval plus ping
+    timeout, so nginx never cuts a quiet client that roomchat keeps alive."""
+    text = NGINX_CONF.read_text()
+    defaults = Config()
+    for directive in ("proxy_read_timeout", "proxy_send_timeout"):
+        (value,) = re.findall(rf"^\s*{directive}\s+(\S+);", text, re.M)
+        assert seconds(value) > defaults.ping_interval + defaults.ping_timeout, (directive, value)
+
+
+def unit_for_here(tmp_path):
+    """docs/roomchat.service with /opt/roomchat pointing at this checkout (its .venv included)."""
+    unit = tmp_path / "roomchat.service"
+    unit.write_text(UNIT.read_text().replace("/opt/roomchat", str(ROOT)))
+    return unit
+
+
+def test_systemd_unit_verifies_clean(tmp_path):
+    """`systemd-analyze verify` accepts docs/roomchat.service with no warning, and
+    `systemd-analyze security` rates its exposure 2.0 or lower ("OK")."""
+    analyze = require_program("systemd-analyze", "apt-get install systemd")
+    unit = unit_for_here(tmp_path)
+    verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and verify.stderr == "" and verify.stdout == "", verify
+    security = subprocess.run([analyze, "security", "--offline=yes", "--no-pager", str(unit)],
+                              capture_output=True, text=True, timeout=60)
+    assert security.returncode == 0, security.stdout + security.stderr
+    (level,) = re.findall(r"Overall exposure level for roomchat.service: ([\d.]+)", security.stdout)
+    assert float(level) <= 2.0, security.stdout
+
+
+def test_systemd_unit_command_line_starts_roomchat(tmp_path):
+    """The unit's ExecStart and Environment, with the state directory in tmp_path and port 0,
+    start roomchat with its history in the state directory."""
+    unit = UNIT.read_text()
+    (exec_start,) = re.findall(r"^ExecStart=(.+)$", unit, re.M)
+    env = dict(item.split("=", 1) for line in re.findall(r"^Environment=(.+)$", unit, re.M)
+               for item in shlex.split(line))
+    assert env["ROOMCHAT_HOST"] == "127.0.0.1"
+    argv = shlex.split(exec_start.replace("${STATE_DIRECTORY}", str(tmp_path)))
+    assert argv[:2] == ["/opt/roomchat/.venv/bin/python", "/opt/roomchat/roomchat.py"]
+    server = ServerProcess(*argv[2:], cwd=tmp_path, env=roomchat_env(**{**env, "ROOMCHAT_PORT": "0"}), defaults=())
+    try:
+        assert server.lines[0] == f"history in {tmp_path / 'roomchat.db'}"
+        peer = Peer(server.url)
+        assert peer.welcome["type"] == "welcome"
+        peer.close()
+    finally:
+        assert server.stop() == 0

@@ -1,0 +1,146 @@
+"""`python roomchat.py selftest URL`: passes against roomchat, and names the check that fails
+against a server broken on purpose (roomchat behind a relay that alters what clients receive)."""
+
+import contextlib
+import io
+import json
+import subprocess
+import threading
+
+import pytest
+import websocket
+from websockets.sync.server import serve
+
+from chatclient.selftest import run
+from chatclient.selftest_checks import CHECKS
+from tests.helpers import ROOMCHAT, ROOT, roomchat_env
+
+
+class BrokenServer:
+    """A WebSocket relay in front of a real server: each connection gets its own upstream
+    connection, and every event on its way to the client goes through `mutate(event)`, which
+    returns the events to send instead (none, itself, or others). One `mutate` per connection,
+    made by `make_mutate()`, so it may keep state."""
+
+    def __init__(self, upstream: str, make_mutate):
+        self.upstream, self.make_mutate = upstream, make_mutate
+        self.server = serve(self._relay, "127.0.0.1", 0, compression=None, close_timeout=1)
+        self.url = f"ws://127.0.0.1:{self.server.socket.getsockname()[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _relay(self, client) -> None:
+        upstream = websocket.create_connection(self.upstream)
+        mutate = self.make_mutate()
+
+        def downstream() -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    for event in mutate(json.loads(upstream.recv())):
+                        client.send(json.dumps(event))
+            client.close()
+
+        threading.Thread(target=downstream, daemon=True).start()
+        try:
+            for message in client:
+                upstream.send(message)
+        finally:
+            upstream.close()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+def swap_seq_3_and_4():
+    """Hold back the chat event with seq 3 until seq 4 has been passed on: one member's order breaks."""
+    held = []
+
+    def mutate(event):
+        if event["type"] == "chat" and event["seq"] == 3:
+            held.append(event)
+            return []
+        if event["type"] == "chat" and event["seq"] == 4:
+            return [event, *held]
+        return [event]
+
+    return mutate
+
+
+def seq_as_string():
+    return lambda event: [{**event, "seq": str(event["seq"])} if event["type"] == "chat" else event]
+
+
+def pong_with_wrong_id():
+    return lambda event: [{**event, "id": 999} if event["type"] == "pong" else event]
+
+
+def too_long_as_bad_message():
+    return lambda event: [{**event, "code": "bad_message"} if event.get("code") == "too_long" else event]
+
+
+def selftest(url: str, only=None, timeout: float = 3) -> tuple[int, list[str]]:
+    out = io.StringIO()
+    status = run(url, timeout=timeout, only=only, out=out)
+    return status, out.getvalue().splitlines()
+
+
+@pytest.mark.slow
+def test_selftest_passes_against_roomchat_process():
+    """`python roomchat.py selftest URL` against `python roomchat.py` with default limits: every
+    check passes, one line each, exit status 0 (this is how CI runs it against the server under test)."""
+    server = subprocess.Popen([*ROOMCHAT, "--port", "0", "--db", ":memory:", "--log-level", "WARNING"], cwd=ROOT,
+                              env=roomchat_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        url = next(line.split("listening on ", 1)[1].strip() for line in server.stdout if "listening on" in line)
+        result = subprocess.run([*ROOMCHAT, "selftest", url], cwd=ROOT, env=roomchat_env(), capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        server.terminate()
+        server.wait(10)
+        server.stdout.close()
+    lines = result.stdout.splitlines()
+    assert len({name for name, _ in CHECKS}) == len(CHECKS), "two checks share a name"
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.split()[0] for line in lines[:-1]] == ["ok"] * len(CHECKS), result.stdout
+    assert lines[-1].startswith(f"selftest: {len(CHECKS)} passed, 0 failed, 0 skipped")
+
+
+def test_selftest_skips_checks_the_limits_make_impractical(make_server):
+    """With a huge rate_burst and max_rooms the two checks that would need that many requests say
+    skip, with the reason, and the exit status stays 0."""
+    server = make_server(rate_burst=100_000, rate_per_second=100_000, max_rooms=10_000)
+    status, lines = selftest(server.url, only={"error rate_limited", "error too_many_rooms", "ping"})
+    assert status == 0, lines
+    assert [line.split()[0] for line in lines[:-1]] == ["ok", "skip", "skip"], lines
+    assert "max_rooms is 10000" in lines[1] and "rate_burst is 100000" in lines[2]
+
+
+@pytest.mark.parametrize(("make_mutate", "broken", "fine"), [
+    (swap_seq_3_and_4, "ordering", "ping"),
+    (seq_as_string, "chat", "ping"),
+    (pong_with_wrong_id, "ping", "chat"),
+    (too_long_as_bad_message, "error too_long", "error bad_room"),
+])
+def test_selftest_names_the_failing_check(make_server, make_mutate, broken, fine):
+    """Against a server broken in one way, the check for that behaviour fails (with the reason),
+    another still passes, and the exit status is 1."""
+    real = make_server()
+    relay = BrokenServer(real.url, make_mutate)
+    try:
+        status, lines = selftest(relay.url, only={broken, fine})
+    finally:
+        relay.stop()
+    assert status == 1, lines
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].split(None, 1)[1].startswith(broken + " "), lines
+    assert any(line.startswith("ok") and line.split(None, 1)[1].startswith(fine + " ") for line in lines), lines
+
+
+def test_selftest_unreachable_server_exits_2():
+    """Nothing listening: one FAIL connect line and exit status 2."""
+    with contextlib.closing(__import__("socket").socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        status, lines = selftest(f"ws://127.0.0.1:{port}/")
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("FAIL  connect"), lines
