@@ -10,6 +10,7 @@ import time
 import pytest
 import websocket
 
+from chatclient.schema import problems, validator
 from chatserver.sqlite_engine import SqliteEngine
 from tests.helpers import Peer, ServerProcess, roomchat_env, run_to_exit, wait_for
 
@@ -269,6 +270,7 @@ def test_stalled_disk_holds_up_only_chats(make_server, peers, tmp_path):
             got[event["type"]] = event
         assert got["dm"]["text"] == "psst"  # before the error: the dm did not wait for the disk
         assert got["error"]["code"] == "unavailable" and got["error"]["id"] == "c1"
+        assert problems(validator("events"), got["error"]) == []  # as schema/events.json says
         status, body = http_get(server.port, "/healthz")
         assert status == 503 and body["status"] == "failing" and "locked" in body["reason"]
     finally:

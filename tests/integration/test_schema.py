@@ -123,7 +123,8 @@ def test_scripted_session_matches_schema(make_server, recording_peers):
     errors += [c.recv() for _ in range(33)]
     assert [e["type"] for e in errors[:10]] == ["error"] * 10, errors[:10]
     codes = {e["code"] for e in errors if e["type"] == "error"}
-    assert codes == set(validator("events").schema["$defs"]["error_code"]["enum"]), codes
+    # `unavailable` needs a failing store or Redis: test_durability and test_redis check its shape
+    assert codes | {"unavailable"} == set(validator("events").schema["$defs"]["error_code"]["enum"]), codes
     assert {e["type"] for e in received} == set(validator("events").schema["properties"]["type"]["enum"])
     assert {m["type"] for m in sent} == set(validator("requests").schema["properties"]["type"]["enum"])
     for message in sent:
