@@ -9,7 +9,7 @@ from chatserver.config import Config
 from chatserver.dispatch import Context, dispatch_many
 from chatserver.registry import Registry
 from chatserver.store import open_store
-from chatserver.transport import RoomchatServer
+from chatserver.transport import WebSocketTransport
 from chatserver.web import WebRoutes
 
 log = logging.getLogger("roomchat")
@@ -25,7 +25,7 @@ class ChatServer:
         self.registry = Registry(self.store, config.limits())
         self.web = WebRoutes(self.registry.stats)
         try:
-            self.transport = RoomchatServer(
+            self.transport = WebSocketTransport(
                 self,
                 config.host,
                 config.port,

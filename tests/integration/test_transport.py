@@ -1,6 +1,7 @@
 """The websocket-server fixes, checked with raw bytes on a real socket (one test or more per fix)."""
 
 import json
+import logging
 import socket
 import struct
 import threading
@@ -352,3 +353,15 @@ def test_malformed_flood_is_rate_limited_then_closed(make_server, raw):
     codes = [client.read_json()["code"] for _ in range(3 + 3 * 3)]
     assert codes == ["bad_json"] * 3 + ["rate_limited"] * 9
     assert client.read_close() == 1008
+
+
+def test_close_without_status_code_is_logged_as_1005(server, raw, caplog):
+    """A client close frame with no status code is echoed empty and logged as "no status code, 1005"
+    (RFC 6455 7.1.5), not as None."""
+    caplog.set_level(logging.INFO, logger="roomchat.transport")
+    client = raw()
+    client.send(frame(0x8, b""))
+    assert client.read_frame() == (0x8, b"")
+    assert client.wait_eof()
+    wait_for(lambda: "client closed (no status code, 1005)" in caplog.text)
+    assert "None" not in caplog.text
