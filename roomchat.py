@@ -13,6 +13,7 @@ import threading
 from chatserver.app import ChatServer
 from chatserver.config import from_args
 from chatserver.store import StoreError
+from chatserver.tls import TlsSetupError
 
 THREAD_STACK_BYTES = 512 * 1024  # many clients means many threads; 8 MiB stacks waste address space
 
@@ -38,7 +39,7 @@ def serve(argv) -> int:
     except OSError as exc:
         print(f"roomchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
+    except (StoreError, TlsSetupError) as exc:
         print(f"roomchat: {exc}", file=sys.stderr)
         return 2
     print(f"history in {server.store.location}", flush=True)
@@ -47,7 +48,8 @@ def serve(argv) -> int:
         signal.signal(signum, lambda *_: stop.set())
     server.start()
     print(f"roomchat listening on {server.url}", flush=True)
-    print(f"open http://{config.host}:{server.port}/ in your browser", flush=True)
+    print(f"open {server.url.replace('ws', 'http', 1)} in your browser", flush=True)
+    print(f"answering Host names: {server.transport.policy.check_host.describe()}", flush=True)
     # A signal that lands on another thread only sets a flag; the main thread runs the handler
     # when it next wakes, so it must not block forever (stop.wait() alone hung now and then).
     while not stop.wait(0.25):

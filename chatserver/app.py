@@ -3,10 +3,11 @@
 import logging
 import threading
 
-from chatserver import frames
+from chatserver import exposure, frames, tls
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, dispatch_many
+from chatserver.proxies import TrustedProxies
 from chatserver.registry import Registry
 from chatserver.store import open_store
 from chatserver.transport import WebSocketTransport
@@ -21,6 +22,9 @@ class ChatServer:
 
     def __init__(self, config: Config, store=None):
         self.config = config
+        # TLS files and the Host/Origin rules first: a mistake there must not leave the store open.
+        ssl_context = tls.server_context(config.certfile, config.keyfile) if config.certfile else None
+        policy = exposure.policy(config.allowed_hosts, config.allow_origin, config.host)
         self.store = open_store(config) if store is None else store
         self.registry = Registry(self.store, config.limits())
         self.web = WebRoutes(self.registry.stats)
@@ -34,6 +38,9 @@ class ChatServer:
                 handshake_timeout=config.handshake_timeout,
                 ping_interval=config.ping_interval,
                 ping_timeout=config.ping_timeout,
+                policy=policy,
+                proxies=TrustedProxies(config.trusted_proxy),
+                ssl_context=ssl_context,
             )
         except OSError:  # port in use: release the history file before giving up
             self.store.close()
@@ -47,7 +54,7 @@ class ChatServer:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}/"
+        return f"{'wss' if self.config.certfile else 'ws'}://{self.config.host}:{self.port}/"
 
     # -- transport callbacks ------------------------------------------------------------------------
 

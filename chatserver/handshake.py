@@ -23,6 +23,14 @@ from chatserver.errors import HandshakeError
 MAX_REQUEST_HEAD = 16 * 1024  # bytes, request line and header fields together
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 TEXT = "text/plain; charset=utf-8"
+# On every HTTP answer (web.py gives the chat page its own Content-Security-Policy): nothing may
+# frame it, sniff another type into it, or learn from a Referer where the user came from.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,10 @@ class Policy:
 ACCEPT_ALL = Policy()  # no Host or Origin check: every request passes them
 
 
-def read_request(readline: Callable[[int], bytes]) -> Request:
+def read_request(readline: Callable[[int], bytes], scheme: str = "http") -> Request:
     """Read a request line and header fields through `readline(limit)` (a line ending in LF, at
-    most `limit` bytes, b"" at EOF), all of it at most MAX_REQUEST_HEAD bytes.
+    most `limit` bytes, b"" at EOF), all of it at most MAX_REQUEST_HEAD bytes; `scheme` is how
+    the client reached us (the head does not say).
 
     Follows RFC 9112 sections 3 (request line) and 5 (field lines; obsolete line folding is refused).
     Raises:
@@ -102,7 +111,7 @@ def read_request(readline: Callable[[int], bytes]) -> Request:
     for name, value in message.items():
         name = name.lower()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return Request(parts[0], parts[1], headers)
+    return Request(parts[0], parts[1], headers, scheme)
 
 
 def admit(request: Request, policy: Policy = ACCEPT_ALL) -> None:
@@ -164,6 +173,7 @@ def response(status: int, headers: dict, body: bytes, head_only: bool = False) -
 
 
 def refusal(error: HandshakeError) -> bytes:
-    """The response for a refused request: its status, its extra headers, and the reason as text."""
-    headers = {"Content-Type": TEXT, **error.headers}
+    """The response for a refused request: its status, its extra headers and SECURITY_HEADERS, and
+    the reason as text."""
+    headers = {"Content-Type": TEXT, **SECURITY_HEADERS, **error.headers}
     return response(error.status, headers, error.reason.encode() + b"\n")

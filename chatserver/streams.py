@@ -27,17 +27,18 @@ log = logging.getLogger("roomchat.streams")
 
 class SocketReader:
     """Exact-size reads and lines from a blocking socket, for the frame parser and the handshake.
+    `recv(n)` is the socket's own, or tls.TlsSession.recv for plaintext from a TLS connection.
 
     One `recv` often brings several frames; they are sliced from the same bytes object. Between
     messages an idle connection keeps no buffer at all. Used by its connection's thread only.
     """
 
-    __slots__ = ("_buf", "_pos", "_sock")
+    __slots__ = ("_buf", "_pos", "_recv")
     RECV_SIZE = 65536  # when a message is under way: take whatever has arrived in one call
     IDLE_RECV_SIZE = 1024  # when waiting for the next message: recv() allocates this much while it blocks
 
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
+    def __init__(self, recv):
+        self._recv = recv
         self._buf = b""
         self._pos = 0
 
@@ -56,7 +57,7 @@ class SocketReader:
         parts = [buf[pos:]]
         have = len(buf) - pos
         while have < n:
-            chunk = self._sock.recv(max(self.RECV_SIZE if have else self.IDLE_RECV_SIZE, n - have))
+            chunk = self._recv(max(self.RECV_SIZE if have else self.IDLE_RECV_SIZE, n - have))
             if not chunk:
                 raise EOFError
             parts.append(chunk)
@@ -83,7 +84,7 @@ class SocketReader:
                 stop = end + 1 if end >= 0 else self._pos + limit
                 line, self._pos = self._buf[self._pos : stop], stop
                 return line
-            chunk = self._sock.recv(4096)
+            chunk = self._recv(4096)
             if not chunk:
                 line, self._buf, self._pos = self._buf[self._pos :], b"", 0
                 return line
@@ -102,8 +103,13 @@ class Outbox:
     outbox's lock or the Registry's.
     """
 
-    def __init__(self, sock: socket.socket, limit_bytes: int, flusher: "Flusher", on_overflow, overflow_frame=b""):
+    def __init__(self, sock: socket.socket, limit_bytes: int, flusher: "Flusher", on_overflow, overflow_frame=b"",
+                 encrypt=None):
         self._sock = sock
+        # TLS (tls.TlsSession.encrypt): frames become records when first sent, under our lock, so
+        # records leave in the order they were made; a queued frame not yet sent is still plaintext
+        # and may be dropped, a record (a memoryview in the queue) must be sent whole.
+        self._encrypt = encrypt
         self._fd = sock.fileno()
         self._limit = limit_bytes
         self._flusher = flusher
@@ -143,15 +149,18 @@ class Outbox:
                 self._overflow()
                 return False
             return True
+        wire = data
         try:
-            sent = self._sock.send(data, socket.MSG_DONTWAIT)
+            wire = self._encrypt(data) if self._encrypt else data
+            sent = self._sock.send(wire, socket.MSG_DONTWAIT)
         except BlockingIOError:
             sent = 0
-        except OSError:
+        except OSError:  # ssl.SSLError too
             self._fail()
             return False
-        if sent < len(data):
-            rest = memoryview(data)[sent:] if sent else data  # a memoryview marks a frame half written
+        if sent < len(wire):
+            # a memoryview marks bytes that must go out whole: a frame half written, or TLS records
+            rest = memoryview(wire)[sent:] if sent or wire is not data else data
             self._queue.append(rest)
             self._queued = len(rest)
             self._flusher.watch(self._fd, self)
@@ -164,6 +173,10 @@ class Outbox:
             while self._queue:
                 data = self._queue[0]
                 try:
+                    if self._encrypt and not isinstance(data, memoryview):
+                        wire = memoryview(self._encrypt(data))
+                        self._queued += len(wire) - len(data)
+                        self._queue[0] = data = wire
                     sent = self._sock.send(data, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     return

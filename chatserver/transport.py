@@ -4,20 +4,20 @@ The rest of roomchat sees a connection (`send_frame`, `close`, `peer`, `path`, `
 `client`/`context` attributes the app sets) and calls these methods of the app:
 `on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
 `on_close(conn)`, and `on_http(method, target, headers)` for plain HTTP on the same port.
-The pure parts live beside this module: handshake.py (the opening handshake), frames.py
-(RFC 6455 framing), streams.py (socket reads, queued writes).
+Beside it: handshake.py (the opening handshake), frames.py (RFC 6455 framing), streams.py
+(socket reads, queued writes), state.py, housekeeper.py, and tls.py, proxies.py, exposure.py.
 
 What is still used from websocket-server 0.6.4 (pinned in requirements.txt, since the overrides
 rely on its internals): `WebsocketServer`'s base classes (socketserver's `ThreadingMixIn` and
 `TCPServer`: the listening socket, the accept loop, one thread per connection, `port`) and
-`WebSocketHandler`'s base (`StreamRequestHandler`'s `setup` -> `handle` -> `finish` life cycle).
-Everything that touches the bytes is ours: each override below says what upstream does, the
-fix, and the test that pins it. Do not call the package's own API methods (`run_forever`,
-`send_message`, `send_message_to_all`, `shutdown_gracefully`, `shutdown_abruptly`,
-`disconnect_clients_*`, `deny_new_connections`, `set_fn_*`): they write to sockets directly and
-read upstream's `clients` list, bypassing our outbox (ordering, slow-reader limits) and the app's
-registry (which stays the one record of who is connected). Use `serve`, `stop_accepting`,
-`close_all` and `Connection.send_frame`/`close`.
+`WebSocketHandler`'s constructor (`StreamRequestHandler`'s `setup` -> `handle` -> `finish`; its
+TLS wrapping stays off, as the server's `key`/`cert` are never set). Everything that touches the
+bytes is ours: each override below says what upstream does, the fix, and the test that pins it.
+Do not call the package's own API methods (`run_forever`, `send_message`, `send_message_to_all`,
+`shutdown_gracefully`, `shutdown_abruptly`, `disconnect_clients_*`, `deny_new_connections`,
+`set_fn_*`): they write to sockets directly and read upstream's `clients` list, bypassing our
+outbox (ordering, slow-reader limits) and the app's registry (the one record of who is
+connected). Use `serve`, `stop_accepting`, `close_all` and `Connection.send_frame`/`close`.
 
 Threads (transport side; the app describes its own):
 - accept: `serve()` (socketserver's loop) accepts and starts one thread per connection.
@@ -28,18 +28,24 @@ Threads (transport side; the app describes its own):
 - flusher (streams.Flusher): finishes writes the kernel could not take at once.
 
 Locks, in the order they may be taken (never the other way round); none is reentrant:
-  app (Registry) lock -> Outbox._lock -> ConnectionState._lock or Housekeeper._lock
+  app (Registry) lock -> Outbox._lock -> TlsSession._lock, ConnectionState._lock or Housekeeper._lock
 - `Outbox._lock` (one per connection): its queue and flags (streams.py).
+- `TlsSession._lock` (one per TLS connection): the TLS state and its buffers (tls.py); a leaf.
 - `ConnectionState._lock` (one per connection): its state and close reason; a leaf.
 - `Housekeeper._lock`: the connection set, deadlines, pending aborts and drops; a leaf.
-The app's callbacks are never called with a transport lock held. Relying on the GIL:
+- `WebSocketTransport._accepting`: whether the accept loop started or was stopped; a leaf.
+The app's callbacks are never called with a transport lock held; the Host/Origin checks' log
+memory (exposure.py) has a leaf lock of its own. Relying on the GIL:
 `last_seen`/`ping_sent_at` (floats written by the connection's thread, read by the housekeeper:
 a stale read moves a ping by one tick) and the Flusher's fd table.
 """
 
 import contextlib
+import dataclasses
 import logging
 import socket
+import ssl
+import threading
 import time
 
 from websocket_server import WebSocketHandler, WebsocketServer
@@ -47,8 +53,10 @@ from websocket_server import WebSocketHandler, WebsocketServer
 from chatserver import frames, handshake
 from chatserver.errors import CloseConnection, HandshakeError
 from chatserver.housekeeper import Housekeeper
+from chatserver.proxies import TrustedProxies
 from chatserver.state import ConnectionState, State
 from chatserver.streams import Flusher, Outbox, SocketReader
+from chatserver.tls import TlsSession
 
 log = logging.getLogger("roomchat.transport")
 
@@ -64,7 +72,7 @@ class Connection(WebSocketHandler):
 
     Lifecycle: `setup` -> `handle` (handshake, then one message at a time) -> `finish`.
     `state` changes only through `ConnectionState.move` (state.py), which also says why a second
-    close or disconnect from another thread is harmless; `close_reason` is the first reason given.
+    close or disconnect from another thread is harmless.
     """
 
     # upstream (via StreamRequestHandler) wraps the socket in a buffered file and a writer per
@@ -72,10 +80,11 @@ class Connection(WebSocketHandler):
     # fix: one SocketReader whose buffer exists only while bytes are waiting to be parsed.
     # tests: test_transport.py (every test reads through it); bench S4 measures idle memory.
     def setup(self):
-        """Prepare the socket and this connection's reader and outbox. Raises OSError if the
-        socket is already gone (socketserver then logs it through `handle_error`)."""
+        """Prepare the socket, reader, outbox and TLS session (no I/O). Raises OSError if the socket is gone."""
         self.connection = self.request
-        self.reader = SocketReader(self.request)
+        context = self.server.ssl_context
+        self.tls = TlsSession(context, self.request) if context else None  # the TLS handshake waits for handle()
+        self.reader = SocketReader(self.tls.recv if self.tls else self.request.recv)
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         # Chat frames are small and latency matters: don't let Nagle hold one back for an ACK.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -92,6 +101,7 @@ class Connection(WebSocketHandler):
             self.server.flusher,
             self._on_overflow,
             frames.close_frame(frames.CLOSE_POLICY_VIOLATION, "too slow: outgoing queue full"),
+            self.tls.encrypt if self.tls else None,
         )
 
     def __repr__(self):
@@ -100,10 +110,6 @@ class Connection(WebSocketHandler):
     @property
     def state(self) -> State:
         return self._life.state
-
-    @property
-    def close_reason(self) -> str:
-        return self._life.reason
 
     # upstream: `while keep_alive: handshake() / read_next_message()`, where a failed handshake or an
     # unknown opcode only flips keep_alive and a traceback escapes for bad input.
@@ -126,27 +132,38 @@ class Connection(WebSocketHandler):
     # fix: handshake.py parses and decides (400/405/426/431), under a deadline; plain HTTP goes to
     # on_http. tests: tests/unit/test_handshake.py, test_transport.py::test_handshake_*, test_plain_get_*
     def handshake(self) -> bool:
-        """Read the opening request and answer it (RFC 6455 section 4.2): True once the 101 is
-        sent and the connection is OPEN; False after a plain HTTP answer, a refusal (the
-        statuses of handshake.accept and handshake.read_request) or a peer that left or missed
-        `handshake_timeout`. Raises only what `app.on_http` raises (a bug)."""
+        """Run TLS if on, then read the opening request and answer it (RFC 6455 section 4.2): True
+        once the 101 is sent and the connection is OPEN; False after a plain HTTP answer, a refusal
+        (the statuses of handshake.read_request/admit/accept, and 400 for plain HTTP on a TLS port),
+        a failed TLS handshake, or a peer that left or missed `handshake_timeout`.
+        Raises only what `app.on_http` raises (a bug)."""
         sock = self.request
         sock.settimeout(self.server.handshake_timeout)
         try:
-            request = handshake.read_request(self.reader.readline)
+            if self.tls:
+                self.tls.handshake()
+            request = handshake.read_request(self.reader.readline, "https" if self.tls else "http")
+            address, scheme = self.server.proxies.client(self.client_address[0], request.headers)
+            self.peer = address or self.peer  # from a trusted proxy: the client it reports
+            request = dataclasses.replace(request, scheme=scheme or request.scheme)
             self.path, self.headers = request.target, request.headers
             handshake.admit(request, self.server.policy)
             if not request.is_upgrade:
                 status, headers, body = self.server.app.on_http(request.method, request.target, request.headers)
-                self._send_http(handshake.response(status, headers, body, head_only=request.method == "HEAD"))
+                with contextlib.suppress(OSError):
+                    self._send_direct(handshake.response(status, headers, body, head_only=request.method == "HEAD"))
                 self.report_closed(f"http {request.method} {request.target[:80]}")
                 return False
             response = handshake.accept(request, self.server.policy)
             sock.settimeout(None)  # from here every wait is bounded by pings and close deadlines instead
-            sock.sendall(response)
+            self._send_direct(response)
         except HandshakeError as exc:
-            self._send_http(handshake.refusal(exc))
+            with contextlib.suppress(OSError):
+                self._send_direct(handshake.refusal(exc))
             self.report_closed(f"handshake refused: {exc.status} {exc.reason}")
+            return False
+        except ssl.SSLError as exc:
+            self.report_closed(f"TLS handshake failed: {exc.reason or exc}")
             return False
         except (OSError, EOFError) as exc:  # timeout, reset, or gone before the head was complete
             self.report_closed("handshake timed out" if isinstance(exc, TimeoutError) else "gone during handshake")
@@ -286,10 +303,10 @@ class Connection(WebSocketHandler):
         if was is None:
             return
         if was is State.CONNECTING:
-            log.debug("%s %s", self.peer, self.close_reason)
+            log.debug("%s %s", self.peer, self._life.reason)
             return
         self.server.app.on_close(self)
-        log.info("disconnect %s %s: %s", self.peer, self.client.nick if self.client else "-", self.close_reason)
+        log.info("disconnect %s %s: %s", self.peer, self.client.nick if self.client else "-", self._life.reason)
 
     # upstream: calls `server._client_left_` even when the handshake never completed, which does
     # a linear scan of an unlocked list and calls client_left(None).
@@ -303,9 +320,9 @@ class Connection(WebSocketHandler):
         finally:
             self.outbox.detach()
 
-    def _send_http(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):
-            self.request.sendall(data)
+    def _send_direct(self, data: bytes) -> None:
+        """Write during the handshake (before the outbox is in use); through TLS once it is up."""
+        self.request.sendall(self.tls.encrypt(data) if self.tls and self.tls.established else data)
 
 
 class WebSocketTransport(WebsocketServer):
@@ -321,26 +338,35 @@ class WebSocketTransport(WebsocketServer):
     # fix: our handler class, our own lock-guarded connection set (upstream's list stays empty).
     # tests: every integration test runs through this class; test_transport.py::test_upstream_client_list_unused
     def __init__(self, app, host, port, *, max_message_bytes, max_outbox_bytes, handshake_timeout,
-                 ping_interval, ping_timeout, policy: handshake.Policy | None = None):
+                 ping_interval, ping_timeout, policy: handshake.Policy | None = None,
+                 proxies: TrustedProxies | None = None, ssl_context: ssl.SSLContext | None = None):
         """Bind and listen on (host, port); port 0 picks a free one (see `port`). Sizes in bytes,
-        times in seconds. Raises OSError when the address cannot be bound (in use, say)."""
+        times in seconds; `policy` checks Host and Origin, `proxies` says whose forwarding headers
+        to believe, `ssl_context` turns on TLS (tls.py; never upstream's key/cert path).
+        Raises OSError when the address cannot be bound (in use, say)."""
         super().__init__(host=host, port=port)
         self.RequestHandlerClass = Connection
         self.app = app
         self.policy = policy or handshake.ACCEPT_ALL
+        self.proxies = proxies or TrustedProxies()
+        self.ssl_context = ssl_context
         self.max_message_bytes = max_message_bytes
         self.max_outbox_bytes = max_outbox_bytes
         self.handshake_timeout = handshake_timeout
         self.flusher = Flusher()
         self.housekeeper = Housekeeper(handshake_timeout, ping_interval, ping_timeout)
-        self._serving = False
+        self._serving = self._stopped = False
+        self._accepting = threading.Lock()  # guards those two: serve() and stop_accepting() may race
 
     def serve(self) -> None:
         """Accept connections until `stop_accepting()`, on the calling thread (the accept thread).
         Raises nothing of its own; errors in a connection go to `handle_error`."""
+        with self._accepting:
+            if self._stopped:  # shut down before this thread got going
+                return
+            self._serving = True
         self.flusher.start()
         self.housekeeper.start()
-        self._serving = True
         self.serve_forever(poll_interval=0.05)
 
     # upstream: `handle_error` prints a traceback to stderr for anything a handler raised.
@@ -351,7 +377,9 @@ class WebSocketTransport(WebsocketServer):
 
     def stop_accepting(self) -> None:
         """Stop the accept loop and close the listening socket. Raises nothing."""
-        if self._serving:  # socketserver's shutdown() would wait forever for a loop never started
+        with self._accepting:
+            self._stopped, serving = True, self._serving
+        if serving:  # socketserver's shutdown() would wait forever for a loop never started
             self.shutdown()
         self.server_close()
 

@@ -149,7 +149,7 @@ class ServerProcess:
                 self.stop()
                 raise AssertionError(f"roomchat exited before listening: {self.lines}, stderr {self._stderr!r}")
             self.lines.append(line.rstrip("\n"))
-            if "listening on ws://" in line:
+            if "listening on ws://" in line or "listening on wss://" in line:
                 self.url = line.split("listening on ", 1)[1].strip()
 
     @property
@@ -218,7 +218,7 @@ class RawClient:
         if handshake:
             key = base64.b64encode(os.urandom(16)).decode()
             self.sock.sendall(
-                f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
             )
             head = self.read_until(b"\r\n\r\n")
@@ -287,6 +287,24 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def http_exchange(port: int, request: bytes) -> bytes:
+    """Send `request` as is on a new connection to 127.0.0.1:`port`; everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def upgrade_request(host: str, **headers: str) -> bytes:
+    """A valid WebSocket opening request for Host `host`, plus `headers` (x_forwarded_for= -> X-Forwarded-For:)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    extra = "".join(f"{name.replace('_', '-').title()}: {value}\r\n" for name, value in headers.items())
+    return (f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
 
 
 def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):
