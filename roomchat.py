@@ -49,12 +49,13 @@ def serve(argv) -> int:
     server.start()
     print(f"roomchat listening on {server.url}", flush=True)
     print(f"open {server.url.replace('ws', 'http', 1)} in your browser", flush=True)
-    print(f"answering Host names: {server.transport.policy.check_host.describe()}", flush=True)
+    log = logging.getLogger("roomchat")
+    log.info("answering Host names: %s", server.transport.policy.check_host.describe())
     # A signal that lands on another thread only sets a flag; the main thread runs the handler
     # when it next wakes, so it must not block forever (stop.wait() alone hung now and then).
     while not stop.wait(0.25):
         pass
-    logging.getLogger("roomchat").info("shutting down")
+    log.info("shutting down")
     server.shutdown()
     return 0
 

@@ -97,9 +97,10 @@ class Outbox:
 
     Any thread may call `put`/`put_last` (fan-out runs on the sender's thread); the Flusher calls
     `flush`. `self._lock` guards the queue, its byte count and the open/broken flags, and is taken
-    after the Registry's lock (lock order: registry -> outbox -> connection state / server lock).
+    after the Registry's lock (lock order: registry -> outbox -> TLS session, connection state or
+    housekeeper lock).
     Methods starting with `_` assume it is held. `on_overflow()` runs with it held, on whatever
-    thread was sending: it may take the connection's state lock and the server lock, never this
+    thread was sending: it may take the connection's state lock and the housekeeper's lock, never this
     outbox's lock or the Registry's.
     """
 

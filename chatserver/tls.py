@@ -70,15 +70,20 @@ class TlsSession:
         """
         first = True
         while True:
+            done, error = False, None
             with self._lock:
                 try:
                     self._tls.do_handshake()
                     done = True
                 except ssl.SSLWantReadError:
-                    done = False
-                pending = self._outgoing.read()
+                    pass
+                except ssl.SSLError as exc:
+                    error = exc
+                pending = self._outgoing.read()  # our next flight, or the alert that says why we refuse
             if pending:
                 self._sock.sendall(pending)
+            if error:
+                raise error
             if done:
                 self.established = True
                 return

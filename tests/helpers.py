@@ -3,6 +3,7 @@ fakes and waiting helpers. Fixtures live in conftest.py; test modules import onl
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import websocket
@@ -68,8 +70,8 @@ def closing_all(factory, close=lambda thing: thing.close()):
 class Peer:
     """A websocket-client connection with JSON helpers; `welcome` is read on connect."""
 
-    def __init__(self, url: str, timeout: float = 5):
-        self.ws = websocket.create_connection(url, timeout=timeout)
+    def __init__(self, url: str, timeout: float = 5, **options):
+        self.ws = websocket.create_connection(url, timeout=timeout, **options)  # sslopt=... for wss://
         self.welcome = self.recv()
         self.nick = self.welcome["nick"]
 
@@ -305,6 +307,35 @@ def upgrade_request(host: str, **headers: str) -> bytes:
     extra = "".join(f"{name.replace('_', '-').title()}: {value}\r\n" for name, value in headers.items())
     return (f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA and a server certificate it signed; `spki` is the certificate's
+    base64 SHA-256 SPKI hash, as Chromium's --ignore-certificate-errors-spki-list takes it."""
+
+    ca: str
+    cert: str
+    key: str
+    spki: str
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A certificate authority made now (trustme) and a server certificate for 127.0.0.1,
+    localhost and ::1, written to `directory`."""
+    import trustme  # only the TLS tests need it
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+    paths = TlsFiles(*(str(directory / name) for name in ("ca.pem", "cert.pem", "key.pem")), spki="")
+    ca.cert_pem.write_to_path(paths.ca)
+    Path(paths.cert).write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(paths.key)
+    leaf = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes())
+    spki = leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return TlsFiles(paths.ca, paths.cert, paths.key, base64.b64encode(hashlib.sha256(spki).digest()).decode())
 
 
 def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):
