@@ -98,8 +98,9 @@ HELP = {
 EPILOG = """Every option can also be set by an environment variable, shown in brackets. Options marked
 "list" may be given several times or as comma-separated values.
 
-On a network: only pages served by this server may open a WebSocket (others get 403, see
---allow-origin), and only the Host names it is bound to are answered (400, see --allowed-hosts).
+On a network: only pages served by this server may open a WebSocket (the Origin check: others
+get 403, see --allow-origin), and only the Host names it is bound to are answered (others get
+400, see --allowed-hosts).
 With --certfile (and --keyfile) the same port serves https:// and wss://. Behind a reverse
 proxy, list it with --trusted-proxy. README.md, "Putting it on a network", has the details."""
 

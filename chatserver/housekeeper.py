@@ -42,7 +42,7 @@ class Housekeeper(threading.Thread):
             self._handshaking.pop(conn, None)
 
     def untrack(self, conn) -> None:
-        """Forget `conn` (its socket is about to close); wake `wait_all_gone` after the last one."""
+        """Forget `conn` (its socket is about to close); wake `wait_all_gone` after the last one. Raises nothing."""
         with self._lock:
             self._connections.discard(conn)
             self._handshaking.pop(conn, None)
@@ -59,19 +59,19 @@ class Housekeeper(threading.Thread):
                 self._dropped.append(conn)
 
     def connections(self) -> list:
-        """A snapshot of the live connections."""
+        """A snapshot of the live connections. Raises nothing."""
         with self._lock:
             return list(self._connections)
 
     def wait_all_gone(self, timeout: float) -> list:
-        """Wait up to `timeout` seconds for every connection to be untracked; return those left."""
+        """Wait up to `timeout` seconds for every connection to be untracked; return those left. Raises nothing."""
         with self._lock:
             self._all_gone.wait_for(lambda: not self._connections, timeout)
             return list(self._connections)
 
     def run(self) -> None:
         """Every tick: cut handshakes past their deadline and connections due to be aborted,
-        report clients dropped for being too slow; every few ticks: let each check its peer."""
+        report clients dropped for being too slow; every few ticks: let each check its peer. Raises nothing."""
         tick = min(0.1, self.ping_interval / 4, self.ping_timeout / 4)
         check_every = min(self.ping_interval, self.ping_timeout) / 4
         next_check = time.monotonic() + check_every

@@ -25,7 +25,7 @@ def parse_network(entry: str) -> Network:
 def parse_address(node: str) -> str | None:
     """The IP in a `for=` node or an X-Forwarded-For entry: '192.0.2.60', '192.0.2.60:4711',
     '[2001:db8::17]:4711', '2001:db8::17'; None for 'unknown', obfuscated names or junk
-    (RFC 7239 section 6)."""
+    (RFC 7239 section 6). Raises nothing."""
     node = node.strip().strip('"')
     if node.startswith("["):
         node = node[1:].split("]", 1)[0]
@@ -45,7 +45,7 @@ class TrustedProxies:
         self._networks = [parse_network(entry) for entry in entries]
 
     def trusts(self, address: str | None) -> bool:
-        """`address` (an IP as text) is one of the trusted proxies."""
+        """`address` (an IP as text) is one of the trusted proxies. Raises nothing."""
         if not address or not self._networks:
             return False
         try:

@@ -69,7 +69,7 @@ class SocketReader:
         return data[:n]
 
     def frame_ready(self) -> bool:
-        """A whole frame is already buffered: the next frame read will not block (RFC 6455 5.2)."""
+        """A whole frame is already buffered: the next frame read will not block (RFC 6455 5.2). Raises nothing."""
         return frames.frame_ready(self._buf, self._pos)
 
     def readline(self, limit: int) -> bytes:
@@ -202,7 +202,7 @@ class Outbox:
         return not self._queue and not self._broken
 
     def detach(self) -> None:
-        """Stop sending for good and drop the queue; called before the socket is closed."""
+        """Stop sending for good and drop the queue; called before the socket is closed. Raises nothing."""
         with self._lock:
             self._open = False
             self._discard()
@@ -268,7 +268,7 @@ class Flusher(threading.Thread):
                 self._epoll.unregister(fd)
 
     def run(self) -> None:
-        """The thread's loop: wait for writable sockets (epoll, 0.5 s at a time) and flush them."""
+        """The thread's loop: wait for writable sockets (epoll, 0.5 s at a time) and flush them. Raises nothing."""
         while not self._stopped:
             for fd, _events in self._epoll.poll(0.5):
                 outbox = self._outboxes.get(fd)
@@ -279,5 +279,5 @@ class Flusher(threading.Thread):
                         log.exception("flush failed")
 
     def stop(self) -> None:
-        """Ask the loop to end; it notices within 0.5 s."""
+        """Ask the loop to end; it notices within 0.5 s. Raises nothing."""
         self._stopped = True

@@ -109,6 +109,7 @@ class Connection(WebSocketHandler):
 
     @property
     def state(self) -> State:
+        """CONNECTING, OPEN, CLOSING or CLOSED (state.py); read from any thread. Raises nothing."""
         return self._life.state
 
     # upstream: `while keep_alive: handshake() / read_next_message()`, where a failed handshake or an
@@ -372,7 +373,7 @@ class WebSocketTransport(WebsocketServer):
     # upstream: `handle_error` prints a traceback to stderr for anything a handler raised.
     # fix: log it once through `logging`, without the noise for a peer that just went away.
     def handle_error(self, request, client_address):
-        """socketserver's hook for an exception a connection's thread did not handle (a bug)."""
+        """socketserver's hook for an exception a connection's thread did not handle (a bug). Raises nothing."""
         log.exception("connection %s failed", client_address)
 
     def stop_accepting(self) -> None:

@@ -52,3 +52,12 @@ def test_list_settings_repeat_or_take_commas():
     assert config.allow_origin == ("https://a.example", "https://b.example", "null")
     assert config.trusted_proxy == ("10.0.0.1", "192.168.0.0/16")
     assert config.allowed_hosts == () and config.certfile == ""
+
+
+def test_help_explains_tls_and_exposure():
+    """--help says what is checked on a network (Origin 403, Host 400), how to turn on TLS and where
+    proxies go."""
+    text = " ".join(build_parser().format_help().split())
+    for words in ("Origin", "403", "Host", "400", "--certfile", "https:// and wss://", "--trusted-proxy",
+                  "Putting it on a network"):
+        assert words in text, words
