@@ -15,6 +15,7 @@ from chatserver import logs
 from chatserver.app import ChatServer
 from chatserver.config import from_args
 from chatserver.engine import EngineError
+from chatserver.tls import TlsSetupError
 
 THREAD_STACK_BYTES = 512 * 1024  # many clients means many threads; 8 MiB stacks waste address space
 
@@ -36,7 +37,7 @@ def serve(argv) -> int:
     except OSError as exc:
         print(f"roomchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    except EngineError as exc:
+    except (EngineError, TlsSetupError) as exc:
         print(f"roomchat: {exc}", file=sys.stderr)
         return 2
     print(f"history in {server.engine.location}", flush=True)
@@ -45,12 +46,14 @@ def serve(argv) -> int:
         signal.signal(signum, lambda *_: stop.set())
     server.start()
     print(f"roomchat listening on {server.url}", flush=True)
-    print(f"open http://{config.host}:{server.port}/ in your browser", flush=True)
+    print(f"open {server.url.replace('ws', 'http', 1)} in your browser", flush=True)
+    log = logging.getLogger("roomchat")
+    log.info("answering Host names: %s", server.transport.policy.check_host.describe())
     # A signal that lands on another thread only sets a flag; the main thread runs the handler
     # when it next wakes, so it must not block forever (stop.wait() alone hung now and then).
     while not stop.wait(0.25):
         pass
-    logging.getLogger("roomchat").info("shutting down")
+    log.info("shutting down")
     server.shutdown()
     return 0
 

@@ -3,13 +3,14 @@
 import logging
 import threading
 
-from chatserver import frames
+from chatserver import exposure, frames, tls
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, dispatch_many
+from chatserver.proxies import TrustedProxies
 from chatserver.registry import Registry
 from chatserver.sqlite_engine import open_engine
-from chatserver.transport import RoomchatServer
+from chatserver.transport import WebSocketTransport
 from chatserver.web import WebRoutes
 
 log = logging.getLogger("roomchat")
@@ -21,7 +22,10 @@ class ChatServer:
 
     def __init__(self, config: Config, engine=None):
         self.config = config
-        self.transport = RoomchatServer(
+        # TLS files and the Host/Origin rules first: a mistake there must not leave the engine open.
+        ssl_context = tls.server_context(config.certfile, config.keyfile) if config.certfile else None
+        policy = exposure.policy(config.allowed_hosts, config.allow_origin, config.host)
+        self.transport = WebSocketTransport(
             self,
             config.host,
             config.port,
@@ -30,6 +34,9 @@ class ChatServer:
             handshake_timeout=config.handshake_timeout,
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
+            policy=policy,
+            proxies=TrustedProxies(config.trusted_proxy),
+            ssl_context=ssl_context,
         )
         try:  # after binding: a port in use is reported before the history file is touched
             self.engine = open_engine(config) if engine is None else engine
@@ -47,7 +54,7 @@ class ChatServer:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}/"
+        return f"{'wss' if self.config.certfile else 'ws'}://{self.config.host}:{self.port}/"
 
     # -- transport callbacks ------------------------------------------------------------------------
 

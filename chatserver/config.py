@@ -1,11 +1,16 @@
 """Settings: one dataclass, each field an option `--some-name` and a variable `ROOMCHAT_SOME_NAME`.
 
-Precedence: command line, then environment, then the default written here.
+Precedence: command line, then environment, then the default written here. A list setting (a
+tuple field) takes its option several times or comma-separated values, and its variable the
+comma-separated values.
 """
 
 import argparse
 import os
 from dataclasses import dataclass, fields
+
+from chatserver.exposure import HostCheck, OriginCheck
+from chatserver.proxies import TrustedProxies
 
 
 @dataclass
@@ -26,6 +31,11 @@ class Config:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
+    certfile: str = ""
+    keyfile: str = ""
+    allowed_hosts: tuple = ()
+    allow_origin: tuple = ()
+    trusted_proxy: tuple = ()
 
     def problem(self) -> str | None:
         """A sentence saying which setting is out of range, or None."""
@@ -46,6 +56,14 @@ class Config:
             return f"log-level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
         if self.log_format not in ("text", "json"):
             return f"log-format {self.log_format!r} is not text or json"
+        if self.keyfile and not self.certfile:
+            return "keyfile needs certfile"
+        for name, check in (("allowed-hosts", HostCheck), ("allow-origin", OriginCheck),
+                            ("trusted-proxy", TrustedProxies)):
+            try:
+                check(getattr(self, name.replace("-", "_")))
+            except ValueError as exc:
+                return f"{name}: {exc}"
         return None
 
     def limits(self) -> dict:
@@ -76,7 +94,25 @@ HELP = {
     "ping_interval": "seconds between server pings that detect dead connections",
     "ping_timeout": "seconds to wait for a pong before closing with 1011",
     "handshake_timeout": "seconds a new connection has to finish its opening handshake",
+    "certfile": "PEM certificate chain: serve https:// and wss:// (TLS) on the port",
+    "keyfile": "PEM private key for --certfile, if not in that file",
+    "allowed_hosts": "Host names answered, others get 400 (against DNS rebinding); '*' any "
+                     "(default: localhost, 127.0.0.1, [::1], this machine's name, the --host address, "
+                     "and any IP address when bound to 0.0.0.0 or ::)",
+    "allow_origin": "another origin whose pages may open a WebSocket, e.g. https://example.org; "
+                    "'null' for file:// pages; '*' any (warned). Pages of this server are always allowed",
+    "trusted_proxy": "address or network (10.0.0.0/8) of a reverse proxy whose X-Forwarded-For, "
+                     "Forwarded and X-Forwarded-Proto headers are believed",
 }
+
+EPILOG = """Every option can also be set by an environment variable, shown in brackets. Options marked
+"list" may be given several times or as comma-separated values.
+
+On a network: only pages served by this server may open a WebSocket (the Origin check: others
+get 403, see --allow-origin), and only the Host names it is bound to are answered (others get
+400, see --allowed-hosts).
+With --certfile (and --keyfile) the same port serves https:// and wss://. Behind a reverse
+proxy, list it with --trusted-proxy. README.md, "Putting it on a network", has the details."""
 
 
 def env_name(field_name: str) -> str:
@@ -87,19 +123,32 @@ def build_parser(prog: str = "roomchat.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="roomchat: a room-based chat server over WebSocket, one thread per client.",
-        epilog="Every option can also be set by an environment variable, shown in brackets.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for f in fields(Config):
+        option = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, tuple):
+            help_text = f"list: {HELP[f.name]} [{env_name(f.name)}]"
+            parser.add_argument(option, dest=f.name, action="append", default=None, metavar=f.name.upper(),
+                                help=help_text)
+            continue
         kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+        shown = "none" if f.default == "" else repr(f.default)
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
+            option,
             dest=f.name,
             type=kind,
             default=None,
             metavar=f.name.upper(),
-            help=f"{HELP[f.name]} (default {f.default!r}) [{env_name(f.name)}]",
+            help=f"{HELP[f.name]} (default {shown}) [{env_name(f.name)}]",
         )
     return parser
+
+
+def split_list(values) -> tuple:
+    """['a,b', 'c'] -> ('a', 'b', 'c'): repeated options and comma-separated values alike."""
+    return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
 
 
 def from_args(argv=None, environ=None) -> Config:
@@ -110,7 +159,11 @@ def from_args(argv=None, environ=None) -> Config:
     values = {}
     for f in fields(Config):
         value = getattr(args, f.name)
-        if value is None and env_name(f.name) in environ:
+        if isinstance(f.default, tuple):
+            if value is None and env_name(f.name) in environ:
+                value = [environ[env_name(f.name)]]
+            value = split_list(value) if value is not None else None
+        elif value is None and env_name(f.name) in environ:
             raw = environ[env_name(f.name)]
             kind = type(f.default)
             try:

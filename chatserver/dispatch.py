@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from chatserver import frames, protocol
 from chatserver.config import Config
-from chatserver.errors import ChatError, FrameError
+from chatserver.errors import ChatError, CloseConnection
 from handlers import BATCH_HANDLERS, HANDLERS
 
 FLOOD_FACTOR = 3  # refusals in a row, as a multiple of the burst, before we hang up
@@ -20,7 +20,7 @@ class Context:
 
 
 def dispatch(ctx: Context, raw: str) -> None:
-    """Handle one message. Raises FrameError(1008) when a client keeps flooding after refusals."""
+    """Handle one message. Raises CloseConnection(1008) when a client keeps flooding after refusals."""
     dispatch_many(ctx, [raw])
 
 
@@ -61,13 +61,13 @@ def dispatch_many(ctx: Context, raws: list) -> None:
 
 
 def _take_token(ctx: Context, batch: list, batch_type) -> bool:
-    """False when the client is over its rate; FrameError(1008) when it keeps on flooding."""
+    """False when the client is over its rate; CloseConnection(1008) when it keeps on flooding."""
     limiter = ctx.client.limiter
     if limiter.take():
         return True
     if limiter.refused_in_a_row > FLOOD_FACTOR * limiter.burst:
         _flush(ctx, batch, batch_type)  # what was accepted before the flood still goes out
-        raise FrameError(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+        raise CloseConnection(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
     return False
 
 

@@ -1,4 +1,4 @@
-"""The two ways a client can be wrong: a request we refuse, or a connection we close."""
+"""The ways a client can be wrong: a request we refuse, a connection we close, a handshake we refuse."""
 
 
 class ChatError(Exception):
@@ -10,8 +10,12 @@ class ChatError(Exception):
         self.message = message
 
 
-class FrameError(Exception):
-    """The peer broke RFC 6455 (or a limit); the connection is closed with `close_code`."""
+class CloseConnection(Exception):
+    """The connection must end: the peer broke RFC 6455, went over a limit or kept flooding.
+
+    The transport sends a close frame with `close_code` (RFC 6455 7.4.1) and `reason`, then stops
+    reading (RFC 6455 7.1.7, "Fail the WebSocket Connection").
+    """
 
     def __init__(self, close_code: int, reason: str):
         super().__init__(f"{close_code} {reason}")

@@ -2,14 +2,14 @@
 
 `FrameReader` pulls bytes through a `read_exact(n)` callable, so the same code runs on a socket's
 buffered file in production and on a `BytesIO` in the unit tests. Every rule violation raises
-`FrameError(close_code, reason)`; the caller sends that close code and stops reading.
+`CloseConnection(close_code, reason)`; the caller sends that close code and stops reading.
 """
 
 import codecs
 import struct
 from dataclasses import dataclass
 
-from chatserver.errors import FrameError
+from chatserver.errors import CloseConnection
 
 try:  # websockets' C helper: about 100x faster than the pure-Python XOR on a 32 KiB payload
     from websockets.speedups import apply_mask
@@ -143,7 +143,7 @@ class FrameReader:
         self._decoder = None  # an incremental UTF-8 decoder while a fragmented message is open
 
     def next_event(self) -> Text | Ping | Pong | Close:
-        """Read frames until one yields an event. Raises FrameError or EOFError."""
+        """Read frames until one yields an event. Raises CloseConnection or EOFError."""
         while True:
             event = self._read_frame()
             if event is not None:
@@ -154,32 +154,32 @@ class FrameReader:
         fin, rsv, opcode = b1 & 0x80, b1 & 0x70, b1 & 0x0F
         masked, length = b2 & 0x80, b2 & 0x7F
         if rsv:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits must be 0")
+            raise CloseConnection(CLOSE_PROTOCOL_ERROR, "reserved bits must be 0")
         if opcode not in KNOWN_OPCODES:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+            raise CloseConnection(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
         if not masked:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+            raise CloseConnection(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
         control = opcode >= OP_CLOSE
         if control and not fin:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+            raise CloseConnection(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
         if control and length > MAX_CONTROL_PAYLOAD:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "control frame too long")
+            raise CloseConnection(CLOSE_PROTOCOL_ERROR, "control frame too long")
         if length == 126:
             (length,) = struct.unpack("!H", self._read_exact(2))
         elif length == 127:
             (length,) = struct.unpack("!Q", self._read_exact(8))
             if length >> 63:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "payload length has its top bit set")
+                raise CloseConnection(CLOSE_PROTOCOL_ERROR, "payload length has its top bit set")
         if opcode == OP_BINARY:
-            raise FrameError(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
+            raise CloseConnection(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
         if not control and self._size + length > self._max:
-            raise FrameError(CLOSE_TOO_BIG, f"message over {self._max} bytes")
+            raise CloseConnection(CLOSE_TOO_BIG, f"message over {self._max} bytes")
         mask = self._read_exact(4)
         payload = unmask(self._read_exact(length), mask) if length else b""
 
         if opcode == OP_TEXT:
             if self._decoder is not None:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "new message before the last one finished")
+                raise CloseConnection(CLOSE_PROTOCOL_ERROR, "new message before the last one finished")
             if fin:
                 return Text(_decode_utf8(payload))
             self._decoder = codecs.getincrementaldecoder("utf-8")()
@@ -187,7 +187,7 @@ class FrameReader:
             return None
         if opcode == OP_CONTINUATION:
             if self._decoder is None:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "continuation frame with no message to continue")
+                raise CloseConnection(CLOSE_PROTOCOL_ERROR, "continuation frame with no message to continue")
             self._append(payload, final=bool(fin), length=length)
             if not fin:
                 return None
@@ -203,11 +203,11 @@ class FrameReader:
     def _append(self, payload: bytes, final: bool, length: int) -> None:
         self._fragments += 1
         if self._fragments > MAX_FRAGMENTS:
-            raise FrameError(CLOSE_TOO_BIG, f"message in more than {MAX_FRAGMENTS} fragments")
+            raise CloseConnection(CLOSE_TOO_BIG, f"message in more than {MAX_FRAGMENTS} fragments")
         try:
             part = self._decoder.decode(payload, final)
         except UnicodeDecodeError:
-            raise FrameError(CLOSE_INVALID_DATA, "text is not valid UTF-8") from None
+            raise CloseConnection(CLOSE_INVALID_DATA, "text is not valid UTF-8") from None
         if part:
             self._parts.append(part)
         self._size += length
@@ -217,15 +217,15 @@ def _decode_utf8(payload: bytes) -> str:
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
-        raise FrameError(CLOSE_INVALID_DATA, "text is not valid UTF-8") from None
+        raise CloseConnection(CLOSE_INVALID_DATA, "text is not valid UTF-8") from None
 
 
 def _parse_close(payload: bytes) -> Close:
     if not payload:
         return Close(None, "")
     if len(payload) == 1:
-        raise FrameError(CLOSE_PROTOCOL_ERROR, "close payload of one byte")
+        raise CloseConnection(CLOSE_PROTOCOL_ERROR, "close payload of one byte")
     (code,) = struct.unpack("!H", payload[:2])
     if not valid_close_code(code):
-        raise FrameError(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+        raise CloseConnection(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
     return Close(code, _decode_utf8(payload[2:]))

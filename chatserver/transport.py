@@ -1,35 +1,65 @@
-"""The WebSocket transport: websocket-server 0.6.4 with its defects fixed, in one place.
+"""The WebSocket transport: connections from accept to close, on websocket-server 0.6.4.
 
-This is the only module that imports `websocket_server`. The rest of roomchat sees a connection
-(`send_frame`, `close`, `peer`, `path`, `headers`) and callbacks on the app:
+The rest of roomchat sees a connection (`send_frame`, `close`, `peer`, `path`, `headers`, and the
+`client`/`context` attributes the app sets) and calls these methods of the app:
 `on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
-`on_close(conn)`, and `on_http(method, path, headers)` for plain HTTP on the same port.
+`on_close(conn)`, and `on_http(method, target, headers)` for plain HTTP on the same port.
+Beside it: handshake.py (the opening handshake), frames.py (RFC 6455 framing), streams.py
+(socket reads, queued writes), state.py, housekeeper.py, and tls.py, proxies.py, exposure.py.
 
-Each override below says what upstream does, what we do instead, and which test pins it.
-The version is pinned (requirements.txt) because the overrides rely on upstream internals:
-`request`, `server`, `handshake_done` and `WebsocketServer.__init__`'s hardcoded handler.
+What is still used from websocket-server 0.6.4 (pinned in requirements.txt, since the overrides
+rely on its internals): `WebsocketServer`'s base classes (socketserver's `ThreadingMixIn` and
+`TCPServer`: the listening socket, the accept loop, one thread per connection, `port`) and
+`WebSocketHandler`'s constructor (`StreamRequestHandler`'s `setup` -> `handle` -> `finish`; its
+TLS wrapping stays off, as the server's `key`/`cert` are never set). Everything that touches the
+bytes is ours: each override below says what upstream does, the fix, and the test that pins it.
+Do not call the package's own API methods (`run_forever`, `send_message`, `send_message_to_all`,
+`shutdown_gracefully`, `shutdown_abruptly`, `disconnect_clients_*`, `deny_new_connections`,
+`set_fn_*`): they write to sockets directly and read upstream's `clients` list, bypassing our
+outbox (ordering, slow-reader limits) and the app's registry (the one record of who is
+connected). Use `serve`, `stop_accepting`, `close_all` and `Connection.send_frame`/`close`.
+
+Threads (transport side; the app describes its own):
+- accept: `serve()` (socketserver's loop) accepts and starts one thread per connection.
+- one per connection: `Connection.handle` -- handshake, then reads frames and calls the app's
+  `on_connect`/`on_texts`/`on_close` for that connection; the app's fan-out runs on it.
+- housekeeper (housekeeper.py): handshake deadlines, pings, delayed aborts, and `on_close` for
+  connections dropped for being too slow.
+- flusher (streams.Flusher): finishes writes the kernel could not take at once.
+
+Locks, in the order they may be taken (never the other way round); none is reentrant:
+  app (Registry) lock -> Outbox._lock -> TlsSession._lock, ConnectionState._lock or Housekeeper._lock
+- `Outbox._lock` (one per connection): its queue and flags (streams.py).
+- `TlsSession._lock` (one per TLS connection): the TLS state and its buffers (tls.py); a leaf.
+- `ConnectionState._lock` (one per connection): its state and close reason; a leaf.
+- `Housekeeper._lock`: the connection set, deadlines, pending aborts and drops; a leaf.
+- `WebSocketTransport._accepting`: whether the accept loop started or was stopped; a leaf.
+The app's callbacks are never called with a transport lock held; the Host/Origin checks' log
+memory (exposure.py) has a leaf lock of its own. Relying on the GIL:
+`last_seen`/`ping_sent_at` (floats written by the connection's thread, read by the housekeeper:
+a stale read moves a ping by one tick) and the Flusher's fd table.
 """
 
-import base64
 import contextlib
-import hashlib
-import http.client
-import io
+import dataclasses
 import logging
 import socket
+import ssl
 import threading
 import time
 
 from websocket_server import WebSocketHandler, WebsocketServer
 
-from chatserver import frames
-from chatserver.errors import FrameError, HandshakeError
-from chatserver.outbox import Flusher, Outbox
+from chatserver import frames, handshake
+from chatserver.errors import CloseConnection, HandshakeError
+from chatserver.housekeeper import Housekeeper
+from chatserver.proxies import TrustedProxies
+from chatserver.state import ConnectionState, State
+from chatserver.streams import Flusher, Outbox, SocketReader
+from chatserver.tls import TlsSession
 
 log = logging.getLogger("roomchat.transport")
 
-MAX_REQUEST_HEAD = 16 * 1024
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_LINGER = 1.0  # seconds we keep reading after our close frame so the peer can read it
 MAX_BATCH = 64  # messages from one client handled together when they arrived together
 # Linux grows a socket's send buffer to 4 MiB for a peer that stops reading; a fixed size keeps
@@ -37,10 +67,12 @@ MAX_BATCH = 64  # messages from one client handled together when they arrived to
 SOCKET_SEND_BUFFER = 128 * 1024
 
 
-class RoomchatHandler(WebSocketHandler):
+class Connection(WebSocketHandler):
     """One client connection, served on its own thread by socketserver.
 
     Lifecycle: `setup` -> `handle` (handshake, then one message at a time) -> `finish`.
+    `state` changes only through `ConnectionState.move` (state.py), which also says why a second
+    close or disconnect from another thread is harmless.
     """
 
     # upstream (via StreamRequestHandler) wraps the socket in a buffered file and a writer per
@@ -48,9 +80,11 @@ class RoomchatHandler(WebSocketHandler):
     # fix: one SocketReader whose buffer exists only while bytes are waiting to be parsed.
     # tests: test_transport.py (every test reads through it); bench S4 measures idle memory.
     def setup(self):
+        """Prepare the socket, reader, outbox and TLS session (no I/O). Raises OSError if the socket is gone."""
         self.connection = self.request
-        self.reader = SocketReader(self.request)
-        self.handshake_done = False
+        context = self.server.ssl_context
+        self.tls = TlsSession(context, self.request) if context else None  # the TLS handshake waits for handle()
+        self.reader = SocketReader(self.tls.recv if self.tls else self.request.recv)
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         # Chat frames are small and latency matters: don't let Nagle hold one back for an ACK.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -58,70 +92,97 @@ class RoomchatHandler(WebSocketHandler):
         self.path = ""
         self.headers = {}
         self.client = None  # set by the app in on_connect
-        self.close_reason = "connection lost"
+        self._life = ConnectionState()  # state and close reason, changed only by its move()
         self.last_seen = time.monotonic()
         self.ping_sent_at = None
-        self._closing = False
-        self._left = False
         self.outbox = Outbox(
             self.request,
             self.server.max_outbox_bytes,
             self.server.flusher,
             self._on_overflow,
             frames.close_frame(frames.CLOSE_POLICY_VIOLATION, "too slow: outgoing queue full"),
+            self.tls.encrypt if self.tls else None,
         )
 
     def __repr__(self):
-        return f"<conn {self.peer}>"
+        return f"<conn {self.peer} {self.state.value}>"
+
+    @property
+    def state(self) -> State:
+        """CONNECTING, OPEN, CLOSING or CLOSED (state.py); read from any thread. Raises nothing."""
+        return self._life.state
 
     # upstream: `while keep_alive: handshake() / read_next_message()`, where a failed handshake or an
     # unknown opcode only flips keep_alive and a traceback escapes for bad input.
     # fix: one linear flow; every error ends in a defined HTTP status or close code.
     # tests: tests/integration/test_transport.py
     def handle(self):
-        self.server.track(self)
+        """socketserver's hook, on this connection's thread: handshake, `on_connect`, then read
+        messages until the connection ends. Raises only what the app's callbacks raise from
+        `on_connect` (a bug, which socketserver hands to `WebSocketTransport.handle_error`)."""
+        self.server.housekeeper.track(self)
         try:
             if not self.handshake():
                 return
             self.server.app.on_connect(self)
             self.read_messages()
         finally:
-            self.server.untrack(self)
+            self.server.housekeeper.untrack(self)
 
     # upstream: asserts GET, splits headers by hand, KeyError traceback on a plain GET, no limits.
-    # fix: parse with http.client, 400/405/426/431 answers, a deadline, plain HTTP goes to on_http.
-    # tests: test_transport.py::test_handshake_*, test_plain_get_*
+    # fix: handshake.py parses and decides (400/405/426/431), under a deadline; plain HTTP goes to
+    # on_http. tests: tests/unit/test_handshake.py, test_transport.py::test_handshake_*, test_plain_get_*
     def handshake(self) -> bool:
+        """Run TLS if on, then read the opening request and answer it (RFC 6455 section 4.2): True
+        once the 101 is sent and the connection is OPEN; False after a plain HTTP answer, a refusal
+        (the statuses of handshake.read_request/admit/accept, and 400 for plain HTTP on a TLS port),
+        a failed TLS handshake, or a peer that left or missed `handshake_timeout`.
+        Raises only what `app.on_http` raises (a bug)."""
         sock = self.request
         sock.settimeout(self.server.handshake_timeout)
         try:
-            method, target, headers = read_request_head(self.reader)
-            self.path, self.headers = target, headers
-            if "websocket" not in headers.get("upgrade", "").lower():
-                self._http_reply(*self.server.app.on_http(method, target, headers), head_only=method == "HEAD")
-                self.close_reason = f"http {method} {target[:80]}"
+            if self.tls:
+                self.tls.handshake()
+            request = handshake.read_request(self.reader.readline, "https" if self.tls else "http")
+            address, scheme = self.server.proxies.client(self.client_address[0], request.headers)
+            self.peer = address or self.peer  # from a trusted proxy: the client it reports
+            request = dataclasses.replace(request, scheme=scheme or request.scheme)
+            self.path, self.headers = request.target, request.headers
+            handshake.admit(request, self.server.policy)
+            if not request.is_upgrade:
+                status, headers, body = self.server.app.on_http(request.method, request.target, request.headers)
+                with contextlib.suppress(OSError):
+                    self._send_direct(handshake.response(status, headers, body, head_only=request.method == "HEAD"))
+                self.report_closed(f"http {request.method} {request.target[:80]}")
                 return False
-            response = accept_upgrade(method, headers)
+            response = handshake.accept(request, self.server.policy)
             sock.settimeout(None)  # from here every wait is bounded by pings and close deadlines instead
-            sock.sendall(response)
+            self._send_direct(response)
         except HandshakeError as exc:
-            plain = {"Content-Type": "text/plain; charset=utf-8", **exc.headers}
-            self._http_reply(exc.status, plain, exc.reason.encode() + b"\n")
-            self.close_reason = f"handshake refused: {exc.status} {exc.reason}"
+            with contextlib.suppress(OSError):
+                self._send_direct(handshake.refusal(exc))
+            self.report_closed(f"handshake refused: {exc.status} {exc.reason}")
+            return False
+        except ssl.SSLError as exc:
+            self.report_closed(f"TLS handshake failed: {exc.reason or exc}")
             return False
         except (OSError, EOFError) as exc:  # timeout, reset, or gone before the head was complete
-            self.close_reason = "handshake timed out" if isinstance(exc, TimeoutError) else "gone during handshake"
+            self.report_closed("handshake timed out" if isinstance(exc, TimeoutError) else "gone during handshake")
             return False
         finally:
-            self.server.handshake_finished(self)
-        self.handshake_done = True
+            self.server.housekeeper.handshake_finished(self)
+        self._life.move(State.OPEN)
         return True
 
     # upstream: reads any payload length it is told, unmasks byte by byte, ignores binary and
     # continuation frames (the stream falls out of step), never answers a close.
     # fix: frames.FrameReader (limits before reading, fast unmask, fragments, UTF-8 checks);
-    # every FrameError becomes its close code. tests: tests/unit/test_frames.py, test_transport.py
+    # every CloseConnection becomes its close code. tests: tests/unit/test_frames.py, test_transport.py
     def read_messages(self) -> None:
+        """Read frames until the connection ends (RFC 6455 section 5 and 6.2): texts go to the
+        app in batches, pings are answered with pongs (5.5.2/5.5.3), a close is echoed (5.5.1),
+        and a CloseConnection from the frame reader or the app ends it with its close code (7.1.7).
+        Raises nothing: EOF and socket errors end the loop."""
         reader = frames.FrameReader(self.reader.read_exact, self.server.max_message_bytes)
         texts = []  # messages read but not yet handled: all that arrived together, up to MAX_BATCH
         while True:
@@ -131,7 +192,7 @@ class RoomchatHandler(WebSocketHandler):
                 texts = []
             try:
                 event = reader.next_event()
-            except FrameError as exc:  # a payload may be left unread: the stream is out of step
+            except CloseConnection as exc:  # a payload may be left unread: the stream is out of step
                 if not texts or self._handle_texts(texts, reader):
                     self.fail(exc.close_code, exc.reason)
                 return
@@ -139,16 +200,16 @@ class RoomchatHandler(WebSocketHandler):
                 return
             self.last_seen = time.monotonic()
             if isinstance(event, frames.Text):
-                if not self._closing:
+                if self.state is State.OPEN:
                     texts.append(event.text)
             elif isinstance(event, frames.Ping):
                 self.send_frame(frames.encode_frame(frames.OP_PONG, event.payload))
             elif isinstance(event, frames.Close):
                 if texts and not self._handle_texts(texts, reader):
                     return
-                if not self._closing:  # the peer started the close: echo its code (RFC 6455 5.5.1)
-                    self._closing = True
-                    self.close_reason = f"client closed ({event.code})"
+                # RFC 6455 7.1.5: a close frame without a status code means 1005 for the log.
+                said = f"{event.code}" if event.code else "no status code, 1005"
+                if self._life.move(State.CLOSING, f"client closed ({said})") is not None:  # echo it (5.5.1)
                     echo = frames.close_frame(event.code) if event.code else frames.encode_frame(frames.OP_CLOSE, b"")
                     self.outbox.put_last(echo)
                     self.outbox.drain(CLOSE_LINGER)
@@ -157,12 +218,12 @@ class RoomchatHandler(WebSocketHandler):
     def _handle_texts(self, texts: list, reader: frames.FrameReader) -> bool:
         """Hand messages that arrived together to the app in one call (so their fan-out can share
         one write per member). False if the connection was closed instead."""
-        if self._closing:  # dropped (too slow, ping timeout, shutdown): its requests go unanswered
+        if self.state is not State.OPEN:  # dropped (too slow, ping timeout, shutdown): requests go unanswered
             return True
         try:
             self.server.app.on_texts(self, texts)
             return True
-        except FrameError as exc:
+        except CloseConnection as exc:
             self.fail(exc.close_code, exc.reason, reader)
         except Exception:  # a bug: log it, and don't tell the peer details
             log.exception("handler failed for %s", self.peer)
@@ -173,31 +234,42 @@ class RoomchatHandler(WebSocketHandler):
     # fix: every frame goes through this connection's Outbox (complete writes, in order, never
     # blocking the caller). tests: test_transport.py::test_large_message_arrives_whole, test_slow_reader_*
     def send_frame(self, frame: bytes) -> None:
+        """Queue `frame` (whole encoded frames, RFC 6455 5.2) after everything sent before, from any
+        thread, without blocking. Dropped once the connection is closing. Raises nothing."""
         self.outbox.put(frame)
 
-    def send_ping(self) -> None:
-        self.ping_sent_at = time.monotonic()
-        self.send_frame(frames.encode_frame(frames.OP_PING, b"roomchat"))
+    def check_alive(self, now: float, ping_interval: float, ping_timeout: float) -> None:
+        """Called by the housekeeper: ping (RFC 6455 5.5.2) an open connection that has been quiet
+        for `ping_interval` seconds; close with 1011 one that has not answered its ping within
+        `ping_timeout`. One ping at a time. Raises nothing."""
+        if self.state is not State.OPEN:
+            return
+        if self.ping_sent_at is not None and self.last_seen < self.ping_sent_at:  # waiting for the pong
+            if now - self.ping_sent_at >= ping_timeout:
+                self.close(frames.CLOSE_INTERNAL_ERROR, "ping timeout", grace=0)
+        elif now - max(self.last_seen, self.ping_sent_at or 0) >= ping_interval:
+            self.ping_sent_at = now
+            self.send_frame(frames.encode_frame(frames.OP_PING, b"roomchat"))
 
     def close(self, code: int, reason: str, grace: float = CLOSE_LINGER) -> None:
-        """Start a close from any thread: queue our close frame, and cut the TCP connection after
-        `grace` seconds unless the peer answered first."""
-        if self._closing:
+        """Start a close from any thread (RFC 6455 7.1.2): queue our close frame with `code`
+        (7.4.1) and `reason`, and cut the TCP connection after `grace` seconds unless the peer
+        answered first. A no-op unless the connection is OPEN. Raises nothing."""
+        if self._life.move(State.CLOSING, f"closed by server ({code} {reason})") is None:
             return
-        self._closing = True
-        self.close_reason = f"closed by server ({code} {reason})"
         self.outbox.put_last(frames.close_frame(code, reason))
-        self.server.abort_later(self, grace)
+        self.server.housekeeper.abort_later(self, grace)
 
     def fail(self, code: int, reason: str, reader: frames.FrameReader | None = None) -> None:
-        """Close from this connection's own thread after a protocol or policy error.
+        """Close from this connection's own thread after a protocol or policy error (RFC 6455
+        7.1.7, "Fail the WebSocket Connection"), and tell the app at once.
 
         Then keep reading for a moment, so our close frame is not lost to a TCP reset: until the
-        peer's close frame when the stream is still in step (`reader` given), else until EOF."""
-        self._closing = True
-        self.close_reason = f"closed by server ({code} {reason})"
+        peer's close frame when the stream is still in step (`reader` given), else until EOF.
+        Raises nothing."""
+        self._life.move(State.CLOSING, f"closed by server ({code} {reason})")
         self.outbox.put_last(frames.close_frame(code, reason))
-        self.leave()
+        self.report_closed()
         self.outbox.drain(CLOSE_LINGER)
         deadline = time.monotonic() + CLOSE_LINGER
         try:
@@ -208,52 +280,56 @@ class RoomchatHandler(WebSocketHandler):
                         return
                 elif not self.request.recv(65536):
                     return
-        except (OSError, EOFError, ValueError, FrameError):
+        except (OSError, EOFError, ValueError, CloseConnection):
             pass
 
     def _on_overflow(self) -> None:
         # Runs inside Outbox's lock (and often the Registry's) on whatever thread was sending:
-        # only flags and a schedule here. The Outbox has queued our 1008 close frame; the peer
-        # gets CLOSE_LINGER to read it, while its rooms hear of its leave on the next tick.
-        self._closing = True
-        self.close_reason = "closed by server (1008 too slow: outgoing queue full)"
-        self.server.abort_later(self, CLOSE_LINGER, leave_now=True)
+        # only a state move and a schedule here. The Outbox has queued our 1008 close frame; the
+        # peer gets CLOSE_LINGER to read it, while its rooms hear of its leave on the next tick.
+        self._life.move(State.CLOSING, "closed by server (1008 too slow: outgoing queue full)")
+        self.server.housekeeper.abort_later(self, CLOSE_LINGER, report_now=True)
 
     def abort(self) -> None:
-        """Cut the TCP connection so this connection's thread wakes up and finishes."""
+        """Cut the TCP connection so this connection's thread wakes up and finishes. Raises nothing."""
         with contextlib.suppress(OSError):
             self.request.shutdown(socket.SHUT_RDWR)
 
-    def leave(self) -> None:
-        """Tell the app this client is gone (once): rooms get their presence `leave` now."""
-        if not self._left:
-            self._left = True
-            if self.handshake_done:
-                self.server.app.on_close(self)
+    def report_closed(self, reason: str = "connection lost") -> None:
+        """Report this connection as gone, once, from whichever thread sees it first: the app's
+        `on_close` runs (its rooms get their presence `leave` now) if the app knew of it, and the
+        disconnect is logged. `reason` is logged unless an earlier one was given. Raises only
+        what `app.on_close` raises (a bug)."""
+        was = self._life.move(State.CLOSED, reason)
+        if was is None:
+            return
+        if was is State.CONNECTING:
+            log.debug("%s %s", self.peer, self._life.reason)
+            return
+        self.server.app.on_close(self)
+        log.info("disconnect %s %s: %s", self.peer, self.client.nick if self.client else "-", self._life.reason)
 
     # upstream: calls `server._client_left_` even when the handshake never completed, which does
     # a linear scan of an unlocked list and calls client_left(None).
     # fix: tell the app only about connections it saw; detach the outbox before the socket closes.
     # tests: test_transport.py::test_plain_get_*, test_protocol_v1.py::test_presence_on_abrupt_disconnect
     def finish(self):
+        """socketserver's last hook on this thread: report the connection closed (if nobody has)
+        and stop its outbox; socketserver then closes the socket. Raises what `report_closed` does."""
         try:
-            self.leave()
+            self.report_closed()
         finally:
             self.outbox.detach()
-            self.server.log_disconnect(self)
 
-    def _http_reply(self, status: int, headers: dict, body: bytes, head_only: bool = False) -> None:
-        lines = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Unknown')}"]
-        headers = {"Content-Length": str(len(body)), "Connection": "close", **headers}
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        with contextlib.suppress(OSError):
-            self.request.sendall(head if head_only else head + body)
+    def _send_direct(self, data: bytes) -> None:
+        """Write during the handshake (before the outbox is in use); through TLS once it is up."""
+        self.request.sendall(self.tls.encrypt(data) if self.tls and self.tls.established else data)
 
 
-class RoomchatServer(WebsocketServer):
-    """Thread-per-client server with our handler, our connection set and two helper threads:
-    the Flusher (queued writes) and the housekeeper (handshake deadlines, pings, delayed aborts).
+class WebSocketTransport(WebsocketServer):
+    """Thread-per-client server with our Connection class and two helper threads: the
+    Housekeeper (the connection set, handshake deadlines, pings, delayed aborts) and the Flusher
+    (queued writes). Not the app's ChatServer: this one knows sockets, not rooms.
     """
 
     request_queue_size = 1024  # socketserver's default backlog of 5 drops bursts of new clients
@@ -261,251 +337,63 @@ class RoomchatServer(WebsocketServer):
     # upstream: `TCPServer.__init__(self, (host, port), WebSocketHandler)`, a `clients` list that
     # every thread changes without a lock, and `logging.basicConfig()` at import time.
     # fix: our handler class, our own lock-guarded connection set (upstream's list stays empty).
-    # tests: every integration test runs through this class.
+    # tests: every integration test runs through this class; test_transport.py::test_upstream_client_list_unused
     def __init__(self, app, host, port, *, max_message_bytes, max_outbox_bytes, handshake_timeout,
-                 ping_interval, ping_timeout):
+                 ping_interval, ping_timeout, policy: handshake.Policy | None = None,
+                 proxies: TrustedProxies | None = None, ssl_context: ssl.SSLContext | None = None):
+        """Bind and listen on (host, port); port 0 picks a free one (see `port`). Sizes in bytes,
+        times in seconds; `policy` checks Host and Origin, `proxies` says whose forwarding headers
+        to believe, `ssl_context` turns on TLS (tls.py; never upstream's key/cert path).
+        Raises OSError when the address cannot be bound (in use, say)."""
         super().__init__(host=host, port=port)
-        self.RequestHandlerClass = RoomchatHandler
+        self.RequestHandlerClass = Connection
         self.app = app
+        self.policy = policy or handshake.ACCEPT_ALL
+        self.proxies = proxies or TrustedProxies()
+        self.ssl_context = ssl_context
         self.max_message_bytes = max_message_bytes
         self.max_outbox_bytes = max_outbox_bytes
         self.handshake_timeout = handshake_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
         self.flusher = Flusher()
-        self._lock = threading.Lock()
-        self._connections: set[RoomchatHandler] = set()
-        self._handshaking: dict[RoomchatHandler, float] = {}  # conn -> deadline
-        self._aborts: dict[RoomchatHandler, float] = {}  # conn -> when to cut it
-        self._dropped: list[RoomchatHandler] = []  # too slow: leave their rooms before the cut
-        self._all_gone = threading.Condition(self._lock)
-        self._stop = threading.Event()
-        self._serving = False
-        self._housekeeper = threading.Thread(target=self._housekeep, name="roomchat-housekeeper", daemon=True)
+        self.housekeeper = Housekeeper(handshake_timeout, ping_interval, ping_timeout)
+        self._serving = self._stopped = False
+        self._accepting = threading.Lock()  # guards those two: serve() and stop_accepting() may race
 
     def serve(self) -> None:
-        """Accept connections until `stop_accepting()`; call from the thread that owns the server."""
+        """Accept connections until `stop_accepting()`, on the calling thread (the accept thread).
+        Raises nothing of its own; errors in a connection go to `handle_error`."""
+        with self._accepting:
+            if self._stopped:  # shut down before this thread got going
+                return
+            self._serving = True
         self.flusher.start()
-        self._housekeeper.start()
-        self._serving = True
+        self.housekeeper.start()
         self.serve_forever(poll_interval=0.05)
-
-    # -- connection bookkeeping ------------------------------------------------------------------
-
-    def track(self, conn: RoomchatHandler) -> None:
-        with self._lock:
-            self._connections.add(conn)
-            self._handshaking[conn] = time.monotonic() + self.handshake_timeout
-
-    def handshake_finished(self, conn: RoomchatHandler) -> None:
-        with self._lock:
-            self._handshaking.pop(conn, None)
-
-    def untrack(self, conn: RoomchatHandler) -> None:
-        with self._lock:
-            self._connections.discard(conn)
-            self._handshaking.pop(conn, None)
-            self._aborts.pop(conn, None)
-            if not self._connections:
-                self._all_gone.notify_all()
-
-    def abort_later(self, conn: RoomchatHandler, delay: float, leave_now: bool = False) -> None:
-        """Cut `conn` after `delay`; with `leave_now`, let the app forget it on the next tick."""
-        with self._lock:
-            self._aborts[conn] = time.monotonic() + delay
-            if leave_now:
-                self._dropped.append(conn)
-
-    def log_disconnect(self, conn: RoomchatHandler) -> None:
-        if conn.handshake_done:
-            nick = conn.client.nick if conn.client else "-"
-            log.info("disconnect %s %s: %s", conn.peer, nick, conn.close_reason)
-        else:
-            log.debug("%s %s", conn.peer, conn.close_reason)
 
     # upstream: `handle_error` prints a traceback to stderr for anything a handler raised.
     # fix: log it once through `logging`, without the noise for a peer that just went away.
     def handle_error(self, request, client_address):
+        """socketserver's hook for an exception a connection's thread did not handle (a bug). Raises nothing."""
         log.exception("connection %s failed", client_address)
 
-    # -- housekeeping ---------------------------------------------------------------------------
-
-    def _housekeep(self) -> None:
-        """Every tick: cut handshakes past their deadline and connections due to be aborted,
-        tell the app at once about clients dropped for being too slow; every few ticks: ping."""
-        tick = min(0.1, self.ping_interval / 4, self.ping_timeout / 4)
-        check_every = min(self.ping_interval, self.ping_timeout) / 4
-        next_check = time.monotonic() + check_every
-        while not self._stop.wait(tick):
-            now = time.monotonic()
-            with self._lock:
-                late = [c for c, deadline in self._handshaking.items() if now > deadline]
-                due = [c for c, when in self._aborts.items() if now >= when]
-                for conn in due:
-                    del self._aborts[conn]
-                dropped, self._dropped = self._dropped, []
-                conns = list(self._connections) if now >= next_check else ()
-            for conn in dropped:
-                conn.leave()  # presence `leave` now, though the socket lingers for the close frame
-            for conn in late + due:
-                conn.abort()
-            if conns:
-                next_check = now + check_every
-                for conn in conns:
-                    self._check_alive(conn, now)
-
-    def _check_alive(self, conn: RoomchatHandler, now: float) -> None:
-        """Ping a connection that has been quiet for ping_interval; close one that has not
-        answered its ping within ping_timeout. One ping at a time per connection."""
-        if not conn.handshake_done:
-            return
-        waiting = conn.ping_sent_at is not None and conn.last_seen < conn.ping_sent_at
-        if waiting:
-            if now - conn.ping_sent_at >= self.ping_timeout:
-                conn.close(frames.CLOSE_INTERNAL_ERROR, "ping timeout", grace=0)
-        elif now - max(conn.last_seen, conn.ping_sent_at or 0) >= self.ping_interval:
-            conn.send_ping()
-
-    # -- shutdown -------------------------------------------------------------------------------
-
     def stop_accepting(self) -> None:
-        if self._serving:  # socketserver's shutdown() would wait forever for a loop never started
+        """Stop the accept loop and close the listening socket. Raises nothing."""
+        with self._accepting:
+            self._stopped, serving = True, self._serving
+        if serving:  # socketserver's shutdown() would wait forever for a loop never started
             self.shutdown()
         self.server_close()
 
     def close_all(self, code: int, reason: str, timeout: float = 1.5) -> None:
-        """Send every client a close frame, give them until `timeout` to answer, then cut."""
-        with self._lock:
-            conns = list(self._connections)
-        for conn in conns:
-            if conn.handshake_done:
+        """Send every open connection a close frame with `code` (RFC 6455 7.4.1), give them until
+        `timeout` seconds to answer, then cut what is left and stop the helper threads.
+        Connections still in their handshake are cut at once. Raises nothing."""
+        for conn in self.housekeeper.connections():
+            if conn.state is State.OPEN:
                 conn.close(code, reason, grace=timeout * 0.6)
-            else:
+            elif conn.state is State.CONNECTING:
                 conn.abort()
-        with self._lock:
-            self._all_gone.wait_for(lambda: not self._connections, timeout)
-            left = list(self._connections)
-        for conn in left:
+        for conn in self.housekeeper.wait_all_gone(timeout):
             conn.abort()
-        self._stop.set()
+        self.housekeeper.stop()
         self.flusher.stop()
-
-
-class SocketReader:
-    """Exact-size reads from a blocking socket, for the frame parser and the handshake.
-
-    One `recv` often brings several frames; they are sliced from the same bytes object. Between
-    messages an idle connection keeps no buffer at all.
-    """
-
-    __slots__ = ("_buf", "_pos", "_sock")
-    RECV_SIZE = 65536  # when a message is under way: take whatever has arrived in one call
-    IDLE_RECV_SIZE = 1024  # when waiting for the next message: recv() allocates this much while it blocks
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self._buf = b""
-        self._pos = 0
-
-    def read_exact(self, n: int) -> bytes:
-        """Return exactly `n` bytes; EOFError if the peer closes first."""
-        buf, pos = self._buf, self._pos
-        end = pos + n
-        if end <= len(buf):
-            self._pos = end
-            return buf[pos:end]
-        parts = [buf[pos:]]
-        have = len(buf) - pos
-        while have < n:
-            chunk = self._sock.recv(max(self.RECV_SIZE if have else self.IDLE_RECV_SIZE, n - have))
-            if not chunk:
-                raise EOFError
-            parts.append(chunk)
-            have += len(chunk)
-        data = b"".join(parts)
-        self._buf, self._pos = data, n
-        if n == len(data):  # nothing left over: drop the buffer rather than keep it while idle
-            self._buf, self._pos = b"", 0
-        return data[:n]
-
-    def frame_ready(self) -> bool:
-        """A whole frame is already buffered: the next frame read will not block."""
-        return frames.frame_ready(self._buf, self._pos)
-
-    def readline(self, limit: int) -> bytes:
-        """A line ending in LF, or `limit` bytes if no LF comes first; b"" at EOF."""
-        while True:
-            end = self._buf.find(b"\n", self._pos, self._pos + limit)
-            if end >= 0 or len(self._buf) - self._pos >= limit:
-                stop = end + 1 if end >= 0 else self._pos + limit
-                line, self._pos = self._buf[self._pos : stop], stop
-                return line
-            chunk = self._sock.recv(4096)
-            if not chunk:
-                line, self._buf, self._pos = self._buf[self._pos :], b"", 0
-                return line
-            self._buf = self._buf[self._pos :] + chunk
-            self._pos = 0
-
-
-def read_request_head(rfile) -> tuple[str, str, dict]:
-    """Read an HTTP/1.1 request line and headers (at most 16 KiB) with the standard library.
-
-    Returns (method, target, headers with lower-case names). Raises HandshakeError for a
-    malformed or oversized head and EOFError if the peer leaves before finishing it.
-    """
-    line = rfile.readline(MAX_REQUEST_HEAD + 1)
-    if not line:
-        raise EOFError
-    total = len(line)
-    if total > MAX_REQUEST_HEAD:
-        raise HandshakeError(431, "request line too long")
-    parts = line.decode("latin-1").rstrip("\r\n").split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1]:
-        raise HandshakeError(400, "malformed request line")
-    head = []
-    while True:
-        if total > MAX_REQUEST_HEAD:
-            raise HandshakeError(431, "request header fields too large")
-        line = rfile.readline(MAX_REQUEST_HEAD + 1 - total)
-        if not line:
-            raise EOFError
-        total += len(line)
-        if line in (b"\r\n", b"\n"):
-            break
-        if line.endswith(b"\n") and (b":" not in line or line[:1] in b" \t"):
-            raise HandshakeError(400, "malformed header line")
-        head.append(line)
-    try:
-        message = http.client.parse_headers(io.BytesIO(b"".join(head) + b"\r\n"))
-    except http.client.HTTPException:  # more than 100 header lines
-        raise HandshakeError(431, "too many request header fields") from None
-    headers = {}
-    for name, value in message.items():
-        name = name.lower()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return parts[0], parts[1], headers
-
-
-def accept_upgrade(method: str, headers: dict) -> bytes:
-    """Check a WebSocket opening request (RFC 6455 4.2.1) and return the 101 response."""
-    if method != "GET":
-        raise HandshakeError(405, "a WebSocket upgrade must use GET", {"Allow": "GET"})
-    if headers.get("sec-websocket-version", "").strip() != "13":
-        raise HandshakeError(426, "unsupported WebSocket version; use 13", {"Sec-WebSocket-Version": "13"})
-    key = headers.get("sec-websocket-key", "").strip()
-    try:
-        valid = len(base64.b64decode(key, validate=True)) == 16
-    except ValueError:
-        valid = False
-    if not valid:
-        raise HandshakeError(400, "missing or invalid Sec-WebSocket-Key")
-    if "upgrade" not in headers.get("connection", "").lower():
-        raise HandshakeError(400, "Connection header must include Upgrade")
-    accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-    return (
-        "HTTP/1.1 101 Switching Protocols\r\n"
-        "Upgrade: websocket\r\n"
-        "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
-    ).encode()

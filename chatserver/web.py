@@ -2,16 +2,33 @@
 
 import json
 import mimetypes
+import re
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from chatserver.handshake import SECURITY_HEADERS
+
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 TEXT = "text/plain; charset=utf-8"
+_SAFE_HOST = re.compile(r"[A-Za-z0-9._\-]+(:[0-9]+)?|\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
+
+
+def page_headers(host: str | None) -> dict:
+    """SECURITY_HEADERS with the chat page's Content-Security-Policy (CSP Level 3): scripts, styles
+    and everything else only from this origin, WebSocket only to this host (ws: and wss: written
+    out, since not every browser counts them as 'self'), never framed (also X-Frame-Options)."""
+    connect = "'self'"
+    if host and _SAFE_HOST.fullmatch(host):  # the Host check ran already; this only keeps the header well-formed
+        connect += f" ws://{host} wss://{host}"
+    csp = (f"default-src 'self'; script-src 'self'; style-src 'self'; connect-src {connect}; "
+           "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+    return {**SECURITY_HEADERS, "Content-Security-Policy": csp}
 
 
 class WebRoutes:
-    """Answers GET/HEAD for `/`, `/static/<file>` and `/healthz`; anything else is 404 or 405."""
+    """Answers GET/HEAD for `/`, `/static/<file>` and `/healthz`; anything else is 404 or 405.
+    Every answer carries `page_headers` (CSP, frame, sniffing and referrer rules)."""
 
     def __init__(self, stats, health=lambda: None, root: Path = WEB_ROOT):
         self._stats = stats  # () -> {"connections": N, "rooms": M}
@@ -21,6 +38,11 @@ class WebRoutes:
         self._started = time.monotonic()
 
     def respond(self, method: str, target: str, headers: dict) -> tuple[int, dict, bytes]:
+        """(status, response headers, body) for a request; `headers` has lower-case names."""
+        status, extra, body = self._route(method, target)
+        return status, {**page_headers(headers.get("host")), **extra}, body
+
+    def _route(self, method: str, target: str) -> tuple[int, dict, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, {"Allow": "GET, HEAD", "Content-Type": TEXT}, b"method not allowed\n"
         try:
@@ -63,4 +85,4 @@ class WebRoutes:
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if kind.startswith("text/") or kind in ("application/javascript", "text/javascript"):
             kind += "; charset=utf-8"
-        return 200, {"Content-Type": kind, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}, body
+        return 200, {"Content-Type": kind, "Cache-Control": "no-cache"}, body

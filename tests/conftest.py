@@ -4,7 +4,16 @@ clients, and raw sockets. The helpers they hand out live in tests/helpers.py."""
 import pytest
 
 from chatserver.app import ChatServer
-from tests.helpers import Peer, RawClient, RedisServer, ServerProcess, closing_all, make_config
+from tests.helpers import (
+    Peer,
+    RawClient,
+    RedisServer,
+    ServerProcess,
+    TlsFiles,
+    closing_all,
+    make_config,
+    make_tls_files,
+)
 
 
 @pytest.fixture
@@ -25,6 +34,18 @@ def make_server():
 @pytest.fixture
 def server(make_server) -> ChatServer:
     return make_server()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> TlsFiles:
+    """A test CA and a server certificate for 127.0.0.1/localhost/::1, made once per run."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls_server(make_server, tls_files) -> ChatServer:
+    """A server with --certfile/--keyfile: https:// and wss:// on its port."""
+    return make_server(certfile=tls_files.cert, keyfile=tls_files.key)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ fakes and waiting helpers. Fixtures live in conftest.py; test modules import onl
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -70,8 +72,8 @@ def closing_all(factory, close=lambda thing: thing.close()):
 class Peer:
     """A websocket-client connection with JSON helpers; `welcome` is read on connect."""
 
-    def __init__(self, url: str, timeout: float = 5):
-        self.ws = websocket.create_connection(url, timeout=timeout)
+    def __init__(self, url: str, timeout: float = 5, **options):
+        self.ws = websocket.create_connection(url, timeout=timeout, **options)  # sslopt=... for wss://
         self.welcome = self.recv()
         self.nick = self.welcome["nick"]
 
@@ -151,7 +153,7 @@ class ServerProcess:
                 self.stop()
                 raise AssertionError(f"roomchat exited before listening: {self.lines}, stderr {self._stderr!r}")
             self.lines.append(line.rstrip("\n"))
-            if "listening on ws://" in line:
+            if "listening on ws://" in line or "listening on wss://" in line:
                 self.url = line.split("listening on ", 1)[1].strip()
 
     @property
@@ -220,7 +222,7 @@ class RawClient:
         if handshake:
             key = base64.b64encode(os.urandom(16)).decode()
             self.sock.sendall(
-                f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
             )
             head = self.read_until(b"\r\n\r\n")
@@ -289,6 +291,53 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def http_exchange(port: int, request: bytes) -> bytes:
+    """Send `request` as is on a new connection to 127.0.0.1:`port`; everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def upgrade_request(host: str, **headers: str) -> bytes:
+    """A valid WebSocket opening request for Host `host`, plus `headers` (x_forwarded_for= -> X-Forwarded-For:)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    extra = "".join(f"{name.replace('_', '-').title()}: {value}\r\n" for name, value in headers.items())
+    return (f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA and a server certificate it signed; `spki` is the certificate's
+    base64 SHA-256 SPKI hash, as Chromium's --ignore-certificate-errors-spki-list takes it."""
+
+    ca: str
+    cert: str
+    key: str
+    spki: str
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A certificate authority made now (trustme) and a server certificate for 127.0.0.1,
+    localhost and ::1, written to `directory`."""
+    import trustme  # only the TLS tests need it
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+    paths = TlsFiles(*(str(directory / name) for name in ("ca.pem", "cert.pem", "key.pem")), spki="")
+    ca.cert_pem.write_to_path(paths.ca)
+    Path(paths.cert).write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(paths.key)
+    leaf = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes())
+    spki = leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return TlsFiles(paths.ca, paths.cert, paths.key, base64.b64encode(hashlib.sha256(spki).digest()).decode())
 
 
 def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):

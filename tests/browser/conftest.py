@@ -4,8 +4,10 @@ Nothing here downloads a browser or a driver: both come from `apt-get install ch
 chromium-driver`. Without them (or without selenium) every browser test skips with one line.
 """
 
+import http.server
 import os
 import shutil
+import threading
 import time
 
 import pytest
@@ -118,15 +120,17 @@ def chromium():
 
 @pytest.fixture
 def open_page(chromium, server, tmp_path_factory):
-    """open_page(path, width=, height=, on=server, mobile=) -> a ChatPage in a fresh Chromium profile,
-    connected to `server` (or `on`); every browser is closed at teardown."""
+    """open_page(path, width=, height=, on=server, mobile=, scheme="http", flags=()) -> a ChatPage in a
+    fresh Chromium profile (with extra command-line `flags`), connected to `server` (or `on`) over
+    `scheme`; every browser is closed at teardown."""
     drivers = []
 
-    def start(path: str = "/", width: int = 1100, height: int = 750, on=None, mobile: bool = False) -> ChatPage:
+    def start(path: str = "/", width: int = 1100, height: int = 750, on=None, mobile: bool = False,
+              scheme: str = "http", flags: tuple = ()) -> ChatPage:
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
         profile = tmp_path_factory.mktemp("chromium")
-        for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+        for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", *flags):
             options.add_argument(flag)
         try:
             driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -136,8 +140,39 @@ def open_page(chromium, server, tmp_path_factory):
         if mobile:  # a phone's viewport, not just a small window
             driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                    {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True})
-        return ChatPage(driver, f"http://127.0.0.1:{(on or server).port}").open(path)
+        return ChatPage(driver, f"{scheme}://127.0.0.1:{(on or server).port}").open(path)
 
     yield start
     for driver in drivers:
         driver.quit()
+
+
+@pytest.fixture
+def other_site():
+    """other_site(html) -> the URL of a page served by a second tiny HTTP server on another port
+    (another origin than roomchat's); the servers stop at teardown."""
+    servers = []
+
+    def start(html: str) -> str:
+        body = html.encode()
+
+        class Page(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        servers.append(site)
+        return f"http://127.0.0.1:{site.server_address[1]}/"
+
+    yield start
+    for site in servers:
+        site.shutdown()
+        site.server_close()

@@ -194,3 +194,14 @@ def test_systemd_unit_command_line_starts_roomchat(tmp_path):
         peer.close()
     finally:
         assert server.stop() == 0
+
+
+def test_roomchat_logs_the_client_address_nginx_forwards(spawn, nginx, peers):
+    """With --trusted-proxy naming nginx, roomchat logs the address nginx forwards (no port: the
+    proxy's own ephemeral port is not the client's); a direct client is logged with its port."""
+    server = spawn("--db", ":memory:", "--trusted-proxy", "127.0.0.1", "--log-level", "INFO")
+    proxied = peers(f"ws://127.0.0.1:{nginx(server.port)}/")
+    direct = peers(server.url)
+    log = wait_for(lambda: (text := server.stderr_text()).count("connect ") >= 2 and text)
+    assert f"connect 127.0.0.1 {proxied.nick}" in log
+    assert re.search(rf"connect 127\.0\.0\.1:\d+ {direct.nick}", log)

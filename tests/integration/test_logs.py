@@ -17,7 +17,7 @@ SHOWN = "/x\\x1b[2J\\x1b]52;c;aGVsbG8=\\x07\\x9b31m\\x0dFORGED-RECORD\\x85end"
 def hostile_request(port: int) -> bytes:
     """Send GET with TARGET as the request line's target; return the status line."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET " + TARGET + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET " + TARGET + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         return sock.recv(4096).split(b"\r\n", 1)[0]
 
 

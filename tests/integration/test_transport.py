@@ -1,6 +1,7 @@
 """The websocket-server fixes, checked with raw bytes on a real socket (one test or more per fix)."""
 
 import json
+import logging
 import socket
 import struct
 import threading
@@ -9,19 +10,9 @@ import time
 import pytest
 import websocket
 
-from tests.helpers import RawClient, frame, wait_for
+from tests.helpers import RawClient, frame, http_exchange, wait_for
 
-
-def http_exchange(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(request)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-UPGRADE = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+UPGRADE = "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 
 
 # -- handshake -----------------------------------------------------------------------------------
@@ -29,7 +20,7 @@ UPGRADE = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrad
 
 def test_plain_get_gets_http_response(server):
     """A plain GET without Upgrade gets a valid HTTP response (the page), not a traceback."""
-    response = http_exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = http_exchange(server.port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head
     assert b"Content-Type: text/html" in head and b"<html" in body.lower()
@@ -290,7 +281,7 @@ def test_bad_clients_leak_no_threads(server, connect):
     connect().request(type="ping")  # warm up the server's helper threads
     baseline = threading.active_count()
     abusers = [
-        lambda: http_exchange(server.port, b"GET /nope HTTP/1.1\r\n\r\n"),
+        lambda: http_exchange(server.port, b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n"),
         lambda: http_exchange(server.port, b"\x00\x01\x02\r\n\r\n"),
     ]
     for n in range(20):
@@ -323,8 +314,8 @@ def test_first_fragment_does_not_hold_back_earlier_request(raw):
 @pytest.mark.parametrize("request_bytes, status", [
     (UPGRADE.encode() + b"".join(b"X-H%d: v\r\n" % i for i in range(101)) + b"\r\n", b"431"),
     (b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\n\r\n", b"431"),
-    (b"GET //[ HTTP/1.1\r\n\r\n", b"400"),
-    (b"GET /static/" + b"n" * 300 + b" HTTP/1.1\r\n\r\n", b"404"),
+    (b"GET //[ HTTP/1.1\r\nHost: localhost\r\n\r\n", b"400"),
+    (b"GET /static/" + b"n" * 300 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", b"404"),
 ])
 def test_odd_requests_get_an_http_answer(server, request_bytes, status):
     """Odd but possible requests get a status line, never a traceback and silence."""
@@ -352,3 +343,15 @@ def test_malformed_flood_is_rate_limited_then_closed(make_server, raw):
     codes = [client.read_json()["code"] for _ in range(3 + 3 * 3)]
     assert codes == ["bad_json"] * 3 + ["rate_limited"] * 9
     assert client.read_close() == 1008
+
+
+def test_close_without_status_code_is_logged_as_1005(server, raw, caplog):
+    """A client close frame with no status code is echoed empty and logged as "no status code, 1005"
+    (RFC 6455 7.1.5), not as None."""
+    caplog.set_level(logging.INFO, logger="roomchat.transport")
+    client = raw()
+    client.send(frame(0x8, b""))
+    assert client.read_frame() == (0x8, b"")
+    assert client.wait_eof()
+    wait_for(lambda: "client closed (no status code, 1005)" in caplog.text)
+    assert "None" not in caplog.text

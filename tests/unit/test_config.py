@@ -24,6 +24,10 @@ def test_environment_then_command_line():
     ([], {"ROOMCHAT_PORT": "not-a-number"}),
     (["--log-level", "LOUD"], {}),
     (["--ping-timeout", "-1"], {}),
+    (["--keyfile", "key.pem"], {}),
+    (["--allow-origin", "example.org"], {}),
+    (["--allowed-hosts", "a b"], {}),
+    ([], {"ROOMCHAT_TRUSTED_PROXY": "10.0.0.0/33"}),
 ])
 def test_bad_values_exit_with_usage(argv, env):
     """A value out of range or of the wrong type exits with status 2 and a usage line."""
@@ -37,3 +41,23 @@ def test_help_names_every_option_and_variable():
     text = build_parser().format_help()
     for name in Config.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in text and "ROOMCHAT_" + name.upper() in text
+
+
+def test_list_settings_repeat_or_take_commas():
+    """List settings take the option several times or comma-separated values; the variable takes
+    comma-separated values; the command line wins over the variable."""
+    config = from_args(["--allow-origin", "https://a.example, https://b.example", "--allow-origin", "null"],
+                       environ={"ROOMCHAT_TRUSTED_PROXY": "10.0.0.1,192.168.0.0/16",
+                                "ROOMCHAT_ALLOW_ORIGIN": "https://ignored.example"})
+    assert config.allow_origin == ("https://a.example", "https://b.example", "null")
+    assert config.trusted_proxy == ("10.0.0.1", "192.168.0.0/16")
+    assert config.allowed_hosts == () and config.certfile == ""
+
+
+def test_help_explains_tls_and_exposure():
+    """--help says what is checked on a network (Origin 403, Host 400), how to turn on TLS and where
+    proxies go."""
+    text = " ".join(build_parser().format_help().split())
+    for words in ("Origin", "403", "Host", "400", "--certfile", "https:// and wss://", "--trusted-proxy",
+                  "Putting it on a network"):
+        assert words in text, words

@@ -8,7 +8,7 @@ from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, dispatch
 from chatserver.engine import MemoryEngine
-from chatserver.errors import FrameError
+from chatserver.errors import CloseConnection
 from chatserver.registry import Registry
 from handlers import HANDLERS
 from tests.helpers import FakeConn
@@ -83,7 +83,7 @@ def test_ping_pong(ctx):
 
 
 def test_rate_limit_then_flood_close():
-    """Over the burst: rate_limited errors; 3x the burst refused in a row: FrameError 1008."""
+    """Over the burst: rate_limited errors; 3x the burst refused in a row: CloseConnection 1008."""
     config = Config(rate_burst=2, rate_per_second=0.001)
     registry = Registry(MemoryEngine(), config.limits())
     conn = FakeConn()
@@ -94,6 +94,6 @@ def test_rate_limit_then_flood_close():
         dispatch(ctx, '{"type":"ping"}')
     assert [e["type"] for e in conn.events()][-6:] == ["error"] * 6
     assert conn.events()[-1]["code"] == "rate_limited"
-    with pytest.raises(FrameError) as info:
+    with pytest.raises(CloseConnection) as info:
         dispatch(ctx, '{"type":"ping"}')
     assert info.value.close_code == 1008

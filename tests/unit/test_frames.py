@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from chatserver import frames
-from chatserver.errors import FrameError
+from chatserver.errors import CloseConnection
 from tests.helpers import frame
 
 MAX = 65536
@@ -35,7 +35,7 @@ def events(data: bytes, max_bytes: int = MAX) -> list:
 
 
 def close_code(data: bytes, max_bytes: int = MAX) -> int:
-    with pytest.raises(FrameError) as info:
+    with pytest.raises(CloseConnection) as info:
         events(data, max_bytes)
     return info.value.close_code
 
@@ -99,7 +99,7 @@ def test_invalid_utf8_closes_1007(data):
          "text-inside-fragmented", "close-one-byte", "close-reserved-code", "close-bad-utf8-reason", "binary"],
 )
 def test_protocol_violations_map_to_close_codes(data, code):
-    """Each rule violation raises FrameError with the close code RFC 6455 asks for."""
+    """Each rule violation raises CloseConnection with the close code RFC 6455 asks for."""
     assert close_code(data) == code
 
 

@@ -1,0 +1,180 @@
+"""The opening handshake, with no sockets: request head in, response bytes out.
+
+`read_request(readline)` parses an HTTP/1.1 request head (RFC 9112 section 2-5) with the standard
+library. Then, for every request, `admit(request, policy)` applies the checks that hold for plain
+HTTP and WebSocket alike (the Host allow-list: 400); a WebSocket upgrade goes on to
+`accept(request, policy)`, which checks RFC 6455 section 4.2.1 and the Origin (403) and returns the
+101 response of section 4.2.2. Every refusal is a `HandshakeError(status, reason, headers)`, and
+`refusal(error)` turns it into the bytes to send; `response()` builds any other HTTP answer.
+
+Modelled on websockets' `http11.Request.parse` and `ServerProtocol.accept`/`reject`, and tested
+like them by feeding bytes and reading bytes (tests/unit/test_handshake.py).
+"""
+
+import base64
+import hashlib
+import http.client
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chatserver.errors import HandshakeError
+
+MAX_REQUEST_HEAD = 16 * 1024  # bytes, request line and header fields together
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+TEXT = "text/plain; charset=utf-8"
+# On every HTTP answer (web.py gives the chat page its own Content-Security-Policy): nothing may
+# frame it, sniff another type into it, or learn from a Referer where the user came from.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """An HTTP request head. `headers` has lower-case names; a repeated field's values are joined
+    with ", " (RFC 9110 section 5.3). `scheme` is how the client reached us ("http" or "https"),
+    which the transport knows and the head does not say."""
+
+    method: str
+    target: str
+    headers: dict = field(default_factory=dict)
+    scheme: str = "http"
+
+    @property
+    def is_upgrade(self) -> bool:
+        """The client asks for a WebSocket (an `Upgrade` header naming websocket). Raises nothing."""
+        return "websocket" in self.headers.get("upgrade", "").lower()
+
+
+def _accept_any(request: Request) -> None:
+    """The check that lets every request through."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The checks that depend on how the server is exposed; each raises HandshakeError to refuse.
+
+    `check_host` runs on every request (HTTP and WebSocket: 400 for a Host not served);
+    `check_origin` on WebSocket upgrades only (403 for a page of another origin). exposure.py
+    builds them from the settings; the defaults accept everything.
+    """
+
+    check_host: Callable[[Request], None] = _accept_any
+    check_origin: Callable[[Request], None] = _accept_any
+
+
+ACCEPT_ALL = Policy()  # no Host or Origin check: every request passes them
+
+
+def read_request(readline: Callable[[int], bytes], scheme: str = "http") -> Request:
+    """Read a request line and header fields through `readline(limit)` (a line ending in LF, at
+    most `limit` bytes, b"" at EOF), all of it at most MAX_REQUEST_HEAD bytes; `scheme` is how
+    the client reached us (the head does not say).
+
+    Follows RFC 9112 sections 3 (request line) and 5 (field lines; obsolete line folding is refused).
+    Raises:
+        HandshakeError: 400 for a malformed request line or header line, 431 for a head over
+            MAX_REQUEST_HEAD bytes or over 100 header lines (RFC 6585 section 5).
+        EOFError: the peer closed before the head was complete.
+    """
+    line = readline(MAX_REQUEST_HEAD + 1)
+    if not line:
+        raise EOFError
+    total = len(line)
+    if total > MAX_REQUEST_HEAD:
+        raise HandshakeError(431, "request line too long")
+    parts = line.decode("latin-1").rstrip("\r\n").split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1]:
+        raise HandshakeError(400, "malformed request line")
+    head = []
+    while True:
+        if total > MAX_REQUEST_HEAD:
+            raise HandshakeError(431, "request header fields too large")
+        line = readline(MAX_REQUEST_HEAD + 1 - total)
+        if not line:
+            raise EOFError
+        total += len(line)
+        if line in (b"\r\n", b"\n"):
+            break
+        if line.endswith(b"\n") and (b":" not in line or line[:1] in b" \t"):
+            raise HandshakeError(400, "malformed header line")
+        head.append(line)
+    try:
+        message = http.client.parse_headers(io.BytesIO(b"".join(head) + b"\r\n"))
+    except http.client.HTTPException:  # more than 100 header lines
+        raise HandshakeError(431, "too many request header fields") from None
+    headers = {}
+    for name, value in message.items():
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return Request(parts[0], parts[1], headers, scheme)
+
+
+def admit(request: Request, policy: Policy = ACCEPT_ALL) -> None:
+    """The checks every request passes before it is answered, as HTTP or as an upgrade.
+
+    Raises:
+        HandshakeError: 400 when `policy.check_host` refuses the Host (RFC 9110 section 7.2).
+    """
+    policy.check_host(request)
+
+
+def accept(request: Request, policy: Policy = ACCEPT_ALL) -> bytes:
+    """Check a WebSocket opening request (RFC 6455 section 4.2.1) and return the 101 response
+    that accepts it (section 4.2.2). Call `admit` first.
+
+    Raises:
+        HandshakeError: 405 for a method other than GET (with `Allow: GET`), 426 for a
+            Sec-WebSocket-Version other than 13 (with `Sec-WebSocket-Version: 13`, section 4.4),
+            400 for a missing or invalid Sec-WebSocket-Key or a Connection header without
+            Upgrade, 403 when `policy.check_origin` refuses the Origin (section 4.2.2, step 4).
+    """
+    headers = request.headers
+    if request.method != "GET":
+        raise HandshakeError(405, "a WebSocket upgrade must use GET", {"Allow": "GET"})
+    if headers.get("sec-websocket-version", "").strip() != "13":
+        raise HandshakeError(426, "unsupported WebSocket version; use 13", {"Sec-WebSocket-Version": "13"})
+    key = headers.get("sec-websocket-key", "").strip()
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:  # binascii.Error, or a key that is not ASCII
+        valid = False
+    if not valid:
+        raise HandshakeError(400, "missing or invalid Sec-WebSocket-Key")
+    if "upgrade" not in headers.get("connection", "").lower():
+        raise HandshakeError(400, "Connection header must include Upgrade")
+    policy.check_origin(request)
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n"
+    ).encode()
+
+
+def accept_key(key: str) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key: base64(SHA-1(key + GUID)), RFC 6455 section 4.2.2.
+    Raises nothing."""
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+def response(status: int, headers: dict, body: bytes, head_only: bool = False) -> bytes:
+    """An HTTP/1.1 response (RFC 9112 section 4) that closes the connection after it: status line,
+    `Content-Length`, `Connection: close`, then `headers` and the body (left out for HEAD, whose
+    Content-Length still counts it, RFC 9110 section 9.3.2). Header values must be Latin-1. Raises nothing."""
+    lines = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Unknown')}"]
+    headers = {"Content-Length": str(len(body)), "Connection": "close", **headers}
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + body
+
+
+def refusal(error: HandshakeError) -> bytes:
+    """The response for a refused request: its status, its extra headers and SECURITY_HEADERS, and
+    the reason as text. Raises nothing."""
+    headers = {"Content-Type": TEXT, **SECURITY_HEADERS, **error.headers}
+    return response(error.status, headers, error.reason.encode() + b"\n")
