@@ -14,8 +14,10 @@ import threading
 from chatserver import logs
 from chatserver.app import ChatServer
 from chatserver.config import from_args
+from chatserver.dispatch import Dispatcher
 from chatserver.engine import EngineError
 from chatserver.tls import TlsSetupError
+from handlers import BATCH_HANDLERS, HANDLERS
 
 THREAD_STACK_BYTES = 512 * 1024  # many clients means many threads; 8 MiB stacks waste address space
 
@@ -33,7 +35,7 @@ def serve(argv) -> int:
     raise_open_file_limit()
     threading.stack_size(THREAD_STACK_BYTES)
     try:
-        server = ChatServer(config)
+        server = ChatServer(config, Dispatcher(HANDLERS, BATCH_HANDLERS))
     except OSError as exc:
         print(f"roomchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2

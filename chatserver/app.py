@@ -6,7 +6,7 @@ import threading
 from chatserver import exposure, frames, tls
 from chatserver.client import TokenBucket
 from chatserver.config import Config
-from chatserver.dispatch import Context, dispatch_many
+from chatserver.dispatch import Context, Dispatcher
 from chatserver.proxies import TrustedProxies
 from chatserver.registry import Registry
 from chatserver.sqlite_engine import open_engine
@@ -20,7 +20,10 @@ class ChatServer:
     """A running roomchat: `serve_forever()` in the main thread or `start()` in a background one,
     then `shutdown()` (close 1001 to everyone, stop threads, close the engine)."""
 
-    def __init__(self, config: Config, engine=None):
+    def __init__(self, config: Config, dispatcher: Dispatcher, engine=None):
+        """`dispatcher`: the handler table (roomchat.py builds it from the top-level `handlers`
+        package, which chatserver never imports); `engine`: one already made (tests), else the
+        one `config` names. Raises OSError (port in use), EngineError, TlsSetupError."""
         self.config = config
         # TLS files and the Host/Origin rules first: a mistake there must not leave the engine open.
         ssl_context = tls.server_context(config.certfile, config.keyfile) if config.certfile else None
@@ -45,6 +48,7 @@ class ChatServer:
             raise
         self.registry = Registry(self.engine, config.limits())
         self.web = WebRoutes(self.registry.stats, self.engine.health)
+        self.dispatcher = dispatcher
         self._thread = None
         self._shut = threading.Lock()
 
@@ -65,7 +69,7 @@ class ChatServer:
         log.info("connect %s %s", conn.peer, conn.client.nick)
 
     def on_texts(self, conn, texts: list) -> None:
-        dispatch_many(conn.context, texts)
+        self.dispatcher.dispatch(conn.context, texts)
 
     def on_close(self, conn) -> None:
         self.registry.disconnect(conn.client)

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from chatserver import frames, protocol
 from chatserver.config import Config
 from chatserver.errors import ChatError, CloseConnection
-from handlers import BATCH_HANDLERS, HANDLERS
 
 FLOOD_FACTOR = 3  # refusals in a row, as a multiple of the burst, before we hang up
 
@@ -19,59 +18,69 @@ class Context:
     config: Config
 
 
-def dispatch(ctx: Context, raw: str) -> None:
-    """Handle one message. Raises CloseConnection(1008) when a client keeps flooding after refusals."""
-    dispatch_many(ctx, [raw])
+class Dispatcher:
+    """Raw text from a client -> the handler for its type.
 
+    `handlers`: {type: handle(ctx, msg)}; `batch_handlers`: {type: handle_many(ctx, msgs)} for a
+    type whose consecutive requests are handled in one call. The app passes the tables of the
+    top-level `handlers` package, so chatserver never imports it (imports run one way).
+    """
 
-def dispatch_many(ctx: Context, raws: list) -> None:
-    """Handle messages that arrived together, in order. Consecutive requests of a type with a
-    batch handler (chat) go to it in one call, so their fan-out shares one write per member."""
-    batch, batch_type = [], None
-    for raw in raws:
-        msg_id = None
-        try:
-            allowed = _take_token(ctx, batch, batch_type)  # every message costs a token, valid or not
+    def __init__(self, handlers: dict, batch_handlers: dict):
+        self._handlers = handlers
+        self._batch_handlers = batch_handlers
+
+    def dispatch(self, ctx: Context, raws: list) -> None:
+        """Handle messages that arrived together, in order. Consecutive requests of a type with a
+        batch handler (chat) go to it in one call, so their fan-out shares one write per member.
+        A refused request gets an `error` reply with its `id`.
+
+        Raises CloseConnection(1008) when the client keeps sending after 3 x burst refusals."""
+        batch: list = []
+        batch_type = None
+        for raw in raws:
+            msg_id = None
             try:
-                msg = protocol.decode(raw)
-            except ChatError:
-                if allowed:
-                    raise
-                msg = {}
-            msg_id = msg.get("id")
-            if not allowed:
-                raise ChatError("rate_limited", f"Slow down: at most {ctx.client.limiter.rate:g} messages per second.")
-            kind = msg["type"]
-            handler = HANDLERS.get(kind)
-            if handler is None:
-                known = ", ".join(sorted(HANDLERS))
-                raise ChatError("unknown_type", f"Unknown message type {kind[:40]!r}; known types: {known}.")
-            if kind in BATCH_HANDLERS:
-                if kind != batch_type:
-                    _flush(ctx, batch, batch_type)
-                batch.append(msg)
-                batch_type = kind
-                continue
-            _flush(ctx, batch, batch_type)
-            handler(ctx, msg)
-        except ChatError as exc:
-            _flush(ctx, batch, batch_type)
-            ctx.registry.reply(ctx.client, protocol.error(exc, msg_id))
-    _flush(ctx, batch, batch_type)
+                allowed = self._take_token(ctx, batch, batch_type)  # every message costs a token
+                try:
+                    msg = protocol.decode(raw)
+                except ChatError:
+                    if allowed:
+                        raise
+                    msg = {}
+                msg_id = msg.get("id")
+                if not allowed:
+                    rate = ctx.client.limiter.rate
+                    raise ChatError("rate_limited", f"Slow down: at most {rate:g} messages per second.")
+                kind = msg["type"]
+                handler = self._handlers.get(kind)
+                if handler is None:
+                    known = ", ".join(sorted(self._handlers))
+                    raise ChatError("unknown_type", f"Unknown message type {kind[:40]!r}; known types: {known}.")
+                if kind in self._batch_handlers:
+                    if kind != batch_type:
+                        self._flush(ctx, batch, batch_type)
+                    batch.append(msg)
+                    batch_type = kind
+                    continue
+                self._flush(ctx, batch, batch_type)
+                handler(ctx, msg)
+            except ChatError as exc:
+                self._flush(ctx, batch, batch_type)
+                ctx.registry.reply(ctx.client, protocol.error(exc, msg_id))
+        self._flush(ctx, batch, batch_type)
 
+    def _take_token(self, ctx: Context, batch: list, batch_type) -> bool:
+        """False when the client is over its rate; CloseConnection(1008) when it keeps on flooding."""
+        limiter = ctx.client.limiter
+        if limiter.take():
+            return True
+        if limiter.refused_in_a_row > FLOOD_FACTOR * limiter.burst:
+            self._flush(ctx, batch, batch_type)  # what was accepted before the flood still goes out
+            raise CloseConnection(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+        return False
 
-def _take_token(ctx: Context, batch: list, batch_type) -> bool:
-    """False when the client is over its rate; CloseConnection(1008) when it keeps on flooding."""
-    limiter = ctx.client.limiter
-    if limiter.take():
-        return True
-    if limiter.refused_in_a_row > FLOOD_FACTOR * limiter.burst:
-        _flush(ctx, batch, batch_type)  # what was accepted before the flood still goes out
-        raise CloseConnection(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
-    return False
-
-
-def _flush(ctx: Context, batch: list, batch_type) -> None:
-    if batch:
-        BATCH_HANDLERS[batch_type](ctx, list(batch))
-        batch.clear()
+    def _flush(self, ctx: Context, batch: list, batch_type) -> None:
+        if batch:
+            self._batch_handlers[batch_type](ctx, list(batch))
+            batch.clear()

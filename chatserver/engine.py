@@ -109,6 +109,36 @@ class Engine(Protocol):
         """Finish what is queued, stop threads, release files and connections. Idempotent."""
 
 
+class ClusterEngine(Engine, Protocol):
+    """An engine shared by several processes (`cluster = True`: Redis). It is then the directory
+    too; each call may go over the network and raises Unavailable when it cannot.
+
+    Presence: `announce` of a presence join/leave or nick event also updates the room's members.
+    """
+
+    def claim_nick(self, nick: str, owner: str) -> bool:
+        """Take `nick` (compared casefolded) for `owner` ("<process>:<client>"); False if taken."""
+
+    def release_nick(self, nick: str, owner: str) -> None:
+        """Give `nick` back, if `owner` still holds it. Never raises: a claim also expires."""
+
+    def members(self, room: str) -> list:
+        """The nicks in `room` on every process, in join order."""
+
+    def rooms(self) -> list:
+        """[{"room": name, "members": count}] of every room with members, by name."""
+
+    def send_dm(self, nick: str, event: dict) -> str | None:
+        """Deliver a DM to whichever process holds `nick`; its spelling, or None if nobody does."""
+
+    def subscribe(self, room: str) -> None:
+        """Start receiving the room's stream here (the first local member joins); returns once
+        subscribed, so nothing published afterwards is missed."""
+
+    def unsubscribe(self, room: str) -> None:
+        """Stop receiving it (the last local member left), unless a member has joined again."""
+
+
 def new_epoch() -> str:
     return uuid.uuid4().hex[:16]
 

@@ -22,7 +22,10 @@ MAX_SEQ = 2**63 - 1  # what SQLite's INTEGER holds
 
 
 def decode(raw: str) -> dict:
-    """Parse one client message; it must be a JSON object with a string `type` and a valid `id`."""
+    """Parse one client message: a JSON object (RFC 8259) with a string `type` and a valid `id`.
+
+    Raises ChatError bad_json (not JSON, NaN, a lone surrogate, nesting over 1024) or
+    bad_message (not an object, no string `type`, a bad `id`, which is then left out)."""
     try:
         msg = orjson.loads(raw)  # strict: no NaN, no lone surrogates, nesting limited to 1024
     except orjson.JSONDecodeError:
@@ -45,6 +48,7 @@ def _valid_id(value) -> bool:
 
 
 def require_str(msg: dict, field: str) -> str:
+    """`msg[field]` as a string. Raises ChatError bad_message when missing or not a string."""
     value = msg.get(field)
     if not isinstance(value, str):
         raise ChatError("bad_message", f"\"{field}\" must be a string.")
@@ -52,6 +56,7 @@ def require_str(msg: dict, field: str) -> str:
 
 
 def require_nick(msg: dict, field: str = "nick") -> str:
+    """A nick: 1-32 of A-Z a-z 0-9 _ . - (NICK_RE). Raises ChatError bad_message, bad_nick."""
     nick = require_str(msg, field)
     if not NICK_RE.fullmatch(nick):
         raise ChatError("bad_nick", "A nick is 1-32 letters, digits, '_', '-' or '.'.")
@@ -59,6 +64,7 @@ def require_nick(msg: dict, field: str = "nick") -> str:
 
 
 def require_room(msg: dict) -> str:
+    """`msg["room"]`: 1-64 of A-Z a-z 0-9 _ . - # (ROOM_RE). Raises ChatError bad_message, bad_room."""
     room = require_str(msg, "room")
     if not ROOM_RE.fullmatch(room):
         raise ChatError("bad_room", "A room name is 1-64 letters, digits, '_', '-', '.' or '#'.")
@@ -66,6 +72,7 @@ def require_room(msg: dict) -> str:
 
 
 def require_text(msg: dict, max_chars: int) -> str:
+    """`msg["text"]`: 1 to `max_chars` code points. Raises ChatError bad_message, too_long."""
     text = require_str(msg, "text")
     if not text:
         raise ChatError("bad_message", "\"text\" must not be empty.")
@@ -75,6 +82,7 @@ def require_text(msg: dict, max_chars: int) -> str:
 
 
 def optional_seq(msg: dict, field: str) -> int | None:
+    """`msg[field]` as a seq (0 to 2**63 - 1), or None. Raises ChatError bad_message."""
     value = msg.get(field)
     if value is None:
         return None
@@ -84,6 +92,7 @@ def optional_seq(msg: dict, field: str) -> int | None:
 
 
 def history_limit(msg: dict) -> int:
+    """`msg["limit"]`: 1 to MAX_HISTORY_LIMIT, JOIN_HISTORY when absent. Raises ChatError bad_message."""
     value = msg.get("limit", JOIN_HISTORY)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_HISTORY_LIMIT:
         raise ChatError("bad_message", f"\"limit\" must be an integer from 1 to {MAX_HISTORY_LIMIT}.")

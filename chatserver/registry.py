@@ -17,6 +17,7 @@ no repeat, whichever engine and process.
 import itertools
 import logging
 import uuid
+from typing import NamedTuple
 
 from chatserver import protocol
 from chatserver.client import Client
@@ -27,6 +28,15 @@ from chatserver.hub import Hold, Hub, Room, unavailable
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
 
 log = logging.getLogger("roomchat.registry")
+
+
+class ChatRequest(NamedTuple):
+    """One `chat` request as the handler checked it; `refused` is set when it was refused already."""
+
+    room: str | None
+    text: str | None
+    reply_id: object = None
+    refused: ChatError | None = None
 
 
 class Registry(Hub):
@@ -64,7 +74,8 @@ class Registry(Hub):
             return client
 
     def disconnect(self, client: Client) -> None:
-        """Forget a client; every room it was in gets a presence `leave`. Safe to call twice."""
+        """Forget a client; every room it was in gets a presence `leave`. Safe to call twice, from
+        any thread (the second call finds it gone). Raises nothing."""
         with self._lock:
             if self._clients.pop(client.id, None) is None:
                 return
@@ -186,31 +197,35 @@ class Registry(Hub):
         if emptied and self._cluster:
             self._engine.unsubscribe(name)
 
-    def chat_many(self, client: Client, items: list) -> None:
-        """Chats from one client that arrived together: [(room, text, reply_id)], or
-        (ChatError, None, reply_id) for one refused already. Runs of chats to one room are
-        published together; an error reply waits until the chats before it are delivered."""
+    def chat_many(self, client: Client, requests: list) -> None:
+        """Chats from one client that arrived together ([ChatRequest]), answered in order: runs
+        of chats to one room are published together (one write per member when delivered); an
+        error reply (not_in_room, or the handler's own refusal) waits until the chats before it
+        are delivered. Raises nothing: every refusal is a reply in its place."""
         run_room, run = None, []
-        for name, text, reply_id in [*items, (None, None, None)]:
-            if run and (name != run_room or isinstance(name, ChatError) or name is None):
-                self._publish(client, run_room, run)
-                run_room, run = None, []
-            if name is None:
-                return
+        for request in requests:
             try:
-                if isinstance(name, ChatError):
-                    raise name
+                if request.refused is not None:
+                    raise request.refused
                 with self._lock:
                     if client.id not in self._clients:
-                        return
-                    if name not in client.rooms:
-                        raise ChatError("not_in_room", f"Join {name!r} before sending to it.")
+                        break
+                    if request.room not in client.rooms:
+                        raise ChatError("not_in_room", f"Join {request.room!r} before sending to it.")
                     client.pending += 1
                     nick = client.nick
-                run_room = name
-                run.append((nick, text, self._meta(client, reply_id)))
+                if run and request.room != run_room:
+                    self._publish(run_room, run)
+                    run = []
+                run_room = request.room
+                run.append((nick, request.text, self._meta(client, request.reply_id)))
             except ChatError as exc:
-                self.reply(client, protocol.error(exc, reply_id))
+                if run:
+                    self._publish(run_room, run)
+                    run = []
+                self.reply(client, protocol.error(exc, request.reply_id))
+        if run:
+            self._publish(run_room, run)
 
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
         """A direct message to a connected nick. Raises ChatError no_such_user, unavailable."""
@@ -234,7 +249,8 @@ class Registry(Hub):
         self.reply(client, protocol.with_id(event, reply_id))
 
     def list_rooms(self, client: Client, reply_id=None) -> None:
-        """Rooms with members and their counts (all processes, with a cluster engine)."""
+        """Rooms with members and their counts (all processes, with a cluster engine).
+        Raises ChatError unavailable (cluster engine unreachable)."""
         if self._cluster:
             rooms = self._ask_engine(self._engine.rooms)
         else:
@@ -243,7 +259,8 @@ class Registry(Hub):
         self.reply(client, protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id))
 
     def who(self, client: Client, name: str, reply_id=None) -> None:
-        """The nicks in a room, in join order; [] for a room nobody is in."""
+        """The nicks in a room, in join order; [] for a room nobody is in. Raises ChatError
+        unavailable (cluster engine unreachable)."""
         if self._cluster:
             members = self._ask_engine(lambda: self._engine.members(name))
         else:
@@ -268,7 +285,7 @@ class Registry(Hub):
 
     # -- helpers (lock not held) ---------------------------------------------------------------
 
-    def _publish(self, client: Client, name: str, run: list) -> None:
+    def _publish(self, name: str, run: list) -> None:
         try:
             self._engine.publish(name, run)
         except Unavailable as exc:

@@ -2,6 +2,7 @@
 
 from chatserver.errors import ChatError
 from chatserver.protocol import require_room, require_text
+from chatserver.registry import ChatRequest
 
 TYPE = "chat"
 
@@ -13,10 +14,10 @@ def handle(ctx, msg):
 def handle_many(ctx, msgs):
     """Chats that arrived together: each checked on its own, all sent in one registry step.
     A refused one becomes an error reply in its place, so replies keep the order of requests."""
-    items = []
+    requests = []
     for msg in msgs:
         try:
-            items.append((require_room(msg), require_text(msg, ctx.config.max_text_chars), msg.get("id")))
+            requests.append(ChatRequest(require_room(msg), require_text(msg, ctx.config.max_text_chars), msg.get("id")))
         except ChatError as exc:
-            items.append((exc, None, msg.get("id")))
-    ctx.registry.chat_many(ctx.client, items)
+            requests.append(ChatRequest(None, None, msg.get("id"), refused=exc))
+    ctx.registry.chat_many(ctx.client, requests)

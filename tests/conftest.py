@@ -4,6 +4,8 @@ clients, and raw sockets. The helpers they hand out live in tests/helpers.py."""
 import pytest
 
 from chatserver.app import ChatServer
+from chatserver.dispatch import Dispatcher
+from handlers import BATCH_HANDLERS, HANDLERS
 from tests.helpers import (
     Peer,
     RawClient,
@@ -15,6 +17,8 @@ from tests.helpers import (
     make_tls_files,
 )
 
+DISPATCHER = Dispatcher(HANDLERS, BATCH_HANDLERS)
+
 
 @pytest.fixture
 def make_server():
@@ -22,7 +26,7 @@ def make_server():
     servers = []
 
     def start(engine=None, **overrides) -> ChatServer:
-        server = ChatServer(make_config(**overrides), engine=engine).start()
+        server = ChatServer(make_config(**overrides), DISPATCHER, engine=engine).start()
         servers.append(server)
         return server
 

@@ -6,12 +6,14 @@ import pytest
 
 from chatserver.client import TokenBucket
 from chatserver.config import Config
-from chatserver.dispatch import Context, dispatch
+from chatserver.dispatch import Context, Dispatcher
 from chatserver.engine import MemoryEngine
 from chatserver.errors import CloseConnection
 from chatserver.registry import Registry
-from handlers import HANDLERS
+from handlers import BATCH_HANDLERS, HANDLERS
 from tests.helpers import FakeConn
+
+DISPATCHER = Dispatcher(HANDLERS, BATCH_HANDLERS)
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def ctx():
 
 def reply(ctx, raw) -> dict:
     ctx.client.conn.frames.clear()
-    dispatch(ctx, raw if isinstance(raw, str) else json.dumps(raw))
+    DISPATCHER.dispatch(ctx, [raw if isinstance(raw, str) else json.dumps(raw)])
     return ctx.client.conn.events()[-1]
 
 
@@ -89,11 +91,11 @@ def test_rate_limit_then_flood_close():
     conn = FakeConn()
     ctx = Context(registry, registry.connect(conn, TokenBucket(2, 0.001)), config)
     for _ in range(2):
-        dispatch(ctx, '{"type":"ping"}')
+        DISPATCHER.dispatch(ctx, ['{"type":"ping"}'])
     for _ in range(6):
-        dispatch(ctx, '{"type":"ping"}')
+        DISPATCHER.dispatch(ctx, ['{"type":"ping"}'])
     assert [e["type"] for e in conn.events()][-6:] == ["error"] * 6
     assert conn.events()[-1]["code"] == "rate_limited"
     with pytest.raises(CloseConnection) as info:
-        dispatch(ctx, '{"type":"ping"}')
+        DISPATCHER.dispatch(ctx, ['{"type":"ping"}'])
     assert info.value.close_code == 1008

@@ -8,7 +8,7 @@ from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.engine import MemoryEngine
 from chatserver.errors import ChatError
-from chatserver.registry import Registry
+from chatserver.registry import ChatRequest, Registry
 from tests.helpers import FakeConn, ManualEngine
 
 
@@ -18,7 +18,7 @@ def registry():
 
 
 def chat(registry, client, room, text, reply_id=None):
-    registry.chat_many(client, [(room, text, reply_id)])
+    registry.chat_many(client, [ChatRequest(room, text, reply_id)])
 
 
 def connect(registry):
@@ -226,7 +226,7 @@ def test_events_wait_for_the_engine_and_keep_order(manual):
     sender's own copy carrying its id."""
     engine, registry = manual
     a, conn_a, _b, conn_b = pair_in_room(registry)
-    registry.chat_many(a, [("r", "one", 1), ("r", "two", None)])
+    registry.chat_many(a, [ChatRequest("r", "one", 1), ChatRequest("r", "two")])
     assert conn_a.events("chat") == conn_b.events("chat") == []
     engine.commit()
     assert [(e["seq"], e.get("id")) for e in conn_a.events("chat")] == [(1, 1), (2, None)]
@@ -286,7 +286,7 @@ def test_events_between_join_and_history_read_follow_joined(manual, after):
     engine, registry = manual
     a, _ = connect(registry)
     registry.join(a, "r")
-    registry.chat_many(a, [("r", str(i), None) for i in range(10)])
+    registry.chat_many(a, [ChatRequest("r", str(i)) for i in range(10)])
     engine.commit(6)
     c, conn_c = connect(registry)
     engine.on_read = engine.commit  # the other 4 are delivered during c's read
@@ -331,8 +331,8 @@ def test_chat_many_keeps_order_and_writes_once_per_member(registry):
     registry.join(b, "r")
     conn_a.frames.clear()
     conn_b.frames.clear()
-    items = [("r", "one", 1), (ChatError("too_long", "Too long."), None, 2), ("nowhere", "x", 3), ("r", "two", 4),
-             ("r", "three", 5)]
+    items = [ChatRequest("r", "one", 1), ChatRequest(None, None, 2, refused=ChatError("too_long", "Too long.")),
+             ChatRequest("nowhere", "x", 3), ChatRequest("r", "two", 4), ChatRequest("r", "three", 5)]
     registry.chat_many(a, items)
     assert [(e["type"], e.get("id")) for e in conn_a.events()] == [
         ("chat", 1), ("error", 2), ("error", 3), ("chat", 4), ("chat", 5)]
@@ -371,7 +371,7 @@ def test_truncated_resume_reads_the_engine_once(manual):
     engine, registry = manual
     a, _ = connect(registry)
     registry.join(a, "r")
-    registry.chat_many(a, [("r", str(i), None) for i in range(1200)])
+    registry.chat_many(a, [ChatRequest("r", str(i)) for i in range(1200)])
     engine.commit()
     engine.reads = 0
     b, conn_b = connect(registry)
@@ -384,7 +384,7 @@ def test_rejected_chats_answer_unavailable_in_place(manual):
     """Chats the engine gives up on are answered `unavailable` with their ids; nobody else hears."""
     engine, registry = manual
     a, conn_a, _b, conn_b = pair_in_room(registry)
-    registry.chat_many(a, [("r", "one", 1), ("r", "two", 2)])
+    registry.chat_many(a, [ChatRequest("r", "one", 1), ChatRequest("r", "two", 2)])
     batch, engine.uncommitted = engine.uncommitted, []
     registry.reject(batch, "history cannot be stored")
     assert [(e["code"], e["id"]) for e in conn_a.events("error")] == [("unavailable", 1), ("unavailable", 2)]

@@ -14,7 +14,7 @@ import pytest
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.protocol import JOIN_HISTORY
-from chatserver.registry import Registry
+from chatserver.registry import ChatRequest, Registry
 from tests.helpers import FakeConn, ManualEngine
 
 ROOMS = ("r1", "r2")
@@ -111,7 +111,7 @@ def test_joined_plus_live_stream_is_the_room_stream(seed):
             continue
         if op < 0.35:
             if room in client.rooms:
-                registry.chat_many(client, [(room, f"{client.nick}:{_step}", None)] * rng.randint(1, 3))
+                registry.chat_many(client, [ChatRequest(room, f"{client.nick}:{_step}")] * rng.randint(1, 3))
         elif op < 0.55:
             engine.commit(rng.randint(0, len(engine.uncommitted)))
         elif client.pending:
