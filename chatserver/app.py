@@ -1,4 +1,38 @@
-"""Wiring: the ChatServer owns the engine, the registry and the transport, and joins them up."""
+"""Wiring: the ChatServer owns the engine, the registry and the transport, and joins them up.
+
+Threads, and what each runs:
+- main: roomchat.py's `serve`, which waits for SIGINT/SIGTERM and calls `shutdown`.
+- accept (`roomchat-accept`): `WebSocketTransport.serve`, socketserver's accept loop; it starts
+  one thread per connection.
+- one per connection: `transport.Connection.handle`: the TLS and opening handshakes, then reads
+  frames and calls `on_connect`, `on_texts` (dispatch -> handlers -> registry) and `on_close`.
+  Requests run here, and so does the fan-out of the memory engine's chats.
+- housekeeper (housekeeper.py): handshake deadlines, pings, delayed aborts, `on_close` for
+  connections dropped as too slow.
+- flusher (streams.Flusher): finishes the writes the kernel could not take at once (epoll).
+- SQLite engine: the writer (`roomchat-store`: group commits, then `hub.deliver`; retention) and
+  the checkpointer (`roomchat-checkpoint`: WAL checkpoints).
+- Redis engine: the listener (`roomchat-redis-listener`: the subscription, gap fills, then
+  `hub.deliver`/`deliver_dm`) and the heartbeat (`roomchat-redis-heartbeat`: key TTLs, reaping
+  dead processes).
+
+Locks, each guarding one thing, none reentrant, taken only in this order:
+  MemoryEngine._lock or RedisEngine._sub_lock -> Hub._lock -> Outbox._lock -> the leaves
+- `MemoryEngine._lock`: its history and seqs; held while it delivers, so a room's chats reach
+  the hub in seq order. `RedisEngine._sub_lock`: (un)subscribing; asks the hub `has_room`.
+- `Hub._lock` (hub.py; the Registry is the Hub): clients, nicks, rooms and members, delivered
+  seqs, the write batch; `Hub._settled` is a condition on it. Never held while calling an
+  engine, and the engines call the hub with none of their own locks held, except the two above.
+- `Outbox._lock` (one per connection): its queue and flags (streams.py).
+- Leaves: `TlsSession._lock` (the TLS state), `ConnectionState._lock` (a connection's state and
+  close reason), `Housekeeper._lock` (connections, deadlines, aborts), `WebSocketTransport.
+  _accepting`, exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
+  queue's order), `SqliteEngine._close_lock` (the reader pool), `RedisEngine._lock` (delivered
+  seqs, nick claims, subscription confirmations).
+What relies on the GIL instead: floats and strings written by one thread and read by another
+where a stale read is harmless: a connection's `last_seen`/`ping_sent_at` (a ping moves by one
+tick), the Flusher's fd table, the engines' `health()` reasons.
+"""
 
 import logging
 import threading

@@ -19,25 +19,8 @@ Do not call the package's own API methods (`run_forever`, `send_message`, `send_
 outbox (ordering, slow-reader limits) and the app's registry (the one record of who is
 connected). Use `serve`, `stop_accepting`, `close_all` and `Connection.send_frame`/`close`.
 
-Threads (transport side; the app describes its own):
-- accept: `serve()` (socketserver's loop) accepts and starts one thread per connection.
-- one per connection: `Connection.handle` -- handshake, then reads frames and calls the app's
-  `on_connect`/`on_texts`/`on_close` for that connection; the app's fan-out runs on it.
-- housekeeper (housekeeper.py): handshake deadlines, pings, delayed aborts, and `on_close` for
-  connections dropped for being too slow.
-- flusher (streams.Flusher): finishes writes the kernel could not take at once.
-
-Locks, in the order they may be taken (never the other way round); none is reentrant:
-  app (Registry) lock -> Outbox._lock -> TlsSession._lock, ConnectionState._lock or Housekeeper._lock
-- `Outbox._lock` (one per connection): its queue and flags (streams.py).
-- `TlsSession._lock` (one per TLS connection): the TLS state and its buffers (tls.py); a leaf.
-- `ConnectionState._lock` (one per connection): its state and close reason; a leaf.
-- `Housekeeper._lock`: the connection set, deadlines, pending aborts and drops; a leaf.
-- `WebSocketTransport._accepting`: whether the accept loop started or was stopped; a leaf.
-The app's callbacks are never called with a transport lock held; the Host/Origin checks' log
-memory (exposure.py) has a leaf lock of its own. Relying on the GIL:
-`last_seen`/`ping_sent_at` (floats written by the connection's thread, read by the housekeeper:
-a stale read moves a ping by one tick) and the Flusher's fd table.
+Threads and locks: app.py's docstring lists every thread and lock of the server, this module's
+included, and the order locks are taken in.
 """
 
 import contextlib
