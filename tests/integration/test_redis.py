@@ -1,12 +1,13 @@
 """Several roomchat processes on one Redis behave as one server: real redis-server, real processes."""
 
+import re
 import threading
 import time
 
 import pytest
 import websocket
 
-from tests.helpers import Peer, run_to_exit, wait_for
+from tests.helpers import ROOT, Peer, run_to_exit, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -170,3 +171,22 @@ def test_db_and_redis_are_mutually_exclusive():
     """--db and --redis together are refused with a usage error."""
     done = run_to_exit("--redis", "redis://127.0.0.1:1/0", "--db", "x.db")
     assert done.returncode == 2 and "mutually exclusive" in done.stderr
+
+
+def test_readme_several_processes_commands_work(redis_server, spawn, peers):
+    """The README's two commands (with this test's Redis and free ports) make one server."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Several processes\n", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^python roomchat\.py (--redis \S+ --port \d+)", section, re.M)
+    assert len(commands) == 2, commands
+    servers = []
+    for command in commands:
+        args = command.split()
+        args[1] = redis_server.url
+        args[3] = "0"
+        servers.append(spawn(*args))
+    ann, bob = peers(servers[0].url), peers(servers[1].url)
+    ann.join("lobby")
+    bob.join("lobby")
+    ann.send(type="chat", room="lobby", text="across")
+    assert bob.recv_type("chat")["text"] == "across"
