@@ -36,6 +36,7 @@ tick), the Flusher's fd table, the engines' `health()` reasons.
 
 import logging
 import threading
+from urllib.parse import parse_qs, urlsplit
 
 from chatserver import exposure, frames, tls
 from chatserver.client import TokenBucket
@@ -98,15 +99,18 @@ class ChatServer:
 
     def on_connect(self, conn) -> None:
         limiter = TokenBucket(self.config.rate_burst, self.config.rate_per_second)
-        conn.client = self.registry.connect(conn, limiter)
+        resume = parse_qs(urlsplit(conn.path).query).get("resume", [None])[0]
+        conn.client = self.registry.connect(conn, limiter, resume=resume)
         conn.context = Context(self.registry, conn.client, self.config)
         log.info("connect %s %s", conn.peer, conn.client.nick)
 
     def on_texts(self, conn, texts: list) -> None:
+        if conn.client.conn is not conn:
+            return  # a resume moved its client to a new connection: this one is being closed
         self.dispatcher.dispatch(conn.context, texts)
 
     def on_close(self, conn) -> None:
-        self.registry.disconnect(conn.client)
+        self.registry.disconnect(conn.client, conn)
 
     def on_http(self, method: str, target: str, headers: dict):
         return self.web.respond(method, target, headers)

@@ -33,10 +33,11 @@ class Client:
 
     Owned by the Registry and changed under its lock: `nick`; `rooms` (the rooms it is in: the
     index of `Room.members`); `pending` (chats published and not yet delivered: its next request
-    waits for them); `changes` (the last nick changes it was told of, so it hears of each once).
+    waits for them); `changes` (the last nick changes it was told of, so it hears of each once);
+    `conn` (a resume moves the client onto a new connection).
     """
 
-    __slots__ = ("changes", "conn", "id", "limiter", "nick", "pending", "rooms")
+    __slots__ = ("changes", "conn", "id", "limiter", "nick", "pending", "rooms", "token")
 
     def __init__(self, client_id: int, conn, nick: str, limiter: TokenBucket):
         self.id = client_id
@@ -46,6 +47,7 @@ class Client:
         self.pending = 0
         self.changes: deque = deque(maxlen=16)
         self.limiter = limiter
+        self.token: str | None = None  # its resume token: a new connection presenting it takes it over
 
     def send(self, frame: bytes) -> None:
         """Queue an encoded frame; never blocks (a client that falls behind is closed instead)."""

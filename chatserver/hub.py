@@ -65,6 +65,7 @@ class Hub:
         self._rooms: dict[str, Room] = {}
         self._seqs: dict[str, int] = engine.last_seqs() if hasattr(engine, "last_seqs") else {}
         self._batch: dict | None = None  # while set: frames per client, written once at the end
+        self._tokens: dict[str, Client] = {}  # resume token -> the client it takes over
 
     def stats(self) -> dict:
         with self._lock:

@@ -16,6 +16,7 @@ no repeat, whichever engine and process.
 
 import itertools
 import logging
+import secrets
 import uuid
 from typing import NamedTuple
 
@@ -25,6 +26,7 @@ from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
 from chatserver.hub import Hold, Hub, Room, unavailable
 
+CLOSE_REPLACED = 4000  # close code for a connection a resume took over (PROTOCOL.md)
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
 
 log = logging.getLogger("roomchat.registry")
@@ -54,10 +56,18 @@ class Registry(Hub):
 
     # -- connections ---------------------------------------------------------------------------
 
-    def connect(self, conn, limiter) -> Client:
-        """Register a new connection under a free guest nick and send its `welcome`.
+    def connect(self, conn, limiter, resume: str | None = None) -> Client:
+        """Register a new connection and send its `welcome` (with a new resume token).
 
-        Raises ChatError("unavailable") when a cluster engine cannot give it a nick."""
+        With the `resume` token of an earlier connection of this process that still holds its
+        nick, the connection takes that client over: same nick, same rooms, no presence flap;
+        the old connection, if still open, is closed with 4000. Otherwise it gets a free guest
+        nick. Raises ChatError("unavailable") when a cluster engine cannot give it a nick."""
+        with self._lock:
+            client = self._resume(resume, conn)
+            if client is not None:
+                self._welcome(client, resumed=True)
+                return client
         while True:
             with self._lock:
                 self._guests += 1
@@ -70,15 +80,19 @@ class Registry(Hub):
             with self._lock:
                 self._clients[client.id] = client
                 self._nicks[nick.casefold()] = client
-                client.send(protocol.encode(protocol.welcome(nick, self._limits, self._engine.epoch)))
+                self._welcome(client, resumed=False)
             return client
 
-    def disconnect(self, client: Client) -> None:
+    def disconnect(self, client: Client, conn=None) -> None:
         """Forget a client; every room it was in gets a presence `leave`. Safe to call twice, from
-        any thread (the second call finds it gone). Raises nothing."""
+        any thread (the second call finds it gone), and a no-op for `conn`, a connection the
+        client was taken away from by a resume. Raises nothing."""
         with self._lock:
+            if conn is not None and client.conn is not conn:
+                return  # resumed on another connection: the client lives on there
             if self._clients.pop(client.id, None) is None:
                 return
+            self._forget_token(client)
             del self._nicks[client.nick.casefold()]
             left = [self._remove_member(client, name) for name in sorted(client.rooms)]
             self._settled.notify_all()
@@ -88,6 +102,36 @@ class Registry(Hub):
                 self._engine.unsubscribe(name)
         if self._cluster:
             self._engine.release_nick(client.nick, self._owner(client))
+
+    def _welcome(self, client: Client, resumed: bool) -> None:
+        """The first frame on a connection: `welcome`, with a new resume token for the client."""
+        assert self._lock.locked()
+        self._forget_token(client)
+        client.token = secrets.token_urlsafe(24)
+        self._tokens[client.token] = client
+        event = protocol.welcome(client.nick, self._limits, self._engine.epoch)
+        event["resume"] = client.token
+        if resumed:
+            event["resumed"] = True
+            event["rooms"] = sorted(client.rooms)
+        client.send(protocol.encode(event))
+
+    def _resume(self, token: str | None, conn) -> Client | None:
+        """The client `token` names, moved onto `conn` (its old connection closed with 4000), or
+        None when the token is unknown: it was never given, or its client is gone."""
+        assert self._lock.locked()
+        client = self._tokens.get(token) if token else None
+        if client is None or client.id not in self._clients:
+            return None
+        old, client.conn = client.conn, conn
+        old.close(CLOSE_REPLACED, "replaced by a new connection")
+        log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CLOSE_REPLACED)
+        return client
+
+    def _forget_token(self, client: Client) -> None:
+        assert self._lock.locked()
+        if client.token is not None:
+            self._tokens.pop(client.token, None)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -121,6 +165,7 @@ class Registry(Hub):
             self._nicks[folded] = client
             client.nick = nick
             client.send(protocol.encode(protocol.with_id(event, reply_id)))
+            log.info("nick %s -> %s", old, nick)
             rooms = sorted(client.rooms)
         if self._cluster and folded != old.casefold():
             self._engine.release_nick(old, self._owner(client))

@@ -1,0 +1,72 @@
+"""Resume tokens: after a silent network drop, a client takes its nick and rooms back at once."""
+
+import time
+
+import pytest
+import websocket
+
+from tests.helpers import SilentProxy, wait_for
+
+
+@pytest.fixture
+def proxy(server):
+    relay = SilentProxy(server.port)
+    yield relay
+    relay.close()
+
+
+def test_resume_after_a_silent_drop_takes_back_nick_and_rooms(server, proxy, connect, peers):
+    """A client whose connection vanished without a FIN reconnects with its resume token: within
+    a second it has its nick and rooms back, the old connection is closed with 4000, and the
+    room sees no leave/join flap; `join` with `after` replays what it missed."""
+    ann = peers(f"ws://127.0.0.1:{proxy.port}/")
+    ann.set_nick("ann")
+    ann.join("lobby")
+    bob = connect()
+    bob.join("lobby")
+    token = ann.welcome["resume"]
+    proxy.blackhole()
+    bob.send(type="chat", room="lobby", text="while you were gone")
+    bob.recv_type("chat")
+    started = time.monotonic()
+    again = peers(f"{server.url}?resume={token}")
+    assert again.welcome["nick"] == "ann" and again.welcome["resumed"] is True
+    assert again.welcome["rooms"] == ["lobby"] and again.welcome["resume"] != token
+    joined = again.join("lobby", after=0)
+    assert [e["text"] for e in joined["history"]] == ["while you were gone"]
+    assert joined["members"] == ["ann", bob.nick]
+    assert time.monotonic() - started < 1
+    bob.send(type="chat", room="lobby", text="welcome back")
+    assert again.recv_type("chat")["text"] == "welcome back"
+    bob.recv_type("chat")
+    assert bob.request(type="who", room="lobby")["members"] == ["ann", bob.nick]
+    bob.ws.settimeout(0.5)
+    with pytest.raises(websocket.WebSocketTimeoutException):  # no presence flap for the room
+        while True:
+            event = bob.recv()
+            assert event["type"] != "presence", event
+    wait_for(lambda: server.registry.stats()["connections"] == 2)  # the old connection is gone
+
+
+def test_resume_closes_the_old_connection_with_4000(server, connect, peers):
+    """If the old connection is still open, it gets close 4000 "replaced by a new connection"."""
+    old = connect()
+    old.set_nick("ann")
+    again = peers(f"{server.url}?resume={old.welcome['resume']}")
+    assert again.welcome["nick"] == "ann"
+    frame = old.ws.recv_data_frame(True)[1]
+    assert frame.opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(frame.data[:2], "big") == 4000 and frame.data[2:] == b"replaced by a new connection"
+
+
+@pytest.mark.parametrize("token", ["nonsense", ""])
+def test_unknown_or_spent_token_gets_a_guest(server, connect, peers, token):
+    """An unknown token, or one whose client has left, gives a fresh guest nick (resumed absent)."""
+    if not token:
+        first = connect()
+        first.set_nick("ann")
+        token = first.welcome["resume"]
+        first.close()
+        wait_for(lambda: server.registry.stats()["connections"] == 0)
+    peer = peers(f"{server.url}?resume={token}")
+    assert peer.welcome["nick"].startswith("guest-") and "resumed" not in peer.welcome
