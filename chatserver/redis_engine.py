@@ -80,7 +80,7 @@ class RedisEngine:
         self._sub_lock = threading.Lock()
         self._last: dict[str, int | None] = {}  # subscribed room -> last seq delivered here
         self._claims: dict[str, str] = {}  # nick key -> value, the nicks this process holds
-        self._confirmed: dict[str, threading.Event] = {}  # channel -> set once subscribed
+        self._confirmed: dict[str, threading.Event] = {}  # subscribed channel -> set once Redis confirmed
         self._pubsub = None
         self._problem: str | None = None
         self._stop = threading.Event()
@@ -181,19 +181,22 @@ class RedisEngine:
         return spelled
 
     def subscribe(self, room: str) -> None:
-        """Subscribe to the room's channel and wait until Redis confirms. Raises Unavailable."""
+        """Subscribe to the room's channel (once) and wait until Redis has confirmed it; every
+        join calls this, so a join is published only once its process hears the room. Raises
+        Unavailable."""
         channel = room_key(room, "events")
         with self._sub_lock:
             with self._lock:
-                if room in self._last:
-                    return
-                self._last[room] = None
-                confirmed = self._confirmed[channel] = threading.Event()
-            # without a subscription now, the listener subscribes to every wanted room as it reconnects
-            with contextlib.suppress(redis.RedisError, AttributeError):
-                self._pubsub.subscribe(channel)
-            if not confirmed.wait(SUBSCRIBE_TIMEOUT):
-                raise Unavailable("Redis did not confirm the subscription")
+                confirmed = self._confirmed.get(channel)
+                new = confirmed is None
+                if new:
+                    self._last[room] = None
+                    confirmed = self._confirmed[channel] = threading.Event()
+            if new:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
+                with contextlib.suppress(redis.RedisError, AttributeError):
+                    self._pubsub.subscribe(channel)
+        if not confirmed.wait(SUBSCRIBE_TIMEOUT):
+            raise Unavailable("Redis did not confirm the subscription")
 
     def unsubscribe(self, room: str) -> None:
         """Unsubscribe once the room has no local member (unless one has joined again since)."""
@@ -202,6 +205,7 @@ class RedisEngine:
                 return
             with self._lock:
                 self._last.pop(room, None)
+                self._confirmed.pop(room_key(room, "events"), None)
             with contextlib.suppress(redis.RedisError, AttributeError):
                 self._pubsub.unsubscribe(room_key(room, "events"))
 
@@ -263,7 +267,7 @@ class RedisEngine:
         while message is not None and len(items) < 512:
             if message["type"] == "subscribe":
                 with self._lock:
-                    confirmed = self._confirmed.pop(message["channel"].decode(), None)
+                    confirmed = self._confirmed.get(message["channel"].decode())
                 if confirmed is not None:
                     confirmed.set()
             elif message["type"] == "message":

@@ -188,7 +188,6 @@ class Registry(Hub):
             else:
                 if len(client.rooms) >= self._max_rooms:
                     raise ChatError("too_many_rooms", f"You are in {self._max_rooms} rooms; leave one first.")
-                new_room = room is None
                 room = self._rooms.setdefault(name, Room(name))
                 hold = room.members[client] = Hold()
                 client.rooms.add(name)
@@ -196,7 +195,7 @@ class Registry(Hub):
         if not rejoin:
             emptied = False
             try:
-                if self._cluster and new_room:
+                if self._cluster:
                     self._engine.subscribe(name)
                 self._engine.announce(name, protocol.presence(name, "join", nick), self._meta(client))
             except Unavailable as exc:

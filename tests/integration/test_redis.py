@@ -190,3 +190,18 @@ def test_readme_several_processes_commands_work(redis_server, spawn, peers):
     bob.join("lobby")
     ann.send(type="chat", room="lobby", text="across")
     assert bob.recv_type("chat")["text"] == "across"
+
+
+def test_concurrent_first_joins_on_one_process_are_placed_at_once(cluster, peers):
+    """Many clients of one process join a room nobody was in, all at once: each join waits for
+    the process's subscription, so every `joined` comes promptly and all agree on the members."""
+    [server, other] = cluster(2)
+    clients = [peers(server.url) for _ in range(8)]
+    started = time.monotonic()
+    for client in clients:
+        client.send(type="join", room="fresh")
+    joined = [client.recv_type("joined") for client in clients]
+    assert time.monotonic() - started < 3
+    watcher = peers(other.url)
+    assert sorted(watcher.join("fresh")["members"]) == sorted([c.nick for c in clients] + [watcher.nick])
+    assert all(c.nick in j["members"] for c, j in zip(clients, joined, strict=True))
