@@ -5,7 +5,12 @@ Precedence: command line, then environment, then the default written here.
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields
+
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)
+DEFAULT_RESERVED = "admin,root,server,system,roomchat,operator,moderator"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 @dataclass
@@ -26,6 +31,10 @@ class Config:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
+    token_secret: str = field(default="", repr=False)  # never in a repr, a log line or --help
+    token_secret_file: str = ""
+    require_token: bool = False
+    reserved_nicks: str = DEFAULT_RESERVED
 
     def problem(self) -> str | None:
         """A sentence saying which setting is out of range, or None."""
@@ -46,7 +55,35 @@ class Config:
             return f"log-level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
         if self.log_format not in ("text", "json"):
             return f"log-format {self.log_format!r} is not text or json"
+        for nick in self.reserved():
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", nick):
+                return f"reserved-nicks: {nick[:40]!r} is not a nick"
+        return self._secret_problem()
+
+    def _secret_problem(self) -> str | None:
+        if self.token_secret and self.token_secret_file:
+            return "--token-secret and --token-secret-file are mutually exclusive"
+        try:
+            key = self.token_key()
+        except OSError as exc:
+            return f"cannot read --token-secret-file {self.token_secret_file}: {exc.strerror or exc}"
+        if key is not None and len(key) < MIN_SECRET_BYTES:
+            return f"the token secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 3.2); it has {len(key)}"
+        if self.require_token and key is None:
+            return "--require-token needs --token-secret or --token-secret-file"
         return None
+
+    def token_key(self) -> bytes | None:
+        """The HMAC key for tokens, or None when tokens are off. The file's content is the key,
+        without a final newline. Raises OSError when the file cannot be read."""
+        if self.token_secret_file:
+            with open(self.token_secret_file, "rb") as file:
+                return file.read().rstrip(b"\r\n") or None
+        return self.token_secret.encode() or None
+
+    def reserved(self) -> list[str]:
+        """The nicks nobody may take without a token for them (`reserved_nicks`, comma-separated)."""
+        return [nick.strip() for nick in self.reserved_nicks.split(",") if nick.strip()]
 
     def limits(self) -> dict:
         """What `welcome` tells each client about the limits it must stay within."""
@@ -76,6 +113,11 @@ HELP = {
     "ping_interval": "seconds between server pings that detect dead connections",
     "ping_timeout": "seconds to wait for a pong before closing with 1011",
     "handshake_timeout": "seconds a new connection has to finish its opening handshake",
+    "token_secret": "HMAC secret (at least 32 bytes) that signs identity tokens (HS256); prefer the file or the"
+                    " variable, a command line is visible to every user of the machine",
+    "token_secret_file": "file holding the token secret (a final line ending is ignored)",
+    "require_token": "refuse WebSocket upgrades without a valid ?token= (HTTP 401)",
+    "reserved_nicks": "comma-separated nicks nobody may take without a token for them",
 }
 
 
@@ -90,15 +132,13 @@ def build_parser(prog: str = "roomchat.py") -> argparse.ArgumentParser:
         epilog="Every option can also be set by an environment variable, shown in brackets.",
     )
     for f in fields(Config):
-        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=kind,
-            default=None,
-            metavar=f.name.upper(),
-            help=f"{HELP[f.name]} (default {f.default!r}) [{env_name(f.name)}]",
-        )
+        option = "--" + f.name.replace("_", "-")
+        help_text = f"{HELP[f.name]} (default {f.default!r}) [{env_name(f.name)}]"
+        if isinstance(f.default, bool):
+            parser.add_argument(option, dest=f.name, action="store_const", const=True, default=None, help=help_text)
+            continue
+        parser.add_argument(option, dest=f.name, type=type(f.default), default=None, metavar=f.name.upper(),
+                            help=help_text)
     return parser
 
 
@@ -112,11 +152,10 @@ def from_args(argv=None, environ=None) -> Config:
         value = getattr(args, f.name)
         if value is None and env_name(f.name) in environ:
             raw = environ[env_name(f.name)]
-            kind = type(f.default)
             try:
-                value = kind(raw)
+                value = _from_text(raw, type(f.default))
             except ValueError:
-                parser.error(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}")
+                parser.error(f"{env_name(f.name)}={raw!r} is not a valid {type(f.default).__name__}")
         if value is not None:
             values[f.name] = value
     config = Config(**values)
@@ -124,3 +163,13 @@ def from_args(argv=None, environ=None) -> Config:
     if problem:
         parser.error(problem)
     return config
+
+
+def _from_text(raw: str, kind: type):
+    """A variable's text as a value of the setting's type; booleans are 1/true/yes/on or 0/false/no/off.
+    Raises ValueError."""
+    if kind is not bool:
+        return kind(raw)
+    if raw.strip().lower() not in _TRUE + _FALSE:
+        raise ValueError(raw)
+    return raw.strip().lower() in _TRUE

@@ -12,71 +12,38 @@ join's place in the stream (`Hold.at`, the room's seq there). Until `joined` is 
 after that place are held; `joined.history` is read from the engine up to that seq; then the
 held events follow. So `joined` plus what follows is exactly the room's stream, with no gap and
 no repeat, whichever engine and process.
+
+Identity (identity.py): a connection with a token holds the token's nick, reserved for it in the
+engine until the token expires; whoever has that nick lets go of it (`evict`). Moderation
+(moderation.py): the rules live there and in the engine; `moderate` applies a request.
 """
 
-import itertools
 import logging
-import uuid
 
 from chatserver import protocol
 from chatserver.client import Client
-from chatserver.engine import Meta, Unavailable
+from chatserver.connections import Connections
+from chatserver.engine import Unavailable
 from chatserver.errors import ChatError
-from chatserver.hub import Hold, Hub, Room, unavailable
+from chatserver.hub import Hold, Room, unavailable
+from chatserver.identity import Identities
+from chatserver.moderation import Moderation
+from chatserver.protocol import fold_nick
 
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
 
 log = logging.getLogger("roomchat.registry")
 
 
-class Registry(Hub):
-    """Every request a client can make, as one method each (the handlers call them)."""
+class Registry(Connections):
+    """Every request a client can make, as one method each (the handlers call them).
+    Connecting and nicks: connections.py."""
 
-    def __init__(self, engine, limits: dict):
-        super().__init__(engine)
-        self._engine = engine
-        self._cluster = engine.cluster
-        self._limits = limits
+    def __init__(self, engine, limits: dict, identities: Identities | None = None):
+        super().__init__(engine, limits, identities)
         self._max_rooms = limits["max_rooms"]
-        self._ids = itertools.count(1)
-        self._guests = 0
+        self._moderation = Moderation(engine)
         engine.start(self)
-
-    # -- connections ---------------------------------------------------------------------------
-
-    def connect(self, conn, limiter) -> Client:
-        """Register a new connection under a free guest nick and send its `welcome`.
-
-        Raises ChatError("unavailable") when a cluster engine cannot give it a nick."""
-        while True:
-            with self._lock:
-                self._guests += 1
-                nick = f"guest-{self._guests}" if not self._cluster else f"guest-{uuid.uuid4().hex[:6]}"
-                if nick.casefold() in self._nicks:
-                    continue
-                client = Client(next(self._ids), conn, nick, limiter)
-            if self._cluster and not self._claim(client, nick):
-                continue
-            with self._lock:
-                self._clients[client.id] = client
-                self._nicks[nick.casefold()] = client
-                client.send(protocol.encode(protocol.welcome(nick, self._limits, self._engine.epoch)))
-            return client
-
-    def disconnect(self, client: Client) -> None:
-        """Forget a client; every room it was in gets a presence `leave`. Safe to call twice."""
-        with self._lock:
-            if self._clients.pop(client.id, None) is None:
-                return
-            del self._nicks[client.nick.casefold()]
-            left = [self._remove_member(client, name) for name in sorted(client.rooms)]
-            self._settled.notify_all()
-        for name, emptied in left:
-            self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
-            if emptied and self._cluster:
-                self._engine.unsubscribe(name)
-        if self._cluster:
-            self._engine.release_nick(client.nick, self._owner(client))
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -87,40 +54,47 @@ class Registry(Hub):
                 client.send(protocol.encode(event))
 
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
-        """Take `nick`; peers sharing a room hear of it once. Raises ChatError nick_taken, unavailable."""
-        folded = nick.casefold()
+        """Take `nick`; peers sharing a room hear of it once. Raises ChatError nick_taken,
+        nick_reserved (on the reserved list, or a token's), forbidden (your nick is your
+        token's), unavailable."""
         with self._lock:
-            if not self._settle(client):
-                return
-            owner = self._nicks.get(folded)
-            if owner is not None and owner is not client:
-                raise _nick_taken(nick)
-            old = client.nick
-        if self._cluster and folded != old.casefold() and not self._claim(client, nick):
-            raise _nick_taken(nick)
-        event = {"type": "nick", "old": old, "nick": nick}
+            identity = client.identity
+        if identity is not None:
+            if fold_nick(nick) != fold_nick(identity.nick):
+                raise ChatError("forbidden", f"Your nick comes from your token: {identity.nick}.")
+        elif self._identities.is_reserved(nick) or self._reserved(nick):
+            raise ChatError("nick_reserved", f"The nick {nick!r} is reserved; choose another.")
+        self._rename(client, nick, reply_id)
+
+    def authenticate(self, client: Client, token: str, reply_id=None) -> None:
+        """`auth`: make a verified token this connection's identity. An anonymous connection takes
+        the token's nick (reserved for it from now on); an authenticated one renews its token (for
+        the same nick only). Raises ChatError bad_token, forbidden, unavailable."""
+        identity = self._identities.verify(token)
         with self._lock:
-            if client.id not in self._clients or self._nicks.get(folded, client) is not client:
-                if self._cluster and folded != old.casefold():
-                    self._engine.release_nick(nick, self._owner(client))
-                if client.id in self._clients:
-                    raise _nick_taken(nick)
-                return
-            del self._nicks[old.casefold()]
-            self._nicks[folded] = client
-            client.nick = nick
-            client.send(protocol.encode(protocol.with_id(event, reply_id)))
-            rooms = sorted(client.rooms)
-        if self._cluster and folded != old.casefold():
-            self._engine.release_nick(old, self._owner(client))
-        change = uuid.uuid4().hex
-        for name in rooms:
-            self._announce_quietly(name, event, client, change)
+            previous, nick = client.identity, client.nick
+            if previous is not None and fold_nick(previous.nick) != fold_nick(identity.nick):
+                raise ChatError("forbidden", f"This connection is {previous.nick}; connect again to be someone else.")
+            client.identity = identity
+        try:
+            self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
+            if fold_nick(nick) != fold_nick(identity.nick):
+                self._rename(client, self._take(client, identity.nick), claimed=self._cluster)
+        except ChatError:
+            with self._lock:
+                client.identity = previous
+            raise
+        self._identities.watch(client, identity.expires)
+        self.reply(client, protocol.with_id({"type": "auth", **identity.summary()}, reply_id))
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
         last 50 chat events or, with `after`, every one with a higher seq (up to 1000, then
-        `truncated`). Raises ChatError too_many_rooms, unavailable."""
+        `truncated`), and the topic. Raises ChatError forbidden (banned, or not in the token's
+        rooms), too_many_rooms, unavailable."""
+        with self._lock:
+            identity, nick = client.identity, client.nick
+        self._ask_engine(lambda: self._moderation.check_join(identity, nick, name))
         with self._lock:
             if not self._settle(client):
                 return
@@ -159,8 +133,9 @@ class Registry(Hub):
         try:
             history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit)
             members = self._engine.members(name) if self._cluster else hold.members
+            topic = self._engine.topic(name)
         except Unavailable as exc:
-            history, members = None, exc
+            history, members, topic = None, exc, ""
         with self._lock:
             if room.members.get(client) is not hold:
                 return  # disconnected meanwhile
@@ -171,6 +146,8 @@ class Registry(Hub):
             reply = {"type": "joined", "room": name, "members": members, "history": history[: protocol.MAX_RESUME]}
             if len(history) > protocol.MAX_RESUME:
                 reply["truncated"] = True
+            if topic:
+                reply["topic"] = topic
             client.send(b"".join([protocol.encode(protocol.with_id(reply, reply_id)), *hold.frames]))
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
@@ -189,8 +166,10 @@ class Registry(Hub):
     def chat_many(self, client: Client, items: list) -> None:
         """Chats from one client that arrived together: [(room, text, reply_id)], or
         (ChatError, None, reply_id) for one refused already. Runs of chats to one room are
-        published together; an error reply waits until the chats before it are delivered."""
+        published together; an error reply waits until the chats before it are delivered.
+        Refusals: not_in_room, forbidden (muted), unavailable."""
         run_room, run = None, []
+        muted = {}  # room -> ChatError or None: read once per call and room
         for name, text, reply_id in [*items, (None, None, None)]:
             if run and (name != run_room or isinstance(name, ChatError) or name is None):
                 self._publish(client, run_room, run)
@@ -200,6 +179,10 @@ class Registry(Hub):
             try:
                 if isinstance(name, ChatError):
                     raise name
+                if name not in muted:
+                    muted[name] = self._refusal(self._moderation.check_chat, client.nick, name)
+                if muted[name] is not None:
+                    raise muted[name]
                 with self._lock:
                     if client.id not in self._clients:
                         return
@@ -217,7 +200,7 @@ class Registry(Hub):
         with self._lock:
             if not self._settle(client):
                 return
-            target = self._nicks.get(nick.casefold())
+            target = self._nicks.get(fold_nick(nick))
             event = protocol.dm_event(client.nick, target.nick if target else nick, text)
             if target is None and not self._cluster:
                 raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
@@ -266,39 +249,47 @@ class Registry(Hub):
             messages = [m for m in messages if m["seq"] <= upto]
         self.reply(client, protocol.with_id({"type": "history", "room": name, "messages": messages}, reply_id))
 
+    def moderate(self, client: Client, action, reply_id=None) -> None:
+        """An operator's topic, kick, ban or mute (moderation.Action): stored, put into the room's
+        stream (members see who did what) and answered with the same event. Raises ChatError
+        forbidden (not an operator of the room), no_such_user (a kick of a nick not in the room),
+        unavailable."""
+        with self._lock:
+            if not self._settle(client):
+                return
+            identity, actor = client.identity, client.nick
+        self._moderation.check_operator(identity, action.room)
+        target = None if action.nick is None else self._member_named(action.room, action.nick)
+        if target is None and action.kind == "kick":
+            raise ChatError("no_such_user", f"Nobody called {action.nick!r} is in {action.room!r}.")
+        event = self._ask_engine(lambda: self._moderation.apply(action, actor, target or action.nick))
+        self._ask_engine(lambda: self._engine.announce(action.room, event, self._meta(client)))
+        self.reply(client, protocol.with_id(event, reply_id))
+
     # -- helpers (lock not held) ---------------------------------------------------------------
+
+    def _member_named(self, name: str, nick: str) -> str | None:
+        """How the member of room `name` whose nick looks like `nick` spells it, or None."""
+        if self._cluster:
+            members = self._ask_engine(lambda: self._engine.members(name))
+        else:
+            with self._lock:
+                room = self._rooms.get(name)
+                members = [member.nick for member in room.members] if room else []
+        return next((m for m in members if fold_nick(m) == fold_nick(nick)), None)
+
+    def _refusal(self, check, *args) -> ChatError | None:
+        """The ChatError `check(*args)` raises (Unavailable as `unavailable`), or None."""
+        try:
+            check(*args)
+        except Unavailable as exc:
+            return unavailable(exc)
+        except ChatError as exc:
+            return exc
+        return None
 
     def _publish(self, client: Client, name: str, run: list) -> None:
         try:
             self._engine.publish(name, run)
         except Unavailable as exc:
             self.reject([(name, None, meta) for _nick, _text, meta in run], str(exc))
-
-    def _announce_quietly(self, name: str, event: dict, client: Client, change: str | None = None) -> None:
-        """Announce presence or a nick change; applied here already, so a failure is only logged."""
-        try:
-            self._engine.announce(name, event, self._meta(client, change=change))
-        except Unavailable as exc:
-            log.warning("%s in %s not announced: %s", event["type"], name, exc)
-
-    def _ask_engine(self, read):
-        try:
-            return read()
-        except Unavailable as exc:
-            raise unavailable(exc) from None
-
-    def _meta(self, client: Client, reply_id=None, change=None) -> Meta:
-        return Meta(origin=(self.process_id, client.id), reply_id=reply_id, change=change)
-
-    def _owner(self, client: Client) -> str:
-        return f"{self.process_id}:{client.id}"
-
-    def _claim(self, client: Client, nick: str) -> bool:
-        try:
-            return self._engine.claim_nick(nick, self._owner(client))
-        except Unavailable as exc:
-            raise unavailable(exc) from None
-
-
-def _nick_taken(nick: str) -> ChatError:
-    return ChatError("nick_taken", f"The nick {nick!r} is taken; choose another.")

@@ -2,6 +2,7 @@
 
 This is the only module that imports `websocket_server`. The rest of roomchat sees a connection
 (`send_frame`, `close`, `peer`, `path`, `headers`) and callbacks on the app:
+`on_handshake(target, headers)` (None, or a refusal as (status, reason[, headers])),
 `on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
 `on_close(conn)`, and `on_http(method, path, headers)` for plain HTTP on the same port.
 
@@ -102,6 +103,9 @@ class RoomchatHandler(WebSocketHandler):
                 self.close_reason = f"http {method} {target[:80]}"
                 return False
             response = accept_upgrade(method, headers)
+            refusal = self.server.app.on_handshake(target, headers)  # (status, reason[, headers]) or None
+            if refusal is not None:
+                raise HandshakeError(*refusal)
             sock.settimeout(None)  # from here every wait is bounded by pings and close deadlines instead
             sock.sendall(response)
         except HandshakeError as exc:

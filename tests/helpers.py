@@ -21,6 +21,7 @@ import websocket
 
 from chatserver.app import ChatServer
 from chatserver.config import Config
+from chatserver.engine import LocalRules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -303,13 +304,18 @@ def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):
 
 
 class FakeConn:
-    """A transport connection whose sends are kept in a list: for registry and dispatch tests."""
+    """A transport connection whose sends are kept in a list: for registry and dispatch tests.
+    `closed` is the (code, reason) the server closed it with, or None."""
 
     def __init__(self):
         self.frames = []
+        self.closed = None
 
     def send_frame(self, frame: bytes) -> None:
         self.frames.append(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
 
     def events(self, kind=None) -> list:
         """Every event sent, in order; one write may carry several frames."""
@@ -343,10 +349,11 @@ def require_program(name: str, install: str) -> str:
     return path
 
 
-class ManualEngine:
+class ManualEngine(LocalRules):
     """An engine that stores a chat only when the test says `commit()`, like the SQLite writer:
     reads see committed events only, and `announce` delivers at once. `on_read` runs inside
-    every read, so a test can make things happen between a join's place and its history read."""
+    every read, so a test can make things happen between a join's place and its history read.
+    Room rules and reserved nicks are the memory engine's (LocalRules)."""
 
     cluster = False
     location = "test"
@@ -359,6 +366,7 @@ class ManualEngine:
         self.on_read = None
         self.reads = 0
         self.hub = None
+        self._init_rules()
 
     def start(self, hub) -> None:
         self.hub = hub
