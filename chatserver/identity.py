@@ -134,20 +134,22 @@ class Identities:
         return verify(self._key, token)
 
     def refusal(self, target: str) -> tuple | None:
-        """For a WebSocket upgrade to `target`: None to accept, or (401, reason, headers) (RFC 6750
-        3: a Bearer challenge, with error="invalid_token" when a token was given). A token in the
-        URL must be valid; with `require`, one must be there."""
-        challenge = 'Bearer realm="roomchat"'
+        """For a WebSocket upgrade to `target`: None to accept, or (401, reason, headers) with a
+        Bearer challenge (RFC 6750 3: error="invalid_token" for a bad token, "invalid_request" for
+        several). A token in the URL must be valid; with `require`, one must be there."""
+        challenge, error = 'Bearer realm="roomchat"', "invalid_request"
         try:
             token = token_in(target)
             if token is None:
                 if not self.require:
                     return None
+                error = None
                 raise ChatError("bad_token", "This server requires a token: connect to /?token=<your token>.")
-            challenge += ', error="invalid_token"'
+            error = "invalid_token"
             self.verify(token)
             return None
         except ChatError as exc:
+            challenge += f', error="{error}"' if error else ""
             return 401, exc.message, {"WWW-Authenticate": challenge}
 
     def identity_in(self, target: str) -> Identity | None:

@@ -36,6 +36,21 @@ FAST_LIMITS = {"rate_burst": 100_000, "rate_per_second": 100_000}
 FAST = ["--rate-burst", "100000", "--rate-per-second", "100000", "--log-level", "WARNING"]
 
 
+SECRET = "test-secret-" + "s" * 32  # a token secret for tests (RFC 7518 wants at least 32 bytes)
+
+
+def token(nick: str, ttl: float = 3600, rooms=None, op: bool = False, secret: str = SECRET) -> str:
+    """A token signed with `secret` (SECRET by default), as `python roomchat.py token` prints."""
+    from chatserver.identity import issue
+
+    return issue(secret.encode(), nick, ttl, rooms, op)
+
+
+def with_token(url: str, signed: str) -> str:
+    """The WebSocket URL with `?token=` (the way a client presents a token at the handshake)."""
+    return f"{url}?token={signed}"
+
+
 threading.stack_size(512 * 1024)  # as roomchat.py does, so deep-input tests see production stacks
 
 
@@ -110,6 +125,14 @@ class Peer:
         for text in texts:
             self.send(type="chat", room=room, text=text)
         return [self.recv_type("chat") for _ in texts]
+
+    def close_code(self) -> tuple[int, str]:
+        """Read until the server's close frame (answering it); its code and reason."""
+        while True:
+            opcode, data = self.ws.recv_data_frame(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                payload = data.data
+                return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
 
     def close(self) -> None:
         self.ws.close()
