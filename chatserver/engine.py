@@ -54,12 +54,15 @@ class Meta(NamedTuple):
     `at`: for an event without a seq (presence, nick), the room's seq at its place in the stream,
     when the engine knows it (Redis); else None and the hub uses the last seq it delivered.
     `change`: a nick change's id, so a peer sharing several rooms hears of it once.
+    `echo`: the origin gets its own copy from the stream, with `reply_id`, and counts it in its
+    `pending` until then (a moderation event by a member of its room; chats always do).
     """
 
     origin: tuple | None = None
     reply_id: object = None
     at: int | None = None
     change: str | None = None
+    echo: bool = False
 
 
 class Hub(Protocol):

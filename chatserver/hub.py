@@ -115,10 +115,11 @@ class Hub:
         assert self._lock.locked()
         kind = event["type"]
         sender = self._origin(meta)
+        echo = kind == "chat" or meta.echo  # the sender gets its own copy, with its request's id
         if kind == "chat":
             self._seqs[name] = event["seq"]
-            if sender is not None:
-                sender.pending -= 1
+        if echo and sender is not None:
+            sender.pending -= 1
         room = self._rooms.get(name)
         if room is None:
             return
@@ -128,11 +129,11 @@ class Hub:
                 hold.at = self._seqs.get(name, 0) if meta.at is None else meta.at
                 hold.members = self._nicks_in(room)
         frame = protocol.encode(event)
-        own = frame if kind != "chat" or meta.reply_id is None else protocol.encode({**event, "id": meta.reply_id})
+        own = frame if not echo or meta.reply_id is None else protocol.encode({**event, "id": meta.reply_id})
         for member, hold in room.members.items():
             if member is sender:
-                if kind != "chat":
-                    continue  # own nick, leave or moderation: answered directly
+                if not echo:
+                    continue  # own nick or leave: answered directly
                 data = own
             else:
                 data = frame
@@ -144,6 +145,8 @@ class Hub:
                 self._out(member, data)
             elif hold.at is not None:
                 hold.frames.append(data)
+        if meta.echo and sender is not None and sender not in room.members:
+            self._out(sender, own)  # taken out of the room since its request: it still gets its answer
         if removes_member(event):
             self._drop_member(room, event["nick"])
 

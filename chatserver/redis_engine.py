@@ -110,7 +110,7 @@ class RedisEngine(RedisDirectory):
         kind = "remove" if removes_member(event) else event.get("event", event["type"])  # join, leave, nick, ...
         nick = event.get("nick", "")
         owner = f"{meta.origin[0]}:{meta.origin[1]}"
-        origin = orjson.dumps([*meta.origin, meta.reply_id, meta.change])[:-1] + b","  # the script adds `at`
+        origin = orjson.dumps([*meta.origin, meta.reply_id, meta.change, meta.echo])[:-1] + b","  # and `at`
         keys = [room_key(room, part) for part in ("seq", "members", "owners", "joins")]
         args = [room_key(room, "events"), kind, nick, owner, orjson.dumps(event), origin, event.get("old", "")]
         count = self._call(self._announce, keys=keys, args=args)
@@ -323,12 +323,14 @@ class RedisEngine(RedisDirectory):
 
 
 def _origin(meta: Meta) -> bytes:
-    """Meta as JSON: [process, client, reply id, change, at]."""
+    """Meta as JSON: [process, client, reply id, change, echo, at]."""
     process, client = meta.origin if meta.origin else (None, None)
-    return orjson.dumps([process, client, meta.reply_id, meta.change, meta.at])
+    return orjson.dumps([process, client, meta.reply_id, meta.change, meta.echo, meta.at])
 
 
 def _meta(origin: list) -> Meta:
-    process, client, reply_id, change, at = origin
-    return Meta(origin=(process, client) if process is not None else None, reply_id=reply_id, at=at, change=change)
-
+    """Meta from its JSON (history written before `echo` existed has five elements)."""
+    process, client, reply_id, change, *rest = origin
+    echo, at = (rest[0], rest[1]) if len(rest) == 2 else (False, rest[0])
+    origin = (process, client) if process is not None else None
+    return Meta(origin=origin, reply_id=reply_id, at=at, change=change, echo=echo)

@@ -23,7 +23,7 @@ import logging
 from chatserver import protocol
 from chatserver.client import Client
 from chatserver.connections import Connections
-from chatserver.engine import Unavailable
+from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
 from chatserver.hub import Hold, Room, unavailable
 from chatserver.identity import Identities
@@ -250,10 +250,11 @@ class Registry(Connections):
         self.reply(client, protocol.with_id({"type": "history", "room": name, "messages": messages}, reply_id))
 
     def moderate(self, client: Client, action, reply_id=None) -> None:
-        """An operator's topic, kick, ban or mute (moderation.Action): stored, put into the room's
-        stream (members see who did what) and answered with the same event. Raises ChatError
-        forbidden (not an operator of the room), no_such_user (a kick of a nick not in the room),
-        unavailable."""
+        """An operator's topic, kick, ban or mute (moderation.Action): stored, then put into the
+        room's stream (members see who did what). An operator in the room gets its answer there,
+        at its place, as with a chat; one outside it gets the same event directly. Raises
+        ChatError forbidden (not an operator of the room), no_such_user (a kick of a nick not in
+        the room), unavailable."""
         with self._lock:
             if not self._settle(client):
                 return
@@ -263,8 +264,18 @@ class Registry(Connections):
         if target is None and action.kind == "kick":
             raise ChatError("no_such_user", f"Nobody called {action.nick!r} is in {action.room!r}.")
         event = self._ask_engine(lambda: self._moderation.apply(action, actor, target or action.nick))
-        self._ask_engine(lambda: self._engine.announce(action.room, event, self._meta(client)))
-        self.reply(client, protocol.with_id(event, reply_id))
+        with self._lock:
+            echo = action.room in client.rooms
+            client.pending += echo
+        try:
+            self._engine.announce(action.room, event, Meta((self.process_id, client.id), reply_id, echo=echo))
+        except Unavailable as exc:
+            with self._lock:
+                client.pending -= echo
+                self._settled.notify_all()
+            raise unavailable(exc) from None
+        if not echo:
+            self.reply(client, protocol.with_id(event, reply_id))
 
     # -- helpers (lock not held) ---------------------------------------------------------------
 
