@@ -29,8 +29,9 @@ arrive later as a normal chat event. Durability is Redis's own: with AOF and
 `appendfsync everysec`, at most about a second of acknowledged chats is lost if Redis crashes.
 
 Threads: connection threads call the methods below (redis-py's pool is thread-safe); the
-listener thread reads the subscription and calls the hub; the heartbeat thread refreshes keys
-and reaps dead processes. `_sub_lock` serializes (un)subscribing, `_lock` guards `_last`,
+listener thread reads the subscription and calls the hub (a request to let go of a nick runs
+`Hub.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread refreshes
+keys and reaps dead processes. `_sub_lock` serializes (un)subscribing, `_lock` guards `_last`,
 `_claims` and `_confirmed`. Lock order: `_sub_lock` -> Registry -> `_lock`.
 """
 
