@@ -132,7 +132,7 @@ class Connections(Hub):
             self._announce_quietly(name, event, client, change)
 
     def _guest_nick(self, client: Client) -> str:
-        """A free guest nick that no token reserves (claimed for `client` in a cluster).
+        """A free guest nick that is not reserved (claimed for `client` in a cluster).
         Raises ChatError unavailable."""
         while True:
             with self._lock:
@@ -140,7 +140,9 @@ class Connections(Hub):
                 nick = f"guest-{self._guests}" if not self._cluster else f"guest-{uuid.uuid4().hex[:6]}"
                 if fold_nick(nick) in self._nicks:
                     continue
-            if not self._reserved(nick) and (not self._cluster or self._claim(client, nick)):
+            if self._identities.is_reserved(nick) or self._reserved(nick):
+                continue
+            if not self._cluster or self._claim(client, nick):
                 return nick
 
     def _take(self, client: Client, nick: str) -> str:

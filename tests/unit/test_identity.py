@@ -7,12 +7,15 @@ import time
 import jwt
 import pytest
 
+from chatserver.client import TokenBucket
 from chatserver.config import Config, from_args
+from chatserver.engine import MemoryEngine
 from chatserver.errors import ChatError
 from chatserver.identity import Identities, Identity, issue, parse_ttl, token_in, verify
 from chatserver.moderation import for_how_long, removes_member
 from chatserver.protocol import fold_nick
-from tests.helpers import SECRET
+from chatserver.registry import Registry
+from tests.helpers import SECRET, FakeConn
 
 KEY = SECRET.encode()
 
@@ -193,3 +196,11 @@ def test_moderation_helpers():
     assert for_how_long(600) == "for 10 more minutes"
     assert for_how_long(3 * 3600) == "for 3 more hours"
     assert for_how_long(2 * 86400 + 1) == "for 3 more days"
+
+
+def test_guest_nicks_skip_reserved_ones():
+    """A guest nick on the reserved list, or reserved by a token, is not handed out."""
+    engine = MemoryEngine()
+    engine.reserve_nick("guest-2", time.time() + 60)
+    registry = Registry(engine, Config().limits(), Identities(None, ["guest-1"]))
+    assert registry.connect(FakeConn(), TokenBucket(20, 5)).nick == "guest-3"
