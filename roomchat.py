@@ -3,6 +3,7 @@
 
     python roomchat.py                 # serve on ws://127.0.0.1:8765/ (see --help)
     python roomchat.py selftest URL    # check a server against protocol v1
+    python roomchat.py token --nick ann --rooms lobby --ttl 1h [--op]   # print an identity token
 """
 
 import logging
@@ -70,6 +71,12 @@ def main(argv=None) -> int:
         from chatclient.selftest import main as selftest_main
 
         return selftest_main(argv[1:])
+    if argv and argv[0] == "token":
+        import os
+
+        from chatserver.identity import token_main
+
+        return token_main(argv[1:], os.environ)
     return serve(argv)
 
 

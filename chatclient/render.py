@@ -46,6 +46,20 @@ def renamed(event: dict) -> str:
     return f"{clock()} * {safe(event['old'])} is now known as {safe(event['nick'])}"
 
 
+def moderation(event: dict) -> str:
+    """A topic, kick, ban or mute event: who did what in which room."""
+    kind, nick = event["type"], safe(event.get("nick", ""))
+    if kind == "topic":
+        what = f"set the topic: {safe(event['topic'])}" if event["topic"] else "cleared the topic"
+    elif kind != "kick" and not event.get("duration"):
+        what = f"lifted the {kind} on {nick}"
+    else:
+        what = {"kick": "kicked", "ban": "banned", "mute": "muted"}[kind] + " " + nick
+        what += f" for {event['duration']} s" if kind != "kick" else ""
+        what += f" ({safe(event['reason'])})" if event.get("reason") else ""
+    return f"{clock()} [{safe(event['room'])}] * {safe(event['by'])} {what}"
+
+
 def notice(text: str) -> str:
     """A line from the client itself (not from another user)."""
     return f"{clock()} * {text}"

@@ -218,6 +218,22 @@ class Session:
         self.nick = self.wanted_nick = event["nick"]
         return [render.notice(f"you are now known as {render.safe(self.nick)}")]
 
+    def _on_topic(self, event: dict, request) -> list[str]:
+        return [render.moderation(event)]
+
+    _on_mute = _on_topic
+
+    def _on_kick(self, event: dict, request) -> list[str]:
+        """A kick (or a ban, not lifted) of us takes us out of the room: not rejoined on reconnect."""
+        room = event["room"]
+        if event["nick"] == self.nick and (event["type"] == "kick" or event.get("duration")):
+            self.rooms.pop(room, None)
+            if self.room == room:
+                self.room = next(reversed(self.rooms), None)
+        return [render.moderation(event)]
+
+    _on_ban = _on_kick
+
     def _on_joined(self, event: dict, request) -> list[str]:
         room, history = event["room"], event.get("history", [])
         resumed = room in self._waiting

@@ -42,6 +42,8 @@ from chatserver import exposure, frames, tls
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, Dispatcher
+from chatserver.errors import ChatError
+from chatserver.identity import CLOSE_TOKEN_EXPIRED, Identities
 from chatserver.proxies import TrustedProxies
 from chatserver.registry import Registry
 from chatserver.sqlite_engine import open_engine
@@ -49,6 +51,8 @@ from chatserver.transport import WebSocketTransport
 from chatserver.web import WebRoutes
 
 log = logging.getLogger("roomchat")
+
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 7.4.2 (IANA registry): the server cannot take the connection now
 
 
 class ChatServer:
@@ -81,7 +85,8 @@ class ChatServer:
         except Exception:
             self.transport.server_close()
             raise
-        self.registry = Registry(self.engine, config.limits())
+        self.identities = Identities(config.token_key(), config.reserved(), config.require_token, self._expired)
+        self.registry = Registry(self.engine, config.limits(), self.identities)
         self.web = WebRoutes(self.registry.stats, self.engine.health)
         self.dispatcher = dispatcher
         self._thread = None
@@ -97,20 +102,40 @@ class ChatServer:
 
     # -- transport callbacks ------------------------------------------------------------------------
 
+    def on_handshake(self, target: str, headers: dict) -> tuple | None:
+        """Before a WebSocket upgrade is accepted: None, or (status, reason, headers) to refuse it
+        (401 for a bad token in `?token=`, or none with --require-token)."""
+        return self.identities.refusal(target)
+
     def on_connect(self, conn) -> None:
         limiter = TokenBucket(self.config.rate_burst, self.config.rate_per_second)
+        conn.client = None
+        try:
+            identity = self.identities.identity_in(conn.path)
+        except ChatError as exc:  # valid at the handshake, expired a moment later
+            conn.close(CLOSE_TOKEN_EXPIRED, exc.message[:100])
+            return
         resume = parse_qs(urlsplit(conn.path).query).get("resume", [None])[0]
-        conn.client = self.registry.connect(conn, limiter, resume=resume)
+        try:
+            conn.client = self.registry.connect(conn, limiter, identity, resume=resume)
+        except ChatError as exc:  # Redis unreachable, or a token's nick still held elsewhere
+            conn.close(CLOSE_TRY_AGAIN_LATER, exc.message[:100])
+            return
         conn.context = Context(self.registry, conn.client, self.config)
         log.info("connect %s %s", conn.peer, conn.client.nick)
 
     def on_texts(self, conn, texts: list) -> None:
-        if conn.client.conn is not conn:
-            return  # a resume moved its client to a new connection: this one is being closed
-        self.dispatcher.dispatch(conn.context, texts)
+        if conn.client is not None and conn.client.conn is conn:  # else: resumed on a new connection
+            self.dispatcher.dispatch(conn.context, texts)
 
     def on_close(self, conn) -> None:
-        self.registry.disconnect(conn.client, conn)
+        if conn.client is not None:
+            self.registry.disconnect(conn.client, conn)
+
+    def _expired(self, client) -> None:
+        """The identities' expiry thread: this client's token has expired."""
+        log.info("token of %s expired", client.nick)
+        client.conn.close(CLOSE_TOKEN_EXPIRED, "token expired; connect again with a new one")
 
     def on_http(self, method: str, target: str, headers: dict):
         return self.web.respond(method, target, headers)
@@ -130,6 +155,7 @@ class ChatServer:
         with self._shut:
             self.transport.stop_accepting()
             self.transport.close_all(frames.CLOSE_GOING_AWAY, "server shutting down", timeout)
+            self.identities.stop()
             self.engine.close()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -34,12 +34,13 @@ class Client:
     Owned by the Registry and changed under its lock: `nick`; `rooms` (the rooms it is in: the
     index of `Room.members`); `pending` (chats published and not yet delivered: its next request
     waits for them); `changes` (the last nick changes it was told of, so it hears of each once);
-    `conn` (a resume moves the client onto a new connection).
+    `conn` (a resume moves the client onto a new connection); `identity` (identity.Identity from
+    its token, or None: anonymous); `token` (its resume token).
     """
 
-    __slots__ = ("changes", "conn", "id", "limiter", "nick", "pending", "rooms", "token")
+    __slots__ = ("changes", "conn", "id", "identity", "limiter", "nick", "pending", "rooms", "token")
 
-    def __init__(self, client_id: int, conn, nick: str, limiter: TokenBucket):
+    def __init__(self, client_id: int, conn, nick: str, limiter: TokenBucket, identity=None):
         self.id = client_id
         self.conn = conn
         self.nick = nick
@@ -48,6 +49,7 @@ class Client:
         self.changes: deque = deque(maxlen=16)
         self.limiter = limiter
         self.token: str | None = None  # its resume token: a new connection presenting it takes it over
+        self.identity = identity
 
     def send(self, frame: bytes) -> None:
         """Queue an encoded frame; never blocks (a client that falls behind is closed instead)."""

@@ -7,10 +7,15 @@ comma-separated values.
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields
 
 from chatserver.exposure import HostCheck, OriginCheck
 from chatserver.proxies import TrustedProxies
+
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)
+DEFAULT_RESERVED = "admin,root,server,system,roomchat,operator,moderator"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 @dataclass
@@ -36,6 +41,10 @@ class Config:
     allowed_hosts: tuple = ()
     allow_origin: tuple = ()
     trusted_proxy: tuple = ()
+    token_secret: str = field(default="", repr=False)  # never in a repr, a log line or --help
+    token_secret_file: str = ""
+    require_token: bool = False
+    reserved_nicks: str = DEFAULT_RESERVED
 
     def problem(self) -> str | None:
         """A sentence saying which setting is out of range, or None."""
@@ -64,7 +73,35 @@ class Config:
                 check(getattr(self, name.replace("-", "_")))
             except ValueError as exc:
                 return f"{name}: {exc}"
+        for nick in self.reserved():
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", nick):
+                return f"reserved-nicks: {nick[:40]!r} is not a nick"
+        return self._secret_problem()
+
+    def _secret_problem(self) -> str | None:
+        if self.token_secret and self.token_secret_file:
+            return "--token-secret and --token-secret-file are mutually exclusive"
+        try:
+            key = self.token_key()
+        except OSError as exc:
+            return f"cannot read --token-secret-file {self.token_secret_file}: {exc.strerror or exc}"
+        if key is not None and len(key) < MIN_SECRET_BYTES:
+            return f"the token secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 3.2); it has {len(key)}"
+        if self.require_token and key is None:
+            return "--require-token needs --token-secret or --token-secret-file"
         return None
+
+    def token_key(self) -> bytes | None:
+        """The HMAC key for tokens, or None when tokens are off. The file's content is the key,
+        without a final newline. Raises OSError when the file cannot be read."""
+        if self.token_secret_file:
+            with open(self.token_secret_file, "rb") as file:
+                return file.read().rstrip(b"\r\n") or None
+        return self.token_secret.encode() or None
+
+    def reserved(self) -> list[str]:
+        """The nicks nobody may take without a token for them (`reserved_nicks`, comma-separated)."""
+        return [nick.strip() for nick in self.reserved_nicks.split(",") if nick.strip()]
 
     def limits(self) -> dict:
         """What `welcome` tells each client about the limits it must stay within."""
@@ -103,6 +140,11 @@ HELP = {
                     "'null' for file:// pages; '*' any (warned). Pages of this server are always allowed",
     "trusted_proxy": "address or network (10.0.0.0/8) of a reverse proxy whose X-Forwarded-For, "
                      "Forwarded and X-Forwarded-Proto headers are believed",
+    "token_secret": "HMAC secret (at least 32 bytes) that signs identity tokens (HS256); prefer the file or the"
+                    " variable, a command line is visible to every user of the machine",
+    "token_secret_file": "file holding the token secret (a final line ending is ignored)",
+    "require_token": "refuse WebSocket upgrades without a valid ?token= (HTTP 401)",
+    "reserved_nicks": "comma-separated nicks nobody may take without a token for them",
 }
 
 EPILOG = """Every option can also be set by an environment variable, shown in brackets. Options marked
@@ -133,16 +175,13 @@ def build_parser(prog: str = "roomchat.py") -> argparse.ArgumentParser:
             parser.add_argument(option, dest=f.name, action="append", default=None, metavar=f.name.upper(),
                                 help=help_text)
             continue
-        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
         shown = "none" if f.default == "" else repr(f.default)
-        parser.add_argument(
-            option,
-            dest=f.name,
-            type=kind,
-            default=None,
-            metavar=f.name.upper(),
-            help=f"{HELP[f.name]} (default {shown}) [{env_name(f.name)}]",
-        )
+        help_text = f"{HELP[f.name]} (default {shown}) [{env_name(f.name)}]"
+        if isinstance(f.default, bool):
+            parser.add_argument(option, dest=f.name, action="store_const", const=True, default=None, help=help_text)
+            continue
+        parser.add_argument(option, dest=f.name, type=type(f.default), default=None, metavar=f.name.upper(),
+                            help=help_text)
     return parser
 
 
@@ -165,11 +204,10 @@ def from_args(argv=None, environ=None) -> Config:
             value = split_list(value) if value is not None else None
         elif value is None and env_name(f.name) in environ:
             raw = environ[env_name(f.name)]
-            kind = type(f.default)
             try:
-                value = kind(raw)
+                value = _from_text(raw, type(f.default))
             except ValueError:
-                parser.error(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}")
+                parser.error(f"{env_name(f.name)}={raw!r} is not a valid {type(f.default).__name__}")
         if value is not None:
             values[f.name] = value
     config = Config(**values)
@@ -177,3 +215,13 @@ def from_args(argv=None, environ=None) -> Config:
     if problem:
         parser.error(problem)
     return config
+
+
+def _from_text(raw: str, kind: type):
+    """A variable's text as a value of the setting's type; booleans are 1/true/yes/on or 0/false/no/off.
+    Raises ValueError."""
+    if kind is not bool:
+        return kind(raw)
+    if raw.strip().lower() not in _TRUE + _FALSE:
+        raise ValueError(raw)
+    return raw.strip().lower() in _TRUE

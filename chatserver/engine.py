@@ -15,6 +15,9 @@ The contract (PROTOCOL.md "What a client can rely on" is the client's side of it
 2. Stored before delivered: a chat event reaches `hub.deliver` only once the engine has stored
    it (committed to SQLite, written to Redis). The sender's own copy is its acknowledgement.
 3. Nothing is promised across rooms.
+4. Room rules and reserved nicks (topics, bans, mutes, nicks reserved by tokens) are facts of the
+   whole server: what one process sets, every process reads (`set_topic` ... `reserved_until`).
+   Moderation events themselves go through `announce`, so they are ordered with the chats.
 
 Threads. `publish`, `announce` and the reads are called by connection threads, never while the
 Registry lock is held. `hub.deliver` and `hub.reject` are called with no engine lock held:
@@ -23,11 +26,12 @@ the lock order is engine -> Registry, and the Registry never calls an engine und
 """
 
 import threading
+import time
 import uuid
 from collections import deque
 from typing import NamedTuple, Protocol
 
-from chatserver.protocol import chat_event
+from chatserver.protocol import chat_event, fold_nick
 
 
 class EngineError(Exception):
@@ -50,12 +54,15 @@ class Meta(NamedTuple):
     `at`: for an event without a seq (presence, nick), the room's seq at its place in the stream,
     when the engine knows it (Redis); else None and the hub uses the last seq it delivered.
     `change`: a nick change's id, so a peer sharing several rooms hears of it once.
+    `echo`: the origin gets its own copy from the stream, with `reply_id`, and counts it in its
+    `pending` until then (a moderation event by a member of its room; chats always do).
     """
 
     origin: tuple | None = None
     reply_id: object = None
     at: int | None = None
     change: str | None = None
+    echo: bool = False
 
 
 class Hub(Protocol):
@@ -71,6 +78,9 @@ class Hub(Protocol):
 
     def deliver_dm(self, client_id: int, event: dict) -> None:
         """A direct message for a local client (Redis: from another process)."""
+
+    def evict(self, client_id: int) -> None:
+        """A token holder elsewhere wants this local client's nick: let go of it (Redis only)."""
 
 
 class Engine(Protocol):
@@ -108,6 +118,84 @@ class Engine(Protocol):
     def close(self) -> None:
         """Finish what is queued, stop threads, release files and connections. Idempotent."""
 
+    # Room rules and reserved nicks. Nicks are compared folded (protocol.fold_nick); times are
+    # Unix times in seconds. Each method Raises Unavailable.
+
+    def reserve_nick(self, nick: str, until: float) -> None:
+        """Keep `nick` for the holder of a token for it until `until`; a reservation only grows."""
+
+    def reserved_until(self, nick: str) -> float | None:
+        """Until when `nick` is reserved by a token, or None."""
+
+    def set_topic(self, room: str, topic: str) -> None:
+        """The room's topic; "" clears it."""
+
+    def topic(self, room: str) -> str:
+        """The room's topic, "" when it has none."""
+
+    def restrict(self, room: str, kind: str, nick: str, until: float) -> None:
+        """`kind` "ban" or "mute": keep `nick` out of the room, or read-only in it, until `until`
+        (a time already past lifts it)."""
+
+    def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
+        """Until when `nick` is banned or muted ("ban", "mute") in the room, or None."""
+
+
+class LocalRules:
+    """Room rules and reserved nicks for one process (the memory and SQLite engines), as rows
+    (scope, kind, key) -> (value, until or None): a topic is (room, "topic", "") -> (text, None),
+    a ban or mute (room, "ban" | "mute", folded nick) -> ("", until), a reservation
+    ("", "nick", folded nick) -> (nick, until). `_rules_lock` guards `_rules`; `_save` writes a
+    change through before it is made (the SQLite engine overrides it; Raises Unavailable).
+    """
+
+    def _init_rules(self, rows=(), clock=time.time) -> None:
+        self._rules_lock = threading.Lock()
+        self._rules = {(scope, kind, key): (value, until) for scope, kind, key, value, until in rows}
+        self._clock = clock
+
+    def _save(self, key: tuple, value: str | None, until: float | None) -> None:
+        """Persist one row (value None: delete it). Nothing to do in memory."""
+
+    def _put(self, key: tuple, value: str | None, until: float | None = None) -> None:
+        with self._rules_lock:
+            self._save(key, value, until)
+            if value is None:
+                self._rules.pop(key, None)
+            else:
+                self._rules[key] = (value, until)
+
+    def _until(self, key: tuple) -> float | None:
+        with self._rules_lock:
+            row = self._rules.get(key)
+            if row is None or row[1] is None:
+                return None
+            if row[1] <= self._clock():
+                del self._rules[key]  # expired: gone here; the file forgets it at the next start
+                return None
+            return row[1]
+
+    def reserve_nick(self, nick: str, until: float) -> None:
+        key = ("", "nick", fold_nick(nick))
+        if (self._until(key) or 0) < until:
+            self._put(key, nick, until)
+
+    def reserved_until(self, nick: str) -> float | None:
+        return self._until(("", "nick", fold_nick(nick)))
+
+    def set_topic(self, room: str, topic: str) -> None:
+        self._put((room, "topic", ""), topic or None)
+
+    def topic(self, room: str) -> str:
+        with self._rules_lock:
+            return self._rules.get((room, "topic", ""), ("", None))[0]
+
+    def restrict(self, room: str, kind: str, nick: str, until: float) -> None:
+        self._put((room, kind, fold_nick(nick)), "" if until > self._clock() else None, until)
+
+    def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
+        return self._until((room, kind, fold_nick(nick)))
+
 
 class ClusterEngine(Engine, Protocol):
     """An engine shared by several processes (`cluster = True`: Redis). It is then the directory
@@ -143,8 +231,9 @@ def new_epoch() -> str:
     return uuid.uuid4().hex[:16]
 
 
-class MemoryEngine:
-    """History in memory, the last `per_room` events of each room; gone when the process ends.
+class MemoryEngine(LocalRules):
+    """History and room rules in memory, the last `per_room` events of each room; gone when the
+    process ends.
 
     `publish` stores and delivers on the calling thread, under `_lock`, so concurrent publishers
     to a room deliver in seq order; `announce` delivers at once (lock order: engine -> Registry).
@@ -160,6 +249,7 @@ class MemoryEngine:
         self._seqs: dict[str, int] = {}  # room -> last seq; outlives pruning
         self._lock = threading.Lock()
         self._hub = None
+        self._init_rules()
 
     def start(self, hub: Hub) -> None:
         self._hub = hub

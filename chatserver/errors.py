@@ -2,12 +2,14 @@
 
 
 class ChatError(Exception):
-    """A request was refused; the client gets an `error` event and the connection stays open."""
+    """A request was refused; the client gets an `error` event and the connection stays open.
+    `fields` are extra keys of that event (`retry_after`)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, **fields):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.fields = fields
 
 
 class CloseConnection(Exception):

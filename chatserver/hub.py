@@ -1,16 +1,18 @@
 """The hub: this process's clients and rooms, and the fan-out of each room's stream to them.
 
 One copy of each fact, under one non-reentrant lock (`_lock`): `_clients` (id -> Client),
-`_nicks` (casefolded nick -> Client), `_rooms` (room -> Room with its local members; a Client's
-`rooms` is the index of the same membership, changed only with it), `_seqs` (room -> last chat
-seq delivered here). Methods that take the lock are public; `_helpers` assert it is held. Under
-the lock we touch dicts and call `Client.send()`, which never blocks; never an engine.
+`_nicks` (folded nick -> Client: protocol.fold_nick, so look-alikes are one nick), `_rooms`
+(room -> Room with its local members; a Client's `rooms` is the index of the same membership,
+changed only with it), `_seqs` (room -> last chat seq delivered here). Methods that take the
+lock are public; `_helpers` assert it is held. Under the lock we touch dicts and call
+`Client.send()`, which never blocks; never an engine.
 
 The engine calls `deliver`, `reject` and `deliver_dm` from its own threads (the publishing one,
 the SQLite writer, the Redis listener). `deliver` sends each event, encoded once, to the room's
 members, batched so each client gets one write per call. Joining has a seam: a joiner is a
 member at once, but receives events only from its own join's place in the stream (`Hold`); the
-Registry (registry.py) sends its `joined` and then what was held.
+Registry (registry.py) sends its `joined` and then what was held. A kick or ban takes its target
+out of the room where it is delivered (moderation.py), followed by a presence `leave`.
 """
 
 import logging
@@ -21,6 +23,7 @@ from chatserver import protocol
 from chatserver.client import Client
 from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
+from chatserver.moderation import removes_member
 
 SETTLE_TIMEOUT = 10.0  # seconds a request waits for its client's chats to be delivered, at most
 
@@ -113,10 +116,11 @@ class Hub:
         assert self._lock.locked()
         kind = event["type"]
         sender = self._origin(meta)
+        echo = kind == "chat" or meta.echo  # the sender gets its own copy, with its request's id
         if kind == "chat":
             self._seqs[name] = event["seq"]
-            if sender is not None:
-                sender.pending -= 1
+        if echo and sender is not None:
+            sender.pending -= 1
         room = self._rooms.get(name)
         if room is None:
             return
@@ -126,10 +130,10 @@ class Hub:
                 hold.at = self._seqs.get(name, 0) if meta.at is None else meta.at
                 hold.members = self._nicks_in(room)
         frame = protocol.encode(event)
-        own = frame if kind != "chat" or meta.reply_id is None else protocol.encode({**event, "id": meta.reply_id})
+        own = frame if not echo or meta.reply_id is None else protocol.encode({**event, "id": meta.reply_id})
         for member, hold in room.members.items():
             if member is sender:
-                if kind != "chat":
+                if not echo:
                     continue  # own nick or leave: answered directly
                 data = own
             else:
@@ -142,6 +146,20 @@ class Hub:
                 self._out(member, data)
             elif hold.at is not None:
                 hold.frames.append(data)
+        if meta.echo and sender is not None and sender not in room.members:
+            self._out(sender, own)  # taken out of the room since its request: it still gets its answer
+        if removes_member(event):
+            self._drop_member(room, event["nick"])
+
+    def _drop_member(self, room: Room, nick: str) -> None:
+        """A kick or ban was delivered: take its target out if it is a member here, and tell the
+        others (a cluster engine keeps this process subscribed to a room it empties: harmless)."""
+        assert self._lock.locked()
+        folded = protocol.fold_nick(nick)
+        target = next((m for m in room.members if protocol.fold_nick(m.nick) == folded), None)
+        if target is not None:
+            self._remove_member(target, room.name)
+            self._deliver_one(room.name, protocol.presence(room.name, "leave", target.nick), Meta())
 
     def _settle(self, client: Client) -> bool:
         """Wait until the client's published chats are delivered; False if it is gone."""

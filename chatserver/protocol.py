@@ -19,6 +19,11 @@ JOIN_HISTORY = 50  # chat events a plain `join` replays
 MAX_RESUME = 1000  # chat events a `join` with `after` replays before it says truncated
 MAX_HISTORY_LIMIT = 200
 MAX_SEQ = 2**63 - 1  # what SQLite's INTEGER holds
+MAX_TOPIC_CHARS = 300  # a room topic, in characters
+MAX_REASON_CHARS = 200  # the reason given with a kick, ban or mute
+MAX_DURATION = 30 * 86400  # seconds a ban or mute may last at most (30 days)
+# After lower-casing, the ASCII characters that look alike: I/l/1 (so also i) and O/0.
+_LOOKALIKES = str.maketrans("i10", "llo")
 
 
 def decode(raw: str) -> dict:
@@ -63,6 +68,15 @@ def require_nick(msg: dict, field: str = "nick") -> str:
     return nick
 
 
+def fold_nick(nick: str) -> str:
+    """The form that nicks which look alike share: two nicks with the same fold are one nick.
+
+    Folds case, then "rn" to "m", then "i", "l" and "1" to "l" and "0" to "o" (ASCII look-alikes:
+    I/l/1, O/0, rn/m), so fold_nick("Bi11") == fold_nick("bill") and fold_nick("rnoe") ==
+    fold_nick("Moe"). Nicks are ASCII (NICK_RE), so lower() is a full case fold."""
+    return nick.lower().replace("rn", "m").translate(_LOOKALIKES)
+
+
 def require_room(msg: dict) -> str:
     """`msg["room"]`: 1-64 of A-Z a-z 0-9 _ . - # (ROOM_RE). Raises ChatError bad_message, bad_room."""
     room = require_str(msg, "room")
@@ -79,6 +93,32 @@ def require_text(msg: dict, max_chars: int) -> str:
     if len(text) > max_chars:
         raise ChatError("too_long", f"Text is {len(text)} characters; the limit is {max_chars}.")
     return text
+
+
+def require_topic(msg: dict) -> str:
+    """A room topic: 0 (clears it) to MAX_TOPIC_CHARS characters. Raises ChatError bad_message, too_long."""
+    topic = require_str(msg, "topic")
+    if len(topic) > MAX_TOPIC_CHARS:
+        raise ChatError("too_long", f"A topic is at most {MAX_TOPIC_CHARS} characters; this one has {len(topic)}.")
+    return topic
+
+
+def optional_reason(msg: dict) -> str:
+    """The optional `reason` of a kick, ban or mute ("" when absent). Raises ChatError bad_message, too_long."""
+    reason = msg.get("reason", "")
+    if not isinstance(reason, str):
+        raise ChatError("bad_message", "\"reason\" must be a string.")
+    if len(reason) > MAX_REASON_CHARS:
+        raise ChatError("too_long", f"A reason is at most {MAX_REASON_CHARS} characters.")
+    return reason
+
+
+def require_duration(msg: dict) -> int:
+    """A ban's or mute's `duration`: whole seconds, 0 (lifts it) to MAX_DURATION. Raises ChatError bad_message."""
+    value = msg.get("duration")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DURATION:
+        raise ChatError("bad_message", f"\"duration\" must be whole seconds from 0 (lift) to {MAX_DURATION}.")
+    return value
 
 
 def optional_seq(msg: dict, field: str) -> int | None:
@@ -119,7 +159,7 @@ def presence(room: str, event: str, nick: str) -> dict:
 
 
 def error(exc: ChatError, msg_id=None) -> dict:
-    return with_id({"type": "error", "code": exc.code, "message": exc.message}, msg_id)
+    return with_id({"type": "error", "code": exc.code, "message": exc.message, **exc.fields}, msg_id)
 
 
 def with_id(event: dict, msg_id) -> dict:

@@ -5,16 +5,19 @@ room's stream: one Lua script per call does INCR (the seq), XADD (the room's his
 capped at `per_room`, entry id `0-<seq>`) and PUBLISH (the event, on the room's channel), so
 publish order is seq order, the same on every process. Every process, the sender's included,
 delivers only what comes back on its subscription, from one listener thread, in order.
-Presence and nick events go through a script of their own that updates the room's members and
-publishes on the same channel, tagged with the room's seq at that place (`Meta.at`).
+Presence, nick and moderation events go through a script of their own that updates the room's
+members (a kick or ban takes its target out) and publishes on the same channel, tagged with the
+room's seq at that place (`Meta.at`).
 
 Keys. Those of one room share a hash tag, `roomchat:{<room>}:...` (seq, hist, members, owners,
-joins; channel `...:events`), so the scripts also run on Redis Cluster. Nicks are
-`roomchat:nick:<casefolded>` = "<process>:<client>:<nick>", taken with SET NX and a TTL that the
-heartbeat refreshes. Each process keeps `roomchat:proc:<id>` alive with the same TTL and lists
-its room memberships in `roomchat:proc:<id>:rooms`; when a process dies (kill -9), the first
-survivor to notice takes `roomchat:reap:<id>` and announces one presence leave per member.
-DMs to a client of another process go to `roomchat:proc:<id>:dm`. The epoch is `roomchat:epoch`.
+joins, topic, bans and mutes; channel `...:events`), so the scripts also run on Redis Cluster.
+Nick claims (`roomchat:nick:<folded>`) and the other directory keys: redis_directory.py. The
+nick claims of this process get a TTL that the heartbeat refreshes. Each process keeps
+`roomchat:proc:<id>` alive with the same TTL and lists its room memberships in
+`roomchat:proc:<id>:rooms`; when a process dies (kill -9), the first survivor to notice
+takes `roomchat:reap:<id>` and announces one presence leave per member.
+DMs to a client of another process go to `roomchat:proc:<id>:dm` (`[client, event]`; `[client,
+null]` asks it to let go of its nick for a token holder). The epoch is `roomchat:epoch`.
 
 Gaps and faults. The listener knows the last seq it delivered per room: an event above it + 1
 is preceded by the missing ones read from history, one at or below it is dropped; after a
@@ -26,8 +29,9 @@ arrive later as a normal chat event. Durability is Redis's own: with AOF and
 `appendfsync everysec`, at most about a second of acknowledged chats is lost if Redis crashes.
 
 Threads: connection threads call the methods below (redis-py's pool is thread-safe); the
-listener thread reads the subscription and calls the hub; the heartbeat thread refreshes keys
-and reaps dead processes. `_sub_lock` serializes (un)subscribing, `_lock` guards `_last`,
+listener thread reads the subscription and calls the hub (a request to let go of a nick runs
+`Hub.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread refreshes
+keys and reaps dead processes. `_sub_lock` serializes (un)subscribing, `_lock` guards `_last`,
 `_claims` and `_confirmed`. Lock order: `_sub_lock` -> Registry -> `_lock`.
 """
 
@@ -40,6 +44,8 @@ import orjson
 import redis
 
 from chatserver.engine import EngineError, Meta, Unavailable, new_epoch
+from chatserver.moderation import removes_member
+from chatserver.redis_directory import RedisDirectory, room_key
 from chatserver.redis_scripts import ANNOUNCE, IF_OWNER_DELETE, IF_OWNER_EXPIRE, IF_OWNER_PREFIX_DELETE, PUBLISH
 
 log = logging.getLogger("roomchat.redis")
@@ -48,12 +54,9 @@ PROCESS_TTL = 5.0  # seconds a dead process's nicks and members outlive it, at m
 SUBSCRIBE_TIMEOUT = 5.0
 RETRY_MAX_DELAY = 5.0
 
-def room_key(room: str, part: str) -> str:
-    return f"roomchat:{{{room}}}:{part}"
-
-
-class RedisEngine:
-    """See the module docstring. Raises EngineError at start when Redis cannot be reached."""
+class RedisEngine(RedisDirectory):
+    """See the module docstring. Raises EngineError at start when Redis cannot be reached.
+    The directory (nicks, members, DMs, room rules) is in redis_directory.py."""
 
     cluster = True
 
@@ -105,20 +108,23 @@ class RedisEngine:
         self._call(self._publish, keys=[room_key(room, "seq"), room_key(room, "hist")], args=args)
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
-        kind = event.get("event", event["type"])  # join, leave or nick
+        kind = "remove" if removes_member(event) else event.get("event", event["type"])  # join, leave, nick, ...
+        nick = event.get("nick", "")
         owner = f"{meta.origin[0]}:{meta.origin[1]}"
-        origin = orjson.dumps([*meta.origin, meta.reply_id, meta.change])[:-1] + b","  # the script adds `at`
+        origin = orjson.dumps([*meta.origin, meta.reply_id, meta.change, meta.echo])[:-1] + b","  # and `at`
         keys = [room_key(room, part) for part in ("seq", "members", "owners", "joins")]
-        args = [room_key(room, "events"), kind, event["nick"], owner, orjson.dumps(event), origin, event.get("old", "")]
+        args = [room_key(room, "events"), kind, nick, owner, orjson.dumps(event), origin, event.get("old", "")]
         count = self._call(self._announce, keys=keys, args=args)
-        entry = f"{room}\n{event['nick']}\n{owner}"
+        if kind not in ("join", "leave", "nick", "remove"):
+            return  # a topic, a mute, a lifted ban: membership is as it was
+        entry = f"{room}\n{nick}\n{owner}"
         try:
             pipe = self._redis.pipeline(transaction=False)
             if kind == "join":
                 pipe.sadd(f"roomchat:proc:{meta.origin[0]}:rooms", entry)
             elif kind == "leave":
                 pipe.srem(f"roomchat:proc:{meta.origin[0]}:rooms", entry)
-            else:
+            elif kind == "nick":
                 pipe.srem(f"roomchat:proc:{meta.origin[0]}:rooms", f"{room}\n{event['old']}\n{owner}")
                 pipe.sadd(f"roomchat:proc:{meta.origin[0]}:rooms", entry)
             pipe.zadd("roomchat:rooms", {room: count}) if count and count > 0 else pipe.zrem("roomchat:rooms", room)
@@ -137,48 +143,6 @@ class RedisEngine:
 
     def health(self) -> str | None:
         return self._problem
-
-    # -- the directory: nicks, members, rooms, DMs ----------------------------------------------
-
-    def claim_nick(self, nick: str, owner: str) -> bool:
-        key, value = f"roomchat:nick:{nick.casefold()}", f"{owner}:{nick}"
-        if not self._call(self._redis.set, key, value, nx=True, px=self._ttl_ms):
-            return False
-        self._call(self._redis.sadd, f"roomchat:proc:{self.process_id}:nicks", key)
-        with self._lock:
-            self._claims[key] = value
-        return True
-
-    def release_nick(self, nick: str, owner: str) -> None:
-        key = f"roomchat:nick:{nick.casefold()}"
-        with self._lock:
-            value = self._claims.pop(key, None)
-        if value is not None:
-            try:
-                self._if_owner_delete(keys=[key], args=[value])
-                self._redis.srem(f"roomchat:proc:{self.process_id}:nicks", key)
-            except redis.RedisError as exc:  # it expires by itself within the TTL
-                log.warning("nick %s not released: %s", nick, exc)
-
-    def members(self, room: str) -> list:
-        return [m.decode() for m in self._call(self._redis.zrange, room_key(room, "members"), 0, -1)]
-
-    def rooms(self) -> list:
-        rooms = self._call(self._redis.zrange, "roomchat:rooms", 0, -1, withscores=True)
-        return sorted(({"room": r.decode(), "members": int(n)} for r, n in rooms), key=lambda r: r["room"])
-
-    def send_dm(self, nick: str, event: dict) -> str | None:
-        """Route a DM to the process holding `nick`; returns its nick as spelled, None if nobody."""
-        owner = self._call(self._redis.get, f"roomchat:nick:{nick.casefold()}")
-        if owner is None:
-            return None
-        process, client, spelled = owner.decode().split(":", 2)
-        event = {**event, "to": spelled}
-        if process == self.process_id:
-            self._hub.deliver_dm(int(client), event)
-        else:
-            self._call(self._redis.publish, f"roomchat:proc:{process}:dm", orjson.dumps([int(client), event]))
-        return spelled
 
     def subscribe(self, room: str) -> None:
         """Subscribe to the room's channel (once) and wait until Redis has confirmed it; every
@@ -274,7 +238,10 @@ class RedisEngine:
                 channel = message["channel"].decode()
                 if channel == self._dm_channel:
                     client, event = orjson.loads(message["data"])
-                    self._hub.deliver_dm(client, event)
+                    if event is None:  # let go of a nick: off this thread, which must keep on listening
+                        threading.Thread(target=self._hub.evict, args=(client,), daemon=True).start()
+                    else:
+                        self._hub.deliver_dm(client, event)
                 else:
                     items += self._place(channel[len("roomchat:{"):-len("}:events")], message["data"])
             message = self._pubsub.get_message(timeout=0)
@@ -359,22 +326,16 @@ class RedisEngine:
             self._redis.srem("roomchat:procs", process)
             log.warning("process %s is gone: %d members left their rooms", process, len(entries))
 
-    def _call(self, command, *args, **kwargs):
-        """Run a Redis command or script; Raises Unavailable when Redis cannot be reached."""
-        try:
-            return command(*args, **kwargs)
-        except redis.RedisError as exc:
-            self._problem = f"Redis unreachable: {exc}"
-            raise Unavailable("Redis is unreachable") from None
-
 
 def _origin(meta: Meta) -> bytes:
-    """Meta as JSON: [process, client, reply id, change, at]."""
+    """Meta as JSON: [process, client, reply id, change, echo, at]."""
     process, client = meta.origin if meta.origin else (None, None)
-    return orjson.dumps([process, client, meta.reply_id, meta.change, meta.at])
+    return orjson.dumps([process, client, meta.reply_id, meta.change, meta.echo, meta.at])
 
 
 def _meta(origin: list) -> Meta:
-    process, client, reply_id, change, at = origin
-    return Meta(origin=(process, client) if process is not None else None, reply_id=reply_id, at=at, change=change)
-
+    """Meta from its JSON (history written before `echo` existed has five elements)."""
+    process, client, reply_id, change, *rest = origin
+    echo, at = (rest[0], rest[1]) if len(rest) == 2 else (False, rest[0])
+    origin = (process, client) if process is not None else None
+    return Meta(origin=origin, reply_id=reply_id, at=at, change=change, echo=echo)

@@ -18,7 +18,8 @@ end
 return seqs
 """
 # KEYS: seq, members (zset nick -> join order), owners (hash nick -> owner), joins (counter)
-# ARGV: channel, kind, nick, owner, event json, origin json without its last `at` element, old nick
+# ARGV: channel, kind (join, leave, nick; remove: a kick or ban takes `nick` out; anything else
+# changes no membership), nick, owner, event json, origin json without its last `at` element, old nick
 ANNOUNCE = """
 local at = tonumber(redis.call('GET', KEYS[1]) or '0')
 local kind, nick, owner = ARGV[2], ARGV[3], ARGV[4]
@@ -27,6 +28,9 @@ if kind == 'join' then
   redis.call('HSET', KEYS[3], nick, owner)
 elseif kind == 'leave' then
   if redis.call('HGET', KEYS[3], nick) ~= owner then return -1 end
+  redis.call('ZREM', KEYS[2], nick)
+  redis.call('HDEL', KEYS[3], nick)
+elseif kind == 'remove' then
   redis.call('ZREM', KEYS[2], nick)
   redis.call('HDEL', KEYS[3], nick)
 elseif kind == 'nick' then
@@ -48,4 +52,10 @@ IF_OWNER_PREFIX_DELETE = (
 )
 IF_OWNER_EXPIRE = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+)
+# KEYS: a reserved nick's key; ARGV: nick, milliseconds. A reservation only ever grows (PTTL is
+# -2 for a missing key).
+RESERVE = (
+    "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then"
+    " return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 0"
 )

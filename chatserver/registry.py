@@ -12,21 +12,25 @@ join's place in the stream (`Hold.at`, the room's seq there). Until `joined` is 
 after that place are held; `joined.history` is read from the engine up to that seq; then the
 held events follow. So `joined` plus what follows is exactly the room's stream, with no gap and
 no repeat, whichever engine and process.
+
+Identity (identity.py): a connection with a token holds the token's nick, reserved for it in the
+engine until the token expires; whoever has that nick lets go of it (`evict`). Moderation
+(moderation.py): the rules live there and in the engine; `moderate` applies a request.
 """
 
-import itertools
 import logging
-import secrets
-import uuid
 from typing import NamedTuple
 
 from chatserver import protocol
 from chatserver.client import Client
+from chatserver.connections import Connections
 from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.hub import Hold, Hub, Room, unavailable
+from chatserver.hub import Hold, Room, unavailable
+from chatserver.identity import Identities
+from chatserver.moderation import Moderation
+from chatserver.protocol import fold_nick
 
-CLOSE_REPLACED = 4000  # close code for a connection a resume took over (PROTOCOL.md)
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
 
 log = logging.getLogger("roomchat.registry")
@@ -41,97 +45,15 @@ class ChatRequest(NamedTuple):
     refused: ChatError | None = None
 
 
-class Registry(Hub):
-    """Every request a client can make, as one method each (the handlers call them)."""
+class Registry(Connections):
+    """Every request a client can make, as one method each (the handlers call them).
+    Connecting and nicks: connections.py."""
 
-    def __init__(self, engine, limits: dict):
-        super().__init__(engine)
-        self._engine = engine
-        self._cluster = engine.cluster
-        self._limits = limits
+    def __init__(self, engine, limits: dict, identities: Identities | None = None):
+        super().__init__(engine, limits, identities)
         self._max_rooms = limits["max_rooms"]
-        self._ids = itertools.count(1)
-        self._guests = 0
+        self._moderation = Moderation(engine)
         engine.start(self)
-
-    # -- connections ---------------------------------------------------------------------------
-
-    def connect(self, conn, limiter, resume: str | None = None) -> Client:
-        """Register a new connection and send its `welcome` (with a new resume token).
-
-        With the `resume` token of an earlier connection of this process that still holds its
-        nick, the connection takes that client over: same nick, same rooms, no presence flap;
-        the old connection, if still open, is closed with 4000. Otherwise it gets a free guest
-        nick. Raises ChatError("unavailable") when a cluster engine cannot give it a nick."""
-        with self._lock:
-            client = self._resume(resume, conn)
-            if client is not None:
-                self._welcome(client, resumed=True)
-                return client
-        while True:
-            with self._lock:
-                self._guests += 1
-                nick = f"guest-{self._guests}" if not self._cluster else f"guest-{uuid.uuid4().hex[:6]}"
-                if nick.casefold() in self._nicks:
-                    continue
-                client = Client(next(self._ids), conn, nick, limiter)
-            if self._cluster and not self._claim(client, nick):
-                continue
-            with self._lock:
-                self._clients[client.id] = client
-                self._nicks[nick.casefold()] = client
-                self._welcome(client, resumed=False)
-            return client
-
-    def disconnect(self, client: Client, conn=None) -> None:
-        """Forget a client; every room it was in gets a presence `leave`. Safe to call twice, from
-        any thread (the second call finds it gone), and a no-op for `conn`, a connection the
-        client was taken away from by a resume. Raises nothing."""
-        with self._lock:
-            if conn is not None and client.conn is not conn:
-                return  # resumed on another connection: the client lives on there
-            if self._clients.pop(client.id, None) is None:
-                return
-            self._forget_token(client)
-            del self._nicks[client.nick.casefold()]
-            left = [self._remove_member(client, name) for name in sorted(client.rooms)]
-            self._settled.notify_all()
-        for name, emptied in left:
-            self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
-            if emptied and self._cluster:
-                self._engine.unsubscribe(name)
-        if self._cluster:
-            self._engine.release_nick(client.nick, self._owner(client))
-
-    def _welcome(self, client: Client, resumed: bool) -> None:
-        """The first frame on a connection: `welcome`, with a new resume token for the client."""
-        assert self._lock.locked()
-        self._forget_token(client)
-        client.token = secrets.token_urlsafe(24)
-        self._tokens[client.token] = client
-        event = protocol.welcome(client.nick, self._limits, self._engine.epoch)
-        event["resume"] = client.token
-        if resumed:
-            event["resumed"] = True
-            event["rooms"] = sorted(client.rooms)
-        client.send(protocol.encode(event))
-
-    def _resume(self, token: str | None, conn) -> Client | None:
-        """The client `token` names, moved onto `conn` (its old connection closed with 4000), or
-        None when the token is unknown: it was never given, or its client is gone."""
-        assert self._lock.locked()
-        client = self._tokens.get(token) if token else None
-        if client is None or client.id not in self._clients:
-            return None
-        old, client.conn = client.conn, conn
-        old.close(CLOSE_REPLACED, "replaced by a new connection")
-        log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CLOSE_REPLACED)
-        return client
-
-    def _forget_token(self, client: Client) -> None:
-        assert self._lock.locked()
-        if client.token is not None:
-            self._tokens.pop(client.token, None)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -142,41 +64,47 @@ class Registry(Hub):
                 client.send(protocol.encode(event))
 
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
-        """Take `nick`; peers sharing a room hear of it once. Raises ChatError nick_taken, unavailable."""
-        folded = nick.casefold()
+        """Take `nick`; peers sharing a room hear of it once. Raises ChatError nick_taken,
+        nick_reserved (on the reserved list, or a token's), forbidden (your nick is your
+        token's), unavailable."""
         with self._lock:
-            if not self._settle(client):
-                return
-            owner = self._nicks.get(folded)
-            if owner is not None and owner is not client:
-                raise _nick_taken(nick)
-            old = client.nick
-        if self._cluster and folded != old.casefold() and not self._claim(client, nick):
-            raise _nick_taken(nick)
-        event = {"type": "nick", "old": old, "nick": nick}
+            identity = client.identity
+        if identity is not None:
+            if fold_nick(nick) != fold_nick(identity.nick):
+                raise ChatError("forbidden", f"Your nick comes from your token: {identity.nick}.")
+        elif self._identities.is_reserved(nick) or self._reserved(nick):
+            raise ChatError("nick_reserved", f"The nick {nick!r} is reserved; choose another.")
+        self._rename(client, nick, reply_id)
+
+    def authenticate(self, client: Client, token: str, reply_id=None) -> None:
+        """`auth`: make a verified token this connection's identity. An anonymous connection takes
+        the token's nick (reserved for it from now on); an authenticated one renews its token (for
+        the same nick only). Raises ChatError bad_token, forbidden, unavailable."""
+        identity = self._identities.verify(token)
         with self._lock:
-            if client.id not in self._clients or self._nicks.get(folded, client) is not client:
-                if self._cluster and folded != old.casefold():
-                    self._engine.release_nick(nick, self._owner(client))
-                if client.id in self._clients:
-                    raise _nick_taken(nick)
-                return
-            del self._nicks[old.casefold()]
-            self._nicks[folded] = client
-            client.nick = nick
-            client.send(protocol.encode(protocol.with_id(event, reply_id)))
-            log.info("nick %s -> %s", old, nick)
-            rooms = sorted(client.rooms)
-        if self._cluster and folded != old.casefold():
-            self._engine.release_nick(old, self._owner(client))
-        change = uuid.uuid4().hex
-        for name in rooms:
-            self._announce_quietly(name, event, client, change)
+            previous, nick = client.identity, client.nick
+            if previous is not None and fold_nick(previous.nick) != fold_nick(identity.nick):
+                raise ChatError("forbidden", f"This connection is {previous.nick}; connect again to be someone else.")
+            client.identity = identity
+        try:
+            self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
+            if fold_nick(nick) != fold_nick(identity.nick):
+                self._rename(client, self._take(client, identity.nick), claimed=self._cluster)
+        except ChatError:
+            with self._lock:
+                client.identity = previous
+            raise
+        self._identities.watch(client, identity.expires)
+        self.reply(client, protocol.with_id({"type": "auth", **identity.summary()}, reply_id))
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
         last 50 chat events or, with `after`, every one with a higher seq (up to 1000, then
-        `truncated`). Raises ChatError too_many_rooms, unavailable."""
+        `truncated`), and the topic. Raises ChatError forbidden (banned, or not in the token's
+        rooms), too_many_rooms, unavailable."""
+        with self._lock:
+            identity, nick = client.identity, client.nick
+        self._ask_engine(lambda: self._moderation.check_join(identity, nick, name))
         with self._lock:
             if not self._settle(client):
                 return
@@ -214,8 +142,9 @@ class Registry(Hub):
         try:
             history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit)
             members = self._engine.members(name) if self._cluster else hold.members
+            topic = self._engine.topic(name)
         except Unavailable as exc:
-            history, members = None, exc
+            history, members, topic = None, exc, ""
         with self._lock:
             if room.members.get(client) is not hold:
                 return  # disconnected meanwhile
@@ -226,6 +155,8 @@ class Registry(Hub):
             reply = {"type": "joined", "room": name, "members": members, "history": history[: protocol.MAX_RESUME]}
             if len(history) > protocol.MAX_RESUME:
                 reply["truncated"] = True
+            if topic:
+                reply["topic"] = topic
             client.send(b"".join([protocol.encode(protocol.with_id(reply, reply_id)), *hold.frames]))
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
@@ -244,13 +175,18 @@ class Registry(Hub):
     def chat_many(self, client: Client, requests: list) -> None:
         """Chats from one client that arrived together ([ChatRequest]), answered in order: runs
         of chats to one room are published together (one write per member when delivered); an
-        error reply (not_in_room, or the handler's own refusal) waits until the chats before it
-        are delivered. Raises nothing: every refusal is a reply in its place."""
+        error reply waits until the chats before it are delivered. Refusals, each a reply in its
+        place: the handler's own, not_in_room, forbidden (muted), unavailable."""
         run_room, run = None, []
+        muted = {}  # room -> ChatError or None: read once per call and room
         for request in requests:
             try:
                 if request.refused is not None:
                     raise request.refused
+                if request.room not in muted:
+                    muted[request.room] = self._refusal(self._moderation.check_chat, client.nick, request.room)
+                if muted[request.room] is not None:
+                    raise muted[request.room]
                 with self._lock:
                     if client.id not in self._clients:
                         break
@@ -276,7 +212,7 @@ class Registry(Hub):
         with self._lock:
             if not self._settle(client):
                 return
-            target = self._nicks.get(nick.casefold())
+            target = self._nicks.get(fold_nick(nick))
             event = protocol.dm_event(client.nick, target.nick if target else nick, text)
             if target is None and not self._cluster:
                 raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
@@ -327,39 +263,58 @@ class Registry(Hub):
             messages = [m for m in messages if m["seq"] <= upto]
         self.reply(client, protocol.with_id({"type": "history", "room": name, "messages": messages}, reply_id))
 
+    def moderate(self, client: Client, action, reply_id=None) -> None:
+        """An operator's topic, kick, ban or mute (moderation.Action): stored, then put into the
+        room's stream (members see who did what). An operator in the room gets its answer there,
+        at its place, as with a chat; one outside it gets the same event directly. Raises
+        ChatError forbidden (not an operator of the room), no_such_user (a kick of a nick not in
+        the room), unavailable."""
+        with self._lock:
+            if not self._settle(client):
+                return
+            identity, actor = client.identity, client.nick
+        self._moderation.check_operator(identity, action.room)
+        target = None if action.nick is None else self._member_named(action.room, action.nick)
+        if target is None and action.kind == "kick":
+            raise ChatError("no_such_user", f"Nobody called {action.nick!r} is in {action.room!r}.")
+        event = self._ask_engine(lambda: self._moderation.apply(action, actor, target or action.nick))
+        with self._lock:
+            echo = action.room in client.rooms
+            client.pending += echo
+        try:
+            self._engine.announce(action.room, event, Meta((self.process_id, client.id), reply_id, echo=echo))
+        except Unavailable as exc:
+            with self._lock:
+                client.pending -= echo
+                self._settled.notify_all()
+            raise unavailable(exc) from None
+        if not echo:
+            self.reply(client, protocol.with_id(event, reply_id))
+
     # -- helpers (lock not held) ---------------------------------------------------------------
+
+    def _member_named(self, name: str, nick: str) -> str | None:
+        """How the member of room `name` whose nick looks like `nick` spells it, or None."""
+        if self._cluster:
+            members = self._ask_engine(lambda: self._engine.members(name))
+        else:
+            with self._lock:
+                room = self._rooms.get(name)
+                members = [member.nick for member in room.members] if room else []
+        return next((m for m in members if fold_nick(m) == fold_nick(nick)), None)
+
+    def _refusal(self, check, *args) -> ChatError | None:
+        """The ChatError `check(*args)` raises (Unavailable as `unavailable`), or None."""
+        try:
+            check(*args)
+        except Unavailable as exc:
+            return unavailable(exc)
+        except ChatError as exc:
+            return exc
+        return None
 
     def _publish(self, name: str, run: list) -> None:
         try:
             self._engine.publish(name, run)
         except Unavailable as exc:
             self.reject([(name, None, meta) for _nick, _text, meta in run], str(exc))
-
-    def _announce_quietly(self, name: str, event: dict, client: Client, change: str | None = None) -> None:
-        """Announce presence or a nick change; applied here already, so a failure is only logged."""
-        try:
-            self._engine.announce(name, event, self._meta(client, change=change))
-        except Unavailable as exc:
-            log.warning("%s in %s not announced: %s", event["type"], name, exc)
-
-    def _ask_engine(self, read):
-        try:
-            return read()
-        except Unavailable as exc:
-            raise unavailable(exc) from None
-
-    def _meta(self, client: Client, reply_id=None, change=None) -> Meta:
-        return Meta(origin=(self.process_id, client.id), reply_id=reply_id, change=change)
-
-    def _owner(self, client: Client) -> str:
-        return f"{self.process_id}:{client.id}"
-
-    def _claim(self, client: Client, nick: str) -> bool:
-        try:
-            return self._engine.claim_nick(nick, self._owner(client))
-        except Unavailable as exc:
-            raise unavailable(exc) from None
-
-
-def _nick_taken(nick: str) -> ChatError:
-    return ChatError("nick_taken", f"The nick {nick!r} is taken; choose another.")

@@ -21,14 +21,17 @@ import sqlite3
 import threading
 import time
 
-from chatserver.engine import Unavailable
+from chatserver.engine import LocalRules, Unavailable
 from chatserver.protocol import MAX_SEQ, chat_event
 from chatserver.sqlite_file import (
     BUSY_TIMEOUT,
+    DELETE_RULE,
     INSERT_EVENT,
     PRUNE_ROOM,
     READ_BACK,
     READ_FORWARD,
+    READ_RULES,
+    SAVE_RULE,
     SET_LAST_SEQ,
     StoreError,
     connect,
@@ -48,7 +51,7 @@ MAX_IDLE_READERS = 8  # read connections kept open between reads; a burst of joi
 _STOP = object()  # put on the writer's queue by close()
 
 
-class SqliteEngine:
+class SqliteEngine(LocalRules):
     """Chat history in a SQLite file, written by one background thread with group commit.
 
     `publish` only assigns seqs and queues the events. The writer thread takes whatever has
@@ -76,6 +79,10 @@ class SqliteEngine:
 
     One process at a time: the file is flock()ed for the store's lifetime, so a second roomchat on
     the same file fails at start-up instead of reusing seqs.
+
+    Room rules and reserved nicks (engine.LocalRules) are read from the `rules` table at start and
+    served from memory; a change is written (own short connection, on the caller's thread) before
+    it takes effect. They change rarely, so they stay out of the writer's queue.
     """
 
     cluster = False
@@ -107,6 +114,7 @@ class SqliteEngine:
         self._seqs = self._committed_seqs = {}
         with self._reader() as conn:
             self._seqs = dict(conn.execute("SELECT room, last_seq FROM rooms"))
+            self._init_rules(conn.execute(READ_RULES).fetchall())
         self._committed_seqs = dict(self._seqs)  # writer thread only, once started
         self._checkpoints_stop = threading.Event()
         self._checkpointer = threading.Thread(
@@ -141,6 +149,21 @@ class SqliteEngine:
 
     def health(self) -> str | None:
         return f"history store failing: {self._failing}" if self._failing else None
+
+    def _save(self, key: tuple, value: str | None, until: float | None) -> None:
+        """Write one rule row (under LocalRules' lock). Raises Unavailable."""
+        try:
+            conn = connect(self.path, self._busy_timeout)
+            try:
+                if value is None:
+                    conn.execute(DELETE_RULE, key)
+                else:
+                    conn.execute(SAVE_RULE, (*key, value, until))
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            log.error("cannot store a room rule: %s", exc)
+            raise Unavailable("the rule cannot be stored") from None
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
         """Chat events with after < seq < before, oldest first: the first `limit` of them when

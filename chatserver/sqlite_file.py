@@ -1,7 +1,8 @@
 """The SQLite history file: its schema, its SQL, and opening it safely (sqlite_engine.py uses it).
 
 One file holds a roomchat history: `meta` (epoch), `rooms` (the highest seq ever stored per room,
-which outlives pruning, so seqs are never reused) and `events`. The file is created owner-only
+which outlives pruning, so seqs are never reused), `events`, and `rules` (topics, bans, mutes and
+nicks reserved by tokens: engine.LocalRules's rows; expired ones are deleted at start). The file is created owner-only
 (0600): chats are private.
 """
 
@@ -30,7 +31,16 @@ SCHEMA = (
     # Clustered by (room, seq): a room's events are contiguous, appends go to the end of its range.
     "CREATE TABLE IF NOT EXISTS events (room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,"
     " text TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID",
+    # Added after schema 1 was released; older roomchats ignore it, so the version stays 1.
+    "CREATE TABLE IF NOT EXISTS rules (scope TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
+    " value TEXT NOT NULL, until REAL, PRIMARY KEY (scope, kind, key)) WITHOUT ROWID",
 )
+SAVE_RULE = (
+    "INSERT INTO rules (scope, kind, key, value, until) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (scope, kind, key) DO UPDATE SET value = excluded.value, until = excluded.until"
+)
+DELETE_RULE = "DELETE FROM rules WHERE scope = ? AND kind = ? AND key = ?"
+READ_RULES = "SELECT scope, kind, key, value, until FROM rules"
 INSERT_EVENT = "INSERT INTO events (room, seq, sender, text, ts) VALUES (?, ?, ?, ?, ?)"
 SET_LAST_SEQ = (
     "INSERT INTO rooms (room, last_seq) VALUES (?, ?)"
@@ -102,6 +112,7 @@ def _prepare(conn: sqlite3.Connection, where: str, per_room: int) -> str:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (new_epoch(),))
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)", (str(time.time()),))
+    conn.execute("DELETE FROM rules WHERE until <= ?", (time.time(),))
     rooms = [room for (room,) in conn.execute("SELECT room FROM rooms")]
     conn.executemany(PRUNE_ROOM, [(room, room, per_room) for room in rooms])
     return conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]

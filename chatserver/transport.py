@@ -2,6 +2,7 @@
 
 The rest of roomchat sees a connection (`send_frame`, `close`, `peer`, `path`, `headers`, and the
 `client`/`context` attributes the app sets) and calls these methods of the app:
+`on_handshake(target, headers)` (None, or a refusal as (status, reason[, headers])),
 `on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
 `on_close(conn)`, and `on_http(method, target, headers)` for plain HTTP on the same port.
 Beside it: handshake.py (the opening handshake), frames.py (RFC 6455 framing), streams.py
@@ -139,6 +140,9 @@ class Connection(WebSocketHandler):
                 self.report_closed(f"http {request.method} {request.target[:80]}")
                 return False
             response = handshake.accept(request, self.server.policy)
+            refusal = self.server.app.on_handshake(request.target, request.headers)  # (status, reason[, headers])
+            if refusal is not None:
+                raise HandshakeError(*refusal)
             sock.settimeout(None)  # from here every wait is bounded by pings and close deadlines instead
             self._send_direct(response)
         except HandshakeError as exc:

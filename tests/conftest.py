@@ -89,3 +89,9 @@ def redis_server(tmp_path):
     server = RedisServer(tmp_path)
     yield server
     server.kill()
+
+
+@pytest.fixture
+def cluster(redis_server, spawn):
+    """cluster(n, *args) -> n roomchat processes on this test's Redis, with `args` as options."""
+    return lambda n=2, *args: [spawn("--redis", redis_server.url, *args) for _ in range(n)]

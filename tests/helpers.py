@@ -23,6 +23,7 @@ import websocket
 
 from chatserver.app import ChatServer
 from chatserver.config import Config
+from chatserver.engine import LocalRules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +36,21 @@ FAST_LIMITS = {"rate_burst": 100_000, "rate_per_second": 100_000}
 
 
 FAST = ["--rate-burst", "100000", "--rate-per-second", "100000", "--log-level", "WARNING"]
+
+
+SECRET = "test-secret-" + "s" * 32  # a token secret for tests (RFC 7518 wants at least 32 bytes)
+
+
+def token(nick: str, ttl: float = 3600, rooms=None, op: bool = False, secret: str = SECRET) -> str:
+    """A token signed with `secret` (SECRET by default), as `python roomchat.py token` prints."""
+    from chatserver.identity import issue
+
+    return issue(secret.encode(), nick, ttl, rooms, op)
+
+
+def with_token(url: str, signed: str) -> str:
+    """The WebSocket URL with `?token=` (the way a client presents a token at the handshake)."""
+    return f"{url}?token={signed}"
 
 
 threading.stack_size(512 * 1024)  # as roomchat.py does, so deep-input tests see production stacks
@@ -111,6 +127,14 @@ class Peer:
         for text in texts:
             self.send(type="chat", room=room, text=text)
         return [self.recv_type("chat") for _ in texts]
+
+    def close_code(self) -> tuple[int, str]:
+        """Read until the server's close frame (answering it); its code and reason."""
+        while True:
+            opcode, data = self.ws.recv_data_frame(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                payload = data.data
+                return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
 
     def close(self) -> None:
         self.ws.close()
@@ -352,13 +376,18 @@ def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):
 
 
 class FakeConn:
-    """A transport connection whose sends are kept in a list: for registry and dispatch tests."""
+    """A transport connection whose sends are kept in a list: for registry and dispatch tests.
+    `closed` is the (code, reason) the server closed it with, or None."""
 
     def __init__(self):
         self.frames = []
+        self.closed = None
 
     def send_frame(self, frame: bytes) -> None:
         self.frames.append(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
 
     def events(self, kind=None) -> list:
         """Every event sent, in order; one write may carry several frames."""
@@ -392,10 +421,11 @@ def require_program(name: str, install: str) -> str:
     return path
 
 
-class ManualEngine:
+class ManualEngine(LocalRules):
     """An engine that stores a chat only when the test says `commit()`, like the SQLite writer:
     reads see committed events only, and `announce` delivers at once. `on_read` runs inside
-    every read, so a test can make things happen between a join's place and its history read."""
+    every read, so a test can make things happen between a join's place and its history read.
+    Room rules and reserved nicks are the memory engine's (LocalRules)."""
 
     cluster = False
     location = "test"
@@ -408,6 +438,7 @@ class ManualEngine:
         self.on_read = None
         self.reads = 0
         self.hub = None
+        self._init_rules()
 
     def start(self, hub) -> None:
         self.hub = hub

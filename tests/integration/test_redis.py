@@ -12,12 +12,6 @@ from tests.helpers import ROOT, Peer, run_to_exit, wait_for
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def cluster(redis_server, spawn):
-    """cluster(n) -> n roomchat processes on this test's Redis."""
-    return lambda n=2: [spawn("--redis", redis_server.url) for _ in range(n)]
-
-
 def stream(peer: Peer, room: str, until) -> list:
     """Everything `peer` receives for `room` (chats as seqs, presence and nick as tuples) until
     `until(events)` is true."""

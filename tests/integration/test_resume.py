@@ -17,7 +17,7 @@ def proxy(server):
 
 def test_resume_after_a_silent_drop_takes_back_nick_and_rooms(server, proxy, connect, peers):
     """A client whose connection vanished without a FIN reconnects with its resume token: within
-    a second it has its nick and rooms back, the old connection is closed with 4000, and the
+    a second it has its nick and rooms back, the old connection is closed with 4002, and the
     room sees no leave/join flap; `join` with `after` replays what it missed."""
     ann = peers(f"ws://127.0.0.1:{proxy.port}/")
     ann.set_nick("ann")
@@ -48,15 +48,15 @@ def test_resume_after_a_silent_drop_takes_back_nick_and_rooms(server, proxy, con
     wait_for(lambda: server.registry.stats()["connections"] == 2)  # the old connection is gone
 
 
-def test_resume_closes_the_old_connection_with_4000(server, connect, peers):
-    """If the old connection is still open, it gets close 4000 "replaced by a new connection"."""
+def test_resume_closes_the_old_connection_with_4002(server, connect, peers):
+    """If the old connection is still open, it gets close 4002 "replaced by a new connection"."""
     old = connect()
     old.set_nick("ann")
     again = peers(f"{server.url}?resume={old.welcome['resume']}")
     assert again.welcome["nick"] == "ann"
     frame = old.ws.recv_data_frame(True)[1]
     assert frame.opcode == websocket.ABNF.OPCODE_CLOSE
-    assert int.from_bytes(frame.data[:2], "big") == 4000 and frame.data[2:] == b"replaced by a new connection"
+    assert int.from_bytes(frame.data[:2], "big") == 4002 and frame.data[2:] == b"replaced by a new connection"
 
 
 @pytest.mark.parametrize("token", ["nonsense", ""])

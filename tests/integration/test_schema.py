@@ -7,7 +7,7 @@ import re
 import pytest
 
 from chatclient.schema import problems, validator
-from tests.helpers import ROOT, Peer, closing_all
+from tests.helpers import ROOT, SECRET, Peer, closing_all, token, with_token
 
 PROTOCOL = ROOT / "PROTOCOL.md"
 # Placeholders PROTOCOL.md writes in place of values, and a value of the right type for each.
@@ -93,7 +93,7 @@ def recording_peers(make_server):
 def test_scripted_session_matches_schema(make_server, recording_peers):
     """Every request of a session that uses every type is a valid request, and every event the
     server sends back (every type, every error code a session can provoke) is a valid event."""
-    server = make_server(max_rooms=2, rate_burst=30, rate_per_second=1)
+    server = make_server(max_rooms=2, rate_burst=30, rate_per_second=1, token_secret=SECRET)
     sent, received = [], []
     a, b, c = (recording_peers(server.url, sent, received) for _ in range(3))
     a.request(type="nick", nick="alice", id=1)
@@ -121,6 +121,20 @@ def test_scripted_session_matches_schema(make_server, recording_peers):
     for _ in range(33):  # more than the burst of 30 at once: the last ones are refused
         c.send(type="ping")
     errors += [c.recv() for _ in range(33)]
+    op, e = recording_peers(with_token(server.url, token("op", op=True)), sent, received), recording_peers(
+        server.url, sent, received)
+    e.join("mod")
+    op.request(type="topic", room="mod", topic="rules")
+    e.recv_type("topic")
+    op.request(type="mute", room="mod", nick=e.nick, duration=60)
+    e.recv_type("mute")
+    errors.append(e.request(type="chat", room="mod", text="hi"))  # forbidden
+    op.request(type="kick", room="mod", nick=e.nick, reason="testing")
+    e.recv_type("kick")
+    op.request(type="ban", room="mod", nick=e.nick, duration=60)
+    errors += [e.request(type="join", room="mod"), e.request(type="nick", nick="admin"),
+               e.request(type="auth", token="not-a-token")]
+    a.request(type="auth", token=token("alice"), id=3)
     assert [e["type"] for e in errors[:10]] == ["error"] * 10, errors[:10]
     codes = {e["code"] for e in errors if e["type"] == "error"}
     # `unavailable` needs a failing store or Redis: test_durability and test_redis check its shape

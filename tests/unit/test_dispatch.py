@@ -34,7 +34,8 @@ def reply(ctx, raw) -> dict:
 
 def test_every_type_has_a_handler():
     """The dispatch table covers every request type of protocol v1."""
-    assert set(HANDLERS) == {"nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping"}
+    assert set(HANDLERS) == {"nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping",
+                             "auth", "topic", "kick", "ban", "mute"}
 
 
 @pytest.mark.parametrize(

@@ -282,3 +282,19 @@ def test_leaving_the_current_room_moves_to_another():
     leave = drain(session)[0]
     assert session.on_event({"type": "left", "room": "dev", "id": leave["id"]})[0].endswith(
         "you left dev; now in lobby")
+
+
+def test_moderation_events_print_who_did_what_and_a_kick_takes_us_out():
+    """Topic, mute, ban and kick events print as one line naming the operator; a kick of us drops the
+    room (so a reconnect does not join it again) and moves plain lines to another room."""
+    session = connected_session(nick="ann")
+    session.on_event({"type": "nick", "old": "guest-1", "nick": "ann", "id": 1})
+    topic = {"type": "topic", "room": "lobby", "topic": "Exam at 10", "by": "teacher"}
+    assert session.on_event(topic)[0].endswith("[lobby] * teacher set the topic: Exam at 10")
+    mute = {"type": "mute", "room": "lobby", "nick": "bob", "by": "teacher", "duration": 60, "reason": ""}
+    assert session.on_event(mute)[0].endswith("* teacher muted bob for 60 s")
+    lifted = {**mute, "type": "ban", "duration": 0}
+    assert session.on_event(lifted)[0].endswith("* teacher lifted the ban on bob") and "lobby" in session.rooms
+    kick = {"type": "kick", "room": "lobby", "nick": "ann", "by": "teacher", "reason": "spam"}
+    assert session.on_event(kick)[0].endswith("* teacher kicked ann (spam)")
+    assert "lobby" not in session.rooms and session.room is None

@@ -1,0 +1,11 @@
+"""mute: an operator makes a nick read-only in a room for `duration` seconds (0 lifts it)."""
+
+from chatserver.moderation import Action
+from chatserver.protocol import optional_reason, require_duration, require_nick, require_room
+
+TYPE = "mute"
+
+
+def handle(ctx, msg):
+    action = Action(TYPE, require_room(msg), require_nick(msg), optional_reason(msg), require_duration(msg))
+    ctx.registry.moderate(ctx.client, action, reply_id=msg.get("id"))
