@@ -1,7 +1,8 @@
-"""Helpers for the terminal client's tests: the client as a process with pipes (ClientProcess) or
+"""Helpers for the clients' tests: the terminal client as a process with pipes (ClientProcess) or
 under a pseudo-terminal read through a terminal emulator (TtyClient), a scriptable fake server
 (FakeServer) for hostile or exact server behaviour, and a TCP relay that can drop a connection
-on one side only (Relay). Kept apart from tests/helpers.py, which holds the server's helpers."""
+on one side only (Relay, used by the page's tests too). Kept apart from tests/helpers.py, which
+holds the server's helpers."""
 
 import contextlib
 import fcntl
@@ -221,7 +222,8 @@ class Relay:
     def __init__(self, port: int):
         self._target = port
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/"
+        self.port = self._listener.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}/"
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._cut: set[socket.socket] = set()  # client sockets cut: their end of input is not passed on
         self._lock = threading.Lock()

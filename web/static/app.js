@@ -9,6 +9,14 @@
 // room, a `join` with `after` = the last seq shown. Chats sent but not confirmed before the drop
 // are sent again once every room is back, unless the resumed history shows they were stored.
 // If the new `welcome` has another epoch, old seqs mean nothing: rooms are reloaded.
+//
+// Identity rule (the terminal client follows it too): if a reconnect finds our nick still held by
+// the old connection (the server notices a vanished one only with its next ping), we ask for it
+// again every NICK_RETRY_MS until it is free, and nothing is sent as the guest meanwhile.
+//
+// Errors show next to what caused them (the nick field, the room field, the message box) and go
+// away once resolved, when that field is edited, when the conversation changes or on reconnect.
+// No inline script or style anywhere (the page is served with a same-origin-only CSP).
 
 const NICK_RE = /^[A-Za-z0-9_.\-]{1,32}$/;
 const ROOM_RE = /^[A-Za-z0-9_.\-#]{1,64}$/;
@@ -17,6 +25,7 @@ const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 const ROOMS_REFRESH_MS = 30000;
 const NEAR_BOTTOM_PX = 60;
+const NICK_RETRY_MS = 2000;
 const STORE_NICK = "roomchat.nick";
 const STORE_ROOMS = "roomchat.rooms";
 
@@ -28,6 +37,10 @@ const state = {
   epoch: null,
   me: null, // the nick the server knows us by
   wantedNick: null, // the nick we ask for after every (re)connect
+  grantedNick: null, // the last nick the server gave us at our request
+  reclaiming: false, // asking back the nick our previous connection still holds
+  nickRetryTimer: null,
+  limits: {},
   convs: new Map(), // key -> conversation (a room pane or a direct-message pane)
   current: null, // key of the conversation in view
   roomList: [], // the last `rooms` reply: [{room, members}]
@@ -72,8 +85,15 @@ function saveRooms() {
   localStorage.setItem(STORE_ROOMS, JSON.stringify(roomConvs().map((c) => c.name)));
 }
 
-function showError(text) {
-  $("send-error").textContent = text;
+/** Show (or with "" clear) the error next to what caused it: "nick", "join" or "send". */
+function showError(where, text, cause = "") {
+  const box = $(where + "-error");
+  box.textContent = text;
+  box.dataset.cause = text ? cause : "";
+}
+
+function clearErrors() {
+  for (const where of ["nick", "join", "send"]) showError(where, "");
 }
 
 function setStatus(text, offline) {
@@ -158,6 +178,8 @@ function scheduleReconnect() {
 
 /** Sort what was queued or in flight: chats wait for the resume check, reads are dropped. */
 function disconnected() {
+  clearTimeout(state.nickRetryTimer);
+  state.reclaiming = false;
   const pending = [...state.inflight.values(), ...state.outbox];
   state.inflight.clear();
   state.outbox = [];
@@ -181,10 +203,11 @@ function onWelcome(event) {
   state.me = event.nick;
   state.connected = true;
   state.attempt = 0;
-  state.pacer = makePacer(event.limits || {});
-  const limit = event.limits && event.limits.max_text_chars;
-  if (limit) $("message-input").maxLength = limit;
+  state.limits = event.limits || {};
+  state.pacer = makePacer(state.limits);
+  clearErrors(); // a new connection: what was refused before is asked again or no longer applies
   setStatus("Connected.", false);
+  state.reclaiming = !!state.wantedNick && state.wantedNick !== state.me && state.wantedNick === state.grantedNick;
   if (state.wantedNick && state.wantedNick !== state.me) send({ type: "nick", nick: state.wantedNick });
   else showNick();
   for (const conv of roomConvs()) {
@@ -200,7 +223,7 @@ function onWelcome(event) {
 
 /** Once every room is back, resend the chats the server never stored, in their order. */
 function releaseUnconfirmed() {
-  if (state.resuming.size || !state.unconfirmed.length) return;
+  if (state.resuming.size || state.reclaiming || !state.unconfirmed.length) return;
   const again = state.unconfirmed;
   state.unconfirmed = [];
   for (const msg of again) send({ ...msg });
@@ -233,6 +256,7 @@ function onJoined(event) {
   if (!conv) return; // left again before the reply came
   const resumedFrom = conv.lastSeq;
   conv.joined = true;
+  if ($("join-error").dataset.cause === conv.name) showError("join", "");
   conv.members = event.members || [];
   const history = event.history || [];
   if (event.truncated) {
@@ -335,6 +359,17 @@ function onNick(event, request) {
     localStorage.setItem(STORE_NICK, event.nick);
     showNick();
   }
+  if (request) {
+    state.grantedNick = event.nick;
+    showError("nick", "");
+    if (state.reclaiming) {
+      state.reclaiming = false;
+      clearTimeout(state.nickRetryTimer);
+      if ($("send-error").dataset.cause === "reclaim") showError("send", "");
+      setStatus("Connected.", false);
+      releaseUnconfirmed();
+    }
+  }
   for (const conv of roomConvs()) {
     const at = conv.members.findIndex((m) => sameNick(m, event.old));
     if (at < 0) continue;
@@ -383,21 +418,47 @@ function onHistory(event) {
 
 function onError(event, request) {
   const kind = request && request.type;
+  const message = event.message || event.code;
+  if (kind === "nick" && state.reclaiming && event.code === "nick_taken") {
+    setStatus(`Connected as ${state.me}; waiting for your nick ${state.wantedNick} (held by your previous connection)…`,
+      false);
+    clearTimeout(state.nickRetryTimer);
+    state.nickRetryTimer = setTimeout(() => state.connected && send({ type: "nick", nick: state.wantedNick }),
+      NICK_RETRY_MS);
+    return;
+  }
   if (kind === "nick") {
-    state.wantedNick = state.me;
-    showNick();
+    state.reclaiming = false;
+    state.wantedNick = state.grantedNick;
+    if (state.grantedNick) localStorage.setItem(STORE_NICK, state.grantedNick);
+    else localStorage.removeItem(STORE_NICK);
+    showError("nick", message);
+    releaseUnconfirmed();
   } else if (kind === "join" && !state.resuming.has(request.room)) {
     dropConv(state.convs.get(roomKey(request.room)));
+    showError("join", message, request.room);
   } else if (kind === "join") {
-    state.resuming.delete(request.room); // a room we could not get back into
+    state.resuming.delete(request.room); // a room we could not get back into: say so in it
+    const conv = state.convs.get(roomKey(request.room));
+    if (conv) addLine(conv, "notice", message);
     releaseUnconfirmed();
   } else if (kind === "history") {
     const conv = state.convs.get(roomKey(request.room));
-    if (conv) conv.loadingOlder = false;
-  } else if ((kind === "chat" || kind === "dm") && !$("message-input").value) {
-    $("message-input").value = request.text; // give the text back, so it can be fixed and resent
+    if (conv) {
+      conv.loadingOlder = false;
+      addLine(conv, "notice", message);
+    }
+  } else if (kind === "chat" || kind === "dm") {
+    const conv = state.convs.get(kind === "chat" ? roomKey(request.room) : dmKey(request.to));
+    if (conv && conv.key !== state.current) {
+      addLine(conv, "notice", `Not sent: “${request.text}”: ${message}`); // said where it was meant to go
+    } else {
+      if (!$("message-input").value) $("message-input").value = request.text; // give it back, to fix and resend
+      showError("send", message);
+    }
+  } else if (kind !== "rooms" && kind !== "who" && kind !== "leave") {
+    showError("send", message);
   }
-  showError(event.message || event.code);
 }
 
 // -- conversations -------------------------------------------------------------------------------
@@ -431,12 +492,13 @@ function clearConv(conv, note) {
   addLine(conv, "notice", note);
 }
 
-/** Join a room (or just show it, when we are in it already). */
+/** Join a room (or just show it, when we are in it already); false for a name that is not a room's. */
 function openRoom(name, focus) {
   if (!ROOM_RE.test(name)) {
-    showError(`"${name}" is not a room name: use 1-64 letters, digits, '_', '-', '.' or '#'.`);
-    return;
+    showError("join", `"${name}" is not a room name: use 1-64 letters, digits, '_', '-', '.' or '#'.`);
+    return false;
   }
+  showError("join", "");
   let conv = state.convs.get(roomKey(name));
   if (!conv) {
     conv = makeConv("room", name);
@@ -444,6 +506,7 @@ function openRoom(name, focus) {
     if (state.connected) send({ type: "join", room: name });
   }
   show(conv.key, focus);
+  return true;
 }
 
 function openDm(nick, focus) {
@@ -484,7 +547,9 @@ function dropConv(conv) {
 
 /** Put a conversation in view: its pane, title, members, the page address, and clear its unread. */
 function show(key, focus) {
+  if (key !== state.current) showError("send", ""); // an error about another conversation
   state.current = key;
+  setDrawer(false);
   const conv = key === null ? null : state.convs.get(key);
   for (const c of state.convs.values()) {
     c.pane.hidden = c !== conv;
@@ -537,8 +602,10 @@ function replaceItems(list, items) {
 function renderMembers() {
   const conv = state.convs.get(state.current);
   const list = $("member-list");
-  if (!conv || conv.kind !== "room") {
-    $("members-title").textContent = "Members";
+  const room = !!conv && conv.kind === "room";
+  $("members").hidden = !room; // a direct-message view has no members panel
+  $("layout").classList.toggle("no-members", !room);
+  if (!room) {
     list.replaceChildren();
     return;
   }
@@ -590,17 +657,31 @@ function updateOlder(conv) {
 
 // -- the forms ---------------------------------------------------------------------------------
 
+/** Why `text` cannot be sent as it is, or "". Counted in code points, as the server counts. */
+function textProblem(text) {
+  const limit = state.limits.max_text_chars;
+  const length = [...text].length;
+  return limit && length > limit ? `Text is ${length} characters; the limit is ${limit}.` : "";
+}
+
 function onSend(e) {
   e.preventDefault();
   const input = $("message-input");
   const text = input.value.trim();
   if (!text) return;
   const conv = state.convs.get(state.current);
-  if (!conv) return showError("Join a room first.");
+  if (!conv) return showError("send", "Join a room first.");
   if (!state.connected || state.resuming.size) {
-    return showError("Not connected: your message is still in the box and can be sent once we reconnect.");
+    return showError("send", "Not connected: your message is still in the box and can be sent once we reconnect.",
+      "offline");
   }
-  showError("");
+  if (state.reclaiming) {
+    return showError("send", `Waiting for your nick ${state.wantedNick} to be free again; your message is still in `
+      + "the box.", "reclaim");
+  }
+  const problem = textProblem(text);
+  if (problem) return showError("send", problem);
+  showError("send", "");
   send(conv.kind === "room" ? { type: "chat", room: conv.name, text } : { type: "dm", to: conv.name, text });
   input.value = "";
 }
@@ -608,7 +689,10 @@ function onSend(e) {
 function onNickSubmit(e) {
   e.preventDefault();
   const nick = $("nick-input").value.trim();
-  if (!NICK_RE.test(nick)) return showError("A nick is 1-32 letters, digits, '_', '-' or '.'.");
+  if (!NICK_RE.test(nick)) return showError("nick", "A nick is 1-32 letters, digits, '_', '-' or '.'.");
+  showError("nick", "");
+  clearTimeout(state.nickRetryTimer); // a nick of one's own choice ends any wait for the held one
+  state.reclaiming = false;
   state.wantedNick = nick;
   localStorage.setItem(STORE_NICK, nick);
   if (state.connected && nick !== state.me) send({ type: "nick", nick });
@@ -618,10 +702,23 @@ function showNick() {
   $("nick-input").value = state.me || state.wantedNick || "";
 }
 
-/** Rooms named in the address (`#lobby`, or `#lobby,help`), else the rooms from last time, else lobby. */
+/** Rooms named in the address (`#lobby`, or `#lobby,help`); a part that is not a valid
+ *  percent-encoding (`#lobby%`, `#caf%C3`) or not a room name is ignored. */
 function roomsFromHash() {
-  const hash = decodeURIComponent(location.hash.slice(1));
-  return hash ? hash.split(",").filter((r) => r) : [];
+  const decode = (part) => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      return "";
+    }
+  };
+  return location.hash.slice(1).split(",").map(decode).filter((r) => ROOM_RE.test(r));
+}
+
+/** On a phone the room list and the members are a drawer over the conversation. */
+function setDrawer(open) {
+  $("layout").classList.toggle("drawer-open", open);
+  $("drawer-toggle").setAttribute("aria-expanded", String(open));
 }
 
 function start() {
@@ -646,12 +743,15 @@ function start() {
     $("message-input").focus();
   });
   $("send-form").addEventListener("submit", onSend);
-  $("message-input").addEventListener("input", () => showError(""));
+  $("message-input").addEventListener("input", () => showError("send", textProblem($("message-input").value.trim())));
+  $("nick-input").addEventListener("input", () => showError("nick", ""));
+  $("join-input").addEventListener("input", () => showError("join", ""));
   $("nick-form").addEventListener("submit", onNickSubmit);
+  $("drawer-toggle").addEventListener("click", () => setDrawer(!$("layout").classList.contains("drawer-open")));
+  document.addEventListener("keydown", (e) => e.key === "Escape" && setDrawer(false));
   $("join-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    openRoom($("join-input").value.trim(), true);
-    $("join-input").value = "";
+    if (openRoom($("join-input").value.trim(), true)) $("join-input").value = ""; // else it stays, to fix
   });
   $("refresh-rooms").addEventListener("click", () => state.connected && send({ type: "rooms" }));
   $("reconnect-now").addEventListener("click", connect);
