@@ -77,7 +77,7 @@ def test_make_run_stops_on_ctrl_c_as_the_readme_says(tmp_path):
         return output
 
     try:
-        assert b"in your browser" in read_until(b"in your browser", 60), output
+        assert b"in your browser" in read_until(b"in your browser", 45), output
         assert b"roomchat.py" not in output  # the command itself is not echoed
         os.write(fd, b"\x03")
         assert b"shutting down" in read_until(b"shutting down", 10), output
