@@ -84,6 +84,7 @@ class Session:
         self._retry_at = None  # clock() time of the next request for that nick
         self._told_held = False  # the user was told that we wait for it
         self._nick_id = None  # id of the nick request sent on connecting
+        self._abandoned = False  # a refused --nick in a pipe: later lines are not read
         self._ids = itertools.count(1)
         self._resume: deque = deque()  # requests that go first on a new connection
         self._outbox: deque = deque()  # everything else, in the order it was typed
@@ -173,6 +174,8 @@ class Session:
 
     def handle_line(self, line: str) -> list[str]:
         """Queue what a typed line asks for; return the lines to print right away."""
+        if self._abandoned:
+            return []
         try:
             command = parse(line)
         except UsageError as exc:
@@ -233,8 +236,9 @@ class Session:
         self.quitting = True
 
     def abandon(self) -> None:
-        """Give up on everything not yet sent (a pipe whose --nick was refused)."""
-        self.quitting = True
+        """Give up on everything not yet sent, and on lines still to come (a pipe whose --nick was
+        refused)."""
+        self.quitting = self._abandoned = True
         self._outbox.clear()
         self._unconfirmed.clear()
 

@@ -161,6 +161,7 @@ def test_a_pipe_whose_nick_is_refused_sends_nothing():
     lines = session.on_event({"type": "error", "code": "nick_taken", "message": "Taken.", "id": nick["id"]})
     assert "Nothing was sent" in lines[-1]
     assert drain(session) == [] and session.done and session.refused == ["nick ann: Taken."]
+    assert session.handle_line("a line read after that") == [] and session.undelivered() == 0
 
 
 def test_reconnect_asks_for_a_held_nick_until_it_is_free():
