@@ -18,9 +18,10 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	touch $@
 
-## run: start the server on its defaults (settings: ROOMCHAT_* variables or ARGS="--port 9000")
+## run: start the server on its defaults (settings: ROOMCHAT_* variables or ARGS="--port 9000").
+## Ctrl-C stops roomchat (status 0) and make with it (make's status: 130, interrupted).
 run: $(RUN_STAMP)
-	$(BIN)/python roomchat.py $(ARGS)
+	@$(BIN)/python roomchat.py $(ARGS)
 
 ## test: the whole suite, as CI runs it
 test: $(DEV_STAMP)

@@ -1,5 +1,6 @@
 """What a typed line means: a plain line is chat, a line starting with `/` is a command."""
 
+import string
 from dataclasses import dataclass
 
 HELP = """\
@@ -29,7 +30,8 @@ class Command:
     args: tuple = ()
 
 
-# name -> (usage, fewest and most words after the command); a /msg's TEXT counts as one word
+# name -> (usage, fewest and most words after the command); a /msg's TEXT counts as one word, and so
+# does a ROOM or NICK, so that a name with a space is refused for its space, not as a usage error
 USAGE = {
     "join": ("/join ROOM", 1, 1),
     "leave": ("/leave [ROOM]", 0, 1),
@@ -56,12 +58,40 @@ def parse(line: str) -> Command | None:
     if name not in USAGE:
         raise UsageError(f"Unknown command /{name}; /help lists the commands.")
     usage, least, most = USAGE[name]
-    args = tuple(rest.split(None, 1) if name == "msg" else rest.split())
+    rest = rest.strip()
+    if name in ("join", "leave", "who", "nick"):
+        args = (rest,) if rest else ()
+    else:
+        args = tuple(rest.split(None, 1) if name == "msg" else rest.split())
     if not least <= len(args) <= most:
         raise UsageError(f"Usage: {usage}")
-    if name == "history":
+    if name in ("join", "leave", "who") and args:
+        check_name(args[0], "room")
+    elif name in ("nick", "msg"):
+        check_name(args[0], "nick")
+    elif name == "history":
         args = (_history_count(args[0]) if args else DEFAULT_HISTORY,)
     return Command(name, args)
+
+
+# what PROTOCOL.md allows: kind -> (what it is called, its characters, longest, the rule in words)
+NAMES = {
+    "room": ("room name", frozenset(string.ascii_letters + string.digits + "_-.#"), 64,
+             "1-64 letters, digits, '_', '-', '.' or '#'"),
+    "nick": ("nick", frozenset(string.ascii_letters + string.digits + "_-."), 32,
+             "1-32 letters, digits, '_', '-' or '.'"),
+}
+
+
+def check_name(name: str, kind: str) -> str:
+    """`name` if it is a valid room or nick (`kind`) name; else raises UsageError saying why."""
+    label, allowed, longest, rule = NAMES[kind]
+    bad = sorted(set(name) - allowed)
+    if name and len(name) <= longest and not bad:
+        return name
+    why = f"it has {len(name)} characters" if len(name) > longest else "it may not contain " + " or ".join(
+        "a space" if ch == " " else repr(ch) for ch in bad)
+    raise UsageError(f"{name!r} is not a valid {label}: a {label} is {rule}; {why}.")
 
 
 def _history_count(word: str) -> int:

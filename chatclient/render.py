@@ -1,44 +1,69 @@
 """Server events as one terminal line each: time, room, sender, text.
 
-Text from the network is shown as text: control characters (which could move the cursor or
-recolour the terminal) appear as visible escapes, and a multi-line message is indented.
+Everything from the network is shown as text, every field alike (nicks, rooms, member lists, error
+messages, not only chat text): characters that could move the cursor, recolour the terminal,
+reorder what is shown or hide in it appear as visible escapes (`\\x1b`, `\\u202e`):
+- C0 and C1 controls and DEL (ECMA-48 control functions);
+- bidirectional controls U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C (Unicode UAX #9);
+- zero-width characters U+200B-U+200D, U+2060, U+FEFF; line and paragraph separators U+2028, U+2029;
+- lone surrogates, which JSON can carry (`"\\ud800"`) but a terminal cannot print.
+In chat and dm text a newline starts an indented line; in any other field it is `\\n`.
 """
 
 import time
 
 INDENT = "    "
+INVISIBLE = frozenset(
+    [0x061C, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2028, 0x2029, 0x2060, 0xFEFF,
+     *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+)
 
 
 def clock(ts: float | None = None) -> str:
-    """Local wall-clock time of an event; events without `ts` (presence) use now."""
-    return time.strftime("%H:%M:%S", time.localtime(time.time() if ts is None else ts))
+    """Local wall-clock time of an event; events without `ts` (presence), or with one the
+    platform cannot convert, use now."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(time.time() if ts is None else ts))
+    except (OverflowError, OSError, ValueError):
+        return time.strftime("%H:%M:%S")
 
 
-def safe(text) -> str:
-    """`text` with every control character but newline made visible, e.g. ESC as \\x1b."""
-    text = str(text)
+def _visible(ch: str) -> bool:
+    code = ord(ch)
+    return not (code < 0x20 or 0x7F <= code < 0xA0 or code in INVISIBLE or 0xD800 <= code < 0xE000)
+
+
+def safe(value, multiline: bool = False) -> str:
+    """`value` as text with every character listed above made visible, e.g. ESC as `\\x1b`.
+    With `multiline`, a newline starts a new indented line instead."""
     out = []
-    for ch in text:
-        code = ord(ch)
-        if ch == "\n":
+    for ch in str(value):
+        if multiline and ch == "\n":
             out.append("\n" + INDENT)
-        elif code < 0x20 or 0x7F <= code < 0xA0 or code in (0x2028, 0x2029):
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
+        elif _visible(ch):
             out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
     return "".join(out)
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 message`, `2 messages`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def chat(event: dict) -> str:
-    return f"{clock(event.get('ts'))} [{safe(event['room'])}] <{safe(event['from'])}> {safe(event['text'])}"
+    text = safe(event["text"], multiline=True)
+    return f"{clock(event.get('ts'))} [{safe(event['room'])}] <{safe(event['from'])}> {text}"
 
 
 def dm(event: dict) -> str:
-    return f"{clock(event.get('ts'))} [dm] <{safe(event['from'])}> -> {safe(event['to'])}: {safe(event['text'])}"
+    text = safe(event["text"], multiline=True)
+    return f"{clock(event.get('ts'))} [dm] <{safe(event['from'])}> -> {safe(event['to'])}: {text}"
 
 
 def presence(event: dict) -> str:
-    verb = {"join": "joined", "leave": "left"}.get(event.get("event"), safe(event.get("event")))
+    verb = {"join": "joined", "leave": "left"}.get(event["event"]) or safe(event["event"])
     return f"{clock()} [{safe(event['room'])}] * {safe(event['nick'])} {verb}"
 
 
@@ -61,23 +86,29 @@ def moderation(event: dict) -> str:
 
 
 def notice(text: str) -> str:
-    """A line from the client itself (not from another user)."""
+    """A line from the client itself; any server field in `text` must have been through safe()."""
     return f"{clock()} * {text}"
 
 
 def error(message: str) -> str:
+    """A refusal or a problem; `message` may come from the server and is made safe here."""
     return f"{clock()} ! {safe(message)}"
 
 
 def members(room: str, nicks: list, joined: bool = False) -> str:
     """`who` and `joined` replies: who is in the room."""
     listed = ", ".join(safe(n) for n in nicks) or "nobody"
-    count = f"{len(nicks)} {'member' if len(nicks) == 1 else 'members'}"
-    return notice(f"{'you joined ' if joined else ''}{safe(room)}: {count}: {listed}")
+    return notice(f"{'you joined ' if joined else ''}{safe(room)}: {plural(len(nicks), 'member')}: {listed}")
 
 
 def rooms(entries: list) -> str:
     if not entries:
         return notice("no rooms have members yet")
-    listed = ", ".join(f"{safe(e['room'])} ({e['members']})" for e in entries)
+    listed = ", ".join(f"{safe(e['room'])} ({safe(e['members'])})" for e in entries)
     return notice(f"rooms: {listed}")
+
+
+def history(room: str, count: int) -> str:
+    if not count:
+        return notice(f"no messages yet in {safe(room)}")
+    return notice(f"last {plural(count, 'message')} in {safe(room)}")

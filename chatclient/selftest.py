@@ -22,7 +22,7 @@ import sys
 
 from chatclient.selftest_checks import CHECKS
 from chatclient.selftest_client import CheckFailed, Conn, Probe, Skip
-from chatclient.terminal import DEFAULT_URL, normalize_url
+from chatclient.terminal import default_url, normalize_url
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         epilog="Exit status: 0 all passed (or skipped), 1 a check failed, 2 server unreachable. "
         f"Checks: {', '.join(names)}.",
     )
-    parser.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"server address (default {DEFAULT_URL})")
+    parser.add_argument("url", nargs="?", default=default_url(), help=f"server address (default {default_url()})")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds to wait for each expected event (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--only", metavar="NAME,...", help="run only these checks (comma-separated)")

@@ -8,6 +8,14 @@ back until each of those `joined` replies is in. A chat that was in flight when 
 dropped is sent again only if the resumed history does not hold it already, so nothing is lost
 or shown twice. If the new `welcome` carries another epoch, the old seqs mean nothing: the
 rooms are joined afresh, without `after`.
+
+Identity rule: nothing goes out under a nick the user did not choose. Typed lines wait until the
+server has answered the nick request. If a reconnect finds our nick still held (the server has not
+yet noticed that the old connection is gone), we keep asking for it every NICK_RETRY seconds
+until it is free, and typed lines wait for it; `/nick OTHER` stops the wait.
+
+Refusals: every request the server refuses (and, in `strict` mode for pipes, every line that
+cannot become a request) is recorded in `refused`, so the run can end with status 1 and say what.
 """
 
 import itertools
@@ -16,8 +24,10 @@ from collections import deque
 
 from chatclient import render
 from chatclient.commands import HELP, UsageError, parse
+from chatclient.events import problem
 
 JOIN_SHOW = 20  # messages of a room's history printed when we join it
+NICK_RETRY = 2.0  # seconds between requests for a nick the server still holds for our old connection
 
 
 class Pacer:
@@ -33,8 +43,14 @@ class Pacer:
 
     @classmethod
     def for_limits(cls, limits: dict, clock=time.monotonic) -> "Pacer":
-        """The server's bucket starts full when it accepts us, a moment before ours starts."""
-        return cls(limits.get("rate_burst", 20) - 1, limits.get("rate_per_second", 5.0) * 0.9, clock)
+        """The server's bucket starts full when it accepts us, a moment before ours starts. Values
+        that are not positive numbers (a broken server) fall back to the defaults."""
+        def positive(name, default):
+            value = limits.get(name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e9
+            return value if ok else default
+
+        return cls(positive("rate_burst", 20) - 1, positive("rate_per_second", 5.0) * 0.9, clock)
 
     def delay(self) -> float:
         """Seconds until a request may go out (0 means now)."""
@@ -50,15 +66,25 @@ class Pacer:
 class Session:
     """Rooms, nick, seqs and queued requests of one user, kept across reconnects."""
 
-    def __init__(self, nick: str | None = None, room: str | None = None):
+    def __init__(self, nick: str | None = None, room: str | None = None, strict: bool = False,
+                 clock=time.monotonic):
         self.nick = None  # what the server calls us now
         self.wanted_nick = nick  # what we asked for; asked again after every reconnect
         self.room = None  # the current room: where plain lines go
         self.rooms: dict[str, int | None] = {}  # rooms we are in -> last seq shown (None: reload)
         self.epoch = None
         self.limits: dict = {}
-        self.failed = 0  # chat and dm messages the server refused
+        self.strict = strict  # a pipe: a line that cannot be sent is a refusal, a refused --nick stops it
+        self.refused: list[str] = []  # "what: why" for each refused request
         self.quitting = False
+        self._clock = clock
+        self._granted = None  # the last nick the server gave us at our request
+        self._gate = False  # typed lines wait: a nick request is not answered yet
+        self._reclaim = False  # ... and it asks back the nick our old connection still holds
+        self._retry_at = None  # clock() time of the next request for that nick
+        self._told_held = False  # the user was told that we wait for it
+        self._nick_id = None  # id of the nick request sent on connecting
+        self._abandoned = False  # a refused --nick in a pipe: later lines are not read
         self._ids = itertools.count(1)
         self._resume: deque = deque()  # requests that go first on a new connection
         self._outbox: deque = deque()  # everything else, in the order it was typed
@@ -80,8 +106,12 @@ class Session:
         self.nick = welcome["nick"]
         self.limits = welcome.get("limits", {})
         self._resume.clear()
-        if self.wanted_nick and self.wanted_nick != self.nick:
+        self._gate = bool(self.wanted_nick and self.wanted_nick != self.nick)
+        self._reclaim = self._gate and self.wanted_nick == self._granted
+        self._told_held = False
+        if self._gate:
             self._resume.append(self._request(type="nick", nick=self.wanted_nick))
+            self._nick_id = self._resume[-1]["id"]
         for room, seq in self.rooms.items():
             self._resume.append(self._request(type="join", room=room, **({} if seq is None else {"after": seq})))
         self._waiting = set(self.rooms)
@@ -103,12 +133,24 @@ class Session:
         self._outbox.extendleft(reversed(again))
         self._resume.clear()
         self._waiting.clear()
+        self._retry_at = None
+
+    def tick(self) -> float | None:
+        """Queue a due request for our held nick; return seconds until the next one is due, or None."""
+        if self._retry_at is None:
+            return None
+        left = self._retry_at - self._clock()
+        if left > 0:
+            return left
+        self._retry_at = None
+        self._resume.append(self._request(type="nick", nick=self.wanted_nick))
+        return None
 
     def take_request(self) -> dict | None:
         """The next request to send, now counted as in flight; None while there is none."""
         if self._resume:
             req = self._resume.popleft()
-        elif self._outbox and not self._waiting:
+        elif self._outbox and not self._waiting and not self._gate:
             req = self._outbox.popleft()
         else:
             return None
@@ -116,7 +158,7 @@ class Session:
         return req
 
     def has_request(self) -> bool:
-        return bool(self._resume or (self._outbox and not self._waiting))
+        return bool(self._resume or (self._outbox and not self._waiting and not self._gate))
 
     @property
     def done(self) -> bool:
@@ -132,17 +174,26 @@ class Session:
 
     def handle_line(self, line: str) -> list[str]:
         """Queue what a typed line asks for; return the lines to print right away."""
+        if self._abandoned:
+            return []
         try:
             command = parse(line)
         except UsageError as exc:
-            return [render.error(str(exc))]
+            return self._refuse_line(line, str(exc))
         if command is None:
             return []
         return getattr(self, "_cmd_" + command.name)(*command.args) or []
 
+    def _refuse_line(self, line: str, why: str) -> list[str]:
+        """A line that cannot be sent: say why; with a pipe, it is a refusal."""
+        if self.strict:
+            self.refused.append(f"{render.safe(line[:40])!r}: {render.safe(why)}")
+        return [render.error(why)]
+
     def _cmd_say(self, text: str):
         if self.room is None:
-            return [render.error("You are in no room; /join ROOM first.")]
+            why = "--room ROOM or a /join ROOM line must come first" if self.strict else "/join ROOM first"
+            return self._refuse_line(text, f"You are in no room; {why}.")
         self._queue(type="chat", room=self.room, text=text)
 
     def _cmd_join(self, room: str):
@@ -159,7 +210,11 @@ class Session:
 
     def _cmd_nick(self, nick: str):
         self.wanted_nick = nick
-        self._queue(type="nick", nick=nick)
+        if self._reclaim:  # stop waiting for the held nick: this one goes first instead
+            self._reclaim, self._retry_at = False, None
+            self._resume.append(self._request(type="nick", nick=nick))
+        else:
+            self._queue(type="nick", nick=nick)
 
     def _cmd_msg(self, nick: str, text: str):
         self._queue(type="dm", to=nick, text=text)
@@ -180,6 +235,13 @@ class Session:
     def _cmd_quit(self):
         self.quitting = True
 
+    def abandon(self) -> None:
+        """Give up on everything not yet sent, and on lines still to come (a pipe whose --nick was
+        refused)."""
+        self.quitting = self._abandoned = True
+        self._outbox.clear()
+        self._unconfirmed.clear()
+
     def _cmd_help(self):
         return HELP.splitlines()
 
@@ -191,11 +253,20 @@ class Session:
 
     # -- server events --------------------------------------------------------------------------
 
-    def on_event(self, event: dict) -> list[str]:
-        """Update the state from one server event; return the lines to print for it."""
-        request = self._inflight.pop(event.get("id"), None)
-        handler = getattr(self, "_on_" + str(event.get("type")), None)
-        return handler(event, request) if handler else []
+    def on_event(self, event) -> list[str]:
+        """Update the state from one decoded server event; return the lines to print for it. An
+        event that breaks PROTOCOL.md changes nothing and prints one line (a request it answers
+        counts as refused, so that the run does not wait for it forever)."""
+        msg_id = event.get("id") if isinstance(event, dict) else None
+        request = self._inflight.pop(msg_id, None) if isinstance(msg_id, int | str) else None
+        found = problem(event)
+        handler = getattr(self, "_on_" + event["type"], None) if not found else None
+        if handler is None:
+            found = found or f"an unexpected {event['type']} event"
+            if request is not None:
+                self.refused.append(f"{self._describe(request)}: the server's answer was {found}")
+            return [render.error(f"The server sent {found}; ignored.")]
+        return handler(event, request)
 
     def _on_chat(self, event: dict, request) -> list[str]:
         room, seq = event["room"], event["seq"]
@@ -216,6 +287,9 @@ class Session:
         if request is None and event["old"] != self.nick:
             return [render.renamed(event)]
         self.nick = self.wanted_nick = event["nick"]
+        if request is not None:
+            self._granted = self.nick
+            self._gate = self._reclaim = False
         return [render.notice(f"you are now known as {render.safe(self.nick)}")]
 
     def _on_topic(self, event: dict, request) -> list[str]:
@@ -262,16 +336,28 @@ class Session:
         return [render.members(event["room"], event.get("members", []))]
 
     def _on_history(self, event: dict, request) -> list[str]:
-        messages = event.get("messages", [])
-        head = f"last {len(messages)} messages in {render.safe(event['room'])}" if messages else "no messages yet"
-        return [render.notice(head)] + [render.chat(e) for e in messages]
+        messages = event["messages"]
+        return [render.history(event["room"], len(messages))] + [render.chat(e) for e in messages]
+
+    def _on_pong(self, event: dict, request) -> list[str]:
+        return []
 
     def _on_error(self, event: dict, request) -> list[str]:
+        message = render.error(event.get("message") or event["code"])
         kind = request["type"] if request else None
-        if kind in ("chat", "dm"):
-            self.failed += 1
-        elif kind == "nick":
+        if kind == "nick" and self._reclaim and event["code"] == "nick_taken":
+            first, self._told_held = not self._told_held, True
+            self._retry_at = self._clock() + NICK_RETRY
+            return [self._held_notice()] if first else []
+        if request is not None:
+            self.refused.append(f"{self._describe(request)}: {render.safe(event.get('message') or event['code'])}")
+        if kind == "nick":
+            asked_at_connect = request["id"] == self._nick_id
             self.wanted_nick = self.nick
+            self._gate = self._reclaim = False
+            if asked_at_connect and self.strict:
+                self.abandon()
+                return [message, render.error("Nothing was sent, so that nothing is posted under another nick.")]
         elif kind == "join" and request["room"] not in self.rooms:
             if self.room == request["room"]:
                 self.room = next(reversed(self.rooms), None)
@@ -279,13 +365,29 @@ class Session:
             self.rooms.pop(request["room"])
             self._waiting.discard(request["room"])
             self._release_unconfirmed()
-        return [render.error(event.get("message") or event.get("code", "error"))]
+        return [message]
+
+    def _held_notice(self) -> str:
+        return render.notice(
+            f"your nick {render.safe(self.wanted_nick)} is still held by your previous connection; asking for it "
+            f"every {NICK_RETRY:g} s until it is free (you are {render.safe(self.nick)} meanwhile, and what you "
+            f"type waits; /nick OTHER to stop waiting)")
+
+    @staticmethod
+    def _describe(request: dict) -> str:
+        """A request in a few words, for the list of refusals."""
+        kind = request["type"]
+        target = request.get("room") or request.get("to") or request.get("nick")
+        what = {"chat": "message to", "dm": "direct message to", "nick": "nick", "join": "join", "leave": "leave",
+                "who": "who", "history": "history of"}.get(kind, kind)
+        return f"{what} {render.safe(target)}" if target else what
 
     # -- resending chats after a reconnect --------------------------------------------------------
 
     def _drop_stored(self, room: str, resumed: list) -> None:
         """Forget unconfirmed chats to `room` that the resumed history shows the server stored."""
-        stored = [e["text"] for e in resumed if e["from"] == self.nick]
+        ours = {n.lower() for n in (self.nick, self._granted) if n}  # sent as either, if a reconnect renamed us
+        stored = [e["text"] for e in resumed if e["from"].lower() in ours]
         keep = []
         for req in self._unconfirmed:
             if req["room"] == room and req["text"] in stored:

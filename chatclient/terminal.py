@@ -1,13 +1,16 @@
-"""The terminal client's I/O: command line, WebSocket connection, stdin, and reconnects.
+"""The terminal client's I/O: command line, WebSocket connection, reconnects, Ctrl-C.
 
-Three threads share one Session under one Condition: the main thread connects and sends (paced),
-a reader thread turns server events into printed lines, and a stdin thread turns typed lines
-into queued requests. Everything they print goes through `_print`, under the same lock.
+Threads: the main thread reads typed lines (through the console: prompt_toolkit on a terminal, a
+reader thread for pipes) and then waits for the end; a `link` thread connects, sends (paced) and
+reconnects; a `reader` thread per connection turns server events into printed lines. They share one
+Session under one Condition (`_cond`), which also guards `_ws`, `_dropped` and `_stopping`.
+Everything printed goes through `_print`, under that lock.
 """
 
 import argparse
 import contextlib
 import json
+import os
 import random
 import sys
 import threading
@@ -16,27 +19,51 @@ import time
 import websocket
 
 from chatclient import render
+from chatclient.commands import UsageError, check_name
+from chatclient.console import PipeConsole, PromptConsole
+from chatclient.events import problem
 from chatclient.session import Pacer, Session
 
-DEFAULT_URL = "ws://127.0.0.1:8765/"
 CONNECT_TIMEOUT = 10.0
 IDLE_PING = 30.0  # seconds of silence before we ping; as long again without an answer is a drop
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 15.0
-QUIT_PATIENCE = 30.0  # after /quit or end of input, how long we keep reconnecting to deliver
+QUIT_PATIENCE = 60.0  # after /quit or end of input, how long we keep trying to deliver
+CLOSE_WAIT = 1.0  # seconds to wait for the server's answer to our close frame
 LINK_ERRORS = (OSError, websocket.WebSocketException)
 
 
-def parse_args(argv) -> argparse.Namespace:
+def default_url(env=os.environ) -> str:
+    """Where a server started with the same ROOMCHAT_HOST / ROOMCHAT_PORT listens (default
+    ws://127.0.0.1:8765/). A server listening on every address is reached on loopback."""
+    host = env.get("ROOMCHAT_HOST") or "127.0.0.1"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"ws://{host}:{env.get('ROOMCHAT_PORT') or 8765}/"
+
+
+def parse_args(argv, env=os.environ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="roomchat.py client",
         description="Chat in roomchat rooms from a terminal; lines come from stdin, so pipes work too.",
-        epilog="Exit status: 0 when every message was confirmed by the server, 1 when a message was "
-        "refused or the server could not be reached. Type /help once connected for the commands.",
+        epilog="Exit status: 0 when the server accepted every request; 1 when it refused one (or, "
+        "with a pipe, a line could not be sent, e.g. text with no room to go to), with one line on "
+        "stderr saying what, or when the server could not be reached; 130 after Ctrl-C. "
+        "Type /help once connected for the commands.",
     )
-    parser.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"server address (default {DEFAULT_URL})")
+    url = default_url(env)
+    parser.add_argument("url", nargs="?", default=url,
+                        help=f"server address (default {url}, from ROOMCHAT_HOST and ROOMCHAT_PORT)")
     parser.add_argument("--nick", help="nick to use (default: the guest nick the server gives)")
     parser.add_argument("--room", help="room to join at start; plain lines go there")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for kind in ("nick", "room"):
+        try:
+            if getattr(args, kind) is not None:
+                check_name(getattr(args, kind), kind)
+        except UsageError as exc:
+            parser.error(f"--{kind}: {exc}")
+    return args
 
 
 def normalize_url(url: str) -> str:
@@ -54,75 +81,91 @@ def backoff(attempt: int) -> float:
 
 
 class TerminalClient:
-    def __init__(self, url: str, session: Session, out=sys.stdout, err=sys.stderr):
+    def __init__(self, url: str, session: Session, console, err=None):
         self.url = url
         self.session = session
-        self.out = out
+        self.console = console
         self.err = err
         self._cond = threading.Condition()
         self._ws = None  # the current connection
+        self._reader = None  # ... and its reader thread
         self._dropped = False  # ... and it is gone
+        self._stopping = False  # Ctrl-C: the link thread must stop at once
+        self._give_up_at = None  # monotonic time after quitting when we stop trying to deliver
 
-    def run(self, stdin) -> int:
-        """Chat until /quit or end of input; return the exit status."""
-        try:
-            ws = self._connect()
-        except LINK_ERRORS as exc:
-            print(f"roomchat client: cannot connect to {self.url}: {describe(exc)}", file=self.err, flush=True)
-            return 1
-        threading.Thread(target=self._read_input, args=(stdin,), name="stdin", daemon=True).start()
-        while True:
-            self._pump(ws)
-            with self._cond:
-                if self.session.done:
-                    break
-                self.session.disconnected()
-                self._print([render.notice("connection lost; reconnecting")])
-            ws = self._reconnect()
-            if ws is None:
-                break
-        if ws is not None:
-            with contextlib.suppress(*LINK_ERRORS):
-                ws.close()
+    def run(self) -> int:
+        """Chat until /quit or end of input; return the exit status (130 after Ctrl-C)."""
+        with self.console:
+            try:
+                ws = self._connect()
+            except LINK_ERRORS as exc:
+                self._complain(f"cannot connect to {self.url}: {describe(exc)}")
+                return 1
+            link = threading.Thread(target=self._serve, args=(ws,), name="link", daemon=True)
+            link.start()
+            try:
+                self.console.feed(self._on_line)
+                while link.is_alive():
+                    link.join(0.25)  # a timeout, so that a SIGINT is seen here at once
+            except KeyboardInterrupt:
+                self._interrupt()
+                return 130
         return self._status()
 
     def _status(self) -> int:
         with self._cond:
-            undelivered = self.session.undelivered()
-            if undelivered:
-                self._print([render.error(f"{undelivered} message(s) were not delivered.")])
-            return 1 if undelivered or self.session.failed else 0
+            refused, undelivered = list(self.session.refused), self.session.undelivered()
+        if refused:
+            shown = "; ".join(refused[:3]) + (f"; and {len(refused) - 3} more" if len(refused) > 3 else "")
+            self._complain(f"{render.plural(len(refused), 'request')} refused: {shown}")
+        if undelivered:
+            self._complain(f"{render.plural(undelivered, 'message')} not delivered: the server could not be reached")
+        return 1 if refused or undelivered else 0
+
+    def _complain(self, text: str) -> None:
+        print(f"roomchat client: {text}", file=self.err or sys.stderr, flush=True)
+
+    def _on_line(self, line: str | None) -> bool:
+        """A typed line (None: the input ended); False once no more lines are wanted."""
+        with self._cond:
+            if line is not None:
+                self._print(self.session.handle_line(line))
+            else:
+                self.session.quitting = True
+            self._cond.notify_all()
+            return not self.session.quitting
 
     # -- connecting ---------------------------------------------------------------------------
 
     def _connect(self) -> websocket.WebSocket:
-        """Open a connection, read `welcome`, and start the reader thread."""
+        """Open a connection, read `welcome`, and start its reader thread."""
         ws = websocket.create_connection(self.url, timeout=CONNECT_TIMEOUT, enable_multithread=True)
         try:
             welcome = json.loads(ws.recv())
-        except ValueError:
+        except (ValueError, RecursionError):
             welcome = None
         except LINK_ERRORS:
-            ws.close()
+            ws.shutdown()
             raise
-        if not isinstance(welcome, dict) or welcome.get("type") != "welcome" or "nick" not in welcome:
-            ws.close()
+        if problem(welcome) or welcome["type"] != "welcome":
+            ws.shutdown()
             raise websocket.WebSocketException("the server did not answer with a roomchat welcome")
         ws.settimeout(IDLE_PING)
+        reader = threading.Thread(target=self._read_events, args=(ws,), name="reader", daemon=True)
         with self._cond:
-            self._ws, self._dropped = ws, False
+            self._ws, self._reader, self._dropped = ws, reader, False
             self._print(self.session.connected(welcome))
-        threading.Thread(target=self._read_events, args=(ws,), name="reader", daemon=True).start()
+        reader.start()
         return ws
 
     def _reconnect(self) -> websocket.WebSocket | None:
-        """Retry with backoff; None when quitting and nothing is left to deliver, or after QUIT_PATIENCE."""
-        attempt, gave_up_at = 0, None
+        """Retry with backoff; None when quitting and nothing is left to deliver, after
+        QUIT_PATIENCE, or after Ctrl-C."""
+        attempt = 0
         while True:
             with self._cond:
-                if self.session.quitting and gave_up_at is None:
-                    gave_up_at = time.monotonic() + QUIT_PATIENCE
-                if self.session.quitting and (not self.session.undelivered() or time.monotonic() > gave_up_at):
+                if self._stopping or self._out_of_patience() or (self.session.quitting
+                                                                 and not self.session.undelivered()):
                     return None
                 self._cond.wait(backoff(attempt))
             try:
@@ -134,7 +177,31 @@ class TerminalClient:
                 self._print([render.notice("reconnected")])
             return ws
 
-    # -- the three loops --------------------------------------------------------------------------
+    def _out_of_patience(self) -> bool:
+        """Quitting, and QUIT_PATIENCE has passed since we first noticed. Caller holds _cond."""
+        if not self.session.quitting:
+            return False
+        if self._give_up_at is None:
+            self._give_up_at = time.monotonic() + QUIT_PATIENCE
+        return time.monotonic() > self._give_up_at
+
+    # -- the link thread and the reader -----------------------------------------------------------
+
+    def _serve(self, ws) -> None:
+        """The link thread: send, and reconnect after drops, until done, out of patience or stopped."""
+        while True:
+            self._pump(ws)
+            with self._cond:
+                if self._stopping:
+                    return
+                if self.session.done or not self._dropped:  # done, or out of patience
+                    break
+                self.session.disconnected()
+                self._print([render.notice("connection lost; reconnecting")])
+            ws = self._reconnect()
+            if ws is None:
+                return
+        self._close(ws)
 
     def _pump(self, ws) -> None:
         """Send queued requests, paced, until the connection drops or the session is done."""
@@ -142,12 +209,15 @@ class TerminalClient:
         while True:
             with self._cond:
                 while True:
-                    if self._dropped or self.session.done:
+                    if self._dropped or self._stopping or self.session.done or self._out_of_patience():
                         return
+                    retry = self.session.tick()
                     delay = pacer.delay() if self.session.has_request() else None
                     if delay == 0:
                         break
-                    self._cond.wait(delay)
+                    left = self._give_up_at - time.monotonic() if self._give_up_at else None
+                    waits = [d for d in (delay, retry, left) if d is not None]
+                    self._cond.wait(min(waits) if waits else None)
                 request = self.session.take_request()
                 pacer.take()
             try:
@@ -174,28 +244,27 @@ class TerminalClient:
             pinged = False
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 break
-            if opcode != websocket.ABNF.OPCODE_TEXT:
-                continue
-            try:
-                event = json.loads(frame.data)
-            except ValueError:
-                continue
-            with self._cond:
-                self._print(self.session.on_event(event))
-                self._cond.notify_all()
+            if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                self._handle(frame.data if opcode == websocket.ABNF.OPCODE_TEXT else None)
         with contextlib.suppress(*LINK_ERRORS):
-            ws.close(timeout=0.5)
+            ws.shutdown()
         self._drop(ws)
 
-    def _read_input(self, stdin) -> None:
-        for line in stdin:
-            with self._cond:
-                self._print(self.session.handle_line(line.rstrip("\r\n")))
-                self._cond.notify_all()
-                if self.session.quitting:
-                    break
+    def _handle(self, data: bytes | None) -> None:
+        """One message from the server (None: a binary one): print what it means, or one line
+        saying what was wrong with it."""
+        try:
+            event = json.loads(data) if data is not None else None
+            lines = None if data is not None else [render.error("The server sent a binary message; ignored.")]
+        except (ValueError, RecursionError):
+            lines = [render.error("The server sent a message that is not JSON; ignored.")]
         with self._cond:
-            self.session.quitting = True
+            if lines is None:
+                try:
+                    lines = self.session.on_event(event)
+                except Exception as exc:  # a bug: say so and go on, since a dead reader would hang the client
+                    lines = [render.error(f"Could not handle an event from the server ({exc!r}); ignored.")]
+            self._print(lines)
             self._cond.notify_all()
 
     def _drop(self, ws) -> None:
@@ -205,9 +274,31 @@ class TerminalClient:
                 self._dropped = True
             self._cond.notify_all()
 
+    def _close(self, ws) -> None:
+        """Close politely (RFC 6455 section 7.1.2): our close frame with 1000, the server's answer
+        (read by the reader thread) for up to CLOSE_WAIT seconds, then the socket."""
+        with contextlib.suppress(*LINK_ERRORS):
+            if ws.connected:
+                ws.send_close(websocket.STATUS_NORMAL)
+        with self._cond:
+            reader = self._reader if ws is self._ws else None
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(CLOSE_WAIT)
+        with contextlib.suppress(*LINK_ERRORS):
+            ws.shutdown()
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: stop the link thread, and close the connection with 1000 before exiting."""
+        with self._cond:
+            self._stopping = True
+            ws = None if self._dropped else self._ws
+            self._cond.notify_all()
+        if ws is not None:
+            self._close(ws)
+
     def _print(self, lines) -> None:
         for line in lines:
-            print(line, file=self.out, flush=True)
+            self.console.print(line)
 
 
 def describe(exc: BaseException) -> str:
@@ -217,13 +308,22 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def prompt_text(session: Session) -> str:
+    """The prompt on a terminal: where a plain line goes and who sends it, e.g. `[lobby] ann> `."""
+    room = render.safe(session.room) if session.room else "no room"
+    return f"[{room}] {render.safe(session.nick or '...')}> "
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if sys.stdin.isatty():
-        with contextlib.suppress(ImportError):
-            import readline  # noqa: F401  (line editing and history for typed input)
-    client = TerminalClient(normalize_url(args.url), Session(nick=args.nick, room=args.room))
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets an escape, not a crash
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    session = Session(nick=args.nick, room=args.room, strict=not terminal)
+    console = PromptConsole(lambda: prompt_text(session)) if terminal else PipeConsole()
+    client = TerminalClient(normalize_url(args.url), session, console)
     try:
-        return client.run(sys.stdin)
-    except KeyboardInterrupt:
+        return client.run()
+    except KeyboardInterrupt:  # before the connection was up
         return 130

@@ -1,9 +1,25 @@
 """The chat page on a network, in a real Chromium: its CSP, pages of other origins, DNS rebinding, https."""
 
+import os
+
 import pytest
 from selenium.webdriver.common.by import By
 
+from tests.browser.pages import missing
+
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="session")
+def engine() -> str:
+    """These tests use Chromium's command-line flags and DevTools: Chromium only (the page's own
+    tests run in Firefox too). Missing, it skips with one line, or fails under CI."""
+    reason = missing("chromium")
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must install it")
+    if reason:
+        pytest.skip(reason)
+    return "chromium"
 
 # Installed before the page's own scripts run (CDP), so every CSP violation of the load is seen.
 RECORD_CSP = """window.cspViolations = [];
@@ -21,7 +37,7 @@ def test_chat_page_works_under_its_csp(open_page):
     """With the CSP on, the page connects and chats with no violation; an inline script that the
     page did not ship is refused (so the recorder would have seen one)."""
     page = open_page("/#lobby")
-    page.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_CSP})
+    page.browser.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_CSP})
     page.open("/?again#lobby")  # a new document, with the recorder in place from its first byte
     page.say("hello under a strict CSP")
     page.wait_for_text("hello under a strict CSP")
@@ -36,23 +52,23 @@ def test_page_of_another_origin_cannot_open_a_websocket(open_page, server, make_
     gets one from a server started with --allow-origin for it."""
     page = open_page("/")
     site = other_site(OTHER_ORIGIN_PAGE)
-    page.driver.get(f"{site}?port={server.port}")
-    page.wait(lambda: page.driver.title != "waiting", "the other page never finished")
-    assert page.driver.title == "refused 1006"
+    page.browser.driver.get(f"{site}?port={server.port}")
+    page.wait(lambda: page.browser.driver.title != "waiting", "the other page never finished")
+    assert page.browser.driver.title == "refused 1006"
     origin = site.rstrip("/")
     assert f"refused a WebSocket from Origin '{origin}' (403); to allow it: --allow-origin {origin}" in caplog.text
 
     allowing = make_server(allow_origin=(origin,))
-    page.driver.get(f"{site}?port={allowing.port}")
-    page.wait(lambda: page.driver.title != "waiting", "the other page never finished")
-    assert page.driver.title == "open"
+    page.browser.driver.get(f"{site}?port={allowing.port}")
+    page.wait(lambda: page.browser.driver.title != "waiting", "the other page never finished")
+    assert page.browser.driver.title == "open"
 
 
 def test_rebinding_name_gets_400_in_the_browser(open_page, server):
     """A name that resolves to the server but is not one of its names (DNS rebinding) gets 400."""
     page = open_page("/", flags=("--host-resolver-rules=MAP rebind.test 127.0.0.1",))
-    page.driver.get(f"http://rebind.test:{server.port}/")
-    assert page.driver.find_element(By.TAG_NAME, "body").text == "this server does not answer to that Host name"
+    page.browser.driver.get(f"http://rebind.test:{server.port}/")
+    assert page.browser.driver.find_element(By.TAG_NAME, "body").text == "this server does not answer to that Host name"
 
 
 def test_page_over_https_chats_over_wss(open_page, tls_server, tls_files):

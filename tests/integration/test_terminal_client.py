@@ -1,73 +1,21 @@
-"""`python roomchat.py client` as a subprocess against a real server: pipes, commands, reconnects."""
+"""`python roomchat.py client` as a subprocess with pipes against a real server: commands, exit
+status, refusals, reconnects. Under a pseudo-terminal: test_terminal_client_tty.py; against a
+hostile server: test_terminal_client_hostile.py."""
 
-import contextlib
-import queue
+import signal
 import socket
 import subprocess
-import threading
-import time
 
 import pytest
 
 from chatserver.engine import MemoryEngine
-from tests.helpers import ROOMCHAT, Peer, closing_all, restart, server_with_chats
-
-CLIENT = [*ROOMCHAT, "client"]
-
-
-def run_pipe(url: str, stdin: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLIENT, url, *args], input=stdin, capture_output=True, text=True, timeout=timeout)
+from tests.client_helpers import CLIENT, ClientProcess, Relay
+from tests.helpers import Peer, closing_all, restart, roomchat_env, server_with_chats
 
 
-class ClientProcess:
-    """The client with its stdin open, so a test can type lines and wait for output lines."""
-
-    def __init__(self, url: str, *args: str):
-        self.proc = subprocess.Popen([*CLIENT, url, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
-        self.lines: list[str] = []
-        self._new: queue.Queue = queue.Queue()
-        self._reader = threading.Thread(target=self._collect, daemon=True)
-        self._reader.start()
-
-    def _collect(self) -> None:
-        for line in self.proc.stdout:
-            self._new.put(line.rstrip("\n"))
-
-    def type(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, text: str, timeout: float = 10, ending: bool = False) -> str:
-        """The first line (seen before or arriving within `timeout`) containing, or with
-        `ending` ending with, `text`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = next((line for line in self.lines if (line.endswith(text) if ending else text in line)), None)
-            if found:
-                return found
-            try:
-                self.lines.append(self._new.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                raise AssertionError(f"no line with {text!r}; got {self.lines}") from None
-
-    def finish(self, timeout: float = 15) -> int:
-        """Close stdin (end of input) and return the exit status."""
-        self.proc.stdin.close()
-        status = self.proc.wait(timeout)
-        while not self._new.empty():
-            self.lines.append(self._new.get())
-        return status
-
-    def kill(self) -> None:
-        """Kill it if it still runs, and close its pipes."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._reader.join(5)  # it reads stdout until EOF
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            with contextlib.suppress(OSError):
-                pipe.close()
+def run_pipe(url: str | None, stdin: str, *args: str, timeout: float = 20, env=None) -> subprocess.CompletedProcess:
+    argv = [*CLIENT, *([url] if url else []), *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture
@@ -129,11 +77,72 @@ def test_refused_connection_exits_one_with_one_line():
 
 
 def test_refused_message_prints_the_reason_and_exits_one(server):
-    """A dm to nobody prints the server's sentence; the run exits 1 since a message was not delivered."""
+    """A dm to nobody prints the server's sentence; the run exits 1 with one stderr line saying so."""
     result = run_pipe(server.url, "/msg nobody hello\n/quit\n")
     assert result.returncode == 1
     assert "Nobody called 'nobody' is connected." in result.stdout
-    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "roomchat client: 1 request refused: direct message to nobody: Nobody called 'nobody' is connected."]
+
+
+def test_taken_nick_in_a_pipe_posts_nothing_and_exits_one(server, connect):
+    """A pipe whose --nick is taken sends none of its lines (not even as a guest) and exits 1,
+    with one stderr line naming the refused nick."""
+    ann = connect()
+    ann.set_nick("ann")
+    ann.join("lobby")
+    result = run_pipe(server.url, "build is green\n", "--nick", "ann", "--room", "lobby")
+    assert result.returncode == 1, result
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "1 request refused: nick ann:" in result.stderr and "taken" in result.stderr
+    assert "Nothing was sent" in result.stdout
+    history = connect().join("lobby")["history"]
+    assert history == []
+
+
+@pytest.mark.parametrize("stdin", ["hello\n", "hello\n/quit\n"])
+def test_text_without_a_room_in_a_pipe_exits_one(server, stdin):
+    """Piped text without --room (or a /join before it) goes nowhere: exit 1, one stderr line why."""
+    result = run_pipe(server.url, stdin)
+    assert result.returncode == 1, result
+    assert result.stderr.splitlines() == [
+        "roomchat client: 1 request refused: 'hello': You are in no room; --room ROOM or a /join ROOM line "
+        "must come first."]
+
+
+def test_bad_room_or_nick_says_why(server):
+    """/join with an invalid room name says which characters are not allowed; so does --room,
+    as a usage error (exit 2) before connecting."""
+    result = run_pipe(server.url, "/join bad room!\n/unknown\n")
+    assert "'bad room!' is not a valid room name" in result.stdout
+    assert "may not contain a space or '!'" in result.stdout
+    assert "Unknown command /unknown" in result.stdout
+    assert result.returncode == 1 and "2 requests refused" in result.stderr
+    bad = run_pipe(server.url, "", "--room", "bad room!")
+    assert bad.returncode == 2
+    assert "--room: 'bad room!' is not a valid room name" in bad.stderr
+
+
+def test_default_address_follows_roomchat_host_and_port(server, connect):
+    """Without a URL the client connects where ROOMCHAT_HOST / ROOMCHAT_PORT say the server is."""
+    peer = connect()
+    peer.join("lobby")
+    env = roomchat_env(ROOMCHAT_HOST="127.0.0.1", ROOMCHAT_PORT=str(server.port))
+    result = run_pipe(None, "found you\n", "--room", "lobby", env=env)
+    assert result.returncode == 0, result
+    assert peer.recv_type("chat")["text"] == "found you"
+
+
+def test_sigint_closes_the_connection_and_exits_130(server, client, connect):
+    """Ctrl-C (SIGINT) with a pipe: the client leaves at once (the room sees it go) and exits 130."""
+    peer = connect()
+    peer.join("lobby")
+    ann = client(server.url, "--nick", "ann", "--room", "lobby")
+    ann.expect("you joined lobby")
+    assert peer.recv_type("presence")["event"] == "join"
+    ann.proc.send_signal(signal.SIGINT)
+    assert ann.wait() == 130
+    assert peer.recv_type("presence") == {"type": "presence", "room": "lobby", "event": "leave", "nick": "ann"}
 
 
 def test_commands_and_incoming_events(server, connect, client):
@@ -166,8 +175,6 @@ def test_commands_and_incoming_events(server, connect, client):
     assert bob.recv_type("presence")["event"] == "leave"
     ann.type("/help")
     ann.expect("/msg NICK TEXT")
-    ann.type("/bogus")
-    ann.expect("Unknown command /bogus")
     ann.type("/quit")
     assert ann.finish() == 0
 
@@ -182,6 +189,8 @@ def test_join_shows_recent_history_and_history_command_more(make_server, connect
     ann.type("/history 25")
     ann.expect("last 25 messages in lobby")
     ann.expect("> old 1", ending=True)
+    ann.type("/history 1")
+    ann.expect("last 1 message in lobby")
     assert ann.finish() == 0
 
 
@@ -239,3 +248,28 @@ def test_help_option():
     result = subprocess.run([*CLIENT, "--help"], capture_output=True, text=True, timeout=20)
     assert result.returncode == 0
     assert "--nick" in result.stdout and "--room" in result.stdout and "Exit status" in result.stdout
+
+
+def test_reconnect_keeps_asking_for_the_nick_until_the_old_connection_is_gone(server, connect, client):
+    """After a silent drop the server still holds the old connection and its nick: the client
+    reconnects as a guest, sends nothing as that guest, asks for its nick again until it is free,
+    then sends what was typed meanwhile under its own nick."""
+    relay = Relay(server.port)
+    try:
+        peer = connect()
+        peer.set_nick("bob")
+        peer.join("lobby")
+        ann = client(relay.url, "--nick", "ann", "--room", "lobby")
+        ann.expect("you joined lobby")
+        relay.cut_client_side()
+        ann.expect("connection lost")
+        ann.expect("still held by your previous connection", timeout=20)
+        ann.type("typed while held")
+        assert "ann" in connect().request(type="who", room="lobby")["members"]  # the old connection
+        relay.cut_server_side()
+        ann.expect("you are now known as ann", timeout=10)
+        event = peer.recv_type("chat")
+        assert (event["from"], event["text"]) == ("ann", "typed while held")
+        assert ann.finish() == 0
+    finally:
+        relay.close()

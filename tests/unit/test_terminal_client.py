@@ -1,11 +1,9 @@
-"""The terminal client's pure parts: command parsing, rendering, pacing and the resume rules."""
+"""The terminal client's session, without sockets: what it sends on (re)connecting, resume rules,
+the nick it keeps, refusals. Text handling: test_terminal_client_text.py."""
 
 import pytest
 
-from chatclient import render
-from chatclient.commands import Command, UsageError, parse
-from chatclient.session import JOIN_SHOW, Pacer, Session
-from chatclient.terminal import backoff, normalize_url
+from chatclient.session import JOIN_SHOW, NICK_RETRY, Session
 
 
 def chat(seq, text="hi", room="lobby", sender="bob", **extra):
@@ -29,138 +27,19 @@ def joined(room="lobby", history=(), members=("ann",), **extra):
 
 
 def connected_session(**kwargs) -> Session:
-    """A session that has connected once and joined lobby with seqs 1..3."""
+    """A session that has connected once (with its nick, if it asked for one) and joined lobby
+    with seqs 1..3."""
     session = Session(room="lobby", **kwargs)
     session.connected(welcome())
+    if session.wanted_nick:
+        nick = drain(session)[0]
+        session.on_event({"type": "nick", "old": "guest-1", "nick": nick["nick"], "id": nick["id"]})
     join = drain(session)[-1]
     session.on_event({**joined(history=[chat(1), chat(2), chat(3)]), "id": join["id"]})
     return session
 
 
-# -- commands ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("line", "command"),
-    [
-        ("hello there", Command("say", ("hello there",))),
-        ("//shrug", Command("say", ("/shrug",))),
-        ("/join dev", Command("join", ("dev",))),
-        ("/JOIN dev", Command("join", ("dev",))),
-        ("/leave", Command("leave", ())),
-        ("/leave dev", Command("leave", ("dev",))),
-        ("/nick ann", Command("nick", ("ann",))),
-        ("/msg bob  hello   world", Command("msg", ("bob", "hello   world"))),
-        ("/who", Command("who", ())),
-        ("/rooms", Command("rooms", ())),
-        ("/history", Command("history", (20,))),
-        ("/history 200", Command("history", (200,))),
-        ("/quit", Command("quit", ())),
-        ("/help", Command("help", ())),
-        ("   ", None),
-    ],
-)
-def test_parse_turns_lines_into_commands(line, command):
-    """Plain lines are chat, // escapes a leading slash, and every command takes its arguments."""
-    assert parse(line) == command
-
-
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ("/join", "Usage: /join ROOM"),
-        ("/join a b", "Usage: /join ROOM"),
-        ("/msg bob", "Usage: /msg NICK TEXT"),
-        ("/nick", "Usage: /nick NICK"),
-        ("/rooms all", "Usage: /rooms"),
-        ("/history 0", "N is from 1 to 200"),
-        ("/history 201", "N is from 1 to 200"),
-        ("/history ten", "N is from 1 to 200"),
-        ("/dance", "Unknown command /dance"),
-    ],
-)
-def test_parse_explains_bad_lines(line, message):
-    """A line that is not a valid command raises UsageError saying how to write it."""
-    with pytest.raises(UsageError, match=message):
-        parse(line)
-
-
-# -- rendering ---------------------------------------------------------------------------------
-
-
-def test_chat_line_has_time_room_sender_and_text():
-    """A chat event prints as HH:MM:SS [room] <sender> text."""
-    line = render.chat(chat(1, "hello", ts=1_700_000_000.0))
-    assert line.endswith(" [lobby] <bob> hello")
-    assert len(line.split(" ", 1)[0]) == len("12:34:56")
-
-
-def test_control_characters_are_escaped_and_newlines_indented():
-    """Escape sequences become visible text; a second line is indented under the first."""
-    assert render.safe("\x1b[31mred\x07") == "\\x1b[31mred\\x07"
-    assert render.safe("a\u202eb\x9b") == "a\u202eb\\x9b"
-    assert render.safe("one\ntwo") == "one\n    two"
-
-
-def test_other_events_render_in_words():
-    """dm, presence, nick, who and rooms events each read as a sentence."""
-    assert render.dm({"from": "ann", "to": "bob", "text": "psst", "ts": 0}).endswith("[dm] <ann> -> bob: psst")
-    assert render.presence({"room": "dev", "event": "leave", "nick": "bob"}).endswith("[dev] * bob left")
-    assert render.renamed({"old": "ann", "nick": "annie"}).endswith("* ann is now known as annie")
-    assert render.members("dev", ["ann"]).endswith("* dev: 1 member: ann")
-    assert render.members("dev", [], joined=True).endswith("* you joined dev: 0 members: nobody")
-    assert render.rooms([{"room": "a", "members": 2}]).endswith("* rooms: a (2)")
-    assert render.rooms([]).endswith("no rooms have members yet")
-
-
-# -- pacing, backoff, addresses ----------------------------------------------------------------
-
-
-def test_pacer_stays_under_the_servers_bucket():
-    """The pacer allows burst-1 at once, then refills a little slower than the server."""
-    now = [0.0]
-    pacer = Pacer.for_limits({"rate_burst": 5, "rate_per_second": 10.0}, clock=lambda: now[0])
-    for _ in range(4):
-        assert pacer.delay() == 0
-        pacer.take()
-    assert pacer.delay() == pytest.approx(1 / 9)
-    now[0] += 1 / 9
-    assert pacer.delay() == 0
-
-
-def test_backoff_grows_with_jitter_and_is_capped():
-    """Each retry waits longer, by a random amount within half of the step, up to 15 s."""
-    for attempt in range(12):
-        step = min(15.0, 0.5 * 2**attempt)
-        assert step / 2 <= backoff(attempt) <= step
-    assert len({backoff(3) for _ in range(20)}) > 1
-
-
-@pytest.mark.parametrize(
-    ("given", "url"),
-    [
-        ("ws://h:1/", "ws://h:1/"),
-        ("ws://h:1", "ws://h:1/"),
-        ("http://h:1/", "ws://h:1/"),
-        ("https://h/", "wss://h/"),
-        ("h:8765", "ws://h:8765/"),
-    ],
-)
-def test_normalize_url(given, url):
-    """ws, wss, http(s) addresses and bare HOST:PORT all become WebSocket URLs."""
-    assert normalize_url(given) == url
-
-
 # -- the session -------------------------------------------------------------------------------
-
-
-def test_first_connect_sends_nick_then_join():
-    """The wanted nick goes first, then the --room join; plain lines go to that room."""
-    session = Session(nick="ann", room="lobby")
-    session.handle_line("hello")
-    session.connected(welcome())
-    assert [(r["type"], r.get("nick") or r.get("room")) for r in drain(session)] == [
-        ("nick", "ann"), ("join", "lobby"), ("chat", "lobby")]
 
 
 def test_join_prints_members_and_the_last_messages_only():
@@ -186,12 +65,12 @@ def test_chat_events_print_once_in_seq_order():
 def test_reconnect_resumes_each_room_after_the_last_seq():
     """After a drop: nick, then join with after=last seq; typed lines wait until the rooms are back."""
     session = connected_session(nick="ann")
-    session.on_event({"type": "nick", "old": "guest-1", "nick": "ann", "id": 1})
     session.disconnected()
     session.handle_line("typed while offline")
     session.connected(welcome(nick="guest-9"))
     resume = drain(session)
     assert [(r["type"], r.get("after")) for r in resume] == [("nick", None), ("join", 3)]
+    session.on_event({"type": "nick", "old": "guest-9", "nick": "ann", "id": resume[0]["id"]})
     lines = session.on_event({**joined(history=[chat(4, "missed")]), "id": resume[1]["id"]})
     assert [line.split(" ", 1)[1] for line in lines] == ["[lobby] <bob> missed"]
     assert [r["text"] for r in drain(session)] == ["typed while offline"]
@@ -247,11 +126,11 @@ def test_quit_is_done_only_when_everything_is_confirmed():
     chat_request = drain(session)[0]
     assert not session.done
     session.on_event({**chat(4, "last words", sender="guest-1"), "id": chat_request["id"]})
-    assert session.done and session.failed == 0
+    assert session.done and session.refused == []
 
 
-def test_errors_print_in_words_and_count_refused_messages():
-    """An error reply prints its sentence; a refused chat counts as failed; a refused nick is undone."""
+def test_errors_print_in_words_and_are_counted_as_refused():
+    """An error reply prints its sentence and is recorded as refused; a refused nick is undone."""
     session = connected_session()
     session.handle_line("/nick taken")
     session.handle_line("x" * 10)
@@ -259,13 +138,99 @@ def test_errors_print_in_words_and_count_refused_messages():
     lines = session.on_event({"type": "error", "code": "nick_taken", "message": "The nick is taken.", "id": nick["id"]})
     assert lines[0].endswith("! The nick is taken.") and session.wanted_nick == "guest-1"
     session.on_event({"type": "error", "code": "too_long", "message": "Too long.", "id": message["id"]})
-    assert session.failed == 1
+    assert session.refused == ["nick taken: The nick is taken.", "message to lobby: Too long."]
+
+
+def test_typed_lines_wait_for_the_nick_reply():
+    """Nothing typed goes out before the server has answered the nick request."""
+    session = Session(nick="ann", room="lobby")
+    session.handle_line("hello")
+    session.connected(welcome())
+    nick = drain(session)
+    assert [r["type"] for r in nick] == ["nick"]
+    session.on_event({"type": "nick", "old": "guest-1", "nick": "ann", "id": nick[0]["id"]})
+    assert [r["type"] for r in drain(session)] == ["join", "chat"]
+
+
+def test_a_pipe_whose_nick_is_refused_sends_nothing():
+    """In strict (pipe) mode a refused --nick abandons the queued lines; the session is done."""
+    session = Session(nick="ann", room="lobby", strict=True)
+    session.handle_line("hello")
+    session.connected(welcome())
+    nick = drain(session)[0]
+    lines = session.on_event({"type": "error", "code": "nick_taken", "message": "Taken.", "id": nick["id"]})
+    assert "Nothing was sent" in lines[-1]
+    assert drain(session) == [] and session.done and session.refused == ["nick ann: Taken."]
+    assert session.handle_line("a line read after that") == [] and session.undelivered() == 0
+
+
+def test_reconnect_asks_for_a_held_nick_until_it_is_free():
+    """After a reconnect our nick may still be held: ask again every NICK_RETRY s, hold typed
+    lines meanwhile (rooms are resumed), and send them once the nick is back."""
+    now = [0.0]
+    session = Session(nick="ann", room="lobby", clock=lambda: now[0])
+    session.connected(welcome())
+    nick, join = drain(session)[0], None
+    session.on_event({"type": "nick", "old": "guest-1", "nick": "ann", "id": nick["id"]})
+    join = drain(session)[0]
+    session.on_event({**joined(history=[chat(1)]), "id": join["id"]})
+    session.disconnected()
+    session.connected(welcome(nick="guest-2"))
+    nick, rejoin = drain(session)
+    taken = {"type": "error", "code": "nick_taken", "message": "Taken."}
+    lines = session.on_event({**taken, "id": nick["id"]})
+    assert "still held by your previous connection" in lines[0]
+    session.on_event({**joined(history=[chat(2)]), "id": rejoin["id"]})
+    session.handle_line("typed while held")
+    assert drain(session) == [] and session.tick() == pytest.approx(NICK_RETRY)
+    now[0] += NICK_RETRY
+    assert session.tick() is None
+    again = drain(session)
+    assert [r["type"] for r in again] == ["nick"]
+    assert session.on_event({**taken, "id": again[0]["id"]}) == []  # said once per reconnect
+    now[0] += NICK_RETRY
+    session.tick()
+    last = drain(session)[0]
+    session.on_event({"type": "nick", "old": "guest-2", "nick": "ann", "id": last["id"]})
+    assert [r["text"] for r in drain(session)] == ["typed while held"]
+    assert session.refused == [] and session.nick == "ann"
+
+
+def test_another_nick_stops_waiting_for_the_held_one():
+    """/nick OTHER while waiting for a held nick asks for OTHER at once and stops the retries."""
+    now = [0.0]
+    session = Session(nick="ann", clock=lambda: now[0])
+    session.connected(welcome())
+    first = drain(session)[0]
+    session.on_event({"type": "nick", "old": "guest-1", "nick": "ann", "id": first["id"]})
+    session.disconnected()
+    session.connected(welcome(nick="guest-2"))
+    held = drain(session)[0]
+    session.on_event({"type": "error", "code": "nick_taken", "message": "Taken.", "id": held["id"]})
+    session.handle_line("/nick ann2")
+    assert [(r["type"], r["nick"]) for r in drain(session)] == [("nick", "ann2")]
+    now[0] += 10 * NICK_RETRY
+    assert session.tick() is None and drain(session) == []
+
+
+def test_a_broken_event_changes_nothing_and_a_broken_answer_is_a_refusal():
+    """A malformed event prints one line; if it answers one of our requests, that request is refused."""
+    session = connected_session()
+    assert len(session.on_event({"type": "chat", "room": "lobby"})) == 1
+    assert session.rooms == {"lobby": 3}
+    session.handle_line("hi")
+    sent = drain(session)[0]
+    lines = session.on_event({"type": "chat", "room": "lobby", "id": sent["id"]})
+    assert lines[0].endswith("The server sent a chat event without 'from'; ignored.")
+    assert session.refused == ["message to lobby: the server's answer was a chat event without 'from'"]
+    assert session.undelivered() == 0
 
 
 def test_lines_without_a_room_explain_what_to_do():
     """A plain line before any /join, and a bad command, answer locally without sending."""
     session = Session()
     assert "/join ROOM first" in session.handle_line("hello")[0]
+    assert session.refused == []  # on a terminal, a line that goes nowhere is not a refusal
     assert "Usage: /join ROOM" in session.handle_line("/join")[0]
     assert session.handle_line("/help")[0] == "commands:"
     assert not session.has_request()

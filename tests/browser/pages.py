@@ -1,0 +1,255 @@
+"""The browsers the page is tested in, behind one small interface, and the chat page as a test sees it.
+
+- Chromium: Debian's `chromium` and `chromium-driver`, driven by selenium (WebDriver classic).
+- Firefox: Debian's `firefox-esr`, driven over Marionette, its own remote protocol, by Mozilla's
+  `marionette_driver` package (geckodriver is not packaged for Debian and would be a download).
+Nothing here downloads a browser or a driver. The elements both drivers hand back share the
+WebDriver element API the tests use: click(), send_keys(), text, rect, get_attribute(),
+get_property(), find_element(by, value) with the same `by` strings.
+"""
+
+import contextlib
+import gc
+import shutil
+import time
+import warnings
+
+# WebDriver key codes (W3C WebDriver, "Keyboard actions"), the same for both drivers
+ENTER, TAB, ESCAPE, CONTROL = "\ue007", "\ue004", "\ue00c", "\ue009"
+ID, XPATH, CSS, TAG = "id", "xpath", "css selector", "tag name"
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+FIREFOX = shutil.which("firefox-esr") or "/usr/bin/firefox-esr"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+)
+ENGINES = ("chromium", "firefox")
+
+
+def missing(engine: str) -> str | None:
+    """Why `engine` cannot run here (one line, saying what to install), or None."""
+    if engine == "chromium":
+        if not importable("selenium"):
+            return "selenium is not installed (pip install -r requirements-dev.txt)"
+        if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+            return "no Chromium here (apt-get install chromium chromium-driver)"
+    else:
+        if not importable("marionette_driver"):
+            return "marionette_driver is not installed (pip install -r requirements-dev.txt)"
+        if not shutil.which(FIREFOX):
+            return "no Firefox here (apt-get install firefox-esr)"
+    return None
+
+
+def importable(module: str) -> bool:
+    try:
+        with warnings.catch_warnings():  # mozinfo and mozrunner use deprecated stdlib APIs at import
+            warnings.simplefilter("ignore", DeprecationWarning)
+            __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+class Chromium:
+    """Chromium through selenium; `mobile` emulates a phone's viewport through DevTools."""
+
+    def __init__(self, profile, width: int, height: int, mobile: bool, flags: tuple = ()):
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", *flags):
+            options.add_argument(flag)
+        self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        if mobile:
+            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                        {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True})
+
+    def get(self, url: str) -> None:
+        self.driver.get(url)
+
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def find(self, by: str, value: str):
+        return self.driver.find_element(by, value)
+
+    def active(self):
+        return self.driver.switch_to.active_element
+
+    def title(self) -> str:
+        return self.driver.title
+
+    def alert_text(self) -> str | None:
+        from selenium.common.exceptions import NoAlertPresentException
+
+        try:
+            return self.driver.switch_to.alert.text
+        except NoAlertPresentException:
+            return None
+
+    def screenshot(self, path) -> None:
+        self.driver.save_screenshot(str(path))
+
+    def quit(self) -> None:
+        self.driver.quit()
+
+
+class Firefox:
+    """Firefox ESR over Marionette, headless, in a fresh profile. Its window is sized so that the
+    viewport (innerWidth x innerHeight) is the size asked for, phone sizes included: Firefox's own
+    minimum window width (500 px) is lifted in its chrome."""
+
+    def __init__(self, profile, width: int, height: int, mobile: bool):
+        from marionette_driver.marionette import Marionette  # imported quietly by missing() before
+
+        self.m = Marionette(host="127.0.0.1", port=0, bin=FIREFOX, headless=True,
+                            gecko_log=str(profile / "gecko.log"), prefs={"network.proxy.type": 0})
+        self.m.start_session()
+        with self.m.using_context("chrome"):
+            self.m.execute_script("document.documentElement.style.minWidth = '0px';")
+        self.m.set_window_rect(width=width, height=height)
+        inner = self.js("return [innerWidth, innerHeight]")
+        self.m.set_window_rect(width=2 * width - inner[0], height=2 * height - inner[1])
+
+    def get(self, url: str) -> None:
+        self.m.navigate(url)
+
+    def js(self, script: str, *args):
+        return self.m.execute_script(script, script_args=list(args), sandbox=None)  # the page's own globals
+
+    def find(self, by: str, value: str):
+        return self.m.find_element(by, value)
+
+    def active(self):
+        return self.m.get_active_element()
+
+    def title(self) -> str:
+        return self.m.title
+
+    def alert_text(self) -> str | None:
+        from marionette_driver.errors import NoAlertPresentException
+        from marionette_driver.marionette import Alert
+
+        try:
+            return Alert(self.m).text
+        except NoAlertPresentException:
+            return None
+
+    def screenshot(self, path) -> None:
+        path.write_bytes(self.m.screenshot(format="binary"))
+
+    def quit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.m.cleanup()
+        self.m = None
+        gc.collect()  # the profile's finaliser runs now, not during interpreter shutdown
+
+
+def launch(engine: str, profile, width: int, height: int, mobile: bool, flags: tuple = ()):
+    """A browser of `engine`; `flags` are extra Chromium command-line flags (not for Firefox)."""
+    if engine == "chromium":
+        return Chromium(profile, width, height, mobile, flags)
+    assert not flags, "command-line flags are Chromium's"
+    return Firefox(profile, width, height, mobile)
+
+
+# The visible conversation's messages and other lines, read straight from the DOM.
+READ_MESSAGES = """
+return [...document.querySelectorAll('.pane:not([hidden]) .log li.msg')].map(li => ({
+  seq: li.dataset.seq ? Number(li.dataset.seq) : null,
+  from: li.querySelector('.from').textContent,
+  text: li.querySelector('.text').textContent,
+}));"""
+READ_LINES = """
+return [...document.querySelectorAll('.pane:not([hidden]) .log li:not(.msg) .text')].map(s => s.textContent);"""
+
+
+class ChatPage:
+    """One browser window on the chat page, with the reads and actions the tests need."""
+
+    def __init__(self, browser, base_url: str, engine: str):
+        self.browser = browser
+        self.base_url = base_url
+        self.engine = engine
+
+    def open(self, path: str = "/") -> "ChatPage":
+        self.browser.get(self.base_url + path)
+        self.wait(lambda: self.status() == "Connected.", "the page never connected")
+        return self
+
+    def wait(self, predicate, message: str = "condition not met", timeout: float = 10.0):
+        """Poll `predicate()` until it is truthy; return its value. An element it looks for that is
+        not there yet (the drivers' NoSuchElementException) counts as not yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                value = predicate()
+            except Exception as exc:
+                if type(exc).__name__ not in ("NoSuchElementException", "StaleElementReferenceException"):
+                    raise
+                value = None
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{message} (after {timeout:g} s)")
+            time.sleep(0.05)
+
+    def js(self, script: str, *args):
+        return self.browser.js(script, *args)
+
+    def find(self, element_id: str):
+        return self.browser.find(ID, element_id)
+
+    def xpath(self, path: str):
+        return self.browser.find(XPATH, path)
+
+    def active(self):
+        return self.browser.active()
+
+    def status(self) -> str:
+        return self.find("status-text").text
+
+    def value(self, element_id: str) -> str:
+        return self.find(element_id).get_property("value")
+
+    def error(self, where: str) -> str:
+        """The error shown at "nick", "join" or "send"."""
+        return self.js("return document.getElementById(arguments[0] + '-error').textContent", where)
+
+    def message_box(self):
+        """The input labelled "Message", found through its label as a person would."""
+        return self.xpath('//input[@id=//label[normalize-space()="Message"]/@for]')
+
+    def say(self, text: str) -> None:
+        self.message_box().send_keys(text, ENTER)
+
+    def messages(self) -> list[dict]:
+        return self.js(READ_MESSAGES)
+
+    def texts(self) -> list[str]:
+        return [m["text"] for m in self.messages()]
+
+    def lines(self) -> list[str]:
+        return self.js(READ_LINES)
+
+    def wait_for_text(self, text: str, timeout: float = 10.0) -> None:
+        self.wait(lambda: text in self.texts(), f"{text!r} never appeared; saw {self.texts()}", timeout)
+
+    def wait_for_line(self, line: str, timeout: float = 10.0) -> None:
+        self.wait(lambda: line in self.lines(), f"line {line!r} never appeared; saw {self.lines()}", timeout)
+
+    def title(self) -> str:
+        return self.find("conv-title").text
+
+    def tab(self, label: str):
+        return self.xpath(f'//*[@class="tab-open"][starts-with(normalize-space(), "{label}")]')
+
+    def visible(self, element_id: str) -> bool:
+        """Laid out and not hidden (display: none gives no box)."""
+        return self.js("return document.getElementById(arguments[0]).getClientRects().length > 0", element_id)

@@ -1,0 +1,90 @@
+"""README.md's examples, run as written: the websocket-client walkthrough (with pauses longer than
+the server's ping deadline between its steps) and `make run` stopped with Ctrl-C."""
+
+import ast
+import contextlib
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import ROOT, roomchat_env, wait_for
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def python_block(after_heading: str) -> str:
+    """The first ```python block after `after_heading` in README.md."""
+    section = README[README.index(after_heading):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_websocket_client_walkthrough_survives_pauses_in_a_repl(make_server, connect):
+    """The walkthrough pasted into an interactive `python` a block at a time, with a pause longer
+    than ping_interval + ping_timeout before each block, prints every event it promises, raises
+    nothing, and its close leaves no connection behind."""
+    server = make_server(ping_interval=0.5, ping_timeout=0.5)
+    code = python_block("### Chat between two websocket-client sessions")
+    assert "ws://127.0.0.1:8765/" in code
+    repl = subprocess.Popen([sys.executable, "-i", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        for block in code.replace("ws://127.0.0.1:8765/", server.url).split("\n\n"):
+            time.sleep(1.5)  # the pause is the point: without a reader the server would close at 1.0 s
+            repl.stdin.write(block + "\n\n")
+            repl.stdin.flush()
+        output, _ = repl.communicate("exit()\n", timeout=30)
+    finally:
+        if repl.poll() is None:
+            repl.kill()
+    assert "Error" not in output and "Traceback" not in output, output
+    events = [ast.literal_eval(found) for found in re.findall(r"^(?:(?:>>>|\.\.\.) )*(\{'type'.*\})$", output, re.M)]
+    assert [e["type"] for e in events] == ["welcome", "welcome", "nick", "joined", "joined", "presence", "chat",
+                                           "chat"], output
+    assert events[2] == {"type": "nick", "old": events[0]["nick"], "nick": "alice"}
+    assert events[6]["id"] == 1
+    assert (events[7]["from"], events[7]["text"], events[7]["seq"]) == ("alice", "hello bob", 1)
+    peer = connect(server.url)
+    wait_for(lambda: peer.request(type="who", room="lobby")["members"] == [], timeout=5)  # both closed
+
+
+def test_make_run_stops_on_ctrl_c_as_the_readme_says(tmp_path):
+    """`make run` prints where it listens; Ctrl-C on its terminal makes roomchat shut down (its
+    "shutting down" line) and make end interrupted, which a shell reports as 130."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: make on a terminal of its own, as a person runs it
+        os.chdir(ROOT)
+        env = roomchat_env()
+        os.execvpe("make", ["make", "--no-print-directory", "run", f"ARGS=--port 0 --db {tmp_path / 'r.db'}"], env)
+    output = b""
+
+    def read_until(text: bytes, timeout: float) -> bytes:
+        nonlocal output
+        deadline = time.monotonic() + timeout
+        while text not in output and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    output += os.read(fd, 4096)
+                except OSError:  # the terminal is gone: everyone exited
+                    break
+        return output
+
+    try:
+        assert b"in your browser" in read_until(b"in your browser", 45), output
+        assert b"roomchat.py" not in output  # the command itself is not echoed
+        os.write(fd, b"\x03")
+        assert b"shutting down" in read_until(b"shutting down", 10), output
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 2  # SIGINT: the shell's 130
+    finally:  # on failure: make and roomchat are in the process group pty.fork() made for make
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.killpg(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)

@@ -1,0 +1,188 @@
+"""The terminal client's text handling, without sockets: command parsing and name rules, rendering
+(every field made safe), the shapes of server events, pacing, backoff and addresses."""
+
+import pytest
+
+from chatclient import render
+from chatclient.commands import Command, UsageError, parse
+from chatclient.events import problem
+from chatclient.session import Pacer
+from chatclient.terminal import backoff, default_url, normalize_url
+
+
+def chat(seq, text="hi", room="lobby", sender="bob", **extra):
+    return {"type": "chat", "room": room, "from": sender, "text": text, "seq": seq, "ts": 0.0, **extra}
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("hello there", Command("say", ("hello there",))),
+        ("//shrug", Command("say", ("/shrug",))),
+        ("/join dev", Command("join", ("dev",))),
+        ("/JOIN dev", Command("join", ("dev",))),
+        ("/leave", Command("leave", ())),
+        ("/leave dev", Command("leave", ("dev",))),
+        ("/nick ann", Command("nick", ("ann",))),
+        ("/msg bob  hello   world", Command("msg", ("bob", "hello   world"))),
+        ("/who", Command("who", ())),
+        ("/rooms", Command("rooms", ())),
+        ("/history", Command("history", (20,))),
+        ("/history 200", Command("history", (200,))),
+        ("/quit", Command("quit", ())),
+        ("/help", Command("help", ())),
+        ("   ", None),
+    ],
+)
+def test_parse_turns_lines_into_commands(line, command):
+    """Plain lines are chat, // escapes a leading slash, and every command takes its arguments."""
+    assert parse(line) == command
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("/join", "Usage: /join ROOM"),
+        ("/join a b", "'a b' is not a valid room name"),
+        ("/msg bob", "Usage: /msg NICK TEXT"),
+        ("/nick", "Usage: /nick NICK"),
+        ("/rooms all", "Usage: /rooms"),
+        ("/history 0", "N is from 1 to 200"),
+        ("/history 201", "N is from 1 to 200"),
+        ("/history ten", "N is from 1 to 200"),
+        ("/dance", "Unknown command /dance"),
+        ("/join bad room!", "'bad room!' is not a valid room name: .* may not contain a space or '!'"),
+        ("/join " + "r" * 65, "it has 65 characters"),
+        ("/who caf\u00e9", "may not contain '\u00e9'"),
+        ("/nick ann smith", "'ann smith' is not a valid nick: a nick is 1-32 letters"),
+        ("/msg b@b hi", "may not contain '@'"),
+    ],
+)
+def test_parse_explains_bad_lines(line, message):
+    """A line that is not a valid command raises UsageError saying how to write it."""
+    with pytest.raises(UsageError, match=message):
+        parse(line)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def test_chat_line_has_time_room_sender_and_text():
+    """A chat event prints as HH:MM:SS [room] <sender> text."""
+    line = render.chat(chat(1, "hello", ts=1_700_000_000.0))
+    assert line.endswith(" [lobby] <bob> hello")
+    assert len(line.split(" ", 1)[0]) == len("12:34:56")
+
+
+def test_control_characters_are_escaped_and_newlines_indented():
+    """Escape sequences become visible text; in text a second line is indented, elsewhere it is \\n."""
+    assert render.safe("\x1b[31mred\x07") == "\\x1b[31mred\\x07"
+    assert render.safe("one\ntwo", multiline=True) == "one\n    two"
+    assert render.safe("one\ntwo") == "one\\ntwo"
+
+
+@pytest.mark.parametrize("code", [*range(0x20), *range(0x7F, 0xA0), 0x061C, *range(0x200B, 0x2010), 0x2028, 0x2029,
+                                  *range(0x202A, 0x202F), 0x2060, *range(0x2066, 0x206A), 0xFEFF, 0xD800, 0xDFFF])
+def test_invisible_and_reordering_characters_are_made_visible(code):
+    """C0/C1 controls, bidi controls, zero-width characters and lone surrogates print as escapes."""
+    shown = render.safe(f"a{chr(code)}b")
+    assert shown.isprintable() and shown.isascii() and shown[0] == "a" and shown[-1] == "b" and len(shown) > 3
+
+
+def test_ordinary_text_is_left_alone():
+    """Letters of any script, emoji and tabs-free punctuation print as they are."""
+    for text in ("caf\u00e9", "\u05e9\u05dc\u05d5\u05dd", "\u4f60\u597d", "\U0001f600", "a-b.c#d"):
+        assert render.safe(text) == text
+
+
+def test_history_grammar():
+    """One message is "1 message", not "1 messages"."""
+    assert render.history("lobby", 1).endswith("last 1 message in lobby")
+    assert render.history("lobby", 2).endswith("last 2 messages in lobby")
+    assert render.history("lobby", 0).endswith("no messages yet in lobby")
+
+
+@pytest.mark.parametrize(
+    ("event", "said"),
+    [
+        ({"type": "chat", "room": "r", "from": "a", "text": "t", "seq": 1, "ts": 1.5}, None),
+        ({"type": "chat", "room": "r", "from": "a", "text": "t", "seq": True}, "'seq' is not an integer"),
+        ({"type": "chat", "room": "r", "from": "a", "text": "t", "seq": 1, "ts": "now"}, "'ts' is not a number"),
+        ({"type": "joined", "room": "r", "members": ["a"], "history": [], "truncated": 1}, "not true or false"),
+        ({"type": "history", "room": "r", "messages": [3]}, "an item in its 'messages' that is not an object"),
+        ({"type": "pong", "extra": "ignored"}, None),
+        ({"type": "error", "code": "x", "id": None}, "'id' is not an integer or a string"),
+        ("text", "a message that is not a JSON object"),
+    ],
+)
+def test_event_shapes_are_checked(event, said):
+    """problem() accepts PROTOCOL.md's shapes (unknown keys too) and names what is wrong otherwise."""
+    found = problem(event)
+    assert found is None if said is None else said in found
+
+
+@pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        ({}, "ws://127.0.0.1:8765/"),
+        ({"ROOMCHAT_PORT": "9000"}, "ws://127.0.0.1:9000/"),
+        ({"ROOMCHAT_HOST": "0.0.0.0", "ROOMCHAT_PORT": "9000"}, "ws://127.0.0.1:9000/"),
+        ({"ROOMCHAT_HOST": "::"}, "ws://[::1]:8765/"),
+        ({"ROOMCHAT_HOST": "chat.example"}, "ws://chat.example:8765/"),
+    ],
+)
+def test_default_url_follows_the_servers_variables(env, url):
+    """The default address is where a server with the same ROOMCHAT_HOST/ROOMCHAT_PORT listens."""
+    assert default_url(env) == url
+
+
+def test_other_events_render_in_words():
+    """dm, presence, nick, who and rooms events each read as a sentence."""
+    assert render.dm({"from": "ann", "to": "bob", "text": "psst", "ts": 0}).endswith("[dm] <ann> -> bob: psst")
+    assert render.presence({"room": "dev", "event": "leave", "nick": "bob"}).endswith("[dev] * bob left")
+    assert render.renamed({"old": "ann", "nick": "annie"}).endswith("* ann is now known as annie")
+    assert render.members("dev", ["ann"]).endswith("* dev: 1 member: ann")
+    assert render.members("dev", [], joined=True).endswith("* you joined dev: 0 members: nobody")
+    assert render.rooms([{"room": "a", "members": 2}]).endswith("* rooms: a (2)")
+    assert render.rooms([]).endswith("no rooms have members yet")
+
+
+# -- pacing, backoff, addresses ----------------------------------------------------------------
+
+
+def test_pacer_stays_under_the_servers_bucket():
+    """The pacer allows burst-1 at once, then refills a little slower than the server."""
+    now = [0.0]
+    pacer = Pacer.for_limits({"rate_burst": 5, "rate_per_second": 10.0}, clock=lambda: now[0])
+    for _ in range(4):
+        assert pacer.delay() == 0
+        pacer.take()
+    assert pacer.delay() == pytest.approx(1 / 9)
+    now[0] += 1 / 9
+    assert pacer.delay() == 0
+
+
+def test_backoff_grows_with_jitter_and_is_capped():
+    """Each retry waits longer, by a random amount within half of the step, up to 15 s."""
+    for attempt in range(12):
+        step = min(15.0, 0.5 * 2**attempt)
+        assert step / 2 <= backoff(attempt) <= step
+    assert len({backoff(3) for _ in range(20)}) > 1
+
+
+@pytest.mark.parametrize(
+    ("given", "url"),
+    [
+        ("ws://h:1/", "ws://h:1/"),
+        ("ws://h:1", "ws://h:1/"),
+        ("http://h:1/", "ws://h:1/"),
+        ("https://h/", "wss://h/"),
+        ("h:8765", "ws://h:8765/"),
+    ],
+)
+def test_normalize_url(given, url):
+    """ws, wss, http(s) addresses and bare HOST:PORT all become WebSocket URLs."""
+    assert normalize_url(given) == url

@@ -1,0 +1,273 @@
+// The chat page's connection: sending (paced below the server's rate limit), reconnecting with
+// backoff, resuming rooms, keeping the nick, and the server's events that change more than one view.
+
+import {
+  PAGE, BACKOFF_FIRST_MS, BACKOFF_MAX_MS, NICK_RETRY_MS, STORE_NICK, $, state, roomKey, dmKey, sameNick,
+  roomConvs, showError, clearErrors, setStatus, showNick
+} from "./state.js";
+import {
+  onChat, onDm, onPresence, renderRoomList, onHistory, clearConv, renameDm, dropConv, renderMembers, addLine,
+  scrollToBottom, updateOlder
+} from "./view.js";
+
+/** A token bucket a little under the server's, so a reconnect with many rooms is never refused. */
+function makePacer(limits) {
+  const burst = Math.max(1, (limits.rate_burst || 20) - 1);
+  const rate = (limits.rate_per_second || 5) * 0.9;
+  return { burst, rate, tokens: burst, last: performance.now() };
+}
+
+export function send(msg) {
+  msg.id = state.nextId++;
+  state.outbox.push(msg);
+  pump();
+  return msg.id;
+}
+
+function pump() {
+  clearTimeout(state.pumpTimer);
+  state.pumpTimer = null;
+  const p = state.pacer;
+  while (state.outbox.length && state.connected) {
+    const now = performance.now();
+    p.tokens = Math.min(p.burst, p.tokens + ((now - p.last) / 1000) * p.rate);
+    p.last = now;
+    if (p.tokens < 1) {
+      state.pumpTimer = setTimeout(pump, ((1 - p.tokens) / p.rate) * 1000 + 5);
+      return;
+    }
+    p.tokens -= 1;
+    const msg = state.outbox.shift();
+    state.inflight.set(msg.id, msg);
+    state.ws.send(JSON.stringify(msg));
+  }
+}
+
+export function connect() {
+  clearTimeout(state.retryTimer);
+  state.retryTimer = null;
+  if (state.ws) return;
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const ws = new WebSocket(scheme + location.host + "/");
+  state.ws = ws;
+  ws.onmessage = (e) => {
+    let event;
+    try {
+      event = JSON.parse(e.data);
+    } catch {
+      return;
+    }
+    handleEvent(event);
+  };
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    const wasConnected = state.connected;
+    state.connected = false;
+    if (wasConnected) disconnected();
+    scheduleReconnect();
+  };
+}
+
+/** Exponential backoff with jitter, so clients dropped together do not all return at once. */
+function scheduleReconnect() {
+  const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** state.attempt) * (0.5 + Math.random() / 2);
+  state.attempt += 1;
+  setStatus(`Disconnected. Reconnecting in ${Math.ceil(delay / 1000)} s…`, true);
+  state.retryTimer = setTimeout(() => {
+    setStatus("Reconnecting…", true);
+    connect();
+  }, delay);
+}
+
+/** Sort what was queued or in flight: chats wait for the resume check, reads are dropped. */
+function disconnected() {
+  clearTimeout(state.nickRetryTimer);
+  state.reclaiming = false;
+  const pending = [...state.inflight.values(), ...state.outbox];
+  state.inflight.clear();
+  state.outbox = [];
+  state.resuming.clear();
+  for (const msg of pending) {
+    if (msg.type === "chat" || msg.type === "dm") state.unconfirmed.push(msg);
+    if (msg.type === "history") {
+      const conv = state.convs.get(roomKey(msg.room));
+      if (conv) conv.loadingOlder = false;
+    }
+  }
+  for (const conv of roomConvs()) {
+    if (conv.joined) addLine(conv, "notice", "Connection lost.");
+    conv.joined = false;
+  }
+}
+
+function onWelcome(event) {
+  const reset = state.epoch !== null && event.epoch !== state.epoch;
+  state.epoch = event.epoch;
+  state.me = event.nick;
+  state.connected = true;
+  state.attempt = 0;
+  state.limits = event.limits || {};
+  state.pacer = makePacer(state.limits);
+  clearErrors(); // a new connection: what was refused before is asked again or no longer applies
+  setStatus("Connected.", false);
+  state.reclaiming = !!state.wantedNick && state.wantedNick !== state.me && state.wantedNick === state.grantedNick;
+  if (state.wantedNick && state.wantedNick !== state.me) send({ type: "nick", nick: state.wantedNick });
+  else showNick();
+  for (const conv of roomConvs()) {
+    if (reset) clearConv(conv, "The server started afresh; earlier messages are gone.");
+    const join = { type: "join", room: conv.name };
+    if (conv.lastSeq !== null) join.after = conv.lastSeq;
+    state.resuming.add(conv.name);
+    send(join);
+  }
+  releaseUnconfirmed();
+  send({ type: "rooms" });
+}
+
+/** Once every room is back, resend the chats the server never stored, in their order. */
+function releaseUnconfirmed() {
+  if (state.resuming.size || state.reclaiming || !state.unconfirmed.length) return;
+  const again = state.unconfirmed;
+  state.unconfirmed = [];
+  for (const msg of again) send({ ...msg });
+}
+
+const HANDLERS = {
+  welcome: onWelcome,
+  joined: onJoined,
+  left: () => send({ type: "rooms" }),
+  chat: (event) => onChat(event, { live: true }),
+  dm: onDm,
+  presence: onPresence,
+  nick: onNick,
+  rooms: onRooms,
+  history: onHistory,
+  error: onError,
+};
+
+function handleEvent(event) {
+  const request = state.inflight.get(event.id);
+  state.inflight.delete(event.id);
+  const handler = HANDLERS[event.type];
+  if (handler) handler(event, request);
+}
+
+function onJoined(event) {
+  const conv = state.convs.get(roomKey(event.room));
+  if (!conv) return; // left again before the reply came
+  const resumedFrom = conv.lastSeq;
+  conv.joined = true;
+  if ($("join-error").dataset.cause === conv.name) showError("join", "");
+  conv.members = event.members || [];
+  const history = event.history || [];
+  if (event.truncated) {
+    clearConv(conv, "Many messages came while you were away; showing the latest. Scroll up for older ones.");
+    send({ type: "history", room: conv.name, limit: PAGE });
+  } else {
+    for (const message of history) onChat(message, { live: resumedFrom !== null });
+  }
+  if (resumedFrom === null) {
+    conv.atBeginning = history.length < PAGE;
+    if (conv.lastSeq === null) conv.lastSeq = 0;
+    scrollToBottom(conv);
+  } else {
+    addLine(conv, "notice", "Reconnected.");
+  }
+  updateOlder(conv);
+  if (state.resuming.delete(conv.name)) {
+    dropStored(conv.name, history.filter((m) => m.seq > (resumedFrom ?? 0)));
+    releaseUnconfirmed();
+    if (!state.resuming.size && $("send-error").dataset.cause === "offline") showError("send", ""); // back now
+  }
+  if (conv.key === state.current) renderMembers();
+  renderRoomList();
+}
+
+/** Forget unconfirmed chats to `room` that the resumed history shows were stored after all. */
+function dropStored(room, resumed) {
+  const stored = resumed.filter((m) => m.from === state.me).map((m) => m.text);
+  state.unconfirmed = state.unconfirmed.filter((msg) => {
+    const at = msg.type === "chat" && msg.room === room ? stored.indexOf(msg.text) : -1;
+    if (at >= 0) stored.splice(at, 1);
+    return at < 0;
+  });
+}
+
+function onNick(event, request) {
+  if (request || sameNick(event.old, state.me)) {
+    state.me = state.wantedNick = event.nick;
+    localStorage.setItem(STORE_NICK, event.nick);
+    showNick();
+  }
+  if (request) {
+    state.grantedNick = event.nick;
+    showError("nick", "");
+    if (state.reclaiming) {
+      state.reclaiming = false;
+      clearTimeout(state.nickRetryTimer);
+      if ($("send-error").dataset.cause === "reclaim") showError("send", "");
+      setStatus("Connected.", false);
+      releaseUnconfirmed();
+    }
+  }
+  for (const conv of roomConvs()) {
+    const at = conv.members.findIndex((m) => sameNick(m, event.old));
+    if (at < 0) continue;
+    conv.members[at] = event.nick;
+    addLine(conv, "presence", `${event.old} is now known as ${event.nick}`);
+  }
+  const dm = state.convs.get(dmKey(event.old));
+  if (dm && !sameNick(event.old, event.nick)) renameDm(dm, event.nick);
+  renderMembers();
+}
+
+function onRooms(event) {
+  state.roomList = event.rooms || [];
+  renderRoomList();
+}
+
+function onError(event, request) {
+  const kind = request && request.type;
+  const message = event.message || event.code;
+  if (kind === "nick" && state.reclaiming && event.code === "nick_taken") {
+    setStatus(`Connected as ${state.me}; waiting for your nick ${state.wantedNick} (held by your previous connection)…`,
+      false);
+    clearTimeout(state.nickRetryTimer);
+    state.nickRetryTimer = setTimeout(() => state.connected && send({ type: "nick", nick: state.wantedNick }),
+      NICK_RETRY_MS);
+    return;
+  }
+  if (kind === "nick") {
+    state.reclaiming = false;
+    state.wantedNick = state.grantedNick;
+    if (state.grantedNick) localStorage.setItem(STORE_NICK, state.grantedNick);
+    else localStorage.removeItem(STORE_NICK);
+    showError("nick", message);
+    releaseUnconfirmed();
+  } else if (kind === "join" && !state.resuming.has(request.room)) {
+    dropConv(state.convs.get(roomKey(request.room)));
+    showError("join", message, request.room);
+  } else if (kind === "join") {
+    state.resuming.delete(request.room); // a room we could not get back into: say so in it
+    const conv = state.convs.get(roomKey(request.room));
+    if (conv) addLine(conv, "notice", message);
+    releaseUnconfirmed();
+  } else if (kind === "history") {
+    const conv = state.convs.get(roomKey(request.room));
+    if (conv) {
+      conv.loadingOlder = false;
+      addLine(conv, "notice", message);
+    }
+  } else if (kind === "chat" || kind === "dm") {
+    const conv = state.convs.get(kind === "chat" ? roomKey(request.room) : dmKey(request.to));
+    if (conv && conv.key !== state.current) {
+      addLine(conv, "notice", `Not sent: “${request.text}”: ${message}`); // said where it was meant to go
+    } else {
+      if (!$("message-input").value) $("message-input").value = request.text; // give it back, to fix and resend
+      showError("send", message);
+    }
+  } else if (kind !== "rooms" && kind !== "who" && kind !== "leave") {
+    showError("send", message);
+  }
+}

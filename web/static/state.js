@@ -1,0 +1,87 @@
+// The chat page's shared state, its rules for names, and the small helpers every part uses.
+// Everything from the network is rendered with textContent (through el()), never as HTML.
+
+export const NICK_RE = /^[A-Za-z0-9_.\-]{1,32}$/;
+export const ROOM_RE = /^[A-Za-z0-9_.\-#]{1,64}$/;
+export const PAGE = 50; // messages per history page, as many as a plain join replays
+export const BACKOFF_FIRST_MS = 500;
+export const BACKOFF_MAX_MS = 15000;
+export const ROOMS_REFRESH_MS = 30000;
+export const NEAR_BOTTOM_PX = 60;
+export const NICK_RETRY_MS = 2000;
+export const STORE_NICK = "roomchat.nick";
+export const STORE_ROOMS = "roomchat.rooms";
+export const $ = (id) => document.getElementById(id);
+
+export const state = {
+  ws: null,
+  connected: false,
+  epoch: null,
+  me: null, // the nick the server knows us by
+  wantedNick: null, // the nick we ask for after every (re)connect
+  grantedNick: null, // the last nick the server gave us at our request
+  reclaiming: false, // asking back the nick our previous connection still holds
+  nickRetryTimer: null,
+  limits: {},
+  convs: new Map(), // key -> conversation (a room pane or a direct-message pane)
+  current: null, // key of the conversation in view
+  roomList: [], // the last `rooms` reply: [{room, members}]
+  nextId: 1,
+  outbox: [], // requests waiting for the pacer
+  inflight: new Map(), // id -> request sent, reply not seen yet
+  resuming: new Set(), // rooms whose `joined` we wait for after a (re)connect
+  unconfirmed: [], // chats in flight when the connection dropped
+  pacer: null,
+  pumpTimer: null,
+  attempt: 0,
+  retryTimer: null,
+};
+
+/** Build an element; children may be strings, which become text nodes (never HTML). */
+export function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+export function clockTime(ts) {
+  const date = ts ? new Date(ts * 1000) : new Date();
+  return el("time", { datetime: date.toISOString(), title: date.toLocaleString() },
+    date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+}
+
+export const roomKey = (name) => "room:" + name;
+export const dmKey = (nick) => "dm:" + nick.toLowerCase();
+export const sameNick = (a, b) => a.toLowerCase() === b.toLowerCase();
+export const roomConvs = () => [...state.convs.values()].filter((c) => c.kind === "room");
+
+export function saveRooms() {
+  localStorage.setItem(STORE_ROOMS, JSON.stringify(roomConvs().map((c) => c.name)));
+}
+
+/** Show (or with "" clear) the error next to what caused it: "nick", "join" or "send". */
+export function showError(where, text, cause = "") {
+  const box = $(where + "-error");
+  box.textContent = text;
+  box.dataset.cause = text ? cause : "";
+}
+
+export function clearErrors() {
+  for (const where of ["nick", "join", "send"]) showError(where, "");
+}
+
+export function setStatus(text, offline) {
+  $("status-text").textContent = text;
+  $("status").classList.toggle("offline", offline);
+  $("reconnect-now").hidden = !offline;
+}
+
+export function showNick() {
+  $("nick-input").value = state.me || state.wantedNick || "";
+}
