@@ -7,6 +7,7 @@ from chatserver import exposure, frames, tls
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, dispatch_many
+from chatserver.metrics import Metrics, close_label
 from chatserver.proxies import TrustedProxies
 from chatserver.registry import Registry
 from chatserver.sqlite_engine import open_engine
@@ -25,6 +26,7 @@ class ChatServer:
         # TLS files and the Host/Origin rules first: a mistake there must not leave the engine open.
         ssl_context = tls.server_context(config.certfile, config.keyfile) if config.certfile else None
         policy = exposure.policy(config.allowed_hosts, config.allow_origin, config.host)
+        self.metrics = Metrics(config.metrics_token, TrustedProxies(config.trusted_proxy))
         self.transport = WebSocketTransport(
             self,
             config.host,
@@ -43,8 +45,9 @@ class ChatServer:
         except Exception:
             self.transport.server_close()
             raise
-        self.registry = Registry(self.engine, config.limits())
-        self.web = WebRoutes(self.registry.stats, self.engine.health)
+        self.registry = Registry(self.engine, config.limits(), self.metrics)
+        self.metrics.watch(self.registry.stats, self.transport.housekeeper.totals)
+        self.web = WebRoutes(self.registry.stats, self.engine.health, metrics=self.metrics.respond)
         self._thread = None
         self._shut = threading.Lock()
 
@@ -62,16 +65,21 @@ class ChatServer:
         limiter = TokenBucket(self.config.rate_burst, self.config.rate_per_second)
         conn.client = self.registry.connect(conn, limiter)
         conn.context = Context(self.registry, conn.client, self.config)
+        self.metrics.opened.inc()
         log.info("connect %s %s", conn.peer, conn.client.nick)
 
     def on_texts(self, conn, texts: list) -> None:
         dispatch_many(conn.context, texts)
 
-    def on_close(self, conn) -> None:
+    def on_close(self, conn, close_code: int) -> None:
         self.registry.disconnect(conn.client)
+        self.metrics.closed.labels(close_label(close_code)).inc()  # after its presence `leave`s
 
-    def on_http(self, method: str, target: str, headers: dict):
-        return self.web.respond(method, target, headers)
+    def on_refused(self, status: int) -> None:
+        self.metrics.refused.labels(str(status)).inc()
+
+    def on_http(self, request, peer_ip: str):
+        return self.web.respond(request.method, request.target, request.headers, peer_ip)
 
     # -- life cycle ------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class Config:
     allowed_hosts: tuple = ()
     allow_origin: tuple = ()
     trusted_proxy: tuple = ()
+    metrics_token: str = ""
 
     def problem(self) -> str | None:
         """A sentence saying which setting is out of range, or None."""
@@ -103,6 +104,8 @@ HELP = {
                     "'null' for file:// pages; '*' any (warned). Pages of this server are always allowed",
     "trusted_proxy": "address or network (10.0.0.0/8) of a reverse proxy whose X-Forwarded-For, "
                      "Forwarded and X-Forwarded-Proto headers are believed",
+    "metrics_token": "GET /metrics also answers a request with 'Authorization: Bearer TOKEN' from anywhere "
+                     "(otherwise only loopback and trusted proxies); prefer the variable to the option",
 }
 
 EPILOG = """Every option can also be set by an environment variable, shown in brackets. Options marked

@@ -26,10 +26,19 @@ def dispatch(ctx: Context, raw: str) -> None:
 
 def dispatch_many(ctx: Context, raws: list) -> None:
     """Handle messages that arrived together, in order. Consecutive requests of a type with a
-    batch handler (chat) go to it in one call, so their fan-out shares one write per member."""
+    batch handler (chat) go to it in one call, so their fan-out shares one write per member.
+    Raises CloseConnection(1008) when a client keeps flooding after refusals."""
+    counts = {}  # request type -> messages in this batch, counted into the metrics once
+    try:
+        _dispatch_many(ctx, raws, counts)
+    finally:
+        ctx.registry.metrics.received(counts)
+
+
+def _dispatch_many(ctx: Context, raws: list, counts: dict) -> None:
     batch, batch_type = [], None
     for raw in raws:
-        msg_id = None
+        msg_id, kind = None, "invalid"
         try:
             allowed = _take_token(ctx, batch, batch_type)  # every message costs a token, valid or not
             try:
@@ -38,10 +47,9 @@ def dispatch_many(ctx: Context, raws: list) -> None:
                 if allowed:
                     raise
                 msg = {}
-            msg_id = msg.get("id")
+            msg_id, kind = msg.get("id"), msg.get("type", "invalid")
             if not allowed:
                 raise ChatError("rate_limited", f"Slow down: at most {ctx.client.limiter.rate:g} messages per second.")
-            kind = msg["type"]
             handler = HANDLERS.get(kind)
             if handler is None:
                 known = ", ".join(sorted(HANDLERS))
@@ -57,6 +65,8 @@ def dispatch_many(ctx: Context, raws: list) -> None:
         except ChatError as exc:
             _flush(ctx, batch, batch_type)
             ctx.registry.reply(ctx.client, protocol.error(exc, msg_id))
+        finally:
+            counts[kind] = counts.get(kind, 0) + 1
     _flush(ctx, batch, batch_type)
 
 
@@ -65,6 +75,7 @@ def _take_token(ctx: Context, batch: list, batch_type) -> bool:
     limiter = ctx.client.limiter
     if limiter.take():
         return True
+    ctx.registry.metrics.rate_limited.inc()
     if limiter.refused_in_a_row > FLOOD_FACTOR * limiter.burst:
         _flush(ctx, batch, batch_type)  # what was accepted before the flood still goes out
         raise CloseConnection(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")

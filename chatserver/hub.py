@@ -15,12 +15,14 @@ Registry (registry.py) sends its `joined` and then what was held.
 
 import logging
 import threading
+import time
 import uuid
 
 from chatserver import protocol
 from chatserver.client import Client
 from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
+from chatserver.metrics import Metrics
 
 SETTLE_TIMEOUT = 10.0  # seconds a request waits for its client's chats to be delivered, at most
 
@@ -56,7 +58,8 @@ def unavailable(exc: Unavailable) -> ChatError:
 class Hub:
     """Local clients and rooms, and delivery. The Registry (a subclass) adds the requests."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics()  # engines count into it too (metrics.of)
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)  # pending chats delivered, joins placed
         self.process_id = uuid.uuid4().hex[:12]
@@ -80,13 +83,14 @@ class Hub:
     def deliver(self, items: list) -> None:
         """[(room, event, Meta)] from the engine, in stream order per room: send each, encoded
         once, to the room's members, all in one batch (one write per client for the call)."""
+        started = time.perf_counter()
         with self._lock:
             self._batch = {}
             try:
                 for name, event, meta in items:
                     self._deliver_one(name, event, meta)
             finally:
-                self._flush_batch()
+                self.metrics.published(items, self._flush_batch(), started)
                 self._settled.notify_all()
 
     def reject(self, items: list, reason: str) -> None:
@@ -97,6 +101,7 @@ class Hub:
                 if sender is not None:
                     sender.pending -= 1
                     error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
+                    self.metrics.error(error)
                     sender.send(protocol.encode(error))
             self._settled.notify_all()
 
@@ -180,7 +185,11 @@ class Hub:
         else:
             self._batch[client] = [frame]
 
-    def _flush_batch(self) -> None:
+    def _flush_batch(self) -> int:
+        """Write each client's frames of the step at once; returns how many frames (deliveries)."""
         batch, self._batch = self._batch, None
+        frames = 0
         for client, queued in (batch or {}).items():
+            frames += len(queued)
             client.send(queued[0] if len(queued) == 1 else b"".join(queued))
+        return frames

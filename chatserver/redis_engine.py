@@ -39,6 +39,7 @@ import time
 import orjson
 import redis
 
+from chatserver import metrics
 from chatserver.engine import EngineError, Meta, Unavailable, new_epoch
 from chatserver.redis_scripts import ANNOUNCE, IF_OWNER_DELETE, IF_OWNER_EXPIRE, IF_OWNER_PREFIX_DELETE, PUBLISH
 
@@ -89,6 +90,7 @@ class RedisEngine:
 
     def start(self, hub) -> None:
         self._hub = hub
+        self._metrics = metrics.of(hub)  # failed calls, subscription reconnects
         self.process_id = hub.process_id
         self._dm_channel = f"roomchat:proc:{self.process_id}:dm"
         self._beat()
@@ -235,6 +237,7 @@ class RedisEngine:
                 self._receive()
             except (redis.RedisError, OSError) as exc:
                 self._problem = f"Redis unreachable: {exc}"
+                self._metrics.engine_errors.inc()
                 log.error("Redis subscription lost (%s); reconnecting in %.1f s", exc, delay)
                 self._drop_pubsub()
                 self._stop.wait(delay)
@@ -254,6 +257,7 @@ class RedisEngine:
             if last is not None:
                 self._hub.deliver(self._fill(room, last, None))
         if self._problem:
+            self._metrics.engine_reconnects.inc()
             log.warning("Redis is back")
         self._problem = None
 
@@ -324,6 +328,7 @@ class RedisEngine:
                 self._reap()
             except redis.RedisError as exc:
                 self._problem = f"Redis unreachable: {exc}"
+                self._metrics.engine_errors.inc()
                 log.warning("Redis heartbeat failed: %s", exc)
 
     def _beat(self) -> None:
@@ -361,6 +366,7 @@ class RedisEngine:
             return command(*args, **kwargs)
         except redis.RedisError as exc:
             self._problem = f"Redis unreachable: {exc}"
+            self._metrics.engine_errors.inc()
             raise Unavailable("Redis is unreachable") from None
 
 

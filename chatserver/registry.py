@@ -32,8 +32,8 @@ log = logging.getLogger("roomchat.registry")
 class Registry(Hub):
     """Every request a client can make, as one method each (the handlers call them)."""
 
-    def __init__(self, engine, limits: dict):
-        super().__init__(engine)
+    def __init__(self, engine, limits: dict, metrics=None):
+        super().__init__(engine, metrics)
         self._engine = engine
         self._cluster = engine.cluster
         self._limits = limits
@@ -84,6 +84,7 @@ class Registry(Hub):
         """Send a direct reply (pong, error) after the client's earlier requests are answered."""
         with self._lock:
             if self._settle(client):
+                self.metrics.error(event)
                 client.send(protocol.encode(event))
 
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
@@ -166,11 +167,14 @@ class Registry(Hub):
                 return  # disconnected meanwhile
             room.members[client] = None
             if history is None:  # read failed after the join was placed: the join stands, say so
-                client.send(protocol.encode(protocol.error(unavailable(members), reply_id)))
+                error = protocol.error(unavailable(members), reply_id)
+                self.metrics.error(error)
+                client.send(protocol.encode(error))
                 history, members = [], self._nicks_in(room)
             reply = {"type": "joined", "room": name, "members": members, "history": history[: protocol.MAX_RESUME]}
             if len(history) > protocol.MAX_RESUME:
                 reply["truncated"] = True
+            self.metrics.deliveries.inc(len(hold.frames))  # room events held back until `joined`
             client.send(b"".join([protocol.encode(protocol.with_id(reply, reply_id)), *hold.frames]))
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
