@@ -3,7 +3,7 @@
 import logging
 import threading
 
-from chatserver import exposure, frames, tls
+from chatserver import exposure, frames, tls, trace
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, dispatch_many
@@ -63,6 +63,8 @@ class ChatServer:
 
     def on_connect(self, conn) -> None:
         limiter = TokenBucket(self.config.rate_burst, self.config.rate_per_second)
+        if trace.ON:
+            trace.bind(conn)  # this is the connection's own thread: its trace lines carry its nick
         conn.client = self.registry.connect(conn, limiter)
         conn.context = Context(self.registry, conn.client, self.config)
         self.metrics.opened.inc()

@@ -2,7 +2,8 @@
 
 Precedence: command line, then environment, then the default written here. A list setting (a
 tuple field) takes its option several times or comma-separated values, and its variable the
-comma-separated values.
+comma-separated values. A switch (a bool field) is an option without a value, and its variable
+is on for 1, true, yes or on.
 """
 
 import argparse
@@ -37,6 +38,7 @@ class Config:
     allow_origin: tuple = ()
     trusted_proxy: tuple = ()
     metrics_token: str = ""
+    trace: bool = False
 
     def problem(self) -> str | None:
         """A sentence saying which setting is out of range, or None."""
@@ -106,6 +108,8 @@ HELP = {
                      "Forwarded and X-Forwarded-Proto headers are believed",
     "metrics_token": "GET /metrics also answers a request with 'Authorization: Bearer TOKEN' from anywhere "
                      "(otherwise only loopback and trusted proxies); prefer the variable to the option",
+    "trace": "narrate each message's way through the server (frame, JSON, handler, registry, fan-out), "
+             "one line per step on stderr; for teaching, it slows the server",
 }
 
 EPILOG = """Every option can also be set by an environment variable, shown in brackets. Options marked
@@ -135,6 +139,10 @@ def build_parser(prog: str = "roomchat.py") -> argparse.ArgumentParser:
             help_text = f"list: {HELP[f.name]} [{env_name(f.name)}]"
             parser.add_argument(option, dest=f.name, action="append", default=None, metavar=f.name.upper(),
                                 help=help_text)
+            continue
+        if f.type is bool:
+            parser.add_argument(option, dest=f.name, action="store_true", default=None,
+                                help=f"{HELP[f.name]} (default off; the variable: 1 or 0) [{env_name(f.name)}]")
             continue
         kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
         shown = "none" if f.default == "" else repr(f.default)
@@ -170,7 +178,7 @@ def from_args(argv=None, environ=None) -> Config:
             raw = environ[env_name(f.name)]
             kind = type(f.default)
             try:
-                value = kind(raw)
+                value = raw.strip().lower() in ("1", "true", "yes", "on") if kind is bool else kind(raw)
             except ValueError:
                 parser.error(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}")
         if value is not None:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from chatserver import frames, protocol
+from chatserver import frames, protocol, trace
 from chatserver.config import Config
 from chatserver.errors import ChatError, CloseConnection
 from handlers import BATCH_HANDLERS, HANDLERS
@@ -39,6 +39,8 @@ def _dispatch_many(ctx: Context, raws: list, counts: dict) -> None:
     batch, batch_type = [], None
     for raw in raws:
         msg_id, kind = None, "invalid"
+        if trace.ON:
+            trace.message(raw)
         try:
             allowed = _take_token(ctx, batch, batch_type)  # every message costs a token, valid or not
             try:
@@ -51,6 +53,8 @@ def _dispatch_many(ctx: Context, raws: list, counts: dict) -> None:
             if not allowed:
                 raise ChatError("rate_limited", f"Slow down: at most {ctx.client.limiter.rate:g} messages per second.")
             handler = HANDLERS.get(kind)
+            if trace.ON:
+                trace.handler(kind, BATCH_HANDLERS.get(kind, handler), kind in BATCH_HANDLERS)
             if handler is None:
                 known = ", ".join(sorted(HANDLERS))
                 raise ChatError("unknown_type", f"Unknown message type {kind[:40]!r}; known types: {known}.")
@@ -63,6 +67,8 @@ def _dispatch_many(ctx: Context, raws: list, counts: dict) -> None:
             _flush(ctx, batch, batch_type)
             handler(ctx, msg)
         except ChatError as exc:
+            if trace.ON:
+                trace.refused(exc)
             _flush(ctx, batch, batch_type)
             ctx.registry.reply(ctx.client, protocol.error(exc, msg_id))
         finally:

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 
-from chatserver import protocol
+from chatserver import protocol, trace
 from chatserver.client import Client
 from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
@@ -146,6 +146,8 @@ class Hub:
                 self._out(member, data)
             elif hold.at is not None:
                 hold.frames.append(data)
+        if trace.ON:
+            trace.room_event(name, event, self._batch or {}, frame, own)
 
     def _settle(self, client: Client) -> bool:
         """Wait until the client's published chats are delivered; False if it is gone."""
@@ -188,6 +190,8 @@ class Hub:
     def _flush_batch(self) -> int:
         """Write each client's frames of the step at once; returns how many frames (deliveries)."""
         batch, self._batch = self._batch, None
+        if trace.ON:
+            trace.fanout(batch or {})
         frames = 0
         for client, queued in (batch or {}).items():
             frames += len(queued)

@@ -18,7 +18,7 @@ import itertools
 import logging
 import uuid
 
-from chatserver import protocol
+from chatserver import protocol, trace
 from chatserver.client import Client
 from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
@@ -85,7 +85,10 @@ class Registry(Hub):
         with self._lock:
             if self._settle(client):
                 self.metrics.error(event)
-                client.send(protocol.encode(event))
+                frame = protocol.encode(event)
+                if trace.ON:
+                    trace.reply(client, event, len(frame))
+                client.send(frame)
 
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
         """Take `nick`; peers sharing a room hear of it once. Raises ChatError nick_taken, unavailable."""
@@ -110,6 +113,8 @@ class Registry(Hub):
             del self._nicks[old.casefold()]
             self._nicks[folded] = client
             client.nick = nick
+            if trace.ON:
+                trace.reply(client, event, len(protocol.encode(protocol.with_id(event, reply_id))))
             client.send(protocol.encode(protocol.with_id(event, reply_id)))
             rooms = sorted(client.rooms)
         if self._cluster and folded != old.casefold():
@@ -175,6 +180,8 @@ class Registry(Hub):
             if len(history) > protocol.MAX_RESUME:
                 reply["truncated"] = True
             self.metrics.deliveries.inc(len(hold.frames))  # room events held back until `joined`
+            if trace.ON:
+                trace.reply(client, reply, len(protocol.encode(protocol.with_id(reply, reply_id))))
             client.send(b"".join([protocol.encode(protocol.with_id(reply, reply_id)), *hold.frames]))
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:

@@ -199,3 +199,22 @@ def test_readyz_follows_redis_and_reconnects_are_counted(make_server, redis_serv
     redis_server.start()
     wait_for(lambda: http.get("/readyz")[0] == 200, timeout=15, interval=0.2)
     assert value(http.scrape(), "roomchat_engine_reconnects_total") >= 1
+
+
+def test_slow_consumer_drop_is_counted(make_server, connect, raw_clients):
+    """A member that stops reading and is closed for it counts as one slow-consumer drop and one
+    close with 1008."""
+    server = make_server(max_outbox_bytes=32 * 1024, rate_burst=100000, rate_per_second=100000)
+    stalled = raw_clients(server.port, rcvbuf=4096)
+    stalled.send_json(type="join", room="r")
+    sender = connect(server.url)
+    sender.join("r")
+    http = Http(server.port)
+    for i in range(2000):
+        sender.send(type="chat", room="r", text=f"{i:04d}" + "." * 1500)
+        sender.recv_type("chat")
+        if server.registry.stats()["connections"] == 1:
+            break
+    m = wait_for(lambda: (m := http.scrape()) and value(m, "roomchat_connections_closed_total", code="1008") and m)
+    assert value(m, "roomchat_slow_consumer_drops_total") == 1
+    assert by_label(m, "roomchat_connections_closed_total", "code") == {"1008": 1}
