@@ -137,7 +137,8 @@ class Metrics:
         yield CounterMetricFamily("roomchat_received_bytes", "Bytes read from clients: HTTP request heads and "
                                   "WebSocket frames (with TLS, after decryption)", value=totals.get("received", 0))
         yield CounterMetricFamily("roomchat_sent_bytes", "Bytes the kernel accepted for clients: HTTP answers "
-                                  "and WebSocket frames (with TLS, the records)", value=totals.get("sent", 0))
+                                  "and WebSocket frames (with TLS, the records; not the TLS handshake)",
+                                  value=totals.get("sent", 0))
         yield CounterMetricFamily("roomchat_slow_consumer_drops", "Clients closed (1008) because their "
                                   "outgoing queue passed max_outbox_bytes", value=totals.get("slow_drops", 0))
 
