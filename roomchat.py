@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from chatserver import logs
+from chatserver import logs, trace
 from chatserver.app import ChatServer
 from chatserver.config import from_args
 from chatserver.dispatch import Dispatcher
@@ -33,6 +33,8 @@ def raise_open_file_limit() -> None:
 def serve(argv) -> int:
     config = from_args(argv)
     logs.configure(config.log_level, config.log_format)  # replaces websocket_server's basicConfig()
+    if config.trace:
+        trace.enable()
     raise_open_file_limit()
     threading.stack_size(THREAD_STACK_BYTES)
     try:

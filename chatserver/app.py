@@ -38,12 +38,13 @@ import logging
 import threading
 from urllib.parse import parse_qs, urlsplit
 
-from chatserver import exposure, frames, tls
+from chatserver import exposure, frames, tls, trace
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, Dispatcher
 from chatserver.errors import ChatError
 from chatserver.identity import CLOSE_TOKEN_EXPIRED, Identities
+from chatserver.metrics import Metrics, close_label
 from chatserver.proxies import TrustedProxies
 from chatserver.registry import Registry
 from chatserver.sqlite_engine import open_engine
@@ -67,6 +68,7 @@ class ChatServer:
         # TLS files and the Host/Origin rules first: a mistake there must not leave the engine open.
         ssl_context = tls.server_context(config.certfile, config.keyfile) if config.certfile else None
         policy = exposure.policy(config.allowed_hosts, config.allow_origin, config.host)
+        self.metrics = Metrics(config.metrics_token, TrustedProxies(config.trusted_proxy))
         self.transport = WebSocketTransport(
             self,
             config.host,
@@ -86,8 +88,9 @@ class ChatServer:
             self.transport.server_close()
             raise
         self.identities = Identities(config.token_key(), config.reserved(), config.require_token, self._expired)
-        self.registry = Registry(self.engine, config.limits(), self.identities)
-        self.web = WebRoutes(self.registry.stats, self.engine.health)
+        self.registry = Registry(self.engine, config.limits(), self.identities, self.metrics)
+        self.metrics.watch(self.registry.stats, self.transport.housekeeper.totals)
+        self.web = WebRoutes(self.registry.stats, self.engine.health, metrics=self.metrics.respond)
         self.dispatcher = dispatcher
         self._thread = None
         self._shut = threading.Lock()
@@ -109,6 +112,8 @@ class ChatServer:
 
     def on_connect(self, conn) -> None:
         limiter = TokenBucket(self.config.rate_burst, self.config.rate_per_second)
+        if trace.ON:
+            trace.bind(conn)  # this is the connection's own thread: its trace lines carry its nick
         conn.client = None
         try:
             identity = self.identities.identity_in(conn.path)
@@ -122,23 +127,28 @@ class ChatServer:
             conn.close(CLOSE_TRY_AGAIN_LATER, exc.message[:100])
             return
         conn.context = Context(self.registry, conn.client, self.config)
+        self.metrics.opened.inc()
         log.info("connect %s %s", conn.peer, conn.client.nick)
 
     def on_texts(self, conn, texts: list) -> None:
         if conn.client is not None and conn.client.conn is conn:  # else: resumed on a new connection
             self.dispatcher.dispatch(conn.context, texts)
 
-    def on_close(self, conn) -> None:
+    def on_close(self, conn, close_code: int) -> None:
         if conn.client is not None:
             self.registry.disconnect(conn.client, conn)
+        self.metrics.closed.labels(close_label(close_code)).inc()  # after its presence `leave`s
 
     def _expired(self, client) -> None:
         """The identities' expiry thread: this client's token has expired."""
         log.info("token of %s expired", client.nick)
         client.conn.close(CLOSE_TOKEN_EXPIRED, "token expired; connect again with a new one")
 
-    def on_http(self, method: str, target: str, headers: dict):
-        return self.web.respond(method, target, headers)
+    def on_refused(self, status: int) -> None:
+        self.metrics.refused.labels(str(status)).inc()
+
+    def on_http(self, request, peer_ip: str):
+        return self.web.respond(request.method, request.target, request.headers, peer_ip)
 
     # -- life cycle ------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Precedence: command line, then environment, then the default written here. A list setting (a
 tuple field) takes its option several times or comma-separated values, and its variable the
-comma-separated values.
+comma-separated values. A switch (a bool field) is an option without a value, and its variable
+is on for 1, true, yes or on.
 """
 
 import argparse
@@ -45,6 +46,8 @@ class Config:
     token_secret_file: str = ""
     require_token: bool = False
     reserved_nicks: str = DEFAULT_RESERVED
+    metrics_token: str = ""
+    trace: bool = False
 
     def problem(self) -> str | None:
         """A sentence saying which setting is out of range, or None."""
@@ -145,6 +148,10 @@ HELP = {
     "token_secret_file": "file holding the token secret (a final line ending is ignored)",
     "require_token": "refuse WebSocket upgrades without a valid ?token= (HTTP 401)",
     "reserved_nicks": "comma-separated nicks nobody may take without a token for them",
+    "metrics_token": "GET /metrics also answers a request with 'Authorization: Bearer TOKEN' from anywhere "
+                     "(otherwise only loopback and trusted proxies); prefer the variable to the option",
+    "trace": "narrate each message's way through the server (frame, JSON, handler, registry, fan-out), "
+             "one line per step on stderr; for teaching, it slows the server",
 }
 
 EPILOG = """Every option can also be set by an environment variable, shown in brackets. Options marked

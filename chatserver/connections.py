@@ -16,7 +16,7 @@ import logging
 import secrets
 import uuid
 
-from chatserver import protocol
+from chatserver import protocol, trace
 from chatserver.client import Client
 from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
@@ -32,8 +32,8 @@ log = logging.getLogger("roomchat.registry")
 class Connections(Hub):
     """Clients coming and going, and their nicks. The Registry (a subclass) adds the requests."""
 
-    def __init__(self, engine, limits: dict, identities: Identities | None = None):
-        super().__init__(engine)
+    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics=None):
+        super().__init__(engine, metrics)
         self._engine = engine
         self._cluster = engine.cluster
         self._limits = limits
@@ -168,6 +168,8 @@ class Connections(Hub):
             del self._nicks[fold_nick(old)]
             self._nicks[folded] = client
             client.nick = nick
+            if trace.ON:
+                trace.reply(client, event, len(protocol.encode(protocol.with_id(event, reply_id))))
             client.send(protocol.encode(protocol.with_id(event, reply_id)))
             rooms = sorted(client.rooms)
         if moving:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from chatserver import frames, protocol
+from chatserver import frames, protocol, trace
 from chatserver.config import Config
 from chatserver.errors import ChatError, CloseConnection
 
@@ -33,13 +33,22 @@ class Dispatcher:
     def dispatch(self, ctx: Context, raws: list) -> None:
         """Handle messages that arrived together, in order. Consecutive requests of a type with a
         batch handler (chat) go to it in one call, so their fan-out shares one write per member.
-        A refused request gets an `error` reply with its `id`.
+        A refused request gets an `error` reply with its `id`; the messages are counted by type.
 
         Raises CloseConnection(1008) when the client keeps sending after 3 x burst refusals."""
+        counts: dict = {}  # request type -> messages in this call, counted into the metrics once
+        try:
+            self._dispatch(ctx, raws, counts)
+        finally:
+            ctx.registry.metrics.received(counts)
+
+    def _dispatch(self, ctx: Context, raws: list, counts: dict) -> None:
         batch: list = []
         batch_type = None
         for raw in raws:
-            msg_id = None
+            msg_id, kind = None, "invalid"
+            if trace.ON:
+                trace.message(raw)
             try:
                 allowed = self._take_token(ctx, batch, batch_type)  # every message costs a token
                 try:
@@ -48,12 +57,13 @@ class Dispatcher:
                     if allowed:
                         raise
                     msg = {}
-                msg_id = msg.get("id")
+                msg_id, kind = msg.get("id"), msg.get("type", "invalid")
                 if not allowed:
                     rate = ctx.client.limiter.rate
                     raise ChatError("rate_limited", f"Slow down: at most {rate:g} messages per second.")
-                kind = msg["type"]
                 handler = self._handlers.get(kind)
+                if trace.ON:
+                    trace.handler(kind, self._batch_handlers.get(kind, handler), kind in self._batch_handlers)
                 if handler is None:
                     known = ", ".join(sorted(self._handlers))
                     raise ChatError("unknown_type", f"Unknown message type {kind[:40]!r}; known types: {known}.")
@@ -66,8 +76,12 @@ class Dispatcher:
                 self._flush(ctx, batch, batch_type)
                 handler(ctx, msg)
             except ChatError as exc:
+                if trace.ON:
+                    trace.refused(exc)
                 self._flush(ctx, batch, batch_type)
                 ctx.registry.reply(ctx.client, protocol.error(exc, msg_id))
+            finally:
+                counts[kind] = counts.get(kind, 0) + 1
         self._flush(ctx, batch, batch_type)
 
     def _take_token(self, ctx: Context, batch: list, batch_type) -> bool:
@@ -75,6 +89,7 @@ class Dispatcher:
         limiter = ctx.client.limiter
         if limiter.take():
             return True
+        ctx.registry.metrics.rate_limited.inc()
         if limiter.refused_in_a_row > FLOOD_FACTOR * limiter.burst:
             self._flush(ctx, batch, batch_type)  # what was accepted before the flood still goes out
             raise CloseConnection(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")

@@ -66,7 +66,8 @@ class Meta(NamedTuple):
 
 
 class Hub(Protocol):
-    """What an engine calls back: the Registry."""
+    """What an engine calls back: the Registry. Its `metrics` (metrics.Metrics, taken with
+    `metrics.of(hub)` at `start`) is where an engine counts commits, failures and reconnects."""
 
     process_id: str
 

@@ -9,6 +9,7 @@ import codecs
 import struct
 from dataclasses import dataclass
 
+from chatserver import trace
 from chatserver.errors import CloseConnection
 
 try:  # websockets' C helper: about 100x faster than the pure-Python XOR on a 32 KiB payload
@@ -170,6 +171,8 @@ class FrameReader:
             (length,) = struct.unpack("!Q", self._read_exact(8))
             if length >> 63:
                 raise CloseConnection(CLOSE_PROTOCOL_ERROR, "payload length has its top bit set")
+        if trace.ON:
+            trace.frame(fin, opcode, masked, length)
         if opcode == OP_BINARY:
             raise CloseConnection(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
         if not control and self._size + length > self._max:

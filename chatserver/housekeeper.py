@@ -4,10 +4,14 @@
 thread (`roomchat-housekeeper`) cuts handshakes past their deadline, cuts connections whose
 close grace has run out, reports clients dropped for being too slow, and asks each open
 connection to ping or give up on its peer. Connections are duck-typed: `abort()`,
-`report_closed()`, `check_alive(now, ping_interval, ping_timeout)`.
+`report_closed()`, `check_alive(now, ping_interval, ping_timeout)`, `reader.received`, `outbox.sent`.
 
-`self._lock` guards the connection set, the deadlines, the pending aborts and the drops; it is a
-leaf (taken last, nothing is called while it is held) and `_all_gone` waits on it.
+It also keeps the byte totals of connections gone and the count of slow-consumer drops, so that
+`totals()` (for metrics) never goes backwards when a connection leaves the set. (A frame sent to
+a connection after its thread untracked it, in its last moment, is not counted.)
+
+`self._lock` guards the connection set, the deadlines, the pending aborts, the drops and the
+totals; it is a leaf (taken last, nothing is called while it is held) and `_all_gone` waits on it.
 """
 
 import threading
@@ -27,6 +31,7 @@ class Housekeeper(threading.Thread):
         self._handshaking: dict = {}  # conn -> deadline
         self._aborts: dict = {}  # conn -> when to cut it
         self._dropped: list = []  # too slow: report them closed before the cut
+        self._gone = {"received": 0, "sent": 0, "slow_drops": 0}  # connections untracked, drops so far
         self._all_gone = threading.Condition(self._lock)
         self._stop = threading.Event()
 
@@ -44,6 +49,9 @@ class Housekeeper(threading.Thread):
     def untrack(self, conn) -> None:
         """Forget `conn` (its socket is about to close); wake `wait_all_gone` after the last one. Raises nothing."""
         with self._lock:
+            if conn in self._connections:
+                self._gone["received"] += conn.reader.received
+                self._gone["sent"] += conn.outbox.sent
             self._connections.discard(conn)
             self._handshaking.pop(conn, None)
             self._aborts.pop(conn, None)
@@ -51,12 +59,24 @@ class Housekeeper(threading.Thread):
                 self._all_gone.notify_all()
 
     def abort_later(self, conn, delay: float, report_now: bool = False) -> None:
-        """Cut `conn` after `delay` seconds; with `report_now`, report it closed on the next tick
-        (for callers that hold an outbox lock and so may not call the app). Raises nothing."""
+        """Cut `conn` after `delay` seconds; with `report_now` (a client dropped for being too slow,
+        counted in `totals`), report it closed on the next tick (for callers that hold an outbox lock
+        and so may not call the app). Raises nothing."""
         with self._lock:
             self._aborts[conn] = time.monotonic() + delay
             if report_now:
                 self._dropped.append(conn)
+                self._gone["slow_drops"] += 1
+
+    def totals(self) -> dict:
+        """{"received": bytes, "sent": bytes, "slow_drops": N} over every connection so far: what
+        the live ones' SocketReader and Outbox counted plus what those gone had. Raises nothing."""
+        with self._lock:
+            totals = dict(self._gone)
+            for conn in self._connections:
+                totals["received"] += conn.reader.received
+                totals["sent"] += conn.outbox.sent
+        return totals
 
     def connections(self) -> list:
         """A snapshot of the live connections. Raises nothing."""

@@ -17,12 +17,14 @@ out of the room where it is delivered (moderation.py), followed by a presence `l
 
 import logging
 import threading
+import time
 import uuid
 
-from chatserver import protocol
+from chatserver import protocol, trace
 from chatserver.client import Client
 from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
+from chatserver.metrics import Metrics
 from chatserver.moderation import removes_member
 
 SETTLE_TIMEOUT = 10.0  # seconds a request waits for its client's chats to be delivered, at most
@@ -59,7 +61,8 @@ def unavailable(exc: Unavailable) -> ChatError:
 class Hub:
     """Local clients and rooms, and delivery. The Registry (a subclass) adds the requests."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics()  # engines count into it too (metrics.of)
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)  # pending chats delivered, joins placed
         self.process_id = uuid.uuid4().hex[:12]
@@ -84,13 +87,14 @@ class Hub:
     def deliver(self, items: list) -> None:
         """[(room, event, Meta)] from the engine, in stream order per room: send each, encoded
         once, to the room's members, all in one batch (one write per client for the call)."""
+        started = time.perf_counter()
         with self._lock:
             self._batch = {}
             try:
                 for name, event, meta in items:
                     self._deliver_one(name, event, meta)
             finally:
-                self._flush_batch()
+                self.metrics.published(items, self._flush_batch(), started)
                 self._settled.notify_all()
 
     def reject(self, items: list, reason: str) -> None:
@@ -101,6 +105,7 @@ class Hub:
                 if sender is not None:
                     sender.pending -= 1
                     error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
+                    self.metrics.error(error)
                     sender.send(protocol.encode(error))
             self._settled.notify_all()
 
@@ -146,6 +151,8 @@ class Hub:
                 self._out(member, data)
             elif hold.at is not None:
                 hold.frames.append(data)
+        if trace.ON:
+            trace.room_event(name, event, self._batch or {}, frame, own)
         if meta.echo and sender is not None and sender not in room.members:
             self._out(sender, own)  # taken out of the room since its request: it still gets its answer
         if removes_member(event):
@@ -199,7 +206,13 @@ class Hub:
         else:
             self._batch[client] = [frame]
 
-    def _flush_batch(self) -> None:
+    def _flush_batch(self) -> int:
+        """Write each client's frames of the step at once; returns how many frames (deliveries)."""
         batch, self._batch = self._batch, None
+        if trace.ON:
+            trace.fanout(batch or {})
+        frames = 0
         for client, queued in (batch or {}).items():
+            frames += len(queued)
             client.send(queued[0] if len(queued) == 1 else b"".join(queued))
+        return frames

@@ -134,4 +134,6 @@ class RedisDirectory:
             return command(*args, **kwargs)
         except redis.RedisError as exc:
             self._problem = f"Redis unreachable: {exc}"
+            if getattr(self, "_metrics", None) is not None:
+                self._metrics.engine_errors.inc()
             raise Unavailable("Redis is unreachable") from None

@@ -43,6 +43,7 @@ import time
 import orjson
 import redis
 
+from chatserver import metrics
 from chatserver.engine import EngineError, Meta, Unavailable, new_epoch
 from chatserver.moderation import removes_member
 from chatserver.redis_directory import RedisDirectory, room_key
@@ -92,6 +93,7 @@ class RedisEngine(RedisDirectory):
 
     def start(self, hub) -> None:
         self._hub = hub
+        self._metrics = metrics.of(hub)  # failed calls, subscription reconnects
         self.process_id = hub.process_id
         self._dm_channel = f"roomchat:proc:{self.process_id}:dm"
         self._beat()
@@ -203,6 +205,7 @@ class RedisEngine(RedisDirectory):
                 self._receive()
             except (redis.RedisError, OSError) as exc:
                 self._problem = f"Redis unreachable: {exc}"
+                self._metrics.engine_errors.inc()
                 log.error("Redis subscription lost (%s); reconnecting in %.1f s", exc, delay)
                 self._drop_pubsub()
                 self._stop.wait(delay)
@@ -222,6 +225,7 @@ class RedisEngine(RedisDirectory):
             if last is not None:
                 self._hub.deliver(self._fill(room, last, None))
         if self._problem:
+            self._metrics.engine_reconnects.inc()
             log.warning("Redis is back")
         self._problem = None
 
@@ -295,6 +299,7 @@ class RedisEngine(RedisDirectory):
                 self._reap()
             except redis.RedisError as exc:
                 self._problem = f"Redis unreachable: {exc}"
+                self._metrics.engine_errors.inc()
                 log.warning("Redis heartbeat failed: %s", exc)
 
     def _beat(self) -> None:

@@ -21,7 +21,7 @@ engine until the token expires; whoever has that nick lets go of it (`evict`). M
 import logging
 from typing import NamedTuple
 
-from chatserver import protocol
+from chatserver import protocol, trace
 from chatserver.client import Client
 from chatserver.connections import Connections
 from chatserver.engine import Meta, Unavailable
@@ -49,8 +49,8 @@ class Registry(Connections):
     """Every request a client can make, as one method each (the handlers call them).
     Connecting and nicks: connections.py."""
 
-    def __init__(self, engine, limits: dict, identities: Identities | None = None):
-        super().__init__(engine, limits, identities)
+    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics=None):
+        super().__init__(engine, limits, identities, metrics)
         self._max_rooms = limits["max_rooms"]
         self._moderation = Moderation(engine)
         engine.start(self)
@@ -61,7 +61,11 @@ class Registry(Connections):
         """Send a direct reply (pong, error) after the client's earlier requests are answered."""
         with self._lock:
             if self._settle(client):
-                client.send(protocol.encode(event))
+                self.metrics.error(event)
+                frame = protocol.encode(event)
+                if trace.ON:
+                    trace.reply(client, event, len(frame))
+                client.send(frame)
 
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
         """Take `nick`; peers sharing a room hear of it once. Raises ChatError nick_taken,
@@ -150,13 +154,18 @@ class Registry(Connections):
                 return  # disconnected meanwhile
             room.members[client] = None
             if history is None:  # read failed after the join was placed: the join stands, say so
-                client.send(protocol.encode(protocol.error(unavailable(members), reply_id)))
+                error = protocol.error(unavailable(members), reply_id)
+                self.metrics.error(error)
+                client.send(protocol.encode(error))
                 history, members = [], self._nicks_in(room)
             reply = {"type": "joined", "room": name, "members": members, "history": history[: protocol.MAX_RESUME]}
             if len(history) > protocol.MAX_RESUME:
                 reply["truncated"] = True
             if topic:
                 reply["topic"] = topic
+            self.metrics.deliveries.inc(len(hold.frames))  # room events held back until `joined`
+            if trace.ON:
+                trace.reply(client, reply, len(protocol.encode(protocol.with_id(reply, reply_id))))
             client.send(b"".join([protocol.encode(protocol.with_id(reply, reply_id)), *hold.frames]))
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 
+from chatserver import metrics
 from chatserver.engine import LocalRules, Unavailable
 from chatserver.protocol import MAX_SEQ, chat_event
 from chatserver.sqlite_file import (
@@ -124,6 +125,7 @@ class SqliteEngine(LocalRules):
 
     def start(self, hub) -> None:
         self._hub = hub
+        self._metrics = metrics.of(hub)  # commit latency, batch size, failed commits
         self._checkpointer.start()
         self._writer.start()
 
@@ -267,11 +269,13 @@ class SqliteEngine(LocalRules):
         delay = 0.05
         give_up_at = time.monotonic() + (0 if self._failing else self._fail_after)
         while True:
+            started = time.perf_counter()
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany(INSERT_EVENT, rows)
                 self._conn.executemany(SET_LAST_SEQ, last.items())
                 self._conn.execute("COMMIT")
+                self._metrics.committed(len(batch), started)
                 self.commits += 1
                 self.committed += len(batch)
                 self._committed_seqs.update(last)
@@ -280,6 +284,7 @@ class SqliteEngine(LocalRules):
                     self._failing = None
                 return True
             except sqlite3.Error as exc:
+                self._metrics.engine_errors.inc()
                 self._rollback()
                 if self._closing or time.monotonic() >= give_up_at:
                     self._give_up(batch, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

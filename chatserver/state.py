@@ -27,20 +27,23 @@ MOVES = {
 
 
 class ConnectionState:
-    """`state`, and `reason`: why the connection ended, for the log (the first reason given).
+    """`state`; `reason`: why the connection ended, for the log (the first reason given); `code`:
+    the first close code sent or received (RFC 6455 section 7.4), None if none was.
     Any thread may read them; `self._lock` (a leaf: nothing is called while it is held) guards
     their changes."""
 
-    __slots__ = ("_lock", "reason", "state")
+    __slots__ = ("_lock", "code", "reason", "state")
 
     def __init__(self):
         self.state = State.CONNECTING
         self.reason = ""
+        self.code = None
         self._lock = threading.Lock()
 
-    def move(self, to: State, reason: str = "") -> State | None:
+    def move(self, to: State, reason: str = "", code: int | None = None) -> State | None:
         """Move to `to` if MOVES allows it from the current state and return the state left; return
-        None when the move is not allowed (the caller then does nothing). Raises nothing.
+        None when the move is not allowed (the caller then does nothing). `reason` and `code` are
+        kept if none was given before. Raises nothing.
 
         Several threads end connections: the connection's own (the peer's close, a protocol error,
         EOF), the housekeeper (ping timeout, a too-slow client), any sender (outbox overflow) and
@@ -56,4 +59,6 @@ class ConnectionState:
             self.state = to
             if reason and not self.reason:
                 self.reason = reason
+            if code and not self.code:
+                self.code = code
             return was

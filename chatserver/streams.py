@@ -30,10 +30,11 @@ class SocketReader:
     `recv(n)` is the socket's own, or tls.TlsSession.recv for plaintext from a TLS connection.
 
     One `recv` often brings several frames; they are sliced from the same bytes object. Between
-    messages an idle connection keeps no buffer at all. Used by its connection's thread only.
+    messages an idle connection keeps no buffer at all. Used by its connection's thread only;
+    `received` (bytes so far, for metrics) may be read from any thread.
     """
 
-    __slots__ = ("_buf", "_pos", "_recv")
+    __slots__ = ("_buf", "_pos", "_recv", "received")
     RECV_SIZE = 65536  # when a message is under way: take whatever has arrived in one call
     IDLE_RECV_SIZE = 1024  # when waiting for the next message: recv() allocates this much while it blocks
 
@@ -41,6 +42,7 @@ class SocketReader:
         self._recv = recv
         self._buf = b""
         self._pos = 0
+        self.received = 0
 
     def read_exact(self, n: int) -> bytes:
         """Return exactly `n` bytes.
@@ -60,6 +62,7 @@ class SocketReader:
             chunk = self._recv(max(self.RECV_SIZE if have else self.IDLE_RECV_SIZE, n - have))
             if not chunk:
                 raise EOFError
+            self.received += len(chunk)
             parts.append(chunk)
             have += len(chunk)
         data = b"".join(parts)
@@ -88,6 +91,7 @@ class SocketReader:
             if not chunk:
                 line, self._buf, self._pos = self._buf[self._pos :], b"", 0
                 return line
+            self.received += len(chunk)
             self._buf = self._buf[self._pos :] + chunk
             self._pos = 0
 
@@ -99,7 +103,8 @@ class Outbox:
     `flush`. `self._lock` guards the queue, its byte count and the open/broken flags, and is taken
     after the Registry's lock (lock order: registry -> outbox -> TLS session, connection state or
     housekeeper lock).
-    Methods starting with `_` assume it is held. `on_overflow()` runs with it held, on whatever
+    Methods starting with `_` assume it is held. `sent` (bytes the kernel took, for metrics) changes
+    under it and may be read from any thread. `on_overflow()` runs with it held, on whatever
     thread was sending: it may take the connection's state lock and the housekeeper's lock, never this
     outbox's lock or the Registry's.
     """
@@ -121,6 +126,7 @@ class Outbox:
         self._queued = 0
         self._open = True  # False after close() or a failed write: later puts are dropped
         self._broken = False
+        self.sent = 0
 
     def put(self, data: bytes) -> bool:
         """Queue `data` (bytes of whole frames) after everything put before it.
@@ -159,6 +165,7 @@ class Outbox:
         except OSError:  # ssl.SSLError too
             self._fail()
             return False
+        self.sent += sent
         if sent < len(wire):
             # a memoryview marks bytes that must go out whole: a frame half written, or TLS records
             rest = memoryview(wire)[sent:] if sent or wire is not data else data
@@ -185,11 +192,19 @@ class Outbox:
                     self._fail()
                     return
                 self._queued -= sent
+                self.sent += sent
                 if sent < len(data):
                     self._queue[0] = memoryview(data)[sent:]
                     return
                 self._queue.popleft()
             self._flusher.unwatch(self._fd, self)
+
+    def write_direct(self, data: bytes) -> None:
+        """Write `data` whole, blocking (the socket's timeout applies): for the handshake and plain
+        HTTP answers, on the connection's thread before any frame can be queued (so no lock).
+        Raises OSError if the socket fails."""
+        self._sock.sendall(data)
+        self.sent += len(data)
 
     def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds until everything queued is written (or cannot be);

@@ -4,7 +4,7 @@ The rest of roomchat sees a connection (`send_frame`, `close`, `peer`, `path`, `
 `client`/`context` attributes the app sets) and calls these methods of the app:
 `on_handshake(target, headers)` (None, or a refusal as (status, reason[, headers])),
 `on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
-`on_close(conn)`, and `on_http(method, target, headers)` for plain HTTP on the same port.
+`on_close(conn, close_code)`, `on_refused(status)`, and `on_http(request, peer_ip)` for plain HTTP.
 Beside it: handshake.py (the opening handshake), frames.py (RFC 6455 framing), streams.py
 (socket reads, queued writes), state.py, housekeeper.py, and tls.py, proxies.py, exposure.py.
 
@@ -73,8 +73,7 @@ class Connection(WebSocketHandler):
         # Chat frames are small and latency matters: don't let Nagle hold one back for an ACK.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.peer = "{}:{}".format(*self.client_address[:2])
-        self.path = ""
-        self.headers = {}
+        self.path, self.headers = "", {}
         self.client = None  # set by the app in on_connect
         self._life = ConnectionState()  # state and close reason, changed only by its move()
         self.last_seen = time.monotonic()
@@ -134,7 +133,7 @@ class Connection(WebSocketHandler):
             self.path, self.headers = request.target, request.headers
             handshake.admit(request, self.server.policy)
             if not request.is_upgrade:
-                status, headers, body = self.server.app.on_http(request.method, request.target, request.headers)
+                status, headers, body = self.server.app.on_http(request, self.client_address[0])
                 with contextlib.suppress(OSError):
                     self._send_direct(handshake.response(status, headers, body, head_only=request.method == "HEAD"))
                 self.report_closed(f"http {request.method} {request.target[:80]}")
@@ -146,6 +145,7 @@ class Connection(WebSocketHandler):
             sock.settimeout(None)  # from here every wait is bounded by pings and close deadlines instead
             self._send_direct(response)
         except HandshakeError as exc:
+            self.server.app.on_refused(exc.status)
             with contextlib.suppress(OSError):
                 self._send_direct(handshake.refusal(exc))
             self.report_closed(f"handshake refused: {exc.status} {exc.reason}")
@@ -194,9 +194,9 @@ class Connection(WebSocketHandler):
             elif isinstance(event, frames.Close):
                 if texts and not self._handle_texts(texts, reader):
                     return
-                # RFC 6455 7.1.5: a close frame without a status code means 1005 for the log.
+                # RFC 6455 7.1.5: a close frame without a status code means 1005; we echo it (5.5.1).
                 said = f"{event.code}" if event.code else "no status code, 1005"
-                if self._life.move(State.CLOSING, f"client closed ({said})") is not None:  # echo it (5.5.1)
+                if self._life.move(State.CLOSING, f"client closed ({said})", event.code or 1005) is not None:
                     echo = frames.close_frame(event.code) if event.code else frames.encode_frame(frames.OP_CLOSE, b"")
                     self.outbox.put_last(echo)
                     self.outbox.drain(CLOSE_LINGER)
@@ -242,7 +242,7 @@ class Connection(WebSocketHandler):
         """Start a close from any thread (RFC 6455 7.1.2): queue our close frame with `code`
         (7.4.1) and `reason`, and cut the TCP connection after `grace` seconds unless the peer
         answered first. A no-op unless the connection is OPEN. Raises nothing."""
-        if self._life.move(State.CLOSING, f"closed by server ({code} {reason})") is None:
+        if self._life.move(State.CLOSING, f"closed by server ({code} {reason})", code) is None:
             return
         self.outbox.put_last(frames.close_frame(code, reason))
         self.server.housekeeper.abort_later(self, grace)
@@ -254,7 +254,7 @@ class Connection(WebSocketHandler):
         Then keep reading for a moment, so our close frame is not lost to a TCP reset: until the
         peer's close frame when the stream is still in step (`reader` given), else until EOF.
         Raises nothing."""
-        self._life.move(State.CLOSING, f"closed by server ({code} {reason})")
+        self._life.move(State.CLOSING, f"closed by server ({code} {reason})", code)
         self.outbox.put_last(frames.close_frame(code, reason))
         self.report_closed()
         self.outbox.drain(CLOSE_LINGER)
@@ -274,7 +274,7 @@ class Connection(WebSocketHandler):
         # Runs inside Outbox's lock (and often the Registry's) on whatever thread was sending:
         # only a state move and a schedule here. The Outbox has queued our 1008 close frame; the
         # peer gets CLOSE_LINGER to read it, while its rooms hear of its leave on the next tick.
-        self._life.move(State.CLOSING, "closed by server (1008 too slow: outgoing queue full)")
+        self._life.move(State.CLOSING, "closed by server (1008 too slow: outgoing queue full)", 1008)
         self.server.housekeeper.abort_later(self, CLOSE_LINGER, report_now=True)
 
     def abort(self) -> None:
@@ -293,7 +293,7 @@ class Connection(WebSocketHandler):
         if was is State.CONNECTING:
             log.debug("%s %s", self.peer, self._life.reason)
             return
-        self.server.app.on_close(self)
+        self.server.app.on_close(self, self._life.code or 1006)  # 1006: ended without a close frame (7.1.5)
         log.info("disconnect %s %s: %s", self.peer, self.client.nick if self.client else "-", self._life.reason)
 
     # upstream: calls `server._client_left_` even when the handshake never completed, which does
@@ -310,7 +310,7 @@ class Connection(WebSocketHandler):
 
     def _send_direct(self, data: bytes) -> None:
         """Write during the handshake (before the outbox is in use); through TLS once it is up."""
-        self.request.sendall(self.tls.encrypt(data) if self.tls and self.tls.established else data)
+        self.outbox.write_direct(self.tls.encrypt(data) if self.tls and self.tls.established else data)
 
 
 class WebSocketTransport(WebsocketServer):

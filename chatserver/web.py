@@ -1,4 +1,9 @@
-"""Plain HTTP on the WebSocket port: the chat page, its static files and a health check."""
+"""Plain HTTP on the WebSocket port: the chat page, its static files, health checks and metrics.
+
+`/livez` says the process serves HTTP (200); `/readyz` says the engine accepts writes (200, or
+503 with the engine's reason); `/healthz` is the same readiness as JSON with a few figures;
+`/metrics` is the Prometheus exposition (metrics.py decides who may read it).
+"""
 
 import json
 import mimetypes
@@ -27,22 +32,25 @@ def page_headers(host: str | None) -> dict:
 
 
 class WebRoutes:
-    """Answers GET/HEAD for `/`, `/static/<file>` and `/healthz`; anything else is 404 or 405.
-    Every answer carries `page_headers` (CSP, frame, sniffing and referrer rules)."""
+    """Answers GET/HEAD for `/`, `/static/<file>`, `/healthz`, `/livez`, `/readyz` and `/metrics`;
+    anything else is 404 or 405. Every answer carries `page_headers` (CSP, frame, sniffing and
+    referrer rules)."""
 
-    def __init__(self, stats, health=lambda: None, root: Path = WEB_ROOT):
+    def __init__(self, stats, health=lambda: None, root: Path = WEB_ROOT, metrics=None):
         self._stats = stats  # () -> {"connections": N, "rooms": M}
         self._health = health  # () -> None when the engine accepts writes, else why not
+        self._metrics = metrics  # (headers, peer_ip) -> (status, headers, body); None: no /metrics
         self._root = root
         self._static = (root / "static").resolve()
         self._started = time.monotonic()
 
-    def respond(self, method: str, target: str, headers: dict) -> tuple[int, dict, bytes]:
-        """(status, response headers, body) for a request; `headers` has lower-case names."""
-        status, extra, body = self._route(method, target)
+    def respond(self, method: str, target: str, headers: dict, peer_ip: str = "") -> tuple[int, dict, bytes]:
+        """(status, response headers, body) for a request; `headers` has lower-case names,
+        `peer_ip` is the TCP peer's address. Raises nothing."""
+        status, extra, body = self._route(method, target, headers, peer_ip)
         return status, {**page_headers(headers.get("host")), **extra}, body
 
-    def _route(self, method: str, target: str) -> tuple[int, dict, bytes]:
+    def _route(self, method: str, target: str, headers: dict, peer_ip: str) -> tuple[int, dict, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, {"Allow": "GET, HEAD", "Content-Type": TEXT}, b"method not allowed\n"
         try:
@@ -59,6 +67,14 @@ class WebRoutes:
                 body["reason"] = problem
             headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
             return 503 if problem else 200, headers, json.dumps(body).encode()
+        if path == "/livez":
+            return 200, {"Content-Type": TEXT, "Cache-Control": "no-store"}, b"ok\n"
+        if path == "/readyz":
+            problem = self._health()
+            body = f"not ready: {problem}\n".encode() if problem else b"ok\n"
+            return 503 if problem else 200, {"Content-Type": TEXT, "Cache-Control": "no-store"}, body
+        if path == "/metrics" and self._metrics is not None:
+            return self._metrics(headers, peer_ip)
         if path.startswith("/static/"):
             resolved = self._static_path(unquote(path[len("/static/"):]))
             if resolved is not None:

@@ -234,7 +234,8 @@ def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool =
 
 
 class RawClient:
-    """A WebSocket client on a plain socket: handshake, then frames in and out by hand."""
+    """A WebSocket client on a plain socket: handshake, then frames in and out by hand.
+    `sent_bytes` and `received_bytes` count every byte it wrote and read."""
 
     def __init__(self, port: int, handshake: bool = True, timeout: float = 5, rcvbuf: int = 0):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -243,9 +244,10 @@ class RawClient:
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         self.buf = b""
+        self.sent_bytes = self.received_bytes = 0
         if handshake:
             key = base64.b64encode(os.urandom(16)).decode()
-            self.sock.sendall(
+            self.send(
                 f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
             )
@@ -255,14 +257,16 @@ class RawClient:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+        self.sent_bytes += len(data)
 
     def send_json(self, **msg) -> None:
-        self.sock.sendall(frame(0x1, json.dumps(msg).encode()))
+        self.send(frame(0x1, json.dumps(msg).encode()))
 
     def _fill(self) -> None:
         chunk = self.sock.recv(65536)
         if not chunk:
             raise EOFError("server closed the connection")
+        self.received_bytes += len(chunk)
         self.buf += chunk
 
     def read_exact(self, n: int) -> bytes:
@@ -298,7 +302,7 @@ class RawClient:
             if opcode == 0x8:
                 if reply:
                     with contextlib.suppress(OSError):
-                        self.sock.sendall(frame(0x8, payload[:2]))
+                        self.send(frame(0x8, payload[:2]))
                 return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
 
     def wait_eof(self, timeout: float = 3) -> bool:

@@ -73,7 +73,7 @@ def test_healthz_reports_status_connections_rooms_and_uptime(server, connect):
 
 @pytest.mark.parametrize("path", ["/nope", "/static/", "/static/missing.js", "/index.html", "/web/index.html"])
 def test_unknown_paths_are_404(server, path):
-    """Anything but /, /healthz and an existing /static/ file is 404."""
+    """Anything but /, /healthz, /livez, /readyz, /metrics and an existing /static/ file is 404."""
     response, _ = get(server, path)
     assert response.status == 404
 
