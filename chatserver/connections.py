@@ -171,6 +171,7 @@ class Connections(Hub):
             if trace.ON:
                 trace.reply(client, event, len(protocol.encode(protocol.with_id(event, reply_id))))
             client.send(protocol.encode(protocol.with_id(event, reply_id)))
+            log.info("nick %s -> %s", old, nick)  # the connect line named the guest nick
             rooms = sorted(client.rooms)
         if moving:
             self._engine.release_nick(old, self._owner(client))

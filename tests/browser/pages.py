@@ -151,6 +151,21 @@ class Firefox:
         gc.collect()  # the profile's finaliser runs now, not during interpreter shutdown
 
 
+def chromium_only() -> str:
+    """For tests that use Chromium's command-line flags or DevTools: "chromium", or a skip with one
+    line when it is missing here (a failure under CI)."""
+    import os
+
+    import pytest
+
+    reason = missing("chromium")
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must install it")
+    if reason:
+        pytest.skip(reason)
+    return "chromium"
+
+
 def launch(engine: str, profile, width: int, height: int, mobile: bool, flags: tuple = ()):
     """A browser of `engine`; `flags` are extra Chromium command-line flags (not for Firefox)."""
     if engine == "chromium":

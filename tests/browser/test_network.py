@@ -1,11 +1,9 @@
 """The chat page on a network, in a real Chromium: its CSP, pages of other origins, DNS rebinding, https."""
 
-import os
-
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.browser.pages import missing
+from tests.browser.pages import chromium_only
 
 pytestmark = pytest.mark.browser
 
@@ -13,13 +11,8 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="session")
 def engine() -> str:
     """These tests use Chromium's command-line flags and DevTools: Chromium only (the page's own
-    tests run in Firefox too). Missing, it skips with one line, or fails under CI."""
-    reason = missing("chromium")
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must install it")
-    if reason:
-        pytest.skip(reason)
-    return "chromium"
+    tests run in Firefox too)."""
+    return chromium_only()
 
 # Installed before the page's own scripts run (CDP), so every CSP violation of the load is seen.
 RECORD_CSP = """window.cspViolations = [];

@@ -5,7 +5,15 @@ import json
 import pytest
 from selenium.webdriver.common.by import By
 
+from tests.browser.pages import chromium_only
+
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="session")
+def engine() -> str:
+    """This test records CSP violations through Chromium's DevTools: Chromium only."""
+    return chromium_only()
 
 READ_ROWS = """
 return [...document.querySelectorAll('.wire .wire-row')].map(li => ({
@@ -29,9 +37,9 @@ def test_wire_panel_shows_frames_sent_and_received(open_page):
     """With ?wire=1 the panel lists the welcome received, the join sent, and a chat sent and its
     echo received, each with its direction, masking and byte length, under the page's CSP."""
     page = open_page("/?nick=ann&wire=1#lobby")
-    page.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_CSP})
+    page.browser.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_CSP})
     page.open("/?nick=ann&wire=1&again#lobby")  # a new document, with the recorder from its first byte
-    assert page.driver.find_element(By.CSS_SELECTOR, ".wire h2").text.startswith("Wire")
+    assert page.browser.driver.find_element(By.CSS_SELECTOR, ".wire h2").text.startswith("Wire")
     page.say("hello wire")
     page.wait_for_text("hello wire")
 

@@ -9,10 +9,13 @@ import pytest
 from chatserver import frames, trace
 from chatserver.client import TokenBucket
 from chatserver.config import Config
-from chatserver.dispatch import Context, dispatch_many
+from chatserver.dispatch import Context, Dispatcher
 from chatserver.engine import MemoryEngine
 from chatserver.registry import Registry
+from handlers import BATCH_HANDLERS, HANDLERS
 from tests.helpers import FakeConn, frame
+
+DISPATCHER = Dispatcher(HANDLERS, BATCH_HANDLERS)
 
 STEPS = ("frame", "message", "handler", "refused", "room_event", "fanout", "reply", "bind")
 
@@ -23,11 +26,11 @@ def session(registry: Registry) -> FakeConn:
     clients = [registry.connect(conn, TokenBucket(100, 100)) for conn in conns]
     contexts = [Context(registry, client, Config()) for client in clients]
     for context in contexts:
-        dispatch_many(context, [json.dumps({"type": "join", "room": "lobby"})])
+        DISPATCHER.dispatch(context, [json.dumps({"type": "join", "room": "lobby"})])
     raw = json.dumps({"type": "chat", "room": "lobby", "text": "hi"})
     reader = frames.FrameReader(io.BytesIO(frame(frames.OP_TEXT, raw.encode())).read, 65536)
-    dispatch_many(contexts[0], [reader.next_event().text])
-    dispatch_many(contexts[0], ['{"type":"ping"}', '{"type":"shout"}'])
+    DISPATCHER.dispatch(contexts[0], [reader.next_event().text])
+    DISPATCHER.dispatch(contexts[0], ['{"type":"ping"}', '{"type":"shout"}'])
     return conns[1]
 
 
