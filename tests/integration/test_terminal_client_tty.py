@@ -72,6 +72,8 @@ def test_ctrl_d_on_an_empty_line_quits_once_delivered(server, connect, tty):
     ann = tty(server.url, "--room", "lobby")
     ann.wait_for(lambda rows: ann.cursor_row().startswith("[lobby] guest-"), "no prompt")
     ann.type("bye\r")
+    ann.wait_for(lambda rows: ann.cursor_row().endswith(">") and any("bye" in row for row in rows),
+                 "the line was not taken")  # as a person waits for it before the next key
     ann.type("\x04")
     assert ann.wait_exit() == 0
     assert bob.recv_type("chat")["text"] == "bye"

@@ -291,8 +291,9 @@ def test_bad_clients_leak_no_threads(server, connect):
         if n % 4 == 3:
             client.sock.shutdown(socket.SHUT_RDWR)  # half-closed mid-conversation
         client.close()
-    wait_for(lambda: threading.active_count() <= baseline, timeout=5)
-    assert server.registry.stats()["connections"] == 1
+    # Both settle on their own (the last connection threads may still be finishing under load).
+    wait_for(lambda: threading.active_count() <= baseline and server.registry.stats()["connections"] == 1,
+             timeout=10)
 
 
 def test_empty_continuation_flood_closes_1009(raw):
