@@ -4,6 +4,8 @@ import logging
 import threading
 
 from chatserver import exposure, frames, tls
+from chatserver.budgets import AddressShares
+from chatserver.caps import ConnectionCaps, default_max_connections
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, dispatch_many
@@ -37,7 +39,11 @@ class ChatServer:
             policy=policy,
             proxies=TrustedProxies(config.trusted_proxy),
             ssl_context=ssl_context,
+            max_reply_bytes=config.max_reply_bytes,
+            caps=ConnectionCaps(config.max_connections or default_max_connections(),
+                                config.max_connections_per_address),
         )
+        self.shares = AddressShares(config.address_rate_burst, config.rate_per_second * config.address_rate_factor)
         try:  # after binding: a port in use is reported before the history file is touched
             self.engine = open_engine(config) if engine is None else engine
         except Exception:
@@ -59,8 +65,14 @@ class ChatServer:
     # -- transport callbacks ------------------------------------------------------------------------
 
     def on_connect(self, conn) -> None:
-        limiter = TokenBucket(self.config.rate_burst, self.config.rate_per_second)
-        conn.client = self.registry.connect(conn, limiter)
+        share = self.shares.acquire(conn.address)
+        limiter = TokenBucket(self.config.rate_burst, self.config.rate_per_second, share=share)
+        try:
+            conn.client = self.registry.connect(conn, limiter)
+        except BaseException:
+            self.shares.release(conn.address)
+            raise
+        conn.limiter = limiter  # every frame costs (inbound.py), not only messages
         conn.context = Context(self.registry, conn.client, self.config)
         log.info("connect %s %s", conn.peer, conn.client.nick)
 
@@ -69,6 +81,7 @@ class ChatServer:
 
     def on_close(self, conn) -> None:
         self.registry.disconnect(conn.client)
+        self.shares.release(conn.address)
 
     def on_http(self, method: str, target: str, headers: dict):
         return self.web.respond(method, target, headers)

@@ -7,8 +7,6 @@ from chatserver.config import Config
 from chatserver.errors import ChatError, CloseConnection
 from handlers import BATCH_HANDLERS, HANDLERS
 
-FLOOD_FACTOR = 3  # refusals in a row, as a multiple of the burst, before we hang up
-
 
 @dataclass
 class Context:
@@ -29,6 +27,7 @@ def dispatch_many(ctx: Context, raws: list) -> None:
     batch handler (chat) go to it in one call, so their fan-out shares one write per member."""
     batch, batch_type = [], None
     for raw in raws:
+        ctx.client.pace()  # its earlier replies must leave before it is answered again (streams.Outbox)
         msg_id = None
         try:
             allowed = _take_token(ctx, batch, batch_type)  # every message costs a token, valid or not
@@ -40,7 +39,7 @@ def dispatch_many(ctx: Context, raws: list) -> None:
                 msg = {}
             msg_id = msg.get("id")
             if not allowed:
-                raise ChatError("rate_limited", f"Slow down: at most {ctx.client.limiter.rate:g} messages per second.")
+                raise _rate_limited(ctx.client.limiter)
             kind = msg["type"]
             handler = HANDLERS.get(kind)
             if handler is None:
@@ -65,10 +64,18 @@ def _take_token(ctx: Context, batch: list, batch_type) -> bool:
     limiter = ctx.client.limiter
     if limiter.take():
         return True
-    if limiter.refused_in_a_row > FLOOD_FACTOR * limiter.burst:
+    if limiter.flooding:
         _flush(ctx, batch, batch_type)  # what was accepted before the flood still goes out
         raise CloseConnection(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
     return False
+
+
+def _rate_limited(limiter) -> ChatError:
+    if limiter.refused_by_share:
+        share = limiter.share
+        return ChatError("rate_limited", f"Slow down: connections from your address may send at most "
+                                         f"{share.rate:g} messages per second together.")
+    return ChatError("rate_limited", f"Slow down: at most {limiter.rate:g} messages per second.")
 
 
 def _flush(ctx: Context, batch: list, batch_type) -> None:

@@ -97,7 +97,7 @@ class Hub:
                 if sender is not None:
                     sender.pending -= 1
                     error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
-                    sender.send(protocol.encode(error))
+                    sender.send(protocol.encode(error), own=True)
             self._settled.notify_all()
 
     def deliver_dm(self, client_id: int, event: dict) -> None:
@@ -138,7 +138,7 @@ class Hub:
                     continue
                 member.changes.append(meta.change)
             if hold is None:
-                self._out(member, data)
+                self._out(member, data, member is sender)
             elif hold.at is not None:
                 hold.frames.append(data)
 
@@ -171,16 +171,19 @@ class Hub:
             return None
         return self._clients.get(meta.origin[1])
 
-    def _out(self, client: Client, frame: bytes) -> None:
-        """Write a frame to a client now, or add it to the batch written when the step ends."""
+    def _out(self, client: Client, frame: bytes, own: bool) -> None:
+        """Write a frame to a client now, or add it to the batch written when the step ends;
+        `own`: the client's own chat coming back (its acknowledgement, a reply)."""
         if self._batch is None:
-            client.send(frame)
+            client.send(frame, own)
         elif client in self._batch:
-            self._batch[client].append(frame)
+            queued = self._batch[client]
+            queued[0] += len(frame) if own else 0
+            queued.append(frame)
         else:
-            self._batch[client] = [frame]
+            self._batch[client] = [len(frame) if own else 0, frame]
 
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, None
         for client, queued in (batch or {}).items():
-            client.send(queued[0] if len(queued) == 1 else b"".join(queued))
+            client.send_mixed(queued[1] if len(queued) == 2 else b"".join(queued[1:]), queued[0])

@@ -58,11 +58,18 @@ def require_nick(msg: dict, field: str = "nick") -> str:
     return nick
 
 
-def require_room(msg: dict) -> str:
-    room = require_str(msg, "room")
+def require_room(msg: dict, field: str = "room") -> str:
+    room = require_str(msg, field)
     if not ROOM_RE.fullmatch(room):
         raise ChatError("bad_room", "A room name is 1-64 letters, digits, '_', '-', '.' or '#'.")
     return room
+
+
+def optional_room(msg: dict, field: str) -> str | None:
+    """A room name in `field`, or None when absent. Raises ChatError bad_room."""
+    if msg.get(field) is None:
+        return None
+    return require_room(msg, field)
 
 
 def require_text(msg: dict, max_chars: int) -> str:

@@ -18,7 +18,7 @@ import itertools
 import logging
 import uuid
 
-from chatserver import protocol
+from chatserver import budgets, protocol
 from chatserver.client import Client
 from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
@@ -38,6 +38,8 @@ class Registry(Hub):
         self._cluster = engine.cluster
         self._limits = limits
         self._max_rooms = limits["max_rooms"]
+        self._max_reply = limits["max_reply_bytes"]
+        self._dm_backlog = limits["max_outbox_bytes"] // 2  # a recipient with more waiting is busy
         self._ids = itertools.count(1)
         self._guests = 0
         engine.start(self)
@@ -60,7 +62,7 @@ class Registry(Hub):
             with self._lock:
                 self._clients[client.id] = client
                 self._nicks[nick.casefold()] = client
-                client.send(protocol.encode(protocol.welcome(nick, self._limits, self._engine.epoch)))
+                client.send(protocol.encode(protocol.welcome(nick, self._limits, self._engine.epoch)), own=True)
             return client
 
     def disconnect(self, client: Client) -> None:
@@ -82,9 +84,12 @@ class Registry(Hub):
 
     def reply(self, client: Client, event: dict) -> None:
         """Send a direct reply (pong, error) after the client's earlier requests are answered."""
+        self._reply_frame(client, protocol.encode(event))
+
+    def _reply_frame(self, client: Client, frame: bytes) -> None:
         with self._lock:
             if self._settle(client):
-                client.send(protocol.encode(event))
+                client.send(frame, own=True)
 
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
         """Take `nick`; peers sharing a room hear of it once. Raises ChatError nick_taken, unavailable."""
@@ -109,7 +114,7 @@ class Registry(Hub):
             del self._nicks[old.casefold()]
             self._nicks[folded] = client
             client.nick = nick
-            client.send(protocol.encode(protocol.with_id(event, reply_id)))
+            client.send(protocol.encode(protocol.with_id(event, reply_id)), own=True)
             rooms = sorted(client.rooms)
         if self._cluster and folded != old.casefold():
             self._engine.release_nick(old, self._owner(client))
@@ -119,8 +124,8 @@ class Registry(Hub):
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
-        last 50 chat events or, with `after`, every one with a higher seq (up to 1000, then
-        `truncated`). Raises ChatError too_many_rooms, unavailable."""
+        last 50 chat events or, with `after`, every one with a higher seq, within 1000 events and
+        `max_reply_bytes` (else `truncated`). Raises ChatError too_many_rooms, unavailable."""
         with self._lock:
             if not self._settle(client):
                 return
@@ -157,7 +162,7 @@ class Registry(Hub):
                 hold.at = self._seqs.get(name, 0)
         limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
         try:
-            history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit)
+            history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit, max_bytes=self._max_reply)
             members = self._engine.members(name) if self._cluster else hold.members
         except Unavailable as exc:
             history, members = None, exc
@@ -166,12 +171,15 @@ class Registry(Hub):
                 return  # disconnected meanwhile
             room.members[client] = None
             if history is None:  # read failed after the join was placed: the join stands, say so
-                client.send(protocol.encode(protocol.error(unavailable(members), reply_id)))
+                client.send(protocol.encode(protocol.error(unavailable(members), reply_id)), own=True)
                 history, members = [], self._nicks_in(room)
-            reply = {"type": "joined", "room": name, "members": members, "history": history[: protocol.MAX_RESUME]}
+            reply = protocol.with_id({"type": "joined", "room": name, "members": members}, reply_id)
             if len(history) > protocol.MAX_RESUME:
-                reply["truncated"] = True
-            client.send(b"".join([protocol.encode(protocol.with_id(reply, reply_id)), *hold.frames]))
+                history, reply["truncated"] = history[: protocol.MAX_RESUME], True
+            frame, _ = budgets.bounded_frame(reply, "history", history, self._max_reply, newest=after is None)
+            client.send(frame, own=True)
+            if hold.frames:  # the room's events since the join's place: others' traffic
+                client.send(b"".join(hold.frames))
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
         """Quit a room; the others see a presence `leave`. Raises ChatError not_in_room."""
@@ -181,7 +189,7 @@ class Registry(Hub):
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"You are not in {name!r}.")
             emptied = self._remove_member(client, name)[1]
-            client.send(protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)))
+            client.send(protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)), own=True)
         self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
         if emptied and self._cluster:
             self._engine.unsubscribe(name)
@@ -222,6 +230,9 @@ class Registry(Hub):
             if target is None and not self._cluster:
                 raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
             if target is not None and target is not client:
+                if target.backlog() > self._dm_backlog:
+                    raise ChatError("recipient_busy", f"{target.nick} is not keeping up with what is sent to "
+                                                      "them; try again later.")
                 target.send(protocol.encode(event))
         if target is None:
             try:
@@ -233,24 +244,34 @@ class Registry(Hub):
             event = {**event, "to": to}
         self.reply(client, protocol.with_id(event, reply_id))
 
-    def list_rooms(self, client: Client, reply_id=None) -> None:
-        """Rooms with members and their counts (all processes, with a cluster engine)."""
+    def list_rooms(self, client: Client, after: str | None = None, reply_id=None) -> None:
+        """Rooms with members and their counts (all processes, with a cluster engine), by name,
+        those after `after` only; `count` says how many there are in all, `truncated` that the
+        list was cut to `max_reply_bytes`. Raises ChatError unavailable."""
         if self._cluster:
-            rooms = self._ask_engine(self._engine.rooms)
+            rooms = [(r["room"], r["members"]) for r in self._ask_engine(self._engine.rooms)]
         else:
-            with self._lock:
-                rooms = [{"room": n, "members": len(self._nicks_in(r))} for n, r in sorted(self._rooms.items())]
-        self.reply(client, protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id))
+            with self._lock:  # only a copy under the lock: counting and sorting 32,000 rooms is not
+                rooms = list(self._rooms.items())
+            # len() of a member dict is atomic; it counts joins not yet placed in the stream too
+            rooms = [(n, len(r.members)) for n, r in rooms]
+        count = len(rooms)
+        rooms = sorted(r for r in rooms if after is None or r[0] > after)
+        reply = protocol.with_id({"type": "rooms", "count": count}, reply_id)
+        items = [{"room": n, "members": m} for n, m in rooms]
+        self._reply_frame(client, budgets.bounded_frame(reply, "rooms", items, self._max_reply)[0])
 
     def who(self, client: Client, name: str, reply_id=None) -> None:
-        """The nicks in a room, in join order; [] for a room nobody is in."""
+        """The nicks in a room, in join order; [] for a room nobody is in. `count` says how many
+        there are, `truncated` that the list was cut to `max_reply_bytes`. Raises ChatError unavailable."""
         if self._cluster:
             members = self._ask_engine(lambda: self._engine.members(name))
         else:
             with self._lock:
                 room = self._rooms.get(name)
                 members = self._nicks_in(room) if room else []
-        self.reply(client, protocol.with_id({"type": "who", "room": name, "members": members}, reply_id))
+        reply = protocol.with_id({"type": "who", "room": name, "count": len(members)}, reply_id)
+        self._reply_frame(client, budgets.bounded_frame(reply, "members", members, self._max_reply)[0])
 
     def history(self, client: Client, name: str, before=None, after=None, limit=50, reply_id=None) -> None:
         """Members page through a room's stored chat events, oldest first. Raises ChatError
@@ -260,11 +281,14 @@ class Registry(Hub):
                 return
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"Join {name!r} to read its history.")
-        messages = self._ask_engine(lambda: self._engine.read(name, before=before, after=after, limit=limit))
+        messages = self._ask_engine(lambda: self._engine.read(name, before=before, after=after, limit=limit,
+                                                              max_bytes=self._max_reply))
         with self._lock:  # stored but not yet delivered: a member gets those live, not twice
             upto = self._seqs.get(name, 0)
-            messages = [m for m in messages if m["seq"] <= upto]
-        self.reply(client, protocol.with_id({"type": "history", "room": name, "messages": messages}, reply_id))
+        messages = [m for m in messages if m["seq"] <= upto]
+        reply = protocol.with_id({"type": "history", "room": name}, reply_id)
+        newest = after is None  # paging back: keep the newest that fit
+        self._reply_frame(client, budgets.bounded_frame(reply, "messages", messages, self._max_reply, newest)[0])
 
     # -- helpers (lock not held) ---------------------------------------------------------------
 

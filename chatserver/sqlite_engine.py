@@ -34,6 +34,7 @@ from chatserver.sqlite_file import (
     connect,
     open_history,
 )
+from chatserver.sqlite_readers import PoolBusy, ReaderPool
 
 log = logging.getLogger("roomchat.store")
 
@@ -43,7 +44,6 @@ PRUNE_INTERVAL = 1.0  # seconds between retention passes of the writer over the 
 CHECKPOINT_INTERVAL = 1.0  # seconds between WAL checkpoints, made by their own thread (see SqliteStore)
 RETRY_MAX_DELAY = 2.0  # a failed commit is retried with backoff up to this many seconds apart
 FAIL_AFTER = 10.0  # seconds of failing commits before queued chats are refused with `unavailable`
-MAX_IDLE_READERS = 8  # read connections kept open between reads; a burst of joins opens more for a moment
 
 _STOP = object()  # put on the writer's queue by close()
 
@@ -66,10 +66,10 @@ class SqliteEngine:
     checkpoint would run inside a commit and hold every pending chat back for two fsyncs (with a
     100 ms fsync, commits stalled for 200 ms; measured with strace fault injection).
 
-    Reads (`read`, `last_seqs`) use their own connections from a small pool (threads are per
-    client, so a connection per thread would mean thousands), so a reader never
-    waits for the writer (WAL) and never needs uncommitted rows: the Registry only asks for seqs
-    it has delivered, and it delivers only what the writer handed it.
+    Reads use their own connections from a fixed pool (sqlite_readers.py: a few at once, the rest
+    wait their turn; idle ones are closed), so a reader never waits for the writer (WAL) and never
+    needs uncommitted rows: the Registry only asks for seqs it has delivered, and it delivers
+    only what the writer handed it.
 
     Retention: reads see at most the last `per_room` events of a room; the writer deletes older
     rows every PRUNE_INTERVAL seconds for the rooms it wrote to, never on the append path.
@@ -99,14 +99,10 @@ class SqliteEngine:
         self._prune_interval = prune_interval
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closing = False
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self._idle_readers: list[sqlite3.Connection] = []  # guarded by _close_lock
         self.commits = self.committed = 0  # transactions and events written, for the log and the bench
         self._lock_fd, self._conn, self.epoch = open_history(self.path, per_room, synchronous, busy_timeout)
-        self._seqs = self._committed_seqs = {}
-        with self._reader() as conn:
-            self._seqs = dict(conn.execute("SELECT room, last_seq FROM rooms"))
+        self._readers = ReaderPool(self._connect_reader)
+        self._seqs = dict(self._conn.execute("SELECT room, last_seq FROM rooms"))
         self._committed_seqs = dict(self._seqs)  # writer thread only, once started
         self._checkpoints_stop = threading.Event()
         self._checkpointer = threading.Thread(
@@ -142,13 +138,18 @@ class SqliteEngine:
     def health(self) -> str | None:
         return f"history store failing: {self._failing}" if self._failing else None
 
-    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
+    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
+             max_bytes: int | None = None) -> list:
         """Chat events with after < seq < before, oldest first: the first `limit` of them when
-        `after` is given (paging forward), else the last `limit` (paging back)."""
+        `after` is given (paging forward), else the last `limit` (paging back); with `max_bytes`,
+        the reading stops one event after their texts passed it. Raises Unavailable."""
         params = (room, after or 0, room, self._per_room, MAX_SEQ if before is None else before, limit)
         try:
-            with self._reader() as conn:
-                rows = conn.execute(READ_BACK if after is None else READ_FORWARD, params).fetchall()
+            with self._readers.connection() as conn:
+                rows = _take(conn.execute(READ_BACK if after is None else READ_FORWARD, params), max_bytes)
+        except PoolBusy as exc:
+            log.warning("history read for %s refused: %s", room, exc)
+            raise Unavailable("history is busy") from None
         except sqlite3.Error as exc:
             log.error("history read for %s failed: %s", room, exc)
             raise Unavailable("history cannot be read") from None
@@ -171,33 +172,16 @@ class SqliteEngine:
         self._checkpoints_stop.set()
         if self._checkpointer.is_alive():
             self._checkpointer.join()
-        with self._close_lock:
-            self._closed = True
-            readers, self._idle_readers = self._idle_readers, []
-        for conn in readers:
-            conn.close()
+        self._readers.close()
         self._conn.close()  # the last connection out checkpoints the WAL into the main file
         if self.commits:
             log.info("history: %d chat events stored in %d commits this run", self.committed, self.commits)
         os.close(self._lock_fd)  # last: closing a descriptor of the file drops SQLite's own locks
 
-    @contextlib.contextmanager
-    def _reader(self):
-        """A read-only connection from the pool (a new one when all are busy), returned after use."""
-        with self._close_lock:
-            conn = self._idle_readers.pop() if self._idle_readers else None
-        if conn is None:
-            conn = connect(self.path, self._busy_timeout)
-            conn.execute("PRAGMA query_only = 1")
-        try:
-            yield conn
-        finally:
-            with self._close_lock:
-                if not self._closed and len(self._idle_readers) < MAX_IDLE_READERS:
-                    self._idle_readers.append(conn)
-                    conn = None
-            if conn is not None:
-                conn.close()
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = connect(self.path, self._busy_timeout)
+        conn.execute("PRAGMA query_only = 1")
+        return conn
 
     # -- the writer thread ---------------------------------------------------------------------
 
@@ -313,6 +297,7 @@ class SqliteEngine:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:
                     log.warning("WAL checkpoint failed: %s", exc)
+                self._readers.close_idle()
         finally:
             conn.close()
 
@@ -320,6 +305,23 @@ class SqliteEngine:
         if self._conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
+
+
+def _take(cursor, max_bytes: int | None) -> list:
+    """The cursor's rows; with `max_bytes`, only until their texts passed it, and one more (so
+    the caller, cutting to size, knows there was more). Raises sqlite3.Error."""
+    if max_bytes is None:
+        return cursor.fetchall()
+    rows, total = [], 0
+    try:
+        for row in cursor:
+            rows.append(row)
+            if total > max_bytes:
+                break
+            total += len(row[2])
+    finally:
+        cursor.close()  # a statement left open would hold its snapshot, and hold checkpoints back
+    return rows
 
 
 def open_engine(config):

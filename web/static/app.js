@@ -235,14 +235,14 @@ function onJoined(event) {
   conv.joined = true;
   conv.members = event.members || [];
   const history = event.history || [];
-  if (event.truncated) {
+  if (event.truncated && resumedFrom !== null) { // more was missed than one reply holds
     clearConv(conv, "Many messages came while you were away; showing the latest. Scroll up for older ones.");
     send({ type: "history", room: conv.name, limit: PAGE });
   } else {
     for (const message of history) onChat(message, { live: resumedFrom !== null });
   }
   if (resumedFrom === null) {
-    conv.atBeginning = history.length < PAGE;
+    conv.atBeginning = history.length < PAGE && !event.truncated; // truncated: older ones did not fit
     if (conv.lastSeq === null) conv.lastSeq = 0;
     scrollToBottom(conv);
   } else {
@@ -375,7 +375,7 @@ function onHistory(event) {
   const isOlder = (m) => conv.oldestSeq !== null && m.seq < conv.oldestSeq;
   const ordered = [...messages.filter(isOlder).reverse(), ...messages.filter((m) => !isOlder(m))];
   for (const message of ordered) onChat(message, { live: false });
-  if (messages.length < PAGE) conv.atBeginning = true;
+  if (messages.length < PAGE && !event.truncated) conv.atBeginning = true; // a short page cut to size is not the end
   conv.loadingOlder = false;
   updateOlder(conv);
   pane.scrollTop = pane.scrollHeight - fromBottom; // keep what the reader was looking at in place
