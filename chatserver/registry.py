@@ -16,6 +16,7 @@ no repeat, whichever engine and process.
 
 import itertools
 import logging
+import threading
 import uuid
 
 from chatserver import budgets, protocol
@@ -25,6 +26,7 @@ from chatserver.errors import ChatError
 from chatserver.hub import Hold, Hub, Room, unavailable
 
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
+REPLY_BUILDERS = 4  # history replies (joined, history) read and encoded at once
 
 log = logging.getLogger("roomchat.registry")
 
@@ -40,6 +42,10 @@ class Registry(Hub):
         self._max_rooms = limits["max_rooms"]
         self._max_reply = limits["max_reply_bytes"]
         self._dm_backlog = limits["max_outbox_bytes"] // 2  # a recipient with more waiting is busy
+        # Replies built from history at once: each holds up to about a reply's worth of rows and
+        # bytes while it is built, so 600 clients asking together cost a few replies' memory.
+        # Taken before the lock, never while holding it.
+        self._builders = threading.BoundedSemaphore(REPLY_BUILDERS)
         self._ids = itertools.count(1)
         self._guests = 0
         engine.start(self)
@@ -161,25 +167,24 @@ class Registry(Hub):
                 log.warning("join of %s by %s not placed in %.0f s", name, client.nick, JOIN_TIMEOUT)
                 hold.at = self._seqs.get(name, 0)
         limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
-        try:
-            history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit, max_bytes=self._max_reply)
-            members = self._engine.members(name) if self._cluster else hold.members
-        except Unavailable as exc:
-            history, members = None, exc
-        with self._lock:
-            if room.members.get(client) is not hold:
-                return  # disconnected meanwhile
-            room.members[client] = None
-            if history is None:  # read failed after the join was placed: the join stands, say so
-                client.send(protocol.encode(protocol.error(unavailable(members), reply_id)), own=True)
-                history, members = [], self._nicks_in(room)
-            reply = protocol.with_id({"type": "joined", "room": name, "members": members}, reply_id)
-            if len(history) > protocol.MAX_RESUME:
-                history, reply["truncated"] = history[: protocol.MAX_RESUME], True
-            frame, _ = budgets.bounded_frame(reply, "history", history, self._max_reply, newest=after is None)
-            client.send(frame, own=True)
-            if hold.frames:  # the room's events since the join's place: others' traffic
-                client.send(b"".join(hold.frames))
+        with self._builders:
+            try:
+                history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit,
+                                            max_bytes=self._max_reply)
+                members = self._engine.members(name) if self._cluster else hold.members
+                frame = self._joined(name, members, history, after is None, reply_id)
+            except Unavailable as exc:
+                frame, history = None, exc
+            with self._lock:
+                if room.members.get(client) is not hold:
+                    return  # disconnected meanwhile
+                room.members[client] = None
+                if frame is None:  # read failed after the join was placed: the join stands, say so
+                    client.send(protocol.encode(protocol.error(unavailable(history), reply_id)), own=True)
+                    frame = self._joined(name, self._nicks_in(room), [], True, reply_id)
+                client.send(frame, own=True)
+                if hold.frames:  # the room's events since the join's place: others' traffic
+                    client.send(b"".join(hold.frames))
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
         """Quit a room; the others see a presence `leave`. Raises ChatError not_in_room."""
@@ -281,16 +286,24 @@ class Registry(Hub):
                 return
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"Join {name!r} to read its history.")
-        messages = self._ask_engine(lambda: self._engine.read(name, before=before, after=after, limit=limit,
-                                                              max_bytes=self._max_reply))
-        with self._lock:  # stored but not yet delivered: a member gets those live, not twice
-            upto = self._seqs.get(name, 0)
-        messages = [m for m in messages if m["seq"] <= upto]
-        reply = protocol.with_id({"type": "history", "room": name}, reply_id)
-        newest = after is None  # paging back: keep the newest that fit
-        self._reply_frame(client, budgets.bounded_frame(reply, "messages", messages, self._max_reply, newest)[0])
+        with self._builders:
+            messages = self._ask_engine(lambda: self._engine.read(name, before=before, after=after, limit=limit,
+                                                                  max_bytes=self._max_reply))
+            with self._lock:  # stored but not yet delivered: a member gets those live, not twice
+                upto = self._seqs.get(name, 0)
+            messages = [m for m in messages if m["seq"] <= upto]
+            reply = protocol.with_id({"type": "history", "room": name}, reply_id)
+            newest = after is None  # paging back: keep the newest that fit
+            frame = budgets.bounded_frame(reply, "messages", messages, self._max_reply, newest)[0]
+        self._reply_frame(client, frame)
 
     # -- helpers (lock not held) ---------------------------------------------------------------
+
+    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id) -> bytes:
+        reply = protocol.with_id({"type": "joined", "room": name, "members": members}, reply_id)
+        if len(history) > protocol.MAX_RESUME:
+            history, reply["truncated"] = history[: protocol.MAX_RESUME], True
+        return budgets.bounded_frame(reply, "history", history, self._max_reply, newest)[0]
 
     def _publish(self, client: Client, name: str, run: list) -> None:
         try:

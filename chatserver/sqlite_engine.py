@@ -318,7 +318,7 @@ def _take(cursor, max_bytes: int | None) -> list:
             rows.append(row)
             if total > max_bytes:
                 break
-            total += len(row[2])
+            total += len(row[2].encode())  # at most what the text takes in JSON, so never too early
     finally:
         cursor.close()  # a statement left open would hold its snapshot, and hold checkpoints back
     return rows
