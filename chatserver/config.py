@@ -32,6 +32,9 @@ class Config:
     max_connections: int = 0
     max_connections_per_address: int = 64
     history_per_room: int = 10000
+    history_max_bytes: int = 1024**3
+    history_max_age: float = 0.0
+    history_max_rooms: int = 10000
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
@@ -49,7 +52,8 @@ class Config:
                      "history_per_room", "max_reply_bytes"):
             if getattr(self, name) < 1:
                 return f"{name.replace('_', '-')} must be at least 1"
-        for name in ("max_connections", "max_connections_per_address"):
+        for name in ("max_connections", "max_connections_per_address", "history_max_bytes", "history_max_age",
+                     "history_max_rooms"):
             if getattr(self, name) < 0:
                 return f"{name.replace('_', '-')} must be 0 (no limit) or more"
         for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout", "address_rate_factor"):
@@ -115,6 +119,10 @@ HELP = {
     "max_connections_per_address": "connections at once from one client address (behind a --trusted-proxy: the "
                                    "address it reports); more get HTTP 503 (0: no cap)",
     "history_per_room": "chat events kept per room; older ones are pruned",
+    "history_max_bytes": "bytes the SQLite history file may use; the oldest events are pruned first (0: no limit)",
+    "history_max_age": "seconds an event is kept in the SQLite history (0: no limit)",
+    "history_max_rooms": "rooms with history kept in the SQLite file; those quiet longest are forgotten first "
+                         "(0: no limit)",
     "ping_interval": "seconds between server pings that detect dead connections",
     "ping_timeout": "seconds to wait for a pong before closing with 1011",
     "handshake_timeout": "seconds a new connection has to finish its opening handshake",

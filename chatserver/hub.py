@@ -77,6 +77,16 @@ class Hub:
 
     # -- called by the engine ------------------------------------------------------------------
 
+    def forget(self, names: list) -> set:
+        """The engine forgot these rooms (their history is gone): drop their last seqs, except
+        for rooms someone is in now; returns those. Raises nothing."""
+        with self._lock:
+            live = {name for name in names if name in self._rooms}
+            for name in names:
+                if name not in live:
+                    self._seqs.pop(name, None)
+            return live
+
     def deliver(self, items: list) -> None:
         """[(room, event, Meta)] from the engine, in stream order per room: send each, encoded
         once, to the room's members, all in one batch (one write per client for the call)."""

@@ -20,6 +20,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 
 from chatserver.engine import Unavailable
 from chatserver.protocol import MAX_SEQ, chat_event
@@ -34,6 +35,7 @@ from chatserver.sqlite_file import (
     connect,
     open_history,
 )
+from chatserver.sqlite_quotas import HistoryQuotas, seq_floor
 from chatserver.sqlite_readers import PoolBusy, ReaderPool
 
 log = logging.getLogger("roomchat.store")
@@ -41,6 +43,7 @@ log = logging.getLogger("roomchat.store")
 
 BATCH_MAX = 500  # events per commit at most; a batch is whatever queued up while the last one committed
 PRUNE_INTERVAL = 1.0  # seconds between retention passes of the writer over the rooms it wrote to
+BACKLOG_CHUNK = 500  # rooms of the file given their retention pass, per pass, after start-up
 CHECKPOINT_INTERVAL = 1.0  # seconds between WAL checkpoints, made by their own thread (see SqliteStore)
 RETRY_MAX_DELAY = 2.0  # a failed commit is retried with backoff up to this many seconds apart
 FAIL_AFTER = 10.0  # seconds of failing commits before queued chats are refused with `unavailable`
@@ -72,7 +75,10 @@ class SqliteEngine:
     only what the writer handed it.
 
     Retention: reads see at most the last `per_room` events of a room; the writer deletes older
-    rows every PRUNE_INTERVAL seconds for the rooms it wrote to, never on the append path.
+    rows every PRUNE_INTERVAL seconds for the rooms it wrote to, never on the append path, and
+    for every room of the file, BACKLOG_CHUNK at a time, after start-up (so opening a file with
+    200,000 rooms stays fast). In the same pass, `quotas` (sqlite_quotas.py) prune the oldest
+    events of the whole file and forget rooms with none left; the hub forgets them too.
 
     One process at a time: the file is flock()ed for the store's lifetime, so a second roomchat on
     the same file fails at start-up instead of reusing seqs.
@@ -83,7 +89,7 @@ class SqliteEngine:
     def __init__(self, path: str, per_room: int = 10000, *, synchronous: str = "NORMAL",
                  batch_max: int = BATCH_MAX, prune_interval: float = PRUNE_INTERVAL,
                  checkpoint_interval: float = CHECKPOINT_INTERVAL, busy_timeout: float = BUSY_TIMEOUT,
-                 fail_after: float = FAIL_AFTER):
+                 fail_after: float = FAIL_AFTER, quotas: HistoryQuotas | None = None):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = os.path.abspath(path)
@@ -100,10 +106,13 @@ class SqliteEngine:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closing = False
         self.commits = self.committed = 0  # transactions and events written, for the log and the bench
-        self._lock_fd, self._conn, self.epoch = open_history(self.path, per_room, synchronous, busy_timeout)
+        self._lock_fd, self._conn, self.epoch = open_history(self.path, synchronous, busy_timeout)
         self._readers = ReaderPool(self._connect_reader)
+        self._quotas = quotas or HistoryQuotas()
+        self._floor = seq_floor(self._conn)  # a room the file does not know starts above it
         self._seqs = dict(self._conn.execute("SELECT room, last_seq FROM rooms"))
         self._committed_seqs = dict(self._seqs)  # writer thread only, once started
+        self._backlog = deque(self._seqs)  # rooms still to get their retention pass: writer thread only
         self._checkpoints_stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(checkpoint_interval,), name="roomchat-checkpoint", daemon=True
@@ -129,7 +138,7 @@ class SqliteEngine:
             if self._closing:
                 raise Unavailable("the server is shutting down")
             for sender, text, meta in chats:
-                seq = self._seqs[room] = self._seqs.get(room, 0) + 1
+                seq = self._seqs[room] = self._seqs.get(room, self._floor) + 1
                 self._queue.put((room, chat_event(room, sender, text, seq), meta))
 
     def announce(self, room: str, event: dict, meta) -> None:
@@ -194,7 +203,8 @@ class SqliteEngine:
             if batch and self._commit(batch):
                 touched.update(room for room, _event, _meta in batch)
                 self._hand_over(batch)
-            if touched and (stopping or time.monotonic() - last_prune >= self._prune_interval):
+            due = stopping or time.monotonic() - last_prune >= self._prune_interval
+            if due and (touched or self._backlog or self._quotas):
                 self._prune(touched)
                 touched.clear()
                 last_prune = time.monotonic()
@@ -205,8 +215,8 @@ class SqliteEngine:
         """Wait for an event, then take whatever else is queued, up to batch_max. Once close()
         has queued _STOP, only drain what is left (an append may have raced with close)."""
         batch = []
-        try:
-            item = self._queue.get_nowait() if stopping else self._queue.get()
+        try:  # wake up for the next retention pass even when nothing is written
+            item = self._queue.get_nowait() if stopping else self._queue.get(timeout=self._prune_interval)
             while True:
                 if item is _STOP:
                     stopping = True
@@ -267,7 +277,7 @@ class SqliteEngine:
             if stop:
                 self._queue.put(_STOP)
             for room, _event, _meta in refused:
-                self._seqs[room] = self._committed_seqs.get(room, 0)
+                self._seqs[room] = self._committed_seqs.get(room, self._floor)
             self._failing = reason
         log.error("history store failing (%s): %d chat events refused", reason, len(refused))
         self._hub.reject(refused, "history cannot be stored")
@@ -279,14 +289,38 @@ class SqliteEngine:
             log.exception("delivery failed")
 
     def _prune(self, rooms: set) -> None:
-        """Delete events older than the last `per_room` of each room; failures wait for the next pass."""
+        """Delete events older than the last `per_room` of each room (of `rooms` and a slice of
+        the backlog), then apply the quotas; failures wait for the next pass."""
+        rooms = set(rooms)
+        while self._backlog and len(rooms) < BACKLOG_CHUNK:
+            rooms.add(self._backlog.popleft())
+        forgotten, floor = {}, self._floor
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(PRUNE_ROOM, [(room, room, self._per_room) for room in rooms])
+            if self._quotas:
+                forgotten, floor = self._quotas.prune(self._conn, self._committed_seqs, self._hub.has_room, floor)
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             log.warning("history retention pass failed: %s", exc)
+            return
+        if forgotten:
+            self._forget(forgotten, floor)
+
+    def _forget(self, forgotten: dict, floor: int) -> None:
+        """Rooms the quotas emptied and whose rows are gone: drop their seqs here and in the hub
+        (unless someone joined one meanwhile, or a chat to it is queued: then it goes on from its
+        last seq, and its next commit writes its row again)."""
+        kept = self._hub.forget(list(forgotten))
+        with self._lock:
+            self._floor = floor
+            for room, last in forgotten.items():
+                if room not in kept and self._seqs.get(room) == last:
+                    del self._seqs[room]
+                    del self._committed_seqs[room]
+        log.info("history quotas: %d rooms with no history left forgotten (seqs continue above %d)",
+                 len(forgotten), floor)
 
     def _checkpoint_loop(self, interval: float) -> None:
         """Copy committed WAL frames into the main file, beside the writer (PASSIVE never waits)."""
@@ -337,4 +371,5 @@ def open_engine(config):
         return MemoryEngine(per_room=config.history_per_room)
     if not config.db:
         raise StoreError("--db must name a file, or ':memory:' to keep history in memory only")
-    return SqliteEngine(config.db, per_room=config.history_per_room)
+    quotas = HistoryQuotas(config.history_max_bytes, config.history_max_age, config.history_max_rooms)
+    return SqliteEngine(config.db, per_room=config.history_per_room, quotas=quotas)
