@@ -1,7 +1,8 @@
 """The hub: this process's clients and rooms, and the fan-out of each room's stream to them.
 
 One copy of each fact, under one non-reentrant lock (`_lock`): `_clients` (id -> Client),
-`_nicks` (casefolded nick -> Client), `_rooms` (room -> Room with its local members; a Client's
+`_nicks` (casefolded nick -> Client), `_rooms` (room -> Room with its local members, and
+`_names`, the same rooms' names in sorted order, for `rooms` to page through; a Client's
 `rooms` is the index of the same membership, changed only with it), `_seqs` (room -> last chat
 seq delivered here). Methods that take the lock are public; `_helpers` assert it is held. Under
 the lock we touch dicts and call `Client.send()`, which never blocks; never an engine.
@@ -13,6 +14,7 @@ member at once, but receives events only from its own join's place in the stream
 Registry (registry.py) sends its `joined` and then what was held.
 """
 
+import bisect
 import logging
 import threading
 import uuid
@@ -63,6 +65,7 @@ class Hub:
         self._clients: dict[int, Client] = {}
         self._nicks: dict[str, Client] = {}
         self._rooms: dict[str, Room] = {}
+        self._names: list[str] = []  # sorted keys of _rooms, changed with it (_room, _remove_member)
         self._seqs: dict[str, int] = engine.last_seqs() if hasattr(engine, "last_seqs") else {}
         self._batch: dict | None = None  # while set: frames per client, written once at the end
 
@@ -170,7 +173,17 @@ class Hub:
         if room.members:
             return name, False
         del self._rooms[name]
+        del self._names[bisect.bisect_left(self._names, name)]
         return name, True
+
+    def _room(self, name: str) -> Room:
+        """The room called `name`, made (and indexed) if it has no member yet."""
+        assert self._lock.locked()
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = Room(name)
+            bisect.insort(self._names, name)
+        return room
 
     def _nicks_in(self, room: Room) -> list:
         """Nicks of the members whose join has its place in the stream, in join order."""

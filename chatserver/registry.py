@@ -14,6 +14,7 @@ held events follow. So `joined` plus what follows is exactly the room's stream, 
 no repeat, whichever engine and process.
 """
 
+import bisect
 import itertools
 import logging
 import threading
@@ -23,10 +24,11 @@ from chatserver import budgets, protocol
 from chatserver.client import Client
 from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.hub import Hold, Hub, Room, unavailable
+from chatserver.hub import Hold, Hub, unavailable
 
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
 REPLY_BUILDERS = 4  # history replies (joined, history) read and encoded at once
+ROOM_ITEM_BYTES = len('{"room":"r","members":1},')  # the smallest entry of a `rooms` list
 
 log = logging.getLogger("roomchat.registry")
 
@@ -144,7 +146,7 @@ class Registry(Hub):
                 if len(client.rooms) >= self._max_rooms:
                     raise ChatError("too_many_rooms", f"You are in {self._max_rooms} rooms; leave one first.")
                 new_room = room is None
-                room = self._rooms.setdefault(name, Room(name))
+                room = self._room(name)
                 hold = room.members[client] = Hold()
                 client.rooms.add(name)
             nick = client.nick
@@ -253,15 +255,17 @@ class Registry(Hub):
         """Rooms with members and their counts (all processes, with a cluster engine), by name,
         those after `after` only; `count` says how many there are in all, `truncated` that the
         list was cut to `max_reply_bytes`. Raises ChatError unavailable."""
+        most = self._max_reply // ROOM_ITEM_BYTES + 1  # more could never fit in one reply
         if self._cluster:
             rooms = [(r["room"], r["members"]) for r in self._ask_engine(self._engine.rooms)]
+            count, rooms = len(rooms), [r for r in rooms if after is None or r[0] > after][:most]
         else:
-            with self._lock:  # only a copy under the lock: counting and sorting 32,000 rooms is not
-                rooms = list(self._rooms.items())
-            # len() of a member dict is atomic; it counts joins not yet placed in the stream too
-            rooms = [(n, len(r.members)) for n, r in rooms]
-        count = len(rooms)
-        rooms = sorted(r for r in rooms if after is None or r[0] > after)
+            with self._lock:  # names are kept sorted: only a slice of them under the lock
+                start = 0 if after is None else bisect.bisect_right(self._names, after)
+                names, count = self._names[start:start + most], len(self._names)
+            # read without the lock (each dict read is atomic): a room that emptied meanwhile is
+            # left out, and a count may include a join not yet placed in the stream
+            rooms = [(n, len(r.members)) for n in names if (r := self._rooms.get(n)) is not None]
         reply = protocol.with_id({"type": "rooms", "count": count}, reply_id)
         items = [{"room": n, "members": m} for n, m in rooms]
         self._reply_frame(client, budgets.bounded_frame(reply, "rooms", items, self._max_reply)[0])

@@ -3,6 +3,7 @@ queued, replies are bounded in bytes and page on to every event (issue 10, items
 
 import json
 import struct
+import threading
 import time
 
 import pytest
@@ -176,3 +177,38 @@ def test_who_is_capped_with_a_count(make_server, connect):
     reply = peers[0].recv_type("who", limit=100)
     assert reply["count"] == 30 and reply["truncated"]
     assert reply["members"] == [p.nick for p in peers][: len(reply["members"])]
+
+
+@pytest.mark.slow
+def test_rooms_of_32000_rooms_does_not_hold_the_registry(make_server, connect):
+    """With 32,000 live rooms, `rooms` (five times a second, each reply cut to max_reply_bytes)
+    only copies the room table under the registry's lock and sorts and encodes outside it: the
+    lock every chat needs is never held for long."""
+    server = make_server(max_rooms=32_000, rate_burst=100_000, rate_per_second=100_000)
+    owner = connect(server.url, timeout=60)
+    for n in range(32_000):
+        owner.send(type="join", room=f"r{n:05d}")
+    for _ in range(32_000):
+        owner.recv()
+    lister = connect(server.url)
+    waits, stop = [], threading.Event()
+
+    def probe():  # what a chat would wait for the lock, sampled every millisecond
+        while not stop.wait(0.001):
+            started = time.perf_counter()
+            with server.registry._lock:
+                pass
+            waits.append(time.perf_counter() - started)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    try:
+        for _ in range(20):
+            reply = lister.request(type="rooms")
+            assert reply["count"] == 32_000 and reply["truncated"]
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    long_waits = sorted(w for w in waits if w > 0.01)  # building it all under the lock: one per request
+    assert len(long_waits) <= 5, long_waits  # a few for pauses of the machine or the garbage collector
