@@ -147,10 +147,15 @@ class AcceptGate:
                 self._spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def release_spare_descriptor(self) -> None:
-        """Close the reserve descriptor (at server close). Raises nothing."""
+        """Close the reserve descriptor. Raises nothing."""
         spare, self._spare_fd = self._spare_fd, None
         if spare is not None:
             os.close(spare)
+
+    def server_close(self) -> None:
+        """socketserver's: close the listening socket, and the reserve descriptor with it. Raises nothing."""
+        super().server_close()
+        self.release_spare_descriptor()
 
     # upstream (socketserver): accept() failing with EMFILE returns quietly, and the loop selects
     # the still-ready listening socket again at once: 100% of a core, new clients left hanging.

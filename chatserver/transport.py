@@ -20,20 +20,24 @@ outbox (ordering, slow-reader limits) and the app's registry (the one record of 
 connected). Use `serve`, `stop_accepting`, `close_all` and `Connection.send_frame`/`close`.
 
 Threads (transport side; the app describes its own):
-- accept: `serve()` (socketserver's loop) accepts and starts one thread per connection.
+- accept: `serve()` (socketserver's loop) accepts and starts one thread per connection, or
+  refuses it with 503 (caps.py: connection caps, descriptors or threads run out).
 - one per connection: `Connection.handle` -- handshake, then reads frames and calls the app's
-  `on_connect`/`on_texts`/`on_close` for that connection; the app's fan-out runs on it.
+  `on_connect`/`on_texts`/`on_close` for that connection; the app's fan-out runs on it, and it
+  waits (`pace`, inbound.py) while its client's own replies pile up unread.
 - housekeeper (housekeeper.py): handshake deadlines, pings, delayed aborts, and `on_close` for
   connections dropped for being too slow.
 - flusher (streams.Flusher): finishes writes the kernel could not take at once.
 
 Locks, in the order they may be taken (never the other way round); none is reentrant:
   app (Registry) lock -> Outbox._lock -> TlsSession._lock, ConnectionState._lock or Housekeeper._lock
-- `Outbox._lock` (one per connection): its queue and flags (streams.py).
+- `Outbox._lock` (one per connection): its queue, byte counts and flags (streams.py); `pace`
+  waits on a condition of it.
 - `TlsSession._lock` (one per TLS connection): the TLS state and its buffers (tls.py); a leaf.
 - `ConnectionState._lock` (one per connection): its state and close reason; a leaf.
 - `Housekeeper._lock`: the connection set, deadlines, pending aborts and drops; a leaf.
 - `WebSocketTransport._accepting`: whether the accept loop started or was stopped; a leaf.
+- `ConnectionCaps._lock` (the live counts) and `BurstLog._lock` (caps.py); leaves.
 The app's callbacks are never called with a transport lock held; the Host/Origin checks' log
 memory (exposure.py) has a leaf lock of its own. Relying on the GIL:
 `last_seen`/`ping_sent_at` (floats written by the connection's thread, read by the housekeeper:
@@ -350,7 +354,6 @@ class WebSocketTransport(AcceptGate, WebsocketServer):
         if serving:  # socketserver's shutdown() would wait forever for a loop never started
             self.shutdown()
         self.server_close()
-        self.release_spare_descriptor()
 
     def close_all(self, code: int, reason: str, timeout: float = 1.5) -> None:
         """Send every open connection a close frame with `code` (RFC 6455 7.4.1), give them until
