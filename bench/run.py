@@ -38,6 +38,7 @@ SERVERS = {
         str(ROOT / "roomchat.py"), "--host", "127.0.0.1", "--port", "0", "--db", ":memory:",
         *RATE_LIMITS, "--max-text-chars", "40000", "--max-message-bytes", "131072",
         "--max-outbox-bytes", "8388608", "--log-level", "WARNING",
+        "--max-connections-per-address", "0",  # every load generator connection comes from 127.0.0.1
     ],
     "reference": [str(BENCH / "reference_server.py"), "--host", "127.0.0.1", "--port", "0"],
 }

@@ -315,7 +315,7 @@ class Session:
         new = history[-JOIN_SHOW:] if last is None else [e for e in history if e["seq"] > last]
         lines = [] if resumed else [render.members(room, event.get("members", []), joined=True)]
         lines += [render.chat(e) for e in new]
-        if event.get("truncated"):
+        if event.get("truncated") and last is not None:  # on a first join: older ones left out, as always
             lines.append(render.notice("more messages were missed than the server replays; /history shows the latest"))
         self.rooms[room] = history[-1]["seq"] if history else (last or 0)
         if resumed:

@@ -39,6 +39,8 @@ import threading
 from urllib.parse import parse_qs, urlsplit
 
 from chatserver import exposure, frames, tls, trace
+from chatserver.budgets import AddressShares
+from chatserver.caps import ConnectionCaps, default_max_connections
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, Dispatcher
@@ -81,7 +83,11 @@ class ChatServer:
             policy=policy,
             proxies=TrustedProxies(config.trusted_proxy),
             ssl_context=ssl_context,
+            max_reply_bytes=config.max_reply_bytes,
+            caps=ConnectionCaps(config.max_connections or default_max_connections(),
+                                config.max_connections_per_address),
         )
+        self.shares = AddressShares(config.address_rate_burst, config.rate_per_second * config.address_rate_factor)
         try:  # after binding: a port in use is reported before the history file is touched
             self.engine = open_engine(config) if engine is None else engine
         except Exception:
@@ -111,7 +117,6 @@ class ChatServer:
         return self.identities.refusal(target)
 
     def on_connect(self, conn) -> None:
-        limiter = TokenBucket(self.config.rate_burst, self.config.rate_per_second)
         if trace.ON:
             trace.bind(conn)  # this is the connection's own thread: its trace lines carry its nick
         conn.client = None
@@ -121,11 +126,18 @@ class ChatServer:
             conn.close(CLOSE_TOKEN_EXPIRED, exc.message[:100])
             return
         resume = parse_qs(urlsplit(conn.path).query).get("resume", [None])[0]
+        share = self.shares.acquire(conn.address)
+        limiter = TokenBucket(self.config.rate_burst, self.config.rate_per_second, share=share)
         try:
             conn.client = self.registry.connect(conn, limiter, identity, resume=resume)
         except ChatError as exc:  # Redis unreachable, or a token's nick still held elsewhere
+            self.shares.release(conn.address)
             conn.close(CLOSE_TRY_AGAIN_LATER, exc.message[:100])
             return
+        except BaseException:
+            self.shares.release(conn.address)
+            raise
+        conn.limiter = conn.client.limiter  # every frame costs (inbound.py), not only messages
         conn.context = Context(self.registry, conn.client, self.config)
         self.metrics.opened.inc()
         log.info("connect %s %s", conn.peer, conn.client.nick)
@@ -137,6 +149,7 @@ class ChatServer:
     def on_close(self, conn, close_code: int) -> None:
         if conn.client is not None:
             self.registry.disconnect(conn.client, conn)
+            self.shares.release(conn.address)
         self.metrics.closed.labels(close_label(close_code)).inc()  # after its presence `leave`s
 
     def _expired(self, client) -> None:

@@ -3,28 +3,47 @@
 import time
 from collections import deque
 
+FLOOD_FACTOR = 3  # refusals in a row, as a multiple of the burst, before we hang up
+
 
 class TokenBucket:
-    """`burst` messages at once, refilled at `rate` per second; counts refusals in a row."""
+    """`burst` messages at once, refilled at `rate` per second; counts refusals in a row.
 
-    def __init__(self, burst: int, rate: float, clock=time.monotonic):
+    `share`, when given, is a bucket several connections draw from (those of one address,
+    budgets.AddressShares): a token is taken only when both have one. One thread uses a bucket
+    (its connection's); a share has its own lock."""
+
+    def __init__(self, burst: int, rate: float, clock=time.monotonic, share=None):
         self.burst = burst
         self.rate = rate
+        self.share = share
         self._clock = clock
         self._tokens = float(burst)
         self._last = clock()
         self.refused_in_a_row = 0
+        self.refused_by_share = False  # the last refusal was the address's, not this connection's
 
     def take(self) -> bool:
+        """One token, or False (a refusal in a row counted). Raises nothing."""
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        if self._tokens >= 1:
+        if self._tokens >= 1 and (self.share is None or self.share.take()):
             self._tokens -= 1
             self.refused_in_a_row = 0
             return True
+        self.refused_by_share = self._tokens >= 1
         self.refused_in_a_row += 1
         return False
+
+    def charge(self, cost: int) -> bool:
+        """`cost` tokens one by one; False if any was refused. Raises nothing."""
+        return sum(self.take() for _ in range(cost)) == cost
+
+    @property
+    def flooding(self) -> bool:
+        """Still sending after FLOOD_FACTOR x burst refusals in a row. Raises nothing."""
+        return self.refused_in_a_row > FLOOD_FACTOR * self.burst
 
 
 class Client:
@@ -51,9 +70,23 @@ class Client:
         self.token: str | None = None  # its resume token: a new connection presenting it takes it over
         self.identity = identity
 
-    def send(self, frame: bytes) -> None:
-        """Queue an encoded frame; never blocks (a client that falls behind is closed instead)."""
-        self.conn.send_frame(frame)
+    def send(self, frame: bytes, own: bool = False) -> None:
+        """Queue encoded frames; never blocks. `own`: they answer this client's own request (a
+        reply), which never gets it dropped; others' traffic (room events, DMs) does when it falls
+        too far behind (streams.Outbox)."""
+        self.conn.send_frame(frame, len(frame) if own else 0)
+
+    def send_mixed(self, data: bytes, own_bytes: int) -> None:
+        """Queue frames of which `own_bytes` bytes are replies and the rest others' traffic. Never blocks."""
+        self.conn.send_frame(data, own_bytes)
+
+    def backlog(self) -> int:
+        """Bytes of others' traffic waiting to be written to this client. Raises nothing."""
+        return self.conn.backlog()
+
+    def pace(self) -> None:
+        """On the client's own thread, before its next request: wait while its replies pile up unread."""
+        self.conn.pace()
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.nick} {self.conn!r}>"

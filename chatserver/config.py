@@ -33,7 +33,14 @@ class Config:
     rate_burst: int = 20
     rate_per_second: float = 5.0
     max_outbox_bytes: int = 1024 * 1024
+    max_reply_bytes: int = 256 * 1024
+    address_rate_factor: float = 10.0
+    max_connections: int = 0
+    max_connections_per_address: int = 64
     history_per_room: int = 10000
+    history_max_bytes: int = 1024**3
+    history_max_age: float = 0.0
+    history_max_rooms: int = 10000
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
@@ -54,10 +61,14 @@ class Config:
         if not 0 <= self.port <= 65535:
             return f"port {self.port} is not between 0 and 65535"
         for name in ("max_message_bytes", "max_text_chars", "max_rooms", "rate_burst", "max_outbox_bytes",
-                     "history_per_room"):
+                     "history_per_room", "max_reply_bytes"):
             if getattr(self, name) < 1:
                 return f"{name.replace('_', '-')} must be at least 1"
-        for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout"):
+        for name in ("max_connections", "max_connections_per_address", "history_max_bytes", "history_max_age",
+                     "history_max_rooms"):
+            if getattr(self, name) < 0:
+                return f"{name.replace('_', '-')} must be 0 (no limit) or more"
+        for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout", "address_rate_factor"):
             if getattr(self, name) <= 0:
                 return f"{name.replace('_', '-')} must be more than 0"
         if self.redis and self.db != "roomchat.db":
@@ -114,7 +125,16 @@ class Config:
             "max_rooms": self.max_rooms,
             "rate_burst": self.rate_burst,
             "rate_per_second": self.rate_per_second,
+            "address_rate_burst": self.address_rate_burst,
+            "address_rate_per_second": self.rate_per_second * self.address_rate_factor,
+            "max_reply_bytes": self.max_reply_bytes,
+            "max_outbox_bytes": self.max_outbox_bytes,
         }
+
+    @property
+    def address_rate_burst(self) -> int:
+        """Messages the connections of one address may send at once, together."""
+        return max(1, round(self.rate_burst * self.address_rate_factor))
 
 
 HELP = {
@@ -129,8 +149,20 @@ HELP = {
     "max_rooms": "rooms one connection may be in at once",
     "rate_burst": "messages a connection may send at once before rate limiting",
     "rate_per_second": "sustained messages per second per connection",
-    "max_outbox_bytes": "bytes queued for a client that is not reading before it is closed with 1008",
+    "max_outbox_bytes": "bytes of others' traffic (room events, DMs) queued for a client that is not reading "
+                        "before it is closed with 1008",
+    "max_reply_bytes": "largest reply (joined, history, rooms, who), in bytes; longer lists are cut and say "
+                       "truncated; also how much of a client's replies may wait unread before its next request",
+    "address_rate_factor": "connections from one address share a rate of this many times --rate-burst and "
+                           "--rate-per-second",
+    "max_connections": "connections at once; more get HTTP 503 (0: the open-file limit less headroom)",
+    "max_connections_per_address": "connections at once from one client address (behind a --trusted-proxy: the "
+                                   "address it reports); more get HTTP 503 (0: no cap)",
     "history_per_room": "chat events kept per room; older ones are pruned",
+    "history_max_bytes": "bytes the SQLite history file may use; the oldest events are pruned first (0: no limit)",
+    "history_max_age": "seconds an event is kept in the SQLite history (0: no limit)",
+    "history_max_rooms": "rooms with history kept in the SQLite file; those quiet longest are forgotten first "
+                         "(0: no limit)",
     "ping_interval": "seconds between server pings that detect dead connections",
     "ping_timeout": "seconds to wait for a pong before closing with 1011",
     "handshake_timeout": "seconds a new connection has to finish its opening handshake",

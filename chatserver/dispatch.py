@@ -6,8 +6,6 @@ from chatserver import frames, protocol, trace
 from chatserver.config import Config
 from chatserver.errors import ChatError, CloseConnection
 
-FLOOD_FACTOR = 3  # refusals in a row, as a multiple of the burst, before we hang up
-
 
 @dataclass
 class Context:
@@ -46,6 +44,7 @@ class Dispatcher:
         batch: list = []
         batch_type = None
         for raw in raws:
+            ctx.client.pace()  # its earlier replies must leave before it is answered again (streams.Outbox)
             msg_id, kind = None, "invalid"
             if trace.ON:
                 trace.message(raw)
@@ -59,8 +58,7 @@ class Dispatcher:
                     msg = {}
                 msg_id, kind = msg.get("id"), msg.get("type", "invalid")
                 if not allowed:
-                    rate = ctx.client.limiter.rate
-                    raise ChatError("rate_limited", f"Slow down: at most {rate:g} messages per second.")
+                    raise _rate_limited(ctx.client.limiter)
                 handler = self._handlers.get(kind)
                 if trace.ON:
                     trace.handler(kind, self._batch_handlers.get(kind, handler), kind in self._batch_handlers)
@@ -90,7 +88,7 @@ class Dispatcher:
         if limiter.take():
             return True
         ctx.registry.metrics.rate_limited.inc()
-        if limiter.refused_in_a_row > FLOOD_FACTOR * limiter.burst:
+        if limiter.flooding:
             self._flush(ctx, batch, batch_type)  # what was accepted before the flood still goes out
             raise CloseConnection(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
         return False
@@ -99,3 +97,11 @@ class Dispatcher:
         if batch:
             self._batch_handlers[batch_type](ctx, list(batch))
             batch.clear()
+
+
+def _rate_limited(limiter) -> ChatError:
+    if limiter.refused_by_share:
+        share = limiter.share
+        return ChatError("rate_limited", f"Slow down: connections from your address may send at most "
+                                         f"{share.rate:g} messages per second together.")
+    return ChatError("rate_limited", f"Slow down: at most {limiter.rate:g} messages per second.")

@@ -109,9 +109,12 @@ class Engine(Protocol):
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Put a presence or nick event into the room's stream. Raises Unavailable."""
 
-    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
+    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
+             max_bytes: int | None = None) -> list:
         """Stored chat events with after < seq < before, oldest first: the first `limit` when
-        `after` is given (paging forward), else the last `limit`. Raises Unavailable."""
+        `after` is given (paging forward), else the last `limit`. `max_bytes` is a hint: an
+        engine may stop reading once the texts passed it, but then returns one event more (the
+        caller cuts to size and must see that there was more). Raises Unavailable."""
 
     def health(self) -> str | None:
         """None when the engine accepts writes, else a one-line reason (for /healthz)."""
@@ -276,7 +279,8 @@ class MemoryEngine(LocalRules):
         with self._lock:
             self._hub.deliver([(room, event, meta)])
 
-    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
+    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
+             max_bytes: int | None = None) -> list:
         with self._lock:
             events = self._rooms.get(room)
             if not events:

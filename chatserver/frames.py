@@ -138,6 +138,7 @@ class FrameReader:
     def __init__(self, read_exact, max_message_bytes: int):
         self._read_exact = read_exact
         self._max = max_message_bytes
+        self.frames = 0  # frames read so far, control frames and fragments included
         self._parts: list[str] = []
         self._size = 0
         self._fragments = 0
@@ -152,6 +153,7 @@ class FrameReader:
 
     def _read_frame(self):
         b1, b2 = self._read_exact(2)
+        self.frames += 1
         fin, rsv, opcode = b1 & 0x80, b1 & 0x70, b1 & 0x0F
         masked, length = b2 & 0x80, b2 & 0x7F
         if rsv:

@@ -2,9 +2,10 @@
 
 `Housekeeper` knows every connection from its first byte to its socket's close, and on its own
 thread (`roomchat-housekeeper`) cuts handshakes past their deadline, cuts connections whose
-close grace has run out, reports clients dropped for being too slow, and asks each open
-connection to ping or give up on its peer. Connections are duck-typed: `abort()`,
-`report_closed()`, `check_alive(now, ping_interval, ping_timeout)`, `reader.received`, `outbox.sent`.
+close grace has run out, reports clients dropped for being too slow, closes sockets refused at
+accept a moment after their 503, and asks each open connection to ping or give up on its peer.
+Connections are duck-typed: `abort()`, `report_closed()`, `check_alive(now, ping_interval, ping_timeout)`,
+`reader.received`, `outbox.sent`.
 
 It also keeps the byte totals of connections gone and the count of slow-consumer drops, so that
 `totals()` (for metrics) never goes backwards when a connection leaves the set. (A frame sent to
@@ -16,6 +17,12 @@ totals; it is a leaf (taken last, nothing is called while it is held) and `_all_
 
 import threading
 import time
+from collections import deque
+
+from chatserver.caps import drain_and_close
+
+REFUSED_LINGER = 0.5  # seconds a refused socket stays open after its 503, so the client reads it
+MAX_REFUSED = 1024  # refused sockets lingering at once; more are closed at once
 
 
 class Housekeeper(threading.Thread):
@@ -32,6 +39,7 @@ class Housekeeper(threading.Thread):
         self._aborts: dict = {}  # conn -> when to cut it
         self._dropped: list = []  # too slow: report them closed before the cut
         self._gone = {"received": 0, "sent": 0, "slow_drops": 0}  # connections untracked, drops so far
+        self._refused: deque = deque()  # (when to close, socket) of connections refused at accept
         self._all_gone = threading.Condition(self._lock)
         self._stop = threading.Event()
 
@@ -78,6 +86,15 @@ class Housekeeper(threading.Thread):
                 totals["sent"] += conn.outbox.sent
         return totals
 
+    def close_later(self, sock) -> None:
+        """Close a refused socket (its answer sent, its write side shut) after REFUSED_LINGER,
+        reading what the client still sends first. Raises nothing."""
+        with self._lock:
+            if len(self._refused) < MAX_REFUSED:
+                self._refused.append((time.monotonic() + REFUSED_LINGER, sock))
+                return
+        drain_and_close(sock)
+
     def connections(self) -> list:
         """A snapshot of the live connections. Raises nothing."""
         with self._lock:
@@ -104,6 +121,11 @@ class Housekeeper(threading.Thread):
                     del self._aborts[conn]
                 dropped, self._dropped = self._dropped, []
                 conns = list(self._connections) if now >= next_check else ()
+                refused = []
+                while self._refused and self._refused[0][0] <= now:
+                    refused.append(self._refused.popleft()[1])
+            for sock in refused:
+                drain_and_close(sock)
             for conn in dropped:
                 conn.report_closed()  # presence `leave` now, though the socket lingers for the close frame
             for conn in late + due:
@@ -114,5 +136,9 @@ class Housekeeper(threading.Thread):
                     conn.check_alive(now, self.ping_interval, self.ping_timeout)
 
     def stop(self) -> None:
-        """End the thread after its current tick. Raises nothing."""
+        """End the thread after its current tick; close refused sockets still lingering. Raises nothing."""
         self._stop.set()
+        with self._lock:
+            refused, self._refused = self._refused, deque()
+        for _when, sock in refused:
+            drain_and_close(sock)

@@ -2,7 +2,8 @@
 
 One copy of each fact, under one non-reentrant lock (`_lock`): `_clients` (id -> Client),
 `_nicks` (folded nick -> Client: protocol.fold_nick, so look-alikes are one nick), `_rooms`
-(room -> Room with its local members; a Client's `rooms` is the index of the same membership,
+(room -> Room with its local members, and `_names`, the same rooms' names in sorted order,
+for `rooms` to page through; a Client's `rooms` is the index of the same membership,
 changed only with it), `_seqs` (room -> last chat seq delivered here). Methods that take the
 lock are public; `_helpers` assert it is held. Under the lock we touch dicts and call
 `Client.send()`, which never blocks; never an engine.
@@ -15,6 +16,7 @@ Registry (registry.py) sends its `joined` and then what was held. A kick or ban 
 out of the room where it is delivered (moderation.py), followed by a presence `leave`.
 """
 
+import bisect
 import logging
 import threading
 import time
@@ -69,6 +71,7 @@ class Hub:
         self._clients: dict[int, Client] = {}
         self._nicks: dict[str, Client] = {}
         self._rooms: dict[str, Room] = {}
+        self._names: list[str] = []  # sorted keys of _rooms, changed with it (_room, _remove_member)
         self._seqs: dict[str, int] = engine.last_seqs() if hasattr(engine, "last_seqs") else {}
         self._batch: dict | None = None  # while set: frames per client, written once at the end
         self._tokens: dict[str, Client] = {}  # resume token -> the client it takes over
@@ -83,6 +86,16 @@ class Hub:
             return name in self._rooms
 
     # -- called by the engine ------------------------------------------------------------------
+
+    def forget(self, names: list) -> set:
+        """The engine forgot these rooms (their history is gone): drop their last seqs, except
+        for rooms someone is in now; returns those. Raises nothing."""
+        with self._lock:
+            live = {name for name in names if name in self._rooms}
+            for name in names:
+                if name not in live:
+                    self._seqs.pop(name, None)
+            return live
 
     def deliver(self, items: list) -> None:
         """[(room, event, Meta)] from the engine, in stream order per room: send each, encoded
@@ -106,7 +119,7 @@ class Hub:
                     sender.pending -= 1
                     error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
                     self.metrics.error(error)
-                    sender.send(protocol.encode(error))
+                    sender.send(protocol.encode(error), own=True)
             self._settled.notify_all()
 
     def deliver_dm(self, client_id: int, event: dict) -> None:
@@ -148,13 +161,13 @@ class Hub:
                     continue
                 member.changes.append(meta.change)
             if hold is None:
-                self._out(member, data)
+                self._out(member, data, member is sender)
             elif hold.at is not None:
                 hold.frames.append(data)
         if trace.ON:
             trace.room_event(name, event, self._batch or {}, frame, own)
         if meta.echo and sender is not None and sender not in room.members:
-            self._out(sender, own)  # taken out of the room since its request: it still gets its answer
+            self._out(sender, own, True)  # taken out of the room since its request: it still gets its answer
         if removes_member(event):
             self._drop_member(room, event["nick"])
 
@@ -186,7 +199,17 @@ class Hub:
         if room.members:
             return name, False
         del self._rooms[name]
+        del self._names[bisect.bisect_left(self._names, name)]
         return name, True
+
+    def _room(self, name: str) -> Room:
+        """The room called `name`, made (and indexed) if it has no member yet."""
+        assert self._lock.locked()
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = Room(name)
+            bisect.insort(self._names, name)
+        return room
 
     def _nicks_in(self, room: Room) -> list:
         """Nicks of the members whose join has its place in the stream, in join order."""
@@ -197,14 +220,17 @@ class Hub:
             return None
         return self._clients.get(meta.origin[1])
 
-    def _out(self, client: Client, frame: bytes) -> None:
-        """Write a frame to a client now, or add it to the batch written when the step ends."""
+    def _out(self, client: Client, frame: bytes, own: bool) -> None:
+        """Write a frame to a client now, or add it to the batch written when the step ends;
+        `own`: the client's own chat coming back (its acknowledgement, a reply)."""
         if self._batch is None:
-            client.send(frame)
+            client.send(frame, own)
         elif client in self._batch:
-            self._batch[client].append(frame)
+            queued = self._batch[client]
+            queued[0] += len(frame) if own else 0
+            queued.append(frame)
         else:
-            self._batch[client] = [frame]
+            self._batch[client] = [len(frame) if own else 0, frame]
 
     def _flush_batch(self) -> int:
         """Write each client's frames of the step at once; returns how many frames (deliveries)."""
@@ -213,6 +239,6 @@ class Hub:
             trace.fanout(batch or {})
         frames = 0
         for client, queued in (batch or {}).items():
-            frames += len(queued)
-            client.send(queued[0] if len(queued) == 1 else b"".join(queued))
+            frames += len(queued) - 1
+            client.send_mixed(queued[1] if len(queued) == 2 else b"".join(queued[1:]), queued[0])
         return frames

@@ -77,12 +77,19 @@ def fold_nick(nick: str) -> str:
     return nick.lower().replace("rn", "m").translate(_LOOKALIKES)
 
 
-def require_room(msg: dict) -> str:
-    """`msg["room"]`: 1-64 of A-Z a-z 0-9 _ . - # (ROOM_RE). Raises ChatError bad_message, bad_room."""
-    room = require_str(msg, "room")
+def require_room(msg: dict, field: str = "room") -> str:
+    """`msg[field]`: 1-64 of A-Z a-z 0-9 _ . - # (ROOM_RE). Raises ChatError bad_message, bad_room."""
+    room = require_str(msg, field)
     if not ROOM_RE.fullmatch(room):
         raise ChatError("bad_room", "A room name is 1-64 letters, digits, '_', '-', '.' or '#'.")
     return room
+
+
+def optional_room(msg: dict, field: str) -> str | None:
+    """A room name in `field`, or None when absent. Raises ChatError bad_room."""
+    if msg.get(field) is None:
+        return None
+    return require_room(msg, field)
 
 
 def require_text(msg: dict, max_chars: int) -> str:

@@ -134,7 +134,8 @@ class RedisEngine(RedisDirectory):
         except redis.RedisError as exc:
             log.warning("membership index for %s not updated: %s", room, exc)
 
-    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
+    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
+             max_bytes: int | None = None) -> list:
         low = "-" if after is None else f"(0-{after}"
         high = "+" if before is None else f"(0-{before}"
         if after is not None:

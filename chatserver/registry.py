@@ -18,20 +18,24 @@ engine until the token expires; whoever has that nick lets go of it (`evict`). M
 (moderation.py): the rules live there and in the engine; `moderate` applies a request.
 """
 
+import bisect
 import logging
+import threading
 from typing import NamedTuple
 
-from chatserver import protocol, trace
+from chatserver import budgets, protocol, trace
 from chatserver.client import Client
 from chatserver.connections import Connections
 from chatserver.engine import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.hub import Hold, Room, unavailable
+from chatserver.hub import Hold, unavailable
 from chatserver.identity import Identities
 from chatserver.moderation import Moderation
 from chatserver.protocol import fold_nick
 
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
+REPLY_BUILDERS = 4  # history replies (joined, history) read and encoded at once
+ROOM_ITEM_BYTES = len('{"room":"r","members":1},')  # the smallest entry of a `rooms` list
 
 log = logging.getLogger("roomchat.registry")
 
@@ -53,19 +57,29 @@ class Registry(Connections):
         super().__init__(engine, limits, identities, metrics)
         self._max_rooms = limits["max_rooms"]
         self._moderation = Moderation(engine)
+        self._max_reply = limits["max_reply_bytes"]
+        self._dm_backlog = limits["max_outbox_bytes"] // 2  # a recipient with more waiting is busy
+        # Replies built from history at once: each holds up to about a reply's worth of rows and
+        # bytes while it is built, so 600 clients asking together cost a few replies' memory.
+        # Taken before the lock, never while holding it.
+        self._builders = threading.BoundedSemaphore(REPLY_BUILDERS)
         engine.start(self)
 
     # -- requests ------------------------------------------------------------------------------
 
     def reply(self, client: Client, event: dict) -> None:
         """Send a direct reply (pong, error) after the client's earlier requests are answered."""
+        frame = protocol.encode(event)
+        self.metrics.error(event)
+        if trace.ON:
+            trace.reply(client, event, len(frame))
+        self._reply_frame(client, frame)
+
+    def _reply_frame(self, client: Client, frame: bytes) -> None:
+        """Send an encoded reply after the client's earlier requests are answered."""
         with self._lock:
             if self._settle(client):
-                self.metrics.error(event)
-                frame = protocol.encode(event)
-                if trace.ON:
-                    trace.reply(client, event, len(frame))
-                client.send(frame)
+                client.send(frame, own=True)
 
     def set_nick(self, client: Client, nick: str, reply_id=None) -> None:
         """Take `nick`; peers sharing a room hear of it once. Raises ChatError nick_taken,
@@ -103,8 +117,8 @@ class Registry(Connections):
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
-        last 50 chat events or, with `after`, every one with a higher seq (up to 1000, then
-        `truncated`), and the topic. Raises ChatError forbidden (banned, or not in the token's
+        last 50 chat events or, with `after`, every one with a higher seq, within 1000 events and
+        `max_reply_bytes` (else `truncated`), and the topic. Raises ChatError forbidden (banned, or not in the token's
         rooms), too_many_rooms, unavailable."""
         with self._lock:
             identity, nick = client.identity, client.nick
@@ -120,7 +134,7 @@ class Registry(Connections):
             else:
                 if len(client.rooms) >= self._max_rooms:
                     raise ChatError("too_many_rooms", f"You are in {self._max_rooms} rooms; leave one first.")
-                room = self._rooms.setdefault(name, Room(name))
+                room = self._room(name)
                 hold = room.members[client] = Hold()
                 client.rooms.add(name)
             nick = client.nick
@@ -143,30 +157,32 @@ class Registry(Connections):
                 log.warning("join of %s by %s not placed in %.0f s", name, client.nick, JOIN_TIMEOUT)
                 hold.at = self._seqs.get(name, 0)
         limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
-        try:
-            history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit)
-            members = self._engine.members(name) if self._cluster else hold.members
-            topic = self._engine.topic(name)
-        except Unavailable as exc:
-            history, members, topic = None, exc, ""
-        with self._lock:
-            if room.members.get(client) is not hold:
-                return  # disconnected meanwhile
-            room.members[client] = None
-            if history is None:  # read failed after the join was placed: the join stands, say so
-                error = protocol.error(unavailable(members), reply_id)
-                self.metrics.error(error)
-                client.send(protocol.encode(error))
-                history, members = [], self._nicks_in(room)
-            reply = {"type": "joined", "room": name, "members": members, "history": history[: protocol.MAX_RESUME]}
-            if len(history) > protocol.MAX_RESUME:
-                reply["truncated"] = True
-            if topic:
-                reply["topic"] = topic
-            self.metrics.deliveries.inc(len(hold.frames))  # room events held back until `joined`
-            if trace.ON:
-                trace.reply(client, reply, len(protocol.encode(protocol.with_id(reply, reply_id))))
-            client.send(b"".join([protocol.encode(protocol.with_id(reply, reply_id)), *hold.frames]))
+        with self._builders:
+            try:
+                history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit,
+                                            max_bytes=self._max_reply)
+                members = self._engine.members(name) if self._cluster else hold.members
+                topic = self._engine.topic(name)
+                frame = self._joined(name, members, history, after is None, reply_id, topic)
+            except Unavailable as exc:
+                frame, history = None, exc
+            with self._lock:
+                if room.members.get(client) is not hold:
+                    return  # disconnected meanwhile
+                room.members[client] = None
+                if frame is None:  # read failed after the join was placed: the join stands, say so
+                    error = protocol.error(unavailable(history), reply_id)
+                    self.metrics.error(error)
+                    client.send(protocol.encode(error), own=True)
+                    members, history = self._nicks_in(room), []
+                    frame = self._joined(name, members, history, True, reply_id, "")
+                self.metrics.deliveries.inc(len(hold.frames))  # room events held back until `joined`
+                if trace.ON:
+                    trace.reply(client, {"type": "joined", "members": members, "history": history, "room": name},
+                                len(frame))
+                client.send(frame, own=True)
+                if hold.frames:  # the room's events since the join's place: others' traffic
+                    client.send(b"".join(hold.frames))
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
         """Quit a room; the others see a presence `leave`. Raises ChatError not_in_room."""
@@ -176,7 +192,7 @@ class Registry(Connections):
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"You are not in {name!r}.")
             emptied = self._remove_member(client, name)[1]
-            client.send(protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)))
+            client.send(protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)), own=True)
         self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
         if emptied and self._cluster:
             self._engine.unsubscribe(name)
@@ -226,6 +242,9 @@ class Registry(Connections):
             if target is None and not self._cluster:
                 raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
             if target is not None and target is not client:
+                if target.backlog() > self._dm_backlog:
+                    raise ChatError("recipient_busy", f"{target.nick} is not keeping up with what is sent to "
+                                                      "them; try again later.")
                 target.send(protocol.encode(event))
         if target is None:
             try:
@@ -237,26 +256,36 @@ class Registry(Connections):
             event = {**event, "to": to}
         self.reply(client, protocol.with_id(event, reply_id))
 
-    def list_rooms(self, client: Client, reply_id=None) -> None:
-        """Rooms with members and their counts (all processes, with a cluster engine).
-        Raises ChatError unavailable (cluster engine unreachable)."""
+    def list_rooms(self, client: Client, after: str | None = None, reply_id=None) -> None:
+        """Rooms with members and their counts (all processes, with a cluster engine), by name,
+        those after `after` only; `count` says how many there are in all, `truncated` that the
+        list was cut to `max_reply_bytes`. Raises ChatError unavailable."""
+        most = self._max_reply // ROOM_ITEM_BYTES + 1  # more could never fit in one reply
         if self._cluster:
-            rooms = self._ask_engine(self._engine.rooms)
+            rooms = [(r["room"], r["members"]) for r in self._ask_engine(self._engine.rooms)]
+            count, rooms = len(rooms), [r for r in rooms if after is None or r[0] > after][:most]
         else:
-            with self._lock:
-                rooms = [{"room": n, "members": len(self._nicks_in(r))} for n, r in sorted(self._rooms.items())]
-        self.reply(client, protocol.with_id({"type": "rooms", "rooms": rooms}, reply_id))
+            with self._lock:  # names are kept sorted: only a slice of them under the lock
+                start = 0 if after is None else bisect.bisect_right(self._names, after)
+                names, count = self._names[start:start + most], len(self._names)
+            # read without the lock (each dict read is atomic): a room that emptied meanwhile is
+            # left out, and a count may include a join not yet placed in the stream
+            rooms = [(n, len(r.members)) for n in names if (r := self._rooms.get(n)) is not None]
+        reply = protocol.with_id({"type": "rooms", "count": count}, reply_id)
+        items = [{"room": n, "members": m} for n, m in rooms]
+        self._reply_frame(client, budgets.bounded_frame(reply, "rooms", items, self._max_reply)[0])
 
     def who(self, client: Client, name: str, reply_id=None) -> None:
-        """The nicks in a room, in join order; [] for a room nobody is in. Raises ChatError
-        unavailable (cluster engine unreachable)."""
+        """The nicks in a room, in join order; [] for a room nobody is in. `count` says how many
+        there are, `truncated` that the list was cut to `max_reply_bytes`. Raises ChatError unavailable."""
         if self._cluster:
             members = self._ask_engine(lambda: self._engine.members(name))
         else:
             with self._lock:
                 room = self._rooms.get(name)
                 members = self._nicks_in(room) if room else []
-        self.reply(client, protocol.with_id({"type": "who", "room": name, "members": members}, reply_id))
+        reply = protocol.with_id({"type": "who", "room": name, "count": len(members)}, reply_id)
+        self._reply_frame(client, budgets.bounded_frame(reply, "members", members, self._max_reply)[0])
 
     def history(self, client: Client, name: str, before=None, after=None, limit=50, reply_id=None) -> None:
         """Members page through a room's stored chat events, oldest first. Raises ChatError
@@ -266,11 +295,16 @@ class Registry(Connections):
                 return
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"Join {name!r} to read its history.")
-        messages = self._ask_engine(lambda: self._engine.read(name, before=before, after=after, limit=limit))
-        with self._lock:  # stored but not yet delivered: a member gets those live, not twice
-            upto = self._seqs.get(name, 0)
+        with self._builders:
+            messages = self._ask_engine(lambda: self._engine.read(name, before=before, after=after, limit=limit,
+                                                                  max_bytes=self._max_reply))
+            with self._lock:  # stored but not yet delivered: a member gets those live, not twice
+                upto = self._seqs.get(name, 0)
             messages = [m for m in messages if m["seq"] <= upto]
-        self.reply(client, protocol.with_id({"type": "history", "room": name, "messages": messages}, reply_id))
+            reply = protocol.with_id({"type": "history", "room": name}, reply_id)
+            newest = after is None  # paging back: keep the newest that fit
+            frame = budgets.bounded_frame(reply, "messages", messages, self._max_reply, newest)[0]
+        self._reply_frame(client, frame)
 
     def moderate(self, client: Client, action, reply_id=None) -> None:
         """An operator's topic, kick, ban or mute (moderation.Action): stored, then put into the
@@ -321,6 +355,14 @@ class Registry(Connections):
         except ChatError as exc:
             return exc
         return None
+
+    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, topic: str) -> bytes:
+        reply = protocol.with_id({"type": "joined", "room": name, "members": members}, reply_id)
+        if topic:
+            reply["topic"] = topic
+        if len(history) > protocol.MAX_RESUME:
+            history, reply["truncated"] = history[: protocol.MAX_RESUME], True
+        return budgets.bounded_frame(reply, "history", history, self._max_reply, newest)[0]
 
     def _publish(self, name: str, run: list) -> None:
         try:

@@ -20,6 +20,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 
 from chatserver import metrics
 from chatserver.engine import LocalRules, Unavailable
@@ -38,16 +39,18 @@ from chatserver.sqlite_file import (
     connect,
     open_history,
 )
+from chatserver.sqlite_quotas import HistoryQuotas, seq_floor
+from chatserver.sqlite_readers import PoolBusy, ReaderPool
 
 log = logging.getLogger("roomchat.store")
 
 
 BATCH_MAX = 500  # events per commit at most; a batch is whatever queued up while the last one committed
 PRUNE_INTERVAL = 1.0  # seconds between retention passes of the writer over the rooms it wrote to
+BACKLOG_CHUNK = 500  # rooms of the file given their retention pass, per pass, after start-up
 CHECKPOINT_INTERVAL = 1.0  # seconds between WAL checkpoints, made by their own thread (see SqliteStore)
 RETRY_MAX_DELAY = 2.0  # a failed commit is retried with backoff up to this many seconds apart
 FAIL_AFTER = 10.0  # seconds of failing commits before queued chats are refused with `unavailable`
-MAX_IDLE_READERS = 8  # read connections kept open between reads; a burst of joins opens more for a moment
 
 _STOP = object()  # put on the writer's queue by close()
 
@@ -70,13 +73,16 @@ class SqliteEngine(LocalRules):
     checkpoint would run inside a commit and hold every pending chat back for two fsyncs (with a
     100 ms fsync, commits stalled for 200 ms; measured with strace fault injection).
 
-    Reads (`read`, `last_seqs`) use their own connections from a small pool (threads are per
-    client, so a connection per thread would mean thousands), so a reader never
-    waits for the writer (WAL) and never needs uncommitted rows: the Registry only asks for seqs
-    it has delivered, and it delivers only what the writer handed it.
+    Reads use their own connections from a fixed pool (sqlite_readers.py: a few at once, the rest
+    wait their turn; idle ones are closed), so a reader never waits for the writer (WAL) and never
+    needs uncommitted rows: the Registry only asks for seqs it has delivered, and it delivers
+    only what the writer handed it.
 
     Retention: reads see at most the last `per_room` events of a room; the writer deletes older
-    rows every PRUNE_INTERVAL seconds for the rooms it wrote to, never on the append path.
+    rows every PRUNE_INTERVAL seconds for the rooms it wrote to, never on the append path, and
+    for every room of the file, BACKLOG_CHUNK at a time, after start-up (so opening a file with
+    200,000 rooms stays fast). In the same pass, `quotas` (sqlite_quotas.py) prune the oldest
+    events of the whole file and forget rooms with none left; the hub forgets them too.
 
     One process at a time: the file is flock()ed for the store's lifetime, so a second roomchat on
     the same file fails at start-up instead of reusing seqs.
@@ -91,7 +97,7 @@ class SqliteEngine(LocalRules):
     def __init__(self, path: str, per_room: int = 10000, *, synchronous: str = "NORMAL",
                  batch_max: int = BATCH_MAX, prune_interval: float = PRUNE_INTERVAL,
                  checkpoint_interval: float = CHECKPOINT_INTERVAL, busy_timeout: float = BUSY_TIMEOUT,
-                 fail_after: float = FAIL_AFTER):
+                 fail_after: float = FAIL_AFTER, quotas: HistoryQuotas | None = None):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = os.path.abspath(path)
@@ -107,16 +113,15 @@ class SqliteEngine(LocalRules):
         self._prune_interval = prune_interval
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closing = False
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self._idle_readers: list[sqlite3.Connection] = []  # guarded by _close_lock
         self.commits = self.committed = 0  # transactions and events written, for the log and the bench
-        self._lock_fd, self._conn, self.epoch = open_history(self.path, per_room, synchronous, busy_timeout)
-        self._seqs = self._committed_seqs = {}
-        with self._reader() as conn:
-            self._seqs = dict(conn.execute("SELECT room, last_seq FROM rooms"))
-            self._init_rules(conn.execute(READ_RULES).fetchall())
+        self._lock_fd, self._conn, self.epoch = open_history(self.path, synchronous, busy_timeout)
+        self._readers = ReaderPool(self._connect_reader)
+        self._quotas = quotas or HistoryQuotas()
+        self._floor = seq_floor(self._conn)  # a room the file does not know starts above it
+        self._seqs = dict(self._conn.execute("SELECT room, last_seq FROM rooms"))
+        self._init_rules(self._conn.execute(READ_RULES).fetchall())
         self._committed_seqs = dict(self._seqs)  # writer thread only, once started
+        self._backlog = deque(self._seqs)  # rooms still to get their retention pass: writer thread only
         self._checkpoints_stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(checkpoint_interval,), name="roomchat-checkpoint", daemon=True
@@ -143,7 +148,7 @@ class SqliteEngine(LocalRules):
             if self._closing:
                 raise Unavailable("the server is shutting down")
             for sender, text, meta in chats:
-                seq = self._seqs[room] = self._seqs.get(room, 0) + 1
+                seq = self._seqs[room] = self._seqs.get(room, self._floor) + 1
                 self._queue.put((room, chat_event(room, sender, text, seq), meta))
 
     def announce(self, room: str, event: dict, meta) -> None:
@@ -167,13 +172,18 @@ class SqliteEngine(LocalRules):
             log.error("cannot store a room rule: %s", exc)
             raise Unavailable("the rule cannot be stored") from None
 
-    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50) -> list:
+    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
+             max_bytes: int | None = None) -> list:
         """Chat events with after < seq < before, oldest first: the first `limit` of them when
-        `after` is given (paging forward), else the last `limit` (paging back)."""
+        `after` is given (paging forward), else the last `limit` (paging back); with `max_bytes`,
+        the reading stops one event after their texts passed it. Raises Unavailable."""
         params = (room, after or 0, room, self._per_room, MAX_SEQ if before is None else before, limit)
         try:
-            with self._reader() as conn:
-                rows = conn.execute(READ_BACK if after is None else READ_FORWARD, params).fetchall()
+            with self._readers.connection() as conn:
+                rows = _take(conn.execute(READ_BACK if after is None else READ_FORWARD, params), max_bytes)
+        except PoolBusy as exc:
+            log.warning("history read for %s refused: %s", room, exc)
+            raise Unavailable("history is busy") from None
         except sqlite3.Error as exc:
             log.error("history read for %s failed: %s", room, exc)
             raise Unavailable("history cannot be read") from None
@@ -196,33 +206,16 @@ class SqliteEngine(LocalRules):
         self._checkpoints_stop.set()
         if self._checkpointer.is_alive():
             self._checkpointer.join()
-        with self._close_lock:
-            self._closed = True
-            readers, self._idle_readers = self._idle_readers, []
-        for conn in readers:
-            conn.close()
+        self._readers.close()
         self._conn.close()  # the last connection out checkpoints the WAL into the main file
         if self.commits:
             log.info("history: %d chat events stored in %d commits this run", self.committed, self.commits)
         os.close(self._lock_fd)  # last: closing a descriptor of the file drops SQLite's own locks
 
-    @contextlib.contextmanager
-    def _reader(self):
-        """A read-only connection from the pool (a new one when all are busy), returned after use."""
-        with self._close_lock:
-            conn = self._idle_readers.pop() if self._idle_readers else None
-        if conn is None:
-            conn = connect(self.path, self._busy_timeout)
-            conn.execute("PRAGMA query_only = 1")
-        try:
-            yield conn
-        finally:
-            with self._close_lock:
-                if not self._closed and len(self._idle_readers) < MAX_IDLE_READERS:
-                    self._idle_readers.append(conn)
-                    conn = None
-            if conn is not None:
-                conn.close()
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = connect(self.path, self._busy_timeout)
+        conn.execute("PRAGMA query_only = 1")
+        return conn
 
     # -- the writer thread ---------------------------------------------------------------------
 
@@ -235,7 +228,8 @@ class SqliteEngine(LocalRules):
             if batch and self._commit(batch):
                 touched.update(room for room, _event, _meta in batch)
                 self._hand_over(batch)
-            if touched and (stopping or time.monotonic() - last_prune >= self._prune_interval):
+            due = stopping or time.monotonic() - last_prune >= self._prune_interval
+            if due and (touched or self._backlog or self._quotas):
                 self._prune(touched)
                 touched.clear()
                 last_prune = time.monotonic()
@@ -246,8 +240,8 @@ class SqliteEngine(LocalRules):
         """Wait for an event, then take whatever else is queued, up to batch_max. Once close()
         has queued _STOP, only drain what is left (an append may have raced with close)."""
         batch = []
-        try:
-            item = self._queue.get_nowait() if stopping else self._queue.get()
+        try:  # wake up for the next retention pass even when nothing is written
+            item = self._queue.get_nowait() if stopping else self._queue.get(timeout=self._prune_interval)
             while True:
                 if item is _STOP:
                     stopping = True
@@ -311,7 +305,7 @@ class SqliteEngine(LocalRules):
             if stop:
                 self._queue.put(_STOP)
             for room, _event, _meta in refused:
-                self._seqs[room] = self._committed_seqs.get(room, 0)
+                self._seqs[room] = self._committed_seqs.get(room, self._floor)
             self._failing = reason
         log.error("history store failing (%s): %d chat events refused", reason, len(refused))
         self._hub.reject(refused, "history cannot be stored")
@@ -323,14 +317,38 @@ class SqliteEngine(LocalRules):
             log.exception("delivery failed")
 
     def _prune(self, rooms: set) -> None:
-        """Delete events older than the last `per_room` of each room; failures wait for the next pass."""
+        """Delete events older than the last `per_room` of each room (of `rooms` and a slice of
+        the backlog), then apply the quotas; failures wait for the next pass."""
+        rooms = set(rooms)
+        while self._backlog and len(rooms) < BACKLOG_CHUNK:
+            rooms.add(self._backlog.popleft())
+        forgotten, floor = {}, self._floor
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(PRUNE_ROOM, [(room, room, self._per_room) for room in rooms])
+            if self._quotas:
+                forgotten, floor = self._quotas.prune(self._conn, self._committed_seqs, self._hub.has_room, floor)
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             log.warning("history retention pass failed: %s", exc)
+            return
+        if forgotten:
+            self._forget(forgotten, floor)
+
+    def _forget(self, forgotten: dict, floor: int) -> None:
+        """Rooms the quotas emptied and whose rows are gone: drop their seqs here and in the hub
+        (unless someone joined one meanwhile, or a chat to it is queued: then it goes on from its
+        last seq, and its next commit writes its row again)."""
+        kept = self._hub.forget(list(forgotten))
+        with self._lock:
+            self._floor = floor
+            for room, last in forgotten.items():
+                if room not in kept and self._seqs.get(room) == last:
+                    del self._seqs[room]
+                    del self._committed_seqs[room]
+        log.info("history quotas: %d rooms with no history left forgotten (seqs continue above %d)",
+                 len(forgotten), floor)
 
     def _checkpoint_loop(self, interval: float) -> None:
         """Copy committed WAL frames into the main file, beside the writer (PASSIVE never waits)."""
@@ -341,6 +359,7 @@ class SqliteEngine(LocalRules):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:
                     log.warning("WAL checkpoint failed: %s", exc)
+                self._readers.close_idle()
         finally:
             conn.close()
 
@@ -348,6 +367,23 @@ class SqliteEngine(LocalRules):
         if self._conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
+
+
+def _take(cursor, max_bytes: int | None) -> list:
+    """The cursor's rows; with `max_bytes`, only until their texts passed it, and one more (so
+    the caller, cutting to size, knows there was more). Raises sqlite3.Error."""
+    if max_bytes is None:
+        return cursor.fetchall()
+    rows, total = [], 0
+    try:
+        for row in cursor:
+            rows.append(row)
+            if total > max_bytes:
+                break
+            total += len(row[2].encode())  # at most what the text takes in JSON, so never too early
+    finally:
+        cursor.close()  # a statement left open would hold its snapshot, and hold checkpoints back
+    return rows
 
 
 def open_engine(config):
@@ -363,4 +399,5 @@ def open_engine(config):
         return MemoryEngine(per_room=config.history_per_room)
     if not config.db:
         raise StoreError("--db must name a file, or ':memory:' to keep history in memory only")
-    return SqliteEngine(config.db, per_room=config.history_per_room)
+    quotas = HistoryQuotas(config.history_max_bytes, config.history_max_age, config.history_max_rooms)
+    return SqliteEngine(config.db, per_room=config.history_per_room, quotas=quotas)

@@ -1,9 +1,10 @@
 """The SQLite history file: its schema, its SQL, and opening it safely (sqlite_engine.py uses it).
 
-One file holds a roomchat history: `meta` (epoch), `rooms` (the highest seq ever stored per room,
-which outlives pruning, so seqs are never reused), `events`, and `rules` (topics, bans, mutes and
-nicks reserved by tokens: engine.LocalRules's rows; expired ones are deleted at start). The file is created owner-only
-(0600): chats are private.
+One file holds a roomchat history: `meta` (epoch; `seq_floor`, see sqlite_quotas.py), `rooms`
+(the highest seq ever stored per room, which outlives pruning, so seqs are never reused),
+`events`, with an index by time for the quotas' oldest-first pruning, and `rules` (topics, bans,
+mutes and nicks reserved by tokens: engine.LocalRules's rows; expired ones are deleted at start).
+The file is created owner-only (0600): chats are private.
 """
 
 import fcntl
@@ -19,7 +20,7 @@ class StoreError(EngineError):
 
 
 APPLICATION_ID = 0x52434854  # "RCHT" in the file header: this SQLite file is a roomchat history
-SCHEMA_VERSION = 1  # PRAGMA user_version
+SCHEMA_VERSION = 2  # PRAGMA user_version; 2 added events_by_ts and meta.seq_floor
 WAL_SIZE_LIMIT = 64 * 2**20  # bytes the WAL file is cut back to when it restarts
 OPEN_TIMEOUT = 1.0  # seconds start-up waits for a write lock held by another process before giving up
 BUSY_TIMEOUT = 5.0  # seconds a running store waits for a lock before a commit counts as failed
@@ -34,6 +35,8 @@ SCHEMA = (
     # Added after schema 1 was released; older roomchats ignore it, so the version stays 1.
     "CREATE TABLE IF NOT EXISTS rules (scope TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
     " value TEXT NOT NULL, until REAL, PRIMARY KEY (scope, kind, key)) WITHOUT ROWID",
+    # The quotas prune oldest first (sqlite_quotas.py); built once when a version 1 file is opened.
+    "CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts)",
 )
 SAVE_RULE = (
     "INSERT INTO rules (scope, kind, key, value, until) VALUES (?, ?, ?, ?, ?)"
@@ -53,7 +56,7 @@ READ_FORWARD = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER 
 READ_BACK = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER BY seq DESC LIMIT ?"
 
 
-def open_history(path: str, per_room: int, synchronous: str, busy_timeout: float) -> tuple:
+def open_history(path: str, synchronous: str, busy_timeout: float) -> tuple:
     """Lock the file (flock, for the engine's lifetime), check it and create the schema.
 
     Returns (locked descriptor, the writer's connection, epoch). Raises StoreError with a
@@ -79,7 +82,7 @@ def open_history(path: str, per_room: int, synchronous: str, busy_timeout: float
             raise StoreError(f"cannot switch {where} to WAL mode (journal_mode is {mode})")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("BEGIN IMMEDIATE")  # fails fast when another process holds the write lock
-        epoch = _prepare(conn, where, per_room)
+        epoch = _prepare(conn, where)
         conn.execute("COMMIT")
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread does it
@@ -94,9 +97,10 @@ def open_history(path: str, per_room: int, synchronous: str, busy_timeout: float
         raise StoreError(f"cannot use {where}: {reason}") from None
     return fd, conn, epoch
 
-def _prepare(conn: sqlite3.Connection, where: str, per_room: int) -> str:
+def _prepare(conn: sqlite3.Connection, where: str) -> str:
     """Inside the opening transaction: check the file is ours and sound, create what is
-    missing, apply retention, prove we can write. Returns the epoch."""
+    missing, prove we can write. Returns the epoch. (Retention runs later, on the writer
+    thread, so that a file with many rooms opens fast.)"""
     objects = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
     if objects and conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
         raise StoreError(f"{where} is a SQLite file but not a roomchat history; choose another --db")
@@ -105,7 +109,7 @@ def _prepare(conn: sqlite3.Connection, where: str, per_room: int) -> str:
         raise StoreError(f"{where} was written by a newer roomchat (schema {version} > {SCHEMA_VERSION})")
     problems = conn.execute("PRAGMA quick_check").fetchall()  # reads every page once
     if problems != [("ok",)]:
-        raise StoreError(f"{where} is corrupt: {problems[0][0]}")
+        raise StoreError(f"{where} is corrupt: {problems[0][0].splitlines()[0]}")
     for statement in SCHEMA:
         conn.execute(statement)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -113,8 +117,6 @@ def _prepare(conn: sqlite3.Connection, where: str, per_room: int) -> str:
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (new_epoch(),))
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)", (str(time.time()),))
     conn.execute("DELETE FROM rules WHERE until <= ?", (time.time(),))
-    rooms = [room for (room,) in conn.execute("SELECT room FROM rooms")]
-    conn.executemany(PRUNE_ROOM, [(room, room, per_room) for room in rooms])
     return conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
 
 def connect(path: str, timeout: float) -> sqlite3.Connection:

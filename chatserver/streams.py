@@ -8,8 +8,9 @@ Writing: fan-out runs on the sender's thread, under the Registry lock, so a send
 peer. `Outbox.put` writes straight to the socket with MSG_DONTWAIT when nothing is queued (the
 common case: one syscall, no thread switch); whatever the kernel does not take is queued, and one
 `Flusher` thread for the whole server finishes those writes when epoll says the socket is
-writable. Bytes leave in the order `put` was called. A queue over its byte limit is dropped and
-`on_overflow` is called: the peer is too slow to keep, and no other member waits for it.
+writable. Bytes leave in the order `put` was called. When others' traffic waiting passes its
+byte limit, the queue is dropped and `on_overflow` is called: the peer is too slow to keep, and no
+other member waits for it. Replies to the client's own requests never drop it: its requests wait.
 """
 
 import contextlib
@@ -99,18 +100,27 @@ class SocketReader:
 class Outbox:
     """One connection's send queue: complete writes, in `put` order, never blocking the caller.
 
+    Two budgets, because a client is answerable for its own requests but not for what others send
+    it (the byte counts are taken when bytes are queued, whatever the queue held before):
+    - traffic others cause (room events, DMs, `own=0`): once more than `limit_bytes` of it waits,
+      the client is too slow to keep: the backlog is dropped, the close frame queued and
+      `on_overflow` called;
+    - replies to the client's own requests (`own`): never a reason to drop it. Instead its
+      connection's thread calls `wait_for_room` before handling its next request, so the client
+      cannot queue more than about `reply_budget` bytes of replies (plus one reply) by not reading.
+
     Any thread may call `put`/`put_last` (fan-out runs on the sender's thread); the Flusher calls
-    `flush`. `self._lock` guards the queue, its byte count and the open/broken flags, and is taken
-    after the Registry's lock (lock order: registry -> outbox -> TLS session, connection state or
-    housekeeper lock).
-    Methods starting with `_` assume it is held. `sent` (bytes the kernel took, for metrics) changes
-    under it and may be read from any thread. `on_overflow()` runs with it held, on whatever
-    thread was sending: it may take the connection's state lock and the housekeeper's lock, never this
-    outbox's lock or the Registry's.
+    `flush`; the connection's own thread calls `wait_for_room`. `self._lock` guards the queue, the
+    byte counts and the open/broken flags, and is taken after the Registry's lock (lock order:
+    registry -> outbox -> TLS session, connection state or housekeeper lock). Methods starting
+    with `_` assume it is held. `sent` (bytes the kernel took, for metrics and for a waiting
+    reader's progress) changes under it and may be read from any thread. `on_overflow()` runs
+    with it held, on whatever thread was sending: it may take the connection's state lock and the
+    housekeeper's lock, never this outbox's lock or the Registry's.
     """
 
     def __init__(self, sock: socket.socket, limit_bytes: int, flusher: "Flusher", on_overflow, overflow_frame=b"",
-                 encrypt=None):
+                 encrypt=None, reply_budget: int | None = None):
         self._sock = sock
         # TLS (tls.TlsSession.encrypt): frames become records when first sent, under our lock, so
         # records leave in the order they were made; a queued frame not yet sent is still plaintext
@@ -118,18 +128,27 @@ class Outbox:
         self._encrypt = encrypt
         self._fd = sock.fileno()
         self._limit = limit_bytes
+        self._reply_budget = limit_bytes if reply_budget is None else reply_budget
         self._flusher = flusher
         self._on_overflow = on_overflow  # called with the lock held: it must not call back into us
         self._overflow_frame = overflow_frame  # queued in place of the backlog when we give up
         self._lock = threading.Lock()
-        self._queue: deque = deque()
-        self._queued = 0
+        self._room = threading.Condition(self._lock)  # wait_for_room waits on it
+        self._queue: deque = deque()  # [data, own bytes, others' bytes]: counts as queued
+        self._own = 0  # bytes of replies to the client's own requests, queued
+        self._others = 0  # bytes of traffic others caused, queued
         self._open = True  # False after close() or a failed write: later puts are dropped
         self._broken = False
-        self.sent = 0
+        self.sent = 0  # bytes the kernel took: metrics, and progress a waiting reader can see
 
-    def put(self, data: bytes) -> bool:
-        """Queue `data` (bytes of whole frames) after everything put before it.
+    @property
+    def others_queued(self) -> int:
+        """Bytes of others' traffic waiting (read without the lock: one int, a moment old). Raises nothing."""
+        return self._others
+
+    def put(self, data: bytes, own: int = 0) -> bool:
+        """Queue `data` (bytes of whole frames) after everything put before it; `own` of its bytes
+        answer the client's own requests (all of them: `len(data)`), the rest is others' traffic.
 
         Returns False when the outbox no longer sends: after `put_last`, a failed write or an
         overflow (then `data` is dropped). Raises nothing; a socket error only closes the outbox.
@@ -137,7 +156,7 @@ class Outbox:
         with self._lock:
             if not self._open:
                 return False
-            return self._put(data)
+            return self._put(data, own)
 
     def put_last(self, data: bytes) -> None:
         """Queue a final frame (a close frame); nothing put later is sent. A no-op once closed,
@@ -145,33 +164,34 @@ class Outbox:
         with self._lock:
             if self._open:
                 self._open = False
-                self._put(data)
+                self._put(data, len(data))
+                self._room.notify_all()
 
-    def _put(self, data: bytes) -> bool:
+    def _put(self, data: bytes, own: int) -> bool:
         assert self._lock.locked()
-        if self._queue:
-            self._queue.append(data)
-            self._queued += len(data)
-            if self._queued > self._limit:
-                self._overflow()
+        if not self._queue:
+            wire = data
+            try:
+                wire = self._encrypt(data) if self._encrypt else data
+                sent = self._sock.send(wire, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # ssl.SSLError too
+                self._fail()
                 return False
-            return True
-        wire = data
-        try:
-            wire = self._encrypt(data) if self._encrypt else data
-            sent = self._sock.send(wire, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # ssl.SSLError too
-            self._fail()
-            return False
-        self.sent += sent
-        if sent < len(wire):
+            self.sent += sent
+            if sent == len(wire):
+                return True
             # a memoryview marks bytes that must go out whole: a frame half written, or TLS records
-            rest = memoryview(wire)[sent:] if sent or wire is not data else data
-            self._queue.append(rest)
-            self._queued = len(rest)
+            data = memoryview(wire)[sent:] if sent or wire is not data else data
+            own = max(0, len(data) - (len(wire) - own))  # what is left of it counts as others' first
             self._flusher.watch(self._fd, self)
+        self._queue.append([data, own, len(data) - own])
+        self._own += own
+        self._others += len(data) - own
+        if self._others > self._limit:
+            self._overflow()
+            return False
         return True
 
     def flush(self) -> None:
@@ -179,24 +199,26 @@ class Outbox:
         Raises nothing; a socket error closes the outbox."""
         with self._lock:
             while self._queue:
-                data = self._queue[0]
+                entry = self._queue[0]
+                data = entry[0]
                 try:
                     if self._encrypt and not isinstance(data, memoryview):
-                        wire = memoryview(self._encrypt(data))
-                        self._queued += len(wire) - len(data)
-                        self._queue[0] = data = wire
+                        entry[0] = data = memoryview(self._encrypt(data))
                     sent = self._sock.send(data, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     return
                 except OSError:
                     self._fail()
                     return
-                self._queued -= sent
                 self.sent += sent
                 if sent < len(data):
-                    self._queue[0] = memoryview(data)[sent:]
+                    entry[0] = memoryview(data)[sent:]
                     return
                 self._queue.popleft()
+                self._own -= entry[1]
+                self._others -= entry[2]
+                if entry[1] and self._own <= self._reply_budget:
+                    self._room.notify_all()
             self._flusher.unwatch(self._fd, self)
 
     def write_direct(self, data: bytes) -> None:
@@ -205,6 +227,13 @@ class Outbox:
         Raises OSError if the socket fails."""
         self._sock.sendall(data)
         self.sent += len(data)
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """On the connection's own thread, before it handles the client's next request: wait up to
+        `timeout` seconds while more than `reply_budget` bytes of replies are queued. True once
+        there is room (or the outbox stopped sending), False on timeout. Raises nothing."""
+        with self._lock:
+            return self._room.wait_for(lambda: self._own <= self._reply_budget or not self._open, timeout)
 
     def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds until everything queued is written (or cannot be);
@@ -228,12 +257,15 @@ class Outbox:
         assert self._lock.locked()
         head = self._queue[0]
         self._queue.clear()
-        if isinstance(head, memoryview):
+        self._own = self._others = 0
+        if isinstance(head[0], memoryview):
             self._queue.append(head)
+            self._own, self._others = head[1], head[2]
         if self._overflow_frame:
-            self._queue.append(self._overflow_frame)
-        self._queued = sum(len(data) for data in self._queue)
+            self._queue.append([self._overflow_frame, len(self._overflow_frame), 0])
+            self._own += len(self._overflow_frame)
         self._open = False
+        self._room.notify_all()
         self._on_overflow()
 
     def _fail(self) -> None:
@@ -247,7 +279,8 @@ class Outbox:
         if self._queue:
             self._flusher.unwatch(self._fd, self)
         self._queue.clear()
-        self._queued = 0
+        self._own = self._others = 0
+        self._room.notify_all()
 
 
 class Flusher(threading.Thread):

@@ -88,8 +88,8 @@ def refused(error) -> None:
 
 
 def room_event(room: str, event: dict, batch: dict, *frames: bytes) -> None:
-    """A room event the hub has just queued: `batch` is the step's {client: [frames]} and
-    `frames` this event's encodings, so the members reached are those whose last frame is one."""
+    """A room event the hub has just queued: `batch` is the step's {client: [own bytes, frames...]}
+    and `frames` this event's encodings, so the members reached are those whose last frame is one."""
     reached = sum(1 for queued in batch.values() if any(queued[-1] is f for f in frames))
     to = f"reaches {_n(reached, 'member')}"
     kind = event["type"]
@@ -102,11 +102,12 @@ def room_event(room: str, event: dict, batch: dict, *frames: bytes) -> None:
 
 
 def fanout(batch: dict) -> None:
-    """One step's writes: {client: [frames]}, each client's frames joined into one send (none: no line)."""
+    """One step's writes: {client: [own bytes, frames...]}, each client's frames joined into one
+    send (none: no line)."""
     if not batch:
         return
-    size = sum(len(f) for queued in batch.values() for f in queued)
-    frames = sum(len(queued) for queued in batch.values())
+    size = sum(len(f) for queued in batch.values() for f in queued[1:])
+    frames = sum(len(queued) - 1 for queued in batch.values())
     log.info("fan-out  %s, %s, %d bytes in %s (one send per member)", _n(len(batch), "member"),
              _n(frames, "frame"), size, _n(len(batch), "write"))
 

@@ -35,8 +35,10 @@ import time
 from websocket_server import WebSocketHandler, WebsocketServer
 
 from chatserver import frames, handshake
+from chatserver.caps import AcceptGate, BurstLog, ConnectionCaps
 from chatserver.errors import CloseConnection, HandshakeError
 from chatserver.housekeeper import Housekeeper
+from chatserver.inbound import CLOSE_LINGER, MessageLoop
 from chatserver.proxies import TrustedProxies
 from chatserver.state import ConnectionState, State
 from chatserver.streams import Flusher, Outbox, SocketReader
@@ -44,14 +46,13 @@ from chatserver.tls import TlsSession
 
 log = logging.getLogger("roomchat.transport")
 
-CLOSE_LINGER = 1.0  # seconds we keep reading after our close frame so the peer can read it
-MAX_BATCH = 64  # messages from one client handled together when they arrived together
+PING = frames.encode_frame(frames.OP_PING, b"roomchat")
 # Linux grows a socket's send buffer to 4 MiB for a peer that stops reading; a fixed size keeps
 # "how far behind may a client fall" close to max_outbox_bytes (the kernel doubles this value).
 SOCKET_SEND_BUFFER = 128 * 1024
 
 
-class Connection(WebSocketHandler):
+class Connection(MessageLoop, WebSocketHandler):
     """One client connection, served on its own thread by socketserver.
 
     Lifecycle: `setup` -> `handle` (handshake, then one message at a time) -> `finish`.
@@ -73,8 +74,11 @@ class Connection(WebSocketHandler):
         # Chat frames are small and latency matters: don't let Nagle hold one back for an ACK.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.peer = "{}:{}".format(*self.client_address[:2])
-        self.path, self.headers = "", {}
+        self.address = self.client_address[0]  # the client's IP (behind a trusted proxy: the one it reports)
+        self.path = ""
+        self.headers = {}
         self.client = None  # set by the app in on_connect
+        self.counted_address = None  # a client behind a trusted proxy, once counted (caps.py)
         self._life = ConnectionState()  # state and close reason, changed only by its move()
         self.last_seen = time.monotonic()
         self.ping_sent_at = None
@@ -85,6 +89,7 @@ class Connection(WebSocketHandler):
             self._on_overflow,
             frames.close_frame(frames.CLOSE_POLICY_VIOLATION, "too slow: outgoing queue full"),
             self.tls.encrypt if self.tls else None,
+            self.server.max_reply_bytes,
         )
 
     def __repr__(self):
@@ -129,6 +134,10 @@ class Connection(WebSocketHandler):
             request = handshake.read_request(self.reader.readline, "https" if self.tls else "http")
             address, scheme = self.server.proxies.client(self.client_address[0], request.headers)
             self.peer = address or self.peer  # from a trusted proxy: the client it reports
+            if self.server.proxies.trusts(self.client_address[0]):  # its per-address count starts now
+                self.address = address or self.address
+                self.server.caps.take_address(self.address)
+                self.counted_address = self.address
             request = dataclasses.replace(request, scheme=scheme or request.scheme)
             self.path, self.headers = request.target, request.headers
             handshake.admit(request, self.server.policy)
@@ -161,69 +170,19 @@ class Connection(WebSocketHandler):
         self._life.move(State.OPEN)
         return True
 
-    # upstream: reads any payload length it is told, unmasks byte by byte, ignores binary and
-    # continuation frames (the stream falls out of step), never answers a close.
-    # fix: frames.FrameReader (limits before reading, fast unmask, fragments, UTF-8 checks);
-    # every CloseConnection becomes its close code. tests: tests/unit/test_frames.py, test_transport.py
-    def read_messages(self) -> None:
-        """Read frames until the connection ends (RFC 6455 section 5 and 6.2): texts go to the
-        app in batches, pings are answered with pongs (5.5.2/5.5.3), a close is echoed (5.5.1),
-        and a CloseConnection from the frame reader or the app ends it with its close code (7.1.7).
-        Raises nothing: EOF and socket errors end the loop."""
-        reader = frames.FrameReader(self.reader.read_exact, self.server.max_message_bytes)
-        texts = []  # messages read but not yet handled: all that arrived together, up to MAX_BATCH
-        while True:
-            if texts and (len(texts) >= MAX_BATCH or not self.reader.frame_ready()):
-                if not self._handle_texts(texts, reader):
-                    return
-                texts = []
-            try:
-                event = reader.next_event()
-            except CloseConnection as exc:  # a payload may be left unread: the stream is out of step
-                if not texts or self._handle_texts(texts, reader):
-                    self.fail(exc.close_code, exc.reason)
-                return
-            except (OSError, EOFError, ValueError):
-                return
-            self.last_seen = time.monotonic()
-            if isinstance(event, frames.Text):
-                if self.state is State.OPEN:
-                    texts.append(event.text)
-            elif isinstance(event, frames.Ping):
-                self.send_frame(frames.encode_frame(frames.OP_PONG, event.payload))
-            elif isinstance(event, frames.Close):
-                if texts and not self._handle_texts(texts, reader):
-                    return
-                # RFC 6455 7.1.5: a close frame without a status code means 1005; we echo it (5.5.1).
-                said = f"{event.code}" if event.code else "no status code, 1005"
-                if self._life.move(State.CLOSING, f"client closed ({said})", event.code or 1005) is not None:
-                    echo = frames.close_frame(event.code) if event.code else frames.encode_frame(frames.OP_CLOSE, b"")
-                    self.outbox.put_last(echo)
-                    self.outbox.drain(CLOSE_LINGER)
-                return
-
-    def _handle_texts(self, texts: list, reader: frames.FrameReader) -> bool:
-        """Hand messages that arrived together to the app in one call (so their fan-out can share
-        one write per member). False if the connection was closed instead."""
-        if self.state is not State.OPEN:  # dropped (too slow, ping timeout, shutdown): requests go unanswered
-            return True
-        try:
-            self.server.app.on_texts(self, texts)
-            return True
-        except CloseConnection as exc:
-            self.fail(exc.close_code, exc.reason, reader)
-        except Exception:  # a bug: log it, and don't tell the peer details
-            log.exception("handler failed for %s", self.peer)
-            self.fail(frames.CLOSE_INTERNAL_ERROR, "internal error", reader)
-        return False
-
     # upstream: `self.request.send(header + payload)` under `_send_lock`: partial writes are lost.
     # fix: every frame goes through this connection's Outbox (complete writes, in order, never
     # blocking the caller). tests: test_transport.py::test_large_message_arrives_whole, test_slow_reader_*
-    def send_frame(self, frame: bytes) -> None:
+    def send_frame(self, frame: bytes, own: int = 0) -> None:
         """Queue `frame` (whole encoded frames, RFC 6455 5.2) after everything sent before, from any
-        thread, without blocking. Dropped once the connection is closing. Raises nothing."""
-        self.outbox.put(frame)
+        thread, without blocking; `own` of its bytes answer this client's own requests, the rest
+        counts toward its slow-reader limit (streams.Outbox). Dropped once the connection is
+        closing. Raises nothing."""
+        self.outbox.put(frame, own)
+
+    def backlog(self) -> int:
+        """Bytes of others' traffic queued for this client (streams.Outbox), a moment old. Raises nothing."""
+        return self.outbox.others_queued
 
     def check_alive(self, now: float, ping_interval: float, ping_timeout: float) -> None:
         """Called by the housekeeper: ping (RFC 6455 5.5.2) an open connection that has been quiet
@@ -236,7 +195,7 @@ class Connection(WebSocketHandler):
                 self.close(frames.CLOSE_INTERNAL_ERROR, "ping timeout", grace=0)
         elif now - max(self.last_seen, self.ping_sent_at or 0) >= ping_interval:
             self.ping_sent_at = now
-            self.send_frame(frames.encode_frame(frames.OP_PING, b"roomchat"))
+            self.send_frame(PING, own=len(PING))
 
     def close(self, code: int, reason: str, grace: float = CLOSE_LINGER) -> None:
         """Start a close from any thread (RFC 6455 7.1.2): queue our close frame with `code`
@@ -272,10 +231,11 @@ class Connection(WebSocketHandler):
 
     def _on_overflow(self) -> None:
         # Runs inside Outbox's lock (and often the Registry's) on whatever thread was sending:
-        # only a state move and a schedule here. The Outbox has queued our 1008 close frame; the
-        # peer gets CLOSE_LINGER to read it, while its rooms hear of its leave on the next tick.
+        # only a state move and a schedule here. The Outbox has queued our 1008 close frame behind
+        # what the kernel holds; the peer gets `drop_linger` to read it (and answer, which ends
+        # this connection's thread), while its rooms hear of its leave on the next tick.
         self._life.move(State.CLOSING, "closed by server (1008 too slow: outgoing queue full)", 1008)
-        self.server.housekeeper.abort_later(self, CLOSE_LINGER, report_now=True)
+        self.server.housekeeper.abort_later(self, self.server.drop_linger, report_now=True)
 
     def abort(self) -> None:
         """Cut the TCP connection so this connection's thread wakes up and finishes. Raises nothing."""
@@ -307,13 +267,14 @@ class Connection(WebSocketHandler):
             self.report_closed()
         finally:
             self.outbox.detach()
+            self.server.caps.give_back(self.counted_address, total=False)
 
     def _send_direct(self, data: bytes) -> None:
         """Write during the handshake (before the outbox is in use); through TLS once it is up."""
         self.outbox.write_direct(self.tls.encrypt(data) if self.tls and self.tls.established else data)
 
 
-class WebSocketTransport(WebsocketServer):
+class WebSocketTransport(AcceptGate, WebsocketServer):
     """Thread-per-client server with our Connection class and two helper threads: the
     Housekeeper (the connection set, handshake deadlines, pings, delayed aborts) and the Flusher
     (queued writes). Not the app's ChatServer: this one knows sockets, not rooms.
@@ -327,10 +288,12 @@ class WebSocketTransport(WebsocketServer):
     # tests: every integration test runs through this class; test_transport.py::test_upstream_client_list_unused
     def __init__(self, app, host, port, *, max_message_bytes, max_outbox_bytes, handshake_timeout,
                  ping_interval, ping_timeout, policy: handshake.Policy | None = None,
-                 proxies: TrustedProxies | None = None, ssl_context: ssl.SSLContext | None = None):
+                 proxies: TrustedProxies | None = None, ssl_context: ssl.SSLContext | None = None,
+                 max_reply_bytes: int = 256 * 1024, caps: ConnectionCaps | None = None):
         """Bind and listen on (host, port); port 0 picks a free one (see `port`). Sizes in bytes,
         times in seconds; `policy` checks Host and Origin, `proxies` says whose forwarding headers
-        to believe, `ssl_context` turns on TLS (tls.py; never upstream's key/cert path).
+        to believe, `ssl_context` turns on TLS (tls.py; never upstream's key/cert path), `caps`
+        limits connections (caps.py; none by default).
         Raises OSError when the address cannot be bound (in use, say)."""
         super().__init__(host=host, port=port)
         self.RequestHandlerClass = Connection
@@ -340,6 +303,11 @@ class WebSocketTransport(WebsocketServer):
         self.ssl_context = ssl_context
         self.max_message_bytes = max_message_bytes
         self.max_outbox_bytes = max_outbox_bytes
+        self.max_reply_bytes = max_reply_bytes
+        self.drop_linger = ping_timeout  # a client dropped as too slow has this long to read its close frame
+        self.caps = caps or ConnectionCaps(0, 0)
+        self.refusals = BurstLog()
+        self.keep_spare_descriptor()
         self.handshake_timeout = handshake_timeout
         self.flusher = Flusher()
         self.housekeeper = Housekeeper(handshake_timeout, ping_interval, ping_timeout)

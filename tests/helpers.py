@@ -140,9 +140,9 @@ class Peer:
         self.ws.close()
 
 
-def server_with_chats(make_server, connect, texts: list[str], room: str = "lobby") -> ChatServer:
-    """A new server (no rate limits in the way) whose `room` holds `texts` as seqs 1..n, all stored."""
-    busy = make_server(**FAST_LIMITS)
+def server_with_chats(make_server, connect, texts: list[str], room: str = "lobby", **overrides) -> ChatServer:
+    """A new server (no rate limits in the way, and `overrides`) whose `room` holds `texts` as seqs 1..n, all stored."""
+    busy = make_server(**{**FAST_LIMITS, **overrides})
     peer = connect(busy.url)
     peer.join(room)
     assert [e["seq"] for e in peer.chat_all(room, texts)] == list(range(1, len(texts) + 1))
@@ -159,15 +159,17 @@ class ServerProcess:
     """`python roomchat.py --port 0 <FAST> ...` with its stdout read up to the ws:// URL.
 
     stderr (the log) goes to `log_path`, or to a temporary file; `stderr_text()` reads it.
-    `defaults=()` leaves out `--port 0` and FAST, for tests of the settings themselves."""
+    `defaults=()` leaves out `--port 0` and FAST, for tests of the settings themselves;
+    `preexec_fn` runs in the child before roomchat starts (to lower a resource limit, say)."""
 
-    def __init__(self, *args: str, cwd=ROOT, env=None, log_path=None, defaults=("--port", "0", *FAST)):
+    def __init__(self, *args: str, cwd=ROOT, env=None, log_path=None, defaults=("--port", "0", *FAST),
+                 preexec_fn=None):
         self._log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self._stderr = ""
         self.proc = subprocess.Popen(
             [*ROOMCHAT, *defaults, *args],
             cwd=cwd, env=roomchat_env() if env is None else env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, text=True, preexec_fn=preexec_fn,
         )
         self.lines = []
         self.url = None
@@ -331,6 +333,17 @@ def http_exchange(port: int, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
+def read_head(sock: socket.socket) -> bytes:
+    """What `sock` receives up to and including the blank line after an HTTP head (less at EOF)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
 def upgrade_request(host: str, **headers: str) -> bytes:
     """A valid WebSocket opening request for Host `host`, plus `headers` (x_forwarded_for= -> X-Forwarded-For:)."""
     key = base64.b64encode(os.urandom(16)).decode()
@@ -386,9 +399,17 @@ class FakeConn:
     def __init__(self):
         self.frames = []
         self.closed = None
+        self.own_bytes = 0
 
-    def send_frame(self, frame: bytes) -> None:
+    def send_frame(self, frame: bytes, own: int = 0) -> None:
         self.frames.append(frame)
+        self.own_bytes += own
+
+    def pace(self) -> None:
+        pass
+
+    def backlog(self) -> int:
+        return 0
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
@@ -469,7 +490,7 @@ class ManualEngine(LocalRules):
     def announce(self, room: str, event: dict, meta) -> None:
         self.hub.deliver([(room, event, meta)])
 
-    def read(self, room, before=None, after=None, limit=50) -> list:
+    def read(self, room, before=None, after=None, limit=50, max_bytes=None) -> list:
         self.reads += 1
         if self.on_read is not None:
             hook, self.on_read = self.on_read, None

@@ -6,20 +6,14 @@ import socket
 
 import pytest
 
-from tests.helpers import http_exchange, upgrade_request, wait_for
+from tests.helpers import http_exchange, read_head, upgrade_request, wait_for
 
 
 def answer_head(port: int, request: bytes) -> bytes:
     """The response head the server sends for `request` (up to the blank line); the socket is then dropped."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(request)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            head += chunk
-    return head.partition(b"\r\n\r\n")[0]
+        return read_head(sock).partition(b"\r\n\r\n")[0]
 
 
 def status_of(port: int, request: bytes) -> int:

@@ -14,7 +14,8 @@ def test_welcome(connect):
     w = peer.welcome
     assert w["type"] == "welcome" and w["nick"].startswith("guest-") and w["server"].startswith("roomchat/")
     assert w["limits"] == {"max_message_bytes": 65536, "max_text_chars": 2000, "max_rooms": 32,
-                           "rate_burst": 20, "rate_per_second": 5.0}
+                           "rate_burst": 20, "rate_per_second": 5.0, "address_rate_burst": 200,
+                           "address_rate_per_second": 50.0, "max_reply_bytes": 262144, "max_outbox_bytes": 1048576}
     assert isinstance(w["epoch"], str) and w["epoch"]
 
 
@@ -107,14 +108,15 @@ def test_dm_unknown_user(connect):
 
 
 def test_rooms(connect):
-    """rooms: every room with members and its member count, sorted by name."""
+    """rooms: every room with members and its member count, sorted by name, and how many there are."""
     a, b = connect(), connect()
     a.join("zoo")
     a.join("lobby")
     b.join("lobby")
     a.send(type="rooms", id=2)
     assert a.recv_type("rooms") == {
-        "type": "rooms", "rooms": [{"room": "lobby", "members": 2}, {"room": "zoo", "members": 1}], "id": 2}
+        "type": "rooms", "count": 2, "rooms": [{"room": "lobby", "members": 2}, {"room": "zoo", "members": 1}], "id": 2}
+    assert a.request(type="rooms", after="lobby")["rooms"] == [{"room": "zoo", "members": 1}]
 
 
 def test_who(connect):
@@ -124,7 +126,8 @@ def test_who(connect):
     b.set_nick("bob")
     a.join("lobby")
     b.join("lobby")
-    assert b.request(type="who", room="lobby") == {"type": "who", "room": "lobby", "members": ["alice", "bob"]}
+    assert b.request(type="who", room="lobby") == {"type": "who", "room": "lobby", "count": 2,
+                                                   "members": ["alice", "bob"]}
 
 
 def test_history_before_and_after(connect):

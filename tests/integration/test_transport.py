@@ -199,7 +199,8 @@ def test_server_answers_ping_with_same_payload(raw):
 
 def test_send_path_shared_by_threads_keeps_frames_whole(make_server):
     """Many threads sending to one client at once never interleave bytes inside a frame."""
-    server = make_server(rate_burst=100000, rate_per_second=100000, max_text_chars=5000)
+    # the senders never read their own copies: a reply budget that holds them all, or they wait
+    server = make_server(rate_burst=100000, rate_per_second=100000, max_text_chars=5000, max_reply_bytes=2**22)
     listener = websocket.create_connection(server.url, timeout=5)
     listener.recv()
     listener.send(json.dumps({"type": "join", "room": "r"}))

@@ -2,6 +2,7 @@
 (The Redis engine has its own suite against a real redis-server: tests/integration/test_redis.py.)"""
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -277,14 +278,16 @@ def test_writer_prunes_old_rows_from_the_file(tmp_path):
     assert count_rows(path) == {"a": 5}
 
 
-def test_smaller_retention_prunes_at_start(tmp_path):
-    """Reopening with a smaller history_per_room prunes every room when the store opens."""
+def test_smaller_retention_prunes_after_start(tmp_path):
+    """Reopening with a smaller history_per_room prunes every room, written to or not, once the
+    store has started (on the writer thread, so opening a file of many rooms stays fast)."""
     path = str(tmp_path / "h.db")
     store = started(SqliteEngine(path))
     write(store, [chat("a", n) for n in range(1, 21)] + [chat("b", n) for n in range(1, 3)])
     store.close()
-    SqliteEngine(path, per_room=3).close()
-    assert count_rows(path) == {"a": 3, "b": 2}
+    store = started(SqliteEngine(path, per_room=3, prune_interval=0.01))
+    wait_for(lambda: count_rows(path) == {"a": 3, "b": 2})
+    store.close()
 
 
 def test_graceful_close_leaves_no_wal_file(tmp_path):
@@ -349,7 +352,7 @@ def foreign_sqlite(path) -> None:
     [
         (lambda p: p.write_bytes(b"this is not a database, just some text\n" * 100), "file is not a database"),
         (lambda p: p.write_bytes(os.urandom(8192)), "file is not a database"),
-        (malformed_pages, "malformed"),
+        (malformed_pages, "is corrupt|malformed"),  # found by quick_check, or by a read before it
         (foreign_sqlite, "not a roomchat history"),
         (lambda p: p.mkdir(), "Is a directory"),
     ],
@@ -362,7 +365,7 @@ def test_unusable_file_raises_store_error(tmp_path, prepare, reason):
     with pytest.raises(StoreError) as info:
         SqliteEngine(str(path))
     message = str(info.value)
-    assert reason in message and str(path) in message and "\n" not in message
+    assert re.search(reason, message) and str(path) in message and "\n" not in message
 
 
 def test_missing_directory_raises_store_error(tmp_path):

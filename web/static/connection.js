@@ -161,14 +161,14 @@ function onJoined(event) {
   if ($("join-error").dataset.cause === conv.name) showError("join", "");
   conv.members = event.members || [];
   const history = event.history || [];
-  if (event.truncated) {
+  if (event.truncated && resumedFrom !== null) { // more was missed than one reply holds
     clearConv(conv, "Many messages came while you were away; showing the latest. Scroll up for older ones.");
     send({ type: "history", room: conv.name, limit: PAGE });
   } else {
     for (const message of history) onChat(message, { live: resumedFrom !== null });
   }
   if (resumedFrom === null) {
-    conv.atBeginning = history.length < PAGE;
+    conv.atBeginning = history.length < PAGE && !event.truncated; // truncated: older ones did not fit
     if (conv.lastSeq === null) conv.lastSeq = 0;
     scrollToBottom(conv);
   } else {

@@ -93,7 +93,7 @@ export function onHistory(event) {
   const isOlder = (m) => conv.oldestSeq !== null && m.seq < conv.oldestSeq;
   const ordered = [...messages.filter(isOlder).reverse(), ...messages.filter((m) => !isOlder(m))];
   for (const message of ordered) onChat(message, { live: false });
-  if (messages.length < PAGE) conv.atBeginning = true;
+  if (messages.length < PAGE && !event.truncated) conv.atBeginning = true; // a short page cut to size is not the end
   conv.loadingOlder = false;
   updateOlder(conv);
   pane.scrollTop = pane.scrollHeight - fromBottom; // keep what the reader was looking at in place

@@ -1,0 +1,87 @@
+"""Budgets a client draws on: how many bytes one reply may carry, and the rate that the
+connections of one address share. Pure, no sockets; the registry and the app use them.
+
+Replies. A list in a reply (`joined.history`, `history.messages`, `rooms.rooms`, `who.members`)
+is cut so that the whole frame stays within `max_reply_bytes`, and says so (`truncated`); the
+client pages on (PROTOCOL.md). Each item is encoded once, measured, and the frame is put together
+from the same bytes, so nothing is encoded twice. At least one item is always kept, so paging
+moves on even when one event is larger than the budget.
+
+Address shares. Every connection has its own token bucket (client.TokenBucket); connections from
+one address (after trusted-proxy resolution) also draw from one shared bucket of
+`address_rate_factor` times the burst and the rate, so many connections from one place cannot
+add up to many times the rate (fan-in). The shared bucket lives while a connection of that
+address does.
+"""
+
+import threading
+import time
+
+import orjson
+
+from chatserver import frames
+from chatserver.client import TokenBucket
+
+FRAME_OVERHEAD = 64  # bytes kept for the frame header, `truncated` and the brackets around the list
+
+
+def bounded_frame(head: dict, key: str, items: list, max_bytes: int, newest: bool = False) -> tuple[bytes, int]:
+    """A text frame of `head` with `key` set to as many of `items` as fit in `max_bytes` (at
+    least one): the first ones, or with `newest` the last ones, in their order. When some are
+    left out, `"truncated": true` is added. Returns (frame, number of items kept). Raises nothing.
+
+    `head` must be a non-empty JSON object without `key`; items are JSON values."""
+    encoded = [orjson.dumps(item) for item in items]
+    room = max_bytes - len(orjson.dumps(head)) - len(key) - FRAME_OVERHEAD
+    kept = 0
+    for data in reversed(encoded) if newest else encoded:
+        room -= len(data) + 1
+        if room < 0 and kept:
+            break
+        kept += 1
+    chosen = encoded[len(encoded) - kept:] if newest else encoded[:kept]
+    if kept < len(items):
+        head = {**head, "truncated": True}
+    payload = orjson.dumps(head)[:-1] + b',"' + key.encode() + b'":[' + b",".join(chosen) + b"]}"
+    return frames.text_frame(payload), kept
+
+
+class SharedTokenBucket(TokenBucket):
+    """A TokenBucket that several connections' threads take from at once: under a lock."""
+
+    def __init__(self, burst: int, rate: float, clock=time.monotonic):
+        super().__init__(burst, rate, clock)
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            return super().take()
+
+
+class AddressShares:
+    """The shared bucket of each address with live connections. Any thread; `_lock` (a leaf)
+    guards the table."""
+
+    def __init__(self, burst: int, rate: float):
+        self.burst = burst
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._shares: dict[str, list] = {}  # address -> [SharedTokenBucket, connections using it]
+
+    def acquire(self, address: str) -> SharedTokenBucket:
+        """The bucket of `address`, made on its first connection; `release` it when done. Raises nothing."""
+        with self._lock:
+            entry = self._shares.get(address)
+            if entry is None:
+                entry = self._shares[address] = [SharedTokenBucket(self.burst, self.rate), 0]
+            entry[1] += 1
+            return entry[0]
+
+    def release(self, address: str) -> None:
+        """One connection of `address` is gone; its bucket goes with the last one. Raises nothing."""
+        with self._lock:
+            entry = self._shares.get(address)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._shares[address]

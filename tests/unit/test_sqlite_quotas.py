@@ -1,0 +1,143 @@
+"""History quotas of the SQLite engine (bytes, age, rooms): oldest first, rooms with nothing left
+forgotten, and their seqs never reused, also after a restart."""
+
+import sqlite3
+import threading
+import time
+
+from chatserver.engine import Meta
+from chatserver.sqlite_engine import SqliteEngine
+from chatserver.sqlite_quotas import HistoryQuotas
+from tests.helpers import wait_for
+
+
+class Hub:
+    """Plays the Registry for the engine: counts deliveries, knows which rooms have members."""
+
+    process_id = "test"
+
+    def __init__(self, live=()):
+        self.live = set(live)
+        self.delivered = []
+        self.forgotten = []
+        self._cond = threading.Condition()
+
+    def deliver(self, items):
+        with self._cond:
+            self.delivered += [event for _room, event, _meta in items]
+            self._cond.notify_all()
+
+    def reject(self, items, reason):
+        raise AssertionError(reason)
+
+    def has_room(self, name):
+        return name in self.live
+
+    def forget(self, names):
+        self.forgotten += names
+        return {name for name in names if name in self.live}
+
+    def publish(self, engine, room, texts):
+        """Publish and wait until delivered; the events."""
+        with self._cond:
+            before = len(self.delivered)
+        engine.publish(room, [("ann", text, Meta()) for text in texts])
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.delivered) >= before + len(texts), 5)
+            return self.delivered[before:before + len(texts)]
+
+
+def engine(path, hub, **quotas):
+    store = SqliteEngine(str(path), prune_interval=0.02, quotas=HistoryQuotas(**quotas))
+    store.start(hub)
+    return store
+
+
+def rows(path) -> dict:
+    """room -> its stored seqs."""
+    with sqlite3.connect(path) as conn:
+        found = {}
+        for room, seq in conn.execute("SELECT room, seq FROM events ORDER BY room, seq"):
+            found.setdefault(room, []).append(seq)
+        return found
+
+
+def known_rooms(path) -> set:
+    with sqlite3.connect(path) as conn:
+        return {room for (room,) in conn.execute("SELECT room FROM rooms")}
+
+
+def used_bytes(path) -> int:
+    with sqlite3.connect(path) as conn:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return pages * conn.execute("PRAGMA page_size").fetchone()[0]
+
+
+def test_byte_quota_prunes_oldest_first_keeping_each_room_a_run(tmp_path):
+    """Past history_max_bytes the oldest events go first; what is left of each room is its newest
+    events, with no hole, and the file's used pages come back under the quota."""
+    path = tmp_path / "h.db"
+    hub = Hub()
+    store = engine(path, hub, max_bytes=400_000)
+    for n in range(40):
+        hub.publish(store, f"r{n % 4}", [f"{n:03d} " + "q" * 1000] * 25)
+    wait_for(lambda: used_bytes(path) <= 400_000, timeout=10)
+    store.close()
+    kept = rows(path)
+    assert kept and sum(len(seqs) for seqs in kept.values()) < 1000
+    for room, seqs in kept.items():
+        assert seqs == list(range(seqs[0], 251)), room  # a suffix of 1..250
+    assert min(seqs[0] for seqs in kept.values()) > 1
+
+
+def test_age_quota_forgets_emptied_rooms_and_seqs_go_on_above_them(tmp_path):
+    """Events older than history_max_age go; a room left empty is forgotten, here and in the
+    hub, and its next chat, also after a restart, takes a seq above every seq it had (so does a
+    new room)."""
+    path = tmp_path / "h.db"
+    hub = Hub()
+    store = engine(path, hub, max_age=0.2)
+    hub.publish(store, "old", ["a", "b", "c"])
+    wait_for(lambda: "old" in hub.forgotten)
+    assert known_rooms(path) == set() and rows(path) == {}
+    assert [e["seq"] for e in hub.publish(store, "old", ["d"])] == [4]
+    assert [e["seq"] for e in hub.publish(store, "other", ["x"])] == [4]
+    store.close()
+
+    hub = Hub()
+    store = engine(path, hub)
+    assert store.last_seqs() == {"old": 4, "other": 4}
+    assert [e["seq"] for e in hub.publish(store, "fresh", ["y"])] == [4]  # above the floor, 3
+    store.close()
+
+
+def test_room_quota_forgets_the_quietest_rooms_but_not_one_with_members(tmp_path):
+    """Past history_max_rooms the rooms quiet longest are forgotten, whole; a room someone is in
+    is kept however quiet."""
+    path = tmp_path / "h.db"
+    hub = Hub(live={"r0"})
+    store = engine(path, hub, max_rooms=3)
+    for n in range(6):
+        hub.publish(store, f"r{n}", ["hi"])
+        time.sleep(0.01)
+    wait_for(lambda: len(known_rooms(path)) == 3)
+    store.close()
+    assert known_rooms(path) == {"r0", "r4", "r5"}
+    assert sorted(rows(path)) == ["r0", "r4", "r5"]
+    assert sorted(hub.forgotten) == ["r1", "r2", "r3"]
+
+
+def test_many_rooms_open_fast(tmp_path):
+    """A file with 200,000 rooms opens in well under a second: retention and quotas run after
+    start, on the writer thread."""
+    path = tmp_path / "h.db"
+    SqliteEngine(str(path)).close()
+    with sqlite3.connect(path) as conn:
+        conn.executemany("INSERT INTO rooms VALUES (?, 1)", ((f"room-{i}",) for i in range(200_000)))
+        conn.executemany("INSERT INTO events VALUES (?, 1, 'ann', 'hello', ?)",
+                         ((f"room-{i}", 1e9 + i) for i in range(200_000)))
+    started = time.monotonic()
+    store = SqliteEngine(str(path))
+    took = time.monotonic() - started
+    store.close()
+    assert took < 1.0

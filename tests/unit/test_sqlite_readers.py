@@ -1,0 +1,79 @@
+"""The SQLite reader pool: a fixed number of connections, the rest wait, idle ones are closed."""
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from chatserver.sqlite_readers import PoolBusy, ReaderPool
+
+
+class Opened:
+    """connect() for the pool: in-memory connections, counted."""
+
+    def __init__(self):
+        self.made = []
+
+    def __call__(self) -> sqlite3.Connection:
+        self.made.append(sqlite3.connect(":memory:", check_same_thread=False))
+        return self.made[-1]
+
+
+def test_at_most_size_connections_and_the_rest_wait():
+    """Ten readers at once share two connections; each waits its turn and all get one."""
+    opened = Opened()
+    pool = ReaderPool(opened, size=2, wait=5)
+    inside, most = [0], [0]
+    lock = threading.Lock()
+
+    def read():
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.02)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=read) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(opened.made) == 2 and most[0] == 2 and pool.open_connections == 2
+
+
+def test_a_read_waits_at_most_wait_seconds():
+    """With every connection lent for longer than `wait`, the next read is refused with PoolBusy."""
+    pool = ReaderPool(Opened(), size=1, wait=0.1)
+    with pool.connection(), pytest.raises(PoolBusy), pool.connection():
+        pass
+
+
+def test_idle_connections_are_closed():
+    """Connections unused for idle_timeout are closed and a later read opens a new one."""
+    opened = Opened()
+    pool = ReaderPool(opened, size=2, idle_timeout=0.05)
+    with pool.connection():
+        pass
+    assert pool.close_idle() == 0
+    time.sleep(0.1)
+    assert pool.close_idle() == 1 and pool.open_connections == 0
+    with pytest.raises(sqlite3.ProgrammingError):
+        opened.made[0].execute("SELECT 1")
+    with pool.connection():
+        pass
+    assert len(opened.made) == 2
+
+
+def test_closed_pool_refuses_and_closes_what_comes_back():
+    """After close(), reads get PoolBusy and a connection still lent is closed when given back."""
+    opened = Opened()
+    pool = ReaderPool(opened, size=2)
+    with pool.connection():
+        pool.close()
+    assert pool.open_connections == 0
+    with pytest.raises(PoolBusy), pool.connection():
+        pass
