@@ -1,11 +1,9 @@
 """The SQLite engine, roomchat's default: one process, chat history in a file.
 
-Implements engine.Engine (its docstring states the contract). Seqs are assigned under `_lock`
-in `publish` and the event is queued; one writer thread commits what has queued up (group
-commit) and then hands the batch to the hub, so no client sees an event before it is committed
-and many messages share one commit. Presence and nick events (`announce`) are delivered at once:
-they are not stored, so they never wait for the disk, and their place in a room's stream is
-where the hub delivers them.
+Implements engine.Engine (its docstring states the contract). `publish` assigns seqs under
+`_lock` and queues the events; one writer thread commits what has queued up (group commit),
+then hands the batch to the hub. Presence and nick events (`announce`) are delivered at once:
+not stored, they never wait for the disk; their place in the stream is where the hub delivers them.
 
 When commits keep failing (disk full, the file locked by another program) for `fail_after`
 seconds, the engine gives up on what is queued: seqs are rewound to the last committed ones, the
@@ -56,11 +54,8 @@ _STOP = object()  # put on the writer's queue by close()
 
 
 class SqliteEngine(LocalRules):
-    """Chat history in a SQLite file, written by one background thread with group commit.
-
-    `publish` only assigns seqs and queues the events. The writer thread takes whatever has
-    queued up (at most BATCH_MAX events), inserts it in one transaction, commits and then calls
-    `hub.deliver(batch)`.
+    """Chat history in a SQLite file, written by one background thread with group commit (at
+    most BATCH_MAX events per transaction, then `hub.deliver(batch)`).
 
     Durability: WAL journal with `synchronous=NORMAL`. A commit is in the WAL file (the OS page
     cache) when COMMIT returns, so every committed event survives the server being killed, even

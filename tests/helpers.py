@@ -3,10 +3,8 @@ fakes and waiting helpers. Fixtures live in conftest.py; test modules import onl
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -15,15 +13,30 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import websocket
 
 from chatserver.app import ChatServer
 from chatserver.config import Config
-from chatserver.engine import LocalRules
+from tests.fakes import (  # noqa: F401 - one place to import test helpers from
+    FakeConn,
+    ManualEngine,
+    RecordingHub,
+    chat,
+    seqs,
+    started,
+    write,
+)
+from tests.services import (  # noqa: F401
+    RedisServer,
+    SilentProxy,
+    TlsFiles,
+    free_port,
+    make_tls_files,
+    require_program,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -352,253 +365,3 @@ def upgrade_request(host: str, **headers: str) -> bytes:
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files of a test CA and a server certificate it signed; `spki` is the certificate's
-    base64 SHA-256 SPKI hash, as Chromium's --ignore-certificate-errors-spki-list takes it."""
-
-    ca: str
-    cert: str
-    key: str
-    spki: str
-
-
-def make_tls_files(directory: Path) -> TlsFiles:
-    """A certificate authority made now (trustme) and a server certificate for 127.0.0.1,
-    localhost and ::1, written to `directory`."""
-    import trustme  # only the TLS tests need it
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
-    paths = TlsFiles(*(str(directory / name) for name in ("ca.pem", "cert.pem", "key.pem")), spki="")
-    ca.cert_pem.write_to_path(paths.ca)
-    Path(paths.cert).write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(paths.key)
-    leaf = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes())
-    spki = leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return TlsFiles(paths.ca, paths.cert, paths.key, base64.b64encode(hashlib.sha256(spki).digest()).decode())
-
-
-def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):
-    """Poll until `predicate()` is truthy; return its value or fail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
-class FakeConn:
-    """A transport connection whose sends are kept in a list: for registry and dispatch tests.
-    `closed` is the (code, reason) the server closed it with, or None."""
-
-    def __init__(self):
-        self.frames = []
-        self.closed = None
-        self.own_bytes = 0
-
-    def send_frame(self, frame: bytes, own: int = 0) -> None:
-        self.frames.append(frame)
-        self.own_bytes += own
-
-    def pace(self) -> None:
-        pass
-
-    def backlog(self) -> int:
-        return 0
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def events(self, kind=None) -> list:
-        """Every event sent, in order; one write may carry several frames."""
-        out = []
-        for data in self.frames:
-            pos = 0
-            while pos < len(data):
-                n = data[pos + 1] & 0x7F
-                start = pos + 2
-                if n == 126:
-                    n, start = int.from_bytes(data[pos + 2 : pos + 4], "big"), pos + 4
-                elif n == 127:
-                    n, start = int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
-                event = json.loads(data[start : start + n])
-                pos = start + n
-                if kind is None or event["type"] == kind:
-                    out.append(event)
-        return out
-
-
-def require_program(name: str, install: str) -> str:
-    """The path of system program `name` (PATH, then /usr/sbin and /sbin). Missing, the test is
-    skipped with one line saying how to install it, or fails when CI is set: a CI that forgot to
-    install it must not pass by skipping."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-    if path is None:
-        reason = f"{name} is not installed here ({install})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must install it")
-        pytest.skip(reason)
-    return path
-
-
-class ManualEngine(LocalRules):
-    """An engine that stores a chat only when the test says `commit()`, like the SQLite writer:
-    reads see committed events only, and `announce` delivers at once. `on_read` runs inside
-    every read, so a test can make things happen between a join's place and its history read.
-    Room rules and reserved nicks are the memory engine's (LocalRules)."""
-
-    cluster = False
-    location = "test"
-    epoch = "manual"
-
-    def __init__(self):
-        self.committed: dict[str, list] = {}
-        self.uncommitted: list = []
-        self.seqs: dict[str, int] = {}
-        self.on_read = None
-        self.reads = 0
-        self.hub = None
-        self._init_rules()
-
-    def start(self, hub) -> None:
-        self.hub = hub
-
-    def last_seqs(self) -> dict:
-        return {room: events[-1]["seq"] for room, events in self.committed.items() if events}
-
-    def publish(self, room: str, chats: list) -> None:
-        from chatserver.protocol import chat_event
-
-        for sender, text, meta in chats:
-            seq = self.seqs[room] = self.seqs.get(room, 0) + 1
-            self.uncommitted.append((room, chat_event(room, sender, text, seq), meta))
-
-    def commit(self, n: int | None = None) -> None:
-        """Store the first `n` waiting events (all by default) and deliver them, in order."""
-        n = len(self.uncommitted) if n is None else n
-        batch, self.uncommitted = self.uncommitted[:n], self.uncommitted[n:]
-        for room, event, _meta in batch:
-            self.committed.setdefault(room, []).append(event)
-        if batch:
-            self.hub.deliver(batch)
-
-    def announce(self, room: str, event: dict, meta) -> None:
-        self.hub.deliver([(room, event, meta)])
-
-    def read(self, room, before=None, after=None, limit=50, max_bytes=None) -> list:
-        self.reads += 1
-        if self.on_read is not None:
-            hook, self.on_read = self.on_read, None
-            hook()
-        events = [e for e in self.committed.get(room, [])
-                  if (after is None or e["seq"] > after) and (before is None or e["seq"] < before)]
-        return events[:limit] if after is not None else events[-limit:]
-
-    def health(self):
-        return None
-
-    def close(self) -> None:
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A real redis-server of the test's own on a free port, with an append-only file in
-    `directory` (fsync always), so it can be stopped, killed and started again with its data."""
-
-    def __init__(self, directory: Path):
-        self.binary = require_program("redis-server", "apt-get install redis-server")
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = None
-        self.start()
-
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait_for(lambda: _pings(client), timeout=10)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def _pings(client) -> bool:
-    import redis
-
-    try:
-        return client.ping()
-    except redis.RedisError:
-        return False
-
-
-class SilentProxy:
-    """A TCP relay to 127.0.0.1:`upstream` that can go silent: `blackhole()` stops relaying in
-    both directions but keeps every socket open, as a network that drops packets does (no FIN,
-    no RST), so the server learns of nothing."""
-
-    def __init__(self, upstream: int):
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.silent = threading.Event()
-        self.sockets = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source, sink) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                if not self.silent.is_set():
-                    with contextlib.suppress(OSError):
-                        sink.shutdown(socket.SHUT_WR)
-                return
-            if not self.silent.is_set():
-                with contextlib.suppress(OSError):
-                    sink.sendall(data)
-
-    def blackhole(self) -> None:
-        self.silent.set()
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self.sockets:
-            sock.close()

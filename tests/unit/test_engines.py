@@ -1,8 +1,6 @@
 """Engines: MemoryEngine and SqliteEngine through one parametrized suite, then SQLite's own rules.
 (The Redis engine has its own suite against a real redis-server: tests/integration/test_redis.py.)"""
 
-import os
-import re
 import sqlite3
 import threading
 import time
@@ -11,44 +9,10 @@ import pytest
 
 from chatserver.config import Config
 from chatserver.engine import MemoryEngine, Meta, Unavailable
-from chatserver.sqlite_engine import SqliteEngine, StoreError, open_engine
-from tests.helpers import wait_for
+from chatserver.sqlite_engine import SqliteEngine, open_engine
+from tests.helpers import RecordingHub, chat, seqs, started, wait_for, write  # noqa: F401
 
 KINDS = ["memory", "sqlite"]
-
-
-class RecordingHub:
-    """Plays the Registry: records what the engine delivers and rejects."""
-
-    process_id = "test"
-
-    def __init__(self):
-        self.batches = []
-        self.rejected = []
-        self._cond = threading.Condition()
-
-    def deliver(self, items: list) -> None:
-        with self._cond:
-            self.batches.append([event for _room, event, _meta in items])
-            self._cond.notify_all()
-
-    def reject(self, items: list, reason: str) -> None:
-        with self._cond:
-            self.rejected.extend(items)
-            self._cond.notify_all()
-
-    def delivered(self) -> list:
-        return [event for batch in self.batches for event in batch]
-
-    def wait(self, count: int) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.delivered()) + len(self.rejected) >= count, timeout=5)
-
-
-def started(engine):
-    engine.hub = RecordingHub()
-    engine.start(engine.hub)
-    return engine
 
 
 @pytest.fixture(params=KINDS)
@@ -69,26 +33,6 @@ def make_store(request, tmp_path):
     yield make
     for store in stores:
         store.close()
-
-
-def chat(room: str, seq: int, text: str | None = None, nick: str = "ann") -> tuple:
-    """What a test publishes: the engine gives it the room's next seq, which the test names."""
-    return room, seq, nick, text or f"{room} {seq}"
-
-
-def write(store, chats) -> list:
-    """Publish each (room, seq, nick, text) in order; wait until all are delivered; return them."""
-    before = len(store.hub.delivered())
-    for room, _seq, nick, text in chats:
-        store.publish(room, [(nick, text, Meta())])
-    store.hub.wait(before + len(chats))
-    delivered = store.hub.delivered()[before:]
-    assert [(e["room"], e["seq"]) for e in delivered] == [(room, seq) for room, seq, _n, _t in chats]
-    return delivered
-
-
-def seqs(events: list) -> list:
-    return [event["seq"] for event in events]
 
 
 # -- one suite for both stores -------------------------------------------------------------------
@@ -326,97 +270,3 @@ def test_open_engine_picks_the_engine_from_config(tmp_path):
 def test_default_db_is_roomchat_db():
     """The default history is the file roomchat.db in the working directory."""
     assert Config().db == "roomchat.db"
-
-
-# -- files that cannot be used: one clear StoreError -------------------------------------------
-
-
-def malformed_pages(path) -> None:
-    """A real roomchat history whose middle pages are overwritten with garbage."""
-    store = started(SqliteEngine(str(path)))
-    write(store, [chat(f"r{n % 4}", n // 4 + 1, "some text " * 10) for n in range(4000)])
-    store.close()
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        f.seek(size // 2)
-        f.write(b"\xa5" * 8192)
-
-
-def foreign_sqlite(path) -> None:
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE notes (body TEXT)")
-
-
-@pytest.mark.parametrize(
-    ("prepare", "reason"),
-    [
-        (lambda p: p.write_bytes(b"this is not a database, just some text\n" * 100), "file is not a database"),
-        (lambda p: p.write_bytes(os.urandom(8192)), "file is not a database"),
-        (malformed_pages, "is corrupt|malformed"),  # found by quick_check, or by a read before it
-        (foreign_sqlite, "not a roomchat history"),
-        (lambda p: p.mkdir(), "Is a directory"),
-    ],
-    ids=["text", "random", "malformed", "foreign", "directory"],
-)
-def test_unusable_file_raises_store_error(tmp_path, prepare, reason):
-    """A corrupt, foreign or non-file path raises StoreError with one line naming path and reason."""
-    path = tmp_path / "h.db"
-    prepare(path)
-    with pytest.raises(StoreError) as info:
-        SqliteEngine(str(path))
-    message = str(info.value)
-    assert re.search(reason, message) and str(path) in message and "\n" not in message
-
-
-def test_missing_directory_raises_store_error(tmp_path):
-    """A path inside a regular file (or a missing directory) cannot be created."""
-    (tmp_path / "plain").write_text("")
-    with pytest.raises(StoreError, match="Not a directory"):
-        SqliteEngine(str(tmp_path / "plain" / "h.db"))
-    with pytest.raises(StoreError, match="No such file or directory"):
-        SqliteEngine(str(tmp_path / "missing" / "h.db"))
-
-
-def test_second_store_on_one_file_is_refused(tmp_path):
-    """While one store has the file open, another fails instead of reusing its seqs."""
-    path = str(tmp_path / "h.db")
-    store = SqliteEngine(path)
-    try:
-        with pytest.raises(StoreError, match="in use by another roomchat process"):
-            SqliteEngine(path)
-    finally:
-        store.close()
-    SqliteEngine(path).close()  # free again once the first is closed
-
-
-@pytest.mark.timeout(10)
-def test_write_lock_held_elsewhere_fails_fast(tmp_path):
-    """A write lock held by another connection makes opening fail within about a second."""
-    path = str(tmp_path / "h.db")
-    SqliteEngine(path).close()
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    try:
-        started = time.monotonic()
-        with pytest.raises(StoreError, match="database is locked"):
-            SqliteEngine(path)
-        assert time.monotonic() - started < 3
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
-
-
-def test_bad_synchronous_mode_is_refused(tmp_path):
-    """Only SQLite's synchronous levels are accepted."""
-    with pytest.raises(ValueError):
-        SqliteEngine(str(tmp_path / "h.db"), synchronous="SOMETIMES")
-
-
-def test_history_file_is_owner_only(tmp_path):
-    """A new history file can be read by its owner only: chats are private."""
-    path = tmp_path / "h.db"
-    store = started(SqliteEngine(str(path)))
-    write(store, [chat("a", 1)])
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert (tmp_path / "h.db-wal").stat().st_mode & 0o077 == 0
-    store.close()

@@ -1,0 +1,167 @@
+"""Real services a test starts and stops itself: redis-server, a TCP relay that can go silent,
+TLS files from a test CA, and the check that a system program is installed. Imported through
+tests/helpers.py."""
+
+import base64
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def require_program(name: str, install: str) -> str:
+    """The path of system program `name` (PATH, then /usr/sbin and /sbin). Missing, the test is
+    skipped with one line saying how to install it, or fails when CI is set: a CI that forgot to
+    install it must not pass by skipping."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        reason = f"{name} is not installed here ({install})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must install it")
+        pytest.skip(reason)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server of the test's own on a free port, with an append-only file in
+    `directory` (fsync always), so it can be stopped, killed and started again with its data."""
+
+    def __init__(self, directory: Path):
+        self.binary = require_program("redis-server", "apt-get install redis-server")
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_for(lambda: _pings(client), timeout=10)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False
+
+
+class SilentProxy:
+    """A TCP relay to 127.0.0.1:`upstream` that can go silent: `blackhole()` stops relaying in
+    both directions but keeps every socket open, as a network that drops packets does (no FIN,
+    no RST), so the server learns of nothing."""
+
+    def __init__(self, upstream: int):
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.silent = threading.Event()
+        self.sockets = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source, sink) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                if not self.silent.is_set():
+                    with contextlib.suppress(OSError):
+                        sink.shutdown(socket.SHUT_WR)
+                return
+            if not self.silent.is_set():
+                with contextlib.suppress(OSError):
+                    sink.sendall(data)
+
+    def blackhole(self) -> None:
+        self.silent.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA and a server certificate it signed; `spki` is the certificate's
+    base64 SHA-256 SPKI hash, as Chromium's --ignore-certificate-errors-spki-list takes it."""
+
+    ca: str
+    cert: str
+    key: str
+    spki: str
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A certificate authority made now (trustme) and a server certificate for 127.0.0.1,
+    localhost and ::1, written to `directory`."""
+    import trustme  # only the TLS tests need it
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+    paths = TlsFiles(*(str(directory / name) for name in ("ca.pem", "cert.pem", "key.pem")), spki="")
+    ca.cert_pem.write_to_path(paths.ca)
+    Path(paths.cert).write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(paths.key)
+    leaf = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes())
+    spki = leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return TlsFiles(paths.ca, paths.cert, paths.key, base64.b64encode(hashlib.sha256(spki).digest()).decode())
+
+def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):
+    """Poll until `predicate()` is truthy; return its value or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,102 @@
+"""SQLite history files that cannot be used, and the file's own rules: one clear StoreError each."""
+
+import os
+import re
+import sqlite3
+import time
+
+import pytest
+
+from chatserver.sqlite_engine import SqliteEngine, StoreError
+from tests.helpers import chat, started, write
+
+
+def malformed_pages(path) -> None:
+    """A real roomchat history whose middle pages are overwritten with garbage."""
+    store = started(SqliteEngine(str(path)))
+    write(store, [chat(f"r{n % 4}", n // 4 + 1, "some text " * 10) for n in range(4000)])
+    store.close()
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xa5" * 8192)
+
+
+def foreign_sqlite(path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+
+
+@pytest.mark.parametrize(
+    ("prepare", "reason"),
+    [
+        (lambda p: p.write_bytes(b"this is not a database, just some text\n" * 100), "file is not a database"),
+        (lambda p: p.write_bytes(os.urandom(8192)), "file is not a database"),
+        (malformed_pages, "is corrupt|malformed"),  # found by quick_check, or by a read before it
+        (foreign_sqlite, "not a roomchat history"),
+        (lambda p: p.mkdir(), "Is a directory"),
+    ],
+    ids=["text", "random", "malformed", "foreign", "directory"],
+)
+def test_unusable_file_raises_store_error(tmp_path, prepare, reason):
+    """A corrupt, foreign or non-file path raises StoreError with one line naming path and reason."""
+    path = tmp_path / "h.db"
+    prepare(path)
+    with pytest.raises(StoreError) as info:
+        SqliteEngine(str(path))
+    message = str(info.value)
+    assert re.search(reason, message) and str(path) in message and "\n" not in message
+
+
+def test_missing_directory_raises_store_error(tmp_path):
+    """A path inside a regular file (or a missing directory) cannot be created."""
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(StoreError, match="Not a directory"):
+        SqliteEngine(str(tmp_path / "plain" / "h.db"))
+    with pytest.raises(StoreError, match="No such file or directory"):
+        SqliteEngine(str(tmp_path / "missing" / "h.db"))
+
+
+def test_second_store_on_one_file_is_refused(tmp_path):
+    """While one store has the file open, another fails instead of reusing its seqs."""
+    path = str(tmp_path / "h.db")
+    store = SqliteEngine(path)
+    try:
+        with pytest.raises(StoreError, match="in use by another roomchat process"):
+            SqliteEngine(path)
+    finally:
+        store.close()
+    SqliteEngine(path).close()  # free again once the first is closed
+
+
+@pytest.mark.timeout(10)
+def test_write_lock_held_elsewhere_fails_fast(tmp_path):
+    """A write lock held by another connection makes opening fail within about a second."""
+    path = str(tmp_path / "h.db")
+    SqliteEngine(path).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="database is locked"):
+            SqliteEngine(path)
+        assert time.monotonic() - started < 3
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_bad_synchronous_mode_is_refused(tmp_path):
+    """Only SQLite's synchronous levels are accepted."""
+    with pytest.raises(ValueError):
+        SqliteEngine(str(tmp_path / "h.db"), synchronous="SOMETIMES")
+
+
+def test_history_file_is_owner_only(tmp_path):
+    """A new history file can be read by its owner only: chats are private."""
+    path = tmp_path / "h.db"
+    store = started(SqliteEngine(str(path)))
+    write(store, [chat("a", 1)])
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "h.db-wal").stat().st_mode & 0o077 == 0
+    store.close()
