@@ -368,6 +368,14 @@ def make_tls_files(directory: Path) -> TlsFiles:
     return TlsFiles(paths.ca, paths.cert, paths.key, base64.b64encode(hashlib.sha256(spki).digest()).decode())
 
 
+def events_until(peer, last) -> list[dict]:
+    """Every event `peer` receives up to and including the first for which `last(event)` holds."""
+    events = [peer.recv()]
+    while not last(events[-1]):
+        events.append(peer.recv())
+    return events
+
+
 def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):
     """Poll until `predicate()` is truthy; return its value or fail."""
     deadline = time.monotonic() + timeout

@@ -5,7 +5,7 @@ import time
 import pytest
 import websocket
 
-from tests.helpers import SECRET, SilentProxy, token, wait_for, with_token
+from tests.helpers import SECRET, SilentProxy, events_until, token, wait_for, with_token
 
 
 @pytest.fixture
@@ -73,14 +73,6 @@ def test_unknown_or_spent_token_gets_a_guest(server, connect, peers, token):
 
 
 
-def events_until(peer, kind: str) -> list[dict]:
-    """Every event `peer` receives up to and including the first of type `kind`."""
-    events = [peer.recv()]
-    while events[-1]["type"] != kind:
-        events.append(peer.recv())
-    return events
-
-
 def test_a_token_holder_resumes_without_a_presence_flap(make_server, peers):
     """A connection with an identity token that also presents its resume token takes its client
     back like an anonymous one (rooms kept, no leave/join for the room, old connection closed
@@ -98,7 +90,7 @@ def test_a_token_holder_resumes_without_a_presence_flap(make_server, peers):
     frame = ann.ws.recv_data_frame(True)[1]
     assert int.from_bytes(frame.data[:2], "big") == 4002
     bob.send(type="chat", room="lobby", text="still here?")
-    assert [e["type"] for e in events_until(bob, "chat")] == ["chat"]  # no presence before it
+    assert [e["type"] for e in events_until(bob, lambda e: e["type"] == "chat")] == ["chat"]  # no presence before it
     assert again.recv_type("chat")["text"] == "still here?"
     assert bob.request(type="who", room="lobby")["members"] == ["ann", "bob"]
 
