@@ -111,3 +111,20 @@ def test_a_nick_link_applies_to_its_tab_only(open_page, connect):
     page.wait(lambda: page.value("nick-input") == "zed" and "zed (you)" in page.find("member-list").text)
     assert page.find("my-rooms").text.split() == ["home", "\u00d7"]
     assert page.find("nick-label").text == "Nick"
+
+
+def test_a_page_replaced_by_a_newer_connection_does_not_reconnect(open_page, make_server, peers):
+    """Another connection with the same token takes the nick (close 4002 for the page): the page
+    says so and does not reconnect by itself (two tabs would take the nick from each other
+    forever); "Reconnect now" does."""
+    signed_server = make_server(token_secret=SECRET)
+    ann = open_page(f"/?token={token('ann')}#lobby", on=signed_server)
+    ann.wait(lambda: "ann (you)" in ann.find("member-list").text, "not ann in lobby")
+    other = peers(f"{signed_server.url}?token={token('ann')}")
+    ann.wait(lambda: "replaced by a newer one" in ann.status(), f"status {ann.status()!r}")
+    time.sleep(1.5)  # three times the longest first backoff: a reconnect would have taken the nick back
+    assert other.request(type="ping") == {"type": "pong"} and "replaced by a newer one" in ann.status()
+    assert other.request(type="who", room="lobby")["members"] == []
+    other.close()
+    ann.find("reconnect-now").click()
+    ann.wait(lambda: ann.status() == "Connected." and "ann (you)" in ann.find("member-list").text, "no reconnect")
