@@ -107,9 +107,10 @@ function lost(ws, code) {
  *  HTTP refusal (401 without a valid token, 403), whose status a page cannot read. A plain HTTP
  *  request tells the two apart. */
 function refusedOrUnreachable() {
+  const retry = (why) => state.ws || state.retryTimer || scheduleReconnect(why); // unless "Reconnect now" was quicker
   fetch("/healthz", { method: "HEAD", cache: "no-store" }).then(
-    () => scheduleReconnect("The server refused the connection (a token may be required)."),
-    () => scheduleReconnect("Disconnected."));
+    () => retry("The server refused the connection (a token may be required)."),
+    () => retry("Disconnected."));
 }
 
 /** A frame came on `ws`: it is alive. Ping it after PING.interval of silence; give it up if it
@@ -150,7 +151,7 @@ function scheduleReconnect(why) {
   state.attempt += 1;
   setStatus(`${why} Reconnecting in ${Math.ceil(delay / 1000)} s…`, true);
   state.retryTimer = setTimeout(() => {
-    setStatus("Reconnecting…", true);
+    setStatus(`${why} Reconnecting…`, true);
     connect();
   }, delay);
 }
