@@ -7,8 +7,9 @@
   of what is being typed. It runs on the main thread: Ctrl-C there raises KeyboardInterrupt, as a
   SIGINT would, and Ctrl-D on an empty line ends the input.
 
-Both are context managers (entered around the whole run) with `feed(on_line)` and `print(line)`;
-`print` may be called from any thread.
+Both are context managers (entered around the whole run) with `feed(on_line)`, `print(line)` and
+`stop()` (no more lines are wanted: the connection ended for good); `print` and `stop` may be called
+from any thread.
 """
 
 import sys
@@ -42,6 +43,9 @@ class PipeConsole:
     def print(self, line: str) -> None:
         print(line, file=self._out or sys.stdout, flush=True)
 
+    def stop(self) -> None:
+        """Nothing to do: the reader thread is a daemon, and the run ends without waiting for it."""
+
 
 class PromptConsole:
     def __init__(self, prompt: Callable[[], str]):
@@ -51,6 +55,7 @@ class PromptConsole:
         self._prompt = prompt
         self._session = PromptSession()
         self._patch = patch_stdout()
+        self._stopped = False
 
     def __enter__(self) -> "PromptConsole":
         self._patch.__enter__()  # from here on, printing goes above the input line
@@ -62,7 +67,7 @@ class PromptConsole:
     def feed(self, on_line: Callable[[str | None], bool]) -> None:
         """Prompt for lines until `on_line` returns False or the input ends (Ctrl-D), then return.
         Raises KeyboardInterrupt on Ctrl-C."""
-        while True:
+        while not self._stopped:
             try:
                 line = self._session.prompt(self._prompt)
             except EOFError:
@@ -73,3 +78,10 @@ class PromptConsole:
 
     def print(self, line: str) -> None:
         print(line, flush=True)  # sys.stdout is prompt_toolkit's proxy while the console is entered
+
+    def stop(self) -> None:
+        """End the prompt as Ctrl-D would, from any thread (the prompt's event loop runs the exit)."""
+        self._stopped = True  # between two prompts: no next one
+        app = self._session.app
+        if app.is_running and app.loop is not None:
+            app.loop.call_soon_threadsafe(lambda: app.is_running and app.exit(exception=EOFError()))

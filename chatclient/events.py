@@ -23,7 +23,8 @@ KINDS = {
 # type -> field -> kind; a field ending in "?" may be missing. "chats" and "rooms" are lists whose
 # items are checked as a chat event or a rooms entry.
 FIELDS = {
-    "welcome": {"nick": "str", "epoch?": "str", "limits?": "dict"},
+    "welcome": {"nick": "str", "epoch?": "str", "limits?": "dict", "resume?": "str", "resumed?": "bool",
+                "rooms?": "strs", "auth?": "dict"},
     "chat": {"room": "str", "from": "str", "text": "str", "seq": "int", "ts?": "num"},
     "dm": {"from": "str", "to": "str", "text": "str", "ts?": "num"},
     "presence": {"room": "str", "event": "str", "nick": "str"},

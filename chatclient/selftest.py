@@ -20,9 +20,9 @@ import argparse
 import secrets
 import sys
 
+from chatclient.options import default_url, normalize_url
 from chatclient.selftest_checks import CHECKS
 from chatclient.selftest_client import CheckFailed, Conn, Probe, Skip
-from chatclient.terminal import default_url, normalize_url
 
 DEFAULT_TIMEOUT = 5.0
 

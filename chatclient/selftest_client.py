@@ -14,8 +14,8 @@ from collections import deque
 
 import websocket
 
+from chatclient.pacer import Pacer
 from chatclient.schema import problems, validator
-from chatclient.session import Pacer
 
 
 class CheckFailed(Exception):

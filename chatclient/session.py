@@ -9,6 +9,11 @@ dropped is sent again only if the resumed history does not hold it already, so n
 or shown twice. If the new `welcome` carries another epoch, the old seqs mean nothing: the
 rooms are joined afresh, without `after`.
 
+Resume token: each `welcome` carries one; the next connection presents the newest in its URL
+(`?resume=`). If the server still holds our client (a drop it has not noticed yet), the new
+`welcome` says `resumed`: nick and rooms are ours already, so no nick request goes out and the
+rooms see no leave and join.
+
 Identity rule: nothing goes out under a nick the user did not choose. Typed lines wait until the
 server has answered the nick request. If a reconnect finds our nick still held (the server has not
 yet noticed that the old connection is gone), we keep asking for it every NICK_RETRY seconds
@@ -30,39 +35,6 @@ JOIN_SHOW = 20  # messages of a room's history printed when we join it
 NICK_RETRY = 2.0  # seconds between requests for a nick the server still holds for our old connection
 
 
-class Pacer:
-    """A token bucket a little below the server's rate limit, so our own bursts (a pipe full of
-    lines, a reconnect with many rooms) are paced instead of refused with rate_limited."""
-
-    def __init__(self, burst: float, rate: float, clock=time.monotonic):
-        self.burst = max(1.0, burst)
-        self.rate = rate
-        self._clock = clock
-        self._tokens = self.burst
-        self._last = clock()
-
-    @classmethod
-    def for_limits(cls, limits: dict, clock=time.monotonic) -> "Pacer":
-        """The server's bucket starts full when it accepts us, a moment before ours starts. Values
-        that are not positive numbers (a broken server) fall back to the defaults."""
-        def positive(name, default):
-            value = limits.get(name)
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e9
-            return value if ok else default
-
-        return cls(positive("rate_burst", 20) - 1, positive("rate_per_second", 5.0) * 0.9, clock)
-
-    def delay(self) -> float:
-        """Seconds until a request may go out (0 means now)."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
-
-    def take(self) -> None:
-        self._tokens -= 1
-
-
 class Session:
     """Rooms, nick, seqs and queued requests of one user, kept across reconnects."""
 
@@ -77,6 +49,8 @@ class Session:
         self.strict = strict  # a pipe: a line that cannot be sent is a refusal, a refused --nick stops it
         self.refused: list[str] = []  # "what: why" for each refused request
         self.quitting = False
+        self.connections = 0  # welcomes seen so far
+        self.resume_token = None  # from the last `welcome`: `?resume=` on the next connection
         self._clock = clock
         self._granted = None  # the last nick the server gave us at our request
         self._gate = False  # typed lines wait: a nick request is not answered yet
@@ -97,8 +71,14 @@ class Session:
     # -- the connection's life ------------------------------------------------------------------
 
     def connected(self, welcome: dict) -> list[str]:
-        """A new connection said `welcome`: queue the nick and room joins that restore us."""
-        lines = []
+        """A new connection said `welcome`: queue the nick and room joins that restore us. After
+        a `resumed` welcome the server kept our nick and rooms: the joins (with `after`) only
+        fetch what we missed, and a room whose `leave` the drop interrupted is left again."""
+        resumed = welcome.get("resumed") is True
+        lines = [render.notice("reconnected" + ("; the server kept your nick and rooms" if resumed else ""))] \
+            if self.connections else []
+        self.connections += 1
+        self.resume_token = welcome.get("resume")  # the newest one: presented on the next reconnect
         if self.epoch is not None and welcome.get("epoch") != self.epoch:
             lines.append(render.notice("the server's history was reset; reloading your rooms"))
             self.rooms = dict.fromkeys(self.rooms)
@@ -114,6 +94,9 @@ class Session:
             self._nick_id = self._resume[-1]["id"]
         for room, seq in self.rooms.items():
             self._resume.append(self._request(type="join", room=room, **({} if seq is None else {"after": seq})))
+        for room in welcome.get("rooms", []) if resumed else ():
+            if room not in self.rooms and not any(r["type"] == "join" and r["room"] == room for r in self._outbox):
+                self._resume.append(self._request(type="leave", room=room))
         self._waiting = set(self.rooms)
         self._release_unconfirmed()
         return lines

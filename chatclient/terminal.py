@@ -5,13 +5,18 @@ reader thread for pipes) and then waits for the end; a `link` thread connects, s
 reconnects; a `reader` thread per connection turns server events into printed lines. They share one
 Session under one Condition (`_cond`), which also guards `_ws`, `_dropped` and `_stopping`.
 Everything printed goes through `_print`, under that lock.
+
+A drop is noticed by the reader: a closed socket at once, a connection that died silently (no FIN:
+a network that drops packets) by our own `ping` after ping_interval seconds without a frame, with
+ping_timeout seconds for anything to come back (15 + 5 s by default, so at most 20 s). The link
+thread then reconnects with backoff, presenting the last resume token (`?resume=`), so the server
+gives back our nick and rooms at once. After close 4001 or 4002 it does not reconnect.
 """
 
-import argparse
 import contextlib
 import json
-import os
 import random
+import ssl
 import sys
 import threading
 import time
@@ -19,60 +24,21 @@ import time
 import websocket
 
 from chatclient import render
-from chatclient.commands import UsageError, check_name
 from chatclient.console import PipeConsole, PromptConsole
 from chatclient.events import problem
-from chatclient.session import Pacer, Session
+from chatclient.options import PING_INTERVAL, PING_TIMEOUT, normalize_url, parse_args, with_resume
+from chatclient.pacer import Pacer
+from chatclient.session import Session
 
 CONNECT_TIMEOUT = 10.0
-IDLE_PING = 30.0  # seconds of silence before we ping; as long again without an answer is a drop
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 15.0
 QUIT_PATIENCE = 60.0  # after /quit or end of input, how long we keep trying to deliver
 CLOSE_WAIT = 1.0  # seconds to wait for the server's answer to our close frame
 LINK_ERRORS = (OSError, websocket.WebSocketException)
-
-
-def default_url(env=os.environ) -> str:
-    """Where a server started with the same ROOMCHAT_HOST / ROOMCHAT_PORT listens (default
-    ws://127.0.0.1:8765/). A server listening on every address is reached on loopback."""
-    host = env.get("ROOMCHAT_HOST") or "127.0.0.1"
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"ws://{host}:{env.get('ROOMCHAT_PORT') or 8765}/"
-
-
-def parse_args(argv, env=os.environ) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="roomchat.py client",
-        description="Chat in roomchat rooms from a terminal; lines come from stdin, so pipes work too.",
-        epilog="Exit status: 0 when the server accepted every request; 1 when it refused one (or, "
-        "with a pipe, a line could not be sent, e.g. text with no room to go to), with one line on "
-        "stderr saying what, or when the server could not be reached; 130 after Ctrl-C. "
-        "Type /help once connected for the commands.",
-    )
-    url = default_url(env)
-    parser.add_argument("url", nargs="?", default=url,
-                        help=f"server address (default {url}, from ROOMCHAT_HOST and ROOMCHAT_PORT)")
-    parser.add_argument("--nick", help="nick to use (default: the guest nick the server gives)")
-    parser.add_argument("--room", help="room to join at start; plain lines go there")
-    args = parser.parse_args(argv)
-    for kind in ("nick", "room"):
-        try:
-            if getattr(args, kind) is not None:
-                check_name(getattr(args, kind), kind)
-        except UsageError as exc:
-            parser.error(f"--{kind}: {exc}")
-    return args
-
-
-def normalize_url(url: str) -> str:
-    """Accept ws://, wss://, http:// and https:// addresses, or a bare HOST:PORT."""
-    if url.startswith(("http://", "https://")):
-        url = "ws" + url[len("http"):]
-    if "://" not in url:
-        url = "ws://" + url
-    return url if url.count("/") > 2 else url + "/"
+FINAL_CLOSES = {  # close codes after which we do not reconnect (PROTOCOL.md)
+    4001: "your token expired; connect again with a new one",
+    4002: "replaced by a new connection with your token or resume token (another client of yours?)",
+}
 
 
 def backoff(attempt: int) -> float:
@@ -81,16 +47,23 @@ def backoff(attempt: int) -> float:
 
 
 class TerminalClient:
-    def __init__(self, url: str, session: Session, console, err=None):
+    """Runs a Session over a WebSocket at `url`. `ping_interval`/`ping_timeout` (seconds) find a
+    connection that died silently; `sslopt` are websocket-client's TLS options for wss://."""
+
+    def __init__(self, url: str, session: Session, console, err=None, ping_interval: float = PING_INTERVAL,
+                 ping_timeout: float = PING_TIMEOUT, sslopt: dict | None = None):
         self.url = url
         self.session = session
         self.console = console
         self.err = err
+        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.sslopt = sslopt or {}
         self._cond = threading.Condition()
         self._ws = None  # the current connection
         self._reader = None  # ... and its reader thread
         self._dropped = False  # ... and it is gone
         self._stopping = False  # Ctrl-C: the link thread must stop at once
+        self._final = None  # why the server closed for good (4001, 4002): no reconnect
         self._give_up_at = None  # monotonic time after quitting when we stop trying to deliver
 
     def run(self) -> int:
@@ -99,7 +72,7 @@ class TerminalClient:
             try:
                 ws = self._connect()
             except LINK_ERRORS as exc:
-                self._complain(f"cannot connect to {self.url}: {describe(exc)}")
+                self._complain(f"cannot connect to {self.url.split('?')[0]}: {describe(exc)}")  # no token shown
                 return 1
             link = threading.Thread(target=self._serve, args=(ws,), name="link", daemon=True)
             link.start()
@@ -138,8 +111,11 @@ class TerminalClient:
     # -- connecting ---------------------------------------------------------------------------
 
     def _connect(self) -> websocket.WebSocket:
-        """Open a connection, read `welcome`, and start its reader thread."""
-        ws = websocket.create_connection(self.url, timeout=CONNECT_TIMEOUT, enable_multithread=True)
+        """Open a connection (presenting the last resume token), read `welcome`, and start its
+        reader thread."""
+        with self._cond:
+            url = with_resume(self.url, self.session.resume_token)
+        ws = websocket.create_connection(url, timeout=CONNECT_TIMEOUT, enable_multithread=True, sslopt=self.sslopt)
         try:
             welcome = json.loads(ws.recv())
         except (ValueError, RecursionError):
@@ -150,7 +126,7 @@ class TerminalClient:
         if problem(welcome) or welcome["type"] != "welcome":
             ws.shutdown()
             raise websocket.WebSocketException("the server did not answer with a roomchat welcome")
-        ws.settimeout(IDLE_PING)
+        ws.settimeout(self.ping_interval)
         reader = threading.Thread(target=self._read_events, args=(ws,), name="reader", daemon=True)
         with self._cond:
             self._ws, self._reader, self._dropped = ws, reader, False
@@ -173,8 +149,6 @@ class TerminalClient:
             except LINK_ERRORS:
                 attempt += 1
                 continue
-            with self._cond:
-                self._print([render.notice("reconnected")])
             return ws
 
     def _out_of_patience(self) -> bool:
@@ -193,6 +167,12 @@ class TerminalClient:
             self._pump(ws)
             with self._cond:
                 if self._stopping:
+                    return
+                if self._final:
+                    self.session.refused.append(f"the connection: {self._final}")
+                    self.session.abandon()
+                    self._print([render.error(f"The server closed the connection: {self._final}. Not reconnecting.")])
+                    self.console.stop()
                     return
                 if self.session.done or not self._dropped:  # done, or out of patience
                     break
@@ -227,7 +207,9 @@ class TerminalClient:
                 return
 
     def _read_events(self, ws) -> None:
-        """Print every event; ping when the line is quiet, and call it a drop if that goes unanswered."""
+        """Print every event. A connection can die without a word (a network that drops packets
+        sends no FIN): after ping_interval seconds without a frame we send a `ping`, and if
+        nothing at all comes within ping_timeout seconds more, we call it a drop."""
         pinged = False
         while True:
             try:
@@ -237,12 +219,20 @@ class TerminalClient:
                     break
                 pinged = True
                 with contextlib.suppress(*LINK_ERRORS):
+                    ws.settimeout(self.ping_timeout)
                     ws.send(json.dumps({"type": "ping"}))
                 continue
             except (*LINK_ERRORS, ValueError):
                 break
-            pinged = False
+            if pinged:
+                pinged = False
+                with contextlib.suppress(*LINK_ERRORS):
+                    ws.settimeout(self.ping_interval)
             if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
+                with self._cond:
+                    if ws is self._ws and code in FINAL_CLOSES:
+                        self._final = f"{FINAL_CLOSES[code]} ({code})"
                 break
             if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
                 self._handle(frame.data if opcode == websocket.ABNF.OPCODE_TEXT else None)
@@ -303,6 +293,8 @@ class TerminalClient:
 
 def describe(exc: BaseException) -> str:
     """A connection failure in a few words, without a traceback."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the server's certificate is not trusted ({exc.verify_message}); --cafile PATH trusts its CA"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
@@ -322,7 +314,8 @@ def main(argv=None) -> int:
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     session = Session(nick=args.nick, room=args.room, strict=not terminal)
     console = PromptConsole(lambda: prompt_text(session)) if terminal else PipeConsole()
-    client = TerminalClient(normalize_url(args.url), session, console)
+    client = TerminalClient(normalize_url(args.url), session, console, ping_interval=args.ping_interval,
+                            ping_timeout=args.ping_timeout, sslopt=args.sslopt)
     try:
         return client.run()
     except KeyboardInterrupt:  # before the connection was up

@@ -46,17 +46,21 @@ class Connections(Hub):
         free guest nick or, with an identity (a verified token), under the token's nick, reserved
         for it until the token expires and taken from whoever has it.
 
-        An anonymous connection presenting the `resume` token of a client of this process that is
-        still here takes that client over: same nick, same rooms, no presence flap; the client's
-        old connection is closed with 4002. Raises ChatError unavailable."""
-        with self._lock:
-            client = self._resume(resume, conn) if identity is None else None
-            if client is not None:
-                self._welcome(client, resumed=True)
-                return client
-            client = Client(next(self._ids), conn, "", limiter, identity)
+        A connection presenting the `resume` token of a client of this process that is still here
+        takes that client over: same nick, same rooms, no presence flap; the client's old
+        connection is closed with 4002. With an identity too, only a client of the same token
+        nick is taken over, and it holds the new token from then on. Raises ChatError unavailable."""
         if identity is not None:
             self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
+        with self._lock:
+            resumed = self._resume(resume, conn, identity)
+            if resumed is not None:
+                self._welcome(resumed, resumed=True)
+            client = resumed or Client(next(self._ids), conn, "", limiter, identity)
+        if resumed is not None:
+            if identity is not None:
+                self._identities.watch(client, identity.expires)
+            return client
         while True:
             nick = self._guest_nick(client) if identity is None else self._take(client, identity.nick)
             with self._lock:
@@ -124,13 +128,18 @@ class Connections(Hub):
             event["auth"] = client.identity.summary()
         client.send(protocol.encode(event))
 
-    def _resume(self, token: str | None, conn) -> Client | None:
+    def _resume(self, token: str | None, conn, identity=None) -> Client | None:
         """The client `token` names, moved onto `conn` (its old connection closed with 4002), or
-        None when the token is unknown: it was never given, or its client is gone."""
+        None when the token is unknown (never given, or its client is gone) or, with `identity`,
+        the client is not that identity's holder (anonymous, or another token nick)."""
         assert self._lock.locked()
         client = self._tokens.get(token) if token else None
         if client is None or client.id not in self._clients:
             return None
+        if identity is not None:
+            if client.identity is None or fold_nick(client.identity.nick) != fold_nick(identity.nick):
+                return None
+            client.identity = identity  # the newer token: its expiry and claims from now on
         old, client.conn = client.conn, conn
         old.close(CLOSE_REPLACED, "replaced by a new connection")
         log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CLOSE_REPLACED)

@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import queue
+import re
 import socket
 import struct
 import subprocess
@@ -33,13 +34,19 @@ class ClientProcess:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, bufsize=1, env=env)
         self.lines: list[str] = []
+        self.arrivals: list[float] = []  # time.monotonic() when each of `lines` was read
         self._new: queue.Queue = queue.Queue()
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()
 
     def _collect(self) -> None:
         for line in self.proc.stdout:
-            self._new.put(line.rstrip("\n"))
+            self._new.put((time.monotonic(), line.rstrip("\n")))
+
+    def _take(self, timeout: float) -> None:
+        arrived, line = self._new.get(timeout=timeout)
+        self.lines.append(line)
+        self.arrivals.append(arrived)
 
     def type(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -48,13 +55,18 @@ class ClientProcess:
     def expect(self, text: str, timeout: float = 10, ending: bool = False) -> str:
         """The first line (seen before or arriving within `timeout`) containing, or with
         `ending` ending with, `text`."""
+        return self.lines[self.expect_at(text, timeout, ending)]
+
+    def expect_at(self, text: str, timeout: float = 10, ending: bool = False) -> int:
+        """As expect(), but the line's index in `lines` (and `arrivals`)."""
         deadline = time.monotonic() + timeout
         while True:
-            found = next((line for line in self.lines if (line.endswith(text) if ending else text in line)), None)
-            if found:
+            found = next((n for n, line in enumerate(self.lines) if (line.endswith(text) if ending else text in line)),
+                         None)
+            if found is not None:
                 return found
             try:
-                self.lines.append(self._new.get(timeout=max(0.0, deadline - time.monotonic())))
+                self._take(max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"no line with {text!r}; got {self.lines}") from None
 
@@ -68,7 +80,7 @@ class ClientProcess:
         status = self.proc.wait(timeout)
         self._reader.join(5)
         while not self._new.empty():
-            self.lines.append(self._new.get())
+            self._take(0)
         return status
 
     def stderr(self) -> str:
@@ -215,17 +227,24 @@ def expect_request(received: queue.Queue, kind: str | None, timeout: float = 10)
 
 
 class Relay:
-    """A TCP relay on port 0 in front of `port`. `cut_client_side()` closes what the client sees
-    while the server keeps its end open, as after a silent network drop (the server finds out only
-    from its pings); `cut_server_side()` then closes those ends too."""
+    """A TCP relay on port 0 in front of `port`, for the connections open now and those to come.
+    `cut_client_side()` closes what the client sees while the server keeps its end open (the
+    server finds out only from its pings); `cut_server_side()` then closes those ends too.
+    `go_silent()` stops relaying on the open connections in both directions but closes nothing
+    (no FIN, no RST), as a network that drops packets: neither side learns of it. With
+    `spend_resume_tokens`, a new connection's `?resume=` token is replaced by one the server never
+    gave, as if the reconnect reached a process that does not know it."""
 
     def __init__(self, port: int):
         self._target = port
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.url = f"ws://127.0.0.1:{self.port}/"
+        self.spend_resume_tokens = False
+        self.requests: list[bytes] = []  # the first bytes of each connection (its request line)
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._cut: set[socket.socket] = set()  # client sockets cut: their end of input is not passed on
+        self._silent: set[socket.socket] = set()  # client sockets whose connection relays nothing more
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -242,13 +261,31 @@ class Relay:
                 threading.Thread(target=self._pipe, args=(src, dst, client), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, client: socket.socket) -> None:
+        first = src is client
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
-                dst.sendall(data)
+                if first:
+                    data, first = self._first_bytes(data), False
+                with self._lock:
+                    silent = client in self._silent
+                if not silent:
+                    dst.sendall(data)
             with self._lock:
-                if client in self._cut:
+                if client in self._cut or client in self._silent:
                     return
             dst.shutdown(socket.SHUT_WR)  # a clean end of input travels on
+
+    def _first_bytes(self, data: bytes) -> bytes:
+        """The request head as the client sent it, or with its resume token spent."""
+        if self.spend_resume_tokens:
+            data = re.sub(rb"([?&]resume=)[^&\s]*", rb"\1never-given", data, count=1)
+        self.requests.append(data.split(b"\r\n", 1)[0])
+        return data
+
+    def go_silent(self) -> None:
+        """Relay nothing more on the connections open now, and close none of them."""
+        with self._lock:
+            self._silent.update(client for client, _ in self._pairs)
 
     def cut_client_side(self) -> None:
         """Close every connection's client end; the server ends stay open and silent."""

@@ -6,6 +6,7 @@ import pytest
 from chatserver.app import ChatServer
 from chatserver.dispatch import Dispatcher
 from handlers import BATCH_HANDLERS, HANDLERS
+from tests.client_helpers import Relay
 from tests.helpers import (
     Peer,
     RawClient,
@@ -63,6 +64,14 @@ def peers(make_server):
 def connect(server, peers):
     """connect() -> Peer on the default server; connect(url) for another one."""
     return lambda url=None, **kwargs: peers(url or server.url, **kwargs)
+
+
+@pytest.fixture
+def relay(server):
+    """A Relay (tests/client_helpers.py) in front of the default server, closed at teardown."""
+    relay = Relay(server.port)
+    yield relay
+    relay.close()
 
 
 @pytest.fixture

@@ -365,3 +365,11 @@ def upgrade_request(host: str, **headers: str) -> bytes:
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
 
 
+def events_until(peer, last) -> list[dict]:
+    """Every event `peer` receives up to and including the first for which `last(event)` holds."""
+    events = [peer.recv()]
+    while not last(events[-1]):
+        events.append(peer.recv())
+    return events
+
+

@@ -25,13 +25,14 @@ def engine(request) -> str:
 
 @pytest.fixture
 def open_page(engine, server, tmp_path_factory):
-    """open_page(path, width=, height=, on=server, mobile=, scheme="http", flags=()) -> a ChatPage in
-    a fresh browser profile, connected to `server` (or `on`, anything with a `port`) over `scheme`;
-    `flags` are Chromium command-line flags (Chromium only). Every browser is closed at teardown."""
+    """open_page(path, width=, height=, on=server, mobile=, scheme="http", flags=(), connected=True)
+    -> a ChatPage in a fresh browser profile, connected to `server` (or `on`, anything with a
+    `port`) over `scheme` (with connected=False, not waited for); `flags` are Chromium command-line
+    flags (Chromium only). Every browser is closed at teardown."""
     browsers = []
 
     def start(path: str = "/", width: int = 1100, height: int = 750, on=None, mobile: bool = False,
-              scheme: str = "http", flags: tuple = ()) -> ChatPage:
+              scheme: str = "http", flags: tuple = (), connected: bool = True) -> ChatPage:
         profile = tmp_path_factory.mktemp(engine)
         try:
             browser = launch(engine, profile, width, height, mobile, flags)
@@ -40,7 +41,7 @@ def open_page(engine, server, tmp_path_factory):
                 raise
             pytest.skip(f"{engine} would not start: {exc}")
         browsers.append(browser)
-        return ChatPage(browser, f"{scheme}://127.0.0.1:{(on or server).port}", engine).open(path)
+        return ChatPage(browser, f"{scheme}://127.0.0.1:{(on or server).port}", engine).open(path, connected)
 
     yield start
     for browser in browsers:

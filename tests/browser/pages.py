@@ -193,9 +193,11 @@ class ChatPage:
         self.base_url = base_url
         self.engine = engine
 
-    def open(self, path: str = "/") -> "ChatPage":
+    def open(self, path: str = "/", connected: bool = True) -> "ChatPage":
+        """Load `path`; with `connected`, wait until the page says it is connected."""
         self.browser.get(self.base_url + path)
-        self.wait(lambda: self.status() == "Connected.", "the page never connected")
+        if connected:
+            self.wait(lambda: self.status() == "Connected.", "the page never connected")
         return self
 
     def wait(self, predicate, message: str = "condition not met", timeout: float = 10.0):
@@ -206,7 +208,8 @@ class ChatPage:
             try:
                 value = predicate()
             except Exception as exc:
-                if type(exc).__name__ not in ("NoSuchElementException", "StaleElementReferenceException"):
+                if type(exc).__name__ not in ("NoSuchElementException", "StaleElementReferenceException",
+                                              "StaleElementException"):  # selenium's and Marionette's names
                     raise
                 value = None
             if value:

@@ -1,13 +1,13 @@
 """The chat page in real browsers (Chromium and Firefox): the address fragment, errors next to their
 cause, the phone layout, the text limit in code points, the direct-message view, the favicon, no
-inline script or style, and the nick kept across a silent drop."""
+inline script or style, and the nick asked for again after a drop the server has not noticed.
+Resume tokens, identity tokens and `?nick=` links: test_page_identity.py."""
 
 import urllib.request
 
 import pytest
 
 from tests.browser.pages import ENTER
-from tests.client_helpers import Relay
 from tests.helpers import restart
 
 pytestmark = pytest.mark.browser
@@ -153,24 +153,22 @@ def test_favicon_is_served_and_the_page_has_no_inline_code(open_page, server):
     assert all(url.startswith(f"http://127.0.0.1:{server.port}/") for url in origins), origins
 
 
-def test_nick_comes_back_after_a_silent_drop(open_page, server, connect):
-    """After a drop the server does not notice at once, the page reconnects as a guest, sends
-    nothing as that guest, and takes its nick back as soon as the old connection is gone."""
-    relay = Relay(server.port)
-    try:
-        bob = connect()
-        bob.set_nick("bob")
-        bob.join("lobby")
-        ann = open_page("/?nick=ann#lobby", on=relay)
-        relay.cut_client_side()
-        ann.wait(lambda: "waiting for your nick ann" in ann.status(), "never waited for the nick", timeout=20)
-        ann.say("as a guest?")
-        assert "Waiting for your nick ann" in ann.error("send")
-        relay.cut_server_side()
-        ann.wait(lambda: ann.status() == "Connected." and ann.value("nick-input") == "ann", "nick not back")
-        ann.wait(lambda: ann.error("send") == "", "the error outlived its cause")
-        ann.message_box().send_keys(ENTER)  # what was kept in the box goes out now, as ann
-        event = bob.recv_type("chat")
-        assert (event["from"], event["text"]) == ("ann", "as a guest?")
-    finally:
-        relay.close()
+def test_nick_comes_back_after_a_silent_drop(open_page, relay, connect):
+    """After a drop the server does not notice at once, a reconnect whose resume token the server
+    does not know gets a guest nick: the page sends nothing as that guest, and takes its nick back
+    as soon as the old connection is gone."""
+    bob = connect()
+    bob.set_nick("bob")
+    bob.join("lobby")
+    ann = open_page("/?nick=ann#lobby", on=relay)
+    relay.spend_resume_tokens = True
+    relay.cut_client_side()
+    ann.wait(lambda: "waiting for your nick ann" in ann.status(), "never waited for the nick", timeout=20)
+    ann.say("as a guest?")
+    assert "Waiting for your nick ann" in ann.error("send")
+    relay.cut_server_side()
+    ann.wait(lambda: ann.status() == "Connected." and ann.value("nick-input") == "ann", "nick not back")
+    ann.wait(lambda: ann.error("send") == "", "the error outlived its cause")
+    ann.message_box().send_keys(ENTER)  # what was kept in the box goes out now, as ann
+    event = bob.recv_type("chat")
+    assert (event["from"], event["text"]) == ("ann", "as a guest?")

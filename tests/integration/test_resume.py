@@ -5,7 +5,7 @@ import time
 import pytest
 import websocket
 
-from tests.helpers import SilentProxy, wait_for
+from tests.helpers import SECRET, SilentProxy, events_until, token, wait_for, with_token
 
 
 @pytest.fixture
@@ -70,3 +70,30 @@ def test_unknown_or_spent_token_gets_a_guest(server, connect, peers, token):
         wait_for(lambda: server.registry.stats()["connections"] == 0)
     peer = peers(f"{server.url}?resume={token}")
     assert peer.welcome["nick"].startswith("guest-") and "resumed" not in peer.welcome
+
+
+
+def test_a_token_holder_resumes_without_a_presence_flap(make_server, peers):
+    """A connection with an identity token that also presents its resume token takes its client
+    back like an anonymous one (rooms kept, no leave/join for the room, old connection closed
+    with 4002, the newer token in force); a resume token of another nick's client is ignored."""
+    server = make_server(token_secret=SECRET)
+    ann = peers(with_token(server.url, token("ann")))
+    ann.join("lobby")
+    bob = peers(with_token(server.url, token("bob")))
+    bob.join("lobby")
+    assert ann.recv_type("presence")["nick"] == "bob"
+    again = peers(with_token(server.url, token("ann", ttl=7200)) + f"&resume={ann.welcome['resume']}")
+    assert again.welcome["resumed"] is True and again.welcome["rooms"] == ["lobby"]
+    assert again.welcome["auth"]["exp"] > ann.welcome["auth"]["exp"]
+    assert again.join("lobby", after=0)["members"] == ["ann", "bob"]
+    frame = ann.ws.recv_data_frame(True)[1]
+    assert int.from_bytes(frame.data[:2], "big") == 4002
+    bob.send(type="chat", room="lobby", text="still here?")
+    assert [e["type"] for e in events_until(bob, lambda e: e["type"] == "chat")] == ["chat"]  # no presence before it
+    assert again.recv_type("chat")["text"] == "still here?"
+    assert bob.request(type="who", room="lobby")["members"] == ["ann", "bob"]
+
+    carol = peers(with_token(server.url, token("carol")) + f"&resume={again.welcome['resume']}")
+    assert carol.welcome["nick"] == "carol" and "resumed" not in carol.welcome
+    assert again.request(type="ping") == {"type": "pong"}  # ann's connection was left alone

@@ -5,12 +5,13 @@ hostile server: test_terminal_client_hostile.py."""
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
 from chatserver.engine import MemoryEngine
-from tests.client_helpers import CLIENT, ClientProcess, Relay
-from tests.helpers import Peer, closing_all, restart, roomchat_env, server_with_chats
+from tests.client_helpers import CLIENT, ClientProcess
+from tests.helpers import Peer, closing_all, events_until, restart, roomchat_env, server_with_chats
 
 
 def run_pipe(url: str | None, stdin: str, *args: str, timeout: float = 20, env=None) -> subprocess.CompletedProcess:
@@ -133,6 +134,24 @@ def test_default_address_follows_roomchat_host_and_port(server, connect):
     assert peer.recv_type("chat")["text"] == "found you"
 
 
+def test_wss_with_a_cafile_or_roomchat_cafile(tls_server, tls_files, peers):
+    """A wss:// address works when --cafile (or ROOMCHAT_CAFILE) names the CA of the server's
+    certificate; without it the client says the certificate is not trusted and exits 1."""
+    peer = peers(tls_server.url, sslopt={"ca_certs": tls_files.ca})
+    peer.join("lobby")
+    sent = run_pipe(tls_server.url, "over wss\n", "--room", "lobby", "--cafile", tls_files.ca)
+    assert (sent.returncode, sent.stderr) == (0, "")
+    assert peer.recv_type("chat")["text"] == "over wss"
+    sent = run_pipe(tls_server.url, "from the variable\n", "--room", "lobby",
+                    env=roomchat_env(ROOMCHAT_CAFILE=tls_files.ca))
+    assert sent.returncode == 0
+    assert peer.recv_type("chat")["text"] == "from the variable"
+    refused = run_pipe(tls_server.url, "untrusted\n", "--room", "lobby", env=roomchat_env())
+    assert refused.returncode == 1
+    assert "certificate is not trusted" in refused.stderr and "--cafile" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+
+
 def test_sigint_closes_the_connection_and_exits_130(server, client, connect):
     """Ctrl-C (SIGINT) with a pipe: the client leaves at once (the room sees it go) and exits 130."""
     peer = connect()
@@ -250,26 +269,53 @@ def test_help_option():
     assert "--nick" in result.stdout and "--room" in result.stdout and "Exit status" in result.stdout
 
 
-def test_reconnect_keeps_asking_for_the_nick_until_the_old_connection_is_gone(server, connect, client):
-    """After a silent drop the server still holds the old connection and its nick: the client
-    reconnects as a guest, sends nothing as that guest, asks for its nick again until it is free,
-    then sends what was typed meanwhile under its own nick."""
-    relay = Relay(server.port)
-    try:
-        peer = connect()
-        peer.set_nick("bob")
-        peer.join("lobby")
-        ann = client(relay.url, "--nick", "ann", "--room", "lobby")
-        ann.expect("you joined lobby")
-        relay.cut_client_side()
-        ann.expect("connection lost")
-        ann.expect("still held by your previous connection", timeout=20)
-        ann.type("typed while held")
-        assert "ann" in connect().request(type="who", room="lobby")["members"]  # the old connection
-        relay.cut_server_side()
-        ann.expect("you are now known as ann", timeout=10)
-        event = peer.recv_type("chat")
-        assert (event["from"], event["text"]) == ("ann", "typed while held")
-        assert ann.finish() == 0
-    finally:
-        relay.close()
+def test_reconnect_keeps_asking_for_the_nick_until_the_old_connection_is_gone(relay, connect, client):
+    """After a drop the server has not noticed, a reconnect whose resume token the server does not
+    know gets a guest nick: the client sends nothing as that guest, asks for its nick again until
+    it is free, then sends what was typed meanwhile under its own nick."""
+    peer = connect()
+    peer.set_nick("bob")
+    peer.join("lobby")
+    ann = client(relay.url, "--nick", "ann", "--room", "lobby")
+    ann.expect("you joined lobby")
+    relay.spend_resume_tokens = True
+    relay.cut_client_side()
+    ann.expect("connection lost")
+    ann.expect("still held by your previous connection", timeout=20)
+    assert b"resume=never-given" in relay.requests[-1]
+    ann.type("typed while held")
+    assert "ann" in connect().request(type="who", room="lobby")["members"]  # the old connection
+    relay.cut_server_side()
+    ann.expect("you are now known as ann", timeout=10)
+    event = peer.recv_type("chat")
+    assert (event["from"], event["text"]) == ("ann", "typed while held")
+    assert ann.finish() == 0
+
+
+def test_silent_drop_is_detected_and_resumed_without_a_flap(relay, connect, client):
+    """A connection that goes silent (no FIN, no RST) is found dead by the client's ping
+    (--ping-interval 1 --ping-timeout 1: within about 2 s); the client reconnects with its resume
+    token and within a second has its nick and room back, with what was said meanwhile, while
+    the room's other members see no leave and join."""
+    bob = connect()
+    bob.set_nick("bob")
+    bob.join("lobby")
+    ann = client(relay.url, "--nick", "ann", "--room", "lobby", "--ping-interval", "1", "--ping-timeout", "1")
+    ann.expect("you joined lobby")
+    assert bob.recv_type("presence") == {"type": "presence", "room": "lobby", "event": "join", "nick": "ann"}
+    silent_at = time.monotonic()
+    relay.go_silent()
+    bob.send(type="chat", room="lobby", text="while you were gone")
+    lost = ann.expect_at("connection lost", timeout=10)
+    back = ann.expect_at("reconnected; the server kept your nick and rooms", timeout=10)
+    missed = ann.expect_at("<bob> while you were gone", timeout=10)
+    assert ann.arrivals[lost] - silent_at < 4  # ping_interval + ping_timeout, and some slack
+    assert ann.arrivals[missed] - ann.arrivals[back] < 1
+    assert b"resume=" in relay.requests[-1] and len(relay.requests) == 2
+    ann.type("back again")
+    events = events_until(bob, lambda e: e.get("text") == "back again")
+    assert [e["type"] for e in events] == ["chat", "chat"]  # bob's own, then ann's: no presence
+    assert events[-1]["from"] == "ann"
+    assert bob.request(type="who", room="lobby")["members"] == ["bob", "ann"]
+    assert sum("you are now known as" in line for line in ann.lines) == 1  # no second nick request
+    assert ann.finish() == 0

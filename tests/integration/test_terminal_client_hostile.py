@@ -138,3 +138,20 @@ def test_sigint_sends_close_1000_before_exiting(fake, client):
     assert ann.wait() == 130
     assert server.wait_closed() == [1000]
     assert ann.stderr() == ""
+
+
+@pytest.mark.parametrize(("code", "says"), [(4001, "your token expired"), (4002, "replaced by a new connection")])
+def test_a_final_close_code_ends_the_client_without_reconnecting(fake, client, code, says):
+    """Close 4001 (token expired) or 4002 (replaced): PROTOCOL.md says not to reconnect by
+    itself; the client says why in one line and exits 1 (a pipe), with no second connection."""
+    def script(conn, received):
+        conn.send(joined(expect_request(received, "join")))
+        conn.close(code, "bye")
+
+    server = fake(script)
+    ann = client(server.url, "--room", "lobby")
+    ann.expect("you joined lobby")
+    assert ann.wait() == 1
+    assert any(says in line and f"({code})" in line and "Not reconnecting" in line for line in ann.lines), ann.lines
+    assert server.connections == 1
+    assert f"the connection: {says}" in ann.stderr()

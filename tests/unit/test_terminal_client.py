@@ -76,12 +76,37 @@ def test_reconnect_resumes_each_room_after_the_last_seq():
     assert [r["text"] for r in drain(session)] == ["typed while offline"]
 
 
+def test_a_resumed_welcome_keeps_nick_and_rooms_without_asking_again():
+    """The newest resume token is kept; a `resumed` welcome sends no nick request, rejoins with
+    `after` (no member list printed again) and leaves a room whose leave the drop interrupted."""
+    session = Session(nick="ann", room="lobby")
+    assert session.resume_token is None
+    session.connected({**welcome(), "resume": "t1"})
+    session.on_event({"type": "nick", "old": "guest-1", "nick": "ann", "id": drain(session)[0]["id"]})
+    session.on_event({**joined(history=[chat(1), chat(2), chat(3)]), "id": drain(session)[0]["id"]})
+    assert session.resume_token == "t1"
+    session.handle_line("/join dev")
+    session.on_event({**joined(room="dev"), "id": drain(session)[0]["id"]})
+    session.handle_line("/leave dev")
+    drain(session)
+    session.disconnected()
+    session.handle_line("typed while offline")
+    lines = session.connected({**welcome(nick="ann"), "resume": "t2", "resumed": True, "rooms": ["dev", "lobby"]})
+    assert lines[0].endswith("reconnected; the server kept your nick and rooms") and session.resume_token == "t2"
+    sent = drain(session)
+    assert [(r["type"], r["room"], r.get("after")) for r in sent] == [("join", "lobby", 3), ("leave", "dev", None)]
+    assert session.on_event({**joined(history=[chat(4, "missed")]), "id": sent[0]["id"]})[0].endswith("<bob> missed")
+    session.on_event({"type": "left", "room": "dev", "id": sent[1]["id"]})
+    assert [r["text"] for r in drain(session)] == ["typed while offline"]
+    assert session.nick == "ann" and session.rooms == {"lobby": 4} and session.refused == []
+
+
 def test_new_epoch_reloads_rooms_without_after():
     """A welcome with another epoch says so, and rejoins rooms without `after`."""
     session = connected_session()
     session.disconnected()
     lines = session.connected(welcome(epoch="e2"))
-    assert "history was reset" in lines[0]
+    assert lines[0].endswith("reconnected") and "history was reset" in lines[1]
     join = drain(session)[0]
     assert join == {"type": "join", "room": "lobby", "id": join["id"]}
     shown = session.on_event({**joined(history=[chat(1, "fresh")]), "id": join["id"]})

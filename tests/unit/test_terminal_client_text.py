@@ -6,8 +6,9 @@ import pytest
 from chatclient import render
 from chatclient.commands import Command, UsageError, parse
 from chatclient.events import problem
-from chatclient.session import Pacer
-from chatclient.terminal import backoff, default_url, normalize_url
+from chatclient.options import default_url, normalize_url, parse_args, with_resume
+from chatclient.pacer import Pacer
+from chatclient.terminal import backoff
 
 
 def chat(seq, text="hi", room="lobby", sender="bob", **extra):
@@ -132,10 +133,12 @@ def test_event_shapes_are_checked(event, said):
         ({"ROOMCHAT_HOST": "0.0.0.0", "ROOMCHAT_PORT": "9000"}, "ws://127.0.0.1:9000/"),
         ({"ROOMCHAT_HOST": "::"}, "ws://[::1]:8765/"),
         ({"ROOMCHAT_HOST": "chat.example"}, "ws://chat.example:8765/"),
+        ({"ROOMCHAT_CERTFILE": "/etc/cert.pem"}, "wss://127.0.0.1:8765/"),
     ],
 )
 def test_default_url_follows_the_servers_variables(env, url):
-    """The default address is where a server with the same ROOMCHAT_HOST/ROOMCHAT_PORT listens."""
+    """The default address is where a server with the same ROOMCHAT_HOST/ROOMCHAT_PORT (and
+    ROOMCHAT_CERTFILE: wss) listens."""
     assert default_url(env) == url
 
 
@@ -186,3 +189,31 @@ def test_backoff_grows_with_jitter_and_is_capped():
 def test_normalize_url(given, url):
     """ws, wss, http(s) addresses and bare HOST:PORT all become WebSocket URLs."""
     assert normalize_url(given) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "token", "result"),
+    [
+        ("ws://h:1/", None, "ws://h:1/"),
+        ("ws://h:1/", "a-b_c", "ws://h:1/?resume=a-b_c"),
+        ("wss://h/?token=x.y.z", "r1", "wss://h/?token=x.y.z&resume=r1"),
+        ("ws://h/?resume=old&token=t", "new", "ws://h/?token=t&resume=new"),
+    ],
+)
+def test_the_resume_token_joins_the_query(url, token, result):
+    """The newest resume token goes in the query, replacing an older one; `token=` stays."""
+    assert with_resume(url, token) == result
+
+
+def test_ping_and_tls_options(tmp_path, capsys, tls_files):
+    """--ping-interval/--ping-timeout default to 15 s and 5 s and take positive seconds; --cafile
+    (or ROOMCHAT_CAFILE) must be a PEM file and becomes a TLS context that trusts it."""
+    args = parse_args([], env={})
+    assert (args.ping_interval, args.ping_timeout, args.cafile, args.sslopt) == (15.0, 5.0, None, {})
+    assert parse_args(["--ping-interval", "0.5", "--ping-timeout", "2"], env={}).ping_interval == 0.5
+    for bad in (["--ping-timeout", "0"], ["--ping-interval", "soon"], ["--cafile", str(tmp_path / "none.pem")]):
+        with pytest.raises(SystemExit):
+            parse_args(bad, env={})
+    assert "not a readable PEM file" in capsys.readouterr().err
+    context = parse_args([], env={"ROOMCHAT_CAFILE": tls_files.ca}).sslopt["context"]
+    assert context.check_hostname and context.get_ca_certs()

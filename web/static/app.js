@@ -8,11 +8,16 @@
 // retry with backoff and jitter; the new `welcome` is answered with our nick and, for every
 // room, a `join` with `after` = the last seq shown. Chats sent but not confirmed before the drop
 // are sent again once every room is back, unless the resumed history shows they were stored.
-// If the new `welcome` has another epoch, old seqs mean nothing: rooms are reloaded.
+// If the new `welcome` has another epoch, old seqs mean nothing: rooms are reloaded. A drop
+// with no FIN is found by our own ping (state.js: PING, 15 + 5 s).
 //
-// Identity rule (the terminal client follows it too): if a reconnect finds our nick still held by
-// the old connection (the server notices a vanished one only with its next ping), we ask for it
-// again every NICK_RETRY_MS until it is free, and nothing is sent as the guest meanwhile.
+// Identity rule (the terminal client follows it too): a reconnect presents the last `welcome`'s
+// resume token (`?resume=`). If the server still holds our old connection, it hands us our
+// client back (`resumed`): same nick, same rooms, no nick request and no leave/join for the
+// rooms. If it does not know the token and our nick is still held (the server notices a vanished
+// connection only with its next ping), we ask for it again every NICK_RETRY_MS until it is free,
+// and nothing is sent as the guest meanwhile. `?token=` and `?nick=` give a tab its own identity
+// (tabIdentity below).
 //
 // Errors show next to what caused them (the nick field, the room field, the message box) and go
 // away once resolved, when that field is edited, when the conversation changes or on reconnect.
@@ -23,9 +28,9 @@
 // and start-up).
 
 import {
-  NICK_RE, ROOM_RE, ROOMS_REFRESH_MS, STORE_NICK, STORE_ROOMS, $, state, roomKey, showError, showNick
+  NICK_RE, ROOM_RE, ROOMS_REFRESH_MS, STORE_NICK, STORE_ROOMS, STORE_TOKEN, $, state, roomKey, showError, showNick
 } from "./state.js";
-import { send, connect } from "./connection.js";
+import { send, connect, suspend } from "./connection.js";
 import { openRoom, show, setDrawer } from "./view.js";
 
 /** Why `text` cannot be sent as it is, or "". Counted in code points, as the server counts. */
@@ -68,7 +73,7 @@ function onNickSubmit(e) {
   clearTimeout(state.nickRetryTimer); // a nick of one's own choice ends any wait for the held one
   state.reclaiming = false;
   state.wantedNick = nick;
-  localStorage.setItem(STORE_NICK, nick);
+  state.storage.setItem(STORE_NICK, nick);
   if (state.connected && nick !== state.me) send({ type: "nick", nick });
 }
 
@@ -85,15 +90,38 @@ function roomsFromHash() {
   return location.hash.slice(1).split(",").map(decode).filter((r) => ROOM_RE.test(r));
 }
 
-function start() {
+/** Who this tab is. `?token=` moves out of the address (so it is not bookmarked or shared by
+ *  accident) into this tab's sessionStorage, for its reconnects and reloads. A tab with a token, or
+ *  opened from a `?nick=X#r1,r2` link, has an identity of its own: its nick and rooms are kept in
+ *  sessionStorage, and those the browser remembers for its other tabs (localStorage) stay as they were. */
+function tabIdentity() {
   const params = new URLSearchParams(location.search);
+  const token = params.get("token");
+  if (token) {
+    sessionStorage.setItem(STORE_TOKEN, token);
+    params.delete("token");
+    const search = params.toString();
+    history.replaceState(null, "", location.pathname + (search ? "?" + search : "") + location.hash);
+  }
   const linked = params.get("nick");
-  if (linked && NICK_RE.test(linked)) localStorage.setItem(STORE_NICK, linked);
-  state.wantedNick = localStorage.getItem(STORE_NICK);
+  const fromLink = !!linked && NICK_RE.test(linked);
+  if (fromLink || sessionStorage.getItem(STORE_TOKEN)) {
+    state.storage = sessionStorage;
+    const label = $("nick-label");
+    label.textContent = "Nick (this tab)";
+    label.title = "This tab has a nick of its own (from its link or token); other tabs keep the one this "
+      + "browser remembers.";
+  }
+  if (fromLink) sessionStorage.setItem(STORE_NICK, linked);
+}
+
+function start() {
+  tabIdentity();
+  state.wantedNick = state.storage.getItem(STORE_NICK);
   showNick();
   let saved = [];
   try {
-    saved = JSON.parse(localStorage.getItem(STORE_ROOMS) || "[]");
+    saved = JSON.parse(state.storage.getItem(STORE_ROOMS) || "[]");
   } catch {
     saved = [];
   }
@@ -120,6 +148,8 @@ function start() {
   $("refresh-rooms").addEventListener("click", () => state.connected && send({ type: "rooms" }));
   $("reconnect-now").addEventListener("click", connect);
   window.addEventListener("online", connect);
+  window.addEventListener("pagehide", suspend);
+  window.addEventListener("pageshow", (e) => e.persisted && connect());
   window.addEventListener("hashchange", () => roomsFromHash().forEach((r) => openRoom(r, true)));
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && state.current) show(state.current, false);

@@ -2,8 +2,8 @@
 // backoff, resuming rooms, keeping the nick, and the server's events that change more than one view.
 
 import {
-  PAGE, BACKOFF_FIRST_MS, BACKOFF_MAX_MS, NICK_RETRY_MS, STORE_NICK, $, state, roomKey, dmKey, sameNick,
-  roomConvs, showError, clearErrors, setStatus, showNick
+  PAGE, BACKOFF_FIRST_MS, BACKOFF_MAX_MS, NICK_RETRY_MS, PING, STORE_NICK, STORE_TOKEN, $, state, roomKey, dmKey,
+  sameNick, roomConvs, showError, clearErrors, setStatus, showNick
 } from "./state.js";
 import {
   onChat, onDm, onPresence, renderRoomList, onHistory, clearConv, renameDm, dropConv, renderMembers, addLine,
@@ -43,14 +43,36 @@ function pump() {
   }
 }
 
+// Close codes after which the page does not reconnect by itself (PROTOCOL.md); "Reconnect now" does.
+const FINAL_CLOSES = {
+  4001: "Disconnected: your token expired. Open the page with a new one.",
+  4002: "Disconnected: this connection was replaced by a newer one with your token (another tab or window?).",
+};
+
+/** The WebSocket address: this page's host, with this tab's identity token and the last resume token. */
+function socketUrl() {
+  const query = new URLSearchParams();
+  const token = sessionStorage.getItem(STORE_TOKEN);
+  if (token) query.set("token", token);
+  if (state.resumeToken) query.set("resume", state.resumeToken);
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const search = query.toString();
+  return scheme + location.host + "/" + (search ? "?" + search : "");
+}
+
 export function connect() {
   clearTimeout(state.retryTimer);
   state.retryTimer = null;
   if (state.ws) return;
-  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-  const ws = new WebSocket(scheme + location.host + "/");
+  const ws = new WebSocket(socketUrl());
+  let opened = false;
   state.ws = ws;
+  ws.onopen = () => {
+    opened = true;
+    heard(ws);
+  };
   ws.onmessage = (e) => {
+    heard(ws);
     let event;
     try {
       event = JSON.parse(e.data);
@@ -59,23 +81,77 @@ export function connect() {
     }
     handleEvent(event);
   };
-  ws.onclose = () => {
+  ws.onclose = (e) => lost(ws, opened ? e.code : null);
+}
+
+/** `ws` is gone (`code`: its close code; null if it never opened): sort out what was in flight, and
+ *  reconnect unless the server said not to. */
+function lost(ws, code) {
+  if (state.ws !== ws) return;
+  state.ws = null;
+  clearTimeout(state.pingTimer);
+  const wasConnected = state.connected;
+  state.connected = false;
+  if (wasConnected) disconnected();
+  if (FINAL_CLOSES[code]) {
+    state.resumeToken = null; // it was spent on the connection that replaced us
+    setStatus(FINAL_CLOSES[code], true);
+  } else if (code === null) {
+    refusedOrUnreachable();
+  } else {
+    scheduleReconnect("Disconnected.");
+  }
+}
+
+/** The socket never opened: either the server is down, or it answered the handshake with an
+ *  HTTP refusal (401 without a valid token, 403), whose status a page cannot read. A plain HTTP
+ *  request tells the two apart. */
+function refusedOrUnreachable() {
+  const retry = (why) => state.ws || state.retryTimer || scheduleReconnect(why); // unless "Reconnect now" was quicker
+  fetch("/healthz", { method: "HEAD", cache: "no-store" }).then(
+    () => retry("The server refused the connection (a token may be required)."),
+    () => retry("Disconnected."));
+}
+
+/** A frame came on `ws`: it is alive. Ping it after PING.interval of silence; give it up if it
+ *  then stays silent for PING.timeout more. */
+function heard(ws) {
+  clearTimeout(state.pingTimer);
+  state.pingTimer = setTimeout(() => {
     if (state.ws !== ws) return;
-    state.ws = null;
-    const wasConnected = state.connected;
-    state.connected = false;
-    if (wasConnected) disconnected();
-    scheduleReconnect();
-  };
+    ws.send(JSON.stringify({ type: "ping" })); // no id: its pong needs no bookkeeping
+    state.pingTimer = setTimeout(() => abandon(ws), PING.timeout);
+  }, PING.interval);
+}
+
+/** Give up a connection that stopped answering (the server may still think it is open; the
+ *  resume token takes our nick and rooms back from it). */
+function abandon(ws) {
+  if (state.ws !== ws) return;
+  ws.onclose = ws.onmessage = null;
+  ws.close();
+  lost(ws, 1006);
+}
+
+/** The page is going away, or into the back/forward cache, where it would keep its socket open
+ *  and stay in its rooms unseen: close with 1000 now (the rooms see it leave). If the page comes
+ *  back from that cache, `pageshow` connects again. */
+export function suspend() {
+  const ws = state.ws;
+  if (!ws) return;
+  ws.onclose = ws.onmessage = null;
+  ws.close(1000);
+  state.resumeToken = null; // a clean close: the server forgets our client
+  lost(ws, 1000);
 }
 
 /** Exponential backoff with jitter, so clients dropped together do not all return at once. */
-function scheduleReconnect() {
+function scheduleReconnect(why) {
   const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** state.attempt) * (0.5 + Math.random() / 2);
   state.attempt += 1;
-  setStatus(`Disconnected. Reconnecting in ${Math.ceil(delay / 1000)} s…`, true);
+  setStatus(`${why} Reconnecting in ${Math.ceil(delay / 1000)} s…`, true);
   state.retryTimer = setTimeout(() => {
-    setStatus("Reconnecting…", true);
+    setStatus(`${why} Reconnecting…`, true);
     connect();
   }, delay);
 }
@@ -104,7 +180,9 @@ function disconnected() {
 function onWelcome(event) {
   const reset = state.epoch !== null && event.epoch !== state.epoch;
   state.epoch = event.epoch;
+  state.resumeToken = event.resume || null;
   state.me = event.nick;
+  if (event.auth) state.wantedNick = event.nick; // a token's nick: nick requests for another are forbidden
   state.connected = true;
   state.attempt = 0;
   state.limits = event.limits || {};
@@ -119,7 +197,10 @@ function onWelcome(event) {
     const join = { type: "join", room: conv.name };
     if (conv.lastSeq !== null) join.after = conv.lastSeq;
     state.resuming.add(conv.name);
-    send(join);
+    send(join); // after a `resumed` welcome we are in the room already: no presence, just what we missed
+  }
+  for (const room of event.resumed ? event.rooms || [] : []) {
+    if (!state.convs.has(roomKey(room))) send({ type: "leave", room }); // left while the leave could not go out
   }
   releaseUnconfirmed();
   send({ type: "rooms" });
@@ -197,7 +278,7 @@ function dropStored(room, resumed) {
 function onNick(event, request) {
   if (request || sameNick(event.old, state.me)) {
     state.me = state.wantedNick = event.nick;
-    localStorage.setItem(STORE_NICK, event.nick);
+    state.storage.setItem(STORE_NICK, event.nick);
     showNick();
   }
   if (request) {
@@ -241,8 +322,8 @@ function onError(event, request) {
   if (kind === "nick") {
     state.reclaiming = false;
     state.wantedNick = state.grantedNick;
-    if (state.grantedNick) localStorage.setItem(STORE_NICK, state.grantedNick);
-    else localStorage.removeItem(STORE_NICK);
+    if (state.grantedNick) state.storage.setItem(STORE_NICK, state.grantedNick);
+    else state.storage.removeItem(STORE_NICK);
     showError("nick", message);
     releaseUnconfirmed();
   } else if (kind === "join" && !state.resuming.has(request.room)) {

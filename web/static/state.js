@@ -11,11 +11,30 @@ export const NEAR_BOTTOM_PX = 60;
 export const NICK_RETRY_MS = 2000;
 export const STORE_NICK = "roomchat.nick";
 export const STORE_ROOMS = "roomchat.rooms";
+export const STORE_TOKEN = "roomchat.token"; // sessionStorage only: this tab's identity token
+
+// A connection can die without a word (a network that drops packets sends no FIN, and a browser
+// notices only when TCP gives up, minutes later). So after PING.interval ms without a frame from
+// the server we send a `ping`, and a connection that stays silent PING.timeout ms more is given
+// up and replaced: a silent drop is found within interval + timeout (15 + 5 s). `?ping=2,1` on
+// the page's address sets both, in seconds (the tests use it).
+export const PING = pingSettings(new URLSearchParams(location.search).get("ping"));
+
+function pingSettings(given) {
+  const [interval, timeout] = (given || "").split(",").map(Number);
+  const ok = (value) => Number.isFinite(value) && value > 0;
+  return { interval: ok(interval) ? interval * 1000 : 15000, timeout: ok(timeout) ? timeout * 1000 : 5000 };
+}
 export const $ = (id) => document.getElementById(id);
 
 export const state = {
   ws: null,
   connected: false,
+  // Where the nick and rooms are remembered: localStorage (every tab of this browser), or this
+  // tab's sessionStorage when the tab has an identity of its own (a `?nick=` link, a token).
+  storage: localStorage,
+  resumeToken: null, // from the last `welcome`: `?resume=` on the next connection
+  pingTimer: null,
   epoch: null,
   me: null, // the nick the server knows us by
   wantedNick: null, // the nick we ask for after every (re)connect
@@ -62,7 +81,7 @@ export const sameNick = (a, b) => a.toLowerCase() === b.toLowerCase();
 export const roomConvs = () => [...state.convs.values()].filter((c) => c.kind === "room");
 
 export function saveRooms() {
-  localStorage.setItem(STORE_ROOMS, JSON.stringify(roomConvs().map((c) => c.name)));
+  state.storage.setItem(STORE_ROOMS, JSON.stringify(roomConvs().map((c) => c.name)));
 }
 
 /** Show (or with "" clear) the error next to what caused it: "nick", "join" or "send". */
