@@ -30,7 +30,6 @@ from tests.fakes import (  # noqa: F401 - one place to import test helpers from
 )
 from tests.services import (  # noqa: F401
     RedisServer,
-    SilentProxy,
     TlsFiles,
     free_port,
     make_tls_files,

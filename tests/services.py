@@ -3,15 +3,12 @@ TLS files from a test CA, and the check that a system program is installed. Impo
 tests/helpers.py."""
 
 import base64
-import contextlib
 import hashlib
 import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -80,55 +77,6 @@ def _pings(client) -> bool:
         return False
 
 
-class SilentProxy:
-    """A TCP relay to 127.0.0.1:`upstream` that can go silent: `blackhole()` stops relaying in
-    both directions but keeps every socket open, as a network that drops packets does (no FIN,
-    no RST), so the server learns of nothing."""
-
-    def __init__(self, upstream: int):
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.silent = threading.Event()
-        self.sockets = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source, sink) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                if not self.silent.is_set():
-                    with contextlib.suppress(OSError):
-                        sink.shutdown(socket.SHUT_WR)
-                return
-            if not self.silent.is_set():
-                with contextlib.suppress(OSError):
-                    sink.sendall(data)
-
-    def blackhole(self) -> None:
-        self.silent.set()
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self.sockets:
-            sock.close()
-
-
-@dataclass(frozen=True)
 class TlsFiles:
     """PEM files of a test CA and a server certificate it signed; `spki` is the certificate's
     base64 SHA-256 SPKI hash, as Chromium's --ignore-certificate-errors-spki-list takes it."""

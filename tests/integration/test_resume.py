@@ -5,12 +5,13 @@ import time
 import pytest
 import websocket
 
-from tests.helpers import SECRET, SilentProxy, events_until, token, wait_for, with_token
+from tests.client_helpers import Relay
+from tests.helpers import SECRET, events_until, token, wait_for, with_token
 
 
 @pytest.fixture
 def proxy(server):
-    relay = SilentProxy(server.port)
+    relay = Relay(server.port)
     yield relay
     relay.close()
 
@@ -25,7 +26,7 @@ def test_resume_after_a_silent_drop_takes_back_nick_and_rooms(server, proxy, con
     bob = connect()
     bob.join("lobby")
     token = ann.welcome["resume"]
-    proxy.blackhole()
+    proxy.go_silent()
     bob.send(type="chat", room="lobby", text="while you were gone")
     bob.recv_type("chat")
     started = time.monotonic()
