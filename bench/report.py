@@ -28,6 +28,7 @@ CHECKS_TARGET = "0/0/0"  # missing/reordered/errors, for every server
 
 # Rows of the table per mode: (metric, label, format, show the ratio to the reference).
 LOAD_ROWS = [
+    ("held_of", "connections held to the end", "{}", False),
     ("loadgen_cpu_pct", "loadgen CPU %", "{:.0f}", False),
     ("other_load", "other load on CPU 0/1 %", "{}", False),
     ("checks", "missing/reordered/errors", "{}", False),
@@ -66,7 +67,7 @@ ROWS = {
         ("rss_mib", "server RSS MiB", "{:.0f}", True),
         ("kib_per_connection", "KiB RSS per connection", "{:.1f}", True),
         ("threads", "server threads", "{:,}", False),
-        *LOAD_ROWS[1:],
+        *LOAD_ROWS[2:],
     ],
 }
 
@@ -106,9 +107,18 @@ def checks(run):
     return f"{run['missing']}/{run['reordered']}/{run['errors']}"
 
 
+def intact(run):
+    """No error, every delivery checked out and, under load, every connection held to the end."""
+    if "error" in run or "server_exit" in run or checks(run) not in (None, CHECKS_TARGET):
+        return False
+    return "deliveries_per_s" not in run or run.get("held") == run.get("wanted")
+
+
 def cell_value(run, metric):
     if metric == "checks":
         return checks(run)
+    if metric == "held_of":
+        return f"{run['held']:,}/{run['wanted']:,}" if "held" in run else None
     if metric == "other_load":
         return "/".join(f"{x:.0f}" for x in run["other_load_pct"]) if "other_load_pct" in run else None
     return run.get(metric)
@@ -122,7 +132,7 @@ def evaluate(scenario, results):
             result = verdict(results, scenario.connections, server, kind, metric, bound)
             verdicts.setdefault(metric, []).append({"server": server, "target": label, "result": result})
     if scenario.mode != "idle":
-        bad = [s for s, run in results.items() if checks(run) not in (None, CHECKS_TARGET)]
+        bad = [s for s, run in results.items() if not intact(run)]
         verdicts["checks"] = [{"server": "all", "target": CHECKS_TARGET,
                                "result": "FAIL " + ",".join(bad) if bad else "PASS"}]
     return verdicts

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import psutil
-from report import CHECKS_TARGET, checks, evaluate, hop_costs, markdown, table
+from report import evaluate, hop_costs, intact, markdown, table
 from servers import (
     DEFAULT_SERVERS,
     LOADGEN_CPU,
@@ -179,6 +179,8 @@ def run_one(server_name, scenario, warmup, duration, workdir):
             figures["server_exit"] = f"exited during the run: {exited}"
         if "deliveries" in result:
             figures.update(cpu_figures(scenario, result, before, after))
+        if exited or result.get("held") != result.get("wanted"):
+            figures["server_log"] = group.log_tail()
         for key, prefix in (("latency_ms", ""), ("probe_ms", "probe_")):
             for stat, value in (result.pop(key, None) or {}).items():
                 if stat != "count":
@@ -358,10 +360,10 @@ def main(argv=None):
         f"{name}/{server}"
         for name, entry in report["scenarios"].items()
         for server, run in entry["results"].items()
-        if "error" in run or "server_exit" in run or checks(run) not in (None, CHECKS_TARGET)
+        if not intact(run)
     ]
     if broken:
-        print(f"# errors or failed delivery checks: {', '.join(broken)}")
+        print(f"# errors, lost connections or failed delivery checks: {', '.join(broken)}")
     return 1 if broken else 0
 
 
