@@ -47,6 +47,9 @@ log = logging.getLogger("roomchat.redis")
 PROCESS_TTL = 5.0  # seconds a dead process's nicks and members outlive it, at most (plus one heartbeat)
 SUBSCRIBE_TIMEOUT = 5.0
 RETRY_MAX_DELAY = 5.0
+POOL_SIZE = 64  # Redis connections per process at most (the subscription holds one of them)
+POOL_WAIT = 2.0  # seconds a thread waits for a free connection before Unavailable
+READ_TIMEOUT = 2.0  # seconds for the rest of a reply that has begun to arrive on the subscription
 
 def room_key(room: str, part: str) -> str:
     return f"roomchat:{{{room}}}:{part}"
@@ -62,7 +65,13 @@ class RedisEngine:
         self._per_room = per_room
         self._ttl_ms = int(process_ttl * 1000)
         self._heartbeat_every = process_ttl / 4
-        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10)
+        # Connection threads share the pool. redis-py's default pool raises "Too many connections"
+        # past 100 at once (a burst of joins did that); this one makes a thread wait for a free one.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=POOL_WAIT,
+            socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, health_check_interval=10,
+        )
+        self._redis = redis.Redis(connection_pool=pool)
         try:
             self._redis.ping()
             self._redis.set("roomchat:epoch", new_epoch(), nx=True)
@@ -105,6 +114,10 @@ class RedisEngine:
         self._call(self._publish, keys=[room_key(room, "seq"), room_key(room, "hist")], args=args)
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
+        if self._hub.has_room(room):
+            # A local member's join must come back here: if the room's SUBSCRIBE (sent by its
+            # first joiner, maybe still waiting its turn) is not in place yet, wait for it.
+            self.subscribe(room)
         kind = event.get("event", event["type"])  # join, leave or nick
         owner = f"{meta.origin[0]}:{meta.origin[1]}"
         origin = orjson.dumps([*meta.origin, meta.reply_id, meta.change])[:-1] + b","  # the script adds `at`
@@ -181,19 +194,25 @@ class RedisEngine:
         return spelled
 
     def subscribe(self, room: str) -> None:
-        """Subscribe to the room's channel and wait until Redis confirms. Raises Unavailable."""
+        """Subscribe to the room's channel (once) and wait until Redis confirms, also when another
+        thread sent the SUBSCRIBE. Raises Unavailable."""
         channel = room_key(room, "events")
-        with self._sub_lock:
-            with self._lock:
-                if room in self._last:
-                    return
-                self._last[room] = None
-                confirmed = self._confirmed[channel] = threading.Event()
-            # without a subscription now, the listener subscribes to every wanted room as it reconnects
-            with contextlib.suppress(redis.RedisError, AttributeError):
-                self._pubsub.subscribe(channel)
-            if not confirmed.wait(SUBSCRIBE_TIMEOUT):
-                raise Unavailable("Redis did not confirm the subscription")
+        with self._lock:
+            wanted = room in self._last
+            confirmed = self._confirmed.get(channel)
+        if not wanted:
+            with self._sub_lock:
+                with self._lock:
+                    send = room not in self._last
+                    if send:
+                        self._last[room] = None
+                        self._confirmed[channel] = threading.Event()
+                    confirmed = self._confirmed.get(channel)
+                if send:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
+                    with contextlib.suppress(redis.RedisError, AttributeError):
+                        self._pubsub.subscribe(channel)
+        if confirmed is not None and not confirmed.wait(SUBSCRIBE_TIMEOUT):
+            raise Unavailable("Redis did not confirm the subscription")
 
     def unsubscribe(self, room: str) -> None:
         """Unsubscribe once the room has no local member (unless one has joined again since)."""
@@ -258,7 +277,8 @@ class RedisEngine:
         self._problem = None
 
     def _receive(self) -> None:
-        message = self._pubsub.get_message(timeout=0.5)
+        pubsub = self._pubsub
+        message = pubsub.get_message(timeout=0.5)
         items = []
         while message is not None and len(items) < 512:
             if message["type"] == "subscribe":
@@ -273,7 +293,10 @@ class RedisEngine:
                     self._hub.deliver_dm(client, event)
                 else:
                     items += self._place(channel[len("roomchat:{"):-len("}:events")], message["data"])
-            message = self._pubsub.get_message(timeout=0)
+            # Whatever has arrived already joins this batch. Not get_message(timeout=0): a reply
+            # that has arrived in part is a timeout to redis-py, which then reconnects and drops
+            # what was in flight (presence is not in history, so joins waited for JOIN_TIMEOUT).
+            message = pubsub.get_message(timeout=READ_TIMEOUT) if pubsub.connection.can_read(timeout=0) else None
         if items:
             self._hub.deliver(items)
 
