@@ -52,6 +52,18 @@ def test_quick_cluster_bench_delivers_in_order_across_processes(tmp_path):
         assert run["redis_cpu_s"] > 0  # the bench measured its own redis-server
 
 
+@pytest.mark.timeout(60)
+def test_store_bench_drives_the_sqlite_engine_alone():
+    """store_bench.py --store-only publishes through SqliteEngine and counts what the hub gets
+    back, for synchronous NORMAL and FULL (so it follows the engine interface)."""
+    command = [sys.executable, "bench/store_bench.py", "--store-only", "--lone", "20", "--flood", "2000"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[2:]}
+    assert set(rows) == {"NORMAL", "FULL"}, proc.stdout
+    assert all(float(row[2].replace(",", "")) > 0 for row in rows.values())  # flood events/s
+
+
 def test_loadgen_counts_gaps_and_reordering(monkeypatch):
     """The load generator's check counts a skipped seq as missing and a lower one as reordered."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
