@@ -143,6 +143,8 @@ def hop_costs(report):
     the single-process rows' (memory and SQLite), with redis-server's own share, per scenario."""
     lines = []
     for name, entry in report["scenarios"].items():
+        if entry["mode"] not in ("saturate", "rate"):
+            continue  # S6's probes are a trickle on 10,000 idle connections: no per-message figure
         results = entry["results"]
         for cluster in (s for s in results if s.startswith("cluster")):
             run = results[cluster]
