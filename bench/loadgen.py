@@ -59,12 +59,13 @@ def emit(**fields):
 class Client(asyncio.Protocol):
     """One WebSocket connection: handshake, join, then counting and checking chat deliveries."""
 
-    def __init__(self, gen, room):
+    def __init__(self, gen, room, target=None):
         self.gen = gen
         self.room = room
+        self.host, self.port = target or (gen.host, gen.port)  # the server this client talks to
         self.mask = new_mask()
         self.transport = None
-        self.request, self.accept = handshake_request(gen.host, gen.port)
+        self.request, self.accept = handshake_request(self.host, self.port)
         self.head = b""  # handshake response until the blank line
         self.upgraded = False
         self.pending = []  # chunks of a frame that has not fully arrived
@@ -315,8 +316,8 @@ class LoadGen:
     """Opens the clients, runs one scenario mode and reports what it saw."""
 
     def __init__(self, args):
-        url = urlsplit(args.url)
-        self.host, self.port = url.hostname, url.port
+        self.targets = [(url.hostname, url.port) for url in map(urlsplit, args.url)]
+        self.host, self.port = self.targets[0]
         self.args = args
         self.clients = []
         self.senders = []
@@ -331,13 +332,16 @@ class LoadGen:
     # -- opening ------------------------------------------------------------------------------
 
     async def open_all(self):
-        """Connect, await welcome, join; at most --concurrency at a time so the listen backlog holds."""
+        """Connect, await welcome, join; at most --concurrency at a time so the listen backlog holds.
+
+        With several --url, clients go to the servers round-robin in the order they are made
+        (room by room), so every room has members, and senders, on each of them."""
         args = self.args
         pad = b"x" * max(0, args.text_len - STAMP_DIGITS - 3)
         for r in range(args.rooms):
             room = b"r%d" % r
             for c in range(args.clients_per_room):
-                client = Client(self, room)
+                client = Client(self, room, self.targets[len(self.clients) % len(self.targets)])
                 if c < args.senders_per_room:
                     client.sender = True
                     client.pad = pad
@@ -353,7 +357,7 @@ class LoadGen:
         async with gate:
             try:
                 async with asyncio.timeout(self.args.connect_timeout):
-                    await loop.create_connection(lambda: client, self.host, self.port)
+                    await loop.create_connection(lambda: client, client.host, client.port)
                     await client.expect("welcome")
                     client.send_json_text(b'{"type":"join","room":"%s"}' % client.room)
                     await client.expect("joined")
@@ -540,6 +544,7 @@ async def main(args):
     opened = {
         "wanted": args.rooms * args.clients_per_room,
         "held": len(gen.clients),
+        "held_per_server": [sum(1 for c in gen.clients if (c.host, c.port) == t) for t in gen.targets],
         "connect_failures": gen.connect_failures,
         "connect_s": round(time.monotonic() - t0, 2),
     }
@@ -564,7 +569,8 @@ async def main(args):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="roomchat benchmark load generator (JSON lines on stdout)")
-    p.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/")
+    p.add_argument("--url", required=True, action="append",
+                   help="ws://127.0.0.1:PORT/; repeat it to spread the clients over several servers")
     p.add_argument("--mode", choices=("saturate", "rate", "idle", "probe"), default="saturate")
     p.add_argument("--rooms", type=int, default=1)
     p.add_argument("--clients-per-room", type=int, default=50)

@@ -1,15 +1,18 @@
-"""Benchmark driver: roomchat against the websockets reference server, same scenarios, same run.
+"""Benchmark driver: roomchat (SQLite file, memory, a cluster on Redis) against the websockets
+reference server, same scenarios, same run.
 
-Each server runs as a subprocess pinned to CPU 0 and the load generator as a subprocess pinned to
-CPU 1, so the server's CPU time over the measured window (user + sys, all threads) is its own and
-can be divided by the deliveries the generator counted: µs of server CPU per delivery stays
-comparable even when the generator, not the server, sets the pace.
+Each server's processes (servers.py: one roomchat, or two roomchat and their redis-server) are
+pinned to CPU 0 and the load generator to CPU 1, so the server side's CPU time over the measured
+window (user + sys, all threads, all processes) is its own and can be divided by the deliveries
+the generator counted: µs of server CPU per delivery stays comparable even when the generator,
+not the server, sets the pace.
 
-    python bench/run.py                      # all scenarios, both servers (3 to 6 minutes)
-    python bench/run.py --scenarios S1,S3 --servers reference --duration 3
+    python bench/run.py                      # all scenarios, the default servers (10 to 15 minutes)
+    python bench/run.py --scenarios S1,S3 --servers cluster,reference --duration 3
     python bench/run.py --quick              # about a second per scenario; numbers are not targets
 
-Prints one table and writes the same figures as JSON to bench/results/<timestamp>.json.
+Prints one table (report.py) and writes the same figures as JSON to bench/results/<timestamp>.json
+and the table as Markdown beside it.
 """
 
 import argparse
@@ -19,7 +22,6 @@ import json
 import os
 import platform
 import queue
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,23 +30,26 @@ import time
 from pathlib import Path
 
 import psutil
-from common import find_port
+from report import evaluate, hop_costs, intact, markdown, table
+from servers import (
+    DEFAULT_SERVERS,
+    LOADGEN_CPU,
+    RATE_LIMITS,
+    REDIS_PERSISTENCE,
+    ROOT,
+    SERVER_CPU,
+    SERVERS,
+    Group,
+    pinned,
+    redis_parser,
+    redis_version,
+    stop,
+)
 
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-RATE_LIMITS = ["--rate-burst", "1000000", "--rate-per-second", "1000000"]
-SERVERS = {
-    "roomchat": [
-        str(ROOT / "roomchat.py"), "--host", "127.0.0.1", "--port", "0", "--db", ":memory:",
-        *RATE_LIMITS, "--max-text-chars", "40000", "--max-message-bytes", "131072",
-        "--max-outbox-bytes", "8388608", "--log-level", "WARNING",
-        "--max-connections-per-address", "0",  # every load generator connection comes from 127.0.0.1
-    ],
-    "reference": [str(BENCH / "reference_server.py"), "--host", "127.0.0.1", "--port", "0"],
-}
-SERVER_CPU, LOADGEN_CPU = 0, 1
 QUIET_PCT = 15  # other load on a benchmark CPU above this spoils a run: wait for quiet, then retry
 QUIET_WAIT_S = 10
+REDIS_FLAGS = " ".join(a or "''" for a in REDIS_PERSISTENCE)
 
 
 @dataclasses.dataclass
@@ -101,84 +106,14 @@ SCENARIOS = {
 QUICK_ROOMS = {"S4": 10, "S6": 50}  # --quick: 200 and 1,000 connections instead of 2,000 and 10,000
 
 
-# -- targets ------------------------------------------------------------------------------------
-# (scenario, metric, label, kind, bound). "ratio>=" / "ratio<=" compare roomchat / reference;
-# "<=" / "<" compare roomchat's own figure with the bound; "all" wants every connection held.
-TARGETS = [
-    ("S1", "deliveries_per_s", ">= 1.2x ref", "ratio>=", 1.2),
-    ("S1", "server_us_per_delivery", "<= 0.8x ref", "ratio<=", 0.8),
-    ("S2", "deliveries_per_s", ">= 1.2x ref", "ratio>=", 1.2),
-    ("S2", "server_us_per_delivery", "<= 0.8x ref", "ratio<=", 0.8),
-    ("S3", "p99_ms", "<= ref", "ratio<=", 1.0),
-    ("S4", "kib_per_connection", "<= 32 KiB", "<=", 32),
-    ("S5", "deliveries_per_s", ">= 1.0x ref", "ratio>=", 1.0),
-    ("S6", "held", "holds all", "all", None),
-    ("S6", "probe_max_ms", "< 50 ms", "<", 50),
-]
-COMPARE = {
-    "ratio>=": lambda v, b: v >= b,
-    "ratio<=": lambda v, b: v <= b,
-    "<=": lambda v, b: v <= b,
-    "<": lambda v, b: v < b,
-}
-CHECKS_TARGET = "0/0/0"  # missing/reordered/errors, for both servers
-
-
-# Rows of the table per mode: (metric, label, format, show the roomchat / reference ratio).
-LOAD_ROWS = [
-    ("loadgen_cpu_pct", "loadgen CPU %", "{:.0f}", False),
-    ("other_load", "other load on CPU 0/1 %", "{}", False),
-    ("checks", "missing/reordered/errors", "{}", False),
-]
-ROWS = {
-    "saturate": [
-        ("deliveries_per_s", "deliveries/s", "{:,.0f}", True),
-        ("server_us_per_delivery", "server CPU µs/delivery", "{:.2f}", True),
-        ("server_cpu_pct", "server CPU %", "{:.0f}", False),
-        *LOAD_ROWS,
-    ],
-    "rate": [
-        ("deliveries_per_s", "deliveries/s", "{:,.0f}", True),
-        ("p50_ms", "latency p50 ms", "{:.2f}", True),
-        ("p90_ms", "latency p90 ms", "{:.2f}", True),
-        ("p99_ms", "latency p99 ms", "{:.2f}", True),
-        ("max_ms", "latency max ms", "{:.2f}", True),
-        ("server_us_per_delivery", "server CPU µs/delivery", "{:.2f}", True),
-        *LOAD_ROWS,
-    ],
-    "idle": [
-        ("held", "connections held", "{:,}", False),
-        ("kib_per_connection", "KiB RSS per connection", "{:.1f}", True),
-        ("threads", "server threads", "{:,}", False),
-    ],
-    "probe": [
-        ("held", "connections held", "{:,}", False),
-        ("connect_s", "seconds to open all", "{:.1f}", True),
-        ("probe_p50_ms", "probe round trip p50 ms", "{:.2f}", True),
-        ("probe_max_ms", "probe round trip max ms", "{:.2f}", True),
-        ("rss_mib", "server RSS MiB", "{:.0f}", True),
-        ("kib_per_connection", "KiB RSS per connection", "{:.1f}", True),
-        ("threads", "server threads", "{:,}", False),
-        *LOAD_ROWS[1:],
-    ],
-}
-
-
 # -- running one server against one scenario ------------------------------------------------------
 
 
-def pinned(cpu):
-    """Command prefix that pins a child to one CPU, or nothing on a one-CPU machine."""
-    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
-        return ["taskset", "-c", str(cpu)]
-    return []
-
-
-def sample(server):
-    """Server CPU seconds (user + sys, all threads) and every CPU's busy seconds, taken together."""
-    times = server.cpu_times()
+def sample(group):
+    """The group's CPU seconds per role and every CPU's busy seconds, taken together."""
+    cpu = group.cpu()
     busy = [c.user + c.nice + c.system + c.irq + c.softirq + c.steal for c in psutil.cpu_times(percpu=True)]
-    return times.user + times.system, busy
+    return cpu, busy
 
 
 def cpu_busy(seconds=0.5):
@@ -199,59 +134,18 @@ def wait_for_quiet(limit_pct=QUIET_PCT, patience=QUIET_WAIT_S):
             return busy
 
 
-def start_server(name, logfile, timeout=15.0):
-    """Start a server and return (Popen, port) once it has printed its ws:// URL."""
-    out = open(logfile, "wb")  # noqa: SIM115 -- owned by the child for its whole life
-    proc = subprocess.Popen(
-        [*pinned(SERVER_CPU), sys.executable, *SERVERS[name]],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-    )
-    out.close()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        port = find_port(Path(logfile).read_bytes())
-        if port:
-            return proc, port
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    stop(proc)
-    raise RuntimeError(f"{name} did not print its ws:// URL; log tail: {tail(logfile)}")
-
-
-def stop(proc, patience=0.0, grace=5.0):
-    """Let a child finish for `patience` seconds, then SIGTERM it, then SIGKILL it after `grace`."""
-    try:
-        proc.wait(patience)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def tail(path, chars=600):
-    try:
-        return Path(path).read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
-
-
 def run_one(server_name, scenario, warmup, duration, workdir):
-    """Run one scenario against one fresh server; return its figures (or an "error" entry)."""
-    logfile = workdir / f"{scenario.name}-{server_name}.log"
-    proc = loadgen = None
+    """Run one scenario against one fresh server group; return its figures (or an "error" entry)."""
+    group = Group(SERVERS[server_name], workdir)
+    loadgen = None
     try:
-        proc, port = start_server(server_name, logfile)
-        server = psutil.Process(proc.pid)
-        idle_rss = server.memory_info().rss
-        lg_err = workdir / f"{scenario.name}-{server_name}-loadgen.err"
+        urls = group.start()
+        idle_rss = group.rss()
+        lg_err = workdir / "loadgen.err"
         with open(lg_err, "wb") as err:
             loadgen = subprocess.Popen(
                 [*pinned(LOADGEN_CPU), sys.executable, str(BENCH / "loadgen.py"),
-                 "--url", f"ws://127.0.0.1:{port}/", *scenario.loadgen_args(warmup, duration)],
+                 *(a for url in urls for a in ("--url", url)), *scenario.loadgen_args(warmup, duration)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, text=True,
             )
         lines = queue.Queue()
@@ -266,48 +160,67 @@ def run_one(server_name, scenario, warmup, duration, workdir):
                 raise RuntimeError(f"loadgen gave no result within {budget:.0f} s") from None
             msg = json.loads(line)
             if msg["event"] == "mark" and msg["name"] == "connected":
-                rss = server.memory_info().rss
+                rss = group.rss()
                 figures.update(
                     rss_mib=rss / 2**20,
                     kib_per_connection=(rss - idle_rss) / 1024 / max(1, msg["held"]),
-                    threads=server.num_threads(),
+                    threads=group.threads(),
                 )
                 loadgen.stdin.write("go\n")
                 loadgen.stdin.flush()
             elif msg["event"] == "mark" and msg["name"] == "start":
-                before = sample(server)
+                before = sample(group)
             elif msg["event"] == "mark" and msg["name"] == "end":
-                after = sample(server)
+                after = sample(group)
             elif msg["event"] == "result":
                 result = msg
-        if proc.poll() is not None:
-            figures["server_exit"] = f"server exited during the run with code {proc.returncode}: {tail(logfile, 300)}"
+        exited = group.exited()
+        if exited:
+            figures["server_exit"] = f"exited during the run: {exited}"
         if "deliveries" in result:
-            window = result["window_s"]
-            cpu = after[0] - before[0]
-            busy = [a - b for a, b in zip(after[1], before[1], strict=True)]
-            figures.update(
-                server_cpu_s=cpu,
-                server_cpu_pct=100 * cpu / window,
-                server_us_per_delivery=1e6 * cpu / max(1, result["deliveries"]),
-                # What else ran on the two CPUs during the window (other processes, steal):
-                other_load_pct=[
-                    round(max(0.0, 100 * (busy[SERVER_CPU] - cpu) / window), 1),
-                    round(max(0.0, 100 * (busy[LOADGEN_CPU] - result["loadgen_cpu_s"]) / window), 1),
-                ],
-            )
+            figures.update(cpu_figures(scenario, result, before, after))
+        if exited or result.get("held") != result.get("wanted"):
+            figures["server_log"] = group.log_tail()
         for key, prefix in (("latency_ms", ""), ("probe_ms", "probe_")):
             for stat, value in (result.pop(key, None) or {}).items():
                 if stat != "count":
                     figures[f"{prefix}{stat}_ms"] = value
         return {**result, **figures}
     except Exception as exc:  # one failed run must not stop the others
-        return {"error": f"{type(exc).__name__}: {exc}", "server_log": tail(logfile)}
+        return {"error": f"{type(exc).__name__}: {exc}", "server_log": group.log_tail()}
     finally:
         if loadgen is not None:
             stop(loadgen, patience=5)  # it closes its connections and exits after the result
-        if proc is not None:
-            stop(proc)
+        group.stop()
+
+
+def cpu_figures(scenario, result, before, after):
+    """Server CPU over the window, per delivery and per chat message (a message is delivered to
+    every member of its room), with redis-server's share, and the other load on both CPUs."""
+    window = result["window_s"]
+    roles = {role: after[0][role] - before[0].get(role, 0.0) for role in after[0]}
+    cpu = sum(roles.values())
+    deliveries = max(1, result["deliveries"])
+    messages = deliveries / scenario.clients_per_room
+    busy = [a - b for a, b in zip(after[1], before[1], strict=True)]
+    figures = {
+        "server_cpu_s": cpu,
+        "server_cpu_pct": 100 * cpu / window,
+        "server_us_per_delivery": 1e6 * cpu / deliveries,
+        "server_us_per_message": 1e6 * cpu / messages,
+        # What else ran on the two CPUs during the window (other processes, steal):
+        "other_load_pct": [
+            round(max(0.0, 100 * (busy[SERVER_CPU] - cpu) / window), 1),
+            round(max(0.0, 100 * (busy[LOADGEN_CPU] - result["loadgen_cpu_s"]) / window), 1),
+        ],
+    }
+    if "redis" in roles:
+        figures.update(
+            redis_cpu_s=roles["redis"],
+            redis_us_per_delivery=1e6 * roles["redis"] / deliveries,
+            redis_us_per_message=1e6 * roles["redis"] / messages,
+        )
+    return figures
 
 
 def measure(server_name, scenario, warmup, duration, workdir, retries, wait=True):
@@ -318,9 +231,9 @@ def measure(server_name, scenario, warmup, duration, workdir, retries, wait=True
     if scenario.mode not in ("saturate", "rate"):
         retries = 0
     runs = []
-    for _ in range(1 + retries):
+    for attempt in range(1 + retries):
         busy = wait_for_quiet() if wait else cpu_busy()
-        run = run_one(server_name, scenario, warmup, duration, workdir)
+        run = run_one(server_name, scenario, warmup, duration, workdir / f"{scenario.name}-{server_name}-{attempt}")
         run["busy_before_pct"] = [round(busy[SERVER_CPU]), round(busy[LOADGEN_CPU])]
         runs.append(run)
         if max(run.get("other_load_pct", [0])) < QUIET_PCT:
@@ -328,9 +241,6 @@ def measure(server_name, scenario, warmup, duration, workdir, retries, wait=True
     best = min(runs, key=lambda r: max(r.get("other_load_pct", [0])))
     best["attempts"] = len(runs)
     return best
-
-
-# -- reporting ----------------------------------------------------------------------------------
 
 
 def progress(run):
@@ -346,101 +256,36 @@ def progress(run):
     return ", ".join(parts)
 
 
-def fmt(value, pattern, limited=False):
-    if value is None:
-        return "-"
-    text = pattern.format(value)
-    return f">={text}" if limited else text
-
-
-def ratio(results, metric):
-    try:
-        return results["roomchat"][metric] / results["reference"][metric]
-    except (KeyError, TypeError, ZeroDivisionError):
-        return None
-
-
-def verdict(results, scenario, kind, metric, bound):
-    """PASS / FAIL for roomchat against one target, or "-" when a figure is missing."""
-    run = results.get("roomchat", {})
-    if kind == "all":
-        return "-" if "held" not in run else "PASS" if run["held"] == scenario.connections else "FAIL"
-    value = ratio(results, metric) if kind.startswith("ratio") else run.get(metric)
-    if value is None:
-        return "-"
-    return "PASS" if COMPARE[kind](value, bound) else "FAIL"
-
-
-def checks(run):
-    """missing/reordered/errors as one cell; None when the mode sends nothing."""
-    if "missing" not in run:
-        return None
-    return f"{run['missing']}/{run['reordered']}/{run['errors']}"
-
-
-def cell_value(run, metric):
-    if metric == "checks":
-        return checks(run)
-    if metric == "other_load":
-        return "/".join(f"{x:.0f}" for x in run["other_load_pct"]) if "other_load_pct" in run else None
-    return run.get(metric)
-
-
-def evaluate(scenario, results):
-    """Target verdicts for one scenario, keyed by metric; the checks row covers both servers."""
-    verdicts = {
-        metric: {"target": label, "result": verdict(results, scenario, kind, metric, bound)}
-        for name, metric, label, kind, bound in TARGETS
-        if name == scenario.name
-    }
-    if scenario.mode != "idle":
-        bad = [s for s, run in results.items() if checks(run) not in (None, CHECKS_TARGET)]
-        verdicts["checks"] = {"target": CHECKS_TARGET, "result": "FAIL " + ",".join(bad) if bad else "PASS"}
-    return verdicts
-
-
-def table(report, servers):
-    """The human-readable summary: a title row and one row per metric for each scenario."""
-    compare = len(servers) > 1
-    head = ["scenario", "metric", *servers, *(["ratio"] if compare else []), "target", "result"]
-    rows = []
-    for name, entry in report["scenarios"].items():
-        results = entry["results"]
-        rows.append([name, entry["title"]])
-        for metric, label, pattern, show_ratio in ROWS[entry["mode"]]:
-            row = ["", label]
-            for server in servers:
-                run = results.get(server, {})
-                limited = metric == "deliveries_per_s" and run.get("loadgen_limited")
-                row.append("ERROR" if "error" in run else fmt(cell_value(run, metric), pattern, limited))
-            if compare:
-                r = ratio(results, metric) if show_ratio else None
-                row.append(f"{r:.2f}x" if r is not None else "")
-            target = entry["targets"].get(metric, {})
-            rows.append([*row, target.get("target", ""), target.get("result", "")])
-        rows += [["", f"{s} error", run[key]] for s, run in results.items() for key in ("error", "server_exit")
-                 if key in run]
-    full = [head, *(r for r in rows if len(r) == len(head))]  # title and error rows may overflow
-    widths = [max(len(r[i]) for r in full) for i in range(len(head))]
-
-    def line(row):
-        cells = zip(row, widths, strict=False)
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells)).rstrip()
-
-    return "\n".join(line(row) for row in [head, *rows])
+def notes(servers):
+    """What the reader must know to read the table: how each server ran, where, with what."""
+    lines = ["rate limits raised for the runs: roomchat started with " + " ".join(RATE_LIMITS)]
+    for name in servers:
+        lines.append(f"{name}: {SERVERS[name].what}")
+    clusters = [SERVERS[s] for s in servers if SERVERS[s].redis]
+    if clusters:
+        parsers = ", ".join(f"{c.name} {redis_parser(c.hiredis)}" for c in clusters)
+        lines.append(f"redis-server {redis_version()} started by the bench for each run, persistence: AOF with "
+                     f"appendfsync everysec, no RDB snapshots ({REDIS_FLAGS}); redis-py parser: {parsers}")
+        lines.append("a cluster's server CPU is both roomchat processes plus redis-server, all pinned to the "
+                     "server CPU like a single server; clients alternate between the two processes")
+    where = f"server processes on CPU {SERVER_CPU}, loadgen on CPU {LOADGEN_CPU}" if pinned(0) else "NOT pinned"
+    lines.append(where)
+    return lines
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="roomchat vs reference server benchmark")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, e.g. S1,S3")
-    parser.add_argument("--servers", default="roomchat,reference", help="comma-separated, run in this order")
+    parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                        help=f"comma-separated, run in this order; from {','.join(SERVERS)}")
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per scenario")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--quick", action="store_true",
                         help="about 1 s per scenario and 1/10 of the connections in S4/S6 (smoke test)")
     parser.add_argument("--retries", type=int, default=1,
                         help=f"re-runs of a window in which other processes used more than {QUIET_PCT}%% of a CPU")
-    parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<timestamp>.json)")
+    parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<timestamp>.json); "
+                        "the Markdown table goes beside it (.md)")
     args = parser.parse_args(argv)
 
     try:
@@ -455,22 +300,25 @@ def main(argv=None):
     retries = 0 if args.quick else args.retries  # --quick neither waits for quiet nor repeats
     if args.quick:
         scenarios = [dataclasses.replace(s, rooms=QUICK_ROOMS.get(s.name, s.rooms)) for s in scenarios]
-    if "roomchat" in servers and not (ROOT / "roomchat.py").exists():
-        print("# roomchat.py not found: running the other servers only", flush=True)
-        servers.remove("roomchat")
+    if not (ROOT / "roomchat.py").exists():
+        print("# roomchat.py not found: running the reference only", flush=True)
+        servers = [s for s in servers if SERVERS[s].reference]
+    if any(SERVERS[s].redis for s in servers) and redis_version() is None:
+        print("# redis-server is not installed (apt-get install redis-server): no cluster rows", flush=True)
+        servers = [s for s in servers if not SERVERS[s].redis]
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    note = "rate limits raised for the runs: roomchat started with " + " ".join(RATE_LIMITS)
+    lines = notes(servers)
     report = {
         "started": stamp,
-        "note": note,
+        "notes": lines,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "pinned": bool(pinned(0))},
         "options": {"servers": servers, "warmup_s": warmup, "duration_s": duration, "quick": args.quick},
-        "commands": {s: ["python", *SERVERS[s]] for s in servers},
+        "commands": {s: SERVERS[s].commands("DIR", "redis://127.0.0.1:PORT/0") for s in servers},
         "scenarios": {},
     }
-    where = f"server on CPU {SERVER_CPU}, loadgen on CPU {LOADGEN_CPU}" if pinned(0) else "NOT pinned"
-    print(f"# {note}; {where}", flush=True)
+    for line in lines:
+        print(f"# {line}", flush=True)
     with tempfile.TemporaryDirectory(prefix="roomchat-bench-") as tmp:
         for scenario in scenarios:
             results = {}
@@ -485,26 +333,37 @@ def main(argv=None):
                 "results": results,
                 "targets": evaluate(scenario, results),
             }
+    report["redis_hop"] = hop_costs(report)
 
+    footer = [
+        "'>=' marks a rate measured with the load generator above 90% of a core: a lower bound; "
+        "'FAIL (>=)' a missed rate target that is such a lower bound.",
+        *(["Redis hop per chat message (server CPU, all processes):", *report["redis_hop"]]
+          if report["redis_hop"] else []),
+    ]
+    if args.quick:
+        footer.append("--quick: 1 s windows and 1/10 of the connections; the figures are not for the targets.")
     print()
     print(table(report, servers))
     print()
-    print(f"# {note}.")
-    print("# '>=' marks a rate measured with the load generator above 90% of a core: a lower bound.")
-    if args.quick:
-        print("# --quick: 1 s windows and 1/10 of the connections; the figures are not for the targets.")
+    for line in footer:
+        print(f"# {line}")
     out = args.out or BENCH / "results" / f"{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"# JSON: {out}")
+    out.with_suffix(".md").write_text("\n".join([
+        f"`python bench/run.py` {stamp}, {platform.python_version()}, {os.cpu_count()} CPUs", "",
+        markdown(report, servers), "", *(f"- {line}" for line in [*lines, *footer]), "",
+    ]))
+    print(f"# JSON: {out}, Markdown: {out.with_suffix('.md')}")
     broken = [
         f"{name}/{server}"
         for name, entry in report["scenarios"].items()
         for server, run in entry["results"].items()
-        if "error" in run or "server_exit" in run or checks(run) not in (None, CHECKS_TARGET)
+        if not intact(run)
     ]
     if broken:
-        print(f"# errors or failed delivery checks: {', '.join(broken)}")
+        print(f"# errors, lost connections or failed delivery checks: {', '.join(broken)}")
     return 1 if broken else 0
 
 

@@ -1,7 +1,7 @@
 """What durable history costs: roomchat with `--db :memory:` against `--db <file>`, same load, same run.
 
 Each server runs as a subprocess (pinned to CPU 0 when there are two CPUs; this process takes CPU 1).
-A light asyncio client (raw sockets, a few lines of framing, no JSON on the hot path) opens
+A light asyncio client (store_load.py: raw sockets, a few lines of framing, no JSON on the hot path) opens
 ROOMS rooms with SENDERS senders and RECEIVERS receivers each, then runs two phases:
 
 - saturated: every sender keeps --inflight chats outstanding; its own echo releases the next one.
@@ -14,14 +14,12 @@ throughput (exit status 1 otherwise).
 
     python bench/store_bench.py                  # about 1 minute (3 rounds)
     python bench/store_bench.py --repeat 1 --duration 2   # quicker, noisier
-    python bench/store_bench.py --store-only     # SqliteStore alone: synchronous NORMAL against FULL
+    python bench/store_bench.py --store-only     # SqliteEngine alone: synchronous NORMAL against FULL
 """
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -35,231 +33,12 @@ import threading
 import time
 from pathlib import Path
 
+from store_load import drive, percentiles
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CPU, CLIENT_CPU = 0, 1
 TARGET_RATIO = 0.70
-STAMP_DIGITS = 19
 COMMITS_RE = re.compile(r"history: (\d+) chat events stored in (\d+) commits")
-ZERO_MASK = b"\0\0\0\0"  # a client must mask; a zero key keeps the payload as is (RFC 6455 allows any key)
-
-
-# -- the client -----------------------------------------------------------------------------------
-
-
-def client_frame(payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x81, 0xFE)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 0xFF)) + n.to_bytes(8, "big")
-    return head + ZERO_MASK + payload
-
-
-class Client(asyncio.Protocol):
-    """One connection: handshake, join its room, then count chat deliveries and, for a sender, echoes."""
-
-    def __init__(self, load: "Load", room: str, sender: bool):
-        self.load = load
-        self.room = room.encode()
-        self.sender = sender
-        self.transport = None
-        self.buf = b""
-        self.upgraded = False
-        self.live = False
-        self.joined = asyncio.get_running_loop().create_future()
-        self.next_seq = None
-        self.inflight = 0
-        self.msg_id = 0
-
-    def connection_made(self, transport):
-        self.transport = transport
-        key = base64.b64encode(os.urandom(16))
-        transport.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key)
-
-    def connection_lost(self, exc):
-        if not self.joined.done():
-            self.joined.set_exception(ConnectionError(f"closed before joining: {exc}"))
-        elif not self.load.closing:
-            self.load.problems.append(f"connection lost: {exc}")
-
-    def data_received(self, data):
-        buf = self.buf + data if self.buf else data
-        pos, n = 0, len(buf)
-        if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            if not buf.startswith(b"HTTP/1.1 101"):
-                self.joined.set_exception(ConnectionError(buf[:80]))
-                return
-            self.upgraded = True
-            pos = end + 4
-        now = time.monotonic_ns()
-        while n - pos >= 2:
-            length, head = buf[pos + 1] & 0x7F, 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-            end = pos + head + length
-            if end > n:
-                break
-            opcode = buf[pos] & 0x0F
-            if opcode == 0x1:
-                self.text(buf, pos + head, end, now)
-            elif opcode == 0x9:
-                self.transport.write(bytes((0x8A, 0x80 | length)) + ZERO_MASK + buf[pos + head : end])
-            elif opcode == 0x8 and not self.load.closing:
-                self.load.problems.append(f"server closed: {buf[pos + head : end]!r}")
-            pos = end
-        self.buf = buf[pos:]
-
-    def text(self, buf, start, end, now):
-        if not self.live:
-            self.opening(json.loads(buf[start:end]))
-            return
-        if buf.find(b'"type":"chat"', start, end) < 0:
-            if buf.find(b'"type":"error"', start, end) >= 0:
-                self.load.problems.append(bytes(buf[start:end]).decode()[:200])
-            return
-        i = buf.find(b'"seq":', start, end) + 6
-        seq = int(buf[i : buf.find(b",", i, end)])
-        if self.next_seq is not None and seq != self.next_seq:
-            self.load.gaps += 1
-        self.next_seq = seq + 1
-        load = self.load
-        load.deliveries += 1
-        if self.sender and buf.find(b'"id":', start, end) >= 0:
-            load.echoes += 1
-            self.inflight -= 1
-            if load.latencies is not None:
-                t = buf.find(b'"text":"', start, end) + 8
-                load.latencies.append(now - int(buf[t : t + STAMP_DIGITS]))
-            if load.saturating:
-                self.send_chat()
-
-    def opening(self, msg):
-        if msg["type"] == "welcome":
-            self.transport.write(client_frame(b'{"type":"join","room":"%s"}' % self.room))
-        elif msg["type"] == "joined":
-            self.live = True
-            self.joined.set_result(None)
-        elif msg["type"] == "error":
-            self.joined.set_exception(ConnectionError(msg))
-
-    def send_chat(self):
-        self.msg_id += 1
-        self.inflight += 1
-        self.transport.write(client_frame(
-            b'{"type":"chat","room":"%s","text":"%019d %s","id":%d}'
-            % (self.room, time.monotonic_ns(), self.load.pad, self.msg_id)
-        ))
-
-
-class Load:
-    """All the clients of one run and what they counted."""
-
-    def __init__(self, args):
-        self.args = args
-        self.pad = b"x" * args.text_pad
-        self.clients: list[Client] = []
-        self.senders: list[Client] = []
-        self.deliveries = self.echoes = self.gaps = 0
-        self.latencies = None  # a list while a phase records
-        self.saturating = False
-        self.closing = False
-        self.problems: list[str] = []
-
-    async def open(self, port):
-        loop = asyncio.get_running_loop()
-        for r in range(self.args.rooms):
-            for c in range(self.args.senders + self.args.receivers):
-                client = Client(self, f"room{r}", sender=c < self.args.senders)
-                await loop.create_connection(lambda client=client: client, "127.0.0.1", port)
-                await asyncio.wait_for(client.joined, 10)
-                self.clients.append(client)
-                if client.sender:
-                    self.senders.append(client)
-
-    def snapshot(self):
-        return self.echoes, self.deliveries, time.perf_counter()
-
-    async def settle(self, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while any(s.inflight > 0 for s in self.senders) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if any(s.inflight > 0 for s in self.senders):
-            self.problems.append(f"{sum(s.inflight for s in self.senders)} chats never echoed")
-
-    async def saturate(self):
-        args = self.args
-        self.saturating = True
-        for sender in self.senders:
-            for _ in range(args.inflight):
-                sender.send_chat()
-        await asyncio.sleep(args.warmup)
-        self.latencies = latencies = []
-        before = self.snapshot()
-        await asyncio.sleep(args.duration)
-        after = self.snapshot()
-        self.latencies = None
-        self.saturating = False
-        await self.settle()
-        return rates(before, after) | percentiles(latencies)
-
-    async def paced(self):
-        args = self.args
-        started = time.monotonic()
-        record_at, stop_at = started + args.warmup, started + args.warmup + args.duration
-        sent, before, latencies = 0, None, []
-        while (now := time.monotonic()) < stop_at:
-            if before is None and now >= record_at:
-                self.latencies = latencies
-                before = self.snapshot()
-            due = int((now - started) * args.rate)
-            while sent < due:
-                self.senders[sent % len(self.senders)].send_chat()
-                sent += 1
-            await asyncio.sleep(0.001)
-        after = self.snapshot()
-        self.latencies = None
-        await self.settle()
-        return rates(before, after) | percentiles(latencies)
-
-    def close(self):
-        self.closing = True
-        for client in self.clients:
-            client.transport.close()
-
-
-def rates(before, after) -> dict:
-    wall = after[2] - before[2]
-    return {"msgs_per_s": (after[0] - before[0]) / wall, "deliveries_per_s": (after[1] - before[1]) / wall}
-
-
-def percentiles(ns: list) -> dict:
-    if not ns:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
-    ns.sort()
-    return {f"p{p}_ms": ns[min(len(ns) - 1, len(ns) * p // 100)] / 1e6 for p in (50, 99)}
-
-
-async def drive(port, args) -> dict:
-    load = Load(args)
-    await load.open(port)
-    result = {"saturated": await load.saturate(), "paced": await load.paced()}
-    result["echoes"], result["gaps"], result["problems"] = load.echoes, load.gaps, load.problems[:5]
-    load.close()
-    await asyncio.sleep(0.05)
-    return result
 
 
 # -- the servers ----------------------------------------------------------------------------------
@@ -378,61 +157,75 @@ def compare(args) -> int:
     return 0 if ok and ratio >= TARGET_RATIO else 1
 
 
-# -- the store alone ------------------------------------------------------------------------------
+# -- the engine alone -----------------------------------------------------------------------------
 
 
-class Counted:
-    """Plays the Registry for a bare store: counts what on_durable reports."""
+class CountingHub:
+    """Plays the hub for a bare SqliteEngine: counts the events each `deliver` hands back (one
+    call per group commit) and keeps any rejection, so a failing disk shows instead of a hang."""
 
-    def __init__(self, store):
+    process_id = "store_bench"
+
+    def __init__(self):
         self.events = self.commits = 0
+        self.rejected = None
         self.cond = threading.Condition()
-        store.on_durable = self.on_durable
 
-    def on_durable(self, events):
+    def deliver(self, items):
         with self.cond:
-            self.events += len(events)
+            self.events += len(items)
             self.commits += 1
             self.cond.notify_all()
 
+    def reject(self, items, reason):
+        with self.cond:
+            self.rejected = f"{len(items)} chat events refused: {reason}"
+            self.cond.notify_all()
+
+    def deliver_dm(self, client_id, event):
+        pass
+
     def wait(self, n):
         with self.cond:
-            self.cond.wait_for(lambda: self.events >= n)
+            self.cond.wait_for(lambda: self.events >= n or self.rejected)
+            if self.rejected:
+                raise SystemExit(f"store_bench: {self.rejected}")
 
 
-def measure_store(store_class, mode, args) -> str:
+def measure_engine(engine_class, meta, mode, args) -> str:
+    """Lone chats timed from publish to delivery one by one, then a flood published at once."""
     with tempfile.TemporaryDirectory(prefix="store_bench-") as tmp:
-        store = store_class(str(Path(tmp) / "h.db"), synchronous=mode)
-        counted = Counted(store)
-        seq, lone = 0, []
-        for _ in range(args.lone):
-            seq += 1
+        engine = engine_class(str(Path(tmp) / "h.db"), synchronous=mode)
+        hub = CountingHub()
+        engine.start(hub)
+        lone = []
+        for n in range(1, args.lone + 1):
             t0 = time.perf_counter_ns()
-            store.append({"room": "r", "seq": seq, "from": "n", "text": "hello", "ts": time.time()})
-            counted.wait(seq)
+            engine.publish("r", [("n", "hello", meta())])
+            hub.wait(n)
             lone.append(time.perf_counter_ns() - t0)
-        flood_from, commits_from = seq, counted.commits
+        flood_from, commits_from = hub.events, hub.commits
         t0 = time.perf_counter()
-        for _ in range(args.flood):
-            seq += 1
-            store.append({"room": f"r{seq % 8}", "seq": seq, "from": "n", "text": "x" * 48, "ts": 1.0})
-        counted.wait(seq)
+        for n in range(args.flood):
+            engine.publish(f"r{n % 8}", [("n", "x" * 48, meta())])
+        hub.wait(flood_from + args.flood)
         flood_s = time.perf_counter() - t0
-        store.close()
+        engine.close()
     pct = percentiles(lone)
-    per_commit = (seq - flood_from) / max(1, counted.commits - commits_from)
+    per_commit = args.flood / max(1, hub.commits - commits_from)
     return f"{mode:12} {pct['p50_ms']:>12.3f} {pct['p99_ms']:>12.3f} {args.flood / flood_s:>12,.0f} {per_commit:>14.0f}"
 
 
 def store_only(args) -> int:
-    """SqliteStore without a server: commit latency of a lone event, and throughput of a flood."""
+    """SqliteEngine without a server: commit latency of a lone chat, and throughput of a flood."""
     sys.path.insert(0, str(ROOT))
-    from chatserver.store import SqliteStore
+    from chatserver.engine import Meta
+    from chatserver.sqlite_engine import SqliteEngine
 
-    print(f"SqliteStore alone: append -> on_durable of {args.lone} lone events, then a flood of {args.flood:,}")
+    print(f"SqliteEngine alone: publish -> hub.deliver of {args.lone} lone chats, then a flood of {args.flood:,}")
     print(f"{'synchronous':12} {'lone p50 ms':>12} {'lone p99 ms':>12} {'flood ev/s':>12} {'events/commit':>14}")
     for mode in ("NORMAL", "FULL"):
-        print(measure_store(SqliteStore, mode, args), flush=True)
+        print(measure_engine(SqliteEngine, Meta, mode, args), flush=True)
     return 0
 
 
@@ -448,9 +241,9 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--repeat", type=int, default=3, help="rounds of (memory, sqlite); medians are reported")
     p.add_argument("--workdir", help="keep the server log and the SQLite file here (default: a temporary directory)")
-    p.add_argument("--store-only", action="store_true", help="measure SqliteStore alone instead")
-    p.add_argument("--lone", type=int, default=300, help="store-only: lone events timed one by one")
-    p.add_argument("--flood", type=int, default=100_000, help="store-only: events appended at once")
+    p.add_argument("--store-only", action="store_true", help="measure SqliteEngine alone instead")
+    p.add_argument("--lone", type=int, default=300, help="store-only: lone chats timed one by one")
+    p.add_argument("--flood", type=int, default=100_000, help="store-only: chats published at once")
     args = p.parse_args(argv)
     return store_only(args) if args.store_only else compare(args)
 

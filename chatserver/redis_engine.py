@@ -54,6 +54,9 @@ log = logging.getLogger("roomchat.redis")
 PROCESS_TTL = 5.0  # seconds a dead process's nicks and members outlive it, at most (plus one heartbeat)
 SUBSCRIBE_TIMEOUT = 5.0
 RETRY_MAX_DELAY = 5.0
+POOL_SIZE = 64  # Redis connections per process at most (the subscription holds one of them)
+POOL_WAIT = 2.0  # seconds a thread waits for a free connection before Unavailable
+READ_TIMEOUT = 2.0  # seconds for the rest of a reply that has begun to arrive on the subscription
 
 class RedisEngine(RedisDirectory):
     """See the module docstring. Raises EngineError at start when Redis cannot be reached.
@@ -66,7 +69,13 @@ class RedisEngine(RedisDirectory):
         self._per_room = per_room
         self._ttl_ms = int(process_ttl * 1000)
         self._heartbeat_every = process_ttl / 4
-        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10)
+        # Connection threads share the pool. redis-py's default pool raises "Too many connections"
+        # past 100 at once (a burst of joins did that); this one makes a thread wait for a free one.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=POOL_WAIT,
+            socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, health_check_interval=10,
+        )
+        self._redis = redis.Redis(connection_pool=pool)
         try:
             self._redis.ping()
             self._redis.set("roomchat:epoch", new_epoch(), nx=True)
@@ -148,21 +157,24 @@ class RedisEngine(RedisDirectory):
         return self._problem
 
     def subscribe(self, room: str) -> None:
-        """Subscribe to the room's channel (once) and wait until Redis has confirmed it; every
-        join calls this, so a join is published only once its process hears the room. Raises
-        Unavailable."""
+        """Subscribe to the room's channel (once) and wait until Redis confirms, also when another
+        thread sent the SUBSCRIBE. Raises Unavailable."""
         channel = room_key(room, "events")
-        with self._sub_lock:
-            with self._lock:
-                confirmed = self._confirmed.get(channel)
-                new = confirmed is None
-                if new:
-                    self._last[room] = None
-                    confirmed = self._confirmed[channel] = threading.Event()
-            if new:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
-                with contextlib.suppress(redis.RedisError, AttributeError):
-                    self._pubsub.subscribe(channel)
-        if not confirmed.wait(SUBSCRIBE_TIMEOUT):
+        with self._lock:
+            wanted = room in self._last
+            confirmed = self._confirmed.get(channel)
+        if not wanted:
+            with self._sub_lock:
+                with self._lock:
+                    send = room not in self._last
+                    if send:
+                        self._last[room] = None
+                        self._confirmed[channel] = threading.Event()
+                    confirmed = self._confirmed.get(channel)
+                if send:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
+                    with contextlib.suppress(redis.RedisError, AttributeError):
+                        self._pubsub.subscribe(channel)
+        if confirmed is not None and not confirmed.wait(SUBSCRIBE_TIMEOUT):
             raise Unavailable("Redis did not confirm the subscription")
 
     def unsubscribe(self, room: str) -> None:
@@ -231,7 +243,8 @@ class RedisEngine(RedisDirectory):
         self._problem = None
 
     def _receive(self) -> None:
-        message = self._pubsub.get_message(timeout=0.5)
+        pubsub = self._pubsub
+        message = pubsub.get_message(timeout=0.5)
         items = []
         while message is not None and len(items) < 512:
             if message["type"] == "subscribe":
@@ -249,7 +262,10 @@ class RedisEngine(RedisDirectory):
                         self._hub.deliver_dm(client, event)
                 else:
                     items += self._place(channel[len("roomchat:{"):-len("}:events")], message["data"])
-            message = self._pubsub.get_message(timeout=0)
+            # Whatever has arrived already joins this batch. Not get_message(timeout=0): a reply
+            # that has arrived in part is a timeout to redis-py, which then reconnects and drops
+            # what was in flight (presence is not in history, so joins waited for JOIN_TIMEOUT).
+            message = pubsub.get_message(timeout=READ_TIMEOUT) if pubsub.connection.can_read(timeout=0) else None
         if items:
             self._hub.deliver(items)
 

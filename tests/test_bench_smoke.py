@@ -8,7 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import require_program
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def quick_bench(tmp_path, servers, scenarios):
+    """bench/run.py --quick for these servers and scenarios; returns its JSON report."""
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "bench/run.py", "--quick", "--servers", servers, "--scenarios", scenarios, "--out", out]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text())
 
 
 @pytest.mark.timeout(120)
@@ -16,16 +27,41 @@ def test_quick_bench_run_checks_every_delivery(tmp_path):
     """A one-second S1 against roomchat delivers chat events, none missing and none out of order."""
     if not (ROOT / "roomchat.py").exists():
         pytest.skip("roomchat.py does not exist yet: nothing to benchmark")
-    out = tmp_path / "bench.json"
-    command = [sys.executable, "bench/run.py", "--quick", "--servers", "roomchat", "--scenarios", "S1", "--out", out]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    run = json.loads(out.read_text())["scenarios"]["S1"]["results"]["roomchat"]
+    run = quick_bench(tmp_path, "roomchat", "S1")["scenarios"]["S1"]["results"]["roomchat"]
     assert "error" not in run, run
     assert run["deliveries"] > 0
     assert run["missing"] == 0
     assert run["reordered"] == 0
     assert run["errors"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_quick_cluster_bench_delivers_in_order_across_processes(tmp_path):
+    """One-second S1 and S2 on two roomchat processes sharing a redis-server, clients alternating
+    between them: every client on either process gets every chat of its room, in seq order."""
+    require_program("redis-server", "apt-get install redis-server")
+    report = quick_bench(tmp_path, "cluster", "S1,S2")
+    for name, per_server in (("S1", [25, 25]), ("S2", [250, 250])):
+        run = report["scenarios"][name]["results"]["cluster"]
+        assert "error" not in run, run
+        assert run["held_per_server"] == per_server  # clients on both processes
+        assert run["held"] == run["wanted"]
+        assert run["deliveries"] > 0
+        assert run["silent_clients"] == 0
+        assert (run["missing"], run["reordered"], run["errors"]) == (0, 0, 0)
+        assert run["redis_cpu_s"] > 0  # the bench measured its own redis-server
+
+
+@pytest.mark.timeout(60)
+def test_store_bench_drives_the_sqlite_engine_alone():
+    """store_bench.py --store-only publishes through SqliteEngine and counts what the hub gets
+    back, for synchronous NORMAL and FULL (so it follows the engine interface)."""
+    command = [sys.executable, "bench/store_bench.py", "--store-only", "--lone", "20", "--flood", "2000"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[2:]}
+    assert set(rows) == {"NORMAL", "FULL"}, proc.stdout
+    assert all(float(row[2].replace(",", "")) > 0 for row in rows.values())  # flood events/s
 
 
 def test_loadgen_counts_gaps_and_reordering(monkeypatch):

@@ -199,3 +199,32 @@ def test_concurrent_first_joins_on_one_process_are_placed_at_once(cluster, peers
     watcher = peers(other.url)
     assert sorted(watcher.join("fresh")["members"]) == sorted([c.nick for c in clients] + [watcher.nick])
     assert all(c.nick in j["members"] for c, j in zip(clients, joined, strict=True))
+
+
+def test_a_burst_of_connects_and_joins_is_answered_at_once(cluster, peers):
+    """150 clients connecting and joining 10 new rooms at the same moment on one process all get
+    `welcome` and `joined` within seconds and no error: threads wait for a free connection of the
+    pool, and a join is announced only once its room's subscription is in place, so it comes back
+    at once instead of after the join timeout (10 s)."""
+    (server,) = cluster(1)
+    clients = 150
+    start = threading.Barrier(clients)
+    results = [None] * clients
+
+    def connect_and_join(i):
+        start.wait()
+        began = time.monotonic()
+        try:
+            reply = peers(server.url, timeout=15).join(f"burst{i % 10}")
+            results[i] = (reply["type"], time.monotonic() - began)
+        except Exception as exc:  # reported by the assertion below
+            results[i] = (repr(exc), None)
+
+    threads = [threading.Thread(target=connect_and_join, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = [r for r in results if r[0] != "joined"]
+    assert not failed, failed[:3]
+    assert max(seconds for _kind, seconds in results) < 5

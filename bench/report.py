@@ -1,0 +1,218 @@
+"""Targets, verdicts and the printed tables of the benchmark (plain text and Markdown).
+
+Every ratio is a server's figure divided by the reference's in the same run.
+"""
+
+# -- targets ------------------------------------------------------------------------------------
+# (server, scenario, metric, label, kind, bound). "ratio>=" / "ratio<=" compare server / reference;
+# "<=" / "<" compare the server's own figure with the bound; "all" wants every connection held.
+TARGETS = [
+    ("roomchat", "S1", "deliveries_per_s", ">= 3x ref", "ratio>=", 3.0),
+    ("roomchat", "S1", "server_us_per_delivery", "<= 0.3x ref", "ratio<=", 0.3),
+    ("roomchat", "S2", "deliveries_per_s", ">= 3x ref", "ratio>=", 3.0),
+    ("roomchat", "S2", "server_us_per_delivery", "<= 0.3x ref", "ratio<=", 0.3),
+    ("roomchat", "S3", "p99_ms", "<= ref", "ratio<=", 1.0),
+    ("roomchat", "S4", "kib_per_connection", "<= 32 KiB", "<=", 32),
+    ("roomchat", "S5", "deliveries_per_s", ">= 1.0x ref", "ratio>=", 1.0),
+    ("roomchat", "S6", "held", "holds all", "all", None),
+    ("roomchat", "S6", "probe_max_ms", "< 50 ms", "<", 50),
+    ("cluster", "S1", "deliveries_per_s", ">= 1.2x ref", "ratio>=", 1.2),
+]
+COMPARE = {
+    "ratio>=": lambda v, b: v >= b,
+    "ratio<=": lambda v, b: v <= b,
+    "<=": lambda v, b: v <= b,
+    "<": lambda v, b: v < b,
+}
+CHECKS_TARGET = "0/0/0"  # missing/reordered/errors, for every server
+
+# Rows of the table per mode: (metric, label, format, show the ratio to the reference).
+LOAD_ROWS = [
+    ("held_of", "connections held to the end", "{}", False),
+    ("loadgen_cpu_pct", "loadgen CPU %", "{:.0f}", False),
+    ("other_load", "other load on CPU 0/1 %", "{}", False),
+    ("checks", "missing/reordered/errors", "{}", False),
+]
+CPU_ROWS = [
+    ("server_us_per_delivery", "server CPU µs/delivery", "{:.2f}", True),
+    ("redis_us_per_delivery", "  of which redis-server", "{:.2f}", False),
+    ("server_us_per_message", "server CPU µs/chat message", "{:.1f}", True),
+]
+ROWS = {
+    "saturate": [
+        ("deliveries_per_s", "deliveries/s", "{:,.0f}", True),
+        *CPU_ROWS,
+        ("server_cpu_pct", "server CPU %", "{:.0f}", False),
+        *LOAD_ROWS,
+    ],
+    "rate": [
+        ("deliveries_per_s", "deliveries/s", "{:,.0f}", True),
+        ("p50_ms", "latency p50 ms", "{:.2f}", True),
+        ("p90_ms", "latency p90 ms", "{:.2f}", True),
+        ("p99_ms", "latency p99 ms", "{:.2f}", True),
+        ("max_ms", "latency max ms", "{:.2f}", True),
+        *CPU_ROWS,
+        *LOAD_ROWS,
+    ],
+    "idle": [
+        ("held", "connections held", "{:,}", False),
+        ("kib_per_connection", "KiB RSS per connection", "{:.1f}", True),
+        ("threads", "server threads", "{:,}", False),
+    ],
+    "probe": [
+        ("held", "connections held", "{:,}", False),
+        ("connect_s", "seconds to open all", "{:.1f}", True),
+        ("probe_p50_ms", "probe round trip p50 ms", "{:.2f}", True),
+        ("probe_max_ms", "probe round trip max ms", "{:.2f}", True),
+        ("rss_mib", "server RSS MiB", "{:.0f}", True),
+        ("kib_per_connection", "KiB RSS per connection", "{:.1f}", True),
+        ("threads", "server threads", "{:,}", False),
+        *LOAD_ROWS[2:],
+    ],
+}
+
+
+def fmt(value, pattern, limited=False):
+    if value is None:
+        return "-"
+    text = pattern.format(value)
+    return f">={text}" if limited else text
+
+
+def ratio(results, server, metric):
+    try:
+        return results[server][metric] / results["reference"][metric]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def verdict(results, connections, server, kind, metric, bound):
+    """PASS / FAIL for one server against one target, or "-" when a figure is missing. A rate
+    that misses while the generator was the limit is a lower bound: "FAIL (>=)"."""
+    run = results.get(server, {})
+    if kind == "all":
+        return "-" if "held" not in run else "PASS" if run["held"] == connections else "FAIL"
+    value = ratio(results, server, metric) if kind.startswith("ratio") else run.get(metric)
+    if value is None:
+        return "-"
+    if COMPARE[kind](value, bound):
+        return "PASS"
+    return "FAIL (>=)" if metric == "deliveries_per_s" and run.get("loadgen_limited") else "FAIL"
+
+
+def checks(run):
+    """missing/reordered/errors as one cell; None when the mode sends nothing."""
+    if "missing" not in run:
+        return None
+    return f"{run['missing']}/{run['reordered']}/{run['errors']}"
+
+
+def intact(run):
+    """No error, every delivery checked out and, under load, every connection held to the end."""
+    if "error" in run or "server_exit" in run or checks(run) not in (None, CHECKS_TARGET):
+        return False
+    return "deliveries_per_s" not in run or run.get("held") == run.get("wanted")
+
+
+def cell_value(run, metric):
+    if metric == "checks":
+        return checks(run)
+    if metric == "held_of":
+        return f"{run['held']:,}/{run['wanted']:,}" if "held" in run else None
+    if metric == "other_load":
+        return "/".join(f"{x:.0f}" for x in run["other_load_pct"]) if "other_load_pct" in run else None
+    return run.get(metric)
+
+
+def evaluate(scenario, results):
+    """Target verdicts for one scenario: {metric: [{server, target, result}]}; "checks" covers all."""
+    verdicts = {}
+    for server, name, metric, label, kind, bound in TARGETS:
+        if name == scenario.name and server in results:
+            result = verdict(results, scenario.connections, server, kind, metric, bound)
+            verdicts.setdefault(metric, []).append({"server": server, "target": label, "result": result})
+    if scenario.mode != "idle":
+        bad = [s for s, run in results.items() if not intact(run)]
+        verdicts["checks"] = [{"server": "all", "target": CHECKS_TARGET,
+                               "result": "FAIL " + ",".join(bad) if bad else "PASS"}]
+    return verdicts
+
+
+def hop_costs(report):
+    """What the Redis hop adds per chat message: each cluster row's server CPU per message minus
+    the single-process rows' (memory and SQLite), with redis-server's own share, per scenario."""
+    lines = []
+    for name, entry in report["scenarios"].items():
+        if entry["mode"] not in ("saturate", "rate"):
+            continue  # S6's probes are a trickle on 10,000 idle connections: no per-message figure
+        results = entry["results"]
+        for cluster in (s for s in results if s.startswith("cluster")):
+            run = results[cluster]
+            if "server_us_per_message" not in run:
+                continue
+            parts = [f"{name} {cluster}: {run['server_us_per_message']:.1f} µs/message in all "
+                     f"(redis-server {run['redis_us_per_message']:.1f})"]
+            for single in ("roomchat-memory", "roomchat"):
+                base = results.get(single, {}).get("server_us_per_message")
+                if base is not None:
+                    parts.append(f"hop = {run['server_us_per_message'] - base:.1f} over {single} ({base:.1f})")
+            lines.append("; ".join(parts))
+    return lines
+
+
+def rows(report, servers):
+    """The header and the rows shared by both renderings; a title row has two cells."""
+    compare = "reference" in servers and len(servers) > 1
+    head = ["scenario", "metric"]
+    for server in servers:
+        head += [server, "x ref"] if compare and server != "reference" else [server]
+    head += ["target", "result"]
+    out = []
+    for name, entry in report["scenarios"].items():
+        results = entry["results"]
+        out.append([name, entry["title"]])
+        for metric, label, pattern, show_ratio in ROWS[entry["mode"]]:
+            if all(cell_value(results.get(s, {}), metric) is None for s in servers):
+                continue  # e.g. redis-server's share with no cluster in the run
+            row = ["", label]
+            for server in servers:
+                run = results.get(server, {})
+                limited = metric == "deliveries_per_s" and run.get("loadgen_limited")
+                row.append("ERROR" if "error" in run else fmt(cell_value(run, metric), pattern, limited))
+                if compare and server != "reference":
+                    r = ratio(results, server, metric) if show_ratio else None
+                    row.append(f"{r:.2f}x" if r is not None else "")
+            targets = entry["targets"].get(metric, [])
+            many = len(targets) > 1 or any(t["server"] not in ("roomchat", "all") for t in targets)
+            who = [f"{t['server']} " if many else "" for t in targets]
+            row.append(", ".join(f"{w}{t['target']}" for w, t in zip(who, targets, strict=True)))
+            row.append(", ".join(f"{w}{t['result']}" for w, t in zip(who, targets, strict=True)))
+            out.append(row)
+        out += [["", f"{s} error", run[key]] for s, run in results.items() for key in ("error", "server_exit")
+                if key in run]
+    return head, out
+
+
+def table(report, servers):
+    """Plain text: columns padded to width."""
+    head, body = rows(report, servers)
+    full = [head, *(r for r in body if len(r) == len(head))]  # title and error rows may overflow
+    widths = [max(len(r[i]) for r in full) for i in range(len(head))]
+
+    def line(row):
+        cells = zip(row, widths, strict=False)
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells)).rstrip()
+
+    return "\n".join(line(row) for row in [head, *body])
+
+
+def markdown(report, servers):
+    """The same table in Markdown, for README.md and bench/README.md."""
+    head, body = rows(report, servers)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in body:
+        if len(row) == 2:  # a scenario title
+            row = [f"**{row[0]}**", f"**{row[1]}**"]
+        cells = [c.replace("|", "\\|") for c in row] + [""] * (len(head) - len(row))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
