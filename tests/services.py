@@ -1,6 +1,6 @@
-"""Real services a test starts and stops itself: redis-server, a TCP relay that can go silent,
-TLS files from a test CA, and the check that a system program is installed. Imported through
-tests/helpers.py."""
+"""Real services a test starts and stops itself: redis-server and TLS files from a test CA, the
+check that a system program is installed, and waiting. Imported through tests/helpers.py (the
+relay that can go silent is tests/client_helpers.py's Relay)."""
 
 import base64
 import hashlib
@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,7 @@ def _pings(client) -> bool:
         return False
 
 
+@dataclass(frozen=True)
 class TlsFiles:
     """PEM files of a test CA and a server certificate it signed; `spki` is the certificate's
     base64 SHA-256 SPKI hash, as Chromium's --ignore-certificate-errors-spki-list takes it."""
