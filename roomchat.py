@@ -31,6 +31,11 @@ def raise_open_file_limit() -> None:
 
 
 def serve(argv) -> int:
+    # First: a SIGINT/SIGTERM during start-up is kept, not lost (a background job of a script has
+    # SIGINT ignored until a handler is set), and acted on as soon as the server has started.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     config = from_args(argv)
     logs.configure(config.log_level, config.log_format)  # replaces websocket_server's basicConfig()
     if config.trace:
@@ -46,9 +51,6 @@ def serve(argv) -> int:
         print(f"roomchat: {exc}", file=sys.stderr)
         return 2
     print(f"history in {server.engine.location}", flush=True)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     server.start()
     print(f"roomchat listening on {server.url}", flush=True)
     print(f"open {server.url.replace('ws', 'http', 1)} in your browser", flush=True)

@@ -295,6 +295,10 @@ def describe(exc: BaseException) -> str:
     """A connection failure in a few words, without a traceback."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"the server's certificate is not trusted ({exc.verify_message}); --cafile PATH trusts its CA"
+    if isinstance(exc, websocket.WebSocketBadStatusException):  # refused at the handshake: status and reason
+        body = (getattr(exc, "resp_body", None) or b"").decode("utf-8", "replace").strip().splitlines()
+        status = f"{exc.status_code} {getattr(exc, 'status_message', '') or ''}".strip()
+        return f"the server refused the connection ({status})" + (f": {render.safe(body[0][:200])}" if body else "")
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__

@@ -29,7 +29,8 @@ from chatserver.errors import ChatError
 from chatserver.metrics import Metrics
 from chatserver.moderation import removes_member
 
-SETTLE_TIMEOUT = 10.0  # seconds a request waits for its client's chats to be delivered, at most
+SETTLE_TIMEOUT = 30.0  # seconds a request waits for its client's chats, at most: past the store's give-up
+# time (fail_after 10 s + a busy timeout), so replies stay in order even when commits fail
 
 log = logging.getLogger("roomchat.hub")
 
@@ -156,6 +157,8 @@ class Hub:
                 data = own
             else:
                 data = frame
+            if hold is not None and hold.at is None:
+                continue  # a joiner before its own join's place: not its to see (and not seen)
             if kind == "nick":
                 if meta.change in member.changes:
                     continue
@@ -169,15 +172,18 @@ class Hub:
         if meta.echo and sender is not None and sender not in room.members:
             self._out(sender, own, True)  # taken out of the room since its request: it still gets its answer
         if removes_member(event):
-            self._drop_member(room, event["nick"])
+            self._drop_member(room, event["nick"], frame)
 
-    def _drop_member(self, room: Room, nick: str) -> None:
-        """A kick or ban was delivered: take its target out if it is a member here, and tell the
-        others (a cluster engine keeps this process subscribed to a room it empties: harmless)."""
+    def _drop_member(self, room: Room, nick: str, frame: bytes) -> None:
+        """A kick or ban (`frame`) was delivered: take its target out if it is a member here, and
+        tell the others (a cluster engine keeps this process subscribed to a room it empties:
+        harmless). A target still joining gets the event now (what it held is dropped with it)."""
         assert self._lock.locked()
         folded = protocol.fold_nick(nick)
         target = next((m for m in room.members if protocol.fold_nick(m.nick) == folded), None)
         if target is not None:
+            if room.members[target] is not None:
+                self._out(target, frame, False)
             self._remove_member(target, room.name)
             self._deliver_one(room.name, protocol.presence(room.name, "leave", target.nick), Meta())
 

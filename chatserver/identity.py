@@ -171,6 +171,7 @@ class Identities:
                 return
             self._armed[client] = expires
             heapq.heappush(self._heap, (expires, next(self._ties), client))
+            self._compact()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="roomchat-expiry", daemon=True)
                 self._thread.start()
@@ -179,6 +180,14 @@ class Identities:
     def forget(self, client) -> None:
         with self._cond:
             self._armed.pop(client, None)
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop stale heap entries (forgotten or re-armed clients) once they outnumber the live
+        ones, so a gone client is not kept until its token's expiry. Lock held."""
+        if len(self._heap) > 2 * len(self._armed) + 64:
+            self._heap = [(expires, next(self._ties), client) for client, expires in self._armed.items()]
+            heapq.heapify(self._heap)
 
     def stop(self) -> None:
         with self._cond:

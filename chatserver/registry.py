@@ -168,7 +168,10 @@ class Registry(Connections):
                 frame, history = None, exc
             with self._lock:
                 if room.members.get(client) is not hold:
-                    return  # disconnected meanwhile
+                    if client.id in self._clients:  # kicked or banned while joining: it had the event
+                        refused = ChatError("forbidden", f"You were removed from {name!r} while joining.")
+                        client.send(protocol.encode(protocol.error(refused, reply_id)), own=True)
+                    return  # else disconnected meanwhile
                 room.members[client] = None
                 if frame is None:  # read failed after the join was placed: the join stands, say so
                     error = protocol.error(unavailable(history), reply_id)
@@ -295,12 +298,13 @@ class Registry(Connections):
                 return
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"Join {name!r} to read its history.")
+            # Stored but not yet delivered events stay out (a member gets those live, not twice):
+            # read below them, so a page is never short or empty because of them.
+            bound = self._seqs.get(name, 0) + 1
+        bound = bound if before is None else min(before, bound)
         with self._builders:
-            messages = self._ask_engine(lambda: self._engine.read(name, before=before, after=after, limit=limit,
+            messages = self._ask_engine(lambda: self._engine.read(name, before=bound, after=after, limit=limit,
                                                                   max_bytes=self._max_reply))
-            with self._lock:  # stored but not yet delivered: a member gets those live, not twice
-                upto = self._seqs.get(name, 0)
-            messages = [m for m in messages if m["seq"] <= upto]
             reply = protocol.with_id({"type": "history", "room": name}, reply_id)
             newest = after is None  # paging back: keep the newest that fit
             frame = budgets.bounded_frame(reply, "messages", messages, self._max_reply, newest)[0]

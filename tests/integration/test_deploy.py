@@ -125,7 +125,8 @@ class HeaderRecorder(http.server.BaseHTTPRequestHandler):
 
 def test_nginx_forwards_client_address_scheme_and_upgrade(nginx):
     """roomchat behind nginx gets X-Forwarded-For (the client's address, not what the client
-    claims), X-Forwarded-Proto, the original Host, and the WebSocket Upgrade/Connection headers."""
+    claims), X-Forwarded-Proto, the original Host, and the WebSocket Upgrade/Connection headers;
+    a `Forwarded` header the client wrote itself does not get through (roomchat would believe it)."""
     recorder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HeaderRecorder)
     recorder.seen = []
     threading.Thread(target=recorder.serve_forever, daemon=True).start()
@@ -133,7 +134,7 @@ def test_nginx_forwards_client_address_scheme_and_upgrade(nginx):
         port = nginx(recorder.server_address[1])
         upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Forwarded-For": "6.6.6.6",
-                   "Host": "chat.example.org"}
+                   "Forwarded": "for=127.0.0.9", "Host": "chat.example.org"}
         request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers=upgrade)
         urllib.request.urlopen(request, timeout=5).close()
     finally:
@@ -143,6 +144,7 @@ def test_nginx_forwards_client_address_scheme_and_upgrade(nginx):
     assert headers["x-forwarded-for"] == "127.0.0.1" and headers["x-forwarded-proto"] == "http"
     assert headers["host"] == "chat.example.org"
     assert headers["upgrade"] == "websocket" and headers["connection"].lower() == "upgrade"
+    assert "forwarded" not in headers
 
 
 def test_nginx_timeouts_outlast_roomchat_pings():

@@ -171,7 +171,7 @@ def test_readme_several_processes_commands_work(redis_server, spawn, peers):
     """The README's two commands (with this test's Redis and free ports) make one server."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Several processes\n", 1)[1].split("\n## ", 1)[0]
-    commands = re.findall(r"^python roomchat\.py (--redis \S+ --port \d+)", section, re.M)
+    commands = re.findall(r"^\.venv/bin/python roomchat\.py (--redis \S+ --port \d+)", section, re.M)
     assert len(commands) == 2, commands
     servers = []
     for command in commands:

@@ -204,3 +204,20 @@ def test_guest_nicks_skip_reserved_ones():
     engine.reserve_nick("guest-2", time.time() + 60)
     registry = Registry(engine, Config().limits(), Identities(None, ["guest-1"]))
     assert registry.connect(FakeConn(), TokenBucket(20, 5)).nick == "guest-3"
+
+
+def test_expiry_watch_keeps_no_gone_client():
+    """Clients forgotten (disconnected) or re-armed (a renewed token) do not stay referenced until
+    their token's expiry: the expiry heap stays near the number of live clients."""
+    identities = Identities(None, on_expiry=lambda client: None)
+    try:
+        live = object()
+        identities.watch(live, time.time() + 3600)
+        for _ in range(2000):
+            gone = object()
+            identities.watch(gone, time.time() + 30 * 86400)
+            identities.forget(gone)
+            identities.watch(live, time.time() + 3600)  # renewed
+        assert len(identities._heap) <= 2 * len(identities._armed) + 65
+    finally:
+        identities.stop()

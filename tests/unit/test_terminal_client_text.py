@@ -217,3 +217,17 @@ def test_ping_and_tls_options(tmp_path, capsys, tls_files):
     assert "not a readable PEM file" in capsys.readouterr().err
     context = parse_args([], env={"ROOMCHAT_CAFILE": tls_files.ca}).sslopt["context"]
     assert context.check_hostname and context.get_ca_certs()
+
+
+def test_a_refused_handshake_is_one_readable_line():
+    """A handshake refused with a status (401 under --require-token) is told as the status and the
+    server's one-line reason, not websocket-client's dump of every header."""
+    import websocket
+
+    from chatclient.terminal import describe
+
+    refused = websocket.WebSocketBadStatusException(
+        "Handshake status %d %s -+-+- %s -+-+- %s", 401, "Unauthorized", {"content-length": "52"},
+        b"This server requires a token: connect with ?token=\n")
+    said = "the server refused the connection (401 Unauthorized): This server requires a token: connect with ?token="
+    assert describe(refused) == said
