@@ -17,10 +17,12 @@ starts a few threads of its own and joins them).
 """
 
 import argparse
+import os
 import secrets
 import sys
 
-from chatclient.options import default_url, normalize_url
+from chatclient import selftest_client
+from chatclient.options import default_url, normalize_url, sslopt
 from chatclient.selftest_checks import CHECKS
 from chatclient.selftest_client import CheckFailed, Conn, Probe, Skip
 
@@ -73,11 +75,15 @@ def main(argv=None) -> int:
         epilog="Exit status: 0 all passed (or skipped), 1 a check failed, 2 server unreachable. "
         f"Checks: {', '.join(names)}.",
     )
-    parser.add_argument("url", nargs="?", default=default_url(), help=f"server address (default {default_url()})")
+    parser.add_argument("url", nargs="?", default=default_url(),
+                        help=f"server address (default from ROOMCHAT_HOST/ROOMCHAT_PORT: now {default_url()})")
+    parser.add_argument("--cafile", default=os.environ.get("ROOMCHAT_CAFILE") or None, metavar="PATH",
+                        help="PEM file of CA certificates to trust for wss:// [ROOMCHAT_CAFILE]")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds to wait for each expected event (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--only", metavar="NAME,...", help="run only these checks (comma-separated)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    selftest_client.SSLOPT = sslopt(args.cafile) if args.url.startswith("wss") else None
     only = set(args.only.split(",")) if args.only else None
     if only and only - set(names):
         parser.error(f"no such check: {', '.join(sorted(only - set(names)))}")

@@ -17,6 +17,8 @@ import websocket
 from chatclient.pacer import Pacer
 from chatclient.schema import problems, validator
 
+SSLOPT = None  # websocket-client's TLS options for wss:// (selftest's --cafile sets them)
+
 
 class CheckFailed(Exception):
     """The server did something protocol v1 does not allow; the message says what."""
@@ -40,7 +42,7 @@ class Conn:
         self.label = label
         self.timeout = timeout
         try:
-            self.ws = websocket.create_connection(url, timeout=timeout)
+            self.ws = websocket.create_connection(url, timeout=timeout, sslopt=SSLOPT)
         except (OSError, websocket.WebSocketException) as exc:
             raise CheckFailed(f"{label}: cannot connect to {url}: {exc}") from None
         self.pending: deque = deque()

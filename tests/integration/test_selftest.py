@@ -144,3 +144,11 @@ def test_selftest_unreachable_server_exits_2():
         port = sock.getsockname()[1]  # bound, never listening: connections are refused
         status, lines = selftest(f"ws://127.0.0.1:{port}/")
     assert status == 2 and len(lines) == 1 and lines[0].startswith("FAIL  connect"), lines
+
+
+def test_selftest_checks_a_tls_server_with_cafile(tls_server, tls_files):
+    """selftest reaches a wss:// server whose certificate a private CA signed, with --cafile."""
+    result = subprocess.run([*ROOMCHAT, "selftest", tls_server.url, "--cafile", tls_files.ca, "--only", "ping"],
+                            cwd=ROOT, env=roomchat_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ping" in result.stdout
