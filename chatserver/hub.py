@@ -81,6 +81,13 @@ class Hub:
         with self._lock:
             return {"connections": len(self._clients), "rooms": len(self._rooms)}
 
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every client's connection with `code` (the engine's history was reset). Raises nothing."""
+        with self._lock:
+            clients = list(self._clients.values())
+        for client in clients:
+            client.conn.close(code, reason)
+
     def has_room(self, name: str) -> bool:
         """True while a local client is in `name` (the Redis engine asks before unsubscribing)."""
         with self._lock:

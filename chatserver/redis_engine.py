@@ -52,6 +52,7 @@ from chatserver.redis_scripts import ANNOUNCE, IF_OWNER_DELETE, IF_OWNER_EXPIRE,
 log = logging.getLogger("roomchat.redis")
 
 PROCESS_TTL = 5.0  # seconds a dead process's nicks and members outlive it, at most (plus one heartbeat)
+CLOSE_SERVICE_RESTART = 1012  # RFC 6455 7.4.1 (IANA registry): the service restarted
 SUBSCRIBE_TIMEOUT = 5.0
 RETRY_MAX_DELAY = 5.0
 POOL_SIZE = 64  # Redis connections per process at most (the subscription holds one of them)
@@ -226,8 +227,17 @@ class RedisEngine(RedisDirectory):
         self._drop_pubsub()
 
     def _connect(self) -> None:
-        """Subscribe to this process's DM channel and every wanted room, then catch each room up."""
+        """Subscribe to this process's DM channel and every wanted room, then catch each room up.
+        If Redis came back without its data (no persistence), the history is a new one: a new
+        epoch, every room starts over, and every client is closed with 1012 to reload."""
         pubsub = self._redis.pubsub()
+        if self._redis.get("roomchat:epoch") not in (None, self.epoch.encode()) or \
+                self._redis.set("roomchat:epoch", new_epoch(), nx=True):
+            self.epoch = self._redis.get("roomchat:epoch").decode()
+            log.error("Redis lost its data: a new history (epoch %s); every client reconnects", self.epoch)
+            with self._lock:
+                self._last = dict.fromkeys(self._last)  # seqs start over: accept them from the first
+            self._hub.close_all(CLOSE_SERVICE_RESTART, "the chat history was reset; reconnect")
         with self._lock:
             rooms = list(self._last)
         pubsub.subscribe(self._dm_channel, *[room_key(r, "events") for r in rooms])

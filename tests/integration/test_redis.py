@@ -228,3 +228,32 @@ def test_a_burst_of_connects_and_joins_is_answered_at_once(cluster, peers):
     failed = [r for r in results if r[0] != "joined"]
     assert not failed, failed[:3]
     assert max(seconds for _kind, seconds in results) < 5
+
+
+def test_redis_back_without_its_data_is_a_new_history(redis_server, cluster, peers):
+    """Redis restarted empty (its data lost): every client is closed with 1012, reconnects to a new
+    epoch, and chats are stored and delivered again from seq 1."""
+    import shutil
+
+    a, b = cluster(2)
+    ann, bob = peers(a.url), peers(b.url)
+    epoch = ann.welcome["epoch"]
+    ann.join("r")
+    bob.join("r")
+    assert [e["seq"] for e in ann.chat_all("r", ["one", "two"])] == [1, 2]
+    redis_server.kill()
+    for path in redis_server.directory.iterdir():  # the append-only files: the data is gone
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    redis_server.start()
+    for peer in (ann, bob):
+        peer.ws.settimeout(15)
+        opcode, data = peer.ws.recv_data(control_frame=True)
+        while opcode != websocket.ABNF.OPCODE_CLOSE:
+            opcode, data = peer.ws.recv_data(control_frame=True)
+        assert int.from_bytes(data[:2], "big") == 1012
+    again, other = peers(a.url), peers(b.url)
+    assert again.welcome["epoch"] != epoch
+    again.join("r")
+    other.join("r")
+    assert again.chat_all("r", ["fresh"])[0]["seq"] == 1
+    assert other.recv_type("chat")["text"] == "fresh"
