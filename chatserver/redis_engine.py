@@ -231,13 +231,7 @@ class RedisEngine(RedisDirectory):
         If Redis came back without its data (no persistence), the history is a new one: a new
         epoch, every room starts over, and every client is closed with 1012 to reload."""
         pubsub = self._redis.pubsub()
-        if self._redis.get("roomchat:epoch") not in (None, self.epoch.encode()) or \
-                self._redis.set("roomchat:epoch", new_epoch(), nx=True):
-            self.epoch = self._redis.get("roomchat:epoch").decode()
-            log.error("Redis lost its data: a new history (epoch %s); every client reconnects", self.epoch)
-            with self._lock:
-                self._last = dict.fromkeys(self._last)  # seqs start over: accept them from the first
-            self._hub.close_all(CLOSE_SERVICE_RESTART, "the chat history was reset; reconnect")
+        self._check_epoch()
         with self._lock:
             rooms = list(self._last)
         pubsub.subscribe(self._dm_channel, *[room_key(r, "events") for r in rooms])
@@ -251,6 +245,17 @@ class RedisEngine(RedisDirectory):
             self._metrics.engine_reconnects.inc()
             log.warning("Redis is back")
         self._problem = None
+
+    def _check_epoch(self) -> None:
+        """After a reconnect (ours, or redis-py's own) and at every heartbeat: if Redis lost its
+        data, start a new history. Raises redis.RedisError."""
+        if self._redis.get("roomchat:epoch") not in (None, self.epoch.encode()) or \
+                self._redis.set("roomchat:epoch", new_epoch(), nx=True):
+            self.epoch = self._redis.get("roomchat:epoch").decode()
+            log.error("Redis lost its data: a new history (epoch %s); every client reconnects", self.epoch)
+            with self._lock:
+                self._last = dict.fromkeys(self._last)  # seqs start over: accept them from the first
+            self._hub.close_all(CLOSE_SERVICE_RESTART, "the chat history was reset; reconnect")
 
     def _receive(self) -> None:
         pubsub = self._pubsub
@@ -323,6 +328,7 @@ class RedisEngine(RedisDirectory):
         while not self._stop.wait(self._heartbeat_every):
             try:
                 self._beat()
+                self._check_epoch()
                 self._reap()
             except redis.RedisError as exc:
                 self._problem = f"Redis unreachable: {exc}"
