@@ -5,28 +5,20 @@ import time
 import pytest
 import websocket
 
-from tests.client_helpers import Relay
 from tests.helpers import SECRET, events_until, token, wait_for, with_token
 
 
-@pytest.fixture
-def proxy(server):
-    relay = Relay(server.port)
-    yield relay
-    relay.close()
-
-
-def test_resume_after_a_silent_drop_takes_back_nick_and_rooms(server, proxy, connect, peers):
+def test_resume_after_a_silent_drop_takes_back_nick_and_rooms(server, relay, connect, peers):
     """A client whose connection vanished without a FIN reconnects with its resume token: within
     a second it has its nick and rooms back, the old connection is closed with 4002, and the
     room sees no leave/join flap; `join` with `after` replays what it missed."""
-    ann = peers(f"ws://127.0.0.1:{proxy.port}/")
+    ann = peers(f"ws://127.0.0.1:{relay.port}/")
     ann.set_nick("ann")
     ann.join("lobby")
     bob = connect()
     bob.join("lobby")
     token = ann.welcome["resume"]
-    proxy.go_silent()
+    relay.go_silent()
     bob.send(type="chat", room="lobby", text="while you were gone")
     bob.recv_type("chat")
     started = time.monotonic()
