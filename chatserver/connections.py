@@ -239,10 +239,7 @@ class Connections(Hub):
         return f"{self.process_id}:{client.id}"
 
     def _claim(self, client: Client, nick: str) -> bool:
-        try:
-            return self._engine.claim_nick(nick, self._owner(client))
-        except Unavailable as exc:
-            raise unavailable(exc) from None
+        return self._ask_engine(lambda: self._engine.claim_nick(nick, self._owner(client)))
 
 
 def nick_taken(nick: str) -> ChatError:

@@ -172,7 +172,7 @@ class Hub:
                 member.changes.append(meta.change)
             if hold is None:
                 self._out(member, data, member is sender)
-            elif hold.at is not None:
+            else:  # placed, `joined` not sent yet: held until it is
                 hold.frames.append(data)
         if trace.ON:
             trace.room_event(name, event, self._batch or {}, frame, own)
