@@ -16,8 +16,8 @@ from chatserver import logs, trace
 from chatserver.app import ChatServer
 from chatserver.config import from_args
 from chatserver.dispatch import Dispatcher
-from chatserver.engine import EngineError
-from chatserver.tls import TlsSetupError
+from chatserver.engines.base import EngineError
+from chatserver.transport.tls import TlsSetupError
 from handlers import BATCH_HANDLERS, HANDLERS
 
 THREAD_STACK_BYTES = 512 * 1024  # many clients means many threads; 8 MiB stacks waste address space

@@ -219,8 +219,8 @@ def measure_engine(engine_class, meta, mode, args) -> str:
 def store_only(args) -> int:
     """SqliteEngine without a server: commit latency of a lone chat, and throughput of a flood."""
     sys.path.insert(0, str(ROOT))
-    from chatserver.engine import Meta
-    from chatserver.sqlite_engine import SqliteEngine
+    from chatserver.engines.base import Meta
+    from chatserver.engines.sqlite import SqliteEngine
 
     print(f"SqliteEngine alone: publish -> hub.deliver of {args.lone} lone chats, then a flood of {args.flood:,}")
     print(f"{'synchronous':12} {'lone p50 ms':>12} {'lone p99 ms':>12} {'flood ev/s':>12} {'events/commit':>14}")

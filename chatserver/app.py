@@ -3,13 +3,13 @@
 Threads, and what each runs:
 - main: roomchat.py's `serve`, which waits for SIGINT/SIGTERM and calls `shutdown`.
 - accept (`roomchat-accept`): `WebSocketTransport.serve`, socketserver's accept loop; it starts
-  one thread per connection, or answers 503 at once (caps.py: connection caps, descriptors or
+  one thread per connection, or answers 503 at once (transport/caps.py: connection caps, descriptors or
   threads run out).
 - one per connection: `transport.Connection.handle`: the TLS and opening handshakes, then reads
   frames and calls `on_connect`, `on_texts` (dispatch -> handlers -> registry) and `on_close`.
   Requests run here, and so does the fan-out of the memory engine's chats. Before each request it
-  waits (`pace`, inbound.py) while its client's own replies pile up unread.
-- housekeeper (housekeeper.py): handshake deadlines, pings, delayed aborts, `on_close` for
+  waits (`pace`, transport/inbound.py) while its client's own replies pile up unread.
+- housekeeper (transport/housekeeper.py): handshake deadlines, pings, delayed aborts, `on_close` for
   connections dropped as too slow.
 - flusher (streams.Flusher): finishes the writes the kernel could not take at once (epoll).
 - SQLite engine: the writer (`roomchat-store`: group commits, then `hub.deliver`; retention) and
@@ -26,16 +26,16 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
 - `Hub._lock` (hub.py; the Registry is the Hub): clients, nicks, rooms and members, delivered
   seqs, the write batch; `Hub._settled` is a condition on it. Never held while calling an
   engine, and the engines call the hub with none of their own locks held, except the two above.
-- `Outbox._lock` (one per connection): its queue, byte counts and flags (streams.py); `pace`
+- `Outbox._lock` (one per connection): its queue, byte counts and flags (transport/streams.py); `pace`
   waits on a condition of it.
 - Leaves: `TlsSession._lock` (the TLS state), `ConnectionState._lock` (a connection's state and
   close reason), `Housekeeper._lock` (connections, deadlines, aborts), `WebSocketTransport.
   _accepting`, exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
   queue's order), `SqliteEngine._close_lock` (the reader pool), `RedisEngine._lock` (delivered
   seqs, nick claims, subscription confirmations), `LocalRules._rules_lock` (topics, bans, mutes,
-  reservations), caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, budgets.py's
+  reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, budgets.py's
   `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
-  (sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a semaphore:
+  (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a semaphore:
   history replies built at once) is taken before the hub's lock, never while holding it.
 What relies on the GIL instead: floats and strings written by one thread and read by another
 where a stale read is harmless: a connection's `last_seen`/`ping_sent_at` (a ping moves by one
@@ -46,19 +46,20 @@ import logging
 import threading
 from urllib.parse import parse_qs, urlsplit
 
-from chatserver import exposure, frames, tls, trace
+from chatserver import exposure, frames, trace
 from chatserver.budgets import AddressShares
-from chatserver.caps import ConnectionCaps, default_max_connections
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, Dispatcher
+from chatserver.engines.sqlite import open_engine
 from chatserver.errors import ChatError
 from chatserver.identity import CLOSE_TOKEN_EXPIRED, Identities
 from chatserver.metrics import Metrics, close_label
 from chatserver.proxies import TrustedProxies
 from chatserver.registry import Registry
-from chatserver.sqlite_engine import open_engine
-from chatserver.transport import WebSocketTransport
+from chatserver.transport import tls
+from chatserver.transport.caps import ConnectionCaps, default_max_connections
+from chatserver.transport.server import WebSocketTransport
 from chatserver.web import WebRoutes
 
 log = logging.getLogger("roomchat")
@@ -145,7 +146,7 @@ class ChatServer:
         except BaseException:
             self.shares.release(conn.address)
             raise
-        conn.limiter = conn.client.limiter  # every frame costs (inbound.py), not only messages
+        conn.limiter = conn.client.limiter  # every frame costs (transport/inbound.py), not only messages
         conn.context = Context(self.registry, conn.client, self.config)
         self.metrics.opened.inc()
         log.info("connect %s %s", conn.peer, conn.client.nick)

@@ -18,7 +18,7 @@ import uuid
 
 from chatserver import protocol, trace
 from chatserver.client import Client
-from chatserver.engine import Meta, Unavailable
+from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
 from chatserver.hub import Hub, unavailable
 from chatserver.identity import CLOSE_REPLACED, Identities

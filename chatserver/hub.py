@@ -24,7 +24,7 @@ import uuid
 
 from chatserver import protocol, trace
 from chatserver.client import Client
-from chatserver.engine import Meta, Unavailable
+from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
 from chatserver.metrics import Metrics
 from chatserver.moderation import removes_member

@@ -26,7 +26,7 @@ from typing import NamedTuple
 from chatserver import budgets, protocol, trace
 from chatserver.client import Client
 from chatserver.connections import Connections
-from chatserver.engine import Meta, Unavailable
+from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
 from chatserver.hub import Hold, unavailable
 from chatserver.identity import Identities

@@ -5,7 +5,7 @@ through tests/helpers.py."""
 import json
 import threading
 
-from chatserver.engine import LocalRules, Meta
+from chatserver.engines.base import LocalRules, Meta
 
 
 class FakeConn:

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from chatserver import caps
+from chatserver.transport import caps
 from tests.helpers import read_head, upgrade_request, wait_for
 
 

@@ -7,7 +7,7 @@ import threading
 import psutil
 import pytest
 
-from chatserver.sqlite_readers import POOL_SIZE
+from chatserver.engines.sqlite_readers import POOL_SIZE
 from tests.helpers import RawClient, wait_for
 
 CLIENTS = 600

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from chatserver.sqlite_engine import SqliteEngine
-from chatserver.sqlite_quotas import HistoryQuotas
+from chatserver.engines.sqlite import SqliteEngine
+from chatserver.engines.sqlite_quotas import HistoryQuotas
 from tests.helpers import ServerProcess, wait_for
 
 

@@ -11,7 +11,7 @@ import pytest
 import websocket
 
 from chatclient.schema import problems, validator
-from chatserver.sqlite_engine import SqliteEngine
+from chatserver.engines.sqlite import SqliteEngine
 from tests.helpers import Peer, ServerProcess, roomchat_env, run_to_exit, wait_for
 
 

@@ -7,7 +7,7 @@ import struct
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatserver.sqlite_engine import SqliteEngine
+from chatserver.engines.sqlite import SqliteEngine
 from tests.helpers import frame, http_exchange, upgrade_request, wait_for
 
 pytestmark = pytest.mark.timeout(60)

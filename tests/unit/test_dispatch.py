@@ -7,7 +7,7 @@ import pytest
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, Dispatcher
-from chatserver.engine import MemoryEngine
+from chatserver.engines.base import MemoryEngine
 from chatserver.errors import CloseConnection
 from chatserver.registry import Registry
 from handlers import BATCH_HANDLERS, HANDLERS

@@ -9,7 +9,7 @@ import pytest
 
 from chatserver.client import TokenBucket
 from chatserver.config import Config, from_args
-from chatserver.engine import MemoryEngine
+from chatserver.engines.base import MemoryEngine
 from chatserver.errors import ChatError
 from chatserver.identity import Identities, Identity, issue, parse_ttl, token_in, verify
 from chatserver.moderation import for_how_long, removes_member

@@ -6,7 +6,7 @@ import pytest
 
 from chatserver.client import TokenBucket
 from chatserver.config import Config
-from chatserver.engine import MemoryEngine
+from chatserver.engines.base import MemoryEngine
 from chatserver.errors import ChatError
 from chatserver.registry import ChatRequest, Registry
 from tests.helpers import FakeConn, ManualEngine

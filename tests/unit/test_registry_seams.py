@@ -6,7 +6,7 @@ import pytest
 
 from chatserver.client import TokenBucket
 from chatserver.config import Config
-from chatserver.engine import Meta
+from chatserver.engines.base import Meta
 from chatserver.registry import ChatRequest, Registry
 from tests.helpers import FakeConn, ManualEngine
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from chatserver.engine import MemoryEngine
-from chatserver.sqlite_engine import SqliteEngine
+from chatserver.engines.base import MemoryEngine
+from chatserver.engines.sqlite import SqliteEngine
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from chatserver.sqlite_engine import SqliteEngine, StoreError
+from chatserver.engines.sqlite import SqliteEngine, StoreError
 from tests.helpers import chat, started, write
 
 

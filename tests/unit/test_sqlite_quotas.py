@@ -5,9 +5,9 @@ import sqlite3
 import threading
 import time
 
-from chatserver.engine import Meta
-from chatserver.sqlite_engine import SqliteEngine
-from chatserver.sqlite_quotas import HistoryQuotas
+from chatserver.engines.base import Meta
+from chatserver.engines.sqlite import SqliteEngine
+from chatserver.engines.sqlite_quotas import HistoryQuotas
 from tests.helpers import wait_for
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from chatserver.sqlite_readers import PoolBusy, ReaderPool
+from chatserver.engines.sqlite_readers import PoolBusy, ReaderPool
 
 
 class Opened:

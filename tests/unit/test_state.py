@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from chatserver.state import MOVES, ConnectionState, State
+from chatserver.transport.state import MOVES, ConnectionState, State
 
 
 def at(state: State) -> ConnectionState:

@@ -10,7 +10,7 @@ from chatserver import frames, trace
 from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.dispatch import Context, Dispatcher
-from chatserver.engine import MemoryEngine
+from chatserver.engines.base import MemoryEngine
 from chatserver.registry import Registry
 from handlers import BATCH_HANDLERS, HANDLERS
 from tests.helpers import FakeConn, frame

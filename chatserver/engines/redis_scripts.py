@@ -1,4 +1,4 @@
-"""The Lua scripts of the Redis engine (redis_engine.py). Each touches the keys of one room only
+"""The Lua scripts of the Redis engine (engines/redis.py). Each touches the keys of one room only
 (one hash tag), so they also run on Redis Cluster. Redis runs a script atomically: nothing else
 happens between its INCR, XADD and PUBLISH.
 """

@@ -1,4 +1,4 @@
-"""A fixed pool of read-only SQLite connections for history reads (sqlite_engine.py uses it).
+"""A fixed pool of read-only SQLite connections for history reads (engines/sqlite.py uses it).
 
 Threads are per client, so a connection per reading thread would mean one per client at once:
 600 clients asking for history together opened 600 connections (three descriptors each, and

@@ -1,5 +1,5 @@
 """The Redis engine's directory: who holds which nick, room members, DMs, room rules and nicks
-reserved by tokens. RedisEngine (redis_engine.py) is built on it; this half uses the engine's
+reserved by tokens. RedisEngine (engines/redis.py) is built on it; this half uses the engine's
 `_redis`, `_call`, `_lock` (guards `_claims`), `process_id`, `_ttl_ms` and `_hub`.
 
 Keys. Nicks are `roomchat:nick:<folded>` = "<process>:<client>:<nick>" (protocol.fold_nick, so
@@ -17,9 +17,9 @@ import time
 import orjson
 import redis
 
-from chatserver.engine import Unavailable
+from chatserver.engines.base import Unavailable
+from chatserver.engines.redis_scripts import RESERVE
 from chatserver.protocol import fold_nick
-from chatserver.redis_scripts import RESERVE
 
 log = logging.getLogger("roomchat.redis")
 

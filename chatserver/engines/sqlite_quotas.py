@@ -1,4 +1,4 @@
-"""Quotas on the whole SQLite history: bytes, age and rooms kept (sqlite_engine.py runs them).
+"""Quotas on the whole SQLite history: bytes, age and rooms kept (engines/sqlite.py runs them).
 
 `history_per_room` bounds each room; these bound the file: `--history-max-bytes` (the pages the
 file uses, page_count less freelist_count), `--history-max-age` (seconds since an event was

@@ -2,8 +2,8 @@
 
 The Registry (the hub) knows the clients of this process and the rooms they are in. An engine
 gives each room one ordered stream and keeps its history. Three engines implement the interface:
-`MemoryEngine` here (tests, `--db :memory:`), `SqliteEngine` (sqlite_engine.py, the default:
-one process, history in a file) and `RedisEngine` (redis_engine.py: several processes behave as
+`MemoryEngine` here (tests, `--db :memory:`), `SqliteEngine` (engines/sqlite.py, the default:
+one process, history in a file) and `RedisEngine` (engines/redis.py: several processes behave as
 one server). The Registry imports none of sqlite3 or redis; app.py picks the engine.
 
 The contract (PROTOCOL.md "What a client can rely on" is the client's side of it):
@@ -104,7 +104,7 @@ class Engine(Protocol):
         """Store chat events with the room's next seqs, then deliver them, in order.
 
         `chats`: [(sender nick, text, Meta)]. Raises Unavailable (none of them was stored, or,
-        with Redis, the connection broke mid-call: see redis_engine.py)."""
+        with Redis, the connection broke mid-call: see engines/redis.py)."""
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Put a presence or nick event into the room's stream. Raises Unavailable."""

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 
-from chatserver.caps import drain_and_close
+from chatserver.transport.caps import drain_and_close
 
 REFUSED_LINGER = 0.5  # seconds a refused socket stays open after its 503, so the client reads it
 MAX_REFUSED = 1024  # refused sockets lingering at once; more are closed at once

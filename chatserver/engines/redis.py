@@ -11,7 +11,7 @@ room's seq at that place (`Meta.at`).
 
 Keys. Those of one room share a hash tag, `roomchat:{<room>}:...` (seq, hist, members, owners,
 joins, topic, bans and mutes; channel `...:events`), so the scripts also run on Redis Cluster.
-Nick claims (`roomchat:nick:<folded>`) and the other directory keys: redis_directory.py. The
+Nick claims (`roomchat:nick:<folded>`) and the other directory keys: engines/redis_directory.py. The
 nick claims of this process get a TTL that the heartbeat refreshes. Each process keeps
 `roomchat:proc:<id>` alive with the same TTL and lists its room memberships in
 `roomchat:proc:<id>:rooms`; when a process dies (kill -9), the first survivor to notice
@@ -44,10 +44,10 @@ import orjson
 import redis
 
 from chatserver import metrics
-from chatserver.engine import EngineError, Meta, Unavailable, new_epoch
+from chatserver.engines.base import EngineError, Meta, Unavailable, new_epoch
+from chatserver.engines.redis_directory import RedisDirectory, room_key
+from chatserver.engines.redis_scripts import ANNOUNCE, IF_OWNER_DELETE, IF_OWNER_EXPIRE, IF_OWNER_PREFIX_DELETE, PUBLISH
 from chatserver.moderation import removes_member
-from chatserver.redis_directory import RedisDirectory, room_key
-from chatserver.redis_scripts import ANNOUNCE, IF_OWNER_DELETE, IF_OWNER_EXPIRE, IF_OWNER_PREFIX_DELETE, PUBLISH
 
 log = logging.getLogger("roomchat.redis")
 
@@ -61,7 +61,7 @@ READ_TIMEOUT = 2.0  # seconds for the rest of a reply that has begun to arrive o
 
 class RedisEngine(RedisDirectory):
     """See the module docstring. Raises EngineError at start when Redis cannot be reached.
-    The directory (nicks, members, DMs, room rules) is in redis_directory.py."""
+    The directory (nicks, members, DMs, room rules) is in engines/redis_directory.py."""
 
     cluster = True
 

@@ -21,9 +21,8 @@ import time
 from collections import deque
 
 from chatserver import metrics
-from chatserver.engine import LocalRules, Unavailable
-from chatserver.protocol import MAX_SEQ, chat_event
-from chatserver.sqlite_file import (
+from chatserver.engines.base import LocalRules, Unavailable
+from chatserver.engines.sqlite_file import (
     BUSY_TIMEOUT,
     DELETE_RULE,
     INSERT_EVENT,
@@ -37,8 +36,9 @@ from chatserver.sqlite_file import (
     connect,
     open_history,
 )
-from chatserver.sqlite_quotas import HistoryQuotas, seq_floor
-from chatserver.sqlite_readers import PoolBusy, ReaderPool
+from chatserver.engines.sqlite_quotas import HistoryQuotas, seq_floor
+from chatserver.engines.sqlite_readers import PoolBusy, ReaderPool
+from chatserver.protocol import MAX_SEQ, chat_event
 
 log = logging.getLogger("roomchat.store")
 
@@ -68,7 +68,7 @@ class SqliteEngine(LocalRules):
     checkpoint would run inside a commit and hold every pending chat back for two fsyncs (with a
     100 ms fsync, commits stalled for 200 ms; measured with strace fault injection).
 
-    Reads use their own connections from a fixed pool (sqlite_readers.py: a few at once, the rest
+    Reads use their own connections from a fixed pool (engines/sqlite_readers.py: a few at once, the rest
     wait their turn; idle ones are closed), so a reader never waits for the writer (WAL) and never
     needs uncommitted rows: the Registry only asks for seqs it has delivered, and it delivers
     only what the writer handed it.
@@ -76,7 +76,7 @@ class SqliteEngine(LocalRules):
     Retention: reads see at most the last `per_room` events of a room; the writer deletes older
     rows every PRUNE_INTERVAL seconds for the rooms it wrote to, never on the append path, and
     for every room of the file, BACKLOG_CHUNK at a time, after start-up (so opening a file with
-    200,000 rooms stays fast). In the same pass, `quotas` (sqlite_quotas.py) prune the oldest
+    200,000 rooms stays fast). In the same pass, `quotas` (engines/sqlite_quotas.py) prune the oldest
     events of the whole file and forget rooms with none left; the hub forgets them too.
 
     One process at a time: the file is flock()ed for the store's lifetime, so a second roomchat on
@@ -385,11 +385,11 @@ def open_engine(config):
     """The engine the settings name: Redis with `redis`, else memory for `--db :memory:`, else a
     SQLite file. Raises EngineError (StoreError) when it cannot be used."""
     if getattr(config, "redis", ""):
-        from chatserver.redis_engine import RedisEngine  # only Redis users need redis-py
+        from chatserver.engines.redis import RedisEngine  # only Redis users need redis-py
 
         return RedisEngine(config.redis, per_room=config.history_per_room)
     if config.db == ":memory:":
-        from chatserver.engine import MemoryEngine
+        from chatserver.engines.base import MemoryEngine
 
         return MemoryEngine(per_room=config.history_per_room)
     if not config.db:

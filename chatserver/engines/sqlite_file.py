@@ -1,6 +1,6 @@
-"""The SQLite history file: its schema, its SQL, and opening it safely (sqlite_engine.py uses it).
+"""The SQLite history file: its schema, its SQL, and opening it safely (engines/sqlite.py uses it).
 
-One file holds a roomchat history: `meta` (epoch; `seq_floor`, see sqlite_quotas.py), `rooms`
+One file holds a roomchat history: `meta` (epoch; `seq_floor`, see engines/sqlite_quotas.py), `rooms`
 (the highest seq ever stored per room, which outlives pruning, so seqs are never reused),
 `events`, with an index by time for the quotas' oldest-first pruning, and `rules` (topics, bans,
 mutes and nicks reserved by tokens: engine.LocalRules's rows; expired ones are deleted at start).
@@ -12,7 +12,7 @@ import os
 import sqlite3
 import time
 
-from chatserver.engine import EngineError, new_epoch
+from chatserver.engines.base import EngineError, new_epoch
 
 
 class StoreError(EngineError):
@@ -35,7 +35,7 @@ SCHEMA = (
     # Added after schema 1 was released; older roomchats ignore it, so the version stays 1.
     "CREATE TABLE IF NOT EXISTS rules (scope TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
     " value TEXT NOT NULL, until REAL, PRIMARY KEY (scope, kind, key)) WITHOUT ROWID",
-    # The quotas prune oldest first (sqlite_quotas.py); built once when a version 1 file is opened.
+    # The quotas prune oldest first (engines/sqlite_quotas.py); built once when a version 1 file is opened.
     "CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts)",
 )
 SAVE_RULE = (

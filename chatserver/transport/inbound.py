@@ -18,7 +18,7 @@ import time
 
 from chatserver import frames
 from chatserver.errors import CloseConnection
-from chatserver.state import State
+from chatserver.transport.state import State
 
 log = logging.getLogger("roomchat.transport")
 

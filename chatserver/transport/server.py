@@ -5,8 +5,9 @@ The rest of roomchat sees a connection (`send_frame`, `close`, `peer`, `path`, `
 `on_handshake(target, headers)` (None, or a refusal as (status, reason[, headers])),
 `on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
 `on_close(conn, close_code)`, `on_refused(status)`, and `on_http(request, peer_ip)` for plain HTTP.
-Beside it: handshake.py (the opening handshake), frames.py (RFC 6455 framing), streams.py
-(socket reads, queued writes), state.py, housekeeper.py, and tls.py, proxies.py, exposure.py.
+Beside it in transport/: streams.py (socket reads, queued writes), state.py, housekeeper.py and
+tls.py; outside it: handshake.py (the opening handshake), frames.py (RFC 6455 framing), proxies.py,
+exposure.py.
 
 What is still used from websocket-server 0.6.4 (pinned in requirements.txt, since the overrides
 rely on its internals): `WebsocketServer`'s base classes (socketserver's `ThreadingMixIn` and
@@ -35,14 +36,14 @@ import time
 from websocket_server import WebSocketHandler, WebsocketServer
 
 from chatserver import frames, handshake
-from chatserver.caps import AcceptGate, BurstLog, ConnectionCaps
 from chatserver.errors import CloseConnection, HandshakeError
-from chatserver.housekeeper import Housekeeper
-from chatserver.inbound import CLOSE_LINGER, MessageLoop
 from chatserver.proxies import TrustedProxies
-from chatserver.state import ConnectionState, State
-from chatserver.streams import Flusher, Outbox, SocketReader
-from chatserver.tls import TlsSession
+from chatserver.transport.caps import AcceptGate, BurstLog, ConnectionCaps
+from chatserver.transport.housekeeper import Housekeeper
+from chatserver.transport.inbound import CLOSE_LINGER, MessageLoop
+from chatserver.transport.state import ConnectionState, State
+from chatserver.transport.streams import Flusher, Outbox, SocketReader
+from chatserver.transport.tls import TlsSession
 
 log = logging.getLogger("roomchat.transport")
 
@@ -56,7 +57,7 @@ class Connection(MessageLoop, WebSocketHandler):
     """One client connection, served on its own thread by socketserver.
 
     Lifecycle: `setup` -> `handle` (handshake, then one message at a time) -> `finish`.
-    `state` changes only through `ConnectionState.move` (state.py), which also says why a second
+    `state` changes only through `ConnectionState.move` (transport/state.py), which also says why a second
     close or disconnect from another thread is harmless.
     """
 
@@ -78,7 +79,7 @@ class Connection(MessageLoop, WebSocketHandler):
         self.path = ""
         self.headers = {}
         self.client = None  # set by the app in on_connect
-        self.counted_address = None  # a client behind a trusted proxy, once counted (caps.py)
+        self.counted_address = None  # a client behind a trusted proxy, once counted (transport/caps.py)
         self._life = ConnectionState()  # state and close reason, changed only by its move()
         self.last_seen = time.monotonic()
         self.ping_sent_at = None
@@ -97,7 +98,7 @@ class Connection(MessageLoop, WebSocketHandler):
 
     @property
     def state(self) -> State:
-        """CONNECTING, OPEN, CLOSING or CLOSED (state.py); read from any thread. Raises nothing."""
+        """CONNECTING, OPEN, CLOSING or CLOSED (transport/state.py); read from any thread. Raises nothing."""
         return self._life.state
 
     # upstream: `while keep_alive: handshake() / read_next_message()`, where a failed handshake or an
@@ -292,8 +293,8 @@ class WebSocketTransport(AcceptGate, WebsocketServer):
                  max_reply_bytes: int = 256 * 1024, caps: ConnectionCaps | None = None):
         """Bind and listen on (host, port); port 0 picks a free one (see `port`). Sizes in bytes,
         times in seconds; `policy` checks Host and Origin, `proxies` says whose forwarding headers
-        to believe, `ssl_context` turns on TLS (tls.py; never upstream's key/cert path), `caps`
-        limits connections (caps.py; none by default).
+        to believe, `ssl_context` turns on TLS (transport/tls.py; never upstream's key/cert path), `caps`
+        limits connections (transport/caps.py; none by default).
         Raises OSError when the address cannot be bound (in use, say)."""
         super().__init__(host=host, port=port)
         self.RequestHandlerClass = Connection
