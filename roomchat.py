@@ -12,11 +12,11 @@ import signal
 import sys
 import threading
 
-from chatserver import logs, trace
 from chatserver.app import ChatServer
 from chatserver.config import from_args
-from chatserver.dispatch import Dispatcher
 from chatserver.engines.base import EngineError
+from chatserver.ops import logs, trace
+from chatserver.rooms.dispatch import Dispatcher
 from chatserver.transport.tls import TlsSetupError
 from handlers import BATCH_HANDLERS, HANDLERS
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     if argv and argv[0] == "token":
         import os
 
-        from chatserver.identity import token_main
+        from chatserver.rooms.identity import token_main
 
         return token_main(argv[1:], os.environ)
     return serve(argv)

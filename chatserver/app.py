@@ -14,7 +14,7 @@ Threads, and what each runs:
 - flusher (streams.Flusher): finishes the writes the kernel could not take at once (epoll).
 - SQLite engine: the writer (`roomchat-store`: group commits, then `hub.deliver`; retention) and
   the checkpointer (`roomchat-checkpoint`: WAL checkpoints).
-- identity expiry (`roomchat-expiry`, identity.py): closes connections whose token expired (4001).
+- identity expiry (`roomchat-expiry`, rooms/identity.py): closes connections whose token expired (4001).
 - Redis engine: the listener (`roomchat-redis-listener`: the subscription, gap fills, then
   `hub.deliver`/`deliver_dm`) and the heartbeat (`roomchat-redis-heartbeat`: key TTLs, reaping
   dead processes).
@@ -23,17 +23,17 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
   MemoryEngine._lock or RedisEngine._sub_lock -> Hub._lock -> Outbox._lock -> the leaves
 - `MemoryEngine._lock`: its history and seqs; held while it delivers, so a room's chats reach
   the hub in seq order. `RedisEngine._sub_lock`: (un)subscribing; asks the hub `has_room`.
-- `Hub._lock` (hub.py; the Registry is the Hub): clients, nicks, rooms and members, delivered
+- `Hub._lock` (rooms/hub.py; the Registry is the Hub): clients, nicks, rooms and members, delivered
   seqs, the write batch; `Hub._settled` is a condition on it. Never held while calling an
   engine, and the engines call the hub with none of their own locks held, except the two above.
 - `Outbox._lock` (one per connection): its queue, byte counts and flags (transport/streams.py); `pace`
   waits on a condition of it.
 - Leaves: `TlsSession._lock` (the TLS state), `ConnectionState._lock` (a connection's state and
   close reason), `Housekeeper._lock` (connections, deadlines, aborts), `WebSocketTransport.
-  _accepting`, exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
+  _accepting`, wire/exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
   queue's order), `SqliteEngine._close_lock` (the reader pool), `RedisEngine._lock` (delivered
   seqs, nick claims, subscription confirmations), `LocalRules._rules_lock` (topics, bans, mutes,
-  reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, budgets.py's
+  reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's
   `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
   (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a semaphore:
   history replies built at once) is taken before the hub's lock, never while holding it.
@@ -46,21 +46,22 @@ import logging
 import threading
 from urllib.parse import parse_qs, urlsplit
 
-from chatserver import exposure, frames, trace
-from chatserver.budgets import AddressShares
-from chatserver.client import TokenBucket
 from chatserver.config import Config
-from chatserver.dispatch import Context, Dispatcher
 from chatserver.engines.sqlite import open_engine
 from chatserver.errors import ChatError
-from chatserver.identity import CLOSE_TOKEN_EXPIRED, Identities
-from chatserver.metrics import Metrics, close_label
-from chatserver.proxies import TrustedProxies
-from chatserver.registry import Registry
+from chatserver.ops import trace
+from chatserver.ops.metrics import Metrics, close_label
+from chatserver.ops.web import WebRoutes
+from chatserver.rooms.budgets import AddressShares
+from chatserver.rooms.client import TokenBucket
+from chatserver.rooms.dispatch import Context, Dispatcher
+from chatserver.rooms.identity import CLOSE_TOKEN_EXPIRED, Identities
+from chatserver.rooms.registry import Registry
 from chatserver.transport import tls
 from chatserver.transport.caps import ConnectionCaps, default_max_connections
 from chatserver.transport.server import WebSocketTransport
-from chatserver.web import WebRoutes
+from chatserver.wire import exposure, frames
+from chatserver.wire.proxies import TrustedProxies
 
 log = logging.getLogger("roomchat")
 

@@ -11,8 +11,8 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 
-from chatserver.exposure import HostCheck, OriginCheck
-from chatserver.proxies import TrustedProxies
+from chatserver.wire.exposure import HostCheck, OriginCheck
+from chatserver.wire.proxies import TrustedProxies
 
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)
 DEFAULT_RESERVED = "admin,root,server,system,roomchat,operator,moderator"

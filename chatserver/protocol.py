@@ -8,8 +8,9 @@ import time
 
 import orjson
 
-from chatserver import __version__, frames
+from chatserver import __version__
 from chatserver.errors import ChatError
+from chatserver.wire import frames
 
 SERVER_NAME = f"roomchat/{__version__}"
 NICK_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")

@@ -1,7 +1,7 @@
 """ban: an operator keeps a nick out of a room for `duration` seconds (0 lifts the ban)."""
 
-from chatserver.moderation import Action
 from chatserver.protocol import optional_reason, require_duration, require_nick, require_room
+from chatserver.rooms.moderation import Action
 
 TYPE = "ban"
 

@@ -2,7 +2,7 @@
 
 from chatserver.errors import ChatError
 from chatserver.protocol import require_room, require_text
-from chatserver.registry import ChatRequest
+from chatserver.rooms.registry import ChatRequest
 
 TYPE = "chat"
 

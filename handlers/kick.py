@@ -1,7 +1,7 @@
 """kick: an operator takes a member out of a room, with an optional reason; members see who did it."""
 
-from chatserver.moderation import Action
 from chatserver.protocol import optional_reason, require_nick, require_room
+from chatserver.rooms.moderation import Action
 
 TYPE = "kick"
 

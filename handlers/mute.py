@@ -1,7 +1,7 @@
 """mute: an operator makes a nick read-only in a room for `duration` seconds (0 lifts it)."""
 
-from chatserver.moderation import Action
 from chatserver.protocol import optional_reason, require_duration, require_nick, require_room
+from chatserver.rooms.moderation import Action
 
 TYPE = "mute"
 

@@ -1,7 +1,7 @@
 """topic: an operator sets (or, with "", clears) a room's topic; members get the `topic` event."""
 
-from chatserver.moderation import Action
 from chatserver.protocol import require_room, require_topic
+from chatserver.rooms.moderation import Action
 
 TYPE = "topic"
 

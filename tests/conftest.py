@@ -4,7 +4,7 @@ clients, and raw sockets. The helpers they hand out live in tests/helpers.py."""
 import pytest
 
 from chatserver.app import ChatServer
-from chatserver.dispatch import Dispatcher
+from chatserver.rooms.dispatch import Dispatcher
 from handlers import BATCH_HANDLERS, HANDLERS
 from tests.client_helpers import Relay
 from tests.helpers import (

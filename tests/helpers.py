@@ -55,7 +55,7 @@ SECRET = "test-secret-" + "s" * 32  # a token secret for tests (RFC 7518 wants a
 
 def token(nick: str, ttl: float = 3600, rooms=None, op: bool = False, secret: str = SECRET) -> str:
     """A token signed with `secret` (SECRET by default), as `python roomchat.py token` prints."""
-    from chatserver.identity import issue
+    from chatserver.rooms.identity import issue
 
     return issue(secret.encode(), nick, ttl, rooms, op)
 

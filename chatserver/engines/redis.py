@@ -43,11 +43,11 @@ import time
 import orjson
 import redis
 
-from chatserver import metrics
 from chatserver.engines.base import EngineError, Meta, Unavailable, new_epoch
 from chatserver.engines.redis_directory import RedisDirectory, room_key
 from chatserver.engines.redis_scripts import ANNOUNCE, IF_OWNER_DELETE, IF_OWNER_EXPIRE, IF_OWNER_PREFIX_DELETE, PUBLISH
-from chatserver.moderation import removes_member
+from chatserver.ops import metrics
+from chatserver.rooms.moderation import removes_member
 
 log = logging.getLogger("roomchat.redis")
 

@@ -20,7 +20,6 @@ import threading
 import time
 from collections import deque
 
-from chatserver import metrics
 from chatserver.engines.base import LocalRules, Unavailable
 from chatserver.engines.sqlite_file import (
     BUSY_TIMEOUT,
@@ -38,6 +37,7 @@ from chatserver.engines.sqlite_file import (
 )
 from chatserver.engines.sqlite_quotas import HistoryQuotas, seq_floor
 from chatserver.engines.sqlite_readers import PoolBusy, ReaderPool
+from chatserver.ops import metrics
 from chatserver.protocol import MAX_SEQ, chat_event
 
 log = logging.getLogger("roomchat.store")

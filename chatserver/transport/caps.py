@@ -16,7 +16,7 @@ Each kind of refusal is logged once per burst (`BurstLog`): the first line at on
 with the count when the next burst starts.
 
 The per-address cap counts by the client's address: the TCP peer, or, when that peer is a
-trusted proxy (proxies.py), the client it reports, which is only known once the request head is
+trusted proxy (wire/proxies.py), the client it reports, which is only known once the request head is
 read (then transport.Connection.handshake takes the count and answers 503 itself).
 
 Threads and locks: `ConnectionCaps._lock` and `BurstLog._lock` are leaves; counts are taken on
@@ -33,8 +33,8 @@ import socket
 import threading
 import time
 
-from chatserver import handshake
 from chatserver.errors import HandshakeError
+from chatserver.wire import handshake
 
 log = logging.getLogger("roomchat.transport")
 

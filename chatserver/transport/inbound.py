@@ -16,9 +16,9 @@ refusals in a row is closed with 1008, as for messages.
 import logging
 import time
 
-from chatserver import frames
 from chatserver.errors import CloseConnection
 from chatserver.transport.state import State
+from chatserver.wire import frames
 
 log = logging.getLogger("roomchat.transport")
 

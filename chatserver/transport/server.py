@@ -6,8 +6,8 @@ The rest of roomchat sees a connection (`send_frame`, `close`, `peer`, `path`, `
 `on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
 `on_close(conn, close_code)`, `on_refused(status)`, and `on_http(request, peer_ip)` for plain HTTP.
 Beside it in transport/: streams.py (socket reads, queued writes), state.py, housekeeper.py and
-tls.py; outside it: handshake.py (the opening handshake), frames.py (RFC 6455 framing), proxies.py,
-exposure.py.
+tls.py; outside it: wire/handshake.py (the opening handshake), wire/frames.py (RFC 6455 framing), wire/proxies.py,
+wire/exposure.py.
 
 What is still used from websocket-server 0.6.4 (pinned in requirements.txt, since the overrides
 rely on its internals): `WebsocketServer`'s base classes (socketserver's `ThreadingMixIn` and
@@ -35,15 +35,15 @@ import time
 
 from websocket_server import WebSocketHandler, WebsocketServer
 
-from chatserver import frames, handshake
 from chatserver.errors import CloseConnection, HandshakeError
-from chatserver.proxies import TrustedProxies
 from chatserver.transport.caps import AcceptGate, BurstLog, ConnectionCaps
 from chatserver.transport.housekeeper import Housekeeper
 from chatserver.transport.inbound import CLOSE_LINGER, MessageLoop
 from chatserver.transport.state import ConnectionState, State
 from chatserver.transport.streams import Flusher, Outbox, SocketReader
 from chatserver.transport.tls import TlsSession
+from chatserver.wire import frames, handshake
+from chatserver.wire.proxies import TrustedProxies
 
 log = logging.getLogger("roomchat.transport")
 
@@ -119,7 +119,7 @@ class Connection(MessageLoop, WebSocketHandler):
             self.server.housekeeper.untrack(self)
 
     # upstream: asserts GET, splits headers by hand, KeyError traceback on a plain GET, no limits.
-    # fix: handshake.py parses and decides (400/405/426/431), under a deadline; plain HTTP goes to
+    # fix: wire/handshake.py parses and decides (400/405/426/431), under a deadline; plain HTTP goes to
     # on_http. tests: tests/unit/test_handshake.py, test_transport.py::test_handshake_*, test_plain_get_*
     def handshake(self) -> bool:
         """Run TLS if on, then read the opening request and answer it (RFC 6455 section 4.2): True

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 
-from chatserver import frames
+from chatserver.wire import frames
 
 log = logging.getLogger("roomchat.streams")
 

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from chatserver.client import TokenBucket
 from chatserver.config import Config
-from chatserver.dispatch import Context, Dispatcher
 from chatserver.engines.base import MemoryEngine
 from chatserver.errors import CloseConnection
-from chatserver.registry import Registry
+from chatserver.rooms.client import TokenBucket
+from chatserver.rooms.dispatch import Context, Dispatcher
+from chatserver.rooms.registry import Registry
 from handlers import BATCH_HANDLERS, HANDLERS
 from tests.helpers import FakeConn
 

@@ -6,9 +6,9 @@ import socket
 import pytest
 
 from chatserver.errors import HandshakeError
-from chatserver.exposure import HostCheck, OriginCheck, normalize_origin, split_host
-from chatserver.handshake import Request
-from chatserver.proxies import TrustedProxies
+from chatserver.wire.exposure import HostCheck, OriginCheck, normalize_origin, split_host
+from chatserver.wire.handshake import Request
+from chatserver.wire.proxies import TrustedProxies
 
 MACHINE = socket.gethostname().lower()
 

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from chatserver import frames
 from chatserver.errors import CloseConnection
+from chatserver.wire import frames
 from tests.helpers import frame
 
 MAX = 65536

@@ -4,8 +4,8 @@ import io
 
 import pytest
 
-from chatserver import handshake
 from chatserver.errors import HandshakeError
+from chatserver.wire import handshake
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3 / 4.2.2's example
 UPGRADE = (

@@ -7,14 +7,14 @@ import time
 import jwt
 import pytest
 
-from chatserver.client import TokenBucket
 from chatserver.config import Config, from_args
 from chatserver.engines.base import MemoryEngine
 from chatserver.errors import ChatError
-from chatserver.identity import Identities, Identity, issue, parse_ttl, token_in, verify
-from chatserver.moderation import for_how_long, removes_member
 from chatserver.protocol import fold_nick
-from chatserver.registry import Registry
+from chatserver.rooms.client import TokenBucket
+from chatserver.rooms.identity import Identities, Identity, issue, parse_ttl, token_in, verify
+from chatserver.rooms.moderation import for_how_long, removes_member
+from chatserver.rooms.registry import Registry
 from tests.helpers import SECRET, FakeConn
 
 KEY = SECRET.encode()

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from chatserver.logs import JsonFormatter, TextFormatter, configure, context, escape
+from chatserver.ops.logs import JsonFormatter, TextFormatter, configure, context, escape
 
 UNSAFE = [chr(c) for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, 0x061C, 0x200E, 0x200F,
                            *range(0x202A, 0x202F), *range(0x2066, 0x206A))]

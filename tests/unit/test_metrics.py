@@ -3,8 +3,8 @@
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatserver.metrics import Metrics, close_label
-from chatserver.proxies import TrustedProxies
+from chatserver.ops.metrics import Metrics, close_label
+from chatserver.wire.proxies import TrustedProxies
 
 
 @pytest.mark.parametrize(("peer", "headers", "allowed"), [

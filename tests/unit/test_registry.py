@@ -4,11 +4,11 @@ import threading
 
 import pytest
 
-from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.engines.base import MemoryEngine
 from chatserver.errors import ChatError
-from chatserver.registry import ChatRequest, Registry
+from chatserver.rooms.client import TokenBucket
+from chatserver.rooms.registry import ChatRequest, Registry
 from tests.helpers import FakeConn, ManualEngine
 
 

@@ -4,10 +4,10 @@ Fake connections and a hand-driven engine: no sockets."""
 
 import pytest
 
-from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.engines.base import Meta
-from chatserver.registry import ChatRequest, Registry
+from chatserver.rooms.client import TokenBucket
+from chatserver.rooms.registry import ChatRequest, Registry
 from tests.helpers import FakeConn, ManualEngine
 
 

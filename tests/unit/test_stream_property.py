@@ -11,10 +11,10 @@ import random
 
 import pytest
 
-from chatserver.client import TokenBucket
 from chatserver.config import Config
 from chatserver.protocol import JOIN_HISTORY
-from chatserver.registry import ChatRequest, Registry
+from chatserver.rooms.client import TokenBucket
+from chatserver.rooms.registry import ChatRequest, Registry
 from tests.helpers import FakeConn, ManualEngine
 
 ROOMS = ("r1", "r2")

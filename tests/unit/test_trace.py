@@ -6,12 +6,13 @@ import logging
 
 import pytest
 
-from chatserver import frames, trace
-from chatserver.client import TokenBucket
 from chatserver.config import Config
-from chatserver.dispatch import Context, Dispatcher
 from chatserver.engines.base import MemoryEngine
-from chatserver.registry import Registry
+from chatserver.ops import trace
+from chatserver.rooms.client import TokenBucket
+from chatserver.rooms.dispatch import Context, Dispatcher
+from chatserver.rooms.registry import Registry
+from chatserver.wire import frames
 from handlers import BATCH_HANDLERS, HANDLERS
 from tests.helpers import FakeConn, frame
 

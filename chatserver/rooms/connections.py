@@ -1,7 +1,7 @@
 """Connections and their nicks: connecting, disconnecting, and who has which nick (a step of
-the chain hub.py -> connections.py -> registry.py; hub.py holds the state and its lock).
+the chain rooms/hub.py -> rooms/connections.py -> rooms/registry.py; rooms/hub.py holds the state and its lock).
 
-A new connection gets a free `guest-N`, or, with a token (identity.py), the token's nick. That
+A new connection gets a free `guest-N`, or, with a token (rooms/identity.py), the token's nick. That
 nick is reserved in the engine until the token expires, so nobody else takes it, also while its
 holder is offline; and whoever has it when the holder arrives lets go (`evict`): an older
 connection of the same holder is closed with 4002, anyone else is renamed to a guest nick. In
@@ -16,13 +16,14 @@ import logging
 import secrets
 import uuid
 
-from chatserver import protocol, trace
-from chatserver.client import Client
+from chatserver import protocol
 from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.hub import Hub, unavailable
-from chatserver.identity import CLOSE_REPLACED, Identities
+from chatserver.ops import trace
 from chatserver.protocol import fold_nick
+from chatserver.rooms.client import Client
+from chatserver.rooms.hub import Hub, unavailable
+from chatserver.rooms.identity import CLOSE_REPLACED, Identities
 
 TAKE_TIMEOUT = 8.0  # seconds a token holder waits for its nick (a dead process's claim expires within 5 + 1)
 

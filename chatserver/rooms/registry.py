@@ -1,4 +1,4 @@
-"""The requests: what each message type does to the hub's state (hub.py holds the state).
+"""The requests: what each message type does to the hub's state (rooms/hub.py holds the state).
 
 A request is applied at once, under the hub's lock. Only room events wait for the engine: a
 chat is delivered when the engine hands it back stored, in the room's stream order; `announce`
@@ -13,9 +13,9 @@ after that place are held; `joined.history` is read from the engine up to that s
 held events follow. So `joined` plus what follows is exactly the room's stream, with no gap and
 no repeat, whichever engine and process.
 
-Identity (identity.py): a connection with a token holds the token's nick, reserved for it in the
+Identity (rooms/identity.py): a connection with a token holds the token's nick, reserved for it in the
 engine until the token expires; whoever has that nick lets go of it (`evict`). Moderation
-(moderation.py): the rules live there and in the engine; `moderate` applies a request.
+(rooms/moderation.py): the rules live there and in the engine; `moderate` applies a request.
 """
 
 import bisect
@@ -23,15 +23,17 @@ import logging
 import threading
 from typing import NamedTuple
 
-from chatserver import budgets, protocol, trace
-from chatserver.client import Client
-from chatserver.connections import Connections
+from chatserver import protocol
 from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.hub import Hold, unavailable
-from chatserver.identity import Identities
-from chatserver.moderation import Moderation
+from chatserver.ops import trace
 from chatserver.protocol import fold_nick
+from chatserver.rooms import budgets
+from chatserver.rooms.client import Client
+from chatserver.rooms.connections import Connections
+from chatserver.rooms.hub import Hold, unavailable
+from chatserver.rooms.identity import Identities
+from chatserver.rooms.moderation import Moderation
 
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
 REPLY_BUILDERS = 4  # history replies (joined, history) read and encoded at once
@@ -51,7 +53,7 @@ class ChatRequest(NamedTuple):
 
 class Registry(Connections):
     """Every request a client can make, as one method each (the handlers call them).
-    Connecting and nicks: connections.py."""
+    Connecting and nicks: rooms/connections.py."""
 
     def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics=None):
         super().__init__(engine, limits, identities, metrics)

@@ -9,8 +9,8 @@ import codecs
 import struct
 from dataclasses import dataclass
 
-from chatserver import trace
 from chatserver.errors import CloseConnection
+from chatserver.ops import trace
 
 try:  # websockets' C helper: about 100x faster than the pure-Python XOR on a 32 KiB payload
     from websockets.speedups import apply_mask

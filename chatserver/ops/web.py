@@ -2,7 +2,7 @@
 
 `/livez` says the process serves HTTP (200); `/readyz` says the engine accepts writes (200, or
 503 with the engine's reason); `/healthz` is the same readiness as JSON with a few figures;
-`/metrics` is the Prometheus exposition (metrics.py decides who may read it).
+`/metrics` is the Prometheus exposition (ops/metrics.py decides who may read it).
 """
 
 import json
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from chatserver.handshake import SECURITY_HEADERS
+from chatserver.wire.handshake import SECURITY_HEADERS
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 TEXT = "text/plain; charset=utf-8"

@@ -8,9 +8,9 @@ else is `unknown`/`invalid`; close codes a client may choose freely (3000-4999) 
 
 Who counts what (each hook is one line where it happens):
   app.py        connections opened, closed by close code; handshakes refused by status
-  dispatch.py   messages received by type, rate-limit refusals (one add per type per batch)
-  hub.py        room events published by type, deliveries, fan-out latency (per `deliver` call);
-                error replies by code (registry.py too)
+  rooms/dispatch.py   messages received by type, rate-limit refusals (one add per type per batch)
+  rooms/hub.py        room events published by type, deliveries, fan-out latency (per `deliver` call);
+                error replies by code (rooms/registry.py too)
   engines       SQLite commit latency and batch size (per commit); engine errors, Redis reconnects
 Read when scraped (no cost before): open connections and rooms (the hub's `stats`), bytes in
 and out and slow-consumer drops (the transport's `Housekeeper.totals`).
@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from chatserver.proxies import TrustedProxies
+from chatserver.wire.proxies import TrustedProxies
 
 disable_created_metrics()  # no `_created` series beside each counter: half the lines, nothing lost
 

@@ -23,7 +23,7 @@ from chatserver.errors import HandshakeError
 MAX_REQUEST_HEAD = 16 * 1024  # bytes, request line and header fields together
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 TEXT = "text/plain; charset=utf-8"
-# On every HTTP answer (web.py gives the chat page its own Content-Security-Policy): nothing may
+# On every HTTP answer (ops/web.py gives the chat page its own Content-Security-Policy): nothing may
 # frame it, sniff another type into it, or learn from a Referer where the user came from.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
@@ -59,7 +59,7 @@ class Policy:
     """The checks that depend on how the server is exposed; each raises HandshakeError to refuse.
 
     `check_host` runs on every request (HTTP and WebSocket: 400 for a Host not served);
-    `check_origin` on WebSocket upgrades only (403 for a page of another origin). exposure.py
+    `check_origin` on WebSocket upgrades only (403 for a page of another origin). wire/exposure.py
     builds them from the settings; the defaults accept everything.
     """
 

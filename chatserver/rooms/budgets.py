@@ -19,8 +19,8 @@ import time
 
 import orjson
 
-from chatserver import frames
-from chatserver.client import TokenBucket
+from chatserver.rooms.client import TokenBucket
+from chatserver.wire import frames
 
 FRAME_OVERHEAD = 64  # bytes kept for the frame header, `truncated` and the brackets around the list
 

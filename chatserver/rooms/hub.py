@@ -12,8 +12,8 @@ The engine calls `deliver`, `reject` and `deliver_dm` from its own threads (the 
 the SQLite writer, the Redis listener). `deliver` sends each event, encoded once, to the room's
 members, batched so each client gets one write per call. Joining has a seam: a joiner is a
 member at once, but receives events only from its own join's place in the stream (`Hold`); the
-Registry (registry.py) sends its `joined` and then what was held. A kick or ban takes its target
-out of the room where it is delivered (moderation.py), followed by a presence `leave`.
+Registry (rooms/registry.py) sends its `joined` and then what was held. A kick or ban takes its target
+out of the room where it is delivered (rooms/moderation.py), followed by a presence `leave`.
 """
 
 import bisect
@@ -22,12 +22,13 @@ import threading
 import time
 import uuid
 
-from chatserver import protocol, trace
-from chatserver.client import Client
+from chatserver import protocol
 from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.metrics import Metrics
-from chatserver.moderation import removes_member
+from chatserver.ops import trace
+from chatserver.ops.metrics import Metrics
+from chatserver.rooms.client import Client
+from chatserver.rooms.moderation import removes_member
 
 SETTLE_TIMEOUT = 30.0  # seconds a request waits for its client's chats, at most: past the store's give-up
 # time (fail_after 10 s + a busy timeout), so replies stay in order even when commits fail

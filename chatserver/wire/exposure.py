@@ -21,7 +21,7 @@ import socket
 import threading
 
 from chatserver.errors import HandshakeError
-from chatserver.handshake import Policy, Request
+from chatserver.wire.handshake import Policy, Request
 
 log = logging.getLogger("roomchat.exposure")
 

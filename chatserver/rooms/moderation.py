@@ -1,6 +1,6 @@
 """Moderation: what operators may do to a room, and the rules they set (PROTOCOL.md, Moderation).
 
-Operators are connections whose token has the `op` claim (identity.py); a token with a `rooms`
+Operators are connections whose token has the `op` claim (rooms/identity.py); a token with a `rooms`
 claim is an operator in those rooms only. Their four requests are each answered with the event
 they put into the room's stream through `engine.announce`, so members see who did what, in the
 same order as the chats, on every engine and process:
@@ -11,7 +11,7 @@ same order as the chats, on every engine and process:
   take it out if it is in; 0 lifts a ban.
 - `mute`: the nick may still read the room, but not chat in it, for `duration` seconds; 0 lifts it.
 
-Where a kick or ban is delivered (hub.py), the hub takes its target out of the room if it is a
+Where a kick or ban is delivered (rooms/hub.py), the hub takes its target out of the room if it is a
 local member and gives the others a presence `leave` right after: on every process, at the same
 place in the stream. The rules are read from the engine when they apply: bans at join, mutes
 at chat. Nicks are compared folded (protocol.fold_nick), like everywhere else.

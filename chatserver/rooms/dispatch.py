@@ -2,9 +2,11 @@
 
 from dataclasses import dataclass
 
-from chatserver import frames, protocol, trace
+from chatserver import protocol
 from chatserver.config import Config
 from chatserver.errors import ChatError, CloseConnection
+from chatserver.ops import trace
+from chatserver.wire import frames
 
 
 @dataclass
