@@ -54,6 +54,7 @@ from chatserver.ops.metrics import Metrics, close_label
 from chatserver.ops.web import WebRoutes
 from chatserver.rooms.budgets import AddressShares
 from chatserver.rooms.client import TokenBucket
+from chatserver.rooms.cluster import ClusterRegistry
 from chatserver.rooms.dispatch import Context, Dispatcher
 from chatserver.rooms.identity import CLOSE_TOKEN_EXPIRED, Identities
 from chatserver.rooms.registry import Registry
@@ -104,7 +105,8 @@ class ChatServer:
             self.transport.server_close()
             raise
         self.identities = Identities(config.token_key(), config.reserved(), config.require_token, self._expired)
-        self.registry = Registry(self.engine, config.limits(), self.identities, self.metrics)
+        registry = ClusterRegistry if self.engine.cluster else Registry
+        self.registry = registry(self.engine, config.limits(), self.identities, self.metrics)
         self.metrics.watch(self.registry.stats, self.transport.housekeeper.totals)
         self.web = WebRoutes(self.registry.stats, self.engine.health, metrics=self.metrics.respond)
         self.dispatcher = dispatcher

@@ -27,6 +27,7 @@ class Config:
     log_format: str = "text"
     db: str = "roomchat.db"
     redis: str = ""
+    redis_lease: float = 5.0
     max_message_bytes: int = 65536
     max_text_chars: int = 2000
     max_rooms: int = 32
@@ -68,7 +69,8 @@ class Config:
                      "history_max_rooms"):
             if getattr(self, name) < 0:
                 return f"{name.replace('_', '-')} must be 0 (no limit) or more"
-        for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout", "address_rate_factor"):
+        for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout", "address_rate_factor",
+                     "redis_lease"):
             if getattr(self, name) <= 0:
                 return f"{name.replace('_', '-')} must be more than 0"
         if self.redis and self.db != "roomchat.db":
@@ -144,6 +146,8 @@ HELP = {
     "log_format": "text (one line per event, for people) or json (one JSON object per line, for log collectors)",
     "db": "SQLite file for chat history; ':memory:' keeps it in memory only",
     "redis": "redis://HOST:PORT/DB: history, nicks and rooms in Redis, shared by several roomchat processes",
+    "redis_lease": "seconds a process on Redis stays alive to the others without a heartbeat; one silent for "
+                   "twice this is reaped: its members leave, its nicks are freed (it takes them back if it returns)",
     "max_message_bytes": "largest WebSocket message accepted; larger ones close with 1009",
     "max_text_chars": "longest chat or dm text, in characters",
     "max_rooms": "rooms one connection may be in at once",

@@ -23,6 +23,7 @@ MAX_SEQ = 2**63 - 1  # what SQLite's INTEGER holds
 MAX_TOPIC_CHARS = 300  # a room topic, in characters
 MAX_REASON_CHARS = 200  # the reason given with a kick, ban or mute
 MAX_DURATION = 30 * 86400  # seconds a ban or mute may last at most (30 days)
+CLOSE_SERVICE_RESTART = 1012  # RFC 6455 7.4.1 (IANA registry): the service restarted; reconnect
 # After lower-casing, the ASCII characters that look alike: I/l/1 (so also i) and O/0.
 _LOOKALIKES = str.maketrans("i10", "llo")
 

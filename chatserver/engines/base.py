@@ -56,6 +56,9 @@ class Meta(NamedTuple):
     `change`: a nick change's id, so a peer sharing several rooms hears of it once.
     `echo`: the origin gets its own copy from the stream, with `reply_id`, and counts it in its
     `pending` until then (a moderation event by a member of its room; chats always do).
+    `key`: names this request's write (unique within the process): the origin's `pending` holds
+    it until the event is delivered or rejected, so each is answered once; the Redis engine also
+    uses it as the write's idempotency key.
     """
 
     origin: tuple | None = None
@@ -63,6 +66,7 @@ class Meta(NamedTuple):
     at: int | None = None
     change: str | None = None
     echo: bool = False
+    key: str | None = None
 
 
 class Hub(Protocol):

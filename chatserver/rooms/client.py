@@ -51,8 +51,9 @@ class Client:
     it sends frames in order and never blocks.
 
     Owned by the Registry and changed under its lock: `nick`; `rooms` (the rooms it is in: the
-    index of `Room.members`); `pending` (chats published and not yet delivered: its next request
-    waits for them); `changes` (the last nick changes it was told of, so it hears of each once);
+    index of `Room.members`); `pending` (the keys (Meta.key) of its chats and moderation
+    events published and not yet delivered or rejected: its next request waits for them);
+    `changes` (the last nick changes it was told of, so it hears of each once);
     `conn` (a resume moves the client onto a new connection); `identity` (identity.Identity from
     its token, or None: anonymous); `token` (its resume token).
     """
@@ -64,7 +65,7 @@ class Client:
         self.conn = conn
         self.nick = nick
         self.rooms: set[str] = set()
-        self.pending = 0
+        self.pending: set[str] = set()
         self.changes: deque = deque(maxlen=16)
         self.limiter = limiter
         self.token: str | None = None  # its resume token: a new connection presenting it takes it over

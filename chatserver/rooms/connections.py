@@ -36,10 +36,10 @@ class Connections(Hub):
     def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics=None):
         super().__init__(engine, metrics)
         self._engine = engine
-        self._cluster = engine.cluster
         self._limits = limits
         self._identities = identities or Identities(None)
         self._ids = itertools.count(1)
+        self._keys = itertools.count(1)  # Meta.key of each write (next() is atomic under the GIL)
         self._guests = 0
 
     def connect(self, conn, limiter, identity=None, resume: str | None = None) -> Client:
@@ -70,8 +70,7 @@ class Connections(Hub):
                     self._clients[client.id] = client
                     self._welcome(client, resumed=False)
                     break
-            if self._cluster:  # taken here meanwhile (by another connection of the same token)
-                self._engine.release_nick(nick, self._owner(client))
+            self._release(client, nick)  # taken here meanwhile (by another connection of the same token)
         if identity is not None:
             self._identities.watch(client, identity.expires)
         return client
@@ -91,10 +90,9 @@ class Connections(Hub):
             self._settled.notify_all()
         for name, emptied in left:
             self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
-            if emptied and self._cluster:
-                self._engine.unsubscribe(name)
-        if self._cluster:
-            self._engine.release_nick(client.nick, self._owner(client))
+            if emptied:
+                self._emptied(name)
+        self._release(client, client.nick)
         self._identities.forget(client)
 
     def evict(self, client_id: int) -> None:
@@ -110,7 +108,7 @@ class Connections(Hub):
             client.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same token")
             self.disconnect(client)
         else:
-            self._rename(client, self._guest_nick(client), claimed=self._cluster)
+            self._rename(client, self._guest_nick(client), claimed=True)
 
     # -- helpers (lock held) -------------------------------------------------------------------
 
@@ -154,8 +152,8 @@ class Connections(Hub):
     # -- helpers (lock not held) ---------------------------------------------------------------
 
     def _rename(self, client: Client, nick: str, reply_id=None, claimed: bool = False) -> None:
-        """Give the client `nick` (claimed already in the cluster, with `claimed`); peers sharing a
-        room hear of it once. Raises ChatError nick_taken, unavailable."""
+        """Give the client `nick` (claimed already, with `claimed`); peers sharing a room hear of it
+        once. Raises ChatError nick_taken, unavailable."""
         folded = fold_nick(nick)
         with self._lock:
             if not self._settle(client):
@@ -164,52 +162,49 @@ class Connections(Hub):
             if owner is not None and owner is not client:
                 raise nick_taken(nick)
             old = client.nick
-        moving = self._cluster and folded != fold_nick(old)  # a claim in the engine changes hands
+        moving = folded != fold_nick(old)  # not a change of case: the claim changes hands
         if moving and not claimed and not self._claim(client, nick):
             raise nick_taken(nick)
         event = {"type": "nick", "old": old, "nick": nick}
         with self._lock:
-            if client.id not in self._clients or self._nicks.get(folded, client) is not client:
-                if moving:
-                    self._engine.release_nick(nick, self._owner(client))
-                if client.id in self._clients:
-                    raise nick_taken(nick)
-                return
-            del self._nicks[fold_nick(old)]
-            self._nicks[folded] = client
-            client.nick = nick
-            if trace.ON:
-                trace.reply(client, event, len(protocol.encode(protocol.with_id(event, reply_id))))
-            client.send(protocol.encode(protocol.with_id(event, reply_id)))
-            log.info("nick %s -> %s", old, nick)  # the connect line named the guest nick
-            rooms = sorted(client.rooms)
+            lost = client.id not in self._clients or self._nicks.get(folded, client) is not client
+            if not lost:
+                del self._nicks[fold_nick(old)]
+                self._nicks[folded] = client
+                client.nick = nick
+                if trace.ON:
+                    trace.reply(client, event, len(protocol.encode(protocol.with_id(event, reply_id))))
+                client.send(protocol.encode(protocol.with_id(event, reply_id)))
+                log.info("nick %s -> %s", old, nick)  # the connect line named the guest nick
+                rooms = sorted(client.rooms)
+            gone = client.id not in self._clients
+        if lost:
+            if moving:
+                self._release(client, nick)
+            if not gone:
+                raise nick_taken(nick)
+            return
         if moving:
-            self._engine.release_nick(old, self._owner(client))
+            self._release(client, old)
         change = uuid.uuid4().hex
         for name in rooms:
             self._announce_quietly(name, event, client, change)
 
     def _guest_nick(self, client: Client) -> str:
-        """A free guest nick that is not reserved (claimed for `client` in a cluster).
-        Raises ChatError unavailable."""
+        """A free guest nick that is not reserved, claimed for `client`. Raises ChatError unavailable."""
         while True:
             with self._lock:
-                self._guests += 1
-                nick = f"guest-{self._guests}" if not self._cluster else f"guest-{uuid.uuid4().hex[:6]}"
+                nick = self._guest_name()
                 if fold_nick(nick) in self._nicks:
                     continue
             if self._identities.is_reserved(nick) or self._reserved(nick):
                 continue
-            if not self._cluster or self._claim(client, nick):
+            if self._claim(client, nick):
                 return nick
 
     def _take(self, client: Client, nick: str) -> str:
-        """Free `nick` for `client`, which holds a token for it: whoever has it lets go (`evict`,
-        on its own process). Returns the nick (claimed in a cluster). Raises ChatError unavailable."""
-        if self._cluster:
-            if not self._ask_engine(lambda: self._engine.take_nick(nick, self._owner(client), TAKE_TIMEOUT)):
-                raise ChatError("unavailable", f"The nick {nick!r} is still held by another connection; try again.")
-            return nick
+        """Free `nick` for `client`, which holds a token for it: whoever has it lets go (`evict`).
+        Returns the nick, claimed. Raises ChatError unavailable."""
         with self._lock:
             holder = self._nicks.get(fold_nick(nick))
         if holder is not None and holder is not client:
@@ -233,14 +228,28 @@ class Connections(Hub):
         except Unavailable as exc:
             raise unavailable(exc) from None
 
-    def _meta(self, client: Client, reply_id=None, change=None) -> Meta:
-        return Meta(origin=(self.process_id, client.id), reply_id=reply_id, change=change)
+    def _new_key(self) -> str:
+        return str(next(self._keys))
 
-    def _owner(self, client: Client) -> str:
-        return f"{self.process_id}:{client.id}"
+    def _meta(self, client: Client, reply_id=None, change=None, key=None) -> Meta:
+        return Meta(origin=(self.process_id, client.id), reply_id=reply_id, change=change, key=key)
+
+    # -- what a cluster does differently (cluster.ClusterRegistry overrides these; lock not held) --
+
+    def _guest_name(self) -> str:
+        """The next guest nick to try (lock held)."""
+        self._guests += 1
+        return f"guest-{self._guests}"
 
     def _claim(self, client: Client, nick: str) -> bool:
-        return self._ask_engine(lambda: self._engine.claim_nick(nick, self._owner(client)))
+        """Take `nick` for `client` beyond this process: one process has nothing more to do."""
+        return True
+
+    def _release(self, client: Client, nick: str) -> None:
+        """Give back what `_claim` took."""
+
+    def _emptied(self, name: str) -> None:
+        """The last local member left room `name`."""
 
 
 def nick_taken(nick: str) -> ChatError:

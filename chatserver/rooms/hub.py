@@ -124,18 +124,20 @@ class Hub:
         with self._lock:
             for _name, _event, meta in items:
                 sender = self._origin(meta)
-                if sender is not None:
-                    sender.pending -= 1
+                if sender is not None and meta.key in sender.pending:  # else answered already
+                    sender.pending.discard(meta.key)
                     error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
                     self.metrics.error(error)
                     sender.send(protocol.encode(error), own=True)
             self._settled.notify_all()
 
-    def deliver_dm(self, client_id: int, event: dict) -> None:
+    def deliver_dm(self, client_id: int, event: dict) -> bool:
+        """A DM for local client `client_id`; False if it is gone."""
         with self._lock:
             client = self._clients.get(client_id)
             if client is not None:
                 client.send(protocol.encode(event))
+            return client is not None
 
     # -- helpers (lock held) -------------------------------------------------------------------
 
@@ -146,8 +148,9 @@ class Hub:
         echo = kind == "chat" or meta.echo  # the sender gets its own copy, with its request's id
         if kind == "chat":
             self._seqs[name] = event["seq"]
-        if echo and sender is not None:
-            sender.pending -= 1
+        answer = echo and sender is not None and (meta.key is None or meta.key in sender.pending)
+        if answer:  # else answered already (`unavailable`): its copy is a plain room event
+            sender.pending.discard(meta.key)
         room = self._rooms.get(name)
         if room is None:
             return
@@ -157,7 +160,7 @@ class Hub:
                 hold.at = self._seqs.get(name, 0) if meta.at is None else meta.at
                 hold.members = self._nicks_in(room)
         frame = protocol.encode(event)
-        own = frame if not echo or meta.reply_id is None else protocol.encode({**event, "id": meta.reply_id})
+        own = frame if not answer or meta.reply_id is None else protocol.encode({**event, "id": meta.reply_id})
         for member, hold in room.members.items():
             if member is sender:
                 if not echo:
@@ -199,7 +202,7 @@ class Hub:
         """Wait until the client's published chats are delivered; False if it is gone."""
         assert self._lock.locked()
         if client.pending and not self._settled.wait_for(lambda: not client.pending, SETTLE_TIMEOUT):
-            log.warning("%s: %d chats not delivered after %.0f s", client.nick, client.pending, SETTLE_TIMEOUT)
+            log.warning("%s: %d chats not delivered after %.0f s", client.nick, len(client.pending), SETTLE_TIMEOUT)
         return client.id in self._clients
 
     def _remove_member(self, client: Client, name: str) -> tuple[str, bool]:

@@ -109,7 +109,7 @@ class Registry(Connections):
         try:
             self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
             if fold_nick(nick) != fold_nick(identity.nick):
-                self._rename(client, self._take(client, identity.nick), claimed=self._cluster)
+                self._rename(client, self._take(client, identity.nick), claimed=True)
         except ChatError:
             with self._lock:
                 client.identity = previous
@@ -143,51 +143,55 @@ class Registry(Connections):
         if not rejoin:
             emptied = False
             try:
-                if self._cluster:
-                    self._engine.subscribe(name)
+                self._entered(name)
                 self._engine.announce(name, protocol.presence(name, "join", nick), self._meta(client))
-            except Unavailable as exc:
+            except (Unavailable, ChatError) as exc:  # not in the stream (ChatError: banned meanwhile)
                 with self._lock:
                     if room.members.get(client) is hold:
                         emptied = self._remove_member(client, name)[1]
-                if self._cluster and emptied:
-                    self._engine.unsubscribe(name)
-                raise unavailable(exc) from None
+                if emptied:
+                    self._emptied(name)
+                raise unavailable(exc) if isinstance(exc, Unavailable) else exc from None
         with self._lock:  # wait for our join's place in the stream (at once, but on Redis)
             if not self._settled.wait_for(lambda: hold.at is not None or room.members.get(client) is not hold,
                                           JOIN_TIMEOUT):
                 log.warning("join of %s by %s not placed in %.0f s", name, client.nick, JOIN_TIMEOUT)
                 hold.at = self._seqs.get(name, 0)
+            removed = room.members.get(client) is not hold  # kicked or banned before its place: it had the event
+        if removed:
+            self._refuse_removed(client, name, reply_id)
+            return
         limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
         with self._builders:
             try:
                 history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit,
                                             max_bytes=self._max_reply)
-                members = self._engine.members(name) if self._cluster else hold.members
+                members = self._members_at(name, hold)
                 topic = self._engine.topic(name)
                 frame = self._joined(name, members, history, after is None, reply_id, topic)
             except Unavailable as exc:
                 frame, history = None, exc
             with self._lock:
-                if room.members.get(client) is not hold:
-                    if client.id in self._clients:  # kicked or banned while joining: it had the event
-                        refused = ChatError("forbidden", f"You were removed from {name!r} while joining.")
-                        client.send(protocol.encode(protocol.error(refused, reply_id)), own=True)
-                    return  # else disconnected meanwhile
-                room.members[client] = None
-                if frame is None:  # read failed after the join was placed: the join stands, say so
-                    error = protocol.error(unavailable(history), reply_id)
-                    self.metrics.error(error)
-                    client.send(protocol.encode(error), own=True)
-                    members, history = self._nicks_in(room), []
-                    frame = self._joined(name, members, history, True, reply_id, "")
-                self.metrics.deliveries.inc(len(hold.frames))  # room events held back until `joined`
-                if trace.ON:
-                    trace.reply(client, {"type": "joined", "members": members, "history": history, "room": name},
-                                len(frame))
-                client.send(frame, own=True)
-                if hold.frames:  # the room's events since the join's place: others' traffic
-                    client.send(b"".join(hold.frames))
+                removed = room.members.get(client) is not hold
+                emptied = False
+                if not removed and frame is None:  # read failed after the join was placed: take it back
+                    emptied = self._remove_member(client, name)[1]
+                elif not removed:
+                    room.members[client] = None
+                    self.metrics.deliveries.inc(len(hold.frames))  # room events held back until `joined`
+                    if trace.ON:
+                        trace.reply(client, {"type": "joined", "members": members, "history": history,
+                                             "room": name}, len(frame))
+                    client.send(frame, own=True)
+                    if hold.frames:  # the room's events since the join's place: others' traffic
+                        client.send(b"".join(hold.frames))
+        if removed:
+            self._refuse_removed(client, name, reply_id)
+        elif frame is None:  # one answer: `unavailable`, and the others see the join taken back
+            self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
+            if emptied:
+                self._emptied(name)
+            raise unavailable(history)
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
         """Quit a room; the others see a presence `leave`. Raises ChatError not_in_room."""
@@ -199,8 +203,8 @@ class Registry(Connections):
             emptied = self._remove_member(client, name)[1]
             client.send(protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)), own=True)
         self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
-        if emptied and self._cluster:
-            self._engine.unsubscribe(name)
+        if emptied:
+            self._emptied(name)
 
     def chat_many(self, client: Client, requests: list) -> None:
         """Chats from one client that arrived together ([ChatRequest]), answered in order: runs
@@ -222,13 +226,14 @@ class Registry(Connections):
                         break
                     if request.room not in client.rooms:
                         raise ChatError("not_in_room", f"Join {request.room!r} before sending to it.")
-                    client.pending += 1
+                    key = self._new_key()
+                    client.pending.add(key)
                     nick = client.nick
                 if run and request.room != run_room:
                     self._publish(run_room, run)
                     run = []
                 run_room = request.room
-                run.append((nick, request.text, self._meta(client, request.reply_id)))
+                run.append((nick, request.text, self._meta(client, request.reply_id, key=key)))
             except ChatError as exc:
                 if run:
                     self._publish(run_room, run)
@@ -244,38 +249,20 @@ class Registry(Connections):
                 return
             target = self._nicks.get(fold_nick(nick))
             event = protocol.dm_event(client.nick, target.nick if target else nick, text)
-            if target is None and not self._cluster:
-                raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
             if target is not None and target is not client:
                 if target.backlog() > self._dm_backlog:
                     raise ChatError("recipient_busy", f"{target.nick} is not keeping up with what is sent to "
                                                       "them; try again later.")
                 target.send(protocol.encode(event))
         if target is None:
-            try:
-                to = self._engine.send_dm(nick, event)
-            except Unavailable as exc:
-                raise unavailable(exc) from None
-            if to is None:
-                raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
-            event = {**event, "to": to}
+            event = {**event, "to": self._dm_elsewhere(nick, event)}
         self.reply(client, protocol.with_id(event, reply_id))
 
     def list_rooms(self, client: Client, after: str | None = None, reply_id=None) -> None:
         """Rooms with members and their counts (all processes, with a cluster engine), by name,
         those after `after` only; `count` says how many there are in all, `truncated` that the
         list was cut to `max_reply_bytes`. Raises ChatError unavailable."""
-        most = self._max_reply // ROOM_ITEM_BYTES + 1  # more could never fit in one reply
-        if self._cluster:
-            rooms = [(r["room"], r["members"]) for r in self._ask_engine(self._engine.rooms)]
-            count, rooms = len(rooms), [r for r in rooms if after is None or r[0] > after][:most]
-        else:
-            with self._lock:  # names are kept sorted: only a slice of them under the lock
-                start = 0 if after is None else bisect.bisect_right(self._names, after)
-                names, count = self._names[start:start + most], len(self._names)
-            # read without the lock (each dict read is atomic): a room that emptied meanwhile is
-            # left out, and a count may include a join not yet placed in the stream
-            rooms = [(n, len(r.members)) for n in names if (r := self._rooms.get(n)) is not None]
+        count, rooms = self._room_list(after, self._max_reply // ROOM_ITEM_BYTES + 1)
         reply = protocol.with_id({"type": "rooms", "count": count}, reply_id)
         items = [{"room": n, "members": m} for n, m in rooms]
         self._reply_frame(client, budgets.bounded_frame(reply, "rooms", items, self._max_reply)[0])
@@ -283,12 +270,7 @@ class Registry(Connections):
     def who(self, client: Client, name: str, reply_id=None) -> None:
         """The nicks in a room, in join order; [] for a room nobody is in. `count` says how many
         there are, `truncated` that the list was cut to `max_reply_bytes`. Raises ChatError unavailable."""
-        if self._cluster:
-            members = self._ask_engine(lambda: self._engine.members(name))
-        else:
-            with self._lock:
-                room = self._rooms.get(name)
-                members = self._nicks_in(room) if room else []
+        members = self._members(name)
         reply = protocol.with_id({"type": "who", "room": name, "count": len(members)}, reply_id)
         self._reply_frame(client, budgets.bounded_frame(reply, "members", members, self._max_reply)[0])
 
@@ -327,14 +309,16 @@ class Registry(Connections):
         if target is None and action.kind == "kick":
             raise ChatError("no_such_user", f"Nobody called {action.nick!r} is in {action.room!r}.")
         event = self._ask_engine(lambda: self._moderation.apply(action, actor, target or action.nick))
+        key = self._new_key()
         with self._lock:
             echo = action.room in client.rooms
-            client.pending += echo
+            if echo:
+                client.pending.add(key)
         try:
-            self._engine.announce(action.room, event, Meta((self.process_id, client.id), reply_id, echo=echo))
+            self._engine.announce(action.room, event, Meta((self.process_id, client.id), reply_id, echo=echo, key=key))
         except Unavailable as exc:
             with self._lock:
-                client.pending -= echo
+                client.pending.discard(key)
                 self._settled.notify_all()
             raise unavailable(exc) from None
         if not echo:
@@ -344,13 +328,14 @@ class Registry(Connections):
 
     def _member_named(self, name: str, nick: str) -> str | None:
         """How the member of room `name` whose nick looks like `nick` spells it, or None."""
-        if self._cluster:
-            members = self._ask_engine(lambda: self._engine.members(name))
-        else:
-            with self._lock:
-                room = self._rooms.get(name)
-                members = [member.nick for member in room.members] if room else []
-        return next((m for m in members if fold_nick(m) == fold_nick(nick)), None)
+        return next((m for m in self._members(name) if fold_nick(m) == fold_nick(nick)), None)
+
+    def _refuse_removed(self, client: Client, name: str, reply_id) -> None:
+        """A join overtaken by a kick or ban of its nick (the client had the event): say so, once."""
+        with self._lock:
+            if client.id in self._clients:  # else disconnected meanwhile
+                refused = ChatError("forbidden", f"You were removed from {name!r} while joining.")
+                client.send(protocol.encode(protocol.error(refused, reply_id)), own=True)
 
     def _refusal(self, check, *args) -> ChatError | None:
         """The ChatError `check(*args)` raises (Unavailable as `unavailable`), or None."""
@@ -369,6 +354,35 @@ class Registry(Connections):
         if len(history) > protocol.MAX_RESUME:
             history, reply["truncated"] = history[: protocol.MAX_RESUME], True
         return budgets.bounded_frame(reply, "history", history, self._max_reply, newest)[0]
+
+    # -- what a cluster does differently (cluster.ClusterRegistry overrides these; lock not held) --
+
+    def _entered(self, name: str) -> None:
+        """A local client is about to join room `name`."""
+
+    def _members(self, name: str) -> list:
+        """The nicks in room `name`, in join order (those whose join has its place in the stream)."""
+        with self._lock:
+            room = self._rooms.get(name)
+            return self._nicks_in(room) if room else []
+
+    def _members_at(self, name: str, hold: Hold) -> list:
+        """The members `joined` lists: those at the join's place in the stream."""
+        return hold.members
+
+    def _room_list(self, after: str | None, most: int) -> tuple[int, list]:
+        """(how many rooms have members, [(room, members)] of at most `most` after `after`, by name)."""
+        with self._lock:  # names are kept sorted: only a slice of them under the lock
+            start = 0 if after is None else bisect.bisect_right(self._names, after)
+            names, count = self._names[start:start + most], len(self._names)
+        # read without the lock (each dict read is atomic): a room that emptied meanwhile is
+        # left out, and a count may include a join not yet placed in the stream
+        return count, [(n, len(r.members)) for n in names if (r := self._rooms.get(n)) is not None]
+
+    def _dm_elsewhere(self, nick: str, event: dict) -> str:
+        """Deliver a DM to `nick`, not a client of this process: the nick as its holder spells it.
+        Raises ChatError no_such_user, unavailable."""
+        raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
 
     def _publish(self, name: str, run: list) -> None:
         try:
