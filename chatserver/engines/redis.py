@@ -200,6 +200,9 @@ class RedisEngine:
             except (Unavailable, _Unsettled):
                 self._defer(("announce", room, event, meta, self._owner(meta)))
             return
+        with self._lock:
+            if self._deferred:  # it would overtake a leave or nick change still waiting for Redis
+                raise Unavailable("catching up with Redis")
         try:
             result = self._announce(room, event, meta, self._owner(meta), self._index())
         except _Unsettled:
@@ -638,10 +641,10 @@ class RedisEngine:
                 return
             late = time.monotonic() - self._beat_ok > 2 * self._beat_every  # paused or cut off: reap nobody
             try:
+                self._run_deferred()  # first: a retake must not overtake what waits
                 self._beat()
                 self._check_epoch()
                 self._check_seqs()
-                self._run_deferred()
                 if not late:
                     self._reap()
                 self._problem = None if self._pubsub is not None else self._problem
