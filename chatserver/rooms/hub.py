@@ -142,48 +142,65 @@ class Hub:
     # -- helpers (lock held) -------------------------------------------------------------------
 
     def _deliver_one(self, name: str, event: dict, meta: Meta) -> None:
+        """The broadcast: send one room event to every member of the room here."""
         assert self._lock.locked()
-        kind = event["type"]
-        sender = self._origin(meta)
-        echo = kind == "chat" or meta.echo  # the sender gets its own copy, with its request's id
-        if kind == "chat":
-            self._seqs[name] = event["seq"]
-        answer = echo and sender is not None and (meta.key is None or meta.key in sender.pending)
-        if answer:  # else answered already (`unavailable`): its copy is a plain room event
-            sender.pending.discard(meta.key)
         room = self._rooms.get(name)
+        sender = self._origin(meta)
+        own_id = self._settle_write(name, event, meta, sender)
         if room is None:
             return
-        if kind == "presence" and sender is not None and event["event"] == "join":
-            hold = room.members.get(sender)
-            if hold is not None and hold.at is None:  # our own join: its place in the stream
-                hold.at = self._seqs.get(name, 0) if meta.at is None else meta.at
-                hold.members = self._nicks_in(room)
-        frame = protocol.encode(event)
-        own = frame if not answer or meta.reply_id is None else protocol.encode({**event, "id": meta.reply_id})
-        for member, hold in room.members.items():
-            if member is sender:
-                if not echo:
-                    continue  # own nick or leave: answered directly
-                data = own
-            else:
-                data = frame
-            if hold is not None and hold.at is None:
-                continue  # a joiner before its own join's place: not its to see (and not seen)
-            if kind == "nick":
-                if meta.change in member.changes:
-                    continue
-                member.changes.append(meta.change)
-            if hold is None:
-                self._out(member, data, member is sender)
-            else:  # placed, `joined` not sent yet: held until it is
-                hold.frames.append(data)
+        frame = protocol.encode(event)  # encoded once for every member
+        own = frame if own_id is None else protocol.encode({**event, "id": own_id})
+        for member, data in self._recipients(room, event, meta, sender, frame, own):
+            self._out(member, data, member is sender)  # queued; never blocks the hub
         if trace.ON:
             trace.room_event(name, event, self._batch or {}, frame, own)
         if meta.echo and sender is not None and sender not in room.members:
             self._out(sender, own, True)  # taken out of the room since its request: it still gets its answer
         if removes_member(event):
             self._drop_member(room, event["nick"], frame)
+
+    def _recipients(self, room: Room, event: dict, meta: Meta, sender, frame: bytes, own: bytes):
+        """(member, frame) for each member that gets the event now, in join order. The special
+        cases: a joiner before its own join's place sees nothing of it, and a placed joiner keeps
+        it until its `joined` is sent (`Hold`); the sender gets its own copy (`own`, with its
+        request's id) of a chat or an echoed event, and none of its own nick change or leave
+        (answered directly); a member that heard of a nick change in another room skips it."""
+        assert self._lock.locked()
+        kind = event["type"]
+        echo = kind == "chat" or meta.echo
+        if kind == "presence" and sender is not None and event["event"] == "join":
+            hold = room.members.get(sender)
+            if hold is not None and hold.at is None:  # our own join: its place in the stream
+                hold.at = self._seqs.get(room.name, 0) if meta.at is None else meta.at
+                hold.members = self._nicks_in(room)
+        for member, hold in room.members.items():
+            if member is sender and not echo:
+                continue
+            if hold is not None and hold.at is None:
+                continue
+            if kind == "nick":
+                if meta.change in member.changes:
+                    continue
+                member.changes.append(meta.change)
+            data = own if member is sender else frame
+            if hold is None:
+                yield member, data
+            else:
+                hold.frames.append(data)
+
+    def _settle_write(self, name: str, event: dict, meta: Meta, sender) -> object:
+        """Book a delivered event against its sender's pending writes: the `id` its own copy
+        carries, or None (no copy of its own, no id, or answered already: `unavailable`)."""
+        assert self._lock.locked()
+        if event["type"] == "chat":
+            self._seqs[name] = event["seq"]
+        if not (event["type"] == "chat" or meta.echo) or sender is None:
+            return None
+        if meta.key is not None and meta.key not in sender.pending:
+            return None  # answered already: its copy is a plain room event
+        sender.pending.discard(meta.key)
+        return meta.reply_id
 
     def _drop_member(self, room: Room, nick: str, frame: bytes) -> None:
         """A kick or ban (`frame`) was delivered: take its target out if it is a member here, and
