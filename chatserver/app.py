@@ -15,28 +15,30 @@ Threads, and what each runs:
 - SQLite engine: the writer (`roomchat-store`: group commits, then `hub.deliver`; retention) and
   the checkpointer (`roomchat-checkpoint`: WAL checkpoints).
 - identity expiry (`roomchat-expiry`, rooms/identity.py): closes connections whose token expired (4001).
-- Redis engine: the listener (`roomchat-redis-listener`: the subscription, gap fills, then
-  `hub.deliver`/`deliver_dm`) and the heartbeat (`roomchat-redis-heartbeat`: key TTLs, reaping
-  dead processes).
+- Redis engine: the listener (`roomchat-redis-listener`: the subscription, catch-ups, then
+  `registry.deliver`/`deliver_dm`) and the heartbeat (`roomchat-redis-heartbeat`: the lease and
+  nick claims, writes waiting for Redis, reaping dead processes, `ClusterRegistry.retake`).
 
 Locks, each guarding one thing, none reentrant, taken only in this order:
-  MemoryEngine._lock or RedisEngine._sub_lock -> Hub._lock -> Outbox._lock -> the leaves
+  MemoryEngine._lock or RedisEngine._sub_lock -> Registry._lock -> Outbox._lock -> the leaves
 - `MemoryEngine._lock`: its history and seqs; held while it delivers, so a room's chats reach
-  the hub in seq order. `RedisEngine._sub_lock`: (un)subscribing; asks the hub `has_room`.
-- `Hub._lock` (rooms/hub.py; the Registry is the Hub): clients, nicks, rooms and members, delivered
-  seqs, the write batch; `Hub._settled` is a condition on it. Never held while calling an
-  engine, and the engines call the hub with none of their own locks held, except the two above.
+  the registry in seq order. `RedisEngine._sub_lock`: (un)subscribing; asks the registry `has_room`.
+- `Registry._lock` (rooms/registry.py): clients, nicks, rooms and members, delivered seqs,
+  resume tokens, the write batch; `Registry._settled` is a condition on it. Never held while
+  calling an engine, and the engines call the registry with none of their own locks held,
+  except the two above.
 - `Outbox._lock` (one per connection): its queue, byte counts and flags (transport/streams.py); `pace`
   waits on a condition of it.
 - Leaves: `TlsSession._lock` (the TLS state), `ConnectionState._lock` (a connection's state and
   close reason), `Housekeeper._lock` (connections, deadlines, aborts), `WebSocketTransport.
   _accepting`, wire/exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
   queue's order), `SqliteEngine._close_lock` (the reader pool), `RedisEngine._lock` (delivered
-  seqs, nick claims, subscription confirmations), `LocalRules._rules_lock` (topics, bans, mutes,
-  reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's
-  `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
-  (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a semaphore:
-  history replies built at once) is taken before the hub's lock, never while holding it.
+  places, nick claims, subscription confirmations, waiting writes, the lease),
+  `LocalRules._rules_lock` (topics, bans, mutes, reservations), transport/caps.py's
+  `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's `AddressShares._lock` and each
+  `SharedTokenBucket._lock`, `ReaderPool._cond` (engines/sqlite_readers.py), `Identities._cond`
+  (expiry times). `Registry._builders` (a semaphore: history replies built at once) is taken
+  before the registry's lock, never while holding it.
 What relies on the GIL instead: floats and strings written by one thread and read by another
 where a stale read is harmless: a connection's `last_seen`/`ping_sent_at` (a ping moves by one
 tick), the Flusher's fd table, the engines' `health()` reasons.

@@ -69,9 +69,10 @@ class Meta(NamedTuple):
     key: str | None = None
 
 
-class Hub(Protocol):
-    """What an engine calls back: the Registry. Its `metrics` (metrics.Metrics, taken with
-    `metrics.of(hub)` at `start`) is where an engine counts commits, failures and reconnects."""
+class Registry(Protocol):
+    """What an engine calls back: the rooms' Registry (rooms/registry.py; with a cluster engine,
+    rooms/cluster.py's ClusterRegistry). Its `metrics` (ops.metrics.Metrics, taken with
+    `metrics.of(registry)` at `start`) is where an engine counts commits, failures and reconnects."""
 
     process_id: str
 
@@ -79,13 +80,29 @@ class Hub(Protocol):
         """`items`: [(room, event, Meta)] in stream order per room, each to its room's local members."""
 
     def reject(self, items: list, reason: str) -> None:
-        """Published chats that will never be delivered: [(room, event, Meta)]; their senders are told."""
+        """Published writes that will never be delivered: [(room, event or None, Meta)]; their
+        senders are answered `unavailable` (once: one answered already is skipped)."""
 
-    def deliver_dm(self, client_id: int, event: dict) -> None:
-        """A direct message for a local client (Redis: from another process)."""
+    def deliver_dm(self, client_id: int, event: dict) -> bool:
+        """A direct message for a local client (Redis: from another process); False if it is gone."""
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every local client's connection (the history was reset: 1012)."""
+
+    def has_room(self, name: str) -> bool:
+        """True while a local client is in room `name`."""
+
+    # A cluster engine's registry (ClusterRegistry) also answers these:
 
     def evict(self, client_id: int) -> None:
-        """A token holder elsewhere wants this local client's nick: let go of it (Redis only)."""
+        """A token holder elsewhere wants this local client's nick: let go of it."""
+
+    def retake(self) -> None:
+        """This process lost its lease and has a new one: take the local clients' nicks and rooms
+        back. Raises Unavailable (asked again at the next beat)."""
+
+    def lose_nick(self, client_id: int) -> None:
+        """Someone else holds this local client's nick now: close it (1012)."""
 
 
 class Engine(Protocol):
@@ -101,7 +118,7 @@ class Engine(Protocol):
     location: str
     cluster: bool
 
-    def start(self, hub: Hub) -> None:
+    def start(self, hub: Registry) -> None:
         """Begin handing events to `hub`. Called once, before any other method."""
 
     def publish(self, room: str, chats: list) -> None:
@@ -207,16 +224,23 @@ class LocalRules:
 
 class ClusterEngine(Engine, Protocol):
     """An engine shared by several processes (`cluster = True`: Redis). It is then the directory
-    too; each call may go over the network and raises Unavailable when it cannot.
+    too; each call may go over the network and raises Unavailable when it cannot. Nicks are
+    held for local clients (`client_id`); the engine knows which process and lease they are of.
 
-    Presence: `announce` of a presence join/leave or nick event also updates the room's members.
+    Presence: `announce` of a presence join/leave or nick event also updates the room's members;
+    a join of a nick banned from the room raises ChatError forbidden, atomically with the ban.
     """
 
-    def claim_nick(self, nick: str, owner: str) -> bool:
-        """Take `nick` (compared casefolded) for `owner` ("<process>:<client>"); False if taken."""
+    def claim_nick(self, nick: str, client_id: int, retake: bool = False) -> bool:
+        """Take `nick` (compared folded) for local client `client_id`; False if someone holds it.
+        `retake`: a claim left by this process's earlier lease counts as free."""
 
-    def release_nick(self, nick: str, owner: str) -> None:
-        """Give `nick` back, if `owner` still holds it. Never raises: a claim also expires."""
+    def take_nick(self, nick: str, client_id: int, timeout: float) -> bool:
+        """Claim `nick`, asking whoever holds it to let go (Registry.evict on its process); False
+        if it is still held after `timeout` seconds."""
+
+    def release_nick(self, nick: str, client_id: int) -> None:
+        """Give `nick` back if `client_id` still holds it; retried until the engine takes it."""
 
     def members(self, room: str) -> list:
         """The nicks in `room` on every process, in join order."""
@@ -225,7 +249,8 @@ class ClusterEngine(Engine, Protocol):
         """[{"room": name, "members": count}] of every room with members, by name."""
 
     def send_dm(self, nick: str, event: dict) -> str | None:
-        """Deliver a DM to whichever process holds `nick`; its spelling, or None if nobody does."""
+        """Deliver a DM to whichever process holds `nick`; its spelling, or None if nobody has it
+        or nobody received it."""
 
     def subscribe(self, room: str) -> None:
         """Start receiving the room's stream here (the first local member joins); returns once
@@ -259,7 +284,7 @@ class MemoryEngine(LocalRules):
         self._hub = None
         self._init_rules()
 
-    def start(self, hub: Hub) -> None:
+    def start(self, hub: Registry) -> None:
         self._hub = hub
 
     def last_seqs(self) -> dict[str, int]:

@@ -41,7 +41,7 @@ Durability is Redis's own: with AOF and `appendfsync everysec`, about a second m
 
 Threads: connection threads call the public methods (redis-py's pool is thread-safe); the
 listener thread reads the subscription and calls the hub (a request to let go of a nick runs
-`Hub.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
+`Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
 lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`.
 `_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_claims`, `_confirmed`,
 `_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
@@ -308,7 +308,7 @@ class RedisEngine:
 
     def take_nick(self, nick: str, client_id: int, timeout: float) -> bool:
         """Claim `nick` for the holder of its token, asking the connection that has it to let go
-        (its process renames or replaces it: Hub.evict). False if it is still held after `timeout`
+        (its process renames or replaces it: Registry.evict). False if it is still held after `timeout`
         seconds (a holder on a dead process lets go when it is reaped). Raises Unavailable."""
         deadline = time.monotonic() + timeout
         asked = None

@@ -9,7 +9,7 @@ else is `unknown`/`invalid`; close codes a client may choose freely (3000-4999) 
 Who counts what (each hook is one line where it happens):
   app.py        connections opened, closed by close code; handshakes refused by status
   rooms/dispatch.py   messages received by type, rate-limit refusals (one add per type per batch)
-  rooms/hub.py        room events published by type, deliveries, fan-out latency (per `deliver` call);
+  rooms/registry.py        room events published by type, deliveries, fan-out latency (per `deliver` call);
                 error replies by code (rooms/registry.py too)
   engines       SQLite commit latency and batch size (per commit); engine errors, Redis reconnects
 Read when scraped (no cost before): open connections and rooms (the hub's `stats`), bytes in
@@ -118,7 +118,7 @@ class Metrics:
         self.commit_events.observe(events)
 
     def published(self, items: list, deliveries: int, started: float) -> None:
-        """One `Hub.deliver` call: its [(room, event, Meta)], the frames it queued, and when it
+        """One `Registry.deliver` call: its [(room, event, Meta)], the frames it queued, and when it
         began (time.perf_counter())."""
         counts = {}
         for _room, event, _meta in items:

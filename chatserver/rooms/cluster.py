@@ -23,12 +23,10 @@ import logging
 import uuid
 
 from chatserver import protocol
-from chatserver.engines.base import Unavailable
 from chatserver.errors import ChatError
-from chatserver.protocol import CLOSE_SERVICE_RESTART, fold_nick
+from chatserver.protocol import CLOSE_SERVICE_RESTART
 from chatserver.rooms.client import Client
-from chatserver.rooms.hub import Hold
-from chatserver.rooms.registry import Registry
+from chatserver.rooms.registry import Hold, Registry
 
 TAKE_TIMEOUT = 8.0  # seconds a token holder waits for its nick to be let go on another process
 
@@ -102,12 +100,3 @@ class ClusterRegistry(Registry):
         if client is not None:
             log.warning("%s: nick taken over elsewhere while this process was cut off; closing 1012", client.nick)
             client.conn.close(CLOSE_SERVICE_RESTART, "your nick was taken while this server was cut off; reconnect")
-
-    def holds(self, nick: str, client_id: int) -> bool:
-        """True while local client `client_id` has `nick` (the engine checks before re-claiming)."""
-        with self._lock:
-            client = self._clients.get(client_id)
-            return client is not None and fold_nick(client.nick) == fold_nick(nick)
-
-
-__all__ = ["ClusterRegistry", "Unavailable"]

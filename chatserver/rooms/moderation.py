@@ -11,7 +11,7 @@ same order as the chats, on every engine and process:
   take it out if it is in; 0 lifts a ban.
 - `mute`: the nick may still read the room, but not chat in it, for `duration` seconds; 0 lifts it.
 
-Where a kick or ban is delivered (rooms/hub.py), the hub takes its target out of the room if it is a
+Where a kick or ban is delivered (rooms/registry.py), the registry takes its target out of the room if it is a
 local member and gives the others a presence `leave` right after: on every process, at the same
 place in the stream. The rules are read from the engine when they apply: bans at join, mutes
 at chat. Nicks are compared folded (protocol.fold_nick), like everywhere else.
