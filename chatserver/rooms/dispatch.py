@@ -74,6 +74,8 @@ class Dispatcher:
                     batch_type = kind
                     continue
                 self._flush(ctx, batch, batch_type)
+                if not ctx.registry.settle(ctx.client):  # the one place a client's order is kept
+                    return  # gone meanwhile
                 handler(ctx, msg)
             except ChatError as exc:
                 if trace.ON:

@@ -13,9 +13,10 @@ call `Client.send()`, which never blocks; never an engine.
 Requests (the handlers call one method each) are applied at once, under the lock. Only room
 events wait for the engine: a chat is delivered when the engine hands it back stored, in the
 room's stream order; `announce` puts presence, nick and moderation events into the same
-stream. A client's next request waits until its own published writes are delivered (`_settle`),
-so its replies keep the order of its requests, and a sender that outruns the disk is slowed
-down alone. Ping, who, rooms, dm, nick and leave never wait for the disk.
+stream. A client's next request waits until its own published writes are delivered: the
+dispatcher calls `settle` before each request but a chat (and `reply` before each error), so
+its replies keep the order of its requests, and a sender that outruns the disk is slowed down
+alone. Ping, who, rooms, dm, nick and leave never wait for the disk.
 
 Delivery. The engine calls `deliver`, `reject` and `deliver_dm` from its own threads (the
 publishing one, the SQLite writer, the Redis listener). `deliver` is the broadcast: each event,
@@ -284,6 +285,13 @@ class Registry:
             self._remove_member(target, room.name)
             self._deliver_one(room.name, protocol.presence(room.name, "leave", target.nick), Meta())
 
+    def settle(self, client: Client) -> bool:
+        """Wait until the client's published writes are delivered (or rejected): the dispatcher
+        calls this before each request but chats, so replies keep the order of requests. False
+        if the client is gone."""
+        with self._lock:
+            return self._settle(client)
+
     def _settle(self, client: Client) -> bool:
         """Wait until the client's published chats are delivered; False if it is gone."""
         assert self._lock.locked()
@@ -463,8 +471,8 @@ class Registry:
         once. Raises ChatError nick_taken, unavailable."""
         folded = fold_nick(nick)
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             owner = self._nicks.get(folded)
             if owner is not None and owner is not client:
                 raise nick_taken(nick)
@@ -600,8 +608,8 @@ class Registry:
             identity, nick = client.identity, client.nick
         self._ask_engine(lambda: self._moderation.check_join(identity, nick, name))
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             room = self._rooms.get(name)
             rejoin = room is not None and client in room.members
             if rejoin:  # its place in the stream is here and now
@@ -670,8 +678,8 @@ class Registry:
     def leave(self, client: Client, name: str, reply_id=None) -> None:
         """Quit a room; the others see a presence `leave`. Raises ChatError not_in_room."""
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"You are not in {name!r}.")
             emptied = self._remove_member(client, name)[1]
@@ -719,8 +727,8 @@ class Registry:
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
         """A direct message to a connected nick. Raises ChatError no_such_user, unavailable."""
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             target = self._nicks.get(fold_nick(nick))
             event = protocol.dm_event(client.nick, target.nick if target else nick, text)
             if target is not None and target is not client:
@@ -752,8 +760,8 @@ class Registry:
         """Members page through a room's stored chat events, oldest first. Raises ChatError
         not_in_room, unavailable."""
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"Join {name!r} to read its history.")
             # Stored but not yet delivered events stay out (a member gets those live, not twice):
@@ -775,8 +783,8 @@ class Registry:
         ChatError forbidden (not an operator of the room), no_such_user (a kick of a nick not in
         the room), unavailable."""
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             identity, actor = client.identity, client.nick
         self._moderation.check_operator(identity, action.room)
         target = None if action.nick is None else self._member_named(action.room, action.nick)
