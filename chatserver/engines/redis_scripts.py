@@ -53,7 +53,8 @@ end
 # ARGV: channel, kind (join, leave, nick; remove: a kick or ban takes `nick` out; anything else
 # changes no membership), nick, owner, event json, origin json without its closing ']', old nick,
 # key ('' for none), maxlen, room.
-# Returns {1, members} when published; {0} written already; {-3} cancelled; {-1} nothing to
+# Returns {1, members} when published; {0} written already (or a join of a member by this owner);
+# {-3} cancelled; {-1} nothing to
 # announce (a leave or nick change by one who is not a member by this owner); {-4} banned (join).
 ANNOUNCE = _NOW + """
 local kind, nick, owner, key, old, room = ARGV[2], ARGV[3], ARGV[4], ARGV[8], ARGV[7], ARGV[10]
@@ -62,6 +63,7 @@ if key ~= '' then
   if done then return {tonumber(done) < 0 and -3 or 0} end
 end
 if kind == 'join' and redis.call('EXISTS', KEYS[7]) == 1 then return {-4} end
+if kind == 'join' and redis.call('HGET', KEYS[5], nick) == owner then return {0} end
 if kind == 'leave' and redis.call('HGET', KEYS[5], nick) ~= owner then return {-1} end
 local score = nil
 if kind == 'nick' then
