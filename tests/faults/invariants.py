@@ -115,8 +115,7 @@ def _throughout(client, epoch, room, sent_at):
     with client._cond:
         if not client.connected or room not in client.rooms:
             return None
-        segments = client.segments.get(room, [])
-        return next((s for s in reversed(segments) if s.open and s.epoch == epoch and s.started < sent_at), None)
+        return client.streams.spanning(room, epoch, sent_at)
 
 
 def _in_history(rig: Rig, acked: list, lost: set) -> list:
@@ -172,7 +171,7 @@ def _streams(rig: Rig) -> list:
     with rig._lock:
         problems = list(rig.violations)
     for client in rig.clients:
-        problems += [f"{client}: {p}" for p in client.problems]
+        problems += [f"{client}: {p}" for p in (*client.problems, *client.streams.problems)]
     return problems
 
 

@@ -17,33 +17,16 @@ import itertools
 import json
 import threading
 import time
-from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import websocket
 
 from chatserver.protocol import fold_nick
+from tests.faults.streams import Streams
 
 REPLY_TIMEOUT = 20.0  # seconds a request may wait for its answer before the test fails (faults included)
 RECONNECT_FOR = 20.0  # seconds a client keeps trying to reconnect after a 1012 close
 NICK_RETRIES = 20  # times a reconnected client asks again for its nick while it is taken, 0.5 s apart
-
-
-@dataclass
-class Segment:
-    """A continuous part of one client's stream of one room in one epoch: from a `joined` on,
-    through re-joins with `after` that continue it. `chats` maps seq -> (from, text)."""
-
-    epoch: str
-    room: str
-    started: float  # time.monotonic() of the `joined` that began it
-    seqs: list = field(default_factory=list)
-    chats: dict = field(default_factory=dict)
-    open: bool = True
-
-    @property
-    def last(self) -> int | None:
-        return self.seqs[-1] if self.seqs else None
 
 
 class Closed:
@@ -84,10 +67,10 @@ class Recorder:
         self.events: list = []  # (time.monotonic(), connection, event)
         self.closes: list = []  # (time.monotonic(), connection, code or None for a dropped socket, reason)
         self.rooms: dict = {}  # room -> its members as this client was told (join order)
-        self.segments: dict = {}  # room -> [Segment]
+        self.streams = Streams()  # its chat streams, room by room
         self.sent: dict = {}  # id -> (connection, request, time.monotonic())
         self.answers: dict = {}  # id -> [answer events]
-        self.problems: list = []  # stream faults seen as they happened (gaps, repeats, strays)
+        self.problems: list = []  # what went wrong on its side (a reconnect that failed)
         self._connect_once()
         self._reader = threading.Thread(target=self._read, name=f"recorder-{label}", daemon=True)
         self._reader.start()
@@ -220,9 +203,7 @@ class Recorder:
             with self._cond:
                 self.closes.append((time.monotonic(), connection, code, reason))
                 self.connected = False
-                for segments in self.segments.values():
-                    for segment in segments:
-                        segment.open = False
+                self.streams.end()
                 rooms, self.rooms = list(self.rooms), {}
                 follow = code == 1012 and not self.gone
                 if not follow:
@@ -274,8 +255,7 @@ class Recorder:
             threading.Thread(target=self._reclaim, args=(ask,), daemon=True).start()
         for room in rooms:
             with self._cond:
-                last = next((s for s in reversed(self.segments.get(room, [])) if s.epoch == self.epoch), None)
-                after = last.last if last is not None else None
+                after = self.streams.last_seq(room, self.epoch)
             self.send(type="join", room=room, **({} if after is None else {"after": after}))
 
     def _reclaim(self, nick: str) -> None:
@@ -308,7 +288,7 @@ class Recorder:
             self._joined(event, request, now)
         elif kind == "left":
             self.rooms.pop(room, None)
-            self._end(room)
+            self.streams.end(room)
         elif kind == "presence" and room in self.rooms:
             members = self.rooms[room]
             if event["event"] == "join" and event["nick"] not in members:
@@ -324,59 +304,28 @@ class Recorder:
         elif kind in ("kick", "ban") and room in self.rooms and (kind == "kick" or event.get("duration")):
             if fold_nick(event["nick"]) == fold_nick(self.nick):
                 self.rooms.pop(room)
-                self._end(room)
+                self.streams.end(room)
             elif event["nick"] in self.rooms[room]:
                 self.rooms[room].remove(event["nick"])
         elif kind == "chat":
-            self._chat(event, request, now)
+            self._chat(event, request)
         elif kind == "history":
             for chat in event.get("messages", []):
                 self.rig.record_chat(self.epoch, chat, self)
 
     def _joined(self, event: dict, request, now: float) -> None:
-        room = event["room"]
+        room, history = event["room"], event.get("history", [])
         self.rooms[room] = list(event.get("members", []))
-        after = request.get("after") if request else None
-        segments = self.segments.setdefault(room, [])
-        last = segments[-1] if segments else None
-        if last is not None and after is not None and last.epoch == self.epoch and last.last == after:
-            last.open = True
-            segment = last
-        elif last is not None and last.open and last.epoch == self.epoch:
-            segment = last  # a join of a room it is in already: its stream goes on
-        else:
-            segment = Segment(self.epoch, room, now)
-            segments.append(segment)
-        for chat in event.get("history", []):
-            self._add(segment, chat, replay=True)
+        for chat in history:
+            self.rig.record_chat(self.epoch, chat, self)
+        self.streams.joined(room, self.epoch, history, request.get("after") if request else None, now)
 
-    def _chat(self, event: dict, request, now: float) -> None:
+    def _chat(self, event: dict, request) -> None:
         room = event["room"]
         if request is not None and request.get("type") == "chat":
             self.rig.record_ack(self.epoch, event, self, self.sent[event["id"]][2])
-        segments = self.segments.get(room)
-        if room not in self.rooms or not segments or not segments[-1].open:
-            self.problems.append(f"chat seq {event.get('seq')} of {room} received while not in it: {event}")
-            return
-        self._add(segments[-1], event, replay=False)
-
-    def _add(self, segment: Segment, chat: dict, replay: bool) -> None:
-        seq, content = chat["seq"], (chat["from"], chat["text"])
-        self.rig.record_chat(segment.epoch, chat, self)
-        last = segment.last
-        if last is not None and seq <= last:
-            if not replay:
-                self.problems.append(f"{segment.room} seq {seq} received again after seq {last} "
-                                     f"(epoch {segment.epoch})")
-            elif segment.chats.get(seq, content) != content:
-                self.problems.append(f"{segment.room} seq {seq} replayed as {content}, first seen as "
-                                     f"{segment.chats[seq]} (epoch {segment.epoch})")
-            return
-        if last is not None and seq != last + 1:
-            self.problems.append(f"{segment.room} gap: seq {seq} right after seq {last} (epoch {segment.epoch})")
-        segment.seqs.append(seq)
-        segment.chats[seq] = content
-
-    def _end(self, room: str) -> None:
-        for segment in self.segments.get(room, []):
-            segment.open = False
+        self.rig.record_chat(self.epoch, event, self)
+        if room not in self.rooms:
+            self.streams.problems.append(f"chat seq {event.get('seq')} of {room} received while not in it: {event}")
+        else:
+            self.streams.chat(room, event)

@@ -24,7 +24,7 @@ def chat_until_acked(sender, room: str, text: str, timeout: float = 15) -> list:
             reply = sender.request(timeout=max(1.0, deadline - time.monotonic()), type="chat", room=room,
                                    text=f"{text} #{len(answers)}")
         except AssertionError as exc:
-            return [f"{exc} (while Redis was back from its restart)"]
+            return [f"{exc} (retrying until one is acknowledged)"]
         answers.append(reply)
         if reply.get("type") == "chat":
             return []
