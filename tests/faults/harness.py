@@ -295,10 +295,10 @@ class Rig:
         self.clients.append(client)
         if nick:
             reply = client.set_nick(nick)
-            assert reply.get("type") == "nick", f"{client}: nick {nick} refused before any fault: {reply}"
+            assert reply.get("type") == "nick", f"{client}: setting up, nick {nick} refused: {reply}"
         for room in rooms:
             reply = client.join(room)
-            assert reply.get("type") == "joined", f"{client}: join {room} refused before any fault: {reply}"
+            assert reply.get("type") == "joined", f"{client}: setting up, join {room} refused: {reply}"
         return client
 
     def observer(self, node: Node) -> Recorder:
@@ -357,6 +357,10 @@ class Rig:
         process's log tail is printed (pytest shows it with a failure)."""
         self._watching = False
         self._monitor.join(2)
+        for node in self.nodes:  # a stopped process would keep each client's close waiting
+            if node.stopped:
+                node.resume()
+        self.redis.resume()
         for client in self.clients:
             with contextlib.suppress(Exception):
                 client.close()
