@@ -163,7 +163,7 @@ def _refused_nowhere(rig: Rig) -> list:
 def _one_holder(rig: Rig) -> list:
     with rig._lock:
         doubles = dict(rig.doubles)
-    return [f"two holders of nick {nick!r} at once: {holders} (observed for {last - first:.1f} s)"
+    return [f"two holders of nick {nick!r} at once: {sorted(holders)} (observed for {last - first:.1f} s)"
             for nick, (first, last, holders) in doubles.items()]
 
 

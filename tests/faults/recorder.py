@@ -8,8 +8,9 @@ each room it was in with `after=<last seq seen>` (without `after` when the `welc
 epoch).
 
 Threads: the test's thread sends requests and waits for their answers; the reader thread receives,
-records and reconnects. `_cond` (a Condition) guards every field below it in __init__; it is
-taken before the Rig's lock (tests/faults/harness.py), never after it.
+records and reconnects. `_cond` (a Condition on an RLock) guards every field below it in
+__init__; it is taken before the Rig's lock (tests/faults/harness.py), never after it. The Rig's
+nick monitor reads `nick` and `connected` without it (one attribute read each).
 """
 
 import contextlib
@@ -29,20 +30,13 @@ RECONNECT_FOR = 20.0  # seconds a client keeps trying to reconnect after a 1012 
 NICK_RETRIES = 20  # times a reconnected client asks again for its nick while it is taken, 0.5 s apart
 
 
-class Closed:
-    """What request() returns when the connection closed before the request was answered."""
+class Closed(dict):
+    """What request() returns when the connection closed before the request was answered:
+    {"type": "closed", "code": <close code, None when the socket just dropped>}."""
 
     def __init__(self, code):
+        super().__init__(type="closed", code=code)
         self.code = code
-
-    def get(self, key, default=None):
-        return {"type": "closed", "code": self.code}.get(key, default)
-
-    def __getitem__(self, key):
-        return {"type": "closed", "code": self.code}[key]
-
-    def __repr__(self):
-        return f"<closed {self.code}>"
 
 
 class Recorder:

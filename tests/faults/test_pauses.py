@@ -18,7 +18,8 @@ def until(deadline: float) -> None:
 def test_a_paused_process_comes_back_to_one_holder_per_nick(rig):
     """A process SIGSTOPped for 4 leases while a client elsewhere asks for its clients' nicks and
     members come and go: after SIGCONT there is one holder per nick, `who` on every process equals
-    the clients in the room, and DMs to those nicks reach their one holder."""
+    the clients in the room, and DMs to those nicks reach their one holder; killed -9 later,
+    its members leave as promptly as any dead process's."""
     a, b, c = rig.node("A"), rig.node("B"), rig.node("C")
     ann = rig.client(a, "ann", nick="ann", rooms=["lobby"])
     rig.client(a, "al", nick="al", rooms=["lobby", "side"])
@@ -48,6 +49,8 @@ def test_a_paused_process_comes_back_to_one_holder_per_nick(rig):
         *dm_reaches_one_holder(rig, [andy, bob, dave], "ann"),
         *dm_reaches_one_holder(rig, [andy, carol, dave], "al"),
     ])
+    a.kill()  # back from the dead once, it is reaped as promptly as any process when it dies
+    check(rig, ["lobby", "side"])
 
 
 @pytest.mark.parametrize("stall", ["sigstop", "debug-sleep"])
