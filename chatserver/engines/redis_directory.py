@@ -5,7 +5,9 @@ reserved by tokens. RedisEngine (engines/redis.py) is built on it; this half use
 Keys. Nicks are `roomchat:nick:<folded>` = "<process>:<client>:<nick>" (protocol.fold_nick, so
 look-alikes share one key), taken with SET NX and a TTL that the heartbeat refreshes. A nick
 reserved by a token is `roomchat:reserved:<folded>` = nick, with the token's remaining lifetime
-as TTL. A room's topic is `roomchat:{<room>}:topic`; a ban or mute is
+as TTL. A room's topic is `roomchat:{<room>}:topic`, its mode `roomchat:{<room>}:mode` =
+"<0|1>:<slow seconds>"; the uses taken of an invite `roomchat:invite:<id>`, with the invite's
+remaining lifetime as TTL; a ban or mute is
 `roomchat:{<room>}:ban:<folded>` (or `:mute:`) with the remaining time as TTL, so Redis forgets
 it when it ends. A process asks another to let go of a nick (`take_nick`) with `[client, null]`
 on `roomchat:proc:<id>:dm`.
@@ -23,6 +25,14 @@ from chatserver.protocol import fold_nick
 
 log = logging.getLogger("roomchat.redis")
 
+# KEYS[1] the invite's count, ARGV uses and the invite's remaining lifetime (ms): the number of
+# this use, or nil when all are taken. One script, so two people never take the last use.
+USE_INVITE = """
+local taken = tonumber(redis.call('GET', KEYS[1]) or '0')
+if taken >= tonumber(ARGV[1]) then return nil end
+redis.call('SET', KEYS[1], taken + 1, 'PX', ARGV[2])
+return taken + 1
+"""
 TAKE_POLL = 0.05  # seconds between claims while a nick's holder lets go of it
 
 
@@ -123,6 +133,27 @@ class RedisDirectory:
 
     def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
         return self._until(room_key(room, f"{kind}:{fold_nick(nick)}"))
+
+    def set_mode(self, room: str, moderated: bool, slow: int) -> None:
+        if moderated or slow:
+            self._call(self._redis.set, room_key(room, "mode"), f"{int(moderated)}:{slow}")
+        else:
+            self._call(self._redis.delete, room_key(room, "mode"))
+
+    def mode(self, room: str) -> tuple[bool, int]:
+        value = self._call(self._redis.get, room_key(room, "mode"))
+        moderated, slow = (value.decode() if value else "0:0").split(":")
+        return moderated == "1", int(slow)
+
+    def use_invite(self, invite: str, uses: int, until: float) -> int | None:
+        ms = int((until - time.time()) * 1000)
+        if ms <= 0:
+            return None
+        taken = self._call(self._redis.eval, USE_INVITE, 1, f"roomchat:invite:{invite}", uses, ms)
+        return None if taken is None else int(taken)
+
+    def invite_uses(self, invite: str) -> int:
+        return int(self._call(self._redis.get, f"roomchat:invite:{invite}") or 0)
 
     def _until(self, key: str) -> float | None:
         ms = self._call(self._redis.pttl, key)

@@ -27,6 +27,7 @@ from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
 from chatserver.ops import trace
 from chatserver.ops.metrics import Metrics
+from chatserver.rooms import moderation
 from chatserver.rooms.client import Client
 from chatserver.rooms.moderation import removes_member
 
@@ -148,6 +149,8 @@ class Hub:
             self._seqs[name] = event["seq"]
         if echo and sender is not None:
             sender.pending -= 1
+        if kind in ("ban", "mute"):  # the connection with that nick stays bound, renamed or not
+            moderation.bind(self._nicks.get(protocol.fold_nick(event["nick"])), event)
         room = self._rooms.get(name)
         if room is None:
             return

@@ -88,15 +88,16 @@ class Registry(Connections):
         nick_reserved (on the reserved list, or a token's), forbidden (your nick is your
         token's), unavailable."""
         with self._lock:
-            identity = client.identity
+            identity, rooms = client.identity, set(client.rooms)
         if identity is not None:
             if fold_nick(nick) != fold_nick(identity.nick):
                 raise ChatError("forbidden", f"Your nick comes from your token: {identity.nick}.")
         elif self._identities.is_reserved(nick) or self._reserved(nick):
             raise ChatError("nick_reserved", f"The nick {nick!r} is reserved; choose another.")
+        self._ask_engine(lambda: self._moderation.check_nick(nick, rooms))  # forbidden: banned from a room you are in
         self._rename(client, nick, reply_id)
 
-    def authenticate(self, client: Client, token: str, reply_id=None) -> None:
+    def authenticate(self, client: Client, token: str, reply_id=None, reveal: bool = False) -> None:
         """`auth`: make a verified token this connection's identity. An anonymous connection takes
         the token's nick (reserved for it from now on); an authenticated one renews its token (for
         the same nick only). Raises ChatError bad_token, forbidden, unavailable."""
@@ -115,7 +116,8 @@ class Registry(Connections):
                 client.identity = previous
             raise
         self._identities.watch(client, identity.expires)
-        self.reply(client, protocol.with_id({"type": "auth", **identity.summary()}, reply_id))
+        reply = {"type": "auth", **identity.summary(), **({"token": token} if reveal else {})}  # reveal: an invite's
+        self.reply(client, protocol.with_id(reply, reply_id))
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
@@ -123,8 +125,8 @@ class Registry(Connections):
         `max_reply_bytes` (else `truncated`), and the topic. Raises ChatError forbidden (banned, or not in the token's
         rooms), too_many_rooms, unavailable."""
         with self._lock:
-            identity, nick = client.identity, client.nick
-        self._ask_engine(lambda: self._moderation.check_join(identity, nick, name))
+            identity, nick = client.identity or client.invite, client.nick
+        self._ask_engine(lambda: self._moderation.check_join(identity, nick, name, client))
         with self._lock:
             if not self._settle(client):
                 return
@@ -164,8 +166,8 @@ class Registry(Connections):
                 history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit,
                                             max_bytes=self._max_reply)
                 members = self._engine.members(name) if self._cluster else hold.members
-                topic = self._engine.topic(name)
-                frame = self._joined(name, members, history, after is None, reply_id, topic)
+                rules = self._engine.topic(name), self._engine.mode(name)
+                frame = self._joined(name, members, history, after is None, reply_id, rules)
             except Unavailable as exc:
                 frame, history = None, exc
             with self._lock:
@@ -180,7 +182,7 @@ class Registry(Connections):
                     self.metrics.error(error)
                     client.send(protocol.encode(error), own=True)
                     members, history = self._nicks_in(room), []
-                    frame = self._joined(name, members, history, True, reply_id, "")
+                    frame = self._joined(name, members, history, True, reply_id, ("", (False, 0)))
                 self.metrics.deliveries.inc(len(hold.frames))  # room events held back until `joined`
                 if trace.ON:
                     trace.reply(client, {"type": "joined", "members": members, "history": history, "room": name},
@@ -206,22 +208,23 @@ class Registry(Connections):
         """Chats from one client that arrived together ([ChatRequest]), answered in order: runs
         of chats to one room are published together (one write per member when delivered); an
         error reply waits until the chats before it are delivered. Refusals, each a reply in its
-        place: the handler's own, not_in_room, forbidden (muted), unavailable."""
+        place: the handler's own, not_in_room, forbidden (muted), moderated, slow_mode, unavailable."""
         run_room, run = None, []
-        muted = {}  # room -> ChatError or None: read once per call and room
+        rules = {}  # room -> ChatError or slow mode seconds: read once per call and room
         for request in requests:
             try:
                 if request.refused is not None:
                     raise request.refused
-                if request.room not in muted:
-                    muted[request.room] = self._refusal(self._moderation.check_chat, client.nick, request.room)
-                if muted[request.room] is not None:
-                    raise muted[request.room]
+                if request.room not in rules:
+                    rules[request.room] = self._refusal(self._moderation.chat_rule, client, request.room)
+                if isinstance(rules[request.room], ChatError):
+                    raise rules[request.room]
                 with self._lock:
                     if client.id not in self._clients:
                         break
                     if request.room not in client.rooms:
                         raise ChatError("not_in_room", f"Join {request.room!r} before sending to it.")
+                    self._moderation.pace(client, request.room, rules[request.room])  # slow_mode
                     client.pending += 1
                     nick = client.nick
                 if run and request.room != run_room:
@@ -352,20 +355,23 @@ class Registry(Connections):
                 members = [member.nick for member in room.members] if room else []
         return next((m for m in members if fold_nick(m) == fold_nick(nick)), None)
 
-    def _refusal(self, check, *args) -> ChatError | None:
-        """The ChatError `check(*args)` raises (Unavailable as `unavailable`), or None."""
+    def _refusal(self, check, *args):
+        """What `check(*args)` returns, or the ChatError it raises (Unavailable as `unavailable`)."""
         try:
-            check(*args)
+            return check(*args)
         except Unavailable as exc:
             return unavailable(exc)
         except ChatError as exc:
             return exc
-        return None
 
-    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, topic: str) -> bytes:
+    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, rules: tuple) -> bytes:
+        """`rules`: (topic, (moderated, slow)); each shows only when it is not the default."""
         reply = protocol.with_id({"type": "joined", "room": name, "members": members}, reply_id)
+        (topic, (moderated, slow)) = rules
         if topic:
             reply["topic"] = topic
+        if moderated or slow:
+            reply["mode"] = {"moderated": moderated, "slow": slow}
         if len(history) > protocol.MAX_RESUME:
             history, reply["truncated"] = history[: protocol.MAX_RESUME], True
         return budgets.bounded_frame(reply, "history", history, self._max_reply, newest)[0]
