@@ -56,6 +56,7 @@ from chatserver.rooms.budgets import AddressShares
 from chatserver.rooms.client import TokenBucket
 from chatserver.rooms.dispatch import Context, Dispatcher
 from chatserver.rooms.identity import CLOSE_TOKEN_EXPIRED, Identities
+from chatserver.rooms.invites import Invites
 from chatserver.rooms.registry import Registry
 from chatserver.transport import tls
 from chatserver.transport.caps import ConnectionCaps, default_max_connections
@@ -105,6 +106,7 @@ class ChatServer:
             raise
         self.identities = Identities(config.token_key(), config.reserved(), config.require_token, self._expired)
         self.registry = Registry(self.engine, config.limits(), self.identities, self.metrics)
+        self.invites = Invites(config.token_key(), self.engine)
         self.metrics.watch(self.registry.stats, self.transport.housekeeper.totals)
         self.web = WebRoutes(self.registry.stats, self.engine.health, metrics=self.metrics.respond)
         self.dispatcher = dispatcher
@@ -123,8 +125,9 @@ class ChatServer:
 
     def on_handshake(self, target: str, headers: dict) -> tuple | None:
         """Before a WebSocket upgrade is accepted: None, or (status, reason, headers) to refuse it
-        (401 for a bad token in `?token=`, or none with --require-token)."""
-        return self.identities.refusal(target)
+        (401 for a bad token in `?token=`, or none with --require-token; for an invalid, expired or
+        used-up `?invite=`)."""
+        return self.identities.refusal(target) or self.invites.refusal(target)
 
     def on_connect(self, conn) -> None:
         if trace.ON:
@@ -132,6 +135,7 @@ class ChatServer:
         conn.client = None
         try:
             identity = self.identities.identity_in(conn.path)
+            invite = None if identity is not None else self.invites.invite_in(conn.path)
         except ChatError as exc:  # valid at the handshake, expired a moment later
             conn.close(CLOSE_TOKEN_EXPIRED, exc.message[:100])
             return
@@ -148,7 +152,9 @@ class ChatServer:
             self.shares.release(conn.address)
             raise
         conn.limiter = conn.client.limiter  # every frame costs (transport/inbound.py), not only messages
-        conn.context = Context(self.registry, conn.client, self.config)
+        if invite is not None:  # set before its first request: its `nick` redeems it
+            conn.client.invite = invite
+        conn.context = Context(self.registry, conn.client, self.config, self.invites)
         self.metrics.opened.inc()
         log.info("connect %s %s", conn.peer, conn.client.nick)
 

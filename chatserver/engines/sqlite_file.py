@@ -144,19 +144,22 @@ def read_transcript(conn: sqlite3.Connection, room: str, since: float) -> list:
     return transcript_order(chats, notices)
 
 
-def open_read_only(path: str) -> sqlite3.Connection:
-    """A read-only connection to a history file another process may be writing (WAL lets it
-    read beside the writer). Raises StoreError when the file is missing or not a history."""
+def transcript_of_file(path: str, room: str, since: float) -> list:
+    """`read_transcript` from a history file another process may be writing, read-only (WAL
+    lets it read beside the writer). Raises StoreError when the file is missing, not a roomchat
+    history, or cannot be read."""
     if not os.path.exists(path):
         raise StoreError(f"no history database at {path}")
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
-        if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        try:
+            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                raise StoreError(f"{path} is not a roomchat history")
+            return read_transcript(conn, room, since)
+        finally:
             conn.close()
-            raise StoreError(f"{path} is not a roomchat history")
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read history database {path}: {exc}") from None
-    return conn
 
 
 def connect(path: str, timeout: float) -> sqlite3.Connection:

@@ -55,8 +55,8 @@ class Client:
     waits for them); `changes` (the last nick changes it was told of, so it hears of each once);
     `conn` (a resume moves the client onto a new connection); `identity` (identity.Identity from
     its token, or None: anonymous); `token` (its resume token); `bound` ({(room, "ban" | "mute"):
-    until}: the bans and mutes that hold this connection whatever nick it takes, rooms/moderation.py
-    `bind`; read without the lock, a dict read being atomic).
+    (until, the folded nick it was bound under)}: the bans and mutes that hold this connection
+    whatever nick it takes, rooms/moderation.py `bind`; read without the lock, a dict read being atomic).
 
     Its own connection thread only, no lock: `last_chat` ({room: time.monotonic() of its last
     chat there}, for slow mode); `invite` (rooms/invites.Invite it connected with, or None; set
@@ -76,7 +76,7 @@ class Client:
         self.limiter = limiter
         self.token: str | None = None  # its resume token: a new connection presenting it takes it over
         self.identity = identity
-        self.bound: dict[tuple, float] = {}
+        self.bound: dict[tuple, tuple] = {}
         self.last_chat: dict[str, float] = {}
         self.invite = None
 

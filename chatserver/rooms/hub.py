@@ -150,7 +150,7 @@ class Hub:
         if echo and sender is not None:
             sender.pending -= 1
         if kind in ("ban", "mute"):  # the connection with that nick stays bound, renamed or not
-            moderation.bind(self._nicks.get(protocol.fold_nick(event["nick"])), event)
+            moderation.bind(self._nicks.get(protocol.fold_nick(event["nick"])), self._clients.values(), event)
         room = self._rooms.get(name)
         if room is None:
             return

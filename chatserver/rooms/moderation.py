@@ -31,6 +31,7 @@ import time
 from typing import NamedTuple
 
 from chatserver.errors import ChatError
+from chatserver.protocol import fold_nick
 
 KINDS = ("topic", "kick", "ban", "mute", "mode")
 
@@ -54,16 +55,21 @@ def removes_member(event: dict) -> bool:
     return event["type"] == "kick" or (event["type"] == "ban" and event["duration"] > 0)
 
 
-def bind(client, event: dict, clock=time.time) -> None:
-    """A ban or mute `event` was delivered: hold `client` (the connection with its nick, or None)
-    to it for its duration whatever nick it takes later; a lift (duration 0) frees it. Hub lock held."""
-    if client is None or event["type"] not in ("ban", "mute"):
+def bind(holder, clients, event: dict, clock=time.time) -> None:
+    """A ban or mute `event` was delivered: hold `holder` (the connection with its nick, or None)
+    to it for its duration whatever nick it takes later. A lift (duration 0) frees the holder and
+    every one of `clients` bound under that nick (renamed since). Hub lock held."""
+    if event["type"] not in ("ban", "mute"):
         return
-    key = (event["room"], event["type"])
+    key, folded = (event["room"], event["type"]), fold_nick(event["nick"])
     if event["duration"] > 0:
-        client.bound[key] = clock() + event["duration"]
-    else:
-        client.bound.pop(key, None)
+        if holder is not None:
+            holder.bound[key] = (clock() + event["duration"], folded)
+        return
+    for client in clients:
+        bound = client.bound.get(key)
+        if client is holder or (bound is not None and bound[1] == folded):
+            client.bound.pop(key, None)
 
 
 def for_how_long(seconds: float) -> str:
@@ -137,8 +143,8 @@ class Moderation:
     def _check(self, room: str, kind: str, nick: str, saying: str, client=None) -> None:
         until = self._engine.restricted_until(room, kind, nick)
         bound = None if client is None else client.bound.get((room, kind))
-        if bound is not None and bound > self._clock():
-            until = max(until or 0, bound)
+        if bound is not None and bound[0] > self._clock():
+            until = max(until or 0, bound[0])
         if until is not None:
             left = until - self._clock()
             raise ChatError("forbidden", f"{saying} {room!r} {for_how_long(left)}.", retry_after=math.ceil(left))
