@@ -127,7 +127,10 @@ class ChatServer:
         """Before a WebSocket upgrade is accepted: None, or (status, reason, headers) to refuse it
         (401 for a bad token in `?token=`, or none with --require-token; for an invalid, expired or
         used-up `?invite=`)."""
-        return self.identities.refusal(target) or self.invites.refusal(target)
+        query = parse_qs(urlsplit(target).query)
+        if "invite" in query and "token" not in query:  # a usable invite stands in for a token (--require-token too)
+            return self.invites.refusal(target)
+        return self.identities.refusal(target)
 
     def on_connect(self, conn) -> None:
         if trace.ON:

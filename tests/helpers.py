@@ -378,6 +378,21 @@ def upgrade(raw_clients, port: int, target: str) -> tuple[int, dict, bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
+def seated(url: str, peers, room: str, *nicks: str, op: str = "op") -> list:
+    """An operator (a token with `op`) and anonymous peers with `nicks`, all in `room` with every join
+    seen, so nothing is left unread: [operator, *peers]."""
+    operator = peers(with_token(url, token(op, op=True)))
+    members = [peers(url) for _ in nicks]
+    for member, nick in zip(members, nicks, strict=True):
+        member.set_nick(nick)
+    everyone = [operator, *members]
+    for i, peer in enumerate(everyone):
+        peer.join(room)
+        for earlier in everyone[:i]:
+            earlier.recv_type("presence")
+    return everyone
+
+
 def events_until(peer, last) -> list[dict]:
     """Every event `peer` receives up to and including the first for which `last(event)` holds."""
     events = [peer.recv()]

@@ -18,6 +18,7 @@ into `unavailable` (or 503 at the upgrade).
 """
 
 import secrets
+import sys
 import time
 from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
@@ -28,7 +29,7 @@ from chatserver.engines.base import Unavailable
 from chatserver.errors import ChatError
 from chatserver.protocol import ROOM_RE
 from chatserver.rooms.hub import unavailable
-from chatserver.rooms.identity import ALGORITHM, issue, parse_ttl
+from chatserver.rooms.identity import ALGORITHM, issue, parse_ttl, sign
 
 MAX_USES = 10000  # people one invite may be for
 
@@ -51,15 +52,7 @@ def issue_invite(key: bytes, rooms, uses: int, ttl: float, op: bool = False, now
     """A signed invite for `uses` people, valid for `ttl` seconds. Raises ValueError for a bad room or count."""
     if not 1 <= uses <= MAX_USES:
         raise ValueError(f"--uses must be from 1 to {MAX_USES}")
-    claims = {"inv": secrets.token_urlsafe(12), "uses": uses, "exp": int((time.time() if now is None else now) + ttl)}
-    if rooms is not None:
-        bad = [room for room in rooms if not ROOM_RE.fullmatch(room)]
-        if bad:
-            raise ValueError(f"{bad[0]!r} is not a room name")
-        claims["rooms"] = sorted(set(rooms))
-    if op:
-        claims["op"] = True
-    return jwt.encode(claims, key, algorithm=ALGORITHM)
+    return sign(key, {"inv": secrets.token_urlsafe(12), "uses": uses}, ttl, rooms, op, now)
 
 
 def verify_invite(key: bytes | None, token: str) -> Invite:
@@ -178,6 +171,9 @@ def invite_main(argv, environ) -> int:
         token = issue_invite(config.token_key(), rooms, args.uses, parse_ttl(args.ttl), args.op)
     except ValueError as exc:
         parser.error(str(exc))
+    if config.host in ("0.0.0.0", "::", ""):
+        print(f"roomchat invite: --host {config.host or '(empty)'} listens everywhere but is no address to open; "
+              "give the name people use, e.g. --host chat.school.example", file=sys.stderr)
     scheme = "https" if config.certfile else "http"
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"{scheme}://{host}:{config.port}/?invite={token}" + (f"#{rooms[0]}" if rooms else ""))

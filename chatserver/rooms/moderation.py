@@ -100,7 +100,8 @@ class Moderation:
         """Raises ChatError forbidden when the token's (or invite's) `rooms` leave `room` out, or
         `nick` (or the connection, `client`) is banned from it."""
         if identity is not None and not identity.may_enter(room):
-            raise ChatError("forbidden", f"Your {type(identity).__name__.lower()} does not let you join {room!r}.")
+            what = "invite" if hasattr(identity, "uses") else "token"
+            raise ChatError("forbidden", f"Your {what} does not let you join {room!r}.")
         self._check(room, "ban", nick, "You are banned from", client)
 
     def chat_rule(self, client, room: str) -> ChatError | int:

@@ -136,6 +136,13 @@ def test_uses_are_counted_in_redis_across_processes(cluster, peers, raw_clients)
         assert upgrade(raw_clients, process.port, "/?invite=" + signed)[0] == 401
 
 
+def test_an_invite_is_let_in_where_a_token_is_required(make_server, peers, raw_clients):
+    """With --require-token an upgrade with a usable invite connects (and redeems it); one without gets 401."""
+    strict = make_server(token_secret=SECRET, require_token=True)
+    redeem(peers(invited(strict.url, invite(uses=1))), "stud1")
+    assert upgrade(raw_clients, strict.port, "/")[0] == 401
+
+
 def test_the_invite_command_prints_a_page_link_for_the_servers_address(tmp_path):
     """`roomchat.py invite` prints http://HOST:PORT/?invite=<token>#<first room>, HOST and PORT from the
     same options and variables as the server; the token's claims are the options'."""

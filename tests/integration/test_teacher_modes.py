@@ -3,7 +3,7 @@ not escape, on the memory and the SQLite engines."""
 
 import pytest
 
-from tests.helpers import SECRET, token, with_token
+from tests.helpers import SECRET, seated
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -23,14 +23,7 @@ def server(request, make_server, tmp_path):
 @pytest.fixture
 def room(server, peers):
     """An operator `op`, and students `stud1` and `stud2` (anonymous), all in class with every join seen."""
-    op = peers(with_token(server.url, token("op", op=True)))
-    stud1, stud2 = peers(server.url), peers(server.url)
-    stud1.set_nick("stud1")
-    stud2.set_nick("stud2")
-    for peer in (op, stud1, stud2):
-        peer.join("class")
-    op.recv_type("presence"), op.recv_type("presence"), stud1.recv_type("presence")
-    return op, stud1, stud2
+    return seated(server.url, peers, "class", "stud1", "stud2")
 
 
 def test_mode_is_an_event_in_order_and_shows_in_joined(server, room, peers):
@@ -89,10 +82,9 @@ def test_slow_mode_spaces_a_members_chats_and_spares_operators(room):
     stud1.join("other")
     assert stud1.request(type="chat", room="other", text="elsewhere")["text"] == "elsewhere"
     assert [answer(op, type="chat", room="class", text=t)["text"] for t in "ab"] == ["a", "b"]
-    assert stud2.request(type="chat", room="class", text="mine")["type"] == "chat"  # its own interval
-    op.request(type="mode", room="class", slow=0)
-    stud1.recv_type("mode")
-    assert stud1.request(type="chat", room="class", text="free")["text"] == "free"
+    assert answer(stud2, type="chat", room="class", text="mine")["type"] == "chat"  # its own interval
+    answer(op, type="mode", room="class", slow=0)
+    assert answer(stud1, type="chat", room="class", text="free")["text"] == "free"
 
 
 @pytest.mark.parametrize("bad", [{}, {"moderated": "yes"}, {"slow": -1}, {"slow": 3601}, {"slow": 1.5},
