@@ -33,13 +33,15 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
   _accepting`, wire/exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
   queue's order), `SqliteEngine._close_lock` (the reader pool), `RedisEngine._lock` (delivered
   seqs, nick claims, subscription confirmations), `LocalRules._rules_lock` (topics, bans, mutes,
-  reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's
-  `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
+  modes, invite uses, reservations), transport/caps.py's `ConnectionCaps._lock` and
+  `BurstLog._lock`, rooms/budgets.py's `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
   (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a semaphore:
   history replies built at once) is taken before the hub's lock, never while holding it.
 What relies on the GIL instead: floats and strings written by one thread and read by another
 where a stale read is harmless: a connection's `last_seen`/`ping_sent_at` (a ping moves by one
-tick), the Flusher's fd table, the engines' `health()` reasons.
+tick), the Flusher's fd table, the engines' `health()` reasons; a client's `bound` bans and mutes
+(written under the hub's lock, read by its own thread at a chat or join) and the SQLite writer's
+last committed seq of a room (read where a moderation event is kept for transcripts).
 """
 
 import logging

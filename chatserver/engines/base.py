@@ -15,9 +15,11 @@ The contract (PROTOCOL.md "What a client can rely on" is the client's side of it
 2. Stored before delivered: a chat event reaches `hub.deliver` only once the engine has stored
    it (committed to SQLite, written to Redis). The sender's own copy is its acknowledgement.
 3. Nothing is promised across rooms.
-4. Room rules and reserved nicks (topics, bans, mutes, nicks reserved by tokens) are facts of the
-   whole server: what one process sets, every process reads (`set_topic` ... `reserved_until`).
-   Moderation events themselves go through `announce`, so they are ordered with the chats.
+4. Room rules and reserved nicks (topics, bans, mutes, modes, nicks reserved by tokens, invite
+   uses) are facts of the whole server: what one process sets, every process reads (`set_topic`
+   ... `invite_uses`). Moderation events themselves go through `announce`, so they are ordered
+   with the chats; the memory and SQLite engines also keep them (NOTICE_TYPES) beside the chats
+   for `transcript(room, since)` (`roomchat.py export`), which Redis does not have yet.
 
 Threads. `publish`, `announce` and the reads are called by connection threads, never while the
 Registry lock is held. `hub.deliver` and `hub.reject` are called with no engine lock held:
@@ -107,7 +109,7 @@ class Engine(Protocol):
         with Redis, the connection broke mid-call: see engines/redis.py)."""
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
-        """Put a presence or nick event into the room's stream. Raises Unavailable."""
+        """Put a presence, nick or moderation event into the room's stream. Raises Unavailable."""
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
@@ -295,6 +297,7 @@ class MemoryEngine(LocalRules):
 
     `publish` stores and delivers on the calling thread, under `_lock`, so concurrent publishers
     to a room deliver in seq order; `announce` delivers at once (lock order: engine -> Registry).
+    `_lock` guards the chats, the seqs and the moderation events kept for transcripts (`_notices`).
     """
 
     location = "memory only (--db :memory:), lost when the server stops"
