@@ -97,3 +97,36 @@ def test_the_memory_engine_keeps_the_same_transcript(make_server, peers):
     lesson(server, peers)
     assert [e["type"] for e in server.engine.transcript("class")] == EXPECTED
     assert server.engine.transcript("class", since=time.time() + 60) == []
+
+
+def test_a_lesson_run_from_invite_links_then_exported(make_server, peers, tmp_path):
+    """A teacher's op invite and a class invite: the teacher sets the topic, a moderated room, slow mode,
+    mutes and kicks a student who sees each; the transcript afterwards has it all in order."""
+    from chatserver.rooms.invites import issue_invite
+
+    db = str(tmp_path / "h.db")
+    server = make_server(db=db, token_secret=SECRET)
+    teacher_link = issue_invite(SECRET.encode(), ["class"], 1, 3600, op=True)
+    class_link = issue_invite(SECRET.encode(), ["class"], 30, 3600)
+    teacher = peers(f"{server.url}?invite={teacher_link}")
+    teacher.send(type="nick", nick="teacher", id=1)
+    assert teacher.recv_type("auth")["op"] is True
+    teacher.join("class")
+    student = peers(f"{server.url}?invite={class_link}")
+    student.send(type="nick", nick="stud1", id=1)
+    student.recv_type("auth")
+    student.join("class")
+    for request in ({"type": "topic", "topic": "Exam on Friday at 10"}, {"type": "mode", "moderated": True},
+                    {"type": "mode", "moderated": False, "slow": 60}):
+        teacher.send(room="class", **request)
+        assert student.recv_type(request["type"])["by"] == "teacher"
+    student.send(type="chat", room="class", text="question?")
+    assert student.recv_type("chat")["text"] == "question?"
+    assert student.request(type="chat", room="class", text="again")["code"] == "slow_mode"
+    teacher.send(type="mute", room="class", nick="stud1", duration=60)
+    assert student.recv_type("mute")["duration"] == 60
+    teacher.send(type="kick", room="class", nick="stud1", reason="end of lesson")
+    assert student.recv_type("kick")["reason"] == "end of lesson"
+    done = export(db, "--format", "jsonl")
+    kinds = [json.loads(line)["type"] for line in done.stdout.splitlines()]
+    assert kinds == ["topic", "mode", "mode", "chat", "mute", "kick"], kinds
