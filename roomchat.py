@@ -4,6 +4,8 @@
     python roomchat.py                 # serve on ws://127.0.0.1:8765/ (see --help)
     python roomchat.py selftest URL    # check a server against protocol v1
     python roomchat.py token --nick ann --rooms lobby --ttl 1h [--op]   # print an identity token
+    python roomchat.py invite --rooms class,lobby --uses 40 --ttl 8h [--op]   # print a class invite link
+    python roomchat.py export --room class [--since 2026-12-01] [--format md|jsonl|html] [--db FILE]
 """
 
 import logging
@@ -81,6 +83,18 @@ def main(argv=None) -> int:
         from chatserver.rooms.identity import token_main
 
         return token_main(argv[1:], os.environ)
+    if argv and argv[0] == "invite":
+        import os
+
+        from chatserver.rooms.invites import invite_main
+
+        return invite_main(argv[1:], os.environ)
+    if argv and argv[0] == "export":
+        import os
+
+        from chatserver.ops.export import export_main
+
+        return export_main(argv[1:], os.environ)
     return serve(argv)
 
 

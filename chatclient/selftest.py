@@ -34,8 +34,9 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def run(url: str, timeout: float = DEFAULT_TIMEOUT, only=None, out=sys.stdout) -> int:
+def run(url: str, timeout: float = DEFAULT_TIMEOUT, only=None, out=sys.stdout, op_token: str | None = None) -> int:
     """Run the checks (all, or those named in `only`) against `url`; print one line each.
+    `op_token`: an operator's token, for the checks of room modes (skipped without one).
     Returns the exit status (0, 1 or 2, as the module docstring says)."""
     try:
         Conn(url, timeout, "connect").close()
@@ -47,7 +48,7 @@ def run(url: str, timeout: float = DEFAULT_TIMEOUT, only=None, out=sys.stdout) -
     for number, (name, fn) in enumerate(CHECKS):
         if only and name not in only:
             continue
-        probe = Probe(url, timeout, f"{run_tag}{number:02d}")
+        probe = Probe(url, timeout, f"{run_tag}{number:02d}", op_token)
         try:
             fn(probe)
             status, text = "ok", fn.__doc__.strip().splitlines()[0]
@@ -82,9 +83,12 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds to wait for each expected event (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--only", metavar="NAME,...", help="run only these checks (comma-separated)")
+    parser.add_argument("--op-token", default=os.environ.get("ROOMCHAT_OP_TOKEN") or None, metavar="TOKEN",
+                        help="an operator's token (roomchat.py token --nick NICK --op), to check room modes "
+                             "(moderated, slow_mode); without one those checks are skipped [ROOMCHAT_OP_TOKEN]")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     selftest_client.SSLOPT = sslopt(args.cafile) if args.url.startswith("wss") else None
     only = set(args.only.split(",")) if args.only else None
     if only and only - set(names):
         parser.error(f"no such check: {', '.join(sorted(only - set(names)))}")
-    return run(normalize_url(args.url), args.timeout, only)
+    return run(normalize_url(args.url), args.timeout, only, op_token=args.op_token)

@@ -171,15 +171,25 @@ class Probe:
     """What one check gets: connections it opens (all closed when it ends) and names unique
     to this run, so checks do not meet each other or a live server's users."""
 
-    def __init__(self, url: str, timeout: float, tag: str | None = None):
+    def __init__(self, url: str, timeout: float, tag: str | None = None, op_token: str | None = None):
         self.url = url
         self.timeout = timeout
+        self.op_token = op_token
         self.tag = tag or secrets.token_hex(3)
         self._names = itertools.count(1)
         self.conns: list[Conn] = []
 
     def connect(self, label: str | None = None) -> Conn:
         conn = Conn(self.url, self.timeout, label or f"conn{len(self.conns) + 1}")
+        self.conns.append(conn)
+        return conn
+
+    def connect_op(self, label: str = "operator") -> Conn:
+        """A connection with the operator's token (`--op-token`). Raises Skip without one."""
+        if not self.op_token:
+            raise Skip("needs an operator's token: give --op-token (roomchat.py token --nick NICK --op)")
+        url = f"{self.url}{'&' if '?' in self.url else '?'}token={self.op_token}"
+        conn = Conn(url, self.timeout, label)
         self.conns.append(conn)
         return conn
 

@@ -34,14 +34,16 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
   _accepting`, wire/exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
   queue's order), `SqliteEngine._close_lock` (the reader pool), `RedisEngine._lock` (delivered
   places, nick claims, subscription confirmations, waiting writes, the lease),
-  `LocalRules._rules_lock` (topics, bans, mutes, reservations), transport/caps.py's
-  `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's `AddressShares._lock` and each
+  `LocalRules._rules_lock` (topics, bans, mutes, modes, invite uses, reservations),
+  transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's `AddressShares._lock` and each
   `SharedTokenBucket._lock`, `ReaderPool._cond` (engines/sqlite_readers.py), `Identities._cond`
   (expiry times). `Registry._builders` (a semaphore: history replies built at once) is taken
   before the registry's lock, never while holding it.
 What relies on the GIL instead: floats and strings written by one thread and read by another
 where a stale read is harmless: a connection's `last_seen`/`ping_sent_at` (a ping moves by one
-tick), the Flusher's fd table, the engines' `health()` reasons.
+tick), the Flusher's fd table, the engines' `health()` reasons; a client's `bound` bans and mutes
+(written under the registry's lock, read by its own thread at a chat or join) and the SQLite writer's
+last committed seq of a room (read where a moderation event is kept for transcripts).
 """
 
 import logging
@@ -59,6 +61,7 @@ from chatserver.rooms.client import TokenBucket
 from chatserver.rooms.cluster import ClusterRegistry
 from chatserver.rooms.dispatch import Context, Dispatcher
 from chatserver.rooms.identity import CLOSE_TOKEN_EXPIRED, Identities
+from chatserver.rooms.invites import Invites
 from chatserver.rooms.registry import Registry
 from chatserver.transport import tls
 from chatserver.transport.caps import ConnectionCaps, default_max_connections
@@ -109,6 +112,7 @@ class ChatServer:
         self.identities = Identities(config.token_key(), config.reserved(), config.require_token, self._expired)
         registry = ClusterRegistry if self.engine.cluster else Registry
         self.registry = registry(self.engine, config.limits(), self.identities, self.metrics)
+        self.invites = Invites(config.token_key(), self.engine)
         self.metrics.watch(self.registry.stats, self.transport.housekeeper.totals)
         self.web = WebRoutes(self.registry.stats, self.engine.health, metrics=self.metrics.respond)
         self.dispatcher = dispatcher
@@ -127,7 +131,11 @@ class ChatServer:
 
     def on_handshake(self, target: str, headers: dict) -> tuple | None:
         """Before a WebSocket upgrade is accepted: None, or (status, reason, headers) to refuse it
-        (401 for a bad token in `?token=`, or none with --require-token)."""
+        (401 for a bad token in `?token=`, or none with --require-token; for an invalid, expired or
+        used-up `?invite=`)."""
+        query = parse_qs(urlsplit(target).query)
+        if "invite" in query and "token" not in query:  # a usable invite stands in for a token (--require-token too)
+            return self.invites.refusal(target)
         return self.identities.refusal(target)
 
     def on_connect(self, conn) -> None:
@@ -136,6 +144,7 @@ class ChatServer:
         conn.client = None
         try:
             identity = self.identities.identity_in(conn.path)
+            invite = None if identity is not None else self.invites.invite_in(conn.path)
         except ChatError as exc:  # valid at the handshake, expired a moment later
             conn.close(CLOSE_TOKEN_EXPIRED, exc.message[:100])
             return
@@ -152,7 +161,9 @@ class ChatServer:
             self.shares.release(conn.address)
             raise
         conn.limiter = conn.client.limiter  # every frame costs (transport/inbound.py), not only messages
-        conn.context = Context(self.registry, conn.client, self.config)
+        if invite is not None:  # set before its first request: its `nick` redeems it
+            conn.client.invite = invite
+        conn.context = Context(self.registry, conn.client, self.config, self.invites)
         self.metrics.opened.inc()
         log.info("connect %s %s", conn.peer, conn.client.nick)
 

@@ -15,9 +15,11 @@ The contract (PROTOCOL.md "What a client can rely on" is the client's side of it
 2. Stored before delivered: a chat event reaches `hub.deliver` only once the engine has stored
    it (committed to SQLite, written to Redis). The sender's own copy is its acknowledgement.
 3. Nothing is promised across rooms.
-4. Room rules and reserved nicks (topics, bans, mutes, nicks reserved by tokens) are facts of the
-   whole server: what one process sets, every process reads (`set_topic` ... `reserved_until`).
-   Moderation events themselves go through `announce`, so they are ordered with the chats.
+4. Room rules and reserved nicks (topics, bans, mutes, modes, nicks reserved by tokens, invite
+   uses) are facts of the whole server: what one process sets, every process reads (`set_topic`
+   ... `invite_uses`). Moderation events themselves go through `announce`, so they are ordered
+   with the chats; the memory and SQLite engines also keep them (NOTICE_TYPES) beside the chats
+   for `transcript(room, since)` (`roomchat.py export`), which Redis does not have yet.
 
 Threads. `publish`, `announce` and the reads are called by connection threads, never while the
 Registry lock is held. `hub.deliver` and `hub.reject` are called with no engine lock held:
@@ -128,7 +130,7 @@ class Engine(Protocol):
         with Redis, the connection broke mid-call: see engines/redis.py)."""
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
-        """Put a presence or nick event into the room's stream. Raises Unavailable."""
+        """Put a presence, nick or moderation event into the room's stream. Raises Unavailable."""
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
@@ -165,12 +167,39 @@ class Engine(Protocol):
     def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
         """Until when `nick` is banned or muted ("ban", "mute") in the room, or None."""
 
+    def set_mode(self, room: str, moderated: bool, slow: int) -> None:
+        """The room's mode: `moderated` (only operators chat), `slow` (seconds between a member's chats, 0 off)."""
+
+    def mode(self, room: str) -> tuple[bool, int]:
+        """The room's mode as (moderated, slow); (False, 0) by default."""
+
+    def use_invite(self, invite: str, uses: int, until: float) -> int | None:
+        """Take one of the `uses` of invite `invite` (kept until `until`): the number of this use
+        (1 for the first), or None when all are taken."""
+
+    def invite_uses(self, invite: str) -> int:
+        """How many uses of `invite` are taken (0 for one never used, or expired)."""
+
+
+# Moderation events an engine also keeps for transcripts (`python roomchat.py export`), beside
+# the chats but without a seq of their own: each is placed after the chat seq it followed.
+NOTICE_TYPES = ("topic", "kick", "ban", "mute", "mode")
+
+
+def transcript_order(chats: list, notices: list) -> list:
+    """Chats (events with `seq`) and notices ([(seq they followed, event)]) as one list in stream
+    order: a notice after the chat it followed and before the next one."""
+    keyed = [((e["seq"], 0, 0), e) for e in chats] + [((at, 1, i), e) for i, (at, e) in enumerate(notices)]
+    return [e for _key, e in sorted(keyed, key=lambda item: item[0])]
+
 
 class LocalRules:
     """Room rules and reserved nicks for one process (the memory and SQLite engines), as rows
     (scope, kind, key) -> (value, until or None): a topic is (room, "topic", "") -> (text, None),
     a ban or mute (room, "ban" | "mute", folded nick) -> ("", until), a reservation
-    ("", "nick", folded nick) -> (nick, until). `_rules_lock` guards `_rules`; `_save` writes a
+    ("", "nick", folded nick) -> (nick, until), a mode (room, "mode", "") -> ("<0|1>:<slow>",
+    None), the uses taken of an invite ("", "invite", its id) -> (count, the invite's expiry).
+    `_rules_lock` guards `_rules`; `_save` writes a
     change through before it is made (the SQLite engine overrides it; Raises Unavailable).
     """
 
@@ -221,6 +250,33 @@ class LocalRules:
     def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
         return self._until((room, kind, fold_nick(nick)))
 
+    def set_mode(self, room: str, moderated: bool, slow: int) -> None:
+        self._put((room, "mode", ""), f"{int(moderated)}:{slow}" if moderated or slow else None)
+
+    def mode(self, room: str) -> tuple[bool, int]:
+        with self._rules_lock:
+            moderated, slow = self._rules.get((room, "mode", ""), ("0:0", None))[0].split(":")
+        return moderated == "1", int(slow)
+
+    def use_invite(self, invite: str, uses: int, until: float) -> int | None:
+        key = ("", "invite", invite)
+        with self._rules_lock:  # read and count in one step: two people never take the last use
+            taken = self._uses_taken(key)
+            if taken >= uses:
+                return None
+            self._save(key, str(taken + 1), until)
+            self._rules[key] = (str(taken + 1), until)
+            return taken + 1
+
+    def invite_uses(self, invite: str) -> int:
+        with self._rules_lock:
+            return self._uses_taken(("", "invite", invite))
+
+    def _uses_taken(self, key: tuple) -> int:
+        """Lock held."""
+        row = self._rules.get(key)
+        return 0 if row is None or (row[1] is not None and row[1] <= self._clock()) else int(row[0])
+
 
 class ClusterEngine(Engine, Protocol):
     """An engine shared by several processes (`cluster = True`: Redis). It is then the directory
@@ -270,6 +326,7 @@ class MemoryEngine(LocalRules):
 
     `publish` stores and delivers on the calling thread, under `_lock`, so concurrent publishers
     to a room deliver in seq order; `announce` delivers at once (lock order: engine -> Registry).
+    `_lock` guards the chats, the seqs and the moderation events kept for transcripts (`_notices`).
     """
 
     location = "memory only (--db :memory:), lost when the server stops"
@@ -280,6 +337,7 @@ class MemoryEngine(LocalRules):
         self._per_room = per_room
         self._rooms: dict[str, deque] = {}  # room -> its last per_room events
         self._seqs: dict[str, int] = {}  # room -> last seq; outlives pruning
+        self._notices: dict[str, deque] = {}  # room -> [(seq it followed, moderation event)]
         self._lock = threading.Lock()
         self._hub = None
         self._init_rules()
@@ -306,7 +364,17 @@ class MemoryEngine(LocalRules):
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         with self._lock:
+            if event["type"] in NOTICE_TYPES:
+                notices = self._notices.setdefault(room, deque(maxlen=self._per_room))
+                notices.append((self._seqs.get(room, 0), {**event, "ts": time.time()}))
             self._hub.deliver([(room, event, meta)])
+
+    def transcript(self, room: str, since: float = 0.0) -> list:
+        """The room's kept chats and moderation events from `since` (Unix time), in stream order."""
+        with self._lock:
+            chats = [e for e in self._rooms.get(room, ()) if e["ts"] >= since]
+            notices = [(at, e) for at, e in self._notices.get(room, ()) if e["ts"] >= since]
+        return transcript_order(chats, notices)
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:

@@ -69,6 +69,7 @@ from chatserver.engines.redis_scripts import (
     REFRESH,
     RESERVE,
     RESOLVE,
+    USE_INVITE,
 )
 from chatserver.errors import ChatError
 from chatserver.ops import metrics
@@ -125,7 +126,7 @@ class RedisEngine:
         scripts = {name: self._redis.register_script(text) for name, text in (
             ("publish", PUBLISH), ("announce", ANNOUNCE), ("resolve", RESOLVE), ("beat", BEAT), ("reap", REAP),
             ("claim", CLAIM), ("refresh", REFRESH), ("if_owner_delete", IF_OWNER_DELETE),
-            ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE), ("reserve", RESERVE))}
+            ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE), ("reserve", RESERVE), ("use_invite", USE_INVITE))}
         self._scripts = scripts
         self.process_id = None  # the hub's, at start()
         self._hub = None
@@ -385,6 +386,30 @@ class RedisEngine:
 
     def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
         return self._until(room_key(room, f"{kind}:{fold_nick(nick)}"))
+
+    def set_mode(self, room: str, moderated: bool, slow: int) -> None:
+        """The room's mode, `roomchat:{<room>}:mode` = "<0|1>:<slow seconds>" (none: the default)."""
+        if moderated or slow:
+            self._call(self._redis.set, room_key(room, "mode"), f"{int(moderated)}:{slow}")
+        else:
+            self._call(self._redis.delete, room_key(room, "mode"))
+
+    def mode(self, room: str) -> tuple[bool, int]:
+        value = self._call(self._redis.get, room_key(room, "mode"))
+        moderated, slow = (value.decode() if value else "0:0").split(":")
+        return moderated == "1", int(slow)
+
+    def use_invite(self, invite: str, uses: int, until: float) -> int | None:
+        """Take one of an invite's `uses` (`roomchat:invite:<id>`, kept while the invite lives): the
+        number of this use, or None when all are taken or the invite has expired."""
+        ms = int((until - time.time()) * 1000)
+        if ms <= 0:
+            return None
+        taken = self._call(self._scripts["use_invite"], keys=[f"roomchat:invite:{invite}"], args=[uses, ms])
+        return None if taken is None else int(taken)
+
+    def invite_uses(self, invite: str) -> int:
+        return int(self._call(self._redis.get, f"roomchat:invite:{invite}") or 0)
 
     def _until(self, key: str) -> float | None:
         ms = self._call(self._redis.pttl, key)

@@ -153,3 +153,12 @@ RESERVE = (
     "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then"
     " return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 0"
 )
+
+# KEYS: an invite's count. ARGV: uses, the invite's remaining lifetime (ms). The number of this
+# use, or nil when all are taken: one script, so two people never take the last use.
+USE_INVITE = """
+local taken = tonumber(redis.call('GET', KEYS[1]) or '0')
+if taken >= tonumber(ARGV[1]) then return nil end
+redis.call('SET', KEYS[1], taken + 1, 'PX', ARGV[2])
+return taken + 1
+"""

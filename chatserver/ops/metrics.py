@@ -36,11 +36,11 @@ from chatserver.wire.proxies import TrustedProxies
 disable_created_metrics()  # no `_created` series beside each counter: half the lines, nothing lost
 
 REQUEST_TYPES = ("nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping", "auth", "topic", "kick",
-                 "ban", "mute")
+                 "ban", "mute", "mode")
 ERROR_CODES = ("bad_json", "bad_message", "unknown_type", "bad_nick", "nick_taken", "bad_room", "not_in_room",
                "too_many_rooms", "no_such_user", "too_long", "rate_limited", "unavailable", "nick_reserved",
-               "bad_token", "forbidden")
-ROOM_EVENTS = ("chat", "presence", "nick", "topic", "kick", "ban", "mute")
+               "bad_token", "forbidden", "moderated", "slow_mode")
+ROOM_EVENTS = ("chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode")
 FANOUT_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)

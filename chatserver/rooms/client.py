@@ -55,10 +55,17 @@ class Client:
     events published and not yet delivered or rejected: its next request waits for them);
     `changes` (the last nick changes it was told of, so it hears of each once);
     `conn` (a resume moves the client onto a new connection); `identity` (identity.Identity from
-    its token, or None: anonymous); `token` (its resume token).
+    its token, or None: anonymous); `token` (its resume token); `bound` ({(room, "ban" | "mute"):
+    (until, the folded nick it was bound under)}: the bans and mutes that hold this connection
+    whatever nick it takes, rooms/moderation.py `bind`; read without the lock, a dict read being atomic).
+
+    Its own connection thread only, no lock: `last_chat` ({room: time.monotonic() of its last
+    chat there}, for slow mode); `invite` (rooms/invites.Invite it connected with, or None; set
+    before its first request).
     """
 
-    __slots__ = ("changes", "conn", "id", "identity", "limiter", "nick", "pending", "rooms", "token")
+    __slots__ = ("bound", "changes", "conn", "id", "identity", "invite", "last_chat", "limiter", "nick", "pending",
+                 "rooms", "token")
 
     def __init__(self, client_id: int, conn, nick: str, limiter: TokenBucket, identity=None):
         self.id = client_id
@@ -70,6 +77,9 @@ class Client:
         self.limiter = limiter
         self.token: str | None = None  # its resume token: a new connection presenting it takes it over
         self.identity = identity
+        self.bound: dict[tuple, tuple] = {}
+        self.last_chat: dict[str, float] = {}
+        self.invite = None
 
     def send(self, frame: bytes, own: bool = False) -> None:
         """Queue encoded frames; never blocks. `own`: they answer this client's own request (a

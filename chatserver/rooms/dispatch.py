@@ -11,11 +11,13 @@ from chatserver.wire import frames
 
 @dataclass
 class Context:
-    """What a handler may use: the registry, the client that sent the request, the settings."""
+    """What a handler may use: the registry, the client that sent the request, the settings,
+    and the server's invites (rooms/invites.Invites, or None)."""
 
     registry: object
     client: object
     config: Config
+    invites: object = None
 
 
 class Dispatcher:

@@ -57,7 +57,7 @@ from chatserver.errors import ChatError
 from chatserver.ops import trace
 from chatserver.ops.metrics import Metrics
 from chatserver.protocol import fold_nick
-from chatserver.rooms import budgets
+from chatserver.rooms import budgets, moderation
 from chatserver.rooms.client import Client
 from chatserver.rooms.identity import CLOSE_REPLACED, Identities
 from chatserver.rooms.moderation import Moderation, removes_member
@@ -217,6 +217,8 @@ class Registry:
         room = self._rooms.get(name)
         sender = self._origin(meta)
         own_id = self._settle_write(name, event, meta, sender)
+        if event["type"] in ("ban", "mute"):  # the connection with that nick stays bound, renamed or not
+            moderation.bind(self._nicks.get(protocol.fold_nick(event["nick"])), self._clients.values(), event)
         if room is None:
             return
         frame = protocol.encode(event)  # encoded once for every member
@@ -570,15 +572,16 @@ class Registry:
         nick_reserved (on the reserved list, or a token's), forbidden (your nick is your
         token's), unavailable."""
         with self._lock:
-            identity = client.identity
+            identity, rooms = client.identity, set(client.rooms)
         if identity is not None:
             if fold_nick(nick) != fold_nick(identity.nick):
                 raise ChatError("forbidden", f"Your nick comes from your token: {identity.nick}.")
         elif self._identities.is_reserved(nick) or self._reserved(nick):
             raise ChatError("nick_reserved", f"The nick {nick!r} is reserved; choose another.")
+        self._ask_engine(lambda: self._moderation.check_nick(nick, rooms))  # forbidden: banned from a room you are in
         self._rename(client, nick, reply_id)
 
-    def authenticate(self, client: Client, token: str, reply_id=None) -> None:
+    def authenticate(self, client: Client, token: str, reply_id=None, reveal: bool = False) -> None:
         """`auth`: make a verified token this connection's identity. An anonymous connection takes
         the token's nick (reserved for it from now on); an authenticated one renews its token (for
         the same nick only). Raises ChatError bad_token, forbidden, unavailable."""
@@ -597,7 +600,8 @@ class Registry:
                 client.identity = previous
             raise
         self._identities.watch(client, identity.expires)
-        self.reply(client, protocol.with_id({"type": "auth", **identity.summary()}, reply_id))
+        reply = {"type": "auth", **identity.summary(), **({"token": token} if reveal else {})}  # reveal: an invite's
+        self.reply(client, protocol.with_id(reply, reply_id))
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
@@ -605,8 +609,8 @@ class Registry:
         `max_reply_bytes` (else `truncated`), and the topic. Raises ChatError forbidden (banned, or not in the token's
         rooms), too_many_rooms, unavailable."""
         with self._lock:
-            identity, nick = client.identity, client.nick
-        self._ask_engine(lambda: self._moderation.check_join(identity, nick, name))
+            identity, nick = client.identity or client.invite, client.nick
+        self._ask_engine(lambda: self._moderation.check_join(identity, nick, name, client))
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile
@@ -649,8 +653,8 @@ class Registry:
                 history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit,
                                             max_bytes=self._max_reply)
                 members = self._members_at(name, hold)
-                topic = self._engine.topic(name)
-                frame = self._joined(name, members, history, after is None, reply_id, topic)
+                rules = self._engine.topic(name), self._engine.mode(name)
+                frame = self._joined(name, members, history, after is None, reply_id, rules)
             except Unavailable as exc:
                 frame, history = None, exc
             with self._lock:
@@ -692,22 +696,23 @@ class Registry:
         """Chats from one client that arrived together ([ChatRequest]), answered in order: runs
         of chats to one room are published together (one write per member when delivered); an
         error reply waits until the chats before it are delivered. Refusals, each a reply in its
-        place: the handler's own, not_in_room, forbidden (muted), unavailable."""
+        place: the handler's own, not_in_room, forbidden (muted), moderated, slow_mode, unavailable."""
         run_room, run = None, []
-        muted = {}  # room -> ChatError or None: read once per call and room
+        rules = {}  # room -> ChatError or slow mode seconds: read once per call and room
         for request in requests:
             try:
                 if request.refused is not None:
                     raise request.refused
-                if request.room not in muted:
-                    muted[request.room] = self._refusal(self._moderation.check_chat, client.nick, request.room)
-                if muted[request.room] is not None:
-                    raise muted[request.room]
+                if request.room not in rules:
+                    rules[request.room] = self._refusal(self._moderation.chat_rule, client, request.room)
+                if isinstance(rules[request.room], ChatError):
+                    raise rules[request.room]
                 with self._lock:
                     if client.id not in self._clients:
                         break
                     if request.room not in client.rooms:
                         raise ChatError("not_in_room", f"Join {request.room!r} before sending to it.")
+                    self._moderation.pace(client, request.room, rules[request.room])  # slow_mode
                     key = self._new_key()
                     client.pending.add(key)
                     nick = client.nick
@@ -819,20 +824,23 @@ class Registry:
                 refused = ChatError("forbidden", f"You were removed from {name!r} while joining.")
                 client.send(protocol.encode(protocol.error(refused, reply_id)), own=True)
 
-    def _refusal(self, check, *args) -> ChatError | None:
-        """The ChatError `check(*args)` raises (Unavailable as `unavailable`), or None."""
+    def _refusal(self, check, *args):
+        """What `check(*args)` returns, or the ChatError it raises (Unavailable as `unavailable`)."""
         try:
-            check(*args)
+            return check(*args)
         except Unavailable as exc:
             return unavailable(exc)
         except ChatError as exc:
             return exc
-        return None
 
-    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, topic: str) -> bytes:
+    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, rules: tuple) -> bytes:
+        """`rules`: (topic, (moderated, slow)); each shows only when it is not the default."""
         reply = protocol.with_id({"type": "joined", "room": name, "members": members}, reply_id)
+        (topic, (moderated, slow)) = rules
         if topic:
             reply["topic"] = topic
+        if moderated or slow:
+            reply["mode"] = {"moderated": moderated, "slow": slow}
         if len(history) > protocol.MAX_RESUME:
             history, reply["truncated"] = history[: protocol.MAX_RESUME], True
         return budgets.bounded_frame(reply, "history", history, self._max_reply, newest)[0]

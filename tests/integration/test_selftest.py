@@ -13,7 +13,7 @@ from websockets.sync.server import serve
 
 from chatclient.selftest import run
 from chatclient.selftest_checks import CHECKS
-from tests.helpers import ROOMCHAT, ROOT, roomchat_env
+from tests.helpers import ROOMCHAT, ROOT, SECRET, roomchat_env, token
 
 
 class BrokenServer:
@@ -89,12 +89,13 @@ def selftest(url: str, only=None, timeout: float = 3) -> tuple[int, list[str]]:
 def test_selftest_passes_against_roomchat_process():
     """`python roomchat.py selftest URL` against `python roomchat.py` with default limits: every
     check passes, one line each, exit status 0 (this is how CI runs it against the server under test)."""
+    env = roomchat_env(ROOMCHAT_TOKEN_SECRET=SECRET)
     server = subprocess.Popen([*ROOMCHAT, "--port", "0", "--db", ":memory:", "--log-level", "WARNING"], cwd=ROOT,
-                              env=roomchat_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     try:
         url = next(line.split("listening on ", 1)[1].strip() for line in server.stdout if "listening on" in line)
-        result = subprocess.run([*ROOMCHAT, "selftest", url], cwd=ROOT, env=roomchat_env(), capture_output=True,
-                                text=True, timeout=120)
+        result = subprocess.run([*ROOMCHAT, "selftest", url, "--op-token", token("selftest-op", op=True)], cwd=ROOT,
+                                env=roomchat_env(), capture_output=True, text=True, timeout=120)
     finally:
         server.terminate()
         server.wait(10)
@@ -135,6 +136,15 @@ def test_selftest_names_the_failing_check(make_server, make_mutate, broken, fine
     failed = [line for line in lines if line.startswith("FAIL")]
     assert len(failed) == 1 and failed[0].split(None, 1)[1].startswith(broken + " "), lines
     assert any(line.startswith("ok") and line.split(None, 1)[1].startswith(fine + " ") for line in lines), lines
+
+
+def test_selftest_mode_checks_skip_without_an_operator_token(make_server):
+    """Without --op-token the checks that need an operator say skip, with the reason; `mode` (a non-operator's
+    refusal) still runs."""
+    status, lines = selftest(make_server().url, only={"mode", "error moderated", "error slow_mode"})
+    assert status == 0, lines
+    assert [line.split()[0] for line in lines[:-1]] == ["ok", "skip", "skip"], lines
+    assert all("--op-token" in line for line in lines[1:3])
 
 
 def test_selftest_unreachable_server_exits_2():
