@@ -80,7 +80,8 @@ class ChatServer:
         # TLS files and the Host/Origin rules first: a mistake there must not leave the engine open.
         ssl_context = tls.server_context(config.certfile, config.keyfile) if config.certfile else None
         policy = exposure.policy(config.allowed_hosts, config.allow_origin, config.host)
-        self.metrics = Metrics(config.metrics_token, TrustedProxies(config.trusted_proxy))
+        proxies = TrustedProxies(config.trusted_proxy, config.forwarded_header)
+        self.metrics = Metrics(config.metrics_token, proxies)
         self.transport = WebSocketTransport(
             self,
             config.host,
@@ -91,7 +92,7 @@ class ChatServer:
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             policy=policy,
-            proxies=TrustedProxies(config.trusted_proxy),
+            proxies=proxies,
             ssl_context=ssl_context,
             max_reply_bytes=config.max_reply_bytes,
             caps=ConnectionCaps(config.max_connections or default_max_connections(),

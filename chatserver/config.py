@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 from chatserver.wire.exposure import HostCheck, OriginCheck
-from chatserver.wire.proxies import TrustedProxies
+from chatserver.wire.proxies import HEADERS, TrustedProxies
 
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)
 DEFAULT_RESERVED = "admin,root,server,system,roomchat,operator,moderator"
@@ -49,6 +49,7 @@ class Config:
     allowed_hosts: tuple = ()
     allow_origin: tuple = ()
     trusted_proxy: tuple = ()
+    forwarded_header: str = "x-forwarded-for"
     token_secret: str = field(default="", repr=False)  # never in a repr, a log line or --help
     token_secret_file: str = ""
     require_token: bool = False
@@ -81,6 +82,8 @@ class Config:
             return f"log-format {self.log_format!r} is not text or json"
         if self.keyfile and not self.certfile:
             return "keyfile needs certfile"
+        if self.forwarded_header not in HEADERS:
+            return f"forwarded-header {self.forwarded_header!r} is not {' or '.join(HEADERS)}"
         for name, check in (("allowed-hosts", HostCheck), ("allow-origin", OriginCheck),
                             ("trusted-proxy", TrustedProxies)):
             try:
@@ -173,8 +176,11 @@ HELP = {
                      "and any IP address when bound to 0.0.0.0 or ::)",
     "allow_origin": "another origin whose pages may open a WebSocket, e.g. https://example.org; "
                     "'null' for file:// pages; '*' any (warned). Pages of this server are always allowed",
-    "trusted_proxy": "address or network (10.0.0.0/8) of a reverse proxy whose X-Forwarded-For, "
-                     "Forwarded and X-Forwarded-Proto headers are believed",
+    "trusted_proxy": "address or network (10.0.0.0/8) of a reverse proxy whose forwarding header "
+                     "(--forwarded-header) is believed",
+    "forwarded_header": "which header a --trusted-proxy reports the client in: x-forwarded-for "
+                        "(with X-Forwarded-Proto; what nginx and Caddy set) or forwarded (RFC 7239); "
+                        "the other one is ignored",
     "token_secret": "HMAC secret (at least 32 bytes) that signs identity tokens (HS256); prefer the file or the"
                     " variable, a command line is visible to every user of the machine",
     "token_secret_file": "file holding the token secret (a final line ending is ignored)",
