@@ -118,7 +118,8 @@ class ChatServer:
 
     @property
     def url(self) -> str:
-        return f"{'wss' if self.config.certfile else 'ws'}://{self.config.host}:{self.port}/"
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{'wss' if self.config.certfile else 'ws'}://{host}:{self.port}/"
 
     # -- transport callbacks ------------------------------------------------------------------------
 
