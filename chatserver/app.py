@@ -49,7 +49,7 @@ from urllib.parse import parse_qs, urlsplit
 from chatserver.config import Config
 from chatserver.engines.sqlite import open_engine
 from chatserver.errors import ChatError
-from chatserver.ops import trace
+from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics, close_label
 from chatserver.ops.web import WebRoutes
 from chatserver.rooms.budgets import AddressShares
@@ -152,7 +152,8 @@ class ChatServer:
         conn.limiter = conn.client.limiter  # every frame costs (transport/inbound.py), not only messages
         conn.context = Context(self.registry, conn.client, self.config)
         self.metrics.opened.inc()
-        log.info("connect %s %s", conn.peer, conn.client.nick)
+        nick = conn.client.nick
+        log.info("connect %s %s", conn.peer, nick, extra=logs.context(peer=conn.peer, nick=nick))
 
     def on_texts(self, conn, texts: list) -> None:
         if conn.client is not None and conn.client.conn is conn:  # else: resumed on a new connection
@@ -166,7 +167,7 @@ class ChatServer:
 
     def _expired(self, client) -> None:
         """The identities' expiry thread: this client's token has expired."""
-        log.info("token of %s expired", client.nick)
+        log.info("token of %s expired", client.nick, extra=logs.context(peer=client.conn.peer, nick=client.nick))
         client.conn.close(CLOSE_TOKEN_EXPIRED, "token expired; connect again with a new one")
 
     def on_refused(self, status: int) -> None:

@@ -19,7 +19,7 @@ import uuid
 from chatserver import protocol
 from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.ops import trace
+from chatserver.ops import logs, trace
 from chatserver.protocol import fold_nick
 from chatserver.rooms.client import Client
 from chatserver.rooms.hub import Hub, unavailable
@@ -143,7 +143,8 @@ class Connections(Hub):
             client.identity = identity  # the newer token: its expiry and claims from now on
         old, client.conn = client.conn, conn
         old.close(CLOSE_REPLACED, "replaced by a new connection")
-        log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CLOSE_REPLACED)
+        log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CLOSE_REPLACED,
+                 extra=logs.context(peer=getattr(conn, "peer", None), nick=client.nick, code=CLOSE_REPLACED))
         return client
 
     def _forget_token(self, client: Client) -> None:
@@ -181,7 +182,8 @@ class Connections(Hub):
             if trace.ON:
                 trace.reply(client, event, len(protocol.encode(protocol.with_id(event, reply_id))))
             client.send(protocol.encode(protocol.with_id(event, reply_id)))
-            log.info("nick %s -> %s", old, nick)  # the connect line named the guest nick
+            log.info("nick %s -> %s", old, nick,  # the connect line named the guest nick
+                     extra=logs.context(peer=getattr(client.conn, "peer", None), nick=nick))
             rooms = sorted(client.rooms)
         if moving:
             self._engine.release_nick(old, self._owner(client))
@@ -225,7 +227,8 @@ class Connections(Hub):
         try:
             self._engine.announce(name, event, self._meta(client, change=change))
         except Unavailable as exc:
-            log.warning("%s in %s not announced: %s", event["type"], name, exc)
+            log.warning("%s in %s not announced: %s", event["type"], name, exc,
+                        extra=logs.context(nick=client.nick, room=name))
 
     def _ask_engine(self, read):
         try:

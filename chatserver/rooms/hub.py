@@ -25,7 +25,7 @@ import uuid
 from chatserver import protocol
 from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.ops import trace
+from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics
 from chatserver.rooms.client import Client
 from chatserver.rooms.moderation import removes_member
@@ -199,7 +199,8 @@ class Hub:
         """Wait until the client's published chats are delivered; False if it is gone."""
         assert self._lock.locked()
         if client.pending and not self._settled.wait_for(lambda: not client.pending, SETTLE_TIMEOUT):
-            log.warning("%s: %d chats not delivered after %.0f s", client.nick, client.pending, SETTLE_TIMEOUT)
+            log.warning("%s: %d chats not delivered after %.0f s", client.nick, client.pending, SETTLE_TIMEOUT,
+                        extra=logs.context(nick=client.nick))
         return client.id in self._clients
 
     def _remove_member(self, client: Client, name: str) -> tuple[str, bool]:

@@ -26,7 +26,7 @@ from typing import NamedTuple
 from chatserver import protocol
 from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.ops import trace
+from chatserver.ops import logs, trace
 from chatserver.protocol import fold_nick
 from chatserver.rooms import budgets
 from chatserver.rooms.client import Client
@@ -156,7 +156,8 @@ class Registry(Connections):
         with self._lock:  # wait for our join's place in the stream (at once, but on Redis)
             if not self._settled.wait_for(lambda: hold.at is not None or room.members.get(client) is not hold,
                                           JOIN_TIMEOUT):
-                log.warning("join of %s by %s not placed in %.0f s", name, client.nick, JOIN_TIMEOUT)
+                log.warning("join of %s by %s not placed in %.0f s", name, client.nick, JOIN_TIMEOUT,
+                            extra=logs.context(nick=client.nick, room=name))
                 hold.at = self._seqs.get(name, 0)
         limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
         with self._builders:

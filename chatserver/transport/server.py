@@ -37,6 +37,7 @@ import time
 from websocket_server import WebSocketHandler, WebsocketServer
 
 from chatserver.errors import CloseConnection, HandshakeError
+from chatserver.ops import logs
 from chatserver.transport.caps import AcceptGate, BurstLog, ConnectionCaps
 from chatserver.transport.housekeeper import Housekeeper
 from chatserver.transport.inbound import CLOSE_LINGER, MessageLoop
@@ -256,8 +257,11 @@ class Connection(MessageLoop, WebSocketHandler):
         if was is State.CONNECTING:
             log.debug("%s %s", self.peer, self._life.reason)
             return
-        self.server.app.on_close(self, self._life.code or 1006)  # 1006: ended without a close frame (7.1.5)
-        log.info("disconnect %s %s: %s", self.peer, self.client.nick if self.client else "-", self._life.reason)
+        code = self._life.code or 1006  # 1006: ended without a close frame (7.1.5)
+        self.server.app.on_close(self, code)
+        nick = self.client.nick if self.client else None
+        log.info("disconnect %s %s: %s", self.peer, nick or "-", self._life.reason,
+                 extra=logs.context(peer=self.peer, nick=nick, code=code))
 
     # upstream: calls `server._client_left_` even when the handshake never completed, which does
     # a linear scan of an unlocked list and calls client_left(None).
