@@ -206,10 +206,20 @@ def env_name(field_name: str) -> str:
     return "ROOMCHAT_" + field_name.upper()
 
 
-def build_parser(prog: str = "roomchat.py") -> argparse.ArgumentParser:
+def build_parser(prog: str = "roomchat.py", commands: dict | None = None) -> argparse.ArgumentParser:
+    """The server's parser: one option per Config field. `commands`: {name: one line} of the
+    subcommands the program also runs (`prog NAME --help` for each), listed in --help."""
+    description = "roomchat: a room-based chat server over WebSocket, one thread per client."
+    usage = None
+    if commands:
+        width = max(map(len, commands))
+        description += "\n\ncommands (each has its own --help):\n" + "\n".join(
+            f"  {prog} {name:<{width}}  {line}" for name, line in commands.items())
+        usage = f"{prog} [OPTION ...]\n       {prog} {{{','.join(commands)}}} ..."
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="roomchat: a room-based chat server over WebSocket, one thread per client.",
+        usage=usage,
+        description=description,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -235,10 +245,11 @@ def split_list(values) -> tuple:
     return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
 
 
-def from_args(argv=None, environ=None) -> Config:
-    """Build a Config from the command line and the environment; a bad value exits with usage."""
+def from_args(argv=None, environ=None, commands: dict | None = None) -> Config:
+    """Build a Config from the command line and the environment; a bad value exits with usage
+    (SystemExit 2), --help with the help (SystemExit 0). `commands` as for `build_parser`."""
     environ = os.environ if environ is None else environ
-    parser = build_parser()
+    parser = build_parser(commands=commands)
     args = parser.parse_args(argv)
     values = {}
     for f in fields(Config):

@@ -5,6 +5,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import time
 import urllib.request
 from dataclasses import fields
@@ -13,7 +14,7 @@ import pytest
 import websocket
 
 from chatserver.config import Config
-from tests.helpers import ROOT, closing_all, roomchat_env, run_to_exit, wait_for
+from tests.helpers import ROOMCHAT, ROOT, closing_all, roomchat_env, run_to_exit, wait_for
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -114,6 +115,21 @@ def test_help_lists_every_option_with_its_variable():
     assert sorted(documented) == sorted(settings)
     for option, variable in settings:
         assert f"[{variable}]" in help_for.get(option, ""), (option, help_for.get(option))
+
+
+def test_help_lists_every_subcommand_with_one_line():
+    """--help names each subcommand (client, selftest, token, and any other in roomchat.COMMANDS)
+    on a line of its own with what it does, and each subcommand answers its own --help."""
+    import roomchat
+
+    assert {"client", "selftest", "token"} <= set(roomchat.COMMANDS)
+    done = run_to_exit("--help")
+    for name, (_, _, line) in roomchat.COMMANDS.items():
+        assert re.search(rf"^  roomchat\.py {name} +{re.escape(line)}$", done.stdout, re.M), (name, done.stdout)
+        assert f"{{{','.join(roomchat.COMMANDS)}}}" in done.stdout.split("\n\n", 1)[0]  # in the usage
+        sub = subprocess.run([*ROOMCHAT, name, "--help"], cwd=ROOT, env=roomchat_env(), capture_output=True,
+                             text=True, timeout=10)
+        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: roomchat.py {name}"), (name, sub)
 
 
 @pytest.mark.parametrize("holder", ["another program", "another roomchat"])
