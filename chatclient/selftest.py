@@ -34,9 +34,10 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def run(url: str, timeout: float = DEFAULT_TIMEOUT, only=None, out=sys.stdout) -> int:
-    """Run the checks (all, or those named in `only`) against `url`; print one line each.
-    Returns the exit status (0, 1 or 2, as the module docstring says)."""
+def run(url: str, timeout: float = DEFAULT_TIMEOUT, only=None, out=None) -> int:
+    """Run the checks (all, or those named in `only`) against `url`; print one line each to `out`
+    (sys.stdout). Returns the exit status (0, 1 or 2, as the module docstring says)."""
+    out = sys.stdout if out is None else out
     try:
         Probe(url, timeout).connect("connect").close()
     except CheckFailed as exc:
