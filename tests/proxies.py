@@ -1,14 +1,20 @@
 """Reverse proxies a test runs in front of roomchat (nginx, Caddy): a proxy process of the test's
-own, stopped at teardown, and a recorder of the headers a proxy forwards."""
+own, stopped at teardown, a recorder of the headers a proxy forwards, and the settings of
+docs/deploy.md's proxy line."""
 
 import http.server
+import re
+import shlex
 import socket
 import subprocess
 import threading
 import urllib.request
+from pathlib import Path
 
+from chatserver.config import from_args
 from tests.services import wait_for
 
+ROOT = Path(__file__).resolve().parent.parent
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Forwarded-For": "6.6.6.6",
            "Forwarded": "for=127.0.0.9", "Host": "chat.example.org"}  # a client that claims to be others
@@ -75,3 +81,11 @@ def forwarded_headers(start_proxy) -> dict:
         recorder.shutdown()
         recorder.server_close()
     return {k.lower(): v for k, v in recorder.seen[0].items()}
+
+
+def proxy_line_settings() -> dict:
+    """The settings of docs/deploy.md's proxy line (`roomchat.py --trusted-proxy ... --allowed-hosts ...`)."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    (line,) = re.findall(r"^\.venv/bin/python roomchat\.py (--trusted-proxy .*)$", text, re.M)
+    config = from_args(shlex.split(line), environ={})
+    return {"trusted_proxy": config.trusted_proxy, "allowed_hosts": config.allowed_hosts}

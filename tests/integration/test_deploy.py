@@ -1,6 +1,7 @@
 """The deployment recipes in docs/, run for real: nginx in front of roomchat (page, WebSocket
-chat, forwarded headers, timeouts), and the systemd unit checked by systemd-analyze and its
-command line started."""
+chat, forwarded headers, an access log without tokens, timeouts), and the systemd unit checked by
+systemd-analyze and its command line started. Caddy: test_deploy_caddy.py; the install recipe:
+test_deploy_recipe.py."""
 
 import re
 import shlex
@@ -146,14 +147,15 @@ def test_systemd_unit_verifies_clean(tmp_path):
 
 
 def test_systemd_unit_command_line_starts_roomchat(tmp_path):
-    """The unit's ExecStart and Environment, with the state directory in tmp_path and port 0,
-    start roomchat with its history in the state directory."""
+    """The unit's ExecStart and Environment as written, run from its working directory (the state
+    directory, here tmp_path) with port 0, start roomchat with its history in that directory."""
     unit = UNIT.read_text()
     (exec_start,) = re.findall(r"^ExecStart=(.+)$", unit, re.M)
     env = dict(item.split("=", 1) for line in re.findall(r"^Environment=(.+)$", unit, re.M)
                for item in shlex.split(line))
     assert env["ROOMCHAT_HOST"] == "127.0.0.1"
-    argv = shlex.split(exec_start.replace("${STATE_DIRECTORY}", str(tmp_path)))
+    assert re.findall(r"^WorkingDirectory=(.+)$", unit, re.M) == ["%S/roomchat"]
+    argv = shlex.split(exec_start)
     assert argv[:2] == ["/opt/roomchat/.venv/bin/python", "/opt/roomchat/roomchat.py"]
     server = ServerProcess(*argv[2:], cwd=tmp_path, env=roomchat_env(**{**env, "ROOMCHAT_PORT": "0"}), defaults=())
     try:

@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from tests.helpers import http_exchange, read_head, upgrade_request, wait_for
+from tests.proxies import proxy_line_settings
 
 
 def answer_head(port: int, request: bytes) -> bytes:
@@ -95,9 +96,11 @@ def test_allowed_hosts_replace_the_default(make_server):
 
 @pytest.mark.parametrize("path", ["/livez", "/healthz", "/metrics"])
 def test_health_and_metrics_answer_on_loopback_behind_the_proxy_line(make_server, path):
-    """Started as the docs' proxy line says (--trusted-proxy 127.0.0.1 --allowed-hosts
+    """Started as docs/deploy.md's proxy line says (--trusted-proxy 127.0.0.1 --allowed-hosts
     chat.example.com), /livez, /healthz and /metrics still answer 200 to 127.0.0.1."""
-    server = make_server(trusted_proxy=("127.0.0.1",), allowed_hosts=("chat.example.com",))
+    settings = proxy_line_settings()
+    assert settings == {"trusted_proxy": ("127.0.0.1",), "allowed_hosts": ("chat.example.com",)}
+    server = make_server(**settings)
     assert get(server, path).status == 200
 
 

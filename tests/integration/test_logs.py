@@ -3,12 +3,13 @@ escaped line in both formats, every JSON line parses, a session's lines carry th
 fields, and no token reaches any line in any format at any level, the trace included."""
 
 import json
+import re
 import socket
 import urllib.request
 
 import pytest
 
-from tests.helpers import SECRET, Peer, roomchat_env, run_to_exit, token, wait_for, with_token
+from tests.helpers import ROOT, SECRET, Peer, roomchat_env, run_to_exit, token, wait_for, with_token
 
 # ESC + CSI (clear screen), OSC 52 (write the clipboard), C1 CSI, then CR with a forged record
 # and a NEL: none may reach the log raw. No spaces, so the request line still parses.
@@ -70,6 +71,8 @@ def test_json_lines_of_a_scripted_session_carry_peer_nick_room_and_code(spawn):
     records = [json.loads(line) for line in log.splitlines()]
     connect = next(r for r in records if r["event"].startswith("connect "))
     assert connect["peer"].startswith("127.0.0.1:") and connect["nick"].startswith("guest-")
+    shown = re.search(r'^(\{"time".*\})$', (ROOT / "docs" / "deploy.md").read_text(), re.M).group(1)
+    assert list(json.loads(shown)) == list(connect)  # docs/deploy.md's example line has these keys
     nick = next(r for r in records if r["event"].startswith("nick "))
     assert (nick["peer"], nick["nick"]) == (connect["peer"], "ann")
     join = next(r for r in records if r["event"] == "request join")

@@ -16,6 +16,7 @@ from chatclient import selftest_client
 from chatclient.selftest import main, run
 from chatclient.selftest_checks import CHECKS
 from tests.helpers import ROOMCHAT, ROOT, SECRET, roomchat_env
+from tests.proxies import proxy_line_settings
 
 
 class BrokenServer:
@@ -185,6 +186,6 @@ def test_selftest_refused_for_want_of_a_token_says_so_in_one_line(make_server):
 def test_selftest_passes_behind_the_proxy_line(make_server):
     """Against a server started with the docs' proxy line (--trusted-proxy 127.0.0.1
     --allowed-hosts chat.example.com), selftest on the machine itself connects and passes."""
-    server = make_server(trusted_proxy=("127.0.0.1",), allowed_hosts=("chat.example.com",))
+    server = make_server(**proxy_line_settings())
     status, lines = selftest(server.url, only={"welcome", "chat", "ping", "resume"})
     assert status == 0 and [line.split()[0] for line in lines[:-1]] == ["ok"] * 4, lines
