@@ -172,8 +172,8 @@ HELP = {
     "certfile": "PEM certificate chain: serve https:// and wss:// (TLS) on the port",
     "keyfile": "PEM private key for --certfile, if not in that file",
     "allowed_hosts": "Host names answered, others get 400 (against DNS rebinding); '*' any "
-                     "(default: localhost, 127.0.0.1, [::1], this machine's name, the --host address, "
-                     "and any IP address when bound to 0.0.0.0 or ::)",
+                     "(default: this machine's name and any IP address when bound to 0.0.0.0 or ::); "
+                     "localhost, 127.0.0.1, [::1] and the --host address are always answered",
     "allow_origin": "another origin whose pages may open a WebSocket, e.g. https://example.org; "
                     "'null' for file:// pages; '*' any (warned). Pages of this server are always allowed",
     "trusted_proxy": "address or network (10.0.0.0/8) of a reverse proxy whose forwarding header "
@@ -199,7 +199,8 @@ On a network: only pages served by this server may open a WebSocket (the Origin 
 get 403, see --allow-origin), and only the Host names it is bound to are answered (others get
 400, see --allowed-hosts).
 With --certfile (and --keyfile) the same port serves https:// and wss://. Behind a reverse
-proxy, list it with --trusted-proxy. README.md, "Putting it on a network", has the details."""
+proxy, list it with --trusted-proxy (and --forwarded-header). docs/deploy.md, "On a network", has
+the details."""
 
 
 def env_name(field_name: str) -> str:
