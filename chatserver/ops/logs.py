@@ -75,6 +75,21 @@ def context(**fields) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+requests = logging.getLogger("roomchat.requests")  # DEBUG: one line per request and per refusal
+
+
+def request(client, kind: str, msg: dict, code: str | None = None) -> None:
+    """Log one request of `client` (`request join`) or its refusal with error `code` (`refused
+    chat: too_long`) at DEBUG on `requests`, with the peer, nick, room (from `msg`) and code as
+    fields. Callers check `requests.isEnabledFor(logging.DEBUG)` first. Raises nothing."""
+    room = msg.get("room") if isinstance(msg.get("room"), str) else None
+    fields = context(peer=getattr(client.conn, "peer", None), nick=client.nick, room=room, code=code)
+    if code is None:
+        requests.debug("request %s", kind, extra=fields)
+    else:
+        requests.debug("refused %s: %s", kind, code, extra=fields)
+
+
 def _fields(record: logging.LogRecord) -> list[tuple[str, object]]:
     return [(name, getattr(record, name)) for name in FIELDS if getattr(record, name, None) is not None]
 

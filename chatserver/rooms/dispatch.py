@@ -9,8 +9,6 @@ from chatserver.errors import ChatError, CloseConnection
 from chatserver.ops import logs, trace
 from chatserver.wire import frames
 
-log = logging.getLogger("roomchat.requests")
-
 
 @dataclass
 class Context:
@@ -48,7 +46,7 @@ class Dispatcher:
     def _dispatch(self, ctx: Context, raws: list, counts: dict) -> None:
         batch: list = []
         batch_type = None
-        debug = log.isEnabledFor(logging.DEBUG)  # one check per call; off: no line built
+        debug = logs.requests.isEnabledFor(logging.DEBUG)  # one check per call; off: no line built
         for raw in raws:
             ctx.client.pace()  # its earlier replies must leave before it is answered again (streams.Outbox)
             msg_id, kind = None, "invalid"
@@ -67,7 +65,7 @@ class Dispatcher:
                     raise _rate_limited(ctx.client.limiter)
                 handler = self._handlers.get(kind)
                 if debug:
-                    _log_request(ctx.client, kind, msg)
+                    logs.request(ctx.client, kind, msg)
                 if trace.ON:
                     trace.handler(kind, self._batch_handlers.get(kind, handler), kind in self._batch_handlers)
                 if handler is None:
@@ -85,7 +83,7 @@ class Dispatcher:
                 if trace.ON:
                     trace.refused(exc)
                 if debug:
-                    _log_request(ctx.client, kind, msg if allowed else {}, exc.code)
+                    logs.request(ctx.client, kind, msg if allowed else {}, exc.code)
                 self._flush(ctx, batch, batch_type)
                 ctx.registry.reply(ctx.client, protocol.error(exc, msg_id))
             finally:
@@ -107,17 +105,6 @@ class Dispatcher:
         if batch:
             self._batch_handlers[batch_type](ctx, list(batch))
             batch.clear()
-
-
-def _log_request(client, kind: str, msg: dict, code: str | None = None) -> None:
-    """At DEBUG, one line per request (`request join`) and per refusal (`refused chat: too_long`),
-    with the peer, nick, room and error code as log fields (ops/logs.py)."""
-    room = msg.get("room") if isinstance(msg.get("room"), str) else None
-    fields = logs.context(peer=getattr(client.conn, "peer", None), nick=client.nick, room=room, code=code)
-    if code is None:
-        log.debug("request %s", kind, extra=fields)
-    else:
-        log.debug("refused %s: %s", kind, code, extra=fields)
 
 
 def _rate_limited(limiter) -> ChatError:

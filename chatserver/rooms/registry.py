@@ -234,6 +234,8 @@ class Registry(Connections):
                 if run:
                     self._publish(run_room, run)
                     run = []
+                if logs.requests.isEnabledFor(logging.DEBUG):
+                    logs.request(client, "chat", {"room": request.room}, exc.code)
                 self.reply(client, protocol.error(exc, request.reply_id))
         if run:
             self._publish(run_room, run)

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import ROOT, ServerProcess, roomchat_env
+from tests.helpers import ROOT, Peer, ServerProcess, roomchat_env
 from tests.services import free_port
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -141,5 +141,21 @@ def test_identity_page_commands_make_tokens_a_require_token_server_takes(tmp_pat
             assert printed.returncode == 0 and re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+\n", printed.stdout), printed
         client = bash(lines[5].replace("ws://127.0.0.1:8765/", server.url), input="hello from the docs\n/quit\n")
         assert client.returncode == 0, client
+    finally:
+        assert server.stop() == 0
+
+
+def test_readme_terminal_client_pipe_line_posts_to_the_server_it_names(tmp_path):
+    """README's `printf ... | roomchat.py client --room ci` line, with ROOMCHAT_PORT naming a running
+    server (as `ROOMCHAT_PORT=9000 make run` would), posts its line there and exits 0."""
+    (line,) = re.findall(r"^(printf .*\| \.venv/bin/python roomchat\.py client .*)$", README, re.M)
+    server = ServerProcess("--db", str(tmp_path / "r.db"))
+    try:
+        env = roomchat_env(ROOMCHAT_PORT=str(server.port))
+        done = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done
+        reader = Peer(server.url)
+        assert [event["text"] for event in reader.join("ci")["history"]] == ["build is green"]
+        reader.close()
     finally:
         assert server.stop() == 0

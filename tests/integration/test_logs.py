@@ -59,13 +59,14 @@ def test_unknown_log_format_is_a_usage_error():
 
 
 def test_json_lines_of_a_scripted_session_carry_peer_nick_room_and_code(spawn):
-    """A session at DEBUG in JSON (connect, nick, join, a refused leave, a close) writes
+    """A session at DEBUG in JSON (connect, nick, join, a refused leave and chat, a close) writes
     lines whose `peer`, `nick`, `room` and `code` keys say what each is about."""
     server = spawn("--db", ":memory:", "--log-level", "DEBUG", "--log-format", "json")
     peer = Peer(server.url)
     peer.set_nick("ann")
     peer.join("lobby")
     assert peer.request(type="leave", room="hall")["code"] == "not_in_room"
+    assert peer.request(type="chat", room="hall", text="hi")["code"] == "not_in_room"
     peer.close()
     log = wait_for(lambda: (text := server.stderr_text()) and "disconnect" in text and text)
     records = [json.loads(line) for line in log.splitlines()]
@@ -78,6 +79,8 @@ def test_json_lines_of_a_scripted_session_carry_peer_nick_room_and_code(spawn):
     join = next(r for r in records if r["event"] == "request join")
     assert (join["peer"], join["nick"], join["room"]) == (connect["peer"], "ann", "lobby")
     refused = next(r for r in records if r["event"].startswith("refused leave"))
+    assert (refused["nick"], refused["room"], refused["code"]) == ("ann", "hall", "not_in_room")
+    refused = next(r for r in records if r["event"].startswith("refused chat"))  # a batch handler's refusal
     assert (refused["nick"], refused["room"], refused["code"]) == ("ann", "hall", "not_in_room")
     disconnect = next(r for r in records if r["event"].startswith("disconnect "))
     assert (disconnect["peer"], disconnect["nick"], disconnect["code"]) == (connect["peer"], "ann", 1000)
