@@ -59,6 +59,7 @@ def check_welcome(probe: Probe) -> None:
 @check("nick")
 def check_nick(probe: Probe) -> None:
     """nick: the reply has old and new nick, room members see it, a change of case is allowed"""
+    probe.skip_with_tokens()
     _room, (a, b) = in_room(probe, 2)
     old, new = a.nick, probe.name("nick")
     reply = a.request("nick", type="nick", nick=new)
@@ -258,6 +259,7 @@ refusals("bad_room", "a room name with a space, or 65 characters: bad_room",
 @check("error nick_taken")
 def check_nick_taken(probe: Probe) -> None:
     """another connection's nick, in other case: nick_taken"""
+    probe.skip_with_tokens()
     a, b = probe.connect("a"), probe.connect("b")
     b.refused("nick_taken", json.dumps({"type": "nick", "nick": a.nick.swapcase(), "id": 5}), msg_id=5)
 

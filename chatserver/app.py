@@ -53,7 +53,7 @@ from urllib.parse import parse_qs, urlsplit
 from chatserver.config import Config
 from chatserver.engines.sqlite import open_engine
 from chatserver.errors import ChatError
-from chatserver.ops import trace
+from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics, close_label
 from chatserver.ops.web import WebRoutes
 from chatserver.rooms.budgets import AddressShares
@@ -86,7 +86,8 @@ class ChatServer:
         # TLS files and the Host/Origin rules first: a mistake there must not leave the engine open.
         ssl_context = tls.server_context(config.certfile, config.keyfile) if config.certfile else None
         policy = exposure.policy(config.allowed_hosts, config.allow_origin, config.host)
-        self.metrics = Metrics(config.metrics_token, TrustedProxies(config.trusted_proxy))
+        proxies = TrustedProxies(config.trusted_proxy, config.forwarded_header)
+        self.metrics = Metrics(config.metrics_token, proxies)
         self.transport = WebSocketTransport(
             self,
             config.host,
@@ -97,7 +98,7 @@ class ChatServer:
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             policy=policy,
-            proxies=TrustedProxies(config.trusted_proxy),
+            proxies=proxies,
             ssl_context=ssl_context,
             max_reply_bytes=config.max_reply_bytes,
             caps=ConnectionCaps(config.max_connections or default_max_connections(),
@@ -125,7 +126,8 @@ class ChatServer:
 
     @property
     def url(self) -> str:
-        return f"{'wss' if self.config.certfile else 'ws'}://{self.config.host}:{self.port}/"
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{'wss' if self.config.certfile else 'ws'}://{host}:{self.port}/"
 
     # -- transport callbacks ------------------------------------------------------------------------
 
@@ -165,7 +167,8 @@ class ChatServer:
             conn.client.invite = invite
         conn.context = Context(self.registry, conn.client, self.config, self.invites)
         self.metrics.opened.inc()
-        log.info("connect %s %s", conn.peer, conn.client.nick)
+        nick = conn.client.nick
+        log.info("connect %s %s", conn.peer, nick, extra=logs.context(peer=conn.peer, nick=nick))
 
     def on_texts(self, conn, texts: list) -> None:
         if conn.client is not None and conn.client.conn is conn:  # else: resumed on a new connection
@@ -179,7 +182,7 @@ class ChatServer:
 
     def _expired(self, client) -> None:
         """The identities' expiry thread: this client's token has expired."""
-        log.info("token of %s expired", client.nick)
+        log.info("token of %s expired", client.nick, extra=logs.context(peer=client.conn.peer, nick=client.nick))
         client.conn.close(CLOSE_TOKEN_EXPIRED, "token expired; connect again with a new one")
 
     def on_refused(self, status: int) -> None:

@@ -172,14 +172,15 @@ class ServerProcess:
 
     stderr (the log) goes to `log_path`, or to a temporary file; `stderr_text()` reads it.
     `defaults=()` leaves out `--port 0` and FAST, for tests of the settings themselves;
-    `preexec_fn` runs in the child before roomchat starts (to lower a resource limit, say)."""
+    `preexec_fn` runs in the child before roomchat starts (to lower a resource limit, say);
+    `program` replaces `python roomchat.py` (another interpreter and checkout, as argv)."""
 
     def __init__(self, *args: str, cwd=ROOT, env=None, log_path=None, defaults=("--port", "0", *FAST),
-                 preexec_fn=None):
+                 preexec_fn=None, program=None):
         self._log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self._stderr = ""
         self.proc = subprocess.Popen(
-            [*ROOMCHAT, *defaults, *args],
+            [*(program or ROOMCHAT), *defaults, *args],
             cwd=cwd, env=roomchat_env() if env is None else env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, text=True, preexec_fn=preexec_fn,
         )

@@ -12,6 +12,7 @@ script, nothing fetched) with every text escaped.
 
 import argparse
 import html
+import os
 import re
 import sys
 from datetime import UTC, datetime
@@ -111,8 +112,9 @@ def _html(room: str, events: list) -> str:
     )
 
 
-def export_main(argv, environ, out=None) -> int:
+def export_main(argv, environ=None, out=None) -> int:
     """`python roomchat.py export --room R [--since DATE] [--format md|jsonl|html] [--db FILE | --redis URL]`."""
+    environ = os.environ if environ is None else environ
     from chatserver.config import env_name
     from chatserver.engines.sqlite_file import StoreError, transcript_of_file
 

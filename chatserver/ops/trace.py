@@ -15,7 +15,9 @@ no call, no string formatted. `enable()` turns it on for the whole process (the 
 before the server starts). Lines are labelled with the client's nick: the connection's own thread
 binds its connection (`bind`, from app.on_connect), so steps run on that thread know whose they
 are; the registry and fan-out lines name the room instead, as they may run on the engine's thread.
-Texts are cut to TEXT_LIMIT characters; the log formatter escapes control characters.
+Texts are cut to TEXT_LIMIT characters; the log formatter escapes control characters and redacts
+tokens (an `auth` request's token, `?token=` in a target: ops/logs.py), so a class can watch the
+trace of a server that hands out tokens.
 """
 
 import logging

@@ -218,10 +218,14 @@ class Identities:
             self._on_expiry(client)
 
 
-def token_main(argv, environ) -> int:
+def token_main(argv, environ=None) -> int:
     """`python roomchat.py token --nick ann [--rooms lobby,class] [--ttl 8h] [--op]`: print a token
-    signed with the server's secret (--token-secret / --token-secret-file / their variables)."""
+    signed with the server's secret (--token-secret / --token-secret-file / their variables, read
+    from `environ`, os.environ by default)."""
     import argparse
+    import os
+
+    environ = os.environ if environ is None else environ
 
     from chatserver.config import Config, env_name
 

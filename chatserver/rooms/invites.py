@@ -17,6 +17,7 @@ the reason in words. The methods take no lock; each engine call may Raise Unavai
 into `unavailable` (or 503 at the upgrade).
 """
 
+import os
 import secrets
 import sys
 import time
@@ -144,10 +145,11 @@ def _used_up(invite: Invite) -> ChatError:
                                   "you can chat as a guest, or ask for a new link.")
 
 
-def invite_main(argv, environ) -> int:
+def invite_main(argv, environ=None) -> int:
     """`python roomchat.py invite --rooms class[,lobby] --uses 40 --ttl 8h [--op] [server options]`:
     print the page link of a class invite, for the server those options (or ROOMCHAT_* variables)
     describe: its --host, --port, TLS and token secret."""
+    environ = os.environ if environ is None else environ
     import argparse
 
     from chatserver.config import from_args

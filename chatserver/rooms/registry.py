@@ -54,7 +54,7 @@ from typing import NamedTuple
 from chatserver import protocol
 from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.ops import trace
+from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics
 from chatserver.protocol import fold_nick
 from chatserver.rooms import budgets, moderation
@@ -298,7 +298,8 @@ class Registry:
         """Wait until the client's published chats are delivered; False if it is gone."""
         assert self._lock.locked()
         if client.pending and not self._settled.wait_for(lambda: not client.pending, SETTLE_TIMEOUT):
-            log.warning("%s: %d chats not delivered after %.0f s", client.nick, len(client.pending), SETTLE_TIMEOUT)
+            log.warning("%s: %d chats not delivered after %.0f s", client.nick, len(client.pending), SETTLE_TIMEOUT,
+                        extra=logs.context(nick=client.nick))
         return client.id in self._clients
 
     def _remove_member(self, client: Client, name: str) -> tuple[str, bool]:
@@ -458,7 +459,8 @@ class Registry:
             client.identity = identity  # the newer token: its expiry and claims from now on
         old, client.conn = client.conn, conn
         old.close(CLOSE_REPLACED, "replaced by a new connection")
-        log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CLOSE_REPLACED)
+        log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CLOSE_REPLACED,
+                 extra=logs.context(peer=getattr(conn, "peer", None), nick=client.nick, code=CLOSE_REPLACED))
         return client
 
     def _forget_token(self, client: Client) -> None:
@@ -492,7 +494,8 @@ class Registry:
                 if trace.ON:
                     trace.reply(client, event, len(protocol.encode(protocol.with_id(event, reply_id))))
                 client.send(protocol.encode(protocol.with_id(event, reply_id)))
-                log.info("nick %s -> %s", old, nick)  # the connect line named the guest nick
+                log.info("nick %s -> %s", old, nick,  # the connect line named the guest nick
+                         extra=logs.context(peer=getattr(client.conn, "peer", None), nick=nick))
                 rooms = sorted(client.rooms)
             gone = client.id not in self._clients
         if lost:
@@ -537,7 +540,8 @@ class Registry:
         try:
             self._engine.announce(name, event, self._meta(client, change=change))
         except Unavailable as exc:
-            log.warning("%s in %s not announced: %s", event["type"], name, exc)
+            log.warning("%s in %s not announced: %s", event["type"], name, exc,
+                        extra=logs.context(nick=client.nick, room=name))
 
     def _ask_engine(self, read):
         try:
@@ -641,7 +645,8 @@ class Registry:
         with self._lock:  # wait for our join's place in the stream (at once, but on Redis)
             if not self._settled.wait_for(lambda: hold.at is not None or room.members.get(client) is not hold,
                                           JOIN_TIMEOUT):
-                log.warning("join of %s by %s not placed in %.0f s", name, client.nick, JOIN_TIMEOUT)
+                log.warning("join of %s by %s not placed in %.0f s", name, client.nick, JOIN_TIMEOUT,
+                            extra=logs.context(nick=client.nick, room=name))
                 hold.at = self._seqs.get(name, 0)
             removed = room.members.get(client) is not hold  # kicked or banned before its place: it had the event
         if removed:
@@ -725,6 +730,8 @@ class Registry:
                 if run:
                     self._publish(run_room, run)
                     run = []
+                if logs.requests.isEnabledFor(logging.DEBUG):
+                    logs.request(client, "chat", {"room": request.room}, exc.code)
                 self.reply(client, protocol.error(exc, request.reply_id))
         if run:
             self._publish(run_room, run)

@@ -168,10 +168,9 @@ def test_db_and_redis_are_mutually_exclusive():
     assert done.returncode == 2 and "mutually exclusive" in done.stderr
 
 
-def test_readme_several_processes_commands_work(redis_server, spawn, peers):
-    """The README's two commands (with this test's Redis and free ports) make one server."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Several processes\n", 1)[1].split("\n## ", 1)[0]
+def test_docs_several_processes_commands_work(redis_server, spawn, peers):
+    """docs/cluster.md's two commands (with this test's Redis and free ports) make one server."""
+    section = (ROOT / "docs" / "cluster.md").read_text().split("\n## ", 1)[0]
     commands = re.findall(r"^\.venv/bin/python roomchat\.py (--redis \S+ --port \d+)", section, re.M)
     assert len(commands) == 2, commands
     servers = []
