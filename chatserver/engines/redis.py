@@ -8,9 +8,11 @@ sender's included, delivers only what comes back on its subscription, from one l
 
 Keys of a room share a hash tag, `roomchat:{<room>}:...`: `seq` (the chat counter), `hist` (a
 stream of its chats, entry id `0-<seq>`), `log` (a stream of its other events: presence, nick,
-topic, kick, ban, mute; entry id `<seq there>-<n>`), `members` and `owners` (who is in it, by
-which process and client), `joins`, `idem` (idempotency keys), `topic`, `ban:<nick>`,
-`mute:<nick>`; channel `...:events`. A message on the channel is `<origin json>\\n<event json>`.
+topic, kick, ban, mute, mode; entry id `<seq there>-<n>`, with its time), `members` and `owners`
+(who is in it, by which process and client), `joins`, `idem` (idempotency keys), `topic`,
+`ban:<nick>`, `mute:<nick>`, `mode`; channel `...:events`. A message on the channel is `<origin
+json>\\n<event json>`. `transcript_of_redis` reads a room's transcript (export) from `hist` and
+`log`.
 
 Positions. Each event has a place in its room's stream: a chat (seq, 0), another event (the
 room's seq when it happened, n + 1). The listener remembers the last place it delivered per room;
@@ -74,6 +76,7 @@ from chatserver.engines.redis_scripts import (
 from chatserver.errors import ChatError
 from chatserver.ops import metrics
 from chatserver.protocol import fold_nick
+from chatserver.rooms.moderation import KINDS as MODERATION
 from chatserver.rooms.moderation import removes_member
 
 log = logging.getLogger("roomchat.redis")
@@ -752,6 +755,27 @@ class RedisEngine:
             self._scripts["if_owner_prefix_delete"](keys=[key], args=[f"{lease}:"])
         self._redis.delete(index, f"roomchat:proc:{lease}:nicks")
         return len(entries)
+
+
+def transcript_of_redis(url: str, room: str, since: float) -> list:
+    """The room's stored chats and moderation events from `since` (Unix time), in stream order,
+    as ops/export.py writes them (a moderation event gains `ts`). Raises EngineError when Redis
+    cannot be read."""
+    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
+    try:
+        chats = client.xrange(room_key(room, "hist"))
+        logged = client.xrange(room_key(room, "log"))
+    except redis.RedisError as exc:
+        raise EngineError(f"cannot read Redis at {url}: {exc}") from None
+    finally:
+        client.close()
+    items = [((e["seq"], 0), e) for e in (orjson.loads(f[b"e"]) for _id, f in chats) if e["ts"] >= since]
+    for entry_id, fields in logged:
+        event, ts = orjson.loads(fields[b"e"]), int(fields.get(b"t", 0)) / 1000
+        if event["type"] in MODERATION and ts >= since:
+            at, k = (int(x) for x in entry_id.decode().split("-"))
+            items.append(((at, k + 1), {**event, "ts": ts}))
+    return [event for _place, event in sorted(items, key=lambda item: item[0])]
 
 
 class _Unsettled(Exception):

@@ -71,7 +71,7 @@ if kind == 'nick' then
   if not score or redis.call('HGET', KEYS[5], old) ~= owner then return {-1} end
 end
 local at = tonumber(redis.call('GET', KEYS[1]) or '0')
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], at .. '-*', 'e', ARGV[5], 'o', ARGV[6] .. ']')
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], at .. '-*', 'e', ARGV[5], 'o', ARGV[6] .. ']', 't', now)
 if kind == 'join' then
   redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[6]), nick)
   redis.call('HSET', KEYS[5], nick, owner)

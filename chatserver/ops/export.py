@@ -2,12 +2,13 @@
 
     python roomchat.py export --room class [--since 2026-12-01] [--format md|jsonl|html] [--db FILE]
 
-reads the SQLite history file (read-only, beside a running server: WAL lets it) and writes to
-stdout. The events are those the engine keeps (engines/base.py `transcript`): the chats within
-`--history-per-room`, and the topic, kick, ban, mute and mode events placed among them. Times are
-UTC. `jsonl` is one event per line as the server sent it (plus `ts` on moderation events); `md`
-and `html` say each event in words, and `html` is one self-contained page (its style inline, no
-script, nothing fetched) with every text escaped.
+reads the SQLite history file (read-only, beside a running server: WAL lets it), or with
+`--redis URL` the room's streams in Redis, and writes to stdout. The events are those the engine
+keeps (engines/base.py `transcript`): the chats within `--history-per-room`, and the topic,
+kick, ban, mute and mode events placed among them. Times are UTC. `jsonl` is one event per line
+as the server sent it (plus `ts` on moderation events); `md` and `html` say each event in words,
+and `html` is one self-contained page (its style inline, no script, nothing fetched) with every
+text escaped.
 """
 
 import argparse
@@ -124,7 +125,7 @@ def export_main(argv, environ=None, out=None) -> int:
     parser.add_argument("--since", help="only events from this day or time on (2026-12-01, 2026-12-01T09:30; UTC)")
     parser.add_argument("--format", choices=FORMATS, default="md", help="md (default), jsonl or html")
     parser.add_argument("--db", help=f"the server's SQLite history file [{env_name('db')}; default roomchat.db]")
-    parser.add_argument("--redis", help=f"the server's Redis [{env_name('redis')}] (not supported yet)")
+    parser.add_argument("--redis", help=f"the server's Redis, redis://HOST:PORT/DB [{env_name('redis')}]")
     args = parser.parse_args(argv)
     if not ROOM_RE.fullmatch(args.room):
         parser.error(f"{args.room!r} is not a room name")
@@ -134,9 +135,17 @@ def export_main(argv, environ=None, out=None) -> int:
         parser.error(f"--since {args.since!r} is not a date (2026-12-01) or time (2026-12-01T09:30)")
     redis_url = args.redis or (None if args.db else environ.get(env_name("redis")))
     if redis_url:
-        print("roomchat export: transcripts are kept by the SQLite and memory engines only; "
-              "Redis does not keep moderation events yet", file=sys.stderr)
-        return 2
+        from chatserver.engines.base import EngineError
+        from chatserver.engines.redis import transcript_of_redis  # only Redis users need redis-py
+
+        try:
+            events = transcript_of_redis(redis_url, args.room, since)
+        except EngineError as exc:
+            print(f"roomchat export: {exc}", file=sys.stderr)
+            return 2
+        out.write(render(args.room, events, args.format))
+        out.flush()
+        return 0
     db = args.db or environ.get(env_name("db")) or "roomchat.db"
     if db == ":memory:":
         parser.error("a :memory: history lives only inside its server; export needs --db FILE")

@@ -82,13 +82,26 @@ def test_since_keeps_only_later_events(make_server, peers, tmp_path):
 
 
 def test_export_refuses_what_it_cannot_read(tmp_path):
-    """A missing file, a :memory: history and --redis exit 2 with a one-line reason on stderr."""
+    """A missing file, a :memory: history and an unreachable Redis exit 2 with a one-line reason on stderr."""
     missing = export(str(tmp_path / "none.db"))
     assert missing.returncode == 2 and "no history database" in missing.stderr
     assert export(":memory:").returncode == 2
     redis = subprocess.run([*ROOMCHAT, "export", "--room", "class", "--redis", "redis://127.0.0.1:1/0"],
                            env=roomchat_env(), capture_output=True, text=True, timeout=10)
-    assert redis.returncode == 2 and "Redis" in redis.stderr
+    assert redis.returncode == 2 and "Redis" in redis.stderr and len(redis.stderr.splitlines()) == 1
+
+
+def test_export_from_redis_has_the_same_transcript(cluster, redis_server, peers):
+    """With several processes on Redis, `export --redis` writes the same events in the same order
+    as from a SQLite file: the lesson's chats and moderation events, placed among them."""
+    a, _b = cluster(2, "--token-secret", SECRET)
+    lesson(a, peers)
+    done = subprocess.run([*ROOMCHAT, "export", "--room", "class", "--redis", redis_server.url, "--format", "jsonl"],
+                          env=roomchat_env(), capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [e["type"] for e in events] == EXPECTED
+    assert all(e["ts"] > 0 for e in events)
 
 
 def test_the_memory_engine_keeps_the_same_transcript(make_server, peers):
