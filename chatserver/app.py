@@ -52,20 +52,19 @@ from chatserver.errors import ChatError
 from chatserver.ops import trace
 from chatserver.ops.metrics import Metrics, close_label
 from chatserver.ops.web import WebRoutes
+from chatserver.protocol import CloseCode
 from chatserver.rooms.budgets import AddressShares
 from chatserver.rooms.client import TokenBucket
 from chatserver.rooms.dispatch import Context, Dispatcher
-from chatserver.rooms.identity import CLOSE_TOKEN_EXPIRED, Identities
+from chatserver.rooms.identity import Identities
 from chatserver.rooms.registry import Registry
 from chatserver.transport import tls
 from chatserver.transport.caps import ConnectionCaps, default_max_connections
 from chatserver.transport.server import WebSocketTransport
-from chatserver.wire import exposure, frames
+from chatserver.wire import exposure
 from chatserver.wire.proxies import TrustedProxies
 
 log = logging.getLogger("roomchat")
-
-CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 7.4.2 (IANA registry): the server cannot take the connection now
 
 
 class ChatServer:
@@ -133,7 +132,7 @@ class ChatServer:
         try:
             identity = self.identities.identity_in(conn.path)
         except ChatError as exc:  # valid at the handshake, expired a moment later
-            conn.close(CLOSE_TOKEN_EXPIRED, exc.message[:100])
+            conn.close(CloseCode.TOKEN_EXPIRED, exc.message[:100])
             return
         resume = parse_qs(urlsplit(conn.path).query).get("resume", [None])[0]
         share = self.shares.acquire(conn.address)
@@ -142,7 +141,7 @@ class ChatServer:
             conn.client = self.registry.connect(conn, limiter, identity, resume=resume)
         except ChatError as exc:  # Redis unreachable, or a token's nick still held elsewhere
             self.shares.release(conn.address)
-            conn.close(CLOSE_TRY_AGAIN_LATER, exc.message[:100])
+            conn.close(CloseCode.TRY_AGAIN_LATER, exc.message[:100])
             return
         except BaseException:
             self.shares.release(conn.address)
@@ -165,7 +164,7 @@ class ChatServer:
     def _expired(self, client) -> None:
         """The identities' expiry thread: this client's token has expired."""
         log.info("token of %s expired", client.nick)
-        client.conn.close(CLOSE_TOKEN_EXPIRED, "token expired; connect again with a new one")
+        client.conn.close(CloseCode.TOKEN_EXPIRED, "token expired; connect again with a new one")
 
     def on_refused(self, status: int) -> None:
         self.metrics.refused.labels(str(status)).inc()
@@ -187,7 +186,7 @@ class ChatServer:
         """Stop accepting, send close 1001 to every client, wait for them at most `timeout`."""
         with self._shut:
             self.transport.stop_accepting()
-            self.transport.close_all(frames.CLOSE_GOING_AWAY, "server shutting down", timeout)
+            self.transport.close_all(CloseCode.GOING_AWAY, "server shutting down", timeout)
             self.identities.stop()
             self.engine.close()
         if self._thread is not None:

@@ -8,9 +8,9 @@ is on for 1, true, yes or on.
 
 import argparse
 import os
-import re
 from dataclasses import dataclass, field, fields
 
+from chatserver.protocol import valid_nick
 from chatserver.wire.exposure import HostCheck, OriginCheck
 from chatserver.wire.proxies import TrustedProxies
 
@@ -88,7 +88,7 @@ class Config:
             except ValueError as exc:
                 return f"{name}: {exc}"
         for nick in self.reserved():
-            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", nick):
+            if not valid_nick(nick):
                 return f"reserved-nicks: {nick[:40]!r} is not a nick"
         return self._secret_problem()
 

@@ -184,10 +184,7 @@ class SqliteEngine(LocalRules):
             raise Unavailable("history cannot be read") from None
         if after is None:
             rows.reverse()
-        return [
-            {"type": "chat", "room": room, "from": sender, "text": text, "seq": seq, "ts": ts}
-            for seq, sender, text, ts in rows
-        ]
+        return [chat_event(room, sender, text, seq, ts) for seq, sender, text, ts in rows]
 
     def close(self) -> None:
         """Commit what is queued (and deliver it), stop the writer, close the file."""

@@ -21,11 +21,10 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 
 from chatserver.errors import ChatError
-from chatserver.protocol import NICK_RE, ROOM_RE, fold_nick
+from chatserver.protocol import NICK_RE, ROOM_RE, CloseCode, fold_nick
 
 ALGORITHM = "HS256"  # RFC 7518 3.2; the only algorithm accepted, so "none" and key confusion are out
-CLOSE_TOKEN_EXPIRED = 4001  # the connection's token expired (PROTOCOL.md close codes)
-CLOSE_REPLACED = 4002  # a newer connection with a token for the same nick took over
+CLOSE_REPLACED = CloseCode.REPLACED  # kept for rooms/connections.py until it names CloseCode itself
 TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

@@ -17,6 +17,7 @@ import logging
 import time
 
 from chatserver.errors import CloseConnection
+from chatserver.protocol import CloseCode
 from chatserver.transport.state import State
 from chatserver.wire import frames
 
@@ -63,7 +64,7 @@ class MessageLoop:
             paid = self._pay(cost) if cost and not isinstance(event, frames.Close) else True
             if paid is None:
                 if not texts or self._handle_texts(texts, reader):
-                    self.fail(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded", reader)
+                    self.fail(CloseCode.POLICY_VIOLATION, "rate limit exceeded", reader)
                 return
             if isinstance(event, frames.Text):
                 if self.state is State.OPEN:
@@ -104,7 +105,7 @@ class MessageLoop:
             self.fail(exc.close_code, exc.reason, reader)
         except Exception:  # a bug: log it, and don't tell the peer details
             log.exception("handler failed for %s", self.peer)
-            self.fail(frames.CLOSE_INTERNAL_ERROR, "internal error", reader)
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error", reader)
         return False
 
     def pace(self) -> None:

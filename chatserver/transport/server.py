@@ -36,6 +36,7 @@ import time
 from websocket_server import WebSocketHandler, WebsocketServer
 
 from chatserver.errors import CloseConnection, HandshakeError
+from chatserver.protocol import CloseCode
 from chatserver.transport.caps import AcceptGate, BurstLog, ConnectionCaps
 from chatserver.transport.housekeeper import Housekeeper
 from chatserver.transport.inbound import CLOSE_LINGER, MessageLoop
@@ -88,7 +89,7 @@ class Connection(MessageLoop, WebSocketHandler):
             self.server.max_outbox_bytes,
             self.server.flusher,
             self._on_overflow,
-            frames.close_frame(frames.CLOSE_POLICY_VIOLATION, "too slow: outgoing queue full"),
+            frames.close_frame(CloseCode.POLICY_VIOLATION, "too slow: outgoing queue full"),
             self.tls.encrypt if self.tls else None,
             self.server.max_reply_bytes,
         )
@@ -193,7 +194,7 @@ class Connection(MessageLoop, WebSocketHandler):
             return
         if self.ping_sent_at is not None and self.last_seen < self.ping_sent_at:  # waiting for the pong
             if now - self.ping_sent_at >= ping_timeout:
-                self.close(frames.CLOSE_INTERNAL_ERROR, "ping timeout", grace=0)
+                self.close(CloseCode.INTERNAL_ERROR, "ping timeout", grace=0)
         elif now - max(self.last_seen, self.ping_sent_at or 0) >= ping_interval:
             self.ping_sent_at = now
             self.send_frame(PING, own=len(PING))
@@ -235,7 +236,8 @@ class Connection(MessageLoop, WebSocketHandler):
         # only a state move and a schedule here. The Outbox has queued our 1008 close frame behind
         # what the kernel holds; the peer gets `drop_linger` to read it (and answer, which ends
         # this connection's thread), while its rooms hear of its leave on the next tick.
-        self._life.move(State.CLOSING, "closed by server (1008 too slow: outgoing queue full)", 1008)
+        code = CloseCode.POLICY_VIOLATION
+        self._life.move(State.CLOSING, f"closed by server ({code} too slow: outgoing queue full)", code)
         self.server.housekeeper.abort_later(self, self.server.drop_linger, report_now=True)
 
     def abort(self) -> None:

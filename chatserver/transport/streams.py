@@ -4,13 +4,15 @@ Reading: each connection's own thread reads through its SocketReader, which serv
 reads to the frame parser and lines to the handshake, and keeps no buffer while the connection
 is idle.
 
-Writing: fan-out runs on the sender's thread, under the Registry lock, so a send must never wait on a slow
-peer. `Outbox.put` writes straight to the socket with MSG_DONTWAIT when nothing is queued (the
-common case: one syscall, no thread switch); whatever the kernel does not take is queued, and one
-`Flusher` thread for the whole server finishes those writes when epoll says the socket is
-writable. Bytes leave in the order `put` was called. When others' traffic waiting passes its
-byte limit, the queue is dropped and `on_overflow` is called: the peer is too slow to keep, and no
-other member waits for it. Replies to the client's own requests never drop it: its requests wait.
+Writing: the hub fans a room's events out under its lock, on whichever thread the engine
+delivers from (the SQLite writer, the Redis listener, or with the memory engine the publishing
+connection's thread), so a send must never wait on a slow peer. `Outbox.put` writes straight to
+the socket with MSG_DONTWAIT when nothing is queued (the common case: one syscall, no thread
+switch); whatever the kernel does not take is queued, and one `Flusher` thread for the whole
+server finishes those writes when epoll says the socket is writable. Bytes leave in the order
+`put` was called. When others' traffic waiting passes its byte limit, the queue is dropped and
+`on_overflow` is called: the peer is too slow to keep, and no other member waits for it. Replies
+to the client's own requests never drop it: its requests wait.
 """
 
 import contextlib
@@ -109,7 +111,7 @@ class Outbox:
       connection's thread calls `wait_for_room` before handling its next request, so the client
       cannot queue more than about `reply_budget` bytes of replies (plus one reply) by not reading.
 
-    Any thread may call `put`/`put_last` (fan-out runs on the sender's thread); the Flusher calls
+    Any thread may call `put`/`put_last` (fan-out runs on the engine's delivering thread); the Flusher calls
     `flush`; the connection's own thread calls `wait_for_room`. `self._lock` guards the queue, the
     byte counts and the open/broken flags, and is taken after the Registry's lock (lock order:
     registry -> outbox -> TLS session, connection state or housekeeper lock). Methods starting
