@@ -31,12 +31,12 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
 - Leaves: `TlsSession._lock` (the TLS state), `ConnectionState._lock` (a connection's state and
   close reason), `Housekeeper._lock` (connections, deadlines, aborts), `WebSocketTransport.
   _accepting`, wire/exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
-  queue's order), `SqliteEngine._close_lock` (the reader pool), `RedisEngine._lock` (delivered
-  seqs, nick claims, subscription confirmations), `LocalRules._rules_lock` (topics, bans, mutes,
-  reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's
-  `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
-  (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a semaphore:
-  history replies built at once) is taken before the hub's lock, never while holding it.
+  queue's order), `RedisEngine._lock` (delivered seqs, nick claims, subscription confirmations),
+  `LocalRules._rules_lock` (topics, bans, mutes, reservations), transport/caps.py's
+  `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's `AddressShares._lock` and each
+  `SharedTokenBucket._lock`, `ReaderPool._cond` (engines/sqlite_readers.py), `Identities._cond`
+  (expiry times). `Registry._builders` (a semaphore: history replies built at once) is taken
+  before the hub's lock, never while holding it.
 What relies on the GIL instead: floats and strings written by one thread and read by another
 where a stale read is harmless: a connection's `last_seen`/`ping_sent_at` (a ping moves by one
 tick), the Flusher's fd table, the engines' `health()` reasons.

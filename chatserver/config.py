@@ -36,7 +36,7 @@ class Config:
     max_reply_bytes: int = 256 * 1024
     address_rate_factor: float = 10.0
     max_connections: int = 0
-    max_connections_per_address: int = 64
+    max_connections_per_address: int = 64  # a class of 30 behind one NAT, two tabs each, with room to spare
     history_per_room: int = 10000
     history_max_bytes: int = 1024**3
     history_max_age: float = 0.0

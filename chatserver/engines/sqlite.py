@@ -103,7 +103,6 @@ class SqliteEngine(LocalRules):
         self._lock = threading.Lock()  # guards _seqs, _committed_seqs, _failing and the queue's order
         self._failing: str | None = None  # why commits fail, while they do
         self._per_room = per_room
-        self._synchronous = synchronous
         self._batch_max = batch_max
         self._prune_interval = prune_interval
         self._queue: queue.SimpleQueue = queue.SimpleQueue()

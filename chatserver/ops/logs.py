@@ -27,7 +27,6 @@ import threading
 from datetime import UTC, datetime
 
 FIELDS = ("peer", "nick", "room", "code")
-FORMATS = ("text", "json")
 TEXT_LAYOUT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 INDENT = "    "  # before each continuation line of a traceback (text format)
 

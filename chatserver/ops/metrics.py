@@ -51,7 +51,7 @@ def close_label(code: int) -> str:
 
 class Metrics:
     """The server's metrics. Counters are public attributes (prometheus_client objects); the
-    methods below are for hooks that need a little logic. Raises nothing unless noted."""
+    methods below are for hooks that need a little logic."""
 
     def __init__(self, token: str = "", proxies: TrustedProxies | None = None):
         self.token = token

@@ -46,7 +46,7 @@ class WebRoutes:
 
     def respond(self, method: str, target: str, headers: dict, peer_ip: str = "") -> tuple[int, dict, bytes]:
         """(status, response headers, body) for a request; `headers` has lower-case names,
-        `peer_ip` is the TCP peer's address. Raises nothing."""
+        `peer_ip` is the TCP peer's address."""
         status, extra, body = self._route(method, target, headers, peer_ip)
         return status, {**page_headers(headers.get("host")), **extra}, body
 

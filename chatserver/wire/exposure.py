@@ -62,7 +62,7 @@ def split_host(value: str) -> tuple[str, int | None]:
 
 
 def is_ip_literal(name: str) -> bool:
-    """'10.0.0.5' or '[::1]' (an address, as a Host names it). Raises nothing."""
+    """'10.0.0.5' or '[::1]' (an address, as a Host names it)."""
     try:
         ipaddress.ip_address(name.strip("[]"))
         return True
@@ -76,7 +76,7 @@ def default_hosts(bind_host: str) -> tuple[set, bool]:
     Always: localhost, 127.0.0.1, [::1] (all a loopback bind answers to), the machine's name
     (`hostname`, `hostname.local`) and the bound name or address itself. Wildcard bind (0.0.0.0,
     ::): also any IP address typed as such (http://192.168.1.20:8765/), since an IP literal cannot
-    be a rebinding name. A port in Host is not checked: port mappings and proxies change it. Raises nothing.
+    be a rebinding name. A port in Host is not checked: port mappings and proxies change it.
     """
     names = set(LOOPBACK_NAMES)
     machine = socket.gethostname().lower()
@@ -106,7 +106,7 @@ class HostCheck:
         self._logged = _Remembered()
 
     def describe(self) -> str:
-        """The rule, for the start-up log. Raises nothing."""
+        """The rule, for the start-up log."""
         if self.any_host:
             return "any Host"
         names = sorted(self.names) + sorted(f"{name}:{port}" for name, port in self.pinned)
@@ -132,7 +132,7 @@ class HostCheck:
 
 def normalize_origin(origin: str) -> str | None:
     """'HTTP://Example.com:80' -> 'http://example.com'; 'null' -> 'null'; None if malformed
-    (RFC 6454 section 6.2: scheme "://" host [":" port], nothing after). Raises nothing."""
+    (RFC 6454 section 6.2: scheme "://" host [":" port], nothing after)."""
     origin = origin.strip().lower()
     if origin == "null":
         return origin
@@ -186,7 +186,7 @@ class _Remembered:
         self._lock = threading.Lock()
 
     def first(self, value: str) -> bool:
-        """True the first time `value` is seen (while fewer than MAX_REMEMBERED are). Raises nothing."""
+        """True the first time `value` is seen (while fewer than MAX_REMEMBERED are)."""
         with self._lock:
             if value in self._seen or len(self._seen) >= MAX_REMEMBERED:
                 return False
