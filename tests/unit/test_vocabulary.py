@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatclient.events import FIELDS
 from chatclient.session import Session
+from chatclient.terminal import FINAL_CLOSES
 from chatserver import protocol
 from chatserver.ops.metrics import Metrics
 from handlers import HANDLERS
@@ -176,6 +177,17 @@ def test_no_close_code_is_written_as_a_number_in_the_server():
                     and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, int)):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert found == []
+
+
+def test_clients_stop_reconnecting_after_the_servers_final_close_codes():
+    """The page and the terminal client give up on exactly the codes that mean "do not come back":
+    TOKEN_EXPIRED and REPLACED."""
+    final = {protocol.CloseCode.TOKEN_EXPIRED, protocol.CloseCode.REPLACED}
+    page = (ROOT / "web" / "static" / "connection.js").read_text("utf-8")
+    match = re.search(r"\bconst FINAL_CLOSES = \{(.*?)\n\};", page, re.S)
+    assert match, "no `const FINAL_CLOSES = {...}` in web/static/connection.js"
+    assert {int(code) for code in re.findall(r"^\s*(\d+)\s*:", match.group(1), re.M)} == final
+    assert set(FINAL_CLOSES) == final
 
 
 def test_limits_table_in_readme_is_protocol_mds():
