@@ -134,3 +134,11 @@ def test_each_folder_says_what_it_holds_and_may_import():
         modules = {p.stem for p in folder.glob("*.py")} - {"__init__"}
         missing = sorted(m for m in modules if m not in doc) if folder.name != "handlers" else []
         assert missing == [], (folder.name, missing)
+
+
+def test_the_package_map_names_every_part():
+    """chatserver/__init__.py's map names every folder and top-level module of the package."""
+    doc = ast.get_docstring(ast.parse((ROOT / "chatserver" / "__init__.py").read_text("utf-8"))) or ""
+    parts = {f"{p.name}/" for p in ROOT.glob("chatserver/*/") if (p / "__init__.py").exists()}
+    parts |= {p.name for p in ROOT.glob("chatserver/*.py")} - {"__init__.py"}
+    assert sorted(p for p in parts if p not in doc) == []
