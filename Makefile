@@ -25,8 +25,9 @@ run: $(RUN_STAMP)
 
 ## test: the whole suite, as CI runs it, with line coverage of the server and both clients
 ## (servers started as processes count too: pyproject.toml [tool.coverage]); below COVER_FLOOR % it fails.
-## The suite measured 00% when the floor was set; raise the floor when coverage rises.
-COVER_FLOOR ?= 00
+## The suite measured 95% (5321 lines, 260 missed) when the floor was set; raise it as coverage rises.
+## Where redis-server is missing its tests skip and coverage drops below: `make test COVER_FLOOR=0`.
+COVER_FLOOR ?= 92
 test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=$(COVER_FLOOR)
