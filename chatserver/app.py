@@ -32,13 +32,13 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
 - Leaves: `TlsSession._lock` (the TLS state), `ConnectionState._lock` (a connection's state and
   close reason), `Housekeeper._lock` (connections, deadlines, aborts), `WebSocketTransport.
   _accepting`, wire/exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
-  queue's order), `SqliteEngine._close_lock` (the reader pool), `RedisEngine._lock` (delivered
-  places, nick claims, subscription confirmations, waiting writes, the lease),
-  `LocalRules._rules_lock` (topics, bans, mutes, modes, invite uses, reservations),
-  transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's `AddressShares._lock` and each
-  `SharedTokenBucket._lock`, `ReaderPool._cond` (engines/sqlite_readers.py), `Identities._cond`
-  (expiry times). `Registry._builders` (a semaphore: history replies built at once) is taken
-  before the registry's lock, never while holding it.
+  queue's order), `RedisEngine._lock` (delivered places, nick claims, subscription
+  confirmations, waiting writes, the lease), `LocalRules._rules_lock` (topics, bans, mutes, modes,
+  invite uses, reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`,
+  rooms/budgets.py's `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
+  (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a
+  semaphore: history replies built at once) is taken before the registry's lock, never while
+  holding it.
 What relies on the GIL instead: floats and strings written by one thread and read by another
 where a stale read is harmless: a connection's `last_seen`/`ping_sent_at` (a ping moves by one
 tick), the Flusher's fd table, the engines' `health()` reasons; a client's `bound` bans and mutes
@@ -56,22 +56,21 @@ from chatserver.errors import ChatError
 from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics, close_label
 from chatserver.ops.web import WebRoutes
+from chatserver.protocol import CloseCode
 from chatserver.rooms.budgets import AddressShares
 from chatserver.rooms.client import TokenBucket
 from chatserver.rooms.cluster import ClusterRegistry
 from chatserver.rooms.dispatch import Context, Dispatcher
-from chatserver.rooms.identity import CLOSE_TOKEN_EXPIRED, Identities
+from chatserver.rooms.identity import Identities
 from chatserver.rooms.invites import Invites
 from chatserver.rooms.registry import Registry
 from chatserver.transport import tls
 from chatserver.transport.caps import ConnectionCaps, default_max_connections
 from chatserver.transport.server import WebSocketTransport
-from chatserver.wire import exposure, frames
+from chatserver.wire import exposure
 from chatserver.wire.proxies import TrustedProxies
 
 log = logging.getLogger("roomchat")
-
-CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 7.4.2 (IANA registry): the server cannot take the connection now
 
 
 class ChatServer:
@@ -148,7 +147,7 @@ class ChatServer:
             identity = self.identities.identity_in(conn.path)
             invite = None if identity is not None else self.invites.invite_in(conn.path)
         except ChatError as exc:  # valid at the handshake, expired a moment later
-            conn.close(CLOSE_TOKEN_EXPIRED, exc.message[:100])
+            conn.close(CloseCode.TOKEN_EXPIRED, exc.message[:100])
             return
         resume = parse_qs(urlsplit(conn.path).query).get("resume", [None])[0]
         share = self.shares.acquire(conn.address)
@@ -157,7 +156,7 @@ class ChatServer:
             conn.client = self.registry.connect(conn, limiter, identity, resume=resume)
         except ChatError as exc:  # Redis unreachable, or a token's nick still held elsewhere
             self.shares.release(conn.address)
-            conn.close(CLOSE_TRY_AGAIN_LATER, exc.message[:100])
+            conn.close(CloseCode.TRY_AGAIN_LATER, exc.message[:100])
             return
         except BaseException:
             self.shares.release(conn.address)
@@ -183,7 +182,7 @@ class ChatServer:
     def _expired(self, client) -> None:
         """The identities' expiry thread: this client's token has expired."""
         log.info("token of %s expired", client.nick, extra=logs.context(peer=client.conn.peer, nick=client.nick))
-        client.conn.close(CLOSE_TOKEN_EXPIRED, "token expired; connect again with a new one")
+        client.conn.close(CloseCode.TOKEN_EXPIRED, "token expired; connect again with a new one")
 
     def on_refused(self, status: int) -> None:
         self.metrics.refused.labels(str(status)).inc()
@@ -205,7 +204,7 @@ class ChatServer:
         """Stop accepting, send close 1001 to every client, wait for them at most `timeout`."""
         with self._shut:
             self.transport.stop_accepting()
-            self.transport.close_all(frames.CLOSE_GOING_AWAY, "server shutting down", timeout)
+            self.transport.close_all(CloseCode.GOING_AWAY, "server shutting down", timeout)
             self.identities.stop()
             self.engine.close()
         if self._thread is not None:

@@ -8,9 +8,9 @@ is on for 1, true, yes or on.
 
 import argparse
 import os
-import re
 from dataclasses import dataclass, field, fields
 
+from chatserver.protocol import valid_nick
 from chatserver.wire.exposure import HostCheck, OriginCheck
 from chatserver.wire.proxies import HEADERS, TrustedProxies
 
@@ -37,7 +37,7 @@ class Config:
     max_reply_bytes: int = 256 * 1024
     address_rate_factor: float = 10.0
     max_connections: int = 0
-    max_connections_per_address: int = 64
+    max_connections_per_address: int = 64  # a class of 30 behind one NAT, two tabs each, with room to spare
     history_per_room: int = 10000
     history_max_bytes: int = 1024**3
     history_max_age: float = 0.0
@@ -93,7 +93,7 @@ class Config:
             except ValueError as exc:
                 return f"{name}: {exc}"
         for nick in self.reserved():
-            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", nick):
+            if not valid_nick(nick):
                 return f"reserved-nicks: {nick[:40]!r} is not a nick"
         return self._secret_problem()
 

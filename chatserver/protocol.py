@@ -1,8 +1,15 @@
-"""Protocol v1 on the wire: field rules, request decoding and the events the server sends.
+"""Protocol v1's vocabulary, written once: close codes, error codes, request and event types,
+the nick rule and nick equality, field rules, request decoding and the events the server sends.
 
-PROTOCOL.md is the contract; this module is its executable half. Everything here is pure.
+PROTOCOL.md is the contract; this module is its executable half. Everything here is pure. Every
+other copy of these facts (PROTOCOL.md's tables, schema/, metrics' labels, the handlers, the chat
+page, the terminal client) is pinned to this module by tests/unit/test_vocabulary.py.
+
+Imports: `chatserver.errors`, and `wire.frames` for `encode` only (at the end of the module, as
+wire.frames takes CloseCode from here), so every layer may import this module.
 """
 
+import enum
 import re
 import time
 
@@ -10,9 +17,62 @@ import orjson
 
 from chatserver import __version__
 from chatserver.errors import ChatError
-from chatserver.wire import frames
 
 SERVER_NAME = f"roomchat/{__version__}"
+
+
+class CloseCode(enum.IntEnum):
+    """Every close code roomchat sends (RFC 6455 7.4.1, the IANA registry, and 4000-4999 our own).
+
+    PROTOCOL.md "When the server closes the connection" says when each is sent."""
+
+    NORMAL_CLOSURE = 1000  # the echo of a client's own close frame
+    GOING_AWAY = 1001  # the server is shutting down
+    PROTOCOL_ERROR = 1002  # the peer broke RFC 6455 framing
+    UNSUPPORTED_DATA = 1003  # a binary frame
+    INVALID_DATA = 1007  # text that is not UTF-8
+    POLICY_VIOLATION = 1008  # flooding, or too slow to read its room events
+    MESSAGE_TOO_BIG = 1009  # over max_message_bytes or MAX_FRAGMENTS
+    INTERNAL_ERROR = 1011  # no pong in time, or a bug
+    SERVICE_RESTART = 1012  # several processes: the history was reset, or a nick was lost while cut off
+    TRY_AGAIN_LATER = 1013  # the connection could not be registered now
+    TOKEN_EXPIRED = 4001  # the connection's token expired
+    REPLACED = 4002  # a newer connection with the same token or resume token took over
+
+
+ERROR_CODES = {  # the `code` of an `error` event -> when it is sent (PROTOCOL.md "Errors" says more)
+    "bad_json": "the frame is not valid JSON",
+    "bad_message": "not an object, no string type, a bad field or a bad id",
+    "unknown_type": "no such request type",
+    "bad_nick": "a nick outside the nick rule",
+    "nick_taken": "someone else has that nick, or one that looks like it",
+    "nick_reserved": "the nick is reserved (by the operator, or by a token for it)",
+    "bad_token": "the token is expired, wrongly signed or malformed, or tokens are off",
+    "forbidden": "not allowed (not an operator, banned, muted, outside the token's rooms or nick)",
+    "bad_room": "a room name outside the room rule",
+    "not_in_room": "chat, leave or history for a room the client is not in",
+    "too_many_rooms": "a join over max_rooms",
+    "no_such_user": "a dm or kick for a nick nobody has (in that room)",
+    "too_long": "a text, topic or reason over its limit",
+    "rate_limited": "over the connection's or the address's rate; the request was dropped",
+    "recipient_busy": "a dm to someone with more than half of max_outbox_bytes unread",
+    "unavailable": "the history store or Redis cannot do it now; nothing was stored or sent",
+    "moderated": "a member's chat in a moderated room (only operators chat there)",
+    "slow_mode": "a member's chat sooner than the room's slow mode allows; retry_after says when",
+}
+
+REQUEST_TYPES = frozenset({  # the `type` of a request; handlers/ has one module for each
+    "nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping", "auth", "topic", "kick", "ban", "mute",
+    "mode",
+})
+# The events that go through a room's stream:
+ROOM_EVENTS = frozenset({"chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode"})
+EVENT_TYPES = ROOM_EVENTS | {  # the `type` of an event the server sends
+    "welcome", "joined", "left", "dm", "rooms", "who", "history", "pong", "error", "auth",
+}
+
+# The nick rule: 1-32 ASCII letters, digits, '_', '.' or '-'. The page (web/static/state.js), the
+# form (web/index.html) and schema/common.json copy it; tests/unit/test_vocabulary.py pins them.
 NICK_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 ROOM_RE = re.compile(r"[A-Za-z0-9_.\-#]{1,64}")
 MAX_ID_CHARS = 64
@@ -23,7 +83,6 @@ MAX_SEQ = 2**63 - 1  # what SQLite's INTEGER holds
 MAX_TOPIC_CHARS = 300  # a room topic, in characters
 MAX_REASON_CHARS = 200  # the reason given with a kick, ban or mute
 MAX_DURATION = 30 * 86400  # seconds a ban or mute may last at most (30 days)
-CLOSE_SERVICE_RESTART = 1012  # RFC 6455 7.4.1 (IANA registry): the service restarted; reconnect
 MAX_SLOW = 3600  # seconds of slow mode at most (an hour between a member's chats)
 # After lower-casing, the ASCII characters that look alike: I/l/1 (so also i) and O/0.
 _LOOKALIKES = str.maketrans("i10", "llo")
@@ -66,13 +125,22 @@ def require_str(msg: dict, field: str) -> str:
 def require_nick(msg: dict, field: str = "nick") -> str:
     """A nick: 1-32 of A-Z a-z 0-9 _ . - (NICK_RE). Raises ChatError bad_message, bad_nick."""
     nick = require_str(msg, field)
-    if not NICK_RE.fullmatch(nick):
+    if not valid_nick(nick):
         raise ChatError("bad_nick", "A nick is 1-32 letters, digits, '_', '-' or '.'.")
     return nick
 
 
+def valid_nick(nick: str) -> bool:
+    """True when `nick` (a str) follows the nick rule, NICK_RE, as a whole."""
+    return NICK_RE.fullmatch(nick) is not None
+
+
 def fold_nick(nick: str) -> str:
     """The form that nicks which look alike share: two nicks with the same fold are one nick.
+
+    This is nick equality everywhere: the server refuses a nick whose fold another client holds
+    (nick_taken), and reservations, bans, mutes, kicks and dms compare folds. The chat page must
+    compare nicks the same way (pinned by tests/unit/test_vocabulary.py).
 
     Folds case, then "rn" to "m", then "i", "l" and "1" to "l" and "0" to "o" (ASCII look-alikes:
     I/l/1, O/0, rn/m), so fold_nick("Bi11") == fold_nick("bill") and fold_nick("rnoe") ==
@@ -169,8 +237,10 @@ def welcome(nick: str, limits: dict, epoch: str) -> dict:
     return {"type": "welcome", "nick": nick, "server": SERVER_NAME, "epoch": epoch, "limits": limits}
 
 
-def chat_event(room: str, nick: str, text: str, seq: int) -> dict:
-    return {"type": "chat", "room": room, "from": nick, "text": text, "seq": seq, "ts": time.time()}
+def chat_event(room: str, nick: str, text: str, seq: int, ts: float | None = None) -> dict:
+    """The chat event, the one place its shape is built: `ts` is Unix time in seconds, now when None."""
+    return {"type": "chat", "room": room, "from": nick, "text": text, "seq": seq,
+            "ts": time.time() if ts is None else ts}
 
 
 def dm_event(sender: str, recipient: str, text: str) -> dict:
@@ -196,3 +266,8 @@ def encode(event: dict) -> bytes:
     Every string in an event came from orjson.loads or from our own code, so none holds a lone
     surrogate, and the output is always valid UTF-8."""
     return frames.text_frame(orjson.dumps(event))
+
+
+# Last, because wire.frames imports CloseCode from this module: imported either way round, each
+# finds what it needs of the other defined by the time it is called.
+from chatserver.wire import frames  # noqa: E402

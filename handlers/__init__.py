@@ -1,7 +1,9 @@
-"""One module per request type; HANDLERS maps a message's `type` to its `handle(ctx, msg)`.
+"""handlers/: one module per request type; HANDLERS maps a message's `type` to its `handle(ctx, msg)`.
 
 A handler checks its fields and calls one Registry method. It never sees sockets or frames.
 A module may also offer `handle_many(ctx, msgs)` for a run of such requests that arrived together.
+May import: rooms (the Registry and its request types), protocol, errors. protocol.REQUEST_TYPES
+names every type; tests/unit/test_vocabulary.py holds the two together.
 """
 
 from handlers import auth, ban, chat, dm, history, join, kick, leave, mode, mute, nick, ping, rooms, topic, who

@@ -22,9 +22,10 @@ The contract (PROTOCOL.md "What a client can rely on" is the client's side of it
    for `transcript(room, since)` (`roomchat.py export`), which Redis does not have yet.
 
 Threads. `publish`, `announce` and the reads are called by connection threads, never while the
-Registry lock is held. `hub.deliver` and `hub.reject` are called with no engine lock held:
-from the publishing thread (memory), the SQLite writer thread, or the Redis listener thread; so
-the lock order is engine -> Registry, and the Registry never calls an engine under its lock.
+Registry lock is held. `hub.deliver` and `hub.reject` are called from the publishing thread
+with the memory engine's `_lock` held (so a room's chats reach the hub in seq order), or from the
+SQLite writer thread or the Redis listener thread with no engine lock held; so the lock order is
+engine -> Registry, and the Registry never calls an engine under its lock.
 """
 
 import threading

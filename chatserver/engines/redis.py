@@ -172,8 +172,9 @@ class RedisEngine:
         args = [room_key(room, "events"), self._per_room, len(chats), last[0] if last else 0,
                 self._owner(chats[0][2])]
         for sender, text, meta in chats:
-            head = orjson.dumps({"type": "chat", "room": room, "from": sender, "text": text, "ts": time.time()})
-            args += [sender, head[:-1] + b',"seq":', b"}", _origin(meta), self._key(meta)]
+            body = orjson.dumps(protocol.chat_event(room, sender, text, 0))  # the script writes its seq in
+            cut = body.index(b'"seq":0') + 6
+            args += [sender, body[:cut], body[cut + 1:], _origin(meta), self._key(meta)]
         keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners")]
         try:
             result = self._write(self._scripts["publish"], keys, args)
@@ -570,7 +571,7 @@ class RedisEngine:
         log.error("a new history (epoch %s); every client reconnects", self.epoch)
         with self._lock:
             self._last = dict.fromkeys(self._last)  # seqs start over: accept them from the first
-        self._hub.close_all(protocol.CLOSE_SERVICE_RESTART, "the chat history was reset; reconnect")
+        self._hub.close_all(protocol.CloseCode.SERVICE_RESTART, "the chat history was reset; reconnect")
 
     def _receive(self) -> None:
         pubsub = self._pubsub

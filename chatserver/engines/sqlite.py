@@ -108,7 +108,6 @@ class SqliteEngine(LocalRules):
         self._lock = threading.Lock()  # guards _seqs, _committed_seqs, _failing and the queue's order
         self._failing: str | None = None  # why commits fail, while they do
         self._per_room = per_room
-        self._synchronous = synchronous
         self._batch_max = batch_max
         self._prune_interval = prune_interval
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -208,10 +207,7 @@ class SqliteEngine(LocalRules):
             raise Unavailable("history cannot be read") from None
         if after is None:
             rows.reverse()
-        return [
-            {"type": "chat", "room": room, "from": sender, "text": text, "seq": seq, "ts": ts}
-            for seq, sender, text, ts in rows
-        ]
+        return [chat_event(room, sender, text, seq, ts) for seq, sender, text, ts in rows]
 
     def close(self) -> None:
         """Commit what is queued (and deliver it), stop the writer, close the file."""

@@ -35,7 +35,7 @@ SCHEMA = (
     # Clustered by (room, seq): a room's events are contiguous, appends go to the end of its range.
     "CREATE TABLE IF NOT EXISTS events (room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,"
     " text TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID",
-    # Added after schema 1 was released; older roomchats ignore it, so the version stays 1.
+    # Added after schema 1 was released, without a new version: older roomchats ignore the table.
     "CREATE TABLE IF NOT EXISTS rules (scope TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
     " value TEXT NOT NULL, until REAL, PRIMARY KEY (scope, kind, key)) WITHOUT ROWID",
     # Moderation events for transcripts; older roomchats ignore the table, so the version stays.

@@ -41,7 +41,7 @@ class ReaderPool:
 
     @property
     def open_connections(self) -> int:
-        """Connections open now, idle or in use. Raises nothing."""
+        """Connections open now, idle or in use."""
         return self._open
 
     @contextlib.contextmanager
@@ -90,7 +90,7 @@ class ReaderPool:
         conn.close()
 
     def close_idle(self) -> int:
-        """Close connections idle for longer than `idle_timeout`; returns how many. Raises nothing."""
+        """Close connections idle for longer than `idle_timeout`; returns how many."""
         cutoff = time.monotonic() - self._idle_timeout
         with self._cond:
             stale = [conn for conn, since in self._idle if since < cutoff]
@@ -101,7 +101,7 @@ class ReaderPool:
         return len(stale)
 
     def close(self) -> None:
-        """Close idle connections now and lent ones as they come back; later reads get PoolBusy. Raises nothing."""
+        """Close idle connections now and lent ones as they come back; later reads get PoolBusy."""
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []

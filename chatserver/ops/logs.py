@@ -35,7 +35,6 @@ import threading
 from datetime import UTC, datetime
 
 FIELDS = ("peer", "nick", "room", "code")
-FORMATS = ("text", "json")
 TEXT_LAYOUT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 INDENT = "    "  # before each continuation line of a traceback (text format)
 
@@ -56,13 +55,13 @@ _SECRETS = re.compile(
 
 
 def redact(text: str) -> str:
-    """`text` with every secret the module docstring lists written as `<redacted>`. Raises nothing."""
+    """`text` with every secret the module docstring lists written as `<redacted>`."""
     return _SECRETS.sub(lambda m: (m["query"] or m["json"] or "") + REDACTED, text)
 
 
 def escape(text: str, keep_newlines: bool = False) -> str:
     """`text` with its secrets redacted and every unsafe character (see the module docstring)
-    written as an escape. Raises nothing."""
+    written as an escape."""
     return redact(text).translate(_ESCAPES_KEEP_NEWLINES if keep_newlines else _ESCAPES)
 
 
@@ -81,7 +80,7 @@ requests = logging.getLogger("roomchat.requests")  # DEBUG: one line per request
 def request(client, kind: str, msg: dict, code: str | None = None) -> None:
     """Log one request of `client` (`request join`) or its refusal with error `code` (`refused
     chat: too_long`) at DEBUG on `requests`, with the peer, nick, room (from `msg`) and code as
-    fields. Callers check `requests.isEnabledFor(logging.DEBUG)` first. Raises nothing."""
+    fields. Callers check `requests.isEnabledFor(logging.DEBUG)` first."""
     room = msg.get("room") if isinstance(msg.get("room"), str) else None
     fields = context(peer=getattr(client.conn, "peer", None), nick=client.nick, room=room, code=code)
     if code is None:

@@ -31,16 +31,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from chatserver.protocol import ERROR_CODES, REQUEST_TYPES, ROOM_EVENTS
 from chatserver.wire.proxies import TrustedProxies
 
 disable_created_metrics()  # no `_created` series beside each counter: half the lines, nothing lost
 
-REQUEST_TYPES = ("nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping", "auth", "topic", "kick",
-                 "ban", "mute", "mode")
-ERROR_CODES = ("bad_json", "bad_message", "unknown_type", "bad_nick", "nick_taken", "bad_room", "not_in_room",
-               "too_many_rooms", "no_such_user", "too_long", "rate_limited", "unavailable", "nick_reserved",
-               "bad_token", "forbidden", "moderated", "slow_mode")
-ROOM_EVENTS = ("chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode")
 FANOUT_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
@@ -56,7 +51,7 @@ def close_label(code: int) -> str:
 
 class Metrics:
     """The server's metrics. Counters are public attributes (prometheus_client objects); the
-    methods below are for hooks that need a little logic. Raises nothing unless noted."""
+    methods below are for hooks that need a little logic."""
 
     def __init__(self, token: str = "", proxies: TrustedProxies | None = None):
         self.token = token
@@ -71,13 +66,13 @@ class Metrics:
         self._received = Counter("roomchat_messages_received", "Text messages received, by request type "
                                  "(unknown: no such type; invalid: not a JSON object with a type)", ["type"],
                                  registry=r)
-        self._by_type = {kind: self._received.labels(kind) for kind in (*REQUEST_TYPES, "unknown", "invalid")}
+        self._by_type = {kind: self._received.labels(kind) for kind in (*sorted(REQUEST_TYPES), "unknown", "invalid")}
         self._errors = Counter("roomchat_errors", "Error replies sent, by protocol error code", ["code"], registry=r)
-        self._error_codes = {code: self._errors.labels(code) for code in ERROR_CODES}
+        self._error_codes = {code: self._errors.labels(code) for code in sorted(ERROR_CODES)}
         self.rate_limited = Counter("roomchat_rate_limited", "Messages refused by the rate limit", registry=r)
         self._published_by_type = Counter("roomchat_room_events_published", "Room events (chat, presence, "
                                           "nick) handed back by the engine for fan-out here", ["type"], registry=r)
-        self._published = {kind: self._published_by_type.labels(kind) for kind in ROOM_EVENTS}
+        self._published = {kind: self._published_by_type.labels(kind) for kind in sorted(ROOM_EVENTS)}
         self.deliveries = Counter("roomchat_room_event_deliveries", "Copies of room events queued to members",
                                   registry=r)
         self.fanout = Histogram("roomchat_fanout_seconds", "From the engine's hand-back of a batch of room "

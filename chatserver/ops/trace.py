@@ -32,16 +32,10 @@ _local = threading.local()  # .conn: the connection this thread serves
 
 
 def enable() -> None:
-    """Trace from now on, at INFO whatever --log-level says. Raises nothing."""
+    """Trace from now on, at INFO whatever --log-level says."""
     global ON
     log.setLevel(logging.INFO)
     ON = True
-
-
-def disable() -> None:
-    """Stop tracing. Raises nothing."""
-    global ON
-    ON = False
 
 
 def bind(conn) -> None:

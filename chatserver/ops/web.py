@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from chatserver.wire.handshake import SECURITY_HEADERS
 
-WEB_ROOT = Path(__file__).resolve().parents[2] / "web"  # chatserver/ops/web.py -> the checkout
+WEB_ROOT = Path(__file__).resolve().parents[2] / "web"  # chatserver/ops/web.py -> the repository's web/
 TEXT = "text/plain; charset=utf-8"
 _SAFE_HOST = re.compile(r"[A-Za-z0-9._\-]+(:[0-9]+)?|\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
 
@@ -46,7 +46,7 @@ class WebRoutes:
 
     def respond(self, method: str, target: str, headers: dict, peer_ip: str = "") -> tuple[int, dict, bytes]:
         """(status, response headers, body) for a request; `headers` has lower-case names,
-        `peer_ip` is the TCP peer's address. Raises nothing."""
+        `peer_ip` is the TCP peer's address."""
         status, extra, body = self._route(method, target, headers, peer_ip)
         return status, {**page_headers(headers.get("host")), **extra}, body
 

@@ -28,7 +28,7 @@ FRAME_OVERHEAD = 64  # bytes kept for the frame header, `truncated` and the brac
 def bounded_frame(head: dict, key: str, items: list, max_bytes: int, newest: bool = False) -> tuple[bytes, int]:
     """A text frame of `head` with `key` set to as many of `items` as fit in `max_bytes` (at
     least one): the first ones, or with `newest` the last ones, in their order. When some are
-    left out, `"truncated": true` is added. Returns (frame, number of items kept). Raises nothing.
+    left out, `"truncated": true` is added. Returns (frame, number of items kept).
 
     `head` must be a non-empty JSON object without `key`; items are JSON values."""
     encoded = [orjson.dumps(item) for item in items]
@@ -69,7 +69,7 @@ class AddressShares:
         self._shares: dict[str, list] = {}  # address -> [SharedTokenBucket, connections using it]
 
     def acquire(self, address: str) -> SharedTokenBucket:
-        """The bucket of `address`, made on its first connection; `release` it when done. Raises nothing."""
+        """The bucket of `address`, made on its first connection; `release` it when done."""
         with self._lock:
             entry = self._shares.get(address)
             if entry is None:
@@ -78,7 +78,7 @@ class AddressShares:
             return entry[0]
 
     def release(self, address: str) -> None:
-        """One connection of `address` is gone; its bucket goes with the last one. Raises nothing."""
+        """One connection of `address` is gone; its bucket goes with the last one."""
         with self._lock:
             entry = self._shares.get(address)
             if entry is not None:

@@ -24,7 +24,7 @@ class TokenBucket:
         self.refused_by_share = False  # the last refusal was the address's, not this connection's
 
     def take(self) -> bool:
-        """One token, or False (a refusal in a row counted). Raises nothing."""
+        """One token, or False (a refusal in a row counted)."""
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
@@ -37,12 +37,12 @@ class TokenBucket:
         return False
 
     def charge(self, cost: int) -> bool:
-        """`cost` tokens one by one; False if any was refused. Raises nothing."""
+        """`cost` tokens one by one; False if any was refused."""
         return sum(self.take() for _ in range(cost)) == cost
 
     @property
     def flooding(self) -> bool:
-        """Still sending after FLOOD_FACTOR x burst refusals in a row. Raises nothing."""
+        """Still sending after FLOOD_FACTOR x burst refusals in a row."""
         return self.refused_in_a_row > FLOOD_FACTOR * self.burst
 
 
@@ -92,7 +92,7 @@ class Client:
         self.conn.send_frame(data, own_bytes)
 
     def backlog(self) -> int:
-        """Bytes of others' traffic waiting to be written to this client. Raises nothing."""
+        """Bytes of others' traffic waiting to be written to this client."""
         return self.conn.backlog()
 
     def pace(self) -> None:

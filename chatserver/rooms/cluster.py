@@ -24,7 +24,7 @@ import uuid
 
 from chatserver import protocol
 from chatserver.errors import ChatError
-from chatserver.protocol import CLOSE_SERVICE_RESTART
+from chatserver.protocol import CloseCode
 from chatserver.rooms.client import Client
 from chatserver.rooms.registry import Hold, Registry
 
@@ -99,4 +99,4 @@ class ClusterRegistry(Registry):
             client = self._clients.get(client_id)
         if client is not None:
             log.warning("%s: nick taken over elsewhere while this process was cut off; closing 1012", client.nick)
-            client.conn.close(CLOSE_SERVICE_RESTART, "your nick was taken while this server was cut off; reconnect")
+            client.conn.close(CloseCode.SERVICE_RESTART, "your nick was taken while this server was cut off; reconnect")

@@ -7,7 +7,7 @@ from chatserver import protocol
 from chatserver.config import Config
 from chatserver.errors import ChatError, CloseConnection
 from chatserver.ops import logs, trace
-from chatserver.wire import frames
+from chatserver.protocol import CloseCode
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Dispatcher:
         ctx.registry.metrics.rate_limited.inc()
         if limiter.flooding:
             self._flush(ctx, batch, batch_type)  # what was accepted before the flood still goes out
-            raise CloseConnection(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+            raise CloseConnection(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
         return False
 
     def _flush(self, ctx: Context, batch: list, batch_type) -> None:

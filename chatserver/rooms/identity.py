@@ -24,8 +24,6 @@ from chatserver.errors import ChatError
 from chatserver.protocol import NICK_RE, ROOM_RE, fold_nick
 
 ALGORITHM = "HS256"  # RFC 7518 3.2; the only algorithm accepted, so "none" and key confusion are out
-CLOSE_TOKEN_EXPIRED = 4001  # the connection's token expired (PROTOCOL.md close codes)
-CLOSE_REPLACED = 4002  # a newer connection with a token for the same nick took over
 TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

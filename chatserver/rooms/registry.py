@@ -56,10 +56,10 @@ from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
 from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics
-from chatserver.protocol import fold_nick
+from chatserver.protocol import CloseCode, fold_nick
 from chatserver.rooms import budgets, moderation
 from chatserver.rooms.client import Client
-from chatserver.rooms.identity import CLOSE_REPLACED, Identities
+from chatserver.rooms.identity import Identities
 from chatserver.rooms.moderation import Moderation, removes_member
 
 SETTLE_TIMEOUT = 30.0  # seconds a request waits for its client's chats, at most: past the store's give-up
@@ -153,7 +153,7 @@ class Registry:
             return {"connections": len(self._clients), "rooms": len(self._rooms)}
 
     def close_all(self, code: int, reason: str) -> None:
-        """Close every client's connection with `code` (the engine's history was reset). Raises nothing."""
+        """Close every client's connection with `code` (the engine's history was reset)."""
         with self._lock:
             clients = list(self._clients.values())
         for client in clients:
@@ -168,7 +168,7 @@ class Registry:
 
     def forget(self, names: list) -> set:
         """The engine forgot these rooms (their history is gone): drop their last seqs, except
-        for rooms someone is in now; returns those. Raises nothing."""
+        for rooms someone is in now; returns those."""
         with self._lock:
             live = {name for name in names if name in self._rooms}
             for name in names:
@@ -396,7 +396,7 @@ class Registry:
     def disconnect(self, client: Client, conn=None) -> None:
         """Forget a client; every room it was in gets a presence `leave`. Safe to call twice, from
         any thread (the second call finds it gone), and a no-op for `conn`, a connection the
-        client was taken away from by a resume. Raises nothing."""
+        client was taken away from by a resume."""
         with self._lock:
             if conn is not None and client.conn is not conn:
                 return  # resumed on another connection: the client lives on there
@@ -423,7 +423,7 @@ class Registry:
         if client is None:
             return
         if client.identity is not None:
-            client.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same token")
+            client.conn.close(CloseCode.REPLACED, "replaced by a newer connection with the same token")
             self.disconnect(client)
         else:
             self._rename(client, self._guest_nick(client), claimed=True)
@@ -458,9 +458,9 @@ class Registry:
                 return None
             client.identity = identity  # the newer token: its expiry and claims from now on
         old, client.conn = client.conn, conn
-        old.close(CLOSE_REPLACED, "replaced by a new connection")
-        log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CLOSE_REPLACED,
-                 extra=logs.context(peer=getattr(conn, "peer", None), nick=client.nick, code=CLOSE_REPLACED))
+        old.close(CloseCode.REPLACED, "replaced by a new connection")
+        log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CloseCode.REPLACED,
+                 extra=logs.context(peer=getattr(conn, "peer", None), nick=client.nick, code=CloseCode.REPLACED))
         return client
 
     def _forget_token(self, client: Client) -> None:

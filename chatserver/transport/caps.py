@@ -38,7 +38,6 @@ from chatserver.wire import handshake
 
 log = logging.getLogger("roomchat.transport")
 
-DEFAULT_PER_ADDRESS = 64  # a class of 30 behind one NAT, two tabs each, with room to spare
 FD_HEADROOM = 64  # descriptors kept free of connections: SQLite readers and writer, epoll, logs, Redis
 RETRY_AFTER = 5  # seconds, in the 503's Retry-After
 BURST_QUIET = 10.0  # seconds without a refusal of a kind before its next one is logged again
@@ -48,7 +47,7 @@ MAX_BACKOFF = 0.5  # seconds the accept loop pauses, at most, when it is out of 
 
 def default_max_connections() -> int:
     """The global cap when none is set: the open-file limit (RLIMIT_NOFILE, soft) less headroom
-    (FD_HEADROOM or an eighth of it, whichever is more). Raises nothing."""
+    (FD_HEADROOM or an eighth of it, whichever is more)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
@@ -58,7 +57,7 @@ def default_max_connections() -> int:
 class BurstLog:
     """Warnings that come in bursts (refusals), logged once per burst: the first of a kind at
     once, then nothing until `quiet` seconds have passed since the last one logged, when the next
-    one is logged with the number left out meanwhile. Any thread. Raises nothing."""
+    one is logged with the number left out meanwhile. Any thread."""
 
     def __init__(self, quiet: float = BURST_QUIET):
         self._quiet = quiet
@@ -89,7 +88,7 @@ class ConnectionCaps:
 
     def take(self, address: str | None) -> str | None:
         """Count a new connection (and one for `address`, unless None). Returns None when it is
-        admitted, else the reason it is not (and nothing is counted). Raises nothing."""
+        admitted, else the reason it is not (and nothing is counted)."""
         with self._lock:
             if self.max_total and self.total >= self.max_total:
                 return f"the server is full ({self.max_total} connections); try again later"
@@ -109,7 +108,7 @@ class ConnectionCaps:
                 raise HandshakeError(503, self._over(address), {"Retry-After": str(RETRY_AFTER)})
 
     def give_back(self, address: str | None, total: bool = True) -> None:
-        """Uncount a connection that ended: one for `address` (unless None), and one in all. Raises nothing."""
+        """Uncount a connection that ended: one for `address` (unless None), and one in all."""
         with self._lock:
             if total:
                 self.total -= 1
@@ -141,19 +140,19 @@ class AcceptGate:
     _backoff = 0.0
 
     def keep_spare_descriptor(self) -> None:
-        """Hold one descriptor in reserve for answering clients when the limit is reached. Raises nothing."""
+        """Hold one descriptor in reserve for answering clients when the limit is reached."""
         if self._spare_fd is None:
             with contextlib.suppress(OSError):
                 self._spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def release_spare_descriptor(self) -> None:
-        """Close the reserve descriptor. Raises nothing."""
+        """Close the reserve descriptor."""
         spare, self._spare_fd = self._spare_fd, None
         if spare is not None:
             os.close(spare)
 
     def server_close(self) -> None:
-        """socketserver's: close the listening socket, and the reserve descriptor with it. Raises nothing."""
+        """socketserver's: close the listening socket, and the reserve descriptor with it."""
         super().server_close()
         self.release_spare_descriptor()
 
@@ -194,7 +193,7 @@ class AcceptGate:
     # fix: the caps first (503 at once, no thread); a thread that cannot start is a 503 too.
     # tests: test_budgets_caps.py
     def process_request(self, request, client_address):
-        """On the accept thread: admit the connection and start its thread, or refuse it. Raises nothing."""
+        """On the accept thread: admit the connection and start its thread, or refuse it."""
         peer = client_address[0]
         address = None if self.proxies.trusts(peer) else peer  # behind a proxy: counted after the head
         refused = self.caps.take(address)
@@ -236,7 +235,7 @@ def start_thread(target, args: tuple) -> None:
 
 
 def drain_and_close(sock: socket.socket) -> None:
-    """Read what the peer sent (so close() sends FIN, not RST), then close. Raises nothing."""
+    """Read what the peer sent (so close() sends FIN, not RST), then close."""
     with contextlib.suppress(OSError):
         while sock.recv(65536, socket.MSG_DONTWAIT):
             pass

@@ -44,18 +44,18 @@ class Housekeeper(threading.Thread):
         self._stop = threading.Event()
 
     def track(self, conn) -> None:
-        """Count `conn` as live and start its handshake deadline. Raises nothing."""
+        """Count `conn` as live and start its handshake deadline."""
         with self._lock:
             self._connections.add(conn)
             self._handshaking[conn] = time.monotonic() + self.handshake_timeout
 
     def handshake_finished(self, conn) -> None:
-        """Stop `conn`'s handshake deadline. Raises nothing."""
+        """Stop `conn`'s handshake deadline."""
         with self._lock:
             self._handshaking.pop(conn, None)
 
     def untrack(self, conn) -> None:
-        """Forget `conn` (its socket is about to close); wake `wait_all_gone` after the last one. Raises nothing."""
+        """Forget `conn` (its socket is about to close); wake `wait_all_gone` after the last one."""
         with self._lock:
             if conn in self._connections:
                 self._gone["received"] += conn.reader.received
@@ -69,7 +69,7 @@ class Housekeeper(threading.Thread):
     def abort_later(self, conn, delay: float, report_now: bool = False) -> None:
         """Cut `conn` after `delay` seconds; with `report_now` (a client dropped for being too slow,
         counted in `totals`), report it closed on the next tick (for callers that hold an outbox lock
-        and so may not call the app). Raises nothing."""
+        and so may not call the app)."""
         with self._lock:
             self._aborts[conn] = time.monotonic() + delay
             if report_now:
@@ -78,7 +78,7 @@ class Housekeeper(threading.Thread):
 
     def totals(self) -> dict:
         """{"received": bytes, "sent": bytes, "slow_drops": N} over every connection so far: what
-        the live ones' SocketReader and Outbox counted plus what those gone had. Raises nothing."""
+        the live ones' SocketReader and Outbox counted plus what those gone had."""
         with self._lock:
             totals = dict(self._gone)
             for conn in self._connections:
@@ -88,7 +88,7 @@ class Housekeeper(threading.Thread):
 
     def close_later(self, sock) -> None:
         """Close a refused socket (its answer sent, its write side shut) after REFUSED_LINGER,
-        reading what the client still sends first. Raises nothing."""
+        reading what the client still sends first."""
         with self._lock:
             if len(self._refused) < MAX_REFUSED:
                 self._refused.append((time.monotonic() + REFUSED_LINGER, sock))
@@ -96,19 +96,19 @@ class Housekeeper(threading.Thread):
         drain_and_close(sock)
 
     def connections(self) -> list:
-        """A snapshot of the live connections. Raises nothing."""
+        """A snapshot of the live connections."""
         with self._lock:
             return list(self._connections)
 
     def wait_all_gone(self, timeout: float) -> list:
-        """Wait up to `timeout` seconds for every connection to be untracked; return those left. Raises nothing."""
+        """Wait up to `timeout` seconds for every connection to be untracked; return those left."""
         with self._lock:
             self._all_gone.wait_for(lambda: not self._connections, timeout)
             return list(self._connections)
 
     def run(self) -> None:
         """Every tick: cut handshakes past their deadline and connections due to be aborted,
-        report clients dropped for being too slow; every few ticks: let each check its peer. Raises nothing."""
+        report clients dropped for being too slow; every few ticks: let each check its peer."""
         tick = min(0.1, self.ping_interval / 4, self.ping_timeout / 4)
         check_every = min(self.ping_interval, self.ping_timeout) / 4
         next_check = time.monotonic() + check_every
@@ -136,7 +136,7 @@ class Housekeeper(threading.Thread):
                     conn.check_alive(now, self.ping_interval, self.ping_timeout)
 
     def stop(self) -> None:
-        """End the thread after its current tick; close refused sockets still lingering. Raises nothing."""
+        """End the thread after its current tick; close refused sockets still lingering."""
         self._stop.set()
         with self._lock:
             refused, self._refused = self._refused, deque()

@@ -17,6 +17,7 @@ import logging
 import time
 
 from chatserver.errors import CloseConnection
+from chatserver.protocol import CloseCode
 from chatserver.transport.state import State
 from chatserver.wire import frames
 
@@ -40,7 +41,7 @@ class MessageLoop:
         """Read frames until the connection ends (RFC 6455 section 5 and 6.2): texts go to the
         app in batches, pings are answered with pongs (5.5.2/5.5.3), a close is echoed (5.5.1),
         and a CloseConnection from the frame reader or the app ends it with its close code (7.1.7).
-        Raises nothing: EOF and socket errors end the loop."""
+        EOF and socket errors end the loop."""
         reader = frames.FrameReader(self.reader.read_exact, self.server.max_message_bytes)
         texts = []  # messages read but not yet handled: all that arrived together, up to MAX_BATCH
         charged = 0  # frames read and paid for (reader.frames counts every frame read)
@@ -63,7 +64,7 @@ class MessageLoop:
             paid = self._pay(cost) if cost and not isinstance(event, frames.Close) else True
             if paid is None:
                 if not texts or self._handle_texts(texts, reader):
-                    self.fail(frames.CLOSE_POLICY_VIOLATION, "rate limit exceeded", reader)
+                    self.fail(CloseCode.POLICY_VIOLATION, "rate limit exceeded", reader)
                 return
             if isinstance(event, frames.Text):
                 if self.state is State.OPEN:
@@ -85,7 +86,7 @@ class MessageLoop:
 
     def _pay(self, cost: int) -> bool | None:
         """Charge `cost` frames to the client's rate: True if paid, False if over it, None when
-        it keeps flooding (close it). Raises nothing."""
+        it keeps flooding (close it)."""
         limiter = self.limiter
         if limiter is None:
             return True
@@ -104,15 +105,14 @@ class MessageLoop:
             self.fail(exc.close_code, exc.reason, reader)
         except Exception:  # a bug: log it, and don't tell the peer details
             log.exception("handler failed for %s", self.peer)
-            self.fail(frames.CLOSE_INTERNAL_ERROR, "internal error", reader)
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error", reader)
         return False
 
     def pace(self) -> None:
         """On this connection's thread, before it handles the client's next request: wait while
         more than `max_reply_bytes` of replies to its earlier requests are still queued, so a
         client that does not read cannot make us hold more. While the outbox makes progress the
-        peer counts as alive (no ping timeout); one that takes nothing is found by the pings.
-        Raises nothing."""
+        peer counts as alive (no ping timeout); one that takes nothing is found by the pings."""
         sent = self.outbox.sent
         while not self.outbox.wait_for_room(PACE_TICK):
             if self.outbox.sent != sent:

@@ -38,6 +38,7 @@ from websocket_server import WebSocketHandler, WebsocketServer
 
 from chatserver.errors import CloseConnection, HandshakeError
 from chatserver.ops import logs
+from chatserver.protocol import CloseCode
 from chatserver.transport.caps import AcceptGate, BurstLog, ConnectionCaps
 from chatserver.transport.housekeeper import Housekeeper
 from chatserver.transport.inbound import CLOSE_LINGER, MessageLoop
@@ -91,7 +92,7 @@ class Connection(MessageLoop, WebSocketHandler):
             self.server.max_outbox_bytes,
             self.server.flusher,
             self._on_overflow,
-            frames.close_frame(frames.CLOSE_POLICY_VIOLATION, "too slow: outgoing queue full"),
+            frames.close_frame(CloseCode.POLICY_VIOLATION, "too slow: outgoing queue full"),
             self.tls.encrypt if self.tls else None,
             self.server.max_reply_bytes,
         )
@@ -101,7 +102,7 @@ class Connection(MessageLoop, WebSocketHandler):
 
     @property
     def state(self) -> State:
-        """CONNECTING, OPEN, CLOSING or CLOSED (transport/state.py); read from any thread. Raises nothing."""
+        """CONNECTING, OPEN, CLOSING or CLOSED (transport/state.py); read from any thread."""
         return self._life.state
 
     # upstream: `while keep_alive: handshake() / read_next_message()`, where a failed handshake or an
@@ -181,22 +182,22 @@ class Connection(MessageLoop, WebSocketHandler):
         """Queue `frame` (whole encoded frames, RFC 6455 5.2) after everything sent before, from any
         thread, without blocking; `own` of its bytes answer this client's own requests, the rest
         counts toward its slow-reader limit (streams.Outbox). Dropped once the connection is
-        closing. Raises nothing."""
+        closing."""
         self.outbox.put(frame, own)
 
     def backlog(self) -> int:
-        """Bytes of others' traffic queued for this client (streams.Outbox), a moment old. Raises nothing."""
+        """Bytes of others' traffic queued for this client (streams.Outbox), a moment old."""
         return self.outbox.others_queued
 
     def check_alive(self, now: float, ping_interval: float, ping_timeout: float) -> None:
         """Called by the housekeeper: ping (RFC 6455 5.5.2) an open connection that has been quiet
         for `ping_interval` seconds; close with 1011 one that has not answered its ping within
-        `ping_timeout`. One ping at a time. Raises nothing."""
+        `ping_timeout`. One ping at a time."""
         if self.state is not State.OPEN:
             return
         if self.ping_sent_at is not None and self.last_seen < self.ping_sent_at:  # waiting for the pong
             if now - self.ping_sent_at >= ping_timeout:
-                self.close(frames.CLOSE_INTERNAL_ERROR, "ping timeout", grace=0)
+                self.close(CloseCode.INTERNAL_ERROR, "ping timeout", grace=0)
         elif now - max(self.last_seen, self.ping_sent_at or 0) >= ping_interval:
             self.ping_sent_at = now
             self.send_frame(PING, own=len(PING))
@@ -204,7 +205,7 @@ class Connection(MessageLoop, WebSocketHandler):
     def close(self, code: int, reason: str, grace: float = CLOSE_LINGER) -> None:
         """Start a close from any thread (RFC 6455 7.1.2): queue our close frame with `code`
         (7.4.1) and `reason`, and cut the TCP connection after `grace` seconds unless the peer
-        answered first. A no-op unless the connection is OPEN. Raises nothing."""
+        answered first. A no-op unless the connection is OPEN."""
         if self._life.move(State.CLOSING, f"closed by server ({code} {reason})", code) is None:
             return
         self.outbox.put_last(frames.close_frame(code, reason))
@@ -215,8 +216,7 @@ class Connection(MessageLoop, WebSocketHandler):
         7.1.7, "Fail the WebSocket Connection"), and tell the app at once.
 
         Then keep reading for a moment, so our close frame is not lost to a TCP reset: until the
-        peer's close frame when the stream is still in step (`reader` given), else until EOF.
-        Raises nothing."""
+        peer's close frame when the stream is still in step (`reader` given), else until EOF."""
         self._life.move(State.CLOSING, f"closed by server ({code} {reason})", code)
         self.outbox.put_last(frames.close_frame(code, reason))
         self.report_closed()
@@ -238,11 +238,12 @@ class Connection(MessageLoop, WebSocketHandler):
         # only a state move and a schedule here. The Outbox has queued our 1008 close frame behind
         # what the kernel holds; the peer gets `drop_linger` to read it (and answer, which ends
         # this connection's thread), while its rooms hear of its leave on the next tick.
-        self._life.move(State.CLOSING, "closed by server (1008 too slow: outgoing queue full)", 1008)
+        code = CloseCode.POLICY_VIOLATION
+        self._life.move(State.CLOSING, f"closed by server ({code} too slow: outgoing queue full)", code)
         self.server.housekeeper.abort_later(self, self.server.drop_linger, report_now=True)
 
     def abort(self) -> None:
-        """Cut the TCP connection so this connection's thread wakes up and finishes. Raises nothing."""
+        """Cut the TCP connection so this connection's thread wakes up and finishes."""
         with contextlib.suppress(OSError):
             self.request.shutdown(socket.SHUT_RDWR)
 
@@ -343,7 +344,7 @@ class WebSocketTransport(AcceptGate, WebsocketServer):
 
     def serve(self) -> None:
         """Accept connections until `stop_accepting()`, on the calling thread (the accept thread).
-        Raises nothing of its own; errors in a connection go to `handle_error`."""
+        Errors in a connection go to `handle_error`."""
         with self._accepting:
             if self._stopped:  # shut down before this thread got going
                 return
@@ -355,11 +356,11 @@ class WebSocketTransport(AcceptGate, WebsocketServer):
     # upstream: `handle_error` prints a traceback to stderr for anything a handler raised.
     # fix: log it once through `logging`, without the noise for a peer that just went away.
     def handle_error(self, request, client_address):
-        """socketserver's hook for an exception a connection's thread did not handle (a bug). Raises nothing."""
+        """socketserver's hook for an exception a connection's thread did not handle (a bug)."""
         log.exception("connection %s failed", client_address)
 
     def stop_accepting(self) -> None:
-        """Stop the accept loop and close the listening socket. Raises nothing."""
+        """Stop the accept loop and close the listening socket."""
         with self._accepting:
             self._stopped, serving = True, self._serving
         if serving:  # socketserver's shutdown() would wait forever for a loop never started
@@ -369,7 +370,7 @@ class WebSocketTransport(AcceptGate, WebsocketServer):
     def close_all(self, code: int, reason: str, timeout: float = 1.5) -> None:
         """Send every open connection a close frame with `code` (RFC 6455 7.4.1), give them until
         `timeout` seconds to answer, then cut what is left and stop the helper threads.
-        Connections still in their handshake are cut at once. Raises nothing."""
+        Connections still in their handshake are cut at once."""
         for conn in self.housekeeper.connections():
             if conn.state is State.OPEN:
                 conn.close(code, reason, grace=timeout * 0.6)

@@ -43,7 +43,7 @@ class ConnectionState:
     def move(self, to: State, reason: str = "", code: int | None = None) -> State | None:
         """Move to `to` if MOVES allows it from the current state and return the state left; return
         None when the move is not allowed (the caller then does nothing). `reason` and `code` are
-        kept if none was given before. Raises nothing.
+        kept if none was given before.
 
         Several threads end connections: the connection's own (the peer's close, a protocol error,
         EOF), the housekeeper (ping timeout, a too-slow client), any sender (outbox overflow) and

@@ -4,13 +4,15 @@ Reading: each connection's own thread reads through its SocketReader, which serv
 reads to the frame parser and lines to the handshake, and keeps no buffer while the connection
 is idle.
 
-Writing: fan-out runs on the sender's thread, under the Registry lock, so a send must never wait on a slow
-peer. `Outbox.put` writes straight to the socket with MSG_DONTWAIT when nothing is queued (the
-common case: one syscall, no thread switch); whatever the kernel does not take is queued, and one
-`Flusher` thread for the whole server finishes those writes when epoll says the socket is
-writable. Bytes leave in the order `put` was called. When others' traffic waiting passes its
-byte limit, the queue is dropped and `on_overflow` is called: the peer is too slow to keep, and no
-other member waits for it. Replies to the client's own requests never drop it: its requests wait.
+Writing: the hub fans a room's events out under its lock, on whichever thread the engine
+delivers from (the SQLite writer, the Redis listener, or with the memory engine the publishing
+connection's thread), so a send must never wait on a slow peer. `Outbox.put` writes straight to
+the socket with MSG_DONTWAIT when nothing is queued (the common case: one syscall, no thread
+switch); whatever the kernel does not take is queued, and one `Flusher` thread for the whole
+server finishes those writes when epoll says the socket is writable. Bytes leave in the order
+`put` was called. When others' traffic waiting passes its byte limit, the queue is dropped and
+`on_overflow` is called: the peer is too slow to keep, and no other member waits for it. Replies
+to the client's own requests never drop it: its requests wait.
 """
 
 import contextlib
@@ -73,7 +75,7 @@ class SocketReader:
         return data[:n]
 
     def frame_ready(self) -> bool:
-        """A whole frame is already buffered: the next frame read will not block (RFC 6455 5.2). Raises nothing."""
+        """A whole frame is already buffered: the next frame read will not block (RFC 6455 5.2)."""
         return frames.frame_ready(self._buf, self._pos)
 
     def readline(self, limit: int) -> bytes:
@@ -109,7 +111,7 @@ class Outbox:
       connection's thread calls `wait_for_room` before handling its next request, so the client
       cannot queue more than about `reply_budget` bytes of replies (plus one reply) by not reading.
 
-    Any thread may call `put`/`put_last` (fan-out runs on the sender's thread); the Flusher calls
+    Any thread may call `put`/`put_last` (fan-out runs on the engine's delivering thread); the Flusher calls
     `flush`; the connection's own thread calls `wait_for_room`. `self._lock` guards the queue, the
     byte counts and the open/broken flags, and is taken after the Registry's lock (lock order:
     registry -> outbox -> TLS session, connection state or housekeeper lock). Methods starting
@@ -143,7 +145,7 @@ class Outbox:
 
     @property
     def others_queued(self) -> int:
-        """Bytes of others' traffic waiting (read without the lock: one int, a moment old). Raises nothing."""
+        """Bytes of others' traffic waiting (read without the lock: one int, a moment old)."""
         return self._others
 
     def put(self, data: bytes, own: int = 0) -> bool:
@@ -151,7 +153,7 @@ class Outbox:
         answer the client's own requests (all of them: `len(data)`), the rest is others' traffic.
 
         Returns False when the outbox no longer sends: after `put_last`, a failed write or an
-        overflow (then `data` is dropped). Raises nothing; a socket error only closes the outbox.
+        overflow (then `data` is dropped). A socket error only closes the outbox.
         """
         with self._lock:
             if not self._open:
@@ -160,7 +162,7 @@ class Outbox:
 
     def put_last(self, data: bytes) -> None:
         """Queue a final frame (a close frame); nothing put later is sent. A no-op once closed,
-        so a connection never sends two close frames (RFC 6455 5.5.1). Raises nothing."""
+        so a connection never sends two close frames (RFC 6455 5.5.1)."""
         with self._lock:
             if self._open:
                 self._open = False
@@ -196,7 +198,7 @@ class Outbox:
 
     def flush(self) -> None:
         """Called by the Flusher when the socket is writable: send what the kernel will take.
-        Raises nothing; a socket error closes the outbox."""
+        A socket error closes the outbox."""
         with self._lock:
             while self._queue:
                 entry = self._queue[0]
@@ -231,13 +233,13 @@ class Outbox:
     def wait_for_room(self, timeout: float) -> bool:
         """On the connection's own thread, before it handles the client's next request: wait up to
         `timeout` seconds while more than `reply_budget` bytes of replies are queued. True once
-        there is room (or the outbox stopped sending), False on timeout. Raises nothing."""
+        there is room (or the outbox stopped sending), False on timeout."""
         with self._lock:
             return self._room.wait_for(lambda: self._own <= self._reply_budget or not self._open, timeout)
 
     def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds until everything queued is written (or cannot be);
-        True if it was written. Raises nothing."""
+        True if it was written."""
         deadline = time.monotonic() + timeout
         # Reads the deque without the lock: its length is one atomic read under the GIL, and a
         # stale answer costs one more 5 ms poll. Rare (closing only): polling is enough.
@@ -246,7 +248,7 @@ class Outbox:
         return not self._queue and not self._broken
 
     def detach(self) -> None:
-        """Stop sending for good and drop the queue; called before the socket is closed. Raises nothing."""
+        """Stop sending for good and drop the queue; called before the socket is closed."""
         with self._lock:
             self._open = False
             self._discard()
@@ -298,7 +300,7 @@ class Flusher(threading.Thread):
         self._stopped = False
 
     def watch(self, fd: int, outbox: Outbox) -> None:
-        """Call `outbox.flush()` whenever `fd` is writable, until `unwatch`. Raises nothing."""
+        """Call `outbox.flush()` whenever `fd` is writable, until `unwatch`."""
         self._outboxes[fd] = outbox
         try:
             self._epoll.register(fd, select.EPOLLOUT)
@@ -308,15 +310,14 @@ class Flusher(threading.Thread):
             self._outboxes.pop(fd, None)
 
     def unwatch(self, fd: int, outbox: Outbox) -> None:
-        """Stop watching `fd` for `outbox`; a no-op if the fd now belongs to another connection.
-        Raises nothing."""
+        """Stop watching `fd` for `outbox`; a no-op if the fd now belongs to another connection."""
         if self._outboxes.get(fd) is outbox:
             del self._outboxes[fd]
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
 
     def run(self) -> None:
-        """The thread's loop: wait for writable sockets (epoll, 0.5 s at a time) and flush them. Raises nothing."""
+        """The thread's loop: wait for writable sockets (epoll, 0.5 s at a time) and flush them."""
         while not self._stopped:
             for fd, _events in self._epoll.poll(0.5):
                 outbox = self._outboxes.get(fd)
@@ -327,5 +328,5 @@ class Flusher(threading.Thread):
                         log.exception("flush failed")
 
     def stop(self) -> None:
-        """Ask the loop to end; it notices within 0.5 s. Raises nothing."""
+        """Ask the loop to end; it notices within 0.5 s."""
         self._stopped = True

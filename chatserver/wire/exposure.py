@@ -64,7 +64,7 @@ def split_host(value: str) -> tuple[str, int | None]:
 
 
 def is_ip_literal(name: str) -> bool:
-    """'10.0.0.5' or '[::1]' (an address, as a Host names it). Raises nothing."""
+    """'10.0.0.5' or '[::1]' (an address, as a Host names it)."""
     try:
         ipaddress.ip_address(name.strip("[]"))
         return True
@@ -75,7 +75,7 @@ def is_ip_literal(name: str) -> bool:
 def always_hosts(bind_host: str) -> set:
     """The names answered whatever `--allowed-hosts` says: localhost, 127.0.0.1, [::1] and the bound
     address (unless a wildcard). None of them can be a rebinding name: an attacker's page is on a
-    name the attacker controls, and that name is what its Host says. Raises nothing."""
+    name the attacker controls, and that name is what its Host says."""
     names = set(LOOPBACK_NAMES)
     if bind_host not in WILDCARD_BINDS:
         names.add(f"[{bind_host}]" if ":" in bind_host else bind_host.lower())
@@ -88,7 +88,7 @@ def default_hosts(bind_host: str) -> tuple[set, bool]:
     Always: localhost, 127.0.0.1, [::1] (all a loopback bind answers to), the machine's name
     (`hostname`, `hostname.local`) and the bound name or address itself. Wildcard bind (0.0.0.0,
     ::): also any IP address typed as such (http://192.168.1.20:8765/), since an IP literal cannot
-    be a rebinding name. A port in Host is not checked: port mappings and proxies change it. Raises nothing.
+    be a rebinding name. A port in Host is not checked: port mappings and proxies change it.
     """
     names = always_hosts(bind_host)
     machine = socket.gethostname().lower()
@@ -118,7 +118,7 @@ class HostCheck:
         self._logged = _Remembered()
 
     def describe(self) -> str:
-        """The rule, for the start-up log. Raises nothing."""
+        """The rule, for the start-up log."""
         if self.any_host:
             return "any Host"
         names = sorted(self.names) + sorted(f"{name}:{port}" for name, port in self.pinned)
@@ -144,7 +144,7 @@ class HostCheck:
 
 def normalize_origin(origin: str) -> str | None:
     """'HTTP://Example.com:80' -> 'http://example.com'; 'null' -> 'null'; None if malformed
-    (RFC 6454 section 6.2: scheme "://" host [":" port], nothing after). Raises nothing."""
+    (RFC 6454 section 6.2: scheme "://" host [":" port], nothing after)."""
     origin = origin.strip().lower()
     if origin == "null":
         return origin
@@ -198,7 +198,7 @@ class _Remembered:
         self._lock = threading.Lock()
 
     def first(self, value: str) -> bool:
-        """True the first time `value` is seen (while fewer than MAX_REMEMBERED are). Raises nothing."""
+        """True the first time `value` is seen (while fewer than MAX_REMEMBERED are)."""
         with self._lock:
             if value in self._seen or len(self._seen) >= MAX_REMEMBERED:
                 return False

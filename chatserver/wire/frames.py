@@ -1,8 +1,9 @@
 """RFC 6455 framing with no sockets: bytes in, events out, and server frames out.
 
-`FrameReader` pulls bytes through a `read_exact(n)` callable, so the same code runs on a socket's
-buffered file in production and on a `BytesIO` in the unit tests. Every rule violation raises
-`CloseConnection(close_code, reason)`; the caller sends that close code and stops reading.
+`FrameReader` pulls bytes through a `read_exact(n)` callable, so the same code runs on a
+connection's `transport.streams.SocketReader` in production and on a `BytesIO` in the unit tests.
+Every rule violation raises `CloseConnection(close_code, reason)` (a `protocol.CloseCode`); the
+caller sends that close code and stops reading.
 """
 
 import codecs
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from chatserver.errors import CloseConnection
 from chatserver.ops import trace
+from chatserver.protocol import CloseCode
 
 try:  # websockets' C helper: about 100x faster than the pure-Python XOR on a 32 KiB payload
     from websockets.speedups import apply_mask
@@ -24,15 +26,6 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 KNOWN_OPCODES = {OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG}
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_INVALID_DATA = 1007
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
 
 MAX_CONTROL_PAYLOAD = 125
 MAX_FRAGMENTS = 1024  # frames per message: empty continuation frames must not go on for ever
@@ -157,34 +150,34 @@ class FrameReader:
         fin, rsv, opcode = b1 & 0x80, b1 & 0x70, b1 & 0x0F
         masked, length = b2 & 0x80, b2 & 0x7F
         if rsv:
-            raise CloseConnection(CLOSE_PROTOCOL_ERROR, "reserved bits must be 0")
+            raise CloseConnection(CloseCode.PROTOCOL_ERROR, "reserved bits must be 0")
         if opcode not in KNOWN_OPCODES:
-            raise CloseConnection(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+            raise CloseConnection(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
         if not masked:
-            raise CloseConnection(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+            raise CloseConnection(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
         control = opcode >= OP_CLOSE
         if control and not fin:
-            raise CloseConnection(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+            raise CloseConnection(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
         if control and length > MAX_CONTROL_PAYLOAD:
-            raise CloseConnection(CLOSE_PROTOCOL_ERROR, "control frame too long")
+            raise CloseConnection(CloseCode.PROTOCOL_ERROR, "control frame too long")
         if length == 126:
             (length,) = struct.unpack("!H", self._read_exact(2))
         elif length == 127:
             (length,) = struct.unpack("!Q", self._read_exact(8))
             if length >> 63:
-                raise CloseConnection(CLOSE_PROTOCOL_ERROR, "payload length has its top bit set")
+                raise CloseConnection(CloseCode.PROTOCOL_ERROR, "payload length has its top bit set")
         if trace.ON:
             trace.frame(fin, opcode, masked, length)
         if opcode == OP_BINARY:
-            raise CloseConnection(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
+            raise CloseConnection(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
         if not control and self._size + length > self._max:
-            raise CloseConnection(CLOSE_TOO_BIG, f"message over {self._max} bytes")
+            raise CloseConnection(CloseCode.MESSAGE_TOO_BIG, f"message over {self._max} bytes")
         mask = self._read_exact(4)
         payload = unmask(self._read_exact(length), mask) if length else b""
 
         if opcode == OP_TEXT:
             if self._decoder is not None:
-                raise CloseConnection(CLOSE_PROTOCOL_ERROR, "new message before the last one finished")
+                raise CloseConnection(CloseCode.PROTOCOL_ERROR, "new message before the last one finished")
             if fin:
                 return Text(_decode_utf8(payload))
             self._decoder = codecs.getincrementaldecoder("utf-8")()
@@ -192,7 +185,7 @@ class FrameReader:
             return None
         if opcode == OP_CONTINUATION:
             if self._decoder is None:
-                raise CloseConnection(CLOSE_PROTOCOL_ERROR, "continuation frame with no message to continue")
+                raise CloseConnection(CloseCode.PROTOCOL_ERROR, "continuation frame with no message to continue")
             self._append(payload, final=bool(fin), length=length)
             if not fin:
                 return None
@@ -208,11 +201,11 @@ class FrameReader:
     def _append(self, payload: bytes, final: bool, length: int) -> None:
         self._fragments += 1
         if self._fragments > MAX_FRAGMENTS:
-            raise CloseConnection(CLOSE_TOO_BIG, f"message in more than {MAX_FRAGMENTS} fragments")
+            raise CloseConnection(CloseCode.MESSAGE_TOO_BIG, f"message in more than {MAX_FRAGMENTS} fragments")
         try:
             part = self._decoder.decode(payload, final)
         except UnicodeDecodeError:
-            raise CloseConnection(CLOSE_INVALID_DATA, "text is not valid UTF-8") from None
+            raise CloseConnection(CloseCode.INVALID_DATA, "text is not valid UTF-8") from None
         if part:
             self._parts.append(part)
         self._size += length
@@ -222,15 +215,15 @@ def _decode_utf8(payload: bytes) -> str:
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
-        raise CloseConnection(CLOSE_INVALID_DATA, "text is not valid UTF-8") from None
+        raise CloseConnection(CloseCode.INVALID_DATA, "text is not valid UTF-8") from None
 
 
 def _parse_close(payload: bytes) -> Close:
     if not payload:
         return Close(None, "")
     if len(payload) == 1:
-        raise CloseConnection(CLOSE_PROTOCOL_ERROR, "close payload of one byte")
+        raise CloseConnection(CloseCode.PROTOCOL_ERROR, "close payload of one byte")
     (code,) = struct.unpack("!H", payload[:2])
     if not valid_close_code(code):
-        raise CloseConnection(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+        raise CloseConnection(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
     return Close(code, _decode_utf8(payload[2:]))

@@ -46,7 +46,7 @@ class Request:
 
     @property
     def is_upgrade(self) -> bool:
-        """The client asks for a WebSocket (an `Upgrade` header naming websocket). Raises nothing."""
+        """The client asks for a WebSocket (an `Upgrade` header naming websocket)."""
         return "websocket" in self.headers.get("upgrade", "").lower()
 
 
@@ -157,15 +157,14 @@ def accept(request: Request, policy: Policy = ACCEPT_ALL) -> bytes:
 
 
 def accept_key(key: str) -> str:
-    """Sec-WebSocket-Accept for a Sec-WebSocket-Key: base64(SHA-1(key + GUID)), RFC 6455 section 4.2.2.
-    Raises nothing."""
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key: base64(SHA-1(key + GUID)), RFC 6455 section 4.2.2."""
     return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
 
 
 def response(status: int, headers: dict, body: bytes, head_only: bool = False) -> bytes:
     """An HTTP/1.1 response (RFC 9112 section 4) that closes the connection after it: status line,
     `Content-Length`, `Connection: close`, then `headers` and the body (left out for HEAD, whose
-    Content-Length still counts it, RFC 9110 section 9.3.2). Header values must be Latin-1. Raises nothing."""
+    Content-Length still counts it, RFC 9110 section 9.3.2). Header values must be Latin-1."""
     lines = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Unknown')}"]
     headers = {"Content-Length": str(len(body)), "Connection": "close", **headers}
     lines += [f"{name}: {value}" for name, value in headers.items()]
@@ -175,6 +174,6 @@ def response(status: int, headers: dict, body: bytes, head_only: bool = False) -
 
 def refusal(error: HandshakeError) -> bytes:
     """The response for a refused request: its status, its extra headers and SECURITY_HEADERS, and
-    the reason as text. Raises nothing."""
+    the reason as text."""
     headers = {"Content-Type": TEXT, **SECURITY_HEADERS, **error.headers}
     return response(error.status, headers, error.reason.encode() + b"\n")

@@ -29,7 +29,7 @@ def parse_network(entry: str) -> Network:
 def parse_address(node: str) -> str | None:
     """The IP in a `for=` node or an X-Forwarded-For entry: '192.0.2.60', '192.0.2.60:4711',
     '[2001:db8::17]:4711', '2001:db8::17'; None for 'unknown', obfuscated names or junk
-    (RFC 7239 section 6). Raises nothing."""
+    (RFC 7239 section 6)."""
     node = node.strip().strip('"')
     if node.startswith("["):
         node = node[1:].split("]", 1)[0]
@@ -53,7 +53,7 @@ class TrustedProxies:
         self.header = header
 
     def trusts(self, address: str | None) -> bool:
-        """`address` (an IP as text) is one of the trusted proxies. Raises nothing."""
+        """`address` (an IP as text) is one of the trusted proxies."""
         if not address or not self._networks:
             return False
         try:
@@ -65,7 +65,7 @@ class TrustedProxies:
     def client(self, peer_ip: str, headers: dict) -> tuple[str | None, str | None]:
         """(client address, scheme) as the proxy at `peer_ip` reports them, from request headers
         with lower-case names; (None, None) when `peer_ip` is not trusted, and None for whatever
-        the headers do not say. The scheme is "http" or "https". Raises nothing."""
+        the headers do not say. The scheme is "http" or "https"."""
         if not self.trusts(peer_ip):
             return None, None
         if self.header == "forwarded":
