@@ -574,9 +574,17 @@ class RedisEngine:
         self._hub.close_all(protocol.CloseCode.SERVICE_RESTART, "the chat history was reset; reconnect")
 
     def _receive(self) -> None:
+        items = []
+        try:
+            self._receive_into(items)
+        finally:  # what was placed is delivered, also when a later message's catch-up failed
+            if items:
+                self._hub.deliver(items)
+
+    def _receive_into(self, items: list) -> None:
+        """Read what has arrived (up to 512 items) into `items`. Raises redis.RedisError."""
         pubsub = self._pubsub
         message = pubsub.get_message(timeout=0.5)
-        items = []
         while message is not None and len(items) < 512:
             if message["type"] == "subscribe":
                 with self._lock:
@@ -597,8 +605,6 @@ class RedisEngine:
             # that has arrived in part is a timeout to redis-py, which then reconnects and drops
             # what was in flight.
             message = pubsub.get_message(timeout=READ_TIMEOUT) if pubsub.connection.can_read(timeout=0) else None
-        if items:
-            self._hub.deliver(items)
 
     def _place(self, room: str, data: bytes) -> list:
         """The items to deliver for one message: the event, after any it shows were missed."""
