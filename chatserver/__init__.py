@@ -22,7 +22,7 @@ import redis, only transport/ imports websocket_server.
 Three requests through the code (tests/unit/test_layout.py checks every name below exists):
 
   one chat: {"type":"chat","room":"lobby","text":"hi"}
-    transport.inbound.MessageLoop.read_messages        the client's own thread reads frames
+    transport.server.Connection.read_messages          the client's own thread reads frames
       wire.frames.FrameReader.next_event               RFC 6455: unmask, limits, UTF-8
       app.ChatServer.on_texts                          messages that arrived together
         rooms.dispatch.Dispatcher.dispatch             a rate token each, decode, the handler

@@ -8,7 +8,7 @@ Threads, and what each runs:
 - one per connection: `transport.Connection.handle`: the TLS and opening handshakes, then reads
   frames and calls `on_connect`, `on_texts` (dispatch -> handlers -> registry) and `on_close`.
   Requests run here, and so does the fan-out of the memory engine's chats. Before each request it
-  waits (`pace`, transport/inbound.py) while its client's own replies pile up unread.
+  waits (`Connection.pace`, transport/server.py) while its client's own replies pile up unread.
 - housekeeper (transport/housekeeper.py): handshake deadlines, pings, delayed aborts, `on_close` for
   connections dropped as too slow.
 - flusher (streams.Flusher): finishes the writes the kernel could not take at once (epoll).
@@ -161,7 +161,7 @@ class ChatServer:
         except BaseException:
             self.shares.release(conn.address)
             raise
-        conn.limiter = conn.client.limiter  # every frame costs (transport/inbound.py), not only messages
+        conn.limiter = conn.client.limiter  # every frame costs (Connection.read_messages), not only messages
         if invite is not None:  # set before its first request: its `nick` redeems it
             conn.client.invite = invite
         conn.context = Context(self.registry, conn.client, self.config, self.invites)

@@ -6,8 +6,8 @@ The rest of roomchat sees a connection (`send_frame`, `close`, `peer`, `path`, `
 `on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
 `on_close(conn, close_code)`, `on_refused(status)`, and `on_http(request, peer_ip)` for plain HTTP.
 Beside it in transport/: streams.py (socket reads, queued writes), state.py, housekeeper.py and
-tls.py; outside it: wire/handshake.py (the opening handshake), wire/frames.py (RFC 6455 framing), wire/proxies.py,
-wire/exposure.py.
+tls.py; outside it: wire/handshake.py (the opening handshake), wire/frames.py (RFC 6455
+framing), wire/proxies.py, wire/exposure.py.
 
 What is still used from websocket-server 0.6.4 (pinned in requirements.txt, since the overrides
 rely on its internals): `WebsocketServer`'s base classes (socketserver's `ThreadingMixIn` and
@@ -20,6 +20,14 @@ Do not call the package's own API methods (`run_forever`, `send_message`, `send_
 `set_fn_*`): they write to sockets directly and read upstream's `clients` list, bypassing our
 outbox (ordering, slow-reader limits) and the app's registry (the one record of who is
 connected). Use `serve`, `stop_accepting`, `close_all` and `Connection.send_frame`/`close`.
+
+What a connection does with what its client sends (`read_messages`, on its own thread): every
+frame costs one token of the client's rate (RFC 6455 section 10.3 leaves a server free to limit
+what a peer may consume): the app charges the first frame of each text message (dispatch), the
+read loop every other one, so a ping, a pong or a continuation frame costs as much as a message.
+A ping over the budget gets no pong; a client that keeps going past `FLOOD_FACTOR` x burst
+refusals in a row is closed with 1008, as for messages. `pace` keeps a client from queueing more
+replies than it reads.
 
 Threads and locks: app.py's docstring lists every thread and lock of the server, this module's
 included, and the order locks are taken in.
@@ -41,7 +49,6 @@ from chatserver.ops import logs
 from chatserver.protocol import CloseCode
 from chatserver.transport.caps import AcceptGate, BurstLog, ConnectionCaps
 from chatserver.transport.housekeeper import Housekeeper
-from chatserver.transport.inbound import CLOSE_LINGER, MessageLoop
 from chatserver.transport.state import ConnectionState, State
 from chatserver.transport.streams import Flusher, Outbox, SocketReader
 from chatserver.transport.tls import TlsSession
@@ -54,15 +61,20 @@ PING = frames.encode_frame(frames.OP_PING, b"roomchat")
 # Linux grows a socket's send buffer to 4 MiB for a peer that stops reading; a fixed size keeps
 # "how far behind may a client fall" close to max_outbox_bytes (the kernel doubles this value).
 SOCKET_SEND_BUFFER = 128 * 1024
+MAX_BATCH = 64  # messages from one client handled together when they arrived together
+PACE_TICK = 1.0  # seconds between progress checks while a client's requests wait for its replies to leave
+CLOSE_LINGER = 1.0  # seconds we keep reading after our close frame so the peer can read it
 
 
-class Connection(MessageLoop, WebSocketHandler):
+class Connection(WebSocketHandler):
     """One client connection, served on its own thread by socketserver.
 
     Lifecycle: `setup` -> `handle` (handshake, then one message at a time) -> `finish`.
     `state` changes only through `ConnectionState.move` (transport/state.py), which also says why a second
     close or disconnect from another thread is harmless.
     """
+
+    limiter = None  # client.TokenBucket, set by the app in on_connect: every frame costs
 
     # upstream (via StreamRequestHandler) wraps the socket in a buffered file and a writer per
     # connection: 8 KiB of buffer held by every idle client, and calls through three layers.
@@ -280,6 +292,93 @@ class Connection(MessageLoop, WebSocketHandler):
     def _send_direct(self, data: bytes) -> None:
         """Write during the handshake (before the outbox is in use); through TLS once it is up."""
         self.outbox.write_direct(self.tls.encrypt(data) if self.tls and self.tls.established else data)
+
+    # -- the read side: what the client sends --------------------------------------------------
+
+    # upstream: reads any payload length it is told, unmasks byte by byte, ignores binary and
+    # continuation frames (the stream falls out of step), never answers a close.
+    # fix: frames.FrameReader (limits before reading, fast unmask, fragments, UTF-8 checks);
+    # every CloseConnection becomes its close code. tests: tests/unit/test_frames.py, test_transport.py
+    def read_messages(self) -> None:
+        """Read frames until the connection ends (RFC 6455 section 5 and 6.2): texts go to the
+        app in batches, pings are answered with pongs (5.5.2/5.5.3), a close is echoed (5.5.1),
+        and a CloseConnection from the frame reader or the app ends it with its close code (7.1.7).
+        EOF and socket errors end the loop."""
+        reader = frames.FrameReader(self.reader.read_exact, self.server.max_message_bytes)
+        texts = []  # messages read but not yet handled: all that arrived together, up to MAX_BATCH
+        charged = 0  # frames read and paid for (reader.frames counts every frame read)
+        while True:
+            if texts and (len(texts) >= MAX_BATCH or not self.reader.frame_ready()):
+                if not self._handle_texts(texts, reader):
+                    return
+                texts = []
+            try:
+                event = reader.next_event()
+            except CloseConnection as exc:  # a payload may be left unread: the stream is out of step
+                if not texts or self._handle_texts(texts, reader):
+                    self.fail(exc.close_code, exc.reason)
+                return
+            except (OSError, EOFError, ValueError):
+                return
+            self.last_seen = time.monotonic()
+            # every frame since the last event; a text message's first frame is the app's to charge
+            cost, charged = reader.frames - charged - isinstance(event, frames.Text), reader.frames
+            paid = self._pay(cost) if cost and not isinstance(event, frames.Close) else True
+            if paid is None:
+                if not texts or self._handle_texts(texts, reader):
+                    self.fail(CloseCode.POLICY_VIOLATION, "rate limit exceeded", reader)
+                return
+            if isinstance(event, frames.Text):
+                if self.state is State.OPEN:
+                    texts.append(event.text)
+            elif isinstance(event, frames.Ping):
+                if paid:  # over the budget: no pong
+                    pong = frames.encode_frame(frames.OP_PONG, event.payload)
+                    self.send_frame(pong, own=len(pong))
+            elif isinstance(event, frames.Close):
+                if texts and not self._handle_texts(texts, reader):
+                    return
+                # RFC 6455 7.1.5: a close frame without a status code means 1005 for the log.
+                said = f"{event.code}" if event.code else "no status code, 1005"
+                if self._life.move(State.CLOSING, f"client closed ({said})", event.code or 1005) is not None:  # echo it
+                    echo = frames.close_frame(event.code) if event.code else frames.encode_frame(frames.OP_CLOSE, b"")
+                    self.outbox.put_last(echo)
+                    self.outbox.drain(CLOSE_LINGER)
+                return
+
+    def _pay(self, cost: int) -> bool | None:
+        """Charge `cost` frames to the client's rate: True if paid, False if over it, None when
+        it keeps flooding (close it)."""
+        limiter = self.limiter
+        if limiter is None:
+            return True
+        paid = limiter.charge(cost)
+        return None if not paid and limiter.flooding else paid
+
+    def _handle_texts(self, texts: list, reader: frames.FrameReader) -> bool:
+        """Hand messages that arrived together to the app in one call (so their fan-out can share
+        one write per member). False if the connection was closed instead."""
+        if self.state is not State.OPEN:  # dropped (too slow, ping timeout, shutdown): requests go unanswered
+            return True
+        try:
+            self.server.app.on_texts(self, texts)
+            return True
+        except CloseConnection as exc:
+            self.fail(exc.close_code, exc.reason, reader)
+        except Exception:  # a bug: log it, and don't tell the peer details
+            log.exception("handler failed for %s", self.peer)
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error", reader)
+        return False
+
+    def pace(self) -> None:
+        """On this connection's thread, before it handles the client's next request: wait while
+        more than `max_reply_bytes` of replies to its earlier requests are still queued, so a
+        client that does not read cannot make us hold more. While the outbox makes progress the
+        peer counts as alive (no ping timeout); one that takes nothing is found by the pings."""
+        sent = self.outbox.sent
+        while not self.outbox.wait_for_room(PACE_TICK):
+            if self.outbox.sent != sent:
+                sent, self.last_seen = self.outbox.sent, time.monotonic()
 
 
 class WebSocketTransport(AcceptGate, WebsocketServer):
