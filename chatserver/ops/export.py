@@ -117,7 +117,8 @@ def export_main(argv, environ=None, out=None) -> int:
     """`python roomchat.py export --room R [--since DATE] [--format md|jsonl|html] [--db FILE | --redis URL]`."""
     environ = os.environ if environ is None else environ
     from chatserver.config import env_name
-    from chatserver.engines.sqlite_file import StoreError, transcript_of_file
+    from chatserver.engines.base import EngineError
+    from chatserver.engines.sqlite_file import transcript_of_file
 
     out = out or sys.stdout
     parser = argparse.ArgumentParser(prog="roomchat.py export", description="Write a room's transcript to stdout.")
@@ -134,24 +135,17 @@ def export_main(argv, environ=None, out=None) -> int:
     except ValueError:
         parser.error(f"--since {args.since!r} is not a date (2026-12-01) or time (2026-12-01T09:30)")
     redis_url = args.redis or (None if args.db else environ.get(env_name("redis")))
-    if redis_url:
-        from chatserver.engines.base import EngineError
-        from chatserver.engines.redis import transcript_of_redis  # only Redis users need redis-py
-
-        try:
-            events = transcript_of_redis(redis_url, args.room, since)
-        except EngineError as exc:
-            print(f"roomchat export: {exc}", file=sys.stderr)
-            return 2
-        out.write(render(args.room, events, args.format))
-        out.flush()
-        return 0
     db = args.db or environ.get(env_name("db")) or "roomchat.db"
-    if db == ":memory:":
+    if not redis_url and db == ":memory:":
         parser.error("a :memory: history lives only inside its server; export needs --db FILE")
     try:
-        events = transcript_of_file(db, args.room, since)
-    except StoreError as exc:
+        if redis_url:
+            from chatserver.engines.redis import transcript_of_redis  # only Redis users need redis-py
+
+            events = transcript_of_redis(redis_url, args.room, since)
+        else:
+            events = transcript_of_file(db, args.room, since)
+    except EngineError as exc:  # StoreError is one
         print(f"roomchat export: {exc}", file=sys.stderr)
         return 2
     out.write(render(args.room, events, args.format))
