@@ -63,7 +63,11 @@ def _converged(rig: Rig, rooms, converge: float) -> list:
         for room in rooms:
             truth = rig.members(room)
             for node in rig.running():
-                observer = rig.observer(node)
+                try:
+                    observer = rig.observer(node)
+                except Exception as exc:  # refused (1013, 503) or no welcome: polled again
+                    mismatches.append(f"no client could connect to {node.name} to ask who: {exc!r}")
+                    continue
                 who = _ask(observer, type="who", room=room)
                 listed = _ask(observer, type="rooms")
                 if who is None or listed is None:
