@@ -11,10 +11,6 @@ from tests.faults.invariants import check, dm_reaches_one_holder, holders
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
-def until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.monotonic()))
-
-
 def test_a_paused_process_comes_back_to_one_holder_per_nick(rig):
     """A process SIGSTOPped for 4 leases while a client elsewhere asks for its clients' nicks and
     members come and go: after SIGCONT there is one holder per nick, `who` on every process equals
