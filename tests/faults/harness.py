@@ -27,11 +27,12 @@ LEASE = 1.0
 LEASE_ARGS = ("--redis-lease", f"{LEASE:g}")
 # Seconds after a fault ends within which every process's `who` must equal the truth (polled).
 CONVERGE = 4 * LEASE + 10
-# Seconds after SIGCONT before a resumed process's clients count for "one holder per nick": the
-# process learns at its next beat (a fraction of the lease) that it lost a claim, then renames
-# or closes its client; until then its client cannot know. While a process is stopped, its
+# One holder per nick: two running clients with one nick (folded) in every observation for this
+# long are two holders. Shorter, it is the moment a rename or a 1012 close is on its way to one of
+# them while the other's reply already arrived, or a process just continued (SIGCONT) learning
+# at its next beat (a fraction of the lease) that it lost a claim. While a process is stopped its
 # clients do not count: it can neither send nor deliver anything under their nicks.
-FENCE_GRACE = LEASE
+DOUBLE_SETTLE = 2 * LEASE
 NICK_POLL = 0.05  # seconds between observations of every client's nick
 
 
@@ -218,7 +219,6 @@ class Node:
             raise
         self.url = self.server.url
         self.stopped = False  # SIGSTOPped now
-        self.resumed_at = 0.0  # time.monotonic() of the last SIGCONT
         self.ended = False  # killed or terminated
 
     def __repr__(self):
@@ -230,7 +230,6 @@ class Node:
 
     def resume(self) -> None:
         self.server.proc.send_signal(signal.SIGCONT)
-        self.resumed_at = time.monotonic()
         self.stopped = False
 
     def kill(self) -> None:
@@ -271,6 +270,7 @@ class Rig:
         self.acked: list = []  # (epoch, room, seq, from, text, time the chat was sent, sender)
         self.violations: list = []  # found as it happened: a seq given to two chats in one epoch
         self.doubles: dict = {}  # folded nick held twice -> (first seen, last seen, {holders})
+        self._streaks: dict = {}  # folded nick held twice in every observation -> (since, {holders})
         self._watching = True
         self._monitor = threading.Thread(target=self._watch_nicks, name="nick-monitor", daemon=True)
         self._monitor.start()
@@ -337,20 +337,25 @@ class Rig:
             time.sleep(NICK_POLL)
 
     def observe_nicks(self) -> None:
-        """One observation: the running clients' nicks, folded, must be distinct."""
+        """One observation: the running clients' nicks, folded, must be distinct; a nick held
+        twice in every observation for DOUBLE_SETTLE seconds goes into `doubles`."""
         now = time.monotonic()
         holders: dict = {}
         for client in list(self.clients):
             node = client.node
-            if not client.connected or node.ended or node.stopped or now - node.resumed_at < FENCE_GRACE:
-                continue
-            if client.nick:
-                holders.setdefault(fold_nick(client.nick), []).append(f"{client.label} on {node.name}")
+            if client.connected and client.nick and not node.ended and not node.stopped:
+                holders.setdefault(fold_nick(client.nick), set()).add(f"{client.label} on {node.name}")
         with self._lock:
-            for folded, who in holders.items():
+            streaks = {}
+            for nick, who in holders.items():
                 if len(who) > 1:
-                    first, _last, seen = self.doubles.get(folded, (now, now, set()))
-                    self.doubles[folded] = (first, now, seen | set(who))
+                    since, before = self._streaks.get(nick, (now, set()))
+                    streaks[nick] = (since, before | who)
+            self._streaks = streaks
+            for nick, (since, who) in self._streaks.items():
+                if now - since >= DOUBLE_SETTLE:
+                    first, _last, seen = self.doubles.get(nick, (since, now, set()))
+                    self.doubles[nick] = (first, now, seen | who)
 
     def close(self) -> None:
         """Teardown: clients, processes (continued first if stopped), proxies, Redis; each

@@ -3,7 +3,8 @@ saw. check() polls where the truth takes time to reach every process (within `co
 of the fault's end) and fails with every broken property, each saying which nick, room, process
 or client, what was expected and what was seen.
 
-1. One holder per nick at every observation (the Rig's monitor, all along the case).
+1. One holder per nick at every observation (the Rig's monitor, all along the case; see
+   harness.DOUBLE_SETTLE for what counts as two holders).
 2. On every running process, `who` of each room equals the clients really in it (connected, and
    in the room by what they were told), and `rooms` gives it that count (or omits it when empty).
 3. Each member's own view of the room (from `joined` and the events since) equals that truth.
@@ -62,7 +63,11 @@ def _converged(rig: Rig, rooms, converge: float) -> list:
         for room in rooms:
             truth = rig.members(room)
             for node in rig.running():
-                observer = rig.observer(node)
+                try:
+                    observer = rig.observer(node)
+                except Exception as exc:  # refused (1013, 503) or no welcome: polled again
+                    mismatches.append(f"no client could connect to {node.name} to ask who: {exc!r}")
+                    continue
                 who = _ask(observer, type="who", room=room)
                 listed = _ask(observer, type="rooms")
                 if who is None or listed is None:
