@@ -15,7 +15,7 @@ import time
 import warnings
 
 # WebDriver key codes (W3C WebDriver, "Keyboard actions"), the same for both drivers
-ENTER, TAB, ESCAPE, CONTROL = "\ue007", "\ue004", "\ue00c", "\ue009"
+ENTER, TAB, ESCAPE, CONTROL, SHIFT = "\ue007", "\ue004", "\ue00c", "\ue009", "\ue008"
 ID, XPATH, CSS, TAG = "id", "xpath", "css selector", "tag name"
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
