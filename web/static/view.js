@@ -56,9 +56,9 @@ export function onDm(event) {
 
 function messageItem(event) {
   const mine = sameNick(event.from, state.me || "");
-  const item = el("li", { class: mine ? "msg mine" : "msg" },
-    clockTime(event.ts), " ", el("span", { class: "from", text: event.from }), " ",
-    el("span", { class: "text" }, ...linkify(event.text)));
+  const item = el("li", { class: mine ? "msg mine" : "msg" }, clockTime(event.ts), " ",
+    el("div", { class: "body" }, el("span", { class: "from", text: event.from }), " ",
+      el("span", { class: "text" }, ...linkify(event.text))));
   item.dataset.ts = String(event.ts ?? Date.now() / 1000);
   item.dataset.from = foldNick(event.from);
   if (!mine && mentions(event.text, state.me)) item.classList.add("mention");
