@@ -269,9 +269,16 @@ function handleEvent(event) {
   else if (!(event.type in IGNORED)) console.warn("roomchat: an event of unknown type", event.type);
 }
 
-/** The reply to `auth`: the connection's identity (and whether it is an operator) from now on. */
+/** The reply to `auth`: the connection's identity (and whether it is an operator) from now on.
+ *  After an invited tab picks its nick, it carries `token`: this tab's identity token from now on
+ *  (its reconnects and reloads present it instead of the invite, and use no invite). */
 function onAuth(event) {
   state.identity = { nick: event.nick, op: event.op, exp: event.exp, rooms: event.rooms };
+  if (typeof event.token === "string" && event.token) {
+    sessionStorage.setItem(STORE_TOKEN, event.token);
+    sessionStorage.removeItem(STORE_INVITE);
+    state.wantedNick = event.nick;
+  }
   renderHeader();
   renderMembers();
   renderComposer();
