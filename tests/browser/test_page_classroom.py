@@ -7,9 +7,12 @@ import re
 
 import pytest
 
-from tests.helpers import SECRET, token
+from tests.helpers import ROOT, SECRET, token
 
 pytestmark = pytest.mark.browser
+# Until issue 19's server side is merged, these skip with that reason (after it, they run).
+needs_modes = pytest.mark.skipif(not (ROOT / "handlers" / "mode.py").exists(),
+                                 reason="no room modes on this server yet")
 
 
 def save_settings(page, moderated: bool, slow: int) -> None:
@@ -22,6 +25,7 @@ def save_settings(page, moderated: bool, slow: int) -> None:
     page.xpath('//form[@id="settings-form"]//button[@type="submit"]').click()
 
 
+@needs_modes
 def test_modes_from_the_room_settings_show_and_count_down(open_page, make_server):
     """The op makes the room moderated: the student sees the mode in the header, a line naming the op
     and a read-only box (the op still writes); a reload shows the mode from `joined`. Then slow mode:
@@ -62,7 +66,8 @@ def test_modes_from_the_room_settings_show_and_count_down(open_page, make_server
 def test_an_invite_link_lets_a_student_pick_a_nick_and_keep_it(open_page, make_server):
     """`/?invite=X#class`: the page asks for a nick; once picked, the tab holds the token the server
     gives for it and a reload is the same student. A used-up invite is said in words, not retried."""
-    from chatserver.rooms.invites import issue_invite  # the server side of issue 19
+    issue_invite = pytest.importorskip("chatserver.rooms.invites", reason="no class invites on this server yet") \
+        .issue_invite
 
     school = make_server(token_secret=SECRET)
     signed = issue_invite(SECRET.encode(), ["class"], 1, 3600)

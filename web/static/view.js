@@ -330,7 +330,8 @@ export function renderMembers() {
     list.replaceChildren();
     return;
   }
-  $("members-title").textContent = `Members of ${conv.name} (${conv.members.length})`;
+  $("members-title").textContent = conv.closed ? `You are not in ${conv.name}`
+    : `Members of ${conv.name} (${conv.members.length})`;
   const sorted = [...conv.members].sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base" }));
   replaceItems(list, sorted.map((nick) => sameNick(nick, state.me || "")
     ? el("li", { class: "me" }, nick, " (you)")
