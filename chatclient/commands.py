@@ -13,6 +13,12 @@ commands:
   /who [ROOM]         list who is in ROOM (default: the current room)
   /rooms              list the rooms with their member counts
   /history [N]        show the last N messages of the current room (default 20, at most 200)
+operators (a token with op), in the current room:
+  /topic [TEXT]       show the room's topic; with TEXT set it (/topic - clears it)
+  /kick NICK [REASON] take NICK out of the room
+  /ban NICK TIME [REASON]   keep NICK out for TIME (90, 90s, 10m, 2h, 1d; 0 lifts the ban)
+  /mute NICK TIME [REASON]  NICK may read but not chat for TIME (0 lifts it)
+  /mode [moderated|open] [slow TIME|slow off]   show or set the room's mode
   /quit               leave once the server has confirmed what you sent
   /help               show this help"""
 
@@ -26,7 +32,7 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    name: str  # say, join, leave, nick, msg, who, rooms, history, quit, help
+    name: str  # say, join, leave, nick, msg, who, rooms, history, quit, help, topic, kick, ban, mute, mode
     args: tuple = ()
 
 
@@ -42,7 +48,15 @@ USAGE = {
     "history": ("/history [N]", 0, 1),
     "quit": ("/quit", 0, 0),
     "help": ("/help", 0, 0),
+    "topic": ("/topic [TEXT]", 0, 1),
+    "kick": ("/kick NICK [REASON]", 1, 2),
+    "ban": ("/ban NICK TIME [REASON]", 2, 3),
+    "mute": ("/mute NICK TIME [REASON]", 2, 3),
+    "mode": ("/mode [moderated|open] [slow TIME|slow off]", 0, 3),
 }
+MAX_DURATION = 30 * 86400  # a ban or mute lasts at most 30 days (PROTOCOL.md, Moderation)
+MAX_SLOW = 3600  # slow mode's longest wait
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse(line: str) -> Command | None:
@@ -59,12 +73,21 @@ def parse(line: str) -> Command | None:
         raise UsageError(f"Unknown command /{name}; /help lists the commands.")
     usage, least, most = USAGE[name]
     rest = rest.strip()
-    if name in ("join", "leave", "who", "nick"):
+    if name in ("join", "leave", "who", "nick", "topic"):
         args = (rest,) if rest else ()
     else:
-        args = tuple(rest.split(None, 1) if name == "msg" else rest.split())
+        args = tuple(rest.split(None, {"msg": 1, "kick": 1, "ban": 2, "mute": 2}.get(name, -1)))
     if not least <= len(args) <= most:
         raise UsageError(f"Usage: {usage}")
+    if name in ("kick", "ban", "mute"):
+        check_name(args[0], "nick")
+        if name != "kick":
+            args = (args[0], duration(args[1], f"Usage: {usage}", MAX_DURATION), *args[2:])
+        return Command(name, args)
+    if name == "mode":
+        return Command(name, _mode(args, usage))
+    if name == "topic":
+        return Command(name, ("",) if args == ("-",) else args)
     if name in ("join", "leave", "who") and args:
         check_name(args[0], "room")
     elif name in ("nick", "msg"):
@@ -92,6 +115,35 @@ def check_name(name: str, kind: str) -> str:
     why = f"it has {len(name)} characters" if len(name) > longest else "it may not contain " + " or ".join(
         "a space" if ch == " " else repr(ch) for ch in bad)
     raise UsageError(f"{name!r} is not a valid {label}: a {label} is {rule}; {why}.")
+
+
+def duration(word: str, usage: str, longest: int) -> int:
+    """Seconds in `word`: a whole number with an optional unit s, m, h or d ("90", "10m", "2h").
+    Raises UsageError (with `usage`) for anything else or more than `longest` seconds."""
+    number, unit = word.rstrip("smhdSMHD"), word[len(word.rstrip("smhdSMHD")):].lower()
+    if not number.isdigit() or unit not in UNITS:
+        raise UsageError(f"{usage}: TIME is a whole number of seconds, or with a unit: 90s, 10m, 2h, 1d")
+    seconds = int(number) * UNITS[unit]
+    if seconds > longest:
+        raise UsageError(f"{usage}: TIME is at most {longest} seconds")
+    return seconds
+
+
+def _mode(words: tuple, usage: str) -> tuple:
+    """/mode's words as ((field, value), ...): moderated/open, slow TIME/slow off; () shows the mode."""
+    fields, rest = [], [w.lower() for w in words]
+    while rest:
+        word = rest.pop(0)
+        if word in ("moderated", "+m", "open", "-m"):
+            fields.append(("moderated", word in ("moderated", "+m")))
+        elif word == "slow" and rest:
+            value = rest.pop(0)
+            fields.append(("slow", 0 if value in ("off", "0") else duration(value, f"Usage: {usage}", MAX_SLOW)))
+        else:
+            raise UsageError(f"Usage: {usage}")
+    if len({name for name, _ in fields}) < len(fields):
+        raise UsageError(f"Usage: {usage}")
+    return tuple(fields)
 
 
 def _history_count(word: str) -> int:

@@ -29,18 +29,20 @@ FIELDS = {
     "dm": {"from": "str", "to": "str", "text": "str", "ts?": "num"},
     "presence": {"room": "str", "event": "str", "nick": "str"},
     "nick": {"old": "str", "nick": "str"},
-    "joined": {"room": "str", "members": "strs", "history": "chats", "truncated?": "bool"},
+    "joined": {"room": "str", "members": "strs", "history": "chats", "truncated?": "bool", "topic?": "str",
+               "mode?": "dict"},
     "left": {"room": "str"},
     "rooms": {"rooms": "rooms"},
     "who": {"room": "str", "members": "strs"},
     "history": {"room": "str", "messages": "chats"},
-    "error": {"code": "str", "message?": "str"},
+    "error": {"code": "str", "message?": "str", "retry_after?": "num"},
     "pong": {},
     "auth": {"nick": "str", "op?": "bool", "exp?": "num"},
     "topic": {"room": "str", "topic": "str", "by": "str"},
     "kick": {"room": "str", "nick": "str", "by": "str", "reason?": "str"},
     "ban": {"room": "str", "nick": "str", "by": "str", "duration": "int", "reason?": "str"},
     "mute": {"room": "str", "nick": "str", "by": "str", "duration": "int", "reason?": "str"},
+    "mode": {"room": "str", "by": "str", "moderated": "bool", "slow": "int"},
 }
 ROOMS_ENTRY = {"room": "str", "members": "int"}
 

@@ -71,10 +71,20 @@ def renamed(event: dict) -> str:
     return f"{clock()} * {safe(event['old'])} is now known as {safe(event['nick'])}"
 
 
+def mode_words(mode: dict) -> str:
+    """A room's mode in words: "moderated, slow mode 30 s", or "open"."""
+    parts = ["moderated (only operators write)"] if mode.get("moderated") else []
+    if mode.get("slow"):
+        parts.append(f"slow mode {safe(mode['slow'])} s")
+    return ", ".join(parts) or "open"
+
+
 def moderation(event: dict) -> str:
-    """A topic, kick, ban or mute event: who did what in which room."""
+    """A topic, kick, ban, mute or mode event: who did what in which room."""
     kind, nick = event["type"], safe(event.get("nick", ""))
-    if kind == "topic":
+    if kind == "mode":
+        what = f"set the mode: {mode_words(event)}"
+    elif kind == "topic":
         what = f"set the topic: {safe(event['topic'])}" if event["topic"] else "cleared the topic"
     elif kind != "kick" and not event.get("duration"):
         what = f"lifted the {kind} on {nick}"

@@ -33,6 +33,30 @@ from chatclient.events import problem
 
 JOIN_SHOW = 20  # messages of a room's history printed when we join it
 NICK_RETRY = 2.0  # seconds between requests for a nick the server still holds for our old connection
+MODERATION = ("topic", "kick", "ban", "mute", "mode")  # operators' requests: a refusal names what was refused
+
+# Every event type the server sends (schema/events.json) -> the method that shows it, or None for
+# one the session deliberately does not handle (why, beside it). A test holds this table to the schema.
+EVENTS = {
+    "welcome": None,  # read by terminal.py when a connection opens (Session.connected); a later one is a contract break
+    "nick": "_on_nick",
+    "joined": "_on_joined",
+    "presence": "_on_presence",
+    "left": "_on_left",
+    "chat": "_on_chat",
+    "dm": "_on_dm",
+    "rooms": "_on_rooms",
+    "who": "_on_who",
+    "history": "_on_history",
+    "pong": "_on_pong",
+    "error": "_on_error",
+    "auth": None,  # the client never sends `auth` (a token goes in the URL): an `auth` reply is unexpected
+    "topic": "_on_topic",
+    "kick": "_on_kick",
+    "ban": "_on_kick",
+    "mute": "_on_mute",
+    "mode": "_on_mode",
+}
 
 
 class Session:
@@ -51,6 +75,8 @@ class Session:
         self.quitting = False
         self.connections = 0  # welcomes seen so far
         self.resume_token = None  # from the last `welcome`: `?resume=` on the next connection
+        self.topics: dict[str, str] = {}  # room -> its topic, from `joined` and `topic` events
+        self.modes: dict[str, dict] = {}  # room -> {"moderated": bool, "slow": seconds}, from `joined` and `mode`
         self._clock = clock
         self._granted = None  # the last nick the server gave us at our request
         self._gate = False  # typed lines wait: a nick request is not answered yet
@@ -215,6 +241,43 @@ class Session:
             return [render.error("You are in no room; /join ROOM first.")]
         self._queue(type="history", room=self.room, limit=count)
 
+    def _cmd_topic(self, text: str | None = None):
+        if self.room is None:
+            return [render.error("You are in no room; /join ROOM first.")]
+        if text is None:
+            topic = self.topics.get(self.room)
+            said = f"the topic of {render.safe(self.room)}: {render.safe(topic)}" if topic \
+                else f"{render.safe(self.room)} has no topic"
+            return [render.notice(said)]
+        self._queue(type="topic", room=self.room, topic=text)
+
+    def _moderate(self, kind: str, nick: str, *rest):
+        if self.room is None:
+            return [render.error("You are in no room; /join ROOM first.")]
+        msg = {"type": kind, "room": self.room, "nick": nick}
+        if kind != "kick":
+            msg["duration"], rest = rest[0], rest[1:]
+        if rest:
+            msg["reason"] = rest[0]
+        self._queue(**msg)
+
+    def _cmd_kick(self, nick: str, reason: str | None = None):
+        return self._moderate("kick", nick, *([reason] if reason else []))
+
+    def _cmd_ban(self, nick: str, seconds: int, reason: str | None = None):
+        return self._moderate("ban", nick, seconds, *([reason] if reason else []))
+
+    def _cmd_mute(self, nick: str, seconds: int, reason: str | None = None):
+        return self._moderate("mute", nick, seconds, *([reason] if reason else []))
+
+    def _cmd_mode(self, *fields):
+        if self.room is None:
+            return [render.error("You are in no room; /join ROOM first.")]
+        if not fields:
+            mode = self.modes.get(self.room, {})
+            return [render.notice(f"the mode of {render.safe(self.room)}: {render.mode_words(mode)}")]
+        self._queue(type="mode", room=self.room, **dict(fields))
+
     def _cmd_quit(self):
         self.quitting = True
 
@@ -243,7 +306,8 @@ class Session:
         msg_id = event.get("id") if isinstance(event, dict) else None
         request = self._inflight.pop(msg_id, None) if isinstance(msg_id, int | str) else None
         found = problem(event)
-        handler = getattr(self, "_on_" + event["type"], None) if not found else None
+        name = EVENTS.get(event["type"]) if not found else None
+        handler = getattr(self, name) if name else None
         if handler is None:
             found = found or f"an unexpected {event['type']} event"
             if request is not None:
@@ -276,9 +340,15 @@ class Session:
         return [render.notice(f"you are now known as {render.safe(self.nick)}")]
 
     def _on_topic(self, event: dict, request) -> list[str]:
+        self.topics[event["room"]] = event["topic"]
         return [render.moderation(event)]
 
-    _on_mute = _on_topic
+    def _on_mute(self, event: dict, request) -> list[str]:
+        return [render.moderation(event)]
+
+    def _on_mode(self, event: dict, request) -> list[str]:
+        self.modes[event["room"]] = {"moderated": event["moderated"], "slow": event["slow"]}
+        return [render.moderation(event)]
 
     def _on_kick(self, event: dict, request) -> list[str]:
         """A kick (or a ban, not lifted) of us takes us out of the room: not rejoined on reconnect."""
@@ -289,14 +359,18 @@ class Session:
                 self.room = next(reversed(self.rooms), None)
         return [render.moderation(event)]
 
-    _on_ban = _on_kick
 
     def _on_joined(self, event: dict, request) -> list[str]:
         room, history = event["room"], event.get("history", [])
+        self.topics[room] = event.get("topic", "")
+        self.modes[room] = event.get("mode") or {}
         resumed = room in self._waiting
         last = self.rooms.get(room)
         new = history[-JOIN_SHOW:] if last is None else [e for e in history if e["seq"] > last]
         lines = [] if resumed else [render.members(room, event.get("members", []), joined=True)]
+        if not resumed and (event.get("topic") or render.mode_words(self.modes[room]) != "open"):
+            lines.append(render.notice(f"{render.safe(room)}: topic: {render.safe(event.get('topic') or '(none)')}; "
+                                       f"mode: {render.mode_words(self.modes[room])}"))
         lines += [render.chat(e) for e in new]
         if event.get("truncated") and last is not None:  # on a first join: older ones left out, as always
             lines.append(render.notice("more messages were missed than the server replays; /history shows the latest"))
@@ -326,8 +400,11 @@ class Session:
         return []
 
     def _on_error(self, event: dict, request) -> list[str]:
-        message = render.error(event.get("message") or event["code"])
         kind = request["type"] if request else None
+        said = event.get("message") or event["code"]
+        if kind in MODERATION:  # one line that says what was refused
+            said = f"{self._describe(request)} refused: {said}"
+        message = render.error(said)
         if kind == "nick" and self._reclaim and event["code"] == "nick_taken":
             first, self._told_held = not self._told_held, True
             self._retry_at = self._clock() + NICK_RETRY
@@ -362,7 +439,9 @@ class Session:
         kind = request["type"]
         target = request.get("room") or request.get("to") or request.get("nick")
         what = {"chat": "message to", "dm": "direct message to", "nick": "nick", "join": "join", "leave": "leave",
-                "who": "who", "history": "history of"}.get(kind, kind)
+                "who": "who", "history": "history of", "topic": "topic of", "mode": "mode of"}.get(kind, kind)
+        if kind in ("kick", "ban", "mute"):
+            return f"{kind} {render.safe(request['nick'])} in {render.safe(request['room'])}"
         return f"{what} {render.safe(target)}" if target else what
 
     # -- resending chats after a reconnect --------------------------------------------------------

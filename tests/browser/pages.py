@@ -15,7 +15,7 @@ import time
 import warnings
 
 # WebDriver key codes (W3C WebDriver, "Keyboard actions"), the same for both drivers
-ENTER, TAB, ESCAPE, CONTROL = "\ue007", "\ue004", "\ue00c", "\ue009"
+ENTER, TAB, ESCAPE, CONTROL, SHIFT = "\ue007", "\ue004", "\ue00c", "\ue009", "\ue008"
 ID, XPATH, CSS, TAG = "id", "xpath", "css selector", "tag name"
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -194,10 +194,10 @@ class ChatPage:
         self.engine = engine
 
     def open(self, path: str = "/", connected: bool = True) -> "ChatPage":
-        """Load `path`; with `connected`, wait until the page says it is connected."""
+        """Load `path`; with `connected`, wait until the page is connected (online())."""
         self.browser.get(self.base_url + path)
         if connected:
-            self.wait(lambda: self.status() == "Connected.", "the page never connected")
+            self.wait(self.online, "the page never connected")
         return self
 
     def wait(self, predicate, message: str = "condition not met", timeout: float = 10.0):
@@ -231,7 +231,31 @@ class ChatPage:
         return self.browser.active()
 
     def status(self) -> str:
-        return self.find("status-text").text
+        """The connection status's text ("" while connected with nothing to say, when it is hidden)."""
+        return self.js("const s = document.getElementById('status'); "
+                       "return s.hidden ? '' : document.getElementById('status-text').textContent")
+
+    def online(self) -> bool:
+        """Connected, and the status has nothing to say (so it is not shown)."""
+        return self.js("const s = document.getElementById('status'); return s.dataset.online === '1' && s.hidden")
+
+    def nick(self) -> str:
+        """The nick the header says we have."""
+        return self.find("my-nick").text
+
+    def set_nick(self, nick: str) -> None:
+        """Open the nick form from the header, replace the nick and press Enter."""
+        if not self.visible("nick-input"):
+            self.find("nick-button").click()
+        field = self.find("nick-input")
+        field.clear()
+        field.send_keys(nick, ENTER)
+
+    def join_room(self, room: str) -> None:
+        """Open the join form ("+ Join") and join `room` with Enter."""
+        if not self.visible("join-input"):
+            self.find("join-button").click()
+        self.find("join-input").send_keys(room, ENTER)
 
     def value(self, element_id: str) -> str:
         return self.find(element_id).get_property("value")
@@ -242,7 +266,7 @@ class ChatPage:
 
     def message_box(self):
         """The input labelled "Message", found through its label as a person would."""
-        return self.xpath('//input[@id=//label[normalize-space()="Message"]/@for]')
+        return self.xpath('//*[@id=//label[normalize-space()="Message"]/@for]')
 
     def say(self, text: str) -> None:
         self.message_box().send_keys(text, ENTER)

@@ -23,7 +23,7 @@ box.dispatchEvent(new Event('input', {bubbles: true}));"""
 def test_a_malformed_fragment_is_ignored_and_the_page_connects(open_page, path, room):
     """A #fragment that is not valid percent-encoding (or not a room name) is skipped: the page
     connects and opens the valid rooms named, else the lobby."""
-    page = open_page(path)  # waits for "Connected."
+    page = open_page(path)  # waits until it is connected
     page.wait(lambda: page.title() == room, f"{room} never opened")
     page.wait(lambda: page.find("my-rooms").text.split() == [room, "\u00d7"], "other rooms were opened")
 
@@ -35,17 +35,16 @@ def test_errors_show_next_to_their_cause_and_go_away(open_page, connect, server,
     holder = connect()
     holder.set_nick("bob")
     ann = open_page("/?nick=ann#lobby")
+    ann.set_nick("bob")
     nick = ann.find("nick-input")
-    nick.clear()
-    nick.send_keys("bob", ENTER)
     ann.wait(lambda: "taken" in ann.error("nick"), "no error at the nick field")
     assert ann.error("send") == "" and nick.get_attribute("aria-describedby") == "nick-error"
     nick.send_keys("by")
     assert ann.error("nick") == ""  # editing the field clears it
     nick.send_keys(ENTER)
-    ann.wait(lambda: ann.value("nick-input") == "bobby" and "bobby" in ann.find("member-list").text)
+    ann.wait(lambda: ann.nick() == "bobby" and "bobby" in ann.find("member-list").text)
 
-    ann.find("join-input").send_keys("no spaces allowed", ENTER)
+    ann.join_room("no spaces allowed")
     assert "is not a room name" in ann.error("join") and ann.error("send") == ""
     ann.find("join-input").send_keys("!")
     assert ann.error("join") == "" and ann.value("join-input") == "no spaces allowed!"  # kept, to fix
@@ -53,17 +52,16 @@ def test_errors_show_next_to_their_cause_and_go_away(open_page, connect, server,
 
     ann.say("x" * 2001)  # over the server's limit: refused at the message box
     ann.wait(lambda: ann.error("send") == "Text is 2001 characters; the limit is 2000.", "no error at the box")
-    ann.find("join-input").send_keys("dev", ENTER)
+    ann.join_room("dev")
     ann.wait(lambda: ann.title() == "dev")
     assert ann.error("send") == ""  # the conversation changed
 
-    nick.clear()
-    nick.send_keys("bob", ENTER)
+    ann.set_nick("bob")
     ann.wait(lambda: "taken" in ann.error("nick"), "no error at the nick field")
     restart(make_server, server)
-    ann.wait(lambda: ann.status() == "Connected." and ann.find("member-list").text, "no reconnect", timeout=20)
+    ann.wait(lambda: ann.online() and ann.find("member-list").text, "no reconnect", timeout=20)
     ann.wait(lambda: ann.error("nick") == "", "the old error outlived the reconnect")
-    assert ann.value("nick-input") == "bobby"
+    assert ann.nick() == "bobby"
 
 
 def test_phone_layout_fits_the_screen_with_rooms_in_a_drawer(open_page, connect):
@@ -80,13 +78,13 @@ def test_phone_layout_fits_the_screen_with_rooms_in_a_drawer(open_page, connect)
     box = ann.message_box().rect
     assert box["y"] > 844 / 2 and box["y"] + box["height"] <= 844
     assert ann.js("return document.querySelector('.pane:not([hidden])').clientHeight") > 450
-    assert not ann.visible("join-input") and not ann.visible("member-list")
+    assert not ann.visible("join-button") and not ann.visible("member-list")
 
     toggle = ann.find("drawer-toggle")
     toggle.click()
     assert toggle.get_attribute("aria-expanded") == "true"
-    assert ann.visible("join-input") and ann.visible("member-list") and not ann.visible("message-input")
-    ann.find("join-input").send_keys("dev", ENTER)
+    assert ann.visible("join-button") and ann.visible("member-list") and not ann.visible("message-input")
+    ann.join_room("dev")
     ann.wait(lambda: ann.title() == "dev" and ann.visible("message-input"), "the drawer did not close")
     assert toggle.get_attribute("aria-expanded") == "false"
     toggle.click()
@@ -167,7 +165,7 @@ def test_nick_comes_back_after_a_silent_drop(open_page, relay, connect):
     ann.say("as a guest?")
     assert "Waiting for your nick ann" in ann.error("send")
     relay.cut_server_side()
-    ann.wait(lambda: ann.status() == "Connected." and ann.value("nick-input") == "ann", "nick not back")
+    ann.wait(lambda: ann.online() and ann.nick() == "ann", "nick not back")
     ann.wait(lambda: ann.error("send") == "", "the error outlived its cause")
     ann.message_box().send_keys(ENTER)  # what was kept in the box goes out now, as ann
     event = bob.recv_type("chat")

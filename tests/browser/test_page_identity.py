@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from tests.browser.pages import ENTER
 from tests.helpers import SECRET, events_until, token, wait_for
 
 pytestmark = pytest.mark.browser
@@ -54,7 +53,7 @@ def test_silent_drop_resumes_nick_and_rooms_without_a_flap(open_page, relay, con
     assert (joined["type"], joined["room"]) == ("joined", "lobby")
     assert joined["at"] - sockets[0]["opened"] < 1000
     assert found_after < 6  # ping_interval + ping_timeout + the first backoff, and some slack
-    assert ann.status() == "Connected." and ann.value("nick-input") == "ann"
+    assert ann.online() and ann.nick() == "ann"
 
     ann.say("back again")
     events = events_until(bob, lambda e: e.get("text") == "back again")
@@ -79,7 +78,7 @@ def test_a_token_in_the_address_connects_and_leaves_the_address(open_page, make_
     ann.say("signed in")
     ann.wait_for_text("signed in")
     ann.open("/?again#lobby")  # the tab loads the page again, without the token in its address
-    ann.wait(lambda: ann.value("nick-input") == "ann", "not ann after loading the page again")
+    ann.wait(lambda: ann.nick() == "ann", "not ann after loading the page again")
     assert [m["text"] for m in ann.messages()] == ["signed in"]
 
     anonymous = open_page("/#lobby", on=strict, connected=False)
@@ -92,15 +91,13 @@ def test_a_nick_link_applies_to_its_tab_only(open_page, connect):
     """/?nick=ann#r1,r2 opens the page as ann in r1 and r2 for that visit, without replacing the
     nick and rooms the browser remembers: the address without ?nick= is zed in home again."""
     page = open_page("/#home")
-    nick = page.find("nick-input")
-    nick.clear()
-    nick.send_keys("zed", ENTER)
+    page.set_nick("zed")
     page.wait(lambda: "zed (you)" in page.find("member-list").text, "zed never set")
 
     page.open("/?nick=ann#r1,r2")
-    page.wait(lambda: page.value("nick-input") == "ann" and "ann (you)" in page.find("member-list").text)
+    page.wait(lambda: page.nick() == "ann" and "ann (you)" in page.find("member-list").text)
     assert page.find("my-rooms").text.split() == ["r1", "\u00d7", "r2", "\u00d7"]
-    assert page.find("nick-label").text == "Nick (this tab)"
+    assert page.visible("nick-scope") and page.find("nick-scope").text == "this tab"
     peer = connect()
     assert peer.request(type="who", room="r1")["members"] == ["ann"]
     wait_for(lambda: peer.request(type="who", room="home").get("members") == [], timeout=10, interval=0.3)  # old page
@@ -108,9 +105,9 @@ def test_a_nick_link_applies_to_its_tab_only(open_page, connect):
         == ["zed", '["home"]']
 
     page.open("/")
-    page.wait(lambda: page.value("nick-input") == "zed" and "zed (you)" in page.find("member-list").text)
+    page.wait(lambda: page.nick() == "zed" and "zed (you)" in page.find("member-list").text)
     assert page.find("my-rooms").text.split() == ["home", "\u00d7"]
-    assert page.find("nick-label").text == "Nick"
+    assert not page.visible("nick-scope")
 
 
 def test_a_page_replaced_by_a_newer_connection_does_not_reconnect(open_page, make_server, peers):
@@ -127,4 +124,4 @@ def test_a_page_replaced_by_a_newer_connection_does_not_reconnect(open_page, mak
     assert other.request(type="who", room="lobby")["members"] == []
     other.close()
     ann.find("reconnect-now").click()
-    ann.wait(lambda: ann.status() == "Connected." and "ann (you)" in ann.find("member-list").text, "no reconnect")
+    ann.wait(lambda: ann.online() and "ann (you)" in ann.find("member-list").text, "no reconnect")

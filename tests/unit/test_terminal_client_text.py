@@ -231,3 +231,56 @@ def test_a_refused_handshake_is_one_readable_line():
         b"This server requires a token: connect with ?token=\n")
     said = "the server refused the connection (401 Unauthorized): This server requires a token: connect with ?token="
     assert describe(refused) == said
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("/topic", Command("topic", ())),
+        ("/topic Exam on Friday at 10", Command("topic", ("Exam on Friday at 10",))),
+        ("/topic -", Command("topic", ("",))),
+        ("/kick bob", Command("kick", ("bob",))),
+        ("/kick bob  being rude", Command("kick", ("bob", "being rude"))),
+        ("/ban bob 10m spam, again", Command("ban", ("bob", 600, "spam, again"))),
+        ("/ban bob 0", Command("ban", ("bob", 0))),
+        ("/mute bob 90", Command("mute", ("bob", 90))),
+        ("/mute bob 2h", Command("mute", ("bob", 7200))),
+        ("/mute bob 1D", Command("mute", ("bob", 86400))),
+        ("/mode", Command("mode", ())),
+        ("/mode moderated", Command("mode", (("moderated", True),))),
+        ("/mode open slow 30s", Command("mode", (("moderated", False), ("slow", 30)))),
+        ("/mode slow off", Command("mode", (("slow", 0),))),
+    ],
+)
+def test_parse_turns_moderation_lines_into_commands(line, command):
+    """/topic, /kick, /ban, /mute and /mode take their nick, time (with a unit) and reason."""
+    assert parse(line) == command
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("/kick", "Usage: /kick NICK"),
+        ("/kick b@b", "not a valid nick"),
+        ("/ban bob", "Usage: /ban NICK TIME"),
+        ("/ban bob soon", "TIME is a whole number of seconds, or with a unit"),
+        ("/mute bob 31d", "TIME is at most 2592000 seconds"),
+        ("/mute bob -5", "TIME is a whole number"),
+        ("/mode slow", "Usage: /mode"),
+        ("/mode slow 2h", "TIME is at most 3600 seconds"),
+        ("/mode quiet", "Usage: /mode"),
+        ("/mode moderated open", "Usage: /mode"),
+    ],
+)
+def test_parse_explains_bad_moderation_lines(line, message):
+    """A moderation line that cannot be sent says how to write it (one line, nothing sent)."""
+    with pytest.raises(UsageError, match=message):
+        parse(line)
+
+
+def test_mode_and_moderation_events_render_in_words():
+    """A mode event names who set what; a mode reads as words."""
+    mode = {"type": "mode", "room": "class", "by": "ann", "moderated": True, "slow": 30}
+    assert render.moderation(mode).endswith("[class] * ann set the mode: moderated (only operators write), "
+                                            "slow mode 30 s")
+    assert render.mode_words({"moderated": False, "slow": 0}) == "open"

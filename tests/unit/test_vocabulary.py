@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatclient.events import FIELDS
-from chatclient.session import Session
+from chatclient.session import EVENTS, Session
 from chatclient.terminal import FINAL_CLOSES
 from chatserver import protocol
 from chatserver.ops.metrics import Metrics
@@ -134,27 +134,27 @@ def test_terminal_client_knows_every_event_shape():
 
 
 def test_terminal_client_renders_every_event_type_or_ignores_it_on_purpose():
-    """The terminal client's Session has an `_on_<type>` renderer for every event type, or lists
-    the type in `IGNORED_EVENTS`; `welcome` is its `connected` step."""
-    ignored = set(getattr(Session, "IGNORED_EVENTS", ()))
-    handled = {t for t in protocol.EVENT_TYPES if callable(getattr(Session, f"_on_{t}", None))}
-    assert callable(Session.connected)
-    assert protocol.EVENT_TYPES - handled - ignored - {"welcome"} == set()
-    assert ignored <= protocol.EVENT_TYPES
+    """The terminal client's one event table (chatclient/session.py EVENTS) names exactly the
+    protocol's event types: each a Session method that shows it, or None (deliberately not
+    handled, the reason beside it)."""
+    assert set(EVENTS) == protocol.EVENT_TYPES
+    for kind, method in EVENTS.items():
+        assert method is None or callable(getattr(Session, method, None)), kind
 
 
 def test_page_handles_every_event_type_or_ignores_it_on_purpose():
     """The chat page's HANDLERS table (web/static/*.js) has an entry for every event type, or the
-    type is in its `IGNORED_EVENTS` list; neither names a type the protocol does not have."""
+    type is in its `IGNORED` table (with the reason); neither names a type the protocol does not have."""
     handled: set[str] = set()
     ignored: set[str] = set()
     for path in PAGE_SCRIPTS:
         source = path.read_text("utf-8")
         handled |= js_object_keys(source, "HANDLERS") or set()
-        ignored |= js_string_list(source, "IGNORED_EVENTS") or set()
+        ignored |= js_object_keys(source, "IGNORED") or set()
     assert handled, "no `const HANDLERS = {...}` table found in web/static/*.js"
     assert (handled | ignored) - protocol.EVENT_TYPES == set()
     assert protocol.EVENT_TYPES - handled - ignored == set()
+    assert handled & ignored == set()  # each type in one table only
 
 
 # -- close codes and limits --------------------------------------------------------------------
@@ -249,3 +249,10 @@ def test_page_nick_equality_is_the_servers(page):
     """The page's sameNick calls two nicks the same exactly when fold_nick does (case and look-alikes)."""
     expected = {(a, b): protocol.fold_nick(a) == protocol.fold_nick(b) for a, b in SAME_NICK_CASES}
     assert dict(zip(map(tuple, SAME_NICK_CASES), page["same"], strict=True)) == expected
+
+
+def test_page_room_rule_is_the_servers():
+    """The page's ROOM_RE (web/static/state.js) is the server's room pattern, anchored."""
+    source = (ROOT / "web" / "static" / "state.js").read_text("utf-8")
+    found = re.search(r"export const ROOM_RE = /\^(.*)\$/;", source)
+    assert found and found.group(1) == protocol.ROOM_RE.pattern

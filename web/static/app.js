@@ -23,15 +23,19 @@
 // away once resolved, when that field is edited, when the conversation changes or on reconnect.
 // No inline script or style anywhere (the page is served with a same-origin-only CSP).
 //
-// Modules: state.js (shared state, name rules, helpers), connection.js (sending, reconnecting,
-// resuming, the nick), view.js (conversations, tabs, members, history) and this file (the forms
+// Modules: nick.js (the nick rule and nick equality, the server's), state.js (shared state, name
+// rules, helpers), connection.js (sending, reconnecting, resuming, the nick, the table of events),
+// view.js (conversations, tabs, members, history, message rows), moderation.js (what operators did,
+// the room's header, the message box's limits, the operators' controls) and this file (the forms
 // and start-up).
 
 import {
-  NICK_RE, ROOM_RE, ROOMS_REFRESH_MS, STORE_NICK, STORE_ROOMS, STORE_TOKEN, $, state, roomKey, showError, showNick
+  NICK_RE, ROOM_RE, ROOMS_REFRESH_MS, STORE_NICK, STORE_ROOMS, STORE_TOKEN, STORE_INVITE, $, state, roomKey,
+  showError, showNick, showNickForm
 } from "./state.js";
 import { send, connect, suspend } from "./connection.js";
 import { openRoom, show, setDrawer } from "./view.js";
+import { chatBlocked, startModeration } from "./moderation.js";
 
 /** Why `text` cannot be sent as it is, or "". Counted in code points, as the server counts. */
 function textProblem(text) {
@@ -43,7 +47,7 @@ function textProblem(text) {
 function onSend(e) {
   e.preventDefault();
   const input = $("message-input");
-  const text = input.value.trim();
+  const text = input.value.trim(); // the lines inside stay as typed
   if (!text) return;
   const conv = state.convs.get(state.current);
   if (!conv) return showError("send", "Join a room first.");
@@ -58,11 +62,12 @@ function onSend(e) {
   if (state.resuming.size) {
     return showError("send", "Rejoining your rooms after the reconnect; your message is still in the box.", "offline");
   }
-  const problem = textProblem(text);
+  const problem = textProblem(text) || chatBlocked();
   if (problem) return showError("send", problem);
   showError("send", "");
   send(conv.kind === "room" ? { type: "chat", room: conv.name, text } : { type: "dm", to: conv.name, text });
   input.value = "";
+  fitMessageBox();
 }
 
 function onNickSubmit(e) {
@@ -74,7 +79,28 @@ function onNickSubmit(e) {
   state.reclaiming = false;
   state.wantedNick = nick;
   state.storage.setItem(STORE_NICK, nick);
-  if (state.connected && nick !== state.me) send({ type: "nick", nick });
+  if (state.connected && nick !== state.me) send({ type: "nick", nick }); // the form closes once it is ours
+  else showNickForm(false);
+}
+
+function showJoinForm(open) {
+  $("join-form").hidden = !open;
+  $("join-button").setAttribute("aria-expanded", String(open));
+  if (open) $("join-input").focus();
+}
+
+/** Enter sends; Shift+Enter (or Enter while an input method composes) is a new line. The box
+ *  grows with its lines, up to a few. */
+function onMessageKey(e) {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $("send-form").requestSubmit();
+  }
+}
+
+function fitMessageBox() {
+  const box = $("message-input");
+  box.rows = Math.min(8, Math.max(1, box.value.split("\n").length));
 }
 
 /** Rooms named in the address (`#lobby`, or `#lobby,help`); a part that is not a valid
@@ -96,6 +122,8 @@ function roomsFromHash() {
  *  sessionStorage, and those the browser remembers for its other tabs (localStorage) stay as they were. */
 function tabIdentity() {
   const params = new URLSearchParams(location.search);
+  const invite = params.get("invite");
+  if (invite) sessionStorage.setItem(STORE_INVITE, invite); // the link stays as it is: it is the class's
   const token = params.get("token");
   if (token) {
     sessionStorage.setItem(STORE_TOKEN, token);
@@ -105,12 +133,12 @@ function tabIdentity() {
   }
   const linked = params.get("nick");
   const fromLink = !!linked && NICK_RE.test(linked);
-  if (fromLink || sessionStorage.getItem(STORE_TOKEN)) {
+  if (fromLink || sessionStorage.getItem(STORE_TOKEN) || sessionStorage.getItem(STORE_INVITE)) {
     state.storage = sessionStorage;
-    const label = $("nick-label");
-    label.textContent = "Nick (this tab)";
-    label.title = "This tab has a nick of its own (from its link or token); other tabs keep the one this "
-      + "browser remembers.";
+    $("nick-label").textContent = "Nick (this tab)";
+    $("nick-scope").hidden = false;
+    $("nick-button").title = "This tab has a nick of its own (from its link, token or invite); other tabs keep "
+      + "the one this browser remembers. Click to change it.";
   }
   if (fromLink) sessionStorage.setItem(STORE_NICK, linked);
 }
@@ -135,15 +163,31 @@ function start() {
     $("message-input").focus();
   });
   $("send-form").addEventListener("submit", onSend);
-  $("message-input").addEventListener("input", () => showError("send", textProblem($("message-input").value.trim())));
+  $("message-input").addEventListener("keydown", onMessageKey);
+  $("message-input").addEventListener("input", () => {
+    fitMessageBox();
+    showError("send", textProblem($("message-input").value.trim()));
+  });
   $("nick-input").addEventListener("input", () => showError("nick", ""));
   $("join-input").addEventListener("input", () => showError("join", ""));
   $("nick-form").addEventListener("submit", onNickSubmit);
+  $("nick-button").addEventListener("click", () => showNickForm($("nick-form").hidden));
+  $("nick-cancel").addEventListener("click", () => {
+    showError("nick", "");
+    showNickForm(false);
+  });
+  $("nick-form").addEventListener("keydown", (e) => e.key === "Escape" && showNickForm(false));
+  $("join-button").addEventListener("click", () => showJoinForm($("join-form").hidden));
+  $("join-form").addEventListener("keydown", (e) => e.key === "Escape" && showJoinForm(false));
+  startModeration();
   $("drawer-toggle").addEventListener("click", () => setDrawer(!$("layout").classList.contains("drawer-open")));
   document.addEventListener("keydown", (e) => e.key === "Escape" && setDrawer(false));
   $("join-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    if (openRoom($("join-input").value.trim(), true)) $("join-input").value = ""; // else it stays, to fix
+    if (openRoom($("join-input").value.trim(), true)) { // else it stays, to fix
+      $("join-input").value = "";
+      showJoinForm(false);
+    }
   });
   $("refresh-rooms").addEventListener("click", () => state.connected && send({ type: "rooms" }));
   $("reconnect-now").addEventListener("click", connect);
@@ -155,6 +199,10 @@ function start() {
     if (!document.hidden && state.current) show(state.current, false);
   });
   setInterval(() => state.connected && !document.hidden && send({ type: "rooms" }), ROOMS_REFRESH_MS);
+  if (sessionStorage.getItem(STORE_INVITE) && !state.wantedNick && !sessionStorage.getItem(STORE_TOKEN)) {
+    showNickForm(true); // an invited student's first visit: pick the nick the invite keeps for you
+    $("nick-label").textContent = "Pick your nick";
+  }
   connect();
 }
 

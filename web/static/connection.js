@@ -2,13 +2,19 @@
 // backoff, resuming rooms, keeping the nick, and the server's events that change more than one view.
 
 import {
-  PAGE, BACKOFF_FIRST_MS, BACKOFF_MAX_MS, NICK_RETRY_MS, PING, STORE_NICK, STORE_TOKEN, $, state, roomKey, dmKey,
-  sameNick, roomConvs, showError, clearErrors, setStatus, showNick
+  PAGE, BACKOFF_FIRST_MS, BACKOFF_MAX_MS, NICK_RETRY_MS, PING, STORE_NICK, STORE_TOKEN, STORE_INVITE, $, state,
+  roomKey, dmKey, sameNick, roomConvs, showError, clearErrors, setStatus, showNick, showNickForm
 } from "./state.js";
 import {
   onChat, onDm, onPresence, renderRoomList, onHistory, clearConv, renameDm, dropConv, renderMembers, addLine,
   scrollToBottom, updateOlder
 } from "./view.js";
+import {
+  onTopic, onKickOrBan, onMute, onMode, onChatRefused, onJoinedRoom, onRejoinRefused, onModerationRefused,
+  renderHeader, renderComposer, sentChat
+} from "./moderation.js";
+
+const MODERATION = new Set(["topic", "kick", "ban", "mute", "mode"]);
 
 /** A token bucket a little under the server's, so a reconnect with many rooms is never refused. */
 function makePacer(limits) {
@@ -40,6 +46,7 @@ function pump() {
     const msg = state.outbox.shift();
     state.inflight.set(msg.id, msg);
     state.ws.send(JSON.stringify(msg));
+    if (msg.type === "chat") sentChat(msg.room);
   }
 }
 
@@ -49,11 +56,14 @@ const FINAL_CLOSES = {
   4002: "Disconnected: this connection was replaced by a newer one with your token (another tab or window?).",
 };
 
-/** The WebSocket address: this page's host, with this tab's identity token and the last resume token. */
+/** The WebSocket address: this page's host, with this tab's identity token (or class invite) and
+ *  the last resume token. */
 function socketUrl() {
   const query = new URLSearchParams();
   const token = sessionStorage.getItem(STORE_TOKEN);
+  const invite = sessionStorage.getItem(STORE_INVITE);
   if (token) query.set("token", token);
+  else if (invite) query.set("invite", invite);
   if (state.resumeToken) query.set("resume", state.resumeToken);
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
   const search = query.toString();
@@ -103,13 +113,18 @@ function lost(ws, code) {
   }
 }
 
+export const INVITE_REFUSED = "This invite link has expired or been used up; ask your teacher for a new one.";
+
 /** The socket never opened: either the server is down, or it answered the handshake with an
- *  HTTP refusal (401 without a valid token, 403), whose status a page cannot read. A plain HTTP
- *  request tells the two apart. */
+ *  HTTP refusal (401 without a valid token or invite, 403), whose status a page cannot read. A
+ *  plain HTTP request tells the two apart. A refused invite is not retried by itself (trying
+ *  again cannot make it valid); "Reconnect now" does. */
 function refusedOrUnreachable() {
   const retry = (why) => state.ws || state.retryTimer || scheduleReconnect(why); // unless "Reconnect now" was quicker
+  const invited = !sessionStorage.getItem(STORE_TOKEN) && sessionStorage.getItem(STORE_INVITE);
   fetch("/healthz", { method: "HEAD", cache: "no-store" }).then(
-    () => retry("The server refused the connection (a token may be required)."),
+    () => (invited ? state.ws || setStatus(INVITE_REFUSED, true)
+      : retry("The server refused the connection (a token may be required).")),
     () => retry("Disconnected."));
 }
 
@@ -175,6 +190,7 @@ function disconnected() {
     if (conv.joined) addLine(conv, "notice", "Connection lost.");
     conv.joined = false;
   }
+  renderComposer();
 }
 
 function onWelcome(event) {
@@ -182,18 +198,22 @@ function onWelcome(event) {
   state.epoch = event.epoch;
   state.resumeToken = event.resume || null;
   state.me = event.nick;
+  state.identity = event.auth || null;
   if (event.auth) state.wantedNick = event.nick; // a token's nick: nick requests for another are forbidden
   state.connected = true;
   state.attempt = 0;
   state.limits = event.limits || {};
   state.pacer = makePacer(state.limits);
   clearErrors(); // a new connection: what was refused before is asked again or no longer applies
-  setStatus("Connected.", false);
+  setStatus("", false); // connected: nothing to say
+  renderHeader();
+  renderComposer();
   state.reclaiming = !!state.wantedNick && state.wantedNick !== state.me && state.wantedNick === state.grantedNick;
   if (state.wantedNick && state.wantedNick !== state.me) send({ type: "nick", nick: state.wantedNick });
   else showNick();
   for (const conv of roomConvs()) {
     if (reset) clearConv(conv, "The server started afresh; earlier messages are gone.");
+    if (conv.closed) continue; // kicked or banned: rejoined only with its Rejoin button
     const join = { type: "join", room: conv.name };
     if (conv.lastSeq !== null) join.after = conv.lastSeq;
     state.resuming.add(conv.name);
@@ -214,6 +234,8 @@ function releaseUnconfirmed() {
   for (const msg of again) send({ ...msg });
 }
 
+// Every event type the server sends (schema/events.json) is in one of these two tables; a test
+// (tests/browser/test_page_vocabulary.py) holds them to the schema. Write each key on its own line.
 const HANDLERS = {
   welcome: onWelcome,
   joined: onJoined,
@@ -225,6 +247,18 @@ const HANDLERS = {
   rooms: onRooms,
   history: onHistory,
   error: onError,
+  auth: onAuth,
+  topic: onTopic,
+  kick: onKickOrBan,
+  ban: onKickOrBan,
+  mute: onMute,
+  mode: onMode,
+};
+
+// Event types the page receives and deliberately does nothing more with, and why.
+const IGNORED = {
+  pong: "the answer to our ping: any frame already counts as a sign of life (heard())",
+  who: "the page never sends `who`: the member list comes from `joined` and presence events",
 };
 
 function handleEvent(event) {
@@ -232,13 +266,31 @@ function handleEvent(event) {
   state.inflight.delete(event.id);
   const handler = HANDLERS[event.type];
   if (handler) handler(event, request);
+  else if (!(event.type in IGNORED)) console.warn("roomchat: an event of unknown type", event.type);
+}
+
+/** The reply to `auth`: the connection's identity (and whether it is an operator) from now on.
+ *  After an invited tab picks its nick, it carries `token`: this tab's identity token from now on
+ *  (its reconnects and reloads present it instead of the invite, and use no invite). */
+function onAuth(event) {
+  state.identity = { nick: event.nick, op: event.op, exp: event.exp, rooms: event.rooms };
+  if (typeof event.token === "string" && event.token) {
+    sessionStorage.setItem(STORE_TOKEN, event.token);
+    sessionStorage.removeItem(STORE_INVITE);
+    state.wantedNick = event.nick;
+  }
+  renderHeader();
+  renderMembers();
+  renderComposer();
 }
 
 function onJoined(event) {
   const conv = state.convs.get(roomKey(event.room));
   if (!conv) return; // left again before the reply came
   const resumedFrom = conv.lastSeq;
+  const wasClosed = !!conv.closed;
   conv.joined = true;
+  onJoinedRoom(conv, event);
   if ($("join-error").dataset.cause === conv.name) showError("join", "");
   conv.members = event.members || [];
   const history = event.history || [];
@@ -253,7 +305,7 @@ function onJoined(event) {
     if (conv.lastSeq === null) conv.lastSeq = 0;
     scrollToBottom(conv);
   } else {
-    addLine(conv, "notice", "Reconnected.");
+    addLine(conv, "notice", wasClosed ? "You are back in the room." : "Reconnected.");
   }
   updateOlder(conv);
   if (state.resuming.delete(conv.name)) {
@@ -284,11 +336,12 @@ function onNick(event, request) {
   if (request) {
     state.grantedNick = event.nick;
     showError("nick", "");
+    showNickForm(false);
     if (state.reclaiming) {
       state.reclaiming = false;
       clearTimeout(state.nickRetryTimer);
       if ($("send-error").dataset.cause === "reclaim") showError("send", "");
-      setStatus("Connected.", false);
+      setStatus("", false);
       releaseUnconfirmed();
     }
   }
@@ -324,8 +377,14 @@ function onError(event, request) {
     state.wantedNick = state.grantedNick;
     if (state.grantedNick) state.storage.setItem(STORE_NICK, state.grantedNick);
     else state.storage.removeItem(STORE_NICK);
-    showError("nick", message);
+    // the field shows the nick we really have; the sentence says which was refused
+    showError("nick", $("nick-form").hidden ? `${request.nick}: ${message} You are ${state.me}.` : message);
+    showNick();
     releaseUnconfirmed();
+  } else if (MODERATION.has(kind)) {
+    onModerationRefused(request, message);
+  } else if (kind === "join" && onRejoinRefused(request.room, message)) {
+    // said next to the Rejoin button of the closed room
   } else if (kind === "join" && !state.resuming.has(request.room)) {
     dropConv(state.convs.get(roomKey(request.room)));
     showError("join", message, request.room);
@@ -341,6 +400,7 @@ function onError(event, request) {
       addLine(conv, "notice", message);
     }
   } else if (kind === "chat" || kind === "dm") {
+    if (kind === "chat") onChatRefused(event, request);
     const conv = state.convs.get(kind === "chat" ? roomKey(request.room) : dmKey(request.to));
     if (conv && conv.key !== state.current) {
       addLine(conv, "notice", `Not sent: “${request.text}”: ${message}`); // said where it was meant to go

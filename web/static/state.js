@@ -1,7 +1,9 @@
 // The chat page's shared state, its rules for names, and the small helpers every part uses.
 // Everything from the network is rendered with textContent (through el()), never as HTML.
 
-export const NICK_RE = /^[A-Za-z0-9_.\-]{1,32}$/;
+import { NICK_RE, foldNick, sameNick } from "./nick.js";
+
+export { NICK_RE, foldNick, sameNick };
 export const ROOM_RE = /^[A-Za-z0-9_.\-#]{1,64}$/;
 export const PAGE = 50; // messages per history page, as many as a plain join replays
 export const BACKOFF_FIRST_MS = 500;
@@ -12,6 +14,7 @@ export const NICK_RETRY_MS = 2000;
 export const STORE_NICK = "roomchat.nick";
 export const STORE_ROOMS = "roomchat.rooms";
 export const STORE_TOKEN = "roomchat.token"; // sessionStorage only: this tab's identity token
+export const STORE_INVITE = "roomchat.invite"; // sessionStorage only: the class invite this tab came with
 
 // A connection can die without a word (a network that drops packets sends no FIN, and a browser
 // notices only when TCP gives up, minutes later). So after PING.interval ms without a frame from
@@ -37,6 +40,7 @@ export const state = {
   pingTimer: null,
   epoch: null,
   me: null, // the nick the server knows us by
+  identity: null, // what our token says (welcome.auth, or an `auth` reply): {nick, op, exp, rooms?}
   wantedNick: null, // the nick we ask for after every (re)connect
   grantedNick: null, // the last nick the server gave us at our request
   reclaiming: false, // asking back the nick our previous connection still holds
@@ -76,8 +80,7 @@ export function clockTime(ts) {
 }
 
 export const roomKey = (name) => "room:" + name;
-export const dmKey = (nick) => "dm:" + nick.toLowerCase();
-export const sameNick = (a, b) => a.toLowerCase() === b.toLowerCase();
+export const dmKey = (nick) => "dm:" + foldNick(nick);
 export const roomConvs = () => [...state.convs.values()].filter((c) => c.kind === "room");
 
 export function saveRooms() {
@@ -95,12 +98,51 @@ export function clearErrors() {
   for (const where of ["nick", "join", "send"]) showError(where, "");
 }
 
+/** The connection's status, shown only when it matters: `text` "" hides it (connected, nothing to
+ *  say). `#status[data-online]` says whether the page is connected, for tests and styles. */
 export function setStatus(text, offline) {
   $("status-text").textContent = text;
+  $("status").hidden = !text;
   $("status").classList.toggle("offline", offline);
+  $("status").dataset.online = state.connected ? "1" : "";
   $("reconnect-now").hidden = !offline;
 }
 
+/** The nick we really have (or, before the first welcome, the one we will ask for), in the header;
+ *  the nick field, while it is closed, holds the same. */
 export function showNick() {
-  $("nick-input").value = state.me || state.wantedNick || "";
+  const nick = state.me || state.wantedNick || "";
+  $("my-nick").textContent = nick || "…";
+  if ($("nick-form").hidden) $("nick-input").value = nick;
+}
+
+/** Open (or close) the nick form; closed, the header just says the nick we have. */
+export function showNickForm(open) {
+  $("nick-form").hidden = !open;
+  $("nick-button").setAttribute("aria-expanded", String(open));
+  if (open) {
+    $("nick-input").value = state.me || state.wantedNick || "";
+    $("nick-input").focus();
+    $("nick-input").select();
+  } else {
+    showNick();
+  }
+}
+
+/** Whether our token makes us an operator in `room` (the `op` claim; with `rooms`, in those only). */
+export function isOp(room) {
+  const id = state.identity;
+  return !!id && id.op === true && (!Array.isArray(id.rooms) || id.rooms.includes(room));
+}
+
+/** "45 s", "10 min", "2 h", "3 days": a duration in seconds, rounded up to its largest unit. */
+export function duration(seconds) {
+  const units = [[86400, "day", "days"], [3600, "h", "h"], [60, "min", "min"]];
+  for (const [size, one, many] of units) {
+    if (seconds >= size) {
+      const count = Math.ceil(seconds / size - 1e-9);
+      return `${count} ${count === 1 ? one : many}`;
+    }
+  }
+  return `${Math.max(0, Math.ceil(seconds))} s`;
 }

@@ -1,11 +1,24 @@
 // The chat page's conversations: rooms and direct messages, their tabs, messages in seq order,
 // members, the room list, older history, and the drawer that holds them on a phone.
+//
+// A message row: its time, its sender, its text with http(s) addresses as links (nothing else
+// becomes markup). Rows from one sender within GROUP_S of each other are grouped (the later ones
+// hide their sender and time, still there for screen readers); the first row of a day carries the
+// day (data-day, shown by the stylesheet); a message naming our nick (look-alikes included) is
+// marked as a mention. relate() works these out from a row's neighbours, so rows may arrive in any
+// order (live, history pages, resumed).
 
 import {
-  ROOM_RE, PAGE, NEAR_BOTTOM_PX, $, state, el, clockTime, roomKey, dmKey, sameNick, roomConvs, saveRooms,
+  ROOM_RE, PAGE, NEAR_BOTTOM_PX, $, state, el, clockTime, roomKey, dmKey, sameNick, foldNick, roomConvs, saveRooms,
   showError
 } from "./state.js";
 import { send } from "./connection.js";
+import { renderHeader, renderComposer, memberItem } from "./moderation.js";
+
+const GROUP_S = 300; // rows from one sender this close together are one group
+// An http(s) address: up to whitespace or a character that cannot be in one unescaped.
+const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+const TRAILING = /[.,;:!?'")\]}>]+$/; // punctuation after an address is the sentence's, not the address's
 
 /** Show a chat event in its room, in seq order, once. `live` ones may count as unread. */
 export function onChat(event, { live }) {
@@ -24,6 +37,7 @@ export function onChat(event, { live }) {
     if (after) after.after(item);
     else conv.log.prepend(item);
   }
+  relate(item);
   conv.oldestSeq = conv.oldestSeq === null ? event.seq : Math.min(conv.oldestSeq, event.seq);
   conv.lastSeq = Math.max(conv.lastSeq ?? 0, event.seq);
   if (live) arrived(conv, event.from, stick);
@@ -33,16 +47,80 @@ export function onDm(event) {
   const mine = sameNick(event.from, state.me);
   const conv = openDm(mine ? event.to : event.from, false);
   const stick = isNearBottom(conv);
-  conv.log.append(messageItem(event));
+  const item = messageItem(event);
+  conv.log.append(item);
+  relate(item);
   if (!mine) arrived(conv, event.from, stick);
   else scrollToBottom(conv);
 }
 
 function messageItem(event) {
   const mine = sameNick(event.from, state.me || "");
-  return el("li", { class: mine ? "msg mine" : "msg" },
-    clockTime(event.ts), " ", el("span", { class: "from", text: event.from }), " ",
-    el("span", { class: "text", text: event.text }));
+  const item = el("li", { class: mine ? "msg mine" : "msg" }, clockTime(event.ts), " ",
+    el("div", { class: "body" }, el("span", { class: "from", text: event.from }), " ",
+      el("span", { class: "text" }, ...linkify(event.text))));
+  item.dataset.ts = String(event.ts ?? Date.now() / 1000);
+  item.dataset.from = foldNick(event.from);
+  if (!mine && mentions(event.text, state.me)) item.classList.add("mention");
+  return item;
+}
+
+/** `text` as strings and <a> elements: each http(s) address a link that opens in a new tab with
+ *  no opener or referrer; everything else stays text. Only addresses the URL parser reads as
+ *  http: or https: become links (never javascript: or data:). */
+export function linkify(text) {
+  const parts = [];
+  let last = 0;
+  for (const match of text.matchAll(URL_RE)) {
+    const address = match[0].replace(TRAILING, "");
+    let href = null;
+    try {
+      const url = new URL(address);
+      if (url.protocol === "http:" || url.protocol === "https:") href = url.href;
+    } catch {
+      href = null;
+    }
+    if (!href) continue;
+    parts.push(text.slice(last, match.index),
+      el("a", { href, rel: "noopener noreferrer", target: "_blank" }, address));
+    last = match.index + address.length;
+  }
+  parts.push(text.slice(last));
+  return parts.filter((part) => part !== "");
+}
+
+/** Whether `text` names `nick` as a word (look-alikes and a leading @ included). */
+export function mentions(text, nick) {
+  if (!nick) return false;
+  return text.split(/[^A-Za-z0-9_.\-]+/).some((word) => word && sameNick(word.replace(/[.\-]+$/, ""), nick));
+}
+
+const dayOf = (row) => new Date(Number(row.dataset.ts) * 1000).toDateString();
+
+function dayLabel(row) {
+  const date = new Date(Number(row.dataset.ts) * 1000);
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (date.toDateString() === today.toDateString()) return "Today";
+  if (date.toDateString() === yesterday.toDateString()) return "Yesterday";
+  const options = { weekday: "long", day: "numeric", month: "long" };
+  if (date.getFullYear() !== today.getFullYear()) options.year = "numeric";
+  return date.toLocaleDateString([], options);
+}
+
+/** Work out, for `row` and the row after it, whether each starts a day and whether it continues
+ *  its sender's group. */
+function relate(row) {
+  for (const item of [row, row?.nextElementSibling]) {
+    if (!item?.dataset.ts) continue;
+    const prev = item.previousElementSibling;
+    const newDay = !prev?.dataset.ts || dayOf(prev) !== dayOf(item);
+    if (newDay) item.dataset.day = dayLabel(item);
+    else delete item.dataset.day;
+    const grouped = !newDay && item.classList.contains("msg") && prev.classList.contains("msg")
+      && prev.dataset.from === item.dataset.from && Number(item.dataset.ts) - Number(prev.dataset.ts) < GROUP_S;
+    item.classList.toggle("cont", grouped);
+  }
 }
 
 /** A new message landed in `conv`: keep the view at the bottom, or count it as unread. */
@@ -63,7 +141,8 @@ export function onPresence(event) {
     addLine(conv, "presence", `${event.nick} joined`);
   } else {
     conv.members = conv.members.filter((m) => !sameNick(m, event.nick));
-    addLine(conv, "presence", `${event.nick} left`);
+    // after a kick or ban the moderation line said it already
+    if (!conv.removed.delete(foldNick(event.nick))) addLine(conv, "presence", `${event.nick} left`);
   }
   if (conv.key === state.current) renderMembers();
   renderRoomList();
@@ -109,6 +188,10 @@ function makeConv(kind, name) {
     key, kind, name, pane, log, older,
     tab: null, tabOpen: null, tabClose: null, unread: 0, members: [], joined: false,
     seqs: new Set(), lastSeq: null, oldestSeq: null, atBeginning: kind === "dm", loadingOlder: false,
+    topic: "", mode: { moderated: false, slow: 0 }, // the room's, from `joined`, `topic` and `mode`
+    closed: null, // {text, until?}: we were kicked or banned; the room stays shown, closed
+    mutedUntil: 0, slowUntil: 0, // Date.now() ms until which our chat here would be refused
+    removed: new Set(), // folded nicks whose coming presence leave a kick or ban line said already
   };
   pane.addEventListener("scroll", () => {
     if (pane.scrollTop < NEAR_BOTTOM_PX) loadOlder(conv);
@@ -145,7 +228,7 @@ export function openRoom(name, focus) {
   return true;
 }
 
-function openDm(nick, focus) {
+export function openDm(nick, focus) {
   const conv = state.convs.get(dmKey(nick)) || makeConv("dm", nick);
   if (focus) show(conv.key, true);
   return conv;
@@ -164,7 +247,7 @@ export function renameDm(conv, nick) {
 }
 
 function leave(conv) {
-  if (conv.kind === "room" && state.connected) send({ type: "leave", room: conv.name });
+  if (conv.kind === "room" && state.connected && !conv.closed) send({ type: "leave", room: conv.name });
   dropConv(conv);
 }
 
@@ -194,6 +277,8 @@ export function show(key, focus) {
   $("empty-pane").hidden = !!conv;
   $("conv-title").textContent = !conv ? "No conversation" : conv.kind === "room" ? conv.name : paneLabel("dm", conv.name);
   $("message-input").placeholder = conv ? `Message ${conv.kind === "room" ? conv.name : conv.name + " (direct)"}` : "Message";
+  renderHeader();
+  renderComposer();
   if (conv) {
     conv.unread = 0;
     renderTab(conv);
@@ -245,12 +330,12 @@ export function renderMembers() {
     list.replaceChildren();
     return;
   }
-  $("members-title").textContent = `Members of ${conv.name} (${conv.members.length})`;
+  $("members-title").textContent = conv.closed ? `You are not in ${conv.name}`
+    : `Members of ${conv.name} (${conv.members.length})`;
   const sorted = [...conv.members].sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base" }));
   replaceItems(list, sorted.map((nick) => sameNick(nick, state.me || "")
     ? el("li", { class: "me" }, nick, " (you)")
-    : el("li", {}, el("button", { type: "button", class: "link", title: `Send ${nick} a direct message`,
-      onclick: () => openDm(nick, true) }, nick))));
+    : memberItem(conv, nick)));
 }
 
 function updateTitle() {
@@ -258,9 +343,13 @@ function updateTitle() {
   document.title = unread ? `(${unread}) roomchat` : "roomchat";
 }
 
+/** A line that is not a message (presence, moderation, a notice), at the end of the log, now. */
 export function addLine(conv, kind, text) {
   const stick = isNearBottom(conv);
-  conv.log.append(el("li", { class: kind }, clockTime(), " ", el("span", { class: "text", text })));
+  const item = el("li", { class: kind }, clockTime(), " ", el("span", { class: "text", text }));
+  item.dataset.ts = String(Date.now() / 1000);
+  conv.log.append(item);
+  relate(item);
   if (stick && conv.key === state.current) scrollToBottom(conv);
 }
 
