@@ -94,9 +94,11 @@ class ClusterRegistry(Registry):
 
     def lose_nick(self, client_id: int) -> None:
         """Someone else holds this client's nick now (its claim was lost while this process was
-        cut off): close it with 1012 so it reconnects and picks a nick again."""
+        cut off): close it with 1012 and forget it, so it reconnects (a resume finds nothing to
+        take back) and picks a nick again."""
         with self._lock:
             client = self._clients.get(client_id)
         if client is not None:
             log.warning("%s: nick taken over elsewhere while this process was cut off; closing 1012", client.nick)
             client.conn.close(CloseCode.SERVICE_RESTART, "your nick was taken while this server was cut off; reconnect")
+            self.disconnect(client)  # at once: its resume token must not bring the lost nick back
