@@ -90,7 +90,7 @@ class Registry(Protocol):
         """A direct message for a local client (Redis: from another process); False if it is gone."""
 
     def close_all(self, code: int, reason: str) -> None:
-        """Close every local client's connection (the history was reset: 1012)."""
+        """Close every local client's connection and forget it (the history was reset: 1012)."""
 
     def has_room(self, name: str) -> bool:
         """True while a local client is in room `name`."""

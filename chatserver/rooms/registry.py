@@ -153,11 +153,19 @@ class Registry:
             return {"connections": len(self._clients), "rooms": len(self._rooms)}
 
     def close_all(self, code: int, reason: str) -> None:
-        """Close every client's connection with `code` (the engine's history was reset)."""
+        """Close every client's connection with `code` and forget it (the engine's history was
+        reset: a resume must not carry a client's rooms and seqs into the new history). Runs on a
+        thread of its own, since forgetting a client calls the engine."""
         with self._lock:
             clients = list(self._clients.values())
         for client in clients:
             client.conn.close(code, reason)
+
+        def forget():
+            for client in clients:
+                self.disconnect(client)
+
+        threading.Thread(target=forget, name="roomchat-reset", daemon=True).start()
 
     def has_room(self, name: str) -> bool:
         """True while a local client is in `name` (the Redis engine asks before unsubscribing)."""
