@@ -389,7 +389,7 @@ def open_engine(config):
 
         return RedisEngine(config.redis, per_room=config.history_per_room)
     if config.db == ":memory:":
-        from chatserver.engines.base import MemoryEngine
+        from chatserver.engines.memory import MemoryEngine
 
         return MemoryEngine(per_room=config.history_per_room)
     if not config.db:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from chatserver.config import Config
-from chatserver.engines.base import MemoryEngine
+from chatserver.engines.memory import MemoryEngine
 from chatserver.errors import CloseConnection
 from chatserver.rooms.client import TokenBucket
 from chatserver.rooms.dispatch import Context, Dispatcher

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from chatserver.config import Config
-from chatserver.engines.base import MemoryEngine, Meta, Unavailable
+from chatserver.engines.base import Meta, Unavailable
+from chatserver.engines.memory import MemoryEngine
 from chatserver.engines.sqlite import SqliteEngine, open_engine
 from tests.helpers import RecordingHub, chat, seqs, started, wait_for, write  # noqa: F401
 
