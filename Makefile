@@ -1,6 +1,18 @@
 # roomchat: `make run` starts the server, `make test` runs everything CI runs.
+# PYTHON picks the interpreter (3.11 or newer): `make test PYTHON=python3.13`. Each one named
+# gets a venv of its own, .venv-X.Y (the default python3 keeps .venv), so switching rebuilds none.
 PYTHON ?= python3
-VENV := .venv
+# A pyenv shim (python3.13) runs only the versions pyenv selects: ask again with every installed one.
+PY_EXE_OF = $(PYTHON) -c 'import sys; print(sys.executable if sys.version_info >= (3, 11) else "")' 2>/dev/null
+PYTHON_EXE := $(or $(shell $(PY_EXE_OF)),$(shell PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | tr '\n' ':')" $(PY_EXE_OF)))
+ifeq ($(PYTHON_EXE),)
+$(error PYTHON=$(PYTHON) is not a Python 3.11 or newer that runs here; install one or name another)
+endif
+ifeq ($(origin PYTHON),file)
+VENV ?= .venv
+else
+VENV ?= .venv-$(shell "$(PYTHON_EXE)" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+endif
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-installed
 DEV_STAMP := $(VENV)/.dev-installed
@@ -8,7 +20,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 .PHONY: run test test-unit lint bench clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	"$(PYTHON_EXE)" -m venv $(VENV)
 
 $(RUN_STAMP): requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -39,4 +51,4 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf .venv .venv-[0-9]* .pytest_cache .ruff_cache
