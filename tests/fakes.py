@@ -1,11 +1,13 @@
-"""Fakes for tests that need no sockets: a connection whose sends are kept in a list, and an engine
-that stores only when told to (its reads see committed events only, like SQLite's). Imported
-through tests/helpers.py."""
+"""Fakes for tests that need no sockets: a connection whose sends are kept in a list, an engine
+that stores only when told to (its reads see committed events only, like SQLite's), and the
+SQLite engine with its disk use measured. Imported through tests/helpers.py."""
 
 import json
+import os
 import threading
 
 from chatserver.engines.base import LocalRules, Meta
+from chatserver.engines.sqlite import SqliteEngine
 
 
 class FakeConn:
@@ -161,3 +163,42 @@ def write(store, chats) -> list:
 
 def seqs(events: list) -> list:
     return [event["seq"] for event in events]
+
+
+class MeasuredSqlite(SqliteEngine):
+    """The SQLite engine, measuring the bytes of its file and of its WAL after everything that can
+    grow them: each commit and retention pass (the WAL; the writer thread) and each checkpoint
+    (the file; the checkpoint thread or the writer). So `peak_total` (file + WAL) and `peak_wal`
+    are the true maxima, not samples: no fast burst between two samples can hide."""
+
+    def __init__(self, *args, **kwargs):
+        self.peak_total = self.peak_wal = 0
+        self.commits_measured = 0
+        self._peaks_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def disk_bytes(self) -> tuple[int, int]:
+        """(file bytes, WAL bytes) now."""
+        wal = self.path + "-wal"
+        return os.path.getsize(self.path), os.path.getsize(wal) if os.path.exists(wal) else 0
+
+    def _measure(self) -> None:
+        main, wal = self.disk_bytes()
+        with self._peaks_lock:
+            self.peak_total = max(self.peak_total, main + wal)
+            self.peak_wal = max(self.peak_wal, wal)
+
+    def _commit(self, batch: list) -> bool:
+        committed = super()._commit(batch)
+        self.commits_measured += 1
+        self._measure()
+        return committed
+
+    def _prune(self, rooms: set) -> None:
+        super()._prune(rooms)
+        self._measure()
+
+    def _checkpoint(self, *args, **kwargs) -> bool:
+        done = super()._checkpoint(*args, **kwargs)
+        self._measure()
+        return done
