@@ -139,6 +139,43 @@ class RecordingHub:
             assert self._cond.wait_for(lambda: len(self.delivered()) + len(self.rejected) >= count, timeout=5)
 
 
+class RoomsHub:
+    """Plays the Registry for an engine with quotas: keeps deliveries, knows which rooms have
+    members (`live`), records the rooms the engine forgot."""
+
+    process_id = "test"
+
+    def __init__(self, live=()):
+        self.live = set(live)
+        self.delivered = []
+        self.forgotten = []
+        self._cond = threading.Condition()
+
+    def deliver(self, items):
+        with self._cond:
+            self.delivered += [event for _room, event, _meta in items]
+            self._cond.notify_all()
+
+    def reject(self, items, reason):
+        raise AssertionError(reason)
+
+    def has_room(self, name):
+        return name in self.live
+
+    def forget(self, names):
+        self.forgotten += names
+        return {name for name in names if name in self.live}
+
+    def publish(self, engine, room, texts):
+        """Publish and wait until delivered; the events."""
+        with self._cond:
+            before = len(self.delivered)
+        engine.publish(room, [("ann", text, Meta()) for text in texts])
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.delivered) >= before + len(texts), 5)
+            return self.delivered[before:before + len(texts)]
+
+
 def started(engine):
     engine.hub = RecordingHub()
     engine.start(engine.hub)

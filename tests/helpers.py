@@ -24,6 +24,7 @@ from tests.fakes import (  # noqa: F401 - one place to import test helpers from
     ManualEngine,
     MeasuredSqlite,
     RecordingHub,
+    RoomsHub,
     chat,
     seqs,
     started,

@@ -457,7 +457,8 @@ def open_engine(config):
     if config.db == ":memory:":
         from chatserver.engines.memory import MemoryEngine
 
-        return MemoryEngine(per_room=config.history_per_room)
+        return MemoryEngine(per_room=config.history_per_room, max_bytes=config.history_max_bytes,
+                            max_age=config.history_max_age, max_rooms=config.history_max_rooms)
     if not config.db:
         raise StoreError("--db must name a file, or ':memory:' to keep history in memory only")
     quotas = HistoryQuotas(config.history_max_bytes, config.history_max_age, config.history_max_rooms)

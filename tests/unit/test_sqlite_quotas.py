@@ -5,48 +5,11 @@ import sqlite3
 import threading
 import time
 
-from chatserver.engines.base import Meta
 from chatserver.engines.sqlite import SqliteEngine
 from chatserver.engines.sqlite_quotas import HistoryQuotas
-from tests.helpers import MeasuredSqlite, wait_for
+from tests.helpers import MeasuredSqlite, RoomsHub, wait_for
 
 MIB = 2**20
-
-
-class Hub:
-    """Plays the Registry for the engine: counts deliveries, knows which rooms have members."""
-
-    process_id = "test"
-
-    def __init__(self, live=()):
-        self.live = set(live)
-        self.delivered = []
-        self.forgotten = []
-        self._cond = threading.Condition()
-
-    def deliver(self, items):
-        with self._cond:
-            self.delivered += [event for _room, event, _meta in items]
-            self._cond.notify_all()
-
-    def reject(self, items, reason):
-        raise AssertionError(reason)
-
-    def has_room(self, name):
-        return name in self.live
-
-    def forget(self, names):
-        self.forgotten += names
-        return {name for name in names if name in self.live}
-
-    def publish(self, engine, room, texts):
-        """Publish and wait until delivered; the events."""
-        with self._cond:
-            before = len(self.delivered)
-        engine.publish(room, [("ann", text, Meta()) for text in texts])
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.delivered) >= before + len(texts), 5)
-            return self.delivered[before:before + len(texts)]
 
 
 def engine(path, hub, **quotas):
@@ -79,7 +42,7 @@ def test_byte_quota_prunes_oldest_first_keeping_each_room_a_run(tmp_path):
     """Past history_max_bytes the oldest events go first; what is left of each room is its newest
     events, with no hole, and the file's used pages come back under the quota."""
     path = tmp_path / "h.db"
-    hub = Hub()
+    hub = RoomsHub()
     store = engine(path, hub, max_bytes=400_000)
     for n in range(40):
         hub.publish(store, f"r{n % 4}", [f"{n:03d} " + "q" * 1000] * 25)
@@ -99,7 +62,7 @@ def test_age_quota_forgets_emptied_rooms_and_seqs_go_on_above_them(tmp_path):
     hub, and its next chat, also after a restart, takes a seq above every seq it had (so does a
     new room)."""
     path = tmp_path / "h.db"
-    hub = Hub()
+    hub = RoomsHub()
     store = engine(path, hub, max_age=0.2)
     hub.publish(store, "old", ["a", "b", "c"])
     wait_for(lambda: "old" in hub.forgotten)
@@ -108,7 +71,7 @@ def test_age_quota_forgets_emptied_rooms_and_seqs_go_on_above_them(tmp_path):
     assert [e["seq"] for e in hub.publish(store, "other", ["x"])] == [4]
     store.close()
 
-    hub = Hub()
+    hub = RoomsHub()
     store = engine(path, hub)
     assert store.last_seqs() == {"old": 4, "other": 4}
     assert [e["seq"] for e in hub.publish(store, "fresh", ["y"])] == [4]  # above the floor, 3
@@ -119,7 +82,7 @@ def test_room_quota_forgets_the_quietest_rooms_but_not_one_with_members(tmp_path
     """Past history_max_rooms the rooms quiet longest are forgotten, whole; a room someone is in
     is kept however quiet."""
     path = tmp_path / "h.db"
-    hub = Hub(live={"r0"})
+    hub = RoomsHub(live={"r0"})
     store = engine(path, hub, max_rooms=3)
     for n in range(6):
         hub.publish(store, f"r{n}", ["hi"])
@@ -155,7 +118,7 @@ def test_file_and_wal_stay_within_the_byte_quota_under_writes_and_overlapping_re
     quota, text = 4 * MIB, "\U0001f600" * 2000  # 8000 bytes, the longest text
     quotas = HistoryQuotas(max_bytes=quota)
     store = MeasuredSqlite(str(tmp_path / "h.db"), quotas=quotas)
-    hub = Hub()
+    hub = RoomsHub()
     store.start(hub)
     stop = threading.Event()
 
