@@ -2,10 +2,16 @@
 """roomchat: a room-based chat server over WebSocket, one thread per client.
 
     python roomchat.py                 # serve on ws://127.0.0.1:8765/ (see --help)
+    python roomchat.py client --room lobby   # the terminal client
     python roomchat.py selftest URL    # check a server against protocol v1
     python roomchat.py token --nick ann --rooms lobby --ttl 1h [--op]   # print an identity token
+    python roomchat.py invite --rooms class,lobby --uses 40 --ttl 8h [--op]   # print a class invite link
+    python roomchat.py export --room class [--since 2026-12-01] [--format md|jsonl|html] [--db FILE]
+
+The subcommands are the table COMMANDS: `--help` lists them from it, `main` runs them from it.
 """
 
+import importlib
 import logging
 import resource
 import signal
@@ -20,6 +26,14 @@ from chatserver.rooms.dispatch import Dispatcher
 from chatserver.transport.tls import TlsSetupError
 from handlers import BATCH_HANDLERS, HANDLERS
 
+# name: (module, function(argv) -> exit status, one line for --help). Imported only when run.
+COMMANDS = {
+    "client": ("chatclient.terminal", "main", "the terminal client: chat in rooms from a shell or a pipe"),
+    "selftest": ("chatclient.selftest", "main", "check a running server against protocol v1 (exit 0: all passed)"),
+    "token": ("chatserver.rooms.identity", "token_main", "print a signed identity token for a nick (needs the secret)"),
+    "invite": ("chatserver.rooms.invites", "invite_main", "print a class invite link: N uses, some rooms"),
+    "export": ("chatserver.ops.export", "export_main", "write a room's transcript (md, jsonl or html) to stdout"),
+}
 THREAD_STACK_BYTES = 512 * 1024  # many clients means many threads; 8 MiB stacks waste address space
 
 
@@ -36,7 +50,7 @@ def serve(argv) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    config = from_args(argv)
+    config = from_args(argv, commands={name: line for name, (_, _, line) in COMMANDS.items()})
     logs.configure(config.log_level, config.log_format)  # replaces websocket_server's basicConfig()
     if config.trace:
         trace.enable()
@@ -67,20 +81,9 @@ def serve(argv) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "client":
-        from chatclient.terminal import main as client_main  # only the client needs it
-
-        return client_main(argv[1:])
-    if argv and argv[0] == "selftest":
-        from chatclient.selftest import main as selftest_main
-
-        return selftest_main(argv[1:])
-    if argv and argv[0] == "token":
-        import os
-
-        from chatserver.rooms.identity import token_main
-
-        return token_main(argv[1:], os.environ)
+    if argv and argv[0] in COMMANDS:
+        module, function, _ = COMMANDS[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
     return serve(argv)
 
 

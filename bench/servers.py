@@ -29,7 +29,7 @@ ROOMCHAT = [
     "--max-connections-per-address", "0",  # every load generator connection comes from 127.0.0.1
 ]
 REFERENCE = [str(BENCH / "reference_server.py"), "--host", "127.0.0.1", "--port", "0"]
-# Redis as README "Several processes" recommends it: AOF with one fsync a second, no RDB snapshots.
+# Redis as docs/cluster.md recommends it: AOF with one fsync a second, no RDB snapshots.
 REDIS_PERSISTENCE = ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
 # Runs roomchat.py with `import hiredis` failing, so redis-py uses its own Python parser.
 WITHOUT_HIREDIS = (

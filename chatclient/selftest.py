@@ -24,7 +24,7 @@ import sys
 from chatclient import selftest_client
 from chatclient.options import default_url, normalize_url, sslopt
 from chatclient.selftest_checks import CHECKS
-from chatclient.selftest_client import CheckFailed, Conn, Probe, Skip
+from chatclient.selftest_client import CheckFailed, Probe, Skip
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -34,11 +34,13 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def run(url: str, timeout: float = DEFAULT_TIMEOUT, only=None, out=sys.stdout) -> int:
-    """Run the checks (all, or those named in `only`) against `url`; print one line each.
-    Returns the exit status (0, 1 or 2, as the module docstring says)."""
+def run(url: str, timeout: float = DEFAULT_TIMEOUT, only=None, out=None, op_token: str | None = None) -> int:
+    """Run the checks (all, or those named in `only`) against `url`; print one line each to `out`
+    (sys.stdout). `op_token`: an operator's token, for the checks of room modes (skipped without
+    one). Returns the exit status (0, 1 or 2, as the module docstring says)."""
+    out = sys.stdout if out is None else out
     try:
-        Conn(url, timeout, "connect").close()
+        Probe(url, timeout).connect("connect").close()
     except CheckFailed as exc:
         print(f"FAIL  {'connect':<21} {one_line(str(exc))}", file=out, flush=True)
         return 2
@@ -47,7 +49,7 @@ def run(url: str, timeout: float = DEFAULT_TIMEOUT, only=None, out=sys.stdout) -
     for number, (name, fn) in enumerate(CHECKS):
         if only and name not in only:
             continue
-        probe = Probe(url, timeout, f"{run_tag}{number:02d}")
+        probe = Probe(url, timeout, f"{run_tag}{number:02d}", op_token)
         try:
             fn(probe)
             status, text = "ok", fn.__doc__.strip().splitlines()[0]
@@ -66,6 +68,20 @@ def run(url: str, timeout: float = DEFAULT_TIMEOUT, only=None, out=sys.stdout) -
     return 1 if counts["FAIL"] else 0
 
 
+def minter(parser: argparse.ArgumentParser, path: str):
+    """nick -> a token signed with the secret in `path`, as `roomchat.py token` makes it; a secret
+    that cannot be read or is too short is a usage error (exit 2, one line)."""
+    from chatserver.config import Config  # the server's own rules for the secret and its tokens
+    from chatserver.rooms.identity import issue
+
+    config = Config(token_secret_file=path)
+    problem = config.problem()
+    if problem:
+        parser.error(problem)
+    key = config.token_key()
+    return lambda nick, op=False: issue(key, nick, selftest_client.TOKEN_TTL, op=op)
+
+
 def main(argv=None) -> int:
     names = [name for name, _ in CHECKS]
     parser = argparse.ArgumentParser(
@@ -82,9 +98,17 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds to wait for each expected event (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--only", metavar="NAME,...", help="run only these checks (comma-separated)")
+    parser.add_argument("--op-token", default=os.environ.get("ROOMCHAT_OP_TOKEN") or None, metavar="TOKEN",
+                        help="an operator's token (roomchat.py token --nick NICK --op), to check room modes "
+                             "(moderated, slow_mode); without one those checks are skipped [ROOMCHAT_OP_TOKEN]")
+    parser.add_argument("--token-secret-file", default=os.environ.get("ROOMCHAT_TOKEN_SECRET_FILE") or None,
+                        metavar="FILE", help="the server's token secret: each connection gets a token minted "
+                        "for a fresh nick, as a --require-token server wants [ROOMCHAT_TOKEN_SECRET_FILE]")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     selftest_client.SSLOPT = sslopt(args.cafile) if args.url.startswith("wss") else None
+    if args.token_secret_file:
+        selftest_client.MINT = minter(parser, args.token_secret_file)
     only = set(args.only.split(",")) if args.only else None
     if only and only - set(names):
         parser.error(f"no such check: {', '.join(sorted(only - set(names)))}")
-    return run(normalize_url(args.url), args.timeout, only)
+    return run(normalize_url(args.url), args.timeout, only, op_token=args.op_token)

@@ -11,6 +11,7 @@ import json
 import secrets
 import time
 from collections import deque
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import websocket
 
@@ -18,6 +19,8 @@ from chatclient.pacer import Pacer
 from chatclient.schema import problems, validator
 
 SSLOPT = None  # websocket-client's TLS options for wss:// (selftest's --cafile sets them)
+MINT = None  # nick -> a signed token for it (selftest's --token-secret-file sets it); None: no tokens
+TOKEN_TTL = 600  # seconds a minted token is valid: longer than any run
 
 
 class CheckFailed(Exception):
@@ -41,10 +44,13 @@ class Conn:
     def __init__(self, url: str, timeout: float, label: str):
         self.label = label
         self.timeout = timeout
+        shown = url.split("?", 1)[0]  # never a token in a line
         try:
             self.ws = websocket.create_connection(url, timeout=timeout, sslopt=SSLOPT)
+        except websocket.WebSocketBadStatusException as exc:
+            raise CheckFailed(f"{label}: cannot connect to {shown}: {refusal(exc)}") from None
         except (OSError, websocket.WebSocketException) as exc:
-            raise CheckFailed(f"{label}: cannot connect to {url}: {exc}") from None
+            raise CheckFailed(f"{label}: cannot connect to {shown}: {exc}") from None
         self.pending: deque = deque()
         self._ids = itertools.count(1)
         self.welcome = self._read("welcome")
@@ -167,21 +173,59 @@ class Conn:
             self.ws.close(timeout=1)
 
 
+def refusal(exc: websocket.WebSocketBadStatusException) -> str:
+    """The server's refusal of the upgrade in one line: HTTP status and the first line of its body,
+    with what to do about a 401 (never the raw headers). Raises nothing."""
+    body = exc.resp_body.decode("utf-8", "replace") if isinstance(exc.resp_body, bytes) else str(exc.resp_body or "")
+    first = body.strip().splitlines()[0] if body.strip() else ""
+    line = f"HTTP {exc.status_code}" + (f": {first[:200]}" if first else "")
+    if exc.status_code == 401 and MINT is None:
+        line += " (give selftest --token-secret-file FILE, the server's secret, to check a --require-token server)"
+    return line
+
+
+def with_token(url: str, token: str) -> str:
+    """`url` with `token=` in its query (replacing any there), other parameters kept."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("token", token)])))
+
+
 class Probe:
     """What one check gets: connections it opens (all closed when it ends) and names unique
     to this run, so checks do not meet each other or a live server's users."""
 
-    def __init__(self, url: str, timeout: float, tag: str | None = None):
+    def __init__(self, url: str, timeout: float, tag: str | None = None, op_token: str | None = None):
         self.url = url
         self.timeout = timeout
+        self.op_token = op_token
         self.tag = tag or secrets.token_hex(3)
         self._names = itertools.count(1)
         self.conns: list[Conn] = []
 
     def connect(self, label: str | None = None) -> Conn:
-        conn = Conn(self.url, self.timeout, label or f"conn{len(self.conns) + 1}")
+        """A new connection (with a token minted for a fresh nick when MINT is set)."""
+        url = self.url if MINT is None else with_token(self.url, MINT(self.name("t")))
+        conn = Conn(url, self.timeout, label or f"conn{len(self.conns) + 1}")
         self.conns.append(conn)
         return conn
+
+    def connect_op(self, label: str = "operator") -> Conn:
+        """A connection with the operator's token (`--op-token`). Raises Skip without one."""
+        op_token = self.op_token or (MINT(self.name("op"), op=True) if MINT is not None else None)
+        if not op_token:
+            raise Skip("needs an operator's token: give --op-token (roomchat.py token --nick NICK --op) "
+                       "or --token-secret-file")
+        url = f"{self.url}{'&' if '?' in self.url else '?'}token={op_token}"
+        conn = Conn(url, self.timeout, label)
+        self.conns.append(conn)
+        return conn
+
+    def skip_with_tokens(self) -> None:
+        """Raises Skip when connections carry minted tokens: a token holder's nick is the token's,
+        so nick requests are refused (`forbidden`) by design."""
+        if MINT is not None:
+            raise Skip("with tokens every nick comes from its token, so nick changes are refused by design")
 
     def name(self, what: str) -> str:
         """A fresh nick or room name, e.g. `st3a9f07-room4` (valid as both, at most 32 characters)."""

@@ -15,31 +15,35 @@ Threads, and what each runs:
 - SQLite engine: the writer (`roomchat-store`: group commits, then `hub.deliver`; retention) and
   the checkpointer (`roomchat-checkpoint`: WAL checkpoints).
 - identity expiry (`roomchat-expiry`, rooms/identity.py): closes connections whose token expired (4001).
-- Redis engine: the listener (`roomchat-redis-listener`: the subscription, gap fills, then
-  `hub.deliver`/`deliver_dm`) and the heartbeat (`roomchat-redis-heartbeat`: key TTLs, reaping
-  dead processes).
+- Redis engine: the listener (`roomchat-redis-listener`: the subscription, catch-ups, then
+  `registry.deliver`/`deliver_dm`) and the heartbeat (`roomchat-redis-heartbeat`: the lease and
+  nick claims, writes waiting for Redis, reaping dead processes, `ClusterRegistry.retake`).
 
 Locks, each guarding one thing, none reentrant, taken only in this order:
-  MemoryEngine._lock or RedisEngine._sub_lock -> Hub._lock -> Outbox._lock -> the leaves
+  MemoryEngine._lock or RedisEngine._sub_lock -> Registry._lock -> Outbox._lock -> the leaves
 - `MemoryEngine._lock`: its history and seqs; held while it delivers, so a room's chats reach
-  the hub in seq order. `RedisEngine._sub_lock`: (un)subscribing; asks the hub `has_room`.
-- `Hub._lock` (rooms/hub.py; the Registry is the Hub): clients, nicks, rooms and members, delivered
-  seqs, the write batch; `Hub._settled` is a condition on it. Never held while calling an
-  engine, and the engines call the hub with none of their own locks held, except the two above.
+  the registry in seq order. `RedisEngine._sub_lock`: (un)subscribing; asks the registry `has_room`.
+- `Registry._lock` (rooms/registry.py): clients, nicks, rooms and members, delivered seqs,
+  resume tokens, the write batch; `Registry._settled` is a condition on it. Never held while
+  calling an engine, and the engines call the registry with none of their own locks held,
+  except the two above.
 - `Outbox._lock` (one per connection): its queue, byte counts and flags (transport/streams.py); `pace`
   waits on a condition of it.
 - Leaves: `TlsSession._lock` (the TLS state), `ConnectionState._lock` (a connection's state and
   close reason), `Housekeeper._lock` (connections, deadlines, aborts), `WebSocketTransport.
   _accepting`, wire/exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
   queue's order), `SqliteEngine._close_lock` (the reader pool), `RedisEngine._lock` (delivered
-  seqs, nick claims, subscription confirmations), `LocalRules._rules_lock` (topics, bans, mutes,
-  reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's
-  `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
-  (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a semaphore:
-  history replies built at once) is taken before the hub's lock, never while holding it.
+  places, nick claims, subscription confirmations, waiting writes, the lease),
+  `LocalRules._rules_lock` (topics, bans, mutes, modes, invite uses, reservations),
+  transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's `AddressShares._lock` and each
+  `SharedTokenBucket._lock`, `ReaderPool._cond` (engines/sqlite_readers.py), `Identities._cond`
+  (expiry times). `Registry._builders` (a semaphore: history replies built at once) is taken
+  before the registry's lock, never while holding it.
 What relies on the GIL instead: floats and strings written by one thread and read by another
 where a stale read is harmless: a connection's `last_seen`/`ping_sent_at` (a ping moves by one
-tick), the Flusher's fd table, the engines' `health()` reasons.
+tick), the Flusher's fd table, the engines' `health()` reasons; a client's `bound` bans and mutes
+(written under the registry's lock, read by its own thread at a chat or join) and the SQLite writer's
+last committed seq of a room (read where a moderation event is kept for transcripts).
 """
 
 import logging
@@ -49,13 +53,15 @@ from urllib.parse import parse_qs, urlsplit
 from chatserver.config import Config
 from chatserver.engines.sqlite import open_engine
 from chatserver.errors import ChatError
-from chatserver.ops import trace
+from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics, close_label
 from chatserver.ops.web import WebRoutes
 from chatserver.rooms.budgets import AddressShares
 from chatserver.rooms.client import TokenBucket
+from chatserver.rooms.cluster import ClusterRegistry
 from chatserver.rooms.dispatch import Context, Dispatcher
 from chatserver.rooms.identity import CLOSE_TOKEN_EXPIRED, Identities
+from chatserver.rooms.invites import Invites
 from chatserver.rooms.registry import Registry
 from chatserver.transport import tls
 from chatserver.transport.caps import ConnectionCaps, default_max_connections
@@ -80,7 +86,8 @@ class ChatServer:
         # TLS files and the Host/Origin rules first: a mistake there must not leave the engine open.
         ssl_context = tls.server_context(config.certfile, config.keyfile) if config.certfile else None
         policy = exposure.policy(config.allowed_hosts, config.allow_origin, config.host)
-        self.metrics = Metrics(config.metrics_token, TrustedProxies(config.trusted_proxy))
+        proxies = TrustedProxies(config.trusted_proxy, config.forwarded_header)
+        self.metrics = Metrics(config.metrics_token, proxies)
         self.transport = WebSocketTransport(
             self,
             config.host,
@@ -91,7 +98,7 @@ class ChatServer:
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             policy=policy,
-            proxies=TrustedProxies(config.trusted_proxy),
+            proxies=proxies,
             ssl_context=ssl_context,
             max_reply_bytes=config.max_reply_bytes,
             caps=ConnectionCaps(config.max_connections or default_max_connections(),
@@ -104,7 +111,9 @@ class ChatServer:
             self.transport.server_close()
             raise
         self.identities = Identities(config.token_key(), config.reserved(), config.require_token, self._expired)
-        self.registry = Registry(self.engine, config.limits(), self.identities, self.metrics)
+        registry = ClusterRegistry if self.engine.cluster else Registry
+        self.registry = registry(self.engine, config.limits(), self.identities, self.metrics)
+        self.invites = Invites(config.token_key(), self.engine)
         self.metrics.watch(self.registry.stats, self.transport.housekeeper.totals)
         self.web = WebRoutes(self.registry.stats, self.engine.health, metrics=self.metrics.respond)
         self.dispatcher = dispatcher
@@ -117,13 +126,18 @@ class ChatServer:
 
     @property
     def url(self) -> str:
-        return f"{'wss' if self.config.certfile else 'ws'}://{self.config.host}:{self.port}/"
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{'wss' if self.config.certfile else 'ws'}://{host}:{self.port}/"
 
     # -- transport callbacks ------------------------------------------------------------------------
 
     def on_handshake(self, target: str, headers: dict) -> tuple | None:
         """Before a WebSocket upgrade is accepted: None, or (status, reason, headers) to refuse it
-        (401 for a bad token in `?token=`, or none with --require-token)."""
+        (401 for a bad token in `?token=`, or none with --require-token; for an invalid, expired or
+        used-up `?invite=`)."""
+        query = parse_qs(urlsplit(target).query)
+        if "invite" in query and "token" not in query:  # a usable invite stands in for a token (--require-token too)
+            return self.invites.refusal(target)
         return self.identities.refusal(target)
 
     def on_connect(self, conn) -> None:
@@ -132,6 +146,7 @@ class ChatServer:
         conn.client = None
         try:
             identity = self.identities.identity_in(conn.path)
+            invite = None if identity is not None else self.invites.invite_in(conn.path)
         except ChatError as exc:  # valid at the handshake, expired a moment later
             conn.close(CLOSE_TOKEN_EXPIRED, exc.message[:100])
             return
@@ -148,9 +163,12 @@ class ChatServer:
             self.shares.release(conn.address)
             raise
         conn.limiter = conn.client.limiter  # every frame costs (transport/inbound.py), not only messages
-        conn.context = Context(self.registry, conn.client, self.config)
+        if invite is not None:  # set before its first request: its `nick` redeems it
+            conn.client.invite = invite
+        conn.context = Context(self.registry, conn.client, self.config, self.invites)
         self.metrics.opened.inc()
-        log.info("connect %s %s", conn.peer, conn.client.nick)
+        nick = conn.client.nick
+        log.info("connect %s %s", conn.peer, nick, extra=logs.context(peer=conn.peer, nick=nick))
 
     def on_texts(self, conn, texts: list) -> None:
         if conn.client is not None and conn.client.conn is conn:  # else: resumed on a new connection
@@ -164,7 +182,7 @@ class ChatServer:
 
     def _expired(self, client) -> None:
         """The identities' expiry thread: this client's token has expired."""
-        log.info("token of %s expired", client.nick)
+        log.info("token of %s expired", client.nick, extra=logs.context(peer=client.conn.peer, nick=client.nick))
         client.conn.close(CLOSE_TOKEN_EXPIRED, "token expired; connect again with a new one")
 
     def on_refused(self, status: int) -> None:

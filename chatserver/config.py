@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 from chatserver.wire.exposure import HostCheck, OriginCheck
-from chatserver.wire.proxies import TrustedProxies
+from chatserver.wire.proxies import HEADERS, TrustedProxies
 
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)
 DEFAULT_RESERVED = "admin,root,server,system,roomchat,operator,moderator"
@@ -27,6 +27,7 @@ class Config:
     log_format: str = "text"
     db: str = "roomchat.db"
     redis: str = ""
+    redis_lease: float = 5.0
     max_message_bytes: int = 65536
     max_text_chars: int = 2000
     max_rooms: int = 32
@@ -49,6 +50,7 @@ class Config:
     allowed_hosts: tuple = ()
     allow_origin: tuple = ()
     trusted_proxy: tuple = ()
+    forwarded_header: str = "x-forwarded-for"
     token_secret: str = field(default="", repr=False)  # never in a repr, a log line or --help
     token_secret_file: str = ""
     require_token: bool = False
@@ -68,7 +70,8 @@ class Config:
                      "history_max_rooms"):
             if getattr(self, name) < 0:
                 return f"{name.replace('_', '-')} must be 0 (no limit) or more"
-        for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout", "address_rate_factor"):
+        for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout", "address_rate_factor",
+                     "redis_lease"):
             if getattr(self, name) <= 0:
                 return f"{name.replace('_', '-')} must be more than 0"
         if self.redis and self.db != "roomchat.db":
@@ -81,6 +84,8 @@ class Config:
             return f"log-format {self.log_format!r} is not text or json"
         if self.keyfile and not self.certfile:
             return "keyfile needs certfile"
+        if self.forwarded_header not in HEADERS:
+            return f"forwarded-header {self.forwarded_header!r} is not {' or '.join(HEADERS)}"
         for name, check in (("allowed-hosts", HostCheck), ("allow-origin", OriginCheck),
                             ("trusted-proxy", TrustedProxies)):
             try:
@@ -144,6 +149,8 @@ HELP = {
     "log_format": "text (one line per event, for people) or json (one JSON object per line, for log collectors)",
     "db": "SQLite file for chat history; ':memory:' keeps it in memory only",
     "redis": "redis://HOST:PORT/DB: history, nicks and rooms in Redis, shared by several roomchat processes",
+    "redis_lease": "seconds a process on Redis stays alive to the others without a heartbeat; one silent for "
+                   "twice this is reaped: its members leave, its nicks are freed (it takes them back if it returns)",
     "max_message_bytes": "largest WebSocket message accepted; larger ones close with 1009",
     "max_text_chars": "longest chat or dm text, in characters",
     "max_rooms": "rooms one connection may be in at once",
@@ -170,12 +177,15 @@ HELP = {
     "certfile": "PEM certificate chain: serve https:// and wss:// (TLS) on the port",
     "keyfile": "PEM private key for --certfile, if not in that file",
     "allowed_hosts": "Host names answered, others get 400 (against DNS rebinding); '*' any "
-                     "(default: localhost, 127.0.0.1, [::1], this machine's name, the --host address, "
-                     "and any IP address when bound to 0.0.0.0 or ::)",
+                     "(default: this machine's name and any IP address when bound to 0.0.0.0 or ::); "
+                     "localhost, 127.0.0.1, [::1] and the --host address are always answered",
     "allow_origin": "another origin whose pages may open a WebSocket, e.g. https://example.org; "
                     "'null' for file:// pages; '*' any (warned). Pages of this server are always allowed",
-    "trusted_proxy": "address or network (10.0.0.0/8) of a reverse proxy whose X-Forwarded-For, "
-                     "Forwarded and X-Forwarded-Proto headers are believed",
+    "trusted_proxy": "address or network (10.0.0.0/8) of a reverse proxy whose forwarding header "
+                     "(--forwarded-header) is believed",
+    "forwarded_header": "which header a --trusted-proxy reports the client in: x-forwarded-for "
+                        "(with X-Forwarded-Proto; what nginx and Caddy set) or forwarded (RFC 7239); "
+                        "the other one is ignored",
     "token_secret": "HMAC secret (at least 32 bytes) that signs identity tokens (HS256); prefer the file or the"
                     " variable, a command line is visible to every user of the machine",
     "token_secret_file": "file holding the token secret (a final line ending is ignored)",
@@ -194,17 +204,28 @@ On a network: only pages served by this server may open a WebSocket (the Origin 
 get 403, see --allow-origin), and only the Host names it is bound to are answered (others get
 400, see --allowed-hosts).
 With --certfile (and --keyfile) the same port serves https:// and wss://. Behind a reverse
-proxy, list it with --trusted-proxy. README.md, "Putting it on a network", has the details."""
+proxy, list it with --trusted-proxy (and --forwarded-header). docs/deploy.md, "On a network", has
+the details."""
 
 
 def env_name(field_name: str) -> str:
     return "ROOMCHAT_" + field_name.upper()
 
 
-def build_parser(prog: str = "roomchat.py") -> argparse.ArgumentParser:
+def build_parser(prog: str = "roomchat.py", commands: dict | None = None) -> argparse.ArgumentParser:
+    """The server's parser: one option per Config field. `commands`: {name: one line} of the
+    subcommands the program also runs (`prog NAME --help` for each), listed in --help."""
+    description = "roomchat: a room-based chat server over WebSocket, one thread per client."
+    usage = None
+    if commands:
+        width = max(map(len, commands))
+        description += "\n\ncommands (each has its own --help):\n" + "\n".join(
+            f"  {prog} {name:<{width}}  {line}" for name, line in commands.items())
+        usage = f"{prog} [OPTION ...]\n       {prog} {{{','.join(commands)}}} ..."
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="roomchat: a room-based chat server over WebSocket, one thread per client.",
+        usage=usage,
+        description=description,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -230,10 +251,11 @@ def split_list(values) -> tuple:
     return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
 
 
-def from_args(argv=None, environ=None) -> Config:
-    """Build a Config from the command line and the environment; a bad value exits with usage."""
+def from_args(argv=None, environ=None, commands: dict | None = None) -> Config:
+    """Build a Config from the command line and the environment; a bad value exits with usage
+    (SystemExit 2), --help with the help (SystemExit 0). `commands` as for `build_parser`."""
     environ = os.environ if environ is None else environ
-    parser = build_parser()
+    parser = build_parser(commands=commands)
     args = parser.parse_args(argv)
     values = {}
     for f in fields(Config):

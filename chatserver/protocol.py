@@ -23,6 +23,8 @@ MAX_SEQ = 2**63 - 1  # what SQLite's INTEGER holds
 MAX_TOPIC_CHARS = 300  # a room topic, in characters
 MAX_REASON_CHARS = 200  # the reason given with a kick, ban or mute
 MAX_DURATION = 30 * 86400  # seconds a ban or mute may last at most (30 days)
+CLOSE_SERVICE_RESTART = 1012  # RFC 6455 7.4.1 (IANA registry): the service restarted; reconnect
+MAX_SLOW = 3600  # seconds of slow mode at most (an hour between a member's chats)
 # After lower-casing, the ASCII characters that look alike: I/l/1 (so also i) and O/0.
 _LOOKALIKES = str.maketrans("i10", "llo")
 
@@ -127,6 +129,19 @@ def require_duration(msg: dict) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DURATION:
         raise ChatError("bad_message", f"\"duration\" must be whole seconds from 0 (lift) to {MAX_DURATION}.")
     return value
+
+
+def require_mode(msg: dict) -> tuple:
+    """A `mode` request's (moderated, slow): `moderated` true/false, `slow` whole seconds 0 (off)
+    to MAX_SLOW; either may be absent (None: unchanged), not both. Raises ChatError bad_message."""
+    moderated, slow = msg.get("moderated"), msg.get("slow")
+    if moderated is not None and not isinstance(moderated, bool):
+        raise ChatError("bad_message", "\"moderated\" must be true or false.")
+    if slow is not None and (isinstance(slow, bool) or not isinstance(slow, int) or not 0 <= slow <= MAX_SLOW):
+        raise ChatError("bad_message", f"\"slow\" must be whole seconds from 0 (off) to {MAX_SLOW}.")
+    if moderated is None and slow is None:
+        raise ChatError("bad_message", "Give \"moderated\", \"slow\" or both.")
+    return moderated, slow
 
 
 def optional_seq(msg: dict, field: str) -> int | None:

@@ -4,8 +4,8 @@ A handler checks its fields and calls one Registry method. It never sees sockets
 A module may also offer `handle_many(ctx, msgs)` for a run of such requests that arrived together.
 """
 
-from handlers import auth, ban, chat, dm, history, join, kick, leave, mute, nick, ping, rooms, topic, who
+from handlers import auth, ban, chat, dm, history, join, kick, leave, mode, mute, nick, ping, rooms, topic, who
 
-MODULES = (nick, join, leave, chat, dm, rooms, who, history, ping, auth, topic, kick, ban, mute)
+MODULES = (nick, join, leave, chat, dm, rooms, who, history, ping, auth, topic, kick, ban, mute, mode)
 HANDLERS = {m.TYPE: m.handle for m in MODULES}
 BATCH_HANDLERS = {m.TYPE: m.handle_many for m in MODULES if hasattr(m, "handle_many")}

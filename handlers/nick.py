@@ -1,4 +1,5 @@
-"""nick: take a new nick; everyone sharing a room with you sees the change."""
+"""nick: take a new nick; everyone sharing a room with you sees the change. On a connection opened
+with an invite, the first one redeems it (rooms/invites.py): the nick is then reserved for you."""
 
 from chatserver.protocol import require_nick
 
@@ -6,4 +7,8 @@ TYPE = "nick"
 
 
 def handle(ctx, msg):
-    ctx.registry.set_nick(ctx.client, require_nick(msg), reply_id=msg.get("id"))
+    nick = require_nick(msg)
+    if ctx.client.invite is not None and ctx.client.identity is None:
+        ctx.invites.redeem(ctx.registry, ctx.client, nick, reply_id=msg.get("id"))
+    else:
+        ctx.registry.set_nick(ctx.client, nick, reply_id=msg.get("id"))

@@ -174,14 +174,15 @@ class ServerProcess:
 
     stderr (the log) goes to `log_path`, or to a temporary file; `stderr_text()` reads it.
     `defaults=()` leaves out `--port 0` and FAST, for tests of the settings themselves;
-    `preexec_fn` runs in the child before roomchat starts (to lower a resource limit, say)."""
+    `preexec_fn` runs in the child before roomchat starts (to lower a resource limit, say);
+    `program` replaces `python roomchat.py` (another interpreter and checkout, as argv)."""
 
     def __init__(self, *args: str, cwd=ROOT, env=None, log_path=None, defaults=("--port", "0", *FAST),
-                 preexec_fn=None):
+                 preexec_fn=None, program=None):
         self._log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self._stderr = ""
         self.proc = subprocess.Popen(
-            [*ROOMCHAT, *defaults, *args],
+            [*(program or ROOMCHAT), *defaults, *args],
             cwd=cwd, env=roomchat_env() if env is None else env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, text=True, preexec_fn=preexec_fn,
         )
@@ -366,6 +367,35 @@ def upgrade_request(host: str, **headers: str) -> bytes:
     extra = "".join(f"{name.replace('_', '-').title()}: {value}\r\n" for name, value in headers.items())
     return (f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
+
+
+def upgrade(raw_clients, port: int, target: str) -> tuple[int, dict, bytes]:
+    """Send a WebSocket upgrade for `target`; the answer's status, headers (lower-case) and body."""
+    client = raw_clients(port, handshake=False)
+    key = base64.b64encode(os.urandom(16)).decode()
+    client.send(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = client.read_until(b"\r\n\r\n").decode()
+    lines = head.split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    headers = {name.lower(): value for name, value in headers.items()}
+    body = client.read_exact(int(headers.get("content-length", 0)))
+    return int(lines[0].split()[1]), headers, body
+
+
+def seated(url: str, peers, room: str, *nicks: str, op: str = "op") -> list:
+    """An operator (a token with `op`) and anonymous peers with `nicks`, all in `room` with every join
+    seen, so nothing is left unread: [operator, *peers]."""
+    operator = peers(with_token(url, token(op, op=True)))
+    members = [peers(url) for _ in nicks]
+    for member, nick in zip(members, nicks, strict=True):
+        member.set_nick(nick)
+    everyone = [operator, *members]
+    for i, peer in enumerate(everyone):
+        peer.join(room)
+        for earlier in everyone[:i]:
+            earlier.recv_type("presence")
+    return everyone
 
 
 def events_until(peer, last) -> list[dict]:

@@ -15,9 +15,11 @@ The contract (PROTOCOL.md "What a client can rely on" is the client's side of it
 2. Stored before delivered: a chat event reaches `hub.deliver` only once the engine has stored
    it (committed to SQLite, written to Redis). The sender's own copy is its acknowledgement.
 3. Nothing is promised across rooms.
-4. Room rules and reserved nicks (topics, bans, mutes, nicks reserved by tokens) are facts of the
-   whole server: what one process sets, every process reads (`set_topic` ... `reserved_until`).
-   Moderation events themselves go through `announce`, so they are ordered with the chats.
+4. Room rules and reserved nicks (topics, bans, mutes, modes, nicks reserved by tokens, invite
+   uses) are facts of the whole server: what one process sets, every process reads (`set_topic`
+   ... `invite_uses`). Moderation events themselves go through `announce`, so they are ordered
+   with the chats; the memory and SQLite engines also keep them (NOTICE_TYPES) beside the chats
+   for `transcript(room, since)` (`roomchat.py export`), which Redis does not have yet.
 
 Threads. `publish`, `announce` and the reads are called by connection threads, never while the
 Registry lock is held. `hub.deliver` and `hub.reject` are called with no engine lock held:
@@ -55,6 +57,9 @@ class Meta(NamedTuple):
     `change`: a nick change's id, so a peer sharing several rooms hears of it once.
     `echo`: the origin gets its own copy from the stream, with `reply_id`, and counts it in its
     `pending` until then (a moderation event by a member of its room; chats always do).
+    `key`: names this request's write (unique within the process): the origin's `pending` holds
+    it until the event is delivered or rejected, so each is answered once; the Redis engine also
+    uses it as the write's idempotency key.
     """
 
     origin: tuple | None = None
@@ -62,11 +67,13 @@ class Meta(NamedTuple):
     at: int | None = None
     change: str | None = None
     echo: bool = False
+    key: str | None = None
 
 
-class Hub(Protocol):
-    """What an engine calls back: the Registry. Its `metrics` (metrics.Metrics, taken with
-    `metrics.of(hub)` at `start`) is where an engine counts commits, failures and reconnects."""
+class Registry(Protocol):
+    """What an engine calls back: the rooms' Registry (rooms/registry.py; with a cluster engine,
+    rooms/cluster.py's ClusterRegistry). Its `metrics` (ops.metrics.Metrics, taken with
+    `metrics.of(registry)` at `start`) is where an engine counts commits, failures and reconnects."""
 
     process_id: str
 
@@ -74,13 +81,29 @@ class Hub(Protocol):
         """`items`: [(room, event, Meta)] in stream order per room, each to its room's local members."""
 
     def reject(self, items: list, reason: str) -> None:
-        """Published chats that will never be delivered: [(room, event, Meta)]; their senders are told."""
+        """Published writes that will never be delivered: [(room, event or None, Meta)]; their
+        senders are answered `unavailable` (once: one answered already is skipped)."""
 
-    def deliver_dm(self, client_id: int, event: dict) -> None:
-        """A direct message for a local client (Redis: from another process)."""
+    def deliver_dm(self, client_id: int, event: dict) -> bool:
+        """A direct message for a local client (Redis: from another process); False if it is gone."""
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every local client's connection (the history was reset: 1012)."""
+
+    def has_room(self, name: str) -> bool:
+        """True while a local client is in room `name`."""
+
+    # A cluster engine's registry (ClusterRegistry) also answers these:
 
     def evict(self, client_id: int) -> None:
-        """A token holder elsewhere wants this local client's nick: let go of it (Redis only)."""
+        """A token holder elsewhere wants this local client's nick: let go of it."""
+
+    def retake(self) -> None:
+        """This process lost its lease and has a new one: take the local clients' nicks and rooms
+        back. Raises Unavailable (asked again at the next beat)."""
+
+    def lose_nick(self, client_id: int) -> None:
+        """Someone else holds this local client's nick now: close it (1012)."""
 
 
 class Engine(Protocol):
@@ -96,7 +119,7 @@ class Engine(Protocol):
     location: str
     cluster: bool
 
-    def start(self, hub: Hub) -> None:
+    def start(self, hub: Registry) -> None:
         """Begin handing events to `hub`. Called once, before any other method."""
 
     def publish(self, room: str, chats: list) -> None:
@@ -106,7 +129,7 @@ class Engine(Protocol):
         with Redis, the connection broke mid-call: see engines/redis.py)."""
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
-        """Put a presence or nick event into the room's stream. Raises Unavailable."""
+        """Put a presence, nick or moderation event into the room's stream. Raises Unavailable."""
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
@@ -143,12 +166,39 @@ class Engine(Protocol):
     def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
         """Until when `nick` is banned or muted ("ban", "mute") in the room, or None."""
 
+    def set_mode(self, room: str, moderated: bool, slow: int) -> None:
+        """The room's mode: `moderated` (only operators chat), `slow` (seconds between a member's chats, 0 off)."""
+
+    def mode(self, room: str) -> tuple[bool, int]:
+        """The room's mode as (moderated, slow); (False, 0) by default."""
+
+    def use_invite(self, invite: str, uses: int, until: float) -> int | None:
+        """Take one of the `uses` of invite `invite` (kept until `until`): the number of this use
+        (1 for the first), or None when all are taken."""
+
+    def invite_uses(self, invite: str) -> int:
+        """How many uses of `invite` are taken (0 for one never used, or expired)."""
+
+
+# Moderation events an engine also keeps for transcripts (`python roomchat.py export`), beside
+# the chats but without a seq of their own: each is placed after the chat seq it followed.
+NOTICE_TYPES = ("topic", "kick", "ban", "mute", "mode")
+
+
+def transcript_order(chats: list, notices: list) -> list:
+    """Chats (events with `seq`) and notices ([(seq they followed, event)]) as one list in stream
+    order: a notice after the chat it followed and before the next one."""
+    keyed = [((e["seq"], 0, 0), e) for e in chats] + [((at, 1, i), e) for i, (at, e) in enumerate(notices)]
+    return [e for _key, e in sorted(keyed, key=lambda item: item[0])]
+
 
 class LocalRules:
     """Room rules and reserved nicks for one process (the memory and SQLite engines), as rows
     (scope, kind, key) -> (value, until or None): a topic is (room, "topic", "") -> (text, None),
     a ban or mute (room, "ban" | "mute", folded nick) -> ("", until), a reservation
-    ("", "nick", folded nick) -> (nick, until). `_rules_lock` guards `_rules`; `_save` writes a
+    ("", "nick", folded nick) -> (nick, until), a mode (room, "mode", "") -> ("<0|1>:<slow>",
+    None), the uses taken of an invite ("", "invite", its id) -> (count, the invite's expiry).
+    `_rules_lock` guards `_rules`; `_save` writes a
     change through before it is made (the SQLite engine overrides it; Raises Unavailable).
     """
 
@@ -199,19 +249,53 @@ class LocalRules:
     def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
         return self._until((room, kind, fold_nick(nick)))
 
+    def set_mode(self, room: str, moderated: bool, slow: int) -> None:
+        self._put((room, "mode", ""), f"{int(moderated)}:{slow}" if moderated or slow else None)
+
+    def mode(self, room: str) -> tuple[bool, int]:
+        with self._rules_lock:
+            moderated, slow = self._rules.get((room, "mode", ""), ("0:0", None))[0].split(":")
+        return moderated == "1", int(slow)
+
+    def use_invite(self, invite: str, uses: int, until: float) -> int | None:
+        key = ("", "invite", invite)
+        with self._rules_lock:  # read and count in one step: two people never take the last use
+            taken = self._uses_taken(key)
+            if taken >= uses:
+                return None
+            self._save(key, str(taken + 1), until)
+            self._rules[key] = (str(taken + 1), until)
+            return taken + 1
+
+    def invite_uses(self, invite: str) -> int:
+        with self._rules_lock:
+            return self._uses_taken(("", "invite", invite))
+
+    def _uses_taken(self, key: tuple) -> int:
+        """Lock held."""
+        row = self._rules.get(key)
+        return 0 if row is None or (row[1] is not None and row[1] <= self._clock()) else int(row[0])
+
 
 class ClusterEngine(Engine, Protocol):
     """An engine shared by several processes (`cluster = True`: Redis). It is then the directory
-    too; each call may go over the network and raises Unavailable when it cannot.
+    too; each call may go over the network and raises Unavailable when it cannot. Nicks are
+    held for local clients (`client_id`); the engine knows which process and lease they are of.
 
-    Presence: `announce` of a presence join/leave or nick event also updates the room's members.
+    Presence: `announce` of a presence join/leave or nick event also updates the room's members;
+    a join of a nick banned from the room raises ChatError forbidden, atomically with the ban.
     """
 
-    def claim_nick(self, nick: str, owner: str) -> bool:
-        """Take `nick` (compared casefolded) for `owner` ("<process>:<client>"); False if taken."""
+    def claim_nick(self, nick: str, client_id: int, retake: bool = False) -> bool:
+        """Take `nick` (compared folded) for local client `client_id`; False if someone holds it.
+        `retake`: a claim left by this process's earlier lease counts as free."""
 
-    def release_nick(self, nick: str, owner: str) -> None:
-        """Give `nick` back, if `owner` still holds it. Never raises: a claim also expires."""
+    def take_nick(self, nick: str, client_id: int, timeout: float) -> bool:
+        """Claim `nick`, asking whoever holds it to let go (Registry.evict on its process); False
+        if it is still held after `timeout` seconds."""
+
+    def release_nick(self, nick: str, client_id: int) -> None:
+        """Give `nick` back if `client_id` still holds it; retried until the engine takes it."""
 
     def members(self, room: str) -> list:
         """The nicks in `room` on every process, in join order."""
@@ -220,7 +304,8 @@ class ClusterEngine(Engine, Protocol):
         """[{"room": name, "members": count}] of every room with members, by name."""
 
     def send_dm(self, nick: str, event: dict) -> str | None:
-        """Deliver a DM to whichever process holds `nick`; its spelling, or None if nobody does."""
+        """Deliver a DM to whichever process holds `nick`; its spelling, or None if nobody has it
+        or nobody received it."""
 
     def subscribe(self, room: str) -> None:
         """Start receiving the room's stream here (the first local member joins); returns once

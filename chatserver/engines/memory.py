@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 
-from chatserver.engines.base import Hub, LocalRules, Meta, new_epoch
+from chatserver.engines.base import NOTICE_TYPES, LocalRules, Meta, Registry, new_epoch, transcript_order
 from chatserver.protocol import chat_event
 
 EVENT_BYTES = 400  # what an event takes in memory besides its text: the dict, its seq and ts (tracemalloc)
@@ -35,7 +35,8 @@ class MemoryEngine(LocalRules):
     `publish` stores, applies the quotas and delivers on the calling thread, under `_lock`, so
     concurrent publishers to a room deliver in seq order; `announce` delivers at once. The lock
     order is engine -> Registry: `_lock` is held while the hub is called (deliver, has_room,
-    forget). `_lock` guards every field below.
+    forget). `_lock` guards every field below: the chats, the seqs and the moderation events
+    kept for transcripts (`_notices`, pruned like SQLite's: the last `per_room` of each room).
     """
 
     location = "memory only (--db :memory:), lost when the server stops"
@@ -47,6 +48,7 @@ class MemoryEngine(LocalRules):
         self.max_bytes, self.max_age, self.max_rooms = max_bytes, max_age, max_rooms  # 0: none
         self._rooms: dict[str, deque] = {}  # room -> its events, oldest first (consecutive seqs); never empty
         self._seqs: dict[str, int] = {}  # room -> last seq; outlives pruning, not forgetting
+        self._notices: dict[str, deque] = {}  # room -> [(seq it followed, moderation event)]
         self._floor = 0  # the highest last seq of any forgotten room: a new room starts above it
         self._bytes = 0  # event_bytes() of every event kept
         self._oldest: list = []  # heap of (ts of a room's oldest event, or older, room): one per room kept
@@ -57,7 +59,7 @@ class MemoryEngine(LocalRules):
         self._hub = None
         self._init_rules()
 
-    def start(self, hub: Hub) -> None:
+    def start(self, hub: Registry) -> None:
         self._hub = hub
 
     def last_seqs(self) -> dict[str, int]:
@@ -85,7 +87,17 @@ class MemoryEngine(LocalRules):
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         with self._lock:
+            if event["type"] in NOTICE_TYPES:
+                notices = self._notices.setdefault(room, deque(maxlen=self._per_room))
+                notices.append((self._seqs.get(room, 0), {**event, "ts": time.time()}))
             self._hub.deliver([(room, event, meta)])
+
+    def transcript(self, room: str, since: float = 0.0) -> list:
+        """The room's kept chats and moderation events from `since` (Unix time), in stream order."""
+        with self._lock:
+            chats = [e for e in self._rooms.get(room, ()) if e["ts"] >= since]
+            notices = [(at, e) for at, e in self._notices.get(room, ()) if e["ts"] >= since]
+        return transcript_order(chats, notices)
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:

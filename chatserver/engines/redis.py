@@ -1,40 +1,55 @@
 """The Redis engine: several roomchat processes behave as one server (redis-py, `--redis URL`).
 
-Implements engine.Engine (its docstring states the contract). Redis assigns seqs and orders each
-room's stream: one Lua script per call does INCR (the seq), XADD (the room's history, a stream
-capped at `per_room`, entry id `0-<seq>`) and PUBLISH (the event, on the room's channel), so
-publish order is seq order, the same on every process. Every process, the sender's included,
-delivers only what comes back on its subscription, from one listener thread, in order.
-Presence, nick and moderation events go through a script of their own that updates the room's
-members (a kick or ban takes its target out) and publishes on the same channel, tagged with the
-room's seq at that place (`Meta.at`).
+Implements engines.base.ClusterEngine (its docstrings state the contract); the registry of each
+process is a rooms.cluster.ClusterRegistry. Redis orders each room's stream: one Lua script per
+call (redis_scripts.py) assigns the place, stores the event and PUBLISHes it on the room's
+channel, so publish order is stream order, the same on every process. Every process, the
+sender's included, delivers only what comes back on its subscription, from one listener thread.
 
-Keys. Those of one room share a hash tag, `roomchat:{<room>}:...` (seq, hist, members, owners,
-joins, topic, bans and mutes; channel `...:events`), so the scripts also run on Redis Cluster.
-Nick claims (`roomchat:nick:<folded>`) and the other directory keys: engines/redis_directory.py. The
-nick claims of this process get a TTL that the heartbeat refreshes. Each process keeps
-`roomchat:proc:<id>` alive with the same TTL and lists its room memberships in
-`roomchat:proc:<id>:rooms`; when a process dies (kill -9), the first survivor to notice
-takes `roomchat:reap:<id>` and announces one presence leave per member.
-DMs to a client of another process go to `roomchat:proc:<id>:dm` (`[client, event]`; `[client,
-null]` asks it to let go of its nick for a token holder). The epoch is `roomchat:epoch`.
+Keys of a room share a hash tag, `roomchat:{<room>}:...`: `seq` (the chat counter), `hist` (a
+stream of its chats, entry id `0-<seq>`), `log` (a stream of its other events: presence, nick,
+topic, kick, ban, mute, mode; entry id `<seq there>-<n>`, with its time), `members` and `owners`
+(who is in it, by which process and client), `joins`, `idem` (idempotency keys), `topic`,
+`ban:<nick>`, `mute:<nick>`, `mode`; channel `...:events`. A message on the channel is `<origin
+json>\\n<event json>`. `transcript_of_redis` reads a room's transcript (export) from `hist` and
+`log`.
 
-Gaps and faults. The listener knows the last seq it delivered per room: an event above it + 1
-is preceded by the missing ones read from history, one at or below it is dropped; after a
-reconnect every room is caught up from history. So nothing stored is lost or delivered twice.
-While Redis is unreachable, `publish`, `announce`, `read` and the directory calls raise
-Unavailable (the client gets `unavailable`); the listener reconnects with backoff. A call that
-breaks mid-way may still have been carried out: such a chat is answered `unavailable` and can
-arrive later as a normal chat event. Durability is Redis's own: with AOF and
-`appendfsync everysec`, at most about a second of acknowledged chats is lost if Redis crashes.
+Positions. Each event has a place in its room's stream: a chat (seq, 0), another event (the
+room's seq when it happened, n + 1). The listener remembers the last place it delivered per room;
+an event at or before it is dropped, a chat after a gap is preceded by what was missed, and after
+a reconnect every room is caught up from `hist` and `log` merged by place. So presence, nick
+changes and moderation converge like chats: nothing published while a link was down is missed.
 
-Threads: connection threads call the methods below (redis-py's pool is thread-safe); the
+Leases and fencing (DESIGN-NOTES 1). A process is alive while its lease in `roomchat:leases` (a
+sorted set: lease id -> expiry, judged by Redis's clock) is renewed by its heartbeat, every
+lease/4 seconds. The lease id is `<process>.<generation>`; owners of nicks and memberships are
+`<lease id>:<client>`. A process whose lease expired more than a grace ago (as long as the lease)
+is reaped by the first other process whose own last beat was on time: its members are announced
+gone and its nick claims deleted. A reaped process finds out at its next beat, takes a new
+generation and has the registry take everything back (`ClusterRegistry.retake`). Nick claims
+live NICK_LEASES leases, renewed at every beat; one that expired is taken again, one someone else
+took is lost (`ClusterRegistry.lose_nick`). A chat from a member the others think gone is refused
+by the publish script (fenced) and answered `unavailable`; the heartbeat then runs at once.
+
+Faults. Every write a request makes carries an idempotency key (Meta.key). A write whose outcome
+is unknown (timeout, broken link) is sent again, then settled with RESOLVE: written, or cancelled
+for good. So `unavailable` means nothing was stored; a chat that cannot be settled before the
+deadline waits, unanswered, until Redis answers (its sender's next request waits too). Leaves and
+nick changes, which were already applied here, are retried in order by the heartbeat until Redis
+takes them. A seq at or below one this process delivered means Redis lost acknowledged writes (an
+AOF that lost its tail): a new epoch, and every client of every process is closed with 1012, as
+when Redis comes back empty. A DM that no process receives (PUBLISH counts 0) is `no_such_user`.
+Durability is Redis's own: with AOF and `appendfsync everysec`, about a second may be lost.
+
+Threads: connection threads call the public methods (redis-py's pool is thread-safe); the
 listener thread reads the subscription and calls the hub (a request to let go of a nick runs
-`Hub.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread refreshes
-keys and reaps dead processes. `_sub_lock` serializes (un)subscribing, `_lock` guards `_last`,
-`_claims` and `_confirmed`. Lock order: `_sub_lock` -> Registry -> `_lock`.
+`Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
+lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`.
+`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_claims`, `_confirmed`,
+`_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
 """
 
+import collections
 import contextlib
 import logging
 import threading
@@ -43,33 +58,61 @@ import time
 import orjson
 import redis
 
+from chatserver import protocol
 from chatserver.engines.base import EngineError, Meta, Unavailable, new_epoch
-from chatserver.engines.redis_directory import RedisDirectory, room_key
-from chatserver.engines.redis_scripts import ANNOUNCE, IF_OWNER_DELETE, IF_OWNER_EXPIRE, IF_OWNER_PREFIX_DELETE, PUBLISH
+from chatserver.engines.redis_scripts import (
+    ANNOUNCE,
+    BEAT,
+    CLAIM,
+    IF_OWNER_DELETE,
+    IF_OWNER_PREFIX_DELETE,
+    PUBLISH,
+    REAP,
+    REFRESH,
+    RESERVE,
+    RESOLVE,
+    USE_INVITE,
+)
+from chatserver.errors import ChatError
 from chatserver.ops import metrics
+from chatserver.protocol import fold_nick
+from chatserver.rooms.moderation import KINDS as MODERATION
 from chatserver.rooms.moderation import removes_member
 
 log = logging.getLogger("roomchat.redis")
 
-PROCESS_TTL = 5.0  # seconds a dead process's nicks and members outlive it, at most (plus one heartbeat)
-CLOSE_SERVICE_RESTART = 1012  # RFC 6455 7.4.1 (IANA registry): the service restarted
+LEASE = 5.0  # seconds a process's lease lasts without a beat (--redis-lease); beats every LEASE / 4
+NICK_LEASES = 6  # a nick claim lasts this many leases without a beat: far past a stall others survive
 SUBSCRIBE_TIMEOUT = 5.0
 RETRY_MAX_DELAY = 5.0
 POOL_SIZE = 64  # Redis connections per process at most (the subscription holds one of them)
 POOL_WAIT = 2.0  # seconds a thread waits for a free connection before Unavailable
-READ_TIMEOUT = 2.0  # seconds for the rest of a reply that has begun to arrive on the subscription
+READ_TIMEOUT = 2.0  # seconds for a reply, and for the rest of a reply begun on the subscription
+SETTLE_TRIES = 3  # a write whose outcome is unknown is sent again this many times, then settled
+DEFERRED_MAX = 100_000  # leaves and nick changes waiting for Redis at most; the oldest go first
+TAKE_POLL = 0.05  # seconds between claims while a nick's holder lets go of it
+UNKNOWN = (redis.ConnectionError, redis.TimeoutError)  # the call may or may not have been carried out
 
-class RedisEngine(RedisDirectory):
-    """See the module docstring. Raises EngineError at start when Redis cannot be reached.
-    The directory (nicks, members, DMs, room rules) is in engines/redis_directory.py."""
+
+def room_key(room: str, part: str) -> str:
+    return f"roomchat:{{{room}}}:{part}"
+
+
+def nick_key(nick: str) -> str:
+    return f"roomchat:nick:{fold_nick(nick)}"
+
+
+class RedisEngine:
+    """See the module docstring. Raises EngineError at start when Redis cannot be reached."""
 
     cluster = True
 
-    def __init__(self, url: str, per_room: int = 10000, *, process_ttl: float = PROCESS_TTL):
+    def __init__(self, url: str, per_room: int = 10000, *, lease: float = LEASE):
         self.location = f"Redis at {url}"
         self._per_room = per_room
-        self._ttl_ms = int(process_ttl * 1000)
-        self._heartbeat_every = process_ttl / 4
+        self._lease_ms = int(lease * 1000)
+        self._nick_ms = self._lease_ms * NICK_LEASES
+        self._beat_every = lease / 4
         # Connection threads share the pool. redis-py's default pool raises "Too many connections"
         # past 100 at once (a burst of joins did that); this one makes a thread wait for a free one.
         pool = redis.BlockingConnectionPool.from_url(
@@ -83,21 +126,29 @@ class RedisEngine(RedisDirectory):
             self.epoch = self._redis.get("roomchat:epoch").decode()
         except redis.RedisError as exc:
             raise EngineError(f"cannot reach Redis at {url}: {exc}") from None
-        self._publish = self._redis.register_script(PUBLISH)
-        self._announce = self._redis.register_script(ANNOUNCE)
-        self._if_owner_delete = self._redis.register_script(IF_OWNER_DELETE)
-        self._if_owner_expire = self._redis.register_script(IF_OWNER_EXPIRE)
-        self._if_owner_prefix_delete = self._redis.register_script(IF_OWNER_PREFIX_DELETE)
+        scripts = {name: self._redis.register_script(text) for name, text in (
+            ("publish", PUBLISH), ("announce", ANNOUNCE), ("resolve", RESOLVE), ("beat", BEAT), ("reap", REAP),
+            ("claim", CLAIM), ("refresh", REFRESH), ("if_owner_delete", IF_OWNER_DELETE),
+            ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE), ("reserve", RESERVE), ("use_invite", USE_INVITE))}
+        self._scripts = scripts
         self.process_id = None  # the hub's, at start()
         self._hub = None
+        self._metrics = None
         self._lock = threading.Lock()
         self._sub_lock = threading.Lock()
-        self._last: dict[str, int | None] = {}  # subscribed room -> last seq delivered here
-        self._claims: dict[str, str] = {}  # nick key -> value, the nicks this process holds
+        self._last: dict[str, tuple | None] = {}  # subscribed room -> last place delivered here
+        self._claims: dict[str, tuple] = {}  # nick key -> (value, client id): the nicks this process holds
         self._confirmed: dict[str, threading.Event] = {}  # subscribed channel -> set once Redis confirmed
+        self._deferred: collections.deque = collections.deque()  # writes to retry, in order
+        self._generation = 0
+        self._lease = ""  # "<process>.<generation>"
+        self._registered = False
+        self._retaking = False  # a new lease was taken; the registry has yet to take its clients back
+        self._beat_ok = 0.0  # time.monotonic() of the last beat that went through
         self._pubsub = None
         self._problem: str | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # beat now (a write was fenced)
         self._threads = [threading.Thread(target=self._listen, name="roomchat-redis-listener", daemon=True),
                          threading.Thread(target=self._heartbeat, name="roomchat-redis-heartbeat", daemon=True)]
 
@@ -105,6 +156,7 @@ class RedisEngine(RedisDirectory):
         self._hub = hub
         self._metrics = metrics.of(hub)  # failed calls, subscription reconnects
         self.process_id = hub.process_id
+        self._lease = f"{self.process_id}.{self._generation}"
         self._dm_channel = f"roomchat:proc:{self.process_id}:dm"
         self._beat()
         for thread in self._threads:
@@ -113,36 +165,69 @@ class RedisEngine(RedisDirectory):
     # -- streams ---------------------------------------------------------------------------------
 
     def publish(self, room: str, chats: list) -> None:
-        args = [room_key(room, "events"), self._per_room, len(chats)]
+        """Raises Unavailable when nothing was stored; chats it cannot settle stay unanswered
+        until the heartbeat settles them (their senders are answered then)."""
+        with self._lock:
+            last = self._last.get(room)
+        args = [room_key(room, "events"), self._per_room, len(chats), last[0] if last else 0,
+                self._owner(chats[0][2])]
         for sender, text, meta in chats:
             head = orjson.dumps({"type": "chat", "room": room, "from": sender, "text": text, "ts": time.time()})
-            args += [head[:-1] + b',"seq":', b"}", _origin(meta)]
-        self._call(self._publish, keys=[room_key(room, "seq"), room_key(room, "hist")], args=args)
+            args += [sender, head[:-1] + b',"seq":', b"}", _origin(meta), self._key(meta)]
+        keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners")]
+        try:
+            result = self._write(self._scripts["publish"], keys, args)
+        except _Unsettled:
+            for _sender, _text, meta in chats:
+                self._defer(("settle", room, meta))
+            return
+        if result[0] == -1:
+            self._history_replaced(f"{room}: Redis's seq {result[1]} is below one delivered here")
+            raise Unavailable("the chat history was reset")
+        refused = [(room, None, meta) for (_s, _t, meta), r in zip(chats, result[1:], strict=True) if r < 0]
+        if refused:
+            if any(r == -2 for r in result[1:]):
+                self._wake.set()  # fenced: this process may have lost its lease
+            self._hub.reject(refused, "this server is reconnecting to the others")
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
+        """Raises Unavailable for a join or moderation event that was not put in the stream (a
+        join of a banned nick: ChatError forbidden); leaves and nick changes, applied here
+        already, are retried until Redis takes them."""
+        if event["type"] == "nick" or event.get("event") == "leave":
+            with self._lock:
+                if self._deferred:  # keep their order behind those waiting
+                    self._deferred.append(("announce", room, event, meta, self._owner(meta)))
+                    return
+            try:
+                self._announce(room, event, meta, self._owner(meta), self._index())
+            except (Unavailable, _Unsettled):
+                self._defer(("announce", room, event, meta, self._owner(meta)))
+            return
+        with self._lock:
+            if self._deferred:  # it would overtake a leave or nick change still waiting for Redis
+                raise Unavailable("catching up with Redis")
+        try:
+            result = self._announce(room, event, meta, self._owner(meta), self._index())
+        except _Unsettled:
+            self._defer(("cancel", room, meta))  # a late copy can no longer take effect
+            if event.get("event") == "join":  # and if it did take effect, it is taken back
+                self._defer(("announce", room, protocol.presence(room, "leave", event["nick"]), Meta(meta.origin),
+                             self._owner(meta)))
+            raise Unavailable("Redis did not answer") from None
+        if result[0] == -4:
+            raise ChatError("forbidden", f"You are banned from {room!r}.")
+        if result[0] == -3:
+            raise Unavailable("Redis did not answer in time")
+
+    def _announce(self, room: str, event: dict, meta: Meta, owner: str, index: str) -> list:
         kind = "remove" if removes_member(event) else event.get("event", event["type"])  # join, leave, nick, ...
         nick = event.get("nick", "")
-        owner = f"{meta.origin[0]}:{meta.origin[1]}"
-        origin = orjson.dumps([*meta.origin, meta.reply_id, meta.change, meta.echo])[:-1] + b","  # and `at`
-        keys = [room_key(room, part) for part in ("seq", "members", "owners", "joins")]
-        args = [room_key(room, "events"), kind, nick, owner, orjson.dumps(event), origin, event.get("old", "")]
-        count = self._call(self._announce, keys=keys, args=args)
-        if kind not in ("join", "leave", "nick", "remove"):
-            return  # a topic, a mute, a lifted ban: membership is as it was
-        entry = f"{room}\n{nick}\n{owner}"
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            if kind == "join":
-                pipe.sadd(f"roomchat:proc:{meta.origin[0]}:rooms", entry)
-            elif kind == "leave":
-                pipe.srem(f"roomchat:proc:{meta.origin[0]}:rooms", entry)
-            elif kind == "nick":
-                pipe.srem(f"roomchat:proc:{meta.origin[0]}:rooms", f"{room}\n{event['old']}\n{owner}")
-                pipe.sadd(f"roomchat:proc:{meta.origin[0]}:rooms", entry)
-            pipe.zadd("roomchat:rooms", {room: count}) if count and count > 0 else pipe.zrem("roomchat:rooms", room)
-            pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("membership index for %s not updated: %s", room, exc)
+        keys = [room_key(room, part) for part in ("seq", "log", "idem", "members", "owners", "joins")]
+        keys += [room_key(room, f"ban:{fold_nick(nick)}"), "roomchat:rooms", index]
+        args = [room_key(room, "events"), kind, nick, owner, orjson.dumps(event), _origin(meta)[:-1],
+                event.get("old", ""), self._key(meta), self._per_room, room]
+        return self._write(self._scripts["announce"], keys, args)
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
@@ -190,22 +275,242 @@ class RedisEngine(RedisDirectory):
                 self._pubsub.unsubscribe(room_key(room, "events"))
 
     def close(self) -> None:
+        """Stop the threads, then leave as a reaper would: the members still here are announced
+        gone and the nicks given back (what fails expires with the lease)."""
         if self._stop.is_set():
             return
         self._stop.set()
+        self._wake.set()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(3)
         try:
+            self._run_deferred()
             with self._lock:
-                claims = list(self._claims.items())
-            for key, value in claims:
-                self._if_owner_delete(keys=[key], args=[value])
-            self._redis.delete(*(f"roomchat:proc:{self.process_id}{part}" for part in ("", ":rooms", ":nicks")))
-            self._redis.srem("roomchat:procs", self.process_id)
-        except redis.RedisError:
+                lease = self._lease
+            self._redis.zrem("roomchat:leases", lease)
+            self._clean_up(lease)
+        except (redis.RedisError, Unavailable):
             pass
         self._redis.close()
+
+    # -- the directory: nicks, members, rooms, DMs ---------------------------------------------
+
+    def claim_nick(self, nick: str, client_id: int, retake: bool = False) -> bool:
+        """Take `nick` for local client `client_id`; False if someone holds it. With `retake`, a
+        claim of this process's earlier lease counts as free. Raises Unavailable."""
+        key, (value, _) = nick_key(nick), self._claim_value(nick, client_id)
+        prefix = f"{self.process_id}." if retake else ""
+        if not self._call(self._scripts["claim"], keys=[key], args=[value, self._nick_ms, prefix]):
+            return False
+        with self._lock:
+            self._claims[key] = (value, client_id)
+            index = f"roomchat:proc:{self._lease}:nicks"
+        with contextlib.suppress(redis.RedisError):
+            self._redis.sadd(index, key)
+        return True
+
+    def take_nick(self, nick: str, client_id: int, timeout: float) -> bool:
+        """Claim `nick` for the holder of its token, asking the connection that has it to let go
+        (its process renames or replaces it: Registry.evict). False if it is still held after `timeout`
+        seconds (a holder on a dead process lets go when it is reaped). Raises Unavailable."""
+        deadline = time.monotonic() + timeout
+        asked = None
+        while not self.claim_nick(nick, client_id):
+            held = self._call(self._redis.get, nick_key(nick))
+            if held is not None and held != asked:
+                lease, client, _ = held.decode().split(":", 2)
+                channel = f"roomchat:proc:{lease.split('.')[0]}:dm"
+                self._call(self._redis.publish, channel, orjson.dumps([int(client), None]))
+                asked = held
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(TAKE_POLL)
+        return True
+
+    def release_nick(self, nick: str, client_id: int) -> None:
+        """Give `nick` back if this client still holds it (retried by the heartbeat)."""
+        key = nick_key(nick)
+        with self._lock:
+            claim = self._claims.get(key)
+            if claim is None or claim[1] != client_id:
+                return
+            del self._claims[key]
+        self._defer(("release", key, claim[0]), first_try=True)
+
+    def members(self, room: str) -> list:
+        return [m.decode() for m in self._call(self._redis.zrange, room_key(room, "members"), 0, -1)]
+
+    def rooms(self) -> list:
+        rooms = self._call(self._redis.zrange, "roomchat:rooms", 0, -1, withscores=True)
+        return sorted(({"room": r.decode(), "members": int(n)} for r, n in rooms), key=lambda r: r["room"])
+
+    def send_dm(self, nick: str, event: dict) -> str | None:
+        """Route a DM to the process holding `nick`; its spelling, or None if nobody has it or its
+        process is gone (nobody received it). Raises Unavailable."""
+        owner = self._call(self._redis.get, nick_key(nick))
+        if owner is None:
+            return None
+        lease, client, spelled = owner.decode().split(":", 2)
+        event = {**event, "to": spelled}
+        process = lease.split(".")[0]
+        if process == self.process_id:
+            return spelled if self._hub.deliver_dm(int(client), event) else None
+        channel = f"roomchat:proc:{process}:dm"
+        received = self._call(self._redis.publish, channel, orjson.dumps([int(client), event]))
+        return spelled if received else None
+
+    # -- room rules and reserved nicks (engines.base.Engine) ------------------------------------
+
+    def reserve_nick(self, nick: str, until: float) -> None:
+        ms = int((until - time.time()) * 1000)
+        if ms > 0:
+            self._call(self._scripts["reserve"], keys=[f"roomchat:reserved:{fold_nick(nick)}"], args=[nick, ms])
+
+    def reserved_until(self, nick: str) -> float | None:
+        return self._until(f"roomchat:reserved:{fold_nick(nick)}")
+
+    def set_topic(self, room: str, topic: str) -> None:
+        if topic:
+            self._call(self._redis.set, room_key(room, "topic"), topic)
+        else:
+            self._call(self._redis.delete, room_key(room, "topic"))
+
+    def topic(self, room: str) -> str:
+        topic = self._call(self._redis.get, room_key(room, "topic"))
+        return topic.decode() if topic else ""
+
+    def restrict(self, room: str, kind: str, nick: str, until: float) -> None:
+        key, ms = room_key(room, f"{kind}:{fold_nick(nick)}"), int((until - time.time()) * 1000)
+        if ms > 0:
+            self._call(self._redis.set, key, "", px=ms)
+        else:
+            self._call(self._redis.delete, key)
+
+    def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
+        return self._until(room_key(room, f"{kind}:{fold_nick(nick)}"))
+
+    def set_mode(self, room: str, moderated: bool, slow: int) -> None:
+        """The room's mode, `roomchat:{<room>}:mode` = "<0|1>:<slow seconds>" (none: the default)."""
+        if moderated or slow:
+            self._call(self._redis.set, room_key(room, "mode"), f"{int(moderated)}:{slow}")
+        else:
+            self._call(self._redis.delete, room_key(room, "mode"))
+
+    def mode(self, room: str) -> tuple[bool, int]:
+        value = self._call(self._redis.get, room_key(room, "mode"))
+        moderated, slow = (value.decode() if value else "0:0").split(":")
+        return moderated == "1", int(slow)
+
+    def use_invite(self, invite: str, uses: int, until: float) -> int | None:
+        """Take one of an invite's `uses` (`roomchat:invite:<id>`, kept while the invite lives): the
+        number of this use, or None when all are taken or the invite has expired."""
+        ms = int((until - time.time()) * 1000)
+        if ms <= 0:
+            return None
+        taken = self._call(self._scripts["use_invite"], keys=[f"roomchat:invite:{invite}"], args=[uses, ms])
+        return None if taken is None else int(taken)
+
+    def invite_uses(self, invite: str) -> int:
+        return int(self._call(self._redis.get, f"roomchat:invite:{invite}") or 0)
+
+    def _until(self, key: str) -> float | None:
+        ms = self._call(self._redis.pttl, key)
+        return time.time() + ms / 1000 if ms > 0 else None
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _call(self, command, *args, **kwargs):
+        """Run a Redis command or script; Raises Unavailable when Redis cannot be reached."""
+        try:
+            return command(*args, **kwargs)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            raise Unavailable("Redis is unreachable") from None
+
+    def _write(self, script, keys: list, args: list) -> list:
+        """Run a script that writes under idempotency keys: sent again while its outcome is
+        unknown. Raises Unavailable (not carried out), _Unsettled (still unknown)."""
+        for attempt in range(SETTLE_TRIES):
+            try:
+                return script(keys=keys, args=args)
+            except UNKNOWN as exc:
+                self._failed(exc)
+                if self._stop.wait(0.2 * (attempt + 1)):
+                    break
+            except redis.RedisError as exc:  # an error reply (out of memory, ...): not carried out
+                self._failed(exc)
+                raise Unavailable(f"Redis refused: {exc}") from None
+        raise _Unsettled()
+
+    def _failed(self, exc: Exception) -> None:
+        self._problem = f"Redis unreachable: {exc}"
+        if self._metrics is not None:
+            self._metrics.engine_errors.inc()
+
+    def _owner(self, meta: Meta) -> str:
+        with self._lock:
+            return f"{self._lease}:{meta.origin[1] if meta.origin else ''}"
+
+    def _index(self) -> str:
+        with self._lock:
+            return f"roomchat:proc:{self._lease}:rooms"
+
+    def _key(self, meta: Meta) -> str:
+        return f"{self.process_id}.{meta.key}" if meta.key else ""
+
+    def _claim_value(self, nick: str, client_id: int) -> tuple:
+        with self._lock:
+            return f"{self._lease}:{client_id}:{nick}", client_id
+
+    # -- deferred writes: retried in order by the heartbeat --------------------------------------
+
+    def _defer(self, item: tuple, first_try: bool = False) -> None:
+        """Carry out `item` later, in order with the others waiting; with `first_try`, now if
+        nothing is waiting and Redis takes it."""
+        if first_try:
+            with self._lock:
+                waiting = bool(self._deferred)
+            if not waiting:
+                try:
+                    self._do(item)
+                    return
+                except (redis.RedisError, Unavailable, _Unsettled):
+                    pass
+        with self._lock:
+            if len(self._deferred) >= DEFERRED_MAX:
+                log.error("too many writes waiting for Redis; the oldest is dropped: %s", self._deferred[0][0])
+                self._deferred.popleft()
+            self._deferred.append(item)
+
+    def _run_deferred(self) -> None:
+        """Heartbeat: carry out the waiting writes in order, until one fails."""
+        while True:
+            with self._lock:
+                if not self._deferred:
+                    return
+                item = self._deferred[0]
+            try:
+                self._do(item)
+            except (redis.RedisError, Unavailable, _Unsettled):
+                return
+            with self._lock:
+                if self._deferred and self._deferred[0] is item:
+                    self._deferred.popleft()
+
+    def _do(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "announce":
+            _, room, event, meta, owner = item
+            self._announce(room, event, meta, owner, f"roomchat:proc:{owner.rsplit(':', 1)[0]}:rooms")
+        elif kind == "release":
+            _, key, value = item
+            self._scripts["if_owner_delete"](keys=[key], args=[value])
+        else:  # "settle" a chat (its sender is answered if it was not stored), or "cancel" a write
+            _, room, meta = item
+            written = self._scripts["resolve"](keys=[room_key(room, "idem")], args=[self._key(meta)])
+            if kind == "settle" and not written:
+                self._hub.reject([(room, None, meta)], "Redis did not answer in time")
 
     # -- the listener thread ---------------------------------------------------------------------
 
@@ -218,8 +523,7 @@ class RedisEngine(RedisDirectory):
                     delay = 0.1
                 self._receive()
             except (redis.RedisError, OSError) as exc:
-                self._problem = f"Redis unreachable: {exc}"
-                self._metrics.engine_errors.inc()
+                self._failed(exc)
                 log.error("Redis subscription lost (%s); reconnecting in %.1f s", exc, delay)
                 self._drop_pubsub()
                 self._stop.wait(delay)
@@ -227,9 +531,8 @@ class RedisEngine(RedisDirectory):
         self._drop_pubsub()
 
     def _connect(self) -> None:
-        """Subscribe to this process's DM channel and every wanted room, then catch each room up.
-        If Redis came back without its data (no persistence), the history is a new one: a new
-        epoch, every room starts over, and every client is closed with 1012 to reload."""
+        """Subscribe to this process's DM channel and every wanted room, then catch each room up
+        from its history and log (what was published while the link was down)."""
         pubsub = self._redis.pubsub()
         self._check_epoch()
         with self._lock:
@@ -247,15 +550,27 @@ class RedisEngine(RedisDirectory):
         self._problem = None
 
     def _check_epoch(self) -> None:
-        """After a reconnect (ours, or redis-py's own) and at every heartbeat: if Redis lost its
-        data, start a new history. Raises redis.RedisError."""
+        """After a reconnect and at every heartbeat: if Redis lost its data, start a new history.
+        Raises redis.RedisError."""
         if self._redis.get("roomchat:epoch") not in (None, self.epoch.encode()) or \
                 self._redis.set("roomchat:epoch", new_epoch(), nx=True):
-            self.epoch = self._redis.get("roomchat:epoch").decode()
-            log.error("Redis lost its data: a new history (epoch %s); every client reconnects", self.epoch)
-            with self._lock:
-                self._last = dict.fromkeys(self._last)  # seqs start over: accept them from the first
-            self._hub.close_all(CLOSE_SERVICE_RESTART, "the chat history was reset; reconnect")
+            self._new_history()
+
+    def _history_replaced(self, why: str) -> None:
+        """Redis handed out a seq at or below one delivered here: a new epoch for everyone."""
+        log.error("%s: Redis lost acknowledged writes; a new history begins", why)
+        with contextlib.suppress(redis.RedisError):
+            current = self._redis.get("roomchat:epoch")
+            if current is None or current == self.epoch.encode():
+                self._redis.set("roomchat:epoch", new_epoch())
+            self._new_history()
+
+    def _new_history(self) -> None:
+        self.epoch = self._redis.get("roomchat:epoch").decode()
+        log.error("a new history (epoch %s); every client reconnects", self.epoch)
+        with self._lock:
+            self._last = dict.fromkeys(self._last)  # seqs start over: accept them from the first
+        self._hub.close_all(protocol.CLOSE_SERVICE_RESTART, "the chat history was reset; reconnect")
 
     def _receive(self) -> None:
         pubsub = self._pubsub
@@ -279,7 +594,7 @@ class RedisEngine(RedisDirectory):
                     items += self._place(channel[len("roomchat:{"):-len("}:events")], message["data"])
             # Whatever has arrived already joins this batch. Not get_message(timeout=0): a reply
             # that has arrived in part is a timeout to redis-py, which then reconnects and drops
-            # what was in flight (presence is not in history, so joins waited for JOIN_TIMEOUT).
+            # what was in flight.
             message = pubsub.get_message(timeout=READ_TIMEOUT) if pubsub.connection.can_read(timeout=0) else None
         if items:
             self._hub.deliver(items)
@@ -288,33 +603,55 @@ class RedisEngine(RedisDirectory):
         """The items to deliver for one message: the event, after any it shows were missed."""
         head, _, body = data.partition(b"\n")
         event, origin = orjson.loads(body), orjson.loads(head)
-        meta = _meta(origin)
-        seq = event.get("seq")
+        meta, place = _meta(origin, event)
         with self._lock:
             if room not in self._last:
                 return []  # unsubscribed meanwhile
             last = self._last[room]
-        position = seq if seq is not None else meta.at
-        if last is not None and seq is not None and seq <= last:
+        if last is not None and place <= last:
+            if event["type"] == "chat":
+                self._check_seq(room, last[0])
             return []  # delivered already (a catch-up got there first)
-        items = self._fill(room, last, position - 1 if seq is not None else position) if last is not None else []
+        items = []
+        if last is not None and place[0] > last[0] + (event["type"] == "chat"):
+            items = self._fill(room, last, place)  # chats were missed before this one
         with self._lock:
             if room in self._last:
-                self._last[room] = max(position, self._last[room] or 0)
+                self._last[room] = max(place, self._last[room] or place)
         return [*items, (room, event, meta)]
 
-    def _fill(self, room: str, last: int, upto: int | None) -> list:
-        """Stored events after `last` (up to `upto`), as items, from the room's history."""
-        if upto is not None and upto <= last:
-            return []
-        entries = self._redis.xrange(room_key(room, "hist"), f"(0-{last}", "+" if upto is None else f"0-{upto}")
-        items = [(room, orjson.loads(f[b"e"]), _meta(orjson.loads(f[b"o"]))) for _id, f in entries]
+    def _check_seq(self, room: str, delivered: int) -> None:
+        """A chat at or below one delivered here: a repeat, unless Redis's counter went back."""
+        with contextlib.suppress(redis.RedisError):
+            if int(self._redis.get(room_key(room, "seq")) or 0) < delivered:
+                self._history_replaced(f"{room}: seq {delivered} delivered here, Redis is below it")
+
+    def _fill(self, room: str, last: tuple, upto: tuple | None) -> list:
+        """Stored events after place `last` (before `upto`), as items, from the room's chats and
+        log merged by place. Raises redis.RedisError."""
+        seq, n = last
+        high = "+" if upto is None else f"0-{upto[0]}" if upto[1] else f"(0-{upto[0]}"  # an event follows its seq
+        chats = self._redis.xrange(room_key(room, "hist"), f"(0-{seq}", high)
+        logged = self._redis.xrange(room_key(room, "log"), f"{seq}-0" if n == 0 else f"({seq}-{n - 1}",
+                                    "+" if upto is None else f"({upto[0]}-{max(upto[1] - 1, 0)}")
+        items = []
+        for _id, fields in chats:
+            event = orjson.loads(fields[b"e"])
+            items.append(((event["seq"], 0), (room, event, _meta(orjson.loads(fields[b"o"]), event)[0])))
+        for entry_id, fields in logged:
+            at, k = (int(x) for x in entry_id.decode().split("-"))
+            place = (at, k + 1)
+            if upto is not None and place >= upto:
+                continue
+            event = orjson.loads(fields[b"e"])
+            items.append((place, (room, event, _meta([*orjson.loads(fields[b"o"]), at, k], event)[0])))
+        items.sort(key=lambda item: item[0])
         if items:
             log.warning("%s: %d events filled in from history", room, len(items))
             with self._lock:
                 if room in self._last:
-                    self._last[room] = max(items[-1][1]["seq"], self._last[room] or 0)
-        return items
+                    self._last[room] = max(items[-1][0], self._last[room] or items[-1][0])
+        return [item for _place, item in items]
 
     def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -325,55 +662,135 @@ class RedisEngine(RedisDirectory):
     # -- the heartbeat thread ------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(self._heartbeat_every):
+        while not self._stop.is_set():
+            self._wake.wait(self._beat_every)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            late = time.monotonic() - self._beat_ok > 2 * self._beat_every  # paused or cut off: reap nobody
             try:
+                self._run_deferred()  # first: a retake must not overtake what waits
                 self._beat()
                 self._check_epoch()
-                self._reap()
-            except redis.RedisError as exc:
-                self._problem = f"Redis unreachable: {exc}"
-                self._metrics.engine_errors.inc()
+                self._check_seqs()
+                if not late:
+                    self._reap()
+                self._problem = None if self._pubsub is not None else self._problem
+            except (redis.RedisError, Unavailable) as exc:
+                self._failed(exc)
                 log.warning("Redis heartbeat failed: %s", exc)
 
     def _beat(self) -> None:
+        """Renew the lease and the nick claims; a lost lease is taken anew and the registry takes
+        its clients back; a lost claim is the registry's to settle. Raises redis.RedisError."""
         with self._lock:
+            lease, registered = self._lease, self._registered
+        if not self._scripts["beat"](keys=["roomchat:leases"], args=[lease, self._lease_ms, int(registered)]):
+            self._retake(lease)
+        with self._lock:
+            self._registered = True
             claims = list(self._claims.items())
+        if self._retaking:
+            self._hub.retake()  # Raises Unavailable: tried again at the next beat
+            self._retaking = False
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(f"roomchat:proc:{self.process_id}", 1, px=self._ttl_ms)
-        pipe.sadd("roomchat:procs", self.process_id)
-        for key, value in claims:
-            self._if_owner_expire(keys=[key], args=[value, self._ttl_ms], client=pipe)
-        pipe.execute()
+        for key, (value, _client) in claims:
+            self._scripts["refresh"](keys=[key], args=[value, self._nick_ms], client=pipe)
+        for (key, (value, client)), kept in zip(claims, pipe.execute(), strict=True):
+            if not kept:
+                with self._lock:
+                    if self._claims.get(key, (None,))[0] == value:
+                        del self._claims[key]
+                self._hub.lose_nick(client)
+        self._beat_ok = time.monotonic()
+
+    def _retake(self, lost: str) -> None:
+        """This process was reaped: a new lease (generation), then the registry takes back its
+        clients' nicks and rooms. Raises redis.RedisError, Unavailable (tried again next beat)."""
+        with self._lock:
+            self._generation += 1
+            self._lease = f"{self.process_id}.{self._generation}"
+            self._registered = False
+            self._claims.clear()
+            lease = self._lease
+        log.error("this process's lease %s was lost (paused or cut off too long); taking everything back as %s",
+                  lost, lease)
+        self._scripts["beat"](keys=["roomchat:leases"], args=[lease, self._lease_ms, 0])
+        self._retaking = True
+
+    def _check_seqs(self) -> None:
+        """A room whose counter in Redis went below what was delivered here: history replaced."""
+        with self._lock:
+            rooms = [(room, last[0]) for room, last in self._last.items() if last is not None and last[0] > 0]
+        if not rooms:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for room, _seq in rooms:
+            pipe.get(room_key(room, "seq"))
+        for (room, seq), now in zip(rooms, pipe.execute(), strict=True):
+            if int(now or 0) < seq:
+                self._history_replaced(f"{room}: seq {seq} delivered here, Redis has {int(now or 0)}")
+                return
 
     def _reap(self) -> None:
-        """Announce the leaves of processes whose heartbeat key has expired (once, cluster-wide)."""
-        for process in (p.decode() for p in self._redis.smembers("roomchat:procs")):
-            if process == self.process_id or self._redis.exists(f"roomchat:proc:{process}"):
-                continue
-            if not self._redis.set(f"roomchat:reap:{process}", self.process_id, nx=True, ex=60):
-                continue
-            entries = self._redis.smembers(f"roomchat:proc:{process}:rooms")
-            for entry in entries:
-                room, nick, owner = entry.decode().split("\n")
-                client = int(owner.split(":")[1])
-                event = {"type": "presence", "room": room, "event": "leave", "nick": nick}
-                self.announce(room, event, Meta(origin=(process, client)))
-            for key in self._redis.smembers(f"roomchat:proc:{process}:nicks"):
-                self._if_owner_prefix_delete(keys=[key], args=[f"{process}:"])
-            self._redis.delete(f"roomchat:proc:{process}:rooms", f"roomchat:proc:{process}:nicks")
-            self._redis.srem("roomchat:procs", process)
-            log.warning("process %s is gone: %d members left their rooms", process, len(entries))
+        """Announce the leaves of processes whose lease expired more than a grace ago, and free
+        their nicks (each reaped by one process; one that stopped half-way is finished by the
+        next). Raises redis.RedisError, Unavailable."""
+        for lease in (p.decode() for p in self._scripts["reap"](keys=["roomchat:leases", "roomchat:reaping"],
+                                                               args=[self._lease_ms])):
+            count = self._clean_up(lease)
+            self._redis.srem("roomchat:reaping", lease)
+            log.warning("process %s is gone: %d members left their rooms", lease, count)
+
+    def _clean_up(self, lease: str) -> int:
+        """Announce every membership of `lease` gone and delete its nick claims. Raises
+        redis.RedisError, Unavailable, _Unsettled."""
+        index = f"roomchat:proc:{lease}:rooms"
+        entries = self._redis.smembers(index)
+        for entry in entries:
+            room, nick, owner = entry.decode().split("\n")
+            event = protocol.presence(room, "leave", nick)
+            self._announce(room, event, Meta(origin=(lease.split(".")[0], int(owner.rsplit(":", 1)[1]))), owner, index)
+        for key in self._redis.smembers(f"roomchat:proc:{lease}:nicks"):
+            self._scripts["if_owner_prefix_delete"](keys=[key], args=[f"{lease}:"])
+        self._redis.delete(index, f"roomchat:proc:{lease}:nicks")
+        return len(entries)
+
+
+def transcript_of_redis(url: str, room: str, since: float) -> list:
+    """The room's stored chats and moderation events from `since` (Unix time), in stream order,
+    as ops/export.py writes them (a moderation event gains `ts`). Raises EngineError when Redis
+    cannot be read."""
+    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
+    try:
+        chats = client.xrange(room_key(room, "hist"))
+        logged = client.xrange(room_key(room, "log"))
+    except redis.RedisError as exc:
+        raise EngineError(f"cannot read Redis at {url}: {exc}") from None
+    finally:
+        client.close()
+    items = [((e["seq"], 0), e) for e in (orjson.loads(f[b"e"]) for _id, f in chats) if e["ts"] >= since]
+    for entry_id, fields in logged:
+        event, ts = orjson.loads(fields[b"e"]), int(fields.get(b"t", 0)) / 1000
+        if event["type"] in MODERATION and ts >= since:
+            at, k = (int(x) for x in entry_id.decode().split("-"))
+            items.append(((at, k + 1), {**event, "ts": ts}))
+    return [event for _place, event in sorted(items, key=lambda item: item[0])]
+
+
+class _Unsettled(Exception):
+    """A write's outcome is still unknown after SETTLE_TRIES attempts."""
 
 
 def _origin(meta: Meta) -> bytes:
-    """Meta as JSON: [process, client, reply id, change, echo, at]."""
+    """Meta as JSON: [process, client, reply id, change, echo, key]."""
     process, client = meta.origin if meta.origin else (None, None)
-    return orjson.dumps([process, client, meta.reply_id, meta.change, meta.echo, meta.at])
+    return orjson.dumps([process, client, meta.reply_id, meta.change, meta.echo, meta.key])
 
 
-def _meta(origin: list) -> Meta:
-    """Meta from its JSON (history written before `echo` existed has five elements)."""
-    process, client, reply_id, change, *rest = origin
-    echo, at = (rest[0], rest[1]) if len(rest) == 2 else (False, rest[0])
-    origin = (process, client) if process is not None else None
-    return Meta(origin=origin, reply_id=reply_id, at=at, change=change, echo=echo)
+def _meta(origin: list, event: dict) -> tuple:
+    """(Meta, place) from an origin's JSON (with `at` and n for an event other than a chat)."""
+    process, client, reply_id, change, echo, key, *place = origin
+    meta = Meta(origin=(process, client) if process is not None else None, reply_id=reply_id,
+                at=place[0] if place else None, change=change, echo=echo, key=key)
+    return meta, ((event["seq"], 0) if not place else (place[0], place[1] + 1))

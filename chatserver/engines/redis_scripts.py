@@ -1,57 +1,151 @@
-"""The Lua scripts of the Redis engine (engines/redis.py). Each touches the keys of one room only
-(one hash tag), so they also run on Redis Cluster. Redis runs a script atomically: nothing else
-happens between its INCR, XADD and PUBLISH.
+"""The Lua scripts of the Redis engine (engines/redis.py). Redis runs a script atomically: nothing
+else happens between its checks, its writes and its PUBLISH. Times are Redis's own (TIME), in
+milliseconds, so every process judges leases by one clock.
+
+Idempotency (Centrifugo's publish, `broker_history_add_stream.lua`): every write a request makes
+carries a key, kept in the room's `idem` sorted set for ten minutes (score: the time written;
+negative: cancelled). A write whose key is there already does nothing, so a call whose outcome
+is unknown (a timeout, a broken link) can be sent again; `RESOLVE` settles such a key for good:
+written, or cancelled so that a late copy of the write can never take effect.
+
+The scripts of a room touch its keys (one hash tag), and `roomchat:rooms` and the process's
+membership index besides (ANNOUNCE), so membership, room counts and the index change together.
 """
 
-# KEYS: seq (counter), hist (stream); ARGV: channel, maxlen, n, then n times (event json up to its
-# seq, the rest of the json, origin json). Returns the seqs given.
-PUBLISH = """
+_NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+_TRIM = (  # forget idempotency keys older than ten minutes (written ones: > 0, cancelled: < 0)
+    "redis.call('ZREMRANGEBYSCORE', KEYS[3], 0, now - 600000) "
+    "redis.call('ZREMRANGEBYSCORE', KEYS[3], -(now - 600000), '(0')\n"
+)
+
+# KEYS: seq (counter), hist (stream), idem, owners. ARGV: channel, maxlen, n, lowest seq this
+# process has delivered (the counter below it means the history was replaced), owner, then n
+# times (sender nick, event json up to its seq, the rest of the json, origin json, key).
+# Returns {1, r1..rn} with r = the seq given, 0 (written already), -2 (the sender is not a member
+# by this owner: fenced), -3 (cancelled); or {-1, counter} when the counter went back.
+PUBLISH = _NOW + """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[4]) then return {-1, cur} end
 local n = tonumber(ARGV[3])
-local seqs = {}
+local out = {1}
 for i = 0, n - 1 do
-  local seq = redis.call('INCR', KEYS[1])
-  local event = ARGV[4 + 3 * i] .. seq .. ARGV[5 + 3 * i]
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', event, 'o', ARGV[6 + 3 * i])
-  redis.call('PUBLISH', ARGV[1], ARGV[6 + 3 * i] .. '\\n' .. event)
-  seqs[i + 1] = seq
-end
-return seqs
-"""
-# KEYS: seq, members (zset nick -> join order), owners (hash nick -> owner), joins (counter)
-# ARGV: channel, kind (join, leave, nick; remove: a kick or ban takes `nick` out; anything else
-# changes no membership), nick, owner, event json, origin json without its last `at` element, old nick
-ANNOUNCE = """
-local at = tonumber(redis.call('GET', KEYS[1]) or '0')
-local kind, nick, owner = ARGV[2], ARGV[3], ARGV[4]
-if kind == 'join' then
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), nick)
-  redis.call('HSET', KEYS[3], nick, owner)
-elseif kind == 'leave' then
-  if redis.call('HGET', KEYS[3], nick) ~= owner then return -1 end
-  redis.call('ZREM', KEYS[2], nick)
-  redis.call('HDEL', KEYS[3], nick)
-elseif kind == 'remove' then
-  redis.call('ZREM', KEYS[2], nick)
-  redis.call('HDEL', KEYS[3], nick)
-elseif kind == 'nick' then
-  local score = redis.call('ZSCORE', KEYS[2], ARGV[7])
-  if score and redis.call('HGET', KEYS[3], ARGV[7]) == owner then
-    redis.call('ZREM', KEYS[2], ARGV[7])
-    redis.call('HDEL', KEYS[3], ARGV[7])
-    redis.call('ZADD', KEYS[2], score, nick)
-    redis.call('HSET', KEYS[3], nick, owner)
+  local b = 6 + 5 * i
+  local key = ARGV[b + 4]
+  local done = redis.call('ZSCORE', KEYS[3], key)
+  if done then
+    out[i + 2] = tonumber(done) < 0 and -3 or 0
+  elseif redis.call('HGET', KEYS[4], ARGV[b]) ~= ARGV[5] then
+    out[i + 2] = -2
+  else
+    local seq = redis.call('INCR', KEYS[1])
+    local event = ARGV[b + 1] .. seq .. ARGV[b + 2]
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', event, 'o', ARGV[b + 3])
+    redis.call('PUBLISH', ARGV[1], ARGV[b + 3] .. '\\n' .. event)
+    redis.call('ZADD', KEYS[3], now, key)
+    out[i + 2] = seq
   end
 end
-redis.call('PUBLISH', ARGV[1], ARGV[6] .. at .. ']\\n' .. ARGV[5])
-return redis.call('ZCARD', KEYS[2])
+""" + _TRIM + "return out\n"
+
+# KEYS: seq, log (stream of room events other than chats, id <at>-<k>), idem, members (zset nick
+# -> join order), owners (hash nick -> owner), joins (counter), ban key of `nick`, roomchat:rooms,
+# the origin process's membership index (set of "room\\nnick\\nowner").
+# ARGV: channel, kind (join, leave, nick; remove: a kick or ban takes `nick` out; anything else
+# changes no membership), nick, owner, event json, origin json without its closing ']', old nick,
+# key ('' for none), maxlen, room.
+# Returns {1, members} when published; {0} written already (or a join of a member by this owner);
+# {-3} cancelled; {-1} nothing to
+# announce (a leave or nick change by one who is not a member by this owner); {-4} banned (join).
+ANNOUNCE = _NOW + """
+local kind, nick, owner, key, old, room = ARGV[2], ARGV[3], ARGV[4], ARGV[8], ARGV[7], ARGV[10]
+if key ~= '' then
+  local done = redis.call('ZSCORE', KEYS[3], key)
+  if done then return {tonumber(done) < 0 and -3 or 0} end
+end
+if kind == 'join' and redis.call('EXISTS', KEYS[7]) == 1 then return {-4} end
+if kind == 'join' and redis.call('HGET', KEYS[5], nick) == owner then return {0} end
+if kind == 'leave' and redis.call('HGET', KEYS[5], nick) ~= owner then return {-1} end
+local score = nil
+if kind == 'nick' then
+  score = redis.call('ZSCORE', KEYS[4], old)
+  if not score or redis.call('HGET', KEYS[5], old) ~= owner then return {-1} end
+end
+local at = tonumber(redis.call('GET', KEYS[1]) or '0')
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], at .. '-*', 'e', ARGV[5], 'o', ARGV[6] .. ']', 't', now)
+if kind == 'join' then
+  redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[6]), nick)
+  redis.call('HSET', KEYS[5], nick, owner)
+  redis.call('SADD', KEYS[9], room .. '\\n' .. nick .. '\\n' .. owner)
+elseif kind == 'leave' or kind == 'remove' then
+  redis.call('ZREM', KEYS[4], nick)
+  redis.call('HDEL', KEYS[5], nick)
+  redis.call('SREM', KEYS[9], room .. '\\n' .. nick .. '\\n' .. owner)
+elseif kind == 'nick' then
+  redis.call('ZREM', KEYS[4], old)
+  redis.call('HDEL', KEYS[5], old)
+  redis.call('ZADD', KEYS[4], score, nick)
+  redis.call('HSET', KEYS[5], nick, owner)
+  redis.call('SREM', KEYS[9], room .. '\\n' .. old .. '\\n' .. owner)
+  redis.call('SADD', KEYS[9], room .. '\\n' .. nick .. '\\n' .. owner)
+end
+local k = string.sub(id, string.find(id, '-') + 1)
+redis.call('PUBLISH', ARGV[1], ARGV[6] .. ',' .. at .. ',' .. k .. ']\\n' .. ARGV[5])
+local count = redis.call('ZCARD', KEYS[4])
+if count > 0 then redis.call('ZADD', KEYS[8], count, room) else redis.call('ZREM', KEYS[8], room) end
+if key ~= '' then redis.call('ZADD', KEYS[3], now, key) end
+""" + _TRIM + "return {1, count}\n"
+
+# KEYS: the room's idem set. ARGV: key. Settles a write whose outcome was unknown: 1 if it was
+# written; else it is cancelled now (a late copy will do nothing) and 0.
+RESOLVE = _NOW + """
+local done = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if done then return tonumber(done) >= 0 and 1 or 0 end
+redis.call('ZADD', KEYS[1], -now, ARGV[1])
+return 0
 """
+
+# KEYS: roomchat:leases (lease -> expiry, ms). ARGV: lease id, lease ms, 1 if it was registered.
+# Returns 1, or 0 when it was registered and is gone: reaped.
+BEAT = _NOW + """
+if ARGV[3] == '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+# KEYS: roomchat:leases, roomchat:reaping. ARGV: grace ms. Moves the leases that expired more than
+# the grace ago to `reaping` (each to one reaper only: atomically); returns every lease there,
+# those another reaper left unfinished included.
+REAP = _NOW + """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, 16)
+for _, lease in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], lease)
+  redis.call('SADD', KEYS[2], lease)
+end
+return redis.call('SMEMBERS', KEYS[2])
+"""
+
+# KEYS: a nick's claim. ARGV: value, ms, prefix. Takes the nick if it is free or its holder's
+# value starts with `prefix` ('' for none: this process's earlier lease); returns 1, else 0.
+CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v and (ARGV[3] == '' or string.sub(v, 1, #ARGV[3]) ~= ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: a nick's claim. ARGV: value, ms. Keeps a claim alive: 1 (refreshed), 2 (it had expired:
+# taken again), 0 (someone else holds it now).
+REFRESH = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0
+"""
+
 IF_OWNER_DELETE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 IF_OWNER_PREFIX_DELETE = (
     "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then"
     " return redis.call('DEL', KEYS[1]) end return 0"
-)
-IF_OWNER_EXPIRE = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 )
 # KEYS: a reserved nick's key; ARGV: nick, milliseconds. A reservation only ever grows (PTTL is
 # -2 for a missing key).
@@ -59,3 +153,12 @@ RESERVE = (
     "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then"
     " return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 0"
 )
+
+# KEYS: an invite's count. ARGV: uses, the invite's remaining lifetime (ms). The number of this
+# use, or nil when all are taken: one script, so two people never take the last use.
+USE_INVITE = """
+local taken = tonumber(redis.call('GET', KEYS[1]) or '0')
+if taken >= tonumber(ARGV[1]) then return nil end
+redis.call('SET', KEYS[1], taken + 1, 'PX', ARGV[2])
+return taken + 1
+"""

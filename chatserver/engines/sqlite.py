@@ -20,11 +20,15 @@ import threading
 import time
 from collections import deque
 
-from chatserver.engines.base import LocalRules, Unavailable
+import orjson
+
+from chatserver.engines.base import NOTICE_TYPES, LocalRules, Unavailable
 from chatserver.engines.sqlite_file import (
     BUSY_TIMEOUT,
     DELETE_RULE,
     INSERT_EVENT,
+    INSERT_NOTICE,
+    PRUNE_NOTICES,
     PRUNE_ROOM,
     READ_BACK,
     READ_FORWARD,
@@ -34,6 +38,7 @@ from chatserver.engines.sqlite_file import (
     StoreError,
     connect,
     open_history,
+    read_transcript,
 )
 from chatserver.engines.sqlite_quotas import HistoryQuotas, seq_floor
 from chatserver.engines.sqlite_readers import PoolBusy, ReaderPool
@@ -166,25 +171,44 @@ class SqliteEngine(LocalRules):
                 self._queue.put((room, chat_event(room, sender, text, seq), meta))
 
     def announce(self, room: str, event: dict, meta) -> None:
+        """Deliver at once; a moderation event (NOTICE_TYPES) is first written to `notices`, for
+        transcripts, after the last committed chat (own short connection, like a rule). Raises
+        Unavailable when it cannot be written (then it is not delivered)."""
+        if event["type"] in NOTICE_TYPES:
+            after = self._committed_seqs.get(room, 0)  # the writer's; one dict read, atomic (GIL)
+            self._write_one(INSERT_NOTICE, (room, after, time.time(), orjson.dumps(event).decode()), "moderation event")
         self._hub.deliver([(room, event, meta)])
+
+    def transcript(self, room: str, since: float = 0.0) -> list:
+        """The room's stored chats and moderation events from `since` (Unix time), in stream order.
+        Raises Unavailable."""
+        try:
+            with self._readers.connection() as conn:
+                return read_transcript(conn, room, since)
+        except (PoolBusy, sqlite3.Error) as exc:
+            raise Unavailable(f"history cannot be read ({exc})") from None
 
     def health(self) -> str | None:
         return f"history store failing: {self._failing}" if self._failing else None
 
     def _save(self, key: tuple, value: str | None, until: float | None) -> None:
         """Write one rule row (under LocalRules' lock). Raises Unavailable."""
+        if value is None:
+            self._write_one(DELETE_RULE, key, "room rule")
+        else:
+            self._write_one(SAVE_RULE, (*key, value, until), "room rule")
+
+    def _write_one(self, statement: str, params: tuple, what: str) -> None:
+        """Run one write on a short connection of its own (beside the writer). Raises Unavailable."""
         try:
             conn = connect(self.path, self._busy_timeout)
             try:
-                if value is None:
-                    conn.execute(DELETE_RULE, key)
-                else:
-                    conn.execute(SAVE_RULE, (*key, value, until))
+                conn.execute(statement, params)
             finally:
                 conn.close()
         except sqlite3.Error as exc:
-            log.error("cannot store a room rule: %s", exc)
-            raise Unavailable("the rule cannot be stored") from None
+            log.error("cannot store a %s: %s", what, exc)
+            raise Unavailable(f"the {what} cannot be stored") from None
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
@@ -348,6 +372,7 @@ class SqliteEngine(LocalRules):
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(PRUNE_ROOM, [(room, room, self._per_room) for room in rooms])
+            self._conn.executemany(PRUNE_NOTICES, [(room, room, self._per_room) for room in rooms])
             if self._quotas:
                 forgotten, floor = self._quotas.prune(self._conn, self._committed_seqs, self._hub.has_room, floor)
             self._conn.execute("COMMIT")
@@ -453,7 +478,7 @@ def open_engine(config):
     if getattr(config, "redis", ""):
         from chatserver.engines.redis import RedisEngine  # only Redis users need redis-py
 
-        return RedisEngine(config.redis, per_room=config.history_per_room)
+        return RedisEngine(config.redis, per_room=config.history_per_room, lease=config.redis_lease)
     if config.db == ":memory:":
         from chatserver.engines.memory import MemoryEngine
 

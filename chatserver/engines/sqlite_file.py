@@ -2,12 +2,15 @@
 
 One file holds a roomchat history: `meta` (epoch; `seq_floor`, see engines/sqlite_quotas.py), `rooms`
 (the highest seq ever stored per room, which outlives pruning, so seqs are never reused),
-`events`, with an index by time for the quotas' oldest-first pruning, and `rules` (topics, bans,
-mutes and nicks reserved by tokens: engine.LocalRules's rows; expired ones are deleted at start).
+`events`, with an index by time for the quotas' oldest-first pruning, `rules` (topics, bans,
+mutes, modes, invite uses and nicks reserved by tokens: engine.LocalRules's rows; expired ones are
+deleted at start), and `notices`: the moderation events (topic, kick, ban, mute, mode) kept for
+transcripts, each placed after the chat seq it followed (`after_seq`), with no seq of its own.
 The file is created owner-only (0600): chats are private.
 """
 
 import fcntl
+import json
 import os
 import sqlite3
 import time
@@ -34,6 +37,10 @@ SCHEMA = (
     # Added after schema 1 was released; older roomchats ignore it, so the version stays 1.
     "CREATE TABLE IF NOT EXISTS rules (scope TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
     " value TEXT NOT NULL, until REAL, PRIMARY KEY (scope, kind, key)) WITHOUT ROWID",
+    # Moderation events for transcripts; older roomchats ignore the table, so the version stays.
+    "CREATE TABLE IF NOT EXISTS notices (room TEXT NOT NULL, after_seq INTEGER NOT NULL, ts REAL NOT NULL,"
+    " event TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS notices_by_room ON notices (room, after_seq)",
     # The quotas prune oldest first (engines/sqlite_quotas.py); built once when a version 1 file is opened.
     "CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts)",
 )
@@ -48,6 +55,11 @@ SET_LAST_SEQ = (
     "INSERT INTO rooms (room, last_seq) VALUES (?, ?)"
     " ON CONFLICT (room) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
 )
+INSERT_NOTICE = "INSERT INTO notices (room, after_seq, ts, event) VALUES (?, ?, ?, ?)"
+# A room's notices go with the chats they followed (in the same retention pass).
+PRUNE_NOTICES = "DELETE FROM notices WHERE room = ? AND after_seq <= (SELECT last_seq FROM rooms WHERE room = ?) - ?"
+TRANSCRIPT_CHATS = "SELECT seq, sender, text, ts FROM events WHERE room = ? AND ts >= ? ORDER BY seq"
+TRANSCRIPT_NOTICES = "SELECT after_seq, ts, event FROM notices WHERE room = ? AND ts >= ? ORDER BY rowid"
 PRUNE_ROOM = "DELETE FROM events WHERE room = ? AND seq <= (SELECT last_seq FROM rooms WHERE room = ?) - ?"
 # Reads apply the retention window themselves, so pruning can lag behind without showing.
 _WINDOW = "room = ? AND seq > max(?, ifnull((SELECT last_seq FROM rooms WHERE room = ?), 0) - ?) AND seq < ?"
@@ -118,6 +130,37 @@ def _prepare(conn: sqlite3.Connection, where: str) -> str:
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened', ?)", (str(time.time()),))
     conn.execute("DELETE FROM rules WHERE until <= ?", (time.time(),))
     return conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+
+def read_transcript(conn: sqlite3.Connection, room: str, since: float) -> list:
+    """The room's stored chats and moderation events from `since` (Unix time), in stream order
+    (a file without `notices`, written by an older roomchat, gives its chats). Raises sqlite3.Error."""
+    from chatserver.engines.base import transcript_order
+
+    chats = [{"type": "chat", "room": room, "from": sender, "text": text, "seq": seq, "ts": ts}
+             for seq, sender, text, ts in conn.execute(TRANSCRIPT_CHATS, (room, since))]
+    has_notices = conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'notices'").fetchone()
+    rows = conn.execute(TRANSCRIPT_NOTICES, (room, since)) if has_notices else ()
+    notices = [(at, {**json.loads(event), "ts": ts}) for at, ts, event in rows]
+    return transcript_order(chats, notices)
+
+
+def transcript_of_file(path: str, room: str, since: float) -> list:
+    """`read_transcript` from a history file another process may be writing, read-only (WAL
+    lets it read beside the writer). Raises StoreError when the file is missing, not a roomchat
+    history, or cannot be read."""
+    if not os.path.exists(path):
+        raise StoreError(f"no history database at {path}")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+        try:
+            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                raise StoreError(f"{path} is not a roomchat history")
+            return read_transcript(conn, room, since)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read history database {path}: {exc}") from None
+
 
 def connect(path: str, timeout: float) -> sqlite3.Connection:
     """A connection any thread may use; isolation_level=None: no implicit transactions, the

@@ -14,7 +14,14 @@ came from (a request line at DEBUG is the peer's bytes): C0 controls, DEL, C1 co
 line and paragraph separators (U+2028, U+2029) and the bidi controls become `\\x1b` or
 `\\u2028`, so an ESC or OSC 52 sequence cannot reach a terminal and a CR or LF cannot forge a
 line. A backslash is left as it is, so `\\x1b` in a line may also be those four characters as
-sent. A traceback is the one thing that spans lines: in text, each of its lines (escaped the
+sent.
+
+No secret reaches a line either: a token in a request target (`?token=`, `?resume=`,
+`?invite=`), the token of an `auth` request's JSON (the teaching trace prints requests) and
+anything shaped like a signed token (a JWT: `eyJ....`) are written as `<redacted>`, by both
+formatters, at every level, in messages, fields and tracebacks alike (`redact`).
+
+A traceback is the one thing that spans lines: in text, each of its lines (escaped the
 same way) is indented by four spaces under its record; in JSON it is the `exc` key.
 
 Runs in whichever thread logs; the handler's own lock serialises writes.
@@ -22,6 +29,7 @@ Runs in whichever thread logs; the handler's own lock serialises writes.
 
 import json
 import logging
+import re
 import sys
 import threading
 from datetime import UTC, datetime
@@ -38,9 +46,24 @@ _ESCAPES = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _UNSAFE}
 _ESCAPES_KEEP_NEWLINES = {c: e for c, e in _ESCAPES.items() if c != 0x0A}
 
 
+REDACTED = "<redacted>"
+_SECRETS = re.compile(
+    r"(?P<query>(?:[?&;]|%3f|%26)(?:token|resume|invite)(?:=|%3d))[^&;\s\"'#<>]+"  # ?token=... in a target
+    r"|(?P<json>\"token\"\s*:\s*\")(?:[^\"\\]|\\.)*"  # "token": "..." in a request's JSON
+    r"|\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",  # a JWT anywhere (its header is {"...)
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """`text` with every secret the module docstring lists written as `<redacted>`. Raises nothing."""
+    return _SECRETS.sub(lambda m: (m["query"] or m["json"] or "") + REDACTED, text)
+
+
 def escape(text: str, keep_newlines: bool = False) -> str:
-    """`text` with every unsafe character (see the module docstring) written as an escape."""
-    return text.translate(_ESCAPES_KEEP_NEWLINES if keep_newlines else _ESCAPES)
+    """`text` with its secrets redacted and every unsafe character (see the module docstring)
+    written as an escape. Raises nothing."""
+    return redact(text).translate(_ESCAPES_KEEP_NEWLINES if keep_newlines else _ESCAPES)
 
 
 def context(**fields) -> dict:
@@ -50,6 +73,21 @@ def context(**fields) -> dict:
     if unknown:
         raise KeyError(f"not a log field: {', '.join(sorted(unknown))}")
     return {k: v for k, v in fields.items() if v is not None}
+
+
+requests = logging.getLogger("roomchat.requests")  # DEBUG: one line per request and per refusal
+
+
+def request(client, kind: str, msg: dict, code: str | None = None) -> None:
+    """Log one request of `client` (`request join`) or its refusal with error `code` (`refused
+    chat: too_long`) at DEBUG on `requests`, with the peer, nick, room (from `msg`) and code as
+    fields. Callers check `requests.isEnabledFor(logging.DEBUG)` first. Raises nothing."""
+    room = msg.get("room") if isinstance(msg.get("room"), str) else None
+    fields = context(peer=getattr(client.conn, "peer", None), nick=client.nick, room=room, code=code)
+    if code is None:
+        requests.debug("request %s", kind, extra=fields)
+    else:
+        requests.debug("refused %s: %s", kind, code, extra=fields)
 
 
 def _fields(record: logging.LogRecord) -> list[tuple[str, object]]:

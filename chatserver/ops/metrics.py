@@ -9,7 +9,7 @@ else is `unknown`/`invalid`; close codes a client may choose freely (3000-4999) 
 Who counts what (each hook is one line where it happens):
   app.py        connections opened, closed by close code; handshakes refused by status
   rooms/dispatch.py   messages received by type, rate-limit refusals (one add per type per batch)
-  rooms/hub.py        room events published by type, deliveries, fan-out latency (per `deliver` call);
+  rooms/registry.py        room events published by type, deliveries, fan-out latency (per `deliver` call);
                 error replies by code (rooms/registry.py too)
   engines       SQLite commit latency and batch size (per commit); engine errors, Redis reconnects
 Read when scraped (no cost before): open connections and rooms (the hub's `stats`), bytes in
@@ -36,11 +36,11 @@ from chatserver.wire.proxies import TrustedProxies
 disable_created_metrics()  # no `_created` series beside each counter: half the lines, nothing lost
 
 REQUEST_TYPES = ("nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping", "auth", "topic", "kick",
-                 "ban", "mute")
+                 "ban", "mute", "mode")
 ERROR_CODES = ("bad_json", "bad_message", "unknown_type", "bad_nick", "nick_taken", "bad_room", "not_in_room",
                "too_many_rooms", "no_such_user", "too_long", "rate_limited", "unavailable", "nick_reserved",
-               "bad_token", "forbidden")
-ROOM_EVENTS = ("chat", "presence", "nick", "topic", "kick", "ban", "mute")
+               "bad_token", "forbidden", "moderated", "slow_mode")
+ROOM_EVENTS = ("chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode")
 FANOUT_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
@@ -118,7 +118,7 @@ class Metrics:
         self.commit_events.observe(events)
 
     def published(self, items: list, deliveries: int, started: float) -> None:
-        """One `Hub.deliver` call: its [(room, event, Meta)], the frames it queued, and when it
+        """One `Registry.deliver` call: its [(room, event, Meta)], the frames it queued, and when it
         began (time.perf_counter())."""
         counts = {}
         for _room, event, _meta in items:

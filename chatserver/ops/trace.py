@@ -6,8 +6,8 @@ The steps, in the order a chat takes them, and where each is told:
     frame     the frame as it arrived: FIN bit, opcode, MASK bit, payload length    wire/frames.py
     json      the message's text, as decoded from the frame's payload             rooms/dispatch.py
     handler   the handler its `type` picked (or none, or why it was refused)      rooms/dispatch.py
-    registry  what the registry decided: a room event, its seq, members reached   rooms/hub.py
-    fan-out   the writes: how many members, how many bytes, how many sends       rooms/hub.py
+    registry  what the registry decided: a room event, its seq, members reached   rooms/registry.py
+    fan-out   the writes: how many members, how many bytes, how many sends       rooms/registry.py
     reply     a direct answer to the sender (pong, error, who, ...)               rooms/registry.py
 
 Off (the default), a hook costs one check of the module flag, `if trace.ON:`, and nothing else:
@@ -15,7 +15,9 @@ no call, no string formatted. `enable()` turns it on for the whole process (the 
 before the server starts). Lines are labelled with the client's nick: the connection's own thread
 binds its connection (`bind`, from app.on_connect), so steps run on that thread know whose they
 are; the registry and fan-out lines name the room instead, as they may run on the engine's thread.
-Texts are cut to TEXT_LIMIT characters; the log formatter escapes control characters.
+Texts are cut to TEXT_LIMIT characters; the log formatter escapes control characters and redacts
+tokens (an `auth` request's token, `?token=` in a target: ops/logs.py), so a class can watch the
+trace of a server that hands out tokens.
 """
 
 import logging

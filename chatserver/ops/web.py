@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from chatserver.wire.handshake import SECURITY_HEADERS
 
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+WEB_ROOT = Path(__file__).resolve().parents[2] / "web"  # chatserver/ops/web.py -> the checkout
 TEXT = "text/plain; charset=utf-8"
 _SAFE_HOST = re.compile(r"[A-Za-z0-9._\-]+(:[0-9]+)?|\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
 

@@ -51,24 +51,35 @@ class Client:
     it sends frames in order and never blocks.
 
     Owned by the Registry and changed under its lock: `nick`; `rooms` (the rooms it is in: the
-    index of `Room.members`); `pending` (chats published and not yet delivered: its next request
-    waits for them); `changes` (the last nick changes it was told of, so it hears of each once);
+    index of `Room.members`); `pending` (the keys (Meta.key) of its chats and moderation
+    events published and not yet delivered or rejected: its next request waits for them);
+    `changes` (the last nick changes it was told of, so it hears of each once);
     `conn` (a resume moves the client onto a new connection); `identity` (identity.Identity from
-    its token, or None: anonymous); `token` (its resume token).
+    its token, or None: anonymous); `token` (its resume token); `bound` ({(room, "ban" | "mute"):
+    (until, the folded nick it was bound under)}: the bans and mutes that hold this connection
+    whatever nick it takes, rooms/moderation.py `bind`; read without the lock, a dict read being atomic).
+
+    Its own connection thread only, no lock: `last_chat` ({room: time.monotonic() of its last
+    chat there}, for slow mode); `invite` (rooms/invites.Invite it connected with, or None; set
+    before its first request).
     """
 
-    __slots__ = ("changes", "conn", "id", "identity", "limiter", "nick", "pending", "rooms", "token")
+    __slots__ = ("bound", "changes", "conn", "id", "identity", "invite", "last_chat", "limiter", "nick", "pending",
+                 "rooms", "token")
 
     def __init__(self, client_id: int, conn, nick: str, limiter: TokenBucket, identity=None):
         self.id = client_id
         self.conn = conn
         self.nick = nick
         self.rooms: set[str] = set()
-        self.pending = 0
+        self.pending: set[str] = set()
         self.changes: deque = deque(maxlen=16)
         self.limiter = limiter
         self.token: str | None = None  # its resume token: a new connection presenting it takes it over
         self.identity = identity
+        self.bound: dict[tuple, tuple] = {}
+        self.last_chat: dict[str, float] = {}
+        self.invite = None
 
     def send(self, frame: bytes, own: bool = False) -> None:
         """Queue encoded frames; never blocks. `own`: they answer this client's own request (a

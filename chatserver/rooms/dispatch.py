@@ -1,21 +1,24 @@
 """Raw text from a client -> the handler for its type; refused requests become `error` replies."""
 
+import logging
 from dataclasses import dataclass
 
 from chatserver import protocol
 from chatserver.config import Config
 from chatserver.errors import ChatError, CloseConnection
-from chatserver.ops import trace
+from chatserver.ops import logs, trace
 from chatserver.wire import frames
 
 
 @dataclass
 class Context:
-    """What a handler may use: the registry, the client that sent the request, the settings."""
+    """What a handler may use: the registry, the client that sent the request, the settings,
+    and the server's invites (rooms/invites.Invites, or None)."""
 
     registry: object
     client: object
     config: Config
+    invites: object = None
 
 
 class Dispatcher:
@@ -45,6 +48,7 @@ class Dispatcher:
     def _dispatch(self, ctx: Context, raws: list, counts: dict) -> None:
         batch: list = []
         batch_type = None
+        debug = logs.requests.isEnabledFor(logging.DEBUG)  # one check per call; off: no line built
         for raw in raws:
             ctx.client.pace()  # its earlier replies must leave before it is answered again (streams.Outbox)
             msg_id, kind = None, "invalid"
@@ -62,6 +66,8 @@ class Dispatcher:
                 if not allowed:
                     raise _rate_limited(ctx.client.limiter)
                 handler = self._handlers.get(kind)
+                if debug:
+                    logs.request(ctx.client, kind, msg)
                 if trace.ON:
                     trace.handler(kind, self._batch_handlers.get(kind, handler), kind in self._batch_handlers)
                 if handler is None:
@@ -74,10 +80,14 @@ class Dispatcher:
                     batch_type = kind
                     continue
                 self._flush(ctx, batch, batch_type)
+                if not ctx.registry.settle(ctx.client):  # the one place a client's order is kept
+                    return  # gone meanwhile
                 handler(ctx, msg)
             except ChatError as exc:
                 if trace.ON:
                     trace.refused(exc)
+                if debug:
+                    logs.request(ctx.client, kind, msg if allowed else {}, exc.code)
                 self._flush(ctx, batch, batch_type)
                 ctx.registry.reply(ctx.client, protocol.error(exc, msg_id))
             finally:

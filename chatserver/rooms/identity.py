@@ -53,7 +53,13 @@ def issue(key: bytes, nick: str, ttl: float, rooms=None, op: bool = False, now: 
     """A signed token for `nick`, valid for `ttl` seconds. Raises ValueError for a bad nick or room."""
     if not NICK_RE.fullmatch(nick):
         raise ValueError(f"{nick!r} is not a nick: 1-32 letters, digits, '_', '-' or '.'")
-    claims = {"sub": nick, "exp": int((time.time() if now is None else now) + ttl)}
+    return sign(key, {"sub": nick}, ttl, rooms, op, now)
+
+
+def sign(key: bytes, claims: dict, ttl: float, rooms=None, op: bool = False, now: float | None = None) -> str:
+    """`claims` plus `exp` (`ttl` seconds from now), `rooms` and `op`, signed (tokens and invites
+    alike). Raises ValueError for a bad room."""
+    claims = {**claims, "exp": int((time.time() if now is None else now) + ttl)}
     if rooms is not None:
         bad = [room for room in rooms if not ROOM_RE.fullmatch(room)]
         if bad:
@@ -212,10 +218,14 @@ class Identities:
             self._on_expiry(client)
 
 
-def token_main(argv, environ) -> int:
+def token_main(argv, environ=None) -> int:
     """`python roomchat.py token --nick ann [--rooms lobby,class] [--ttl 8h] [--op]`: print a token
-    signed with the server's secret (--token-secret / --token-secret-file / their variables)."""
+    signed with the server's secret (--token-secret / --token-secret-file / their variables, read
+    from `environ`, os.environ by default)."""
     import argparse
+    import os
+
+    environ = os.environ if environ is None else environ
 
     from chatserver.config import Config, env_name
 

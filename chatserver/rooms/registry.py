@@ -1,45 +1,104 @@
-"""The requests: what each message type does to the hub's state (rooms/hub.py holds the state).
+"""The Registry: this process's clients, their nicks and their rooms, the requests that change
+them, and the fan-out of each room's stream to its members here.
 
-A request is applied at once, under the hub's lock. Only room events wait for the engine: a
-chat is delivered when the engine hands it back stored, in the room's stream order; `announce`
-puts presence and nick events into the same stream. A client's next request waits until its own
-published chats are delivered (`_settle`), so its replies keep the order of its requests, and a
-sender that outruns the disk is slowed down alone. Ping, who, rooms, dm, nick and leave never
-wait for the disk. The engine is never called with the lock held.
+One copy of each fact, under one non-reentrant lock (`_lock`): `_clients` (id -> Client),
+`_nicks` (folded nick -> Client: protocol.fold_nick, so look-alikes are one nick), `_rooms`
+(room -> Room with its local members, and `_names`, the same rooms' names in sorted order,
+for `rooms` to page through; a Client's `rooms` is the index of the same membership,
+changed only with it), `_seqs` (room -> last chat seq delivered here), `_tokens` (resume token
+-> client), `_batch` (frames of one `deliver` call, per client). Methods that take the lock are
+public; `_helpers` assert it is held or say they take it. Under the lock we touch dicts and
+call `Client.send()`, which never blocks; never an engine.
 
-Joining: the joiner becomes a member at once, with a `Hold`; events reach it only from its own
-join's place in the stream (`Hold.at`, the room's seq there). Until `joined` is sent, events
-after that place are held; `joined.history` is read from the engine up to that seq; then the
-held events follow. So `joined` plus what follows is exactly the room's stream, with no gap and
-no repeat, whichever engine and process.
+Requests (the handlers call one method each) are applied at once, under the lock. Only room
+events wait for the engine: a chat is delivered when the engine hands it back stored, in the
+room's stream order; `announce` puts presence, nick and moderation events into the same
+stream. A client's next request waits until its own published writes are delivered: the
+dispatcher calls `settle` before each request but a chat (and `reply` before each error), so
+its replies keep the order of its requests, and a sender that outruns the disk is slowed down
+alone. Ping, who, rooms, dm, nick and leave never wait for the disk.
 
-Identity (rooms/identity.py): a connection with a token holds the token's nick, reserved for it in the
-engine until the token expires; whoever has that nick lets go of it (`evict`). Moderation
-(rooms/moderation.py): the rules live there and in the engine; `moderate` applies a request.
+Delivery. The engine calls `deliver`, `reject` and `deliver_dm` from its own threads (the
+publishing one, the SQLite writer, the Redis listener). `deliver` is the broadcast: each event,
+encoded once, is sent to every member of its room here, batched so each client gets one write
+per call. A kick or ban takes its target out of the room where it is delivered (moderation.py),
+followed by a presence `leave`.
+
+Joining has a seam: a joiner is a member at once, but receives events only from its own join's
+place in the stream (`Hold.at`, the room's seq there). Until `joined` is sent, events after that
+place are held; `joined.history` is read from the engine up to that seq; then the held events
+follow. So `joined` plus what follows is exactly the room's stream, with no gap and no repeat,
+whichever engine and process.
+
+Connecting and nicks. A new connection gets a free `guest-N`, or, with a token (identity.py),
+the token's nick. That nick is reserved in the engine until the token expires, so nobody else
+takes it, also while its holder is offline; and whoever has it when the holder arrives lets go
+(`evict`): an older connection of the same holder is closed with 4002, anyone else is renamed to
+a guest nick. Moderation (moderation.py): the rules live there and in the engine; `moderate`
+applies a request.
+
+One process. What crosses processes (nick claims, subscriptions, `who`, `rooms`, DMs elsewhere,
+fencing) is the subclass cluster.ClusterRegistry's: it overrides the few hooks at the end of
+this class, so the one-process path here has no cluster branches.
 """
 
 import bisect
+import itertools
 import logging
+import secrets
 import threading
+import time
+import uuid
 from typing import NamedTuple
 
 from chatserver import protocol
 from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
-from chatserver.ops import trace
+from chatserver.ops import logs, trace
+from chatserver.ops.metrics import Metrics
 from chatserver.protocol import fold_nick
-from chatserver.rooms import budgets
+from chatserver.rooms import budgets, moderation
 from chatserver.rooms.client import Client
-from chatserver.rooms.connections import Connections
-from chatserver.rooms.hub import Hold, unavailable
-from chatserver.rooms.identity import Identities
-from chatserver.rooms.moderation import Moderation
+from chatserver.rooms.identity import CLOSE_REPLACED, Identities
+from chatserver.rooms.moderation import Moderation, removes_member
 
+SETTLE_TIMEOUT = 30.0  # seconds a request waits for its client's chats, at most: past the store's give-up
+# time (fail_after 10 s + a busy timeout), so replies stay in order even when commits fail
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
 REPLY_BUILDERS = 4  # history replies (joined, history) read and encoded at once
 ROOM_ITEM_BYTES = len('{"room":"r","members":1},')  # the smallest entry of a `rooms` list
 
 log = logging.getLogger("roomchat.registry")
+
+
+class Hold:
+    """A member between its join and its `joined`: `at` is None until its own join comes back
+    from the stream (events before that are not its to see), then the room's seq there, and
+    `frames` keeps what follows until `joined` is sent."""
+
+    __slots__ = ("at", "frames", "members")
+
+    def __init__(self, at: int | None = None, members: list | None = None):
+        self.at = at
+        self.frames: list[bytes] = []
+        self.members = members  # nicks at the join's place in the stream (one process)
+
+
+class Room:
+    __slots__ = ("members", "name")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.members: dict[Client, Hold | None] = {}  # join order; None = receiving live
+
+
+
+def unavailable(exc: Unavailable) -> ChatError:
+    return ChatError("unavailable", f"The server cannot do that right now ({exc}); try again shortly.")
+
+
+def nick_taken(nick: str) -> ChatError:
+    return ChatError("nick_taken", f"The nick {nick!r} is taken; choose another.")
 
 
 class ChatRequest(NamedTuple):
@@ -51,21 +110,450 @@ class ChatRequest(NamedTuple):
     refused: ChatError | None = None
 
 
-class Registry(Connections):
-    """Every request a client can make, as one method each (the handlers call them).
-    Connecting and nicks: rooms/connections.py."""
+class Registry:
+    """Connected clients, their nicks and their rooms; every request a client can make, as one
+    method each (the handlers call them); and delivery of each room's stream to its members.
+    See the module docstring."""
 
-    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics=None):
-        super().__init__(engine, limits, identities, metrics)
-        self._max_rooms = limits["max_rooms"]
+    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None):
+        """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits()."""
+        self.metrics = metrics or Metrics()  # engines count into it too (metrics.of)
+        self._engine = engine
+        self._limits = limits
+        self._identities = identities or Identities(None)
         self._moderation = Moderation(engine)
+        self._max_rooms = limits["max_rooms"]
         self._max_reply = limits["max_reply_bytes"]
         self._dm_backlog = limits["max_outbox_bytes"] // 2  # a recipient with more waiting is busy
+        self.process_id = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
+        self._keys = itertools.count(1)  # Meta.key of each write (next() is atomic under the GIL)
+        self._guests = 0
         # Replies built from history at once: each holds up to about a reply's worth of rows and
         # bytes while it is built, so 600 clients asking together cost a few replies' memory.
         # Taken before the lock, never while holding it.
         self._builders = threading.BoundedSemaphore(REPLY_BUILDERS)
+        # One lock for everything below; see the module docstring for what it guards.
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # pending writes delivered, joins placed
+        self._clients: dict[int, Client] = {}
+        self._nicks: dict[str, Client] = {}
+        self._rooms: dict[str, Room] = {}
+        self._names: list[str] = []  # sorted keys of _rooms, changed with it (_room, _remove_member)
+        self._seqs: dict[str, int] = engine.last_seqs() if hasattr(engine, "last_seqs") else {}
+        self._batch: dict | None = None  # while set: frames per client, written once at the end
+        self._tokens: dict[str, Client] = {}  # resume token -> the client it takes over
         engine.start(self)
+
+    # -- state ---------------------------------------------------------------------------------
+
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"connections": len(self._clients), "rooms": len(self._rooms)}
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every client's connection with `code` (the engine's history was reset). Raises nothing."""
+        with self._lock:
+            clients = list(self._clients.values())
+        for client in clients:
+            client.conn.close(code, reason)
+
+    def has_room(self, name: str) -> bool:
+        """True while a local client is in `name` (the Redis engine asks before unsubscribing)."""
+        with self._lock:
+            return name in self._rooms
+
+    # -- called by the engine ------------------------------------------------------------------
+
+    def forget(self, names: list) -> set:
+        """The engine forgot these rooms (their history is gone): drop their last seqs, except
+        for rooms someone is in now; returns those. Raises nothing."""
+        with self._lock:
+            live = {name for name in names if name in self._rooms}
+            for name in names:
+                if name not in live:
+                    self._seqs.pop(name, None)
+            return live
+
+    def deliver(self, items: list) -> None:
+        """[(room, event, Meta)] from the engine, in stream order per room: send each, encoded
+        once, to the room's members, all in one batch (one write per client for the call)."""
+        started = time.perf_counter()
+        with self._lock:
+            self._batch = {}
+            try:
+                for name, event, meta in items:
+                    self._deliver_one(name, event, meta)
+            finally:
+                self.metrics.published(items, self._flush_batch(), started)
+                self._settled.notify_all()
+
+    def reject(self, items: list, reason: str) -> None:
+        """Published chats that will not be delivered: their senders get `unavailable`."""
+        with self._lock:
+            for _name, _event, meta in items:
+                sender = self._origin(meta)
+                if sender is not None and meta.key in sender.pending:  # else answered already
+                    sender.pending.discard(meta.key)
+                    error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
+                    self.metrics.error(error)
+                    sender.send(protocol.encode(error), own=True)
+            self._settled.notify_all()
+
+    def deliver_dm(self, client_id: int, event: dict) -> bool:
+        """A DM for local client `client_id`; False if it is gone."""
+        with self._lock:
+            client = self._clients.get(client_id)
+            if client is not None:
+                client.send(protocol.encode(event))
+            return client is not None
+
+    # -- helpers (lock held) -------------------------------------------------------------------
+
+    def _deliver_one(self, name: str, event: dict, meta: Meta) -> None:
+        """The broadcast: send one room event to every member of the room here."""
+        assert self._lock.locked()
+        room = self._rooms.get(name)
+        sender = self._origin(meta)
+        own_id = self._settle_write(name, event, meta, sender)
+        if event["type"] in ("ban", "mute"):  # the connection with that nick stays bound, renamed or not
+            moderation.bind(self._nicks.get(protocol.fold_nick(event["nick"])), self._clients.values(), event)
+        if room is None:
+            return
+        frame = protocol.encode(event)  # encoded once for every member
+        own = frame if own_id is None else protocol.encode({**event, "id": own_id})
+        for member, data in self._recipients(room, event, meta, sender, frame, own):
+            self._out(member, data, member is sender)  # queued; never blocks the hub
+        if trace.ON:
+            trace.room_event(name, event, self._batch or {}, frame, own)
+        if meta.echo and sender is not None and sender not in room.members:
+            self._out(sender, own, True)  # taken out of the room since its request: it still gets its answer
+        if removes_member(event):
+            self._drop_member(room, event["nick"], frame)
+
+    def _recipients(self, room: Room, event: dict, meta: Meta, sender, frame: bytes, own: bytes):
+        """(member, frame) for each member that gets the event now, in join order. The special
+        cases: a joiner before its own join's place sees nothing of it, and a placed joiner keeps
+        it until its `joined` is sent (`Hold`); the sender gets its own copy (`own`, with its
+        request's id) of a chat or an echoed event, and none of its own nick change or leave
+        (answered directly); a member that heard of a nick change in another room skips it."""
+        assert self._lock.locked()
+        kind = event["type"]
+        echo = kind == "chat" or meta.echo
+        if kind == "presence" and sender is not None and event["event"] == "join":
+            hold = room.members.get(sender)
+            if hold is not None and hold.at is None:  # our own join: its place in the stream
+                hold.at = self._seqs.get(room.name, 0) if meta.at is None else meta.at
+                hold.members = self._nicks_in(room)
+        for member, hold in room.members.items():
+            if member is sender and not echo:
+                continue
+            if hold is not None and hold.at is None:
+                continue
+            if kind == "nick":
+                if meta.change in member.changes:
+                    continue
+                member.changes.append(meta.change)
+            data = own if member is sender else frame
+            if hold is None:
+                yield member, data
+            else:
+                hold.frames.append(data)
+
+    def _settle_write(self, name: str, event: dict, meta: Meta, sender) -> object:
+        """Book a delivered event against its sender's pending writes: the `id` its own copy
+        carries, or None (no copy of its own, no id, or answered already: `unavailable`)."""
+        assert self._lock.locked()
+        if event["type"] == "chat":
+            self._seqs[name] = event["seq"]
+        if not (event["type"] == "chat" or meta.echo) or sender is None:
+            return None
+        if meta.key is not None and meta.key not in sender.pending:
+            return None  # answered already: its copy is a plain room event
+        sender.pending.discard(meta.key)
+        return meta.reply_id
+
+    def _drop_member(self, room: Room, nick: str, frame: bytes) -> None:
+        """A kick or ban (`frame`) was delivered: take its target out if it is a member here, and
+        tell the others (a cluster engine keeps this process subscribed to a room it empties:
+        harmless). A target still joining gets the event now (what it held is dropped with it)."""
+        assert self._lock.locked()
+        folded = protocol.fold_nick(nick)
+        target = next((m for m in room.members if protocol.fold_nick(m.nick) == folded), None)
+        if target is not None:
+            if room.members[target] is not None:
+                self._out(target, frame, False)
+            self._remove_member(target, room.name)
+            self._deliver_one(room.name, protocol.presence(room.name, "leave", target.nick), Meta())
+
+    def settle(self, client: Client) -> bool:
+        """Wait until the client's published writes are delivered (or rejected): the dispatcher
+        calls this before each request but chats, so replies keep the order of requests. False
+        if the client is gone."""
+        with self._lock:
+            return self._settle(client)
+
+    def _settle(self, client: Client) -> bool:
+        """Wait until the client's published chats are delivered; False if it is gone."""
+        assert self._lock.locked()
+        if client.pending and not self._settled.wait_for(lambda: not client.pending, SETTLE_TIMEOUT):
+            log.warning("%s: %d chats not delivered after %.0f s", client.nick, len(client.pending), SETTLE_TIMEOUT,
+                        extra=logs.context(nick=client.nick))
+        return client.id in self._clients
+
+    def _remove_member(self, client: Client, name: str) -> tuple[str, bool]:
+        """Take the client out of a room; returns (room, True if the room is now empty here)."""
+        assert self._lock.locked()
+        client.rooms.discard(name)
+        room = self._rooms.get(name)
+        if room is None:
+            return name, False
+        room.members.pop(client, None)
+        if room.members:
+            return name, False
+        del self._rooms[name]
+        del self._names[bisect.bisect_left(self._names, name)]
+        return name, True
+
+    def _room(self, name: str) -> Room:
+        """The room called `name`, made (and indexed) if it has no member yet."""
+        assert self._lock.locked()
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = Room(name)
+            bisect.insort(self._names, name)
+        return room
+
+    def _nicks_in(self, room: Room) -> list:
+        """Nicks of the members whose join has its place in the stream, in join order."""
+        return [m.nick for m, hold in room.members.items() if hold is None or hold.at is not None]
+
+    def _origin(self, meta: Meta) -> Client | None:
+        if meta.origin is None or meta.origin[0] != self.process_id:
+            return None
+        return self._clients.get(meta.origin[1])
+
+    def _out(self, client: Client, frame: bytes, own: bool) -> None:
+        """Write a frame to a client now, or add it to the batch written when the step ends;
+        `own`: the client's own chat coming back (its acknowledgement, a reply)."""
+        if self._batch is None:
+            client.send(frame, own)
+        elif client in self._batch:
+            queued = self._batch[client]
+            queued[0] += len(frame) if own else 0
+            queued.append(frame)
+        else:
+            self._batch[client] = [len(frame) if own else 0, frame]
+
+    def _flush_batch(self) -> int:
+        """Write each client's frames of the step at once; returns how many frames (deliveries)."""
+        batch, self._batch = self._batch, None
+        if trace.ON:
+            trace.fanout(batch or {})
+        frames = 0
+        for client, queued in (batch or {}).items():
+            frames += len(queued) - 1
+            client.send_mixed(queued[1] if len(queued) == 2 else b"".join(queued[1:]), queued[0])
+        return frames
+
+    # -- connections and nicks --------------------------------------------------------------
+
+
+    def connect(self, conn, limiter, identity=None, resume: str | None = None) -> Client:
+        """Register a new connection and send its `welcome` (with a new resume token): under a
+        free guest nick or, with an identity (a verified token), under the token's nick, reserved
+        for it until the token expires and taken from whoever has it.
+
+        A connection presenting the `resume` token of a client of this process that is still here
+        takes that client over: same nick, same rooms, no presence flap; the client's old
+        connection is closed with 4002. With an identity too, only a client of the same token
+        nick is taken over, and it holds the new token from then on. Raises ChatError unavailable."""
+        if identity is not None:
+            self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
+        with self._lock:
+            resumed = self._resume(resume, conn, identity)
+            if resumed is not None:
+                self._welcome(resumed, resumed=True)
+            client = resumed or Client(next(self._ids), conn, "", limiter, identity)
+        if resumed is not None:
+            if identity is not None:
+                self._identities.watch(client, identity.expires)
+            return client
+        while True:
+            nick = self._guest_nick(client) if identity is None else self._take(client, identity.nick)
+            with self._lock:
+                if self._nicks.setdefault(fold_nick(nick), client) is client:
+                    client.nick = nick
+                    self._clients[client.id] = client
+                    self._welcome(client, resumed=False)
+                    break
+            self._release(client, nick)  # taken here meanwhile (by another connection of the same token)
+        if identity is not None:
+            self._identities.watch(client, identity.expires)
+        return client
+
+    def disconnect(self, client: Client, conn=None) -> None:
+        """Forget a client; every room it was in gets a presence `leave`. Safe to call twice, from
+        any thread (the second call finds it gone), and a no-op for `conn`, a connection the
+        client was taken away from by a resume. Raises nothing."""
+        with self._lock:
+            if conn is not None and client.conn is not conn:
+                return  # resumed on another connection: the client lives on there
+            if self._clients.pop(client.id, None) is None:
+                return
+            self._forget_token(client)
+            del self._nicks[fold_nick(client.nick)]
+            left = [self._remove_member(client, name) for name in sorted(client.rooms)]
+            self._settled.notify_all()
+        for name, emptied in left:
+            self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
+            if emptied:
+                self._emptied(name)
+        self._release(client, client.nick)
+        self._identities.forget(client)
+
+    def evict(self, client_id: int) -> None:
+        """Make a client let go of its nick for the holder of that nick's token (the engine calls
+        this for a holder on another process). A connection with a token (for the same nick: an
+        older connection of the same holder) is closed with 4002; an anonymous one is renamed to
+        a guest nick, which it and its rooms see as a `nick` event."""
+        with self._lock:
+            client = self._clients.get(client_id)
+        if client is None:
+            return
+        if client.identity is not None:
+            client.conn.close(CLOSE_REPLACED, "replaced by a newer connection with the same token")
+            self.disconnect(client)
+        else:
+            self._rename(client, self._guest_nick(client), claimed=True)
+
+    # -- helpers (lock held) -------------------------------------------------------------------
+
+    def _welcome(self, client: Client, resumed: bool) -> None:
+        """The first frame on a connection: `welcome`, with a new resume token for the client."""
+        assert self._lock.locked()
+        self._forget_token(client)
+        client.token = secrets.token_urlsafe(24)
+        self._tokens[client.token] = client
+        event = protocol.welcome(client.nick, self._limits, self._engine.epoch)
+        event["resume"] = client.token
+        if resumed:
+            event["resumed"] = True
+            event["rooms"] = sorted(client.rooms)
+        if client.identity is not None:
+            event["auth"] = client.identity.summary()
+        client.send(protocol.encode(event))
+
+    def _resume(self, token: str | None, conn, identity=None) -> Client | None:
+        """The client `token` names, moved onto `conn` (its old connection closed with 4002), or
+        None when the token is unknown (never given, or its client is gone) or, with `identity`,
+        the client is not that identity's holder (anonymous, or another token nick)."""
+        assert self._lock.locked()
+        client = self._tokens.get(token) if token else None
+        if client is None or client.id not in self._clients:
+            return None
+        if identity is not None:
+            if client.identity is None or fold_nick(client.identity.nick) != fold_nick(identity.nick):
+                return None
+            client.identity = identity  # the newer token: its expiry and claims from now on
+        old, client.conn = client.conn, conn
+        old.close(CLOSE_REPLACED, "replaced by a new connection")
+        log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CLOSE_REPLACED,
+                 extra=logs.context(peer=getattr(conn, "peer", None), nick=client.nick, code=CLOSE_REPLACED))
+        return client
+
+    def _forget_token(self, client: Client) -> None:
+        assert self._lock.locked()
+        if client.token is not None:
+            self._tokens.pop(client.token, None)
+
+    # -- helpers (lock not held) ---------------------------------------------------------------
+
+    def _rename(self, client: Client, nick: str, reply_id=None, claimed: bool = False) -> None:
+        """Give the client `nick` (claimed already, with `claimed`); peers sharing a room hear of it
+        once. Raises ChatError nick_taken, unavailable."""
+        folded = fold_nick(nick)
+        with self._lock:
+            if client.id not in self._clients:
+                return  # gone meanwhile
+            owner = self._nicks.get(folded)
+            if owner is not None and owner is not client:
+                raise nick_taken(nick)
+            old = client.nick
+        moving = folded != fold_nick(old)  # not a change of case: the claim changes hands
+        if moving and not claimed and not self._claim(client, nick):
+            raise nick_taken(nick)
+        event = {"type": "nick", "old": old, "nick": nick}
+        with self._lock:
+            lost = client.id not in self._clients or self._nicks.get(folded, client) is not client
+            if not lost:
+                del self._nicks[fold_nick(old)]
+                self._nicks[folded] = client
+                client.nick = nick
+                if trace.ON:
+                    trace.reply(client, event, len(protocol.encode(protocol.with_id(event, reply_id))))
+                client.send(protocol.encode(protocol.with_id(event, reply_id)))
+                log.info("nick %s -> %s", old, nick,  # the connect line named the guest nick
+                         extra=logs.context(peer=getattr(client.conn, "peer", None), nick=nick))
+                rooms = sorted(client.rooms)
+            gone = client.id not in self._clients
+        if lost:
+            if moving:
+                self._release(client, nick)
+            if not gone:
+                raise nick_taken(nick)
+            return
+        if moving:
+            self._release(client, old)
+        change = uuid.uuid4().hex
+        for name in rooms:
+            self._announce_quietly(name, event, client, change)
+
+    def _guest_nick(self, client: Client) -> str:
+        """A free guest nick that is not reserved, claimed for `client`. Raises ChatError unavailable."""
+        while True:
+            with self._lock:
+                nick = self._guest_name()
+                if fold_nick(nick) in self._nicks:
+                    continue
+            if self._identities.is_reserved(nick) or self._reserved(nick):
+                continue
+            if self._claim(client, nick):
+                return nick
+
+    def _take(self, client: Client, nick: str) -> str:
+        """Free `nick` for `client`, which holds a token for it: whoever has it lets go (`evict`).
+        Returns the nick, claimed. Raises ChatError unavailable."""
+        with self._lock:
+            holder = self._nicks.get(fold_nick(nick))
+        if holder is not None and holder is not client:
+            self.evict(holder.id)
+        return nick
+
+    def _reserved(self, nick: str) -> bool:
+        """True while a token reserves `nick` (or a look-alike). Raises ChatError unavailable."""
+        return self._ask_engine(lambda: self._engine.reserved_until(nick)) is not None
+
+    def _announce_quietly(self, name: str, event: dict, client: Client, change: str | None = None) -> None:
+        """Announce presence or a nick change; applied here already, so a failure is only logged."""
+        try:
+            self._engine.announce(name, event, self._meta(client, change=change))
+        except Unavailable as exc:
+            log.warning("%s in %s not announced: %s", event["type"], name, exc,
+                        extra=logs.context(nick=client.nick, room=name))
+
+    def _ask_engine(self, read):
+        try:
+            return read()
+        except Unavailable as exc:
+            raise unavailable(exc) from None
+
+    def _new_key(self) -> str:
+        return str(next(self._keys))
+
+    def _meta(self, client: Client, reply_id=None, change=None, key=None) -> Meta:
+        return Meta(origin=(self.process_id, client.id), reply_id=reply_id, change=change, key=key)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -88,15 +576,16 @@ class Registry(Connections):
         nick_reserved (on the reserved list, or a token's), forbidden (your nick is your
         token's), unavailable."""
         with self._lock:
-            identity = client.identity
+            identity, rooms = client.identity, set(client.rooms)
         if identity is not None:
             if fold_nick(nick) != fold_nick(identity.nick):
                 raise ChatError("forbidden", f"Your nick comes from your token: {identity.nick}.")
         elif self._identities.is_reserved(nick) or self._reserved(nick):
             raise ChatError("nick_reserved", f"The nick {nick!r} is reserved; choose another.")
+        self._ask_engine(lambda: self._moderation.check_nick(nick, rooms))  # forbidden: banned from a room you are in
         self._rename(client, nick, reply_id)
 
-    def authenticate(self, client: Client, token: str, reply_id=None) -> None:
+    def authenticate(self, client: Client, token: str, reply_id=None, reveal: bool = False) -> None:
         """`auth`: make a verified token this connection's identity. An anonymous connection takes
         the token's nick (reserved for it from now on); an authenticated one renews its token (for
         the same nick only). Raises ChatError bad_token, forbidden, unavailable."""
@@ -109,13 +598,14 @@ class Registry(Connections):
         try:
             self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
             if fold_nick(nick) != fold_nick(identity.nick):
-                self._rename(client, self._take(client, identity.nick), claimed=self._cluster)
+                self._rename(client, self._take(client, identity.nick), claimed=True)
         except ChatError:
             with self._lock:
                 client.identity = previous
             raise
         self._identities.watch(client, identity.expires)
-        self.reply(client, protocol.with_id({"type": "auth", **identity.summary()}, reply_id))
+        reply = {"type": "auth", **identity.summary(), **({"token": token} if reveal else {})}  # reveal: an invite's
+        self.reply(client, protocol.with_id(reply, reply_id))
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
@@ -123,11 +613,11 @@ class Registry(Connections):
         `max_reply_bytes` (else `truncated`), and the topic. Raises ChatError forbidden (banned, or not in the token's
         rooms), too_many_rooms, unavailable."""
         with self._lock:
-            identity, nick = client.identity, client.nick
-        self._ask_engine(lambda: self._moderation.check_join(identity, nick, name))
+            identity, nick = client.identity or client.invite, client.nick
+        self._ask_engine(lambda: self._moderation.check_join(identity, nick, name, client))
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             room = self._rooms.get(name)
             rejoin = room is not None and client in room.members
             if rejoin:  # its place in the stream is here and now
@@ -143,96 +633,105 @@ class Registry(Connections):
         if not rejoin:
             emptied = False
             try:
-                if self._cluster:
-                    self._engine.subscribe(name)
+                self._entered(name)
                 self._engine.announce(name, protocol.presence(name, "join", nick), self._meta(client))
-            except Unavailable as exc:
+            except (Unavailable, ChatError) as exc:  # not in the stream (ChatError: banned meanwhile)
                 with self._lock:
                     if room.members.get(client) is hold:
                         emptied = self._remove_member(client, name)[1]
-                if self._cluster and emptied:
-                    self._engine.unsubscribe(name)
-                raise unavailable(exc) from None
+                if emptied:
+                    self._emptied(name)
+                raise unavailable(exc) if isinstance(exc, Unavailable) else exc from None
         with self._lock:  # wait for our join's place in the stream (at once, but on Redis)
             if not self._settled.wait_for(lambda: hold.at is not None or room.members.get(client) is not hold,
                                           JOIN_TIMEOUT):
-                log.warning("join of %s by %s not placed in %.0f s", name, client.nick, JOIN_TIMEOUT)
+                log.warning("join of %s by %s not placed in %.0f s", name, client.nick, JOIN_TIMEOUT,
+                            extra=logs.context(nick=client.nick, room=name))
                 hold.at = self._seqs.get(name, 0)
+            removed = room.members.get(client) is not hold  # kicked or banned before its place: it had the event
+        if removed:
+            self._refuse_removed(client, name, reply_id)
+            return
         limit = protocol.JOIN_HISTORY if after is None else protocol.MAX_RESUME + 1
         with self._builders:
             try:
                 history = self._engine.read(name, after=after, before=hold.at + 1, limit=limit,
                                             max_bytes=self._max_reply)
-                members = self._engine.members(name) if self._cluster else hold.members
-                topic = self._engine.topic(name)
-                frame = self._joined(name, members, history, after is None, reply_id, topic)
+                members = self._members_at(name, hold)
+                rules = self._engine.topic(name), self._engine.mode(name)
+                frame = self._joined(name, members, history, after is None, reply_id, rules)
             except Unavailable as exc:
                 frame, history = None, exc
             with self._lock:
-                if room.members.get(client) is not hold:
-                    if client.id in self._clients:  # kicked or banned while joining: it had the event
-                        refused = ChatError("forbidden", f"You were removed from {name!r} while joining.")
-                        client.send(protocol.encode(protocol.error(refused, reply_id)), own=True)
-                    return  # else disconnected meanwhile
-                room.members[client] = None
-                if frame is None:  # read failed after the join was placed: the join stands, say so
-                    error = protocol.error(unavailable(history), reply_id)
-                    self.metrics.error(error)
-                    client.send(protocol.encode(error), own=True)
-                    members, history = self._nicks_in(room), []
-                    frame = self._joined(name, members, history, True, reply_id, "")
-                self.metrics.deliveries.inc(len(hold.frames))  # room events held back until `joined`
-                if trace.ON:
-                    trace.reply(client, {"type": "joined", "members": members, "history": history, "room": name},
-                                len(frame))
-                client.send(frame, own=True)
-                if hold.frames:  # the room's events since the join's place: others' traffic
-                    client.send(b"".join(hold.frames))
+                removed = room.members.get(client) is not hold
+                emptied = False
+                if not removed and frame is None:  # read failed after the join was placed: take it back
+                    emptied = self._remove_member(client, name)[1]
+                elif not removed:
+                    room.members[client] = None
+                    self.metrics.deliveries.inc(len(hold.frames))  # room events held back until `joined`
+                    if trace.ON:
+                        trace.reply(client, {"type": "joined", "members": members, "history": history,
+                                             "room": name}, len(frame))
+                    client.send(frame, own=True)
+                    if hold.frames:  # the room's events since the join's place: others' traffic
+                        client.send(b"".join(hold.frames))
+        if removed:
+            self._refuse_removed(client, name, reply_id)
+        elif frame is None:  # one answer: `unavailable`, and the others see the join taken back
+            self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
+            if emptied:
+                self._emptied(name)
+            raise unavailable(history)
 
     def leave(self, client: Client, name: str, reply_id=None) -> None:
         """Quit a room; the others see a presence `leave`. Raises ChatError not_in_room."""
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"You are not in {name!r}.")
             emptied = self._remove_member(client, name)[1]
             client.send(protocol.encode(protocol.with_id({"type": "left", "room": name}, reply_id)), own=True)
         self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
-        if emptied and self._cluster:
-            self._engine.unsubscribe(name)
+        if emptied:
+            self._emptied(name)
 
     def chat_many(self, client: Client, requests: list) -> None:
         """Chats from one client that arrived together ([ChatRequest]), answered in order: runs
         of chats to one room are published together (one write per member when delivered); an
         error reply waits until the chats before it are delivered. Refusals, each a reply in its
-        place: the handler's own, not_in_room, forbidden (muted), unavailable."""
+        place: the handler's own, not_in_room, forbidden (muted), moderated, slow_mode, unavailable."""
         run_room, run = None, []
-        muted = {}  # room -> ChatError or None: read once per call and room
+        rules = {}  # room -> ChatError or slow mode seconds: read once per call and room
         for request in requests:
             try:
                 if request.refused is not None:
                     raise request.refused
-                if request.room not in muted:
-                    muted[request.room] = self._refusal(self._moderation.check_chat, client.nick, request.room)
-                if muted[request.room] is not None:
-                    raise muted[request.room]
+                if request.room not in rules:
+                    rules[request.room] = self._refusal(self._moderation.chat_rule, client, request.room)
+                if isinstance(rules[request.room], ChatError):
+                    raise rules[request.room]
                 with self._lock:
                     if client.id not in self._clients:
                         break
                     if request.room not in client.rooms:
                         raise ChatError("not_in_room", f"Join {request.room!r} before sending to it.")
-                    client.pending += 1
+                    self._moderation.pace(client, request.room, rules[request.room])  # slow_mode
+                    key = self._new_key()
+                    client.pending.add(key)
                     nick = client.nick
                 if run and request.room != run_room:
                     self._publish(run_room, run)
                     run = []
                 run_room = request.room
-                run.append((nick, request.text, self._meta(client, request.reply_id)))
+                run.append((nick, request.text, self._meta(client, request.reply_id, key=key)))
             except ChatError as exc:
                 if run:
                     self._publish(run_room, run)
                     run = []
+                if logs.requests.isEnabledFor(logging.DEBUG):
+                    logs.request(client, "chat", {"room": request.room}, exc.code)
                 self.reply(client, protocol.error(exc, request.reply_id))
         if run:
             self._publish(run_room, run)
@@ -240,42 +739,24 @@ class Registry(Connections):
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
         """A direct message to a connected nick. Raises ChatError no_such_user, unavailable."""
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             target = self._nicks.get(fold_nick(nick))
             event = protocol.dm_event(client.nick, target.nick if target else nick, text)
-            if target is None and not self._cluster:
-                raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
             if target is not None and target is not client:
                 if target.backlog() > self._dm_backlog:
                     raise ChatError("recipient_busy", f"{target.nick} is not keeping up with what is sent to "
                                                       "them; try again later.")
                 target.send(protocol.encode(event))
         if target is None:
-            try:
-                to = self._engine.send_dm(nick, event)
-            except Unavailable as exc:
-                raise unavailable(exc) from None
-            if to is None:
-                raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
-            event = {**event, "to": to}
+            event = {**event, "to": self._dm_elsewhere(nick, event)}
         self.reply(client, protocol.with_id(event, reply_id))
 
     def list_rooms(self, client: Client, after: str | None = None, reply_id=None) -> None:
         """Rooms with members and their counts (all processes, with a cluster engine), by name,
         those after `after` only; `count` says how many there are in all, `truncated` that the
         list was cut to `max_reply_bytes`. Raises ChatError unavailable."""
-        most = self._max_reply // ROOM_ITEM_BYTES + 1  # more could never fit in one reply
-        if self._cluster:
-            rooms = [(r["room"], r["members"]) for r in self._ask_engine(self._engine.rooms)]
-            count, rooms = len(rooms), [r for r in rooms if after is None or r[0] > after][:most]
-        else:
-            with self._lock:  # names are kept sorted: only a slice of them under the lock
-                start = 0 if after is None else bisect.bisect_right(self._names, after)
-                names, count = self._names[start:start + most], len(self._names)
-            # read without the lock (each dict read is atomic): a room that emptied meanwhile is
-            # left out, and a count may include a join not yet placed in the stream
-            rooms = [(n, len(r.members)) for n in names if (r := self._rooms.get(n)) is not None]
+        count, rooms = self._room_list(after, self._max_reply // ROOM_ITEM_BYTES + 1)
         reply = protocol.with_id({"type": "rooms", "count": count}, reply_id)
         items = [{"room": n, "members": m} for n, m in rooms]
         self._reply_frame(client, budgets.bounded_frame(reply, "rooms", items, self._max_reply)[0])
@@ -283,12 +764,7 @@ class Registry(Connections):
     def who(self, client: Client, name: str, reply_id=None) -> None:
         """The nicks in a room, in join order; [] for a room nobody is in. `count` says how many
         there are, `truncated` that the list was cut to `max_reply_bytes`. Raises ChatError unavailable."""
-        if self._cluster:
-            members = self._ask_engine(lambda: self._engine.members(name))
-        else:
-            with self._lock:
-                room = self._rooms.get(name)
-                members = self._nicks_in(room) if room else []
+        members = self._members(name)
         reply = protocol.with_id({"type": "who", "room": name, "count": len(members)}, reply_id)
         self._reply_frame(client, budgets.bounded_frame(reply, "members", members, self._max_reply)[0])
 
@@ -296,8 +772,8 @@ class Registry(Connections):
         """Members page through a room's stored chat events, oldest first. Raises ChatError
         not_in_room, unavailable."""
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"Join {name!r} to read its history.")
             # Stored but not yet delivered events stay out (a member gets those live, not twice):
@@ -319,22 +795,24 @@ class Registry(Connections):
         ChatError forbidden (not an operator of the room), no_such_user (a kick of a nick not in
         the room), unavailable."""
         with self._lock:
-            if not self._settle(client):
-                return
+            if client.id not in self._clients:
+                return  # gone meanwhile
             identity, actor = client.identity, client.nick
         self._moderation.check_operator(identity, action.room)
         target = None if action.nick is None else self._member_named(action.room, action.nick)
         if target is None and action.kind == "kick":
             raise ChatError("no_such_user", f"Nobody called {action.nick!r} is in {action.room!r}.")
         event = self._ask_engine(lambda: self._moderation.apply(action, actor, target or action.nick))
+        key = self._new_key()
         with self._lock:
             echo = action.room in client.rooms
-            client.pending += echo
+            if echo:
+                client.pending.add(key)
         try:
-            self._engine.announce(action.room, event, Meta((self.process_id, client.id), reply_id, echo=echo))
+            self._engine.announce(action.room, event, Meta((self.process_id, client.id), reply_id, echo=echo, key=key))
         except Unavailable as exc:
             with self._lock:
-                client.pending -= echo
+                client.pending.discard(key)
                 self._settled.notify_all()
             raise unavailable(exc) from None
         if not echo:
@@ -344,28 +822,32 @@ class Registry(Connections):
 
     def _member_named(self, name: str, nick: str) -> str | None:
         """How the member of room `name` whose nick looks like `nick` spells it, or None."""
-        if self._cluster:
-            members = self._ask_engine(lambda: self._engine.members(name))
-        else:
-            with self._lock:
-                room = self._rooms.get(name)
-                members = [member.nick for member in room.members] if room else []
-        return next((m for m in members if fold_nick(m) == fold_nick(nick)), None)
+        return next((m for m in self._members(name) if fold_nick(m) == fold_nick(nick)), None)
 
-    def _refusal(self, check, *args) -> ChatError | None:
-        """The ChatError `check(*args)` raises (Unavailable as `unavailable`), or None."""
+    def _refuse_removed(self, client: Client, name: str, reply_id) -> None:
+        """A join overtaken by a kick or ban of its nick (the client had the event): say so, once."""
+        with self._lock:
+            if client.id in self._clients:  # else disconnected meanwhile
+                refused = ChatError("forbidden", f"You were removed from {name!r} while joining.")
+                client.send(protocol.encode(protocol.error(refused, reply_id)), own=True)
+
+    def _refusal(self, check, *args):
+        """What `check(*args)` returns, or the ChatError it raises (Unavailable as `unavailable`)."""
         try:
-            check(*args)
+            return check(*args)
         except Unavailable as exc:
             return unavailable(exc)
         except ChatError as exc:
             return exc
-        return None
 
-    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, topic: str) -> bytes:
+    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, rules: tuple) -> bytes:
+        """`rules`: (topic, (moderated, slow)); each shows only when it is not the default."""
         reply = protocol.with_id({"type": "joined", "room": name, "members": members}, reply_id)
+        (topic, (moderated, slow)) = rules
         if topic:
             reply["topic"] = topic
+        if moderated or slow:
+            reply["mode"] = {"moderated": moderated, "slow": slow}
         if len(history) > protocol.MAX_RESUME:
             history, reply["truncated"] = history[: protocol.MAX_RESUME], True
         return budgets.bounded_frame(reply, "history", history, self._max_reply, newest)[0]
@@ -375,3 +857,48 @@ class Registry(Connections):
             self._engine.publish(name, run)
         except Unavailable as exc:
             self.reject([(name, None, meta) for _nick, _text, meta in run], str(exc))
+
+    # -- what a cluster does differently (cluster.ClusterRegistry overrides these; lock not held) --
+
+    def _guest_name(self) -> str:
+        """The next guest nick to try (lock held: the one exception in this section)."""
+        self._guests += 1
+        return f"guest-{self._guests}"
+
+    def _claim(self, client: Client, nick: str) -> bool:
+        """Take `nick` for `client` beyond this process: one process has nothing more to do."""
+        return True
+
+    def _release(self, client: Client, nick: str) -> None:
+        """Give back what `_claim` took."""
+
+    def _emptied(self, name: str) -> None:
+        """The last local member left room `name`."""
+
+
+    def _entered(self, name: str) -> None:
+        """A local client is about to join room `name`."""
+
+    def _members(self, name: str) -> list:
+        """The nicks in room `name`, in join order (those whose join has its place in the stream)."""
+        with self._lock:
+            room = self._rooms.get(name)
+            return self._nicks_in(room) if room else []
+
+    def _members_at(self, name: str, hold: Hold) -> list:
+        """The members `joined` lists: those at the join's place in the stream."""
+        return hold.members
+
+    def _room_list(self, after: str | None, most: int) -> tuple[int, list]:
+        """(how many rooms have members, [(room, members)] of at most `most` after `after`, by name)."""
+        with self._lock:  # names are kept sorted: only a slice of them under the lock
+            start = 0 if after is None else bisect.bisect_right(self._names, after)
+            names, count = self._names[start:start + most], len(self._names)
+        # read without the lock (each dict read is atomic): a room that emptied meanwhile is
+        # left out, and a count may include a join not yet placed in the stream
+        return count, [(n, len(r.members)) for n in names if (r := self._rooms.get(n)) is not None]
+
+    def _dm_elsewhere(self, nick: str, event: dict) -> str:
+        """Deliver a DM to `nick`, not a client of this process: the nick as its holder spells it.
+        Raises ChatError no_such_user, unavailable."""
+        raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")

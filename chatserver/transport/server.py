@@ -27,6 +27,7 @@ included, and the order locks are taken in.
 
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import socket
 import ssl
@@ -36,6 +37,7 @@ import time
 from websocket_server import WebSocketHandler, WebsocketServer
 
 from chatserver.errors import CloseConnection, HandshakeError
+from chatserver.ops import logs
 from chatserver.transport.caps import AcceptGate, BurstLog, ConnectionCaps
 from chatserver.transport.housekeeper import Housekeeper
 from chatserver.transport.inbound import CLOSE_LINGER, MessageLoop
@@ -74,7 +76,8 @@ class Connection(MessageLoop, WebSocketHandler):
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         # Chat frames are small and latency matters: don't let Nagle hold one back for an ACK.
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.peer = "{}:{}".format(*self.client_address[:2])
+        ip, port = self.client_address[:2]
+        self.peer = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         self.address = self.client_address[0]  # the client's IP (behind a trusted proxy: the one it reports)
         self.path = ""
         self.headers = {}
@@ -254,8 +257,11 @@ class Connection(MessageLoop, WebSocketHandler):
         if was is State.CONNECTING:
             log.debug("%s %s", self.peer, self._life.reason)
             return
-        self.server.app.on_close(self, self._life.code or 1006)  # 1006: ended without a close frame (7.1.5)
-        log.info("disconnect %s %s: %s", self.peer, self.client.nick if self.client else "-", self._life.reason)
+        code = self._life.code or 1006  # 1006: ended without a close frame (7.1.5)
+        self.server.app.on_close(self, code)
+        nick = self.client.nick if self.client else None
+        log.info("disconnect %s %s: %s", self.peer, nick or "-", self._life.reason,
+                 extra=logs.context(peer=self.peer, nick=nick, code=code))
 
     # upstream: calls `server._client_left_` even when the handshake never completed, which does
     # a linear scan of an unlocked list and calls client_left(None).
@@ -296,6 +302,11 @@ class WebSocketTransport(AcceptGate, WebsocketServer):
         to believe, `ssl_context` turns on TLS (transport/tls.py; never upstream's key/cert path), `caps`
         limits connections (transport/caps.py; none by default).
         Raises OSError when the address cannot be bound (in use, say)."""
+        # upstream: TCPServer's AF_INET only, so `--host ::` or `::1` fails ("Address family for
+        # hostname not supported"). fix: AF_INET6 for an IPv6 host; `::` also takes IPv4 (see
+        # server_bind). tests: tests/integration/test_ipv6.py
+        if ":" in host:
+            self.address_family = socket.AF_INET6
         super().__init__(host=host, port=port)
         self.RequestHandlerClass = Connection
         self.app = app
@@ -314,6 +325,21 @@ class WebSocketTransport(AcceptGate, WebsocketServer):
         self.housekeeper = Housekeeper(handshake_timeout, ping_interval, ping_timeout)
         self._serving = self._stopped = False
         self._accepting = threading.Lock()  # guards those two: serve() and stop_accepting() may race
+
+    def server_bind(self) -> None:
+        """socketserver's bind step; `::` is dual-stack (IPv4 clients too, as `0.0.0.0` is for IPv4),
+        whatever the system's `net.ipv6.bindv6only` says. Raises OSError as bind() does."""
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    def get_request(self):
+        """The accept step (transport/caps.py), with an IPv4 client of a dual-stack socket named by
+        its IPv4 address ('::ffff:192.0.2.1' -> '192.0.2.1'), so caps, proxies and logs see one form.
+        Raises OSError as accept() does."""
+        sock, address = super().get_request()
+        mapped = ipaddress.ip_address(address[0]).ipv4_mapped if ":" in address[0] else None
+        return sock, (str(mapped), address[1]) if mapped else address
 
     def serve(self) -> None:
         """Accept connections until `stop_accepting()`, on the calling thread (the accept thread).

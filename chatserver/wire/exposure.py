@@ -3,7 +3,9 @@
 - Host (every request, HTTP and WebSocket): against DNS rebinding, where a page on a name the
   attacker controls is re-pointed at our address and so counts as same-origin. Only Host names
   the server answers to pass; others get 400. Default: the names it is bound to (see
-  `default_hosts`); `--allowed-hosts` replaces them; `*` lets any Host through.
+  `default_hosts`); `--allowed-hosts` replaces them, except loopback and the bound address,
+  which are always answered (`always_hosts`: health checks, /metrics and selftest on the machine
+  itself keep working behind a proxy); `*` lets any Host through.
 - Origin (WebSocket upgrades): against other pages the user visits. A browser always sends
   `Origin`; it must be the server's own (scheme, host and port, from the request's scheme and
   Host) or one listed with `--allow-origin`, else 403. `null` (file:// pages, sandboxed frames)
@@ -70,6 +72,16 @@ def is_ip_literal(name: str) -> bool:
         return False
 
 
+def always_hosts(bind_host: str) -> set:
+    """The names answered whatever `--allowed-hosts` says: localhost, 127.0.0.1, [::1] and the bound
+    address (unless a wildcard). None of them can be a rebinding name: an attacker's page is on a
+    name the attacker controls, and that name is what its Host says. Raises nothing."""
+    names = set(LOOPBACK_NAMES)
+    if bind_host not in WILDCARD_BINDS:
+        names.add(f"[{bind_host}]" if ":" in bind_host else bind_host.lower())
+    return names
+
+
 def default_hosts(bind_host: str) -> tuple[set, bool]:
     """(names, any_ip_literal) answered by default for a server bound to `bind_host`.
 
@@ -78,12 +90,10 @@ def default_hosts(bind_host: str) -> tuple[set, bool]:
     ::): also any IP address typed as such (http://192.168.1.20:8765/), since an IP literal cannot
     be a rebinding name. A port in Host is not checked: port mappings and proxies change it. Raises nothing.
     """
-    names = set(LOOPBACK_NAMES)
+    names = always_hosts(bind_host)
     machine = socket.gethostname().lower()
     if machine:
         names |= {machine, f"{machine}.local"}
-    if bind_host not in WILDCARD_BINDS:
-        names.add(f"[{bind_host}]" if ":" in bind_host else bind_host.lower())
     return names, bind_host in WILDCARD_BINDS
 
 
@@ -92,14 +102,16 @@ class HostCheck:
 
     def __init__(self, allowed=(), bind_host: str = "127.0.0.1"):
         """`allowed`: names ('chat.example.com', '10.0.0.5', '[::1]', with a port to pin one) or
-        '*'; empty means `default_hosts(bind_host)`. Raises ValueError for a malformed entry."""
+        '*'; empty means `default_hosts(bind_host)`, else they and `always_hosts(bind_host)`.
+        Raises ValueError for a malformed entry."""
         self.any_host = "*" in allowed
         try:
             entries = [split_host(entry) for entry in allowed if entry != "*"]
         except ValueError as exc:
             raise ValueError(f"{exc} is not a host name, an IP address (with an optional :port) or *") from None
         if allowed:
-            self.names, self.any_ip = {name for name, port in entries if port is None}, False
+            self.names = {name for name, port in entries if port is None} | always_hosts(bind_host)
+            self.any_ip = False
         else:
             self.names, self.any_ip = default_hosts(bind_host)
         self.pinned = {(name, port) for name, port in entries if port is not None}

@@ -1,9 +1,12 @@
 """Trusted reverse proxies: whose `Forwarded` / `X-Forwarded-*` headers we believe. Pure, no sockets.
 
 Behind a proxy every TCP peer is the proxy. For a peer listed in `--trusted-proxy` (addresses or
-networks), the client's address comes from `Forwarded: for=` (RFC 7239 section 5.2) or else
-`X-Forwarded-For`, and its scheme from `Forwarded: proto=` or else `X-Forwarded-Proto`. From any
-other peer those headers are ignored, since anyone can send them.
+networks), the client's address and scheme come from the one header `--forwarded-header` names:
+`x-forwarded-for` (the default: `X-Forwarded-For` and `X-Forwarded-Proto`, what nginx and Caddy
+set) or `forwarded` (RFC 7239 section 5.2: `for=` and `proto=`). The other header is never read:
+a proxy passes on what it does not set itself, so a client's own `Forwarded` reaches us through a
+proxy that sets only X-Forwarded-For, and must not be believed. From any peer that is not a
+trusted proxy all of them are ignored, since anyone can send them.
 
 In a chain (`X-Forwarded-For: client, proxy1, proxy2`) each proxy appends the address it saw, so
 the list is read from the right: trusted proxies are skipped, and the first address that is not a
@@ -14,6 +17,7 @@ import ipaddress
 import re
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+HEADERS = ("x-forwarded-for", "forwarded")  # --forwarded-header's values; the first is the default
 _PAIR = re.compile(r'\s*([A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,"\s]*)\s*')
 
 
@@ -40,9 +44,13 @@ def parse_address(node: str) -> str | None:
 class TrustedProxies:
     """The `--trusted-proxy` list, and what a trusted proxy tells us about its client."""
 
-    def __init__(self, entries=()):
-        """Raises ValueError for an entry that is not an address or a network."""
+    def __init__(self, entries=(), header: str = HEADERS[0]):
+        """`entries`: addresses or networks; `header`: which forwarding header to believe (one of
+        HEADERS). Raises ValueError for an entry that is not an address or a network, or another header."""
+        if header not in HEADERS:
+            raise ValueError(f"{header!r} is not one of {', '.join(HEADERS)}")
         self._networks = [parse_network(entry) for entry in entries]
+        self.header = header
 
     def trusts(self, address: str | None) -> bool:
         """`address` (an IP as text) is one of the trusted proxies. Raises nothing."""
@@ -60,8 +68,8 @@ class TrustedProxies:
         the headers do not say. The scheme is "http" or "https". Raises nothing."""
         if not self.trusts(peer_ip):
             return None, None
-        if "forwarded" in headers:
-            elements = [dict(_pairs(element)) for element in headers["forwarded"].split(",")]
+        if self.header == "forwarded":
+            elements = [dict(_pairs(element)) for element in headers.get("forwarded", "").split(",")]
             nodes = [element.get("for", "") for element in elements]
             protos = [element.get("proto", "") for element in elements]
         else:

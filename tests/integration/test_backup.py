@@ -1,4 +1,4 @@
-"""README "Backups", run as written: an online backup of a running roomchat's history (with the
+"""docs/deploy.md "Backups", run as written: an online backup of a running roomchat's history (with the
 sqlite3 program and with Python), restored under a new epoch."""
 
 import re
@@ -14,8 +14,8 @@ LIVE, BACKUP = "/var/lib/roomchat/roomchat.db", "/var/backups/roomchat.db"
 
 
 def readme_command(pattern: str) -> str:
-    """The one line of README's "Backups" section that matches `pattern` at its start."""
-    section = (ROOT / "README.md").read_text().split("### Backups", 1)[1].split("\n### ", 1)[0]
+    """The one line of docs/deploy.md's "Backups" section that matches `pattern` at its start."""
+    section = (ROOT / "docs" / "deploy.md").read_text().split("## Backups\n", 1)[1].split("\n## ", 1)[0]
     (line,) = [line for line in section.splitlines() if re.match(pattern, line)]
     return line
 
@@ -30,7 +30,7 @@ def run_readme(line: str, live, backup) -> None:
 @pytest.mark.parametrize("tool", [r"sqlite3 \S+ \"\.backup ", r"python3 -c "])
 def test_backup_while_running_then_restore_with_new_epoch(spawn, tmp_path, tool):
     """A backup taken while roomchat runs holds every acknowledged event; restored as the
-    README says, roomchat serves that history under a new epoch, so clients reload."""
+    docs/deploy.md says, roomchat serves that history under a new epoch, so clients reload."""
     require_program("sqlite3", "apt-get install sqlite3")  # the restore step uses it either way
     live, backup = tmp_path / "roomchat.db", tmp_path / "backup.db"
     server = spawn("--db", str(live))

@@ -5,6 +5,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import time
 import urllib.request
 from dataclasses import fields
@@ -13,7 +14,7 @@ import pytest
 import websocket
 
 from chatserver.config import Config
-from tests.helpers import ROOT, closing_all, roomchat_env, run_to_exit, wait_for
+from tests.helpers import ROOMCHAT, ROOT, closing_all, roomchat_env, run_to_exit, wait_for
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -39,7 +40,7 @@ def address(ws: websocket.WebSocket) -> str:
 
 def test_prints_where_it_listens_and_two_clients_chat_through_it(spawn, sockets):
     """With --port 0 --db :memory: it prints its ws:// and http:// addresses, and two websocket-client
-    sessions chat through it as in the README: nick, join, chat, the other gets it with seq 1."""
+    sessions chat through it as in docs/how-it-works.md: nick, join, chat, the other gets it with seq 1."""
     server = spawn("--port", "0", "--db", ":memory:", defaults=())
     port = server.port
     assert port > 0
@@ -104,17 +105,33 @@ def test_command_line_wins_over_the_environment(spawn, peers):
 
 
 def test_help_lists_every_option_with_its_variable():
-    """--help exits 0 and lists every setting (each Config field, each row of the README's table)
-    together with its ROOMCHAT_* variable."""
+    """--help exits 0 and lists every setting (each Config field, each row of docs/settings.md's
+    table) together with its ROOMCHAT_* variable."""
     done = run_to_exit("--help")
     assert done.returncode == 0 and done.stderr == ""
     entries = re.split(r"\n(?=  -)", done.stdout.split("\noptions:\n", 1)[1])  # one per option, wrapped lines joined
     help_for = {entry.split()[0]: " ".join(entry.split()) for entry in entries}
-    documented = re.findall(r"^\| `(--[a-z-]+)` \| `(ROOMCHAT_[A-Z_]+)` \|", (ROOT / "README.md").read_text(), re.M)
+    table = (ROOT / "docs" / "settings.md").read_text()
+    documented = re.findall(r"^\| `(--[a-z-]+)` \| `(ROOMCHAT_[A-Z_]+)` \|", table, re.M)
     settings = [("--" + f.name.replace("_", "-"), "ROOMCHAT_" + f.name.upper()) for f in fields(Config)]
     assert sorted(documented) == sorted(settings)
     for option, variable in settings:
         assert f"[{variable}]" in help_for.get(option, ""), (option, help_for.get(option))
+
+
+def test_help_lists_every_subcommand_with_one_line():
+    """--help names each subcommand (client, selftest, token, and any other in roomchat.COMMANDS)
+    on a line of its own with what it does, and each subcommand answers its own --help."""
+    import roomchat
+
+    assert {"client", "selftest", "token"} <= set(roomchat.COMMANDS)
+    done = run_to_exit("--help")
+    for name, (_, _, line) in roomchat.COMMANDS.items():
+        assert re.search(rf"^  roomchat\.py {name} +{re.escape(line)}$", done.stdout, re.M), (name, done.stdout)
+        assert f"{{{','.join(roomchat.COMMANDS)}}}" in done.stdout.split("\n\n", 1)[0]  # in the usage
+        sub = subprocess.run([*ROOMCHAT, name, "--help"], cwd=ROOT, env=roomchat_env(), capture_output=True,
+                             text=True, timeout=10)
+        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: roomchat.py {name}"), (name, sub)
 
 
 @pytest.mark.parametrize("holder", ["another program", "another roomchat"])
@@ -182,8 +199,9 @@ def test_log_has_one_connect_and_one_disconnect_line_per_client(spawn, sockets):
     wait_for(lambda: server.stderr_text().count(": disconnect ") == len(expected), timeout=5)
     assert server.stop() == 0
     log = server.stderr_text()
-    connects = re.findall(r": connect (\S+) (\S+)$", log, re.M)
-    disconnects = re.findall(r": disconnect (\S+) (\S+): (.+)$", log, re.M)
+    fields = r"(?: (?:peer|nick|code)=\S+)*$"  # the log fields the text format appends (ops/logs.py)
+    connects = re.findall(rf": connect (\S+) (\S+){fields}", log, re.M)
+    disconnects = re.findall(rf": disconnect (\S+) (\S+): (.+?){fields}", log, re.M)
     assert sorted(connects) == sorted((peer, nick) for peer, (nick, _, _) in expected.items()), log
     assert len(disconnects) == len(expected), log
     for peer, nick, reason in disconnects:

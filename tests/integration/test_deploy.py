@@ -1,24 +1,27 @@
 """The deployment recipes in docs/, run for real: nginx in front of roomchat (page, WebSocket
-chat, forwarded headers, timeouts), and the systemd unit checked by systemd-analyze and its
-command line started."""
+chat, forwarded headers, an access log without tokens, timeouts), and the systemd unit checked by
+systemd-analyze and its command line started. Caddy: test_deploy_caddy.py; the install recipe:
+test_deploy_recipe.py."""
 
-import http.server
 import re
 import shlex
-import socket
 import subprocess
-import threading
 import urllib.request
 
 import pytest
+import websocket
 
 from chatserver.config import Config
 from tests.helpers import ROOT, Peer, ServerProcess, require_program, roomchat_env, wait_for
+from tests.proxies import ProxyProcesses, forwarded_headers
+from tests.services import free_port
 
 NGINX_CONF = ROOT / "docs" / "nginx.conf"
 UNIT = ROOT / "docs" / "roomchat.service"
-# What the test changes in docs/nginx.conf, each found exactly once: where roomchat and nginx listen.
+# What the test changes in docs/nginx.conf, each found exactly once: where roomchat and nginx
+# listen, and where the site's access log goes.
 UPSTREAM, LISTEN = "server 127.0.0.1:8765;", "listen 80;"
+ACCESS_LOG = "access_log /var/log/nginx/roomchat.access.log roomchat;"
 MAIN_CONF = """daemon off;
 worker_processes 1;
 pid {tmp}/nginx.pid;
@@ -36,12 +39,6 @@ http {{
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def seconds(value: str) -> float:
     """An nginx time ("300s", "5m", "1h", "90") in seconds."""
     number, unit = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", value).groups()
@@ -53,41 +50,22 @@ def nginx(tmp_path):
     """nginx(upstream_port) -> the port of Debian's nginx running docs/nginx.conf in front of
     `upstream_port`, in the foreground as our child, every path in tmp_path; stopped at teardown."""
     binary = require_program("nginx", "apt-get install nginx")
-    children = []
+
+    processes = ProxyProcesses()
 
     def start(upstream_port: int) -> int:
         port = free_port()
         site = NGINX_CONF.read_text()
-        assert site.count(UPSTREAM) == 1 and site.count(LISTEN) == 1, "docs/nginx.conf changed shape"
+        assert site.count(UPSTREAM) == site.count(LISTEN) == site.count(ACCESS_LOG) == 1, "nginx.conf changed shape"
         site = site.replace(UPSTREAM, f"server 127.0.0.1:{upstream_port};").replace(LISTEN, f"listen 127.0.0.1:{port};")
+        site = site.replace(ACCESS_LOG, f"access_log {tmp_path / 'roomchat.access.log'} roomchat;")
         (tmp_path / "roomchat.conf").write_text(site)
         (tmp_path / "nginx.conf").write_text(MAIN_CONF.format(tmp=tmp_path))
-        proc = subprocess.Popen([binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                                 "-e", str(tmp_path / "error.log")],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        children.append(proc)
-
-        def listening() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"nginx exited {proc.returncode}: {proc.stderr.read()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(listening, timeout=10, interval=0.05)
-        return port
+        argv = [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")]
+        return processes.start("nginx", argv, port)
 
     yield start
-    for proc in children:
-        proc.terminate()  # SIGTERM: nginx's fast shutdown
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    processes.stop_all()
 
 
 def test_nginx_serves_the_chat_page(server, nginx):
@@ -111,36 +89,26 @@ def test_nginx_carries_a_websocket_chat(server, nginx, peers):
     assert bob.recv_type("chat")["text"] == "through the proxy"
 
 
-class HeaderRecorder(http.server.BaseHTTPRequestHandler):
-    """Keeps the headers of each request it gets (on the server object) and answers 204."""
-
-    def do_GET(self):
-        self.server.seen.append(dict(self.headers))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+def test_nginx_access_log_keeps_no_query_string(server, nginx, tmp_path):
+    """Pages and WebSockets opened through nginx with `?token=` are logged by path alone: the
+    site's access log names each request and holds no token."""
+    port = nginx(server.port)
+    secret = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbm4ifQ.NGINX-LOG-SIGNATURE"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={secret}#lobby", timeout=5) as page:
+        assert page.status == 200
+    with pytest.raises(websocket.WebSocketBadStatusException):  # 401: this server has no token secret
+        websocket.create_connection(f"ws://127.0.0.1:{port}/?token={secret}&resume=r3sum3", timeout=5)
+    log_path = tmp_path / "roomchat.access.log"
+    log = wait_for(lambda: log_path.exists() and log_path.read_text().count('"GET / HTTP/1.1"') >= 2
+                   and log_path.read_text())
+    assert "NGINX-LOG-SIGNATURE" not in log and "token" not in log and "r3sum3" not in log, log
 
 
 def test_nginx_forwards_client_address_scheme_and_upgrade(nginx):
     """roomchat behind nginx gets X-Forwarded-For (the client's address, not what the client
     claims), X-Forwarded-Proto, the original Host, and the WebSocket Upgrade/Connection headers;
-    a `Forwarded` header the client wrote itself does not get through (roomchat would believe it)."""
-    recorder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HeaderRecorder)
-    recorder.seen = []
-    threading.Thread(target=recorder.serve_forever, daemon=True).start()
-    try:
-        port = nginx(recorder.server_address[1])
-        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Forwarded-For": "6.6.6.6",
-                   "Forwarded": "for=127.0.0.9", "Host": "chat.example.org"}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers=upgrade)
-        urllib.request.urlopen(request, timeout=5).close()
-    finally:
-        recorder.shutdown()
-        recorder.server_close()
-    headers = {k.lower(): v for k, v in recorder.seen[0].items()}
+    a `Forwarded` header the client wrote itself does not get through."""
+    headers = forwarded_headers(nginx)
     assert headers["x-forwarded-for"] == "127.0.0.1" and headers["x-forwarded-proto"] == "http"
     assert headers["host"] == "chat.example.org"
     assert headers["upgrade"] == "websocket" and headers["connection"].lower() == "upgrade"
@@ -179,14 +147,15 @@ def test_systemd_unit_verifies_clean(tmp_path):
 
 
 def test_systemd_unit_command_line_starts_roomchat(tmp_path):
-    """The unit's ExecStart and Environment, with the state directory in tmp_path and port 0,
-    start roomchat with its history in the state directory."""
+    """The unit's ExecStart and Environment as written, run from its working directory (the state
+    directory, here tmp_path) with port 0, start roomchat with its history in that directory."""
     unit = UNIT.read_text()
     (exec_start,) = re.findall(r"^ExecStart=(.+)$", unit, re.M)
     env = dict(item.split("=", 1) for line in re.findall(r"^Environment=(.+)$", unit, re.M)
                for item in shlex.split(line))
     assert env["ROOMCHAT_HOST"] == "127.0.0.1"
-    argv = shlex.split(exec_start.replace("${STATE_DIRECTORY}", str(tmp_path)))
+    assert re.findall(r"^WorkingDirectory=(.+)$", unit, re.M) == ["%S/roomchat"]
+    argv = shlex.split(exec_start)
     assert argv[:2] == ["/opt/roomchat/.venv/bin/python", "/opt/roomchat/roomchat.py"]
     server = ServerProcess(*argv[2:], cwd=tmp_path, env=roomchat_env(**{**env, "ROOMCHAT_PORT": "0"}), defaults=())
     try:

@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from tests.helpers import http_exchange, read_head, upgrade_request, wait_for
+from tests.proxies import proxy_line_settings
 
 
 def answer_head(port: int, request: bytes) -> bytes:
@@ -84,10 +85,23 @@ def test_wildcard_bind_answers_by_ip_address(make_server):
 
 
 def test_allowed_hosts_replace_the_default(make_server):
-    """--allowed-hosts chat.example.com answers that name and no longer 127.0.0.1."""
+    """--allowed-hosts chat.example.com answers that name and no longer the machine's name or
+    another address, while loopback stays answered."""
     server = make_server(allowed_hosts=("chat.example.com",))
     assert status_of(server.port, upgrade_request("chat.example.com")) == 101
-    assert status_of(server.port, upgrade_request(own(server))) == 400
+    assert status_of(server.port, upgrade_request(f"{socket.gethostname()}:{server.port}")) == 400
+    assert status_of(server.port, upgrade_request(f"192.0.2.1:{server.port}")) == 400
+    assert status_of(server.port, upgrade_request(own(server))) == 101
+
+
+@pytest.mark.parametrize("path", ["/livez", "/healthz", "/metrics"])
+def test_health_and_metrics_answer_on_loopback_behind_the_proxy_line(make_server, path):
+    """Started as docs/deploy.md's proxy line says (--trusted-proxy 127.0.0.1 --allowed-hosts
+    chat.example.com), /livez, /healthz and /metrics still answer 200 to 127.0.0.1."""
+    settings = proxy_line_settings()
+    assert settings == {"trusted_proxy": ("127.0.0.1",), "allowed_hosts": ("chat.example.com",)}
+    server = make_server(**settings)
+    assert get(server, path).status == 200
 
 
 def get(server, path: str, method: str = "GET") -> http.client.HTTPResponse:
@@ -144,6 +158,35 @@ def test_trusted_proxy_forwarded_for_and_proto_are_believed(make_server, caplog)
     request = upgrade_request(host, x_forwarded_for="203.0.113.7", x_forwarded_proto="https",
                               origin=f"https://{host}")
     assert connect_log_peer(server, caplog, request) == "203.0.113.7"
+
+
+def test_a_clients_own_forwarded_is_not_believed_behind_an_x_forwarded_for_proxy(make_server, caplog):
+    """By default a trusted proxy's X-Forwarded-For is the logged peer even when the request also
+    carries a `Forwarded` the client wrote (which Caddy passes on); --forwarded-header forwarded
+    believes `Forwarded` instead."""
+    request = upgrade_request("127.0.0.1", x_forwarded_for="203.0.113.7", forwarded="for=198.51.100.7")
+    server = make_server(trusted_proxy=("127.0.0.1",))
+    assert connect_log_peer(server, caplog, request) == "203.0.113.7"
+    caplog.clear()
+    server = make_server(trusted_proxy=("127.0.0.1",), forwarded_header="forwarded")
+    assert connect_log_peer(server, caplog, request) == "198.51.100.7"
+
+
+def test_forged_forwarded_headers_do_not_get_past_the_per_address_cap(make_server):
+    """Behind a trusted X-Forwarded-For proxy, six upgrades from one client address, each with another
+    forged `Forwarded: for=`, meet the per-address cap of 3: the fourth and later get 503."""
+    server = make_server(trusted_proxy=("127.0.0.1",), max_connections_per_address=3)
+    held, statuses = [], []
+    try:
+        for n in range(6):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            held.append(sock)
+            sock.sendall(upgrade_request(own(server), x_forwarded_for="203.0.113.7", forwarded=f"for=198.51.100.{n}"))
+            statuses.append(int(read_head(sock).split(b" ", 2)[1]))
+    finally:
+        for sock in held:
+            sock.close()
+    assert statuses == [101, 101, 101, 503, 503, 503]
 
 
 def test_untrusted_peer_forwarding_headers_are_ignored(server, caplog):

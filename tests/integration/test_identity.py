@@ -1,15 +1,13 @@
 """Identity over real sockets: tokens at the handshake and in `auth`, expiry (4001), reserved and
 look-alike nicks, a holder taking its nick back, --require-token (401), and the token command."""
 
-import base64
-import os
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from tests.helpers import ROOMCHAT, SECRET, roomchat_env, run_to_exit, token, wait_for, with_token
+from tests.helpers import ROOMCHAT, SECRET, roomchat_env, run_to_exit, token, upgrade, wait_for, with_token
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -18,20 +16,6 @@ pytestmark = pytest.mark.timeout(30)
 def server(make_server):
     """A server with a token secret (tokens optional)."""
     return make_server(token_secret=SECRET)
-
-
-def upgrade(raw_clients, port: int, target: str) -> tuple[int, dict, bytes]:
-    """Send a WebSocket upgrade for `target`; the answer's status, headers (lower-case) and body."""
-    client = raw_clients(port, handshake=False)
-    key = base64.b64encode(os.urandom(16)).decode()
-    client.send(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = client.read_until(b"\r\n\r\n").decode()
-    lines = head.split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-    headers = {name.lower(): value for name, value in headers.items()}
-    body = client.read_exact(int(headers.get("content-length", 0)))
-    return int(lines[0].split()[1]), headers, body
 
 
 def test_a_token_in_the_url_gives_its_nick_and_claims(server, peers):

@@ -3,7 +3,7 @@ each an event in the room's stream, and `forbidden` for everyone else."""
 
 import pytest
 
-from tests.helpers import SECRET, token, wait_for, with_token
+from tests.helpers import SECRET, seated, token, wait_for, with_token
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -16,14 +16,7 @@ def server(make_server):
 @pytest.fixture
 def room(server, peers):
     """An operator `op`, and `bob` and `carol` (anonymous), all in lobby with every join seen."""
-    op = peers(with_token(server.url, token("op", op=True)))
-    bob, carol = peers(server.url), peers(server.url)
-    bob.set_nick("bob")
-    carol.set_nick("carol")
-    for peer in (op, bob, carol):
-        peer.join("lobby")
-    op.recv_type("presence"), op.recv_type("presence"), bob.recv_type("presence")
-    return op, bob, carol
+    return seated(server.url, peers, "lobby", "bob", "carol")
 
 
 def test_topic_is_an_event_in_order_and_shows_in_joined(server, room, peers):

@@ -1,5 +1,6 @@
-"""README.md's examples, run as written: the websocket-client walkthrough (with pauses longer than
-the server's ping deadline between its steps) and `make run` stopped with Ctrl-C."""
+"""The examples of README.md and docs/how-it-works.md, run as written: the websocket-client
+walkthrough (with pauses longer than the server's ping deadline between its steps), `make run`
+stopped with Ctrl-C, and README's lines for another port and for a class on a LAN."""
 
 import ast
 import contextlib
@@ -16,11 +17,12 @@ import pytest
 from tests.helpers import ROOT, roomchat_env, wait_for
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+HOW = (ROOT / "docs" / "how-it-works.md").read_text(encoding="utf-8")
 
 
-def python_block(after_heading: str) -> str:
-    """The first ```python block after `after_heading` in README.md."""
-    section = README[README.index(after_heading):]
+def python_block(page: str, after_heading: str) -> str:
+    """The first ```python block after `after_heading` in the Markdown text `page`."""
+    section = page[page.index(after_heading):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -30,7 +32,7 @@ def test_websocket_client_walkthrough_survives_pauses_in_a_repl(make_server, con
     than ping_interval + ping_timeout before each block, prints every event it promises, raises
     nothing, and its close leaves no connection behind."""
     server = make_server(ping_interval=0.5, ping_timeout=0.5)
-    code = python_block("### Chat between two websocket-client sessions")
+    code = python_block(HOW, "## Chat between two websocket-client sessions")
     assert "ws://127.0.0.1:8765/" in code
     repl = subprocess.Popen([sys.executable, "-i", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT)

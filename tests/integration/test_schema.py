@@ -135,6 +135,15 @@ def test_scripted_session_matches_schema(make_server, recording_peers):
     errors += [e.request(type="join", room="mod"), e.request(type="nick", nick="admin"),
                e.request(type="auth", token="not-a-token")]
     a.request(type="auth", token=token("alice"), id=3)
+    f = recording_peers(server.url, sent, received)
+    f.join("quiet")
+    op.request(type="mode", room="quiet", moderated=True)
+    f.recv_type("mode")
+    errors.append(f.request(type="chat", room="quiet", text="may I?"))  # moderated
+    op.request(type="mode", room="quiet", moderated=False, slow=600)
+    f.recv_type("mode")
+    f.request(type="chat", room="quiet", text="first")
+    errors.append(f.request(type="chat", room="quiet", text="second"))  # slow_mode
     assert [e["type"] for e in errors[:10]] == ["error"] * 10, errors[:10]
     codes = {e["code"] for e in errors if e["type"] == "error"}
     # `unavailable` needs a failing store or Redis: test_durability and test_redis check its shape;

@@ -6,14 +6,17 @@ import io
 import json
 import subprocess
 import threading
+from unittest import mock
 
 import pytest
 import websocket
 from websockets.sync.server import serve
 
-from chatclient.selftest import run
+from chatclient import selftest_client
+from chatclient.selftest import main, run
 from chatclient.selftest_checks import CHECKS
-from tests.helpers import ROOMCHAT, ROOT, roomchat_env
+from tests.helpers import ROOMCHAT, ROOT, SECRET, roomchat_env, token
+from tests.proxies import proxy_line_settings
 
 
 class BrokenServer:
@@ -89,12 +92,13 @@ def selftest(url: str, only=None, timeout: float = 3) -> tuple[int, list[str]]:
 def test_selftest_passes_against_roomchat_process():
     """`python roomchat.py selftest URL` against `python roomchat.py` with default limits: every
     check passes, one line each, exit status 0 (this is how CI runs it against the server under test)."""
+    env = roomchat_env(ROOMCHAT_TOKEN_SECRET=SECRET)
     server = subprocess.Popen([*ROOMCHAT, "--port", "0", "--db", ":memory:", "--log-level", "WARNING"], cwd=ROOT,
-                              env=roomchat_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     try:
         url = next(line.split("listening on ", 1)[1].strip() for line in server.stdout if "listening on" in line)
-        result = subprocess.run([*ROOMCHAT, "selftest", url], cwd=ROOT, env=roomchat_env(), capture_output=True,
-                                text=True, timeout=120)
+        result = subprocess.run([*ROOMCHAT, "selftest", url, "--op-token", token("selftest-op", op=True)], cwd=ROOT,
+                                env=roomchat_env(), capture_output=True, text=True, timeout=120)
     finally:
         server.terminate()
         server.wait(10)
@@ -137,6 +141,15 @@ def test_selftest_names_the_failing_check(make_server, make_mutate, broken, fine
     assert any(line.startswith("ok") and line.split(None, 1)[1].startswith(fine + " ") for line in lines), lines
 
 
+def test_selftest_mode_checks_skip_without_an_operator_token(make_server):
+    """Without --op-token the checks that need an operator say skip, with the reason; `mode` (a non-operator's
+    refusal) still runs."""
+    status, lines = selftest(make_server().url, only={"mode", "error moderated", "error slow_mode"})
+    assert status == 0, lines
+    assert [line.split()[0] for line in lines[:-1]] == ["ok", "skip", "skip"], lines
+    assert all("--op-token" in line for line in lines[1:3])
+
+
 def test_selftest_unreachable_server_exits_2():
     """Nothing listening: one FAIL connect line and exit status 2."""
     with contextlib.closing(__import__("socket").socket()) as sock:
@@ -152,3 +165,37 @@ def test_selftest_checks_a_tls_server_with_cafile(tls_server, tls_files):
                             cwd=ROOT, env=roomchat_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ping" in result.stdout
+
+
+@pytest.mark.slow
+def test_selftest_with_the_secret_passes_against_require_token(make_server, tmp_path, capsys):
+    """`selftest URL --token-secret-file FILE` against a --require-token server mints a token for
+    each connection: exit 0, every check ok but the two nick-change checks, which say skip and why."""
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    server = make_server(require_token=True, token_secret=SECRET)
+    with mock.patch.object(selftest_client, "MINT", None):  # main() sets it for the run
+        status = main([server.url, "--token-secret-file", str(secret), "--timeout", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0, lines
+    skipped = [line[6:27].strip() for line in lines if line.startswith("skip")]  # the name column
+    assert skipped == ["nick", "error nick_taken"], lines
+    assert lines[-1].startswith(f"selftest: {len(CHECKS) - 2} passed, 0 failed, 2 skipped")
+
+
+def test_selftest_refused_for_want_of_a_token_says_so_in_one_line(make_server):
+    """Without the secret against a --require-token server: one line with the HTTP status, the
+    server's reason and what to give, no response headers, and exit status 2."""
+    server = make_server(require_token=True, token_secret=SECRET)
+    status, lines = selftest(server.url)
+    assert status == 2 and len(lines) == 1, lines
+    assert "HTTP 401" in lines[0] and "--token-secret-file" in lines[0], lines
+    assert "content-security-policy" not in lines[0].lower() and "{" not in lines[0], lines
+
+
+def test_selftest_passes_behind_the_proxy_line(make_server):
+    """Against a server started with the docs' proxy line (--trusted-proxy 127.0.0.1
+    --allowed-hosts chat.example.com), selftest on the machine itself connects and passes."""
+    server = make_server(**proxy_line_settings())
+    status, lines = selftest(server.url, only={"welcome", "chat", "ping", "resume"})
+    assert status == 0 and [line.split()[0] for line in lines[:-1]] == ["ok"] * 4, lines

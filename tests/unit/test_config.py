@@ -59,5 +59,5 @@ def test_help_explains_tls_and_exposure():
     proxies go."""
     text = " ".join(build_parser().format_help().split())
     for words in ("Origin", "403", "Host", "400", "--certfile", "https:// and wss://", "--trusted-proxy",
-                  "Putting it on a network"):
+                  "docs/deploy.md"):
         assert words in text, words

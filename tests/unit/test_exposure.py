@@ -75,12 +75,23 @@ def test_specific_bind_answers_its_address():
 
 
 def test_allowed_hosts_replace_the_defaults_and_may_pin_a_port():
-    """--allowed-hosts lists exactly what is answered; an entry with a port answers on that port only."""
+    """--allowed-hosts replaces the machine's names; an entry with a port answers on that port only."""
     check = HostCheck(("chat.example.com", "lan.example:8443"), bind_host="127.0.0.1")
     assert status(check, request(host="chat.example.com:443")) == 101
     assert status(check, request(host="lan.example:8443")) == 101
     assert status(check, request(host="lan.example:8444")) == 400
-    assert status(check, request(host="localhost")) == 400
+    assert status(check, request(host=MACHINE)) == 400
+
+
+@pytest.mark.parametrize("bind, host", [("127.0.0.1", "localhost:8765"), ("127.0.0.1", "127.0.0.1:8765"),
+                                        ("127.0.0.1", "[::1]:8765"), ("10.0.0.5", "10.0.0.5:8765"),
+                                        ("::1", "[::1]"), ("0.0.0.0", "127.0.0.1")])
+def test_loopback_and_the_bound_address_stay_answered_besides_allowed_hosts(bind, host):
+    """With --allowed-hosts, loopback names and the bound address are still answered (health checks,
+    /metrics and selftest on the machine itself), while other names are not."""
+    check = HostCheck(("chat.example.com",), bind_host=bind)
+    assert status(check, request(host=host)) == 101
+    assert status(check, request(host="192.168.1.99")) == 400
 
 
 def test_missing_or_malformed_host_is_400_unless_any_host():
@@ -179,12 +190,30 @@ def test_forwarded_chain_is_read_from_the_right():
 
 
 def test_forwarded_header_rfc_7239():
-    """`Forwarded` (RFC 7239) wins over X-Forwarded-*: quoted IPv6 with port, proto, any case."""
-    proxies = TrustedProxies(["10.0.0.0/8"])
+    """With --forwarded-header forwarded, `Forwarded` (RFC 7239) is read and X-Forwarded-* ignored:
+    quoted IPv6 with port, proto, any case."""
+    proxies = TrustedProxies(["10.0.0.0/8"], header="forwarded")
     headers = {"forwarded": 'For="[2001:db8:cafe::17]:4711";Proto=HTTPS, for=10.0.0.9',
                "x-forwarded-for": "6.6.6.6"}
     assert proxies.client("10.0.0.2", headers) == ("2001:db8:cafe::17", "https")
     assert proxies.client("10.0.0.2", {"forwarded": "for=unknown"}) == (None, None)
+    assert proxies.client("10.0.0.2", {"x-forwarded-for": "6.6.6.6"}) == (None, None)
+
+
+def test_a_clients_own_forwarded_is_not_believed_by_default():
+    """By default (x-forwarded-for, what nginx and Caddy set) a `Forwarded` header the client wrote,
+    which such a proxy passes on untouched, is ignored: the proxy's X-Forwarded-For decides."""
+    proxies = TrustedProxies(["127.0.0.1"])
+    headers = {"forwarded": "for=198.51.100.7;proto=https", "x-forwarded-for": "203.0.113.7",
+               "x-forwarded-proto": "http"}
+    assert proxies.client("127.0.0.1", headers) == ("203.0.113.7", "http")
+    assert proxies.client("127.0.0.1", {"forwarded": "for=198.51.100.7"}) == (None, None)
+
+
+def test_forwarded_header_must_be_one_of_the_two():
+    """Any other --forwarded-header value raises ValueError."""
+    with pytest.raises(ValueError):
+        TrustedProxies(["127.0.0.1"], header="x-real-ip")
 
 
 @pytest.mark.parametrize("entry", ["10.0.0.0/33", "proxy.example", ""])

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from chatserver.ops.logs import JsonFormatter, TextFormatter, configure, context, escape
+from chatserver.ops.logs import JsonFormatter, TextFormatter, configure, context, escape, redact
 
 UNSAFE = [chr(c) for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, 0x061C, 0x200E, 0x200F,
                            *range(0x202A, 0x202F), *range(0x2066, 0x206A))]
@@ -47,6 +47,34 @@ def test_hostile_message_stays_one_escaped_line(formatter):
     assert "\n" not in line and raw_controls(line) == []
     shown = json.loads(line)["event"] if isinstance(formatter, JsonFormatter) else line
     assert "\\x1b]52;c;aGVsbG8=\\x07b\\x0dFORGED\\x0aline\\x85\\u2028\\u202e\\x7f" in shown
+
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbm4ifQ.c2lnbmF0dXJl-_x"
+
+
+@pytest.mark.parametrize("text, shown", [
+    (f"http GET /?token={JWT}&x=1", "http GET /?token=<redacted>&x=1"),
+    ("GET /?nick=ann&resume=r3sum3#lobby", "GET /?nick=ann&resume=<redacted>#lobby"),
+    ("/?INVITE=abc;x", "/?INVITE=<redacted>;x"),
+    ("/%3Ftoken%3Dabc", "/%3Ftoken%3D<redacted>"),
+    ('{"type": "auth", "token": "a\\"b", "id": 2}', '{"type": "auth", "token": "<redacted>", "id": 2}'),
+    (f"bad token {JWT} refused", "bad token <redacted> refused"),
+    ("the token=field of a sentence", "the token=field of a sentence"),
+])
+def test_redact_hides_tokens_in_targets_requests_and_jwts(text, shown):
+    """?token=/?resume=/?invite= values, an auth request's token and any JWT become <redacted>."""
+    assert redact(text) == shown
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_formatters_redact_message_fields_and_tracebacks(formatter):
+    """A token in the message, in a field and in a traceback reaches neither format."""
+    try:
+        raise ValueError(f"bad {JWT}")
+    except ValueError:
+        exc = sys.exc_info()
+    line = formatter.format(record("http GET %s", (f"/?token={JWT}",), exc=exc, peer=JWT))
+    assert "c2lnbmF0dXJl" not in line and "<redacted>" in line
 
 
 def test_text_line_shape_and_fields():

@@ -1,0 +1,102 @@
+"""The registry of one process among several on a shared engine (Redis): what crosses processes.
+
+python-socketio's shape: `ClusterRegistry` is the one-process `Registry` with the steps that
+cross processes overridden, so the one-process path has no cluster branches. The engine (a
+`ClusterEngine`, engines/redis.py) is then also the directory: who holds which nick, who is in
+which room, where a DM goes.
+
+- Nicks are claimed in the engine before they are used here, and given back when let go.
+- A room is subscribed when its first local member joins, unsubscribed when its last leaves.
+- `who`, `rooms`, a kick's target and `joined.members` come from the engine (every process).
+- A DM to a nick held elsewhere goes through the engine; nobody received it: `no_such_user`.
+
+Fencing (DESIGN-NOTES 1). A process's liveness is a lease in the engine. The engine's heartbeat
+finds out when the lease was lost (the process was paused or cut off long enough to be reaped by
+another, and its members announced gone) or when one of its nick claims was lost, and calls
+`retake` (on the heartbeat thread, no lock held): every local client takes its nick again and
+re-enters its rooms (the others see it join again). A client whose nick someone else took
+meanwhile is closed with 1012, so it reconnects and picks a nick again; nobody ever has two
+holders of one nick. Called by the engine's threads: `retake`, `lose_nick`.
+"""
+
+import logging
+import uuid
+
+from chatserver import protocol
+from chatserver.errors import ChatError
+from chatserver.protocol import CLOSE_SERVICE_RESTART
+from chatserver.rooms.client import Client
+from chatserver.rooms.registry import Hold, Registry
+
+TAKE_TIMEOUT = 8.0  # seconds a token holder waits for its nick to be let go on another process
+
+log = logging.getLogger("roomchat.cluster")
+
+
+class ClusterRegistry(Registry):
+    """`Registry` over a cluster engine (`engine.cluster` is True). Methods as Registry's."""
+
+    # -- nicks -------------------------------------------------------------------------------
+
+    def _guest_name(self) -> str:
+        return f"guest-{uuid.uuid4().hex[:6]}"  # unique across processes without asking one another
+
+    def _claim(self, client: Client, nick: str) -> bool:
+        return self._ask_engine(lambda: self._engine.claim_nick(nick, client.id))
+
+    def _release(self, client: Client, nick: str) -> None:
+        self._engine.release_nick(nick, client.id)
+
+    def _take(self, client: Client, nick: str) -> str:
+        if not self._ask_engine(lambda: self._engine.take_nick(nick, client.id, TAKE_TIMEOUT)):
+            raise ChatError("unavailable", f"The nick {nick!r} is still held by another connection; try again.")
+        return nick
+
+    # -- rooms -------------------------------------------------------------------------------
+
+    def _entered(self, name: str) -> None:
+        self._engine.subscribe(name)
+
+    def _emptied(self, name: str) -> None:
+        self._engine.unsubscribe(name)
+
+    def _members(self, name: str) -> list:
+        return self._ask_engine(lambda: self._engine.members(name))
+
+    def _members_at(self, name: str, hold: Hold) -> list:
+        return self._engine.members(name)  # Raises Unavailable: join answers it
+
+    def _room_list(self, after: str | None, most: int) -> tuple[int, list]:
+        rooms = [(r["room"], r["members"]) for r in self._ask_engine(self._engine.rooms)]
+        return len(rooms), [r for r in rooms if after is None or r[0] > after][:most]
+
+    def _dm_elsewhere(self, nick: str, event: dict) -> str:
+        to = self._ask_engine(lambda: self._engine.send_dm(nick, event))
+        if to is None:
+            raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
+        return to
+
+    # -- fencing: called by the engine's heartbeat thread, no lock held ------------------------
+
+    def retake(self) -> None:
+        """The engine lost this process's lease (it was reaped) and has a new one: take every
+        local client's nick again and put it back into its rooms; close (1012) a client whose
+        nick someone else holds now. Raises Unavailable (the heartbeat tries again)."""
+        with self._lock:
+            clients = [(c, c.nick, sorted(c.rooms)) for c in self._clients.values()]
+        for client, nick, rooms in clients:
+            if not self._engine.claim_nick(nick, client.id, retake=True):
+                self.lose_nick(client.id)
+                continue
+            for name in rooms:
+                self._engine.announce(name, protocol.presence(name, "join", nick), self._meta(client))
+        log.warning("lease taken again: %d clients back in their rooms", len(clients))
+
+    def lose_nick(self, client_id: int) -> None:
+        """Someone else holds this client's nick now (its claim was lost while this process was
+        cut off): close it with 1012 so it reconnects and picks a nick again."""
+        with self._lock:
+            client = self._clients.get(client_id)
+        if client is not None:
+            log.warning("%s: nick taken over elsewhere while this process was cut off; closing 1012", client.nick)
+            client.conn.close(CLOSE_SERVICE_RESTART, "your nick was taken while this server was cut off; reconnect")
