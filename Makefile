@@ -2,9 +2,14 @@
 # PYTHON picks the interpreter (3.11 or newer): `make test PYTHON=python3.13`. Each one named
 # gets a venv of its own, .venv-X.Y (the default python3 keeps .venv), so switching rebuilds none.
 PYTHON ?= python3
-# A pyenv shim (python3.13) runs only the versions pyenv selects: ask again with every installed one.
-PY_EXE_OF = $(PYTHON) -c 'import sys; print(sys.executable if sys.version_info >= (3, 11) else "")' 2>/dev/null
-PYTHON_EXE := $(or $(shell $(PY_EXE_OF)),$(shell PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | tr '\n' ':')" $(PY_EXE_OF)))
+# The interpreter's path if it runs and is 3.11 or newer. A pyenv shim (python3.13) runs only the
+# versions pyenv selects: ask again with every installed one, then look in pyenv's versions
+# directly (a shell where pyenv is not on PATH).
+py_exe = $(shell $(1) -c 'import sys; print(sys.executable if sys.version_info >= (3, 11) else "")' 2>/dev/null)
+PYENV_PYTHON := $(lastword $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/*/bin/$(PYTHON)))
+PYTHON_EXE := $(or $(call py_exe,$(PYTHON)),\
+	$(call py_exe,PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | tr '\n' ':')" $(PYTHON)),\
+	$(if $(PYENV_PYTHON),$(call py_exe,$(PYENV_PYTHON))))
 ifeq ($(PYTHON_EXE),)
 $(error PYTHON=$(PYTHON) is not a Python 3.11 or newer that runs here; install one or name another)
 endif

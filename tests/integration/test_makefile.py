@@ -12,9 +12,12 @@ import pytest
 from tests.helpers import ROOT, require_program
 
 
-def make_n(*args: str) -> subprocess.CompletedProcess:
-    """`make -n ARGS lint` in the checkout: what make would do, without doing it."""
+def make_n(*args: str, path: str | None = None) -> subprocess.CompletedProcess:
+    """`make -n ARGS lint` in the checkout: what make would do, without doing it (with `path`
+    as PATH, if given)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VENV", "MAKEFLAGS", "MAKELEVEL")}
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run([require_program("make", "apt-get install make"), "-n", "--no-print-directory",
                            *args, "lint"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
 
@@ -43,9 +46,11 @@ def test_a_python_that_cannot_run_roomchat_is_refused_in_one_line():
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_pyenv_versions_are_found_by_their_shim_names():
+@pytest.mark.parametrize("on_path", [True, False], ids=["pyenv-on-path", "pyenv-not-on-path"])
+def test_pyenv_versions_are_found_by_their_shim_names(on_path):
     """`PYTHON=python3.X` works for any Python pyenv has installed, though pyenv's global version
-    is another (its shim alone answers "command not found")."""
+    is another (its shim alone answers "command not found"), and in a shell without pyenv on
+    PATH (CI's, say)."""
     pyenv = shutil.which("pyenv")
     if pyenv is None:
         pytest.skip("pyenv is not installed here: nothing of it to find")
@@ -55,6 +60,9 @@ def test_pyenv_versions_are_found_by_their_shim_names():
     if not other:
         pytest.skip("pyenv has no Python 3.11+ besides this one")
     minor = ".".join(other[-1].split(".")[:2])
-    result = make_n(f"PYTHON=python{minor}")
+    dirs = os.environ["PATH"].split(os.pathsep)
+    path = None if on_path else os.pathsep.join(
+        d for d in dirs if "pyenv" not in d and not shutil.which(f"python{minor}", path=d))
+    result = make_n(f"PYTHON=python{minor}", path=path)
     assert result.returncode == 0, result.stderr
     assert f".venv-{minor}/bin/ruff check ." in result.stdout
