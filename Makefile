@@ -1,6 +1,23 @@
 # roomchat: `make run` starts the server, `make test` runs everything CI runs.
+# PYTHON picks the interpreter (3.11 or newer): `make test PYTHON=python3.13`. Each one named
+# gets a venv of its own, .venv-X.Y (the default python3 keeps .venv), so switching rebuilds none.
 PYTHON ?= python3
-VENV := .venv
+# The interpreter's path if it runs and is 3.11 or newer. A pyenv shim (python3.13) runs only the
+# versions pyenv selects: ask again with every installed one, then look in pyenv's versions
+# directly (a shell where pyenv is not on PATH).
+py_exe = $(shell $(1) -c 'import sys; print(sys.executable if sys.version_info >= (3, 11) else "")' 2>/dev/null)
+PYENV_PYTHON := $(lastword $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/*/bin/$(PYTHON)))
+PYTHON_EXE := $(or $(call py_exe,$(PYTHON)),\
+	$(call py_exe,PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | tr '\n' ':')" $(PYTHON)),\
+	$(if $(PYENV_PYTHON),$(call py_exe,$(PYENV_PYTHON))))
+ifeq ($(PYTHON_EXE),)
+$(error PYTHON=$(PYTHON) is not a Python 3.11 or newer that runs here; install one or name another)
+endif
+ifeq ($(origin PYTHON),file)
+VENV ?= .venv
+else
+VENV ?= .venv-$(shell "$(PYTHON_EXE)" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+endif
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-installed
 DEV_STAMP := $(VENV)/.dev-installed
@@ -8,7 +25,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 .PHONY: run test test-unit lint bench clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	"$(PYTHON_EXE)" -m venv $(VENV)
 
 $(RUN_STAMP): requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -43,4 +60,4 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf .venv .venv-[0-9]* .pytest_cache .ruff_cache

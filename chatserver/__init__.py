@@ -41,9 +41,9 @@ Three requests through the code (tests/unit/test_layout.py checks every name bel
       rooms.registry.Registry.settle                   the client's earlier chats delivered first
       handlers.join.handle
         rooms.registry.Registry.join                   a member at once, held (Hold) until placed
-          engines.base.MemoryEngine.announce           presence join into the room's stream
+          engines.memory.MemoryEngine.announce         presence join into the room's stream
           rooms.registry.Registry.deliver              its own join gives it its place (Hold.at)
-          engines.base.MemoryEngine.read               history 41 < seq <= its place
+          engines.memory.MemoryEngine.read             history 41 < seq <= its place
           rooms.registry.Registry._joined              `joined`, then what was held since
 
   one nick change: {"type":"nick","nick":"ann"}

@@ -1,11 +1,13 @@
-"""Fakes for tests that need no sockets: a connection whose sends are kept in a list, and an engine
-that stores only when told to (its reads see committed events only, like SQLite's). Imported
-through tests/helpers.py."""
+"""Fakes for tests that need no sockets: a connection whose sends are kept in a list, an engine
+that stores only when told to (its reads see committed events only, like SQLite's), and the
+SQLite engine with its disk use measured. Imported through tests/helpers.py."""
 
 import json
+import os
 import threading
 
 from chatserver.engines.base import LocalRules, Meta
+from chatserver.engines.sqlite import SqliteEngine
 
 
 class FakeConn:
@@ -137,6 +139,43 @@ class RecordingHub:
             assert self._cond.wait_for(lambda: len(self.delivered()) + len(self.rejected) >= count, timeout=5)
 
 
+class RoomsHub:
+    """Plays the Registry for an engine with quotas: keeps deliveries, knows which rooms have
+    members (`live`), records the rooms the engine forgot."""
+
+    process_id = "test"
+
+    def __init__(self, live=()):
+        self.live = set(live)
+        self.delivered = []
+        self.forgotten = []
+        self._cond = threading.Condition()
+
+    def deliver(self, items):
+        with self._cond:
+            self.delivered += [event for _room, event, _meta in items]
+            self._cond.notify_all()
+
+    def reject(self, items, reason):
+        raise AssertionError(reason)
+
+    def has_room(self, name):
+        return name in self.live
+
+    def forget(self, names):
+        self.forgotten += names
+        return {name for name in names if name in self.live}
+
+    def publish(self, engine, room, texts):
+        """Publish and wait until delivered; the events."""
+        with self._cond:
+            before = len(self.delivered)
+        engine.publish(room, [("ann", text, Meta()) for text in texts])
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.delivered) >= before + len(texts), 5)
+            return self.delivered[before:before + len(texts)]
+
+
 def started(engine):
     engine.hub = RecordingHub()
     engine.start(engine.hub)
@@ -161,3 +200,42 @@ def write(store, chats) -> list:
 
 def seqs(events: list) -> list:
     return [event["seq"] for event in events]
+
+
+class MeasuredSqlite(SqliteEngine):
+    """The SQLite engine, measuring the bytes of its file and of its WAL after everything that can
+    grow them: each commit and retention pass (the WAL; the writer thread) and each checkpoint
+    (the file; the checkpoint thread or the writer). So `peak_total` (file + WAL) and `peak_wal`
+    are the true maxima, not samples: no fast burst between two samples can hide."""
+
+    def __init__(self, *args, **kwargs):
+        self.peak_total = self.peak_wal = 0
+        self.commits_measured = 0
+        self._peaks_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def disk_bytes(self) -> tuple[int, int]:
+        """(file bytes, WAL bytes) now."""
+        wal = self.path + "-wal"
+        return os.path.getsize(self.path), os.path.getsize(wal) if os.path.exists(wal) else 0
+
+    def _measure(self) -> None:
+        main, wal = self.disk_bytes()
+        with self._peaks_lock:
+            self.peak_total = max(self.peak_total, main + wal)
+            self.peak_wal = max(self.peak_wal, wal)
+
+    def _commit(self, batch: list) -> bool:
+        committed = super()._commit(batch)
+        self.commits_measured += 1
+        self._measure()
+        return committed
+
+    def _prune(self, rooms: set) -> None:
+        super()._prune(rooms)
+        self._measure()
+
+    def _checkpoint(self, *args, **kwargs) -> bool:
+        done = super()._checkpoint(*args, **kwargs)
+        self._measure()
+        return done

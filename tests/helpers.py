@@ -22,7 +22,9 @@ from chatserver.config import Config
 from tests.fakes import (  # noqa: F401 - one place to import test helpers from
     FakeConn,
     ManualEngine,
+    MeasuredSqlite,
     RecordingHub,
+    RoomsHub,
     chat,
     seqs,
     started,
@@ -252,10 +254,12 @@ class RawClient:
     """A WebSocket client on a plain socket: handshake, then frames in and out by hand.
     `sent_bytes` and `received_bytes` count every byte it wrote and read."""
 
-    def __init__(self, port: int, handshake: bool = True, timeout: float = 5, rcvbuf: int = 0):
+    def __init__(self, port: int, handshake: bool = True, timeout: float = 5, rcvbuf: int = 0, source: str = ""):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:  # before connect, so the advertised window stays small: a reader that stalls
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source:  # another loopback address (127.0.0.N) as the client's: the server sees another peer
+            self.sock.bind((source, 0))
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         self.buf = b""

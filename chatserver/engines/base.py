@@ -1,8 +1,8 @@
-"""Engines: what orders, stores and spreads each room's events. The interface, and the memory engine.
+"""Engines: what orders, stores and spreads each room's events. The interface.
 
 The Registry (the hub) knows the clients of this process and the rooms they are in. An engine
 gives each room one ordered stream and keeps its history. Three engines implement the interface:
-`MemoryEngine` here (tests, `--db :memory:`), `SqliteEngine` (engines/sqlite.py, the default:
+`MemoryEngine` (engines/memory.py: tests, `--db :memory:`), `SqliteEngine` (engines/sqlite.py, the default:
 one process, history in a file) and `RedisEngine` (engines/redis.py: several processes behave as
 one server). The Registry imports none of sqlite3 or redis; app.py picks the engine.
 
@@ -31,10 +31,9 @@ engine -> Registry, and the Registry never calls an engine under its lock.
 import threading
 import time
 import uuid
-from collections import deque
 from typing import NamedTuple, Protocol
 
-from chatserver.protocol import chat_event, fold_nick
+from chatserver.protocol import fold_nick
 
 
 class EngineError(Exception):
@@ -94,6 +93,10 @@ class Registry(Protocol):
 
     def has_room(self, name: str) -> bool:
         """True while a local client is in room `name`."""
+
+    def forget(self, names: list) -> set:
+        """The engine forgot these rooms (a quota dropped their history): forget their last seqs,
+        except for the rooms someone is in now, which it returns."""
 
     # A cluster engine's registry (ClusterRegistry) also answers these:
 
@@ -319,81 +322,3 @@ class ClusterEngine(Engine, Protocol):
 
 def new_epoch() -> str:
     return uuid.uuid4().hex[:16]
-
-
-class MemoryEngine(LocalRules):
-    """History and room rules in memory, the last `per_room` events of each room; gone when the
-    process ends.
-
-    `publish` stores and delivers on the calling thread, under `_lock`, so concurrent publishers
-    to a room deliver in seq order; `announce` delivers at once (lock order: engine -> Registry).
-    `_lock` guards the chats, the seqs and the moderation events kept for transcripts (`_notices`).
-    """
-
-    location = "memory only (--db :memory:), lost when the server stops"
-    cluster = False
-
-    def __init__(self, per_room: int = 10000):
-        self.epoch = new_epoch()
-        self._per_room = per_room
-        self._rooms: dict[str, deque] = {}  # room -> its last per_room events
-        self._seqs: dict[str, int] = {}  # room -> last seq; outlives pruning
-        self._notices: dict[str, deque] = {}  # room -> [(seq it followed, moderation event)]
-        self._lock = threading.Lock()
-        self._hub = None
-        self._init_rules()
-
-    def start(self, hub: Registry) -> None:
-        self._hub = hub
-
-    def last_seqs(self) -> dict[str, int]:
-        """The highest seq of every room, so the hub knows where each stream stands."""
-        with self._lock:
-            return dict(self._seqs)
-
-    def publish(self, room: str, chats: list) -> None:
-        with self._lock:
-            events = self._rooms.get(room)
-            if events is None:
-                events = self._rooms[room] = deque(maxlen=self._per_room)
-            items = []
-            for sender, text, meta in chats:
-                seq = self._seqs[room] = self._seqs.get(room, 0) + 1
-                events.append(chat_event(room, sender, text, seq))
-                items.append((room, events[-1], meta))
-            self._hub.deliver(items)
-
-    def announce(self, room: str, event: dict, meta: Meta) -> None:
-        with self._lock:
-            if event["type"] in NOTICE_TYPES:
-                notices = self._notices.setdefault(room, deque(maxlen=self._per_room))
-                notices.append((self._seqs.get(room, 0), {**event, "ts": time.time()}))
-            self._hub.deliver([(room, event, meta)])
-
-    def transcript(self, room: str, since: float = 0.0) -> list:
-        """The room's kept chats and moderation events from `since` (Unix time), in stream order."""
-        with self._lock:
-            chats = [e for e in self._rooms.get(room, ()) if e["ts"] >= since]
-            notices = [(at, e) for at, e in self._notices.get(room, ()) if e["ts"] >= since]
-        return transcript_order(chats, notices)
-
-    def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
-             max_bytes: int | None = None) -> list:
-        with self._lock:
-            events = self._rooms.get(room)
-            if not events:
-                return []
-            first = events[0]["seq"]  # seqs in a room are consecutive, so a seq is an index
-            lo = 0 if after is None else max(0, after + 1 - first)
-            hi = len(events) if before is None else max(0, min(len(events), before - first))
-            if after is not None:
-                hi = min(hi, lo + limit)
-            else:
-                lo = max(lo, hi - limit)
-            return [events[i] for i in range(lo, hi)]
-
-    def health(self) -> str | None:
-        return None
-
-    def close(self) -> None:
-        pass

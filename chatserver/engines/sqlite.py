@@ -49,9 +49,11 @@ log = logging.getLogger("roomchat.store")
 
 
 BATCH_MAX = 500  # events per commit at most; a batch is whatever queued up while the last one committed
+BATCH_MAX_BYTES = 256 * 2**10  # ... and text bytes per commit (one event past it at most): bounds the WAL's overshoot
 PRUNE_INTERVAL = 1.0  # seconds between retention passes of the writer over the rooms it wrote to
 BACKLOG_CHUNK = 500  # rooms of the file given their retention pass, per pass, after start-up
 CHECKPOINT_INTERVAL = 1.0  # seconds between WAL checkpoints, made by their own thread (see SqliteStore)
+CHECKPOINT_WAIT = 0.5  # seconds a TRUNCATE checkpoint waits for a reader outside roomchat (a backup), commits with it
 RETRY_MAX_DELAY = 2.0  # a failed commit is retried with backoff up to this many seconds apart
 FAIL_AFTER = 10.0  # seconds of failing commits before queued chats are refused with `unavailable`
 
@@ -69,9 +71,19 @@ class SqliteEngine(LocalRules):
     the cost of one fsync per batch (bench/store_bench.py --store-only measures both).
 
     Checkpoints (copying the WAL into the main file, with the only fsyncs NORMAL makes) run in a
-    thread of their own every CHECKPOINT_INTERVAL, never in the writer: SQLite's automatic
+    thread of their own every CHECKPOINT_INTERVAL, not in the writer: SQLite's automatic
     checkpoint would run inside a commit and hold every pending chat back for two fsyncs (with a
     100 ms fsync, commits stalled for 200 ms; measured with strace fault injection).
+
+    The WAL stays bounded by bytes, whatever the rate of chats: a PASSIVE checkpoint never waits,
+    but under steady writes it never catches up either, and SQLite restarts the WAL only once it
+    has (a flood grew it to 344 MB in 45 s). So past half of `wal_max` (HistoryQuotas: part of
+    `--history-max-bytes`) the checkpoint thread follows with a TRUNCATE checkpoint, which holds
+    commits back while it copies the rest and empties the file; and past `wal_max` the writer
+    does it itself after its commit, so however fast chats come, the WAL outgrows `wal_max` by
+    one commit at most (BATCH_MAX_BYTES of texts) or one retention pass. The retention pass runs
+    every PRUNE_INTERVAL or every `wal_max` / 4 bytes of texts, whichever comes first, so the
+    pages in use outgrow their quota by about that much at most.
 
     Reads use their own connections from a fixed pool (engines/sqlite_readers.py: a few at once, the rest
     wait their turn; idle ones are closed), so a reader never waits for the writer (WAL) and never
@@ -113,15 +125,22 @@ class SqliteEngine(LocalRules):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closing = False
         self.commits = self.committed = 0  # transactions and events written, for the log and the bench
-        self._lock_fd, self._conn, self.epoch = open_history(self.path, synchronous, busy_timeout)
-        self._readers = ReaderPool(self._connect_reader)
         self._quotas = quotas or HistoryQuotas()
+        self._wal_path = self.path + "-wal"
+        self._wal_max = self._quotas.wal_max  # bytes: past half of it, TRUNCATE checkpoints
+        self._prune_bytes = self._wal_max // 4  # text bytes committed that make a retention pass due
+        self._lock_fd, self._conn, self.epoch = open_history(self.path, synchronous, busy_timeout,
+                                                             wal_keep=self._wal_max // 4)
+        self._readers = ReaderPool(self._connect_reader)
         self._floor = seq_floor(self._conn)  # a room the file does not know starts above it
         self._seqs = dict(self._conn.execute("SELECT room, last_seq FROM rooms"))
         self._init_rules(self._conn.execute(READ_RULES).fetchall())
         self._committed_seqs = dict(self._seqs)  # writer thread only, once started
         self._backlog = deque(self._seqs)  # rooms still to get their retention pass: writer thread only
         self._checkpoints_stop = threading.Event()
+        self._checkpoint_lock = threading.Lock()  # one checkpoint at a time (writer or checkpoint thread)
+        self._checkpoint_conn = connect(self.path, CHECKPOINT_WAIT)  # used under _checkpoint_lock
+        self._truncate_after = 0  # after a TRUNCATE checkpoint gave up: bytes the WAL must pass first
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(checkpoint_interval,), name="roomchat-checkpoint", daemon=True
         )
@@ -222,6 +241,7 @@ class SqliteEngine(LocalRules):
         if self._checkpointer.is_alive():
             self._checkpointer.join()
         self._readers.close()
+        self._checkpoint_conn.close()
         self._conn.close()  # the last connection out checkpoints the WAL into the main file
         if self.commits:
             log.info("history: %d chat events stored in %d commits this run", self.committed, self.commits)
@@ -237,24 +257,30 @@ class SqliteEngine(LocalRules):
     def _write_loop(self) -> None:
         touched: set[str] = set()  # rooms written since the last retention pass
         last_prune = time.monotonic()
+        written = 0  # text bytes committed since the last retention pass
         stopping = False
         while True:
             batch, stopping = self._take_batch(stopping)
             if batch and self._commit(batch):
                 touched.update(room for room, _event, _meta in batch)
+                written += sum(_text_bytes(event) for _room, event, _meta in batch)
                 self._hand_over(batch)
-            due = stopping or time.monotonic() - last_prune >= self._prune_interval
+            due = stopping or written >= self._prune_bytes or time.monotonic() - last_prune >= self._prune_interval
             if due and (touched or self._backlog or self._quotas):
                 self._prune(touched)
                 touched.clear()
-                last_prune = time.monotonic()
+                last_prune, written = time.monotonic(), 0
+            if self._wal_bytes() > self._wal_max:  # the checkpoint thread fell behind: do it here
+                self._checkpoint("TRUNCATE", above=self._wal_max)
             if stopping and self._queue.empty():
                 return
 
     def _take_batch(self, stopping: bool) -> tuple[list, bool]:
-        """Wait for an event, then take whatever else is queued, up to batch_max. Once close()
-        has queued _STOP, only drain what is left (an append may have raced with close)."""
+        """Wait for an event, then take whatever else is queued, up to batch_max events or
+        BATCH_MAX_BYTES of texts. Once close() has queued _STOP, only drain what is left (an
+        append may have raced with close)."""
         batch = []
+        size = 0
         try:  # wake up for the next retention pass even when nothing is written
             item = self._queue.get_nowait() if stopping else self._queue.get(timeout=self._prune_interval)
             while True:
@@ -262,7 +288,8 @@ class SqliteEngine(LocalRules):
                     stopping = True
                 else:
                     batch.append(item)
-                    if len(batch) >= self._batch_max:
+                    size += _text_bytes(item[1])
+                    if len(batch) >= self._batch_max or size >= BATCH_MAX_BYTES:
                         break
                 item = self._queue.get_nowait()
         except queue.Empty:
@@ -367,22 +394,61 @@ class SqliteEngine(LocalRules):
                  len(forgotten), floor)
 
     def _checkpoint_loop(self, interval: float) -> None:
-        """Copy committed WAL frames into the main file, beside the writer (PASSIVE never waits)."""
-        conn = connect(self.path, self._busy_timeout)
+        """Copy committed WAL frames into the main file, beside the writer (PASSIVE never waits);
+        once the WAL is past half its bound, empty it (TRUNCATE: commits wait meanwhile)."""
+        while not self._checkpoints_stop.wait(interval):
+            self._checkpoint("PASSIVE")
+            self._checkpoint("TRUNCATE", above=self._wal_max // 2)
+            self._readers.close_idle()
+
+    def _checkpoint(self, mode: str, above: int = -1) -> bool:
+        """One checkpoint, if the WAL is larger than `above` bytes; by the checkpoint thread or
+        the writer (outside a transaction), one at a time (`_checkpoint_lock`: SQLite would turn
+        the second away at once; this way the writer waits for the thread's, then finds the WAL
+        emptied).
+
+        TRUNCATE holds commits back while it copies what is left and empties the WAL file. It
+        needs every reader on the newest snapshot: the pool lends nothing meanwhile (readers
+        that overlap could otherwise hold it off for ever), and a reader outside roomchat (a
+        backup) is waited for CHECKPOINT_WAIT at most; after such a failure, the next TRUNCATE
+        waits until the WAL has doubled, so a long backup costs a few short stalls, not one per
+        commit. True if every frame was copied (and, TRUNCATE, the file emptied). Raises nothing."""
+        with self._checkpoint_lock:
+            wal = self._wal_bytes()
+            if wal <= above or (mode == "TRUNCATE" and wal <= self._truncate_after):
+                return True
+            started = time.monotonic()
+            pause = self._readers.paused(CHECKPOINT_WAIT) if mode == "TRUNCATE" else contextlib.nullcontext()
+            try:
+                with pause:
+                    busy, logged, copied = self._checkpoint_conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint (%s) failed: %s", mode, exc)
+                return False
+            if mode == "TRUNCATE":
+                self._truncate_after = 2 * wal if busy else 0
+        if busy and mode == "TRUNCATE":
+            log.warning("WAL checkpoint (TRUNCATE) gave up after %.1f s: a reader of an older snapshot (a backup?) "
+                        "kept %d of %d frames; the WAL (%d bytes) is tried again at twice that",
+                        time.monotonic() - started, max(0, logged - copied), logged, wal)
+        return not busy and logged == copied
+
+    def _wal_bytes(self) -> int:
+        """The WAL file's size now, in bytes (0 when there is none). Raises nothing."""
         try:
-            while not self._checkpoints_stop.wait(interval):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:
-                    log.warning("WAL checkpoint failed: %s", exc)
-                self._readers.close_idle()
-        finally:
-            conn.close()
+            return os.stat(self._wal_path).st_size
+        except OSError:
+            return 0
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
+
+
+def _text_bytes(event: dict) -> int:
+    """What a chat event's text takes in the file, in bytes (UTF-8)."""
+    return len(event["text"].encode())
 
 
 def _take(cursor, max_bytes: int | None) -> list:
@@ -410,9 +476,10 @@ def open_engine(config):
 
         return RedisEngine(config.redis, per_room=config.history_per_room, lease=config.redis_lease)
     if config.db == ":memory:":
-        from chatserver.engines.base import MemoryEngine
+        from chatserver.engines.memory import MemoryEngine
 
-        return MemoryEngine(per_room=config.history_per_room)
+        return MemoryEngine(per_room=config.history_per_room, max_bytes=config.history_max_bytes,
+                            max_age=config.history_max_age, max_rooms=config.history_max_rooms)
     if not config.db:
         raise StoreError("--db must name a file, or ':memory:' to keep history in memory only")
     quotas = HistoryQuotas(config.history_max_bytes, config.history_max_age, config.history_max_rooms)

@@ -24,7 +24,6 @@ class StoreError(EngineError):
 
 APPLICATION_ID = 0x52434854  # "RCHT" in the file header: this SQLite file is a roomchat history
 SCHEMA_VERSION = 2  # PRAGMA user_version; 2 added events_by_ts and meta.seq_floor
-WAL_SIZE_LIMIT = 64 * 2**20  # bytes the WAL file is cut back to when it restarts
 OPEN_TIMEOUT = 1.0  # seconds start-up waits for a write lock held by another process before giving up
 BUSY_TIMEOUT = 5.0  # seconds a running store waits for a lock before a commit counts as failed
 
@@ -68,8 +67,9 @@ READ_FORWARD = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER 
 READ_BACK = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER BY seq DESC LIMIT ?"
 
 
-def open_history(path: str, synchronous: str, busy_timeout: float) -> tuple:
+def open_history(path: str, synchronous: str, busy_timeout: float, wal_keep: int) -> tuple:
     """Lock the file (flock, for the engine's lifetime), check it and create the schema.
+    `wal_keep`: bytes the WAL file is cut back to when SQLite restarts it (journal_size_limit).
 
     Returns (locked descriptor, the writer's connection, epoch). Raises StoreError with a
     one-line reason for the operator."""
@@ -98,7 +98,7 @@ def open_history(path: str, synchronous: str, busy_timeout: float) -> tuple:
         conn.execute("COMMIT")
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread does it
-        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")  # shrink the WAL after a burst
+        conn.execute(f"PRAGMA journal_size_limit = {int(wal_keep)}")  # shrink the WAL after a burst
     except (sqlite3.Error, StoreError) as exc:
         if conn is not None:
             conn.close()

@@ -1,7 +1,7 @@
 """Quotas on the whole SQLite history: bytes, age and rooms kept (engines/sqlite.py runs them).
 
-`history_per_room` bounds each room; these bound the file: `--history-max-bytes` (the pages the
-file uses, page_count less freelist_count), `--history-max-age` (seconds since an event was
+`history_per_room` bounds each room; these bound the file: `--history-max-bytes` (the file and
+its WAL together, see below), `--history-max-age` (seconds since an event was
 stored) and `--history-max-rooms` (rooms with history). Past one, events go oldest first (by
 `ts`, through the `events_by_ts` index); each room loses a prefix of its events, never one
 from the middle, so what is left of a room is still one run of seqs. Past the room quota, the
@@ -14,6 +14,12 @@ of any forgotten room. A room the file does not know starts at seq_floor + 1, ab
 forgotten room ever had. A room with members now is never forgotten (its members would see the
 seq jump); `is_live(room)` says which.
 
+The byte quota counts the WAL: `wal_max` of it (an eighth of the quota, between WAL_MIN and
+WAL_MAX, at most half) is the WAL's, which the engine checkpoints back to empty before it grows past that
+(engines/sqlite.py), and the rest is for the pages the file uses (page_count less
+freelist_count; free pages are reused before the file grows). So file + WAL stay within the
+quota, give or take what one commit and one pruning pass write.
+
 Runs on the writer thread, on the writer's connection, between commits, one bounded chunk of
 work per pass (CHUNK events, FORGET_CHUNK rooms), so a large backlog is worked off over several
 passes and never stalls chats for long.
@@ -23,9 +29,11 @@ import sqlite3
 import time
 
 CHUNK = 2000  # oldest events deleted per step, at most
-PROBE = 100  # events deleted first against the byte quota, to learn what one takes in the file
+PROBE = 10  # events deleted first against the byte quota, to learn what one takes in the file
 STEPS = 10  # steps per pass, at most
 FORGET_CHUNK = 5000  # rooms forgotten per pass, at most
+WAL_MAX = 16 * 2**20  # bytes the WAL may reach before it is checkpointed back to empty, at most
+WAL_MIN = 256 * 2**10  # ... and at least (a smaller WAL would mean a checkpoint every few commits)
 
 OLDEST = "SELECT room, seq FROM events WHERE ts < ? ORDER BY ts LIMIT ?"
 DELETE_PREFIX = "DELETE FROM events WHERE room = ? AND seq <= ?"
@@ -50,6 +58,9 @@ class HistoryQuotas:
 
     def __init__(self, max_bytes: int = 0, max_age: float = 0, max_rooms: int = 0):
         self.max_bytes = max_bytes
+        # The WAL's share of max_bytes (WAL_MAX without a byte quota), and the pages' share.
+        self.wal_max = min(WAL_MAX, max(WAL_MIN, max_bytes // 8), max_bytes // 2) if max_bytes else WAL_MAX
+        self.max_page_bytes = max(0, max_bytes - self.wal_max)
         self.max_age = max_age
         self.max_rooms = max_rooms
         self._quiet: list = []  # (newest ts, room), quietest last: what the room quota takes next
@@ -87,21 +98,26 @@ class HistoryQuotas:
         return forgotten, floor
 
     def _shrink(self, conn: sqlite3.Connection, touched: set) -> None:
-        """Delete oldest events until the file's used pages fit max_bytes (STEPS steps at most):
-        a probe first, to learn how many bytes an event frees, then about as many as needed."""
+        """Delete oldest events until the file's used pages fit max_page_bytes (STEPS steps at most):
+        a probe first, to learn how many bytes an event frees (small, so a small quota is not
+        emptied by it; four times larger while it frees no whole page), then about as many as
+        needed."""
         per_event = None
+        probe = PROBE
         for _ in range(STEPS):
             used = self._used_bytes(conn)
-            excess = used - self.max_bytes
+            excess = used - self.max_page_bytes
             if excess <= 0:
                 return
-            count = PROBE if per_event is None else min(CHUNK, int(excess / per_event) + 1)
+            count = probe if per_event is None else min(CHUNK, int(excess / per_event) + 1)
             dropped = self._drop_oldest(conn, float("inf"), count, touched)
             if not dropped:
                 return
             freed = used - self._used_bytes(conn)
             if freed > 0:
                 per_event = freed / dropped
+            else:
+                probe = min(CHUNK, probe * 4)
 
     def _drop_oldest(self, conn: sqlite3.Connection, cutoff: float, count: int, touched: set) -> int:
         """Delete the `count` oldest events stored before `cutoff` (each room's prefix up to

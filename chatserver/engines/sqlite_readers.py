@@ -7,8 +7,12 @@ waits its turn (up to `wait` seconds, then `PoolBusy`), and connections nobody h
 `idle_timeout` seconds are closed (`close_idle`, called by the engine's checkpoint thread), so a
 burst leaves nothing behind. WAL mode lets every reader run beside the writer.
 
-`_cond` (a leaf) guards the idle list and the count of open connections; SQLite is never
-called while it is held.
+A checkpoint that empties the WAL must wait for every reader of an older snapshot, and readers
+that keep overlapping (two of them reading in turn) can make it wait forever: `paused()` lends
+nothing while the engine checkpoints, once the lent connections are back.
+
+`_cond` (a leaf) guards the idle list, the count of open connections and `_paused`; SQLite is
+never called while it is held.
 """
 
 import contextlib
@@ -37,6 +41,7 @@ class ReaderPool:
         self._cond = threading.Condition()
         self._idle: list[tuple[sqlite3.Connection, float]] = []  # (connection, idle since), last used last
         self._open = 0  # connections in existence, idle or lent
+        self._paused = False  # while True, nothing is lent (paused())
         self._closed = False
 
     @property
@@ -64,9 +69,9 @@ class ReaderPool:
             while True:
                 if self._closed:
                     raise PoolBusy("the history store is closed")
-                if self._idle:
+                if self._idle and not self._paused:
                     return self._idle.pop()[0]
-                if self._open < self._size:
+                if self._open < self._size and not self._paused:
                     self._open += 1
                     break
                 left = deadline - time.monotonic()
@@ -77,17 +82,35 @@ class ReaderPool:
         except BaseException:
             with self._cond:
                 self._open -= 1
-                self._cond.notify()
+                self._cond.notify_all()
             raise
 
     def _give_back(self, conn: sqlite3.Connection) -> None:
         with self._cond:
             if not self._closed:
                 self._idle.append((conn, time.monotonic()))
-                self._cond.notify()
+                self._cond.notify_all()  # a borrower, and paused() waiting for the lent ones
                 return
             self._open -= 1
         conn.close()
+
+    @contextlib.contextmanager
+    def paused(self, wait: float):
+        """Lend no connection during the `with` block (borrowers wait, within their own `wait`),
+        after waiting up to `wait` seconds for the lent ones to come back. Yields True when none
+        is lent. One thread at a time. Raises nothing."""
+        with self._cond:
+            self._paused = True
+            deadline = time.monotonic() + wait
+            while self._open > len(self._idle) and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            idle = self._open == len(self._idle)
+        try:
+            yield idle
+        finally:
+            with self._cond:
+                self._paused = False
+                self._cond.notify_all()
 
     def close_idle(self) -> int:
         """Close connections idle for longer than `idle_timeout`; returns how many."""

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from chatserver.engines.base import MemoryEngine
+from chatserver.engines.memory import MemoryEngine
 from tests.browser.pages import CONTROL, ENTER, TAB, TAG, XPATH
 from tests.helpers import FAST_LIMITS, ROOT, restart, server_with_chats
 

@@ -1,14 +1,16 @@
-"""Storage quotas on a real server (issue 10, item 8): old history is pruned, a room with none
-left is forgotten without its seqs ever coming back, and a file of 200,000 rooms starts fast."""
+"""Storage quotas on a real server (issue 10, item 8; issue 20: the memory engine too): old
+history is pruned, a room with none left is forgotten without its seqs ever coming back, and a
+file of 200,000 rooms starts fast."""
 
 import sqlite3
 import time
 
 import pytest
 
+from chatserver.engines.memory import MemoryEngine
 from chatserver.engines.sqlite import SqliteEngine
 from chatserver.engines.sqlite_quotas import HistoryQuotas
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import wait_for
 
 
 def known_rooms(path) -> set:
@@ -16,20 +18,23 @@ def known_rooms(path) -> set:
         return {room for (room,) in conn.execute("SELECT room FROM rooms")}
 
 
-def test_pruned_room_is_forgotten_and_its_seqs_go_on(make_server, connect, tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_pruned_room_is_forgotten_and_its_seqs_go_on(make_server, connect, tmp_path, kind):
     """Past --history-max-age a room's events go; once nobody is in it, it is forgotten; a later
     joiner finds no history, a client resuming after its last seq misses nothing, and its next
-    chat takes a seq above every one it had."""
-    path = tmp_path / "h.db"
-    engine = SqliteEngine(str(path), prune_interval=0.05, quotas=HistoryQuotas(max_age=0.5))
+    chat takes a seq above every one it had. The same in a file and in memory."""
+    if kind == "sqlite":
+        engine = SqliteEngine(str(tmp_path / "h.db"), prune_interval=0.05, quotas=HistoryQuotas(max_age=0.5))
+    else:
+        engine = MemoryEngine(max_age=0.5)  # it prunes when it is used: the reads below
     server = make_server(engine=engine)
     talker = connect(server.url)
     talker.join("old")
     assert [e["seq"] for e in talker.chat_all("old", ["a", "b", "c"])] == [1, 2, 3]
-    time.sleep(0.6)
-    assert "old" in known_rooms(path)  # its events are gone, but a member is there: kept
+    wait_for(lambda: engine.read("old") == [])
+    assert "old" in engine.last_seqs()  # its events are gone, but a member is there: kept
     talker.request(type="leave", room="old")
-    wait_for(lambda: "old" not in known_rooms(path))
+    wait_for(lambda: engine.read("elsewhere") == [] and "old" not in engine.last_seqs(), timeout=5)
     resumer = connect(server.url)
     assert resumer.join("old", after=3)["history"] == []
     newcomer = connect(server.url)
@@ -39,38 +44,23 @@ def test_pruned_room_is_forgotten_and_its_seqs_go_on(make_server, connect, tmp_p
     assert resumer.recv_type("chat")["seq"] == 4
 
 
-def start_time(*args: str) -> float:
-    started = time.monotonic()
-    server = ServerProcess(*args)
-    took = time.monotonic() - started
-    server.stop()
-    return took
-
-
 @pytest.mark.slow
-def test_file_of_200k_rooms_starts_fast_and_is_pruned_to_the_quota(tmp_path, spawn, connect):
-    """A history of 200,000 rooms starts about as fast as an empty one (retention and quotas run
-    later, a slice at a time); the room quota then forgets the quietest while chat goes on."""
-    empty, full = tmp_path / "empty.db", tmp_path / "full.db"
-    for path in (empty, full):
-        SqliteEngine(str(path)).close()
+def test_file_of_200k_rooms_is_pruned_to_the_quota_while_chat_goes_on(tmp_path, spawn, connect):
+    """A history of 200,000 rooms over its room quota: the server starts and chats are
+    acknowledged all along while the quota forgets the quietest rooms, a slice per pass.
+    (That start-up does no retention work is tests/unit/test_sqlite_quotas.py's; how fast it
+    starts and how long a chat waits meanwhile are the bench's, as they depend on the machine.)"""
+    full = tmp_path / "full.db"
+    SqliteEngine(str(full)).close()
     with sqlite3.connect(full) as conn:
         conn.executemany("INSERT INTO rooms VALUES (?, 1)", ((f"room-{i}",) for i in range(200_000)))
         conn.executemany("INSERT INTO events VALUES (?, 1, 'ann', 'hello there', ?)",
                          ((f"room-{i}", 1e9 + i) for i in range(200_000)))
-    baseline = min(start_time("--db", str(empty)) for _ in range(2))
-    loaded = min(start_time("--db", str(full), "--history-max-rooms", "0") for _ in range(2))
-    assert loaded < baseline + 0.6, (baseline, loaded)
-
     server = spawn("--db", str(full), "--history-max-rooms", "180000")
     peer = connect(server.url)
     peer.join("lobby")
-    slowest = 0.0
     while len(known_rooms(full)) > 180_000:
-        started = time.monotonic()
-        peer.chat_all("lobby", ["still quick?"])
-        slowest = max(slowest, time.monotonic() - started)
+        assert peer.chat_all("lobby", ["still answered?"])[0]["text"] == "still answered?"
         time.sleep(0.05)
-    assert slowest < 1.0
     kept = known_rooms(full)
     assert "lobby" in kept and "room-20001" in kept and "room-20000" not in kept  # lobby counts: 200,001 rooms

@@ -67,7 +67,7 @@ def test_a_token_expiring_while_connected_closes_4001(server, peers):
     peer.ws.settimeout(10)
     code, reason = peer.close_code()
     assert code == 4001 and "expired" in reason
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 8  # at its expiry (2 s), not the next ping (20 s)
 
 
 def test_auth_renews_a_token_before_it_expires(server, peers):

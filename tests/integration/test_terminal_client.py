@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chatserver.engines.base import MemoryEngine
+from chatserver.engines.memory import MemoryEngine
 from tests.client_helpers import CLIENT, ClientProcess
 from tests.helpers import Peer, closing_all, events_until, restart, roomchat_env, server_with_chats
 

@@ -6,7 +6,7 @@ import pytest
 
 from chatclient.schema import validator
 from chatserver.config import Config
-from chatserver.engines.base import MemoryEngine
+from chatserver.engines.memory import MemoryEngine
 from chatserver.errors import CloseConnection
 from chatserver.rooms.client import TokenBucket
 from chatserver.rooms.dispatch import Context, Dispatcher

@@ -8,7 +8,7 @@ import jwt
 import pytest
 
 from chatserver.config import Config, from_args
-from chatserver.engines.base import MemoryEngine
+from chatserver.engines.memory import MemoryEngine
 from chatserver.errors import ChatError
 from chatserver.protocol import fold_nick
 from chatserver.rooms.client import TokenBucket

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from chatserver.config import Config
-from chatserver.engines.base import MemoryEngine
+from chatserver.engines.memory import MemoryEngine
 from chatserver.errors import ChatError
 from chatserver.rooms.client import TokenBucket
 from chatserver.rooms.registry import ChatRequest, Registry

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from chatserver.engines.base import MemoryEngine
+from chatserver.engines.memory import MemoryEngine
 from chatserver.engines.sqlite import SqliteEngine
 
 

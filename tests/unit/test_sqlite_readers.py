@@ -7,6 +7,7 @@ import time
 import pytest
 
 from chatserver.engines.sqlite_readers import PoolBusy, ReaderPool
+from tests.helpers import wait_for
 
 
 class Opened:
@@ -77,3 +78,43 @@ def test_closed_pool_refuses_and_closes_what_comes_back():
     assert pool.open_connections == 0
     with pytest.raises(PoolBusy), pool.connection():
         pass
+
+
+def test_paused_waits_for_lent_connections_and_lends_none_meanwhile():
+    """paused() waits until the lent connection is back, then lends none until the block ends;
+    the reader that asked meanwhile gets one right after."""
+    pool = ReaderPool(Opened(), size=2, wait=5)
+    lent = pool._borrow()
+    events, release = [], threading.Event()
+
+    def pause():
+        with pool.paused(5) as idle:
+            events.append(("paused", idle))
+            release.wait(5)
+
+    pausing = threading.Thread(target=pause)
+    pausing.start()
+    wait_for(lambda: pool._paused)
+    assert not events  # still waiting for the lent connection
+    pool._give_back(lent)
+    wait_for(lambda: events)
+    assert events == [("paused", True)]
+    reader = threading.Thread(target=lambda: events.append(("read", pool._borrow())))
+    reader.start()
+    reader.join(0.2)
+    assert len(events) == 1  # nothing lent while paused
+    release.set()
+    reader.join(5)
+    pausing.join(5)
+    assert [name for name, _ in events] == ["paused", "read"]
+
+
+def test_paused_gives_up_waiting_after_its_wait():
+    """A connection kept past the wait: paused() goes on after `wait` seconds and says so."""
+    pool = ReaderPool(Opened(), size=1, wait=5)
+    lent = pool._borrow()
+    with pool.paused(0.05) as idle:
+        assert idle is False
+    pool._give_back(lent)
+    with pool.connection() as conn:  # lent again once the block ended
+        assert conn.execute("SELECT 1").fetchone() == (1,)

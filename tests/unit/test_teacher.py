@@ -8,7 +8,8 @@ import pytest
 
 from chatclient.schema import validator
 from chatserver import protocol
-from chatserver.engines.base import MemoryEngine, transcript_order
+from chatserver.engines.base import transcript_order
+from chatserver.engines.memory import MemoryEngine
 from chatserver.errors import ChatError
 from chatserver.ops import export, metrics
 from chatserver.rooms import moderation

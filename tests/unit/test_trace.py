@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from chatserver.config import Config
-from chatserver.engines.base import MemoryEngine
+from chatserver.engines.memory import MemoryEngine
 from chatserver.ops import trace
 from chatserver.rooms.client import TokenBucket
 from chatserver.rooms.dispatch import Context, Dispatcher
