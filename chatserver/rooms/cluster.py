@@ -100,5 +100,5 @@ class ClusterRegistry(Registry):
             client = self._clients.get(client_id)
         if client is not None:
             log.warning("%s: nick taken over elsewhere while this process was cut off; closing 1012", client.nick)
-            client.conn.close(CloseCode.SERVICE_RESTART, "your nick was taken while this server was cut off; reconnect")
-            self.disconnect(client)  # at once: its resume token must not bring the lost nick back
+            # forgotten at once: its resume token must not bring the lost nick back
+            self.drop(client, CloseCode.SERVICE_RESTART, "your nick was taken while this server was cut off; reconnect")

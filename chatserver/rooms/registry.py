@@ -157,15 +157,22 @@ class Registry:
         reset: a resume must not carry a client's rooms and seqs into the new history). Runs on a
         thread of its own, since forgetting a client calls the engine."""
         with self._lock:
-            clients = list(self._clients.values())
-        for client in clients:
-            client.conn.close(code, reason)
+            clients = [(client, self._unresumable(client)) for client in self._clients.values()]
+        for _client, conn in clients:
+            conn.close(code, reason)
 
         def forget():
-            for client in clients:
-                self.disconnect(client)
+            for client, conn in clients:
+                self.disconnect(client, conn)
 
         threading.Thread(target=forget, name="roomchat-reset", daemon=True).start()
+
+    def drop(self, client: Client, code: int, reason: str) -> None:
+        """Close a client's connection with `code` and forget it at once: no resume brings it back."""
+        with self._lock:
+            conn = self._unresumable(client)
+        conn.close(code, reason)
+        self.disconnect(client, conn)
 
     def has_room(self, name: str) -> bool:
         """True while a local client is in `name` (the Redis engine asks before unsubscribing)."""
@@ -431,8 +438,7 @@ class Registry:
         if client is None:
             return
         if client.identity is not None:
-            client.conn.close(CloseCode.REPLACED, "replaced by a newer connection with the same token")
-            self.disconnect(client)
+            self.drop(client, CloseCode.REPLACED, "replaced by a newer connection with the same token")
         else:
             self._rename(client, self._guest_nick(client), claimed=True)
 
@@ -470,6 +476,12 @@ class Registry:
         log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CloseCode.REPLACED,
                  extra=logs.context(peer=getattr(conn, "peer", None), nick=client.nick, code=CloseCode.REPLACED))
         return client
+
+    def _unresumable(self, client: Client):
+        """Forget the client's resume token (so a reconnect cannot take it back); its connection."""
+        assert self._lock.locked()
+        self._forget_token(client)
+        return client.conn
 
     def _forget_token(self, client: Client) -> None:
         assert self._lock.locked()
