@@ -238,8 +238,8 @@ class Registry:
             return
         frame = protocol.encode(event)  # encoded once for every member
         own = frame if own_id is None else protocol.encode({**event, "id": own_id})
-        for member, data in self._recipients(room, event, meta, sender, frame, own):
-            self._out(member, data, member is sender)  # queued; never blocks the hub
+        for member in self._recipients(room, event, meta, sender, frame, own):
+            self._out(member, own if member is sender else frame, member is sender)  # queued; never blocks
         if trace.ON:
             trace.room_event(name, event, self._batch or {}, frame, own)
         if meta.echo and sender is not None and sender not in room.members:
@@ -248,33 +248,34 @@ class Registry:
             self._drop_member(room, event["nick"], frame)
 
     def _recipients(self, room: Room, event: dict, meta: Meta, sender, frame: bytes, own: bytes):
-        """(member, frame) for each member that gets the event now, in join order. The special
-        cases: a joiner before its own join's place sees nothing of it, and a placed joiner keeps
-        it until its `joined` is sent (`Hold`); the sender gets its own copy (`own`, with its
-        request's id) of a chat or an echoed event, and none of its own nick change or leave
-        (answered directly); a member that heard of a nick change in another room skips it."""
+        """The members that get the event now, in join order (the sender gets `own`, its own copy
+        with its request's id). Usually every member. The special cases: a joiner before its own
+        join's place sees nothing of it, and a placed joiner keeps it until its `joined` is sent
+        (`Hold`: kept here, not returned); the sender gets no copy of its own nick change or
+        leave (answered directly); a member that heard of a nick change in another room skips it."""
         assert self._lock.locked()
         kind = event["type"]
         echo = kind == "chat" or meta.echo
+        if kind != "nick" and not any(room.members.values()):  # nobody joining: the common case
+            return room.members if echo or sender not in room.members else [m for m in room.members if m is not sender]
         if kind == "presence" and sender is not None and event["event"] == "join":
             hold = room.members.get(sender)
             if hold is not None and hold.at is None:  # our own join: its place in the stream
                 hold.at = self._seqs.get(room.name, 0) if meta.at is None else meta.at
                 hold.members = self._nicks_in(room)
+        now = []
         for member, hold in room.members.items():
-            if member is sender and not echo:
-                continue
-            if hold is not None and hold.at is None:
+            if (member is sender and not echo) or (hold is not None and hold.at is None):
                 continue
             if kind == "nick":
                 if meta.change in member.changes:
                     continue
                 member.changes.append(meta.change)
-            data = own if member is sender else frame
             if hold is None:
-                yield member, data
+                now.append(member)
             else:
-                hold.frames.append(data)
+                hold.frames.append(own if member is sender else frame)
+        return now
 
     def _settle_write(self, name: str, event: dict, meta: Meta, sender) -> object:
         """Book a delivered event against its sender's pending writes: the `id` its own copy
