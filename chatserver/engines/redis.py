@@ -43,12 +43,13 @@ Threads: connection threads call the public methods (redis-py's pool is thread-s
 listener thread reads the subscription and calls the hub (a request to let go of a nick runs
 `Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
 lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`.
-`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_claims`, `_confirmed`,
-`_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
+`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_claims`, `_sessions`,
+`_confirmed`, `_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
 """
 
 import collections
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -57,7 +58,7 @@ import orjson
 import redis
 
 from chatserver import protocol
-from chatserver.engines.base import EngineError, Meta, Unavailable, new_epoch
+from chatserver.engines.base import EngineError, Meta, Session, Unavailable, new_epoch
 from chatserver.engines.redis_scripts import (
     ANNOUNCE,
     BEAT,
@@ -69,6 +70,7 @@ from chatserver.engines.redis_scripts import (
     REFRESH,
     RESERVE,
     RESOLVE,
+    TAKE,
 )
 from chatserver.errors import ChatError
 from chatserver.ops import metrics
@@ -98,17 +100,26 @@ def nick_key(nick: str) -> str:
     return f"roomchat:nick:{fold_nick(nick)}"
 
 
+def session_key(token: str) -> str:
+    """Where a resume token's session is kept: named by the token's hash (Redis never holds a
+    token that could be used as one)."""
+    return f"roomchat:session:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
+
+
 class RedisEngine:
     """See the module docstring. Raises EngineError at start when Redis cannot be reached."""
 
     cluster = True
 
-    def __init__(self, url: str, per_room: int = 10000, *, lease: float = LEASE):
+    def __init__(self, url: str, per_room: int = 10000, *, lease: float = LEASE, resume_window: float = 40.0):
+        """`resume_window`: seconds a resume session outlives its process's last beat
+        (ping_interval + ping_timeout: how long the issuing process would keep the client)."""
         self.location = f"Redis at {url}"
         self._per_room = per_room
         self._lease_ms = int(lease * 1000)
         self._nick_ms = self._lease_ms * NICK_LEASES
         self._beat_every = lease / 4
+        self._session_ms = max(int(resume_window * 1000), 3 * int(self._beat_every * 1000))
         # Connection threads share the pool. redis-py's default pool raises "Too many connections"
         # past 100 at once (a burst of joins did that); this one makes a thread wait for a free one.
         pool = redis.BlockingConnectionPool.from_url(
@@ -125,7 +136,7 @@ class RedisEngine:
         scripts = {name: self._redis.register_script(text) for name, text in (
             ("publish", PUBLISH), ("announce", ANNOUNCE), ("resolve", RESOLVE), ("beat", BEAT), ("reap", REAP),
             ("claim", CLAIM), ("refresh", REFRESH), ("if_owner_delete", IF_OWNER_DELETE),
-            ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE), ("reserve", RESERVE))}
+            ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE), ("reserve", RESERVE), ("take", TAKE))}
         self._scripts = scripts
         self.process_id = None  # the hub's, at start()
         self._hub = None
@@ -134,6 +145,7 @@ class RedisEngine:
         self._sub_lock = threading.Lock()
         self._last: dict[str, tuple | None] = {}  # subscribed room -> last place delivered here
         self._claims: dict[str, tuple] = {}  # nick key -> (value, client id): the nicks this process holds
+        self._sessions: dict[int, tuple] = {}  # client id -> (session key, value): its resume session
         self._confirmed: dict[str, threading.Event] = {}  # subscribed channel -> set once Redis confirmed
         self._deferred: collections.deque = collections.deque()  # writes to retry, in order
         self._generation = 0
@@ -356,6 +368,71 @@ class RedisEngine:
         received = self._call(self._redis.publish, channel, orjson.dumps([int(client), event]))
         return spelled if received else None
 
+    # -- resume sessions: a resume token works on every process ----------------------------------
+
+    def keep_session(self, client_id: int, token: str, nick: str, identity: str) -> None:
+        """Keep the client's session under `token` (in place of its earlier one), for the resume
+        window past this process's last beat. A failure is logged: the token then works here only."""
+        key, value = session_key(token), f"{self._owner(Meta((self.process_id, client_id)))}\n{nick}\n{identity}"
+        with self._lock:
+            earlier = self._sessions.get(client_id)
+            self._sessions[client_id] = (key, value.encode())
+        try:
+            if earlier is not None and earlier[0] != key:
+                self._scripts["if_owner_delete"](keys=[earlier[0]], args=[earlier[1]])
+            self._redis.set(key, value, px=self._session_ms)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            log.warning("resume session of client %d not kept in Redis: %s", client_id, exc)
+
+    def end_session(self, client_id: int) -> None:
+        """Forget the client's session, unless another process took it over meanwhile."""
+        with self._lock:
+            session = self._sessions.pop(client_id, None)
+        if session is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._scripts["if_owner_delete"](keys=[session[0]], args=[session[1]])
+
+    def find_session(self, token: str) -> Session | None:
+        """The session `token` names, with the rooms its owner is in, or None. Raises Unavailable."""
+        key = session_key(token)
+        value = self._call(self._redis.get, key)
+        if value is None:
+            return None
+        owner, nick, identity = value.decode().split("\n")
+        suffix = f"\n{nick}\n{owner}"
+        entries = self._call(self._redis.smembers, f"roomchat:proc:{owner.rsplit(':', 1)[0]}:rooms")
+        rooms = sorted(e[: -len(suffix)] for e in (x.decode() for x in entries) if e.endswith(suffix))
+        return Session(owner, nick, identity, tuple(rooms), key, value)
+
+    def take_session(self, session: Session, client_id: int) -> dict | None:
+        """See engines.base.ClusterEngine. The old process is asked on its DM channel to drop
+        the old connection (Registry.let_go); if that message is lost, the old connection is
+        fenced (its writes are refused) until its pings time out. Raises Unavailable (its outcome
+        unknown: presenting the same token again settles it)."""
+        owner = self._owner(Meta((self.process_id, client_id)))
+        claim, _ = self._claim_value(session.nick, client_id)
+        old_lease, old_client = session.owner.rsplit(":", 1)
+        with self._lock:
+            lease = self._lease
+        keys = [session.key, nick_key(session.nick), f"roomchat:proc:{old_lease}:rooms",
+                f"roomchat:proc:{lease}:rooms", f"roomchat:proc:{lease}:nicks"]
+        for room in session.rooms:
+            keys += [room_key(room, "owners"), room_key(room, "seq")]
+        new_value = f"{owner}\n{session.nick}\n{session.identity}".encode()
+        args = [session.value, session.owner, owner, session.nick, claim, self._nick_ms, len(session.rooms),
+                *session.rooms, new_value]
+        result = self._call(self._scripts["take"], keys=keys, args=args)
+        if not result[0]:
+            return None
+        with self._lock:
+            self._claims[nick_key(session.nick)] = (claim, client_id)
+            self._sessions[client_id] = (keys[0], new_value)  # its new token's session replaces it
+        channel = f"roomchat:proc:{old_lease.split('.')[0]}:dm"
+        with contextlib.suppress(redis.RedisError):
+            self._redis.publish(channel, orjson.dumps([int(old_client), None, "moved"]))
+        return {room: seq for room, seq in zip(session.rooms, result[1:], strict=True) if seq >= 0}
+
     # -- room rules and reserved nicks (engines.base.Engine) ------------------------------------
 
     def reserve_nick(self, nick: str, until: float) -> None:
@@ -557,9 +634,11 @@ class RedisEngine:
             elif message["type"] == "message":
                 channel = message["channel"].decode()
                 if channel == self._dm_channel:
-                    client, event = orjson.loads(message["data"])
-                    if event is None:  # let go of a nick: off this thread, which must keep on listening
-                        threading.Thread(target=self._hub.evict, args=(client,), daemon=True).start()
+                    client, event, *moved = orjson.loads(message["data"])
+                    if event is None:  # let go of a nick, or of a client resumed elsewhere: off this
+                        # thread, which must keep on listening
+                        act = self._hub.let_go if moved else self._hub.evict
+                        threading.Thread(target=act, args=(client,), daemon=True).start()
                     else:
                         self._hub.deliver_dm(client, event)
                 else:
@@ -662,13 +741,16 @@ class RedisEngine:
         with self._lock:
             self._registered = True
             claims = list(self._claims.items())
+            sessions = [key for key, _value in self._sessions.values()]
         if self._retaking:
             self._hub.retake()  # Raises Unavailable: tried again at the next beat
             self._retaking = False
         pipe = self._redis.pipeline(transaction=False)
         for key, (value, _client) in claims:
             self._scripts["refresh"](keys=[key], args=[value, self._nick_ms], client=pipe)
-        for (key, (value, client)), kept in zip(claims, pipe.execute(), strict=True):
+        for key in sessions:
+            pipe.pexpire(key, self._session_ms)
+        for (key, (value, client)), kept in zip(claims, pipe.execute()[: len(claims)], strict=True):
             if not kept:
                 with self._lock:
                     if self._claims.get(key, (None,))[0] == value:

@@ -151,3 +151,32 @@ RESERVE = (
     "if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then"
     " return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end return 0"
 )
+
+# KEYS: the session, its nick's claim, the old owner's membership index, the new owner's, the new
+# lease's nick index, then for each room: owners, seq. ARGV: the session's value as read, old
+# owner, new owner, nick, the new claim's value, claim ms, n, n room names, the session's new
+# value. Moves a resumed client to its new owner, if the session and the claim are still the old
+# owner's: the claim, and each membership still the old owner's (no presence: the members are
+# the same). Returns {1, seq of each room (-1: not a member any more)}, or {0}.
+TAKE = """
+local n = tonumber(ARGV[7])
+local old, new, nick = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+if redis.call('GET', KEYS[2]) ~= old .. ':' .. nick then return {0} end
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
+redis.call('SADD', KEYS[5], KEYS[2])
+redis.call('SET', KEYS[1], ARGV[8 + n], 'KEEPTTL')
+local out = {1}
+for i = 1, n do
+  local room, owners = ARGV[7 + i], KEYS[4 + 2 * i]
+  if redis.call('HGET', owners, nick) == old then
+    redis.call('HSET', owners, nick, new)
+    redis.call('SREM', KEYS[3], room .. '\\n' .. nick .. '\\n' .. old)
+    redis.call('SADD', KEYS[4], room .. '\\n' .. nick .. '\\n' .. new)
+    out[i + 1] = tonumber(redis.call('GET', KEYS[5 + 2 * i]) or '0')
+  else
+    out[i + 1] = -1
+  end
+end
+return out
+"""

@@ -387,7 +387,8 @@ def open_engine(config):
     if getattr(config, "redis", ""):
         from chatserver.engines.redis import RedisEngine  # only Redis users need redis-py
 
-        return RedisEngine(config.redis, per_room=config.history_per_room, lease=config.redis_lease)
+        return RedisEngine(config.redis, per_room=config.history_per_room, lease=config.redis_lease,
+                           resume_window=config.ping_interval + config.ping_timeout)
     if config.db == ":memory:":
         from chatserver.engines.base import MemoryEngine
 

@@ -362,10 +362,12 @@ class Registry:
         free guest nick or, with an identity (a verified token), under the token's nick, reserved
         for it until the token expires and taken from whoever has it.
 
-        A connection presenting the `resume` token of a client of this process that is still here
-        takes that client over: same nick, same rooms, no presence flap; the client's old
-        connection is closed with 4002. With an identity too, only a client of the same token
-        nick is taken over, and it holds the new token from then on. Raises ChatError unavailable."""
+        A connection presenting the `resume` token of a client that is still here (on any process,
+        with a cluster engine) takes that client over: same nick, same rooms, no presence flap;
+        the client's old connection is closed with 4002. A client that had an identity is taken
+        over only by a connection with an identity of the same token nick, which it holds from
+        then on; one without an identity, only by a connection without one. Raises ChatError
+        unavailable."""
         if identity is not None:
             self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
         with self._lock:
@@ -373,9 +375,12 @@ class Registry:
             if resumed is not None:
                 self._welcome(resumed, resumed=True)
             client = resumed or Client(next(self._ids), conn, "", limiter, identity)
+        if resumed is None and resume and self._resume_elsewhere(client, resume, identity):
+            resumed = client
         if resumed is not None:
             if identity is not None:
                 self._identities.watch(client, identity.expires)
+            self._keep_session(client)
             return client
         while True:
             nick = self._guest_nick(client) if identity is None else self._take(client, identity.nick)
@@ -388,6 +393,7 @@ class Registry:
             self._release(client, nick)  # taken here meanwhile (by another connection of the same token)
         if identity is not None:
             self._identities.watch(client, identity.expires)
+        self._keep_session(client)
         return client
 
     def disconnect(self, client: Client, conn=None) -> None:
@@ -407,6 +413,7 @@ class Registry:
             self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
             if emptied:
                 self._emptied(name)
+        self._end_session(client)  # before the nick is free: a resume then finds no session
         self._release(client, client.nick)
         self._identities.forget(client)
 
@@ -448,11 +455,9 @@ class Registry:
         the client is not that identity's holder (anonymous, or another token nick)."""
         assert self._lock.locked()
         client = self._tokens.get(token) if token else None
-        if client is None or client.id not in self._clients:
+        if client is None or client.id not in self._clients or not _same_holder(client.identity, identity):
             return None
         if identity is not None:
-            if client.identity is None or fold_nick(client.identity.nick) != fold_nick(identity.nick):
-                return None
             client.identity = identity  # the newer token: its expiry and claims from now on
         old, client.conn = client.conn, conn
         old.close(CLOSE_REPLACED, "replaced by a new connection")
@@ -504,6 +509,7 @@ class Registry:
         change = uuid.uuid4().hex
         for name in rooms:
             self._announce_quietly(name, event, client, change)
+        self._keep_session(client)
 
     def _guest_nick(self, client: Client) -> str:
         """A free guest nick that is not reserved, claimed for `client`. Raises ChatError unavailable."""
@@ -883,7 +889,26 @@ class Registry:
         # left out, and a count may include a join not yet placed in the stream
         return count, [(n, len(r.members)) for n in names if (r := self._rooms.get(n)) is not None]
 
+    def _resume_elsewhere(self, client: Client, token: str, identity) -> bool:
+        """Take over, for new `client` (not registered yet), the client of another process whose
+        resume `token` this is, and welcome it; False if there is none. Raises ChatError unavailable."""
+        return False
+
+    def _keep_session(self, client: Client) -> None:
+        """The client's resume token or nick changed (lock not held)."""
+
+    def _end_session(self, client: Client) -> None:
+        """The client left: its resume token is spent."""
+
     def _dm_elsewhere(self, nick: str, event: dict) -> str:
         """Deliver a DM to `nick`, not a client of this process: the nick as its holder spells it.
         Raises ChatError no_such_user, unavailable."""
         raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
+
+
+def _same_holder(held, presented) -> bool:
+    """May a connection with identity `presented` (or None) take over a client with `held`? Only
+    the same token nick takes over a token holder; only an anonymous connection, an anonymous one."""
+    if held is None or presented is None:
+        return held is None and presented is None
+    return fold_nick(held.nick) == fold_nick(presented.nick)
