@@ -59,18 +59,26 @@ import redis
 
 from chatserver import protocol
 from chatserver.engines.base import EngineError, Meta, Session, Unavailable, new_epoch
+from chatserver.engines.redis_quotas import FLOOR_KEY, RedisQuotas
 from chatserver.engines.redis_scripts import (
     ANNOUNCE,
     BEAT,
     CLAIM,
+    FLOOR,
+    FORGET,
     IF_OWNER_DELETE,
     IF_OWNER_PREFIX_DELETE,
+    OOM_OK,
     PUBLISH,
+    QUOTA_TURN,
     REAP,
     REFRESH,
     RESERVE,
     RESOLVE,
     TAKE,
+    TOUCH,
+    oom_ok,
+    room_key,
 )
 from chatserver.errors import ChatError
 from chatserver.ops import metrics
@@ -92,10 +100,6 @@ TAKE_POLL = 0.05  # seconds between claims while a nick's holder lets go of it
 UNKNOWN = (redis.ConnectionError, redis.TimeoutError)  # the call may or may not have been carried out
 
 
-def room_key(room: str, part: str) -> str:
-    return f"roomchat:{{{room}}}:{part}"
-
-
 def nick_key(nick: str) -> str:
     return f"roomchat:nick:{fold_nick(nick)}"
 
@@ -111,9 +115,11 @@ class RedisEngine:
 
     cluster = True
 
-    def __init__(self, url: str, per_room: int = 10000, *, lease: float = LEASE, resume_window: float = 40.0):
+    def __init__(self, url: str, per_room: int = 10000, *, lease: float = LEASE, resume_window: float = 40.0,
+                 quotas: RedisQuotas | None = None):
         """`resume_window`: seconds a resume session outlives its process's last beat
-        (ping_interval + ping_timeout: how long the issuing process would keep the client)."""
+        (ping_interval + ping_timeout: how long the issuing process would keep the client);
+        `quotas`: on the history kept in Redis (redis_quotas.py), none by default."""
         self.location = f"Redis at {url}"
         self._per_room = per_room
         self._lease_ms = int(lease * 1000)
@@ -131,13 +137,17 @@ class RedisEngine:
             self._redis.ping()
             self._redis.set("roomchat:epoch", new_epoch(), nx=True)
             self.epoch = self._redis.get("roomchat:epoch").decode()
+            flags = int(self._redis.info("server")["redis_version"].split(".")[0]) >= 7  # allow-oom
         except redis.RedisError as exc:
             raise EngineError(f"cannot reach Redis at {url}: {exc}") from None
-        scripts = {name: self._redis.register_script(text) for name, text in (
-            ("publish", PUBLISH), ("announce", ANNOUNCE), ("resolve", RESOLVE), ("beat", BEAT), ("reap", REAP),
-            ("claim", CLAIM), ("refresh", REFRESH), ("if_owner_delete", IF_OWNER_DELETE),
-            ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE), ("reserve", RESERVE), ("take", TAKE))}
-        self._scripts = scripts
+        self._scripts = {name: self._redis.register_script(oom_ok(text) if flags and name in OOM_OK else text)
+                         for name, text in (
+            ("publish", PUBLISH), ("announce", ANNOUNCE), ("announce_oom", ANNOUNCE), ("resolve", RESOLVE),
+            ("beat", BEAT), ("reap", REAP), ("claim", CLAIM), ("refresh", REFRESH),
+            ("if_owner_delete", IF_OWNER_DELETE), ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE),
+            ("reserve", RESERVE), ("take", TAKE), ("floor", FLOOR), ("forget", FORGET), ("touch", TOUCH),
+            ("quota_turn", QUOTA_TURN))}
+        self._quotas = quotas or RedisQuotas()
         self.process_id = None  # the hub's, at start()
         self._hub = None
         self._metrics = None
@@ -182,7 +192,9 @@ class RedisEngine:
         for sender, text, meta in chats:
             head = orjson.dumps({"type": "chat", "room": room, "from": sender, "text": text, "ts": time.time()})
             args += [sender, head[:-1] + b',"seq":', b"}", _origin(meta), self._key(meta)]
-        keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners")]
+        keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners"),
+                FLOOR_KEY]
+        self._quotas.touch(room)
         try:
             result = self._write(self._scripts["publish"], keys, args)
         except _Unsettled:
@@ -232,10 +244,14 @@ class RedisEngine:
         kind = "remove" if removes_member(event) else event.get("event", event["type"])  # join, leave, nick, ...
         nick = event.get("nick", "")
         keys = [room_key(room, part) for part in ("seq", "log", "idem", "members", "owners", "joins")]
-        keys += [room_key(room, f"ban:{fold_nick(nick)}"), "roomchat:rooms", index]
+        keys += [room_key(room, f"ban:{fold_nick(nick)}"), "roomchat:rooms", index, FLOOR_KEY]
         args = [room_key(room, "events"), kind, nick, owner, orjson.dumps(event), _origin(meta)[:-1],
                 event.get("old", ""), self._key(meta), self._per_room, room]
-        return self._write(self._scripts["announce"], keys, args)
+        if kind == "join":
+            self._quotas.touch(room)
+        # what takes members out (or renames them) also runs at maxmemory: nobody is kept in a room
+        script = self._scripts["announce_oom" if kind in ("leave", "remove", "nick") else "announce"]
+        return self._write(script, keys, args)
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
@@ -601,8 +617,9 @@ class RedisEngine:
     def _check_epoch(self) -> None:
         """After a reconnect and at every heartbeat: if Redis lost its data, start a new history.
         Raises redis.RedisError."""
-        if self._redis.get("roomchat:epoch") not in (None, self.epoch.encode()) or \
-                self._redis.set("roomchat:epoch", new_epoch(), nx=True):
+        current = self._redis.get("roomchat:epoch")  # a write only when it is gone (none at maxmemory)
+        if current not in (None, self.epoch.encode()) or \
+                (current is None and self._redis.set("roomchat:epoch", new_epoch(), nx=True)):
             self._new_history()
 
     def _history_replaced(self, why: str) -> None:
@@ -726,10 +743,20 @@ class RedisEngine:
                 self._check_seqs()
                 if not late:
                     self._reap()
+                self._run_quotas()
                 self._problem = None if self._pubsub is not None else self._problem
             except (redis.RedisError, Unavailable) as exc:
                 self._failed(exc)
                 log.warning("Redis heartbeat failed: %s", exc)
+
+    def _run_quotas(self) -> None:
+        """Heartbeat: the history quotas (one process a beat); the rooms forgotten are dropped
+        here too. Raises redis.RedisError."""
+        with self._lock:
+            lease = self._lease
+        forgotten = self._quotas.run(self._redis, self._scripts, lease, int(self._beat_every * 1000))
+        if forgotten:
+            self._hub.forget(forgotten)
 
     def _beat(self) -> None:
         """Renew the lease and the nick claims; a lost lease is taken anew and the registry takes

@@ -9,8 +9,22 @@ is unknown (a timeout, a broken link) can be sent again; `RESOLVE` settles such 
 written, or cancelled so that a late copy of the write can never take effect.
 
 The scripts of a room touch its keys (one hash tag), and `roomchat:rooms` and the process's
-membership index besides (ANNOUNCE), so membership, room counts and the index change together.
+membership index besides (ANNOUNCE), so membership, room counts and the index change together;
+a room's counter starts at `roomchat:seq_floor` (PUBLISH, ANNOUNCE), the highest seq any
+forgotten room had (FORGET, FLOOR: redis_quotas.py).
+
+At Redis's `maxmemory` (noeviction), Redis refuses a script's first write that may grow memory.
+The scripts in OOM_OK are flagged `allow-oom` (Redis 7; `oom_ok`): the lease, nick claims,
+leaves and nick changes, settling, forgetting. So at maxmemory the processes stay alive to one
+another, newcomers get a nick, members can leave, and the quotas can free memory; chats and joins
+are refused (`unavailable`).
 """
+
+
+def room_key(room: str, part: str) -> str:
+    """A key of room `room`'s (all of them share the hash tag `{<room>}`: one slot)."""
+    return f"roomchat:{{{room}}}:{part}"
+
 
 _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 _TRIM = (  # forget idempotency keys older than ten minutes (written ones: > 0, cancelled: < 0)
@@ -18,13 +32,13 @@ _TRIM = (  # forget idempotency keys older than ten minutes (written ones: > 0, 
     "redis.call('ZREMRANGEBYSCORE', KEYS[3], -(now - 600000), '(0')\n"
 )
 
-# KEYS: seq (counter), hist (stream), idem, owners. ARGV: channel, maxlen, n, lowest seq this
+# KEYS: seq (counter), hist (stream), idem, owners, roomchat:seq_floor. ARGV: channel, maxlen, n, lowest seq this
 # process has delivered (the counter below it means the history was replaced), owner, then n
 # times (sender nick, event json up to its seq, the rest of the json, origin json, key).
 # Returns {1, r1..rn} with r = the seq given, 0 (written already), -2 (the sender is not a member
 # by this owner: fenced), -3 (cancelled); or {-1, counter} when the counter went back.
 PUBLISH = _NOW + """
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cur = tonumber(redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[5]) or '0')
 if cur < tonumber(ARGV[4]) then return {-1, cur} end
 local n = tonumber(ARGV[3])
 local out = {1}
@@ -37,7 +51,9 @@ for i = 0, n - 1 do
   elseif redis.call('HGET', KEYS[4], ARGV[b]) ~= ARGV[5] then
     out[i + 2] = -2
   else
-    local seq = redis.call('INCR', KEYS[1])
+    cur = cur + 1
+    local seq = cur
+    redis.call('SET', KEYS[1], seq)
     local event = ARGV[b + 1] .. seq .. ARGV[b + 2]
     redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', event, 'o', ARGV[b + 3])
     redis.call('PUBLISH', ARGV[1], ARGV[b + 3] .. '\\n' .. event)
@@ -49,7 +65,7 @@ end
 
 # KEYS: seq, log (stream of room events other than chats, id <at>-<k>), idem, members (zset nick
 # -> join order), owners (hash nick -> owner), joins (counter), ban key of `nick`, roomchat:rooms,
-# the origin process's membership index (set of "room\\nnick\\nowner").
+# the origin process's membership index (set of "room\\nnick\\nowner"), roomchat:seq_floor.
 # ARGV: channel, kind (join, leave, nick; remove: a kick or ban takes `nick` out; anything else
 # changes no membership), nick, owner, event json, origin json without its closing ']', old nick,
 # key ('' for none), maxlen, room.
@@ -68,7 +84,11 @@ if kind == 'nick' then
   score = redis.call('ZSCORE', KEYS[4], old)
   if not score or redis.call('HGET', KEYS[5], old) ~= owner then return {-1} end
 end
-local at = tonumber(redis.call('GET', KEYS[1]) or '0')
+local at = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if at < 0 then  -- a new (or forgotten) room: its seqs go on above every forgotten room's
+  at = tonumber(redis.call('GET', KEYS[10]) or '0')
+  redis.call('SET', KEYS[1], at)
+end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], at .. '-*', 'e', ARGV[5], 'o', ARGV[6] .. ']')
 if kind == 'join' then
   redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[6]), nick)
@@ -180,3 +200,36 @@ for i = 1, n do
 end
 return out
 """
+
+# KEYS: roomchat:seq_floor. ARGV: a forgotten room's last seq. Raises the floor to it.
+FLOOR = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+# KEYS: a room's seq, hist, log, idem, members, owners, joins. ARGV: its seq as read. Deletes the
+# room's history and membership keys if nobody is in it and nothing was written since: 1, else 0.
+# (Its topic, bans and mutes are rules, not history: they stay; bans and mutes expire.)
+FORGET = """
+if redis.call('ZCARD', KEYS[5]) > 0 then return 0 end
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+return 1
+"""
+
+# KEYS: roomchat:history. ARGV: pairs of (ms, room). Marks the rooms written to then (never back).
+TOUCH = """
+for i = 1, #ARGV, 2 do redis.call('ZADD', KEYS[1], 'GT', ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: roomchat:quotas. ARGV: lease, ms. 1 if this process runs the quota pass now.
+QUOTA_TURN = "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0"
+
+OOM_OK = ("beat", "reap", "claim", "refresh", "if_owner_delete", "if_owner_prefix_delete", "resolve",
+          "announce_oom", "floor", "forget", "take", "touch", "quota_turn")
+
+
+def oom_ok(text: str) -> str:
+    """The script flagged to run at Redis's maxmemory (Redis 7 and later)."""
+    return "#!lua flags=allow-oom\n" + text
