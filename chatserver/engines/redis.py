@@ -135,9 +135,11 @@ class RedisEngine:
         self._redis = redis.Redis(connection_pool=pool)
         try:
             self._redis.ping()
+            server = self._redis.info("server")
+            _refuse_unsupported(url, server, self._redis)
             self._redis.set("roomchat:epoch", new_epoch(), nx=True)
             self.epoch = self._redis.get("roomchat:epoch").decode()
-            flags = int(self._redis.info("server")["redis_version"].split(".")[0]) >= 7  # allow-oom
+            flags = int(server["redis_version"].split(".")[0]) >= 7  # allow-oom
         except redis.RedisError as exc:
             raise EngineError(f"cannot reach Redis at {url}: {exc}") from None
         self._scripts = {name: self._redis.register_script(oom_ok(text) if flags and name in OOM_OK else text)
@@ -836,6 +838,19 @@ class RedisEngine:
             self._scripts["if_owner_prefix_delete"](keys=[key], args=[f"{lease}:"])
         self._redis.delete(index, f"roomchat:proc:{lease}:nicks")
         return len(entries)
+
+
+def _refuse_unsupported(url: str, server: dict, client) -> None:
+    """Raise EngineError (one line) for a Redis roomchat cannot use: a Sentinel, a Redis Cluster
+    node, a read-only replica. Raises redis.RedisError."""
+    if server.get("redis_mode") == "sentinel":
+        raise EngineError(f"{url} is a Redis Sentinel, which roomchat does not support: point --redis at the "
+                          "primary it names (redis-cli -p 26379 SENTINEL get-master-addr-by-name NAME)")
+    if server.get("redis_mode") == "cluster" or client.info("cluster").get("cluster_enabled"):
+        raise EngineError(f"{url} is a node of a Redis Cluster, which roomchat does not support yet: use one "
+                          "standalone Redis (docs/several-machines.md)")
+    if client.info("replication").get("role") != "master":
+        raise EngineError(f"{url} is a read-only replica: point --redis at its primary")
 
 
 class _Unsettled(Exception):
