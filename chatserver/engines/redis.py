@@ -158,6 +158,7 @@ class RedisEngine:
         self._last: dict[str, tuple | None] = {}  # subscribed room -> last place delivered here
         self._claims: dict[str, tuple] = {}  # nick key -> (value, client id): the nicks this process holds
         self._sessions: dict[int, tuple] = {}  # client id -> (session key, value): its resume session
+        self._sessions_kept = 0.0  # time.monotonic() when the sessions' windows were last renewed
         self._confirmed: dict[str, threading.Event] = {}  # subscribed channel -> set once Redis confirmed
         self._deferred: collections.deque = collections.deque()  # writes to retry, in order
         self._generation = 0
@@ -770,7 +771,9 @@ class RedisEngine:
         with self._lock:
             self._registered = True
             claims = list(self._claims.items())
-            sessions = [key for key, _value in self._sessions.values()]
+            # sessions are written with their whole window and refreshed at half of it
+            due = time.monotonic() - self._sessions_kept >= self._session_ms / 2000
+            sessions = [key for key, _value in self._sessions.values()] if due else []
         if self._retaking:
             self._hub.retake()  # Raises Unavailable: tried again at the next beat
             self._retaking = False
@@ -779,7 +782,10 @@ class RedisEngine:
             self._scripts["refresh"](keys=[key], args=[value, self._nick_ms], client=pipe)
         for key in sessions:
             pipe.pexpire(key, self._session_ms)
-        for (key, (value, client)), kept in zip(claims, pipe.execute()[: len(claims)], strict=True):
+        done = pipe.execute()
+        if due:
+            self._sessions_kept = time.monotonic()
+        for (key, (value, client)), kept in zip(claims, done[: len(claims)], strict=True):
             if not kept:
                 with self._lock:
                     if self._claims.get(key, (None,))[0] == value:

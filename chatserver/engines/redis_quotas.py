@@ -77,8 +77,7 @@ class RedisQuotas:
             kept: list = []
             forgotten += self._forget_quietest(redis, scripts, FORGET_CHUNK, f"({cutoff}", kept)
             active = [r.decode() for r in redis.zrangebyscore(INDEX, cutoff, "+inf", start=0, num=AGE_ROOMS)]
-            for room in kept[:AGE_ROOMS] + active:  # rooms someone is in lose their old chats only
-                self._trim_older(redis, room, cutoff / 1000)
+            self._trim_older(redis, kept[:AGE_ROOMS] + active, cutoff / 1000)  # kept: someone is in them
         if self.max_rooms:
             excess = min(redis.zcard(INDEX) - self.max_rooms, FORGET_CHUNK)
             if excess > 0:
@@ -101,8 +100,15 @@ class RedisQuotas:
         for offset in range(0, SCAN_MAX, FORGET_CHUNK):
             rooms = [r.decode() for r in redis.zrangebyscore(INDEX, "-inf", before, start=offset - len(gone),
                                                              num=FORGET_CHUNK)]
+            pipe = redis.pipeline(transaction=False)
             for room in rooms:
-                if len(gone) < most and self._forget(redis, scripts, room):
+                pipe.zcard(room_key(room, "members"))
+                pipe.get(room_key(room, "seq"))
+            found = pipe.execute()
+            for room, members, seq in zip(rooms, found[::2], found[1::2], strict=True):
+                # (members are checked again by FORGET, atomically; this spares the floor live rooms' seqs)
+                if len(gone) < most and not members and self._forget(scripts, room, seq):
+                    redis.zrem(INDEX, room)
                     gone.append(room)
                 elif kept is not None:
                     kept.append(room)
@@ -110,27 +116,30 @@ class RedisQuotas:
                 break
         return gone
 
-    def _forget(self, redis, scripts: dict, room: str) -> bool:
-        """Forget the room if nobody is in it; True if it was."""
-        if redis.zcard(room_key(room, "members")):
-            return False  # (checked again by FORGET, atomically: this spares the floor a live room's seq)
-        seq = redis.get(room_key(room, "seq"))
+    def _forget(self, scripts: dict, room: str, seq: bytes | None) -> bool:
+        """Raise the floor to the room's `seq`, then forget it if nobody is in it and its seq is
+        still that; True if it was."""
         scripts["floor"](keys=[FLOOR_KEY], args=[int(seq or 0)])
         keys = [room_key(room, part) for part in ("seq", "hist", "log", "idem", "members", "owners", "joins")]
-        if not scripts["forget"](keys=keys, args=[seq if seq is not None else b"0"]):
-            return False
-        redis.zrem(INDEX, room)
-        return True
+        return bool(scripts["forget"](keys=keys, args=[seq if seq is not None else b"0"]))
 
-    def _trim_older(self, redis, room: str, cutoff: float) -> None:
-        """Delete the room's chats stored before `cutoff` (seconds), a prefix of its history, and
-        its log up to the same place."""
-        entries = redis.xrange(room_key(room, "hist"), "-", "+", count=AGE_READ)
-        keep = next((int(i.split(b"-")[1]) for i, f in entries if orjson.loads(f[b"e"])["ts"] >= cutoff), None)
-        if keep is None:
-            if not entries:
-                return
-            keep = int(entries[-1][0].split(b"-")[1]) + 1  # all of these are old; the next pass goes on
-        if keep > int(entries[0][0].split(b"-")[1]):
+    def _trim_older(self, redis, rooms: list, cutoff: float) -> None:
+        """Delete each room's chats stored before `cutoff` (seconds), a prefix of its history, and
+        its log up to the same place (its first chat is looked at first: most rooms stop there)."""
+        pipe = redis.pipeline(transaction=False)
+        for room in rooms:
+            pipe.xrange(room_key(room, "hist"), "-", "+", count=1)
+        for room, first in zip(rooms, pipe.execute(), strict=True):
+            if not first or orjson.loads(first[0][1][b"e"])["ts"] >= cutoff:
+                continue
+            entries = redis.xrange(room_key(room, "hist"), "-", "+", count=AGE_READ)
+            keep = next((_seq(i) for i, f in entries if orjson.loads(f[b"e"])["ts"] >= cutoff), None)
+            if keep is None:  # all of these are old; the next pass goes on
+                keep = _seq(entries[-1][0]) + 1
             redis.xtrim(room_key(room, "hist"), minid=f"0-{keep}")
             redis.xtrim(room_key(room, "log"), minid=f"{keep - 1}-0")
+
+
+def _seq(entry_id: bytes) -> int:
+    """The seq of a chat in a room's `hist` (entry id `0-<seq>`)."""
+    return int(entry_id.split(b"-")[1])
