@@ -2,6 +2,7 @@
 (real redis-server, real processes)."""
 
 import pytest
+import redis
 
 from tests.client_helpers import Relay
 from tests.helpers import SECRET, Peer, token, wait_for, with_token
@@ -104,11 +105,16 @@ def test_a_stolen_resume_token_of_a_token_holder_gets_a_fresh_guest(cluster, pee
     assert again.request(type="topic", room="lobby", topic="ours")["type"] == "topic"
 
 
-def test_a_spent_token_gets_a_guest_on_every_process(cluster, peers):
-    """A resume token whose client has left gives a fresh guest on the other process too."""
+def test_a_spent_token_gets_a_guest_on_every_process(redis_server, cluster, peers):
+    """Redis keeps each client's session under its token's hash, never the token; once the client
+    has left, its token gives a fresh guest on the other process too."""
     a, b = cluster(2)
     ann, other = peers(a.url), peers(b.url)
     ann.set_nick("ann")
+    store = redis.Redis.from_url(redis_server.url)
+    stored = [store.get(k) for k in store.keys("roomchat:session:*")]
+    store.close()
+    assert len(stored) == 2 and all(ann.welcome["resume"].encode() not in v for v in stored)  # its hash names it
     ann.close()
     wait_for(lambda: other.request(type="dm", to="ann", text="x")["type"] == "error", timeout=10)
     peer = peers(f"{b.url}?resume={ann.welcome['resume']}")
