@@ -115,3 +115,52 @@ def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+class RedisCluster:
+    """A real 3-master Redis Cluster of the test's own: three `redis-server --cluster-enabled yes`
+    on free ports in `directory`, joined by `redis-cli --cluster create`; `urls` names each node."""
+
+    def __init__(self, directory: Path, masters: int = 3):
+        binary = require_program("redis-server", "apt-get install redis-server")
+        cli = require_program("redis-cli", "apt-get install redis-tools")
+        self.ports = [_cluster_port() for _ in range(masters)]
+        self.urls = [f"redis://127.0.0.1:{port}/0" for port in self.ports]
+        self.procs = []
+        for port in self.ports:
+            node = directory / f"node-{port}"
+            node.mkdir()
+            self.procs.append(subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", str(node / "nodes.conf"), "--save", "", "--appendonly", "no",
+                 "--dir", str(node), "--daemonize", "no", "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        import redis
+
+        clients = [redis.Redis(port=port, socket_connect_timeout=0.5) for port in self.ports]
+        for client in clients:
+            wait_for(lambda c=client: _pings(c), timeout=10)
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        for client in clients:
+            wait_for(lambda c=client: c.cluster("info")["cluster_state"] == "ok", timeout=20, interval=0.1)
+            client.close()
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
