@@ -18,7 +18,7 @@ an event at or before it is dropped, a chat after a gap is preceded by what was 
 a reconnect every room is caught up from `hist` and `log` merged by place. So presence, nick
 changes and moderation converge like chats: nothing published while a link was down is missed.
 
-Leases and fencing (DESIGN-NOTES 1). A process is alive while its lease in `roomchat:leases` (a
+Leases and fencing (DESIGN-NOTES 1). A process is alive while its lease in `roomchat:{leases}` (a
 sorted set: lease id -> expiry, judged by Redis's clock) is renewed by its heartbeat, every
 lease/4 seconds. The lease id is `<process>.<generation>`; owners of nicks and memberships are
 `<lease id>:<client>`. A process whose lease expired more than a grace ago (as long as the lease)
@@ -51,6 +51,7 @@ import collections
 import contextlib
 import hashlib
 import logging
+import select
 import threading
 import time
 
@@ -59,24 +60,30 @@ import redis
 
 from chatserver import protocol
 from chatserver.engines.base import EngineError, Meta, Session, Unavailable, new_epoch
-from chatserver.engines.redis_quotas import FLOOR_KEY, RedisQuotas
+from chatserver.engines.redis_quotas import RedisQuotas
 from chatserver.engines.redis_scripts import (
     ANNOUNCE,
     BEAT,
     CLAIM,
-    FLOOR,
+    CLAIM_MOVE,
+    COUNT,
     FORGET,
     IF_OWNER_DELETE,
     IF_OWNER_PREFIX_DELETE,
+    LEASES,
     OOM_OK,
+    OWNER_MOVE,
     PUBLISH,
     QUOTA_TURN,
     REAP,
+    REAPING,
     REFRESH,
     RESERVE,
     RESOLVE,
-    TAKE,
+    ROOM_VERSIONS,
+    ROOMS,
     TOUCH,
+    floor_key,
     oom_ok,
     room_key,
 )
@@ -126,29 +133,44 @@ class RedisEngine:
         self._nick_ms = self._lease_ms * NICK_LEASES
         self._beat_every = lease / 4
         self._session_ms = max(int(resume_window * 1000), 3 * int(self._beat_every * 1000))
-        # Connection threads share the pool. redis-py's default pool raises "Too many connections"
-        # past 100 at once (a burst of joins did that); this one makes a thread wait for a free one.
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=POOL_SIZE, timeout=POOL_WAIT,
-            socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, health_check_interval=10,
-        )
-        self._redis = redis.Redis(connection_pool=pool)
         try:
-            self._redis.ping()
-            server = self._redis.info("server")
-            _refuse_unsupported(url, server, self._redis)
+            probe = redis.Redis.from_url(url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2)
+            try:
+                server = probe.info("server")
+                self.sharded = _kind_of(url, server, probe) == "cluster"
+            finally:
+                probe.close()
+            if self.sharded:  # redis-py's own cluster client: it finds the nodes and follows MOVED
+                self._redis = redis.RedisCluster.from_url(
+                    url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, max_connections=POOL_SIZE)
+            else:
+                # Connection threads share the pool. redis-py's default pool raises "Too many
+                # connections" past 100 at once (a burst of joins did that); this one makes a
+                # thread wait for a free one.
+                pool = redis.BlockingConnectionPool.from_url(
+                    url, max_connections=POOL_SIZE, timeout=POOL_WAIT,
+                    socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, health_check_interval=10,
+                )
+                self._redis = redis.Redis(connection_pool=pool)
             self._redis.set("roomchat:epoch", new_epoch(), nx=True)
             self.epoch = self._redis.get("roomchat:epoch").decode()
             flags = int(server["redis_version"].split(".")[0]) >= 7  # allow-oom
         except redis.RedisError as exc:
             raise EngineError(f"cannot reach Redis at {url}: {exc}") from None
+        if self.sharded:  # a room's events on sharded pub/sub: only its shard carries them
+            sharded = {"publish": PUBLISH.replace("'PUBLISH'", "'SPUBLISH'"),
+                       "announce": ANNOUNCE.replace("'PUBLISH'", "'SPUBLISH'")}
+        else:
+            sharded = {"publish": PUBLISH, "announce": ANNOUNCE}
         self._scripts = {name: self._redis.register_script(oom_ok(text) if flags and name in OOM_OK else text)
                          for name, text in (
-            ("publish", PUBLISH), ("announce", ANNOUNCE), ("announce_oom", ANNOUNCE), ("resolve", RESOLVE),
+            ("publish", sharded["publish"]), ("announce", sharded["announce"]),
+            ("announce_oom", sharded["announce"]), ("resolve", RESOLVE),
             ("beat", BEAT), ("reap", REAP), ("claim", CLAIM), ("refresh", REFRESH),
             ("if_owner_delete", IF_OWNER_DELETE), ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE),
-            ("reserve", RESERVE), ("take", TAKE), ("floor", FLOOR), ("forget", FORGET), ("touch", TOUCH),
-            ("quota_turn", QUOTA_TURN))}
+            ("reserve", RESERVE), ("claim_move", CLAIM_MOVE), ("owner_move", OWNER_MOVE), ("count", COUNT),
+            ("forget", FORGET), ("touch", TOUCH), ("quota_turn", QUOTA_TURN))}
+        floor_key("")  # its table of hash tags, made now rather than on a first chat
         self._quotas = quotas or RedisQuotas()
         self.process_id = None  # the hub's, at start()
         self._hub = None
@@ -196,7 +218,7 @@ class RedisEngine:
             head = orjson.dumps({"type": "chat", "room": room, "from": sender, "text": text, "ts": time.time()})
             args += [sender, head[:-1] + b',"seq":', b"}", _origin(meta), self._key(meta)]
         keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners"),
-                FLOOR_KEY]
+                floor_key(room)]
         self._quotas.touch(room)
         try:
             result = self._write(self._scripts["publish"], keys, args)
@@ -247,14 +269,39 @@ class RedisEngine:
         kind = "remove" if removes_member(event) else event.get("event", event["type"])  # join, leave, nick, ...
         nick = event.get("nick", "")
         keys = [room_key(room, part) for part in ("seq", "log", "idem", "members", "owners", "joins")]
-        keys += [room_key(room, f"ban:{fold_nick(nick)}"), "roomchat:rooms", index, FLOOR_KEY]
+        keys += [room_key(room, f"ban:{fold_nick(nick)}"), floor_key(room), room_key(room, "ver")]
+        if not self.sharded:  # one Redis: the count and the index change in the same call
+            keys += [ROOMS, index]
         args = [room_key(room, "events"), kind, nick, owner, orjson.dumps(event), _origin(meta)[:-1],
-                event.get("old", ""), self._key(meta), self._per_room, room]
+                event.get("old", ""), self._key(meta), self._per_room, room, "0" if self.sharded else "1"]
         if kind == "join":
             self._quotas.touch(room)
+        entries = (f"{room}\n{nick}\n{owner}", f"{room}\n{event.get('old', '')}\n{owner}")
+        if self.sharded and kind in ("join", "nick"):
+            self._apart(self._redis.sadd, index, entries[0])  # before: the index may hold more, never less
         # what takes members out (or renames them) also runs at maxmemory: nobody is kept in a room
         script = self._scripts["announce_oom" if kind in ("leave", "remove", "nick") else "announce"]
-        return self._write(script, keys, args)
+        result = self._write(script, keys, args)
+        if self.sharded and result[0] == 1 and kind in ("join", "leave", "remove", "nick"):
+            if kind != "join":
+                self._apart(self._redis.srem, index, entries[kind == "nick"])
+            self._apart(self._scripts["count"], keys=[ROOMS, ROOM_VERSIONS], args=[room, result[1], result[2]])
+        return result
+
+    def _pub(self, channel: str, data: bytes) -> int:
+        """PUBLISH (SPUBLISH on a Redis Cluster: the channel's shard only); how many received it.
+        Raises redis.RedisError."""
+        return (self._redis.spublish if self.sharded else self._redis.publish)(channel, data)
+
+    def _apart(self, command, *args, **kwargs) -> None:
+        """On a Redis Cluster: a write to another slot after (or before) a room's script; a failure
+        is logged (a count is right again at the room's next change; the reaper's index may hold
+        more than is true, never less)."""
+        try:
+            command(*args, **kwargs)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            log.warning("Redis Cluster: a room count or index not updated: %s", exc)
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
@@ -286,7 +333,7 @@ class RedisEngine:
                     confirmed = self._confirmed.get(channel)
                 if send:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
                     with contextlib.suppress(redis.RedisError, AttributeError):
-                        self._pubsub.subscribe(channel)
+                        self._subscribe(self._pubsub, channel)
         if confirmed is not None and not confirmed.wait(SUBSCRIBE_TIMEOUT):
             raise Unavailable("Redis did not confirm the subscription")
 
@@ -299,7 +346,19 @@ class RedisEngine:
                 self._last.pop(room, None)
                 self._confirmed.pop(room_key(room, "events"), None)
             with contextlib.suppress(redis.RedisError, AttributeError):
-                self._pubsub.unsubscribe(room_key(room, "events"))
+                if self.sharded:
+                    self._pubsub.sunsubscribe(room_key(room, "events"))
+                else:
+                    self._pubsub.unsubscribe(room_key(room, "events"))
+
+    def _subscribe(self, pubsub, *channels: str) -> None:
+        """SUBSCRIBE, or SSUBSCRIBE on a Redis Cluster (one channel at a time: each its slot's).
+        Raises redis.RedisError."""
+        if self.sharded:
+            for channel in channels:
+                pubsub.ssubscribe(channel)
+        else:
+            pubsub.subscribe(*channels)
 
     def close(self) -> None:
         """Stop the threads, then leave as a reaper would: the members still here are announced
@@ -315,7 +374,7 @@ class RedisEngine:
             self._run_deferred()
             with self._lock:
                 lease = self._lease
-            self._redis.zrem("roomchat:leases", lease)
+            self._redis.zrem(LEASES, lease)
             self._clean_up(lease)
         except (redis.RedisError, Unavailable):
             pass
@@ -348,7 +407,7 @@ class RedisEngine:
             if held is not None and held != asked:
                 lease, client, _ = held.decode().split(":", 2)
                 channel = f"roomchat:proc:{lease.split('.')[0]}:dm"
-                self._call(self._redis.publish, channel, orjson.dumps([int(client), None]))
+                self._call(self._pub, channel, orjson.dumps([int(client), None]))
                 asked = held
             if time.monotonic() >= deadline:
                 return False
@@ -369,7 +428,7 @@ class RedisEngine:
         return [m.decode() for m in self._call(self._redis.zrange, room_key(room, "members"), 0, -1)]
 
     def rooms(self) -> list:
-        rooms = self._call(self._redis.zrange, "roomchat:rooms", 0, -1, withscores=True)
+        rooms = self._call(self._redis.zrange, ROOMS, 0, -1, withscores=True)
         return sorted(({"room": r.decode(), "members": int(n)} for r, n in rooms), key=lambda r: r["room"])
 
     def send_dm(self, nick: str, event: dict) -> str | None:
@@ -384,7 +443,7 @@ class RedisEngine:
         if process == self.process_id:
             return spelled if self._hub.deliver_dm(int(client), event) else None
         channel = f"roomchat:proc:{process}:dm"
-        received = self._call(self._redis.publish, channel, orjson.dumps([int(client), event]))
+        received = self._call(self._pub, channel, orjson.dumps([int(client), event]))
         return spelled if received else None
 
     # -- resume sessions: a resume token works on every process ----------------------------------
@@ -434,23 +493,38 @@ class RedisEngine:
         old_lease, old_client = session.owner.rsplit(":", 1)
         with self._lock:
             lease = self._lease
-        keys = [session.key, nick_key(session.nick), f"roomchat:proc:{old_lease}:rooms",
-                f"roomchat:proc:{lease}:rooms", f"roomchat:proc:{lease}:nicks"]
-        for room in session.rooms:
-            keys += [room_key(room, "owners"), room_key(room, "seq")]
-        new_value = f"{owner}\n{session.nick}\n{session.identity}".encode()
-        args = [session.value, session.owner, owner, session.nick, claim, self._nick_ms, len(session.rooms),
-                *session.rooms, new_value]
-        result = self._call(self._scripts["take"], keys=keys, args=args)
-        if not result[0]:
+        key = nick_key(session.nick)
+        # the claim first: whoever moves it has the client (one call each: a Redis Cluster's slots)
+        held = f"{session.owner}:{session.nick}"
+        if self._call(self._redis.get, session.key) != session.value or not self._call(
+                self._scripts["claim_move"], keys=[key], args=[held, claim, self._nick_ms]):
             return None
         with self._lock:
-            self._claims[nick_key(session.nick)] = (claim, client_id)
-            self._sessions[client_id] = (keys[0], new_value)  # its new token's session replaces it
-        channel = f"roomchat:proc:{old_lease.split('.')[0]}:dm"
+            self._claims[key] = (claim, client_id)
+        taken: dict = {}
+        try:
+            self._call(self._redis.sadd, f"roomchat:proc:{lease}:nicks", key)
+            new_value = f"{owner}\n{session.nick}\n{session.identity}".encode()
+            self._call(self._redis.set, session.key, new_value, keepttl=True)
+            with self._lock:
+                self._sessions[client_id] = (session.key, new_value)  # its new token's session replaces it
+            for room in session.rooms:
+                self._call(self._redis.sadd, f"roomchat:proc:{lease}:rooms", f"{room}\n{session.nick}\n{owner}")
+                seq = self._call(self._scripts["owner_move"], keys=[room_key(room, "owners"), room_key(room, "seq")],
+                                 args=[session.nick, session.owner, owner])
+                if seq >= 0:
+                    taken[room] = seq
+                    self._apart(self._redis.srem, f"roomchat:proc:{old_lease}:rooms",
+                                f"{room}\n{session.nick}\n{session.owner}")
+        except Unavailable:  # what was moved leaves as a disconnect would, once Redis takes it
+            for room in taken:
+                self._defer(("announce", room, protocol.presence(room, "leave", session.nick),
+                             Meta((self.process_id, client_id)), owner), first_try=True)
+            self.release_nick(session.nick, client_id)
+            raise
         with contextlib.suppress(redis.RedisError):
-            self._redis.publish(channel, orjson.dumps([int(old_client), None, "moved"]))
-        return {room: seq for room, seq in zip(session.rooms, result[1:], strict=True) if seq >= 0}
+            self._pub(f"roomchat:proc:{old_lease.split('.')[0]}:dm", orjson.dumps([int(old_client), None, "moved"]))
+        return taken
 
     # -- room rules and reserved nicks (engines.base.Engine) ------------------------------------
 
@@ -605,7 +679,7 @@ class RedisEngine:
         self._check_epoch()
         with self._lock:
             rooms = list(self._last)
-        pubsub.subscribe(self._dm_channel, *[room_key(r, "events") for r in rooms])
+        self._subscribe(pubsub, self._dm_channel, *[room_key(r, "events") for r in rooms])
         self._pubsub = pubsub
         for room in rooms:
             with self._lock:
@@ -643,32 +717,71 @@ class RedisEngine:
 
     def _receive(self) -> None:
         pubsub = self._pubsub
+        if self.sharded:
+            self._receive_sharded(pubsub)
+            return
         message = pubsub.get_message(timeout=0.5)
         items = []
         while message is not None and len(items) < 512:
-            if message["type"] == "subscribe":
-                with self._lock:
-                    confirmed = self._confirmed.get(message["channel"].decode())
-                if confirmed is not None:
-                    confirmed.set()
-            elif message["type"] == "message":
-                channel = message["channel"].decode()
-                if channel == self._dm_channel:
-                    client, event, *moved = orjson.loads(message["data"])
-                    if event is None:  # let go of a nick, or of a client resumed elsewhere: off this
-                        # thread, which must keep on listening
-                        act = self._hub.let_go if moved else self._hub.evict
-                        threading.Thread(target=act, args=(client,), daemon=True).start()
-                    else:
-                        self._hub.deliver_dm(client, event)
-                else:
-                    items += self._place(channel[len("roomchat:{"):-len("}:events")], message["data"])
+            items += self._take(message)
             # Whatever has arrived already joins this batch. Not get_message(timeout=0): a reply
             # that has arrived in part is a timeout to redis-py, which then reconnects and drops
             # what was in flight.
             message = pubsub.get_message(timeout=READ_TIMEOUT) if pubsub.connection.can_read(timeout=0) else None
         if items:
             self._hub.deliver(items)
+
+    def _receive_sharded(self, pubsub) -> None:
+        """On a Redis Cluster: one connection per shard with subscriptions; whatever has arrived
+        on each (waiting up to 0.5 s for something), delivered in one batch."""
+        nodes = list(pubsub.node_pubsub_mapping.items())
+
+        def ready() -> list:
+            return [(name, node) for name, node in nodes
+                    if node.connection is not None and node.connection.can_read(timeout=0)]
+
+        arrived = ready()
+        if not arrived:
+            socks = [node.connection._sock for _name, node in nodes
+                     if node.connection is not None and node.connection._sock is not None]
+            if not socks:
+                self._stop.wait(0.05)
+                return
+            select.select(socks, [], [], 0.5)
+            arrived = ready()
+        items = []
+        for name, node in arrived:
+            target = self._redis.get_node(node_name=name)
+            while len(items) < 512 and node.connection is not None and node.connection.can_read(timeout=0):
+                message = pubsub.get_sharded_message(timeout=READ_TIMEOUT, target_node=target)
+                if message is None:
+                    break
+                items += self._take(message)
+        if items:
+            self._hub.deliver(items)
+
+    def _take(self, message: dict) -> list:
+        """One pub/sub message: a subscription confirmed, a DM, or a room's event (the items to
+        deliver for it)."""
+        items = []
+        if message["type"] in ("subscribe", "ssubscribe"):
+            with self._lock:
+                confirmed = self._confirmed.get(message["channel"].decode())
+            if confirmed is not None:
+                confirmed.set()
+        elif message["type"] in ("message", "smessage"):
+            channel = message["channel"].decode()
+            if channel == self._dm_channel:
+                client, event, *moved = orjson.loads(message["data"])
+                if event is None:  # let go of a nick, or of a client resumed elsewhere: off this
+                    # thread, which must keep on listening
+                    act = self._hub.let_go if moved else self._hub.evict
+                    threading.Thread(target=act, args=(client,), daemon=True).start()
+                else:
+                    self._hub.deliver_dm(client, event)
+            else:
+                items += self._place(channel[len("roomchat:{"):-len("}:events")], message["data"])
+        return items
 
     def _place(self, room: str, data: bytes) -> list:
         """The items to deliver for one message: the event, after any it shows were missed."""
@@ -752,12 +865,19 @@ class RedisEngine:
                 self._failed(exc)
                 log.warning("Redis heartbeat failed: %s", exc)
 
+    def _used_memory(self) -> int:
+        """Redis's used_memory (a Redis Cluster's fullest primary's). Raises redis.RedisError."""
+        if not self.sharded:
+            return self._redis.info("memory")["used_memory"]
+        return max(self._redis.get_redis_connection(node).info("memory")["used_memory"]
+                   for node in self._redis.get_primaries())
+
     def _run_quotas(self) -> None:
         """Heartbeat: the history quotas (one process a beat); the rooms forgotten are dropped
         here too. Raises redis.RedisError."""
         with self._lock:
             lease = self._lease
-        forgotten = self._quotas.run(self._redis, self._scripts, lease, int(self._beat_every * 1000))
+        forgotten = self._quotas.run(self._redis, self._scripts, lease, int(self._beat_every * 1000), self._used_memory)
         if forgotten:
             self._hub.forget(forgotten)
 
@@ -766,7 +886,7 @@ class RedisEngine:
         its clients back; a lost claim is the registry's to settle. Raises redis.RedisError."""
         with self._lock:
             lease, registered = self._lease, self._registered
-        if not self._scripts["beat"](keys=["roomchat:leases"], args=[lease, self._lease_ms, int(registered)]):
+        if not self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, int(registered)]):
             self._retake(lease)
         with self._lock:
             self._registered = True
@@ -778,20 +898,44 @@ class RedisEngine:
             self._hub.retake()  # Raises Unavailable: tried again at the next beat
             self._retaking = False
         pipe = self._redis.pipeline(transaction=False)
-        for key, (value, _client) in claims:
-            self._scripts["refresh"](keys=[key], args=[value, self._nick_ms], client=pipe)
         for key in sessions:
             pipe.pexpire(key, self._session_ms)
-        done = pipe.execute()
+        if self.sharded:
+            renewed = self._refresh_sharded(claims, pipe, len(sessions))
+        else:
+            for key, (value, _client) in claims:
+                self._scripts["refresh"](keys=[key], args=[value, self._nick_ms], client=pipe)
+            renewed = pipe.execute()[len(sessions):]
         if due:
             self._sessions_kept = time.monotonic()
-        for (key, (value, client)), kept in zip(claims, done[: len(claims)], strict=True):
+        for (key, (value, client)), kept in zip(claims, renewed, strict=True):
             if not kept:
                 with self._lock:
                     if self._claims.get(key, (None,))[0] == value:
                         del self._claims[key]
                 self._hub.lose_nick(client)
         self._beat_ok = time.monotonic()
+
+    def _refresh_sharded(self, claims: list, pipe, queued: int) -> list:
+        """REFRESH for each claim on a Redis Cluster, where a pipeline cannot run scripts: each
+        claim read in `pipe`, those still ours renewed in a second pipeline, those gone taken again
+        one by one (rare); 1 or 2 for each kept, 0 for each someone else holds now (`queued`:
+        commands in `pipe` before). Raises redis.RedisError."""
+        for key, _claim in claims:
+            pipe.get(key)
+        held = pipe.execute()[queued:]
+        renew = self._redis.pipeline(transaction=False)
+        kept = []
+        for (key, (value, _client)), now in zip(claims, held, strict=True):
+            if now is not None and now.decode() == value:
+                renew.pexpire(key, self._nick_ms)
+                kept.append(1)
+            elif now is None:
+                kept.append(self._scripts["refresh"](keys=[key], args=[value, self._nick_ms]))
+            else:
+                kept.append(0)
+        renew.execute()
+        return kept
 
     def _retake(self, lost: str) -> None:
         """This process was reaped: a new lease (generation), then the registry takes back its
@@ -804,7 +948,7 @@ class RedisEngine:
             lease = self._lease
         log.error("this process's lease %s was lost (paused or cut off too long); taking everything back as %s",
                   lost, lease)
-        self._scripts["beat"](keys=["roomchat:leases"], args=[lease, self._lease_ms, 0])
+        self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, 0])
         self._retaking = True
 
     def _check_seqs(self) -> None:
@@ -825,10 +969,10 @@ class RedisEngine:
         """Announce the leaves of processes whose lease expired more than a grace ago, and free
         their nicks (each reaped by one process; one that stopped half-way is finished by the
         next). Raises redis.RedisError, Unavailable."""
-        for lease in (p.decode() for p in self._scripts["reap"](keys=["roomchat:leases", "roomchat:reaping"],
+        for lease in (p.decode() for p in self._scripts["reap"](keys=[LEASES, REAPING],
                                                                args=[self._lease_ms])):
             count = self._clean_up(lease)
-            self._redis.srem("roomchat:reaping", lease)
+            self._redis.srem(REAPING, lease)
             log.warning("process %s is gone: %d members left their rooms", lease, count)
 
     def _clean_up(self, lease: str) -> int:
@@ -846,17 +990,20 @@ class RedisEngine:
         return len(entries)
 
 
-def _refuse_unsupported(url: str, server: dict, client) -> None:
-    """Raise EngineError (one line) for a Redis roomchat cannot use: a Sentinel, a Redis Cluster
-    node, a read-only replica. Raises redis.RedisError."""
+def _kind_of(url: str, server: dict, client) -> str:
+    """"standalone" or "cluster" (a node of a Redis Cluster: any node will do); EngineError (one
+    line) for a Redis roomchat cannot use: a Sentinel, a read-only replica. Raises redis.RedisError."""
     if server.get("redis_mode") == "sentinel":
         raise EngineError(f"{url} is a Redis Sentinel, which roomchat does not support: point --redis at the "
                           "primary it names (redis-cli -p 26379 SENTINEL get-master-addr-by-name NAME)")
     if server.get("redis_mode") == "cluster" or client.info("cluster").get("cluster_enabled"):
-        raise EngineError(f"{url} is a node of a Redis Cluster, which roomchat does not support yet: use one "
-                          "standalone Redis (docs/several-machines.md)")
+        if int(server["redis_version"].split(".")[0]) < 7:
+            raise EngineError(f"{url} is a Redis Cluster of Redis {server['redis_version']}: roomchat needs Redis 7 "
+                              "or later there (sharded pub/sub)")
+        return "cluster"
     if client.info("replication").get("role") != "master":
         raise EngineError(f"{url} is a read-only replica: point --redis at its primary")
+    return "standalone"
 
 
 class _Unsettled(Exception):

@@ -1,7 +1,7 @@
 """Quotas on the history kept in Redis (engines/redis.py runs them): `--history-max-rooms`,
 `--history-max-bytes`, `--history-max-age`, as engines/sqlite_quotas.py does for the file.
 
-What counts. Rooms: those with history, in `roomchat:history` (a sorted set: room -> when it was
+What counts. Rooms: those with history, in `roomchat:history` (INDEX, a sorted set: room -> when it was
 last written to, ms; each process adds what it wrote at its next beat). Bytes: Redis's own
 `used_memory` (INFO memory): everything in that Redis, roomchat's keys and Redis's overhead.
 Age: a chat's `ts`.
@@ -14,9 +14,9 @@ process is never forgotten (FORGET checks, atomically with the deletion).
 
 Forgetting deletes the room's history and membership keys (`seq`, `hist`, `log`, `idem`,
 `members`, `owners`, `joins`); its topic, bans and mutes are rules and stay (bans and mutes
-expire). Its seqs are never given out again: first `roomchat:seq_floor` is raised to its seq
-(FLOOR), then the room is forgotten if its seq is still that one (FORGET), and a room with no
-counter starts above the floor (PUBLISH, ANNOUNCE).
+expire). Its seqs are never given out again: FORGET raises the seq floor of the room's hash
+slot to its seq in the same call (redis_scripts.floor_key), and a room with no counter starts
+above its slot's floor (PUBLISH, ANNOUNCE).
 
 One process at a time runs a pass (it holds `roomchat:quotas` for a beat), at most once a beat,
 on its heartbeat thread, a bounded amount of work per pass (FORGET_CHUNK rooms, AGE_ROOMS rooms
@@ -29,12 +29,11 @@ import time
 
 import orjson
 
-from chatserver.engines.redis_scripts import room_key
+from chatserver.engines.redis_scripts import floor_key, room_key
 
 log = logging.getLogger("roomchat.redis")
 
 INDEX = "roomchat:history"
-FLOOR_KEY = "roomchat:seq_floor"
 FORGET_CHUNK = 500  # rooms forgotten per pass, at most
 SCAN_MAX = 2000  # rooms looked at per search for rooms to forget, at most (those someone is in are skipped)
 BYTES_STEP = 50  # rooms forgotten between two looks at used_memory
@@ -60,9 +59,10 @@ class RedisQuotas:
         with self._lock:
             self._touched[room] = int(time.time() * 1000)
 
-    def run(self, redis, scripts: dict, lease: str, every_ms: int) -> list:
+    def run(self, redis, scripts: dict, lease: str, every_ms: int, used_memory) -> list:
         """Add what was written since the last beat to the index; then, if no other process does,
-        one pass. Returns the rooms forgotten."""
+        one pass. `used_memory()`: Redis's (on a Redis Cluster, its fullest node's). Returns the
+        rooms forgotten."""
         with self._lock:
             touched, self._touched = self._touched, {}
         if touched:
@@ -83,7 +83,7 @@ class RedisQuotas:
             if excess > 0:
                 forgotten += self._forget_quietest(redis, scripts, excess)
         if self.max_bytes:
-            while len(forgotten) < FORGET_CHUNK and redis.info("memory")["used_memory"] > self.max_bytes:
+            while len(forgotten) < FORGET_CHUNK and used_memory() > self.max_bytes:
                 gone = self._forget_quietest(redis, scripts, BYTES_STEP)
                 if not gone:
                     break
@@ -117,11 +117,10 @@ class RedisQuotas:
         return gone
 
     def _forget(self, scripts: dict, room: str, seq: bytes | None) -> bool:
-        """Raise the floor to the room's `seq`, then forget it if nobody is in it and its seq is
-        still that; True if it was."""
-        scripts["floor"](keys=[FLOOR_KEY], args=[int(seq or 0)])
-        keys = [room_key(room, part) for part in ("seq", "hist", "log", "idem", "members", "owners", "joins")]
-        return bool(scripts["forget"](keys=keys, args=[seq if seq is not None else b"0"]))
+        """Forget the room if nobody is in it and its seq is still `seq` (its slot's floor raised
+        to it); True if it was."""
+        keys = [room_key(room, part) for part in ("seq", "hist", "log", "idem", "members", "owners", "joins", "ver")]
+        return bool(scripts["forget"](keys=[*keys, floor_key(room)], args=[seq if seq is not None else b"0"]))
 
     def _trim_older(self, redis, rooms: list, cutoff: float) -> None:
         """Delete each room's chats stored before `cutoff` (seconds), a prefix of its history, and

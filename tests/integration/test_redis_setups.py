@@ -1,5 +1,5 @@
 """Redis set-ups roomchat cannot use are refused at start with one line and exit status 2, never a
-traceback: a Redis Cluster node, a Sentinel, a read-only replica (real redis-server processes)."""
+traceback: a Sentinel, a read-only replica (real redis-server processes)."""
 
 import subprocess
 
@@ -38,12 +38,6 @@ def refused(port: int) -> str:
     done = run_to_exit("--redis", f"redis://127.0.0.1:{port}/0")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     return done.stderr
-
-
-def test_a_redis_cluster_node_is_refused_with_one_line(start_redis, tmp_path):
-    """A node of a Redis Cluster: one line naming Redis Cluster, status 2."""
-    port = start_redis("--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"))
-    assert "is a node of a Redis Cluster" in refused(port)
 
 
 def test_a_sentinel_is_refused_with_one_line(start_redis, tmp_path):
