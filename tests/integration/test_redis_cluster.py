@@ -2,6 +2,7 @@
 behave as one server: real redis-server processes (started by the test), real roomchat processes."""
 
 import threading
+import time
 
 import pytest
 import redis
@@ -17,6 +18,14 @@ def ask(peer, kind: str, **msg) -> dict:
     """Send a request; its reply of type `kind` (room events before it skipped)."""
     peer.send(**msg)
     return peer.recv_type(kind)
+
+
+def reply_to(peer, request_id) -> dict:
+    """The reply (or own copy) carrying `request_id`, room events before it skipped."""
+    while True:
+        event = peer.recv()
+        if event.get("id") == request_id:
+            return event
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +139,47 @@ def test_a_killed_process_on_a_cluster_node_is_reaped(processes, peers):
     left = watcher.recv_type("presence")
     assert (left["event"], left["nick"]) == ("leave", gone.nick)
     assert watcher.request(type="who", room="lobby")["members"] == [watcher.nick]
+
+
+def test_a_killed_master_fails_over_to_its_replica(tmp_path, spawn, peers):
+    """kill -9 of the master holding a room (cluster-node-timeout 2 s): until its replica takes
+    over, each chat to the room is answered once, its copy or `unavailable`; then chats flow again
+    on every process, with no gap, no repeat and no reset (nothing acknowledged was lost: the
+    replica had it), and who and DMs work."""
+    service = RedisCluster(tmp_path, replicas=1)
+    try:
+        servers = [spawn("--redis", url) for url in service.urls]
+        sender, *receivers = [peers(s.url, timeout=30) for s in servers]
+        for peer in (sender, *receivers):
+            peer.join("lobby")
+        for i, receiver in enumerate(receivers):  # the joins after its own
+            for _ in range(len(receivers) - 1 - i):
+                receiver.recv_type("presence")
+        assert [e["seq"] for e in sender.chat_all("lobby", ["before"])] == [1]
+        master, [replica] = service.master_of("roomchat:{lobby}:seq")
+        copy = redis.Redis(port=replica)
+        copy.execute_command("READONLY")
+        wait_for(lambda: copy.get("roomchat:{lobby}:seq") == b"1", timeout=10)  # replicated: acknowledged
+        copy.close()
+        service.kill_node(master)
+        answers = []
+        for i in range(300):  # a chat every 0.1 s until one goes through
+            sender.send(type="chat", room="lobby", text=f"during {i}", id=i)
+            reply = reply_to(sender, i)
+            answers.append(reply["type"] if reply["type"] == "chat" else reply["code"])
+            if reply["type"] == "chat":
+                break
+            time.sleep(0.1)
+        assert answers[-1] == "chat" and set(answers[:-1]) <= {"unavailable"}, answers
+        for receiver in receivers:
+            seen = []
+            while not seen or seen[-1]["text"] != reply["text"]:
+                event = receiver.recv()
+                if event["type"] == "chat":
+                    seen.append(event)
+            assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1)) and seen[0]["text"] == "before"
+        assert ask(receivers[0], "who", type="who", room="lobby")["members"] == [
+            sender.nick, *(r.nick for r in receivers)]
+        assert ask(receivers[-1], "dm", type="dm", to=sender.nick, text="still there?")["to"] == sender.nick
+    finally:
+        service.kill()
