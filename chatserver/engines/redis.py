@@ -104,7 +104,10 @@ READ_TIMEOUT = 2.0  # seconds for a reply, and for the rest of a reply begun on 
 SETTLE_TRIES = 3  # a write whose outcome is unknown is sent again this many times, then settled
 DEFERRED_MAX = 100_000  # leaves and nick changes waiting for Redis at most; the oldest go first
 TAKE_POLL = 0.05  # seconds between claims while a nick's holder lets go of it
-UNKNOWN = (redis.ConnectionError, redis.TimeoutError)  # the call may or may not have been carried out
+# the call may or may not have been carried out (a RedisClusterException: a Redis Cluster's slots
+# moving or uncovered, its retries spent; it is no RedisError)
+UNKNOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException)
+REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)  # anything a call to Redis raises
 
 
 def nick_key(nick: str) -> str:
@@ -155,7 +158,7 @@ class RedisEngine:
             self._redis.set("roomchat:epoch", new_epoch(), nx=True)
             self.epoch = self._redis.get("roomchat:epoch").decode()
             flags = int(server["redis_version"].split(".")[0]) >= 7  # allow-oom
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise EngineError(f"cannot reach Redis at {url}: {exc}") from None
         if self.sharded:  # a room's events on sharded pub/sub: only its shard carries them
             sharded = {"publish": PUBLISH.replace("'PUBLISH'", "'SPUBLISH'"),
@@ -290,7 +293,7 @@ class RedisEngine:
 
     def _pub(self, channel: str, data: bytes) -> int:
         """PUBLISH (SPUBLISH on a Redis Cluster: the channel's shard only); how many received it.
-        Raises redis.RedisError."""
+        Raises REDIS_ERRORS."""
         return (self._redis.spublish if self.sharded else self._redis.publish)(channel, data)
 
     def _apart(self, command, *args, **kwargs) -> None:
@@ -299,7 +302,7 @@ class RedisEngine:
         more than is true, never less)."""
         try:
             command(*args, **kwargs)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             log.warning("Redis Cluster: a room count or index not updated: %s", exc)
 
@@ -332,7 +335,7 @@ class RedisEngine:
                         self._confirmed[channel] = threading.Event()
                     confirmed = self._confirmed.get(channel)
                 if send:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
-                    with contextlib.suppress(redis.RedisError, AttributeError):
+                    with contextlib.suppress(*REDIS_ERRORS, AttributeError):
                         self._subscribe(self._pubsub, channel)
         if confirmed is not None and not confirmed.wait(SUBSCRIBE_TIMEOUT):
             raise Unavailable("Redis did not confirm the subscription")
@@ -345,7 +348,7 @@ class RedisEngine:
             with self._lock:
                 self._last.pop(room, None)
                 self._confirmed.pop(room_key(room, "events"), None)
-            with contextlib.suppress(redis.RedisError, AttributeError):
+            with contextlib.suppress(*REDIS_ERRORS, AttributeError):
                 if self.sharded:
                     self._pubsub.sunsubscribe(room_key(room, "events"))
                 else:
@@ -353,7 +356,7 @@ class RedisEngine:
 
     def _subscribe(self, pubsub, *channels: str) -> None:
         """SUBSCRIBE, or SSUBSCRIBE on a Redis Cluster (one channel at a time: each its slot's).
-        Raises redis.RedisError."""
+        Raises REDIS_ERRORS."""
         if self.sharded:
             for channel in channels:
                 pubsub.ssubscribe(channel)
@@ -376,7 +379,7 @@ class RedisEngine:
                 lease = self._lease
             self._redis.zrem(LEASES, lease)
             self._clean_up(lease)
-        except (redis.RedisError, Unavailable):
+        except (*REDIS_ERRORS, Unavailable):
             pass
         self._redis.close()
 
@@ -392,7 +395,7 @@ class RedisEngine:
         with self._lock:
             self._claims[key] = (value, client_id)
             index = f"roomchat:proc:{self._lease}:nicks"
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             self._redis.sadd(index, key)
         return True
 
@@ -459,7 +462,7 @@ class RedisEngine:
             if earlier is not None and earlier[0] != key:
                 self._scripts["if_owner_delete"](keys=[earlier[0]], args=[earlier[1]])
             self._redis.set(key, value, px=self._session_ms)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             log.warning("resume session of client %d not kept in Redis: %s", client_id, exc)
 
@@ -468,7 +471,7 @@ class RedisEngine:
         with self._lock:
             session = self._sessions.pop(client_id, None)
         if session is not None:
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 self._scripts["if_owner_delete"](keys=[session[0]], args=[session[1]])
 
     def find_session(self, token: str) -> Session | None:
@@ -522,7 +525,7 @@ class RedisEngine:
                              Meta((self.process_id, client_id)), owner), first_try=True)
             self.release_nick(session.nick, client_id)
             raise
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             self._pub(f"roomchat:proc:{old_lease.split('.')[0]}:dm", orjson.dumps([int(old_client), None, "moved"]))
         return taken
 
@@ -566,7 +569,7 @@ class RedisEngine:
         """Run a Redis command or script; Raises Unavailable when Redis cannot be reached."""
         try:
             return command(*args, **kwargs)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             raise Unavailable("Redis is unreachable") from None
 
@@ -580,7 +583,7 @@ class RedisEngine:
                 self._failed(exc)
                 if self._stop.wait(0.2 * (attempt + 1)):
                     break
-            except redis.RedisError as exc:  # an error reply (out of memory, ...): not carried out
+            except REDIS_ERRORS as exc:  # an error reply (out of memory, ...): not carried out
                 self._failed(exc)
                 raise Unavailable(f"Redis refused: {exc}") from None
         raise _Unsettled()
@@ -617,7 +620,7 @@ class RedisEngine:
                 try:
                     self._do(item)
                     return
-                except (redis.RedisError, Unavailable, _Unsettled):
+                except (*REDIS_ERRORS, Unavailable, _Unsettled):
                     pass
         with self._lock:
             if len(self._deferred) >= DEFERRED_MAX:
@@ -634,7 +637,7 @@ class RedisEngine:
                 item = self._deferred[0]
             try:
                 self._do(item)
-            except (redis.RedisError, Unavailable, _Unsettled):
+            except (*REDIS_ERRORS, Unavailable, _Unsettled):
                 return
             with self._lock:
                 if self._deferred and self._deferred[0] is item:
@@ -664,9 +667,14 @@ class RedisEngine:
                     self._connect()
                     delay = 0.1
                 self._receive()
-            except (redis.RedisError, OSError) as exc:
+            except (*REDIS_ERRORS, OSError) as exc:
                 self._failed(exc)
                 log.error("Redis subscription lost (%s); reconnecting in %.1f s", exc, delay)
+                self._drop_pubsub()
+                self._stop.wait(delay)
+                delay = min(2 * delay, RETRY_MAX_DELAY)
+            except Exception:  # a bug: logged; the subscription starts over (and catches up)
+                log.exception("Redis listener: unexpected error")
                 self._drop_pubsub()
                 self._stop.wait(delay)
                 delay = min(2 * delay, RETRY_MAX_DELAY)
@@ -693,7 +701,7 @@ class RedisEngine:
 
     def _check_epoch(self) -> None:
         """After a reconnect and at every heartbeat: if Redis lost its data, start a new history.
-        Raises redis.RedisError."""
+        Raises REDIS_ERRORS."""
         current = self._redis.get("roomchat:epoch")  # a write only when it is gone (none at maxmemory)
         if current not in (None, self.epoch.encode()) or \
                 (current is None and self._redis.set("roomchat:epoch", new_epoch(), nx=True)):
@@ -702,7 +710,7 @@ class RedisEngine:
     def _history_replaced(self, why: str) -> None:
         """Redis handed out a seq at or below one delivered here: a new epoch for everyone."""
         log.error("%s: Redis lost acknowledged writes; a new history begins", why)
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             current = self._redis.get("roomchat:epoch")
             if current is None or current == self.epoch.encode():
                 self._redis.set("roomchat:epoch", new_epoch())
@@ -752,6 +760,8 @@ class RedisEngine:
         items = []
         for name, node in arrived:
             target = self._redis.get_node(node_name=name)
+            if target is None:  # the node left the cluster: subscribe again where the slots are now
+                raise redis.ConnectionError(f"{name} is no longer a node of the cluster")
             while len(items) < 512 and node.connection is not None and node.connection.can_read(timeout=0):
                 message = pubsub.get_sharded_message(timeout=READ_TIMEOUT, target_node=target)
                 if message is None:
@@ -806,13 +816,13 @@ class RedisEngine:
 
     def _check_seq(self, room: str, delivered: int) -> None:
         """A chat at or below one delivered here: a repeat, unless Redis's counter went back."""
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             if int(self._redis.get(room_key(room, "seq")) or 0) < delivered:
                 self._history_replaced(f"{room}: seq {delivered} delivered here, Redis is below it")
 
     def _fill(self, room: str, last: tuple, upto: tuple | None) -> list:
         """Stored events after place `last` (before `upto`), as items, from the room's chats and
-        log merged by place. Raises redis.RedisError."""
+        log merged by place. Raises REDIS_ERRORS."""
         seq, n = last
         high = "+" if upto is None else f"0-{upto[0]}" if upto[1] else f"(0-{upto[0]}"  # an event follows its seq
         chats = self._redis.xrange(room_key(room, "hist"), f"(0-{seq}", high)
@@ -840,7 +850,7 @@ class RedisEngine:
     def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            with contextlib.suppress(redis.RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS, OSError):
                 pubsub.close()
 
     # -- the heartbeat thread ------------------------------------------------------------------
@@ -861,12 +871,14 @@ class RedisEngine:
                     self._reap()
                 self._run_quotas()
                 self._problem = None if self._pubsub is not None else self._problem
-            except (redis.RedisError, Unavailable) as exc:
+            except (*REDIS_ERRORS, Unavailable) as exc:
                 self._failed(exc)
                 log.warning("Redis heartbeat failed: %s", exc)
+            except Exception:  # a bug: logged, and the beat goes on (a dead heartbeat loses the lease)
+                log.exception("Redis heartbeat: unexpected error")
 
     def _used_memory(self) -> int:
-        """Redis's used_memory (a Redis Cluster's fullest primary's). Raises redis.RedisError."""
+        """Redis's used_memory (a Redis Cluster's fullest primary's). Raises REDIS_ERRORS."""
         if not self.sharded:
             return self._redis.info("memory")["used_memory"]
         return max(self._redis.get_redis_connection(node).info("memory")["used_memory"]
@@ -874,7 +886,7 @@ class RedisEngine:
 
     def _run_quotas(self) -> None:
         """Heartbeat: the history quotas (one process a beat); the rooms forgotten are dropped
-        here too. Raises redis.RedisError."""
+        here too. Raises REDIS_ERRORS."""
         with self._lock:
             lease = self._lease
         forgotten = self._quotas.run(self._redis, self._scripts, lease, int(self._beat_every * 1000), self._used_memory)
@@ -883,7 +895,7 @@ class RedisEngine:
 
     def _beat(self) -> None:
         """Renew the lease and the nick claims; a lost lease is taken anew and the registry takes
-        its clients back; a lost claim is the registry's to settle. Raises redis.RedisError."""
+        its clients back; a lost claim is the registry's to settle. Raises REDIS_ERRORS."""
         with self._lock:
             lease, registered = self._lease, self._registered
         if not self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, int(registered)]):
@@ -920,7 +932,7 @@ class RedisEngine:
         """REFRESH for each claim on a Redis Cluster, where a pipeline cannot run scripts: each
         claim read in `pipe`, those still ours renewed in a second pipeline, those gone taken again
         one by one (rare); 1 or 2 for each kept, 0 for each someone else holds now (`queued`:
-        commands in `pipe` before). Raises redis.RedisError."""
+        commands in `pipe` before). Raises REDIS_ERRORS."""
         for key, _claim in claims:
             pipe.get(key)
         held = pipe.execute()[queued:]
@@ -939,7 +951,7 @@ class RedisEngine:
 
     def _retake(self, lost: str) -> None:
         """This process was reaped: a new lease (generation), then the registry takes back its
-        clients' nicks and rooms. Raises redis.RedisError, Unavailable (tried again next beat)."""
+        clients' nicks and rooms. Raises REDIS_ERRORS, Unavailable (tried again next beat)."""
         with self._lock:
             self._generation += 1
             self._lease = f"{self.process_id}.{self._generation}"
@@ -968,7 +980,7 @@ class RedisEngine:
     def _reap(self) -> None:
         """Announce the leaves of processes whose lease expired more than a grace ago, and free
         their nicks (each reaped by one process; one that stopped half-way is finished by the
-        next). Raises redis.RedisError, Unavailable."""
+        next). Raises REDIS_ERRORS, Unavailable."""
         for lease in (p.decode() for p in self._scripts["reap"](keys=[LEASES, REAPING],
                                                                args=[self._lease_ms])):
             count = self._clean_up(lease)
@@ -977,7 +989,7 @@ class RedisEngine:
 
     def _clean_up(self, lease: str) -> int:
         """Announce every membership of `lease` gone and delete its nick claims. Raises
-        redis.RedisError, Unavailable, _Unsettled."""
+        REDIS_ERRORS, Unavailable, _Unsettled."""
         index = f"roomchat:proc:{lease}:rooms"
         entries = self._redis.smembers(index)
         for entry in entries:
@@ -992,7 +1004,7 @@ class RedisEngine:
 
 def _kind_of(url: str, server: dict, client) -> str:
     """"standalone" or "cluster" (a node of a Redis Cluster: any node will do); EngineError (one
-    line) for a Redis roomchat cannot use: a Sentinel, a read-only replica. Raises redis.RedisError."""
+    line) for a Redis roomchat cannot use: a Sentinel, a read-only replica. Raises REDIS_ERRORS."""
     if server.get("redis_mode") == "sentinel":
         raise EngineError(f"{url} is a Redis Sentinel, which roomchat does not support: point --redis at the "
                           "primary it names (redis-cli -p 26379 SENTINEL get-master-addr-by-name NAME)")

@@ -45,7 +45,7 @@ class RedisQuotas:
     """The three quotas (0: none) over one Redis, and the index of rooms with history.
 
     `touch` is called by any thread (it records under `_lock`); `run` by the heartbeat thread
-    only. Raises redis.RedisError from `run` (tried again at the next beat)."""
+    only. Raises what a call to Redis raises from `run` (tried again at the next beat)."""
 
     def __init__(self, max_bytes: int = 0, max_age: float = 0, max_rooms: int = 0):
         self.max_bytes = max_bytes
