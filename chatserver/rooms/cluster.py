@@ -85,14 +85,15 @@ class ClusterRegistry(Registry):
 
     # -- resume on any process ---------------------------------------------------------------
 
-    def _resume_elsewhere(self, client: Client, token: str, identity) -> bool:
-        session = self._ask_engine(lambda: self._engine.find_session(token))
+    def _resume_elsewhere(self, client: Client, resume: str, identity, token: str) -> bool:
+        session = self._ask_engine(lambda: self._engine.find_session(resume))
         if session is None or session.identity != (fold_nick(identity.nick) if identity is not None else ""):
             return False  # a stolen token alone does not take over a token holder
         rooms = session.rooms[: self._max_rooms]
         with self._lock:
-            if fold_nick(session.nick) in self._nicks:
-                return False
+            # a client here with that nick: the one this process has yet to let go (it moved away
+            # and came back), or the session is stale; the engine's claim says which
+            stale = self._nicks.get(fold_nick(session.nick))
             for name in rooms:  # members now, receiving nothing until welcomed: held from the start
                 self._room(name).members[client] = Hold(at=0)
                 client.rooms.add(name)
@@ -103,6 +104,10 @@ class ClusterRegistry(Registry):
             taken = self._engine.take_session(session._replace(rooms=rooms), client.id)
         except Unavailable as exc:
             failure = exc
+        if taken is not None and stale is not None:
+            self.let_go(stale.id)  # the claim was not its: it moved before, its let-go is on its way
+        if taken is not None:
+            self._keep_session(client, token, session.nick)  # before the token is given
         with self._lock:
             emptied = [self._remove_member(client, name) for name in rooms if taken is None or name not in taken]
             if taken is not None:
@@ -111,7 +116,7 @@ class ClusterRegistry(Registry):
                 self._nicks[fold_nick(client.nick)] = client
                 for name, seq in taken.items():  # where each stream stands, for a re-join's history
                     self._seqs[name] = max(self._seqs.get(name, 0), seq)
-                self._welcome(client, resumed=True)
+                self._welcome(client, resumed=True, token=token)
                 for name in sorted(taken):
                     room = self._rooms[name]
                     hold, room.members[client] = room.members[client], None
@@ -125,12 +130,11 @@ class ClusterRegistry(Registry):
             raise unavailable(failure)
         return taken is not None
 
-    def _keep_session(self, client: Client) -> None:
+    def _keep_session(self, client: Client, token: str | None = None, nick: str | None = None) -> None:
         with self._lock:
-            if client.id not in self._clients:
-                return
-            token, nick, identity = client.token, client.nick, client.identity
-        self._engine.keep_session(client.id, token, nick, fold_nick(identity.nick) if identity is not None else "")
+            token, nick, identity = token or client.token, nick or client.nick, client.identity
+        if token is not None:
+            self._engine.keep_session(client.id, token, nick, fold_nick(identity.nick) if identity is not None else "")
 
     def _end_session(self, client: Client) -> None:
         self._engine.end_session(client.id)

@@ -370,30 +370,38 @@ class Registry:
         unavailable."""
         if identity is not None:
             self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
+        token = secrets.token_urlsafe(24)  # the new resume token, kept (cluster) before it is given
         with self._lock:
-            resumed = self._resume(resume, conn, identity)
-            if resumed is not None:
-                self._welcome(resumed, resumed=True)
-            client = resumed or Client(next(self._ids), conn, "", limiter, identity)
-        if resumed is None and resume and self._resume_elsewhere(client, resume, identity):
+            resumed = self._resumable(resume, identity)
+        if resumed is not None:
+            self._keep_session(resumed, token)
+            with self._lock:
+                if self._resumable(resume, identity) is not resumed:
+                    gone, resumed = resumed, None  # gone meanwhile: the session just kept goes too
+                else:
+                    self._take_over(resumed, conn, identity)
+                    self._welcome(resumed, resumed=True, token=token)
+            if resumed is None and gone.id not in self._clients:  # (else another resume took it first)
+                self._end_session(gone)
+        client = resumed or Client(next(self._ids), conn, "", limiter, identity)
+        if resumed is None and resume and self._resume_elsewhere(client, resume, identity, token):
             resumed = client
         if resumed is not None:
             if identity is not None:
                 self._identities.watch(client, identity.expires)
-            self._keep_session(client)
             return client
         while True:
             nick = self._guest_nick(client) if identity is None else self._take(client, identity.nick)
+            self._keep_session(client, token, nick)
             with self._lock:
                 if self._nicks.setdefault(fold_nick(nick), client) is client:
                     client.nick = nick
                     self._clients[client.id] = client
-                    self._welcome(client, resumed=False)
+                    self._welcome(client, resumed=False, token=token)
                     break
             self._release(client, nick)  # taken here meanwhile (by another connection of the same token)
         if identity is not None:
             self._identities.watch(client, identity.expires)
-        self._keep_session(client)
         return client
 
     def disconnect(self, client: Client, conn=None) -> None:
@@ -434,11 +442,11 @@ class Registry:
 
     # -- helpers (lock held) -------------------------------------------------------------------
 
-    def _welcome(self, client: Client, resumed: bool) -> None:
-        """The first frame on a connection: `welcome`, with a new resume token for the client."""
+    def _welcome(self, client: Client, resumed: bool, token: str) -> None:
+        """The first frame on a connection: `welcome`, with the client's new resume `token`."""
         assert self._lock.locked()
         self._forget_token(client)
-        client.token = secrets.token_urlsafe(24)
+        client.token = token
         self._tokens[client.token] = client
         event = protocol.welcome(client.nick, self._limits, self._engine.epoch)
         event["resume"] = client.token
@@ -449,20 +457,25 @@ class Registry:
             event["auth"] = client.identity.summary()
         client.send(protocol.encode(event))
 
-    def _resume(self, token: str | None, conn, identity=None) -> Client | None:
-        """The client `token` names, moved onto `conn` (its old connection closed with 4002), or
-        None when the token is unknown (never given, or its client is gone) or, with `identity`,
-        the client is not that identity's holder (anonymous, or another token nick)."""
+    def _resumable(self, token: str | None, identity=None) -> Client | None:
+        """The client of this process `token` names, or None when the token is unknown here
+        (never given, or its client is gone) or the client may not be taken over with `identity`
+        (`_same_holder`)."""
         assert self._lock.locked()
         client = self._tokens.get(token) if token else None
         if client is None or client.id not in self._clients or not _same_holder(client.identity, identity):
             return None
+        return client
+
+    def _take_over(self, client: Client, conn, identity=None) -> None:
+        """Move `client` onto `conn` (its old connection closed with 4002), with `identity`'s
+        newer token if any."""
+        assert self._lock.locked()
         if identity is not None:
             client.identity = identity  # the newer token: its expiry and claims from now on
         old, client.conn = client.conn, conn
         old.close(CLOSE_REPLACED, "replaced by a new connection")
         log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CLOSE_REPLACED)
-        return client
 
     def _forget_token(self, client: Client) -> None:
         assert self._lock.locked()
@@ -889,13 +902,15 @@ class Registry:
         # left out, and a count may include a join not yet placed in the stream
         return count, [(n, len(r.members)) for n in names if (r := self._rooms.get(n)) is not None]
 
-    def _resume_elsewhere(self, client: Client, token: str, identity) -> bool:
+    def _resume_elsewhere(self, client: Client, resume: str, identity, token: str) -> bool:
         """Take over, for new `client` (not registered yet), the client of another process whose
-        resume `token` this is, and welcome it; False if there is none. Raises ChatError unavailable."""
+        resume token `resume` is, and welcome it with `token`; False if there is none. Raises
+        ChatError unavailable."""
         return False
 
-    def _keep_session(self, client: Client) -> None:
-        """The client's resume token or nick changed (lock not held)."""
+    def _keep_session(self, client: Client, token: str | None = None, nick: str | None = None) -> None:
+        """The client's resume token (`token`, about to be given) or nick (`nick`, or its own)
+        changed (lock not held)."""
 
     def _end_session(self, client: Client) -> None:
         """The client left: its resume token is spent."""
