@@ -140,3 +140,20 @@ def test_a_client_of_a_killed_process_resumes_on_another_before_it_is_reaped(clu
     again.send(type="chat", room="lobby", text="survived")
     assert no_presence(until_chat(watcher, "survived"))
     assert watcher.request(type="who", room="lobby")["members"] == [watcher.nick, "ann"]
+
+
+def test_resuming_back_and_forth_at_once_keeps_nick_and_rooms(cluster, peers):
+    """A client that resumes on the other process and at once again, 20 times, alternating, with
+    each newest token: resumed every time, same nick and rooms (a token works the moment it is
+    given, and a process the client left a moment ago does not stand in its way)."""
+    a, b = cluster(2)
+    peer = peers(a.url)
+    peer.set_nick("ann")
+    for room in ("r1", "r2"):
+        peer.join(room)
+    for i in range(20):
+        again = peers(f"{(b, a)[i % 2].url}?resume={peer.welcome['resume']}")
+        assert again.welcome.get("resumed") and again.nick == "ann" and again.welcome["rooms"] == ["r1", "r2"], i
+        peer.close()
+        peer = again
+    assert peer.request(type="who", room="r1")["members"] == ["ann"]
