@@ -166,10 +166,11 @@ HELP = {
     "max_connections_per_address": "connections at once from one client address (behind a --trusted-proxy: the "
                                    "address it reports); more get HTTP 503 (0: no cap)",
     "history_per_room": "chat events kept per room; older ones are pruned",
-    "history_max_bytes": "bytes the history may use (SQLite: the file and its WAL; :memory: the events in memory); "
-                         "the oldest events are pruned first (0: no limit)",
-    "history_max_age": "seconds an event is kept in the history, SQLite or :memory: (0: no limit)",
-    "history_max_rooms": "rooms with history kept (SQLite or :memory:); those quiet longest are forgotten first "
+    "history_max_bytes": "bytes the history may use (SQLite: the file and its WAL; :memory: the events in memory; "
+                         "Redis: its used_memory, the rooms quiet longest forgotten first); the oldest events are "
+                         "pruned first (0: no limit)",
+    "history_max_age": "seconds an event is kept in the history, SQLite, :memory: or Redis (0: no limit)",
+    "history_max_rooms": "rooms with history kept (SQLite, :memory: or Redis); those quiet longest are forgotten first "
                          "(0: no limit)",
     "ping_interval": "seconds between server pings that detect dead connections",
     "ping_timeout": "seconds to wait for a pong before closing with 1011",

@@ -115,3 +115,87 @@ def wait_for(predicate, timeout: float = 3.0, interval: float = 0.01):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+class RedisCluster:
+    """A real 3-master Redis Cluster of the test's own: three `redis-server --cluster-enabled yes`
+    on free ports in `directory`, joined by `redis-cli --cluster create`; `urls` names each node."""
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0):
+        """`replicas` per master (their nodes fail over within about two seconds)."""
+        binary = require_program("redis-server", "apt-get install redis-server")
+        cli = require_program("redis-cli", "apt-get install redis-tools")
+        self.ports = [_cluster_port() for _ in range(masters * (1 + replicas))]
+        self.urls = [f"redis://127.0.0.1:{port}/0" for port in self.ports]
+        self.procs = []
+        for port in self.ports:
+            node = directory / f"node-{port}"
+            node.mkdir()
+            self.procs.append(subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", str(node / "nodes.conf"), "--cluster-node-timeout", "2000",
+                 "--save", "", "--appendonly", "no",
+                 "--dir", str(node), "--daemonize", "no", "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        import redis
+
+        clients = [redis.Redis(port=port, socket_connect_timeout=0.5) for port in self.ports]
+        for client in clients:
+            wait_for(lambda c=client: _pings(c), timeout=10)
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", str(replicas), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        for client in clients:
+            wait_for(lambda c=client: c.cluster("info")["cluster_state"] == "ok", timeout=20, interval=0.1)
+            client.close()
+        client = redis.Redis(port=self.ports[0])
+
+        def shards() -> list:
+            return client.execute_command("CLUSTER", "SLOTS")
+
+        wait_for(lambda: all(len(entry) - 3 == replicas for entry in shards()), timeout=20, interval=0.1)
+        masters_seen = sorted({int(entry[2][1]) for entry in shards()})
+        client.close()
+        self.urls = [f"redis://127.0.0.1:{port}/0" for port in masters_seen]  # the masters
+
+    def master_of(self, key: str) -> tuple[int, list]:
+        """The port of the master that holds `key` now, and its replicas' ports."""
+        import redis
+
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            if proc.poll() is not None:
+                continue
+            client = redis.Redis(port=port)
+            try:
+                slot = client.cluster("keyslot", key)
+                for start, end, master, *replicas in client.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        return int(master[1]), [int(r[1]) for r in replicas]
+            finally:
+                client.close()
+        raise AssertionError("no live node")
+
+    def kill_node(self, port: int) -> None:
+        """kill -9 the node on `port`."""
+        proc = self.procs[self.ports.index(port)]
+        proc.kill()
+        proc.wait(10)
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port

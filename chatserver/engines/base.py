@@ -319,6 +319,34 @@ class ClusterEngine(Engine, Protocol):
     def unsubscribe(self, room: str) -> None:
         """Stop receiving it (the last local member left), unless a member has joined again."""
 
+    def keep_session(self, client_id: int, token: str, nick: str, identity: str) -> None:
+        """Keep local client `client_id`'s resume session (its `token`, `nick`, and the folded nick
+        of its identity or "") where every process finds it, in place of its earlier one."""
+
+    def end_session(self, client_id: int) -> None:
+        """Forget the client's session (it left)."""
+
+    def find_session(self, token: str) -> "Session | None":
+        """The session of `token` held by a live client of any process, or None."""
+
+    def take_session(self, session: "Session", client_id: int) -> dict | None:
+        """Move `session`'s nick claim and memberships to local client `client_id`, and ask its
+        old process to drop the old connection silently; {room: its seq then} for the rooms it
+        is still in, or None when the session changed or ended meanwhile."""
+
+
+class Session(NamedTuple):
+    """A resume session as the cluster engine keeps it: its owner (`<lease>:<client>`), nick,
+    identity (folded nick, or ""), the rooms it is in; where it is stored and its stored value
+    (compared when it is taken)."""
+
+    owner: str
+    nick: str
+    identity: str
+    rooms: tuple
+    key: str
+    value: bytes
+
 
 def new_epoch() -> str:
     return uuid.uuid4().hex[:16]

@@ -20,7 +20,7 @@ an event at or before it is dropped, a chat after a gap is preceded by what was 
 a reconnect every room is caught up from `hist` and `log` merged by place. So presence, nick
 changes and moderation converge like chats: nothing published while a link was down is missed.
 
-Leases and fencing (DESIGN-NOTES 1). A process is alive while its lease in `roomchat:leases` (a
+Leases and fencing (DESIGN-NOTES 1). A process is alive while its lease in `roomchat:{leases}` (a
 sorted set: lease id -> expiry, judged by Redis's clock) is renewed by its heartbeat, every
 lease/4 seconds. The lease id is `<process>.<generation>`; owners of nicks and memberships are
 `<lease id>:<client>`. A process whose lease expired more than a grace ago (as long as the lease)
@@ -45,13 +45,15 @@ Threads: connection threads call the public methods (redis-py's pool is thread-s
 listener thread reads the subscription and calls the hub (a request to let go of a nick runs
 `Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
 lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`.
-`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_claims`, `_confirmed`,
-`_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
+`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_claims`, `_sessions`,
+`_confirmed`, `_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
 """
 
 import collections
 import contextlib
+import hashlib
 import logging
+import select
 import threading
 import time
 
@@ -59,19 +61,34 @@ import orjson
 import redis
 
 from chatserver import protocol
-from chatserver.engines.base import EngineError, Meta, Unavailable, new_epoch
+from chatserver.engines.base import EngineError, Meta, Session, Unavailable, new_epoch
+from chatserver.engines.redis_quotas import RedisQuotas
 from chatserver.engines.redis_scripts import (
     ANNOUNCE,
     BEAT,
     CLAIM,
+    CLAIM_MOVE,
+    COUNT,
+    FORGET,
     IF_OWNER_DELETE,
     IF_OWNER_PREFIX_DELETE,
+    LEASES,
+    OOM_OK,
+    OWNER_MOVE,
     PUBLISH,
+    QUOTA_TURN,
     REAP,
+    REAPING,
     REFRESH,
     RESERVE,
     RESOLVE,
+    ROOM_VERSIONS,
+    ROOMS,
+    TOUCH,
     USE_INVITE,
+    floor_key,
+    oom_ok,
+    room_key,
 )
 from chatserver.errors import ChatError
 from chatserver.ops import metrics
@@ -91,15 +108,20 @@ READ_TIMEOUT = 2.0  # seconds for a reply, and for the rest of a reply begun on 
 SETTLE_TRIES = 3  # a write whose outcome is unknown is sent again this many times, then settled
 DEFERRED_MAX = 100_000  # leaves and nick changes waiting for Redis at most; the oldest go first
 TAKE_POLL = 0.05  # seconds between claims while a nick's holder lets go of it
-UNKNOWN = (redis.ConnectionError, redis.TimeoutError)  # the call may or may not have been carried out
-
-
-def room_key(room: str, part: str) -> str:
-    return f"roomchat:{{{room}}}:{part}"
+# the call may or may not have been carried out (a RedisClusterException: a Redis Cluster's slots
+# moving or uncovered, its retries spent; it is no RedisError)
+UNKNOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException)
+REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)  # anything a call to Redis raises
 
 
 def nick_key(nick: str) -> str:
     return f"roomchat:nick:{fold_nick(nick)}"
+
+
+def session_key(token: str) -> str:
+    """Where a resume token's session is kept: named by the token's hash (Redis never holds a
+    token that could be used as one)."""
+    return f"roomchat:session:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
 
 
 class RedisEngine:
@@ -107,30 +129,56 @@ class RedisEngine:
 
     cluster = True
 
-    def __init__(self, url: str, per_room: int = 10000, *, lease: float = LEASE):
+    def __init__(self, url: str, per_room: int = 10000, *, lease: float = LEASE, resume_window: float = 40.0,
+                 quotas: RedisQuotas | None = None):
+        """`resume_window`: seconds a resume session outlives its process's last beat
+        (ping_interval + ping_timeout: how long the issuing process would keep the client);
+        `quotas`: on the history kept in Redis (redis_quotas.py), none by default."""
         self.location = f"Redis at {url}"
         self._per_room = per_room
         self._lease_ms = int(lease * 1000)
         self._nick_ms = self._lease_ms * NICK_LEASES
         self._beat_every = lease / 4
-        # Connection threads share the pool. redis-py's default pool raises "Too many connections"
-        # past 100 at once (a burst of joins did that); this one makes a thread wait for a free one.
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=POOL_SIZE, timeout=POOL_WAIT,
-            socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, health_check_interval=10,
-        )
-        self._redis = redis.Redis(connection_pool=pool)
+        self._session_ms = max(int(resume_window * 1000), 3 * int(self._beat_every * 1000))
         try:
-            self._redis.ping()
+            probe = redis.Redis.from_url(url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2)
+            try:
+                server = probe.info("server")
+                self.sharded = _kind_of(url, server, probe) == "cluster"
+            finally:
+                probe.close()
+            if self.sharded:  # redis-py's own cluster client: it finds the nodes and follows MOVED
+                self._redis = redis.RedisCluster.from_url(
+                    url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, max_connections=POOL_SIZE)
+            else:
+                # Connection threads share the pool. redis-py's default pool raises "Too many
+                # connections" past 100 at once (a burst of joins did that); this one makes a
+                # thread wait for a free one.
+                pool = redis.BlockingConnectionPool.from_url(
+                    url, max_connections=POOL_SIZE, timeout=POOL_WAIT,
+                    socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, health_check_interval=10,
+                )
+                self._redis = redis.Redis(connection_pool=pool)
             self._redis.set("roomchat:epoch", new_epoch(), nx=True)
             self.epoch = self._redis.get("roomchat:epoch").decode()
-        except redis.RedisError as exc:
+            flags = int(server["redis_version"].split(".")[0]) >= 7  # allow-oom
+        except REDIS_ERRORS as exc:
             raise EngineError(f"cannot reach Redis at {url}: {exc}") from None
-        scripts = {name: self._redis.register_script(text) for name, text in (
-            ("publish", PUBLISH), ("announce", ANNOUNCE), ("resolve", RESOLVE), ("beat", BEAT), ("reap", REAP),
-            ("claim", CLAIM), ("refresh", REFRESH), ("if_owner_delete", IF_OWNER_DELETE),
-            ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE), ("reserve", RESERVE), ("use_invite", USE_INVITE))}
-        self._scripts = scripts
+        if self.sharded:  # a room's events on sharded pub/sub: only its shard carries them
+            sharded = {"publish": PUBLISH.replace("'PUBLISH'", "'SPUBLISH'"),
+                       "announce": ANNOUNCE.replace("'PUBLISH'", "'SPUBLISH'")}
+        else:
+            sharded = {"publish": PUBLISH, "announce": ANNOUNCE}
+        self._scripts = {name: self._redis.register_script(oom_ok(text) if flags and name in OOM_OK else text)
+                         for name, text in (
+            ("publish", sharded["publish"]), ("announce", sharded["announce"]),
+            ("announce_oom", sharded["announce"]), ("resolve", RESOLVE),
+            ("beat", BEAT), ("reap", REAP), ("claim", CLAIM), ("refresh", REFRESH),
+            ("if_owner_delete", IF_OWNER_DELETE), ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE),
+            ("reserve", RESERVE), ("claim_move", CLAIM_MOVE), ("owner_move", OWNER_MOVE), ("count", COUNT),
+            ("forget", FORGET), ("touch", TOUCH), ("quota_turn", QUOTA_TURN), ("use_invite", USE_INVITE))}
+        floor_key("")  # its table of hash tags, made now rather than on a first chat
+        self._quotas = quotas or RedisQuotas()
         self.process_id = None  # the hub's, at start()
         self._hub = None
         self._metrics = None
@@ -138,6 +186,8 @@ class RedisEngine:
         self._sub_lock = threading.Lock()
         self._last: dict[str, tuple | None] = {}  # subscribed room -> last place delivered here
         self._claims: dict[str, tuple] = {}  # nick key -> (value, client id): the nicks this process holds
+        self._sessions: dict[int, tuple] = {}  # client id -> (session key, value): its resume session
+        self._sessions_kept = 0.0  # time.monotonic() when the sessions' windows were last renewed
         self._confirmed: dict[str, threading.Event] = {}  # subscribed channel -> set once Redis confirmed
         self._deferred: collections.deque = collections.deque()  # writes to retry, in order
         self._generation = 0
@@ -175,7 +225,9 @@ class RedisEngine:
             body = orjson.dumps(protocol.chat_event(room, sender, text, 0))  # the script writes its seq in
             cut = body.index(b'"seq":0') + 6
             args += [sender, body[:cut], body[cut + 1:], _origin(meta), self._key(meta)]
-        keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners")]
+        keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners"),
+                floor_key(room)]
+        self._quotas.touch(room)
         try:
             result = self._write(self._scripts["publish"], keys, args)
         except _Unsettled:
@@ -225,10 +277,39 @@ class RedisEngine:
         kind = "remove" if removes_member(event) else event.get("event", event["type"])  # join, leave, nick, ...
         nick = event.get("nick", "")
         keys = [room_key(room, part) for part in ("seq", "log", "idem", "members", "owners", "joins")]
-        keys += [room_key(room, f"ban:{fold_nick(nick)}"), "roomchat:rooms", index]
+        keys += [room_key(room, f"ban:{fold_nick(nick)}"), floor_key(room), room_key(room, "ver")]
+        if not self.sharded:  # one Redis: the count and the index change in the same call
+            keys += [ROOMS, index]
         args = [room_key(room, "events"), kind, nick, owner, orjson.dumps(event), _origin(meta)[:-1],
-                event.get("old", ""), self._key(meta), self._per_room, room]
-        return self._write(self._scripts["announce"], keys, args)
+                event.get("old", ""), self._key(meta), self._per_room, room, "0" if self.sharded else "1"]
+        if kind == "join":
+            self._quotas.touch(room)
+        entries = (f"{room}\n{nick}\n{owner}", f"{room}\n{event.get('old', '')}\n{owner}")
+        if self.sharded and kind in ("join", "nick"):
+            self._apart(self._redis.sadd, index, entries[0])  # before: the index may hold more, never less
+        # what takes members out (or renames them) also runs at maxmemory: nobody is kept in a room
+        script = self._scripts["announce_oom" if kind in ("leave", "remove", "nick") else "announce"]
+        result = self._write(script, keys, args)
+        if self.sharded and result[0] == 1 and kind in ("join", "leave", "remove", "nick"):
+            if kind != "join":
+                self._apart(self._redis.srem, index, entries[kind == "nick"])
+            self._apart(self._scripts["count"], keys=[ROOMS, ROOM_VERSIONS], args=[room, result[1], result[2]])
+        return result
+
+    def _pub(self, channel: str, data: bytes) -> int:
+        """PUBLISH (SPUBLISH on a Redis Cluster: the channel's shard only); how many received it.
+        Raises REDIS_ERRORS."""
+        return (self._redis.spublish if self.sharded else self._redis.publish)(channel, data)
+
+    def _apart(self, command, *args, **kwargs) -> None:
+        """On a Redis Cluster: a write to another slot after (or before) a room's script; a failure
+        is logged (a count is right again at the room's next change; the reaper's index may hold
+        more than is true, never less)."""
+        try:
+            command(*args, **kwargs)
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            log.warning("Redis Cluster: a room count or index not updated: %s", exc)
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
@@ -259,8 +340,8 @@ class RedisEngine:
                         self._confirmed[channel] = threading.Event()
                     confirmed = self._confirmed.get(channel)
                 if send:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
-                    with contextlib.suppress(redis.RedisError, AttributeError):
-                        self._pubsub.subscribe(channel)
+                    with contextlib.suppress(*REDIS_ERRORS, AttributeError):
+                        self._subscribe(self._pubsub, channel)
         if confirmed is not None and not confirmed.wait(SUBSCRIBE_TIMEOUT):
             raise Unavailable("Redis did not confirm the subscription")
 
@@ -272,8 +353,20 @@ class RedisEngine:
             with self._lock:
                 self._last.pop(room, None)
                 self._confirmed.pop(room_key(room, "events"), None)
-            with contextlib.suppress(redis.RedisError, AttributeError):
-                self._pubsub.unsubscribe(room_key(room, "events"))
+            with contextlib.suppress(*REDIS_ERRORS, AttributeError):
+                if self.sharded:
+                    self._pubsub.sunsubscribe(room_key(room, "events"))
+                else:
+                    self._pubsub.unsubscribe(room_key(room, "events"))
+
+    def _subscribe(self, pubsub, *channels: str) -> None:
+        """SUBSCRIBE, or SSUBSCRIBE on a Redis Cluster (one channel at a time: each its slot's).
+        Raises REDIS_ERRORS."""
+        if self.sharded:
+            for channel in channels:
+                pubsub.ssubscribe(channel)
+        else:
+            pubsub.subscribe(*channels)
 
     def close(self) -> None:
         """Stop the threads, then leave as a reaper would: the members still here are announced
@@ -289,9 +382,9 @@ class RedisEngine:
             self._run_deferred()
             with self._lock:
                 lease = self._lease
-            self._redis.zrem("roomchat:leases", lease)
+            self._redis.zrem(LEASES, lease)
             self._clean_up(lease)
-        except (redis.RedisError, Unavailable):
+        except (*REDIS_ERRORS, Unavailable):
             pass
         self._redis.close()
 
@@ -307,7 +400,7 @@ class RedisEngine:
         with self._lock:
             self._claims[key] = (value, client_id)
             index = f"roomchat:proc:{self._lease}:nicks"
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             self._redis.sadd(index, key)
         return True
 
@@ -322,7 +415,7 @@ class RedisEngine:
             if held is not None and held != asked:
                 lease, client, _ = held.decode().split(":", 2)
                 channel = f"roomchat:proc:{lease.split('.')[0]}:dm"
-                self._call(self._redis.publish, channel, orjson.dumps([int(client), None]))
+                self._call(self._pub, channel, orjson.dumps([int(client), None]))
                 asked = held
             if time.monotonic() >= deadline:
                 return False
@@ -343,7 +436,7 @@ class RedisEngine:
         return [m.decode() for m in self._call(self._redis.zrange, room_key(room, "members"), 0, -1)]
 
     def rooms(self) -> list:
-        rooms = self._call(self._redis.zrange, "roomchat:rooms", 0, -1, withscores=True)
+        rooms = self._call(self._redis.zrange, ROOMS, 0, -1, withscores=True)
         return sorted(({"room": r.decode(), "members": int(n)} for r, n in rooms), key=lambda r: r["room"])
 
     def send_dm(self, nick: str, event: dict) -> str | None:
@@ -358,8 +451,88 @@ class RedisEngine:
         if process == self.process_id:
             return spelled if self._hub.deliver_dm(int(client), event) else None
         channel = f"roomchat:proc:{process}:dm"
-        received = self._call(self._redis.publish, channel, orjson.dumps([int(client), event]))
+        received = self._call(self._pub, channel, orjson.dumps([int(client), event]))
         return spelled if received else None
+
+    # -- resume sessions: a resume token works on every process ----------------------------------
+
+    def keep_session(self, client_id: int, token: str, nick: str, identity: str) -> None:
+        """Keep the client's session under `token` (in place of its earlier one), for the resume
+        window past this process's last beat. A failure is logged: the token then works here only."""
+        key, value = session_key(token), f"{self._owner(Meta((self.process_id, client_id)))}\n{nick}\n{identity}"
+        with self._lock:
+            earlier = self._sessions.get(client_id)
+            self._sessions[client_id] = (key, value.encode())
+        try:
+            if earlier is not None and earlier[0] != key:
+                self._scripts["if_owner_delete"](keys=[earlier[0]], args=[earlier[1]])
+            self._redis.set(key, value, px=self._session_ms)
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            log.warning("resume session of client %d not kept in Redis: %s", client_id, exc)
+
+    def end_session(self, client_id: int) -> None:
+        """Forget the client's session, unless another process took it over meanwhile."""
+        with self._lock:
+            session = self._sessions.pop(client_id, None)
+        if session is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                self._scripts["if_owner_delete"](keys=[session[0]], args=[session[1]])
+
+    def find_session(self, token: str) -> Session | None:
+        """The session `token` names, with the rooms its owner is in, or None. Raises Unavailable."""
+        key = session_key(token)
+        value = self._call(self._redis.get, key)
+        if value is None:
+            return None
+        owner, nick, identity = value.decode().split("\n")
+        suffix = f"\n{nick}\n{owner}"
+        entries = self._call(self._redis.smembers, f"roomchat:proc:{owner.rsplit(':', 1)[0]}:rooms")
+        rooms = sorted(e[: -len(suffix)] for e in (x.decode() for x in entries) if e.endswith(suffix))
+        return Session(owner, nick, identity, tuple(rooms), key, value)
+
+    def take_session(self, session: Session, client_id: int) -> dict | None:
+        """See engines.base.ClusterEngine. The old process is asked on its DM channel to drop
+        the old connection (Registry.let_go); if that message is lost, the old connection is
+        fenced (its writes are refused) until its pings time out. Raises Unavailable (its outcome
+        unknown: presenting the same token again settles it)."""
+        owner = self._owner(Meta((self.process_id, client_id)))
+        claim, _ = self._claim_value(session.nick, client_id)
+        old_lease, old_client = session.owner.rsplit(":", 1)
+        with self._lock:
+            lease = self._lease
+        key = nick_key(session.nick)
+        # the claim first: whoever moves it has the client (one call each: a Redis Cluster's slots)
+        held = f"{session.owner}:{session.nick}"
+        if self._call(self._redis.get, session.key) != session.value or not self._call(
+                self._scripts["claim_move"], keys=[key], args=[held, claim, self._nick_ms]):
+            return None
+        with self._lock:
+            self._claims[key] = (claim, client_id)
+        taken: dict = {}
+        try:
+            self._call(self._redis.sadd, f"roomchat:proc:{lease}:nicks", key)
+            new_value = f"{owner}\n{session.nick}\n{session.identity}".encode()
+            self._call(self._redis.set, session.key, new_value, keepttl=True)
+            with self._lock:
+                self._sessions[client_id] = (session.key, new_value)  # its new token's session replaces it
+            for room in session.rooms:
+                self._call(self._redis.sadd, f"roomchat:proc:{lease}:rooms", f"{room}\n{session.nick}\n{owner}")
+                seq = self._call(self._scripts["owner_move"], keys=[room_key(room, "owners"), room_key(room, "seq")],
+                                 args=[session.nick, session.owner, owner])
+                if seq >= 0:
+                    taken[room] = seq
+                    self._apart(self._redis.srem, f"roomchat:proc:{old_lease}:rooms",
+                                f"{room}\n{session.nick}\n{session.owner}")
+        except Unavailable:  # what was moved leaves as a disconnect would, once Redis takes it
+            for room in taken:
+                self._defer(("announce", room, protocol.presence(room, "leave", session.nick),
+                             Meta((self.process_id, client_id)), owner), first_try=True)
+            self.release_nick(session.nick, client_id)
+            raise
+        with contextlib.suppress(*REDIS_ERRORS):
+            self._pub(f"roomchat:proc:{old_lease.split('.')[0]}:dm", orjson.dumps([int(old_client), None, "moved"]))
+        return taken
 
     # -- room rules and reserved nicks (engines.base.Engine) ------------------------------------
 
@@ -425,7 +598,7 @@ class RedisEngine:
         """Run a Redis command or script; Raises Unavailable when Redis cannot be reached."""
         try:
             return command(*args, **kwargs)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             raise Unavailable("Redis is unreachable") from None
 
@@ -439,7 +612,7 @@ class RedisEngine:
                 self._failed(exc)
                 if self._stop.wait(0.2 * (attempt + 1)):
                     break
-            except redis.RedisError as exc:  # an error reply (out of memory, ...): not carried out
+            except REDIS_ERRORS as exc:  # an error reply (out of memory, ...): not carried out
                 self._failed(exc)
                 raise Unavailable(f"Redis refused: {exc}") from None
         raise _Unsettled()
@@ -476,7 +649,7 @@ class RedisEngine:
                 try:
                     self._do(item)
                     return
-                except (redis.RedisError, Unavailable, _Unsettled):
+                except (*REDIS_ERRORS, Unavailable, _Unsettled):
                     pass
         with self._lock:
             if len(self._deferred) >= DEFERRED_MAX:
@@ -493,7 +666,7 @@ class RedisEngine:
                 item = self._deferred[0]
             try:
                 self._do(item)
-            except (redis.RedisError, Unavailable, _Unsettled):
+            except (*REDIS_ERRORS, Unavailable, _Unsettled):
                 return
             with self._lock:
                 if self._deferred and self._deferred[0] is item:
@@ -523,9 +696,14 @@ class RedisEngine:
                     self._connect()
                     delay = 0.1
                 self._receive()
-            except (redis.RedisError, OSError) as exc:
+            except (*REDIS_ERRORS, OSError) as exc:
                 self._failed(exc)
                 log.error("Redis subscription lost (%s); reconnecting in %.1f s", exc, delay)
+                self._drop_pubsub()
+                self._stop.wait(delay)
+                delay = min(2 * delay, RETRY_MAX_DELAY)
+            except Exception:  # a bug: logged; the subscription starts over (and catches up)
+                log.exception("Redis listener: unexpected error")
                 self._drop_pubsub()
                 self._stop.wait(delay)
                 delay = min(2 * delay, RETRY_MAX_DELAY)
@@ -538,7 +716,7 @@ class RedisEngine:
         self._check_epoch()
         with self._lock:
             rooms = list(self._last)
-        pubsub.subscribe(self._dm_channel, *[room_key(r, "events") for r in rooms])
+        self._subscribe(pubsub, self._dm_channel, *[room_key(r, "events") for r in rooms])
         self._pubsub = pubsub
         for room in rooms:
             with self._lock:
@@ -552,15 +730,16 @@ class RedisEngine:
 
     def _check_epoch(self) -> None:
         """After a reconnect and at every heartbeat: if Redis lost its data, start a new history.
-        Raises redis.RedisError."""
-        if self._redis.get("roomchat:epoch") not in (None, self.epoch.encode()) or \
-                self._redis.set("roomchat:epoch", new_epoch(), nx=True):
+        Raises REDIS_ERRORS."""
+        current = self._redis.get("roomchat:epoch")  # a write only when it is gone (none at maxmemory)
+        if current not in (None, self.epoch.encode()) or \
+                (current is None and self._redis.set("roomchat:epoch", new_epoch(), nx=True)):
             self._new_history()
 
     def _history_replaced(self, why: str) -> None:
         """Redis handed out a seq at or below one delivered here: a new epoch for everyone."""
         log.error("%s: Redis lost acknowledged writes; a new history begins", why)
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             current = self._redis.get("roomchat:epoch")
             if current is None or current == self.epoch.encode():
                 self._redis.set("roomchat:epoch", new_epoch())
@@ -584,27 +763,70 @@ class RedisEngine:
     def _receive_into(self, items: list) -> None:
         """Read what has arrived (up to 512 items) into `items`. Raises redis.RedisError."""
         pubsub = self._pubsub
+        if self.sharded:
+            self._receive_sharded(pubsub)
+            return
         message = pubsub.get_message(timeout=0.5)
         while message is not None and len(items) < 512:
-            if message["type"] == "subscribe":
-                with self._lock:
-                    confirmed = self._confirmed.get(message["channel"].decode())
-                if confirmed is not None:
-                    confirmed.set()
-            elif message["type"] == "message":
-                channel = message["channel"].decode()
-                if channel == self._dm_channel:
-                    client, event = orjson.loads(message["data"])
-                    if event is None:  # let go of a nick: off this thread, which must keep on listening
-                        threading.Thread(target=self._hub.evict, args=(client,), daemon=True).start()
-                    else:
-                        self._hub.deliver_dm(client, event)
-                else:
-                    items += self._place(channel[len("roomchat:{"):-len("}:events")], message["data"])
+            items += self._take(message)
             # Whatever has arrived already joins this batch. Not get_message(timeout=0): a reply
             # that has arrived in part is a timeout to redis-py, which then reconnects and drops
             # what was in flight.
             message = pubsub.get_message(timeout=READ_TIMEOUT) if pubsub.connection.can_read(timeout=0) else None
+
+    def _receive_sharded(self, pubsub) -> None:
+        """On a Redis Cluster: one connection per shard with subscriptions; whatever has arrived
+        on each (waiting up to 0.5 s for something), delivered in one batch."""
+        nodes = list(pubsub.node_pubsub_mapping.items())
+
+        def ready() -> list:
+            return [(name, node) for name, node in nodes
+                    if node.connection is not None and node.connection.can_read(timeout=0)]
+
+        arrived = ready()
+        if not arrived:
+            socks = [node.connection._sock for _name, node in nodes
+                     if node.connection is not None and node.connection._sock is not None]
+            if not socks:
+                self._stop.wait(0.05)
+                return
+            select.select(socks, [], [], 0.5)
+            arrived = ready()
+        items = []
+        for name, node in arrived:
+            target = self._redis.get_node(node_name=name)
+            if target is None:  # the node left the cluster: subscribe again where the slots are now
+                raise redis.ConnectionError(f"{name} is no longer a node of the cluster")
+            while len(items) < 512 and node.connection is not None and node.connection.can_read(timeout=0):
+                message = pubsub.get_sharded_message(timeout=READ_TIMEOUT, target_node=target)
+                if message is None:
+                    break
+                items += self._take(message)
+        if items:
+            self._hub.deliver(items)
+
+    def _take(self, message: dict) -> list:
+        """One pub/sub message: a subscription confirmed, a DM, or a room's event (the items to
+        deliver for it)."""
+        items = []
+        if message["type"] in ("subscribe", "ssubscribe"):
+            with self._lock:
+                confirmed = self._confirmed.get(message["channel"].decode())
+            if confirmed is not None:
+                confirmed.set()
+        elif message["type"] in ("message", "smessage"):
+            channel = message["channel"].decode()
+            if channel == self._dm_channel:
+                client, event, *moved = orjson.loads(message["data"])
+                if event is None:  # let go of a nick, or of a client resumed elsewhere: off this
+                    # thread, which must keep on listening
+                    act = self._hub.let_go if moved else self._hub.evict
+                    threading.Thread(target=act, args=(client,), daemon=True).start()
+                else:
+                    self._hub.deliver_dm(client, event)
+            else:
+                items += self._place(channel[len("roomchat:{"):-len("}:events")], message["data"])
+        return items
 
     def _place(self, room: str, data: bytes) -> list:
         """The items to deliver for one message: the event, after any it shows were missed."""
@@ -629,13 +851,13 @@ class RedisEngine:
 
     def _check_seq(self, room: str, delivered: int) -> None:
         """A chat at or below one delivered here: a repeat, unless Redis's counter went back."""
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             if int(self._redis.get(room_key(room, "seq")) or 0) < delivered:
                 self._history_replaced(f"{room}: seq {delivered} delivered here, Redis is below it")
 
     def _fill(self, room: str, last: tuple, upto: tuple | None) -> list:
         """Stored events after place `last` (before `upto`), as items, from the room's chats and
-        log merged by place. Raises redis.RedisError."""
+        log merged by place. Raises REDIS_ERRORS."""
         seq, n = last
         high = "+" if upto is None else f"0-{upto[0]}" if upto[1] else f"(0-{upto[0]}"  # an event follows its seq
         chats = self._redis.xrange(room_key(room, "hist"), f"(0-{seq}", high)
@@ -663,7 +885,7 @@ class RedisEngine:
     def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            with contextlib.suppress(redis.RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS, OSError):
                 pubsub.close()
 
     # -- the heartbeat thread ------------------------------------------------------------------
@@ -682,28 +904,58 @@ class RedisEngine:
                 self._check_seqs()
                 if not late:
                     self._reap()
+                self._run_quotas()
                 self._problem = None if self._pubsub is not None else self._problem
-            except (redis.RedisError, Unavailable) as exc:
+            except (*REDIS_ERRORS, Unavailable) as exc:
                 self._failed(exc)
                 log.warning("Redis heartbeat failed: %s", exc)
+            except Exception:  # a bug: logged, and the beat goes on (a dead heartbeat loses the lease)
+                log.exception("Redis heartbeat: unexpected error")
+
+    def _used_memory(self) -> int:
+        """Redis's used_memory (a Redis Cluster's fullest primary's). Raises REDIS_ERRORS."""
+        if not self.sharded:
+            return self._redis.info("memory")["used_memory"]
+        return max(self._redis.get_redis_connection(node).info("memory")["used_memory"]
+                   for node in self._redis.get_primaries())
+
+    def _run_quotas(self) -> None:
+        """Heartbeat: the history quotas (one process a beat); the rooms forgotten are dropped
+        here too. Raises REDIS_ERRORS."""
+        with self._lock:
+            lease = self._lease
+        forgotten = self._quotas.run(self._redis, self._scripts, lease, int(self._beat_every * 1000), self._used_memory)
+        if forgotten:
+            self._hub.forget(forgotten)
 
     def _beat(self) -> None:
         """Renew the lease and the nick claims; a lost lease is taken anew and the registry takes
-        its clients back; a lost claim is the registry's to settle. Raises redis.RedisError."""
+        its clients back; a lost claim is the registry's to settle. Raises REDIS_ERRORS."""
         with self._lock:
             lease, registered = self._lease, self._registered
-        if not self._scripts["beat"](keys=["roomchat:leases"], args=[lease, self._lease_ms, int(registered)]):
+        if not self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, int(registered)]):
             self._retake(lease)
         with self._lock:
             self._registered = True
             claims = list(self._claims.items())
+            # sessions are written with their whole window and refreshed at half of it
+            due = time.monotonic() - self._sessions_kept >= self._session_ms / 2000
+            sessions = [key for key, _value in self._sessions.values()] if due else []
         if self._retaking:
             self._hub.retake()  # Raises Unavailable: tried again at the next beat
             self._retaking = False
         pipe = self._redis.pipeline(transaction=False)
-        for key, (value, _client) in claims:
-            self._scripts["refresh"](keys=[key], args=[value, self._nick_ms], client=pipe)
-        for (key, (value, client)), kept in zip(claims, pipe.execute(), strict=True):
+        for key in sessions:
+            pipe.pexpire(key, self._session_ms)
+        if self.sharded:
+            renewed = self._refresh_sharded(claims, pipe, len(sessions))
+        else:
+            for key, (value, _client) in claims:
+                self._scripts["refresh"](keys=[key], args=[value, self._nick_ms], client=pipe)
+            renewed = pipe.execute()[len(sessions):]
+        if due:
+            self._sessions_kept = time.monotonic()
+        for (key, (value, client)), kept in zip(claims, renewed, strict=True):
             if not kept:
                 with self._lock:
                     if self._claims.get(key, (None,))[0] == value:
@@ -711,9 +963,30 @@ class RedisEngine:
                 self._hub.lose_nick(client)
         self._beat_ok = time.monotonic()
 
+    def _refresh_sharded(self, claims: list, pipe, queued: int) -> list:
+        """REFRESH for each claim on a Redis Cluster, where a pipeline cannot run scripts: each
+        claim read in `pipe`, those still ours renewed in a second pipeline, those gone taken again
+        one by one (rare); 1 or 2 for each kept, 0 for each someone else holds now (`queued`:
+        commands in `pipe` before). Raises REDIS_ERRORS."""
+        for key, _claim in claims:
+            pipe.get(key)
+        held = pipe.execute()[queued:]
+        renew = self._redis.pipeline(transaction=False)
+        kept = []
+        for (key, (value, _client)), now in zip(claims, held, strict=True):
+            if now is not None and now.decode() == value:
+                renew.pexpire(key, self._nick_ms)
+                kept.append(1)
+            elif now is None:
+                kept.append(self._scripts["refresh"](keys=[key], args=[value, self._nick_ms]))
+            else:
+                kept.append(0)
+        renew.execute()
+        return kept
+
     def _retake(self, lost: str) -> None:
         """This process was reaped: a new lease (generation), then the registry takes back its
-        clients' nicks and rooms. Raises redis.RedisError, Unavailable (tried again next beat)."""
+        clients' nicks and rooms. Raises REDIS_ERRORS, Unavailable (tried again next beat)."""
         with self._lock:
             self._generation += 1
             self._lease = f"{self.process_id}.{self._generation}"
@@ -722,7 +995,7 @@ class RedisEngine:
             lease = self._lease
         log.error("this process's lease %s was lost (paused or cut off too long); taking everything back as %s",
                   lost, lease)
-        self._scripts["beat"](keys=["roomchat:leases"], args=[lease, self._lease_ms, 0])
+        self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, 0])
         self._retaking = True
 
     def _check_seqs(self) -> None:
@@ -742,16 +1015,16 @@ class RedisEngine:
     def _reap(self) -> None:
         """Announce the leaves of processes whose lease expired more than a grace ago, and free
         their nicks (each reaped by one process; one that stopped half-way is finished by the
-        next). Raises redis.RedisError, Unavailable."""
-        for lease in (p.decode() for p in self._scripts["reap"](keys=["roomchat:leases", "roomchat:reaping"],
+        next). Raises REDIS_ERRORS, Unavailable."""
+        for lease in (p.decode() for p in self._scripts["reap"](keys=[LEASES, REAPING],
                                                                args=[self._lease_ms])):
             count = self._clean_up(lease)
-            self._redis.srem("roomchat:reaping", lease)
+            self._redis.srem(REAPING, lease)
             log.warning("process %s is gone: %d members left their rooms", lease, count)
 
     def _clean_up(self, lease: str) -> int:
         """Announce every membership of `lease` gone and delete its nick claims. Raises
-        redis.RedisError, Unavailable, _Unsettled."""
+        REDIS_ERRORS, Unavailable, _Unsettled."""
         index = f"roomchat:proc:{lease}:rooms"
         entries = self._redis.smembers(index)
         for entry in entries:
@@ -783,6 +1056,22 @@ def transcript_of_redis(url: str, room: str, since: float) -> list:
             at, k = (int(x) for x in entry_id.decode().split("-"))
             items.append(((at, k + 1), {**event, "ts": ts}))
     return [event for _place, event in sorted(items, key=lambda item: item[0])]
+
+
+def _kind_of(url: str, server: dict, client) -> str:
+    """"standalone" or "cluster" (a node of a Redis Cluster: any node will do); EngineError (one
+    line) for a Redis roomchat cannot use: a Sentinel, a read-only replica. Raises REDIS_ERRORS."""
+    if server.get("redis_mode") == "sentinel":
+        raise EngineError(f"{url} is a Redis Sentinel, which roomchat does not support: point --redis at the "
+                          "primary it names (redis-cli -p 26379 SENTINEL get-master-addr-by-name NAME)")
+    if server.get("redis_mode") == "cluster" or client.info("cluster").get("cluster_enabled"):
+        if int(server["redis_version"].split(".")[0]) < 7:
+            raise EngineError(f"{url} is a Redis Cluster of Redis {server['redis_version']}: roomchat needs Redis 7 "
+                              "or later there (sharded pub/sub)")
+        return "cluster"
+    if client.info("replication").get("role") != "master":
+        raise EngineError(f"{url} is a read-only replica: point --redis at its primary")
+    return "standalone"
 
 
 class _Unsettled(Exception):

@@ -8,9 +8,50 @@ negative: cancelled). A write whose key is there already does nothing, so a call
 is unknown (a timeout, a broken link) can be sent again; `RESOLVE` settles such a key for good:
 written, or cancelled so that a late copy of the write can never take effect.
 
-The scripts of a room touch its keys (one hash tag), and `roomchat:rooms` and the process's
-membership index besides (ANNOUNCE), so membership, room counts and the index change together.
+The scripts of a room touch its keys (one hash tag); on one Redis, ANNOUNCE also writes ROOMS
+and the process's membership index, so membership, room counts and the index change together;
+a room's counter starts at its hash slot's seq floor (`floor_key`: PUBLISH, ANNOUNCE), the
+highest seq any forgotten room of that slot had (FORGET: redis_quotas.py). On a Redis Cluster
+every script touches one slot: the room counts and the process's membership index are then
+written apart, after ANNOUNCE (COUNT: versioned, so no count is written from a stale read), and
+PUBLISH becomes SPUBLISH (sharded pub/sub).
+
+At Redis's `maxmemory` (noeviction), Redis refuses a script's first write that may grow memory.
+The scripts in OOM_OK are flagged `allow-oom` (Redis 7; `oom_ok`): the lease, nick claims,
+leaves and nick changes, settling, forgetting. So at maxmemory the processes stay alive to one
+another, newcomers get a nick, members can leave, and the quotas can free memory; chats and joins
+are refused (`unavailable`).
 """
+
+import binascii
+
+from redis.crc import key_slot
+
+LEASES = "roomchat:{leases}"  # lease -> expiry (ms); REAPING beside it, in its slot
+REAPING = "roomchat:{leases}:reaping"
+ROOMS = "roomchat:{rooms}"  # room -> members, for `rooms`; ROOM_VERSIONS beside it
+ROOM_VERSIONS = "roomchat:{rooms}:ver"
+_SLOT_TAGS: list = []  # slot -> a hash tag in that slot (made when first needed)
+
+
+def room_key(room: str, part: str) -> str:
+    """A key of room `room`'s (all of them share the hash tag `{<room>}`: one slot)."""
+    return f"roomchat:{{{room}}}:{part}"
+
+
+def floor_key(room: str) -> str:
+    """The seq floor of the rooms in `room`'s hash slot (the highest seq any forgotten room there
+    had): a key in that slot, so that a room's scripts read it and FORGET raises it with the
+    room's own keys, on one Redis or a Redis Cluster alike."""
+    if not _SLOT_TAGS:
+        tags: dict = {}
+        n = 0
+        while len(tags) < 16384:
+            tags.setdefault(binascii.crc_hqx(str(n).encode(), 0) % 16384, str(n))
+            n += 1
+        _SLOT_TAGS.extend(tags[slot] for slot in range(16384))
+    return f"roomchat:{{{_SLOT_TAGS[key_slot(room_key(room, 'seq').encode())]}}}:floor"
+
 
 _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 _TRIM = (  # forget idempotency keys older than ten minutes (written ones: > 0, cancelled: < 0)
@@ -18,13 +59,13 @@ _TRIM = (  # forget idempotency keys older than ten minutes (written ones: > 0, 
     "redis.call('ZREMRANGEBYSCORE', KEYS[3], -(now - 600000), '(0')\n"
 )
 
-# KEYS: seq (counter), hist (stream), idem, owners. ARGV: channel, maxlen, n, lowest seq this
+# KEYS: seq (counter), hist (stream), idem, owners, the slot's seq floor. ARGV: channel, maxlen, n, lowest seq this
 # process has delivered (the counter below it means the history was replaced), owner, then n
 # times (sender nick, event json up to its seq, the rest of the json, origin json, key).
 # Returns {1, r1..rn} with r = the seq given, 0 (written already), -2 (the sender is not a member
 # by this owner: fenced), -3 (cancelled); or {-1, counter} when the counter went back.
 PUBLISH = _NOW + """
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cur = tonumber(redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[5]) or '0')
 if cur < tonumber(ARGV[4]) then return {-1, cur} end
 local n = tonumber(ARGV[3])
 local out = {1}
@@ -37,7 +78,9 @@ for i = 0, n - 1 do
   elseif redis.call('HGET', KEYS[4], ARGV[b]) ~= ARGV[5] then
     out[i + 2] = -2
   else
-    local seq = redis.call('INCR', KEYS[1])
+    cur = cur + 1
+    local seq = cur
+    redis.call('SET', KEYS[1], seq)
     local event = ARGV[b + 1] .. seq .. ARGV[b + 2]
     redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', event, 'o', ARGV[b + 3])
     redis.call('PUBLISH', ARGV[1], ARGV[b + 3] .. '\\n' .. event)
@@ -48,16 +91,19 @@ end
 """ + _TRIM + "return out\n"
 
 # KEYS: seq, log (stream of room events other than chats, id <at>-<k>), idem, members (zset nick
-# -> join order), owners (hash nick -> owner), joins (counter), ban key of `nick`, roomchat:rooms,
-# the origin process's membership index (set of "room\\nnick\\nowner").
-# ARGV: channel, kind (join, leave, nick; remove: a kick or ban takes `nick` out; anything else
-# changes no membership), nick, owner, event json, origin json without its closing ']', old nick,
-# key ('' for none), maxlen, room.
-# Returns {1, members} when published; {0} written already (or a join of a member by this owner);
-# {-3} cancelled; {-1} nothing to
+# -> join order), owners (hash nick -> owner), joins (counter), ban key of `nick`, the room's
+# slot's seq floor, ver (the room's membership version); then, on one Redis only (not a cluster:
+# other slots), the room counts (ROOMS) and the origin process's membership index (set of
+# "room\\nnick\\nowner"). ARGV: channel, kind (join, leave, nick; remove: a kick or ban takes
+# `nick` out; anything else changes no membership), nick, owner, event json, origin json without
+# its closing ']', old nick, key ('' for none), maxlen, room, '1' if the last two keys are given.
+# Each log entry keeps its time ('t', ms). Returns {1, members, version} when published (version:
+# of the membership, microseconds of Redis's clock at least, for a count written apart: COUNT);
+# {0} written already (or a join of a member by this owner); {-3} cancelled; {-1} nothing to
 # announce (a leave or nick change by one who is not a member by this owner); {-4} banned (join).
 ANNOUNCE = _NOW + """
 local kind, nick, owner, key, old, room = ARGV[2], ARGV[3], ARGV[4], ARGV[8], ARGV[7], ARGV[10]
+local shared = ARGV[11] == '1'
 if key ~= '' then
   local done = redis.call('ZSCORE', KEYS[3], key)
   if done then return {tonumber(done) < 0 and -3 or 0} end
@@ -70,30 +116,50 @@ if kind == 'nick' then
   score = redis.call('ZSCORE', KEYS[4], old)
   if not score or redis.call('HGET', KEYS[5], old) ~= owner then return {-1} end
 end
-local at = tonumber(redis.call('GET', KEYS[1]) or '0')
+local at = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if at < 0 then  -- a new (or forgotten) room: its seqs go on above every forgotten room's
+  at = tonumber(redis.call('GET', KEYS[8]) or '0')
+  redis.call('SET', KEYS[1], at)
+end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], at .. '-*', 'e', ARGV[5], 'o', ARGV[6] .. ']', 't', now)
+local entry, gone = room .. '\\n' .. nick .. '\\n' .. owner, room .. '\\n' .. old .. '\\n' .. owner
 if kind == 'join' then
   redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[6]), nick)
   redis.call('HSET', KEYS[5], nick, owner)
-  redis.call('SADD', KEYS[9], room .. '\\n' .. nick .. '\\n' .. owner)
+  if shared then redis.call('SADD', KEYS[11], entry) end
 elseif kind == 'leave' or kind == 'remove' then
   redis.call('ZREM', KEYS[4], nick)
   redis.call('HDEL', KEYS[5], nick)
-  redis.call('SREM', KEYS[9], room .. '\\n' .. nick .. '\\n' .. owner)
+  if shared then redis.call('SREM', KEYS[11], entry) end
 elseif kind == 'nick' then
   redis.call('ZREM', KEYS[4], old)
   redis.call('HDEL', KEYS[5], old)
   redis.call('ZADD', KEYS[4], score, nick)
   redis.call('HSET', KEYS[5], nick, owner)
-  redis.call('SREM', KEYS[9], room .. '\\n' .. old .. '\\n' .. owner)
-  redis.call('SADD', KEYS[9], room .. '\\n' .. nick .. '\\n' .. owner)
+  if shared then redis.call('SREM', KEYS[11], gone) redis.call('SADD', KEYS[11], entry) end
 end
 local k = string.sub(id, string.find(id, '-') + 1)
 redis.call('PUBLISH', ARGV[1], ARGV[6] .. ',' .. at .. ',' .. k .. ']\\n' .. ARGV[5])
 local count = redis.call('ZCARD', KEYS[4])
-if count > 0 then redis.call('ZADD', KEYS[8], count, room) else redis.call('ZREM', KEYS[8], room) end
+local ver = math.max(tonumber(redis.call('GET', KEYS[9]) or '0') + 1, t[1] * 1000000 + t[2])
+redis.call('SET', KEYS[9], string.format('%.0f', ver))
+if shared then
+  if count > 0 then redis.call('ZADD', KEYS[10], count, room) else redis.call('ZREM', KEYS[10], room) end
+end
 if key ~= '' then redis.call('ZADD', KEYS[3], now, key) end
-""" + _TRIM + "return {1, count}\n"
+""" + _TRIM + "return {1, count, ver}\n"
+
+# KEYS: ROOMS (room -> members), ROOM_VERSIONS (room -> the version its count is of). ARGV: room,
+# count, version. On a Redis Cluster, ANNOUNCE's count is written here afterwards: only if no
+# later membership of the room was written already (no count from a stale read). Returns 1 if
+# written.
+COUNT = """
+if tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+if tonumber(ARGV[2]) > 0 then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+else redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 1
+"""
 
 # KEYS: the room's idem set. ARGV: key. Settles a write whose outcome was unknown: 1 if it was
 # written; else it is cancelled now (a late copy will do nothing) and 0.
@@ -162,3 +228,49 @@ if taken >= tonumber(ARGV[1]) then return nil end
 redis.call('SET', KEYS[1], taken + 1, 'PX', ARGV[2])
 return taken + 1
 """
+
+# KEYS: a nick's claim. ARGV: the value it must have, the new value, ms. Moves a resumed
+# client's claim to its new owner if it is still the old owner's: 1, else 0.
+CLAIM_MOVE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# KEYS: a room's owners, seq. ARGV: nick, old owner, new owner. Moves a resumed client's
+# membership to its new owner if it is still the old owner's (the members are the same: no
+# presence): the room's seq, else -1.
+OWNER_MOVE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return tonumber(redis.call('GET', KEYS[2]) or '0')
+"""
+
+# KEYS: a room's seq, hist, log, idem, members, owners, joins, ver, its slot's seq floor. ARGV:
+# its seq as read. If nobody is in the room and nothing was written since, raises the floor to
+# its seq and deletes its history and membership keys: 1, else 0. (Its topic, bans and mutes are
+# rules, not history: they stay; bans and mutes expire.)
+FORGET = """
+if redis.call('ZCARD', KEYS[5]) > 0 then return 0 end
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+if tonumber(redis.call('GET', KEYS[9]) or '0') < tonumber(ARGV[1]) then redis.call('SET', KEYS[9], ARGV[1]) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+return 1
+"""
+
+# KEYS: roomchat:history. ARGV: pairs of (ms, room). Marks the rooms written to then (never back).
+TOUCH = """
+for i = 1, #ARGV, 2 do redis.call('ZADD', KEYS[1], 'GT', ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: roomchat:quotas. ARGV: lease, ms. 1 if this process runs the quota pass now.
+QUOTA_TURN = "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0"
+
+OOM_OK = ("beat", "reap", "claim", "refresh", "if_owner_delete", "if_owner_prefix_delete", "resolve",
+          "announce_oom", "forget", "claim_move", "owner_move", "count", "touch", "quota_turn")
+
+
+def oom_ok(text: str) -> str:
+    """The script flagged to run at Redis's maxmemory (Redis 7 and later)."""
+    return "#!lua flags=allow-oom\n" + text

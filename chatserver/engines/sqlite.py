@@ -473,8 +473,11 @@ def open_engine(config):
     SQLite file. Raises EngineError (StoreError) when it cannot be used."""
     if getattr(config, "redis", ""):
         from chatserver.engines.redis import RedisEngine  # only Redis users need redis-py
+        from chatserver.engines.redis_quotas import RedisQuotas
 
-        return RedisEngine(config.redis, per_room=config.history_per_room, lease=config.redis_lease)
+        quotas = RedisQuotas(config.history_max_bytes, config.history_max_age, config.history_max_rooms)
+        return RedisEngine(config.redis, per_room=config.history_per_room, lease=config.redis_lease,
+                           resume_window=config.ping_interval + config.ping_timeout, quotas=quotas)
     if config.db == ":memory:":
         from chatserver.engines.memory import MemoryEngine
 

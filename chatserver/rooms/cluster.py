@@ -9,6 +9,11 @@ which room, where a DM goes.
 - A room is subscribed when its first local member joins, unsubscribed when its last leaves.
 - `who`, `rooms`, a kick's target and `joined.members` come from the engine (every process).
 - A DM to a nick held elsewhere goes through the engine; nobody received it: `no_such_user`.
+- A resume token works on every process: its session (owner, nick, identity) is kept in the
+  engine. The process the client reaches takes over the nick claim and the memberships (their
+  owner changes in Redis, the members stay: no presence) and the old process drops the old
+  connection (`let_go`: close 4002; its leaves and its release of the nick find another owner
+  and do nothing).
 
 Fencing (DESIGN-NOTES 1). A process's liveness is a lease in the engine. The engine's heartbeat
 finds out when the lease was lost (the process was paused or cut off long enough to be reaped by
@@ -16,17 +21,18 @@ another, and its members announced gone) or when one of its nick claims was lost
 `retake` (on the heartbeat thread, no lock held): every local client takes its nick again and
 re-enters its rooms (the others see it join again). A client whose nick someone else took
 meanwhile is closed with 1012, so it reconnects and picks a nick again; nobody ever has two
-holders of one nick. Called by the engine's threads: `retake`, `lose_nick`.
+holders of one nick. Called by the engine's threads: `retake`, `lose_nick`, `let_go`.
 """
 
 import logging
 import uuid
 
 from chatserver import protocol
+from chatserver.engines.base import Unavailable
 from chatserver.errors import ChatError
-from chatserver.protocol import CloseCode
+from chatserver.protocol import CloseCode, fold_nick
 from chatserver.rooms.client import Client
-from chatserver.rooms.registry import Hold, Registry
+from chatserver.rooms.registry import Hold, Registry, unavailable
 
 TAKE_TIMEOUT = 8.0  # seconds a token holder waits for its nick to be let go on another process
 
@@ -75,6 +81,74 @@ class ClusterRegistry(Registry):
         if to is None:
             raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
         return to
+
+    # -- resume on any process ---------------------------------------------------------------
+
+    def _resume_elsewhere(self, client: Client, resume: str, identity, token: str) -> bool:
+        session = self._ask_engine(lambda: self._engine.find_session(resume))
+        if session is None or session.identity != (fold_nick(identity.nick) if identity is not None else ""):
+            return False  # a stolen token alone does not take over a token holder
+        rooms = session.rooms[: self._max_rooms]
+        with self._lock:
+            # a client here with that nick: the one this process has yet to let go (it moved away
+            # and came back), or the session is stale; the engine's claim says which
+            stale = self._nicks.get(fold_nick(session.nick))
+            for name in rooms:  # members now, receiving nothing until welcomed: held from the start
+                self._room(name).members[client] = Hold(at=0)
+                client.rooms.add(name)
+        taken, failure = None, None
+        try:
+            for name in rooms:
+                self._entered(name)
+            taken = self._engine.take_session(session._replace(rooms=rooms), client.id)
+        except Unavailable as exc:
+            failure = exc
+        if taken is not None and stale is not None:
+            self.let_go(stale.id)  # the claim was not its: it moved before, its let-go is on its way
+        if taken is not None:
+            self._keep_session(client, token, session.nick)  # before the token is given
+        with self._lock:
+            emptied = [self._remove_member(client, name) for name in rooms if taken is None or name not in taken]
+            if taken is not None:
+                client.nick = session.nick
+                self._clients[client.id] = client
+                self._nicks[fold_nick(client.nick)] = client
+                for name, seq in taken.items():  # where each stream stands, for a re-join's history
+                    self._seqs[name] = max(self._seqs.get(name, 0), seq)
+                self._welcome(client, resumed=True, token=token)
+                for name in sorted(taken):
+                    room = self._rooms[name]
+                    hold, room.members[client] = room.members[client], None
+                    if hold.frames:  # the rooms' events since it was placed
+                        client.send(b"".join(hold.frames))
+                log.info("%s resumed here from %s", client.nick, session.owner)
+        for name, empty in emptied:
+            if empty:
+                self._emptied(name)
+        if failure is not None:
+            raise unavailable(failure)
+        return taken is not None
+
+    def _keep_session(self, client: Client, token: str | None = None, nick: str | None = None) -> None:
+        with self._lock:
+            token, nick, identity = token or client.token, nick or client.nick, client.identity
+        if token is not None:
+            self._engine.keep_session(client.id, token, nick, fold_nick(identity.nick) if identity is not None else "")
+
+    def _end_session(self, client: Client) -> None:
+        self._engine.end_session(client.id)
+
+    def let_go(self, client_id: int) -> None:
+        """The client resumed on another process, which holds its nick and rooms now: close its old
+        connection here with 4002 and forget it (its leaves and its nick's release find another
+        owner in the engine and change nothing). Called on a thread of the engine's."""
+        with self._lock:
+            client = self._clients.get(client_id)
+        if client is not None:
+            client.conn.close(CloseCode.REPLACED, "replaced by a new connection")
+            self.disconnect(client)
+            log.info("%s resumed on another process; its old connection is closed with %d", client.nick,
+                     CloseCode.REPLACED)
 
     # -- fencing: called by the engine's heartbeat thread, no lock held ------------------------
 

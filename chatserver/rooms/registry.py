@@ -381,28 +381,42 @@ class Registry:
         free guest nick or, with an identity (a verified token), under the token's nick, reserved
         for it until the token expires and taken from whoever has it.
 
-        A connection presenting the `resume` token of a client of this process that is still here
-        takes that client over: same nick, same rooms, no presence flap; the client's old
-        connection is closed with 4002. With an identity too, only a client of the same token
-        nick is taken over, and it holds the new token from then on. Raises ChatError unavailable."""
+        A connection presenting the `resume` token of a client that is still here (on any process,
+        with a cluster engine) takes that client over: same nick, same rooms, no presence flap;
+        the client's old connection is closed with 4002. A client that had an identity is taken
+        over only by a connection with an identity of the same token nick, which it holds from
+        then on; one without an identity, only by a connection without one. Raises ChatError
+        unavailable."""
         if identity is not None:
             self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
+        token = secrets.token_urlsafe(24)  # the new resume token, kept (cluster) before it is given
         with self._lock:
-            resumed = self._resume(resume, conn, identity)
-            if resumed is not None:
-                self._welcome(resumed, resumed=True)
-            client = resumed or Client(next(self._ids), conn, "", limiter, identity)
+            resumed = self._resumable(resume, identity)
+        if resumed is not None:
+            self._keep_session(resumed, token)
+            with self._lock:
+                if self._resumable(resume, identity) is not resumed:
+                    gone, resumed = resumed, None  # gone meanwhile: the session just kept goes too
+                else:
+                    self._take_over(resumed, conn, identity)
+                    self._welcome(resumed, resumed=True, token=token)
+            if resumed is None and gone.id not in self._clients:  # (else another resume took it first)
+                self._end_session(gone)
+        client = resumed or Client(next(self._ids), conn, "", limiter, identity)
+        if resumed is None and resume and self._resume_elsewhere(client, resume, identity, token):
+            resumed = client
         if resumed is not None:
             if identity is not None:
                 self._identities.watch(client, identity.expires)
             return client
         while True:
             nick = self._guest_nick(client) if identity is None else self._take(client, identity.nick)
+            self._keep_session(client, token, nick)
             with self._lock:
                 if self._nicks.setdefault(fold_nick(nick), client) is client:
                     client.nick = nick
                     self._clients[client.id] = client
-                    self._welcome(client, resumed=False)
+                    self._welcome(client, resumed=False, token=token)
                     break
             self._release(client, nick)  # taken here meanwhile (by another connection of the same token)
         if identity is not None:
@@ -426,6 +440,7 @@ class Registry:
             self._announce_quietly(name, protocol.presence(name, "leave", client.nick), client)
             if emptied:
                 self._emptied(name)
+        self._end_session(client)  # before the nick is free: a resume then finds no session
         self._release(client, client.nick)
         self._identities.forget(client)
 
@@ -445,11 +460,11 @@ class Registry:
 
     # -- helpers (lock held) -------------------------------------------------------------------
 
-    def _welcome(self, client: Client, resumed: bool) -> None:
-        """The first frame on a connection: `welcome`, with a new resume token for the client."""
+    def _welcome(self, client: Client, resumed: bool, token: str) -> None:
+        """The first frame on a connection: `welcome`, with the client's new resume `token`."""
         assert self._lock.locked()
         self._forget_token(client)
-        client.token = secrets.token_urlsafe(24)
+        client.token = token
         self._tokens[client.token] = client
         event = protocol.welcome(client.nick, self._limits, self._engine.epoch)
         event["resume"] = client.token
@@ -460,23 +475,26 @@ class Registry:
             event["auth"] = client.identity.summary()
         client.send(protocol.encode(event))
 
-    def _resume(self, token: str | None, conn, identity=None) -> Client | None:
-        """The client `token` names, moved onto `conn` (its old connection closed with 4002), or
-        None when the token is unknown (never given, or its client is gone) or, with `identity`,
-        the client is not that identity's holder (anonymous, or another token nick)."""
+    def _resumable(self, token: str | None, identity=None) -> Client | None:
+        """The client of this process `token` names, or None when the token is unknown here
+        (never given, or its client is gone) or the client may not be taken over with `identity`
+        (`_same_holder`)."""
         assert self._lock.locked()
         client = self._tokens.get(token) if token else None
-        if client is None or client.id not in self._clients:
+        if client is None or client.id not in self._clients or not _same_holder(client.identity, identity):
             return None
+        return client
+
+    def _take_over(self, client: Client, conn, identity=None) -> None:
+        """Move `client` onto `conn` (its old connection closed with 4002), with `identity`'s
+        newer token if any."""
+        assert self._lock.locked()
         if identity is not None:
-            if client.identity is None or fold_nick(client.identity.nick) != fold_nick(identity.nick):
-                return None
             client.identity = identity  # the newer token: its expiry and claims from now on
         old, client.conn = client.conn, conn
         old.close(CloseCode.REPLACED, "replaced by a new connection")
         log.info("%s resumed on a new connection; the old one is closed with %d", client.nick, CloseCode.REPLACED,
                  extra=logs.context(peer=getattr(conn, "peer", None), nick=client.nick, code=CloseCode.REPLACED))
-        return client
 
     def _unresumable(self, client: Client):
         """Forget the client's resume token (so a reconnect cannot take it back); its connection."""
@@ -530,6 +548,7 @@ class Registry:
         change = uuid.uuid4().hex
         for name in rooms:
             self._announce_quietly(name, event, client, change)
+        self._keep_session(client)
 
     def _guest_nick(self, client: Client) -> str:
         """A free guest nick that is not reserved, claimed for `client`. Raises ChatError unavailable."""
@@ -919,7 +938,28 @@ class Registry:
         # left out, and a count may include a join not yet placed in the stream
         return count, [(n, len(r.members)) for n in names if (r := self._rooms.get(n)) is not None]
 
+    def _resume_elsewhere(self, client: Client, resume: str, identity, token: str) -> bool:
+        """Take over, for new `client` (not registered yet), the client of another process whose
+        resume token `resume` is, and welcome it with `token`; False if there is none. Raises
+        ChatError unavailable."""
+        return False
+
+    def _keep_session(self, client: Client, token: str | None = None, nick: str | None = None) -> None:
+        """The client's resume token (`token`, about to be given) or nick (`nick`, or its own)
+        changed (lock not held)."""
+
+    def _end_session(self, client: Client) -> None:
+        """The client left: its resume token is spent."""
+
     def _dm_elsewhere(self, nick: str, event: dict) -> str:
         """Deliver a DM to `nick`, not a client of this process: the nick as its holder spells it.
         Raises ChatError no_such_user, unavailable."""
         raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
+
+
+def _same_holder(held, presented) -> bool:
+    """May a connection with identity `presented` (or None) take over a client with `held`? Only
+    the same token nick takes over a token holder; only an anonymous connection, an anonymous one."""
+    if held is None or presented is None:
+        return held is None and presented is None
+    return fold_nick(held.nick) == fold_nick(presented.nick)

@@ -47,17 +47,19 @@ def seconds(value: str) -> float:
 
 @pytest.fixture
 def nginx(tmp_path):
-    """nginx(upstream_port) -> the port of Debian's nginx running docs/nginx.conf in front of
-    `upstream_port`, in the foreground as our child, every path in tmp_path; stopped at teardown."""
+    """nginx(*upstream_ports) -> the port of Debian's nginx running docs/nginx.conf in front of
+    `upstream_ports` (round robin), in the foreground as our child, every path in tmp_path;
+    stopped at teardown."""
     binary = require_program("nginx", "apt-get install nginx")
 
     processes = ProxyProcesses()
 
-    def start(upstream_port: int) -> int:
+    def start(*upstream_ports: int) -> int:
         port = free_port()
         site = NGINX_CONF.read_text()
         assert site.count(UPSTREAM) == site.count(LISTEN) == site.count(ACCESS_LOG) == 1, "nginx.conf changed shape"
-        site = site.replace(UPSTREAM, f"server 127.0.0.1:{upstream_port};").replace(LISTEN, f"listen 127.0.0.1:{port};")
+        servers = " ".join(f"server 127.0.0.1:{upstream};" for upstream in upstream_ports)
+        site = site.replace(UPSTREAM, servers).replace(LISTEN, f"listen 127.0.0.1:{port};")
         site = site.replace(ACCESS_LOG, f"access_log {tmp_path / 'roomchat.access.log'} roomchat;")
         (tmp_path / "roomchat.conf").write_text(site)
         (tmp_path / "nginx.conf").write_text(MAIN_CONF.format(tmp=tmp_path))
@@ -176,3 +178,27 @@ def test_roomchat_logs_the_client_address_nginx_forwards(spawn, nginx, peers):
     log = wait_for(lambda: (text := server.stderr_text()).count("connect ") >= 2 and text)
     assert f"connect 127.0.0.1 {proxied.nick}" in log
     assert re.search(rf"connect 127\.0\.0\.1:\d+ {direct.nick}", log)
+
+
+def test_nginx_spreads_clients_over_processes_and_a_resume_works_on_any(redis_server, spawn, nginx, peers):
+    """Two roomchat processes on one Redis behind nginx's round robin, no sticky sessions: clients
+    land on both, chat in one room, and each reconnect with a resume token (landing on one process
+    or the other) gets the same nick and rooms back, with no leave or join for the room."""
+    processes = [spawn("--redis", redis_server.url) for _ in range(2)]
+    url = f"ws://127.0.0.1:{nginx(*(p.port for p in processes))}/"
+    watcher, ann = peers(url), peers(url)
+    watcher.join("lobby")
+    ann.set_nick("ann")
+    ann.join("lobby")
+    watcher.recv_type("presence")
+    for i in range(3):  # round robin: at least one of these lands on the other process
+        again = peers(f"{url}?resume={ann.welcome['resume']}")
+        assert again.welcome["nick"] == "ann" and again.welcome["rooms"] == ["lobby"]
+        assert ann.close_code()[0] == 4002
+        again.send(type="chat", room="lobby", text=f"back {i}")
+        seen = []
+        while not seen or seen[-1].get("text") != f"back {i}":
+            seen.append(watcher.recv())
+        assert [e["type"] for e in seen] == ["chat"]  # no presence before it
+        ann = again
+    assert watcher.request(type="who", room="lobby")["members"] == [watcher.nick, "ann"]

@@ -91,3 +91,15 @@ def test_a_token_holder_resumes_without_a_presence_flap(make_server, peers):
     carol = peers(with_token(server.url, token("carol")) + f"&resume={again.welcome['resume']}")
     assert carol.welcome["nick"] == "carol" and "resumed" not in carol.welcome
     assert again.request(type="ping") == {"type": "pong"}  # ann's connection was left alone
+
+
+def test_a_token_holders_resume_token_alone_gets_a_fresh_guest(make_server, peers):
+    """A resume token of a client with an identity, presented without that identity's token (a
+    stolen one), gets a fresh guest and leaves the holder's connection alone."""
+    server = make_server(token_secret=SECRET)
+    op = peers(with_token(server.url, token("op", op=True)))
+    op.join("lobby")
+    thief = peers(f"{server.url}?resume={op.welcome['resume']}")
+    assert thief.nick.startswith("guest-") and "resumed" not in thief.welcome and "auth" not in thief.welcome
+    assert op.request(type="ping") == {"type": "pong"}
+    assert thief.request(type="who", room="lobby")["members"] == ["op"]

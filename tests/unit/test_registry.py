@@ -378,3 +378,21 @@ def test_truncated_resume_reads_the_engine_once(manual):
     registry.join(b, "r", after=0)
     joined = conn_b.events("joined")[0]
     assert joined["truncated"] and len(joined["history"]) == 1000 and engine.reads == 1
+
+
+@pytest.mark.parametrize(("held", "presented", "takes_over"), [
+    (None, None, True),  # anonymous by anonymous
+    ("ann", "ANN", True),  # a token holder by a token for the same nick (folded)
+    ("ann", None, False),  # a token holder by its resume token alone: stolen
+    (None, "ann", False),  # an anonymous client by a token holder
+    ("ann", "bob", False),  # another nick's token
+])
+def test_who_may_take_over_a_client_by_its_resume_token(held, presented, takes_over):
+    """A resume token takes over a token holder only with a token for the same nick, an anonymous
+    client only without one."""
+    from types import SimpleNamespace
+
+    from chatserver.rooms.registry import _same_holder
+
+    identity = {nick: SimpleNamespace(nick=nick) for nick in ("ann", "ANN", "bob")}
+    assert _same_holder(identity.get(held), identity.get(presented)) is takes_over

@@ -1,0 +1,185 @@
+"""Several roomchat processes on a local 3-master Redis Cluster, each pointed at a different node,
+behave as one server: real redis-server processes (started by the test), real roomchat processes."""
+
+import threading
+import time
+
+import pytest
+import redis
+
+from tests.helpers import wait_for
+from tests.integration.test_redis import stream
+from tests.services import RedisCluster
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def ask(peer, kind: str, **msg) -> dict:
+    """Send a request; its reply of type `kind` (room events before it skipped)."""
+    peer.send(**msg)
+    return peer.recv_type(kind)
+
+
+def reply_to(peer, request_id) -> dict:
+    """The reply (or own copy) carrying `request_id`, room events before it skipped."""
+    while True:
+        event = peer.recv()
+        if event.get("id") == request_id:
+            return event
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """One 3-master Redis Cluster for this module's tests (emptied before each)."""
+    service = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    yield service
+    service.kill()
+
+
+@pytest.fixture
+def processes(redis_cluster, spawn):
+    """processes(*args) -> three roomchat processes, the i-th pointed at the i-th node."""
+    for port in redis_cluster.ports:
+        client = redis.Redis(port=port)
+        client.flushall()
+        client.close()
+    return lambda *args: [spawn("--redis", url, *args) for url in redis_cluster.urls]
+
+
+def test_three_processes_on_three_nodes_see_one_stream(redis_cluster, processes, peers):
+    """Senders and receivers spread over three processes, each on its own cluster node: the room
+    travels on sharded pub/sub (its shard only), and every receiver sees the same gapless chats
+    and the same presence, in the same order."""
+    servers = processes()
+    receivers = [peers(s.url) for s in servers]
+    for receiver in receivers:
+        receiver.join("lobby")
+    senders = [peers(servers[i % 3].url) for i in range(3)]
+    for sender in senders:
+        sender.join("lobby")
+    per_sender = 30
+    nodes = [redis.Redis(port=port) for port in redis_cluster.ports]
+    sharded = [set(n.execute_command("PUBSUB", "SHARDCHANNELS")) for n in nodes]
+    assert sum(b"roomchat:{lobby}:events" in channels for channels in sharded) == 1  # its shard only
+    assert not any(n.execute_command("PUBSUB", "CHANNELS") for n in nodes)  # no cluster-wide pub/sub
+    for node in nodes:
+        node.close()
+
+    def send_all(sender):
+        for i in range(per_sender):
+            sender.send(type="chat", room="lobby", text=f"{sender.nick} {i}")
+
+    threads = [threading.Thread(target=send_all, args=(s,)) for s in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = 3 * per_sender
+    views = [stream(r, "lobby", lambda seen: sum(isinstance(x, int) for x in seen) >= total) for r in receivers]
+    chats = [[x for x in view if isinstance(x, int)] for view in views]
+    assert chats[0] == chats[1] == chats[2] == list(range(1, total + 1))
+    tails = [view[view.index(("presence", senders[-1].nick)) + 1:] for view in views]
+    assert tails[0] == tails[1] == tails[2]
+
+
+def test_nicks_dms_who_rooms_and_history_across_nodes(processes, peers):
+    """A nick is unique across the processes; a DM reaches it on another node's process; who and
+    rooms count every process's members; history and a leave are the same everywhere."""
+    a, b, c = processes()
+    ann, bob, cat = peers(a.url), peers(b.url), peers(c.url)
+    ann.set_nick("ann")
+    assert bob.request(type="nick", nick="ANN")["code"] == "nick_taken"
+    bob.set_nick("bob")
+    for peer, room in ((ann, "lobby"), (bob, "lobby"), (cat, "side"), (cat, "lobby")):
+        peer.join(room)
+    assert ask(cat, "dm", type="dm", to="ann", text="psst")["to"] == "ann"
+    assert ann.recv_type("dm")["text"] == "psst"
+    assert ask(bob, "error", type="dm", to="nobody", text="x")["code"] == "no_such_user"
+    assert [e["seq"] for e in ann.chat_all("lobby", ["one", "two"])] == [1, 2]
+    wait_for(lambda: ask(bob, "rooms", type="rooms")["rooms"] == [{"room": "lobby", "members": 3},
+                                                                 {"room": "side", "members": 1}], timeout=10)
+    assert ask(cat, "who", type="who", room="lobby")["members"] == ["ann", "bob", cat.nick]
+    history = ask(bob, "history", type="history", room="lobby")
+    assert [m["text"] for m in history["messages"]] == ["one", "two"]
+    ask(cat, "left", type="leave", room="lobby")
+    wait_for(lambda: ask(ann, "who", type="who", room="lobby")["members"] == ["ann", "bob"], timeout=10)
+    wait_for(lambda: ask(ann, "rooms", type="rooms")["rooms"] == [{"room": "lobby", "members": 2},
+                                                                 {"room": "side", "members": 1}], timeout=10)
+
+
+def test_a_client_resumes_on_a_process_of_another_node(processes, peers):
+    """ann on the first node's process resumes on the third's: same nick and rooms, no presence
+    for the watcher on the second, the old connection closed with 4002."""
+    a, b, c = processes()
+    watcher, ann = peers(b.url), peers(a.url)
+    watcher.join("lobby")
+    ann.set_nick("ann")
+    ann.join("lobby")
+    watcher.recv_type("presence")
+    again = peers(f"{c.url}?resume={ann.welcome['resume']}")
+    assert again.welcome["nick"] == "ann" and again.welcome["rooms"] == ["lobby"]
+    ann.ws.settimeout(10)
+    assert ann.close_code()[0] == 4002
+    again.send(type="chat", room="lobby", text="moved")
+    seen = []
+    while not seen or seen[-1].get("text") != "moved":
+        seen.append(watcher.recv())
+    assert [e["type"] for e in seen] == ["chat"]
+    assert watcher.request(type="who", room="lobby")["members"] == [watcher.nick, "ann"]
+
+
+def test_a_killed_process_on_a_cluster_node_is_reaped(processes, peers):
+    """A process killed -9: the others see its members leave once its lease has run out."""
+    a, b, _c = processes("--redis-lease", "1")
+    watcher, gone = peers(b.url, timeout=20), peers(a.url)
+    watcher.join("lobby")
+    gone.join("lobby")
+    watcher.recv_type("presence")
+    a.proc.kill()
+    left = watcher.recv_type("presence")
+    assert (left["event"], left["nick"]) == ("leave", gone.nick)
+    assert watcher.request(type="who", room="lobby")["members"] == [watcher.nick]
+
+
+def test_a_killed_master_fails_over_to_its_replica(tmp_path, spawn, peers):
+    """kill -9 of the master holding a room (cluster-node-timeout 2 s): until its replica takes
+    over, each chat to the room is answered once, its copy or `unavailable`; then chats flow again
+    on every process, with no gap, no repeat and no reset (nothing acknowledged was lost: the
+    replica had it), and who and DMs work."""
+    service = RedisCluster(tmp_path, replicas=1)
+    try:
+        servers = [spawn("--redis", url) for url in service.urls]
+        sender, *receivers = [peers(s.url, timeout=30) for s in servers]
+        for peer in (sender, *receivers):
+            peer.join("lobby")
+        for i, receiver in enumerate(receivers):  # the joins after its own
+            for _ in range(len(receivers) - 1 - i):
+                receiver.recv_type("presence")
+        assert [e["seq"] for e in sender.chat_all("lobby", ["before"])] == [1]
+        master, [replica] = service.master_of("roomchat:{lobby}:seq")
+        copy = redis.Redis(port=replica)
+        copy.execute_command("READONLY")
+        wait_for(lambda: copy.get("roomchat:{lobby}:seq") == b"1", timeout=10)  # replicated: acknowledged
+        copy.close()
+        service.kill_node(master)
+        answers = []
+        for i in range(300):  # a chat every 0.1 s until one goes through
+            sender.send(type="chat", room="lobby", text=f"during {i}", id=i)
+            reply = reply_to(sender, i)
+            answers.append(reply["type"] if reply["type"] == "chat" else reply["code"])
+            if reply["type"] == "chat":
+                break
+            time.sleep(0.1)
+        assert answers[-1] == "chat" and set(answers[:-1]) <= {"unavailable"}, answers
+        for receiver in receivers:
+            seen = []
+            while not seen or seen[-1]["text"] != reply["text"]:
+                event = receiver.recv()
+                if event["type"] == "chat":
+                    seen.append(event)
+            assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1)) and seen[0]["text"] == "before"
+        assert ask(receivers[0], "who", type="who", room="lobby")["members"] == [
+            sender.nick, *(r.nick for r in receivers)]
+        assert ask(receivers[-1], "dm", type="dm", to=sender.nick, text="still there?")["to"] == sender.nick
+    finally:
+        service.kill()

@@ -1,0 +1,54 @@
+"""Redis set-ups roomchat cannot use are refused at start with one line and exit status 2, never a
+traceback: a Sentinel, a read-only replica (real redis-server processes)."""
+
+import subprocess
+
+import pytest
+import redis
+
+from tests.helpers import run_to_exit, wait_for
+from tests.services import _pings, free_port, require_program
+
+
+@pytest.fixture
+def start_redis(tmp_path):
+    """start_redis(*args) -> the port of a redis-server started with `args` (a config file first,
+    for a Sentinel); killed at teardown."""
+    binary = require_program("redis-server", "apt-get install redis-server")
+    procs = []
+
+    def start(*args: str) -> int:
+        port = free_port()
+        procs.append(subprocess.Popen([binary, *args, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                       "--dir", str(tmp_path)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        client = redis.Redis(port=port, socket_connect_timeout=0.5)
+        wait_for(lambda: _pings(client), timeout=10)
+        client.close()
+        return port
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(10)
+
+
+def refused(port: int) -> str:
+    """roomchat's one line of stderr for `--redis` at `port`, having checked it exited 2."""
+    done = run_to_exit("--redis", f"redis://127.0.0.1:{port}/0")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    return done.stderr
+
+
+def test_a_sentinel_is_refused_with_one_line(start_redis, tmp_path):
+    """A Redis Sentinel: one line saying how to find the primary, status 2."""
+    primary = start_redis()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(f"sentinel monitor main 127.0.0.1 {primary} 1\n")
+    assert "is a Redis Sentinel" in refused(start_redis(str(config), "--sentinel"))
+
+
+def test_a_read_only_replica_is_refused_with_one_line(start_redis):
+    """A replica: one line pointing at its primary, status 2."""
+    primary = start_redis()
+    assert "is a read-only replica" in refused(start_redis("--replicaof", "127.0.0.1", str(primary)))
