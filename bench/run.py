@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import queue
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from servers import (
     SERVER_CPU,
     SERVERS,
     Group,
+    available,
     pinned,
     redis_parser,
     redis_version,
@@ -49,6 +51,8 @@ from servers import (
 BENCH = Path(__file__).resolve().parent
 QUIET_PCT = 15  # other load on a benchmark CPU above this spoils a run: wait for quiet, then retry
 QUIET_WAIT_S = 10
+BUILD = BENCH / ".build"
+LINGER_US = 0  # --linger-us: what the C generator naps before blocking in saturate runs (loadgen.c)
 REDIS_FLAGS = " ".join(a or "''" for a in REDIS_PERSISTENCE)
 
 
@@ -65,8 +69,9 @@ class Scenario:
     rate: float = 0
     text_len: int = 48
 
-    def loadgen_args(self, warmup, duration):
+    def loadgen_args(self, warmup, duration, linger_us=0):
         return [
+            *(["--linger-us", str(linger_us)] if linger_us and self.mode == "saturate" else []),
             "--mode", self.mode, "--rooms", str(self.rooms),
             "--clients-per-room", str(self.clients_per_room),
             "--senders-per-room", str(self.senders_per_room), "--inflight", str(self.inflight),
@@ -106,6 +111,33 @@ SCENARIOS = {
 QUICK_ROOMS = {"S4": 10, "S6": 50}  # --quick: 200 and 1,000 connections instead of 2,000 and 10,000
 
 
+# -- the load generator -----------------------------------------------------------------------------
+
+
+def build_loadgen():
+    """The C/epoll generator, compiled from loadgen.c into bench/.build/ when the source is newer;
+    returns (command, description), or (None, reason) when gcc is missing or the build fails."""
+    source, binary = BENCH / "loadgen.c", BUILD / "loadgen"
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        return None, "gcc is not installed (apt-get install gcc)"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        BUILD.mkdir(exist_ok=True)
+        done = subprocess.run([gcc, "-O2", "-o", str(binary), str(source)], capture_output=True, text=True)
+        if done.returncode:
+            return None, f"gcc failed: {done.stderr.strip()[-300:]}"
+    version = subprocess.run([gcc, "-dumpfullversion"], capture_output=True, text=True).stdout.strip()
+    return [str(binary)], f"C/epoll (loadgen.c, gcc {version})"
+
+
+def loadgen_command(python_only=False):
+    """(command, description): the C generator, or loadgen.py (one asyncio process) without gcc."""
+    command, what = (None, "asked for (--python-loadgen)") if python_only else build_loadgen()
+    if command is None:
+        return [sys.executable, str(BENCH / "loadgen.py")], f"Python asyncio (loadgen.py; no C generator: {what})"
+    return command, what
+
+
 # -- running one server against one scenario ------------------------------------------------------
 
 
@@ -134,8 +166,9 @@ def wait_for_quiet(limit_pct=QUIET_PCT, patience=QUIET_WAIT_S):
             return busy
 
 
-def run_one(server_name, scenario, warmup, duration, workdir):
-    """Run one scenario against one fresh server group; return its figures (or an "error" entry)."""
+def run_one(server_name, scenario, warmup, duration, workdir, generator):
+    """Run one scenario against one fresh server group; return its figures (or an "error" entry).
+    `generator`: (command, linger_us)."""
     group = Group(SERVERS[server_name], workdir)
     loadgen = None
     try:
@@ -144,8 +177,8 @@ def run_one(server_name, scenario, warmup, duration, workdir):
         lg_err = workdir / "loadgen.err"
         with open(lg_err, "wb") as err:
             loadgen = subprocess.Popen(
-                [*pinned(LOADGEN_CPU), sys.executable, str(BENCH / "loadgen.py"),
-                 *(a for url in urls for a in ("--url", url)), *scenario.loadgen_args(warmup, duration)],
+                [*pinned(LOADGEN_CPU), *generator[0],
+                 *(a for url in urls for a in ("--url", url)), *scenario.loadgen_args(warmup, duration, generator[1])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, text=True,
             )
         lines = queue.Queue()
@@ -223,7 +256,7 @@ def cpu_figures(scenario, result, before, after):
     return figures
 
 
-def measure(server_name, scenario, warmup, duration, workdir, retries, wait=True):
+def measure(server_name, scenario, warmup, duration, workdir, retries, generator, wait=True):
     """run_one once the CPUs are quiet; a rate or latency window that other load disturbed is run
     again (up to `retries` times) and the least disturbed run is kept. Other work (a test suite)
     may share the machine. S4/S6 are not repeated: opening 10,000 connections takes long, and
@@ -233,7 +266,8 @@ def measure(server_name, scenario, warmup, duration, workdir, retries, wait=True
     runs = []
     for attempt in range(1 + retries):
         busy = wait_for_quiet() if wait else cpu_busy()
-        run = run_one(server_name, scenario, warmup, duration, workdir / f"{scenario.name}-{server_name}-{attempt}")
+        run = run_one(server_name, scenario, warmup, duration, workdir / f"{scenario.name}-{server_name}-{attempt}",
+                      generator)
         run["busy_before_pct"] = [round(busy[SERVER_CPU]), round(busy[LOADGEN_CPU])]
         runs.append(run)
         if max(run.get("other_load_pct", [0])) < QUIET_PCT:
@@ -256,9 +290,11 @@ def progress(run):
     return ", ".join(parts)
 
 
-def notes(servers):
+def notes(servers, generator_what, linger_us):
     """What the reader must know to read the table: how each server ran, where, with what."""
     lines = ["rate limits raised for the runs: roomchat started with " + " ".join(RATE_LIMITS)]
+    linger = f", napping up to {linger_us} µs before it blocks in saturate runs" if linger_us else ""
+    lines.append(f"load generator: {generator_what}{linger}")
     for name in servers:
         lines.append(f"{name}: {SERVERS[name].what}")
     clusters = [SERVERS[s] for s in servers if SERVERS[s].redis]
@@ -284,6 +320,10 @@ def main(argv=None):
                         help="about 1 s per scenario and 1/10 of the connections in S4/S6 (smoke test)")
     parser.add_argument("--retries", type=int, default=1,
                         help=f"re-runs of a window in which other processes used more than {QUIET_PCT}%% of a CPU")
+    parser.add_argument("--linger-us", type=int, default=LINGER_US,
+                        help="C generator, saturate runs: µs it naps, finding nothing to read, before it blocks")
+    parser.add_argument("--python-loadgen", action="store_true",
+                        help="use loadgen.py (one asyncio process) instead of the C generator")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<timestamp>.json); "
                         "the Markdown table goes beside it (.md)")
     args = parser.parse_args(argv)
@@ -303,12 +343,21 @@ def main(argv=None):
     if not (ROOT / "roomchat.py").exists():
         print("# roomchat.py not found: running the reference only", flush=True)
         servers = [s for s in servers if SERVERS[s].reference]
-    if any(SERVERS[s].redis for s in servers) and redis_version() is None:
-        print("# redis-server is not installed (apt-get install redis-server): no cluster rows", flush=True)
-        servers = [s for s in servers if not SERVERS[s].redis]
+    command, generator_what = loadgen_command(args.python_loadgen)
+    python_generator = command[0] == sys.executable
+    kept = []
+    for name in servers:
+        why = available(SERVERS[name])
+        if why is None and python_generator and "socket.io" in SERVERS[name].path:
+            why = "loadgen.py does not speak Socket.IO (the C generator does)"
+        if why is None:
+            kept.append(name)
+        else:
+            print(f"# {name} left out: {why}", flush=True)
+    servers = kept
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    lines = notes(servers)
+    lines = notes(servers, generator_what, 0 if python_generator else args.linger_us)
     report = {
         "started": stamp,
         "notes": lines,
@@ -323,8 +372,12 @@ def main(argv=None):
         for scenario in scenarios:
             results = {}
             for server in servers:
+                if scenario.name in SERVERS[server].skip:
+                    continue
                 print(f"# {scenario.name} {server} ...", end=" ", flush=True)
-                run = results[server] = measure(server, scenario, warmup, duration, Path(tmp), retries, not args.quick)
+                generator = (command, 0 if python_generator else args.linger_us)
+                run = results[server] = measure(server, scenario, warmup, duration, Path(tmp), retries, generator,
+                                                not args.quick)
                 print(progress(run), flush=True)
             report["scenarios"][scenario.name] = {
                 "title": scenario.title,
