@@ -47,6 +47,7 @@ ROWS = {
         ("deliveries_per_s", "deliveries/s", "{:,.0f}", True),
         *CPU_ROWS,
         ("server_cpu_pct", "server CPU %", "{:.0f}", False),
+        ("server_sys_pct", "  of which kernel (sys) %", "{:.0f}", False),
         *LOAD_ROWS,
     ],
     "rate": [

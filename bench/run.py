@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+import profiles as spy
 import psutil
 from report import evaluate, hop_costs, intact, markdown, table
 from servers import (
@@ -166,11 +167,12 @@ def wait_for_quiet(limit_pct=QUIET_PCT, patience=QUIET_WAIT_S):
             return busy
 
 
-def run_one(server_name, scenario, warmup, duration, workdir, generator):
+def run_one(server_name, scenario, warmup, duration, workdir, generator, profile_to=None):
     """Run one scenario against one fresh server group; return its figures (or an "error" entry).
-    `generator`: (command, linger_us)."""
+    `generator`: (command, linger_us). `profile_to`: a file for py-spy's stacks of the window
+    (the first server process, when it is Python)."""
     group = Group(SERVERS[server_name], workdir)
-    loadgen = None
+    loadgen = spying = None
     try:
         urls = group.start()
         idle_rss = group.rss()
@@ -203,6 +205,8 @@ def run_one(server_name, scenario, warmup, duration, workdir, generator):
                 loadgen.stdin.flush()
             elif msg["event"] == "mark" and msg["name"] == "start":
                 before = sample(group)
+                if profile_to is not None and SERVERS[server_name].python:
+                    spying = spy.record(group.pid(), duration, profile_to, pinned(LOADGEN_CPU))
             elif msg["event"] == "mark" and msg["name"] == "end":
                 after = sample(group)
             elif msg["event"] == "result":
@@ -212,6 +216,10 @@ def run_one(server_name, scenario, warmup, duration, workdir, generator):
             figures["server_exit"] = f"exited during the run: {exited}"
         if "deliveries" in result:
             figures.update(cpu_figures(scenario, result, before, after))
+        if spying is not None and spying.wait(30) == 0 and profile_to.exists():
+            figures["profile"] = spy.summarise(profile_to)
+        elif spying is not None:
+            figures["profile_error"] = spying.stderr.read()[-300:]
         if exited or result.get("held") != result.get("wanted"):
             figures["server_log"] = group.log_tail()
         for key, prefix in (("latency_ms", ""), ("probe_ms", "probe_")):
@@ -231,7 +239,7 @@ def cpu_figures(scenario, result, before, after):
     """Server CPU over the window, per delivery and per chat message (a message is delivered to
     every member of its room), with redis-server's share, and the other load on both CPUs."""
     window = result["window_s"]
-    roles = {role: after[0][role] - before[0].get(role, 0.0) for role in after[0]}
+    roles = {role: after[0][role] - before[0].get(role, 0.0) for role in after[0] if role != "sys"}
     cpu = sum(roles.values())
     deliveries = max(1, result["deliveries"])
     messages = deliveries / scenario.clients_per_room
@@ -241,6 +249,7 @@ def cpu_figures(scenario, result, before, after):
         "server_cpu_pct": 100 * cpu / window,
         "server_us_per_delivery": 1e6 * cpu / deliveries,
         "server_us_per_message": 1e6 * cpu / messages,
+        "server_sys_pct": 100 * (after[0]["sys"] - before[0]["sys"]) / max(1e-9, cpu),
         # What else ran on the two CPUs during the window (other processes, steal):
         "other_load_pct": [
             round(max(0.0, 100 * (busy[SERVER_CPU] - cpu) / window), 1),
@@ -256,7 +265,7 @@ def cpu_figures(scenario, result, before, after):
     return figures
 
 
-def measure(server_name, scenario, warmup, duration, workdir, retries, generator, wait=True):
+def measure(server_name, scenario, warmup, duration, workdir, retries, generator, wait=True, profile_to=None):
     """run_one once the CPUs are quiet; a rate or latency window that other load disturbed is run
     again (up to `retries` times) and the least disturbed run is kept. Other work (a test suite)
     may share the machine. S4/S6 are not repeated: opening 10,000 connections takes long, and
@@ -267,7 +276,7 @@ def measure(server_name, scenario, warmup, duration, workdir, retries, generator
     for attempt in range(1 + retries):
         busy = wait_for_quiet() if wait else cpu_busy()
         run = run_one(server_name, scenario, warmup, duration, workdir / f"{scenario.name}-{server_name}-{attempt}",
-                      generator)
+                      generator, profile_to)
         run["busy_before_pct"] = [round(busy[SERVER_CPU]), round(busy[LOADGEN_CPU])]
         runs.append(run)
         if max(run.get("other_load_pct", [0])) < QUIET_PCT:
@@ -324,6 +333,9 @@ def main(argv=None):
                         help="C generator, saturate runs: µs it naps, finding nothing to read, before it blocks")
     parser.add_argument("--python-loadgen", action="store_true",
                         help="use loadgen.py (one asyncio process) instead of the C generator")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the Python servers over each window (stacks and summaries beside the results; "
+                        "a profiled run's rates are not for the table)")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<timestamp>.json); "
                         "the Markdown table goes beside it (.md)")
     args = parser.parse_args(argv)
@@ -357,6 +369,8 @@ def main(argv=None):
     servers = kept
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or BENCH / "results" / f"{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     lines = notes(servers, generator_what, 0 if python_generator else args.linger_us)
     report = {
         "started": stamp,
@@ -376,8 +390,12 @@ def main(argv=None):
                     continue
                 print(f"# {scenario.name} {server} ...", end=" ", flush=True)
                 generator = (command, 0 if python_generator else args.linger_us)
+                profile_to = None
+                if args.profile:
+                    profile_to = out.parent / f"{stamp}-profiles" / f"{scenario.name}-{server}.txt"
+                    profile_to.parent.mkdir(parents=True, exist_ok=True)
                 run = results[server] = measure(server, scenario, warmup, duration, Path(tmp), retries, generator,
-                                                not args.quick)
+                                                not args.quick, profile_to)
                 print(progress(run), flush=True)
             report["scenarios"][scenario.name] = {
                 "title": scenario.title,
@@ -401,12 +419,15 @@ def main(argv=None):
     print()
     for line in footer:
         print(f"# {line}")
-    out = args.out or BENCH / "results" / f"{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    profiles = [line for name, entry in report["scenarios"].items() for server, run in entry["results"].items()
+                if "profile" in run for line in spy.lines(f"{name} {server}", run["profile"])]
+    for line in profiles:
+        print(f"# {line}")
     out.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n".join([
         f"`python bench/run.py` {stamp}, {platform.python_version()}, {os.cpu_count()} CPUs", "",
         markdown(report, servers), "", *(f"- {line}" for line in [*lines, *footer]), "",
+        *(["```", *profiles, "```", ""] if profiles else []),
     ]))
     print(f"# JSON: {out}, Markdown: {out.with_suffix('.md')}")
     broken = [

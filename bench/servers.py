@@ -66,6 +66,11 @@ class Server:
     def redis(self):
         return self.processes > 1
 
+    @property
+    def python(self):
+        """Its (first) server process is CPython, so py-spy can profile it."""
+        return self.peer in ("", "flask-socketio")
+
     def commands(self, directory, redis_url=None):
         """The command lines of the server processes (without the CPU pinning)."""
         if self.reference:
@@ -198,12 +203,18 @@ class Group:
         return f"redis://127.0.0.1:{port}/0"
 
     def cpu(self):
-        """CPU seconds (user + sys, all threads) per role, summed over the role's processes."""
-        out = {}
+        """CPU seconds (user + sys, all threads) per role, summed over the role's processes, and
+        under "sys" the kernel's part of all of them."""
+        out = {"sys": 0.0}
         for role, _proc, ps, _log in self.procs:
             times = ps.cpu_times()
             out[role] = out.get(role, 0.0) + times.user + times.system
+            out["sys"] += times.system
         return out
+
+    def pid(self):
+        """The first server process's pid (py-spy attaches to it)."""
+        return next(ps.pid for role, _proc, ps, _log in self.procs if role == "server")
 
     def rss(self):
         return sum(ps.memory_info().rss for _role, _proc, ps, _log in self.procs)
