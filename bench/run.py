@@ -53,7 +53,7 @@ BENCH = Path(__file__).resolve().parent
 QUIET_PCT = 15  # other load on a benchmark CPU above this spoils a run: wait for quiet, then retry
 QUIET_WAIT_S = 10
 BUILD = BENCH / ".build"
-LINGER_US = 0  # --linger-us: what the C generator naps before blocking in saturate runs (loadgen.c)
+LINGER_US = 200  # --linger-us: how long the C generator polls before it blocks in saturate runs (loadgen.c)
 REDIS_FLAGS = " ".join(a or "''" for a in REDIS_PERSISTENCE)
 
 
@@ -253,7 +253,8 @@ def cpu_figures(scenario, result, before, after):
         # What else ran on the two CPUs during the window (other processes, steal):
         "other_load_pct": [
             round(max(0.0, 100 * (busy[SERVER_CPU] - cpu) / window), 1),
-            round(max(0.0, 100 * (busy[LOADGEN_CPU] - result["loadgen_cpu_s"]) / window), 1),
+            round(max(0.0, 100 * (busy[LOADGEN_CPU] - result["loadgen_cpu_s"] - result.get("loadgen_spin_s", 0))
+                          / window), 1),
         ],
     }
     if "redis" in roles:
@@ -302,7 +303,7 @@ def progress(run):
 def notes(servers, generator_what, linger_us):
     """What the reader must know to read the table: how each server ran, where, with what."""
     lines = ["rate limits raised for the runs: roomchat started with " + " ".join(RATE_LIMITS)]
-    linger = f", napping up to {linger_us} µs before it blocks in saturate runs" if linger_us else ""
+    linger = f", polling up to {linger_us} µs before it blocks in saturate runs" if linger_us else ""
     lines.append(f"load generator: {generator_what}{linger}")
     for name in servers:
         lines.append(f"{name}: {SERVERS[name].what}")
@@ -330,7 +331,7 @@ def main(argv=None):
     parser.add_argument("--retries", type=int, default=1,
                         help=f"re-runs of a window in which other processes used more than {QUIET_PCT}%% of a CPU")
     parser.add_argument("--linger-us", type=int, default=LINGER_US,
-                        help="C generator, saturate runs: µs it naps, finding nothing to read, before it blocks")
+                        help="C generator, saturate runs: µs it polls, finding nothing to read, before it blocks")
     parser.add_argument("--python-loadgen", action="store_true",
                         help="use loadgen.py (one asyncio process) instead of the C generator")
     parser.add_argument("--profile", action="store_true",
