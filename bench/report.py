@@ -224,3 +224,41 @@ def markdown(report, servers):
         cells = [c.replace("|", "\\|") for c in row] + [""] * (len(head) - len(row))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# The headline rows README.md quotes: (scenario, metric, label, format).
+HEADLINE = [
+    ("S1", "deliveries_per_s", "deliveries/s", "{:,.0f}"),
+    ("S1", "server_us_per_delivery", "server CPU µs/delivery", "{:.2f}"),
+    ("S2", "deliveries_per_s", "deliveries/s", "{:,.0f}"),
+    ("S2", "server_us_per_delivery", "server CPU µs/delivery", "{:.2f}"),
+    ("S3", "p99_ms", "latency p99 ms", "{:.2f}"),
+    ("S4", "kib_per_connection", "KiB RSS per idle connection", "{:.1f}"),
+    ("S5", "deliveries_per_s", "deliveries/s", "{:,.0f}"),
+    ("S5", "server_us_per_delivery", "server CPU µs/delivery", "{:.2f}"),
+    ("S6", "probe_max_ms", "10,000 connections: probe max ms", "{:.2f}"),
+]
+
+
+def headline(report, servers):
+    """A compact Markdown table of the headline figures, each with its ratio to the reference,
+    and each target's verdict: what README.md's Performance section shows."""
+    lines = ["| scenario | metric | " + " | ".join(servers) + " | targets |", "|" + "---|" * (len(servers) + 3)]
+    for name, metric, label, pattern in HEADLINE:
+        entry = report["scenarios"].get(name)
+        if entry is None:
+            continue
+        results = entry["results"]
+        cells = []
+        for server in servers:
+            run = results.get(server, {})
+            value = run.get(metric)
+            if value is None:
+                cells.append("ERROR" if "error" in run else "-")
+                continue
+            text = fmt(value, pattern, metric == "deliveries_per_s" and run.get("loadgen_limited"))
+            r = ratio(results, server, metric) if server != "reference" else None
+            cells.append(f"{text} ({r:.2f}x)" if r is not None else text)
+        verdicts = ", ".join(f"{t['target']}: {t['result']}" for t in entry["targets"].get(metric, []))
+        lines.append(f"| {name} | {label} | " + " | ".join(cells) + f" | {verdicts} |")
+    return "\n".join(lines)

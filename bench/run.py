@@ -32,7 +32,7 @@ from pathlib import Path
 
 import profiles as spy
 import psutil
-from report import evaluate, hop_costs, intact, markdown, table
+from report import evaluate, headline, hop_costs, intact, markdown, table
 from servers import (
     DEFAULT_SERVERS,
     LOADGEN_CPU,
@@ -428,6 +428,7 @@ def main(argv=None):
     out.with_suffix(".md").write_text("\n".join([
         f"`python bench/run.py` {stamp}, {platform.python_version()}, {os.cpu_count()} CPUs", "",
         markdown(report, servers), "", *(f"- {line}" for line in [*lines, *footer]), "",
+        "Headline (README.md):", "", headline(report, servers), "",
         *(["```", *profiles, "```", ""] if profiles else []),
     ]))
     print(f"# JSON: {out}, Markdown: {out.with_suffix('.md')}")
