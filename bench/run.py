@@ -53,6 +53,7 @@ BENCH = Path(__file__).resolve().parent
 QUIET_PCT = 15  # other load on a benchmark CPU above this spoils a run: wait for quiet, then retry
 QUIET_WAIT_S = 10
 BUILD = BENCH / ".build"
+SETTLE_S = 10  # how long the generator waits, after the load, for what is still on its way (loadgen.c)
 LINGER_US = 200  # --linger-us: how long the C generator polls before it blocks in saturate runs (loadgen.c)
 REDIS_FLAGS = " ".join(a or "''" for a in REDIS_PERSISTENCE)
 
@@ -415,6 +416,10 @@ def main(argv=None):
     ]
     if args.quick:
         footer.append("--quick: 1 s windows and 1/10 of the connections; the figures are not for the targets.")
+    footer += [f"{name} {server}: not everything sent had come back {SETTLE_S:.0f} s after the load stopped "
+               f"({run['total_sent']:,} chats sent; the missing count includes seqs others saw and it had not yet)"
+               for name, entry in report["scenarios"].items() for server, run in entry["results"].items()
+               if run.get("settled") is False]
     print()
     print(table(report, servers))
     print()
@@ -438,9 +443,12 @@ def main(argv=None):
         for server, run in entry["results"].items()
         if not intact(run)
     ]
+    ours = [b for b in broken if not SERVERS[b.split("/")[1]].peer]
     if broken:
         print(f"# errors, lost connections or failed delivery checks: {', '.join(broken)}")
-    return 1 if broken else 0
+    if len(ours) < len(broken):
+        print("# (a peer's failure is reported, not a failure of the bench: the exit status is about roomchat's rows)")
+    return 1 if ours else 0
 
 
 if __name__ == "__main__":
