@@ -55,7 +55,9 @@ test-unit: $(DEV_STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
-## bench: roomchat against the asyncio reference, same run, printed as a table with ratios
+## bench: roomchat against the asyncio reference, Socket.IO, Flask-SocketIO and Bun (installed on
+## demand into bench/.peers/; left out, saying why, without node/npm), same run, one table with ratios.
+## The C load generator is built with gcc into bench/.build/. ARGS="--scenarios S1,S2 --profile" etc.
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
 

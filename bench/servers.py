@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import peers
 import psutil
 from common import find_port, free_port
 
@@ -31,6 +32,14 @@ ROOMCHAT = [
 REFERENCE = [str(BENCH / "reference_server.py"), "--host", "127.0.0.1", "--port", "0"]
 # Redis as docs/cluster.md recommends it: AOF with one fsync a second, no RDB snapshots.
 REDIS_PERSISTENCE = ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
+PEER_COMMANDS = {  # each installs its peer on first use, or raises peers.Unavailable
+    "socketio": lambda: ["env", f"NODE_PATH={peers.ensure_node() / 'node_modules'}", "node",
+                         str(peers.SOURCES / "socketio_server.js"), "127.0.0.1", "0"],
+    "bun": lambda: [str(peers.bun_binary()), "run", str(peers.SOURCES / "bun_server.js"), "127.0.0.1", "0"],
+    "flask-socketio": lambda: [str(peers.ensure_flask()), str(peers.SOURCES / "flask_socketio_server.py"),
+                               "--host", "127.0.0.1", "--port", "0"],
+}
 # Runs roomchat.py with `import hiredis` failing, so redis-py uses its own Python parser.
 WITHOUT_HIREDIS = (
     "import runpy, sys; sys.modules['hiredis'] = None; sys.argv = sys.argv[1:]; "
@@ -49,15 +58,25 @@ class Server:
     processes: int = 1
     hiredis: bool = True  # False: redis-py's Python parser even where hiredis is installed
     reference: bool = False
+    peer: str = ""  # "socketio", "flask-socketio" or "bun": a server users would pick instead (peers.py)
+    path: str = "/"  # the WebSocket URL's path; /socket.io/... makes the generator speak Socket.IO
+    skip: tuple = ()  # scenarios this server sits out
 
     @property
     def redis(self):
         return self.processes > 1
 
+    @property
+    def python(self):
+        """Its (first) server process is CPython, so py-spy can profile it."""
+        return self.peer in ("", "flask-socketio")
+
     def commands(self, directory, redis_url=None):
         """The command lines of the server processes (without the CPU pinning)."""
         if self.reference:
             return [[sys.executable, *REFERENCE]]
+        if self.peer:
+            return [PEER_COMMANDS[self.peer]()]
         python = [sys.executable] if self.hiredis else [sys.executable, "-c", WITHOUT_HIREDIS]
         store = ["--redis", redis_url] if self.redis else [a.format(dir=directory) for a in self.store]
         return [[*python, *ROOMCHAT, *store] for _ in range(self.processes)]
@@ -72,9 +91,26 @@ SERVERS = {
         Server("cluster-nohiredis", "the cluster with hiredis hidden: redis-py's Python parser",
                processes=2, hiredis=False),
         Server("reference", "websockets asyncio reference", reference=True),
+        Server("socketio", "Socket.IO 4.8 on Node (rooms, to(room).emit), WebSocket transport only",
+               peer="socketio", path=SOCKETIO_PATH),
+        Server("flask-socketio", "Flask-SocketIO 5.7 in threading mode on Werkzeug (TCP_NODELAY set)",
+               peer="flask-socketio", path=SOCKETIO_PATH, skip=("S6",)),  # 10,000 x 4 threads
+        Server("bun", "Bun 1.4 built-in server (uWebSockets), a topic per room", peer="bun"),
     )
 }
-DEFAULT_SERVERS = ["roomchat", "roomchat-memory", "cluster", "reference"]
+DEFAULT_SERVERS = ["roomchat", "roomchat-memory", "reference", "socketio", "flask-socketio", "bun"]
+
+
+def available(server):
+    """None when the server can run here, else a one-line reason (peers install on demand)."""
+    try:
+        if server.peer:
+            PEER_COMMANDS[server.peer]()
+    except peers.Unavailable as exc:
+        return str(exc)
+    if server.redis and redis_version() is None:
+        return "redis-server is not installed (apt-get install redis-server)"
+    return None
 
 
 def pinned(cpu):
@@ -121,7 +157,7 @@ class Group:
             logfile = self.directory / f"server-{i}.log"
             proc = self._spawn("server", command, logfile)
             port = self._wait(lambda logfile=logfile: find_port(logfile.read_bytes()), proc, logfile, timeout)
-            self.urls.append(f"ws://127.0.0.1:{port}/")
+            self.urls.append(f"ws://127.0.0.1:{port}{self.server.path}")
         return self.urls
 
     def _spawn(self, role, command, logfile):
@@ -167,12 +203,18 @@ class Group:
         return f"redis://127.0.0.1:{port}/0"
 
     def cpu(self):
-        """CPU seconds (user + sys, all threads) per role, summed over the role's processes."""
-        out = {}
+        """CPU seconds (user + sys, all threads) per role, summed over the role's processes, and
+        under "sys" the kernel's part of all of them."""
+        out = {"sys": 0.0}
         for role, _proc, ps, _log in self.procs:
             times = ps.cpu_times()
             out[role] = out.get(role, 0.0) + times.user + times.system
+            out["sys"] += times.system
         return out
+
+    def pid(self):
+        """The first server process's pid (py-spy attaches to it)."""
+        return next(ps.pid for role, _proc, ps, _log in self.procs if role == "server")
 
     def rss(self):
         return sum(ps.memory_info().rss for _role, _proc, ps, _log in self.procs)

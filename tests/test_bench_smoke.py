@@ -13,11 +13,11 @@ from tests.helpers import require_program
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def quick_bench(tmp_path, servers, scenarios):
+def quick_bench(tmp_path, servers, scenarios, timeout=110):
     """bench/run.py --quick for these servers and scenarios; returns its JSON report."""
     out = tmp_path / "bench.json"
     command = [sys.executable, "bench/run.py", "--quick", "--servers", servers, "--scenarios", scenarios, "--out", out]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text())
 
@@ -82,3 +82,30 @@ def test_loadgen_counts_gaps_and_reordering(monkeypatch):
     client.data_received(blob[:7])  # a frame split across reads
     client.data_received(blob[7:])
     assert (client.deliveries, client.missing, client.reordered) == (5, 1, 1)
+
+
+@pytest.mark.timeout(300)
+def test_quick_bench_peers_deliver_in_order(tmp_path):
+    """Socket.IO, Flask-SocketIO and Bun, installed on demand into bench/.peers/, run a one-second
+    S1 against the C generator: every chat reaches every member in seq order."""
+    require_program("node", "apt-get install nodejs")
+    require_program("npm", "apt-get install npm")
+    require_program("gcc", "apt-get install gcc")
+    report = quick_bench(tmp_path, "socketio,flask-socketio,bun", "S1", timeout=280)
+    for server in ("socketio", "flask-socketio", "bun"):
+        run = report["scenarios"]["S1"]["results"][server]
+        assert "error" not in run, run
+        assert run["held"] == run["wanted"] == 50
+        assert run["deliveries"] > 0 and run["silent_clients"] == 0
+        assert (run["missing"], run["reordered"], run["errors"]) == (0, 0, 0)
+    assert "C/epoll" in " ".join(report["notes"])
+
+
+def test_node_peers_are_left_out_without_node(monkeypatch):
+    """Without node or npm, a Node peer is unavailable with a one-line reason that says how to get it."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    servers = importlib.import_module("servers")
+    monkeypatch.setattr(servers.peers.shutil, "which", lambda name, *a, **k: None)
+    assert servers.available(servers.SERVERS["bun"]) == "node is not installed (apt-get install nodejs npm)"
+    assert servers.available(servers.SERVERS["socketio"]).startswith("node is not installed")
+    assert servers.available(servers.SERVERS["reference"]) is None
