@@ -175,7 +175,7 @@ class Conn:
 
 def refusal(exc: websocket.WebSocketBadStatusException) -> str:
     """The server's refusal of the upgrade in one line: HTTP status and the first line of its body,
-    with what to do about a 401 (never the raw headers). Raises nothing."""
+    with what to do about a 401 (never the raw headers)."""
     body = exc.resp_body.decode("utf-8", "replace") if isinstance(exc.resp_body, bytes) else str(exc.resp_body or "")
     first = body.strip().splitlines()[0] if body.strip() else ""
     line = f"HTTP {exc.status_code}" + (f": {first[:200]}" if first else "")

@@ -412,7 +412,7 @@ class SqliteEngine(LocalRules):
         that overlap could otherwise hold it off for ever), and a reader outside roomchat (a
         backup) is waited for CHECKPOINT_WAIT at most; after such a failure, the next TRUNCATE
         waits until the WAL has doubled, so a long backup costs a few short stalls, not one per
-        commit. True if every frame was copied (and, TRUNCATE, the file emptied). Raises nothing."""
+        commit. True if every frame was copied (and, TRUNCATE, the file emptied)."""
         with self._checkpoint_lock:
             wal = self._wal_bytes()
             if wal <= above or (mode == "TRUNCATE" and wal <= self._truncate_after):
@@ -434,7 +434,7 @@ class SqliteEngine(LocalRules):
         return not busy and logged == copied
 
     def _wal_bytes(self) -> int:
-        """The WAL file's size now, in bytes (0 when there is none). Raises nothing."""
+        """The WAL file's size now, in bytes (0 when there is none)."""
         try:
             return os.stat(self._wal_path).st_size
         except OSError:

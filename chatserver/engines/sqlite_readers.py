@@ -98,7 +98,7 @@ class ReaderPool:
     def paused(self, wait: float):
         """Lend no connection during the `with` block (borrowers wait, within their own `wait`),
         after waiting up to `wait` seconds for the lent ones to come back. Yields True when none
-        is lent. One thread at a time. Raises nothing."""
+        is lent. One thread at a time."""
         with self._cond:
             self._paused = True
             deadline = time.monotonic() + wait
