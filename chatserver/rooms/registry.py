@@ -84,6 +84,19 @@ class Hold:
         self.members = members  # nicks at the join's place in the stream (one process)
 
 
+class Shared:
+    """A room's frames in one `deliver` call that every member in `members` gets, joined once for
+    all of them when the call ends; the members that got something else (`apart`: a sender's own
+    copy) have their own queue from then on, and get each further frame there."""
+
+    __slots__ = ("apart", "frames", "members")
+
+    def __init__(self, members):
+        self.frames: list[bytes] = []
+        self.members: set = set(members)
+        self.apart: list = []
+
+
 class Room:
     __slots__ = ("members", "name")
 
@@ -142,6 +155,7 @@ class Registry:
         self._names: list[str] = []  # sorted keys of _rooms, changed with it (_room, _remove_member)
         self._seqs: dict[str, int] = engine.last_seqs() if hasattr(engine, "last_seqs") else {}
         self._batch: dict | None = None  # while set: frames per client, written once at the end
+        self._shared: dict | None = None  # with it: room -> Shared, frames its members get alike
         self._tokens: dict[str, Client] = {}  # resume token -> the client it takes over
         engine.start(self)
 
@@ -196,7 +210,7 @@ class Registry:
         once, to the room's members, all in one batch (one write per client for the call)."""
         started = time.perf_counter()
         with self._lock:
-            self._batch = {}
+            self._batch, self._shared = {}, {}
             try:
                 for name, event, meta in items:
                     self._deliver_one(name, event, meta)
@@ -238,8 +252,12 @@ class Registry:
             return
         frame = protocol.encode(event)  # encoded once for every member
         own = frame if own_id is None else protocol.encode({**event, "id": own_id})
-        for member in self._recipients(room, event, meta, sender, frame, own):
-            self._out(member, own if member is sender else frame, member is sender)  # queued; never blocks
+        if self._shared is not None and self._plain(room, event) and not trace.ON:  # usual: all alike
+            self._share(room, frame, own, sender, event["type"] == "chat" or meta.echo)
+        else:
+            self._unshare_room(name)  # a special case: each member's own queue, in its order
+            for member in self._recipients(room, event, meta, sender, frame, own):
+                self._out(member, own if member is sender else frame, member is sender)  # queued; never blocks
         if trace.ON:
             trace.room_event(name, event, self._batch or {}, frame, own)
         if meta.echo and sender is not None and sender not in room.members:
@@ -256,7 +274,7 @@ class Registry:
         assert self._lock.locked()
         kind = event["type"]
         echo = kind == "chat" or meta.echo
-        if kind != "nick" and not any(room.members.values()):  # nobody joining: the common case
+        if self._plain(room, event):  # nobody joining, not a nick change: the common case
             return room.members if echo or sender not in room.members else [m for m in room.members if m is not sender]
         if kind == "presence" and sender is not None and event["event"] == "join":
             hold = room.members.get(sender)
@@ -277,6 +295,43 @@ class Registry:
                 hold.frames.append(own if member is sender else frame)
         return now
 
+    def _plain(self, room: Room, event: dict) -> bool:
+        """True when every member gets the event alike (but its sender): nobody is joining the
+        room (`Hold`) and it is not a nick change (which a member may have heard already)."""
+        return event["type"] != "nick" and not any(room.members.values())
+
+    def _share(self, room: Room, frame: bytes, own: bytes, sender, echo: bool) -> None:
+        """The broadcast of a plain event within a `deliver` call: the frame goes once into the
+        room's shared list, which each member gets when the call ends; the sender, which gets its
+        own copy, leaves the shared list for a queue of its own, keeping its order."""
+        assert self._lock.locked()
+        shared = self._shared.get(room.name)
+        if shared is None:
+            shared = self._shared[room.name] = Shared(room.members)
+        if sender is not None and sender in shared.members:
+            self._unshare(shared, sender)
+        shared.frames.append(frame)
+        for member in shared.apart:
+            if member is not sender:
+                self._out(member, frame, False)
+        if echo and sender is not None and sender in room.members:
+            self._out(sender, own, True)
+
+    def _unshare(self, shared: Shared, member: Client) -> None:
+        """`member` gets its own queue: what the shared list holds so far, then frame by frame."""
+        shared.members.discard(member)
+        shared.apart.append(member)
+        for frame in shared.frames:
+            self._out(member, frame, False)
+
+    def _unshare_room(self, name: str) -> None:
+        """Every member of the room's shared list gets its own queue (before a special case)."""
+        shared = self._shared.pop(name, None) if self._shared is not None else None
+        if shared is not None:
+            for member in shared.members:
+                for frame in shared.frames:
+                    self._out(member, frame, False)
+
     def _settle_write(self, name: str, event: dict, meta: Meta, sender) -> object:
         """Book a delivered event against its sender's pending writes: the `id` its own copy
         carries, or None (no copy of its own, no id, or answered already: `unavailable`)."""
@@ -295,6 +350,7 @@ class Registry:
         tell the others (a cluster engine keeps this process subscribed to a room it empties:
         harmless). A target still joining gets the event now (what it held is dropped with it)."""
         assert self._lock.locked()
+        self._unshare_room(room.name)  # the target leaves: later events of the call are not its
         folded = protocol.fold_nick(nick)
         target = next((m for m in room.members if protocol.fold_nick(m.nick) == folded), None)
         if target is not None:
@@ -363,14 +419,23 @@ class Registry:
             self._batch[client] = [len(frame) if own else 0, frame]
 
     def _flush_batch(self) -> int:
-        """Write each client's frames of the step at once; returns how many frames (deliveries)."""
+        """Write each client's frames of the step at once, and each room's shared frames (joined
+        once) to the members that share them; returns how many frames (deliveries). A client may
+        get a write of its own and one per room it shares: nothing is promised across rooms."""
         batch, self._batch = self._batch, None
+        shared, self._shared = self._shared, None
         if trace.ON:
             trace.fanout(batch or {})
         frames = 0
         for client, queued in (batch or {}).items():
             frames += len(queued) - 1
             client.send_mixed(queued[1] if len(queued) == 2 else b"".join(queued[1:]), queued[0])
+        for room in (shared or {}).values():
+            if room.frames and room.members:
+                data = room.frames[0] if len(room.frames) == 1 else b"".join(room.frames)
+                frames += len(room.frames) * len(room.members)
+                for client in room.members:
+                    client.send_mixed(data, 0)
         return frames
 
     # -- connections and nicks --------------------------------------------------------------
