@@ -12,5 +12,5 @@ test_*.py     the cases: pauses (process, Redis), links (blackhole, blip, cut), 
               test_harness.py and test_streams.py check the harness itself
 
 Run: .venv/bin/python -m pytest tests/faults (each case runs its own redis-server; skipped
-without one, failing under CI=true). Every process gets `--redis-lease 1` (harness.LEASE).
+without one, failing under CI=true). Every process gets `--redis-lease 2` (harness.LEASE).
 """

@@ -21,9 +21,10 @@ from tests.faults.recorder import Recorder
 from tests.helpers import SECRET, ServerProcess, token
 from tests.services import RedisServer, _pings, require_program, wait_for
 
-# The liveness lease each roomchat process holds in Redis, in seconds (`--redis-lease`). Kept
-# short so that the suite is quick; every fault's length is a multiple of it.
-LEASE = 1.0
+# The liveness lease each roomchat process holds in Redis, in seconds (`--redis-lease`). Short,
+# so that the suite is quick (every fault's length is a multiple of it), yet long enough that a
+# process starved of CPU on a busy machine (lease + grace: 4 s) is not taken for a paused one.
+LEASE = 2.0
 LEASE_ARGS = ("--redis-lease", f"{LEASE:g}")
 # Seconds after a fault ends within which every process's `who` must equal the truth (polled).
 CONVERGE = 4 * LEASE + 10
