@@ -202,9 +202,12 @@ def _answered_once(rig: Rig) -> list:
 def _closes(rig: Rig, allow) -> list:
     problems = []
     for client in rig.clients:
-        for _t, _n, code, reason in client.closes:
+        for i, (_t, _n, code, reason) in enumerate(client.closes):
             if code in (1000, *allow) or client.node.ended:
                 continue
+            if client.closed_by_test and i == len(client.closes) - 1:
+                continue  # the test closed it: a loaded server may not echo the close in time
+
             problems.append(f"{client} was closed with {code} ({reason!r})")
     return problems
 

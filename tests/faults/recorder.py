@@ -54,6 +54,7 @@ class Recorder:
         self.connection = 0  # how many connections it has made
         self.connected = False
         self.gone = False  # closed for good (by the test, or a close it does not follow)
+        self.closed_by_test = False  # close() was called: how its own close ended is not a fault
         self.nick = None
         self.wanted_nick = None  # asked for again after a reconnect that did not keep it
         self.epoch = None
@@ -156,10 +157,10 @@ class Recorder:
     def close(self) -> None:
         """Close for good (no reconnect)."""
         with self._cond:
-            self.gone = True
+            self.gone = self.closed_by_test = True
             ws = self.ws
         with contextlib.suppress(Exception):
-            ws.close(timeout=1)
+            ws.close(timeout=5)
         with contextlib.suppress(Exception):
             ws.shutdown()
         self._reader.join(5)
