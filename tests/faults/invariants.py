@@ -207,7 +207,6 @@ def _closes(rig: Rig, allow) -> list:
                 continue
             if client.closed_by_test and i == len(client.closes) - 1:
                 continue  # the test closed it: a loaded server may not echo the close in time
-
             problems.append(f"{client} was closed with {code} ({reason!r})")
     return problems
 
