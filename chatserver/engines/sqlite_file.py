@@ -23,7 +23,7 @@ class StoreError(EngineError):
 
 
 APPLICATION_ID = 0x52434854  # "RCHT" in the file header: this SQLite file is a roomchat history
-SCHEMA_VERSION = 2  # PRAGMA user_version; 2 added events_by_ts and meta.seq_floor
+SCHEMA_VERSION = 3  # PRAGMA user_version; 2 added events_by_ts and meta.seq_floor; 3 events.kind/target/data
 OPEN_TIMEOUT = 1.0  # seconds start-up waits for a write lock held by another process before giving up
 BUSY_TIMEOUT = 5.0  # seconds a running store waits for a lock before a commit counts as failed
 
@@ -32,8 +32,12 @@ SCHEMA = (
     # Per room, the highest seq ever stored: it outlives pruning, so a seq is never reused.
     "CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID",
     # Clustered by (room, seq): a room's events are contiguous, appends go to the end of its range.
+    # `kind`: the stored event's type (chat, edit, delete, react); `target`: the seq of the chat an
+    # edit, delete or react is about (NULL for a chat); `data`: a JSON object of what else the
+    # event or the chat's current state holds (NULL when nothing). EVENT_COLUMNS adds them to older files.
     "CREATE TABLE IF NOT EXISTS events (room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,"
-    " text TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID",
+    " text TEXT NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL DEFAULT 'chat', target INTEGER, data TEXT,"
+    " PRIMARY KEY (room, seq)) WITHOUT ROWID",
     # Added after schema 1 was released, without a new version: older roomchats ignore the table.
     "CREATE TABLE IF NOT EXISTS rules (scope TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
     " value TEXT NOT NULL, until REAL, PRIMARY KEY (scope, kind, key)) WITHOUT ROWID",
@@ -44,6 +48,7 @@ SCHEMA = (
     # The quotas prune oldest first (engines/sqlite_quotas.py); built once when a version 1 file is opened.
     "CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts)",
 )
+EVENT_COLUMNS = ("kind TEXT NOT NULL DEFAULT 'chat'", "target INTEGER", "data TEXT")  # added in schema 3
 SAVE_RULE = (
     "INSERT INTO rules (scope, kind, key, value, until) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (scope, kind, key) DO UPDATE SET value = excluded.value, until = excluded.until"
@@ -124,6 +129,10 @@ def _prepare(conn: sqlite3.Connection, where: str) -> str:
         raise StoreError(f"{where} is corrupt: {problems[0][0].splitlines()[0]}")
     for statement in SCHEMA:
         conn.execute(statement)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for column in EVENT_COLUMNS:
+        if column.split()[0] not in have:  # a schema 1 or 2 file: its rows are all chats
+            conn.execute(f"ALTER TABLE events ADD COLUMN {column}")
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (new_epoch(),))

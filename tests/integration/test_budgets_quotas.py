@@ -54,7 +54,7 @@ def test_file_of_200k_rooms_is_pruned_to_the_quota_while_chat_goes_on(tmp_path, 
     SqliteEngine(str(full)).close()
     with sqlite3.connect(full) as conn:
         conn.executemany("INSERT INTO rooms VALUES (?, 1)", ((f"room-{i}",) for i in range(200_000)))
-        conn.executemany("INSERT INTO events VALUES (?, 1, 'ann', 'hello there', ?)",
+        conn.executemany("INSERT INTO events (room, seq, sender, text, ts) VALUES (?, 1, 'ann', 'hello there', ?)",
                          ((f"room-{i}", 1e9 + i) for i in range(200_000)))
     server = spawn("--db", str(full), "--history-max-rooms", "180000")
     peer = connect(server.url)

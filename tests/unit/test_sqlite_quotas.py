@@ -102,7 +102,7 @@ def test_many_rooms_open_without_retention_work(tmp_path):
     SqliteEngine(str(path)).close()
     with sqlite3.connect(path) as conn:
         conn.executemany("INSERT INTO rooms VALUES (?, 1)", ((f"room-{i}",) for i in range(200_000)))
-        conn.executemany("INSERT INTO events VALUES (?, 1, 'ann', 'hello', ?)",
+        conn.executemany("INSERT INTO events (room, seq, sender, text, ts) VALUES (?, 1, 'ann', 'hello', ?)",
                          ((f"room-{i}", 1e9 + i) for i in range(200_000)))
     passes = []
 
