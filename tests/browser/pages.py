@@ -236,8 +236,9 @@ class ChatPage:
                        "return s.hidden ? '' : document.getElementById('status-text').textContent")
 
     def online(self) -> bool:
-        """Connected, and the status has nothing to say (so it is not shown)."""
-        return self.js("const s = document.getElementById('status'); return s.dataset.online === '1' && s.hidden")
+        """Connected, and the status has nothing to say (so it is not shown). False while a fresh
+        document is still being parsed (no status element yet)."""
+        return self.js("const s = document.getElementById('status'); return !!s && s.dataset.online === '1' && s.hidden")
 
     def nick(self) -> str:
         """The nick the header says we have."""
