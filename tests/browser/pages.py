@@ -238,7 +238,8 @@ class ChatPage:
     def online(self) -> bool:
         """Connected, and the status has nothing to say (so it is not shown). False while a fresh
         document is still being parsed (no status element yet)."""
-        return self.js("const s = document.getElementById('status'); return !!s && s.dataset.online === '1' && s.hidden")
+        return self.js("const s = document.getElementById('status'); "
+                       "return !!s && s.dataset.online === '1' && s.hidden")
 
     def nick(self) -> str:
         """The nick the header says we have."""

@@ -2,6 +2,7 @@
 history is pruned, a room with none left is forgotten without its seqs ever coming back, and a
 file of 200,000 rooms starts fast."""
 
+import contextlib
 import sqlite3
 import time
 
@@ -14,7 +15,7 @@ from tests.helpers import wait_for
 
 
 def known_rooms(path) -> set:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return {room for (room,) in conn.execute("SELECT room FROM rooms")}
 
 
@@ -52,7 +53,7 @@ def test_file_of_200k_rooms_is_pruned_to_the_quota_while_chat_goes_on(tmp_path, 
     starts and how long a chat waits meanwhile are the bench's, as they depend on the machine.)"""
     full = tmp_path / "full.db"
     SqliteEngine(str(full)).close()
-    with sqlite3.connect(full) as conn:
+    with contextlib.closing(sqlite3.connect(full)) as conn, conn:
         conn.executemany("INSERT INTO rooms VALUES (?, 1)", ((f"room-{i}",) for i in range(200_000)))
         conn.executemany("INSERT INTO events (room, seq, sender, text, ts) VALUES (?, 1, 'ann', 'hello there', ?)",
                          ((f"room-{i}", 1e9 + i) for i in range(200_000)))

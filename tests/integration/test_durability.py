@@ -173,7 +173,7 @@ def test_default_database_is_roomchat_db_in_the_working_directory(spawn, tmp_pat
     peer.close()
     assert server.stop() == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["roomchat.db"]
-    with sqlite3.connect(tmp_path / "roomchat.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "roomchat.db")) as conn, conn:
         assert conn.execute("SELECT sender, text FROM events").fetchall() == [(peer.nick, "kept")]
 
 

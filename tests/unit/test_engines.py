@@ -1,6 +1,7 @@
 """Engines: MemoryEngine and SqliteEngine through one parametrized suite, then SQLite's own rules.
 (The Redis engine has its own suite against a real redis-server: tests/integration/test_redis.py.)"""
 
+import contextlib
 import sqlite3
 import threading
 
@@ -209,7 +210,7 @@ def test_failing_commits_refuse_chats_and_rewind_seqs(tmp_path, caplog):
 
 
 def count_rows(path) -> dict:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return dict(conn.execute("SELECT room, count(*) FROM events GROUP BY room"))
 
 

@@ -1,6 +1,7 @@
 """Room rules and reserved nicks in the one-process engines (memory and SQLite, engine.LocalRules).
 (The Redis engine's are tested against a real redis-server: tests/integration/test_redis_identity.py.)"""
 
+import contextlib
 import sqlite3
 import time
 
@@ -76,5 +77,5 @@ def test_sqlite_keeps_rules_across_a_restart_and_forgets_expired_ones(tmp_path):
         assert again.restricted_until("lobby", "mute", "eve") is None
     finally:
         again.close()
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         assert conn.execute("SELECT count(*) FROM rules WHERE kind = 'mute'").fetchone()[0] == 0

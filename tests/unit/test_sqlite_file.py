@@ -1,5 +1,6 @@
 """SQLite history files that cannot be used, and the file's own rules: one clear StoreError each."""
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -23,7 +24,7 @@ def malformed_pages(path) -> None:
 
 
 def foreign_sqlite(path) -> None:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("CREATE TABLE notes (body TEXT)")
 
 
@@ -107,7 +108,7 @@ def test_a_schema_2_file_opens_with_its_chats_and_gains_the_event_columns(tmp_pa
     """A history written before schema 3 (events without kind, target, data) opens: its rows
     are read as chats, the columns are added, and the file says schema 3."""
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("PRAGMA application_id = 1380141140")
         conn.execute("PRAGMA user_version = 2")
         conn.execute("CREATE TABLE events (room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,"
@@ -115,15 +116,13 @@ def test_a_schema_2_file_opens_with_its_chats_and_gains_the_event_columns(tmp_pa
         conn.execute("CREATE TABLE rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID")
         conn.execute("INSERT INTO events VALUES ('lobby', 1, 'ann', 'from before', 1e9)")
         conn.execute("INSERT INTO rooms VALUES ('lobby', 1)")
-    conn.close()
     engine = SqliteEngine(str(path))
     try:
         assert [(e["seq"], e["from"], e["text"]) for e in engine.read("lobby")] == [(1, "ann", "from before")]
     finally:
         engine.close()
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
         assert columns[-3:] == ["kind", "target", "data"]
         assert conn.execute("SELECT kind FROM events").fetchall() == [("chat",)]
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
-    conn.close()

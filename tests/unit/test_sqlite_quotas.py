@@ -1,6 +1,7 @@
 """History quotas of the SQLite engine (bytes, age, rooms): oldest first, rooms with nothing left
 forgotten, and their seqs never reused, also after a restart."""
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -20,7 +21,7 @@ def engine(path, hub, **quotas):
 
 def rows(path) -> dict:
     """room -> its stored seqs."""
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         found = {}
         for room, seq in conn.execute("SELECT room, seq FROM events ORDER BY room, seq"):
             found.setdefault(room, []).append(seq)
@@ -28,12 +29,12 @@ def rows(path) -> dict:
 
 
 def known_rooms(path) -> set:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return {room for (room,) in conn.execute("SELECT room FROM rooms")}
 
 
 def used_bytes(path) -> int:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
         return pages * conn.execute("PRAGMA page_size").fetchone()[0]
 
@@ -100,7 +101,7 @@ def test_many_rooms_open_without_retention_work(tmp_path):
     whatever the machine; the bench measures how long)."""
     path = tmp_path / "h.db"
     SqliteEngine(str(path)).close()
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.executemany("INSERT INTO rooms VALUES (?, 1)", ((f"room-{i}",) for i in range(200_000)))
         conn.executemany("INSERT INTO events (room, seq, sender, text, ts) VALUES (?, 1, 'ann', 'hello', ?)",
                          ((f"room-{i}", 1e9 + i) for i in range(200_000)))
