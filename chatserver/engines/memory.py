@@ -138,9 +138,11 @@ class MemoryEngine(LocalRules):
             self._hub.deliver([(room, event, meta)])
 
     def transcript(self, room: str, since: float = 0.0) -> list:
-        """The room's kept chats and moderation events from `since` (Unix time), in stream order."""
+        """The room's kept chats (in their current text; deleted ones left out) and moderation
+        events from `since` (Unix time), in stream order."""
         with self._lock:
-            chats = [e for e in self._rooms.get(room, ()) if e["ts"] >= since]
+            chats = [e for e in self._rooms.get(room, ())
+                     if e["ts"] >= since and e["type"] == "chat" and not e.get("deleted")]
             notices = [(at, e) for at, e in self._notices.get(room, ()) if e["ts"] >= since]
         return transcript_order(chats, notices)
 
