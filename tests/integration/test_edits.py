@@ -215,3 +215,15 @@ def test_sqlite_edits_and_deletes_survive_a_restart_and_deleted_text_leaves_the_
     assert history[0]["text"] == "kept, edited" and history[1]["deleted"] is True
     assert [e["seq"] for e in history] == [1, 2, 3, 4, 5]
     assert ask(bob, type="chat", room="lobby", text="after")["seq"] == 6
+
+
+def test_the_per_room_history_counts_every_stored_event(start, peers):
+    """--history-per-room counts edits and reactions too: the oldest chat leaves the window, and
+    then changing it is no_such_message."""
+    server = start(history_per_room=3)
+    ann, bob = seated(server, peers, "ann", "bob")
+    first, second = (ask(ann, type="chat", room="lobby", text=t)["seq"] for t in ("one", "two"))
+    ask(ann, type="edit", room="lobby", seq=second, text="two!")
+    ask(bob, type="react", room="lobby", seq=second, emoji="👍")
+    assert [e["seq"] for e in ask(bob, type="history", room="lobby")["messages"]] == [2, 3, 4]
+    assert ask(bob, type="react", room="lobby", seq=first, emoji="👍")["code"] == "no_such_message"
