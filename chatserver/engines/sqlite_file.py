@@ -2,7 +2,9 @@
 
 One file holds a roomchat history: `meta` (epoch; `seq_floor`, see engines/sqlite_quotas.py), `rooms`
 (the highest seq ever stored per room, which outlives pruning, so seqs are never reused),
-`events`, with an index by time for the quotas' oldest-first pruning, `rules` (topics, bans,
+`events` (chats in their current state, and the edit, delete and react events: `kind`, `target`,
+`data`), with an index by time for the quotas' oldest-first pruning and one by target for a
+delete's edits, `rules` (topics, bans,
 mutes, modes, invite uses and nicks reserved by tokens: engine.LocalRules's rows; expired ones are
 deleted at start), and `notices`: the moderation events (topic, kick, ban, mute, mode) kept for
 transcripts, each placed after the chat seq it followed (`after_seq`), with no seq of its own.
