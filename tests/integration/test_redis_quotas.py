@@ -47,8 +47,8 @@ def test_quiet_rooms_past_the_room_quota_are_forgotten_and_their_seqs_go_on(redi
 
 def test_chats_past_the_age_quota_go_and_a_quiet_room_is_forgotten(redis_server, store, spawn, peers):
     """With --history-max-age 1, a room's events older than a second (and the states of the chats
-    reactions changed) are deleted while its member
-    stays (the room is kept); once it is quiet and empty it is forgotten, and its seqs go on."""
+    reactions changed) are deleted while its member stays (the room is kept); once it is quiet
+    and empty it is forgotten, and its seqs go on."""
     server = spawn("--redis", redis_server.url, *FAST_BEAT, "--history-max-age", "1")
     talker = peers(server.url)
     talker.join("r")
