@@ -128,11 +128,9 @@ class Registry:
     method each (the handlers call them); and delivery of each room's stream to its members.
     See the module docstring."""
 
-    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None,
-                 edit_window: float = protocol.EDIT_WINDOW):
-        """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits();
-        `edit_window`: seconds a chat may be edited or deleted by its author (rooms/edits.py)."""
-        self._edit_window = edit_window
+    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None):
+        """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits()."""
+        self._edit_window = limits.get("edit_window", protocol.EDIT_WINDOW)  # seconds (rooms/edits.py)
         self.metrics = metrics or Metrics()  # engines count into it too (metrics.of)
         self._engine = engine
         self._limits = limits
