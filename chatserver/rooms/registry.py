@@ -57,7 +57,7 @@ from chatserver.errors import ChatError
 from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics
 from chatserver.protocol import CloseCode, fold_nick
-from chatserver.rooms import budgets, moderation
+from chatserver.rooms import budgets, edits, moderation
 from chatserver.rooms.client import Client
 from chatserver.rooms.identity import Identities
 from chatserver.rooms.moderation import Moderation, removes_member
@@ -130,6 +130,7 @@ class Registry:
 
     def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None):
         """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits()."""
+        self._edit_window = limits.get("edit_window", protocol.EDIT_WINDOW)  # seconds (rooms/edits.py)
         self.metrics = metrics or Metrics()  # engines count into it too (metrics.of)
         self._engine = engine
         self._limits = limits
@@ -336,7 +337,7 @@ class Registry:
         """Book a delivered event against its sender's pending writes: the `id` its own copy
         carries, or None (no copy of its own, no id, or answered already: `unavailable`)."""
         assert self._lock.locked()
-        if event["type"] == "chat":
+        if event["type"] in protocol.STORED_EVENTS:
             self._seqs[name] = event["seq"]
         if not (event["type"] == "chat" or meta.echo) or sender is None:
             return None
@@ -714,7 +715,7 @@ class Registry:
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
-        last 50 chat events or, with `after`, every one with a higher seq, within 1000 events and
+        last 50 stored events or, with `after`, every one with a higher seq, within 1000 events and
         `max_reply_bytes` (else `truncated`), and the topic. Raises ChatError forbidden (banned, or not in the token's
         rooms), too_many_rooms, unavailable."""
         with self._lock:
@@ -874,8 +875,8 @@ class Registry:
         self._reply_frame(client, budgets.bounded_frame(reply, "members", members, self._max_reply)[0])
 
     def history(self, client: Client, name: str, before=None, after=None, limit=50, reply_id=None) -> None:
-        """Members page through a room's stored chat events, oldest first. Raises ChatError
-        not_in_room, unavailable."""
+        """Members page through a room's stored events (chats in their current state), oldest
+        first. Raises ChatError not_in_room, unavailable."""
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile
@@ -922,6 +923,36 @@ class Registry:
             raise unavailable(exc) from None
         if not echo:
             self.reply(client, protocol.with_id(event, reply_id))
+
+    def amend(self, client: Client, kind: str, name: str, target: int, reply_id=None, **fields) -> None:
+        """An edit, delete or react (`kind`) of the chat at seq `target` of room `name`, with the
+        edit's `text` or the react's `emoji` (rooms/edits.py has the rules): stored with the room's
+        next seq and answered at its place in the stream, like a chat. Raises ChatError
+        not_in_room, no_such_message, forbidden, too_late, moderated, too_many_reactions, unavailable."""
+        with self._lock:
+            if client.id not in self._clients:
+                return  # gone meanwhile
+            if name not in client.rooms:
+                raise ChatError("not_in_room", f"Join {name!r} before changing its chats.")
+            nick, identity = client.nick, client.identity
+        rule = self._refusal(self._moderation.chat_rule, client, name)
+        if isinstance(rule, ChatError) and rule.code == "unavailable":
+            raise rule
+        chat = self._ask_engine(lambda: self._engine.message(name, target))
+        operator = self._moderation.is_operator(identity, name)
+        event = edits.check(kind, name, target, chat, nick, rule, operator, self._edit_window, **fields)
+        key = self._new_key()
+        with self._lock:
+            if name not in client.rooms:  # kicked meanwhile
+                raise ChatError("not_in_room", f"You are no longer in {name!r}.")
+            client.pending.add(key)
+        try:
+            self._engine.amend(name, event, Meta((self.process_id, client.id), reply_id, echo=True, key=key))
+        except Unavailable as exc:
+            with self._lock:
+                client.pending.discard(key)
+                self._settled.notify_all()
+            raise unavailable(exc) from None
 
     # -- helpers (lock not held) ---------------------------------------------------------------
 
