@@ -47,8 +47,9 @@ def test_prints_where_it_listens_and_two_clients_chat_through_it(spawn, sockets)
     assert server.lines[-1] == f"roomchat listening on ws://127.0.0.1:{port}/"
     assert server.proc.stdout.readline() == f"open http://127.0.0.1:{port}/ in your browser\n"
 
-    alice, bob = sockets(server.url), sockets(server.url)
-    assert json.loads(alice.recv())["nick"] == "guest-1"
+    alice = sockets(server.url)
+    assert json.loads(alice.recv())["nick"] == "guest-1"  # welcomed before bob connects: guest numbers follow
+    bob = sockets(server.url)
     assert json.loads(bob.recv())["nick"] == "guest-2"
     alice.send(json.dumps({"type": "nick", "nick": "alice"}))
     assert json.loads(alice.recv()) == {"type": "nick", "old": "guest-1", "nick": "alice"}
