@@ -10,7 +10,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, fields
 
-from chatserver.protocol import valid_nick
+from chatserver.protocol import EDIT_WINDOW, valid_nick
 from chatserver.wire.exposure import HostCheck, OriginCheck
 from chatserver.wire.proxies import HEADERS, TrustedProxies
 
@@ -42,6 +42,7 @@ class Config:
     history_max_bytes: int = 1024**3
     history_max_age: float = 0.0
     history_max_rooms: int = 10000
+    edit_window: float = float(EDIT_WINDOW)
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
@@ -67,7 +68,7 @@ class Config:
             if getattr(self, name) < 1:
                 return f"{name.replace('_', '-')} must be at least 1"
         for name in ("max_connections", "max_connections_per_address", "history_max_bytes", "history_max_age",
-                     "history_max_rooms"):
+                     "history_max_rooms", "edit_window"):
             if getattr(self, name) < 0:
                 return f"{name.replace('_', '-')} must be 0 (no limit) or more"
         for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout", "address_rate_factor",
@@ -172,6 +173,8 @@ HELP = {
     "history_max_age": "seconds an event is kept in the history, SQLite, :memory: or Redis (0: no limit)",
     "history_max_rooms": "rooms with history kept (SQLite, :memory: or Redis); those quiet longest are forgotten first "
                          "(0: no limit)",
+    "edit_window": "seconds after sending it that its author may edit or delete a chat (0: never; operators "
+                   "delete any chat at any time)",
     "ping_interval": "seconds between server pings that detect dead connections",
     "ping_timeout": "seconds to wait for a pong before closing with 1011",
     "handshake_timeout": "seconds a new connection has to finish its opening handshake",
