@@ -67,14 +67,17 @@ ERROR_CODES = {  # the `code` of an `error` event -> when it is sent (PROTOCOL.m
 REQUEST_TYPES = frozenset({  # the `type` of a request; handlers/ has one module for each
     "nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping", "auth", "topic", "kick", "ban", "mute",
     "mode", "edit", "delete", "react",
+    "typing", "mark",
 })
 # The events that go through a room's stream:
-ROOM_EVENTS = frozenset({"chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode", "edit", "delete", "react"})
+ROOM_EVENTS = frozenset({"chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode", "edit", "delete", "react",
+                         "typing"})
 # The room events that are stored and take the room's next seq (the others have none):
 STORED_EVENTS = frozenset({"chat", "edit", "delete", "react"})
 AMEND_EVENTS = ("edit", "delete", "react")  # the stored events about an earlier chat (`target`)
 EVENT_TYPES = ROOM_EVENTS | {  # the `type` of an event the server sends
     "welcome", "joined", "left", "dm", "rooms", "who", "history", "pong", "error", "auth",
+    "mark",
 }
 
 # The nick rule: 1-32 ASCII letters, digits, '_', '.' or '-'. The page (web/static/state.js), the
@@ -243,14 +246,6 @@ def history_limit(msg: dict) -> int:
 # -- edit, delete and react (fields) -----------------------------------------------------------
 
 
-def require_seq(msg: dict, field: str = "seq") -> int:
-    """`msg[field]` as a seq (1 to MAX_SEQ). Raises ChatError bad_message when missing or out of range."""
-    value = msg.get(field)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEQ:
-        raise ChatError("bad_message", f"\"{field}\" must be the seq of a chat: an integer from 1 to {MAX_SEQ}.")
-    return value
-
-
 def require_emoji(msg: dict) -> str:
     """`msg["emoji"]`: one emoji (a single grapheme the `emoji` package knows: "👍", "👍🏽", "🇫🇷").
     Raises ChatError bad_message."""
@@ -260,6 +255,30 @@ def require_emoji(msg: dict) -> str:
     if not 0 < len(value) <= MAX_EMOJI_CHARS or not emoji.is_emoji(value):
         raise ChatError("bad_message", "\"emoji\" must be one emoji, such as \"👍\".")
     return value
+
+
+# -- typing, read markers, DMs that wait ---------------------------------------------------------
+
+TYPING_INTERVAL = 3  # seconds: at most one `typing` per nick and room this often; the rest are dropped
+MAX_MARKS = 1000  # read markers kept per identity (the rooms marked last); `welcome.marks` lists them
+
+
+def require_seq(msg: dict, field: str = "seq") -> int:
+    """`msg[field]` as a seq (0 to 2**63 - 1), required. Raises ChatError bad_message."""
+    value = optional_seq(msg, field)
+    if value is None:
+        raise ChatError("bad_message", f"\"{field}\" must be a seq: an integer from 0 to {MAX_SEQ}.")
+    return value
+
+
+def typing_event(room: str, nick: str) -> dict:
+    """`nick` is typing in `room`: sent to the room's other members, never stored, no seq."""
+    return {"type": "typing", "room": room, "nick": nick}
+
+
+def mark_event(room: str, seq: int) -> dict:
+    """The reply to `mark`: the identity's (or connection's) read marker in `room` now."""
+    return {"type": "mark", "room": room, "seq": seq}
 
 
 # -- events the server sends -------------------------------------------------------------------

@@ -17,6 +17,7 @@ from handlers import (
     join,
     kick,
     leave,
+    mark,
     mode,
     mute,
     nick,
@@ -24,10 +25,11 @@ from handlers import (
     react,
     rooms,
     topic,
+    typing,
     who,
 )
 
 MODULES = (nick, join, leave, chat, dm, rooms, who, history, ping, auth, topic, kick, ban, mute, mode, edit, delete,
-           react)
+           react, typing, mark)
 HANDLERS = {m.TYPE: m.handle for m in MODULES}
 BATCH_HANDLERS = {m.TYPE: m.handle_many for m in MODULES if hasattr(m, "handle_many")}

@@ -199,6 +199,32 @@ class Engine(Protocol):
     def invite_uses(self, invite: str) -> int:
         """How many uses of `invite` are taken (0 for one never used, or expired)."""
 
+    # Read markers and DMs that wait, per identity: a token's folded nick (protocol.fold_nick).
+    # Facts of the whole server, like the rules. Each method Raises Unavailable.
+
+    def set_mark(self, identity: str, room: str, seq: int) -> int:
+        """Mark `room` read up to `seq` for `identity`; a mark never goes back. Returns the mark
+        now (max of the old one and `seq`). Keeps the MAX_MARKS rooms marked last per identity:
+        a new room past that forgets the one marked longest ago."""
+
+    def marks(self, identity: str) -> dict:
+        """{room: seq} of `identity`'s marks, the room marked last first (at most MAX_MARKS)."""
+
+    def mark(self, identity: str, room: str) -> int | None:
+        """`identity`'s mark in `room`, or None."""
+
+    def keep_dm(self, identity: str, event: dict, most: int) -> bool:
+        """Keep a DM `event` for `identity` (offline) until `take_dms`; False, and nothing kept,
+        when `most` are waiting already."""
+
+    def take_dms(self, identity: str) -> list:
+        """The DM events waiting for `identity`, oldest first, removed from the store in the
+        same step (so each is handed out once)."""
+
+
+# Room events that are not stored and have no place in the stream (no seq, not replayed): an
+# engine hands them to the hubs as they come; on Redis they are published, never logged.
+EPHEMERAL_TYPES = ("typing",)
 
 # Moderation events an engine also keeps for transcripts (`python roomchat.py export`), beside
 # the chats but without a seq of their own: each is placed after the chat seq it followed.
@@ -383,6 +409,9 @@ class ClusterEngine(Engine, Protocol):
 
     def find_session(self, token: str) -> "Session | None":
         """The session of `token` held by a live client of any process, or None."""
+
+    def member_count(self, room: str) -> int:
+        """How many members room `room` has, on every process."""
 
     def take_session(self, session: "Session", client_id: int) -> dict | None:
         """Move `session`'s nick claim and memberships to local client `client_id`, and ask its

@@ -27,6 +27,7 @@ from chatserver.engines.base import (
     transcript_order,
     without_text,
 )
+from chatserver.engines.personal import LocalPersonal
 from chatserver.protocol import chat_event
 
 EVENT_BYTES = 400  # what an event takes in memory besides its text: the dict, its seq and ts (tracemalloc)
@@ -37,7 +38,7 @@ def event_bytes(event: dict) -> int:
     return EVENT_BYTES + sys.getsizeof(event.get("text", ""))
 
 
-class MemoryEngine(LocalRules):
+class MemoryEngine(LocalRules, LocalPersonal):
     """History and room rules in memory, within the quotas (module docstring); gone when the
     process ends.
 
@@ -67,6 +68,7 @@ class MemoryEngine(LocalRules):
         self._lock = threading.Lock()
         self._hub = None
         self._init_rules()
+        self._init_personal()
 
     def start(self, hub: Registry) -> None:
         self._hub = hub

@@ -12,7 +12,8 @@ topic, kick, ban, mute, mode; entry id `<seq there>-<n>`, with its time), `membe
 (who is in it, by which process and client), `joins`, `idem` (idempotency keys), `topic`,
 `ban:<nick>`, `mute:<nick>`, `mode`; channel `...:events`. A message on the channel is `<origin
 json>\\n<event json>`. `transcript_of_redis` reads a room's transcript (export) from `hist` and
-`log`.
+`log`. A typing notice is only PUBLISHed on the channel (origin json without a place). Keys of an
+identity (read markers, DMs that wait) share the hash tag `{id:<folded nick>}` (redis_personal.py).
 
 Positions. Each event has a place in its room's stream: a chat (seq, 0), another event (the
 room's seq when it happened, n + 1). The listener remembers the last place it delivered per room;
@@ -61,7 +62,17 @@ import orjson
 import redis
 
 from chatserver import protocol
-from chatserver.engines.base import EngineError, Meta, Session, Unavailable, amended, new_epoch, without_text
+from chatserver.engines.base import (
+    EPHEMERAL_TYPES,
+    EngineError,
+    Meta,
+    Session,
+    Unavailable,
+    amended,
+    new_epoch,
+    without_text,
+)
+from chatserver.engines.redis_personal import RedisPersonal
 from chatserver.engines.redis_quotas import RedisQuotas
 from chatserver.engines.redis_scripts import (
     AMEND,
@@ -126,8 +137,9 @@ def session_key(token: str) -> str:
     return f"roomchat:session:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
 
 
-class RedisEngine:
-    """See the module docstring. Raises EngineError at start when Redis cannot be reached."""
+class RedisEngine(RedisPersonal):
+    """See the module docstring (read markers and DMs that wait: engines/redis_personal.py).
+    Raises EngineError at start when Redis cannot be reached."""
 
     cluster = True
 
@@ -346,7 +358,11 @@ class RedisEngine:
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Raises Unavailable for a join or moderation event that was not put in the stream (a
         join of a banned nick: ChatError forbidden); leaves and nick changes, applied here
-        already, are retried until Redis takes them."""
+        already, are retried until Redis takes them. A typing notice (EPHEMERAL_TYPES) is only
+        published: no place in the stream, not logged, never retried."""
+        if event["type"] in EPHEMERAL_TYPES:
+            self._call(self._pub, room_key(room, "events"), _origin(meta) + b"\n" + orjson.dumps(event))
+            return
         if event["type"] == "nick" or event.get("event") == "leave":
             with self._lock:
                 if self._deferred:  # keep their order behind those waiting
@@ -926,11 +942,13 @@ class RedisEngine:
         """The items to deliver for one message: the event, after any it shows were missed."""
         head, _, body = data.partition(b"\n")
         event, origin = orjson.loads(body), orjson.loads(head)
-        meta, place = _meta(origin, event)
         with self._lock:
             if room not in self._last:
                 return []  # unsubscribed meanwhile
             last = self._last[room]
+        if event["type"] in EPHEMERAL_TYPES:  # no place in the stream: as it comes
+            return [(room, event, Meta(origin=(origin[0], origin[1]) if origin[0] is not None else None))]
+        meta, place = _meta(origin, event)
         stored = event["type"] in protocol.STORED_EVENTS  # with a seq of its own
         if last is not None and place <= last:
             if stored:

@@ -23,6 +23,7 @@ from collections import deque
 import orjson
 
 from chatserver.engines.base import NOTICE_TYPES, LocalRules, Unavailable, amended, without_text
+from chatserver.engines.personal import SqlitePersonal
 from chatserver.engines.sqlite_file import (
     BUSY_TIMEOUT,
     CLEAR_EDITS,
@@ -66,7 +67,7 @@ FAIL_AFTER = 10.0  # seconds of failing commits before queued chats are refused 
 _STOP = object()  # put on the writer's queue by close()
 
 
-class SqliteEngine(LocalRules):
+class SqliteEngine(LocalRules, SqlitePersonal):
     """Chat history in a SQLite file, written by one background thread with group commit (at
     most BATCH_MAX events per transaction, then `hub.deliver(batch)`).
 
@@ -141,6 +142,7 @@ class SqliteEngine(LocalRules):
         self._floor = seq_floor(self._conn)  # a room the file does not know starts above it
         self._seqs = dict(self._conn.execute("SELECT room, last_seq FROM rooms"))
         self._init_rules(self._conn.execute(READ_RULES).fetchall())
+        self._load_personal(self._conn)  # read markers and DMs that wait (engines/personal.py)
         self._committed_seqs = dict(self._seqs)  # writer thread only, once started
         self._backlog = deque(self._seqs)  # rooms still to get their retention pass: writer thread only
         self._checkpoints_stop = threading.Event()

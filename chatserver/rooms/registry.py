@@ -43,6 +43,7 @@ this class, so the one-process path here has no cluster branches.
 """
 
 import bisect
+import contextlib
 import itertools
 import logging
 import secrets
@@ -60,7 +61,10 @@ from chatserver.protocol import CloseCode, fold_nick
 from chatserver.rooms import budgets, edits, moderation
 from chatserver.rooms.client import Client
 from chatserver.rooms.identity import Identities
+from chatserver.rooms.mailbox import Mailbox
+from chatserver.rooms.marks import Marks
 from chatserver.rooms.moderation import Moderation, removes_member
+from chatserver.rooms.typing import Typing
 
 SETTLE_TIMEOUT = 30.0  # seconds a request waits for its client's chats, at most: past the store's give-up
 # time (fail_after 10 s + a busy timeout), so replies stay in order even when commits fail
@@ -129,15 +133,20 @@ class Registry:
     See the module docstring."""
 
     def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None,
-                 edit_window: float = protocol.EDIT_WINDOW):
+                 edit_window: float = protocol.EDIT_WINDOW, *, typing_max_members: int = 100,
+                 offline_dms: int = 100):
         """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits();
-        `edit_window`: seconds a chat may be edited or deleted by its author (rooms/edits.py)."""
+        `edit_window`: seconds a chat may be edited or deleted by its author (rooms/edits.py);
+        `typing_max_members`, `offline_dms`: Config's (rooms/typing.py, rooms/mailbox.py)."""
         self._edit_window = edit_window
         self.metrics = metrics or Metrics()  # engines count into it too (metrics.of)
         self._engine = engine
         self._limits = limits
         self._identities = identities or Identities(None)
         self._moderation = Moderation(engine)
+        self._marks = Marks(engine)  # read markers (rooms/marks.py)
+        self._mailbox = Mailbox(engine, offline_dms)  # DMs that wait (rooms/mailbox.py)
+        self._typing = Typing(self._moderation, typing_max_members)  # typing notices (rooms/typing.py)
         self._max_rooms = limits["max_rooms"]
         self._max_reply = limits["max_reply_bytes"]
         self._dm_backlog = limits["max_outbox_bytes"] // 2  # a recipient with more waiting is busy
@@ -457,6 +466,7 @@ class Registry:
         unavailable."""
         if identity is not None:
             self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
+        marks = self._marks.welcome(identity)  # read before the lock: for `welcome.marks`
         token = secrets.token_urlsafe(24)  # the new resume token, kept (cluster) before it is given
         with self._lock:
             resumed = self._resumable(resume, identity)
@@ -467,7 +477,7 @@ class Registry:
                     gone, resumed = resumed, None  # gone meanwhile: the session just kept goes too
                 else:
                     self._take_over(resumed, conn, identity)
-                    self._welcome(resumed, resumed=True, token=token)
+                    self._welcome(resumed, resumed=True, token=token, marks=marks)
             if resumed is None and gone.id not in self._clients:  # (else another resume took it first)
                 self._end_session(gone)
         client = resumed or Client(next(self._ids), conn, "", limiter, identity)
@@ -484,11 +494,12 @@ class Registry:
                 if self._nicks.setdefault(fold_nick(nick), client) is client:
                     client.nick = nick
                     self._clients[client.id] = client
-                    self._welcome(client, resumed=False, token=token)
+                    self._welcome(client, resumed=False, token=token, marks=marks)
                     break
             self._release(client, nick)  # taken here meanwhile (by another connection of the same token)
         if identity is not None:
             self._identities.watch(client, identity.expires)
+            self._hand_waiting(client, identity)  # DMs kept while it was offline, right after `welcome`
         return client
 
     def disconnect(self, client: Client, conn=None) -> None:
@@ -528,8 +539,9 @@ class Registry:
 
     # -- helpers (lock held) -------------------------------------------------------------------
 
-    def _welcome(self, client: Client, resumed: bool, token: str) -> None:
-        """The first frame on a connection: `welcome`, with the client's new resume `token`."""
+    def _welcome(self, client: Client, resumed: bool, token: str, marks: dict | None = None) -> None:
+        """The first frame on a connection: `welcome`, with the client's new resume `token` and
+        its identity's read `marks` ({room: seq}; none: left out)."""
         assert self._lock.locked()
         self._forget_token(client)
         client.token = token
@@ -541,6 +553,8 @@ class Registry:
             event["rooms"] = sorted(client.rooms)
         if client.identity is not None:
             event["auth"] = client.identity.summary()
+        if marks:
+            event["marks"] = marks
         client.send(protocol.encode(event))
 
     def _resumable(self, token: str | None, identity=None) -> Client | None:
@@ -714,6 +728,8 @@ class Registry:
         self._identities.watch(client, identity.expires)
         reply = {"type": "auth", **identity.summary(), **({"token": token} if reveal else {})}  # reveal: an invite's
         self.reply(client, protocol.with_id(reply, reply_id))
+        if previous is None:
+            self._hand_waiting(client, identity)  # DMs kept while the token's holder was offline
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
@@ -767,7 +783,8 @@ class Registry:
                                             max_bytes=self._max_reply)
                 members = self._members_at(name, hold)
                 rules = self._engine.topic(name), self._engine.mode(name)
-                frame = self._joined(name, members, history, after is None, reply_id, rules)
+                mark = self._marks.of_room(client, client.identity, name)
+                frame = self._joined(name, members, history, after is None, reply_id, rules, mark)
             except Unavailable as exc:
                 frame, history = None, exc
             with self._lock:
@@ -845,7 +862,9 @@ class Registry:
             self._publish(run_room, run)
 
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
-        """A direct message to a connected nick. Raises ChatError no_such_user, unavailable."""
+        """A direct message to a connected nick, or kept for a token holder who is offline
+        (rooms/mailbox.py: the sender's copy says `stored`). Raises ChatError no_such_user,
+        recipient_busy, unavailable."""
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile
@@ -857,7 +876,15 @@ class Registry:
                                                       "them; try again later.")
                 target.send(protocol.encode(event))
         if target is None:
-            event = {**event, "to": self._dm_elsewhere(nick, event)}
+            try:
+                event = {**event, "to": self._dm_elsewhere(nick, event)}
+            except ChatError as exc:
+                if exc.code != "no_such_user":
+                    raise
+                try:
+                    event = self._mailbox.keep(nick, event, exc)  # for a token holder who is offline
+                except Unavailable as failure:
+                    raise unavailable(failure) from None
         self.reply(client, protocol.with_id(event, reply_id))
 
     def list_rooms(self, client: Client, after: str | None = None, reply_id=None) -> None:
@@ -956,7 +983,57 @@ class Registry:
                 self._settled.notify_all()
             raise unavailable(exc) from None
 
+    def typing(self, client: Client, name: str) -> None:
+        """A typing notice: the room's other members get `typing` (rooms/typing.py); no reply.
+        Dropped silently: within TYPING_INTERVAL of the client's last one there, from a muted
+        member, in a moderated room (but from operators), in a room over `--typing-max-members`,
+        or when the engine cannot take it. Raises ChatError not_in_room."""
+        with self._lock:
+            if client.id not in self._clients:
+                return  # gone meanwhile
+            if name not in client.rooms:
+                raise ChatError("not_in_room", f"Join {name!r} before typing in it.")
+            if not self._typing.due(client, name):
+                return
+            nick = client.nick
+        try:
+            if self._typing.allowed(client, name, lambda: self._room_size(name)):
+                self._engine.announce(name, protocol.typing_event(name, nick), self._meta(client))
+        except Unavailable as exc:
+            log.debug("typing in %s dropped: %s", name, exc)
+
+    def mark(self, client: Client, name: str, seq: int, reply_id=None) -> None:
+        """Mark a room read up to `seq` (rooms/marks.py): the reply `mark` carries the mark now
+        (never lower than before, at most the room's last seq). Raises ChatError not_in_room,
+        unavailable."""
+        with self._lock:
+            if client.id not in self._clients:
+                return  # gone meanwhile
+            if name not in client.rooms:
+                raise ChatError("not_in_room", f"Join {name!r} to mark it read.")
+            last, identity = self._seqs.get(name, 0), client.identity
+        marked = self._ask_engine(lambda: self._marks.set(client, identity, name, seq, last))
+        self.reply(client, protocol.with_id(protocol.mark_event(name, marked), reply_id))
+
     # -- helpers (lock not held) ---------------------------------------------------------------
+
+    def _hand_waiting(self, client: Client, identity) -> None:
+        """Send the client the DMs kept for `identity` while it was offline (rooms/mailbox.py),
+        oldest first; kept again if it went away meanwhile. A failure is logged: they stay kept."""
+        try:
+            waiting = self._mailbox.take(identity)
+        except Unavailable as exc:
+            log.warning("DMs waiting for %s not handed out: %s", identity.nick, exc)
+            return
+        if not waiting:
+            return
+        with self._lock:
+            here = client.id in self._clients
+            if here:
+                client.send(b"".join(protocol.encode(event) for event in waiting))
+        if not here:
+            with contextlib.suppress(Unavailable):
+                self._mailbox.put_back(identity, waiting)
 
     def _member_named(self, name: str, nick: str) -> str | None:
         """How the member of room `name` whose nick looks like `nick` spells it, or None."""
@@ -978,9 +1055,13 @@ class Registry:
         except ChatError as exc:
             return exc
 
-    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, rules: tuple) -> bytes:
-        """`rules`: (topic, (moderated, slow)); each shows only when it is not the default."""
+    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, rules: tuple,
+                mark: int | None = None) -> bytes:
+        """`rules`: (topic, (moderated, slow)); each shows only when it is not the default; `mark`:
+        the reader's read marker in the room, when known."""
         reply = protocol.with_id({"type": "joined", "room": name, "members": members}, reply_id)
+        if mark is not None:
+            reply["mark"] = mark
         (topic, (moderated, slow)) = rules
         if topic:
             reply["topic"] = topic
@@ -1016,6 +1097,12 @@ class Registry:
 
     def _entered(self, name: str) -> None:
         """A local client is about to join room `name`."""
+
+    def _room_size(self, name: str) -> int:
+        """How many members room `name` has."""
+        with self._lock:
+            room = self._rooms.get(name)
+            return len(room.members) if room else 0
 
     def _members(self, name: str) -> list:
         """The nicks in room `name`, in join order (those whose join has its place in the stream)."""
