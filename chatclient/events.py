@@ -35,6 +35,7 @@ FIELDS = {
     "rooms": {"rooms": "rooms"},
     "who": {"room": "str", "members": "strs"},
     "history": {"room": "str", "messages": "chats"},
+    "search": {"room": "str", "q": "str", "messages": "chats", "truncated?": "bool"},
     "error": {"code": "str", "message?": "str", "retry_after?": "num"},
     "pong": {},
     "auth": {"nick": "str", "op?": "bool", "exp?": "num"},

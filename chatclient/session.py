@@ -56,6 +56,7 @@ EVENTS = {
     "ban": "_on_kick",
     "mute": "_on_mute",
     "mode": "_on_mode",
+    "search": None,  # the terminal client sends no `search` yet (its /search comes with the clients' work)
 }
 
 

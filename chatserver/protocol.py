@@ -12,6 +12,7 @@ wire.frames takes CloseCode from here), so every layer may import this module.
 import enum
 import re
 import time
+import unicodedata
 
 import orjson
 
@@ -59,16 +60,17 @@ ERROR_CODES = {  # the `code` of an `error` event -> when it is sent (PROTOCOL.m
     "unavailable": "the history store or Redis cannot do it now; nothing was stored or sent",
     "moderated": "a member's chat in a moderated room (only operators chat there)",
     "slow_mode": "a member's chat sooner than the room's slow mode allows; retry_after says when",
+    "unsupported": "the engine cannot do it (search on Redis); nothing was done",
 }
 
 REQUEST_TYPES = frozenset({  # the `type` of a request; handlers/ has one module for each
     "nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping", "auth", "topic", "kick", "ban", "mute",
-    "mode",
+    "mode", "search",
 })
 # The events that go through a room's stream:
 ROOM_EVENTS = frozenset({"chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode"})
 EVENT_TYPES = ROOM_EVENTS | {  # the `type` of an event the server sends
-    "welcome", "joined", "left", "dm", "rooms", "who", "history", "pong", "error", "auth",
+    "welcome", "joined", "left", "dm", "rooms", "who", "history", "pong", "error", "auth", "search",
 }
 
 # The nick rule: 1-32 ASCII letters, digits, '_', '.' or '-'. The page (web/static/state.js), the
@@ -228,6 +230,31 @@ def history_limit(msg: dict) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_HISTORY_LIMIT:
         raise ChatError("bad_message", f"\"limit\" must be an integer from 1 to {MAX_HISTORY_LIMIT}.")
     return value
+
+
+# -- search ------------------------------------------------------------------------------------
+
+MAX_QUERY_CHARS = 200  # a search's `q`, in characters
+_WORD = re.compile(r"[^\W_]+")  # a word: letters and digits (SQLite FTS5's unicode61 tokens)
+
+
+def require_query(msg: dict) -> str:
+    """A search's `q`: 1 to MAX_QUERY_CHARS characters with at least one word (letters or digits).
+    Raises ChatError bad_message."""
+    query = require_str(msg, "q")
+    if not 1 <= len(query) <= MAX_QUERY_CHARS:
+        raise ChatError("bad_message", f"\"q\" must be 1 to {MAX_QUERY_CHARS} characters.")
+    if not search_words(query):
+        raise ChatError("bad_message", "\"q\" must contain a word to search for (letters or digits).")
+    return query
+
+
+def search_words(text: str) -> list:
+    """The words of `text` as search compares them: runs of letters and digits, case-folded,
+    without diacritics ("Café-Crème" -> ["cafe", "creme"]). A search's words must each be the
+    start of a word of the chat (engines/sqlite_search.py asks FTS5 the same)."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return _WORD.findall(plain.casefold())
 
 
 # -- events the server sends -------------------------------------------------------------------

@@ -18,9 +18,15 @@ import time
 from collections import deque
 
 from chatserver.engines.base import NOTICE_TYPES, LocalRules, Meta, Registry, new_epoch, transcript_order
-from chatserver.protocol import chat_event
+from chatserver.protocol import chat_event, search_words
 
 EVENT_BYTES = 400  # what an event takes in memory besides its text: the dict, its seq and ts (tracemalloc)
+
+
+def matches(words: list, text: str) -> bool:
+    """True when each of `words` (protocol.search_words) starts a word of `text`."""
+    have = search_words(text)
+    return all(any(w.startswith(word) for w in have) for word in words)
 
 
 def event_bytes(event: dict) -> int:
@@ -114,6 +120,23 @@ class MemoryEngine(LocalRules):
             else:
                 lo = max(lo, hi - limit)
             return [events[i] for i in range(lo, hi)]
+
+    def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
+               max_bytes: int | None = None) -> list:
+        """A scan of the room's kept chats, newest first (as engines.base.Engine.search)."""
+        found, total = [], 0
+        with self._lock:
+            self._apply_quotas()
+            for event in reversed(self._rooms.get(room, ())):
+                if len(found) >= limit or (max_bytes is not None and total > max_bytes):
+                    break
+                if before is not None and event["seq"] >= before:
+                    continue
+                text = event.get("text") if event["type"] == "chat" else None
+                if text and matches(words, text):
+                    found.append(event)
+                    total += len(text.encode())
+        return found
 
     def health(self) -> str | None:
         return None

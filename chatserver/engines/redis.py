@@ -321,6 +321,12 @@ class RedisEngine:
             entries = self._call(self._redis.xrevrange, room_key(room, "hist"), high, low, count=limit)[::-1]
         return [orjson.loads(fields[b"e"]) for _id, fields in entries]
 
+    def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
+               max_bytes: int | None = None) -> list:
+        """Not on Redis (no full-text index of the history there). Raises ChatError unsupported."""
+        raise ChatError("unsupported", "Search needs the SQLite engine (the default); this server keeps its "
+                                       "history in Redis, which roomchat does not search.")
+
     def health(self) -> str | None:
         return self._problem
 
