@@ -12,6 +12,7 @@ wire.frames takes CloseCode from here), so every layer may import this module.
 import enum
 import re
 import time
+import unicodedata
 
 import orjson
 
@@ -62,12 +63,14 @@ ERROR_CODES = {  # the `code` of an `error` event -> when it is sent (PROTOCOL.m
     "too_late": "an edit or delete of your own chat past the edit window",
     "no_such_message": "an edit, delete or react of a seq that is no chat of the room (or one deleted or gone)",
     "too_many_reactions": "a new emoji on a chat that has MAX_REACTIONS different ones already",
+    "unsupported": "the engine cannot do it (search on Redis); nothing was done",
 }
 
 REQUEST_TYPES = frozenset({  # the `type` of a request; handlers/ has one module for each
     "nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping", "auth", "topic", "kick", "ban", "mute",
     "mode", "edit", "delete", "react",
     "typing", "mark",
+    "search",
 })
 # The events that go through a room's stream:
 ROOM_EVENTS = frozenset({"chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode", "edit", "delete", "react",
@@ -78,6 +81,7 @@ AMEND_EVENTS = ("edit", "delete", "react")  # the stored events about an earlier
 EVENT_TYPES = ROOM_EVENTS | {  # the `type` of an event the server sends
     "welcome", "joined", "left", "dm", "rooms", "who", "history", "pong", "error", "auth",
     "mark",
+    "search",
 }
 
 # The nick rule: 1-32 ASCII letters, digits, '_', '.' or '-'. The page (web/static/state.js), the
@@ -279,6 +283,31 @@ def typing_event(room: str, nick: str) -> dict:
 def mark_event(room: str, seq: int) -> dict:
     """The reply to `mark`: the identity's (or connection's) read marker in `room` now."""
     return {"type": "mark", "room": room, "seq": seq}
+
+
+# -- search ------------------------------------------------------------------------------------
+
+MAX_QUERY_CHARS = 200  # a search's `q`, in characters
+_WORD = re.compile(r"[^\W_]+")  # a word: letters and digits (SQLite FTS5's unicode61 tokens)
+
+
+def require_query(msg: dict) -> str:
+    """A search's `q`: 1 to MAX_QUERY_CHARS characters with at least one word (letters or digits).
+    Raises ChatError bad_message."""
+    query = require_str(msg, "q")
+    if not 1 <= len(query) <= MAX_QUERY_CHARS:
+        raise ChatError("bad_message", f"\"q\" must be 1 to {MAX_QUERY_CHARS} characters.")
+    if not search_words(query):
+        raise ChatError("bad_message", "\"q\" must contain a word to search for (letters or digits).")
+    return query
+
+
+def search_words(text: str) -> list:
+    """The words of `text` as search compares them: runs of letters and digits, case-folded,
+    without diacritics ("Café-Crème" -> ["cafe", "creme"]). A search's words must each be the
+    start of a word of the chat (engines/sqlite_search.py asks FTS5 the same)."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return _WORD.findall(plain.casefold())
 
 
 # -- events the server sends -------------------------------------------------------------------

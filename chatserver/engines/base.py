@@ -158,6 +158,12 @@ class Engine(Protocol):
         engine may stop reading once the texts passed it, but then returns one event more (the
         caller cuts to size and must see that there was more). Raises Unavailable."""
 
+    def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
+               max_bytes: int | None = None) -> list:
+        """Stored chats of `room` with seq < `before` whose current text has each of `words`
+        (protocol.search_words) as the start of one of its words, NEWEST first, at most `limit`;
+        `max_bytes` is a hint as for `read`. Raises Unavailable; ChatError unsupported (Redis)."""
+
     def health(self) -> str | None:
         """None when the engine accepts writes, else a one-line reason (for /healthz)."""
 

@@ -28,9 +28,15 @@ from chatserver.engines.base import (
     without_text,
 )
 from chatserver.engines.personal import LocalPersonal
-from chatserver.protocol import chat_event
+from chatserver.protocol import chat_event, search_words
 
 EVENT_BYTES = 400  # what an event takes in memory besides its text: the dict, its seq and ts (tracemalloc)
+
+
+def matches(words: list, text: str) -> bool:
+    """True when each of `words` (protocol.search_words) starts a word of `text`."""
+    have = search_words(text)
+    return all(any(w.startswith(word) for w in have) for word in words)
 
 
 def event_bytes(event: dict) -> int:
@@ -163,6 +169,23 @@ class MemoryEngine(LocalRules, LocalPersonal):
             else:
                 lo = max(lo, hi - limit)
             return [events[i] for i in range(lo, hi)]
+
+    def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
+               max_bytes: int | None = None) -> list:
+        """A scan of the room's kept chats, newest first (as engines.base.Engine.search)."""
+        found, total = [], 0
+        with self._lock:
+            self._apply_quotas()
+            for event in reversed(self._rooms.get(room, ())):
+                if len(found) >= limit or (max_bytes is not None and total > max_bytes):
+                    break
+                if before is not None and event["seq"] >= before:
+                    continue
+                text = event.get("text") if event["type"] == "chat" else None
+                if text and matches(words, text):
+                    found.append(event)
+                    total += len(text.encode())
+        return found
 
     def health(self) -> str | None:
         return None

@@ -431,6 +431,12 @@ class RedisEngine(RedisPersonal):
              max_bytes: int | None = None) -> list:
         return [event for event, _origin in self._call(self._stored, room, after, before, limit, after is None)]
 
+    def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
+               max_bytes: int | None = None) -> list:
+        """Not on Redis (no full-text index of the history there). Raises ChatError unsupported."""
+        raise ChatError("unsupported", "Search needs the SQLite engine (the default); this server keeps its "
+                                       "history in Redis, which roomchat does not search.")
+
     def health(self) -> str | None:
         return self._problem
 

@@ -22,6 +22,7 @@ from collections import deque
 
 import orjson
 
+from chatserver.engines import sqlite_search
 from chatserver.engines.base import NOTICE_TYPES, LocalRules, Unavailable, amended, without_text
 from chatserver.engines.personal import SqlitePersonal
 from chatserver.engines.sqlite_file import (
@@ -238,18 +239,33 @@ class SqliteEngine(LocalRules, SqlitePersonal):
         `after` is given (paging forward), else the last `limit` (paging back); with `max_bytes`,
         the reading stops one event after their texts passed it. Raises Unavailable."""
         params = (room, after or 0, room, self._per_room, MAX_SEQ if before is None else before, limit)
-        try:
-            with self._readers.connection() as conn:
-                rows = _take(conn.execute(READ_BACK if after is None else READ_FORWARD, params), max_bytes)
-        except PoolBusy as exc:
-            log.warning("history read for %s refused: %s", room, exc)
-            raise Unavailable("history is busy") from None
-        except sqlite3.Error as exc:
-            log.error("history read for %s failed: %s", room, exc)
-            raise Unavailable("history cannot be read") from None
+        rows = self._rows(READ_BACK if after is None else READ_FORWARD, params, max_bytes, f"history read for {room}")
         if after is None:
             rows.reverse()
         return [history_item(room, *row) for row in rows]
+
+    def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
+               max_bytes: int | None = None) -> list:
+        """Chats of `room` with seq < `before` whose current text has every one of `words` as the
+        start of one of its words (engines/sqlite_search.py), newest first, at most `limit`; with
+        `max_bytes`, the reading stops one chat after their texts passed it. Raises Unavailable."""
+        params = (sqlite_search.match_expression(room, words), room, MAX_SEQ if before is None else before, room,
+                  self._per_room, limit)
+        rows = self._rows(sqlite_search.QUERY, params, max_bytes, f"search in {room}")
+        return [chat_event(room, sender, text, seq, ts) for seq, sender, text, ts in rows]
+
+    def _rows(self, statement: str, params: tuple, max_bytes: int | None, what: str) -> list:
+        """The rows of a read on a pooled connection (`_take`); `what` names it in the log.
+        Raises Unavailable."""
+        try:
+            with self._readers.connection() as conn:
+                return _take(conn.execute(statement, params), max_bytes)
+        except PoolBusy as exc:
+            log.warning("%s refused: %s", what, exc)
+            raise Unavailable("history is busy") from None
+        except sqlite3.Error as exc:
+            log.error("%s failed: %s", what, exc)
+            raise Unavailable("history cannot be read") from None
 
     def close(self) -> None:
         """Commit what is queued (and deliver it), stop the writer, close the file."""

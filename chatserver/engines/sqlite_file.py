@@ -2,7 +2,8 @@
 
 One file holds a roomchat history: `meta` (epoch; `seq_floor`, see engines/sqlite_quotas.py), `rooms`
 (the highest seq ever stored per room, which outlives pruning, so seqs are never reused),
-`events`, with an index by time for the quotas' oldest-first pruning, `rules` (topics, bans,
+`events`, with an index by time for the quotas' oldest-first pruning and a search index kept by
+triggers (engines/sqlite_search.py: `search_ids`, `search`), `rules` (topics, bans,
 mutes, modes, invite uses and nicks reserved by tokens: engine.LocalRules's rows; expired ones are
 deleted at start), `marks` and `dms` (read markers and DMs that wait, per identity:
 engines/personal.py), and `notices`: the moderation events (topic, kick, ban, mute, mode) kept for
@@ -18,6 +19,7 @@ import time
 
 import orjson
 
+from chatserver.engines import sqlite_search
 from chatserver.engines.base import EngineError, new_epoch
 from chatserver.protocol import amend_event, chat_event
 
@@ -164,6 +166,7 @@ def _prepare(conn: sqlite3.Connection, where: str) -> str:
         if column.split()[0] not in have:  # a schema 1 or 2 file: its rows are all chats
             conn.execute(f"ALTER TABLE events ADD COLUMN {column}")
     conn.execute(EVENTS_BY_TARGET)
+    sqlite_search.prepare(conn)  # the search index and its triggers (built now for an older file)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (new_epoch(),))

@@ -923,6 +923,24 @@ class Registry:
             frame = budgets.bounded_frame(reply, "messages", messages, self._max_reply, newest)[0]
         self._reply_frame(client, frame)
 
+    def search(self, client: Client, name: str, query: str, before=None, limit=50, reply_id=None) -> None:
+        """Members search a room's stored chats: `search` with the matches, newest first,
+        cut to `max_reply_bytes` (`truncated`). Raises ChatError not_in_room, unsupported, unavailable."""
+        with self._lock:
+            if client.id not in self._clients:
+                return  # gone meanwhile
+            if name not in client.rooms:
+                raise ChatError("not_in_room", f"Join {name!r} to search it.")
+            bound = self._seqs.get(name, 0) + 1  # as history: what is delivered already
+        bound = bound if before is None else min(before, bound)
+        words = protocol.search_words(query)
+        with self._builders:
+            found = self._ask_engine(lambda: self._engine.search(name, words, before=bound, limit=limit,
+                                                                 max_bytes=self._max_reply))
+            reply = protocol.with_id({"type": "search", "room": name, "q": query}, reply_id)
+            frame = budgets.bounded_frame(reply, "messages", found, self._max_reply)[0]
+        self._reply_frame(client, frame)
+
     def moderate(self, client: Client, action, reply_id=None) -> None:
         """An operator's topic, kick, ban or mute (moderation.Action): stored, then put into the
         room's stream (members see who did what). An operator in the room gets its answer there,
