@@ -270,7 +270,6 @@ const HANDLERS = {
 const IGNORED = {
   pong: "the answer to our ping: any frame already counts as a sign of life (heard())",
   who: "the page never sends `who`: the member list comes from `joined` and presence events",
-  search: "the page sends no `search` yet (its search box comes with the clients' work)",
 };
 
 function handleEvent(event) {
