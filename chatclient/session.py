@@ -56,6 +56,8 @@ EVENTS = {
     "ban": "_on_kick",
     "mute": "_on_mute",
     "mode": "_on_mode",
+    "typing": None,  # not shown yet (the terminal client's typing display is the clients' work)
+    "mark": None,  # the reply to `mark`, which this client does not send yet
 }
 
 
