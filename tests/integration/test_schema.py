@@ -105,6 +105,9 @@ def test_scripted_session_matches_schema(make_server, recording_peers):
     b.recv_type("chat")
     b.request(type="dm", to="alice", text="psst")
     a.recv_type("dm")
+    a.send(type="typing", room="lobby")
+    b.recv_type("typing")
+    a.request(type="mark", room="lobby", seq=1, id="m")
     for request in ({"type": "rooms"}, {"type": "who", "room": "lobby"}, {"type": "ping", "id": "p"},
                     {"type": "history", "room": "lobby", "before": 2, "limit": 1},
                     {"type": "join", "room": "lobby", "after": 0}, {"type": "join", "room": "two"},

@@ -183,14 +183,14 @@ def test_marks_are_bounded_per_identity(side_server, peers):
     for n in range(MAX_MARKS + 1):
         ann.send(type="join", room=f"r{n}")
         ann.send(type="chat", room=f"r{n}", text="x")
-    for n in range(MAX_MARKS + 1):
+    for _ in range(MAX_MARKS + 1):
         ann.recv_type("chat")
     for n in range(MAX_MARKS + 1):
         ann.send(type="mark", room=f"r{n}", seq=1)
-    for n in range(MAX_MARKS + 1):
+    for _ in range(MAX_MARKS + 1):
         ann.recv_type("mark")
     marks = peers(with_token(server.url, token("ann"))).welcome["marks"]
-    assert len(marks) == MAX_MARKS and "r0" not in marks and list(marks)[0] == f"r{MAX_MARKS}"
+    assert len(marks) == MAX_MARKS and "r0" not in marks and next(iter(marks)) == f"r{MAX_MARKS}"
 
 
 # -- DMs that wait -----------------------------------------------------------------------------
