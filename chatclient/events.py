@@ -52,8 +52,6 @@ FIELDS = {
     "ban": {"room": "str", "nick": "str", "by": "str", "duration": "int", "reason?": "str"},
     "mute": {"room": "str", "nick": "str", "by": "str", "duration": "int", "reason?": "str"},
     "mode": {"room": "str", "by": "str", "moderated": "bool", "slow": "int"},
-    "typing": {"room": "str", "nick": "str"},
-    "mark": {"room": "str", "seq": "int"},
 }
 ROOMS_ENTRY = {"room": "str", "members": "int"}
 STORED = ("chat", "edit", "delete", "react")  # the room events a history list holds

@@ -270,8 +270,6 @@ const HANDLERS = {
 const IGNORED = {
   pong: "the answer to our ping: any frame already counts as a sign of life (heard())",
   who: "the page never sends `who`: the member list comes from `joined` and presence events",
-  typing: "not shown yet: the page's typing display comes with its own change",
-  mark: "the page does not send `mark` yet",
 };
 
 function handleEvent(event) {
