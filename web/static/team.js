@@ -358,6 +358,7 @@ export function onMark(event) {
   const conv = roomOf(event);
   if (!conv) return;
   conv.mark = Math.max(conv.mark ?? 0, event.seq);
+  conv.pane.dataset.marked = String(event.seq); // what the server keeps (tests read it)
   countUnread(conv);
 }
 
@@ -482,6 +483,7 @@ export function startTeam() {
   $("search-more").addEventListener("click", moreResults);
   $("search-close").addEventListener("click", closeSearch);
   document.addEventListener("click", (e) => {
-    if (openMenu && !openMenu.item.contains(e.target)) closeMenu();
+    // a click elsewhere closes the menu (one inside it may have replaced its own button: isConnected)
+    if (openMenu && e.target.isConnected && !openMenu.item.contains(e.target)) closeMenu();
   });
 }
