@@ -171,7 +171,7 @@ HELP = {
     "max_connections": "connections at once; more get HTTP 503 (0: the open-file limit less headroom)",
     "max_connections_per_address": "connections at once from one client address (behind a --trusted-proxy: the "
                                    "address it reports); more get HTTP 503 (0: no cap)",
-    "history_per_room": "chat events kept per room; older ones are pruned",
+    "history_per_room": "stored events (chats, edits, deletes, reactions) kept per room; older ones are pruned",
     "history_max_bytes": "bytes the history may use (SQLite: the file and its WAL; :memory: the events in memory; "
                          "Redis: its used_memory, the rooms quiet longest forgotten first); the oldest events are "
                          "pruned first (0: no limit)",

@@ -51,7 +51,7 @@ ERROR_CODES = {  # the `code` of an `error` event -> when it is sent (PROTOCOL.m
     "bad_token": "the token is expired, wrongly signed or malformed, or tokens are off",
     "forbidden": "not allowed (not an operator, banned, muted, outside the token's rooms or nick)",
     "bad_room": "a room name outside the room rule",
-    "not_in_room": "chat, leave, history, typing or mark for a room the client is not in",
+    "not_in_room": "chat, leave, history, edit, delete, react, typing, mark or search for a room the client is not in",
     "too_many_rooms": "a join over max_rooms",
     "no_such_user": "a dm or kick for a nick nobody has (in that room)",
     "too_long": "a text, topic or reason over its limit",

@@ -6,14 +6,17 @@ call (redis_scripts.py) assigns the place, stores the event and PUBLISHes it on 
 channel, so publish order is stream order, the same on every process. Every process, the
 sender's included, delivers only what comes back on its subscription, from one listener thread.
 
-Keys of a room share a hash tag, `roomchat:{<room>}:...`: `seq` (the chat counter), `hist` (a
-stream of its chats, entry id `0-<seq>`), `log` (a stream of its other events: presence, nick,
-topic, kick, ban, mute, mode; entry id `<seq there>-<n>`, with its time), `members` and `owners`
-(who is in it, by which process and client), `joins`, `idem` (idempotency keys), `topic`,
-`ban:<nick>`, `mute:<nick>`, `mode`; channel `...:events`. A message on the channel is `<origin
-json>\\n<event json>`. `transcript_of_redis` reads a room's transcript (export) from `hist` and
-`log`. A typing notice is only PUBLISHed on the channel (origin json without a place). Keys of an
-identity (read markers, DMs that wait) share the hash tag `{id:<folded nick>}` (redis_personal.py).
+Keys of a room share a hash tag, `roomchat:{<room>}:...`: `seq` (the counter of its stored
+events), `hist` (a stream of its stored events: chats, edits, deletes, reactions; entry id
+`0-<seq>`), `cur` (the current state of the chats edits, deletes and reactions changed, and what
+is left of a deleted chat's edits, overriding `hist`: redis_scripts.AMEND), `log` (a stream of
+its other events: presence, nick, topic, kick, ban, mute, mode; entry id `<seq there>-<n>`, with
+its time), `members` and `owners` (who is in it, by which process and client), `joins`, `idem`
+(idempotency keys), `topic`, `ban:<nick>`, `mute:<nick>`, `mode`; channel `...:events`. A
+message on the channel is `<origin json>\\n<event json>`. `transcript_of_redis` reads a room's
+transcript (export) from `hist` and `log`. A typing notice is
+only PUBLISHed on the channel (origin json without a place). Keys of an identity (read markers,
+DMs that wait) share the hash tag `{id:<folded nick>}` (redis_personal.py).
 
 Positions. Each event has a place in its room's stream: a chat (seq, 0), another event (the
 room's seq when it happened, n + 1). The listener remembers the last place it delivered per room;

@@ -2,8 +2,9 @@
 
 One file holds a roomchat history: `meta` (epoch; `seq_floor`, see engines/sqlite_quotas.py), `rooms`
 (the highest seq ever stored per room, which outlives pruning, so seqs are never reused),
-`events`, with an index by time for the quotas' oldest-first pruning and a search index kept by
-triggers (engines/sqlite_search.py: `search_ids`, `search`), `rules` (topics, bans,
+`events` (chats in their current state, and the edit, delete and react events: `kind`, `target`,
+`data`), with an index by time for the quotas' oldest-first pruning, one by target for a delete's
+edits and a search index kept by triggers (engines/sqlite_search.py: `search_ids`, `search`), `rules` (topics, bans,
 mutes, modes, invite uses and nicks reserved by tokens: engine.LocalRules's rows; expired ones are
 deleted at start), `marks` and `dms` (read markers and DMs that wait, per identity:
 engines/personal.py), and `notices`: the moderation events (topic, kick, ban, mute, mode) kept for
@@ -130,6 +131,9 @@ def open_history(path: str, synchronous: str, busy_timeout: float, wal_keep: int
         if mode.lower() != "wal":
             raise StoreError(f"cannot switch {where} to WAL mode (journal_mode is {mode})")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # A deleted chat's text (and a pruned event's) is overwritten in the page it leaves, not
+        # left in free space: FAST does it where that costs no extra I/O (SQLite 3.20+).
+        conn.execute("PRAGMA secure_delete = FAST")
         conn.execute("BEGIN IMMEDIATE")  # fails fast when another process holds the write lock
         epoch = _prepare(conn, where)
         conn.execute("COMMIT")
