@@ -54,10 +54,11 @@ from chatserver.config import Config
 from chatserver.engines.sqlite import open_engine
 from chatserver.errors import ChatError
 from chatserver.ops import logs, trace
+from chatserver.ops.api import Api
 from chatserver.ops.metrics import Metrics, close_label
 from chatserver.ops.web import WebRoutes
 from chatserver.protocol import CloseCode
-from chatserver.rooms.budgets import AddressShares
+from chatserver.rooms.budgets import AddressShares, RateBook
 from chatserver.rooms.client import TokenBucket
 from chatserver.rooms.cluster import ClusterRegistry
 from chatserver.rooms.dispatch import Context, Dispatcher
@@ -68,6 +69,7 @@ from chatserver.transport import tls
 from chatserver.transport.caps import ConnectionCaps, default_max_connections
 from chatserver.transport.server import WebSocketTransport
 from chatserver.wire import exposure
+from chatserver.wire.handshake import SECURITY_HEADERS, TEXT
 from chatserver.wire.proxies import TrustedProxies
 
 log = logging.getLogger("roomchat")
@@ -115,6 +117,8 @@ class ChatServer:
         self.invites = Invites(config.token_key(), self.engine)
         self.metrics.watch(self.registry.stats, self.transport.housekeeper.totals)
         self.web = WebRoutes(self.registry.stats, self.engine.health, metrics=self.metrics.respond)
+        self.api = Api(self.registry, self.identities, RateBook(config.address_rate_burst, self.shares.rate),
+                       RateBook(config.rate_burst, config.rate_per_second), config.max_text_chars)
         self.dispatcher = dispatcher
         self._thread = None
         self._shut = threading.Lock()
@@ -187,7 +191,15 @@ class ChatServer:
     def on_refused(self, status: int) -> None:
         self.metrics.refused.labels(str(status)).inc()
 
-    def on_http(self, request, peer_ip: str):
+    def on_http(self, request, peer_ip: str, address: str = "", refused=None):
+        """A plain HTTP request (its body read): `/api/` goes to the HTTP API (ops/api.py), the rest
+        to ops/web.py. `address`: the client's (the one a trusted proxy reports); `refused`: the
+        HandshakeError when its body was refused (400, 411, 413)."""
+        if self.api.handles(request.target):
+            return self.api.respond(request, address or peer_ip, refused)
+        if refused is not None:
+            return refused.status, {**SECURITY_HEADERS, "Content-Type": TEXT, **refused.headers}, \
+                refused.reason.encode() + b"\n"
         return self.web.respond(request.method, request.target, request.headers, peer_ip)
 
     # -- life cycle ------------------------------------------------------------------------------

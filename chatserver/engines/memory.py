@@ -73,7 +73,7 @@ class MemoryEngine(LocalRules):
         with self._lock:
             return dict(self._seqs)
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         with self._lock:
             events = self._rooms.get(room)
             if events is None:

@@ -160,7 +160,7 @@ class SqliteEngine(LocalRules):
         with self._lock:
             return dict(self._seqs)
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         """Assign seqs and queue the events for the writer; no SQLite here. Raises Unavailable
         once the engine is closing."""
         with self._lock:
