@@ -9,6 +9,8 @@ Threads, and what each runs:
   frames and calls `on_connect`, `on_texts` (dispatch -> handlers -> registry) and `on_close`.
   Requests run here, and so does the fan-out of the memory engine's chats. Before each request it
   waits (`Connection.pace`, transport/server.py) while its client's own replies pile up unread.
+  A plain HTTP request is answered here too (ops/web.py; ops/api.py, whose post waits up to
+  30 s for its chat to be stored: rooms/posts.py).
 - housekeeper (transport/housekeeper.py): handshake deadlines, pings, delayed aborts, `on_close` for
   connections dropped as too slow.
 - flusher (streams.Flusher): finishes the writes the kernel could not take at once (epoll).
@@ -35,7 +37,9 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
   queue's order), `RedisEngine._lock` (delivered places, nick claims, subscription
   confirmations, waiting writes, the lease), `LocalRules._rules_lock` (topics, bans, mutes, modes,
   invite uses, reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`,
-  rooms/budgets.py's `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
+  rooms/budgets.py's `AddressShares._lock`, each `SharedTokenBucket._lock` and `RateBook._lock`,
+  rooms/posts.py's `Posts._lock` and `Posters._lock` (and each `Poster.lock`, held only around
+  its slow-mode check), `ReaderPool._cond`
   (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a
   semaphore: history replies built at once) is taken before the registry's lock, never while
   holding it.

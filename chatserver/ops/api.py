@@ -14,8 +14,9 @@ Rates: each request costs one token of its address's bucket (address_rate_burst,
 address_rate_per_second) and, once its token is verified, one of its identity's (rate_burst,
 rate_per_second): the numbers of a connection, in buckets of the API's own.
 
-Every answer but 201/200 is `{"error": {"code": C, "message": M}}` with the protocol's error
-codes (ERROR_STATUS maps them to statuses), or one of HTTP_CODES for what only HTTP has.
+Every answer is one line of JSON; all but 201 and 200 are `{"error": {"code": C, "message": M}}`
+with the protocol's error codes (ERROR_STATUS maps them to statuses), or one of HTTP_CODES for
+what only HTTP has.
 Runs on the connection's thread; holds no lock of its own (the rate books have theirs).
 """
 
@@ -86,11 +87,11 @@ class Api:
             text = protocol.require_text(_json_object(request.body), self._max_text_chars)
             event = self._registry.post(identity, room, text)
             return 201, {"Content-Type": JSON, "Cache-Control": "no-store", **SECURITY_HEADERS}, json.dumps(
-                event, ensure_ascii=False).encode()
+                event, ensure_ascii=False).encode() + b"\n"
         query = _query(url.query)
         before, after = protocol.optional_seq(query, "before"), protocol.optional_seq(query, "after")
         body = self._registry.read_room(identity, room, before=before, after=after, limit=protocol.history_limit(query))
-        return 200, {"Content-Type": JSON, "Cache-Control": "no-store", **SECURITY_HEADERS}, body
+        return 200, {"Content-Type": JSON, "Cache-Control": "no-store", **SECURITY_HEADERS}, body + b"\n"
 
     def _identity(self, authorization: str):
         """The verified identity of an `Authorization: Bearer TOKEN` header. Raises ChatError bad_token."""
@@ -152,5 +153,5 @@ def http_error(status: int, message: str, headers: dict | None = None) -> tuple[
 
 
 def _answer(status: int, error: dict, headers: dict) -> tuple[int, dict, bytes]:
-    body = json.dumps({"error": error}, ensure_ascii=False).encode()
+    body = json.dumps({"error": error}, ensure_ascii=False).encode() + b"\n"  # a line of its own in a terminal
     return status, {"Content-Type": JSON, "Cache-Control": "no-store", **SECURITY_HEADERS, **headers}, body

@@ -3,14 +3,27 @@ Bearer token, on SQLite, memory and Redis (two processes), and its refusals."""
 
 import http.client
 import json
+import re
 import select
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 
-from tests.helpers import FAST_LIMITS, SECRET, seated, token, wait_for
+from chatserver.ops.api import ERROR_STATUS, HTTP_CODES
+from tests.helpers import (
+    FAST_LIMITS,
+    ROOT,
+    SECRET,
+    ServerProcess,
+    require_program,
+    roomchat_env,
+    seated,
+    token,
+    wait_for,
+)
 
 PATH = "/api/rooms/lobby/messages"
 
@@ -239,3 +252,50 @@ def test_posts_on_redis_reach_members_on_every_process(redis_server, cluster, co
     assert [m["text"] for m in body["messages"]] == ["nobody here"]
     joined = connect(first.url).join("quiet")
     assert [m["text"] for m in joined["history"]] == ["nobody here"]
+
+
+def sh_lines(page: str, after: str) -> list:
+    """The command lines (continuations joined, comments cut) of the first ```sh block after `after` in `page`."""
+    text = (ROOT / page).read_text("utf-8")
+    block = re.search(r"```sh\n(.*?)```", text[text.index(after):], re.S).group(1).replace("\\\n", " ")
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(("page", "after"), [("README.md", "**Bots and scripts**"),
+                                             ("docs/clients.md", "## Bots and scripts")])
+def test_the_curl_examples_run_as_written(page, after, tmp_path, connect):
+    """README's and docs/clients.md's token and curl lines, run with bash against a server with that
+    secret (its port for 8765): the CI job's chat reaches a member of `ci` and the read returns it."""
+    require_program("curl", "apt-get install curl")
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 40)
+    env = roomchat_env(ROOMCHAT_TOKEN_SECRET_FILE=str(secret))
+    server = ServerProcess("--db", str(tmp_path / "r.db"), env=env)
+    try:
+        member = connect(server.url)
+        member.join("ci")
+        script = "set -e\n" + "\n".join(sh_lines(page, after)).replace("127.0.0.1:8765", f"127.0.0.1:{server.port}")
+        done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done
+        posted = json.loads(done.stdout.splitlines()[0])
+        assert (posted["from"], posted["text"], posted["room"]) == ("ci-bot", "build 123 is green", "ci")
+        assert member.recv_type("chat") == posted
+        assert [m["text"] for m in json.loads(done.stdout.splitlines()[1])["messages"]] == ["build 123 is green"]
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_status_table_is_the_apis():
+    """PROTOCOL.md's HTTP API table gives each of HTTP_CODES its status and each ERROR_STATUS code its status."""
+    rows = {}
+    lines = (ROOT / "PROTOCOL.md").read_text("utf-8").splitlines()
+    start = lines.index("| status | code |")
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        status, text = (cell.strip() for cell in line.strip("|").split("|", 1))
+        rows[int(status)] = set(re.findall(r"`(\w+)`", text))
+    for status, code in HTTP_CODES.items():
+        assert code in rows[status], status
+    for code, status in ERROR_STATUS.items():
+        assert code in rows[status], code
