@@ -62,6 +62,9 @@ class Api:
         try:
             return self._route(request, address, refused)
         except ChatError as exc:
+            self._registry.metrics.error(protocol.error(exc))  # counted with the connections' errors
+            if exc.code == "rate_limited":
+                self._registry.metrics.rate_limited.inc()
             return error_answer(exc, token_sent="authorization" in request.headers)
 
     def _route(self, request, address: str, refused) -> tuple[int, dict, bytes]:

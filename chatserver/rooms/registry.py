@@ -922,6 +922,7 @@ class Registry:
         once stored and delivered to the room's members. Raises ChatError forbidden (outside the
         token's rooms, banned, muted), moderated, slow_mode, unavailable."""
         poster = self._posters.of(identity)
+        self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))  # as at connect
         self._ask_engine(lambda: self._moderation.check_join(identity, poster.nick, name))
         rule = self._refusal(self._moderation.chat_rule, poster, name)
         if isinstance(rule, ChatError):

@@ -299,3 +299,17 @@ def test_the_status_table_is_the_apis():
         assert code in rows[status], status
     for code, status in ERROR_STATUS.items():
         assert code in rows[status], code
+
+
+def test_a_post_reserves_the_nick_and_counts_in_metrics(make_server, connect):
+    """Posting as a token's nick reserves it (nobody else may take it), and refusals are counted by code."""
+    server = make_server(token_secret=SECRET, **FAST_LIMITS)
+    assert call(server.port, "POST", body={"text": "hi"}, bearer=token("ci-bot"))[0] == 201
+    guest = connect(server.url)
+    assert guest.request(type="nick", nick="CI-bot")["code"] == "nick_reserved"
+    call(server.port, "POST", body={"text": "hi"}, bearer="nonsense")
+    metrics = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    metrics.request("GET", "/metrics")
+    text = metrics.getresponse().read().decode()
+    metrics.close()
+    assert 'roomchat_errors_total{code="bad_token"} 1.0' in text
