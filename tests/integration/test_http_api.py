@@ -313,3 +313,32 @@ def test_a_post_reserves_the_nick_and_counts_in_metrics(make_server, connect):
     text = metrics.getresponse().read().decode()
     metrics.close()
     assert 'roomchat_errors_total{code="bad_token"} 1.0' in text
+
+
+def http_schema(name: str | None = None):
+    """A validator for schema/http.json (the POST body), or for one of its answers in $defs."""
+    from jsonschema import Draft202012Validator
+
+    from chatclient.schema import registry
+
+    return Draft202012Validator({"$ref": "http.json" + (f"#/$defs/{name}" if name else "")}, registry=registry())
+
+
+def test_answers_match_schema_http_json(make_server, connect):
+    """The POST body, the 201 and 200 answers and the error answers are what schema/http.json says;
+    its HTTP-only codes are HTTP_CODES."""
+    from chatclient.schema import problems
+
+    server = make_server(token_secret=SECRET, **FAST_LIMITS)
+    body = {"text": "build 123 is green"}
+    assert problems(http_schema(), body) == [] and problems(http_schema(), {"txt": "x"}) != []
+    status, _headers, posted = call(server.port, "POST", body=body, bearer=token("ci-bot"))
+    assert status == 201 and problems(http_schema("posted"), posted) == []
+    status, _headers, read = call(server.port, "GET", bearer=token("ci-bot"))
+    assert status == 200 and read["messages"] == [posted] and problems(http_schema("messages"), read) == []
+    for path, method, bearer in (("/api/x", "GET", token("a")), (PATH, "PUT", token("a")), (PATH, "GET", "bad"),
+                                 ("/api/rooms/a%20b/messages", "GET", token("a"))):
+        _status, _headers, error = call(server.port, method, path, body={"text": "x"}, bearer=bearer)
+        assert problems(http_schema("error"), error) == [], error
+    error = json.loads((ROOT / "schema" / "http.json").read_text("utf-8"))["$defs"]["error"]["properties"]["error"]
+    assert set(error["properties"]["code"]["anyOf"][1]["enum"]) == set(HTTP_CODES.values())
