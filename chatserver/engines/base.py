@@ -129,11 +129,13 @@ class Engine(Protocol):
     def start(self, hub: Registry) -> None:
         """Begin handing events to `hub`. Called once, before any other method."""
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         """Store chat events with the room's next seqs, then deliver them, in order.
 
-        `chats`: [(sender nick, text, Meta)]. Raises Unavailable (none of them was stored, or,
-        with Redis, the connection broke mid-call: see engines/redis.py)."""
+        `chats`: [(sender nick, text, Meta)]; `member`: False for a chat posted over the HTTP
+        API (rooms/posts.py), whose sender is not a member (Redis then skips its fencing check).
+        Raises Unavailable (none of them was stored, or, with Redis, the connection broke
+        mid-call: see engines/redis.py)."""
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Put a presence, nick or moderation event into the room's stream. Raises Unavailable."""

@@ -84,7 +84,7 @@ class MemoryEngine(LocalRules, LocalPersonal):
         with self._lock:
             return dict(self._seqs)
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         with self._lock:
             items = []
             for sender, text, meta in chats:

@@ -232,13 +232,13 @@ class RedisEngine(RedisPersonal):
 
     # -- streams ---------------------------------------------------------------------------------
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         """Raises Unavailable when nothing was stored; chats it cannot settle stay unanswered
         until the heartbeat settles them (their senders are answered then)."""
         with self._lock:
             last = self._last.get(room)
         args = [room_key(room, "events"), self._per_room, len(chats), last[0] if last else 0,
-                self._owner(chats[0][2])]
+                self._owner(chats[0][2]) if member else ""]  # "": no member to fence (an HTTP API post)
         for sender, text, meta in chats:
             body = orjson.dumps(protocol.chat_event(room, sender, text, 0))  # the script writes its seq in
             cut = body.index(b'"seq":0') + 6

@@ -137,6 +137,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
         self._wal_path = self.path + "-wal"
         self._wal_max = self._quotas.wal_max  # bytes: past half of it, TRUNCATE checkpoints
         self._prune_bytes = self._wal_max // 4  # text bytes committed that make a retention pass due
+        self._purge_pages = max(16, self._wal_max // 4 // 4096)  # index pages merged per pass after a delete
         self._lock_fd, self._conn, self.epoch = open_history(self.path, synchronous, busy_timeout,
                                                              wal_keep=self._wal_max // 4)
         self._readers = ReaderPool(self._connect_reader)
@@ -168,7 +169,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
         with self._lock:
             return dict(self._seqs)
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         """Assign seqs and queue the events for the writer; no SQLite here. Raises Unavailable
         once the engine is closing."""
         with self._lock:
@@ -450,6 +451,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
             self._conn.executemany(PRUNE_NOTICES, [(room, room, self._per_room) for room in rooms])
             if self._quotas:
                 forgotten, floor = self._quotas.prune(self._conn, self._committed_seqs, self._hub.has_room, floor)
+            sqlite_search.purge_step(self._conn, self._purge_pages)  # deleted chats' words out of the index
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()

@@ -18,6 +18,9 @@ A file written before search existed gets the index when it is opened (`prepare`
 opening transaction): about 6 s per million chats on a 2-core machine, the file growing by about
 as much as its texts take; a line in the log says so before it starts.
 
+A deleted chat's words leave the index's pages too (`purge_step`, a little at each retention
+pass of the writer), not only its answers.
+
 Queries never pass the user's text to FTS5 as syntax: each word of `q` (protocol.search_words)
 becomes a quoted prefix term, and the terms are AND-ed with the room's token.
 """
@@ -40,12 +43,13 @@ SCHEMA = (
     "  WHERE room = new.room AND seq = new.seq AND new.text != '';"
     " END",
     # Its text changed (an edit, or '' for a delete): the old words out (FTS5 needs the exact
-    # values it was given), the new ones in.
+    # values it was given), the new ones in; a delete also asks for a purge (`purge_step`).
     "CREATE TRIGGER IF NOT EXISTS search_update AFTER UPDATE OF text ON events WHEN old.kind = 'chat' BEGIN"
     f" INSERT INTO search (search, rowid, room, text) SELECT 'delete', id, {_TOKEN.format('old')}, old.text"
     "  FROM search_ids WHERE room = old.room AND seq = old.seq AND old.text != '';"
     f" INSERT INTO search (rowid, room, text) SELECT id, {_TOKEN.format('new')}, new.text FROM search_ids"
     "  WHERE room = new.room AND seq = new.seq AND new.text != '';"
+    " INSERT OR REPLACE INTO meta (key, value) SELECT 'search_purge', '1' WHERE old.text != '' AND new.text = '';"
     " END",
     # Pruned: its words and its id go.
     "CREATE TRIGGER IF NOT EXISTS search_delete AFTER DELETE ON events WHEN old.kind = 'chat' BEGIN"
@@ -78,6 +82,23 @@ def prepare(conn: sqlite3.Connection) -> None:
         log.info("history: building the search index of the chats stored so far (about 6 s per million chats)")
         conn.execute(BACKFILL_IDS)
         conn.execute(BACKFILL_WORDS)
+
+
+def purge_step(conn: sqlite3.Connection, pages: int) -> bool:
+    """On the writer thread, in its retention pass (a transaction): if a chat was deleted since
+    the index was last purged, merge about `pages` pages of the index towards one segment. FTS5
+    takes a deleted text's words out of the answers at once, but they stay in the index's older
+    segments until those are merged; a full merge (FTS5's incremental 'optimize': 'merge' with a
+    negative page count) writes them out for good. True while there is more to do.
+    Raises sqlite3.Error."""
+    if conn.execute("SELECT 1 FROM meta WHERE key = 'search_purge'").fetchone() is None:
+        return False
+    before = conn.total_changes
+    conn.execute("INSERT INTO search (search, rank) VALUES ('merge', ?)", (-pages,))
+    if conn.total_changes - before >= 2:  # FTS5: a merge that did work changes 2 rows or more
+        return True
+    conn.execute("DELETE FROM meta WHERE key = 'search_purge'")
+    return False
 
 
 def match_expression(room: str, words: list) -> str:

@@ -58,7 +58,7 @@ from chatserver.errors import ChatError
 from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics
 from chatserver.protocol import CloseCode, fold_nick
-from chatserver.rooms import budgets, edits, moderation
+from chatserver.rooms import budgets, edits, moderation, posts
 from chatserver.rooms.client import Client
 from chatserver.rooms.identity import Identities
 from chatserver.rooms.mailbox import Mailbox
@@ -169,6 +169,8 @@ class Registry:
         self._batch: dict | None = None  # while set: frames per client, written once at the end
         self._shared: dict | None = None  # with it: room -> Shared, frames its members get alike
         self._tokens: dict[str, Client] = {}  # resume token -> the client it takes over
+        self._posts = posts.Posts(self.process_id)  # chats posted over the HTTP API, waiting to be stored
+        self._posters = posts.Posters()
         engine.start(self)
 
     # -- state ---------------------------------------------------------------------------------
@@ -201,9 +203,10 @@ class Registry:
         self.disconnect(client, conn)
 
     def has_room(self, name: str) -> bool:
-        """True while a local client is in `name` (the Redis engine asks before unsubscribing)."""
+        """True while a local client is in `name`, or a post to it waits (the Redis engine asks
+        before unsubscribing)."""
         with self._lock:
-            return name in self._rooms
+            return name in self._rooms or self._posts.busy(name)
 
     # -- called by the engine ------------------------------------------------------------------
 
@@ -240,6 +243,7 @@ class Registry:
                     error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
                     self.metrics.error(error)
                     sender.send(protocol.encode(error), own=True)
+                self._posts.failed(meta, unavailable(Unavailable(reason)))
             self._settled.notify_all()
 
     def deliver_dm(self, client_id: int, event: dict) -> bool:
@@ -258,6 +262,7 @@ class Registry:
         room = self._rooms.get(name)
         sender = self._origin(meta)
         own_id = self._settle_write(name, event, meta, sender)
+        self._posts.done(meta, event)  # a chat posted over the HTTP API: stored now
         if event["type"] in ("ban", "mute"):  # the connection with that nick stays bound, renamed or not
             moderation.bind(self._nicks.get(protocol.fold_nick(event["nick"])), self._clients.values(), event)
         if room is None:
@@ -940,6 +945,42 @@ class Registry:
             reply = protocol.with_id({"type": "search", "room": name, "q": query}, reply_id)
             frame = budgets.bounded_frame(reply, "messages", found, self._max_reply)[0]
         self._reply_frame(client, frame)
+
+    def post(self, identity, name: str, text: str) -> dict:
+        """A chat by a token's holder that need not be connected (the HTTP API, rooms/posts.py):
+        the room's rules for its nick apply as to a connection's chat; returns the chat event
+        once stored and delivered to the room's members. Raises ChatError forbidden (outside the
+        token's rooms, banned, muted), moderated, slow_mode, unavailable."""
+        poster = self._posters.of(identity)
+        self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))  # as at connect
+        self._ask_engine(lambda: self._moderation.check_join(identity, poster.nick, name))
+        rule = self._refusal(self._moderation.chat_rule, poster, name)
+        if isinstance(rule, ChatError):
+            raise rule
+        with poster.lock:
+            self._moderation.pace(poster, name, rule)  # slow_mode
+        post_id = next(self._ids)  # never a client's id: the delivered chat is nobody's own copy
+        waiter = self._posts.start(post_id, name)
+        try:
+            self._ask_engine(lambda: self._entered(name))  # several processes: the chat comes back here too
+            meta = Meta(origin=(self.process_id, post_id), key=self._new_key())
+            self._ask_engine(lambda: self._engine.publish(name, [(poster.nick, text, meta)], member=False))
+            return waiter.wait()
+        finally:
+            self._posts.finish(post_id, name)
+            if not self.has_room(name):
+                self._emptied(name)
+
+    def read_room(self, identity, name: str, before=None, after=None, limit=50) -> bytes:
+        """A room's stored chat events for a token's holder that need not be a member (the HTTP
+        API): the JSON object {"room", "messages"}, paged as `history` (oldest first, within
+        max_reply_bytes, else "truncated"). The token's rooms and bans apply. Raises ChatError
+        forbidden, unavailable."""
+        self._ask_engine(lambda: self._moderation.check_join(identity, identity.nick, name))
+        with self._builders:
+            messages = self._ask_engine(lambda: self._engine.read(name, before=before, after=after, limit=limit,
+                                                                  max_bytes=self._max_reply))
+            return budgets.bounded_json({"room": name}, "messages", messages, self._max_reply, after is None)[0]
 
     def moderate(self, client: Client, action, reply_id=None) -> None:
         """An operator's topic, kick, ban or mute (moderation.Action): stored, then put into the

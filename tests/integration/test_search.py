@@ -163,3 +163,25 @@ def test_search_on_redis_is_unsupported(redis_server, cluster, connect):
     reply = search(peer, q="build", id=3)
     assert (reply["type"], reply["code"], reply["id"]) == ("error", "unsupported", 3)
     assert "SQLite" in reply["message"]
+
+
+def test_a_deleted_chats_words_leave_the_index_pages(make_server, connect, tmp_path):
+    """SQLite: once a chat's text is emptied (a delete), its words are merged out of the index's
+    pages by the writer's retention passes, not only out of the answers."""
+    path = str(tmp_path / "history.db")
+    _server, peer = seeded(make_server, connect, path, [f"filler number{i}" for i in range(300)] + ["zqxjvword here"])
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        def in_index(word: bytes) -> int:
+            return conn.execute("SELECT count(*) FROM search_data WHERE instr(block, ?) > 0", (word,)).fetchone()[0]
+
+        assert in_index(b"jvword") == 1
+        conn.execute("UPDATE events SET text = '' WHERE room = 'lobby' AND seq = 301")
+        assert search(peer, q="zqxjvword")["messages"] == []
+        wait_for(lambda: in_index(b"jvword") == 0, timeout=30)
+        wait_for(lambda: conn.execute("SELECT count(*) FROM meta WHERE key = 'search_purge'").fetchone()[0] == 0,
+                 timeout=30)
+        assert [m["seq"] for m in search(peer, q="number150")["messages"]] == [151]
+        conn.execute("INSERT INTO search(search) VALUES ('integrity-check')")
+    finally:
+        conn.close()
