@@ -8,7 +8,7 @@ import pytest
 
 from chatserver.engines.redis import RedisEngine
 from chatserver.protocol import MAX_MARKS, TYPING_INTERVAL
-from tests.helpers import SECRET, token, wait_for, with_token
+from tests.helpers import SECRET, frames_until, token, wait_for, with_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -17,14 +17,6 @@ pytestmark = pytest.mark.timeout(60)
 def pair(cluster):
     """Two roomchat processes with the same token secret on this test's Redis."""
     return cluster(2, "--token-secret", SECRET, "--typing-max-members", "3")
-
-
-def frames_until(peer, kind: str) -> list:
-    """The frames `peer` gets up to and including the first of type `kind`."""
-    frames = []
-    while not frames or frames[-1]["type"] != kind:
-        frames.append(peer.recv())
-    return frames
 
 
 def test_typing_reaches_members_on_both_processes_not_the_sender(pair, peers):
