@@ -34,7 +34,8 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
   _accepting`, wire/exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
   queue's order), `RedisEngine._lock` (delivered places, nick claims, subscription
   confirmations, waiting writes, the lease), `LocalRules._rules_lock` (topics, bans, mutes, modes,
-  invite uses, reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`,
+  invite uses, reservations), `LocalPersonal._personal_lock` (engines/personal.py: read markers and
+  DMs that wait; the SQLite engine writes them to its file under it), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`,
   rooms/budgets.py's `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
   (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a
   semaphore: history replies built at once) is taken before the registry's lock, never while
