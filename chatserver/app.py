@@ -35,11 +35,11 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
   queue's order), `RedisEngine._lock` (delivered places, nick claims, subscription
   confirmations, waiting writes, the lease), `LocalRules._rules_lock` (topics, bans, mutes, modes,
   invite uses, reservations), `LocalPersonal._personal_lock` (engines/personal.py: read markers and
-  DMs that wait; the SQLite engine writes them to its file under it), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`,
-  rooms/budgets.py's `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
-  (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a
-  semaphore: history replies built at once) is taken before the registry's lock, never while
-  holding it.
+  DMs that wait; the SQLite engine writes them to its file under it), transport/caps.py's
+  `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's `AddressShares._lock` and each
+  `SharedTokenBucket._lock`, `ReaderPool._cond` (engines/sqlite_readers.py), `Identities._cond`
+  (expiry times). `Registry._builders` (a semaphore: history replies built at once) is taken
+  before the registry's lock, never while holding it.
 What relies on the GIL instead: floats and strings written by one thread and read by another
 where a stale read is harmless: a connection's `last_seen`/`ping_sent_at` (a ping moves by one
 tick), the Flusher's fd table, the engines' `health()` reasons; a client's `bound` bans and mutes
