@@ -97,6 +97,27 @@ def test_typing_outside_a_room_is_not_in_room_and_a_muted_members_is_dropped(sid
     assert [f["type"] for f in frames_until(bob, "mute")] == ["mute"]
 
 
+def test_in_a_moderated_room_only_operators_typing_reaches_the_others(side_server, peers):
+    """In a moderated room a member's typing is dropped silently; an operator's reaches the others."""
+    server = side_server()
+    op, ann, bob = in_lobby(server, peers, "op", "ann", "bob")
+    op.ws.close()
+    op = peers(with_token(server.url, token("op", op=True)))
+    op.join("lobby")
+    for peer in (ann, bob):
+        peer.recv_type("presence")  # op's leave
+        peer.recv_type("presence")  # and join again, now an operator
+    op.request(type="mode", room="lobby", moderated=True)
+    ann.recv_type("mode")
+    bob.recv_type("mode")
+    ann.send(type="typing", room="lobby")
+    assert ann.request(type="ping") == {"type": "pong"}  # ann's typing was handled (dropped) by now
+    op.send(type="typing", room="lobby")
+    op.send(type="chat", room="lobby", text="go")
+    frames = frames_until(bob, "chat")
+    assert frames[:-1] == [{"type": "typing", "room": "lobby", "nick": "op"}] and frames[-1]["text"] == "go"
+
+
 # -- read markers ------------------------------------------------------------------------------
 
 
