@@ -36,10 +36,11 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
   _accepting`, wire/exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
   queue's order), `RedisEngine._lock` (delivered places, nick claims, subscription
   confirmations, waiting writes, the lease), `LocalRules._rules_lock` (topics, bans, mutes, modes,
-  invite uses, reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`,
-  rooms/budgets.py's `AddressShares._lock`, each `SharedTokenBucket._lock` and `RateBook._lock`,
-  rooms/posts.py's `Posts._lock` and `Posters._lock` (and each `Poster.lock`, held only around
-  its slow-mode check), `ReaderPool._cond`
+  invite uses, reservations), `LocalPersonal._personal_lock` (engines/personal.py: read markers and
+  DMs that wait; the SQLite engine writes them to its file under it), transport/caps.py's
+  `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's `AddressShares._lock`, each
+  `SharedTokenBucket._lock` and `RateBook._lock`, rooms/posts.py's `Posts._lock` and
+  `Posters._lock` (and each `Poster.lock`, held only around its slow-mode check), `ReaderPool._cond`
   (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a
   semaphore: history replies built at once) is taken before the registry's lock, never while
   holding it.

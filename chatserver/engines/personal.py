@@ -8,8 +8,8 @@ An identity is a token's folded nick (protocol.fold_nick). Each identity has:
   `take_dms` hands them out and forgets them in one step.
 
 `LocalPersonal` keeps both in memory under `_personal_lock`; `_save_*` write a change through
-before it is made (nothing in memory; the SQLite engine overrides them and writes its `marks`
-and `dms` tables, engines/sqlite_file.py; Raises Unavailable, and then nothing changed).
+before it is made (nothing in memory; the SQLite engine overrides them, engines/sqlite_personal.py,
+and writes its `marks` and `dms` tables; Raises Unavailable, and then nothing changed).
 Bounds: MAX_MARKS marks and `most` DMs per identity; identities are the token nicks the server
 has seen, which the operator's tokens bound.
 """
@@ -17,9 +17,6 @@ has seen, which the operator's tokens bound.
 import threading
 import time
 
-import orjson
-
-from chatserver.engines.sqlite_file import DROP_DMS, FORGET_MARK, READ_DMS, READ_MARKS, SAVE_DM, SAVE_MARK
 from chatserver.protocol import MAX_MARKS
 
 
@@ -101,24 +98,3 @@ class LocalPersonal:
             del self._dms[identity]
             return [event for _n, event in waiting]
 
-
-class SqlitePersonal(LocalPersonal):
-    """LocalPersonal written through to the SQLite file's `marks` and `dms` tables, each change on
-    a short connection of its own like a rule (the engine's `_write_one`: Raises Unavailable).
-    Read whole at start (`_load_personal`), served from memory."""
-
-    def _load_personal(self, conn) -> None:
-        """Read the tables at start, on the opening connection. Raises sqlite3.Error."""
-        dms = [(identity, n, orjson.loads(event)) for identity, n, event in conn.execute(READ_DMS)]
-        self._init_personal(conn.execute(READ_MARKS).fetchall(), dms)
-
-    def _save_mark(self, identity: str, room: str, seq: int, at: float, forget: str | None) -> None:
-        self._write_one(SAVE_MARK, (identity, room, seq, at), "read marker")
-        if forget is not None:  # a second step: a crash between the two leaves one mark more, trimmed at start
-            self._write_one(FORGET_MARK, (identity, forget), "read marker")
-
-    def _save_dm(self, identity: str, n: int, event: dict) -> None:
-        self._write_one(SAVE_DM, (n, identity, orjson.dumps(event).decode()), "direct message")
-
-    def _drop_dms(self, identity: str, upto: int) -> None:
-        self._write_one(DROP_DMS, (identity, upto), "direct message")

@@ -24,7 +24,6 @@ import orjson
 
 from chatserver.engines import sqlite_search
 from chatserver.engines.base import NOTICE_TYPES, LocalRules, Unavailable, amended, without_text
-from chatserver.engines.personal import SqlitePersonal
 from chatserver.engines.sqlite_file import (
     BUSY_TIMEOUT,
     CLEAR_EDITS,
@@ -48,6 +47,7 @@ from chatserver.engines.sqlite_file import (
     open_history,
     read_transcript,
 )
+from chatserver.engines.sqlite_personal import SqlitePersonal
 from chatserver.engines.sqlite_quotas import HistoryQuotas, seq_floor
 from chatserver.engines.sqlite_readers import PoolBusy, ReaderPool
 from chatserver.ops import metrics
@@ -281,6 +281,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
         if self._checkpointer.is_alive():
             self._checkpointer.join()
         self._readers.close()
+        self._close_personal()
         self._checkpoint_conn.close()
         self._conn.close()  # the last connection out checkpoints the WAL into the main file
         if self.commits:

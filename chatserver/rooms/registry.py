@@ -1089,7 +1089,8 @@ class Registry:
         with self._lock:
             here = client.id in self._clients
             if here:
-                client.send(b"".join(protocol.encode(event) for event in waiting))
+                # counted as its replies: however many, they never get it dropped as too slow
+                client.send(b"".join(protocol.encode(event) for event in waiting), own=True)
         if not here:
             with contextlib.suppress(Unavailable):
                 self._mailbox.put_back(identity, waiting)

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from chatserver.protocol import TYPING_INTERVAL
-from tests.helpers import SECRET, token, wait_for, with_token
+from chatserver.engines.redis import RedisEngine
+from chatserver.protocol import MAX_MARKS, TYPING_INTERVAL
+from tests.helpers import SECRET, frames_until, token, wait_for, with_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -16,14 +17,6 @@ pytestmark = pytest.mark.timeout(60)
 def pair(cluster):
     """Two roomchat processes with the same token secret on this test's Redis."""
     return cluster(2, "--token-secret", SECRET, "--typing-max-members", "3")
-
-
-def frames_until(peer, kind: str) -> list:
-    """The frames `peer` gets up to and including the first of type `kind`."""
-    frames = []
-    while not frames or frames[-1]["type"] != kind:
-        frames.append(peer.recv())
-    return frames
 
 
 def test_typing_reaches_members_on_both_processes_not_the_sender(pair, peers):
@@ -93,3 +86,21 @@ def test_a_dm_kept_on_one_process_is_delivered_once_on_the_other(pair, peers):
     ann.close()
     again = peers(with_token(b.url, token("ann")), timeout=15)
     assert again.request(type="ping") == {"type": "pong"}
+
+
+def test_redis_keeps_marks_never_back_newest_first_and_bounded(redis_server):
+    """The Redis engine's marks: never back; listed marked last first; past MAX_MARKS the one
+    marked longest ago goes; DMs wait up to `most` and are taken once."""
+    engine = RedisEngine(redis_server.url)
+    try:
+        assert engine.mark("ann", "lobby") is None
+        assert engine.set_mark("ann", "lobby", 5) == 5 and engine.set_mark("ann", "lobby", 2) == 5
+        for n in range(MAX_MARKS):
+            engine.set_mark("ann", f"r{n}", n + 1)
+        marks = engine.marks("ann")
+        assert len(marks) == MAX_MARKS and "lobby" not in marks
+        assert list(marks)[:2] == [f"r{MAX_MARKS - 1}", f"r{MAX_MARKS - 2}"] and marks["r0"] == 1
+        assert [engine.keep_dm("ann", {"text": str(n)}, 2) for n in range(3)] == [True, True, False]
+        assert engine.take_dms("ann") == [{"text": "0"}, {"text": "1"}] and engine.take_dms("ann") == []
+    finally:
+        engine.close()

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from chatserver.protocol import MAX_MARKS, TYPING_INTERVAL
-from tests.helpers import FAST_LIMITS, SECRET, token, wait_for, with_token
+from tests.helpers import FAST_LIMITS, SECRET, frames_until, token, wait_for, with_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,14 +30,6 @@ def in_lobby(server, peers, *names):
             assert earlier.recv_type("presence")["nick"] == name
         joined.append(peer)
     return joined
-
-
-def next_frames_until(peer, kind: str) -> list:
-    """The frames `peer` gets up to and including the first of type `kind`."""
-    frames = []
-    while not frames or frames[-1]["type"] != kind:
-        frames.append(peer.recv())
-    return frames
 
 
 # -- typing ------------------------------------------------------------------------------------
@@ -66,13 +58,13 @@ def test_typing_is_at_most_one_per_nick_and_room_every_3_seconds(side_server, pe
         ann.send(type="typing", room="lobby")
     ann.send(type="typing", room="side")
     ann.send(type="chat", room="lobby", text="done")
-    frames = next_frames_until(bob, "chat")
+    frames = frames_until(bob, "chat")
     elapsed = time.monotonic() - started
     typing = [f for f in frames if f["type"] == "typing"]
     assert {"type": "typing", "room": "side", "nick": "ann"} in typing
     lobby = [f for f in typing if f["room"] == "lobby"]
     assert 1 <= len(lobby) <= 1 + elapsed // TYPING_INTERVAL
-    assert [f["type"] for f in next_frames_until(ann, "chat")] == ["chat"]  # no error for those dropped
+    assert [f["type"] for f in frames_until(ann, "chat")] == ["chat"]  # no error for those dropped
 
 
 def test_typing_is_not_sent_in_a_room_over_typing_max_members(side_server, peers):
@@ -82,7 +74,7 @@ def test_typing_is_not_sent_in_a_room_over_typing_max_members(side_server, peers
     ann, bob, carol = in_lobby(server, peers, "ann", "bob", "carol")
     ann.send(type="typing", room="lobby")
     ann.send(type="chat", room="lobby", text="after")
-    assert [f["type"] for f in next_frames_until(bob, "chat")] == ["chat"]
+    assert [f["type"] for f in frames_until(bob, "chat")] == ["chat"]
     carol.request(type="leave", room="lobby")
     bob.recv_type("presence")
     time.sleep(TYPING_INTERVAL)  # past the first one's interval
@@ -102,7 +94,28 @@ def test_typing_outside_a_room_is_not_in_room_and_a_muted_members_is_dropped(sid
     ann.recv_type("mute")
     ann.send(type="typing", room="lobby")
     op.request(type="mute", room="lobby", nick="ann", duration=0)
-    assert [f["type"] for f in next_frames_until(bob, "mute")] == ["mute"]
+    assert [f["type"] for f in frames_until(bob, "mute")] == ["mute"]
+
+
+def test_in_a_moderated_room_only_operators_typing_reaches_the_others(side_server, peers):
+    """In a moderated room a member's typing is dropped silently; an operator's reaches the others."""
+    server = side_server()
+    op, ann, bob = in_lobby(server, peers, "op", "ann", "bob")
+    op.ws.close()
+    op = peers(with_token(server.url, token("op", op=True)))
+    op.join("lobby")
+    for peer in (ann, bob):
+        peer.recv_type("presence")  # op's leave
+        peer.recv_type("presence")  # and join again, now an operator
+    op.request(type="mode", room="lobby", moderated=True)
+    ann.recv_type("mode")
+    bob.recv_type("mode")
+    ann.send(type="typing", room="lobby")
+    assert ann.request(type="ping") == {"type": "pong"}  # ann's typing was handled (dropped) by now
+    op.send(type="typing", room="lobby")
+    op.send(type="chat", room="lobby", text="go")
+    frames = frames_until(bob, "chat")
+    assert frames[:-1] == [{"type": "typing", "room": "lobby", "nick": "op"}] and frames[-1]["text"] == "go"
 
 
 # -- read markers ------------------------------------------------------------------------------
