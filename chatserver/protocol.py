@@ -268,10 +268,11 @@ MAX_MARKS = 1000  # read markers kept per identity (the rooms marked last); `wel
 
 
 def require_seq(msg: dict, field: str = "seq") -> int:
-    """`msg[field]` as a seq (0 to 2**63 - 1), required. Raises ChatError bad_message."""
-    value = optional_seq(msg, field)
-    if value is None:
-        raise ChatError("bad_message", f"\"{field}\" must be a seq: an integer from 0 to {MAX_SEQ}.")
+    """`msg[field]` as the seq of a stored event (1 to MAX_SEQ), required: the chat an edit,
+    delete or react is about, or where a mark goes. Raises ChatError bad_message."""
+    value = msg.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEQ:
+        raise ChatError("bad_message", f"\"{field}\" must be a seq: an integer from 1 to {MAX_SEQ}.")
     return value
 
 
