@@ -175,15 +175,26 @@ class Session:
         """The next request to send, now counted as in flight; None while there is none."""
         if self._resume:
             req = self._resume.popleft()
-        elif self._outbox and not self._waiting and not self._gate:
+        elif self._outbox_ready():
             req = self._outbox.popleft()
+            if req["type"] == "mark":  # up to the last seq shown now that all before it is answered
+                req["seq"] = self.rooms.get(req["room"]) or 0
+                if req["seq"] < 1:
+                    return self.take_request()  # nothing shown there: nothing to mark
         else:
             return None
         self._inflight[req["id"]] = req
         return req
 
     def has_request(self) -> bool:
-        return bool(self._resume or (self._outbox and not self._waiting and not self._gate))
+        return bool(self._resume or self._outbox_ready())
+
+    def _outbox_ready(self) -> bool:
+        """A typed request may go: the rooms are back, our nick is settled, and a /mark waits
+        until everything sent before it is answered (so it covers what that showed)."""
+        if not self._outbox or self._waiting or self._gate:
+            return False
+        return self._outbox[0]["type"] != "mark" or not self._inflight
 
     @property
     def done(self) -> bool:
@@ -316,10 +327,7 @@ class Session:
     def _cmd_mark(self):
         if self.room is None:
             return [render.error("You are in no room; /join ROOM first.")]
-        seq = self.rooms.get(self.room)
-        if not seq:
-            return [render.notice(f"nothing to mark in {render.safe(self.room)} yet")]
-        self._queue(type="mark", room=self.room, seq=seq)
+        self._queue(type="mark", room=self.room, seq=None)  # the seq is set when it goes (take_request)
 
     def _cmd_quit(self):
         self.quitting = True

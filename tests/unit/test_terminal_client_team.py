@@ -45,7 +45,7 @@ def test_commands_become_requests_for_the_current_room():
     """/edit, /delete, /react, /search and /mark send their request for the current room; /mark
     names the last seq shown."""
     session = connected_session()
-    for line in ("/edit 3 better", "/delete 2", "/react 1 🎉", "/search hello", "/mark"):
+    for line in ("/edit 3 better", "/delete 2", "/react 1 🎉", "/search hello"):
         session.handle_line(line)
     sent = [{k: v for k, v in r.items() if k != "id"} for r in drain(session)]
     assert sent == [
@@ -53,8 +53,22 @@ def test_commands_become_requests_for_the_current_room():
         {"type": "delete", "room": "lobby", "seq": 2},
         {"type": "react", "room": "lobby", "seq": 1, "emoji": "🎉"},
         {"type": "search", "room": "lobby", "q": "hello", "limit": SEARCH_LIMIT},
-        {"type": "mark", "room": "lobby", "seq": 3},
     ]
+    session = connected_session()
+    session.handle_line("/mark")
+    assert [(r["type"], r["seq"]) for r in drain(session)] == [("mark", 3)]
+
+
+def test_a_mark_waits_for_the_answers_to_what_went_before():
+    """A /mark typed after a chat goes once the chat is answered, and covers it (a pipe types both
+    before anything comes back)."""
+    session = connected_session()
+    session.handle_line("done for today")
+    session.handle_line("/mark")
+    (chat_request,) = drain(session)
+    assert not session.has_request()
+    session.on_event({**chat(4, "done for today", sender="guest-1"), "id": chat_request["id"]})
+    assert [(r["type"], r["seq"]) for r in drain(session)] == [("mark", 4)]
 
 
 def test_chats_show_their_seq_and_state():
