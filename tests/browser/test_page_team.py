@@ -231,3 +231,24 @@ def test_a_direct_message_to_someone_offline_waits_for_them(open_page, make_serv
     back.tab("@bob").click()
     back.wait_for_text("see you tomorrow")
     assert back.js(note)[0].startswith("Sent while you were away (")
+
+
+def test_an_operator_deletes_anyones_message(open_page, make_server, connect):
+    """An operator's menu on someone else's message has Delete (not Edit); the delete, confirmed,
+    reaches the author and the page says "message deleted"."""
+    server = make_server(token_secret=SECRET)
+    bob = connect(server.url)
+    bob.set_nick("bob")
+    bob.join("lobby")
+    op = open_page(f"/?token={token('ann', op=True)}#lobby", on=server)
+    seq = bob.chat_all("lobby", ["buy cheap watches"])[0]["seq"]
+    op.wait(lambda: row_of(op, "buy cheap watches"), "bob's chat never came")
+    labels = open_menu(op, seq)
+    assert "Delete" in labels and "Edit" not in labels
+    menu_button(op, "Delete").click()
+    op.wait(lambda: op.js("return document.activeElement.textContent") == "Delete", "no confirmation asked")
+    assert "Delete bob's message for everyone?" in op.find("panes").text
+    op.active().send_keys(ENTER)
+    deleted = bob.recv_type("delete")
+    assert (deleted["target"], deleted["from"]) == (seq, "ann")
+    op.wait(lambda: (row_of(op, "message deleted") or {}).get("deleted"), "the delete is not shown")

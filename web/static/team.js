@@ -98,7 +98,7 @@ function markDeleted(item) {
   item.reactions = {};
   item.querySelector(".reactions").replaceChildren();
   item.querySelector(".msg-actions")?.remove();
-  closeMenu();
+  if (openMenu?.item === item) closeMenu();
 }
 
 /** Reactions as chips: the emoji and how many, naming who reacted; ours pressed; a click toggles ours. */
@@ -341,12 +341,13 @@ export function countUnread(conv) {
 
 /** We have read `conv` up to its last seq: say so to the server (once per MARK_DELAY_MS). */
 export function readUpTo(conv) {
-  if (conv.kind !== "room" || !conv.lastSeq || (conv.mark ?? 0) >= conv.lastSeq) return;
-  conv.mark = conv.lastSeq;
-  if (conv.markTimer) return;
+  if (conv.kind !== "room" || !conv.lastSeq) return;
+  conv.mark = Math.max(conv.mark ?? 0, conv.lastSeq);
+  if (conv.markTimer || conv.mark <= (conv.markSent ?? 0)) return;
   conv.markTimer = setTimeout(() => {
     conv.markTimer = null;
-    if (state.connected && conv.joined && state.convs.get(conv.key) === conv && conv.mark > (conv.markSent ?? 0)) {
+    if (state.convs.get(conv.key) !== conv || !state.connected || !conv.joined) return; // `joined` reads it again
+    if (conv.mark > (conv.markSent ?? 0)) {
       conv.markSent = conv.mark;
       send({ type: "mark", room: conv.name, seq: conv.mark });
     }
@@ -358,13 +359,16 @@ export function onMark(event) {
   const conv = roomOf(event);
   if (!conv) return;
   conv.mark = Math.max(conv.mark ?? 0, event.seq);
+  conv.markSent = Math.max(conv.markSent ?? 0, event.seq);
   conv.pane.dataset.marked = String(event.seq); // what the server keeps (tests read it)
   countUnread(conv);
 }
 
 /** `joined`: where this identity stopped reading (joined.mark, or welcome.marks), else the newest. */
 export function joinedMark(conv, event, firstJoin) {
-  const known = [event.mark, state.marks?.[conv.name], conv.mark].filter((m) => Number.isInteger(m));
+  const kept = [event.mark, state.marks?.[conv.name]].filter((m) => Number.isInteger(m)); // the server's
+  if (kept.length) conv.markSent = Math.max(conv.markSent ?? 0, ...kept);
+  const known = [...kept, conv.mark].filter((m) => Number.isInteger(m));
   conv.mark = known.length ? Math.max(...known) : firstJoin ? conv.lastSeq : conv.mark;
   countUnread(conv);
 }
