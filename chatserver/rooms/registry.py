@@ -738,7 +738,7 @@ class Registry:
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
-        last 50 chat events or, with `after`, every one with a higher seq, within 1000 events and
+        last 50 stored events or, with `after`, every one with a higher seq, within 1000 events and
         `max_reply_bytes` (else `truncated`), and the topic. Raises ChatError forbidden (banned, or not in the token's
         rooms), too_many_rooms, unavailable."""
         with self._lock:
@@ -909,8 +909,8 @@ class Registry:
         self._reply_frame(client, budgets.bounded_frame(reply, "members", members, self._max_reply)[0])
 
     def history(self, client: Client, name: str, before=None, after=None, limit=50, reply_id=None) -> None:
-        """Members page through a room's stored chat events, oldest first. Raises ChatError
-        not_in_room, unavailable."""
+        """Members page through a room's stored events (chats in their current state), oldest
+        first. Raises ChatError not_in_room, unavailable."""
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile
