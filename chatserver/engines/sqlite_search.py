@@ -64,11 +64,16 @@ BACKFILL_WORDS = (f"INSERT INTO search (rowid, room, text) SELECT i.id, {_TOKEN.
                   " FROM events e JOIN search_ids i ON i.room = e.room AND i.seq = e.seq"
                   " WHERE e.kind = 'chat' AND e.text != ''")
 # The newest matches below `before`, within the room's retention window (as reads apply it).
-QUERY = ("SELECT e.seq, e.sender, e.text, e.ts FROM search f JOIN search_ids i ON i.id = f.rowid"
-         " JOIN events e ON e.room = i.room AND e.seq = i.seq"
-         " WHERE search MATCH ? AND i.room = ? AND i.seq < ?"
+# The index drives (CROSS JOIN keeps SQLite from starting at the room's ids and asking FTS5 once
+# per id), newest first by rowid, so LIMIT stops it early: a room's ids rise with its seqs (its
+# chats are inserted in seq order, and `prepare` numbers an older file's chats in seq order),
+# so "seq < before" is "rowid below the id of the first chat at or after `before`".
+QUERY = ("SELECT i.seq, e.sender, e.text, e.ts FROM search f CROSS JOIN search_ids i ON i.id = f.rowid"
+         " CROSS JOIN events e ON e.room = i.room AND e.seq = i.seq"
+         " WHERE search MATCH ?"
+         " AND f.rowid < ifnull((SELECT id FROM search_ids WHERE room = ? AND seq >= ? ORDER BY seq LIMIT 1), ?)"
          " AND i.seq > ifnull((SELECT last_seq FROM rooms WHERE room = ?), 0) - ?"
-         " ORDER BY i.seq DESC LIMIT ?")
+         " ORDER BY f.rowid DESC LIMIT ?")
 
 
 def prepare(conn: sqlite3.Connection) -> None:
@@ -103,7 +108,8 @@ def purge_step(conn: sqlite3.Connection, pages: int) -> bool:
 
 def match_expression(room: str, words: list) -> str:
     """The FTS5 query for `words` (protocol.search_words: letters and digits only) in `room`:
-    the room's token and each word as a quoted prefix term, all AND-ed."""
+    the room's token and each word as a quoted prefix term (a word of one character as a whole
+    word: protocol.search_words says why), all AND-ed."""
     terms = [f'room:"x{room.encode().hex().upper()}"']
-    terms += ['text:"' + word.replace('"', '""') + '"*' for word in words]
+    terms += ['text:"' + word.replace('"', '""') + ('"*' if len(word) > 1 else '"') for word in words]
     return " AND ".join(terms)

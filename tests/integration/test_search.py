@@ -54,6 +54,8 @@ def test_search_ignores_case_diacritics_and_punctuation(make_server, connect, en
     assert [m["seq"] for m in search(peer, q="lunch AND noon")["messages"]] == []
     assert [m["seq"] for m in search(peer, q="noon lunch")["messages"]] == [2]
     assert [m["seq"] for m in search(peer, q="-noon")["messages"]] == [2]
+    assert [m["seq"] for m in search(peer, q="o")["messages"]] == [6]  # one character: a whole word
+    assert [m["seq"] for m in search(peer, q="b 4")["messages"]] == []
 
 
 def test_search_pages_with_before_and_limit(make_server, connect, engine_db):
