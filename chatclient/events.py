@@ -44,6 +44,9 @@ FIELDS = {
     "ban": {"room": "str", "nick": "str", "by": "str", "duration": "int", "reason?": "str"},
     "mute": {"room": "str", "nick": "str", "by": "str", "duration": "int", "reason?": "str"},
     "mode": {"room": "str", "by": "str", "moderated": "bool", "slow": "int"},
+    "edit": {"room": "str", "seq": "int", "target": "int", "from": "str", "text?": "str", "ts?": "num"},
+    "delete": {"room": "str", "seq": "int", "target": "int", "from": "str", "ts?": "num"},
+    "react": {"room": "str", "seq": "int", "target": "int", "from": "str", "emoji": "str", "on": "bool", "ts?": "num"},
 }
 ROOMS_ENTRY = {"room": "str", "members": "int"}
 

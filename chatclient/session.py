@@ -56,6 +56,9 @@ EVENTS = {
     "ban": "_on_kick",
     "mute": "_on_mute",
     "mode": "_on_mode",
+    "edit": None,  # not shown yet: the terminal client's /edit, /delete and /react come with issue 22's clients
+    "delete": None,  # (as above)
+    "react": None,  # (as above)
     "search": None,  # the terminal client sends no `search` yet (its /search comes with the clients' work)
 }
 

@@ -19,7 +19,7 @@ wire; engines -> engines.base, ops; transport -> wire; ops -> wire; config -> wi
 may use protocol, errors and ops.trace. Only engines/sqlite* import sqlite3, only engines/redis*
 import redis, only transport/ imports websocket_server.
 
-Three requests through the code (tests/unit/test_layout.py checks every name below exists):
+Three requests through the code, and an edit (tests/unit/test_layout.py checks every name below exists):
 
   one chat: {"type":"chat","room":"lobby","text":"hi"}
     transport.server.Connection.read_messages          the client's own thread reads frames
@@ -53,6 +53,15 @@ Three requests through the code (tests/unit/test_layout.py checks every name bel
           rooms.cluster.ClusterRegistry._claim         (several processes: claimed in Redis first)
           rooms.registry.Registry._announce_quietly    a `nick` event in each of its rooms
             engines.redis.RedisEngine.announce         (Redis: one script, every process hears it)
+
+  one edit: {"type":"edit","room":"lobby","seq":42,"text":"hi all"}
+    handlers.edit.handle                               check room, seq and text
+      rooms.registry.Registry.amend                    member? the room's rules, the chat as stored
+        engines.sqlite.SqliteEngine.message            (engine.message: a reader connection)
+        rooms.edits.check                              own chat? in the window? muted? -> the event
+        engines.sqlite.SqliteEngine.amend              the room's next seq; queued behind the chats
+    engines.sqlite.SqliteEngine._amend                 (writer thread) its row and its chat's, one commit
+      rooms.registry.Registry.deliver                  then delivered as a chat is
 """
 
 __version__ = "1.0.0"

@@ -10,7 +10,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, fields
 
-from chatserver.protocol import valid_nick
+from chatserver.protocol import EDIT_WINDOW, valid_nick
 from chatserver.wire.exposure import HostCheck, OriginCheck
 from chatserver.wire.proxies import HEADERS, TrustedProxies
 
@@ -42,6 +42,7 @@ class Config:
     history_max_bytes: int = 1024**3
     history_max_age: float = 0.0
     history_max_rooms: int = 10000
+    edit_window: float = float(EDIT_WINDOW)
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
@@ -67,7 +68,7 @@ class Config:
             if getattr(self, name) < 1:
                 return f"{name.replace('_', '-')} must be at least 1"
         for name in ("max_connections", "max_connections_per_address", "history_max_bytes", "history_max_age",
-                     "history_max_rooms"):
+                     "history_max_rooms", "edit_window"):
             if getattr(self, name) < 0:
                 return f"{name.replace('_', '-')} must be 0 (no limit) or more"
         for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout", "address_rate_factor",
@@ -165,13 +166,15 @@ HELP = {
     "max_connections": "connections at once; more get HTTP 503 (0: the open-file limit less headroom)",
     "max_connections_per_address": "connections at once from one client address (behind a --trusted-proxy: the "
                                    "address it reports); more get HTTP 503 (0: no cap)",
-    "history_per_room": "chat events kept per room; older ones are pruned",
+    "history_per_room": "stored events (chats, edits, deletes, reactions) kept per room; older ones are pruned",
     "history_max_bytes": "bytes the history may use (SQLite: the file and its WAL; :memory: the events in memory; "
                          "Redis: its used_memory, the rooms quiet longest forgotten first); the oldest events are "
                          "pruned first (0: no limit)",
     "history_max_age": "seconds an event is kept in the history, SQLite, :memory: or Redis (0: no limit)",
     "history_max_rooms": "rooms with history kept (SQLite, :memory: or Redis); those quiet longest are forgotten first "
                          "(0: no limit)",
+    "edit_window": "seconds after sending it that its author may edit or delete a chat (0: never; operators "
+                   "delete any chat at any time)",
     "ping_interval": "seconds between server pings that detect dead connections",
     "ping_timeout": "seconds to wait for a pong before closing with 1011",
     "handshake_timeout": "seconds a new connection has to finish its opening handshake",

@@ -51,7 +51,7 @@ ERROR_CODES = {  # the `code` of an `error` event -> when it is sent (PROTOCOL.m
     "bad_token": "the token is expired, wrongly signed or malformed, or tokens are off",
     "forbidden": "not allowed (not an operator, banned, muted, outside the token's rooms or nick)",
     "bad_room": "a room name outside the room rule",
-    "not_in_room": "chat, leave or history for a room the client is not in",
+    "not_in_room": "chat, leave, history, edit, delete or react for a room the client is not in",
     "too_many_rooms": "a join over max_rooms",
     "no_such_user": "a dm or kick for a nick nobody has (in that room)",
     "too_long": "a text, topic or reason over its limit",
@@ -60,15 +60,21 @@ ERROR_CODES = {  # the `code` of an `error` event -> when it is sent (PROTOCOL.m
     "unavailable": "the history store or Redis cannot do it now; nothing was stored or sent",
     "moderated": "a member's chat in a moderated room (only operators chat there)",
     "slow_mode": "a member's chat sooner than the room's slow mode allows; retry_after says when",
+    "too_late": "an edit or delete of your own chat past the edit window",
+    "no_such_message": "an edit, delete or react of a seq that is no chat of the room (or one deleted or gone)",
+    "too_many_reactions": "a new emoji on a chat that has MAX_REACTIONS different ones already",
     "unsupported": "the engine cannot do it (search on Redis); nothing was done",
 }
 
 REQUEST_TYPES = frozenset({  # the `type` of a request; handlers/ has one module for each
     "nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping", "auth", "topic", "kick", "ban", "mute",
-    "mode", "search",
+    "mode", "edit", "delete", "react", "search",
 })
 # The events that go through a room's stream:
-ROOM_EVENTS = frozenset({"chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode"})
+ROOM_EVENTS = frozenset({"chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode", "edit", "delete", "react"})
+# The room events that are stored and take the room's next seq (the others have none):
+STORED_EVENTS = frozenset({"chat", "edit", "delete", "react"})
+AMEND_EVENTS = ("edit", "delete", "react")  # the stored events about an earlier chat (`target`)
 EVENT_TYPES = ROOM_EVENTS | {  # the `type` of an event the server sends
     "welcome", "joined", "left", "dm", "rooms", "who", "history", "pong", "error", "auth", "search",
 }
@@ -86,6 +92,10 @@ MAX_TOPIC_CHARS = 300  # a room topic, in characters
 MAX_REASON_CHARS = 200  # the reason given with a kick, ban or mute
 MAX_DURATION = 30 * 86400  # seconds a ban or mute may last at most (30 days)
 MAX_SLOW = 3600  # seconds of slow mode at most (an hour between a member's chats)
+EDIT_WINDOW = 900  # seconds after its ts a chat may be edited or deleted by its author (--edit-window)
+MAX_REACTIONS = 20  # different emoji on one chat at most (a new one past it: too_many_reactions)
+MAX_REACTORS = 100  # nicks listed per emoji of a chat at most (later ones are stored, not listed)
+MAX_EMOJI_CHARS = 32  # code points in a reaction at most (a family emoji with skin tones takes 11)
 # After lower-casing, the ASCII characters that look alike: I/l/1 (so also i) and O/0.
 _LOOKALIKES = str.maketrans("i10", "llo")
 
@@ -232,6 +242,28 @@ def history_limit(msg: dict) -> int:
     return value
 
 
+# -- edit, delete and react (fields) -----------------------------------------------------------
+
+
+def require_seq(msg: dict, field: str = "seq") -> int:
+    """`msg[field]` as a seq (1 to MAX_SEQ). Raises ChatError bad_message when missing or out of range."""
+    value = msg.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEQ:
+        raise ChatError("bad_message", f"\"{field}\" must be the seq of a chat: an integer from 1 to {MAX_SEQ}.")
+    return value
+
+
+def require_emoji(msg: dict) -> str:
+    """`msg["emoji"]`: one emoji (a single grapheme the `emoji` package knows: "👍", "👍🏽", "🇫🇷").
+    Raises ChatError bad_message."""
+    import emoji  # its tables take a moment to load: only once a reaction comes
+
+    value = require_str(msg, "emoji")
+    if not 0 < len(value) <= MAX_EMOJI_CHARS or not emoji.is_emoji(value):
+        raise ChatError("bad_message", "\"emoji\" must be one emoji, such as \"👍\".")
+    return value
+
+
 # -- search ------------------------------------------------------------------------------------
 
 MAX_QUERY_CHARS = 200  # a search's `q`, in characters
@@ -269,6 +301,14 @@ def welcome(nick: str, limits: dict, epoch: str) -> dict:
 def chat_event(room: str, nick: str, text: str, seq: int, ts: float | None = None) -> dict:
     """The chat event, the one place its shape is built: `ts` is Unix time in seconds, now when None."""
     return {"type": "chat", "room": room, "from": nick, "text": text, "seq": seq,
+            "ts": time.time() if ts is None else ts}
+
+
+def amend_event(kind: str, room: str, target: int, nick: str, seq: int = 0, ts: float | None = None,
+                **fields) -> dict:
+    """An edit, delete or react event (AMEND_EVENTS), the one place its shape is built: `fields`
+    are the edit's `text` or the react's `emoji` and `on`; `seq` is the engine's to fill in."""
+    return {"type": kind, "room": room, "seq": seq, "target": target, "from": nick, **fields,
             "ts": time.time() if ts is None else ts}
 
 

@@ -6,8 +6,29 @@ May import: rooms (the Registry and its request types), protocol, errors. protoc
 names every type; tests/unit/test_vocabulary.py holds the two together.
 """
 
-from handlers import auth, ban, chat, dm, history, join, kick, leave, mode, mute, nick, ping, rooms, search, topic, who
+from handlers import (
+    auth,
+    ban,
+    chat,
+    delete,
+    dm,
+    edit,
+    history,
+    join,
+    kick,
+    leave,
+    mode,
+    mute,
+    nick,
+    ping,
+    react,
+    rooms,
+    search,
+    topic,
+    who,
+)
 
-MODULES = (nick, join, leave, chat, dm, rooms, who, history, ping, auth, topic, kick, ban, mute, mode, search)
+MODULES = (nick, join, leave, chat, dm, rooms, who, history, ping, auth, topic, kick, ban, mute, mode, edit, delete,
+           react, search)
 HANDLERS = {m.TYPE: m.handle for m in MODULES}
 BATCH_HANDLERS = {m.TYPE: m.handle_many for m in MODULES if hasattr(m, "handle_many")}

@@ -52,6 +52,9 @@ FAST_LIMITS = {"rate_burst": 100_000, "rate_per_second": 100_000}
 FAST = ["--rate-burst", "100000", "--rate-per-second", "100000", "--log-level", "WARNING"]
 
 
+EMOJI = tuple("👍👎😀😂🎉🚀👀🙏🔥✅❌🤔😢😮👏💯🍕🐍🌈☕🎈")  # 21 different emoji (one code point each)
+
+
 SECRET = "test-secret-" + "s" * 32  # a token secret for tests (RFC 7518 wants at least 32 bytes)
 
 

@@ -12,7 +12,9 @@ The contract (PROTOCOL.md "What a client can rely on" is the client's side of it
    gap, never reused) and the engine hands the event back through `hub.deliver` in seq order.
    `announce` puts a room event that is not stored (presence, nick) into the same stream.
    Whatever the engine hands back for a room, every process delivers in the same order.
-2. Stored before delivered: a chat event reaches `hub.deliver` only once the engine has stored
+   `amend` does the same for an edit, delete or react (protocol.AMEND_EVENTS): it takes the
+   room's next seq like a chat, and in the same write changes the chat it is about (`amended`).
+2. Stored before delivered: a chat (or edit, delete, react) event reaches `hub.deliver` only once the engine has stored
    it (committed to SQLite, written to Redis). The sender's own copy is its acknowledgement.
 3. Nothing is promised across rooms.
 4. Room rules and reserved nicks (topics, bans, mutes, modes, nicks reserved by tokens, invite
@@ -33,7 +35,7 @@ import time
 import uuid
 from typing import NamedTuple, Protocol
 
-from chatserver.protocol import fold_nick
+from chatserver.protocol import MAX_REACTIONS, MAX_REACTORS, fold_nick
 
 
 class EngineError(Exception):
@@ -138,10 +140,23 @@ class Engine(Protocol):
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Put a presence, nick or moderation event into the room's stream. Raises Unavailable."""
 
+    def amend(self, room: str, event: dict, meta: Meta) -> None:
+        """Store an edit, delete or react event (protocol.amend_event; its `seq` is filled in
+        here) with the room's next seq and, in the same write, apply it to the chat it targets
+        (`amended`: an edit sets its text, a delete removes the text of the chat and of its edits
+        from the store, a react sets the nick's reaction); then deliver it, like a chat. An event
+        whose chat was deleted meanwhile (or is gone: quotas) is stored and changes nothing; such
+        an edit is stored and delivered without its text. Raises Unavailable (nothing stored)."""
+
+    def message(self, room: str, seq: int) -> dict | None:
+        """The stored event at `seq` as a history item (a chat in its current state), or None
+        when the room has none there (never stored, pruned, forgotten). Raises Unavailable."""
+
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
-        """Stored chat events with after < seq < before, oldest first: the first `limit` when
-        `after` is given (paging forward), else the last `limit`. `max_bytes` is a hint: an
+        """Stored events with after < seq < before as history items (chats in their current
+        state, then edit, delete and react events as stored), oldest first: the first `limit`
+        when `after` is given (paging forward), else the last `limit`. `max_bytes` is a hint: an
         engine may stop reading once the texts passed it, but then returns one event more (the
         caller cuts to size and must see that there was more). Raises Unavailable."""
 
@@ -203,6 +218,46 @@ def transcript_order(chats: list, notices: list) -> list:
     order: a notice after the chat it followed and before the next one."""
     keyed = [((e["seq"], 0, 0), e) for e in chats] + [((at, 1, i), e) for i, (at, e) in enumerate(notices)]
     return [e for _key, e in sorted(keyed, key=lambda item: item[0])]
+
+
+# -- edit, delete, react: how a stored event changes the chat it targets (every engine's fold) --
+
+
+def amended(chat: dict, event: dict) -> dict:
+    """The chat (a history item: a chat event, with `edited`, `reactions` or `deleted` when it has
+    them) after `event` (edit, delete or react); `chat` itself when it changes nothing (it is
+    deleted). Pure: a client applying the same events in order ends with the same chats.
+
+    edit: `text` becomes the edit's, `edited` its ts. delete: only type, room, from, seq, ts and
+    `"deleted": true` are left. react: `event["from"]` (compared folded) is in the emoji's list
+    when `on`, else not; an emoji with nobody left goes; a new emoji past MAX_REACTIONS, or a
+    nick past MAX_REACTORS of one emoji, is not added."""
+    if chat.get("deleted"):
+        return chat
+    kind = event["type"]
+    if kind == "edit":
+        return {**chat, "text": event["text"], "edited": event["ts"]}
+    if kind == "delete":
+        return {"type": "chat", "room": chat["room"], "from": chat["from"], "seq": chat["seq"], "ts": chat["ts"],
+                "deleted": True}
+    reactions = dict(chat.get("reactions", {}))
+    emoji, folded = event["emoji"], fold_nick(event["from"])
+    nicks = [nick for nick in reactions.get(emoji, ()) if fold_nick(nick) != folded]
+    if event["on"] and (emoji in reactions or len(reactions) < MAX_REACTIONS) and len(nicks) < MAX_REACTORS:
+        nicks.append(event["from"])
+    if nicks:
+        reactions[emoji] = nicks
+    else:
+        reactions.pop(emoji, None)
+    changed = {key: value for key, value in chat.items() if key != "reactions"}
+    if reactions:
+        changed["reactions"] = reactions
+    return changed
+
+
+def without_text(event: dict) -> dict:
+    """An edit as kept once its chat is deleted (or as stored when it was deleted first): no `text`."""
+    return {key: value for key, value in event.items() if key != "text"}
 
 
 class LocalRules:

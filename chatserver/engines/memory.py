@@ -17,7 +17,16 @@ import threading
 import time
 from collections import deque
 
-from chatserver.engines.base import NOTICE_TYPES, LocalRules, Meta, Registry, new_epoch, transcript_order
+from chatserver.engines.base import (
+    NOTICE_TYPES,
+    LocalRules,
+    Meta,
+    Registry,
+    amended,
+    new_epoch,
+    transcript_order,
+    without_text,
+)
 from chatserver.protocol import chat_event, search_words
 
 EVENT_BYTES = 400  # what an event takes in memory besides its text: the dict, its seq and ts (tracemalloc)
@@ -31,8 +40,8 @@ def matches(words: list, text: str) -> bool:
 
 
 def event_bytes(event: dict) -> int:
-    """What a stored chat event takes in memory, in bytes (the estimate the byte quota counts)."""
-    return EVENT_BYTES + sys.getsizeof(event["text"])
+    """What a stored event takes in memory, in bytes (the estimate the byte quota counts)."""
+    return EVENT_BYTES + sys.getsizeof(event.get("text", ""))
 
 
 class MemoryEngine(LocalRules):
@@ -76,21 +85,57 @@ class MemoryEngine(LocalRules):
 
     def publish(self, room: str, chats: list, member: bool = True) -> None:
         with self._lock:
-            events = self._rooms.get(room)
-            if events is None:
-                events = self._rooms[room] = deque()
-                heapq.heappush(self._oldest, (float("-inf"), room))
             items = []
             for sender, text, meta in chats:
                 seq = self._seqs[room] = self._seqs.get(room, self._floor) + 1
                 event = chat_event(room, sender, text, seq)
-                events.append(event)
-                self._bytes += event_bytes(event)
-                if len(events) > self._per_room:
-                    self._bytes -= event_bytes(events.popleft())
+                self._append(room, event)
                 items.append((room, event, meta))
             self._hub.deliver(items)
             self._apply_quotas()
+
+    def amend(self, room: str, event: dict, meta: Meta) -> None:
+        """Store the edit, delete or react and apply it to its chat, in one step under `_lock`."""
+        with self._lock:
+            seq = self._seqs[room] = self._seqs.get(room, self._floor) + 1
+            event = {**event, "seq": seq}
+            events = self._rooms.get(room)
+            at = None if not events else event["target"] - events[0]["seq"]
+            chat = events[at] if at is not None and 0 <= at < len(events) else None
+            changed = chat if chat is None or chat["type"] != "chat" else amended(chat, event)
+            if changed is not chat:
+                self._replace(events, at, changed)
+                if event["type"] == "delete":  # the texts of its edits go too
+                    for i, other in enumerate(events):
+                        if other["type"] == "edit" and other["target"] == event["target"] and "text" in other:
+                            self._replace(events, i, without_text(other))
+            elif event["type"] == "edit":  # its chat is deleted or gone: the text is not kept
+                event = without_text(event)
+            self._append(room, event)
+            self._hub.deliver([(room, event, meta)])
+            self._apply_quotas()
+
+    def message(self, room: str, seq: int) -> dict | None:
+        with self._lock:
+            events = self._rooms.get(room)
+            at = None if not events else seq - events[0]["seq"]
+            return events[at] if at is not None and 0 <= at < len(events) else None
+
+    def _append(self, room: str, event: dict) -> None:
+        """Keep a new event of the room (its last `per_room`). Under `_lock`."""
+        events = self._rooms.get(room)
+        if events is None:
+            events = self._rooms[room] = deque()
+            heapq.heappush(self._oldest, (float("-inf"), room))
+        events.append(event)
+        self._bytes += event_bytes(event)
+        if len(events) > self._per_room:
+            self._bytes -= event_bytes(events.popleft())
+
+    def _replace(self, events: deque, at: int, event: dict) -> None:
+        """A kept event in its new state (an amended chat, an edit without its text). Under `_lock`."""
+        self._bytes += event_bytes(event) - event_bytes(events[at])
+        events[at] = event
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         with self._lock:
@@ -100,9 +145,11 @@ class MemoryEngine(LocalRules):
             self._hub.deliver([(room, event, meta)])
 
     def transcript(self, room: str, since: float = 0.0) -> list:
-        """The room's kept chats and moderation events from `since` (Unix time), in stream order."""
+        """The room's kept chats (in their current text; deleted ones left out) and moderation
+        events from `since` (Unix time), in stream order."""
         with self._lock:
-            chats = [e for e in self._rooms.get(room, ()) if e["ts"] >= since]
+            chats = [e for e in self._rooms.get(room, ())
+                     if e["ts"] >= since and e["type"] == "chat" and not e.get("deleted")]
             notices = [(at, e) for at, e in self._notices.get(room, ()) if e["ts"] >= since]
         return transcript_order(chats, notices)
 

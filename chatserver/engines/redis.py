@@ -6,13 +6,15 @@ call (redis_scripts.py) assigns the place, stores the event and PUBLISHes it on 
 channel, so publish order is stream order, the same on every process. Every process, the
 sender's included, delivers only what comes back on its subscription, from one listener thread.
 
-Keys of a room share a hash tag, `roomchat:{<room>}:...`: `seq` (the chat counter), `hist` (a
-stream of its chats, entry id `0-<seq>`), `log` (a stream of its other events: presence, nick,
-topic, kick, ban, mute, mode; entry id `<seq there>-<n>`, with its time), `members` and `owners`
-(who is in it, by which process and client), `joins`, `idem` (idempotency keys), `topic`,
-`ban:<nick>`, `mute:<nick>`, `mode`; channel `...:events`. A message on the channel is `<origin
-json>\\n<event json>`. `transcript_of_redis` reads a room's transcript (export) from `hist` and
-`log`.
+Keys of a room share a hash tag, `roomchat:{<room>}:...`: `seq` (the counter of its stored
+events), `hist` (a stream of its stored events: chats, edits, deletes, reactions; entry id
+`0-<seq>`), `cur` (the current state of the chats edits, deletes and reactions changed, and what
+is left of a deleted chat's edits, overriding `hist`: redis_scripts.AMEND), `log` (a stream of
+its other events: presence, nick, topic, kick, ban, mute, mode; entry id `<seq there>-<n>`, with
+its time), `members` and `owners` (who is in it, by which process and client), `joins`, `idem`
+(idempotency keys), `topic`, `ban:<nick>`, `mute:<nick>`, `mode`; channel `...:events`. A
+message on the channel is `<origin json>\\n<event json>`. `transcript_of_redis` reads a room's
+transcript (export) from `hist` and `log`.
 
 Positions. Each event has a place in its room's stream: a chat (seq, 0), another event (the
 room's seq when it happened, n + 1). The listener remembers the last place it delivered per room;
@@ -61,9 +63,10 @@ import orjson
 import redis
 
 from chatserver import protocol
-from chatserver.engines.base import EngineError, Meta, Session, Unavailable, new_epoch
+from chatserver.engines.base import EngineError, Meta, Session, Unavailable, amended, new_epoch, without_text
 from chatserver.engines.redis_quotas import RedisQuotas
 from chatserver.engines.redis_scripts import (
+    AMEND,
     ANNOUNCE,
     BEAT,
     CLAIM,
@@ -106,6 +109,7 @@ POOL_SIZE = 64  # Redis connections per process at most (the subscription holds 
 POOL_WAIT = 2.0  # seconds a thread waits for a free connection before Unavailable
 READ_TIMEOUT = 2.0  # seconds for a reply, and for the rest of a reply begun on the subscription
 SETTLE_TRIES = 3  # a write whose outcome is unknown is sent again this many times, then settled
+AMEND_TRIES = 10  # an edit, delete or react is read and tried again this often while its chat keeps changing
 DEFERRED_MAX = 100_000  # leaves and nick changes waiting for Redis at most; the oldest go first
 TAKE_POLL = 0.05  # seconds between claims while a nick's holder lets go of it
 # the call may or may not have been carried out (a RedisClusterException: a Redis Cluster's slots
@@ -166,12 +170,13 @@ class RedisEngine:
             raise EngineError(f"cannot reach Redis at {url}: {exc}") from None
         if self.sharded:  # a room's events on sharded pub/sub: only its shard carries them
             sharded = {"publish": PUBLISH.replace("'PUBLISH'", "'SPUBLISH'"),
-                       "announce": ANNOUNCE.replace("'PUBLISH'", "'SPUBLISH'")}
+                       "announce": ANNOUNCE.replace("'PUBLISH'", "'SPUBLISH'"),
+                       "amend": AMEND.replace("'PUBLISH'", "'SPUBLISH'")}
         else:
-            sharded = {"publish": PUBLISH, "announce": ANNOUNCE}
+            sharded = {"publish": PUBLISH, "announce": ANNOUNCE, "amend": AMEND}
         self._scripts = {name: self._redis.register_script(oom_ok(text) if flags and name in OOM_OK else text)
                          for name, text in (
-            ("publish", sharded["publish"]), ("announce", sharded["announce"]),
+            ("publish", sharded["publish"]), ("announce", sharded["announce"]), ("amend", sharded["amend"]),
             ("announce_oom", sharded["announce"]), ("resolve", RESOLVE),
             ("beat", BEAT), ("reap", REAP), ("claim", CLAIM), ("refresh", REFRESH),
             ("if_owner_delete", IF_OWNER_DELETE), ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE),
@@ -243,6 +248,103 @@ class RedisEngine:
                 self._wake.set()  # fenced: this process may have lost its lease
             self._hub.reject(refused, "this server is reconnecting to the others")
 
+    def amend(self, room: str, event: dict, meta: Meta) -> None:
+        """One AMEND script (redis_scripts.py): the event into `hist` with the room's next seq and
+        its chat's new state into `cur`, if `cur` still holds what was read (else read again, up
+        to AMEND_TRIES times). Raises Unavailable when nothing was stored; one it cannot settle
+        stays unanswered until the heartbeat settles it, as a chat."""
+        with self._lock:
+            last = self._last.get(room)
+        keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners"),
+                floor_key(room), room_key(room, "cur")]
+        for _attempt in range(AMEND_TRIES):
+            member, current, edits, in_hist = self._call(self._target, room, event["target"])
+            chat = current if current is not None and current["type"] == "chat" else None
+            changed = chat if chat is None else amended(chat, event)
+            stored, new, gone = event, b"", []
+            if changed is not chat:
+                new = orjson.dumps(changed)
+                if event["type"] == "delete":  # the texts of its edits go too
+                    gone = self._call(self._edits_without_text, room, edits)
+                    edits = []
+            elif event["type"] == "edit":  # its chat is deleted or gone: the text is not kept
+                stored = without_text(event)
+            body = orjson.dumps(stored)  # the script writes its seq in
+            cut = body.index(b'"seq":0') + 6
+            args = [room_key(room, "events"), self._per_room, last[0] if last else 0, self._owner(meta),
+                    event["from"], event["target"], member, int(in_hist and not member), " ".join(map(str, edits)),
+                    new, int(event["type"] == "edit" and bool(new)), body[:cut], body[cut + 1:], _origin(meta),
+                    self._key(meta), int(event["type"] == "delete" and bool(new)), *[x for pair in gone for x in pair]]
+            self._quotas.touch(room)
+            try:
+                result = self._write(self._scripts["amend"], keys, args)
+            except _Unsettled:
+                self._defer(("settle", room, meta))
+                return
+            if result[0] == -5:
+                continue  # the chat changed since it was read
+            if result[0] == -1:
+                self._history_replaced(f"{room}: Redis's seq {result[1]} is below one delivered here")
+                raise Unavailable("the chat history was reset")
+            if result[0] < 0:
+                if result[0] == -2:
+                    self._wake.set()  # fenced: this process may have lost its lease
+                self._hub.reject([(room, None, meta)], "this server is reconnecting to the others")
+            return
+        raise Unavailable("that chat kept changing; try again")
+
+    def message(self, room: str, seq: int) -> dict | None:
+        return self._call(self._target, room, seq)[1]
+
+    def _target(self, room: str, seq: int) -> tuple:
+        """The event at `seq` as it is kept: (its member in `cur` or b"", the event in its current
+        state or None, the seqs of its edits, True if it was read from `hist`). Raises REDIS_ERRORS."""
+        pipe = self._redis.pipeline(transaction=not self.sharded)
+        pipe.zrangebyscore(room_key(room, "cur"), seq, seq)
+        pipe.xrange(room_key(room, "hist"), f"0-{seq}", f"0-{seq}")
+        kept, entries = pipe.execute()
+        if kept:
+            edits, _, body = kept[0].partition(b"\n")
+            return kept[0], orjson.loads(body), [int(x) for x in edits.split()], False
+        if entries:
+            return b"", orjson.loads(entries[0][1][b"e"]), [], True
+        return b"", None, [], False
+
+    def _edits_without_text(self, room: str, seqs: list) -> list:
+        """[(seq, json of the edit without its text)] of the edits at `seqs` still in `hist`. Raises REDIS_ERRORS."""
+        if not seqs:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for seq in seqs:
+            pipe.xrange(room_key(room, "hist"), f"0-{seq}", f"0-{seq}")
+        return [(seq, orjson.dumps(without_text(orjson.loads(found[0][1][b"e"]))))
+                for seq, found in zip(seqs, pipe.execute(), strict=True) if found]
+
+    def _stored(self, room: str, low: int | None, high: int | None, count: int | None = None,
+                newest: bool = False) -> list:
+        """[(event, origin json or None)] of the stored events with low < seq < high (None: no
+        bound), oldest first, each in its current state (`cur` over `hist`): the first `count`, or
+        with `newest` the last. Raises REDIS_ERRORS."""
+        ids = ("-" if low is None else f"(0-{low}", "+" if high is None else f"(0-{high}")
+        scores = ("-inf" if low is None else f"({low}", "+inf" if high is None else f"({high}")
+        page = {} if count is None else {"start": 0, "num": count}
+        pipe = self._redis.pipeline(transaction=not self.sharded)
+        if newest:
+            pipe.xrevrange(room_key(room, "hist"), ids[1], ids[0], count=count)
+            pipe.zrevrangebyscore(room_key(room, "cur"), scores[1], scores[0], **page)
+        else:
+            pipe.xrange(room_key(room, "hist"), ids[0], ids[1], count=count)
+            pipe.zrangebyscore(room_key(room, "cur"), scores[0], scores[1], **page)
+        entries, kept = pipe.execute()
+        found = {_seq_of(entry_id): [orjson.loads(fields[b"e"]), fields[b"o"]] for entry_id, fields in entries}
+        for member in kept:
+            event = orjson.loads(member.partition(b"\n")[2])
+            found.setdefault(event["seq"], [None, None])[0] = event
+        seqs = sorted(found)
+        if count is not None:
+            seqs = seqs[-count:] if newest else seqs[:count]
+        return [found[seq] for seq in seqs]
+
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Raises Unavailable for a join or moderation event that was not put in the stream (a
         join of a banned nick: ChatError forbidden); leaves and nick changes, applied here
@@ -313,13 +415,7 @@ class RedisEngine:
 
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
-        low = "-" if after is None else f"(0-{after}"
-        high = "+" if before is None else f"(0-{before}"
-        if after is not None:
-            entries = self._call(self._redis.xrange, room_key(room, "hist"), low, high, count=limit)
-        else:
-            entries = self._call(self._redis.xrevrange, room_key(room, "hist"), high, low, count=limit)[::-1]
-        return [orjson.loads(fields[b"e"]) for _id, fields in entries]
+        return [event for event, _origin in self._call(self._stored, room, after, before, limit, after is None)]
 
     def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
                max_bytes: int | None = None) -> list:
@@ -843,12 +939,13 @@ class RedisEngine:
             if room not in self._last:
                 return []  # unsubscribed meanwhile
             last = self._last[room]
+        stored = event["type"] in protocol.STORED_EVENTS  # with a seq of its own
         if last is not None and place <= last:
-            if event["type"] == "chat":
+            if stored:
                 self._check_seq(room, last[0])
             return []  # delivered already (a catch-up got there first)
         items = []
-        if last is not None and place[0] > last[0] + (event["type"] == "chat"):
+        if last is not None and place[0] > last[0] + stored:
             items = self._fill(room, last, place)  # chats were missed before this one
         with self._lock:
             if room in self._last:
@@ -865,14 +962,14 @@ class RedisEngine:
         """Stored events after place `last` (before `upto`), as items, from the room's chats and
         log merged by place. Raises REDIS_ERRORS."""
         seq, n = last
-        high = "+" if upto is None else f"0-{upto[0]}" if upto[1] else f"(0-{upto[0]}"  # an event follows its seq
-        chats = self._redis.xrange(room_key(room, "hist"), f"(0-{seq}", high)
+        # (an event other than a stored one follows its seq: upto[1] > 0 takes that seq in)
+        chats = self._stored(room, seq, None if upto is None else upto[0] + (upto[1] > 0))
         logged = self._redis.xrange(room_key(room, "log"), f"{seq}-0" if n == 0 else f"({seq}-{n - 1}",
                                     "+" if upto is None else f"({upto[0]}-{max(upto[1] - 1, 0)}")
         items = []
-        for _id, fields in chats:
-            event = orjson.loads(fields[b"e"])
-            items.append(((event["seq"], 0), (room, event, _meta(orjson.loads(fields[b"o"]), event)[0])))
+        for event, origin in chats:  # chats in their current state, edits, deletes, reactions
+            meta = _meta(orjson.loads(origin), event)[0] if origin is not None else Meta()
+            items.append(((event["seq"], 0), (room, event, meta)))
         for entry_id, fields in logged:
             at, k = (int(x) for x in entry_id.decode().split("-"))
             place = (at, k + 1)
@@ -1049,13 +1146,17 @@ def transcript_of_redis(url: str, room: str, since: float) -> list:
     cannot be read."""
     client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
     try:
-        chats = client.xrange(room_key(room, "hist"))
+        chats = {_seq_of(entry_id): orjson.loads(f[b"e"]) for entry_id, f in client.xrange(room_key(room, "hist"))}
+        for member in client.zrange(room_key(room, "cur"), 0, -1):  # edited and deleted chats as they are now
+            event = orjson.loads(member.partition(b"\n")[2])
+            chats[event["seq"]] = event
         logged = client.xrange(room_key(room, "log"))
     except redis.RedisError as exc:
         raise EngineError(f"cannot read Redis at {url}: {exc}") from None
     finally:
         client.close()
-    items = [((e["seq"], 0), e) for e in (orjson.loads(f[b"e"]) for _id, f in chats) if e["ts"] >= since]
+    items = [((e["seq"], 0), e) for e in chats.values()
+             if e["type"] == "chat" and not e.get("deleted") and e["ts"] >= since]
     for entry_id, fields in logged:
         event, ts = orjson.loads(fields[b"e"]), int(fields.get(b"t", 0)) / 1000
         if event["type"] in MODERATION and ts >= since:
@@ -1082,6 +1183,11 @@ def _kind_of(url: str, server: dict, client) -> str:
 
 class _Unsettled(Exception):
     """A write's outcome is still unknown after SETTLE_TRIES attempts."""
+
+
+def _seq_of(entry_id: bytes) -> int:
+    """The seq of an entry of a room's `hist` (entry id `0-<seq>`)."""
+    return int(entry_id.split(b"-")[1])
 
 
 def _origin(meta: Meta) -> bytes:

@@ -12,7 +12,7 @@ age, a room quiet for longer is forgotten, and an active room loses the chats ol
 (a prefix of its `hist`, and its `log` up to the same place). A room with members on any
 process is never forgotten (FORGET checks, atomically with the deletion).
 
-Forgetting deletes the room's history and membership keys (`seq`, `hist`, `log`, `idem`,
+Forgetting deletes the room's history and membership keys (`seq`, `hist`, `cur`, `log`, `idem`,
 `members`, `owners`, `joins`); its topic, bans and mutes are rules and stay (bans and mutes
 expire). Its seqs are never given out again: FORGET raises the seq floor of the room's hash
 slot to its seq in the same call (redis_scripts.floor_key), and a room with no counter starts
@@ -120,7 +120,8 @@ class RedisQuotas:
         """Forget the room if nobody is in it and its seq is still `seq` (its slot's floor raised
         to it); True if it was."""
         keys = [room_key(room, part) for part in ("seq", "hist", "log", "idem", "members", "owners", "joins", "ver")]
-        return bool(scripts["forget"](keys=[*keys, floor_key(room)], args=[seq if seq is not None else b"0"]))
+        return bool(scripts["forget"](keys=[*keys, floor_key(room), room_key(room, "cur")],
+                                      args=[seq if seq is not None else b"0"]))
 
     def _trim_older(self, redis, rooms: list, cutoff: float) -> None:
         """Delete each room's chats stored before `cutoff` (seconds), a prefix of its history, and
@@ -136,6 +137,7 @@ class RedisQuotas:
             if keep is None:  # all of these are old; the next pass goes on
                 keep = _seq(entries[-1][0]) + 1
             redis.xtrim(room_key(room, "hist"), minid=f"0-{keep}")
+            redis.zremrangebyscore(room_key(room, "cur"), "-inf", f"({keep}")  # edited chats' states
             redis.xtrim(room_key(room, "log"), minid=f"{keep - 1}-0")
 
 

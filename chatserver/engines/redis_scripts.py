@@ -91,6 +91,55 @@ for i = 0, n - 1 do
 end
 """ + _TRIM + "return out\n"
 
+# Edit, delete and react (engines/redis.py `amend`). The event goes into `hist` like a chat; the
+# state of the chat it changes is kept in `cur`, a sorted set (score: a seq; member: "<the seqs of
+# its edits, space-separated>\n<history item json>"), which overrides `hist` when read; a delete
+# takes the chat and its edits out of `hist` (XDEL) and keeps in `cur` what is left of them. The
+# caller computed the new state from `cur` and `hist` as it read them (its fold, in Python):
+# written only if `cur` still holds what it read (compare and set), else -5 and it reads again.
+# KEYS: seq, hist, idem, owners, the slot's seq floor, cur. ARGV: 1 channel, 2 maxlen, 3 lowest seq
+# delivered here, 4 owner, 5 sender nick, 6 target seq, 7 the target's member as read ('' none),
+# 8 '1' if the target was read from `hist` (it must still be there), 9 its edits as they will be,
+# 10 its new json ('' unchanged), 11 '1' to add this event's seq to its edits (an edit), 12 event
+# json up to its seq, 13 the rest, 14 origin json, 15 key, 16 '1' to take the target out of `hist`,
+# then pairs (seq, json) of events to take out of `hist` and keep in `cur` as given (a delete's edits).
+# Returns {1, seq} | {0} written already | {-3} cancelled | {-2} fenced | {-1, counter} | {-5} changed meanwhile.
+AMEND = _NOW + """
+local key, target = ARGV[15], ARGV[6]
+local done = redis.call('ZSCORE', KEYS[3], key)
+if done then return {tonumber(done) < 0 and -3 or 0} end
+if redis.call('HGET', KEYS[4], ARGV[5]) ~= ARGV[4] then return {-2} end
+local cur = tonumber(redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[5]) or '0')
+if cur < tonumber(ARGV[3]) then return {-1, cur} end
+local have = redis.call('ZRANGEBYSCORE', KEYS[6], target, target)[1] or ''
+if have ~= ARGV[7] then return {-5} end
+if ARGV[8] == '1' and #redis.call('XRANGE', KEYS[2], '0-' .. target, '0-' .. target) == 0 then return {-5} end
+cur = cur + 1
+local seq = cur
+redis.call('SET', KEYS[1], seq)
+local event = ARGV[12] .. seq .. ARGV[13]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', event, 'o', ARGV[14])
+if ARGV[10] ~= '' then
+  local edits = ARGV[9]
+  if ARGV[11] == '1' then edits = (edits == '' and '' or edits .. ' ') .. seq end
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], target, target)
+  redis.call('ZADD', KEYS[6], target, edits .. '\\n' .. ARGV[10])
+end
+if ARGV[16] == '1' then redis.call('XDEL', KEYS[2], '0-' .. target) end
+for i = 17, #ARGV, 2 do
+  redis.call('XDEL', KEYS[2], '0-' .. ARGV[i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], ARGV[i], ARGV[i])
+  redis.call('ZADD', KEYS[6], ARGV[i], '\\n' .. ARGV[i + 1])
+end
+-- what `cur` keeps of events older than the room's window (and than `hist`'s first) goes
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+local below = seq - tonumber(ARGV[2]) + 1
+if first then below = math.min(below, tonumber(string.sub(first[1], 3))) end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. below)
+redis.call('PUBLISH', ARGV[1], ARGV[14] .. '\\n' .. event)
+redis.call('ZADD', KEYS[3], now, key)
+""" + _TRIM + "return {1, seq}\n"
+
 # KEYS: seq, log (stream of room events other than chats, id <at>-<k>), idem, members (zset nick
 # -> join order), owners (hash nick -> owner), joins (counter), ban key of `nick`, the room's
 # slot's seq floor, ver (the room's membership version); then, on one Redis only (not a cluster:
@@ -247,7 +296,7 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return tonumber(redis.call('GET', KEYS[2]) or '0')
 """
 
-# KEYS: a room's seq, hist, log, idem, members, owners, joins, ver, its slot's seq floor. ARGV:
+# KEYS: a room's seq, hist, log, idem, members, owners, joins, ver, its slot's seq floor, cur. ARGV:
 # its seq as read. If nobody is in the room and nothing was written since, raises the floor to
 # its seq and deletes its history and membership keys: 1, else 0. (Its topic, bans and mutes are
 # rules, not history: they stay; bans and mutes expire.)
@@ -255,7 +304,7 @@ FORGET = """
 if redis.call('ZCARD', KEYS[5]) > 0 then return 0 end
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
 if tonumber(redis.call('GET', KEYS[9]) or '0') < tonumber(ARGV[1]) then redis.call('SET', KEYS[9], ARGV[1]) end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[10])
 return 1
 """
 

@@ -23,10 +23,12 @@ from collections import deque
 import orjson
 
 from chatserver.engines import sqlite_search
-from chatserver.engines.base import NOTICE_TYPES, LocalRules, Unavailable
+from chatserver.engines.base import NOTICE_TYPES, LocalRules, Unavailable, amended, without_text
 from chatserver.engines.sqlite_file import (
     BUSY_TIMEOUT,
+    CLEAR_EDITS,
     DELETE_RULE,
+    INSERT_AMEND,
     INSERT_EVENT,
     INSERT_NOTICE,
     PRUNE_NOTICES,
@@ -34,10 +36,14 @@ from chatserver.engines.sqlite_file import (
     READ_BACK,
     READ_FORWARD,
     READ_RULES,
+    READ_TARGET,
     SAVE_RULE,
     SET_LAST_SEQ,
+    UPDATE_CHAT,
     StoreError,
+    chat_data,
     connect,
+    history_item,
     open_history,
     read_transcript,
 )
@@ -171,6 +177,21 @@ class SqliteEngine(LocalRules):
                 seq = self._seqs[room] = self._seqs.get(room, self._floor) + 1
                 self._queue.put((room, chat_event(room, sender, text, seq), meta))
 
+    def amend(self, room: str, event: dict, meta) -> None:
+        """Assign the seq and queue the edit, delete or react for the writer, in order with the
+        chats (the writer applies it to its chat in the same commit: `_amend`). Raises
+        Unavailable once the engine is closing."""
+        with self._lock:
+            if self._closing:
+                raise Unavailable("the server is shutting down")
+            seq = self._seqs[room] = self._seqs.get(room, self._floor) + 1
+            self._queue.put((room, {**event, "seq": seq}, meta))
+
+    def message(self, room: str, seq: int) -> dict | None:
+        """The committed event at `seq` (within the room's last `per_room`), or None. Raises Unavailable."""
+        found = self.read(room, after=seq - 1, before=seq + 1, limit=1)
+        return found[0] if found else None
+
     def announce(self, room: str, event: dict, meta) -> None:
         """Deliver at once; a moderation event (NOTICE_TYPES) is first written to `notices`, for
         transcripts, after the last committed chat (own short connection, like a rule). Raises
@@ -220,7 +241,7 @@ class SqliteEngine(LocalRules):
         rows = self._rows(READ_BACK if after is None else READ_FORWARD, params, max_bytes, f"history read for {room}")
         if after is None:
             rows.reverse()
-        return [chat_event(room, sender, text, seq, ts) for seq, sender, text, ts in rows]
+        return [history_item(room, *row) for row in rows]
 
     def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
                max_bytes: int | None = None) -> list:
@@ -230,7 +251,7 @@ class SqliteEngine(LocalRules):
         params = (sqlite_search.match_expression(room, words), room, MAX_SEQ if before is None else before, MAX_SEQ,
                   room, self._per_room, limit)
         rows = self._rows(sqlite_search.QUERY, params, max_bytes, f"search in {room}")
-        return [chat_event(room, sender, text, seq, ts) for seq, sender, text, ts in rows]
+        return [history_item(room, *row) for row in rows]  # in their current state (edited, reactions)
 
     def _rows(self, statement: str, params: tuple, max_bytes: int | None, what: str) -> list:
         """The rows of a read on a pooled connection (`_take`); `what` names it in the log.
@@ -317,7 +338,6 @@ class SqliteEngine(LocalRules):
         """Insert the batch in one transaction. A failure (disk full, a foreign lock) is retried
         with backoff for `fail_after` seconds (once only while already failing); then the batch
         and everything queued behind it are refused (`_give_up`). False if not committed."""
-        rows = [(e["room"], e["seq"], e["from"], e["text"], e["ts"]) for _room, e, _meta in batch]
         last = {e["room"]: e["seq"] for _room, e, _meta in batch}
         delay = 0.05
         give_up_at = time.monotonic() + (0 if self._failing else self._fail_after)
@@ -325,9 +345,10 @@ class SqliteEngine(LocalRules):
             started = time.perf_counter()
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(INSERT_EVENT, rows)
+                written = self._insert(batch)
                 self._conn.executemany(SET_LAST_SEQ, last.items())
                 self._conn.execute("COMMIT")
+                batch[:] = written
                 self._metrics.committed(len(batch), started)
                 self.commits += 1
                 self.committed += len(batch)
@@ -345,6 +366,46 @@ class SqliteEngine(LocalRules):
                 log.error("cannot store %d chat events, retrying in %.2f s: %s", len(batch), delay, exc)
                 time.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX_DELAY)
+
+    def _insert(self, batch: list) -> list:
+        """Write the batch's events in order (inside the writer's transaction); the items to
+        deliver (an edit of a deleted chat goes without its text). Raises sqlite3.Error."""
+        if all(event["type"] == "chat" for _room, event, _meta in batch):  # the usual batch: chats only
+            self._conn.executemany(INSERT_EVENT, [(e["room"], e["seq"], e["from"], e["text"], e["ts"])
+                                                  for _room, e, _meta in batch])
+            return batch
+        written, chats = [], []
+        for room, event, meta in batch:
+            if event["type"] == "chat":
+                chats.append((room, event["seq"], event["from"], event["text"], event["ts"]))
+                written.append((room, event, meta))
+                continue
+            if chats:  # the chats before it first: it may be about one of them
+                self._conn.executemany(INSERT_EVENT, chats)
+                chats = []
+            written.append((room, self._amend(room, event), meta))
+        if chats:
+            self._conn.executemany(INSERT_EVENT, chats)
+        return written
+
+    def _amend(self, room: str, event: dict) -> dict:
+        """Store an edit, delete or react and change its chat's row (`text`: the current text, ''
+        once deleted; `data`: edited, reactions, deleted); a delete also empties the texts of the
+        chat's edits. Returns the event as stored. Writer thread, in its transaction. Raises sqlite3.Error."""
+        target = event["target"]
+        row = self._conn.execute(READ_TARGET, (room, target)).fetchone()
+        chat = None if row is None else history_item(room, target, row[0], row[1], row[2], "chat", None, row[3])
+        changed = chat if chat is None else amended(chat, event)
+        if changed is not chat:
+            self._conn.execute(UPDATE_CHAT, (changed.get("text", ""), chat_data(changed), room, target))
+            if event["type"] == "delete":
+                self._conn.execute(CLEAR_EDITS, (room, target))
+        elif event["type"] == "edit":  # its chat is deleted or gone: the text is not kept
+            event = without_text(event)
+        data = orjson.dumps({"emoji": event["emoji"], "on": event["on"]}).decode() if event["type"] == "react" else None
+        self._conn.execute(INSERT_AMEND, (room, event["seq"], event["from"], event.get("text", ""), event["ts"],
+                                          event["type"], target, data))
+        return event
 
     def _give_up(self, batch: list, reason: str) -> None:
         """Refuse the batch and everything queued: rewind seqs to the committed ones, so the next
@@ -465,8 +526,8 @@ class SqliteEngine(LocalRules):
 
 
 def _text_bytes(event: dict) -> int:
-    """What a chat event's text takes in the file, in bytes (UTF-8)."""
-    return len(event["text"].encode())
+    """What a stored event's text takes in the file, in bytes (UTF-8)."""
+    return len(event.get("text", "").encode())
 
 
 def _take(cursor, max_bytes: int | None) -> list:

@@ -2,8 +2,10 @@
 
 One file holds a roomchat history: `meta` (epoch; `seq_floor`, see engines/sqlite_quotas.py), `rooms`
 (the highest seq ever stored per room, which outlives pruning, so seqs are never reused),
-`events`, with an index by time for the quotas' oldest-first pruning and a search index kept by
-triggers (engines/sqlite_search.py: `search_ids`, `search`), `rules` (topics, bans,
+`events` (chats in their current state, and the edit, delete and react events: `kind`, `target`,
+`data`), with an index by time for the quotas' oldest-first pruning, one by target for a
+delete's edits and a search index of the chats kept by triggers (engines/sqlite_search.py:
+`search_ids`, `search`), `rules` (topics, bans,
 mutes, modes, invite uses and nicks reserved by tokens: engine.LocalRules's rows; expired ones are
 deleted at start), and `notices`: the moderation events (topic, kick, ban, mute, mode) kept for
 transcripts, each placed after the chat seq it followed (`after_seq`), with no seq of its own.
@@ -16,8 +18,11 @@ import os
 import sqlite3
 import time
 
+import orjson
+
 from chatserver.engines import sqlite_search
 from chatserver.engines.base import EngineError, new_epoch
+from chatserver.protocol import amend_event, chat_event
 
 
 class StoreError(EngineError):
@@ -51,6 +56,9 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts)",
 )
 EVENT_COLUMNS = ("kind TEXT NOT NULL DEFAULT 'chat'", "target INTEGER", "data TEXT")  # added in schema 3
+# The edits of a chat, found when it is deleted (their texts go too); only rows with a target are in it.
+# Made after EVENT_COLUMNS are there; older roomchats ignore it.
+EVENTS_BY_TARGET = "CREATE INDEX IF NOT EXISTS events_by_target ON events (room, target) WHERE target IS NOT NULL"
 SAVE_RULE = (
     "INSERT INTO rules (scope, kind, key, value, until) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (scope, kind, key) DO UPDATE SET value = excluded.value, until = excluded.until"
@@ -58,6 +66,11 @@ SAVE_RULE = (
 DELETE_RULE = "DELETE FROM rules WHERE scope = ? AND kind = ? AND key = ?"
 READ_RULES = "SELECT scope, kind, key, value, until FROM rules"
 INSERT_EVENT = "INSERT INTO events (room, seq, sender, text, ts) VALUES (?, ?, ?, ?, ?)"
+# Edit, delete and react (engines/sqlite.py `_amend`): the event's row, and the chat it changes.
+INSERT_AMEND = "INSERT INTO events (room, seq, sender, text, ts, kind, target, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+READ_TARGET = "SELECT sender, text, ts, data FROM events WHERE room = ? AND seq = ? AND kind = 'chat'"
+UPDATE_CHAT = "UPDATE events SET text = ?, data = ? WHERE room = ? AND seq = ?"
+CLEAR_EDITS = "UPDATE events SET text = '' WHERE room = ? AND target = ? AND kind = 'edit'"
 SET_LAST_SEQ = (
     "INSERT INTO rooms (room, last_seq) VALUES (?, ?)"
     " ON CONFLICT (room) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
@@ -66,12 +79,16 @@ INSERT_NOTICE = "INSERT INTO notices (room, after_seq, ts, event) VALUES (?, ?, 
 # A room's notices go with the chats they followed (in the same retention pass).
 PRUNE_NOTICES = "DELETE FROM notices WHERE room = ? AND after_seq <= (SELECT last_seq FROM rooms WHERE room = ?) - ?"
 TRANSCRIPT_CHATS = "SELECT seq, sender, text, ts FROM events WHERE room = ? AND ts >= ? ORDER BY seq"
+# From schema 3: chats only, in their current text; deleted ones (text '') are gone.
+TRANSCRIPT_CHATS_3 = ("SELECT seq, sender, text, ts FROM events WHERE room = ? AND ts >= ? AND kind = 'chat'"
+                      " AND text != '' ORDER BY seq")
 TRANSCRIPT_NOTICES = "SELECT after_seq, ts, event FROM notices WHERE room = ? AND ts >= ? ORDER BY rowid"
 PRUNE_ROOM = "DELETE FROM events WHERE room = ? AND seq <= (SELECT last_seq FROM rooms WHERE room = ?) - ?"
 # Reads apply the retention window themselves, so pruning can lag behind without showing.
 _WINDOW = "room = ? AND seq > max(?, ifnull((SELECT last_seq FROM rooms WHERE room = ?), 0) - ?) AND seq < ?"
-READ_FORWARD = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER BY seq LIMIT ?"
-READ_BACK = f"SELECT seq, sender, text, ts FROM events WHERE {_WINDOW} ORDER BY seq DESC LIMIT ?"
+_COLUMNS = "seq, sender, text, ts, kind, target, data"  # what history_item() takes
+READ_FORWARD = f"SELECT {_COLUMNS} FROM events WHERE {_WINDOW} ORDER BY seq LIMIT ?"
+READ_BACK = f"SELECT {_COLUMNS} FROM events WHERE {_WINDOW} ORDER BY seq DESC LIMIT ?"
 
 
 def open_history(path: str, synchronous: str, busy_timeout: float, wal_keep: int) -> tuple:
@@ -100,6 +117,9 @@ def open_history(path: str, synchronous: str, busy_timeout: float, wal_keep: int
         if mode.lower() != "wal":
             raise StoreError(f"cannot switch {where} to WAL mode (journal_mode is {mode})")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # A deleted chat's text (and a pruned event's) is overwritten in the page it leaves, not
+        # left in free space: FAST does it where that costs no extra I/O (SQLite 3.20+).
+        conn.execute("PRAGMA secure_delete = FAST")
         conn.execute("BEGIN IMMEDIATE")  # fails fast when another process holds the write lock
         epoch = _prepare(conn, where)
         conn.execute("COMMIT")
@@ -135,6 +155,7 @@ def _prepare(conn: sqlite3.Connection, where: str) -> str:
     for column in EVENT_COLUMNS:
         if column.split()[0] not in have:  # a schema 1 or 2 file: its rows are all chats
             conn.execute(f"ALTER TABLE events ADD COLUMN {column}")
+    conn.execute(EVENTS_BY_TARGET)
     sqlite_search.prepare(conn)  # the search index and its triggers (built now for an older file)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -143,13 +164,35 @@ def _prepare(conn: sqlite3.Connection, where: str) -> str:
     conn.execute("DELETE FROM rules WHERE until <= ?", (time.time(),))
     return conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
 
+def history_item(room: str, seq: int, sender: str, text: str, ts: float, kind: str, target: int | None,
+                 data: str | None) -> dict:
+    """One `events` row (`_COLUMNS`) as a history item: a chat in its current state (`data`:
+    its `edited`, `reactions` or `deleted`), or an edit (no text once its chat is deleted: ''),
+    delete or react (`data`: its `emoji` and `on`) event."""
+    extra = orjson.loads(data) if data else {}
+    if kind == "chat":
+        if extra.get("deleted"):
+            return {"type": "chat", "room": room, "from": sender, "seq": seq, "ts": ts, "deleted": True}
+        return {**chat_event(room, sender, text, seq, ts), **extra}
+    fields = {"text": text} if kind == "edit" and text else extra
+    return amend_event(kind, room, target, sender, seq, ts, **fields)
+
+
+def chat_data(chat: dict) -> str | None:
+    """What the `data` column keeps of a chat's state (history_item's inverse), or None."""
+    kept = {key: chat[key] for key in ("edited", "reactions", "deleted") if key in chat}
+    return orjson.dumps(kept).decode() if kept else None
+
+
 def read_transcript(conn: sqlite3.Connection, room: str, since: float) -> list:
     """The room's stored chats and moderation events from `since` (Unix time), in stream order
     (a file without `notices`, written by an older roomchat, gives its chats). Raises sqlite3.Error."""
     from chatserver.engines.base import transcript_order
 
+    kinds = any(row[1] == "kind" for row in conn.execute("PRAGMA table_info(events)"))
+    query = TRANSCRIPT_CHATS_3 if kinds else TRANSCRIPT_CHATS
     chats = [{"type": "chat", "room": room, "from": sender, "text": text, "seq": seq, "ts": ts}
-             for seq, sender, text, ts in conn.execute(TRANSCRIPT_CHATS, (room, since))]
+             for seq, sender, text, ts in conn.execute(query, (room, since))]
     has_notices = conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'notices'").fetchone()
     rows = conn.execute(TRANSCRIPT_NOTICES, (room, since)) if has_notices else ()
     notices = [(at, {**json.loads(event), "ts": ts}) for at, ts, event in rows]

@@ -68,7 +68,8 @@ BACKFILL_WORDS = (f"INSERT INTO search (rowid, room, text) SELECT i.id, {_TOKEN.
 # per id), newest first by rowid, so LIMIT stops it early: a room's ids rise with its seqs (its
 # chats are inserted in seq order, and `prepare` numbers an older file's chats in seq order),
 # so "seq < before" is "rowid below the id of the first chat at or after `before`".
-QUERY = ("SELECT i.seq, e.sender, e.text, e.ts FROM search f CROSS JOIN search_ids i ON i.id = f.rowid"
+QUERY = ("SELECT i.seq, e.sender, e.text, e.ts, e.kind, e.target, e.data"  # sqlite_file.history_item's columns
+         " FROM search f CROSS JOIN search_ids i ON i.id = f.rowid"
          " CROSS JOIN events e ON e.room = i.room AND e.seq = i.seq"
          " WHERE search MATCH ?"
          " AND f.rowid < ifnull((SELECT id FROM search_ids WHERE room = ? AND seq >= ? ORDER BY seq LIMIT 1), ?)"

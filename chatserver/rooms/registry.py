@@ -57,7 +57,7 @@ from chatserver.errors import ChatError
 from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics
 from chatserver.protocol import CloseCode, fold_nick
-from chatserver.rooms import budgets, moderation, posts
+from chatserver.rooms import budgets, edits, moderation, posts
 from chatserver.rooms.client import Client
 from chatserver.rooms.identity import Identities
 from chatserver.rooms.moderation import Moderation, removes_member
@@ -128,8 +128,11 @@ class Registry:
     method each (the handlers call them); and delivery of each room's stream to its members.
     See the module docstring."""
 
-    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None):
-        """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits()."""
+    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None,
+                 edit_window: float = protocol.EDIT_WINDOW):
+        """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits();
+        `edit_window`: seconds a chat may be edited or deleted by its author (rooms/edits.py)."""
+        self._edit_window = edit_window
         self.metrics = metrics or Metrics()  # engines count into it too (metrics.of)
         self._engine = engine
         self._limits = limits
@@ -341,7 +344,7 @@ class Registry:
         """Book a delivered event against its sender's pending writes: the `id` its own copy
         carries, or None (no copy of its own, no id, or answered already: `unavailable`)."""
         assert self._lock.locked()
-        if event["type"] == "chat":
+        if event["type"] in protocol.STORED_EVENTS:
             self._seqs[name] = event["seq"]
         if not (event["type"] == "chat" or meta.echo) or sender is None:
             return None
@@ -981,6 +984,36 @@ class Registry:
             raise unavailable(exc) from None
         if not echo:
             self.reply(client, protocol.with_id(event, reply_id))
+
+    def amend(self, client: Client, kind: str, name: str, target: int, reply_id=None, **fields) -> None:
+        """An edit, delete or react (`kind`) of the chat at seq `target` of room `name`, with the
+        edit's `text` or the react's `emoji` (rooms/edits.py has the rules): stored with the room's
+        next seq and answered at its place in the stream, like a chat. Raises ChatError
+        not_in_room, no_such_message, forbidden, too_late, moderated, too_many_reactions, unavailable."""
+        with self._lock:
+            if client.id not in self._clients:
+                return  # gone meanwhile
+            if name not in client.rooms:
+                raise ChatError("not_in_room", f"Join {name!r} before changing its chats.")
+            nick, identity = client.nick, client.identity
+        rule = self._refusal(self._moderation.chat_rule, client, name)
+        if isinstance(rule, ChatError) and rule.code == "unavailable":
+            raise rule
+        chat = self._ask_engine(lambda: self._engine.message(name, target))
+        operator = self._moderation.is_operator(identity, name)
+        event = edits.check(kind, name, target, chat, nick, rule, operator, self._edit_window, **fields)
+        key = self._new_key()
+        with self._lock:
+            if name not in client.rooms:  # kicked meanwhile
+                raise ChatError("not_in_room", f"You are no longer in {name!r}.")
+            client.pending.add(key)
+        try:
+            self._engine.amend(name, event, Meta((self.process_id, client.id), reply_id, echo=True, key=key))
+        except Unavailable as exc:
+            with self._lock:
+                client.pending.discard(key)
+                self._settled.notify_all()
+            raise unavailable(exc) from None
 
     # -- helpers (lock not held) ---------------------------------------------------------------
 

@@ -25,38 +25,42 @@ def store(redis_server):
 
 def test_quiet_rooms_past_the_room_quota_are_forgotten_and_their_seqs_go_on(redis_server, store, spawn, peers):
     """With --history-max-rooms 1, the quieter of two rooms nobody is in loses every key but its
-    rules; a room with a member is kept; the forgotten room's next chat takes a seq above its old
-    ones, and a client resuming it after its last seq gets nothing twice."""
+    rules (its edited chats' states too); a room with a member is kept; the forgotten room's next
+    chat takes a seq above its old ones, and a client resuming it after its last seq gets nothing
+    twice."""
     server = spawn("--redis", redis_server.url, *FAST_BEAT, "--history-max-rooms", "1")
     talker = peers(server.url)
     talker.join("old")
     talker.send(type="topic", room="old", topic="kept")
     assert [e["seq"] for e in talker.chat_all("old", ["a", "b", "c"])] == [1, 2, 3]
+    assert talker.request(type="edit", room="old", seq=1, text="a!")["seq"] == 4  # its state in `cur`
     talker.request(type="leave", room="old")
     talker.join("new")
     talker.chat_all("new", ["x"])
     wait_for(lambda: not room_keys(store, "old"), timeout=15)
     assert store.xlen("roomchat:{new}:hist") == 1  # someone is in it: kept
     other = peers(server.url)
-    assert other.join("old", after=3)["history"] == []
-    assert [e["seq"] for e in other.chat_all("old", ["d"])] == [4]
+    assert other.join("old", after=4)["history"] == []
+    assert [e["seq"] for e in other.chat_all("old", ["d"])] == [5]
     assert talker.request(type="history", room="new")["messages"][0]["text"] == "x"
 
 
 def test_chats_past_the_age_quota_go_and_a_quiet_room_is_forgotten(redis_server, store, spawn, peers):
-    """With --history-max-age 1, a room's chats older than a second are deleted while its member
-    stays (the room is kept); once it is quiet and empty it is forgotten, and its seqs go on."""
+    """With --history-max-age 1, a room's events older than a second (and the states of the chats
+    reactions changed) are deleted while its member stays (the room is kept); once it is quiet
+    and empty it is forgotten, and its seqs go on."""
     server = spawn("--redis", redis_server.url, *FAST_BEAT, "--history-max-age", "1")
     talker = peers(server.url)
     talker.join("r")
     assert [e["seq"] for e in talker.chat_all("r", ["a", "b", "c"])] == [1, 2, 3]
-    wait_for(lambda: store.xlen("roomchat:{r}:hist") == 0, timeout=15)
+    assert talker.request(type="react", room="r", seq=1, emoji="👍")["seq"] == 4  # its state in `cur`
+    wait_for(lambda: store.xlen("roomchat:{r}:hist") == 0 and not store.exists("roomchat:{r}:cur"), timeout=15)
     assert store.exists("roomchat:{r}:members")
-    assert [e["seq"] for e in talker.chat_all("r", ["d"])] == [4]
+    assert [e["seq"] for e in talker.chat_all("r", ["d"])] == [5]
     talker.request(type="leave", room="r")
     wait_for(lambda: not room_keys(store, "r"), timeout=15)
     talker.join("r")
-    assert [e["seq"] for e in talker.chat_all("r", ["e"])] == [5]
+    assert [e["seq"] for e in talker.chat_all("r", ["e"])] == [6]
 
 
 def test_past_the_byte_quota_the_quietest_rooms_are_forgotten(redis_server, store, spawn, peers):

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from chatclient.schema import problems, validator
-from tests.helpers import ROOT, SECRET, Peer, closing_all, token, with_token
+from tests.helpers import EMOJI, ROOT, SECRET, Peer, closing_all, token, with_token
 
 PROTOCOL = ROOT / "PROTOCOL.md"
 # Placeholders PROTOCOL.md writes in place of values, and a value of the right type for each.
@@ -145,6 +145,25 @@ def test_scripted_session_matches_schema(make_server, recording_peers):
     f.recv_type("mode")
     f.request(type="chat", room="quiet", text="first")
     errors.append(f.request(type="chat", room="quiet", text="second"))  # slow_mode
+    a.request(type="edit", room="lobby", seq=1, text="hello, all")  # alice's "hello", seq 1
+    a.request(type="react", room="lobby", seq=1, emoji="👍")
+    a.request(type="delete", room="lobby", seq=1)
+    # edit, delete and react refused: on a server of their own with no edit window and fast rates
+    quick = make_server(edit_window=0, rate_burst=1000, rate_per_second=1000)
+    g, h = (recording_peers(quick.url, sent, received) for _ in range(2))
+    g.join("edits")
+    h.join("edits")
+    g.recv_type("presence")
+    seq = g.request(type="chat", room="edits", text="typo")["seq"]
+    h.recv_type("chat")
+    errors += [g.request(type="edit", room="edits", seq=seq, text="fixed"),  # too_late: the window is 0
+               h.request(type="edit", room="edits", seq=seq, text="mine now"),  # forbidden
+               h.request(type="delete", room="edits", seq=seq + 100)]  # no_such_message
+    for emoji in EMOJI[:20]:
+        h.request(type="react", room="edits", seq=seq, emoji=emoji)
+        g.recv_type("react")
+    errors.append(h.request(type="react", room="edits", seq=seq, emoji=EMOJI[20]))  # too_many_reactions
+    g.join("edits", after=0)  # a chat with 20 reactions, and the react events, as history items
     assert [e["type"] for e in errors[:10]] == ["error"] * 10, errors[:10]
     codes = {e["code"] for e in errors if e["type"] == "error"}
     # `unavailable` needs a failing store or Redis: test_durability and test_redis check its shape;

@@ -10,6 +10,7 @@ from chatserver.config import Config
 from chatserver.engines.base import Meta, Unavailable
 from chatserver.engines.memory import MemoryEngine
 from chatserver.engines.sqlite import SqliteEngine, open_engine
+from chatserver.protocol import amend_event
 from tests.helpers import RecordingHub, chat, seqs, started, wait_for, write  # noqa: F401
 
 KINDS = ["memory", "sqlite"]
@@ -271,3 +272,52 @@ def test_open_engine_picks_the_engine_from_config(tmp_path):
 def test_default_db_is_roomchat_db():
     """The default history is the file roomchat.db in the working directory."""
     assert Config().db == "roomchat.db"
+
+
+# -- edit, delete and react (engine.amend) ---------------------------------------------------------
+
+
+def amend(store, *events) -> list:
+    """engine.amend each event (protocol.amend_event) in order; wait until all are delivered; return them."""
+    before = len(store.hub.delivered())
+    for event in events:
+        store.amend(event["room"], event, Meta())
+    store.hub.wait(before + len(events))
+    return store.hub.delivered()[before:]
+
+
+def test_amend_takes_the_next_seq_and_changes_its_chat(make_store):
+    """An edit, a react and a delete each take the room's next seq, in order with the chats, and
+    change the chat they target; read gives the chat as it is now, then the events as stored."""
+    store = make_store()
+    write(store, [chat("lobby", 1, "helo"), chat("lobby", 2, "bye")])
+    edit, react, delete = amend(store, amend_event("edit", "lobby", 1, "ann", text="hello"),
+                                amend_event("react", "lobby", 1, "bob", emoji="👍", on=True),
+                                amend_event("delete", "lobby", 2, "ann"))
+    assert seqs([edit, react, delete]) == [3, 4, 5]
+    assert write(store, [chat("lobby", 6)])[0]["seq"] == 6
+    first, second, *rest = store.read("lobby")
+    assert (first["text"], first["edited"], first["reactions"]) == ("hello", edit["ts"], {"👍": ["bob"]})
+    assert second == {"type": "chat", "room": "lobby", "from": "ann", "seq": 2, "ts": second["ts"], "deleted": True}
+    assert rest[:3] == [edit, react, delete]
+    assert store.message("lobby", 1) == first and store.message("lobby", 9) is None
+
+
+def test_an_edit_stored_after_a_delete_changes_nothing_and_keeps_no_text(make_store):
+    """The race the rules cannot rule out: an edit of a chat deleted before it was stored is
+    delivered and kept without its text, and the chat stays deleted."""
+    store = make_store()
+    write(store, [chat("lobby", 1, "secret")])
+    _delete, edit = amend(store, amend_event("delete", "lobby", 1, "ann"),
+                          amend_event("edit", "lobby", 1, "ann", text="secret again"))
+    assert "text" not in edit
+    assert store.read("lobby")[0]["deleted"] is True
+    assert all("secret" not in str(event) for event in store.read("lobby"))
+
+
+def test_amend_of_a_chat_that_is_gone_is_stored_without_effect(make_store):
+    """An event whose target is no longer kept (per_room) is stored with its seq and changes nothing."""
+    store = make_store(per_room=2)
+    write(store, [chat("lobby", 1), chat("lobby", 2), chat("lobby", 3)])
+    (react,) = amend(store, amend_event("react", "lobby", 1, "bob", emoji="👍", on=True))
+    assert react["seq"] == 4 and [e["seq"] for e in store.read("lobby")] == [3, 4]

@@ -40,7 +40,7 @@ def test_event_with_extra_keys_is_valid():
                "limits": {"max_message_bytes": 1, "max_text_chars": 1, "max_rooms": 1, "rate_burst": 1,
                           "rate_per_second": 0.5, "max_reply_bytes": 262144}}
     assert problems(validator("events"), welcome) == []
-    assert problems(validator("events"), {**CHAT, "edited": False}) == []
+    assert problems(validator("events"), {**CHAT, "pinned": False}) == []
 
 
 def test_unknown_types_and_error_codes_are_refused():

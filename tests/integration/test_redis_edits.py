@@ -1,0 +1,123 @@
+"""Edit, delete and react with several roomchat processes on Redis (one redis-server, and a Redis
+Cluster): real redis-server and roomchat processes started by the test."""
+
+import threading
+
+import pytest
+import redis
+
+from tests.helpers import EMOJI
+from tests.integration.test_edits import ask, play
+from tests.services import RedisCluster
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def seated(urls: list, peers, nicks: list) -> list:
+    """One peer per (url, nick), all in room lobby, every presence read."""
+    people = []
+    for url, nick in zip(urls, nicks, strict=True):
+        peer = peers(url)
+        peer.set_nick(nick)
+        peer.join("lobby")
+        for earlier in people:
+            earlier.recv_type("presence")
+        people.append(peer)
+    return people
+
+
+def stored_text(url: str) -> bytes:
+    """Everything Redis keeps of room lobby's history (its stream and its chats' states), as bytes."""
+    client = redis.Redis.from_url(url)
+    try:
+        hist = client.xrange("roomchat:{lobby}:hist")
+        kept = client.zrange("roomchat:{lobby}:cur", 0, -1)
+    finally:
+        client.close()
+    return b"".join(fields[b"e"] for _id, fields in hist) + b"".join(kept)
+
+
+def test_an_edit_on_one_process_reaches_members_on_the_other_and_is_replayed(cluster, redis_server, peers):
+    """Two processes: ann's edits and delete and bob's reaction reach the other process's members
+    in one order with gapless seqs; history and join with after (there, and on the other process)
+    give the chats in their current state; the deleted text is nowhere in Redis."""
+    a, b = cluster(2)
+    ann, bob, carol = seated([a.url, b.url, b.url], peers, ["ann", "bob", "carol"])
+    first = ask(ann, type="chat", room="lobby", text="one")["seq"]
+    second = ask(ann, type="chat", room="lobby", text="SECRET-two")["seq"]
+    ask(ann, type="edit", room="lobby", seq=first, text="one, edited")
+    ask(ann, type="edit", room="lobby", seq=second, text="SECRET-edited")
+    ask(bob, type="react", room="lobby", seq=first, emoji="🎉")
+    ask(ann, type="delete", room="lobby", seq=second)
+    live = []
+    while len(live) < 6:  # carol, on the other process, saw it all live
+        event = carol.recv()
+        if event["type"] in ("chat", "edit", "react", "delete"):
+            live.append(event)
+    assert [e["seq"] for e in live] == list(range(first, first + 6))
+    assert [e["type"] for e in live] == ["chat", "chat", "edit", "edit", "react", "delete"]
+    for peer in (bob, ann):
+        messages = ask(peer, type="history", room="lobby")["messages"]
+        assert play(messages) == play(live)
+        assert messages[0]["text"] == "one, edited" and messages[0]["reactions"] == {"🎉": ["bob"]}
+        assert messages[1].get("deleted") is True and "text" not in messages[3]
+    replay = ask(carol, type="join", room="lobby", after=first)["history"]  # a re-join: what came after `first`
+    assert [e["seq"] for e in replay] == list(range(first + 1, first + 6))
+    assert b"SECRET" not in stored_text(redis_server.url)
+    assert ask(carol, type="chat", room="lobby", text="after")["seq"] == first + 6
+
+
+def test_concurrent_reactions_from_two_processes_converge(cluster, peers):
+    """Two members on two processes toggle reactions on one chat at once: every react event is
+    stored with its own seq, and the chat in history is exactly what applying them gives."""
+    a, b = cluster(2)
+    ann, bob = seated([a.url, b.url], peers, ["ann", "bob"])
+    seq = ask(ann, type="chat", room="lobby", text="vote")["seq"]
+    rounds = 15
+
+    def toggle(peer, answers):
+        for i in range(rounds):
+            answers.append(ask(peer, type="react", room="lobby", seq=seq, emoji=EMOJI[i % 3]))
+
+    answers = {"ann": [], "bob": []}
+    threads = [threading.Thread(target=toggle, args=(p, answers[p.nick])) for p in (ann, bob)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(e["type"] == "react" for e in answers["ann"] + answers["bob"])
+    messages = ask(ann, type="history", room="lobby", after=seq - 1)["messages"]
+    assert [e["seq"] for e in messages] == list(range(seq, seq + 2 * rounds + 1))
+    assert play(messages)[seq] == messages[0]
+    on = {}
+    for event in messages[1:]:
+        on[(event["from"], event["emoji"])] = event["on"]
+    expected = {emoji: [n for n in ("ann", "bob") if on.get((n, emoji))] for emoji in EMOJI[:3]}
+    got = messages[0].get("reactions", {})
+    assert {e: sorted(n) for e, n in got.items()} == {e: n for e, n in expected.items() if n}
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """One 3-master Redis Cluster for this module's test."""
+    service = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    yield service
+    service.kill()
+
+
+def test_edit_delete_and_react_on_a_redis_cluster(redis_cluster, spawn, peers):
+    """Three processes, each on its own node of a Redis Cluster: an edit, a reaction and a delete
+    reach the members on every process (sharded pub/sub), and history gives the current state."""
+    servers = [spawn("--redis", url) for url in redis_cluster.urls]
+    ann, bob, carol = seated([s.url for s in servers], peers, ["ann", "bob", "carol"])
+    first, second = (ask(ann, type="chat", room="lobby", text=t)["seq"] for t in ("one", "two"))
+    ask(ann, type="edit", room="lobby", seq=first, text="one!")
+    ask(bob, type="react", room="lobby", seq=first, emoji="👍")
+    ask(carol, type="react", room="lobby", seq=first, emoji="👍")
+    ask(ann, type="delete", room="lobby", seq=second)
+    for peer in (bob, carol):
+        assert peer.recv_type("delete")["target"] == second
+    messages = ask(carol, type="history", room="lobby")["messages"]
+    assert messages[0]["text"] == "one!" and messages[0]["reactions"] == {"👍": ["bob", "carol"]}
+    assert messages[1].get("deleted") is True
+    assert [e["seq"] for e in messages] == list(range(first, first + 6))
