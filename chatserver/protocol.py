@@ -306,7 +306,9 @@ def require_query(msg: dict) -> str:
 def search_words(text: str) -> list:
     """The words of `text` as search compares them: runs of letters and digits, case-folded,
     without diacritics ("Café-Crème" -> ["cafe", "creme"]). A search's words must each be the
-    start of a word of the chat (engines/sqlite_search.py asks FTS5 the same)."""
+    start of a word of the chat, and a word of one character the whole of one (as a prefix it
+    would match nearly everything, and cost the index a pass over most of its words);
+    engines/sqlite_search.py asks FTS5 the same."""
     plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return _WORD.findall(plain.casefold())
 

@@ -34,9 +34,10 @@ EVENT_BYTES = 400  # what an event takes in memory besides its text: the dict, i
 
 
 def matches(words: list, text: str) -> bool:
-    """True when each of `words` (protocol.search_words) starts a word of `text`."""
+    """True when each of `words` (protocol.search_words) starts a word of `text` (one of one
+    character: is one)."""
     have = search_words(text)
-    return all(any(w.startswith(word) for w in have) for word in words)
+    return all(any(w.startswith(word) if len(word) > 1 else w == word for w in have) for word in words)
 
 
 def event_bytes(event: dict) -> int:

@@ -250,10 +250,10 @@ class SqliteEngine(LocalRules, SqlitePersonal):
         """Chats of `room` with seq < `before` whose current text has every one of `words` as the
         start of one of its words (engines/sqlite_search.py), newest first, at most `limit`; with
         `max_bytes`, the reading stops one chat after their texts passed it. Raises Unavailable."""
-        params = (sqlite_search.match_expression(room, words), room, MAX_SEQ if before is None else before, room,
-                  self._per_room, limit)
+        params = (sqlite_search.match_expression(room, words), room, MAX_SEQ if before is None else before, MAX_SEQ,
+                  room, self._per_room, limit)
         rows = self._rows(sqlite_search.QUERY, params, max_bytes, f"search in {room}")
-        return [chat_event(room, sender, text, seq, ts) for seq, sender, text, ts in rows]
+        return [history_item(room, *row) for row in rows]  # in their current state (edited, reactions)
 
     def _rows(self, statement: str, params: tuple, max_bytes: int | None, what: str) -> list:
         """The rows of a read on a pooled connection (`_take`); `what` names it in the log.

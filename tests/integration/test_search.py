@@ -54,6 +54,8 @@ def test_search_ignores_case_diacritics_and_punctuation(make_server, connect, en
     assert [m["seq"] for m in search(peer, q="lunch AND noon")["messages"]] == []
     assert [m["seq"] for m in search(peer, q="noon lunch")["messages"]] == [2]
     assert [m["seq"] for m in search(peer, q="-noon")["messages"]] == [2]
+    assert [m["seq"] for m in search(peer, q="o")["messages"]] == [6]  # one character: a whole word
+    assert [m["seq"] for m in search(peer, q="b 4")["messages"]] == []
 
 
 def test_search_pages_with_before_and_limit(make_server, connect, engine_db):
@@ -185,3 +187,19 @@ def test_a_deleted_chats_words_leave_the_index_pages(make_server, connect, tmp_p
         conn.execute("INSERT INTO search(search) VALUES ('integrity-check')")
     finally:
         conn.close()
+
+
+def test_search_finds_current_texts_after_edits_and_deletes(make_server, connect, engine_db):
+    """An edited chat is found by its new words only (and says `edited`), a deleted one never;
+    edits' own texts are not searched."""
+    _server, peer = seeded(make_server, connect, engine_db, ["deploy the old plan", "lunch plan", "secret plan"])
+    peer.request(type="edit", room="lobby", seq=1, text="deploy the new idea")
+    peer.request(type="delete", room="lobby", seq=3)
+    peer.request(type="react", room="lobby", seq=2, emoji="👍")
+    found = search(peer, q="plan")["messages"]
+    assert [m["seq"] for m in found] == [2]
+    assert found[0]["reactions"] == {"👍": [peer.nick]}
+    (edited,) = search(peer, q="idea")["messages"]
+    assert (edited["seq"], edited["text"]) == (1, "deploy the new idea") and edited["edited"] > 0
+    assert search(peer, q="secret")["messages"] == [] and search(peer, q="old")["messages"] == []
+    assert [m["seq"] for m in search(peer, q="deploy")["messages"]] == [1]

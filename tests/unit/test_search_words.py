@@ -27,10 +27,11 @@ def test_a_query_needs_a_word_and_at_most_200_characters():
 
 
 def test_match_expression_quotes_every_word_as_a_prefix_and_names_the_room():
-    """The FTS5 query is the room's token and each word quoted with *, AND-ed: no user syntax survives."""
+    """The FTS5 query is the room's token and each word quoted (with * but for one of one
+    character), AND-ed: no user syntax survives."""
     words = protocol.search_words('build" OR x NEAR(a')
-    assert match_expression("#ops", words) == ('room:"x236F7073" AND text:"build"* AND text:"or"* AND text:"x"*'
-                                               ' AND text:"near"* AND text:"a"*')
+    assert match_expression("#ops", words) == ('room:"x236F7073" AND text:"build"* AND text:"or"* AND text:"x"'
+                                               ' AND text:"near"* AND text:"a"')
 
 
 def test_the_memory_scan_matches_like_the_index():
@@ -38,6 +39,7 @@ def test_the_memory_scan_matches_like_the_index():
     assert matches(["bui", "gre"], "build 42 is GREEN")
     assert not matches(["uild"], "build")
     assert not matches(["build", "red"], "build 42 is green")
+    assert matches(["a", "4"], "a build 4 you") and not matches(["a"], "all builds") and not matches(["4"], "42")
     assert matches(["cafe"], "Café au lait")
 
 
