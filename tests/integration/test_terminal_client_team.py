@@ -56,7 +56,7 @@ def test_edit_react_delete_and_search_from_the_terminal(team_url, client, peers,
         assert ann.expect("search").split(" ", 1)[1].startswith("! ")
     else:
         ann.expect("1 message in lobby match 'HEL', newest first:")
-        ann.expect(f"[lobby] #{seq} <ann> hello team")
+        ann.expect(f"[lobby] #{seq} <ann> hello team (edited)  [👍 bob]")
     typist = peers(team_url)
     typist.join("lobby")
     typist.send(type="typing", room="lobby")

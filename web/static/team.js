@@ -458,9 +458,11 @@ export function onSearch(event) {
   const messages = event.messages || [];
   for (const m of messages) {
     const text = typeof m.text === "string" ? m.text : "";
-    $("search-list").append(el("li", { class: "result", "data-seq": String(m.seq) }, clockTime(m.ts), " ",
-      el("div", { class: "body" }, el("span", { class: "from", text: m.from }), " ",
-        el("span", { class: "text" }, ...markMentions(linkify(text))))));
+    const body = el("div", { class: "body" }, el("span", { class: "from", text: m.from }), " ",
+      el("span", { class: "text" }, ...markMentions(linkify(text))));
+    if (m.edited) body.append(el("span", { class: "edited", title: `Edited ${new Date(m.edited * 1000).toLocaleString()}` },
+      "(edited)"));
+    $("search-list").append(el("li", { class: "result", "data-seq": String(m.seq) }, clockTime(m.ts), " ", body));
   }
   if (messages.length) search.before = messages[messages.length - 1].seq;
   const more = messages.length > 0 && (messages.length >= SEARCH_PAGE || !!event.truncated);
