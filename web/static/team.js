@@ -69,12 +69,12 @@ export function dressRow(item, event, asOf) {
   const body = item.querySelector(".body");
   body.append(el("span", { class: "edited", hidden: "" }), el("div", { class: "reactions" }));
   if (event.deleted) {
-    markDeleted(item);
+    markDeleted(item); // no menu: nothing is left to react to, edit or delete
   } else {
     if (event.edited) showEdited(item, event.edited);
     setReactions(item, event.reactions || {});
+    item.append(actionsButton(item));
   }
-  item.append(actionsButton(item));
 }
 
 function setText(item, text) {
