@@ -252,3 +252,23 @@ def test_an_operator_deletes_anyones_message(open_page, make_server, connect):
     deleted = bob.recv_type("delete")
     assert (deleted["target"], deleted["from"]) == (seq, "ann")
     op.wait(lambda: (row_of(op, "message deleted") or {}).get("deleted"), "the delete is not shown")
+
+
+def test_on_redis_edits_show_and_search_says_it_is_unsupported(open_page, redis_server, spawn, connect):
+    """A page on a roomchat process on Redis: another member's edit and reaction show live; the
+    search box says what the server answers (search needs the SQLite engine), nothing else."""
+    process = spawn("--redis", redis_server.url)
+    bob = connect(process.url)
+    bob.set_nick("bob")
+    bob.join("lobby")
+    ann = open_page("/?nick=ann#lobby", on=process)
+    seq = bob.chat_all("lobby", ["on redis"])[0]["seq"]
+    ann.wait(lambda: row_of(ann, "on redis"), "bob's chat never came")
+    bob.send(type="edit", room="lobby", seq=seq, text="on redis, edited")
+    bob.send(type="react", room="lobby", seq=seq, emoji="👀")
+    ann.wait(lambda: (row_of(ann, "on redis, edited") or {}).get("chips") == [["👀 1", "👀 bob", "false"]],
+             "the edit and the reaction did not show")
+    ann.find("search-input").send_keys("redis", ENTER)
+    note = ann.wait(lambda: ann.find("search-note").text if ann.find("search-note").text != "Searching…" else "",
+                    "no answer to the search")
+    assert "SQLite" in note and ann.js("return document.querySelectorAll('#search-list li').length") == 0
