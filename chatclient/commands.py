@@ -17,7 +17,8 @@ in the current room, a message named by its #SEQ (shown before its sender):
   /edit SEQ TEXT      replace the text of your message SEQ (within the server's edit window)
   /delete SEQ         delete your message SEQ (operators: anyone's)
   /react SEQ EMOJI    add your EMOJI to message SEQ, or take it back
-  /search WORDS       the newest messages with all these words (prefixes match, any case)
+  /search [WORDS]     the newest messages with all these words (prefixes match, any case);
+                      alone: the next older page of the last search
   /mark               mark the room read up to the last message shown (another device of yours sees it)
 operators (a token with op), in the current room:
   /topic [TEXT]       show the room's topic; with TEXT set it (/topic - clears it)
@@ -63,7 +64,7 @@ USAGE = {
     "edit": ("/edit SEQ TEXT", 2, 2),
     "delete": ("/delete SEQ", 1, 1),
     "react": ("/react SEQ EMOJI", 2, 2),
-    "search": ("/search WORDS", 1, 1),
+    "search": ("/search [WORDS]", 0, 1),
     "mark": ("/mark", 0, 0),
 }
 MAX_QUERY = 200  # characters in a search (PROTOCOL.md, search)
@@ -96,7 +97,7 @@ def parse(line: str) -> Command | None:
         if not args[0].lstrip("#").isdigit() or int(args[0].lstrip("#")) < 1:
             raise UsageError(f"Usage: {usage}, where SEQ is the number shown as #SEQ before a message")
         return Command(name, (int(args[0].lstrip("#")), *args[1:]))
-    if name == "search" and len(args[0]) > MAX_QUERY:
+    if name == "search" and args and len(args[0]) > MAX_QUERY:
         raise UsageError(f"A search is at most {MAX_QUERY} characters; this one has {len(args[0])}.")
     if name in ("kick", "ban", "mute"):
         check_name(args[0], "nick")

@@ -88,6 +88,7 @@ class Session:
         self.modes: dict[str, dict] = {}  # room -> {"moderated": bool, "slow": seconds}, from `joined` and `mode`
         self.marks: dict[str, int] = {}  # room -> read up to this seq, as the server keeps it (welcome, joined, mark)
         self._typing: dict = {}  # (room, nick lower-cased) -> clock() when "is typing" was printed
+        self._search: dict | None = None  # the last /search: room, q and (once answered) before
         self._clock = clock
         self._granted = None  # the last nick the server gave us at our request
         self._gate = False  # typed lines wait: a nick request is not answered yet
@@ -319,9 +320,15 @@ class Session:
             return [render.error("You are in no room; /join ROOM first.")]
         self._queue(type=kind, room=self.room, seq=seq, **fields)
 
-    def _cmd_search(self, words: str):
+    def _cmd_search(self, words: str | None = None):
+        if words is None:  # the next page of the last search
+            if self._search is None or self._search.get("before") is None:
+                return [render.error("Usage: /search WORDS (alone, after a search: its older matches)")]
+            self._queue(type="search", limit=SEARCH_LIMIT, **self._search)
+            return None
         if self.room is None:
             return [render.error("You are in no room; /join ROOM first.")]
+        self._search = {"room": self.room, "q": words}
         self._queue(type="search", room=self.room, q=words, limit=SEARCH_LIMIT)
 
     def _cmd_mark(self):
@@ -402,10 +409,16 @@ class Session:
     def _on_search(self, event: dict, request) -> list[str]:
         """Matches newest first, as the server sends them."""
         found, room, q = event["messages"], render.safe(event["room"]), render.safe(event["q"])
+        older = request is not None and "before" in request
+        if self._search is not None and (self._search["room"], self._search["q"]) == (event["room"], event["q"]):
+            self._search["before"] = found[-1]["seq"] if found else None
         if not found:
-            return [render.notice(f"no messages in {room} match {q!r}")]
-        newest = f", the newest {len(found)}" if len(found) >= SEARCH_LIMIT or event.get("truncated") else ""
-        head = render.notice(f"{render.plural(len(found), 'message')} in {room} match {q!r}{newest}, newest first:")
+            return [render.notice(f"no {'older ' if older else ''}messages in {room} match {q!r}")]
+        more = len(found) >= SEARCH_LIMIT or event.get("truncated")
+        newest = f", the {'next' if older else 'newest'} {len(found)}" if more else ""
+        then = "; /search alone shows older ones" if more else ""
+        head = render.notice(f"{render.plural(len(found), 'message')} in {room} match {q!r}{newest}, "
+                             f"newest first{then}:")
         return [head, *(render.chat(e) for e in found if e.get("type", "chat") == "chat")]
 
     def _on_dm(self, event: dict, request) -> list[str]:

@@ -33,8 +33,8 @@ def test_team_commands_parse(line, name, args):
     assert (parse(line).name, parse(line).args) == (name, args)
 
 
-@pytest.mark.parametrize("line", ["/edit x text", "/edit 3", "/delete", "/delete 0", "/react 5", "/search",
-                                  "/mark now", "/search " + "x" * 201])
+@pytest.mark.parametrize("line", ["/edit x text", "/edit 3", "/delete", "/delete 0", "/react 5", "/mark now",
+                                  "/search " + "x" * 201])
 def test_team_commands_refuse_bad_lines(line):
     """A missing or non-numeric SEQ, a missing argument, or a search over 200 characters is a usage error."""
     with pytest.raises(UsageError):
@@ -146,7 +146,7 @@ def test_marks_from_another_device_say_what_is_unread():
 
 def test_search_results_print_newest_first_and_say_when_there_may_be_more():
     """A search reply prints a heading and the matches in the server's order (newest first); a full
-    page says it shows the newest; none says so."""
+    page says it shows the newest and that /search alone pages back (with `before`); none says so."""
     session = connected_session()
     session.handle_line("/search hi")
     req = drain(session)[0]
@@ -155,6 +155,13 @@ def test_search_results_print_newest_first_and_say_when_there_may_be_more():
     assert f"the newest {SEARCH_LIMIT}, newest first" in lines[0]
     assert texts(lines[1:3]) == [f"[lobby] #{SEARCH_LIMIT} <bob> hi {SEARCH_LIMIT}",
                                  f"[lobby] #{SEARCH_LIMIT - 1} <bob> hi {SEARCH_LIMIT - 1}"]
+    assert lines[0].endswith("; /search alone shows older ones:")
+    session.handle_line("/search")  # the next page: before the oldest shown
+    more = drain(session)[0]
+    assert (more["q"], more["before"]) == ("hi", 1)
+    last = session.on_event({"type": "search", "room": "lobby", "q": "hi", "messages": [], "id": more["id"]})
+    assert last[0].endswith("no older messages in lobby match 'hi'")
+    assert session.handle_line("/search")[0].endswith("Usage: /search WORDS (alone, after a search: its older matches)")
     none = session.on_event({"type": "search", "room": "lobby", "q": "zzz", "messages": []})
     assert none[0].endswith("no messages in lobby match 'zzz'")
 
