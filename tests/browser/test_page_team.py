@@ -184,7 +184,8 @@ def test_search_finds_newest_first_with_more_pages(open_page, make_server, conne
 
 def test_notifications_are_asked_only_on_a_click(open_page, connect):
     """On load the browser's permission stays "default" and nothing is asked; the button asks
-    (requestPermission, once clicked); granted, a mention while the tab is hidden notifies."""
+    (requestPermission, once clicked); granted, a mention or a direct message while the tab is
+    hidden notifies (a chat that names nobody does not)."""
     ann = open_page("/?nick=ann#lobby")
     if not ann.js("return 'Notification' in window"):
         pytest.skip(f"{ann.engine} has no Notification API here")
@@ -209,6 +210,9 @@ def test_notifications_are_asked_only_on_a_click(open_page, connect):
     bob.chat_all("lobby", ["no mention here", "@ann the build broke"])
     ann.wait(lambda: ann.js("return window.shown"), "no notification for the mention")
     assert ann.js("return window.shown") == [["bob in lobby", "@ann the build broke"]]
+    bob.send(type="dm", to="ann", text="call me")
+    ann.wait(lambda: len(ann.js("return window.shown")) == 2, "no notification for the direct message")
+    assert ann.js("return window.shown")[1] == ["bob (direct message)", "call me"]
 
 
 def test_a_direct_message_to_someone_offline_waits_for_them(open_page, make_server, connect):
