@@ -133,12 +133,10 @@ class Registry:
     See the module docstring."""
 
     def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None,
-                 edit_window: float = protocol.EDIT_WINDOW, *, typing_max_members: int = 100,
-                 offline_dms: int = 100):
+                 *, typing_max_members: int = 100, offline_dms: int = 100):
         """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits();
-        `edit_window`: seconds a chat may be edited or deleted by its author (rooms/edits.py);
         `typing_max_members`, `offline_dms`: Config's (rooms/typing.py, rooms/mailbox.py)."""
-        self._edit_window = edit_window
+        self._edit_window = limits.get("edit_window", protocol.EDIT_WINDOW)  # seconds (rooms/edits.py)
         self.metrics = metrics or Metrics()  # engines count into it too (metrics.of)
         self._engine = engine
         self._limits = limits
