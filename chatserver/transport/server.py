@@ -211,7 +211,7 @@ class Connection(WebSocketHandler):
             self._send_direct(handshake.response(status, headers, body, head_only=request.method == "HEAD"))
             if refused is not None:
                 self._linger()
-        self.report_closed(f"http {request.method} {request.target[:80]} {status}")
+        self.report_closed(f"http {request.method} {request.target[:80]}")
 
     def _linger(self) -> None:
         """After an answer that left the body unread: stop writing and read what the client still
