@@ -276,3 +276,14 @@ def test_on_redis_edits_show_and_search_says_it_is_unsupported(open_page, redis_
     note = ann.wait(lambda: ann.find("search-note").text if ann.find("search-note").text != "Searching…" else "",
                     "no answer to the search")
     assert "SQLite" in note and ann.js("return document.querySelectorAll('#search-list li').length") == 0
+
+
+def test_the_menu_follows_the_servers_edit_window(open_page, make_server):
+    """With --edit-window 0 (welcome.limits.edit_window) your own message's menu offers reactions
+    only: no Edit, no Delete."""
+    server = make_server(edit_window=0)
+    ann = open_page("/?nick=ann#lobby", on=server)
+    ann.say("set in stone")
+    ann.wait(lambda: row_of(ann, "set in stone"), "the chat never came")
+    labels = open_menu(ann, row_of(ann, "set in stone")["seq"])
+    assert "React with 👍" in labels and "Edit" not in labels and "Delete" not in labels

@@ -22,7 +22,7 @@ export const QUICK_REACTIONS = ["👍", "❤️", "😄", "🎉", "👀", "✅"]
 export const TYPING_INTERVAL_MS = 3000; // the server passes at most one `typing` per nick and room per 3 s
 const TYPING_SHOWN_MS = 6000; // "ann is typing…" goes after this long without another
 const MARK_DELAY_MS = 1000;
-const DEFAULT_EDIT_WINDOW = 900; // seconds, when welcome.limits does not say (PROTOCOL.md)
+const DEFAULT_EDIT_WINDOW = 900; // seconds, when welcome.limits does not say (an older server)
 const SEARCH_PAGE = 20;
 
 const roomOf = (event) => state.convs.get(roomKey(event.room));
@@ -151,9 +151,10 @@ export function onStoredEvent(event, { live = false } = {}) {
 
 let openMenu = null; // {item, menu} of the one open menu
 
+/** Seconds after sending it that its author may edit or delete a chat (welcome.limits; 0: never). */
 function editWindow() {
-  const given = Number(state.limits.edit_window);
-  return Number.isFinite(given) && given > 0 ? given : DEFAULT_EDIT_WINDOW;
+  const given = state.limits.edit_window;
+  return typeof given === "number" && given >= 0 ? given : DEFAULT_EDIT_WINDOW;
 }
 
 function canEdit(item) {
