@@ -13,6 +13,13 @@ commands:
   /who [ROOM]         list who is in ROOM (default: the current room)
   /rooms              list the rooms with their member counts
   /history [N]        show the last N messages of the current room (default 20, at most 200)
+in the current room, a message named by its #SEQ (shown before its sender):
+  /edit SEQ TEXT      replace the text of your message SEQ (within the server's edit window)
+  /delete SEQ         delete your message SEQ (operators: anyone's)
+  /react SEQ EMOJI    add your EMOJI to message SEQ, or take it back
+  /search [WORDS]     the newest messages with all these words (prefixes match, any case);
+                      alone: the next older page of the last search
+  /mark               mark the room read up to the last message shown (another device of yours sees it)
 operators (a token with op), in the current room:
   /topic [TEXT]       show the room's topic; with TEXT set it (/topic - clears it)
   /kick NICK [REASON] take NICK out of the room
@@ -32,7 +39,8 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    name: str  # say, join, leave, nick, msg, who, rooms, history, quit, help, topic, kick, ban, mute, mode
+    name: str  # say, join, leave, nick, msg, who, rooms, history, quit, help, topic, kick, ban, mute, mode,
+    # edit, delete, react, search, mark
     args: tuple = ()
 
 
@@ -53,7 +61,13 @@ USAGE = {
     "ban": ("/ban NICK TIME [REASON]", 2, 3),
     "mute": ("/mute NICK TIME [REASON]", 2, 3),
     "mode": ("/mode [moderated|open] [slow TIME|slow off]", 0, 3),
+    "edit": ("/edit SEQ TEXT", 2, 2),
+    "delete": ("/delete SEQ", 1, 1),
+    "react": ("/react SEQ EMOJI", 2, 2),
+    "search": ("/search [WORDS]", 0, 1),
+    "mark": ("/mark", 0, 0),
 }
+MAX_QUERY = 200  # characters in a search (PROTOCOL.md, search)
 MAX_DURATION = 30 * 86400  # a ban or mute lasts at most 30 days (PROTOCOL.md, Moderation)
 MAX_SLOW = 3600  # slow mode's longest wait
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -73,12 +87,18 @@ def parse(line: str) -> Command | None:
         raise UsageError(f"Unknown command /{name}; /help lists the commands.")
     usage, least, most = USAGE[name]
     rest = rest.strip()
-    if name in ("join", "leave", "who", "nick", "topic"):
+    if name in ("join", "leave", "who", "nick", "topic", "search"):
         args = (rest,) if rest else ()
     else:
-        args = tuple(rest.split(None, {"msg": 1, "kick": 1, "ban": 2, "mute": 2}.get(name, -1)))
+        args = tuple(rest.split(None, {"msg": 1, "kick": 1, "ban": 2, "mute": 2, "edit": 1}.get(name, -1)))
     if not least <= len(args) <= most:
         raise UsageError(f"Usage: {usage}")
+    if name in ("edit", "delete", "react"):
+        if not args[0].lstrip("#").isdigit() or int(args[0].lstrip("#")) < 1:
+            raise UsageError(f"Usage: {usage}, where SEQ is the number shown as #SEQ before a message")
+        return Command(name, (int(args[0].lstrip("#")), *args[1:]))
+    if name == "search" and args and len(args[0]) > MAX_QUERY:
+        raise UsageError(f"A search is at most {MAX_QUERY} characters; this one has {len(args[0])}.")
     if name in ("kick", "ban", "mute"):
         check_name(args[0], "nick")
         if name != "kick":

@@ -21,16 +21,25 @@ KINDS = {
 }
 
 # type -> field -> kind; a field ending in "?" may be missing. "chats" and "rooms" are lists whose
-# items are checked as a chat event or a rooms entry.
+# items are checked as a stored room event (a chat, edit, delete or react, by its type) or a rooms entry.
 FIELDS = {
     "welcome": {"nick": "str", "epoch?": "str", "limits?": "dict", "resume?": "str", "resumed?": "bool",
-                "rooms?": "strs", "auth?": "dict"},
-    "chat": {"room": "str", "from": "str", "text": "str", "seq": "int", "ts?": "num"},
-    "dm": {"from": "str", "to": "str", "text": "str", "ts?": "num"},
+                "rooms?": "strs", "auth?": "dict", "marks?": "dict"},
+    # a chat in history is in its current state: `edited` (when), or `deleted` and no text; `reactions`
+    "chat": {"room": "str", "from": "str", "text?": "str", "seq": "int", "ts?": "num", "edited?": "num",
+             "deleted?": "bool", "reactions?": "dict"},
+    "edit": {"room": "str", "seq": "int", "target": "int", "from": "str", "text?": "str", "ts?": "num"},
+    "delete": {"room": "str", "seq": "int", "target": "int", "from": "str", "ts?": "num"},
+    "react": {"room": "str", "seq": "int", "target": "int", "from": "str", "emoji": "str", "on": "bool",
+              "ts?": "num"},
+    "typing": {"room": "str", "nick": "str"},
+    "mark": {"room": "str", "seq": "int"},
+    "search": {"room": "str", "q": "str", "messages": "chats", "truncated?": "bool"},
+    "dm": {"from": "str", "to": "str", "text": "str", "ts?": "num", "stored?": "bool"},
     "presence": {"room": "str", "event": "str", "nick": "str"},
     "nick": {"old": "str", "nick": "str"},
     "joined": {"room": "str", "members": "strs", "history": "chats", "truncated?": "bool", "topic?": "str",
-               "mode?": "dict"},
+               "mode?": "dict", "mark?": "int"},
     "left": {"room": "str"},
     "rooms": {"rooms": "rooms"},
     "who": {"room": "str", "members": "strs"},
@@ -43,11 +52,9 @@ FIELDS = {
     "ban": {"room": "str", "nick": "str", "by": "str", "duration": "int", "reason?": "str"},
     "mute": {"room": "str", "nick": "str", "by": "str", "duration": "int", "reason?": "str"},
     "mode": {"room": "str", "by": "str", "moderated": "bool", "slow": "int"},
-    "edit": {"room": "str", "seq": "int", "target": "int", "from": "str", "text?": "str", "ts?": "num"},
-    "delete": {"room": "str", "seq": "int", "target": "int", "from": "str", "ts?": "num"},
-    "react": {"room": "str", "seq": "int", "target": "int", "from": "str", "emoji": "str", "on": "bool", "ts?": "num"},
 }
 ROOMS_ENTRY = {"room": "str", "members": "int"}
+STORED = ("chat", "edit", "delete", "react")  # the room events a history list holds
 
 
 def problem(event) -> str | None:
@@ -78,10 +85,8 @@ def _check(obj: dict, fields: dict, what: str) -> str | None:
         if kind in ("chats", "rooms"):
             if not isinstance(value, list):
                 return f"{what} whose {name!r} is not a list"
-            item_fields, item_what = (FIELDS["chat"], "a chat event") if kind == "chats" else (ROOMS_ENTRY, "an entry")
             for item in value:
-                found = _check(item, item_fields, f"{item_what} in its {name!r}") if isinstance(item, dict) \
-                    else f"an item in its {name!r} that is not an object"
+                found = _item(item, kind, name)
                 if found:
                     return f"{what} with {found}"
             continue
@@ -89,3 +94,15 @@ def _check(obj: dict, fields: dict, what: str) -> str | None:
         if not test(value):
             return f"{what} whose {name!r} is not {said}"
     return None
+
+
+def _item(item, kind: str, name: str) -> str | None:
+    """What is wrong with one item of a "chats" or "rooms" list, or None."""
+    if not isinstance(item, dict):
+        return f"an item in its {name!r} that is not an object"
+    if kind == "rooms":
+        return _check(item, ROOMS_ENTRY, f"an entry in its {name!r}")
+    event_type = item.get("type", "chat")
+    if event_type not in STORED:
+        return f"an item of type {event_type!r} in its {name!r}"
+    return _check(item, FIELDS[event_type], f"{_a(event_type)} {event_type} event in its {name!r}")

@@ -53,13 +53,60 @@ def plural(count: int, noun: str) -> str:
 
 
 def chat(event: dict) -> str:
+    """`HH:MM:SS [room] #SEQ <sender> text`: the seq names the message for /edit, /delete and /react.
+    A chat from history is in its current state: `(edited)`, `(message deleted)`, its reactions."""
+    head = f"{clock(event.get('ts'))} [{safe(event['room'])}] #{event['seq']} <{safe(event['from'])}>"
+    if event.get("deleted") or not isinstance(event.get("text"), str):
+        return f"{head} (message deleted)"
     text = safe(event["text"], multiline=True)
-    return f"{clock(event.get('ts'))} [{safe(event['room'])}] <{safe(event['from'])}> {text}"
+    edited = " (edited)" if event.get("edited") else ""
+    return f"{head} {text}{edited}{reactions(event.get('reactions'))}"
 
 
-def dm(event: dict) -> str:
+def reactions(given) -> str:
+    """`  [👍 ann, bob; 🎉 cy]`, or "" when there are none."""
+    if not isinstance(given, dict):
+        return ""
+    parts = [f"{safe(emoji)} {', '.join(safe(n) for n in nicks)}" for emoji, nicks in given.items()
+             if isinstance(nicks, list) and nicks]
+    return f"  [{'; '.join(parts)}]" if parts else ""
+
+
+def stored_event(event: dict) -> str:
+    """An edit, delete or react of message #TARGET, as one line naming who did it."""
+    kind, target, who = event["type"], event["target"], safe(event["from"])
+    if kind == "edit":
+        said = f"edited #{target}: {safe(event['text'], multiline=True)}" if isinstance(event.get("text"), str) \
+            else f"edited #{target} (since deleted)"
+    elif kind == "delete":
+        said = f"deleted #{target}"
+    else:
+        said = f"reacted {safe(event['emoji'])} to #{target}" if event["on"] \
+            else f"took back {safe(event['emoji'])} on #{target}"
+    return f"{clock(event.get('ts'))} [{safe(event['room'])}] * {who} {said}"
+
+
+def typing(event: dict) -> str:
+    return f"{clock()} [{safe(event['room'])}] * {safe(event['nick'])} is typing…"
+
+
+def dm(event: dict, mine: bool = False) -> str:
+    """A direct message; one that waits (or waited) for its recipient (`stored`) says so: our copy
+    `(stored: ...)`, theirs `(sent DAY TIME while you were away)`."""
     text = safe(event["text"], multiline=True)
-    return f"{clock(event.get('ts'))} [dm] <{safe(event['from'])}> -> {safe(event['to'])}: {text}"
+    line = f"{clock(event.get('ts'))} [dm] <{safe(event['from'])}> -> {safe(event['to'])}: {text}"
+    if event.get("stored") is True:
+        line += f"  (stored: {safe(event['to'])} gets it on connecting)" if mine \
+            else f"  (sent {day(event.get('ts'))} while you were away)"
+    return line
+
+
+def day(ts) -> str:
+    """`2026-12-06 17:30`: a date and time, for events that may be from another day."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+    except (OverflowError, OSError, ValueError, TypeError):
+        return time.strftime("%Y-%m-%d %H:%M")
 
 
 def presence(event: dict) -> str:

@@ -21,7 +21,7 @@ import os
 import secrets
 import sys
 
-from chatclient import selftest_client
+from chatclient import selftest_client, selftest_team  # noqa: F401 (selftest_team registers its checks)
 from chatclient.options import default_url, normalize_url, sslopt
 from chatclient.selftest_checks import CHECKS
 from chatclient.selftest_client import CheckFailed, Probe, Skip

@@ -202,6 +202,7 @@ class Probe:
         self.tag = tag or secrets.token_hex(3)
         self._names = itertools.count(1)
         self.conns: list[Conn] = []
+        self._identity = None  # identity_url(), once made
 
     def connect(self, label: str | None = None) -> Conn:
         """A new connection (with a token minted for a fresh nick when MINT is set)."""
@@ -217,6 +218,24 @@ class Probe:
             raise Skip("needs an operator's token: give --op-token (roomchat.py token --nick NICK --op) "
                        "or --token-secret-file")
         url = f"{self.url}{'&' if '?' in self.url else '?'}token={op_token}"
+        conn = Conn(url, self.timeout, label)
+        self.conns.append(conn)
+        return conn
+
+    def identity_url(self) -> str:
+        """The address of one identity for this check (the operator's token, or a token minted for a
+        fresh nick), to connect as it again. Raises Skip without a token to use."""
+        if self._identity is None:
+            if self.op_token:
+                self._identity = with_token(self.url, self.op_token)
+            elif MINT is not None:
+                self._identity = with_token(self.url, MINT(self.name("id")))
+            else:
+                raise Skip("needs a token: give --op-token or --token-secret-file")
+        return self._identity
+
+    def connect_url(self, url: str, label: str) -> Conn:
+        """A new connection to `url` (e.g. identity_url())."""
         conn = Conn(url, self.timeout, label)
         self.conns.append(conn)
         return conn

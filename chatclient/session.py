@@ -34,6 +34,9 @@ from chatclient.events import problem
 JOIN_SHOW = 20  # messages of a room's history printed when we join it
 NICK_RETRY = 2.0  # seconds between requests for a nick the server still holds for our old connection
 MODERATION = ("topic", "kick", "ban", "mute", "mode")  # operators' requests: a refusal names what was refused
+ON_MESSAGE = ("edit", "delete", "react")  # requests on one message (by seq): a refusal names it
+TYPING_QUIET = 30.0  # seconds: "ann is typing" is printed once, again only after ann's next chat or this long
+SEARCH_LIMIT = 20  # matches asked for by /search
 
 # Every event type the server sends (schema/events.json) -> the method that shows it, or None for
 # one the session deliberately does not handle (why, beside it). A test holds this table to the schema.
@@ -56,9 +59,12 @@ EVENTS = {
     "ban": "_on_kick",
     "mute": "_on_mute",
     "mode": "_on_mode",
-    "edit": None,  # not shown yet: the terminal client's /edit, /delete and /react come with issue 22's clients
-    "delete": None,  # (as above)
-    "react": None,  # (as above)
+    "edit": "_on_stored",
+    "delete": "_on_stored",
+    "react": "_on_stored",
+    "typing": "_on_typing",
+    "mark": "_on_mark",
+    "search": "_on_search",
 }
 
 
@@ -80,6 +86,9 @@ class Session:
         self.resume_token = None  # from the last `welcome`: `?resume=` on the next connection
         self.topics: dict[str, str] = {}  # room -> its topic, from `joined` and `topic` events
         self.modes: dict[str, dict] = {}  # room -> {"moderated": bool, "slow": seconds}, from `joined` and `mode`
+        self.marks: dict[str, int] = {}  # room -> read up to this seq, as the server keeps it (welcome, joined, mark)
+        self._typing: dict = {}  # (room, nick lower-cased) -> clock() when "is typing" was printed
+        self._search: dict | None = None  # the last /search: room, q and (once answered) before
         self._clock = clock
         self._granted = None  # the last nick the server gave us at our request
         self._gate = False  # typed lines wait: a nick request is not answered yet
@@ -114,6 +123,9 @@ class Session:
         self.epoch = welcome.get("epoch")
         self.nick = welcome["nick"]
         self.limits = welcome.get("limits", {})
+        marks = welcome.get("marks")
+        if isinstance(marks, dict):
+            self.marks.update({r: s for r, s in marks.items() if isinstance(s, int) and not isinstance(s, bool)})
         self._resume.clear()
         self._gate = bool(self.wanted_nick and self.wanted_nick != self.nick)
         self._reclaim = self._gate and self.wanted_nick == self._granted
@@ -137,6 +149,8 @@ class Session:
             kind = req["type"]
             if kind == "chat":
                 self._unconfirmed.append(req)
+            elif kind == "react":  # a toggle: sent again it could take back what went through
+                self.refused.append(f"{self._describe(req)}: not confirmed before the connection dropped")
             elif kind == "leave":
                 self.rooms.pop(req["room"], None)  # the server forgot us anyway
             elif kind not in ("nick", "ping") and not (kind == "join" and req["room"] in self.rooms):
@@ -162,15 +176,26 @@ class Session:
         """The next request to send, now counted as in flight; None while there is none."""
         if self._resume:
             req = self._resume.popleft()
-        elif self._outbox and not self._waiting and not self._gate:
+        elif self._outbox_ready():
             req = self._outbox.popleft()
+            if req["type"] == "mark":  # up to the last seq shown now that all before it is answered
+                req["seq"] = self.rooms.get(req["room"]) or 0
+                if req["seq"] < 1:
+                    return self.take_request()  # nothing shown there: nothing to mark
         else:
             return None
         self._inflight[req["id"]] = req
         return req
 
     def has_request(self) -> bool:
-        return bool(self._resume or (self._outbox and not self._waiting and not self._gate))
+        return bool(self._resume or self._outbox_ready())
+
+    def _outbox_ready(self) -> bool:
+        """A typed request may go: the rooms are back, our nick is settled, and a /mark waits
+        until everything sent before it is answered (so it covers what that showed)."""
+        if not self._outbox or self._waiting or self._gate:
+            return False
+        return self._outbox[0]["type"] != "mark" or not self._inflight
 
     @property
     def done(self) -> bool:
@@ -281,6 +306,36 @@ class Session:
             return [render.notice(f"the mode of {render.safe(self.room)}: {render.mode_words(mode)}")]
         self._queue(type="mode", room=self.room, **dict(fields))
 
+    def _cmd_edit(self, seq: int, text: str):
+        return self._on_message("edit", seq, text=text)
+
+    def _cmd_delete(self, seq: int):
+        return self._on_message("delete", seq)
+
+    def _cmd_react(self, seq: int, emoji: str):
+        return self._on_message("react", seq, emoji=emoji)
+
+    def _on_message(self, kind: str, seq: int, **fields):
+        if self.room is None:
+            return [render.error("You are in no room; /join ROOM first.")]
+        self._queue(type=kind, room=self.room, seq=seq, **fields)
+
+    def _cmd_search(self, words: str | None = None):
+        if words is None:  # the next page of the last search
+            if self._search is None or self._search.get("before") is None:
+                return [render.error("Usage: /search WORDS (alone, after a search: its older matches)")]
+            self._queue(type="search", limit=SEARCH_LIMIT, **self._search)
+            return None
+        if self.room is None:
+            return [render.error("You are in no room; /join ROOM first.")]
+        self._search = {"room": self.room, "q": words}
+        self._queue(type="search", room=self.room, q=words, limit=SEARCH_LIMIT)
+
+    def _cmd_mark(self):
+        if self.room is None:
+            return [render.error("You are in no room; /join ROOM first.")]
+        self._queue(type="mark", room=self.room, seq=None)  # the seq is set when it goes (take_request)
+
     def _cmd_quit(self):
         self.quitting = True
 
@@ -318,17 +373,56 @@ class Session:
             return [render.error(f"The server sent {found}; ignored.")]
         return handler(event, request)
 
-    def _on_chat(self, event: dict, request) -> list[str]:
+    def _new_in_room(self, event: dict) -> bool:
+        """Whether a room event (by its seq) is not shown yet; if so, it is now the last one shown."""
         room, seq = event["room"], event["seq"]
         last = self.rooms.get(room)
         if last is not None and seq <= last:
-            return []  # already shown (a resumed history overlapping a live event)
+            return False  # already shown (a resumed history overlapping a live event)
         if room in self.rooms:
             self.rooms[room] = seq
+        return True
+
+    def _on_chat(self, event: dict, request) -> list[str]:
+        if not self._new_in_room(event):
+            return []
+        self._typing.pop((event["room"], event["from"].lower()), None)
         return [render.chat(event)]
 
+    def _on_stored(self, event: dict, request) -> list[str]:
+        """A live edit, delete or react: one line naming the message by its #seq."""
+        return [render.stored_event(event)] if self._new_in_room(event) else []
+
+    def _on_typing(self, event: dict, request) -> list[str]:
+        """Once per nick and room, until their next chat or TYPING_QUIET seconds."""
+        key, now = (event["room"], event["nick"].lower()), self._clock()
+        if now - self._typing.get(key, -TYPING_QUIET) < TYPING_QUIET:
+            return []
+        self._typing[key] = now
+        return [render.typing(event)]
+
+    def _on_mark(self, event: dict, request) -> list[str]:
+        room = event["room"]
+        self.marks[room] = max(self.marks.get(room, 0), event["seq"])
+        return [render.notice(f"{render.safe(room)} marked read up to #{event['seq']}")]
+
+    def _on_search(self, event: dict, request) -> list[str]:
+        """Matches newest first, as the server sends them."""
+        found, room, q = event["messages"], render.safe(event["room"]), render.safe(event["q"])
+        older = request is not None and "before" in request
+        if self._search is not None and (self._search["room"], self._search["q"]) == (event["room"], event["q"]):
+            self._search["before"] = found[-1]["seq"] if found else None
+        if not found:
+            return [render.notice(f"no {'older ' if older else ''}messages in {room} match {q!r}")]
+        more = len(found) >= SEARCH_LIMIT or event.get("truncated")
+        newest = f", the {'next' if older else 'newest'} {len(found)}" if more else ""
+        then = "; /search alone shows older ones" if more else ""
+        head = render.notice(f"{render.plural(len(found), 'message')} in {room} match {q!r}{newest}, "
+                             f"newest first{then}:")
+        return [head, *(render.chat(e) for e in found if e.get("type", "chat") == "chat")]
+
     def _on_dm(self, event: dict, request) -> list[str]:
-        return [render.dm(event)]
+        return [render.dm(event, mine=request is not None or event["from"] == self.nick)]
 
     def _on_presence(self, event: dict, request) -> list[str]:
         return [render.presence(event)]
@@ -374,7 +468,16 @@ class Session:
         if not resumed and (event.get("topic") or render.mode_words(self.modes[room]) != "open"):
             lines.append(render.notice(f"{render.safe(room)}: topic: {render.safe(event.get('topic') or '(none)')}; "
                                        f"mode: {render.mode_words(self.modes[room])}"))
-        lines += [render.chat(e) for e in new]
+        lines += self._batch(new)
+        mark = event.get("mark")
+        if isinstance(mark, int) and not isinstance(mark, bool):
+            self.marks[room] = max(self.marks.get(room, 0), mark)
+        unread = [e for e in history if e.get("type", "chat") == "chat" and e["seq"] > self.marks.get(room, 1 << 62)
+                  and not e.get("deleted") and e["from"].lower() != (self.nick or "").lower()]
+        if not resumed and unread:
+            more = "+" if history and self.marks[room] < history[0]["seq"] - 1 else ""
+            lines.append(render.notice(f"{len(unread)}{more} unread in {render.safe(room)} since you last read "
+                                       f"(#{self.marks[room]}); /mark when read"))
         if event.get("truncated") and last is not None:  # on a first join: older ones left out, as always
             lines.append(render.notice("more messages were missed than the server replays; /history shows the latest"))
         self.rooms[room] = history[-1]["seq"] if history else (last or 0)
@@ -397,7 +500,16 @@ class Session:
 
     def _on_history(self, event: dict, request) -> list[str]:
         messages = event["messages"]
-        return [render.history(event["room"], len(messages))] + [render.chat(e) for e in messages]
+        chats = [e for e in messages if e.get("type", "chat") == "chat"]
+        return [render.history(event["room"], len(chats)), *self._batch(messages)]
+
+    @staticmethod
+    def _batch(items: list) -> list[str]:
+        """History items as lines: chats in their current state; an edit, delete or react only when
+        its message is not among them (else that message shows its result already)."""
+        chats = {e["seq"] for e in items if e.get("type", "chat") == "chat"}
+        return [render.chat(e) if e.get("type", "chat") == "chat" else render.stored_event(e)
+                for e in items if e.get("type", "chat") == "chat" or e["target"] not in chats]
 
     def _on_pong(self, event: dict, request) -> list[str]:
         return []
@@ -405,7 +517,7 @@ class Session:
     def _on_error(self, event: dict, request) -> list[str]:
         kind = request["type"] if request else None
         said = event.get("message") or event["code"]
-        if kind in MODERATION:  # one line that says what was refused
+        if kind in MODERATION or kind in ON_MESSAGE:  # one line that says what was refused
             said = f"{self._describe(request)} refused: {said}"
         message = render.error(said)
         if kind == "nick" and self._reclaim and event["code"] == "nick_taken":
@@ -442,7 +554,10 @@ class Session:
         kind = request["type"]
         target = request.get("room") or request.get("to") or request.get("nick")
         what = {"chat": "message to", "dm": "direct message to", "nick": "nick", "join": "join", "leave": "leave",
-                "who": "who", "history": "history of", "topic": "topic of", "mode": "mode of"}.get(kind, kind)
+                "who": "who", "history": "history of", "topic": "topic of", "mode": "mode of", "search": "search in",
+                "mark": "mark of"}.get(kind, kind)
+        if kind in ON_MESSAGE:
+            return f"{kind} of #{request['seq']} in {render.safe(request['room'])}"
         if kind in ("kick", "ban", "mute"):
             return f"{kind} {render.safe(request['nick'])} in {render.safe(request['room'])}"
         return f"{what} {render.safe(target)}" if target else what
@@ -452,7 +567,8 @@ class Session:
     def _drop_stored(self, room: str, resumed: list) -> None:
         """Forget unconfirmed chats to `room` that the resumed history shows the server stored."""
         ours = {n.lower() for n in (self.nick, self._granted) if n}  # sent as either, if a reconnect renamed us
-        stored = [e["text"] for e in resumed if e["from"].lower() in ours]
+        stored = [e["text"] for e in resumed if e.get("type", "chat") == "chat" and e["from"].lower() in ours
+                  and isinstance(e.get("text"), str)]
         keep = []
         for req in self._unconfirmed:
             if req["room"] == room and req["text"] in stored:

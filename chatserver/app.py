@@ -9,6 +9,8 @@ Threads, and what each runs:
   frames and calls `on_connect`, `on_texts` (dispatch -> handlers -> registry) and `on_close`.
   Requests run here, and so does the fan-out of the memory engine's chats. Before each request it
   waits (`Connection.pace`, transport/server.py) while its client's own replies pile up unread.
+  A plain HTTP request is answered here too (ops/web.py; ops/api.py, whose post waits up to
+  30 s for its chat to be stored: rooms/posts.py).
 - housekeeper (transport/housekeeper.py): handshake deadlines, pings, delayed aborts, `on_close` for
   connections dropped as too slow.
 - flusher (streams.Flusher): finishes the writes the kernel could not take at once (epoll).
@@ -34,8 +36,11 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
   _accepting`, wire/exposure.py's refusal log, `SqliteEngine._lock` (seqs, the failing flag, the
   queue's order), `RedisEngine._lock` (delivered places, nick claims, subscription
   confirmations, waiting writes, the lease), `LocalRules._rules_lock` (topics, bans, mutes, modes,
-  invite uses, reservations), transport/caps.py's `ConnectionCaps._lock` and `BurstLog._lock`,
-  rooms/budgets.py's `AddressShares._lock` and each `SharedTokenBucket._lock`, `ReaderPool._cond`
+  invite uses, reservations), `LocalPersonal._personal_lock` (engines/personal.py: read markers and
+  DMs that wait; the SQLite engine writes them to its file under it), transport/caps.py's
+  `ConnectionCaps._lock` and `BurstLog._lock`, rooms/budgets.py's `AddressShares._lock`, each
+  `SharedTokenBucket._lock` and `RateBook._lock`, rooms/posts.py's `Posts._lock` and
+  `Posters._lock` (and each `Poster.lock`, held only around its slow-mode check), `ReaderPool._cond`
   (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a
   semaphore: history replies built at once) is taken before the registry's lock, never while
   holding it.
@@ -54,10 +59,11 @@ from chatserver.config import Config
 from chatserver.engines.sqlite import open_engine
 from chatserver.errors import ChatError
 from chatserver.ops import logs, trace
+from chatserver.ops.api import Api
 from chatserver.ops.metrics import Metrics, close_label
 from chatserver.ops.web import WebRoutes
 from chatserver.protocol import CloseCode
-from chatserver.rooms.budgets import AddressShares
+from chatserver.rooms.budgets import AddressShares, RateBook
 from chatserver.rooms.client import TokenBucket
 from chatserver.rooms.cluster import ClusterRegistry
 from chatserver.rooms.dispatch import Context, Dispatcher
@@ -68,6 +74,7 @@ from chatserver.transport import tls
 from chatserver.transport.caps import ConnectionCaps, default_max_connections
 from chatserver.transport.server import WebSocketTransport
 from chatserver.wire import exposure
+from chatserver.wire.handshake import SECURITY_HEADERS, TEXT
 from chatserver.wire.proxies import TrustedProxies
 
 log = logging.getLogger("roomchat")
@@ -111,10 +118,13 @@ class ChatServer:
             raise
         self.identities = Identities(config.token_key(), config.reserved(), config.require_token, self._expired)
         registry = ClusterRegistry if self.engine.cluster else Registry
-        self.registry = registry(self.engine, config.limits(), self.identities, self.metrics)
+        self.registry = registry(self.engine, config.limits(), self.identities, self.metrics,
+                                 typing_max_members=config.typing_max_members, offline_dms=config.offline_dms)
         self.invites = Invites(config.token_key(), self.engine)
         self.metrics.watch(self.registry.stats, self.transport.housekeeper.totals)
         self.web = WebRoutes(self.registry.stats, self.engine.health, metrics=self.metrics.respond)
+        self.api = Api(self.registry, self.identities, RateBook(config.address_rate_burst, self.shares.rate),
+                       RateBook(config.rate_burst, config.rate_per_second), config.max_text_chars)
         self.dispatcher = dispatcher
         self._thread = None
         self._shut = threading.Lock()
@@ -187,7 +197,15 @@ class ChatServer:
     def on_refused(self, status: int) -> None:
         self.metrics.refused.labels(str(status)).inc()
 
-    def on_http(self, request, peer_ip: str):
+    def on_http(self, request, peer_ip: str, address: str = "", refused=None):
+        """A plain HTTP request (its body read): `/api/` goes to the HTTP API (ops/api.py), the rest
+        to ops/web.py. `address`: the client's (the one a trusted proxy reports); `refused`: the
+        HandshakeError when its body was refused (400, 411, 413)."""
+        if self.api.handles(request.target):
+            return self.api.respond(request, address or peer_ip, refused)
+        if refused is not None:
+            return refused.status, {**SECURITY_HEADERS, "Content-Type": TEXT, **refused.headers}, \
+                refused.reason.encode() + b"\n"
         return self.web.respond(request.method, request.target, request.headers, peer_ip)
 
     # -- life cycle ------------------------------------------------------------------------------

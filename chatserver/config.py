@@ -43,6 +43,8 @@ class Config:
     history_max_age: float = 0.0
     history_max_rooms: int = 10000
     edit_window: int = EDIT_WINDOW
+    typing_max_members: int = 100
+    offline_dms: int = 100
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
@@ -71,6 +73,9 @@ class Config:
                      "history_max_rooms", "edit_window"):
             if getattr(self, name) < 0:
                 return f"{name.replace('_', '-')} must be 0 (no limit) or more"
+        for name in ("typing_max_members", "offline_dms"):
+            if getattr(self, name) < 0:
+                return f"{name.replace('_', '-')} must be 0 (off) or more"
         for name in ("rate_per_second", "ping_interval", "ping_timeout", "handshake_timeout", "address_rate_factor",
                      "redis_lease"):
             if getattr(self, name) <= 0:
@@ -176,6 +181,9 @@ HELP = {
                          "(0: no limit)",
     "edit_window": "seconds after sending it that its author may edit or delete a chat (0: never; operators "
                    "delete any chat at any time)",
+    "typing_max_members": "typing notices are not sent at all in a room with more members than this (0: never)",
+    "offline_dms": "DMs kept per token holder while it is offline, delivered after its next welcome; past it "
+                   "the sender gets recipient_busy (0: off, a DM to someone offline is no_such_user)",
     "ping_interval": "seconds between server pings that detect dead connections",
     "ping_timeout": "seconds to wait for a pong before closing with 1011",
     "handshake_timeout": "seconds a new connection has to finish its opening handshake",

@@ -12,6 +12,7 @@ wire.frames takes CloseCode from here), so every layer may import this module.
 import enum
 import re
 import time
+import unicodedata
 
 import orjson
 
@@ -50,31 +51,37 @@ ERROR_CODES = {  # the `code` of an `error` event -> when it is sent (PROTOCOL.m
     "bad_token": "the token is expired, wrongly signed or malformed, or tokens are off",
     "forbidden": "not allowed (not an operator, banned, muted, outside the token's rooms or nick)",
     "bad_room": "a room name outside the room rule",
-    "not_in_room": "chat, leave, history, edit, delete or react for a room the client is not in",
+    "not_in_room": "chat, leave, history, edit, delete, react, typing, mark or search for a room the client is not in",
     "too_many_rooms": "a join over max_rooms",
     "no_such_user": "a dm or kick for a nick nobody has (in that room)",
     "too_long": "a text, topic or reason over its limit",
     "rate_limited": "over the connection's or the address's rate; the request was dropped",
-    "recipient_busy": "a dm to someone with more than half of max_outbox_bytes unread",
+    "recipient_busy": "a dm to someone with more than half of max_outbox_bytes unread, or with offline_dms waiting",
     "unavailable": "the history store or Redis cannot do it now; nothing was stored or sent",
     "moderated": "a member's chat in a moderated room (only operators chat there)",
     "slow_mode": "a member's chat sooner than the room's slow mode allows; retry_after says when",
     "too_late": "an edit or delete of your own chat past the edit window",
     "no_such_message": "an edit, delete or react of a seq that is no chat of the room (or one deleted or gone)",
     "too_many_reactions": "a new emoji on a chat that has MAX_REACTIONS different ones already",
+    "unsupported": "the engine cannot do it (search on Redis); nothing was done",
 }
 
 REQUEST_TYPES = frozenset({  # the `type` of a request; handlers/ has one module for each
     "nick", "join", "leave", "chat", "dm", "rooms", "who", "history", "ping", "auth", "topic", "kick", "ban", "mute",
     "mode", "edit", "delete", "react",
+    "typing", "mark",
+    "search",
 })
 # The events that go through a room's stream:
-ROOM_EVENTS = frozenset({"chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode", "edit", "delete", "react"})
+ROOM_EVENTS = frozenset({"chat", "presence", "nick", "topic", "kick", "ban", "mute", "mode", "edit", "delete", "react",
+                         "typing"})
 # The room events that are stored and take the room's next seq (the others have none):
 STORED_EVENTS = frozenset({"chat", "edit", "delete", "react"})
 AMEND_EVENTS = ("edit", "delete", "react")  # the stored events about an earlier chat (`target`)
 EVENT_TYPES = ROOM_EVENTS | {  # the `type` of an event the server sends
     "welcome", "joined", "left", "dm", "rooms", "who", "history", "pong", "error", "auth",
+    "mark",
+    "search",
 }
 
 # The nick rule: 1-32 ASCII letters, digits, '_', '.' or '-'. The page (web/static/state.js), the
@@ -243,14 +250,6 @@ def history_limit(msg: dict) -> int:
 # -- edit, delete and react (fields) -----------------------------------------------------------
 
 
-def require_seq(msg: dict, field: str = "seq") -> int:
-    """`msg[field]` as a seq (1 to MAX_SEQ). Raises ChatError bad_message when missing or out of range."""
-    value = msg.get(field)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEQ:
-        raise ChatError("bad_message", f"\"{field}\" must be the seq of a chat: an integer from 1 to {MAX_SEQ}.")
-    return value
-
-
 def require_emoji(msg: dict) -> str:
     """`msg["emoji"]`: one emoji (a single grapheme the `emoji` package knows: "👍", "👍🏽", "🇫🇷").
     Raises ChatError bad_message."""
@@ -260,6 +259,58 @@ def require_emoji(msg: dict) -> str:
     if not 0 < len(value) <= MAX_EMOJI_CHARS or not emoji.is_emoji(value):
         raise ChatError("bad_message", "\"emoji\" must be one emoji, such as \"👍\".")
     return value
+
+
+# -- typing, read markers, DMs that wait ---------------------------------------------------------
+
+TYPING_INTERVAL = 3  # seconds: at most one `typing` per nick and room this often; the rest are dropped
+MAX_MARKS = 1000  # read markers kept per identity (the rooms marked last); `welcome.marks` lists them
+
+
+def require_seq(msg: dict, field: str = "seq") -> int:
+    """`msg[field]` as the seq of a stored event (1 to MAX_SEQ), required: the chat an edit,
+    delete or react is about, or where a mark goes. Raises ChatError bad_message."""
+    value = msg.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEQ:
+        raise ChatError("bad_message", f"\"{field}\" must be a seq: an integer from 1 to {MAX_SEQ}.")
+    return value
+
+
+def typing_event(room: str, nick: str) -> dict:
+    """`nick` is typing in `room`: sent to the room's other members, never stored, no seq."""
+    return {"type": "typing", "room": room, "nick": nick}
+
+
+def mark_event(room: str, seq: int) -> dict:
+    """The reply to `mark`: the identity's (or connection's) read marker in `room` now."""
+    return {"type": "mark", "room": room, "seq": seq}
+
+
+# -- search ------------------------------------------------------------------------------------
+
+MAX_QUERY_CHARS = 200  # a search's `q`, in characters
+_WORD = re.compile(r"[^\W_]+")  # a word: letters and digits (SQLite FTS5's unicode61 tokens)
+
+
+def require_query(msg: dict) -> str:
+    """A search's `q`: 1 to MAX_QUERY_CHARS characters with at least one word (letters or digits).
+    Raises ChatError bad_message."""
+    query = require_str(msg, "q")
+    if not 1 <= len(query) <= MAX_QUERY_CHARS:
+        raise ChatError("bad_message", f"\"q\" must be 1 to {MAX_QUERY_CHARS} characters.")
+    if not search_words(query):
+        raise ChatError("bad_message", "\"q\" must contain a word to search for (letters or digits).")
+    return query
+
+
+def search_words(text: str) -> list:
+    """The words of `text` as search compares them: runs of letters and digits, case-folded,
+    without diacritics ("Café-Crème" -> ["cafe", "creme"]). A search's words must each be the
+    start of a word of the chat, and a word of one character the whole of one (as a prefix it
+    would match nearly everything, and cost the index a pass over most of its words);
+    engines/sqlite_search.py asks FTS5 the same."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return _WORD.findall(plain.casefold())
 
 
 # -- events the server sends -------------------------------------------------------------------

@@ -17,17 +17,20 @@ from handlers import (
     join,
     kick,
     leave,
+    mark,
     mode,
     mute,
     nick,
     ping,
     react,
     rooms,
+    search,
     topic,
+    typing,
     who,
 )
 
 MODULES = (nick, join, leave, chat, dm, rooms, who, history, ping, auth, topic, kick, ban, mute, mode, edit, delete,
-           react)
+           react, typing, mark, search)
 HANDLERS = {m.TYPE: m.handle for m in MODULES}
 BATCH_HANDLERS = {m.TYPE: m.handle_many for m in MODULES if hasattr(m, "handle_many")}

@@ -76,7 +76,7 @@ class ManualEngine(LocalRules):
     def last_seqs(self) -> dict:
         return {room: events[-1]["seq"] for room, events in self.committed.items() if events}
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         from chatserver.protocol import chat_event
 
         for sender, text, meta in chats:

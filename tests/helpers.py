@@ -157,6 +157,14 @@ class Peer:
         self.ws.close()
 
 
+def frames_until(peer: Peer, kind: str) -> list[dict]:
+    """The frames `peer` gets up to and including the first of type `kind`."""
+    frames = []
+    while not frames or frames[-1]["type"] != kind:
+        frames.append(peer.recv())
+    return frames
+
+
 def server_with_chats(make_server, connect, texts: list[str], room: str = "lobby", **overrides) -> ChatServer:
     """A new server (no rate limits in the way, and `overrides`) whose `room` holds `texts` as seqs 1..n, all stored."""
     busy = make_server(**{**FAST_LIMITS, **overrides})

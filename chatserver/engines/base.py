@@ -129,11 +129,13 @@ class Engine(Protocol):
     def start(self, hub: Registry) -> None:
         """Begin handing events to `hub`. Called once, before any other method."""
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         """Store chat events with the room's next seqs, then deliver them, in order.
 
-        `chats`: [(sender nick, text, Meta)]. Raises Unavailable (none of them was stored, or,
-        with Redis, the connection broke mid-call: see engines/redis.py)."""
+        `chats`: [(sender nick, text, Meta)]; `member`: False for a chat posted over the HTTP
+        API (rooms/posts.py), whose sender is not a member (Redis then skips its fencing check).
+        Raises Unavailable (none of them was stored, or, with Redis, the connection broke
+        mid-call: see engines/redis.py)."""
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Put a presence, nick or moderation event into the room's stream. Raises Unavailable."""
@@ -157,6 +159,12 @@ class Engine(Protocol):
         when `after` is given (paging forward), else the last `limit`. `max_bytes` is a hint: an
         engine may stop reading once the texts passed it, but then returns one event more (the
         caller cuts to size and must see that there was more). Raises Unavailable."""
+
+    def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
+               max_bytes: int | None = None) -> list:
+        """Stored chats of `room` with seq < `before` whose current text has each of `words`
+        (protocol.search_words) as the start of one of its words, NEWEST first, at most `limit`;
+        `max_bytes` is a hint as for `read`. Raises Unavailable; ChatError unsupported (Redis)."""
 
     def health(self) -> str | None:
         """None when the engine accepts writes, else a one-line reason (for /healthz)."""
@@ -199,6 +207,32 @@ class Engine(Protocol):
     def invite_uses(self, invite: str) -> int:
         """How many uses of `invite` are taken (0 for one never used, or expired)."""
 
+    # Read markers and DMs that wait, per identity: a token's folded nick (protocol.fold_nick).
+    # Facts of the whole server, like the rules. Each method Raises Unavailable.
+
+    def set_mark(self, identity: str, room: str, seq: int) -> int:
+        """Mark `room` read up to `seq` for `identity`; a mark never goes back. Returns the mark
+        now (max of the old one and `seq`). Keeps the MAX_MARKS rooms marked last per identity:
+        a new room past that forgets the one marked longest ago."""
+
+    def marks(self, identity: str) -> dict:
+        """{room: seq} of `identity`'s marks, the room marked last first (at most MAX_MARKS)."""
+
+    def mark(self, identity: str, room: str) -> int | None:
+        """`identity`'s mark in `room`, or None."""
+
+    def keep_dm(self, identity: str, event: dict, most: int) -> bool:
+        """Keep a DM `event` for `identity` (offline) until `take_dms`; False, and nothing kept,
+        when `most` are waiting already."""
+
+    def take_dms(self, identity: str) -> list:
+        """The DM events waiting for `identity`, oldest first, removed from the store in the
+        same step (so each is handed out once)."""
+
+
+# Room events that are not stored and have no place in the stream (no seq, not replayed): an
+# engine hands them to the hubs as they come; on Redis they are published, never logged.
+EPHEMERAL_TYPES = ("typing",)
 
 # Moderation events an engine also keeps for transcripts (`python roomchat.py export`), beside
 # the chats but without a seq of their own: each is placed after the chat seq it followed.
@@ -383,6 +417,9 @@ class ClusterEngine(Engine, Protocol):
 
     def find_session(self, token: str) -> "Session | None":
         """The session of `token` held by a live client of any process, or None."""
+
+    def member_count(self, room: str) -> int:
+        """How many members room `room` has, on every process."""
 
     def take_session(self, session: "Session", client_id: int) -> dict | None:
         """Move `session`'s nick claim and memberships to local client `client_id`, and ask its

@@ -27,9 +27,17 @@ from chatserver.engines.base import (
     transcript_order,
     without_text,
 )
-from chatserver.protocol import chat_event
+from chatserver.engines.personal import LocalPersonal
+from chatserver.protocol import chat_event, search_words
 
 EVENT_BYTES = 400  # what an event takes in memory besides its text: the dict, its seq and ts (tracemalloc)
+
+
+def matches(words: list, text: str) -> bool:
+    """True when each of `words` (protocol.search_words) starts a word of `text` (one of one
+    character: is one)."""
+    have = search_words(text)
+    return all(any(w.startswith(word) if len(word) > 1 else w == word for w in have) for word in words)
 
 
 def event_bytes(event: dict) -> int:
@@ -37,7 +45,7 @@ def event_bytes(event: dict) -> int:
     return EVENT_BYTES + sys.getsizeof(event.get("text", ""))
 
 
-class MemoryEngine(LocalRules):
+class MemoryEngine(LocalRules, LocalPersonal):
     """History and room rules in memory, within the quotas (module docstring); gone when the
     process ends.
 
@@ -67,6 +75,7 @@ class MemoryEngine(LocalRules):
         self._lock = threading.Lock()
         self._hub = None
         self._init_rules()
+        self._init_personal()
 
     def start(self, hub: Registry) -> None:
         self._hub = hub
@@ -76,7 +85,7 @@ class MemoryEngine(LocalRules):
         with self._lock:
             return dict(self._seqs)
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         with self._lock:
             items = []
             for sender, text, meta in chats:
@@ -161,6 +170,23 @@ class MemoryEngine(LocalRules):
             else:
                 lo = max(lo, hi - limit)
             return [events[i] for i in range(lo, hi)]
+
+    def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
+               max_bytes: int | None = None) -> list:
+        """A scan of the room's kept chats, newest first (as engines.base.Engine.search)."""
+        found, total = [], 0
+        with self._lock:
+            self._apply_quotas()
+            for event in reversed(self._rooms.get(room, ())):
+                if len(found) >= limit or (max_bytes is not None and total > max_bytes):
+                    break
+                if before is not None and event["seq"] >= before:
+                    continue
+                text = event.get("text") if event["type"] == "chat" else None
+                if text and matches(words, text):
+                    found.append(event)
+                    total += len(text.encode())
+        return found
 
     def health(self) -> str | None:
         return None

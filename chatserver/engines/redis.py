@@ -14,7 +14,9 @@ its other events: presence, nick, topic, kick, ban, mute, mode; entry id `<seq t
 its time), `members` and `owners` (who is in it, by which process and client), `joins`, `idem`
 (idempotency keys), `topic`, `ban:<nick>`, `mute:<nick>`, `mode`; channel `...:events`. A
 message on the channel is `<origin json>\\n<event json>`. `transcript_of_redis` reads a room's
-transcript (export) from `hist` and `log`.
+transcript (export) from `hist` and `log`. A typing notice is
+only PUBLISHed on the channel (origin json without a place). Keys of an identity (read markers,
+DMs that wait) share the hash tag `{id:<folded nick>}` (redis_personal.py).
 
 Positions. Each event has a place in its room's stream: a chat (seq, 0), another event (the
 room's seq when it happened, n + 1). The listener remembers the last place it delivered per room;
@@ -63,7 +65,17 @@ import orjson
 import redis
 
 from chatserver import protocol
-from chatserver.engines.base import EngineError, Meta, Session, Unavailable, amended, new_epoch, without_text
+from chatserver.engines.base import (
+    EPHEMERAL_TYPES,
+    EngineError,
+    Meta,
+    Session,
+    Unavailable,
+    amended,
+    new_epoch,
+    without_text,
+)
+from chatserver.engines.redis_personal import RedisPersonal
 from chatserver.engines.redis_quotas import RedisQuotas
 from chatserver.engines.redis_scripts import (
     AMEND,
@@ -128,8 +140,9 @@ def session_key(token: str) -> str:
     return f"roomchat:session:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
 
 
-class RedisEngine:
-    """See the module docstring. Raises EngineError at start when Redis cannot be reached."""
+class RedisEngine(RedisPersonal):
+    """See the module docstring (read markers and DMs that wait: engines/redis_personal.py).
+    Raises EngineError at start when Redis cannot be reached."""
 
     cluster = True
 
@@ -219,13 +232,13 @@ class RedisEngine:
 
     # -- streams ---------------------------------------------------------------------------------
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         """Raises Unavailable when nothing was stored; chats it cannot settle stay unanswered
         until the heartbeat settles them (their senders are answered then)."""
         with self._lock:
             last = self._last.get(room)
         args = [room_key(room, "events"), self._per_room, len(chats), last[0] if last else 0,
-                self._owner(chats[0][2])]
+                self._owner(chats[0][2]) if member else ""]  # "": no member to fence (an HTTP API post)
         for sender, text, meta in chats:
             body = orjson.dumps(protocol.chat_event(room, sender, text, 0))  # the script writes its seq in
             cut = body.index(b'"seq":0') + 6
@@ -348,7 +361,11 @@ class RedisEngine:
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Raises Unavailable for a join or moderation event that was not put in the stream (a
         join of a banned nick: ChatError forbidden); leaves and nick changes, applied here
-        already, are retried until Redis takes them."""
+        already, are retried until Redis takes them. A typing notice (EPHEMERAL_TYPES) is only
+        published: no place in the stream, not logged, never retried."""
+        if event["type"] in EPHEMERAL_TYPES:
+            self._call(self._pub, room_key(room, "events"), _origin(meta) + b"\n" + orjson.dumps(event))
+            return
         if event["type"] == "nick" or event.get("event") == "leave":
             with self._lock:
                 if self._deferred:  # keep their order behind those waiting
@@ -416,6 +433,12 @@ class RedisEngine:
     def read(self, room: str, before: int | None = None, after: int | None = None, limit: int = 50,
              max_bytes: int | None = None) -> list:
         return [event for event, _origin in self._call(self._stored, room, after, before, limit, after is None)]
+
+    def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
+               max_bytes: int | None = None) -> list:
+        """Not on Redis (no full-text index of the history there). Raises ChatError unsupported."""
+        raise ChatError("unsupported", "Search needs the SQLite engine (the default); this server keeps its "
+                                       "history in Redis, which roomchat does not search.")
 
     def health(self) -> str | None:
         return self._problem
@@ -928,11 +951,13 @@ class RedisEngine:
         """The items to deliver for one message: the event, after any it shows were missed."""
         head, _, body = data.partition(b"\n")
         event, origin = orjson.loads(body), orjson.loads(head)
-        meta, place = _meta(origin, event)
         with self._lock:
             if room not in self._last:
                 return []  # unsubscribed meanwhile
             last = self._last[room]
+        if event["type"] in EPHEMERAL_TYPES:  # no place in the stream: as it comes
+            return [(room, event, Meta(origin=(origin[0], origin[1]) if origin[0] is not None else None))]
+        meta, place = _meta(origin, event)
         stored = event["type"] in protocol.STORED_EVENTS  # with a seq of its own
         if last is not None and place <= last:
             if stored:

@@ -60,7 +60,8 @@ _TRIM = (  # forget idempotency keys older than ten minutes (written ones: > 0, 
 )
 
 # KEYS: seq (counter), hist (stream), idem, owners, the slot's seq floor. ARGV: channel, maxlen, n, lowest seq this
-# process has delivered (the counter below it means the history was replaced), owner, then n
+# process has delivered (the counter below it means the history was replaced), owner ('' for a
+# chat posted over the HTTP API: its sender is no member, nothing to fence), then n
 # times (sender nick, event json up to its seq, the rest of the json, origin json, key).
 # Returns {1, r1..rn} with r = the seq given, 0 (written already), -2 (the sender is not a member
 # by this owner: fenced), -3 (cancelled); or {-1, counter} when the counter went back.
@@ -75,7 +76,7 @@ for i = 0, n - 1 do
   local done = redis.call('ZSCORE', KEYS[3], key)
   if done then
     out[i + 2] = tonumber(done) < 0 and -3 or 0
-  elseif redis.call('HGET', KEYS[4], ARGV[b]) ~= ARGV[5] then
+  elseif ARGV[5] ~= '' and redis.call('HGET', KEYS[4], ARGV[b]) ~= ARGV[5] then
     out[i + 2] = -2
   else
     cur = cur + 1

@@ -22,6 +22,7 @@ from collections import deque
 
 import orjson
 
+from chatserver.engines import sqlite_search
 from chatserver.engines.base import NOTICE_TYPES, LocalRules, Unavailable, amended, without_text
 from chatserver.engines.sqlite_file import (
     BUSY_TIMEOUT,
@@ -46,6 +47,7 @@ from chatserver.engines.sqlite_file import (
     open_history,
     read_transcript,
 )
+from chatserver.engines.sqlite_personal import SqlitePersonal
 from chatserver.engines.sqlite_quotas import HistoryQuotas, seq_floor
 from chatserver.engines.sqlite_readers import PoolBusy, ReaderPool
 from chatserver.ops import metrics
@@ -66,7 +68,7 @@ FAIL_AFTER = 10.0  # seconds of failing commits before queued chats are refused 
 _STOP = object()  # put on the writer's queue by close()
 
 
-class SqliteEngine(LocalRules):
+class SqliteEngine(LocalRules, SqlitePersonal):
     """Chat history in a SQLite file, written by one background thread with group commit (at
     most BATCH_MAX events per transaction, then `hub.deliver(batch)`).
 
@@ -135,12 +137,14 @@ class SqliteEngine(LocalRules):
         self._wal_path = self.path + "-wal"
         self._wal_max = self._quotas.wal_max  # bytes: past half of it, TRUNCATE checkpoints
         self._prune_bytes = self._wal_max // 4  # text bytes committed that make a retention pass due
+        self._purge_pages = max(16, self._wal_max // 4 // 4096)  # index pages merged per pass after a delete
         self._lock_fd, self._conn, self.epoch = open_history(self.path, synchronous, busy_timeout,
                                                              wal_keep=self._wal_max // 4)
         self._readers = ReaderPool(self._connect_reader)
         self._floor = seq_floor(self._conn)  # a room the file does not know starts above it
         self._seqs = dict(self._conn.execute("SELECT room, last_seq FROM rooms"))
         self._init_rules(self._conn.execute(READ_RULES).fetchall())
+        self._load_personal(self._conn)  # read markers and DMs that wait (engines/personal.py)
         self._committed_seqs = dict(self._seqs)  # writer thread only, once started
         self._backlog = deque(self._seqs)  # rooms still to get their retention pass: writer thread only
         self._checkpoints_stop = threading.Event()
@@ -165,7 +169,7 @@ class SqliteEngine(LocalRules):
         with self._lock:
             return dict(self._seqs)
 
-    def publish(self, room: str, chats: list) -> None:
+    def publish(self, room: str, chats: list, member: bool = True) -> None:
         """Assign seqs and queue the events for the writer; no SQLite here. Raises Unavailable
         once the engine is closing."""
         with self._lock:
@@ -236,18 +240,33 @@ class SqliteEngine(LocalRules):
         `after` is given (paging forward), else the last `limit` (paging back); with `max_bytes`,
         the reading stops one event after their texts passed it. Raises Unavailable."""
         params = (room, after or 0, room, self._per_room, MAX_SEQ if before is None else before, limit)
-        try:
-            with self._readers.connection() as conn:
-                rows = _take(conn.execute(READ_BACK if after is None else READ_FORWARD, params), max_bytes)
-        except PoolBusy as exc:
-            log.warning("history read for %s refused: %s", room, exc)
-            raise Unavailable("history is busy") from None
-        except sqlite3.Error as exc:
-            log.error("history read for %s failed: %s", room, exc)
-            raise Unavailable("history cannot be read") from None
+        rows = self._rows(READ_BACK if after is None else READ_FORWARD, params, max_bytes, f"history read for {room}")
         if after is None:
             rows.reverse()
         return [history_item(room, *row) for row in rows]
+
+    def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
+               max_bytes: int | None = None) -> list:
+        """Chats of `room` with seq < `before` whose current text has every one of `words` as the
+        start of one of its words (engines/sqlite_search.py), newest first, at most `limit`; with
+        `max_bytes`, the reading stops one chat after their texts passed it. Raises Unavailable."""
+        params = (sqlite_search.match_expression(room, words), room, MAX_SEQ if before is None else before, MAX_SEQ,
+                  room, self._per_room, limit)
+        rows = self._rows(sqlite_search.QUERY, params, max_bytes, f"search in {room}")
+        return [history_item(room, *row) for row in rows]  # in their current state (edited, reactions)
+
+    def _rows(self, statement: str, params: tuple, max_bytes: int | None, what: str) -> list:
+        """The rows of a read on a pooled connection (`_take`); `what` names it in the log.
+        Raises Unavailable."""
+        try:
+            with self._readers.connection() as conn:
+                return _take(conn.execute(statement, params), max_bytes)
+        except PoolBusy as exc:
+            log.warning("%s refused: %s", what, exc)
+            raise Unavailable("history is busy") from None
+        except sqlite3.Error as exc:
+            log.error("%s failed: %s", what, exc)
+            raise Unavailable("history cannot be read") from None
 
     def close(self) -> None:
         """Commit what is queued (and deliver it), stop the writer, close the file."""
@@ -262,6 +281,7 @@ class SqliteEngine(LocalRules):
         if self._checkpointer.is_alive():
             self._checkpointer.join()
         self._readers.close()
+        self._close_personal()
         self._checkpoint_conn.close()
         self._conn.close()  # the last connection out checkpoints the WAL into the main file
         if self.commits:
@@ -432,6 +452,7 @@ class SqliteEngine(LocalRules):
             self._conn.executemany(PRUNE_NOTICES, [(room, room, self._per_room) for room in rooms])
             if self._quotas:
                 forgotten, floor = self._quotas.prune(self._conn, self._committed_seqs, self._hub.has_room, floor)
+            sqlite_search.purge_step(self._conn, self._purge_pages)  # deleted chats' words out of the index
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()

@@ -3,10 +3,11 @@
 One file holds a roomchat history: `meta` (epoch; `seq_floor`, see engines/sqlite_quotas.py), `rooms`
 (the highest seq ever stored per room, which outlives pruning, so seqs are never reused),
 `events` (chats in their current state, and the edit, delete and react events: `kind`, `target`,
-`data`), with an index by time for the quotas' oldest-first pruning and one by target for a
-delete's edits, `rules` (topics, bans,
+`data`), with an index by time for the quotas' oldest-first pruning, one by target for a delete's
+edits and a search index kept by triggers (engines/sqlite_search.py: `search_ids`, `search`), `rules` (topics, bans,
 mutes, modes, invite uses and nicks reserved by tokens: engine.LocalRules's rows; expired ones are
-deleted at start), and `notices`: the moderation events (topic, kick, ban, mute, mode) kept for
+deleted at start), `marks` and `dms` (read markers and DMs that wait, per identity:
+engines/personal.py), and `notices`: the moderation events (topic, kick, ban, mute, mode) kept for
 transcripts, each placed after the chat seq it followed (`after_seq`), with no seq of its own.
 The file is created owner-only (0600): chats are private.
 """
@@ -19,6 +20,7 @@ import time
 
 import orjson
 
+from chatserver.engines import sqlite_search
 from chatserver.engines.base import EngineError, new_epoch
 from chatserver.protocol import amend_event, chat_event
 
@@ -52,6 +54,11 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS notices_by_room ON notices (room, after_seq)",
     # The quotas prune oldest first (engines/sqlite_quotas.py); built once when a version 1 file is opened.
     "CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts)",
+    # Read markers and DMs that wait, per identity (engines/personal.py); older roomchats ignore
+    # both tables, so the version stays. `at`: when the mark was set (the oldest goes past MAX_MARKS).
+    "CREATE TABLE IF NOT EXISTS marks (identity TEXT NOT NULL, room TEXT NOT NULL, seq INTEGER NOT NULL,"
+    " at REAL NOT NULL, PRIMARY KEY (identity, room)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS dms (n INTEGER PRIMARY KEY, identity TEXT NOT NULL, event TEXT NOT NULL)",
 )
 EVENT_COLUMNS = ("kind TEXT NOT NULL DEFAULT 'chat'", "target INTEGER", "data TEXT")  # added in schema 3
 # The edits of a chat, found when it is deleted (their texts go too); only rows with a target are in it.
@@ -63,6 +70,15 @@ SAVE_RULE = (
 )
 DELETE_RULE = "DELETE FROM rules WHERE scope = ? AND kind = ? AND key = ?"
 READ_RULES = "SELECT scope, kind, key, value, until FROM rules"
+SAVE_MARK = (
+    "INSERT INTO marks (identity, room, seq, at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (identity, room) DO UPDATE SET seq = max(seq, excluded.seq), at = excluded.at"
+)
+FORGET_MARK = "DELETE FROM marks WHERE identity = ? AND room = ?"
+READ_MARKS = "SELECT identity, room, seq FROM marks ORDER BY at"
+SAVE_DM = "INSERT INTO dms (n, identity, event) VALUES (?, ?, ?)"
+DROP_DMS = "DELETE FROM dms WHERE identity = ? AND n <= ?"
+READ_DMS = "SELECT identity, n, event FROM dms ORDER BY n"
 INSERT_EVENT = "INSERT INTO events (room, seq, sender, text, ts) VALUES (?, ?, ?, ?, ?)"
 # Edit, delete and react (engines/sqlite.py `_amend`): the event's row, and the chat it changes.
 INSERT_AMEND = "INSERT INTO events (room, seq, sender, text, ts, kind, target, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -154,6 +170,7 @@ def _prepare(conn: sqlite3.Connection, where: str) -> str:
         if column.split()[0] not in have:  # a schema 1 or 2 file: its rows are all chats
             conn.execute(f"ALTER TABLE events ADD COLUMN {column}")
     conn.execute(EVENTS_BY_TARGET)
+    sqlite_search.prepare(conn)  # the search index and its triggers (built now for an older file)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (new_epoch(),))

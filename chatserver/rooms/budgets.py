@@ -16,6 +16,7 @@ address does.
 
 import threading
 import time
+from collections import OrderedDict
 
 import orjson
 
@@ -31,6 +32,12 @@ def bounded_frame(head: dict, key: str, items: list, max_bytes: int, newest: boo
     left out, `"truncated": true` is added. Returns (frame, number of items kept).
 
     `head` must be a non-empty JSON object without `key`; items are JSON values."""
+    payload, kept = bounded_json(head, key, items, max_bytes, newest)
+    return frames.text_frame(payload), kept
+
+
+def bounded_json(head: dict, key: str, items: list, max_bytes: int, newest: bool = False) -> tuple[bytes, int]:
+    """`bounded_frame`'s JSON object, without the frame (the HTTP API's answers)."""
     encoded = [orjson.dumps(item) for item in items]
     room = max_bytes - len(orjson.dumps(head)) - len(key) - FRAME_OVERHEAD
     kept = 0
@@ -42,8 +49,37 @@ def bounded_frame(head: dict, key: str, items: list, max_bytes: int, newest: boo
     chosen = encoded[len(encoded) - kept:] if newest else encoded[:kept]
     if kept < len(items):
         head = {**head, "truncated": True}
-    payload = orjson.dumps(head)[:-1] + b',"' + key.encode() + b'":[' + b",".join(chosen) + b"]}"
-    return frames.text_frame(payload), kept
+    return orjson.dumps(head)[:-1] + b',"' + key.encode() + b'":[' + b",".join(chosen) + b"]}", kept
+
+
+class RateBook:
+    """Token buckets by key, for requests that come without a connection (the HTTP API: one book
+    per address, one per identity): `burst` at once, refilled at `rate` per second. At most
+    `size` keys are kept, the least recently used dropped first (a dropped key starts full
+    again, as it would after a pause). Any thread; `_lock` (a leaf) guards the table."""
+
+    def __init__(self, burst: int, rate: float, size: int = 100_000, clock=time.monotonic):
+        self.burst = burst
+        self.rate = rate
+        self._size = size
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict = OrderedDict()  # key -> [tokens, time.monotonic() of the last refill]
+
+    def take(self, key: str) -> float:
+        """One token of `key`'s bucket: 0.0 when taken, else the seconds until one is back."""
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.pop(key, None) or [float(self.burst), now]
+            self._buckets[key] = bucket  # now the most recently used
+            if len(self._buckets) > self._size:
+                self._buckets.popitem(last=False)
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+            if bucket[0] >= 1:
+                bucket[0] -= 1
+                return 0.0
+            return (1 - bucket[0]) / self.rate
 
 
 class SharedTokenBucket(TokenBucket):

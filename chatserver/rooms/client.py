@@ -61,11 +61,13 @@ class Client:
 
     Its own connection thread only, no lock: `last_chat` ({room: time.monotonic() of its last
     chat there}, for slow mode); `invite` (rooms/invites.Invite it connected with, or None; set
-    before its first request).
+    before its first request); `marks` ({room: seq}: its read markers while it has no token,
+    rooms/marks.py). Under the Registry lock: `typed` ({room: time.monotonic() of its last
+    typing notice there}, rooms/typing.py).
     """
 
-    __slots__ = ("bound", "changes", "conn", "id", "identity", "invite", "last_chat", "limiter", "nick", "pending",
-                 "rooms", "token")
+    __slots__ = ("bound", "changes", "conn", "id", "identity", "invite", "last_chat", "limiter", "marks", "nick",
+                 "pending", "rooms", "token", "typed")
 
     def __init__(self, client_id: int, conn, nick: str, limiter: TokenBucket, identity=None):
         self.id = client_id
@@ -79,6 +81,8 @@ class Client:
         self.identity = identity
         self.bound: dict[tuple, tuple] = {}
         self.last_chat: dict[str, float] = {}
+        self.marks: dict[str, int] = {}
+        self.typed: dict[str, float] = {}
         self.invite = None
 
     def send(self, frame: bytes, own: bool = False) -> None:

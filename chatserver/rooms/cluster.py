@@ -69,6 +69,9 @@ class ClusterRegistry(Registry):
     def _members(self, name: str) -> list:
         return self._ask_engine(lambda: self._engine.members(name))
 
+    def _room_size(self, name: str) -> int:
+        return self._engine.member_count(name)  # Raises Unavailable: a typing notice is then dropped
+
     def _members_at(self, name: str, hold: Hold) -> list:
         return self._engine.members(name)  # Raises Unavailable: join answers it
 
@@ -89,6 +92,7 @@ class ClusterRegistry(Registry):
         if session is None or session.identity != (fold_nick(identity.nick) if identity is not None else ""):
             return False  # a stolen token alone does not take over a token holder
         rooms = session.rooms[: self._max_rooms]
+        marks = self._marks.welcome(identity)
         with self._lock:
             # a client here with that nick: the one this process has yet to let go (it moved away
             # and came back), or the session is stale; the engine's claim says which
@@ -115,7 +119,7 @@ class ClusterRegistry(Registry):
                 self._nicks[fold_nick(client.nick)] = client
                 for name, seq in taken.items():  # where each stream stands, for a re-join's history
                     self._seqs[name] = max(self._seqs.get(name, 0), seq)
-                self._welcome(client, resumed=True, token=token)
+                self._welcome(client, resumed=True, token=token, marks=marks)
                 for name in sorted(taken):
                     room = self._rooms[name]
                     hold, room.members[client] = room.members[client], None

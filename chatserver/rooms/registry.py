@@ -43,6 +43,7 @@ this class, so the one-process path here has no cluster branches.
 """
 
 import bisect
+import contextlib
 import itertools
 import logging
 import secrets
@@ -57,10 +58,13 @@ from chatserver.errors import ChatError
 from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics
 from chatserver.protocol import CloseCode, fold_nick
-from chatserver.rooms import budgets, edits, moderation
+from chatserver.rooms import budgets, edits, moderation, posts
 from chatserver.rooms.client import Client
 from chatserver.rooms.identity import Identities
+from chatserver.rooms.mailbox import Mailbox
+from chatserver.rooms.marks import Marks
 from chatserver.rooms.moderation import Moderation, removes_member
+from chatserver.rooms.typing import Typing
 
 SETTLE_TIMEOUT = 30.0  # seconds a request waits for its client's chats, at most: past the store's give-up
 # time (fail_after 10 s + a busy timeout), so replies stay in order even when commits fail
@@ -128,14 +132,19 @@ class Registry:
     method each (the handlers call them); and delivery of each room's stream to its members.
     See the module docstring."""
 
-    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None):
-        """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits()."""
+    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None,
+                 *, typing_max_members: int = 100, offline_dms: int = 100):
+        """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits();
+        `typing_max_members`, `offline_dms`: Config's (rooms/typing.py, rooms/mailbox.py)."""
         self._edit_window = limits.get("edit_window", protocol.EDIT_WINDOW)  # seconds (rooms/edits.py)
         self.metrics = metrics or Metrics()  # engines count into it too (metrics.of)
         self._engine = engine
         self._limits = limits
         self._identities = identities or Identities(None)
         self._moderation = Moderation(engine)
+        self._marks = Marks(engine)  # read markers (rooms/marks.py)
+        self._mailbox = Mailbox(engine, offline_dms)  # DMs that wait (rooms/mailbox.py)
+        self._typing = Typing(self._moderation, typing_max_members)  # typing notices (rooms/typing.py)
         self._max_rooms = limits["max_rooms"]
         self._max_reply = limits["max_reply_bytes"]
         self._dm_backlog = limits["max_outbox_bytes"] // 2  # a recipient with more waiting is busy
@@ -158,6 +167,8 @@ class Registry:
         self._batch: dict | None = None  # while set: frames per client, written once at the end
         self._shared: dict | None = None  # with it: room -> Shared, frames its members get alike
         self._tokens: dict[str, Client] = {}  # resume token -> the client it takes over
+        self._posts = posts.Posts(self.process_id)  # chats posted over the HTTP API, waiting to be stored
+        self._posters = posts.Posters()
         engine.start(self)
 
     # -- state ---------------------------------------------------------------------------------
@@ -190,9 +201,10 @@ class Registry:
         self.disconnect(client, conn)
 
     def has_room(self, name: str) -> bool:
-        """True while a local client is in `name` (the Redis engine asks before unsubscribing)."""
+        """True while a local client is in `name`, or a post to it waits (the Redis engine asks
+        before unsubscribing)."""
         with self._lock:
-            return name in self._rooms
+            return name in self._rooms or self._posts.busy(name)
 
     # -- called by the engine ------------------------------------------------------------------
 
@@ -229,6 +241,7 @@ class Registry:
                     error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
                     self.metrics.error(error)
                     sender.send(protocol.encode(error), own=True)
+                self._posts.failed(meta, unavailable(Unavailable(reason)))
             self._settled.notify_all()
 
     def deliver_dm(self, client_id: int, event: dict) -> bool:
@@ -247,6 +260,7 @@ class Registry:
         room = self._rooms.get(name)
         sender = self._origin(meta)
         own_id = self._settle_write(name, event, meta, sender)
+        self._posts.done(meta, event)  # a chat posted over the HTTP API: stored now
         if event["type"] in ("ban", "mute"):  # the connection with that nick stays bound, renamed or not
             moderation.bind(self._nicks.get(protocol.fold_nick(event["nick"])), self._clients.values(), event)
         if room is None:
@@ -455,6 +469,7 @@ class Registry:
         unavailable."""
         if identity is not None:
             self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
+        marks = self._marks.welcome(identity)  # read before the lock: for `welcome.marks`
         token = secrets.token_urlsafe(24)  # the new resume token, kept (cluster) before it is given
         with self._lock:
             resumed = self._resumable(resume, identity)
@@ -465,7 +480,7 @@ class Registry:
                     gone, resumed = resumed, None  # gone meanwhile: the session just kept goes too
                 else:
                     self._take_over(resumed, conn, identity)
-                    self._welcome(resumed, resumed=True, token=token)
+                    self._welcome(resumed, resumed=True, token=token, marks=marks)
             if resumed is None and gone.id not in self._clients:  # (else another resume took it first)
                 self._end_session(gone)
         client = resumed or Client(next(self._ids), conn, "", limiter, identity)
@@ -482,11 +497,12 @@ class Registry:
                 if self._nicks.setdefault(fold_nick(nick), client) is client:
                     client.nick = nick
                     self._clients[client.id] = client
-                    self._welcome(client, resumed=False, token=token)
+                    self._welcome(client, resumed=False, token=token, marks=marks)
                     break
             self._release(client, nick)  # taken here meanwhile (by another connection of the same token)
         if identity is not None:
             self._identities.watch(client, identity.expires)
+            self._hand_waiting(client, identity)  # DMs kept while it was offline, right after `welcome`
         return client
 
     def disconnect(self, client: Client, conn=None) -> None:
@@ -526,8 +542,9 @@ class Registry:
 
     # -- helpers (lock held) -------------------------------------------------------------------
 
-    def _welcome(self, client: Client, resumed: bool, token: str) -> None:
-        """The first frame on a connection: `welcome`, with the client's new resume `token`."""
+    def _welcome(self, client: Client, resumed: bool, token: str, marks: dict | None = None) -> None:
+        """The first frame on a connection: `welcome`, with the client's new resume `token` and
+        its identity's read `marks` ({room: seq}; none: left out)."""
         assert self._lock.locked()
         self._forget_token(client)
         client.token = token
@@ -539,6 +556,8 @@ class Registry:
             event["rooms"] = sorted(client.rooms)
         if client.identity is not None:
             event["auth"] = client.identity.summary()
+        if marks:
+            event["marks"] = marks
         client.send(protocol.encode(event))
 
     def _resumable(self, token: str | None, identity=None) -> Client | None:
@@ -712,6 +731,8 @@ class Registry:
         self._identities.watch(client, identity.expires)
         reply = {"type": "auth", **identity.summary(), **({"token": token} if reveal else {})}  # reveal: an invite's
         self.reply(client, protocol.with_id(reply, reply_id))
+        if previous is None:
+            self._hand_waiting(client, identity)  # DMs kept while the token's holder was offline
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
@@ -765,7 +786,8 @@ class Registry:
                                             max_bytes=self._max_reply)
                 members = self._members_at(name, hold)
                 rules = self._engine.topic(name), self._engine.mode(name)
-                frame = self._joined(name, members, history, after is None, reply_id, rules)
+                mark = self._marks.of_room(client, client.identity, name)
+                frame = self._joined(name, members, history, after is None, reply_id, rules, mark)
             except Unavailable as exc:
                 frame, history = None, exc
             with self._lock:
@@ -843,7 +865,9 @@ class Registry:
             self._publish(run_room, run)
 
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
-        """A direct message to a connected nick. Raises ChatError no_such_user, unavailable."""
+        """A direct message to a connected nick, or kept for a token holder who is offline
+        (rooms/mailbox.py: the sender's copy says `stored`). Raises ChatError no_such_user,
+        recipient_busy, unavailable."""
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile
@@ -855,7 +879,15 @@ class Registry:
                                                       "them; try again later.")
                 target.send(protocol.encode(event))
         if target is None:
-            event = {**event, "to": self._dm_elsewhere(nick, event)}
+            try:
+                event = {**event, "to": self._dm_elsewhere(nick, event)}
+            except ChatError as exc:
+                if exc.code != "no_such_user":
+                    raise
+                try:
+                    event = self._mailbox.keep(nick, event, exc)  # for a token holder who is offline
+                except Unavailable as failure:
+                    raise unavailable(failure) from None
         self.reply(client, protocol.with_id(event, reply_id))
 
     def list_rooms(self, client: Client, after: str | None = None, reply_id=None) -> None:
@@ -893,6 +925,60 @@ class Registry:
             newest = after is None  # paging back: keep the newest that fit
             frame = budgets.bounded_frame(reply, "messages", messages, self._max_reply, newest)[0]
         self._reply_frame(client, frame)
+
+    def search(self, client: Client, name: str, query: str, before=None, limit=50, reply_id=None) -> None:
+        """Members search a room's stored chats: `search` with the matches, newest first,
+        cut to `max_reply_bytes` (`truncated`). Raises ChatError not_in_room, unsupported, unavailable."""
+        with self._lock:
+            if client.id not in self._clients:
+                return  # gone meanwhile
+            if name not in client.rooms:
+                raise ChatError("not_in_room", f"Join {name!r} to search it.")
+            bound = self._seqs.get(name, 0) + 1  # as history: what is delivered already
+        bound = bound if before is None else min(before, bound)
+        words = protocol.search_words(query)
+        with self._builders:
+            found = self._ask_engine(lambda: self._engine.search(name, words, before=bound, limit=limit,
+                                                                 max_bytes=self._max_reply))
+            reply = protocol.with_id({"type": "search", "room": name, "q": query}, reply_id)
+            frame = budgets.bounded_frame(reply, "messages", found, self._max_reply)[0]
+        self._reply_frame(client, frame)
+
+    def post(self, identity, name: str, text: str) -> dict:
+        """A chat by a token's holder that need not be connected (the HTTP API, rooms/posts.py):
+        the room's rules for its nick apply as to a connection's chat; returns the chat event
+        once stored and delivered to the room's members. Raises ChatError forbidden (outside the
+        token's rooms, banned, muted), moderated, slow_mode, unavailable."""
+        poster = self._posters.of(identity)
+        self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))  # as at connect
+        self._ask_engine(lambda: self._moderation.check_join(identity, poster.nick, name))
+        rule = self._refusal(self._moderation.chat_rule, poster, name)
+        if isinstance(rule, ChatError):
+            raise rule
+        with poster.lock:
+            self._moderation.pace(poster, name, rule)  # slow_mode
+        post_id = next(self._ids)  # never a client's id: the delivered chat is nobody's own copy
+        waiter = self._posts.start(post_id, name)
+        try:
+            self._ask_engine(lambda: self._entered(name))  # several processes: the chat comes back here too
+            meta = Meta(origin=(self.process_id, post_id), key=self._new_key())
+            self._ask_engine(lambda: self._engine.publish(name, [(poster.nick, text, meta)], member=False))
+            return waiter.wait()
+        finally:
+            self._posts.finish(post_id, name)
+            if not self.has_room(name):
+                self._emptied(name)
+
+    def read_room(self, identity, name: str, before=None, after=None, limit=50) -> bytes:
+        """A room's stored chat events for a token's holder that need not be a member (the HTTP
+        API): the JSON object {"room", "messages"}, paged as `history` (oldest first, within
+        max_reply_bytes, else "truncated"). The token's rooms and bans apply. Raises ChatError
+        forbidden, unavailable."""
+        self._ask_engine(lambda: self._moderation.check_join(identity, identity.nick, name))
+        with self._builders:
+            messages = self._ask_engine(lambda: self._engine.read(name, before=before, after=after, limit=limit,
+                                                                  max_bytes=self._max_reply))
+            return budgets.bounded_json({"room": name}, "messages", messages, self._max_reply, after is None)[0]
 
     def moderate(self, client: Client, action, reply_id=None) -> None:
         """An operator's topic, kick, ban or mute (moderation.Action): stored, then put into the
@@ -954,7 +1040,58 @@ class Registry:
                 self._settled.notify_all()
             raise unavailable(exc) from None
 
+    def typing(self, client: Client, name: str) -> None:
+        """A typing notice: the room's other members get `typing` (rooms/typing.py); no reply.
+        Dropped silently: within TYPING_INTERVAL of the client's last one there, from a muted
+        member, in a moderated room (but from operators), in a room over `--typing-max-members`,
+        or when the engine cannot take it. Raises ChatError not_in_room."""
+        with self._lock:
+            if client.id not in self._clients:
+                return  # gone meanwhile
+            if name not in client.rooms:
+                raise ChatError("not_in_room", f"Join {name!r} before typing in it.")
+            if not self._typing.due(client, name):
+                return
+            nick = client.nick
+        try:
+            if self._typing.allowed(client, name, lambda: self._room_size(name)):
+                self._engine.announce(name, protocol.typing_event(name, nick), self._meta(client))
+        except Unavailable as exc:
+            log.debug("typing in %s dropped: %s", name, exc)
+
+    def mark(self, client: Client, name: str, seq: int, reply_id=None) -> None:
+        """Mark a room read up to `seq` (rooms/marks.py): the reply `mark` carries the mark now
+        (never lower than before, at most the room's last seq). Raises ChatError not_in_room,
+        unavailable."""
+        with self._lock:
+            if client.id not in self._clients:
+                return  # gone meanwhile
+            if name not in client.rooms:
+                raise ChatError("not_in_room", f"Join {name!r} to mark it read.")
+            last, identity = self._seqs.get(name, 0), client.identity
+        marked = self._ask_engine(lambda: self._marks.set(client, identity, name, seq, last))
+        self.reply(client, protocol.with_id(protocol.mark_event(name, marked), reply_id))
+
     # -- helpers (lock not held) ---------------------------------------------------------------
+
+    def _hand_waiting(self, client: Client, identity) -> None:
+        """Send the client the DMs kept for `identity` while it was offline (rooms/mailbox.py),
+        oldest first; kept again if it went away meanwhile. A failure is logged: they stay kept."""
+        try:
+            waiting = self._mailbox.take(identity)
+        except Unavailable as exc:
+            log.warning("DMs waiting for %s not handed out: %s", identity.nick, exc)
+            return
+        if not waiting:
+            return
+        with self._lock:
+            here = client.id in self._clients
+            if here:
+                # counted as its replies: however many, they never get it dropped as too slow
+                client.send(b"".join(protocol.encode(event) for event in waiting), own=True)
+        if not here:
+            with contextlib.suppress(Unavailable):
+                self._mailbox.put_back(identity, waiting)
 
     def _member_named(self, name: str, nick: str) -> str | None:
         """How the member of room `name` whose nick looks like `nick` spells it, or None."""
@@ -976,9 +1113,13 @@ class Registry:
         except ChatError as exc:
             return exc
 
-    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, rules: tuple) -> bytes:
-        """`rules`: (topic, (moderated, slow)); each shows only when it is not the default."""
+    def _joined(self, name: str, members: list, history: list, newest: bool, reply_id, rules: tuple,
+                mark: int | None = None) -> bytes:
+        """`rules`: (topic, (moderated, slow)); each shows only when it is not the default; `mark`:
+        the reader's read marker in the room, when known."""
         reply = protocol.with_id({"type": "joined", "room": name, "members": members}, reply_id)
+        if mark is not None:
+            reply["mark"] = mark
         (topic, (moderated, slow)) = rules
         if topic:
             reply["topic"] = topic
@@ -1014,6 +1155,12 @@ class Registry:
 
     def _entered(self, name: str) -> None:
         """A local client is about to join room `name`."""
+
+    def _room_size(self, name: str) -> int:
+        """How many members room `name` has."""
+        with self._lock:
+            room = self._rooms.get(name)
+            return len(room.members) if room else 0
 
     def _members(self, name: str) -> list:
         """The nicks in room `name`, in join order (those whose join has its place in the stream)."""

@@ -4,7 +4,8 @@ The rest of roomchat sees a connection (`send_frame`, `close`, `peer`, `path`, `
 `client`/`context` attributes the app sets) and calls these methods of the app:
 `on_handshake(target, headers)` (None, or a refusal as (status, reason[, headers])),
 `on_connect(conn)`, `on_texts(conn, [text, ...])` (messages that arrived together, in order),
-`on_close(conn, close_code)`, `on_refused(status)`, and `on_http(request, peer_ip)` for plain HTTP.
+`on_close(conn, close_code)`, `on_refused(status)`, and `on_http(request, peer_ip, address,
+refused)` for plain HTTP (its body read: `_answer_http`).
 Beside it in transport/: streams.py (socket reads, queued writes), state.py, housekeeper.py and
 tls.py; outside it: wire/handshake.py (the opening handshake), wire/frames.py (RFC 6455
 framing), wire/proxies.py, wire/exposure.py.
@@ -64,6 +65,7 @@ SOCKET_SEND_BUFFER = 128 * 1024
 MAX_BATCH = 64  # messages from one client handled together when they arrived together
 PACE_TICK = 1.0  # seconds between progress checks while a client's requests wait for its replies to leave
 CLOSE_LINGER = 1.0  # seconds we keep reading after our close frame so the peer can read it
+LINGER_BYTES = 4 * 2**20  # bytes of a refused HTTP body read (and dropped) at most while we linger
 
 
 class Connection(WebSocketHandler):
@@ -159,10 +161,7 @@ class Connection(WebSocketHandler):
             self.path, self.headers = request.target, request.headers
             handshake.admit(request, self.server.policy)
             if not request.is_upgrade:
-                status, headers, body = self.server.app.on_http(request, self.client_address[0])
-                with contextlib.suppress(OSError):
-                    self._send_direct(handshake.response(status, headers, body, head_only=request.method == "HEAD"))
-                self.report_closed(f"http {request.method} {request.target[:80]}")
+                self._answer_http(request)
                 return False
             response = handshake.accept(request, self.server.policy)
             refusal = self.server.app.on_handshake(request.target, request.headers)  # (status, reason[, headers])
@@ -186,6 +185,46 @@ class Connection(WebSocketHandler):
             self.server.housekeeper.handshake_finished(self)
         self._life.move(State.OPEN)
         return True
+
+    # upstream: reads no request body (a POST's body would be parsed as the next request).
+    # fix: a plain HTTP request's body is read whole, with a Content-Length only, at most
+    # max_message_bytes, within the handshake's deadline (handshake.body_length says what is refused).
+    # tests: tests/integration/test_http_api.py, tests/unit/test_handshake.py::test_body_length_*
+    def _answer_http(self, request) -> None:
+        """Read the body of a plain HTTP request and answer it with `app.on_http(request, peer_ip,
+        address, refused)`: `refused` is the HandshakeError when the body was refused (411, 413,
+        400: the app words the answer; the body is left unread). The handshake deadline stops
+        before the app is asked (an API post waits for the store), and after the answer the
+        connection closes, lingering a moment over a body left unread so the client gets the
+        answer rather than a reset. Raises OSError, EOFError (the caller reports them)."""
+        refused = None
+        try:
+            length = handshake.body_length(request, self.server.max_message_bytes)
+            if length and handshake.expects_continue(request):
+                self._send_direct(handshake.CONTINUE)
+            request = dataclasses.replace(request, body=self.reader.read_exact(length) if length else b"")
+        except HandshakeError as exc:
+            refused = exc
+        self.server.housekeeper.handshake_finished(self)
+        status, headers, body = self.server.app.on_http(request, self.client_address[0], self.address, refused)
+        with contextlib.suppress(OSError):
+            self._send_direct(handshake.response(status, headers, body, head_only=request.method == "HEAD"))
+            if refused is not None:
+                self._linger()
+        self.report_closed(f"http {request.method} {request.target[:80]}")
+
+    def _linger(self) -> None:
+        """After an answer that left the body unread: stop writing and read what the client still
+        sends (at most LINGER_BYTES, for LINGER seconds), so closing sends a FIN, not a reset that
+        could destroy the answer before the client reads it. Raises OSError."""
+        self.request.shutdown(socket.SHUT_WR)
+        deadline, read = time.monotonic() + CLOSE_LINGER, 0
+        while read < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+            self.request.settimeout(left)
+            chunk = self.request.recv(65536)
+            if not chunk:
+                return
+            read += len(chunk)
 
     # upstream: `self.request.send(header + payload)` under `_send_lock`: partial writes are lost.
     # fix: every frame goes through this connection's Outbox (complete writes, in order, never

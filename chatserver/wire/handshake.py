@@ -43,6 +43,7 @@ class Request:
     target: str
     headers: dict = field(default_factory=dict)
     scheme: str = "http"
+    body: bytes = b""  # a plain HTTP request's body (`body_length` says how long), read by the transport
 
     @property
     def is_upgrade(self) -> bool:
@@ -121,6 +122,42 @@ def admit(request: Request, policy: Policy = ACCEPT_ALL) -> None:
         HandshakeError: 400 when `policy.check_host` refuses the Host (RFC 9110 section 7.2).
     """
     policy.check_host(request)
+
+
+BODY_METHODS = ("POST", "PUT", "PATCH")  # methods whose request must say how long its body is
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # RFC 9110 section 15.2.1
+
+
+def body_length(request: Request, limit: int) -> int:
+    """How many bytes of body follow a plain HTTP request's head (RFC 9112 section 6.3): its
+    Content-Length, or 0 when a method other than POST, PUT or PATCH gives none. Bodies are
+    accepted with a Content-Length only, at most `limit` bytes.
+
+    Raises:
+        HandshakeError: 411 for a body in chunks (any Transfer-Encoding) or a POST, PUT or PATCH
+            without Content-Length; 400 for a Content-Length that is not one decimal number
+            (repeated with another value, say); 413 for one over `limit`.
+    """
+    headers = request.headers
+    if "transfer-encoding" in headers:
+        raise HandshakeError(411, "send the body with a Content-Length, not in chunks (Transfer-Encoding)")
+    value = headers.get("content-length")
+    if value is None:
+        if request.method in BODY_METHODS:
+            raise HandshakeError(411, f"a {request.method} needs a Content-Length")
+        return 0
+    values = {v.strip() for v in value.split(",")}  # a repeated field arrives joined with ", "
+    length = values.pop() if len(values) == 1 else ""
+    if not (length.isdigit() and length.isascii() and len(length) <= 18):
+        raise HandshakeError(400, "malformed Content-Length")
+    if int(length) > limit:
+        raise HandshakeError(413, f"the body is over {limit} bytes")
+    return int(length)
+
+
+def expects_continue(request: Request) -> bool:
+    """The client waits for `100 Continue` before it sends the body (RFC 9110 section 10.1.1)."""
+    return request.headers.get("expect", "").strip().lower() == "100-continue"
 
 
 def accept(request: Request, policy: Policy = ACCEPT_ALL) -> bytes:

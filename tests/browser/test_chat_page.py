@@ -214,7 +214,7 @@ def test_keyboard_alone_sets_nick_joins_and_sends(open_page, connect):
     first = ann.js("""return [...document.querySelectorAll('a[href], button, input, textarea, select, [tabindex]')]
                       .find((e) => e.tabIndex >= 0 && !e.disabled && e.getClientRects().length).id""")
     ann.js(focus, first)
-    for _ in range(14):
+    for _ in range(20):  # past the message box (the search box and the message menu come before it)
         for attempt in range(3):  # the room and member lists re-render as events arrive: an element may go stale
             try:
                 active = ann.active()

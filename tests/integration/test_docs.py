@@ -148,7 +148,7 @@ def test_identity_page_commands_make_tokens_a_require_token_server_takes(tmp_pat
 def test_readme_terminal_client_pipe_line_posts_to_the_server_it_names(tmp_path):
     """README's `printf ... | roomchat.py client --room ci` line, with ROOMCHAT_PORT naming a running
     server (as `ROOMCHAT_PORT=9000 make run` would), posts its line there and exits 0."""
-    (line,) = re.findall(r"^(printf .*\| \.venv/bin/python roomchat\.py client .*)$", README, re.M)
+    (line,) = re.findall(r"^(printf .*\| \.venv/bin/python roomchat\.py client --room ci)$", README, re.M)
     server = ServerProcess("--db", str(tmp_path / "r.db"))
     try:
         env = roomchat_env(ROOMCHAT_PORT=str(server.port))

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from tests.helpers import wait_for
+from tests.helpers import SECRET, token, wait_for, with_token
 from tests.integration.test_redis import stream
 from tests.services import RedisCluster
 
@@ -183,3 +183,29 @@ def test_a_killed_master_fails_over_to_its_replica(tmp_path, spawn, peers):
         assert ask(receivers[-1], "dm", type="dm", to=sender.nick, text="still there?")["to"] == sender.nick
     finally:
         service.kill()
+
+
+def test_typing_marks_and_waiting_dms_on_a_redis_cluster(processes, peers):
+    """On a Redis Cluster: typing on one process reaches a member on another (sharded pub/sub); a
+    mark set on one process and a DM kept on another are found by the token holder's next
+    connection on a third (each identity's keys in one slot)."""
+    a, b, c = processes("--token-secret", SECRET)
+    ann, bob = peers(with_token(a.url, token("ann"))), peers(b.url)
+    ann.join("lobby")
+    bob.join("lobby")
+    ann.recv_type("presence")
+    ann.send(type="typing", room="lobby")
+    assert bob.recv() == {"type": "typing", "room": "lobby", "nick": "ann"}
+    ann.chat_all("lobby", ["one", "two"])
+    assert ask(ann, "mark", type="mark", room="lobby", seq=2)["seq"] == 2
+    ann.close()
+
+    def kept() -> dict | None:
+        bob.send(type="dm", to="ann", text="hi", id="k")
+        reply = reply_to(bob, "k")
+        return reply if reply.get("stored") else None
+
+    copy = wait_for(kept, timeout=15)
+    again = peers(with_token(c.url, token("ann")), timeout=15)
+    assert again.welcome["marks"] == {"lobby": 2}
+    assert again.recv() == {k: v for k, v in copy.items() if k != "id"}

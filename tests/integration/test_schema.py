@@ -105,9 +105,13 @@ def test_scripted_session_matches_schema(make_server, recording_peers):
     b.recv_type("chat")
     b.request(type="dm", to="alice", text="psst")
     a.recv_type("dm")
+    a.send(type="typing", room="lobby")
+    b.recv_type("typing")
+    a.request(type="mark", room="lobby", seq=1, id="m")
     for request in ({"type": "rooms"}, {"type": "who", "room": "lobby"}, {"type": "ping", "id": "p"},
                     {"type": "history", "room": "lobby", "before": 2, "limit": 1},
-                    {"type": "join", "room": "lobby", "after": 0}, {"type": "join", "room": "two"}):
+                    {"type": "join", "room": "lobby", "after": 0}, {"type": "join", "room": "two"},
+                    {"type": "search", "room": "lobby", "q": "hel", "limit": 5}):
         b.request(**request)
     b.request(type="leave", room="lobby")
     a.recv_type("presence")  # nothing else is in flight for a: this is bob leaving
@@ -166,8 +170,9 @@ def test_scripted_session_matches_schema(make_server, recording_peers):
     assert [e["type"] for e in errors[:10]] == ["error"] * 10, errors[:10]
     codes = {e["code"] for e in errors if e["type"] == "error"}
     # `unavailable` needs a failing store or Redis: test_durability and test_redis check its shape;
-    # `recipient_busy` a recipient that does not read: test_budgets_fan_in checks it
-    untested_here = {"unavailable", "recipient_busy"}
+    # `recipient_busy` a recipient that does not read: test_budgets_fan_in checks it; `unsupported`
+    # a server on Redis: test_search checks it
+    untested_here = {"unavailable", "recipient_busy", "unsupported"}
     assert codes | untested_here == set(validator("events").schema["$defs"]["error_code"]["enum"]), codes
     assert {e["type"] for e in received} == set(validator("events").schema["properties"]["type"]["enum"])
     assert {m["type"] for m in sent} == set(validator("requests").schema["properties"]["type"]["enum"])

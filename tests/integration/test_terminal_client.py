@@ -174,7 +174,7 @@ def test_commands_and_incoming_events(server, connect, client):
     assert bob.recv_type("presence") == {"type": "presence", "room": "dev", "event": "join", "nick": "ann"}
 
     bob.send(type="chat", room="dev", text="hi ann")
-    assert ann.expect("<bob> hi ann").split(" ", 1)[1] == "[dev] <bob> hi ann"
+    assert ann.expect("<bob> hi ann").split(" ", 1)[1] == "[dev] #1 <bob> hi ann"
     ann.type("/who")
     ann.expect("dev: 2 members: bob, ann")
     ann.type("/rooms")
@@ -188,7 +188,7 @@ def test_commands_and_incoming_events(server, connect, client):
     ann.type("/join lobby")
     ann.expect("you joined lobby: 1 member: annie")
     ann.type("now in the lobby")
-    ann.expect("[lobby] <annie> now in the lobby")
+    ann.expect("[lobby] #1 <annie> now in the lobby")
     ann.type("/leave dev")
     ann.expect("you left dev; now in lobby")
     assert bob.recv_type("presence")["event"] == "leave"

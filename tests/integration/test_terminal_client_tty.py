@@ -32,7 +32,7 @@ def test_incoming_lines_print_above_the_line_being_typed(server, connect, tty):
     rows = ann.rows()
     shown = [row for row in rows if "incoming" in row]
     assert [row.split(" ", 1)[1] for row in shown] == [
-        f"[lobby] <bob> incoming {n}, a line long enough to matter" for n in (1, 2, 3)]
+        f"[lobby] #{n} <bob> incoming {n}, a line long enough to matter" for n in (1, 2, 3)]
     assert ann.cursor_row() == "[lobby] ann> half typ"
     assert rows.index(shown[-1]) < rows.index("[lobby] ann> half typ")
 
@@ -41,7 +41,7 @@ def test_incoming_lines_print_above_the_line_being_typed(server, connect, tty):
     while event["from"] != "ann":
         event = bob.recv_type("chat")
     assert event["text"] == "half typed"
-    ann.wait_for(lambda rows: any(row.endswith("[lobby] <ann> half typed") for row in rows), "own line not shown")
+    ann.wait_for(lambda rows: any(row.endswith("[lobby] #4 <ann> half typed") for row in rows), "own line not shown")
 
 
 def test_ctrl_c_at_the_prompt_closes_with_1000(tty):

@@ -11,7 +11,7 @@ from chatserver.config import Config
 from chatserver.engines.base import Meta, Unavailable
 from chatserver.engines.memory import MemoryEngine
 from chatserver.engines.sqlite import SqliteEngine, open_engine
-from chatserver.protocol import amend_event
+from chatserver.protocol import MAX_MARKS, amend_event
 from tests.helpers import RecordingHub, chat, seqs, started, wait_for, write  # noqa: F401
 
 KINDS = ["memory", "sqlite"]
@@ -322,3 +322,84 @@ def test_amend_of_a_chat_that_is_gone_is_stored_without_effect(make_store):
     write(store, [chat("lobby", 1), chat("lobby", 2), chat("lobby", 3)])
     (react,) = amend(store, amend_event("react", "lobby", 1, "bob", emoji="👍", on=True))
     assert react["seq"] == 4 and [e["seq"] for e in store.read("lobby")] == [3, 4]
+
+
+# -- read markers and DMs that wait (engines/personal.py, engines/sqlite_personal.py) ------------
+
+
+def test_a_mark_never_goes_back(make_store):
+    """set_mark answers the max of the old mark and the new seq; mark() reads it; none is None."""
+    engine = make_store()
+    assert engine.mark("ann", "lobby") is None
+    assert engine.set_mark("ann", "lobby", 5) == 5
+    assert engine.set_mark("ann", "lobby", 3) == 5
+    assert engine.set_mark("ann", "lobby", 9) == 9
+    assert engine.mark("ann", "lobby") == 9 and engine.mark("bob", "lobby") is None
+
+
+def test_marks_are_listed_marked_last_first_and_bounded(make_store):
+    """marks() lists the room marked last first; past MAX_MARKS the one marked longest ago goes
+    (a mark moved again counts as marked last)."""
+    engine = make_store()
+    for n in range(MAX_MARKS):
+        engine.set_mark("ann", f"r{n}", 1)
+    engine.set_mark("ann", "r0", 2)  # r0 is now the newest; r1 the oldest
+    engine.set_mark("ann", "new", 1)
+    marks = engine.marks("ann")
+    assert len(marks) == MAX_MARKS and "r1" not in marks
+    assert list(marks)[:2] == ["new", "r0"] and marks["r0"] == 2
+    assert engine.marks("bob") == {}
+
+
+def test_dms_wait_bounded_and_are_taken_once(make_store):
+    """keep_dm keeps up to `most` DMs per identity (then False); take_dms hands them out oldest
+    first, once."""
+    engine = make_store()
+    for n in range(3):
+        assert engine.keep_dm("ann", {"type": "dm", "text": str(n)}, 3)
+    assert not engine.keep_dm("ann", {"type": "dm", "text": "3"}, 3)
+    assert engine.keep_dm("bob", {"type": "dm", "text": "b"}, 3)
+    assert [e["text"] for e in engine.take_dms("ann")] == ["0", "1", "2"]
+    assert engine.take_dms("ann") == []
+    assert engine.keep_dm("ann", {"type": "dm", "text": "again"}, 3)
+
+
+def test_sqlite_keeps_marks_and_dms_across_a_restart(tmp_path):
+    """Marks (with their order and bound) and waiting DMs are in the file: a reopened engine has them."""
+    path = str(tmp_path / "h.db")
+    engine = started(SqliteEngine(path))
+    engine.set_mark("ann", "a", 3)
+    engine.set_mark("ann", "b", 4)
+    engine.set_mark("ann", "a", 5)
+    engine.keep_dm("ann", {"type": "dm", "text": "kept", "ts": 1.5}, 10)
+    engine.keep_dm("ann", {"type": "dm", "text": "taken", "ts": 2.5}, 10)
+    engine.close()
+    again = started(SqliteEngine(path))
+    try:
+        assert again.marks("ann") == {"a": 5, "b": 4} and list(again.marks("ann")) == ["a", "b"]
+        assert again.take_dms("ann") == [{"type": "dm", "text": "kept", "ts": 1.5},
+                                         {"type": "dm", "text": "taken", "ts": 2.5}]
+    finally:
+        again.close()
+    third = started(SqliteEngine(path))
+    try:
+        assert third.take_dms("ann") == []
+        assert third.keep_dm("ann", {"type": "dm", "text": "next"}, 10)  # numbers go on above the taken ones
+    finally:
+        third.close()
+
+
+def test_an_older_file_without_the_tables_gets_them(tmp_path):
+    """A history file written before marks and dms existed opens with both tables empty."""
+    path = str(tmp_path / "h.db")
+    started(SqliteEngine(path)).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE marks")
+        conn.execute("DROP TABLE dms")
+    conn.close()
+    engine = started(SqliteEngine(path))
+    try:
+        assert engine.marks("ann") == {} and engine.take_dms("ann") == []
+        assert engine.set_mark("ann", "a", 1) == 1
+    finally:
+        engine.close()

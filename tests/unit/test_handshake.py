@@ -133,3 +133,40 @@ def test_response_counts_the_body_and_leaves_it_out_for_head():
     assert full == (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n"
                     b"Content-Type: text/html\r\n\r\n<html>")
     assert handshake.response(200, {"Content-Type": "text/html"}, b"<html>", head_only=True) == full[:-6]
+
+
+def body_status(head: bytes, limit: int = 100):
+    """The body length `head` announces, or the status it is refused with."""
+    try:
+        return handshake.body_length(parse(head + b"\r\n"), limit)
+    except HandshakeError as exc:
+        return exc.status
+
+
+@pytest.mark.parametrize(("head", "expected"), [
+    (b"POST /api/x HTTP/1.1\r\nContent-Length: 12\r\n", 12),
+    (b"POST /api/x HTTP/1.1\r\nContent-Length: 0\r\n", 0),
+    (b"POST /api/x HTTP/1.1\r\nContent-Length: 100\r\n", 100),
+    (b"GET / HTTP/1.1\r\n", 0),
+    (b"POST /api/x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n", 5),
+    (b"POST /api/x HTTP/1.1\r\n", 411),
+    (b"PUT /api/x HTTP/1.1\r\n", 411),
+    (b"POST /api/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n", 411),
+    (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n", 411),
+    (b"POST /api/x HTTP/1.1\r\nContent-Length: 101\r\n", 413),
+    (b"POST /api/x HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n", 400),
+    (b"POST /api/x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n", 400),
+    (b"POST /api/x HTTP/1.1\r\nContent-Length: -1\r\n", 400),
+    (b"POST /api/x HTTP/1.1\r\nContent-Length: 1e3\r\n", 400),
+    (b"POST /api/x HTTP/1.1\r\nContent-Length: \xd9\xa1\r\n", 400),
+])
+def test_body_length_takes_one_content_length_within_the_limit(head, expected):
+    """A body needs one decimal Content-Length (400 otherwise) within the limit (413), never chunks
+    (411); POST and PUT must give one (411), other methods without one have none."""
+    assert body_status(head) == expected
+
+
+def test_body_length_expect_continue():
+    """`Expect: 100-continue` is recognised, in any case."""
+    assert handshake.expects_continue(parse(b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n"))
+    assert not handshake.expects_continue(parse(b"POST / HTTP/1.1\r\n\r\n"))

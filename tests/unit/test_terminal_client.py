@@ -76,7 +76,7 @@ def test_reconnect_resumes_each_room_after_the_last_seq():
     assert [(r["type"], r.get("after")) for r in resume] == [("nick", None), ("join", 3)]
     session.on_event({"type": "nick", "old": "guest-9", "nick": "ann", "id": resume[0]["id"]})
     lines = session.on_event({**joined(history=[chat(4, "missed")]), "id": resume[1]["id"]})
-    assert [line.split(" ", 1)[1] for line in lines] == ["[lobby] <bob> missed"]
+    assert [line.split(" ", 1)[1] for line in lines] == ["[lobby] #4 <bob> missed"]
     assert [r["text"] for r in drain(session)] == ["typed while offline"]
 
 
@@ -335,6 +335,7 @@ def test_every_event_type_is_handled_or_listed_as_not_handled():
     method that exists (or None, said why beside it), and the shape checker knows each type."""
     schema = set(json.loads((ROOT / "schema" / "events.json").read_text())["properties"]["type"]["enum"])
     pending = {"mode"} - schema  # issue 19's server side, on its own branch until merged
+    pending |= {"edit", "delete", "react", "typing", "mark", "search"} - schema  # issue 22's, likewise
     assert set(EVENTS) == schema | pending
     assert set(FIELDS) == schema | pending
     assert all(name is None or callable(getattr(Session, name)) for name in EVENTS.values())

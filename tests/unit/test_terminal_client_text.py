@@ -72,9 +72,9 @@ def test_parse_explains_bad_lines(line, message):
 
 
 def test_chat_line_has_time_room_sender_and_text():
-    """A chat event prints as HH:MM:SS [room] <sender> text."""
+    """A chat event prints as HH:MM:SS [room] #SEQ <sender> text (the seq names it for /edit, /react)."""
     line = render.chat(chat(1, "hello", ts=1_700_000_000.0))
-    assert line.endswith(" [lobby] <bob> hello")
+    assert line.endswith(" [lobby] #1 <bob> hello")
     assert len(line.split(" ", 1)[0]) == len("12:34:56")
 
 

@@ -26,8 +26,9 @@
 // Modules: nick.js (the nick rule and nick equality, the server's), state.js (shared state, name
 // rules, helpers), connection.js (sending, reconnecting, resuming, the nick, the table of events),
 // view.js (conversations, tabs, members, history, message rows), moderation.js (what operators did,
-// the room's header, the message box's limits, the operators' controls) and this file (the forms
-// and start-up).
+// the room's header, the message box's limits, the operators' controls), team.js (edit, delete,
+// reactions, typing, read marks and unread counts, mentions and notifications, search, stored
+// direct messages) and this file (the forms and start-up).
 
 import {
   NICK_RE, ROOM_RE, ROOMS_REFRESH_MS, STORE_NICK, STORE_ROOMS, STORE_TOKEN, STORE_INVITE, $, state, roomKey,
@@ -36,6 +37,7 @@ import {
 import { send, connect, suspend } from "./connection.js";
 import { openRoom, show, setDrawer } from "./view.js";
 import { chatBlocked, startModeration } from "./moderation.js";
+import { startTeam, typed, renderNotifyButton } from "./team.js";
 
 /** Why `text` cannot be sent as it is, or "". Counted in code points, as the server counts. */
 function textProblem(text) {
@@ -66,6 +68,7 @@ function onSend(e) {
   if (problem) return showError("send", problem);
   showError("send", "");
   send(conv.kind === "room" ? { type: "chat", room: conv.name, text } : { type: "dm", to: conv.name, text });
+  conv.typingSentAt = 0; // typing again after this is news
   input.value = "";
   fitMessageBox();
 }
@@ -167,6 +170,7 @@ function start() {
   $("message-input").addEventListener("input", () => {
     fitMessageBox();
     showError("send", textProblem($("message-input").value.trim()));
+    typed($("message-input").value.trim());
   });
   $("nick-input").addEventListener("input", () => showError("nick", ""));
   $("join-input").addEventListener("input", () => showError("join", ""));
@@ -180,6 +184,7 @@ function start() {
   $("join-button").addEventListener("click", () => showJoinForm($("join-form").hidden));
   $("join-form").addEventListener("keydown", (e) => e.key === "Escape" && showJoinForm(false));
   startModeration();
+  startTeam();
   $("drawer-toggle").addEventListener("click", () => setDrawer(!$("layout").classList.contains("drawer-open")));
   document.addEventListener("keydown", (e) => e.key === "Escape" && setDrawer(false));
   $("join-form").addEventListener("submit", (e) => {
@@ -197,6 +202,7 @@ function start() {
   window.addEventListener("hashchange", () => roomsFromHash().forEach((r) => openRoom(r, true)));
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && state.current) show(state.current, false);
+    renderNotifyButton(); // the permission may have changed in the browser's settings meanwhile
   });
   setInterval(() => state.connected && !document.hidden && send({ type: "rooms" }), ROOMS_REFRESH_MS);
   if (sessionStorage.getItem(STORE_INVITE) && !state.wantedNick && !sessionStorage.getItem(STORE_TOKEN)) {

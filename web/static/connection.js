@@ -13,8 +13,10 @@ import {
   onTopic, onKickOrBan, onMute, onMode, onChatRefused, onJoinedRoom, onRejoinRefused, onModerationRefused,
   renderHeader, renderComposer, sentChat
 } from "./moderation.js";
+import { onTyping, onMark, onSearch, onTeamRefused, joinedMark, renderTyping } from "./team.js";
 
 const MODERATION = new Set(["topic", "kick", "ban", "mute", "mode"]);
+const TEAM = new Set(["edit", "delete", "react", "search"]); // refusals said in the room (team.js)
 
 /** A token bucket a little under the server's, so a reconnect with many rooms is never refused. */
 function makePacer(limits) {
@@ -189,7 +191,9 @@ function disconnected() {
   for (const conv of roomConvs()) {
     if (conv.joined) addLine(conv, "notice", "Connection lost.");
     conv.joined = false;
+    conv.typing = null;
   }
+  renderTyping();
   renderComposer();
 }
 
@@ -199,6 +203,7 @@ function onWelcome(event) {
   state.resumeToken = event.resume || null;
   state.me = event.nick;
   state.identity = event.auth || null;
+  state.marks = event.marks || {}; // room -> the seq this identity has read up to (joined.mark says it too)
   if (event.auth) state.wantedNick = event.nick; // a token's nick: nick requests for another are forbidden
   state.connected = true;
   state.attempt = 0;
@@ -253,15 +258,18 @@ const HANDLERS = {
   ban: onKickOrBan,
   mute: onMute,
   mode: onMode,
+  edit: (event) => onChat(event, { live: true }),
+  delete: (event) => onChat(event, { live: true }),
+  react: (event) => onChat(event, { live: true }),
+  typing: onTyping,
+  mark: onMark,
+  search: onSearch,
 };
 
 // Event types the page receives and deliberately does nothing more with, and why.
 const IGNORED = {
   pong: "the answer to our ping: any frame already counts as a sign of life (heard())",
   who: "the page never sends `who`: the member list comes from `joined` and presence events",
-  edit: "not shown yet: edit, delete and reactions come to the page with issue 22's clients work",
-  delete: "not shown yet (as edit)",
-  react: "not shown yet (as edit)",
 };
 
 function handleEvent(event) {
@@ -301,7 +309,8 @@ function onJoined(event) {
     clearConv(conv, "Many messages came while you were away; showing the latest. Scroll up for older ones.");
     send({ type: "history", room: conv.name, limit: PAGE });
   } else {
-    for (const message of history) onChat(message, { live: resumedFrom !== null });
+    const asOf = Math.max(resumedFrom ?? 0, ...history.map((m) => m.seq)); // the reply's state is as of its newest
+    for (const message of history) onChat(message, { live: resumedFrom !== null, asOf });
   }
   if (resumedFrom === null) {
     conv.atBeginning = history.length < PAGE && !event.truncated; // truncated: older ones did not fit
@@ -311,6 +320,7 @@ function onJoined(event) {
     addLine(conv, "notice", wasClosed ? "You are back in the room." : "Reconnected.");
   }
   updateOlder(conv);
+  joinedMark(conv, event, resumedFrom === null);
   if (state.resuming.delete(conv.name)) {
     dropStored(conv.name, history.filter((m) => m.seq > (resumedFrom ?? 0)));
     releaseUnconfirmed();
@@ -322,7 +332,7 @@ function onJoined(event) {
 
 /** Forget unconfirmed chats to `room` that the resumed history shows were stored after all. */
 function dropStored(room, resumed) {
-  const stored = resumed.filter((m) => m.from === state.me).map((m) => m.text);
+  const stored = resumed.filter((m) => m.type === "chat" && m.from === state.me).map((m) => m.text);
   state.unconfirmed = state.unconfirmed.filter((msg) => {
     const at = msg.type === "chat" && msg.room === room ? stored.indexOf(msg.text) : -1;
     if (at >= 0) stored.splice(at, 1);
@@ -386,6 +396,10 @@ function onError(event, request) {
     releaseUnconfirmed();
   } else if (MODERATION.has(kind)) {
     onModerationRefused(request, message);
+  } else if (TEAM.has(kind)) {
+    onTeamRefused(request, message);
+  } else if (kind === "typing" || kind === "mark") {
+    // nothing to tell: the room is gone, or we are no longer in it
   } else if (kind === "join" && onRejoinRefused(request.room, message)) {
     // said next to the Rejoin button of the closed room
   } else if (kind === "join" && !state.resuming.has(request.room)) {

@@ -41,6 +41,7 @@ export const state = {
   epoch: null,
   me: null, // the nick the server knows us by
   identity: null, // what our token says (welcome.auth, or an `auth` reply): {nick, op, exp, rooms?}
+  marks: {}, // welcome.marks: room -> the seq this identity had read up to, on any device
   wantedNick: null, // the nick we ask for after every (re)connect
   grantedNick: null, // the last nick the server gave us at our request
   reclaiming: false, // asking back the nick our previous connection still holds

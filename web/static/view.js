@@ -14,18 +14,28 @@ import {
 } from "./state.js";
 import { send } from "./connection.js";
 import { renderHeader, renderComposer, memberItem } from "./moderation.js";
+import {
+  dressRow, markMentions, onStoredEvent, stoppedTyping, notify, countUnread, readUpTo, renderTyping, closeSearch,
+  storedNote
+} from "./team.js";
 
 const GROUP_S = 300; // rows from one sender this close together are one group
 // An http(s) address: up to whitespace or a character that cannot be in one unescaped.
 const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
 const TRAILING = /[.,;:!?'")\]}>]+$/; // punctuation after an address is the sentence's, not the address's
 
-/** Show a chat event in its room, in seq order, once. `live` ones may count as unread. */
-export function onChat(event, { live }) {
+const STORED_EVENTS = new Set(["edit", "delete", "react"]);
+
+/** Show a room event in its room, in seq order, once: a chat as a row, an edit, delete or react
+ *  applied to its row (team.js). `live` ones may count as unread. `asOf`: the seq a history
+ *  item's state is from (the reply's newest; a live chat is as of its own seq). */
+export function onChat(event, { live, asOf = null }) {
+  if (STORED_EVENTS.has(event.type)) return onStoredEvent(event, { live });
   const conv = state.convs.get(roomKey(event.room));
   if (!conv || conv.seqs.has(event.seq)) return;
   const item = messageItem(event);
   item.dataset.seq = event.seq;
+  dressRow(item, event, Math.max(asOf ?? 0, event.seq));
   conv.seqs.add(event.seq);
   const stick = isNearBottom(conv);
   if (conv.oldestSeq !== null && event.seq < conv.oldestSeq) {
@@ -40,7 +50,11 @@ export function onChat(event, { live }) {
   relate(item);
   conv.oldestSeq = conv.oldestSeq === null ? event.seq : Math.min(conv.oldestSeq, event.seq);
   conv.lastSeq = Math.max(conv.lastSeq ?? 0, event.seq);
-  if (live) arrived(conv, event.from, stick);
+  if (live) {
+    stoppedTyping(conv, event.from);
+    arrived(conv, event.from, stick);
+    notify(conv, event);
+  }
 }
 
 export function onDm(event) {
@@ -48,20 +62,31 @@ export function onDm(event) {
   const conv = openDm(mine ? event.to : event.from, false);
   const stick = isNearBottom(conv);
   const item = messageItem(event);
+  const note = storedNote(event);
+  if (note) {
+    item.classList.add("stored");
+    item.querySelector(".body").append(" ", note);
+  }
   conv.log.append(item);
   relate(item);
-  if (!mine) arrived(conv, event.from, stick);
-  else scrollToBottom(conv);
+  if (!mine) {
+    arrived(conv, event.from, stick);
+    notify(conv, event);
+  } else {
+    scrollToBottom(conv);
+  }
 }
 
 function messageItem(event) {
   const mine = sameNick(event.from, state.me || "");
+  const text = typeof event.text === "string" ? event.text : "";
   const item = el("li", { class: mine ? "msg mine" : "msg" }, clockTime(event.ts), " ",
     el("div", { class: "body" }, el("span", { class: "from", text: event.from }), " ",
-      el("span", { class: "text" }, ...linkify(event.text))));
+      el("span", { class: "text" }, ...markMentions(linkify(text)))));
   item.dataset.ts = String(event.ts ?? Date.now() / 1000);
   item.dataset.from = foldNick(event.from);
-  if (!mine && mentions(event.text, state.me)) item.classList.add("mention");
+  if (typeof event.text === "string") item.dataset.raw = event.text;
+  if (!mine && mentions(text, state.me)) item.classList.add("mention");
   return item;
 }
 
@@ -123,11 +148,14 @@ function relate(row) {
   }
 }
 
-/** A new message landed in `conv`: keep the view at the bottom, or count it as unread. */
+/** A new message landed in `conv`: keep the view at the bottom, or count it as unread (a room's
+ *  count comes from its read mark: team.js countUnread). */
 function arrived(conv, from, stick) {
   const inView = conv.key === state.current && !document.hidden;
   if (stick && conv.key === state.current) scrollToBottom(conv);
-  if (!inView && !sameNick(from, state.me || "")) {
+  if (conv.kind === "room") {
+    countUnread(conv);
+  } else if (!inView && !sameNick(from, state.me || "")) {
     conv.unread += 1;
     renderTab(conv);
   }
@@ -171,10 +199,12 @@ export function onHistory(event) {
   // resume) is placed oldest first after what is there.
   const isOlder = (m) => conv.oldestSeq !== null && m.seq < conv.oldestSeq;
   const ordered = [...messages.filter(isOlder).reverse(), ...messages.filter((m) => !isOlder(m))];
-  for (const message of ordered) onChat(message, { live: false });
+  const asOf = Math.max(conv.lastSeq ?? 0, ...messages.map((m) => m.seq)); // the reply is as of our newest
+  for (const message of ordered) onChat(message, { live: false, asOf });
   if (messages.length < PAGE && !event.truncated) conv.atBeginning = true; // a short page cut to size is not the end
   conv.loadingOlder = false;
   updateOlder(conv);
+  countUnread(conv);
   pane.scrollTop = pane.scrollHeight - fromBottom; // keep what the reader was looking at in place
 }
 
@@ -186,7 +216,9 @@ function makeConv(kind, name) {
     older, log);
   const conv = {
     key, kind, name, pane, log, older,
-    tab: null, tabOpen: null, tabClose: null, unread: 0, members: [], joined: false,
+    tab: null, tabOpen: null, tabClose: null, unread: 0, unreadMore: false, members: [], joined: false,
+    mark: null, markSent: null, markTimer: null, // read up to this seq (team.js)
+    typing: null, typingSentAt: 0, typingId: null, // who is typing here: Map nick -> until (Date.now() ms)
     seqs: new Set(), lastSeq: null, oldestSeq: null, atBeginning: kind === "dm", loadingOlder: false,
     topic: "", mode: { moderated: false, slow: 0 }, // the room's, from `joined`, `topic` and `mode`
     closed: null, // {text, until?}: we were kicked or banned; the room stays shown, closed
@@ -266,7 +298,10 @@ export function dropConv(conv) {
 
 /** Put a conversation in view: its pane, title, members, the page address, and clear its unread. */
 export function show(key, focus) {
-  if (key !== state.current) showError("send", ""); // an error about another conversation
+  if (key !== state.current) {
+    showError("send", ""); // an error about another conversation
+    closeSearch();
+  }
   state.current = key;
   setDrawer(false);
   const conv = key === null ? null : state.convs.get(key);
@@ -279,19 +314,22 @@ export function show(key, focus) {
   $("message-input").placeholder = conv ? `Message ${conv.kind === "room" ? conv.name : conv.name + " (direct)"}` : "Message";
   renderHeader();
   renderComposer();
+  $("search-form").hidden = conv?.kind !== "room";
   if (conv) {
+    if (conv.kind === "room" && !document.hidden) readUpTo(conv);
     conv.unread = 0;
     renderTab(conv);
     scrollToBottom(conv);
     if (conv.kind === "room") history.replaceState(null, "", "#" + conv.name);
   }
   renderMembers();
+  renderTyping();
   updateTitle();
   if (focus) $("message-input").focus();
 }
 
 /** Create or update a conversation's tab in place, so keyboard focus on it survives updates. */
-function renderTab(conv) {
+export function renderTab(conv) {
   if (!conv.tab) {
     conv.tabOpen = el("button", { type: "button", class: "tab-open", onclick: () => show(conv.key, true) });
     conv.tabClose = el("button", { type: "button", class: "tab-close", onclick: () => leave(conv) }, "×");
@@ -302,7 +340,7 @@ function renderTab(conv) {
   }
   conv.tabOpen.replaceChildren(conv.kind === "room" ? conv.name : "@" + conv.name);
   if (conv.unread) {
-    conv.tabOpen.append(" ", el("span", { class: "badge" }, String(conv.unread),
+    conv.tabOpen.append(" ", el("span", { class: "badge" }, `${conv.unread}${conv.unreadMore ? "+" : ""}`,
       el("span", { class: "visually-hidden", text: " unread" })));
   }
   if (conv.key === state.current) conv.tabOpen.setAttribute("aria-current", "true");

@@ -1,0 +1,58 @@
+"""selftest's checks of a team's requests (chatclient/selftest_team.py) against real servers: the
+SQLite engine, `--db :memory:`, and a process on Redis, where search answers `unsupported` and its
+check says skip; without a token the checks that need one say skip, with what to give."""
+
+import io
+
+import pytest
+
+from chatclient.selftest import run
+from chatclient.selftest_checks import CHECKS
+from tests.helpers import SECRET, token
+
+TEAM = ["edit", "delete", "react", "error too_many_reactions", "typing", "mark", "mark on another device", "search",
+        "dm stored"]
+
+
+def selftest(url: str, op_token: str | None = None) -> tuple[int, dict]:
+    """Run the team's checks; (exit status, check name -> its line's status)."""
+    out = io.StringIO()
+    status = run(url, timeout=5, only=set(TEAM), out=out, op_token=op_token)
+    lines = out.getvalue().splitlines()
+    longest_first = sorted(TEAM, key=len, reverse=True)  # "mark on another device" before "mark"
+    named = {next(n for n in longest_first if line[6:].startswith(n + " ")): line for line in lines[:-1]}
+    return status, {name: (line.split()[0], line) for name, line in named.items()}
+
+
+def test_the_team_checks_are_registered_in_order():
+    """Each of the team's checks runs once, after the checks of protocol v1's first requests."""
+    names = [name for name, _ in CHECKS]
+    assert [n for n in names if n in TEAM] == TEAM and names.index("edit") > names.index("resume")
+
+
+@pytest.mark.parametrize("db", ["file", ":memory:"])
+def test_every_team_check_passes_on_one_process(make_server, tmp_path, db):
+    """SQLite and the memory engine, with an operator's token: every team check is ok."""
+    server = make_server(db=str(tmp_path / "h.db") if db == "file" else ":memory:", token_secret=SECRET)
+    status, result = selftest(server.url, op_token=token("selftest-op", op=True))
+    assert status == 0 and {name: r[0] for name, r in result.items()} == dict.fromkeys(TEAM, "ok"), result
+
+
+def test_on_redis_search_is_skipped_as_unsupported(redis_server, spawn):
+    """A process on Redis: every team check is ok but search, which says skip because the server
+    answers `unsupported`; the run's status is 0."""
+    process = spawn("--redis", redis_server.url, "--token-secret", SECRET)
+    status, result = selftest(process.url, op_token=token("selftest-op", op=True))
+    assert status == 0, result
+    assert {name: r[0] for name, r in result.items()} == {**dict.fromkeys(TEAM, "ok"), "search": "skip"}, result
+    assert "unsupported" in result["search"][1]
+
+
+def test_without_a_token_the_identity_checks_skip(make_server):
+    """No --op-token and no secret: the checks of marks on another device and of stored DMs say
+    skip and name what to give; the others pass."""
+    status, result = selftest(make_server().url)
+    assert status == 0, result
+    skipped = {name for name, r in result.items() if r[0] == "skip"}
+    assert skipped == {"mark on another device", "dm stored"}, result
+    assert all("--op-token" in result[name][1] for name in skipped)
