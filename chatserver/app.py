@@ -117,8 +117,7 @@ class ChatServer:
             raise
         self.identities = Identities(config.token_key(), config.reserved(), config.require_token, self._expired)
         registry = ClusterRegistry if self.engine.cluster else Registry
-        self.registry = registry(self.engine, config.limits(), self.identities, self.metrics,
-                                 edit_window=config.edit_window)
+        self.registry = registry(self.engine, config.limits(), self.identities, self.metrics)
         self.invites = Invites(config.token_key(), self.engine)
         self.metrics.watch(self.registry.stats, self.transport.housekeeper.totals)
         self.web = WebRoutes(self.registry.stats, self.engine.health, metrics=self.metrics.respond)

@@ -42,7 +42,7 @@ class Config:
     history_max_bytes: int = 1024**3
     history_max_age: float = 0.0
     history_max_rooms: int = 10000
-    edit_window: float = float(EDIT_WINDOW)
+    edit_window: int = EDIT_WINDOW
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
@@ -135,6 +135,7 @@ class Config:
             "address_rate_per_second": self.rate_per_second * self.address_rate_factor,
             "max_reply_bytes": self.max_reply_bytes,
             "max_outbox_bytes": self.max_outbox_bytes,
+            "edit_window": self.edit_window,
         }
 
     @property

@@ -1,4 +1,4 @@
-"""history: page through a room's stored chat events with `before` / `after` / `limit`."""
+"""history: page through a room's stored events (chats as they are now, edits, deletes, reactions)."""
 
 from chatserver.protocol import history_limit, optional_seq, require_room
 

@@ -128,11 +128,9 @@ class Registry:
     method each (the handlers call them); and delivery of each room's stream to its members.
     See the module docstring."""
 
-    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None,
-                 edit_window: float = protocol.EDIT_WINDOW):
-        """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits();
-        `edit_window`: seconds a chat may be edited or deleted by its author (rooms/edits.py)."""
-        self._edit_window = edit_window
+    def __init__(self, engine, limits: dict, identities: Identities | None = None, metrics: Metrics | None = None):
+        """Start `engine` with this registry as the one it delivers to. `limits`: Config.limits()."""
+        self._edit_window = limits.get("edit_window", protocol.EDIT_WINDOW)  # seconds (rooms/edits.py)
         self.metrics = metrics or Metrics()  # engines count into it too (metrics.of)
         self._engine = engine
         self._limits = limits
@@ -722,7 +720,7 @@ class Registry:
 
     def join(self, client: Client, name: str, after: int | None = None, reply_id=None) -> None:
         """Enter a room (or re-enter one, without presence). `joined` carries the members and the
-        last 50 chat events or, with `after`, every one with a higher seq, within 1000 events and
+        last 50 stored events or, with `after`, every one with a higher seq, within 1000 events and
         `max_reply_bytes` (else `truncated`), and the topic. Raises ChatError forbidden (banned, or not in the token's
         rooms), too_many_rooms, unavailable."""
         with self._lock:
@@ -882,8 +880,8 @@ class Registry:
         self._reply_frame(client, budgets.bounded_frame(reply, "members", members, self._max_reply)[0])
 
     def history(self, client: Client, name: str, before=None, after=None, limit=50, reply_id=None) -> None:
-        """Members page through a room's stored chat events, oldest first. Raises ChatError
-        not_in_room, unavailable."""
+        """Members page through a room's stored events (chats in their current state), oldest
+        first. Raises ChatError not_in_room, unavailable."""
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile

@@ -15,7 +15,8 @@ def test_welcome(connect):
     assert w["type"] == "welcome" and w["nick"].startswith("guest-") and w["server"].startswith("roomchat/")
     assert w["limits"] == {"max_message_bytes": 65536, "max_text_chars": 2000, "max_rooms": 32,
                            "rate_burst": 20, "rate_per_second": 5.0, "address_rate_burst": 200,
-                           "address_rate_per_second": 50.0, "max_reply_bytes": 262144, "max_outbox_bytes": 1048576}
+                           "address_rate_per_second": 50.0, "max_reply_bytes": 262144, "max_outbox_bytes": 1048576,
+                           "edit_window": 900}
     assert isinstance(w["epoch"], str) and w["epoch"]
 
 

@@ -61,6 +61,8 @@ def test_an_edit_on_one_process_reaches_members_on_the_other_and_is_replayed(clu
         assert play(messages) == play(live)
         assert messages[0]["text"] == "one, edited" and messages[0]["reactions"] == {"🎉": ["bob"]}
         assert messages[1].get("deleted") is True and "text" not in messages[3]
+    page = ask(bob, type="history", room="lobby", before=first + 3, limit=2)["messages"]  # paging back over it
+    assert [(e["seq"], e.get("deleted", False)) for e in page] == [(first + 1, True), (first + 2, False)]
     replay = ask(carol, type="join", room="lobby", after=first)["history"]  # a re-join: what came after `first`
     assert [e["seq"] for e in replay] == list(range(first + 1, first + 6))
     assert b"SECRET" not in stored_text(redis_server.url)
