@@ -1,8 +1,8 @@
 """A team's chat on the page in real browsers (Chromium and Firefox): edit, delete and reactions
 seen live on a second page, after a reload and after a silent drop (resumed with `after`), the
-typing line, unread counts from read marks on another device,
-@mentions, search with more pages, notifications asked only on a click, and direct messages that
-waited for their recipient."""
+typing line, unread counts from read marks on another device, @mentions, search with more pages,
+notifications asked only on a click, direct messages that waited for their recipient, and the
+same page on Redis."""
 
 import pytest
 
