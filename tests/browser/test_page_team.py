@@ -1,7 +1,8 @@
 """A team's chat on the page in real browsers (Chromium and Firefox): edit, delete and reactions
-seen live on a second page, the typing line, unread counts from read marks on another device,
-@mentions, search with more pages, notifications asked only on a click, and direct messages that
-waited for their recipient."""
+seen live on a second page, after a reload and after a silent drop (resumed with `after`), the
+typing line, unread counts from read marks on another device, @mentions, search with more pages,
+notifications asked only on a click, direct messages that waited for their recipient, and the
+same page on Redis."""
 
 import pytest
 
@@ -84,8 +85,8 @@ def test_edit_react_and_delete_show_live_on_another_page(open_page):
 
 
 def test_a_reload_shows_each_message_in_its_current_state(open_page, connect):
-    """Chats edited, deleted and reacted to before the page opened (history) and while it was away
-    (resumed with `after`) end in the same state as seen live."""
+    """Chats edited and reacted to before the page opened (history), then edited and deleted while
+    it is open (live), end in the same state after a reload (history alone)."""
     bob = connect()
     bob.set_nick("bob")
     bob.join("lobby")
@@ -287,3 +288,23 @@ def test_the_menu_follows_the_servers_edit_window(open_page, make_server):
     ann.wait(lambda: row_of(ann, "set in stone"), "the chat never came")
     labels = open_menu(ann, row_of(ann, "set in stone")["seq"])
     assert "React with 👍" in labels and "Edit" not in labels and "Delete" not in labels
+
+
+def test_edits_missed_during_a_drop_are_replayed_in_place(open_page, relay, connect):
+    """ann's connection goes silent (no FIN) while bob edits, reacts, deletes and chats; the page
+    finds the drop by its ping, resumes with `after`, and each message ends as it would have live."""
+    bob = connect()
+    bob.set_nick("bob")
+    bob.join("lobby")
+    ann = open_page("/?nick=ann&ping=1,1#lobby", on=relay)
+    keep, drop = bob.chat_all("lobby", ["keep me", "drop me"])
+    ann.wait(lambda: row_of(ann, "drop me"), "bob's chats never came")
+    relay.go_silent()
+    bob.send(type="edit", room="lobby", seq=keep["seq"], text="keep me, edited")
+    bob.send(type="react", room="lobby", seq=keep["seq"], emoji="✅")
+    bob.send(type="delete", room="lobby", seq=drop["seq"])
+    bob.send(type="chat", room="lobby", text="after the drop")
+    expected = [("keep me, edited", True, [["✅ 1", "✅ bob", "false"]]), ("message deleted", False, []),
+                ("after the drop", False, [])]
+    ann.wait(lambda: [(r["text"], r["edited"], r["chips"]) for r in rows(ann)] == expected,
+             f"not replayed in place: {rows(ann)}", timeout=20)
