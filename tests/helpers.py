@@ -394,6 +394,20 @@ def upgrade(raw_clients, port: int, target: str) -> tuple[int, dict, bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
+def members_in(urls: list, peers, nicks: list, room: str = "lobby") -> list:
+    """One anonymous peer per (url, nick), all in `room` with every join seen: the peers."""
+    people = []
+    for url, nick in zip(urls, nicks, strict=True):
+        peer = peers(url)
+        if peer.nick != nick:
+            peer.set_nick(nick)
+        peer.join(room)
+        for earlier in people:
+            earlier.recv_type("presence")
+        people.append(peer)
+    return people
+
+
 def seated(url: str, peers, room: str, *nicks: str, op: str = "op") -> list:
     """An operator (a token with `op`) and anonymous peers with `nicks`, all in `room` with every join
     seen, so nothing is left unread: [operator, *peers]."""

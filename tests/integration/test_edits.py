@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from chatserver.engines.base import amended
-from tests.helpers import EMOJI, FAST_LIMITS, SECRET, token, with_token
+from tests.helpers import EMOJI, FAST_LIMITS, SECRET, members_in, token, with_token
 
 ENGINES = ["memory", "sqlite"]
 
@@ -21,16 +21,7 @@ def start(request, make_server, tmp_path):
 
 def seated(server, peers, *nicks):
     """Peers with `nicks`, all in room lobby, every presence read."""
-    people = []
-    for nick in nicks:
-        peer = peers(server.url)
-        if peer.nick != nick:
-            peer.set_nick(nick)
-        peer.join("lobby")
-        for earlier in people:
-            earlier.recv_type("presence")
-        people.append(peer)
-    return people
+    return members_in([server.url] * len(nicks), peers, list(nicks))
 
 
 _IDS = itertools.count(1)

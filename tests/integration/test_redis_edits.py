@@ -6,24 +6,11 @@ import threading
 import pytest
 import redis
 
-from tests.helpers import EMOJI
+from tests.helpers import EMOJI, members_in
 from tests.integration.test_edits import ask, play
 from tests.services import RedisCluster
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def seated(urls: list, peers, nicks: list) -> list:
-    """One peer per (url, nick), all in room lobby, every presence read."""
-    people = []
-    for url, nick in zip(urls, nicks, strict=True):
-        peer = peers(url)
-        peer.set_nick(nick)
-        peer.join("lobby")
-        for earlier in people:
-            earlier.recv_type("presence")
-        people.append(peer)
-    return people
 
 
 def stored_text(url: str) -> bytes:
@@ -42,7 +29,7 @@ def test_an_edit_on_one_process_reaches_members_on_the_other_and_is_replayed(clu
     in one order with gapless seqs; history and join with after (there, and on the other process)
     give the chats in their current state; the deleted text is nowhere in Redis."""
     a, b = cluster(2)
-    ann, bob, carol = seated([a.url, b.url, b.url], peers, ["ann", "bob", "carol"])
+    ann, bob, carol = members_in([a.url, b.url, b.url], peers, ["ann", "bob", "carol"])
     first = ask(ann, type="chat", room="lobby", text="one")["seq"]
     second = ask(ann, type="chat", room="lobby", text="SECRET-two")["seq"]
     ask(ann, type="edit", room="lobby", seq=first, text="one, edited")
@@ -73,7 +60,7 @@ def test_concurrent_reactions_from_two_processes_converge(cluster, peers):
     """Two members on two processes toggle reactions on one chat at once: every react event is
     stored with its own seq, and the chat in history is exactly what applying them gives."""
     a, b = cluster(2)
-    ann, bob = seated([a.url, b.url], peers, ["ann", "bob"])
+    ann, bob = members_in([a.url, b.url], peers, ["ann", "bob"])
     seq = ask(ann, type="chat", room="lobby", text="vote")["seq"]
     rounds = 15
 
@@ -111,7 +98,7 @@ def test_edit_delete_and_react_on_a_redis_cluster(redis_cluster, spawn, peers):
     """Three processes, each on its own node of a Redis Cluster: an edit, a reaction and a delete
     reach the members on every process (sharded pub/sub), and history gives the current state."""
     servers = [spawn("--redis", url) for url in redis_cluster.urls]
-    ann, bob, carol = seated([s.url for s in servers], peers, ["ann", "bob", "carol"])
+    ann, bob, carol = members_in([s.url for s in servers], peers, ["ann", "bob", "carol"])
     first, second = (ask(ann, type="chat", room="lobby", text=t)["seq"] for t in ("one", "two"))
     ask(ann, type="edit", room="lobby", seq=first, text="one!")
     ask(bob, type="react", room="lobby", seq=first, emoji="👍")
