@@ -66,6 +66,7 @@ from chatserver.engines.redis_quotas import RedisQuotas
 from chatserver.engines.redis_scripts import (
     ANNOUNCE,
     BEAT,
+    CHAT_RULES,
     CLAIM,
     CLAIM_MOVE,
     COUNT,
@@ -176,7 +177,8 @@ class RedisEngine:
             ("beat", BEAT), ("reap", REAP), ("claim", CLAIM), ("refresh", REFRESH),
             ("if_owner_delete", IF_OWNER_DELETE), ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE),
             ("reserve", RESERVE), ("claim_move", CLAIM_MOVE), ("owner_move", OWNER_MOVE), ("count", COUNT),
-            ("forget", FORGET), ("touch", TOUCH), ("quota_turn", QUOTA_TURN), ("use_invite", USE_INVITE))}
+            ("forget", FORGET), ("touch", TOUCH), ("quota_turn", QUOTA_TURN), ("use_invite", USE_INVITE),
+            ("chat_rules", CHAT_RULES))}
         floor_key("")  # its table of hash tags, made now rather than on a first chat
         self._quotas = quotas or RedisQuotas()
         self.process_id = None  # the hub's, at start()
@@ -572,9 +574,13 @@ class RedisEngine:
             self._call(self._redis.delete, room_key(room, "mode"))
 
     def mode(self, room: str) -> tuple[bool, int]:
-        value = self._call(self._redis.get, room_key(room, "mode"))
-        moderated, slow = (value.decode() if value else "0:0").split(":")
-        return moderated == "1", int(slow)
+        return _mode(self._call(self._redis.get, room_key(room, "mode")))
+
+    def chat_rules(self, room: str, nick: str) -> tuple[float | None, tuple[bool, int]]:
+        """The mute and the mode in one round trip (both keys are the room's: one slot)."""
+        ms, mode = self._call(self._scripts["chat_rules"], keys=[room_key(room, f"mute:{fold_nick(nick)}"),
+                                                                 room_key(room, "mode")])
+        return (time.time() + ms / 1000 if ms > 0 else None), _mode(mode)
 
     def use_invite(self, invite: str, uses: int, until: float) -> int | None:
         """Take one of an invite's `uses` (`roomchat:invite:<id>`, kept while the invite lives): the
@@ -1056,6 +1062,12 @@ def transcript_of_redis(url: str, room: str, since: float) -> list:
             at, k = (int(x) for x in entry_id.decode().split("-"))
             items.append(((at, k + 1), {**event, "ts": ts}))
     return [event for _place, event in sorted(items, key=lambda item: item[0])]
+
+
+def _mode(value: bytes | None) -> tuple[bool, int]:
+    """(moderated, slow) from a room's mode key ("<0|1>:<slow seconds>"; none or empty: the default)."""
+    moderated, slow = (value.decode() if value else "0:0").split(":")
+    return moderated == "1", int(slow)
 
 
 def _kind_of(url: str, server: dict, client) -> str:
