@@ -149,8 +149,10 @@ class RedisEngine:
             finally:
                 probe.close()
             if self.sharded:  # redis-py's own cluster client: it finds the nodes and follows MOVED
+                # a blocking pool per node, as below: a burst of connections waits for a free one
                 self._redis = redis.RedisCluster.from_url(
-                    url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, max_connections=POOL_SIZE)
+                    url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, max_connections=POOL_SIZE,
+                    connection_pool_class=redis.BlockingConnectionPool, timeout=POOL_WAIT)
             else:
                 # Connection threads share the pool. redis-py's default pool raises "Too many
                 # connections" past 100 at once (a burst of joins did that); this one makes a

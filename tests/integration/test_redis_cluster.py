@@ -183,3 +183,28 @@ def test_a_killed_master_fails_over_to_its_replica(tmp_path, spawn, peers):
         assert ask(receivers[-1], "dm", type="dm", to=sender.nick, text="still there?")["to"] == sender.nick
     finally:
         service.kill()
+
+
+def test_a_burst_of_calls_waits_for_a_free_connection_to_a_node(redis_cluster, monkeypatch):
+    """More threads calling Redis at once than the engine's pool has connections to a node (a
+    burst of new clients): each waits for a free connection, none is answered `unavailable`."""
+    from chatserver.engines import redis as engine_module
+
+    monkeypatch.setattr(engine_module, "POOL_SIZE", 2)
+    engine = engine_module.RedisEngine(redis_cluster.urls[0])
+    failures = []
+
+    def calls():
+        for _ in range(20):
+            try:
+                engine.mode("lobby")
+            except engine_module.Unavailable as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=calls) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    engine._redis.close()
+    assert failures == []
