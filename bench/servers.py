@@ -214,7 +214,8 @@ class Group:
         command = [binary, "--port", str(port), "--bind", "127.0.0.1", *REDIS_PERSISTENCE,
                    "--dir", str(home), "--daemonize", "no", "--loglevel", "warning"]
         if cluster:  # the cluster bus on a free port of its own (Redis 7), not port + 10000
-            command += ["--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+            bus = next(p for p in iter(free_port, None) if p != port)
+            command += ["--cluster-enabled", "yes", "--cluster-port", str(bus),
                         "--cluster-config-file", str(home / "nodes.conf")]
         proc = self._spawn("redis", command, home / "redis.log")
         self._wait(lambda: redis_ask(port, lambda c: c.ping()), proc, home / "redis.log", timeout)
@@ -236,10 +237,9 @@ class Group:
                               capture_output=True, text=True, timeout=60)
         if done.returncode:
             raise RuntimeError(f"redis-cli --cluster create failed: {(done.stdout + done.stderr)[-300:]}")
-        settled = lambda c: c.cluster("info")["cluster_state"] == "ok"  # noqa: E731
         for port, (_role, proc, _ps, log) in zip(ports, self.procs[-masters:], strict=True):
             # every node sees every slot served before roomchat asks any of them
-            self._wait(lambda port=port: redis_ask(port, settled), proc, log, timeout)
+            self._wait(lambda port=port: redis_ask(port, cluster_settled), proc, log, timeout)
         return [f"redis://127.0.0.1:{port}/0" for port in ports]
 
     def cpu(self):
@@ -281,6 +281,11 @@ class Group:
             for role, proc, _ps, _log in self.procs:
                 if role == wanted:
                     stop(proc)
+
+
+def cluster_settled(client):
+    """True when the cluster node behind `client` sees every slot served (cluster_state ok)."""
+    return client.cluster("info")["cluster_state"] == "ok"
 
 
 def redis_ask(port, question):
