@@ -212,6 +212,7 @@ def run_one(server_name, scenario, warmup, duration, workdir, generator, profile
                 after = sample(group)
             elif msg["event"] == "result":
                 result = msg
+        figures["redis_servers"] = group.count("redis")
         exited = group.exited()
         if exited:
             figures["server_exit"] = f"exited during the run: {exited}"
@@ -313,8 +314,12 @@ def notes(servers, generator_what, linger_us):
         parsers = ", ".join(f"{c.name} {redis_parser(c.hiredis)}" for c in clusters)
         lines.append(f"redis-server {redis_version()} started by the bench for each run, persistence: AOF with "
                      f"appendfsync everysec, no RDB snapshots ({REDIS_FLAGS}); redis-py parser: {parsers}")
-        lines.append("a cluster's server CPU is both roomchat processes plus redis-server, all pinned to the "
-                     "server CPU like a single server; clients alternate between the two processes")
+        lines.append("a Redis row's server CPU is all its roomchat processes plus its redis-server(s), all pinned "
+                     "to the server CPU like a single server; clients alternate between the roomchat processes")
+    for c in clusters:
+        if c.masters:
+            lines.append(f"{c.name}: {c.masters} redis-server --cluster-enabled yes joined by redis-cli --cluster "
+                         f"create (no replicas); roomchat process i on node i")
     where = f"server processes on CPU {SERVER_CPU}, loadgen on CPU {LOADGEN_CPU}" if pinned(0) else "NOT pinned"
     lines.append(where)
     return lines
@@ -379,7 +384,8 @@ def main(argv=None):
         "notes": lines,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "pinned": bool(pinned(0))},
         "options": {"servers": servers, "warmup_s": warmup, "duration_s": duration, "quick": args.quick},
-        "commands": {s: SERVERS[s].commands("DIR", "redis://127.0.0.1:PORT/0") for s in servers},
+        "commands": {s: SERVERS[s].commands("DIR", [f"redis://127.0.0.1:PORT{i}/0" for i in range(3)])
+                     for s in servers},
         "scenarios": {},
     }
     for line in lines:

@@ -1,10 +1,11 @@
 """The servers the benchmark runs, each as a group of processes pinned to the server CPU.
 
 A group is what one row of the table measures: one roomchat process (SQLite file or memory), the
-reference server, or a cluster of roomchat processes on a redis-server that the group starts
-itself. Every process of a group is pinned to the same CPU, so a cluster gets the one core a
-single server gets, and the group's CPU time (user + sys, all threads, all processes) is
-comparable with a single server's.
+reference server, or several roomchat processes on Redis that the group starts itself: one
+redis-server, or a Redis Cluster of several masters (each roomchat process on its own node).
+Every process of a group is pinned to the same CPU, so a cluster gets the one core a single
+server gets, and the group's CPU time (user + sys, all threads, all processes) is comparable
+with a single server's.
 """
 
 import dataclasses
@@ -50,7 +51,9 @@ WITHOUT_HIREDIS = (
 @dataclasses.dataclass(frozen=True)
 class Server:
     """One row of the table. `store`: roomchat's history option ("{dir}" is the run's own
-    directory); `processes` > 1 puts that many roomchat processes on one redis-server."""
+    directory); `processes` > 1 puts that many roomchat processes on Redis: one redis-server, or
+    with `masters` > 0 a Redis Cluster of that many masters (no replicas), the i-th process on the
+    (i mod masters)-th node."""
 
     name: str
     what: str
@@ -61,6 +64,7 @@ class Server:
     peer: str = ""  # "socketio", "flask-socketio" or "bun": a server users would pick instead (peers.py)
     path: str = "/"  # the WebSocket URL's path; /socket.io/... makes the generator speak Socket.IO
     skip: tuple = ()  # scenarios this server sits out
+    masters: int = 0  # > 0: a Redis Cluster of this many masters instead of one redis-server
 
     @property
     def redis(self):
@@ -71,15 +75,17 @@ class Server:
         """Its (first) server process is CPython, so py-spy can profile it."""
         return self.peer in ("", "flask-socketio")
 
-    def commands(self, directory, redis_url=None):
-        """The command lines of the server processes (without the CPU pinning)."""
+    def commands(self, directory, redis_urls=()):
+        """The command lines of the server processes (without the CPU pinning); `redis_urls`: the
+        redis-server's URL, or each cluster node's (process i gets node i mod their number)."""
         if self.reference:
             return [[sys.executable, *REFERENCE]]
         if self.peer:
             return [PEER_COMMANDS[self.peer]()]
         python = [sys.executable] if self.hiredis else [sys.executable, "-c", WITHOUT_HIREDIS]
-        store = ["--redis", redis_url] if self.redis else [a.format(dir=directory) for a in self.store]
-        return [[*python, *ROOMCHAT, *store] for _ in range(self.processes)]
+        if not self.redis:
+            return [[*python, *ROOMCHAT, *(a.format(dir=directory) for a in self.store)]]
+        return [[*python, *ROOMCHAT, "--redis", redis_urls[i % len(redis_urls)]] for i in range(self.processes)]
 
 
 SERVERS = {
@@ -90,6 +96,8 @@ SERVERS = {
         Server("cluster", "2 x roomchat --redis URL on one redis-server", processes=2),
         Server("cluster-nohiredis", "the cluster with hiredis hidden: redis-py's Python parser",
                processes=2, hiredis=False),
+        Server("redis-cluster", "3 x roomchat --redis URL, each on its own master of a 3-master Redis Cluster",
+               processes=3, masters=3),
         Server("reference", "websockets asyncio reference", reference=True),
         Server("socketio", "Socket.IO 4.8 on Node (rooms, to(room).emit), WebSocket transport only",
                peer="socketio", path=SOCKETIO_PATH),
@@ -98,7 +106,8 @@ SERVERS = {
         Server("bun", "Bun 1.4 built-in server (uWebSockets), a topic per room", peer="bun"),
     )
 }
-DEFAULT_SERVERS = ["roomchat", "roomchat-memory", "reference", "socketio", "flask-socketio", "bun"]
+DEFAULT_SERVERS = ["roomchat", "roomchat-memory", "cluster", "redis-cluster", "reference", "socketio",
+                   "flask-socketio", "bun"]
 
 
 def available(server):
@@ -110,6 +119,8 @@ def available(server):
         return str(exc)
     if server.redis and redis_version() is None:
         return "redis-server is not installed (apt-get install redis-server)"
+    if server.masters and redis_cli() is None:
+        return "redis-cli is not installed (apt-get install redis-tools)"
     return None
 
 
@@ -129,8 +140,18 @@ def redis_parser(hiredis=True):
     return f"hiredis {out}" if out else "Python"
 
 
+def redis_binary():
+    """The redis-server executable (PATH, then /usr/sbin and /sbin), or None."""
+    return shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/sbin")
+
+
+def redis_cli():
+    """The redis-cli executable, or None."""
+    return shutil.which("redis-cli") or shutil.which("redis-cli", path="/usr/sbin:/sbin")
+
+
 def redis_version():
-    binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/sbin")
+    binary = redis_binary()
     if binary is None:
         return None
     out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
@@ -152,8 +173,12 @@ class Group:
         self.urls = []
 
     def start(self, timeout=15.0):
-        redis_url = self._start_redis(timeout) if self.server.redis else None
-        for i, command in enumerate(self.server.commands(self.directory, redis_url)):
+        redis_urls = ()
+        if self.server.masters:
+            redis_urls = self._start_redis_cluster(self.server.masters, timeout)
+        elif self.server.redis:
+            redis_urls = [f"redis://127.0.0.1:{self._start_redis(timeout)}/0"]
+        for i, command in enumerate(self.server.commands(self.directory, redis_urls)):
             logfile = self.directory / f"server-{i}.log"
             proc = self._spawn("server", command, logfile)
             port = self._wait(lambda logfile=logfile: find_port(logfile.read_bytes()), proc, logfile, timeout)
@@ -178,29 +203,44 @@ class Group:
             time.sleep(0.02)
         raise RuntimeError(f"{self.server.name}: a process did not come up; log tail: {tail(logfile)}")
 
-    def _start_redis(self, timeout):
-        import redis  # the driver needs redis-py only for cluster rows
-
-        binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/sbin")
+    def _start_redis(self, timeout, cluster=None):
+        """One redis-server on a free port; with `cluster` (a directory) a Redis Cluster node
+        keeping its nodes.conf there. Returns its port."""
+        binary = redis_binary()
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         port = free_port()
+        home = cluster or self.directory
         command = [binary, "--port", str(port), "--bind", "127.0.0.1", *REDIS_PERSISTENCE,
-                   "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"]
-        proc = self._spawn("redis", command, self.directory / "redis.log")
-        client = redis.Redis(port=port, socket_connect_timeout=0.5)
+                   "--dir", str(home), "--daemonize", "no", "--loglevel", "warning"]
+        if cluster:  # the cluster bus on a free port of its own (Redis 7), not port + 10000
+            bus = next(p for p in iter(free_port, None) if p != port)
+            command += ["--cluster-enabled", "yes", "--cluster-port", str(bus),
+                        "--cluster-config-file", str(home / "nodes.conf")]
+        proc = self._spawn("redis", command, home / "redis.log")
+        self._wait(lambda: redis_ask(port, lambda c: c.ping()), proc, home / "redis.log", timeout)
+        return port
 
-        def pings():
-            try:
-                return client.ping()
-            except redis.RedisError:
-                return False
-
-        try:
-            self._wait(pings, proc, self.directory / "redis.log", timeout)
-        finally:
-            client.close()
-        return f"redis://127.0.0.1:{port}/0"
+    def _start_redis_cluster(self, masters, timeout):
+        """`masters` cluster nodes joined by `redis-cli --cluster create` (no replicas), as
+        tests/services.py's RedisCluster does; returns the nodes' URLs once each serves all slots."""
+        cli = redis_cli()
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (apt-get install redis-tools)")
+        ports = []
+        for i in range(masters):
+            home = self.directory / f"redis-node-{i}"
+            home.mkdir(exist_ok=True)
+            ports.append(self._start_redis(timeout, cluster=home))
+        done = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                               "--cluster-replicas", "0", "--cluster-yes"],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode:
+            raise RuntimeError(f"redis-cli --cluster create failed: {(done.stdout + done.stderr)[-300:]}")
+        for port, (_role, proc, _ps, log) in zip(ports, self.procs[-masters:], strict=True):
+            # every node sees every slot served before roomchat asks any of them
+            self._wait(lambda port=port: redis_ask(port, cluster_settled), proc, log, timeout)
+        return [f"redis://127.0.0.1:{port}/0" for port in ports]
 
     def cpu(self):
         """CPU seconds (user + sys, all threads) per role, summed over the role's processes, and
@@ -218,6 +258,10 @@ class Group:
 
     def rss(self):
         return sum(ps.memory_info().rss for _role, _proc, ps, _log in self.procs)
+
+    def count(self, role):
+        """How many of the group's processes have `role` ("server" or "redis")."""
+        return sum(r == role for r, _proc, _ps, _log in self.procs)
 
     def threads(self):
         return sum(ps.num_threads() for role, _proc, ps, _log in self.procs if role == "server")
@@ -237,6 +281,24 @@ class Group:
             for role, proc, _ps, _log in self.procs:
                 if role == wanted:
                     stop(proc)
+
+
+def cluster_settled(client):
+    """True when the cluster node behind `client` sees every slot served (cluster_state ok)."""
+    return client.cluster("info")["cluster_state"] == "ok"
+
+
+def redis_ask(port, question):
+    """question(client) for the redis-server on `port`; None when it does not answer."""
+    import redis  # the driver needs redis-py only for Redis rows
+
+    client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=5)
+    try:
+        return question(client)
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
 
 
 def stop(proc, patience=0.0, grace=5.0):

@@ -52,6 +52,39 @@ def test_quick_cluster_bench_delivers_in_order_across_processes(tmp_path):
         assert run["redis_cpu_s"] > 0  # the bench measured its own redis-server
 
 
+@pytest.mark.timeout(150)
+def test_quick_redis_cluster_bench_delivers_in_order_across_nodes(tmp_path):
+    """One-second S1 and S2 on three roomchat processes, each on its own master of a 3-master Redis
+    Cluster the bench starts, clients spread over the three: every chat reaches every member in
+    seq order."""
+    require_program("redis-server", "apt-get install redis-server")
+    require_program("redis-cli", "apt-get install redis-tools")
+    report = quick_bench(tmp_path, "redis-cluster", "S1,S2", timeout=140)
+    for name, per_server in (("S1", [17, 17, 16]), ("S2", [167, 167, 166])):
+        run = report["scenarios"][name]["results"]["redis-cluster"]
+        assert "error" not in run, run
+        assert run["redis_servers"] == 3  # the cluster's three masters, measured with the row
+        assert run["held_per_server"] == per_server  # clients on all three processes
+        assert run["held"] == run["wanted"]
+        assert run["deliveries"] > 0
+        assert run["silent_clients"] == 0
+        assert (run["missing"], run["reordered"], run["errors"]) == (0, 0, 0)
+        assert run["redis_cpu_s"] > 0
+
+
+def test_one_redis_targets_are_judged_against_the_reference_and_one_process(monkeypatch):
+    """The one-Redis row's S2 target is 2x the reference's deliveries/s and its S3 target 1.5x
+    the single roomchat process's p99, both from the same run."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    run, report = importlib.import_module("run"), importlib.import_module("report")
+    s2 = {"reference": {"deliveries_per_s": 100.0}, "cluster": {"deliveries_per_s": 210.0}}
+    assert report.evaluate(run.SCENARIOS["S2"], s2)["deliveries_per_s"] == [
+        {"server": "cluster", "target": ">= 2x ref", "result": "PASS 2.10x"}]
+    s3 = {"roomchat": {"p99_ms": 2.0}, "cluster": {"p99_ms": 3.2}}
+    assert report.evaluate(run.SCENARIOS["S3"], s3)["p99_ms"] == [
+        {"server": "cluster", "target": "<= 1.5x roomchat", "result": "FAIL 1.60x"}]
+
+
 @pytest.mark.timeout(60)
 def test_store_bench_drives_the_sqlite_engine_alone():
     """store_bench.py --store-only publishes through SqliteEngine and counts what the hub gets

@@ -200,6 +200,10 @@ class Engine(Protocol):
     def mode(self, room: str) -> tuple[bool, int]:
         """The room's mode as (moderated, slow); (False, 0) by default."""
 
+    def chat_rules(self, room: str, nick: str) -> tuple[float | None, tuple[bool, int]]:
+        """What a chat call checks, read together: (`restricted_until(room, "mute", nick)`,
+        `mode(room)`)."""
+
     def use_invite(self, invite: str, uses: int, until: float) -> int | None:
         """Take one of the `uses` of invite `invite` (kept until `until`): the number of this use
         (1 for the first), or None when all are taken."""
@@ -350,6 +354,9 @@ class LocalRules:
         with self._rules_lock:
             moderated, slow = self._rules.get((room, "mode", ""), ("0:0", None))[0].split(":")
         return moderated == "1", int(slow)
+
+    def chat_rules(self, room: str, nick: str) -> tuple[float | None, tuple[bool, int]]:
+        return self.restricted_until(room, "mute", nick), self.mode(room)
 
     def use_invite(self, invite: str, uses: int, until: float) -> int | None:
         key = ("", "invite", invite)

@@ -81,6 +81,7 @@ from chatserver.engines.redis_scripts import (
     AMEND,
     ANNOUNCE,
     BEAT,
+    CHAT_RULES,
     CLAIM,
     CLAIM_MOVE,
     COUNT,
@@ -165,8 +166,10 @@ class RedisEngine(RedisPersonal):
             finally:
                 probe.close()
             if self.sharded:  # redis-py's own cluster client: it finds the nodes and follows MOVED
+                # a blocking pool per node, as below: a burst of connections waits for a free one
                 self._redis = redis.RedisCluster.from_url(
-                    url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, max_connections=POOL_SIZE)
+                    url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, max_connections=POOL_SIZE,
+                    connection_pool_class=redis.BlockingConnectionPool, timeout=POOL_WAIT)
             else:
                 # Connection threads share the pool. redis-py's default pool raises "Too many
                 # connections" past 100 at once (a burst of joins did that); this one makes a
@@ -194,7 +197,8 @@ class RedisEngine(RedisPersonal):
             ("beat", BEAT), ("reap", REAP), ("claim", CLAIM), ("refresh", REFRESH),
             ("if_owner_delete", IF_OWNER_DELETE), ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE),
             ("reserve", RESERVE), ("claim_move", CLAIM_MOVE), ("owner_move", OWNER_MOVE), ("count", COUNT),
-            ("forget", FORGET), ("touch", TOUCH), ("quota_turn", QUOTA_TURN), ("use_invite", USE_INVITE))}
+            ("forget", FORGET), ("touch", TOUCH), ("quota_turn", QUOTA_TURN), ("use_invite", USE_INVITE),
+            ("chat_rules", CHAT_RULES))}
         floor_key("")  # its table of hash tags, made now rather than on a first chat
         self._quotas = quotas or RedisQuotas()
         self.process_id = None  # the hub's, at start()
@@ -691,9 +695,13 @@ class RedisEngine(RedisPersonal):
             self._call(self._redis.delete, room_key(room, "mode"))
 
     def mode(self, room: str) -> tuple[bool, int]:
-        value = self._call(self._redis.get, room_key(room, "mode"))
-        moderated, slow = (value.decode() if value else "0:0").split(":")
-        return moderated == "1", int(slow)
+        return _mode(self._call(self._redis.get, room_key(room, "mode")))
+
+    def chat_rules(self, room: str, nick: str) -> tuple[float | None, tuple[bool, int]]:
+        """The mute and the mode in one round trip (both keys are the room's: one slot)."""
+        ms, mode = self._call(self._scripts["chat_rules"], keys=[room_key(room, f"mute:{fold_nick(nick)}"),
+                                                                 room_key(room, "mode")])
+        return (time.time() + ms / 1000 if ms > 0 else None), _mode(mode)
 
     def use_invite(self, invite: str, uses: int, until: float) -> int | None:
         """Take one of an invite's `uses` (`roomchat:invite:<id>`, kept while the invite lives): the
@@ -1182,6 +1190,12 @@ def transcript_of_redis(url: str, room: str, since: float) -> list:
             at, k = (int(x) for x in entry_id.decode().split("-"))
             items.append(((at, k + 1), {**event, "ts": ts}))
     return [event for _place, event in sorted(items, key=lambda item: item[0])]
+
+
+def _mode(value: bytes | None) -> tuple[bool, int]:
+    """(moderated, slow) from a room's mode key ("<0|1>:<slow seconds>"; none or empty: the default)."""
+    moderated, slow = (value.decode() if value else "0:0").split(":")
+    return moderated == "1", int(slow)
 
 
 def _kind_of(url: str, server: dict, client) -> str:

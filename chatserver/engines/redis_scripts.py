@@ -317,6 +317,10 @@ return 1
 # KEYS: roomchat:quotas. ARGV: lease, ms. 1 if this process runs the quota pass now.
 QUOTA_TURN = "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0"
 
+# KEYS: a room's mute key of a nick, its mode. What a chat call reads, in one round trip:
+# {ms the mute has left (-2: none), the mode ("" when none)}.
+CHAT_RULES = "return {redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]) or ''}"
+
 OOM_OK = ("beat", "reap", "claim", "refresh", "if_owner_delete", "if_owner_prefix_delete", "resolve",
           "announce_oom", "forget", "claim_move", "owner_move", "count", "touch", "quota_turn")
 

@@ -109,10 +109,10 @@ class Moderation:
         muted, by nick or connection; moderated), else the slow mode's seconds (0: none, or an
         operator). Raises Unavailable."""
         try:
-            self._check(room, "mute", client.nick, "You are muted in", client)
+            until, (moderated, slow) = self._engine.chat_rules(room, client.nick)  # one look (Redis: one round trip)
+            self._refuse(room, "mute", until, "You are muted in", client)
             if self.is_operator(client.identity, room):
                 return 0
-            moderated, slow = self._engine.mode(room)
         except ChatError as exc:
             return exc
         if moderated:
@@ -142,7 +142,11 @@ class Moderation:
         return identity is not None and identity.op and identity.may_enter(room)
 
     def _check(self, room: str, kind: str, nick: str, saying: str, client=None) -> None:
-        until = self._engine.restricted_until(room, kind, nick)
+        self._refuse(room, kind, self._engine.restricted_until(room, kind, nick), saying, client)
+
+    def _refuse(self, room: str, kind: str, until: float | None, saying: str, client=None) -> None:
+        """Raises ChatError forbidden while `until` (the engine's) or the connection's own bound
+        (`client.bound`) is ahead."""
         bound = None if client is None else client.bound.get((room, kind))
         if bound is not None and bound[0] > self._clock():
             until = max(until or 0, bound[0])

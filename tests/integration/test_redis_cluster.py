@@ -209,3 +209,28 @@ def test_typing_marks_and_waiting_dms_on_a_redis_cluster(processes, peers):
     again = peers(with_token(c.url, token("ann")), timeout=15)
     assert again.welcome["marks"] == {"lobby": 2}
     assert again.recv() == {k: v for k, v in copy.items() if k != "id"}
+
+
+def test_a_burst_of_calls_waits_for_a_free_connection_to_a_node(redis_cluster, monkeypatch):
+    """More threads calling Redis at once than the engine's pool has connections to a node (a
+    burst of new clients): each waits for a free connection, none is answered `unavailable`."""
+    from chatserver.engines import redis as engine_module
+
+    monkeypatch.setattr(engine_module, "POOL_SIZE", 2)
+    engine = engine_module.RedisEngine(redis_cluster.urls[0])
+    failures = []
+
+    def calls():
+        for _ in range(20):
+            try:
+                engine.mode("lobby")
+            except engine_module.Unavailable as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=calls) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    engine._redis.close()
+    assert failures == []
