@@ -3,6 +3,7 @@ and an interpreter that cannot run roomchat is refused with one line. (`make -n`
 installed or run; CI runs the whole suite under 3.11 and 3.13, see .ci/run.)"""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,3 +67,13 @@ def test_pyenv_versions_are_found_by_their_shim_names(on_path):
     result = make_n(f"PYTHON=python{minor}", path=path)
     assert result.returncode == 0, result.stderr
     assert f".venv-{minor}/bin/ruff check ." in result.stdout
+
+
+def test_readme_lists_the_packages_ci_installs():
+    """README's Tests section names exactly the Debian packages .ci/run installs (Node.js and npm
+    aside: those only feed `make bench`, and come only when missing)."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    installed = set(re.search(r'packages="([^"]+)"', ci).group(1).split())
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.search(r"\.ci/run\]\(\.ci/run\) installs them all\s+\(`([^`]+)`\)", readme).group(1).split())
+    assert listed == installed
