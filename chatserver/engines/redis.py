@@ -135,6 +135,13 @@ def nick_key(nick: str) -> str:
     return f"roomchat:nick:{fold_nick(nick)}"
 
 
+def moved_key(owner: str) -> str:
+    """Where a resume marks that it is taking client `owner` (`<lease>:<client>`) away from its
+    process: that process's heartbeat, finding the client's nick claim gone, then knows it was
+    moved (its let-go is on its way), not lost while the process was cut off."""
+    return f"roomchat:moved:{owner}"
+
+
 def session_key(token: str) -> str:
     """Where a resume token's session is kept: named by the token's hash (Redis never holds a
     token that could be used as one)."""
@@ -625,10 +632,17 @@ class RedisEngine(RedisPersonal):
         with self._lock:
             lease = self._lease
         key = nick_key(session.nick)
-        # the claim first: whoever moves it has the client (one call each: a Redis Cluster's slots)
-        held = f"{session.owner}:{session.nick}"
-        if self._call(self._redis.get, session.key) != session.value or not self._call(
-                self._scripts["claim_move"], keys=[key], args=[held, claim, self._nick_ms]):
+        # the claim first (after the mark that it moves): whoever moves it has the client (one call
+        # each: a Redis Cluster's slots)
+        held, moved = f"{session.owner}:{session.nick}", moved_key(session.owner)
+        if self._call(self._redis.get, session.key) != session.value:
+            return None
+        # marked before the claim moves: the old process's heartbeat must not take the moved claim
+        # for a lost one (its 1012 and leaves would race the memberships' move below)
+        self._call(self._redis.set, moved, owner, px=self._session_ms)
+        if not self._call(self._scripts["claim_move"], keys=[key], args=[held, claim, self._nick_ms]):
+            with contextlib.suppress(*REDIS_ERRORS):
+                self._redis.delete(moved)
             return None
         with self._lock:
             self._claims[key] = (claim, client_id)
@@ -1060,7 +1074,8 @@ class RedisEngine(RedisPersonal):
 
     def _beat(self) -> None:
         """Renew the lease and the nick claims; a lost lease is taken anew and the registry takes
-        its clients back; a lost claim is the registry's to settle. Raises REDIS_ERRORS."""
+        its clients back; a lost claim is the registry's to settle, unless a resume elsewhere marked
+        that it moved it (`moved_key`). Raises REDIS_ERRORS."""
         with self._lock:
             lease, registered = self._lease, self._registered
         if not self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, int(registered)]):
@@ -1090,7 +1105,10 @@ class RedisEngine(RedisPersonal):
                 with self._lock:
                     if self._claims.get(key, (None,))[0] == value:
                         del self._claims[key]
-                self._hub.lose_nick(client)
+                # moved by a resume elsewhere: its message lets the client go (4002), and if that is
+                # lost the client is fenced until its pings time out (take_session)
+                if not self._redis.exists(moved_key(value.rsplit(":", 1)[0])):
+                    self._hub.lose_nick(client)
         self._beat_ok = time.monotonic()
 
     def _refresh_sharded(self, claims: list, pipe, queued: int) -> list:

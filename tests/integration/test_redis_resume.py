@@ -1,10 +1,16 @@
 """Resume on any process: a resume token works on whichever roomchat process the client reaches
 (real redis-server, real processes)."""
 
+import threading
+
 import pytest
 import redis
 
+from chatserver import protocol
+from chatserver.engines.base import Meta
+from chatserver.engines.redis import RedisEngine
 from tests.client_helpers import Relay
+from tests.fakes import RoomsHub
 from tests.helpers import SECRET, Peer, token, wait_for, with_token
 
 pytestmark = pytest.mark.timeout(60)
@@ -153,7 +159,75 @@ def test_resuming_back_and_forth_at_once_keeps_nick_and_rooms(cluster, peers):
         peer.join(room)
     for i in range(20):
         again = peers(f"{(b, a)[i % 2].url}?resume={peer.welcome['resume']}")
-        assert again.welcome.get("resumed") and again.nick == "ann" and again.welcome["rooms"] == ["r1", "r2"], i
+        got = again.welcome.get("resumed"), again.nick, again.welcome.get("rooms")
+        assert got == (True, "ann", ["r1", "r2"]), (i, got)
         peer.close()
         peer = again
     assert peer.request(type="who", room="r1")["members"] == ["ann"]
+
+
+class ProcessHub(RoomsHub):
+    """Plays one process's Registry for a cluster engine: records which clients it is told to let
+    go (a resume moved them) and which it is told lost their nick (cut off: as the Registry does,
+    those leave their rooms, `rooms` {client id: (nick, [room])})."""
+
+    def __init__(self, process_id: str, engine: RedisEngine, rooms: dict):
+        super().__init__()
+        self.process_id, self.engine, self.rooms = process_id, engine, rooms
+        self.lost, self.moved = [], []
+        self._moves = threading.Condition()
+
+    def lose_nick(self, client_id):
+        self.lost.append(client_id)
+        nick, rooms = self.rooms[client_id]
+        for room in rooms:
+            self.engine.announce(room, protocol.presence(room, "leave", nick), Meta((self.process_id, client_id)))
+
+    def let_go(self, client_id):
+        with self._moves:
+            self.moved.append(client_id)
+            self._moves.notify_all()
+
+    def evict(self, client_id):
+        raise AssertionError(f"evict {client_id}")
+
+    def deliver_dm(self, client_id, event):
+        return False
+
+    def retake(self):
+        raise AssertionError("retake")
+
+    def wait_moved(self) -> list:
+        with self._moves:
+            assert self._moves.wait_for(lambda: self.moved, timeout=10)
+            return self.moved
+
+
+def test_a_beat_between_a_resumes_claim_and_room_moves_keeps_the_old_process_calm(redis_server):
+    """Process A beats right after process B moved ann's nick claim by a resume and before B moved
+    her rooms: A does not take the moved claim for one lost while cut off (no 1012, no leaves that
+    would take her rooms from B); B gets her rooms, and A is told to let her old connection go."""
+    a, b = RedisEngine(redis_server.url), RedisEngine(redis_server.url)
+    hub_a, hub_b = ProcessHub("aaaaaaaaaaaa", a, {1: ("ann", ["r1"])}), ProcessHub("bbbbbbbbbbbb", b, {})
+    a.start(hub_a)
+    b.start(hub_b)
+    try:
+        assert a.claim_nick("ann", 1)
+        a.keep_session(1, "tok", "ann", "")
+        a.announce("r1", protocol.presence("r1", "join", "ann"), Meta((hub_a.process_id, 1)))
+        session = b.find_session("tok")
+        assert session.rooms == ("r1",)
+        move = b._scripts["owner_move"]
+
+        def beat_first(**kwargs):  # A's heartbeat in the window between the two moves
+            a._beat()
+            return move(**kwargs)
+
+        b._scripts["owner_move"] = beat_first
+        taken = b.take_session(session, 7)
+        assert hub_a.lost == [] and set(taken) == {"r1"}, (hub_a.lost, taken)
+        assert hub_a.wait_moved() == [1]
+        assert b.members("r1") == ["ann"]
+    finally:
+        a.close()
+        b.close()
