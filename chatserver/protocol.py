@@ -110,10 +110,7 @@ def decode(raw: str) -> dict:
 
     Raises ChatError bad_json (not JSON, NaN, a lone surrogate, nesting over 1024) or
     bad_message (not an object, no string `type`, a bad `id`, which is then left out)."""
-    try:
-        msg = orjson.loads(raw)  # strict: no NaN, no lone surrogates, nesting limited to 1024
-    except orjson.JSONDecodeError:
-        raise ChatError("bad_json", "That message is not valid JSON; send one JSON object per frame.") from None
+    msg = parse_json(raw, "That message is not valid JSON; send one JSON object per frame.")
     if not isinstance(msg, dict):
         raise ChatError("bad_message", "A message must be a JSON object with a \"type\" field.")
     msg_id = msg.get("id")
@@ -123,6 +120,19 @@ def decode(raw: str) -> dict:
     if not isinstance(msg.get("type"), str):
         raise ChatError("bad_message", "A message needs a string \"type\" field, such as \"chat\" or \"join\".")
     return msg
+
+
+def parse_json(raw: str | bytes, complaint: str):
+    """One JSON value (RFC 8259), strictly: every text the server takes as JSON (a WebSocket
+    message, an HTTP API body) goes through here, so none brings in what it cannot store or send
+    back (a lone surrogate, which has no UTF-8 form), or costs a deep recursion.
+
+    Raises ChatError bad_json (with `complaint`) for invalid UTF-8 or JSON, NaN or Infinity, a
+    lone surrogate, nesting over 1024, or anything after the value."""
+    try:
+        return orjson.loads(raw)  # strict: no NaN, no lone surrogates, nesting limited to 1024
+    except orjson.JSONDecodeError:
+        raise ChatError("bad_json", complaint) from None
 
 
 def _valid_id(value) -> bool:

@@ -191,8 +191,8 @@ class SqliteEngine(LocalRules, SqlitePersonal):
 
     def message(self, room: str, seq: int) -> dict | None:
         """The committed event at `seq` (within the room's last `per_room`), or None. Raises Unavailable."""
-        found = self.read(room, after=seq - 1, before=seq + 1, limit=1)
-        return found[0] if found else None
+        found = self.read(room, after=seq - 1, limit=1)  # (no `before=seq + 1`: over SQLite's INTEGER at MAX_SEQ)
+        return found[0] if found and found[0]["seq"] == seq else None
 
     def announce(self, room: str, event: dict, meta) -> None:
         """Deliver at once; a moderation event (NOTICE_TYPES) is first written to `notices`, for

@@ -1,0 +1,69 @@
+"""Hostile and careless clients of the HTTP API over real sockets: bodies that are not what JSON
+allows (lone surrogates, deep nesting), and what the server must still do afterwards."""
+
+import json
+
+import pytest
+
+from tests.helpers import FAST_LIMITS, SECRET, token
+from tests.integration.test_http_api import PATH, call
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def api_server(request, make_server, tmp_path):
+    """A server taking tokens signed with SECRET, on each engine that runs in one process."""
+    db = str(tmp_path / "history.db") if request.param == "sqlite" else ":memory:"
+    return make_server(db=db, token_secret=SECRET, **FAST_LIMITS)
+
+
+def test_a_lone_surrogate_is_bad_json_and_stores_nothing(api_server, connect):
+    """A body whose text escapes a lone surrogate ("\\ud800", not UTF-8) is 400 bad_json, as on a
+    WebSocket: nothing is stored or sent, and the room's history and later posts still work."""
+    member = connect(api_server.url)
+    member.join("lobby")
+    bot = token("bot")
+    for raw in (b'{"text":"\\ud800"}', b'{"text":"ok \\udfff"}', b'{"text":"hi","x":"\\ud83d"}'):
+        status, _headers, body = call(api_server.port, "POST", raw=raw, bearer=bot)
+        assert (status, body["error"]["code"]) == (400, "bad_json"), raw
+    status, _headers, event = call(api_server.port, "POST", body={"text": "after \U0001F44D"}, bearer=bot)
+    assert (status, event["seq"], event["text"]) == (201, 1, "after \U0001F44D")
+    assert member.recv_type("chat") == event
+    assert connect(api_server.url).join("lobby")["history"] == [event]
+
+
+def test_deeply_nested_json_and_nan_are_bad_json(api_server):
+    """A body nested deeper than 1024 (up to max_message_bytes of "[") or with NaN gets 400
+    bad_json, an answer rather than a dropped connection."""
+    bot = token("bot")
+    for raw in (b"[" * 60_000, b'{"text":' * 5000, b'{"text":"hi","n":NaN}', b'{"text":"hi"} trailing'):
+        status, _headers, body = call(api_server.port, "POST", raw=raw, bearer=bot)
+        assert (status, body["error"]["code"]) == (400, "bad_json"), raw[:20]
+    assert call(api_server.port, "POST", body={"text": "still here"}, bearer=bot)[0] == 201
+
+
+def test_extra_fields_and_repeated_keys_are_harmless(api_server):
+    """Fields other than text are ignored; a repeated "text" counts once (the last, as JSON parsers do)."""
+    bot = token("bot")
+    raw = json.dumps({"text": "a", "type": "dm", "room": "other", "from": "admin", "seq": 99}).encode()
+    status, _headers, event = call(api_server.port, "POST", raw=raw, bearer=bot)
+    assert (status, event["from"], event["room"], event["seq"], event["text"]) == (201, "bot", "lobby", 1, "a")
+    status, _headers, event = call(api_server.port, "POST", raw=b'{"text":"a","text":"b"}', bearer=bot)
+    assert (status, event["text"]) == (201, "b")
+    status, _headers, body = call(api_server.port, "GET", PATH, bearer=bot)
+    assert [m["text"] for m in body["messages"]] == ["a", "b"]
+
+
+def test_a_bug_behind_an_api_request_is_answered_500(make_server, monkeypatch):
+    """Whatever escapes the API (a bug) is logged and answered 500 with no details, not a silent
+    close; the server keeps serving."""
+    server = make_server(token_secret=SECRET, **FAST_LIMITS)
+    respond = server.api.respond
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.api, "respond", broken)
+    status, headers, body = call(server.port, "POST", body={"text": "hi"}, bearer=token("bot"))
+    assert (status, headers["content-type"], body) == (500, "text/plain; charset=utf-8", b"internal error\n")
+    monkeypatch.setattr(server.api, "respond", respond)
+    assert call(server.port, "POST", body={"text": "hi"}, bearer=token("bot"))[0] == 201
