@@ -319,6 +319,8 @@ def search_words(text: str) -> list:
     start of a word of the chat, and a word of one character the whole of one (as a prefix it
     would match nearly everything, and cost the index a pass over most of its words);
     engines/sqlite_search.py asks FTS5 the same."""
+    if text.isascii():  # the common case, 5 times faster: NFKD changes nothing, casefold is lower
+        return _WORD.findall(text.lower())
     plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return _WORD.findall(plain.casefold())
 
