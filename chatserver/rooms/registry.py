@@ -888,7 +888,18 @@ class Registry:
                     event = self._mailbox.keep(nick, event, exc)  # for a token holder who is offline
                 except Unavailable as failure:
                     raise unavailable(failure) from None
+                self._hand_to_newcomer(nick)
         self.reply(client, protocol.with_id(event, reply_id))
+
+    def _hand_to_newcomer(self, nick: str) -> None:
+        """After a DM was kept for `nick`: if its token holder connected here meanwhile (its
+        connect handed out the DMs waiting before this one was kept), hand them now. The engine
+        hands each kept DM out once, whichever of the two takes it first."""
+        with self._lock:
+            holder = self._nicks.get(fold_nick(nick))
+            identity = holder.identity if holder is not None else None
+        if identity is not None and fold_nick(identity.nick) == fold_nick(nick):
+            self._hand_waiting(holder, identity)
 
     def list_rooms(self, client: Client, after: str | None = None, reply_id=None) -> None:
         """Rooms with members and their counts (all processes, with a cluster engine), by name,
