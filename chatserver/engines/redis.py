@@ -541,6 +541,16 @@ class RedisEngine(RedisPersonal):
             time.sleep(TAKE_POLL)
         return True
 
+    def unseat_guest(self, nick: str) -> None:
+        """Ask the process of the connection holding `nick`, if any, to rename it should it have
+        no token (Registry.evict_guest): a post with that nick's token is on its way. Raises
+        Unavailable."""
+        held = self._call(self._redis.get, nick_key(nick))
+        if held is not None:
+            lease, client, _ = held.decode().split(":", 2)
+            channel = f"roomchat:proc:{lease.split('.')[0]}:dm"
+            self._call(self._pub, channel, orjson.dumps([int(client), None, "guest", nick]))
+
     def release_nick(self, nick: str, client_id: int) -> None:
         """Give `nick` back if this client still holds it (retried by the heartbeat)."""
         key = nick_key(nick)
@@ -936,11 +946,15 @@ class RedisEngine(RedisPersonal):
         elif message["type"] in ("message", "smessage"):
             channel = message["channel"].decode()
             if channel == self._dm_channel:
-                client, event, *moved = orjson.loads(message["data"])
-                if event is None:  # let go of a nick, or of a client resumed elsewhere: off this
-                    # thread, which must keep on listening
-                    act = self._hub.let_go if moved else self._hub.evict
-                    threading.Thread(target=act, args=(client,), daemon=True).start()
+                client, event, *why = orjson.loads(message["data"])
+                if event is None:  # let go of a nick, of a client resumed elsewhere, or of a
+                    # guest's nick for a post: off this thread, which must keep on listening
+                    act, args = self._hub.evict, (client,)
+                    if why == ["moved"]:
+                        act = self._hub.let_go
+                    elif why[:1] == ["guest"]:
+                        act, args = self._hub.evict_guest, (client, why[1])
+                    threading.Thread(target=act, args=args, daemon=True).start()
                 else:
                     self._hub.deliver_dm(client, event)
             else:

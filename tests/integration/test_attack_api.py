@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.helpers import FAST_LIMITS, SECRET, token
+from tests.helpers import FAST_LIMITS, SECRET, token, wait_for
 from tests.integration.test_http_api import PATH, call
 
 
@@ -67,3 +67,45 @@ def test_a_bug_behind_an_api_request_is_answered_500(make_server, monkeypatch):
     assert (status, headers["content-type"], body) == (500, "text/plain; charset=utf-8", b"internal error\n")
     monkeypatch.setattr(server.api, "respond", respond)
     assert call(server.port, "POST", body={"text": "hi"}, bearer=token("bot"))[0] == 201
+
+
+def test_a_post_takes_the_nick_from_a_guest_who_has_it(api_server, connect):
+    """A post with ann's token while a connection without a token is called ann: that connection
+    is renamed to a guest nick (as when ann connects), so it cannot edit or delete ann's chats."""
+    squatter = connect(api_server.url)
+    squatter.set_nick("ann")
+    squatter.join("lobby")
+    status, _headers, event = call(api_server.port, "POST", body={"text": "the real ann"}, bearer=token("ann"))
+    assert status == 201
+    renamed = squatter.recv_type("nick")
+    assert (renamed["old"], renamed["nick"] != "ann") == ("ann", True)
+    assert squatter.recv_type("chat") == event
+    assert squatter.request(type="edit", room="lobby", seq=event["seq"], text="not yours")["code"] == "forbidden"
+    assert squatter.request(type="delete", room="lobby", seq=event["seq"])["code"] == "forbidden"
+    assert squatter.request(type="nick", nick="ann")["code"] == "nick_reserved"
+
+
+def test_a_post_leaves_a_connection_of_the_same_token_alone(api_server, peers):
+    """A bot posting with ann's token while ann is connected with it: ann's connection is not
+    replaced nor renamed, and gets the chat like any member."""
+    ann = peers(f"{api_server.url}?token={token('ann')}")
+    ann.join("lobby")
+    status, _headers, event = call(api_server.port, "POST", body={"text": "from my script"}, bearer=token("ann"))
+    assert status == 201
+    assert ann.recv_type("chat") == event
+    assert ann.request(type="ping") == {"type": "pong"}
+    assert ann.request(type="edit", room="lobby", seq=event["seq"], text="mine")["type"] == "edit"
+
+
+def test_on_redis_a_post_takes_the_nick_from_a_guest_on_another_process(redis_server, cluster, peers):
+    """Two processes: a post on A with ann's token renames the tokenless "ann" connected to B."""
+    first, second = cluster(2, "--token-secret", SECRET)
+    squatter = peers(second.url)
+    squatter.set_nick("ann")
+    squatter.join("lobby")
+    status, _headers, event = call(first.port, "POST", body={"text": "the real ann"}, bearer=token("ann"))
+    assert status == 201
+    renamed = squatter.recv_type("nick")
+    assert (renamed["old"], renamed["nick"] != "ann") == ("ann", True)
+    wait_for(lambda: squatter.request(type="edit", room="lobby", seq=event["seq"], text="x").get("code")
+             == "forbidden", timeout=10)
