@@ -69,16 +69,22 @@ def test_a_bug_behind_an_api_request_is_answered_500(make_server, monkeypatch):
     assert call(server.port, "POST", body={"text": "hi"}, bearer=token("bot"))[0] == 201
 
 
-def test_a_post_takes_the_nick_from_a_guest_who_has_it(api_server, connect):
-    """A post with ann's token while a connection without a token is called ann: that connection
-    is renamed to a guest nick (as when ann connects), so it cannot edit or delete ann's chats."""
-    squatter = connect(api_server.url)
+def squatted(squatter, port: int):
+    """`squatter` (a Peer without a token) takes the nick ann and joins lobby; then a post with
+    ann's token on `port` renames it: (squatter, the posted chat)."""
     squatter.set_nick("ann")
     squatter.join("lobby")
-    status, _headers, event = call(api_server.port, "POST", body={"text": "the real ann"}, bearer=token("ann"))
+    status, _headers, event = call(port, "POST", body={"text": "the real ann"}, bearer=token("ann"))
     assert status == 201
     renamed = squatter.recv_type("nick")
     assert (renamed["old"], renamed["nick"] != "ann") == ("ann", True)
+    return squatter, event
+
+
+def test_a_post_takes_the_nick_from_a_guest_who_has_it(api_server, connect):
+    """A post with ann's token while a connection without a token is called ann: that connection
+    is renamed to a guest nick (as when ann connects), so it cannot edit or delete ann's chats."""
+    squatter, event = squatted(connect(api_server.url), api_server.port)
     assert squatter.recv_type("chat") == event
     assert squatter.request(type="edit", room="lobby", seq=event["seq"], text="not yours")["code"] == "forbidden"
     assert squatter.request(type="delete", room="lobby", seq=event["seq"])["code"] == "forbidden"
@@ -100,12 +106,6 @@ def test_a_post_leaves_a_connection_of_the_same_token_alone(api_server, peers):
 def test_on_redis_a_post_takes_the_nick_from_a_guest_on_another_process(redis_server, cluster, peers):
     """Two processes: a post on A with ann's token renames the tokenless "ann" connected to B."""
     first, second = cluster(2, "--token-secret", SECRET)
-    squatter = peers(second.url)
-    squatter.set_nick("ann")
-    squatter.join("lobby")
-    status, _headers, event = call(first.port, "POST", body={"text": "the real ann"}, bearer=token("ann"))
-    assert status == 201
-    renamed = squatter.recv_type("nick")
-    assert (renamed["old"], renamed["nick"] != "ann") == ("ann", True)
+    squatter, event = squatted(peers(second.url), first.port)
     wait_for(lambda: squatter.request(type="edit", room="lobby", seq=event["seq"], text="x").get("code")
              == "forbidden", timeout=10)
