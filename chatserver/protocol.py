@@ -10,6 +10,7 @@ wire.frames takes CloseCode from here), so every layer may import this module.
 """
 
 import enum
+import functools
 import re
 import time
 import unicodedata
@@ -261,14 +262,28 @@ def history_limit(msg: dict) -> int:
 
 
 def require_emoji(msg: dict) -> str:
-    """`msg["emoji"]`: one emoji (a single grapheme the `emoji` package knows: "👍", "👍🏽", "🇫🇷").
-    Raises ChatError bad_message."""
-    import emoji  # its tables take a moment to load: only once a reaction comes
-
+    """`msg["emoji"]`: one emoji (a single grapheme the `emoji` package knows: "👍", "👍🏽", "🇫🇷"),
+    in its fully-qualified form: spellings that differ only by the variation selector U+FE0F
+    ("❤" and "❤️", "👍️" and "👍") are one emoji, so they are one reaction. Raises ChatError bad_message."""
     value = require_str(msg, "emoji")
-    if not 0 < len(value) <= MAX_EMOJI_CHARS or not emoji.is_emoji(value):
+    found = _emoji_forms().get(value.replace(VS16, "")) if 0 < len(value) <= MAX_EMOJI_CHARS else None
+    if found is None:
         raise ChatError("bad_message", "\"emoji\" must be one emoji, such as \"👍\".")
-    return value
+    return found
+
+
+VS16 = "\ufe0f"  # the variation selector asking for an emoji's colourful presentation
+
+
+@functools.cache
+def _emoji_forms() -> dict:
+    """{an emoji without U+FE0F: its fully-qualified form} for every emoji of the `emoji` package
+    (components such as a skin tone alone included), built at the first reaction (its tables take
+    a moment to load)."""
+    import emoji
+
+    wanted = (emoji.STATUS["component"], emoji.STATUS["fully_qualified"])
+    return {key.replace(VS16, ""): key for key, data in emoji.EMOJI_DATA.items() if data["status"] in wanted}
 
 
 # -- typing, read markers, DMs that wait ---------------------------------------------------------

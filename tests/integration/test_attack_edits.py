@@ -27,3 +27,24 @@ def test_the_largest_seq_is_no_such_message(start, peers):
         assert ask(ann, room="lobby", seq=MAX_SEQ, **request)["code"] == "no_such_message", request
         assert ask(ann, room="lobby", seq=MAX_SEQ + 1, **request)["code"] == "bad_message", request
     assert ask(ann, type="edit", room="lobby", seq=1, text="still mine")["type"] == "edit"
+
+
+def test_spellings_of_one_emoji_are_one_reaction(start, peers):
+    """❤ and ❤️ (with or without the variation selector U+FE0F), 👍 and 👍️, #⃣ and #️⃣: each pair is
+    one emoji, stored and sent in its fully-qualified form, so a second spelling toggles the same
+    reaction instead of adding a look-alike; text with an emoji, or a lone regional indicator,
+    is still bad_message."""
+    server = start()
+    ann, bob = seated(server, peers, "ann", "bob")
+    seq = ask(ann, type="chat", room="lobby", text="vote")["seq"]
+    bob.recv_type("chat")
+    for bare, qualified in (("\u2764", "\u2764\ufe0f"), ("👍", "👍\ufe0f"), ("#\u20e3", "#\ufe0f\u20e3")):
+        canonical = qualified if bare != "👍" else bare  # the fully-qualified form
+        first = ask(ann, type="react", room="lobby", seq=seq, emoji=bare)
+        second = ask(ann, type="react", room="lobby", seq=seq, emoji=qualified)
+        assert (first["emoji"], first["on"], second["emoji"], second["on"]) == (canonical, True, canonical, False)
+        assert ask(bob, type="react", room="lobby", seq=seq, emoji=qualified)["emoji"] == canonical
+    assert ask(ann, type="history", room="lobby")["messages"][0]["reactions"] == {
+        "\u2764\ufe0f": ["bob"], "👍": ["bob"], "#\ufe0f\u20e3": ["bob"]}
+    for bad in ("a👍", "🇫", "👍\u0301", "\ufe0f", "👍\ufe0f\ufe0f👍"):
+        assert ask(bob, type="react", room="lobby", seq=seq, emoji=bad)["code"] == "bad_message", bad
