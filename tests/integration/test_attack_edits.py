@@ -48,3 +48,24 @@ def test_spellings_of_one_emoji_are_one_reaction(start, peers):
         "\u2764\ufe0f": ["bob"], "👍": ["bob"], "#\ufe0f\u20e3": ["bob"]}
     for bad in ("a👍", "🇫", "👍\u0301", "\ufe0f", "👍\ufe0f\ufe0f👍"):
         assert ask(bob, type="react", room="lobby", seq=seq, emoji=bad)["code"] == "bad_message", bad
+
+
+def test_a_bug_while_storing_refuses_the_event_and_the_store_goes_on(make_server, peers, tmp_path, monkeypatch):
+    """SQLite: an exception other than sqlite3.Error inside the writer's transaction (a bug) is
+    logged, the events of that batch are refused `unavailable` (nothing half-stored), and the
+    writer thread lives on: the next chat is stored with the next seq."""
+    server = make_server(db=str(tmp_path / "history.db"), **FAST_LIMITS)
+    (ann,) = seated(server, peers, "ann")
+    seq = ask(ann, type="chat", room="lobby", text="hi")["seq"]
+    amend = server.engine._amend
+
+    def broken(room, event):
+        if event.get("text") == "boom":
+            raise RuntimeError("a bug")
+        return amend(room, event)
+
+    monkeypatch.setattr(server.engine, "_amend", broken)
+    assert ask(ann, type="edit", room="lobby", seq=seq, text="boom")["code"] == "unavailable"
+    assert ask(ann, type="chat", room="lobby", text="still stored")["seq"] == seq + 1
+    assert ask(ann, type="edit", room="lobby", seq=seq, text="fine")["seq"] == seq + 2
+    assert [m["seq"] for m in ask(ann, type="history", room="lobby")["messages"]] == [seq, seq + 1, seq + 2]
