@@ -445,22 +445,22 @@ class RedisEngine(RedisPersonal):
 
     def subscribe(self, room: str) -> None:
         """Subscribe to the room's channel (once) and wait until Redis confirms, also when another
-        thread sent the SUBSCRIBE. Raises Unavailable."""
+        thread sent the SUBSCRIBE. Raises Unavailable.
+
+        The room is looked up under `_sub_lock` even when it is subscribed already: an
+        `unsubscribe` that found the room unwanted (its last post or member gone) holds that lock
+        until it has let go, and a subscription seen before that would be gone after it."""
         channel = room_key(room, "events")
-        with self._lock:
-            wanted = room in self._last
-            confirmed = self._confirmed.get(channel)
-        if not wanted:
-            with self._sub_lock:
-                with self._lock:
-                    send = room not in self._last
-                    if send:
-                        self._last[room] = None
-                        self._confirmed[channel] = threading.Event()
-                    confirmed = self._confirmed.get(channel)
-                if send:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
-                    with contextlib.suppress(*REDIS_ERRORS, AttributeError):
-                        self._subscribe(self._pubsub, channel)
+        with self._sub_lock:
+            with self._lock:
+                send = room not in self._last
+                if send:
+                    self._last[room] = None
+                    self._confirmed[channel] = threading.Event()
+                confirmed = self._confirmed.get(channel)
+            if send:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
+                with contextlib.suppress(*REDIS_ERRORS, AttributeError):
+                    self._subscribe(self._pubsub, channel)
         if confirmed is not None and not confirmed.wait(SUBSCRIBE_TIMEOUT):
             raise Unavailable("Redis did not confirm the subscription")
 

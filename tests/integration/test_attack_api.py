@@ -2,9 +2,11 @@
 allows (lone surrogates, deep nesting), and what the server must still do afterwards."""
 
 import json
+import threading
 
 import pytest
 
+from chatserver.rooms import posts
 from tests.helpers import FAST_LIMITS, SECRET, token, wait_for
 from tests.integration.test_http_api import PATH, call
 
@@ -109,3 +111,45 @@ def test_on_redis_a_post_takes_the_nick_from_a_guest_on_another_process(redis_se
     squatter, event = squatted(peers(second.url), first.port)
     wait_for(lambda: squatter.request(type="edit", room="lobby", seq=event["seq"], text="x").get("code")
              == "forbidden", timeout=10)
+
+
+def test_on_redis_a_post_racing_the_last_one_out_of_a_room_is_confirmed(redis_server, make_server, monkeypatch):
+    """Redis: a post to a room nobody is in while the previous post to it unsubscribes (it found
+    the room unwanted, and has not yet let go of the channel): the new post still hears its chat
+    come back and gets 201, not 503 after the wait."""
+    server = make_server(redis=redis_server.url, token_secret=SECRET, **FAST_LIMITS)
+    engine, registry = server.engine, server.registry
+    monkeypatch.setattr(posts.Waiter.wait, "__defaults__", (8.0,))  # a lost chat shows in 8 s, not 30
+    has_room, subscribe, unsubscribe = registry.has_room, engine.subscribe, engine.unsubscribe
+    paused, subscribed, unsubscribed = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_has_room(name):
+        found = has_room(name)
+        if not found and engine._sub_lock.locked() and not paused.is_set():  # the first post's unsubscribe
+            paused.set()
+            subscribed.wait(5)  # until the second post is subscribed, or would be
+        return found
+
+    def watched_subscribe(room):
+        subscribe(room)
+        if paused.is_set():  # the second post: it publishes once the first has let go
+            subscribed.set()
+            unsubscribed.wait(10)
+
+    def watched_unsubscribe(room):
+        unsubscribe(room)
+        if paused.is_set():
+            unsubscribed.set()
+
+    monkeypatch.setattr(registry, "has_room", slow_has_room)
+    monkeypatch.setattr(engine, "subscribe", watched_subscribe)
+    monkeypatch.setattr(engine, "unsubscribe", watched_unsubscribe)
+    answers = []
+    first = threading.Thread(target=lambda: answers.append(
+        call(server.port, "POST", "/api/rooms/quiet/messages", {"text": "one"}, bearer=token("bot"))[0]))
+    first.start()
+    assert paused.wait(10)
+    status, _headers, event = call(server.port, "POST", "/api/rooms/quiet/messages", {"text": "two"},
+                                   bearer=token("bot"))
+    first.join(10)
+    assert (answers, status, event.get("seq")) == ([201], 201, 2)
