@@ -105,6 +105,10 @@ class Registry(Protocol):
     def evict(self, client_id: int) -> None:
         """A token holder elsewhere wants this local client's nick: let go of it."""
 
+    def evict_guest(self, client_id: int, nick: str) -> None:
+        """A post with the token of `nick` (this local client's nick) came elsewhere: a client
+        without a token lets go of it."""
+
     def retake(self) -> None:
         """This process lost its lease and has a new one: take the local clients' nicks and rooms
         back. Raises Unavailable (asked again at the next beat)."""
@@ -397,6 +401,10 @@ class ClusterEngine(Engine, Protocol):
 
     def release_nick(self, nick: str, client_id: int) -> None:
         """Give `nick` back if `client_id` still holds it; retried until the engine takes it."""
+
+    def unseat_guest(self, nick: str) -> None:
+        """A post with `nick`'s token is coming: ask the process of the client holding `nick`,
+        if any, to rename it should it have no token (Registry.evict_guest); returns at once."""
 
     def members(self, room: str) -> list:
         """The nicks in `room` on every process, in join order."""

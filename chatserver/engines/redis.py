@@ -456,22 +456,22 @@ class RedisEngine(RedisPersonal):
 
     def subscribe(self, room: str) -> None:
         """Subscribe to the room's channel (once) and wait until Redis confirms, also when another
-        thread sent the SUBSCRIBE. Raises Unavailable."""
+        thread sent the SUBSCRIBE. Raises Unavailable.
+
+        The room is looked up under `_sub_lock` even when it is subscribed already: an
+        `unsubscribe` that found the room unwanted (its last post or member gone) holds that lock
+        until it has let go, and a subscription seen before that would be gone after it."""
         channel = room_key(room, "events")
-        with self._lock:
-            wanted = room in self._last
-            confirmed = self._confirmed.get(channel)
-        if not wanted:
-            with self._sub_lock:
-                with self._lock:
-                    send = room not in self._last
-                    if send:
-                        self._last[room] = None
-                        self._confirmed[channel] = threading.Event()
-                    confirmed = self._confirmed.get(channel)
-                if send:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
-                    with contextlib.suppress(*REDIS_ERRORS, AttributeError):
-                        self._subscribe(self._pubsub, channel)
+        with self._sub_lock:
+            with self._lock:
+                send = room not in self._last
+                if send:
+                    self._last[room] = None
+                    self._confirmed[channel] = threading.Event()
+                confirmed = self._confirmed.get(channel)
+            if send:  # without a subscription now, the listener subscribes to every wanted room as it reconnects
+                with contextlib.suppress(*REDIS_ERRORS, AttributeError):
+                    self._subscribe(self._pubsub, channel)
         if confirmed is not None and not confirmed.wait(SUBSCRIBE_TIMEOUT):
             raise Unavailable("Redis did not confirm the subscription")
 
@@ -551,6 +551,16 @@ class RedisEngine(RedisPersonal):
                 return False
             time.sleep(TAKE_POLL)
         return True
+
+    def unseat_guest(self, nick: str) -> None:
+        """Ask the process of the connection holding `nick`, if any, to rename it should it have
+        no token (Registry.evict_guest): a post with that nick's token is on its way. Raises
+        Unavailable."""
+        held = self._call(self._redis.get, nick_key(nick))
+        if held is not None:
+            lease, client, _ = held.decode().split(":", 2)
+            channel = f"roomchat:proc:{lease.split('.')[0]}:dm"
+            self._call(self._pub, channel, orjson.dumps([int(client), None, "guest", nick]))
 
     def release_nick(self, nick: str, client_id: int) -> None:
         """Give `nick` back if this client still holds it (retried by the heartbeat)."""
@@ -958,11 +968,15 @@ class RedisEngine(RedisPersonal):
         elif message["type"] in ("message", "smessage"):
             channel = message["channel"].decode()
             if channel == self._dm_channel:
-                client, event, *moved = orjson.loads(message["data"])
-                if event is None:  # let go of a nick, or of a client resumed elsewhere: off this
-                    # thread, which must keep on listening
-                    act = self._hub.let_go if moved else self._hub.evict
-                    threading.Thread(target=act, args=(client,), daemon=True).start()
+                client, event, *why = orjson.loads(message["data"])
+                if event is None:  # let go of a nick, of a client resumed elsewhere, or of a
+                    # guest's nick for a post: off this thread, which must keep on listening
+                    act, args = self._hub.evict, (client,)
+                    if why == ["moved"]:
+                        act = self._hub.let_go
+                    elif why[:1] == ["guest"]:
+                        act, args = self._hub.evict_guest, (client, why[1])
+                    threading.Thread(target=act, args=args, daemon=True).start()
                 else:
                     self._hub.deliver_dm(client, event)
             else:

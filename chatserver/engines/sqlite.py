@@ -191,8 +191,8 @@ class SqliteEngine(LocalRules, SqlitePersonal):
 
     def message(self, room: str, seq: int) -> dict | None:
         """The committed event at `seq` (within the room's last `per_room`), or None. Raises Unavailable."""
-        found = self.read(room, after=seq - 1, before=seq + 1, limit=1)
-        return found[0] if found else None
+        found = self.read(room, after=seq - 1, limit=1)  # (no `before=seq + 1`: over SQLite's INTEGER at MAX_SEQ)
+        return found[0] if found and found[0]["seq"] == seq else None
 
     def announce(self, room: str, event: dict, meta) -> None:
         """Deliver at once; a moderation event (NOTICE_TYPES) is first written to `notices`, for
@@ -340,7 +340,8 @@ class SqliteEngine(LocalRules, SqlitePersonal):
     def _commit(self, batch: list) -> bool:
         """Insert the batch in one transaction. A failure (disk full, a foreign lock) is retried
         with backoff for `fail_after` seconds (once only while already failing); then the batch
-        and everything queued behind it are refused (`_give_up`). False if not committed."""
+        and everything queued behind it are refused (`_give_up`), as they are at once after an
+        exception other than sqlite3.Error (a bug, logged). False if not committed."""
         last = {e["room"]: e["seq"] for _room, e, _meta in batch}
         delay = 0.05
         give_up_at = time.monotonic() + (0 if self._failing else self._fail_after)
@@ -369,6 +370,11 @@ class SqliteEngine(LocalRules, SqlitePersonal):
                 log.error("cannot store %d chat events, retrying in %.2f s: %s", len(batch), delay, exc)
                 time.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX_DELAY)
+            except Exception:  # a bug: retrying cannot help, and the writer thread must live on
+                log.exception("history store: storing %d chat events failed", len(batch))
+                self._rollback()
+                self._give_up(batch, "internal error")
+                return False
 
     def _insert(self, batch: list) -> list:
         """Write the batch's events in order (inside the writer's transaction); the items to

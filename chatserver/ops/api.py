@@ -113,11 +113,9 @@ class Api:
 
 
 def _json_object(body: bytes) -> dict:
-    """The body as a JSON object. Raises ChatError bad_json, bad_message."""
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ChatError("bad_json", "The body must be a JSON object such as {\"text\": \"hi\"} (UTF-8).") from None
+    """The body as a JSON object, as strictly as a WebSocket message (protocol.parse_json).
+    Raises ChatError bad_json, bad_message."""
+    value = protocol.parse_json(body, "The body must be a JSON object such as {\"text\": \"hi\"} (UTF-8).")
     if not isinstance(value, dict):
         raise ChatError("bad_message", "The body must be a JSON object such as {\"text\": \"hi\"}.")
     return value

@@ -58,6 +58,10 @@ class ClusterRegistry(Registry):
             raise ChatError("unavailable", f"The nick {nick!r} is still held by another connection; try again.")
         return nick
 
+    def _unseat_guest(self, nick: str) -> None:
+        super()._unseat_guest(nick)  # here, at once; on another process, when it hears of it:
+        self._ask_engine(lambda: self._engine.unseat_guest(nick))
+
     # -- rooms -------------------------------------------------------------------------------
 
     def _entered(self, name: str) -> None:

@@ -540,6 +540,26 @@ class Registry:
         else:
             self._rename(client, self._guest_nick(client), claimed=True)
 
+    def evict_guest(self, client_id: int, nick: str) -> None:
+        """A token holder posts as `nick` (the HTTP API), this local client's nick, and the client
+        has no token: rename it to a guest nick, as `evict` does (the engine calls this for a
+        client on another process). A client with a token is left alone (the same holder: a bot
+        may post while its owner is connected), and one called otherwise by now too."""
+        with self._lock:
+            client = self._clients.get(client_id)
+            guest = client is not None and client.identity is None and fold_nick(client.nick) == fold_nick(nick)
+        if guest:
+            self._rename(client, self._guest_nick(client), claimed=True)
+
+    def _unseat_guest(self, nick: str) -> None:
+        """Before a post as `nick` (a token's): a client without a token that has `nick` lets go
+        of it (`evict_guest`), so the post's chats and that client's are never one author's
+        (edit and delete compare nicks). Raises ChatError unavailable."""
+        with self._lock:
+            holder = self._nicks.get(fold_nick(nick))
+        if holder is not None:
+            self.evict_guest(holder.id, nick)
+
     # -- helpers (lock held) -------------------------------------------------------------------
 
     def _welcome(self, client: Client, resumed: bool, token: str, marks: dict | None = None) -> None:
@@ -888,7 +908,18 @@ class Registry:
                     event = self._mailbox.keep(nick, event, exc)  # for a token holder who is offline
                 except Unavailable as failure:
                     raise unavailable(failure) from None
+                self._hand_to_newcomer(nick)
         self.reply(client, protocol.with_id(event, reply_id))
+
+    def _hand_to_newcomer(self, nick: str) -> None:
+        """After a DM was kept for `nick`: if its token holder connected here meanwhile (its
+        connect handed out the DMs waiting before this one was kept), hand them now. The engine
+        hands each kept DM out once, whichever of the two takes it first."""
+        with self._lock:
+            holder = self._nicks.get(fold_nick(nick))
+            identity = holder.identity if holder is not None else None
+        if identity is not None and fold_nick(identity.nick) == fold_nick(nick):
+            self._hand_waiting(holder, identity)
 
     def list_rooms(self, client: Client, after: str | None = None, reply_id=None) -> None:
         """Rooms with members and their counts (all processes, with a cluster engine), by name,
@@ -951,6 +982,7 @@ class Registry:
         token's rooms, banned, muted), moderated, slow_mode, unavailable."""
         poster = self._posters.of(identity)
         self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))  # as at connect
+        self._unseat_guest(identity.nick)  # as at connect: edit and delete go by nick
         self._ask_engine(lambda: self._moderation.check_join(identity, poster.nick, name))
         rule = self._refusal(self._moderation.chat_rule, poster, name)
         if isinstance(rule, ChatError):

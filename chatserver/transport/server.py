@@ -196,7 +196,8 @@ class Connection(WebSocketHandler):
         400: the app words the answer; the body is left unread). The handshake deadline stops
         before the app is asked (an API post waits for the store), and after the answer the
         connection closes, lingering a moment over a body left unread so the client gets the
-        answer rather than a reset. Raises OSError, EOFError (the caller reports them)."""
+        answer rather than a reset; a bug in `on_http` is logged and answered 500. Raises OSError,
+        EOFError (the caller reports them)."""
         refused = None
         try:
             length = handshake.body_length(request, self.server.max_message_bytes)
@@ -206,7 +207,12 @@ class Connection(WebSocketHandler):
         except HandshakeError as exc:
             refused = exc
         self.server.housekeeper.handshake_finished(self)
-        status, headers, body = self.server.app.on_http(request, self.client_address[0], self.address, refused)
+        try:
+            status, headers, body = self.server.app.on_http(request, self.client_address[0], self.address, refused)
+        except Exception:  # a bug: log it, answer 500 without details (as 1011 on a WebSocket)
+            log.exception("HTTP answer failed for %s %s", self.peer, request.target[:80])
+            status, headers, body = 500, {"Content-Type": handshake.TEXT, **handshake.SECURITY_HEADERS}, \
+                b"internal error\n"
         with contextlib.suppress(OSError):
             self._send_direct(handshake.response(status, headers, body, head_only=request.method == "HEAD"))
             if refused is not None:

@@ -43,6 +43,26 @@ def test_the_memory_scan_matches_like_the_index():
     assert matches(["cafe"], "Café au lait")
 
 
+def test_the_fast_paths_agree_with_the_plain_rules():
+    """ASCII texts (folded by lower()) and the sorted lookup give what the plain rules give: NFKD
+    and casefold for the words, "some word starts with each query word" for a match."""
+    import itertools
+    import unicodedata
+
+    def plain_words(text):
+        folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
+        return protocol._WORD.findall(folded)
+
+    texts = ["Build 42 is GREEN", "a b ab abc b2 _x_ O'Brien", "Ünïcode Straße ǅ ﬁne", "x" * 50 + " xx"]
+    for text in texts:
+        assert protocol.search_words(text) == plain_words(text)
+    for text, query in itertools.product(texts, ["a", "ab", "abc b", "b", "bu gr", "x", "xx", "brien o", "fine"]):
+        words = protocol.search_words(query)
+        have = plain_words(text)
+        expected = all(any(w.startswith(q) if len(q) > 1 else w == q for w in have) for q in words)
+        assert matches(words, text) is expected, (text, query)
+
+
 def test_rate_book_refills_and_says_how_long_to_wait():
     """A key's bucket gives `burst` at once, then one per 1/rate seconds; keys are apart; old keys go first."""
     now = [0.0]
