@@ -112,9 +112,13 @@ def token_in(target: str) -> str | None:
 
 def parse_ttl(text: str) -> float:
     """"90", "90s", "15m", "1h", "7d" -> seconds. Raises ValueError."""
-    text = text.strip().lower()
+    given, text = text, text.strip().lower()
     factor = TTL_UNITS.get(text[-1:])
-    number = float(text[:-1] if factor else text)
+    try:
+        number = float(text[:-1] if factor else text)
+    except ValueError:
+        raise ValueError(f"--ttl {given!r} is not a time: give seconds, or a number with s, m, h or d "
+                         "(90, 10m, 8h, 30d)") from None
     if not 0 < number < 1e9:
         raise ValueError("a ttl must be more than 0 and less than 1e9")
     return number * (factor or 1)
