@@ -11,6 +11,7 @@
 The subcommands are the table COMMANDS: `--help` lists them from it, `main` runs them from it.
 """
 
+import errno
 import importlib
 import logging
 import resource
@@ -59,7 +60,9 @@ def serve(argv) -> int:
     try:
         server = ChatServer(config, Dispatcher(HANDLERS, BATCH_HANDLERS))
     except OSError as exc:
-        print(f"roomchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        hint = ("; is roomchat already running there? Stop it, or give this one another --port"
+                if exc.errno == errno.EADDRINUSE else "")
+        print(f"roomchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
     except (EngineError, TlsSetupError) as exc:
         print(f"roomchat: {exc}", file=sys.stderr)

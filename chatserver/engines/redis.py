@@ -60,6 +60,7 @@ import logging
 import select
 import threading
 import time
+import urllib.parse
 
 import orjson
 import redis
@@ -148,6 +149,15 @@ def session_key(token: str) -> str:
     return f"roomchat:session:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
 
 
+def shown(url: str) -> str:
+    """`url` (redis://[USER:PASSWORD@]HOST:PORT/DB) as printed and logged: its password as `***`."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = urllib.parse.unquote(parts.username or "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
 class RedisEngine(RedisPersonal):
     """See the module docstring (read markers and DMs that wait: engines/redis_personal.py).
     Raises EngineError at start when Redis cannot be reached."""
@@ -159,7 +169,7 @@ class RedisEngine(RedisPersonal):
         """`resume_window`: seconds a resume session outlives its process's last beat
         (ping_interval + ping_timeout: how long the issuing process would keep the client);
         `quotas`: on the history kept in Redis (redis_quotas.py), none by default."""
-        self.location = f"Redis at {url}"
+        self.location = f"Redis at {shown(url)}"
         self._per_room = per_room
         self._lease_ms = int(lease * 1000)
         self._nick_ms = self._lease_ms * NICK_LEASES
@@ -190,7 +200,9 @@ class RedisEngine(RedisPersonal):
             self.epoch = self._redis.get("roomchat:epoch").decode()
             flags = int(server["redis_version"].split(".")[0]) >= 7  # allow-oom
         except REDIS_ERRORS as exc:
-            raise EngineError(f"cannot reach Redis at {url}: {exc}") from None
+            hint = (" (a Redis with a password: redis://:PASSWORD@HOST:PORT/DB, or USER:PASSWORD for an ACL user)"
+                    if isinstance(exc, redis.AuthenticationError) else "")
+            raise EngineError(f"cannot reach Redis at {shown(url)}: {exc}{hint}") from None
         if self.sharded:  # a room's events on sharded pub/sub: only its shard carries them
             sharded = {"publish": PUBLISH.replace("'PUBLISH'", "'SPUBLISH'"),
                        "announce": ANNOUNCE.replace("'PUBLISH'", "'SPUBLISH'"),
@@ -1211,7 +1223,7 @@ def transcript_of_redis(url: str, room: str, since: float) -> list:
             chats[event["seq"]] = event
         logged = client.xrange(room_key(room, "log"))
     except redis.RedisError as exc:
-        raise EngineError(f"cannot read Redis at {url}: {exc}") from None
+        raise EngineError(f"cannot read Redis at {shown(url)}: {exc}") from None
     finally:
         client.close()
     items = [((e["seq"], 0), e) for e in chats.values()
@@ -1234,15 +1246,15 @@ def _kind_of(url: str, server: dict, client) -> str:
     """"standalone" or "cluster" (a node of a Redis Cluster: any node will do); EngineError (one
     line) for a Redis roomchat cannot use: a Sentinel, a read-only replica. Raises REDIS_ERRORS."""
     if server.get("redis_mode") == "sentinel":
-        raise EngineError(f"{url} is a Redis Sentinel, which roomchat does not support: point --redis at the "
+        raise EngineError(f"{shown(url)} is a Redis Sentinel, which roomchat does not support: point --redis at the "
                           "primary it names (redis-cli -p 26379 SENTINEL get-master-addr-by-name NAME)")
     if server.get("redis_mode") == "cluster" or client.info("cluster").get("cluster_enabled"):
         if int(server["redis_version"].split(".")[0]) < 7:
-            raise EngineError(f"{url} is a Redis Cluster of Redis {server['redis_version']}: roomchat needs Redis 7 "
-                              "or later there (sharded pub/sub)")
+            raise EngineError(f"{shown(url)} is a Redis Cluster of Redis {server['redis_version']}: roomchat needs "
+                              "Redis 7 or later there (sharded pub/sub)")
         return "cluster"
     if client.info("replication").get("role") != "master":
-        raise EngineError(f"{url} is a read-only replica: point --redis at its primary")
+        raise EngineError(f"{shown(url)} is a read-only replica: point --redis at its primary")
     return "standalone"
 
 

@@ -23,6 +23,9 @@ import jwt
 from chatserver.errors import ChatError
 from chatserver.protocol import NICK_RE, ROOM_RE, fold_nick
 
+# what `token` and `invite` say when given no secret
+NO_SECRET = ("no secret: give --token-secret-file FILE (or ROOMCHAT_TOKEN_SECRET_FILE), the file the server is "
+             "started with (docs/identity.md makes one)")
 ALGORITHM = "HS256"  # RFC 7518 3.2; the only algorithm accepted, so "none" and key confusion are out
 TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -72,7 +75,8 @@ def verify(key: bytes | None, token: str) -> Identity:
     """Check a token's signature, expiry and claims. Raises ChatError bad_token saying why (never
     quoting the token)."""
     if key is None:
-        raise ChatError("bad_token", "This server does not use tokens (it has no token secret).")
+        raise ChatError("bad_token", "This server does not use tokens: it was started without a token secret "
+                                     "(ROOMCHAT_TOKEN_SECRET_FILE; docs/identity.md says how to make one).")
     try:
         claims = jwt.decode(token, key, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
     except jwt.ExpiredSignatureError:
@@ -108,9 +112,13 @@ def token_in(target: str) -> str | None:
 
 def parse_ttl(text: str) -> float:
     """"90", "90s", "15m", "1h", "7d" -> seconds. Raises ValueError."""
-    text = text.strip().lower()
+    given, text = text, text.strip().lower()
     factor = TTL_UNITS.get(text[-1:])
-    number = float(text[:-1] if factor else text)
+    try:
+        number = float(text[:-1] if factor else text)
+    except ValueError:
+        raise ValueError(f"--ttl {given!r} is not a time: give seconds, or a number with s, m, h or d "
+                         "(90, 10m, 8h, 30d)") from None
     if not 0 < number < 1e9:
         raise ValueError("a ttl must be more than 0 and less than 1e9")
     return number * (factor or 1)
@@ -241,7 +249,7 @@ def token_main(argv, environ=None) -> int:
                        for name in ("token_secret", "token_secret_file")})
     problem = config.problem()
     if problem is None and config.token_key() is None:
-        problem = "no secret: give --token-secret-file FILE (or ROOMCHAT_TOKEN_SECRET_FILE)"
+        problem = NO_SECRET
     try:
         if problem:
             raise ValueError(problem)

@@ -29,7 +29,7 @@ import jwt
 from chatserver.engines.base import Unavailable
 from chatserver.errors import ChatError
 from chatserver.protocol import ROOM_RE
-from chatserver.rooms.identity import ALGORITHM, issue, parse_ttl, sign
+from chatserver.rooms.identity import ALGORITHM, NO_SECRET, issue, parse_ttl, sign
 from chatserver.rooms.registry import unavailable
 
 MAX_USES = 10000  # people one invite may be for
@@ -166,7 +166,7 @@ def invite_main(argv, environ=None) -> int:
     config = from_args(rest, environ)
     try:
         if config.token_key() is None:
-            raise ValueError("no secret: give --token-secret-file FILE (or ROOMCHAT_TOKEN_SECRET_FILE)")
+            raise ValueError(NO_SECRET)
         rooms = None if args.rooms is None else [r.strip() for arg in args.rooms for r in arg.split(",") if r.strip()]
         if rooms == []:
             raise ValueError("--rooms names no room")

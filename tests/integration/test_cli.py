@@ -150,6 +150,7 @@ def test_port_in_use_exits_2_with_one_line(spawn, holder):
     assert done.stderr.count("\n") == 1 and done.stderr.endswith("\n"), done.stderr
     assert done.stderr.startswith(f"roomchat: cannot listen on 127.0.0.1:{port}: "), done.stderr
     assert "in use" in done.stderr and "Traceback" not in done.stderr
+    assert "another --port" in done.stderr  # says what to do
     assert "listening" not in done.stdout
 
 

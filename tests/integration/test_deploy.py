@@ -148,6 +148,28 @@ def test_systemd_unit_verifies_clean(tmp_path):
     assert float(level) <= 2.0, security.stdout
 
 
+def test_the_token_secret_drop_in_of_deploy_md_verifies_clean(tmp_path):
+    """deploy.md's two [Service] lines for the token secret (LoadCredential, and
+    ROOMCHAT_TOKEN_SECRET_FILE in the credentials directory), added to the unit, pass
+    `systemd-analyze verify` with no warning and keep its exposure "OK"."""
+    analyze = require_program("systemd-analyze", "apt-get install systemd")
+    section = (ROOT / "docs" / "deploy.md").read_text().split("**Tokens**", 1)[1]
+    lines = re.findall(r"^#   (\w+=.+)$", section, re.M)
+    assert lines == ["LoadCredential=secret:/etc/roomchat/secret", "Environment=ROOMCHAT_TOKEN_SECRET_FILE=%d/secret"]
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 44 + "\n")
+    unit = unit_for_here(tmp_path)
+    drop_in = "\n".join(lines).replace("/etc/roomchat/secret", str(secret))
+    unit.write_text(unit.read_text().replace("\n[Install]\n", f"\n{drop_in}\n\n[Install]\n"))
+    assert "LoadCredential=secret:" in unit.read_text()
+    verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and verify.stderr == "" and verify.stdout == "", verify
+    security = subprocess.run([analyze, "security", "--offline=yes", "--no-pager", str(unit)],
+                              capture_output=True, text=True, timeout=60)
+    (level,) = re.findall(r"Overall exposure level for roomchat.service: ([\d.]+)", security.stdout)
+    assert float(level) <= 2.0, security.stdout
+
+
 def test_systemd_unit_command_line_starts_roomchat(tmp_path):
     """The unit's ExecStart and Environment as written, run from its working directory (the state
     directory, here tmp_path) with port 0, start roomchat with its history in that directory."""

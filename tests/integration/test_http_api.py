@@ -124,6 +124,7 @@ def test_no_or_bad_token_is_401_with_a_bearer_challenge(make_server):
     tokenless = make_server()
     status, _headers, body = call(tokenless.port, "GET", bearer=token("ann"))
     assert (status, body["error"]["code"]) == (401, "bad_token")
+    assert "ROOMCHAT_TOKEN_SECRET_FILE" in body["error"]["message"]  # says how to give the server one
 
 
 def test_room_rules_apply_403(make_server, connect, peers):

@@ -45,7 +45,7 @@ def test_a_server_without_a_secret_refuses_tokens(make_server, raw_clients, peer
     """Without a secret a token in the URL is refused (401), while anonymous clients connect as before."""
     plain = make_server()
     status, _, body = upgrade(raw_clients, plain.port, "/?token=" + token("ann"))
-    assert status == 401 and b"no token secret" in body
+    assert status == 401 and b"without a token secret" in body and b"ROOMCHAT_TOKEN_SECRET_FILE" in body
     assert peers(plain.url).nick.startswith("guest-")
 
 
@@ -193,6 +193,16 @@ def test_token_command_prints_a_token_the_server_accepts(spawn, peers, tmp_path)
     server.stop()
     log = server.stderr_text()
     assert "connect" in log and SECRET not in log and signed not in log
+
+
+@pytest.mark.parametrize("command", ["token", "invite"])
+def test_token_and_invite_without_a_secret_say_where_it_comes_from(command):
+    """`token`/`invite` with no secret exit 2 naming ROOMCHAT_TOKEN_SECRET_FILE, the server's file and the docs."""
+    args = ["--nick", "ann"] if command == "token" else ["--rooms", "class", "--uses", "40"]
+    done = subprocess.run([*ROOMCHAT, command, *args], env=roomchat_env(), capture_output=True, text=True, timeout=10)
+    assert done.returncode == 2
+    assert "ROOMCHAT_TOKEN_SECRET_FILE" in done.stderr and "the server" in done.stderr
+    assert "docs/identity.md" in done.stderr
 
 
 def test_secret_stays_out_of_help_and_start_up_errors():

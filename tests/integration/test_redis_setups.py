@@ -1,12 +1,13 @@
 """Redis set-ups roomchat cannot use are refused at start with one line and exit status 2, never a
-traceback: a Sentinel, a read-only replica (real redis-server processes)."""
+traceback: a Sentinel, a read-only replica, a wrong password (real redis-server processes); the
+password of a Redis URL is never printed."""
 
 import subprocess
 
 import pytest
 import redis
 
-from tests.helpers import run_to_exit, wait_for
+from tests.helpers import ServerProcess, run_to_exit, wait_for
 from tests.services import _pings, free_port, require_program
 
 
@@ -52,3 +53,23 @@ def test_a_read_only_replica_is_refused_with_one_line(start_redis):
     """A replica: one line pointing at its primary, status 2."""
     primary = start_redis()
     assert "is a read-only replica" in refused(start_redis("--replicaof", "127.0.0.1", str(primary)))
+
+
+def test_a_password_is_taken_from_the_url_and_never_printed(start_redis):
+    """requirepass: without the password one line says how to give it; with it in the URL roomchat
+    starts, and neither its output nor its log shows the password."""
+    password = "pw-" + "s3cret" * 4
+    port = start_redis()
+    with redis.Redis(port=port, socket_connect_timeout=5) as client:
+        client.config_set("requirepass", password)
+    line = refused(port)
+    assert "redis://:PASSWORD@HOST:PORT/DB" in line
+    done = run_to_exit("--redis", f"redis://:wrong@127.0.0.1:{port}/0")
+    assert done.returncode == 2 and "wrong" not in done.stderr and ":***@" in done.stderr
+    server = ServerProcess("--redis", f"redis://:{password}@127.0.0.1:{port}/0", "--log-level", "DEBUG")
+    try:
+        banner = "\n".join(server.lines)
+        assert password not in banner and f"history in Redis at redis://:***@127.0.0.1:{port}/0" in banner
+    finally:
+        server.stop()
+    assert password not in server.stderr_text()

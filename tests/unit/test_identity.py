@@ -79,7 +79,7 @@ def test_no_key_means_no_tokens():
     """A server without a secret refuses every token."""
     with pytest.raises(ChatError) as info:
         verify(None, issue(KEY, "ann", 60))
-    assert "no token secret" in info.value.message
+    assert "without a token secret" in info.value.message
 
 
 def test_token_in_request_target():
@@ -121,6 +121,12 @@ def test_parse_ttl_refuses_nonsense(text):
     """Empty, zero, negative, unknown units and non-finite ttls are refused."""
     with pytest.raises(ValueError):
         parse_ttl(text)
+
+
+def test_a_ttl_that_is_no_number_says_what_a_ttl_looks_like():
+    """"30days" is refused naming itself and the forms a ttl takes."""
+    with pytest.raises(ValueError, match=r"'30days' is not a time.*\(90, 10m, 8h, 30d\)"):
+        parse_ttl("30days")
 
 
 class Recorder:
