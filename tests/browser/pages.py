@@ -274,13 +274,15 @@ class ChatPage:
         self.message_box().send_keys(text, ENTER)
 
     def messages(self) -> list[dict]:
-        return self.js(READ_MESSAGES)
+        """The shown room's messages; [] while a reload has no document to read (the script's
+        answer is then null)."""
+        return self.js(READ_MESSAGES) or []
 
     def texts(self) -> list[str]:
         return [m["text"] for m in self.messages()]
 
     def lines(self) -> list[str]:
-        return self.js(READ_LINES)
+        return self.js(READ_LINES) or []
 
     def wait_for_text(self, text: str, timeout: float = 10.0) -> None:
         self.wait(lambda: text in self.texts(), f"{text!r} never appeared; saw {self.texts()}", timeout)

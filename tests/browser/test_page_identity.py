@@ -80,7 +80,7 @@ def test_a_token_in_the_address_connects_and_leaves_the_address(open_page, make_
     ann.wait_for_text("signed in")
     ann.open("/?again#lobby")  # the tab loads the page again, without the token in its address
     ann.wait(lambda: ann.nick() == "ann", "not ann after loading the page again")
-    assert [m["text"] for m in ann.messages()] == ["signed in"]
+    ann.wait(lambda: ann.texts() == ["signed in"], f"the room's history not shown again: {ann.texts()}")
 
     anonymous = open_page("/#lobby", on=strict, connected=False)
     anonymous.wait(lambda: "The server refused the connection (a token may be required)." in anonymous.status(),
