@@ -180,6 +180,16 @@ def roomchat_env(**variables: str) -> dict:
     return {**env, **variables}
 
 
+def curl_server(tmp_path, db: str) -> tuple:
+    """`python roomchat.py` with a token secret, for a docs block of `roomchat.py token` and curl
+    lines run with bash: (the ServerProcess, the environment the block runs in). Needs curl."""
+    require_program("curl", "apt-get install curl")
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 40)
+    env = roomchat_env(ROOMCHAT_TOKEN_SECRET_FILE=str(secret))
+    return ServerProcess("--db", str(tmp_path / db), env=env), env
+
+
 class ServerProcess:
     """`python roomchat.py --port 0 <FAST> ...` with its stdout read up to the ws:// URL.
 

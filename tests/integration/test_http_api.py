@@ -17,9 +17,7 @@ from tests.helpers import (
     FAST_LIMITS,
     ROOT,
     SECRET,
-    ServerProcess,
-    require_program,
-    roomchat_env,
+    curl_server,
     seated,
     token,
     wait_for,
@@ -267,11 +265,7 @@ def sh_lines(page: str, after: str) -> list:
 def test_the_curl_examples_run_as_written(page, after, tmp_path, connect):
     """README's and docs/clients.md's token and curl lines, run with bash against a server with that
     secret (its port for 8765): the CI job's chat reaches a member of `ci` and the read returns it."""
-    require_program("curl", "apt-get install curl")
-    secret = tmp_path / "secret"
-    secret.write_text("s" * 40)
-    env = roomchat_env(ROOMCHAT_TOKEN_SECRET_FILE=str(secret))
-    server = ServerProcess("--db", str(tmp_path / "r.db"), env=env)
+    server, env = curl_server(tmp_path, "r.db")
     try:
         member = connect(server.url)
         member.join("ci")

@@ -6,8 +6,7 @@ import json
 import re
 import subprocess
 
-from tests.helpers import ROOT, ServerProcess, roomchat_env
-from tests.services import require_program
+from tests.helpers import ROOT, curl_server
 
 README = (ROOT / "README.md").read_text("utf-8")
 
@@ -20,11 +19,7 @@ def team_day_script() -> str:
 
 def test_the_team_day_runs_as_the_readme_says(tmp_path):
     """Each command of the section succeeds, and the clients print what the prose after it says."""
-    require_program("curl", "apt-get install curl")
-    secret = tmp_path / "secret"
-    secret.write_text("s" * 40)
-    env = roomchat_env(ROOMCHAT_TOKEN_SECRET_FILE=str(secret))
-    server = ServerProcess("--db", str(tmp_path / "team.db"), env=env)
+    server, env = curl_server(tmp_path, "team.db")
     try:
         script = "set -e\n" + team_day_script().replace("127.0.0.1:8765", f"127.0.0.1:{server.port}")
         done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
