@@ -180,6 +180,17 @@ def roomchat_env(**variables: str) -> dict:
     return {**env, **variables}
 
 
+def ann_watched(peers, watcher_url: str, ann_url: str, room: str = "lobby") -> tuple:
+    """A watcher in `room`, then `ann` joining it and the watcher reading her join: (watcher, ann)."""
+    watcher = peers(watcher_url)
+    watcher.join(room)
+    ann = peers(ann_url)
+    ann.set_nick("ann")
+    ann.join(room)
+    watcher.recv_type("presence")
+    return watcher, ann
+
+
 def curl_server(tmp_path, db: str) -> tuple:
     """`python roomchat.py` with a token secret, for a docs block of `roomchat.py token` and curl
     lines run with bash: (the ServerProcess, the environment the block runs in). Needs curl."""

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from tests.helpers import SECRET, token, wait_for, with_token
+from tests.helpers import SECRET, ann_watched, token, wait_for, with_token
 from tests.integration.test_redis import stream
 from tests.services import RedisCluster
 
@@ -111,11 +111,7 @@ def test_a_client_resumes_on_a_process_of_another_node(processes, peers):
     """ann on the first node's process resumes on the third's: same nick and rooms, no presence
     for the watcher on the second, the old connection closed with 4002."""
     a, b, c = processes()
-    watcher, ann = peers(b.url), peers(a.url)
-    watcher.join("lobby")
-    ann.set_nick("ann")
-    ann.join("lobby")
-    watcher.recv_type("presence")
+    watcher, ann = ann_watched(peers, b.url, a.url)
     again = peers(f"{c.url}?resume={ann.welcome['resume']}")
     assert again.welcome["nick"] == "ann" and again.welcome["rooms"] == ["lobby"]
     ann.ws.settimeout(10)

@@ -11,7 +11,7 @@ from chatserver.engines.base import Meta
 from chatserver.engines.redis import RedisEngine
 from tests.client_helpers import Relay
 from tests.fakes import RoomsHub
-from tests.helpers import SECRET, Peer, token, wait_for, with_token
+from tests.helpers import SECRET, Peer, ann_watched, token, wait_for, with_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,12 +74,7 @@ def test_the_old_connection_on_the_other_process_is_closed_with_4002(cluster, pe
     """A resume on process B while the old connection on A is still open: the old one gets close
     4002 and nothing else, the room sees no presence; ann's later leave is one leave for all."""
     a, b = cluster(2)
-    watcher = peers(a.url)
-    watcher.join("lobby")
-    ann = peers(a.url)
-    ann.set_nick("ann")
-    ann.join("lobby")
-    watcher.recv_type("presence")
+    watcher, ann = ann_watched(peers, a.url, a.url)
     again = peers(f"{b.url}?resume={ann.welcome['resume']}")
     assert again.welcome["nick"] == "ann" and again.welcome["rooms"] == ["lobby"]
     ann.ws.settimeout(10)
