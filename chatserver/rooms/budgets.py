@@ -53,10 +53,11 @@ def bounded_json(head: dict, key: str, items: list, max_bytes: int, newest: bool
 
 
 class RateBook:
-    """Token buckets by key, for requests that come without a connection (the HTTP API: one book
-    per address, one per identity): `burst` at once, refilled at `rate` per second. At most
-    `size` keys are kept, the least recently used dropped first (a dropped key starts full
-    again, as it would after a pause). Any thread; `_lock` (a leaf) guards the table."""
+    """Token buckets (client.TokenBucket) by key, for requests that come without a connection (the
+    HTTP API: one book per address, one per identity): `burst` at once, refilled at `rate` per
+    second. At most `size` keys are kept, the least recently used dropped first (a dropped key
+    starts full again, as it would after a pause). Any thread; `_lock` (a leaf) guards the table
+    and the buckets in it."""
 
     def __init__(self, burst: int, rate: float, size: int = 100_000, clock=time.monotonic):
         self.burst = burst
@@ -64,22 +65,16 @@ class RateBook:
         self._size = size
         self._clock = clock
         self._lock = threading.Lock()
-        self._buckets: OrderedDict = OrderedDict()  # key -> [tokens, time.monotonic() of the last refill]
+        self._buckets: OrderedDict = OrderedDict()  # key -> TokenBucket, the most recently used last
 
     def take(self, key: str) -> float:
         """One token of `key`'s bucket: 0.0 when taken, else the seconds until one is back."""
-        now = self._clock()
         with self._lock:
-            bucket = self._buckets.pop(key, None) or [float(self.burst), now]
+            bucket = self._buckets.pop(key, None) or TokenBucket(self.burst, self.rate, self._clock)
             self._buckets[key] = bucket  # now the most recently used
             if len(self._buckets) > self._size:
                 self._buckets.popitem(last=False)
-            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-            bucket[1] = now
-            if bucket[0] >= 1:
-                bucket[0] -= 1
-                return 0.0
-            return (1 - bucket[0]) / self.rate
+            return 0.0 if bucket.take() else bucket.wait
 
 
 class SharedTokenBucket(TokenBucket):

@@ -13,6 +13,8 @@ class TokenBucket:
     budgets.AddressShares): a token is taken only when both have one. One thread uses a bucket
     (its connection's); a share has its own lock."""
 
+    __slots__ = ("_clock", "_last", "_tokens", "burst", "rate", "refused_by_share", "refused_in_a_row", "share")
+
     def __init__(self, burst: int, rate: float, clock=time.monotonic, share=None):
         self.burst = burst
         self.rate = rate
@@ -35,6 +37,11 @@ class TokenBucket:
         self.refused_by_share = self._tokens >= 1
         self.refused_in_a_row += 1
         return False
+
+    @property
+    def wait(self) -> float:
+        """Seconds until the next token, after a refused `take` (0.0 when one is there)."""
+        return max(0.0, (1 - self._tokens) / self.rate)
 
     def charge(self, cost: int) -> bool:
         """`cost` tokens one by one; False if any was refused."""
