@@ -6,7 +6,7 @@ import threading
 import pytest
 import redis
 
-from tests.helpers import EMOJI, members_in
+from tests.helpers import EMOJI, members_in, wait_for
 from tests.integration.test_edits import ask, play
 from tests.services import RedisCluster
 
@@ -75,7 +75,12 @@ def test_concurrent_reactions_from_two_processes_converge(cluster, peers):
     for thread in threads:
         thread.join()
     assert all(e["type"] == "react" for e in answers["ann"] + answers["bob"])
-    messages = ask(ann, type="history", room="lobby", after=seq - 1)["messages"]
+
+    def delivered_on_a():  # ann's process has delivered bob's last react too (history reads what it has)
+        found = ask(ann, type="history", room="lobby", after=seq - 1)["messages"]
+        return found if len(found) >= 2 * rounds + 1 else None
+
+    messages = wait_for(delivered_on_a, timeout=15)
     assert [e["seq"] for e in messages] == list(range(seq, seq + 2 * rounds + 1))
     assert play(messages)[seq] == messages[0]
     on = {}
