@@ -50,6 +50,16 @@ class Unavailable(Exception):
     `unavailable` error and may try again. The message says why, for the client."""
 
 
+class RulesChanged(Unavailable):
+    """A shared engine (Redis) refused chat writes: since the rules they were checked against
+    were read, the room's mode changed or their sender was muted. `chats` ([(sender nick, text,
+    Meta)], in order) were not stored; look at the rules again."""
+
+    def __init__(self, chats: list):
+        super().__init__("the room's rules changed as the chat was sent")
+        self.chats = chats
+
+
 class Meta(NamedTuple):
     """What the hub needs to know about an event besides the event itself.
 
@@ -133,13 +143,15 @@ class Engine(Protocol):
     def start(self, hub: Registry) -> None:
         """Begin handing events to `hub`. Called once, before any other method."""
 
-    def publish(self, room: str, chats: list, member: bool = True) -> None:
+    def publish(self, room: str, chats: list, member: bool = True, mode: tuple | None = None) -> None:
         """Store chat events with the room's next seqs, then deliver them, in order.
 
-        `chats`: [(sender nick, text, Meta)]; `member`: False for a chat posted over the HTTP
-        API (rooms/posts.py), whose sender is not a member (Redis then skips its fencing check).
-        Raises Unavailable (none of them was stored, or, with Redis, the connection broke
-        mid-call: see engines/redis.py)."""
+        `chats`: [(sender nick, text, Meta)], one sender; `member`: False for a chat posted over
+        the HTTP API (rooms/posts.py), whose sender is not a member (Redis then skips its fencing
+        check); `mode`: the room's (moderated, slow) as `chat_rules` gave it when the sender's
+        chats were let through (None: not checked). Raises Unavailable (none of them was stored,
+        or, with Redis, the connection broke mid-call: see engines/redis.py), RulesChanged (Redis:
+        the mode is no longer `mode`, or the sender is muted now; nothing was stored)."""
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Put a presence, nick or moderation event into the room's stream. Raises Unavailable."""

@@ -91,7 +91,7 @@ class MemoryEngine(LocalRules, LocalPersonal):
         with self._lock:
             return dict(self._seqs)
 
-    def publish(self, room: str, chats: list, member: bool = True) -> None:
+    def publish(self, room: str, chats: list, member: bool = True, mode: tuple | None = None) -> None:
         with self._lock:
             items = []
             for sender, text, meta in chats:

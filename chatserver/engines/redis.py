@@ -70,6 +70,7 @@ from chatserver.engines.base import (
     EPHEMERAL_TYPES,
     EngineError,
     Meta,
+    RulesChanged,
     Session,
     Unavailable,
     amended,
@@ -125,6 +126,7 @@ READ_TIMEOUT = 2.0  # seconds for a reply, and for the rest of a reply begun on 
 SETTLE_TRIES = 3  # a write whose outcome is unknown is sent again this many times, then settled
 AMEND_TRIES = 10  # an edit, delete or react is read and tried again this often while its chat keeps changing
 DEFERRED_MAX = 100_000  # leaves and nick changes waiting for Redis at most; the oldest go first
+OPEN_NICKS = 10_000  # nicks per room known unmuted (chat_rules' cache) at most
 TAKE_POLL = 0.05  # seconds between claims while a nick's holder lets go of it
 # the call may or may not have been carried out (a RedisClusterException: a Redis Cluster's slots
 # moving or uncovered, its retries spent; it is no RedisError)
@@ -191,7 +193,7 @@ class RedisEngine(RedisPersonal):
                 # Connection threads share the pool. redis-py's default pool raises "Too many
                 # connections" past 100 at once (a burst of joins did that); this one makes a
                 # thread wait for a free one.
-                pool = redis.BlockingConnectionPool.from_url(
+                pool = _Pool.from_url(
                     url, max_connections=POOL_SIZE, timeout=POOL_WAIT,
                     socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, health_check_interval=10,
                 )
@@ -226,6 +228,7 @@ class RedisEngine(RedisPersonal):
         self._lock = threading.Lock()
         self._sub_lock = threading.Lock()
         self._last: dict[str, tuple | None] = {}  # subscribed room -> last place delivered here
+        self._open: dict[str, set] = {}  # subscribed room -> folded nicks read unmuted, the mode the default
         self._claims: dict[str, tuple] = {}  # nick key -> (value, client id): the nicks this process holds
         self._sessions: dict[int, tuple] = {}  # client id -> (session key, value): its resume session
         self._sessions_kept = 0.0  # time.monotonic() when the sessions' windows were last renewed
@@ -255,19 +258,21 @@ class RedisEngine(RedisPersonal):
 
     # -- streams ---------------------------------------------------------------------------------
 
-    def publish(self, room: str, chats: list, member: bool = True) -> None:
-        """Raises Unavailable when nothing was stored; chats it cannot settle stay unanswered
-        until the heartbeat settles them (their senders are answered then)."""
+    def publish(self, room: str, chats: list, member: bool = True, mode: tuple | None = None) -> None:
+        """Raises Unavailable when nothing was stored, RulesChanged (the script checks `mode` and
+        the sender's mute as it writes); chats it cannot settle stay unanswered until the
+        heartbeat settles them (their senders are answered then)."""
         with self._lock:
             last = self._last.get(room)
         args = [room_key(room, "events"), self._per_room, len(chats), last[0] if last else 0,
-                self._owner(chats[0][2]) if member else ""]  # "": no member to fence (an HTTP API post)
+                self._owner(chats[0][2]) if member else "",  # "": no member to fence (an HTTP API post)
+                "-" if mode is None else _mode_value(*mode)]
         for sender, text, meta in chats:
             body = orjson.dumps(protocol.chat_event(room, sender, text, 0))  # the script writes its seq in
             cut = body.index(b'"seq":0') + 6
             args += [sender, body[:cut], body[cut + 1:], _origin(meta), self._key(meta)]
         keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners"),
-                floor_key(room)]
+                floor_key(room), room_key(room, "mode"), room_key(room, f"mute:{fold_nick(chats[0][0])}")]
         self._quotas.touch(room)
         try:
             result = self._write(self._scripts["publish"], keys, args)
@@ -278,11 +283,16 @@ class RedisEngine(RedisPersonal):
         if result[0] == -1:
             self._history_replaced(f"{room}: Redis's seq {result[1]} is below one delivered here")
             raise Unavailable("the chat history was reset")
-        refused = [(room, None, meta) for (_s, _t, meta), r in zip(chats, result[1:], strict=True) if r < 0]
+        refused = [(room, None, meta) for (_s, _t, meta), r in zip(chats, result[1:], strict=True) if r in (-2, -3)]
         if refused:
             if any(r == -2 for r in result[1:]):
                 self._wake.set()  # fenced: this process may have lost its lease
             self._hub.reject(refused, "this server is reconnecting to the others")
+        changed = [chat for chat, r in zip(chats, result[1:], strict=True) if r == -4]
+        if changed:
+            with self._lock:
+                self._open.pop(room, None)
+            raise RulesChanged(changed)
 
     def amend(self, room: str, event: dict, meta: Meta) -> None:
         """One AMEND script (redis_scripts.py): the event into `hist` with the room's next seq and
@@ -494,6 +504,7 @@ class RedisEngine(RedisPersonal):
                 return
             with self._lock:
                 self._last.pop(room, None)
+                self._open.pop(room, None)
                 self._confirmed.pop(room_key(room, "events"), None)
             with contextlib.suppress(*REDIS_ERRORS, AttributeError):
                 if self.sharded:
@@ -715,6 +726,8 @@ class RedisEngine(RedisPersonal):
 
     def restrict(self, room: str, kind: str, nick: str, until: float) -> None:
         key, ms = room_key(room, f"{kind}:{fold_nick(nick)}"), int((until - time.time()) * 1000)
+        with self._lock:
+            self._open.pop(room, None)
         if ms > 0:
             self._call(self._redis.set, key, "", px=ms)
         else:
@@ -725,8 +738,10 @@ class RedisEngine(RedisPersonal):
 
     def set_mode(self, room: str, moderated: bool, slow: int) -> None:
         """The room's mode, `roomchat:{<room>}:mode` = "<0|1>:<slow seconds>" (none: the default)."""
+        with self._lock:
+            self._open.pop(room, None)
         if moderated or slow:
-            self._call(self._redis.set, room_key(room, "mode"), f"{int(moderated)}:{slow}")
+            self._call(self._redis.set, room_key(room, "mode"), _mode_value(moderated, slow))
         else:
             self._call(self._redis.delete, room_key(room, "mode"))
 
@@ -734,10 +749,24 @@ class RedisEngine(RedisPersonal):
         return _mode(self._call(self._redis.get, room_key(room, "mode")))
 
     def chat_rules(self, room: str, nick: str) -> tuple[float | None, tuple[bool, int]]:
-        """The mute and the mode in one round trip (both keys are the room's: one slot)."""
-        ms, mode = self._call(self._scripts["chat_rules"], keys=[room_key(room, f"mute:{fold_nick(nick)}"),
+        """The mute and the mode in one round trip (both keys are the room's: one slot), or none:
+        a nick read unmuted in a room read with the default mode is taken to be so still (`_open`).
+        Wrongly, at worst, for a moment: the publish script checks both again as it writes
+        (RulesChanged, then the caller looks again and the cache is dropped)."""
+        folded = fold_nick(nick)
+        with self._lock:
+            if folded in self._open.get(room, ()):
+                return None, (False, 0)
+        ms, mode = self._call(self._scripts["chat_rules"], keys=[room_key(room, f"mute:{folded}"),
                                                                  room_key(room, "mode")])
-        return (time.time() + ms / 1000 if ms > 0 else None), _mode(mode)
+        rules = (time.time() + ms / 1000 if ms > 0 else None), _mode(mode)
+        if rules == (None, (False, 0)):
+            with self._lock:
+                if room in self._last:  # subscribed: a room of this process's (forgotten at unsubscribe)
+                    open_ = self._open.setdefault(room, set())
+                    if len(open_) < OPEN_NICKS:
+                        open_.add(folded)
+        return rules
 
     def use_invite(self, invite: str, uses: int, until: float) -> int | None:
         """Take one of an invite's `uses` (`roomchat:invite:<id>`, kept while the invite lives): the
@@ -773,6 +802,8 @@ class RedisEngine(RedisPersonal):
                 return script(keys=keys, args=args)
             except UNKNOWN as exc:
                 self._failed(exc)
+                if attempt == 0 and isinstance(exc, _NotSent):  # nothing of this write reached Redis
+                    raise Unavailable("Redis is unreachable") from None
                 if self._stop.wait(0.2 * (attempt + 1)):
                     break
             except REDIS_ERRORS as exc:  # an error reply (out of memory, ...): not carried out
@@ -885,7 +916,7 @@ class RedisEngine(RedisPersonal):
             with self._lock:
                 last = self._last.get(room)
             if last is not None:
-                self._hub.deliver(self._fill(room, last, None))
+                self._deliver(self._fill(room, last, None))
         if self._problem:
             self._metrics.engine_reconnects.inc()
             log.warning("Redis is back")
@@ -921,7 +952,16 @@ class RedisEngine(RedisPersonal):
             self._receive_into(items)
         finally:  # what was placed is delivered, also when a later message's catch-up failed
             if items:
-                self._hub.deliver(items)
+                self._deliver(items)
+
+    def _deliver(self, items: list) -> None:
+        """Hand `items` to the hub; a mute or mode among them first drops what chat_rules keeps
+        of its room, so a member who saw it is judged by it."""
+        for room, event, _meta in items:
+            if event["type"] in ("mute", "mode"):
+                with self._lock:
+                    self._open.pop(room, None)
+        self._hub.deliver(items)
 
     def _receive_into(self, items: list) -> None:
         """Read what has arrived (up to 512 items) into `items`. Raises redis.RedisError."""
@@ -966,7 +1006,7 @@ class RedisEngine(RedisPersonal):
                     break
                 items += self._take(message)
         if items:
-            self._hub.deliver(items)
+            self._deliver(items)
 
     def _take(self, message: dict) -> list:
         """One pub/sub message: a subscription confirmed, a DM, or a room's event (the items to
@@ -1236,6 +1276,11 @@ def transcript_of_redis(url: str, room: str, since: float) -> list:
     return [event for _place, event in sorted(items, key=lambda item: item[0])]
 
 
+def _mode_value(moderated: bool, slow: int) -> str:
+    """A room's mode as its mode key holds it ("" for the default, which the key's absence means)."""
+    return f"{int(moderated)}:{slow}" if moderated or slow else ""
+
+
 def _mode(value: bytes | None) -> tuple[bool, int]:
     """(moderated, slow) from a room's mode key ("<0|1>:<slow seconds>"; none or empty: the default)."""
     moderated, slow = (value.decode() if value else "0:0").split(":")
@@ -1260,6 +1305,23 @@ def _kind_of(url: str, server: dict, client) -> str:
 
 class _Unsettled(Exception):
     """A write's outcome is still unknown after SETTLE_TRIES attempts."""
+
+
+class _NotSent(redis.ConnectionError):
+    """No connection to Redis could be had for a call: nothing of it was sent."""
+
+
+class _Pool(redis.BlockingConnectionPool):
+    """redis-py's blocking pool, telling apart a call that never got a connection (_NotSent: a
+    stopped Redis is found here, as the pool checks a connection before handing it out) from
+    one cut off after it was sent (whose outcome is unknown). redis-py's client takes the
+    connection before its own retries, which reconnect without the pool."""
+
+    def get_connection(self, *args, **kwargs):
+        try:
+            return super().get_connection(*args, **kwargs)
+        except UNKNOWN as exc:
+            raise _NotSent(str(exc)) from exc
 
 
 def _seq_of(entry_id: bytes) -> int:

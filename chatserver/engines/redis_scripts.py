@@ -59,23 +59,30 @@ _TRIM = (  # forget idempotency keys older than ten minutes (written ones: > 0, 
     "redis.call('ZREMRANGEBYSCORE', KEYS[3], -(now - 600000), '(0')\n"
 )
 
-# KEYS: seq (counter), hist (stream), idem, owners, the slot's seq floor. ARGV: channel, maxlen, n, lowest seq this
-# process has delivered (the counter below it means the history was replaced), owner ('' for a
-# chat posted over the HTTP API: its sender is no member, nothing to fence), then n
-# times (sender nick, event json up to its seq, the rest of the json, origin json, key).
-# Returns {1, r1..rn} with r = the seq given, 0 (written already), -2 (the sender is not a member
-# by this owner: fenced), -3 (cancelled); or {-1, counter} when the counter went back.
+# KEYS: seq (counter), hist (stream), idem, owners, the slot's seq floor, the room's mode, the
+# sender's mute. ARGV: channel, maxlen, n, lowest seq this process has delivered (the counter
+# below it means the history was replaced), owner ('' for a chat posted over the HTTP API: its
+# sender is no member, nothing to fence), the mode the chats were let through under ('-': not
+# checked), then n times (sender nick, event json up to its seq, the rest of the json, origin
+# json, key). Returns {1, r1..rn} with r = the seq given, 0 (written already), -2 (the sender is
+# not a member by this owner: fenced), -3 (cancelled), -4 (not written: the mode is not the one
+# given, or the sender is muted: the rules changed since they were read); or {-1, counter} when
+# the counter went back.
 PUBLISH = _NOW + """
+local changed = ARGV[6] ~= '-' and ((redis.call('GET', KEYS[6]) or '') ~= ARGV[6] or
+                                    redis.call('EXISTS', KEYS[7]) == 1)
 local cur = tonumber(redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[5]) or '0')
 if cur < tonumber(ARGV[4]) then return {-1, cur} end
 local n = tonumber(ARGV[3])
 local out = {1}
 for i = 0, n - 1 do
-  local b = 6 + 5 * i
+  local b = 7 + 5 * i
   local key = ARGV[b + 4]
   local done = redis.call('ZSCORE', KEYS[3], key)
   if done then
     out[i + 2] = tonumber(done) < 0 and -3 or 0
+  elseif changed then
+    out[i + 2] = -4
   elseif ARGV[5] ~= '' and redis.call('HGET', KEYS[4], ARGV[b]) ~= ARGV[5] then
     out[i + 2] = -2
   else

@@ -169,7 +169,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
         with self._lock:
             return dict(self._seqs)
 
-    def publish(self, room: str, chats: list, member: bool = True) -> None:
+    def publish(self, room: str, chats: list, member: bool = True, mode: tuple | None = None) -> None:
         """Assign seqs and queue the events for the writer; no SQLite here. Raises Unavailable
         once the engine is closing."""
         with self._lock:

@@ -23,7 +23,10 @@ rename at all, so its token is bound through its nick. Slow mode counts per conn
 Where a kick or ban is delivered (rooms/registry.py), the registry takes its target out of the room if it is a
 local member and gives the others a presence `leave` right after: on every process, at the same
 place in the stream. The rules are read from the engine when they apply: bans at join, mutes
-at chat. Nicks are compared folded (protocol.fold_nick), like everywhere else.
+at chat. A chat is published with the mode it was let through under (`ChatRule.mode`): on Redis
+the write checks that mode and the sender's mute again, so a mute or mode stored in between
+refuses it (RulesChanged) rather than letting it follow. Nicks are compared folded
+(protocol.fold_nick), like everywhere else.
 """
 
 import math
@@ -34,6 +37,14 @@ from chatserver.errors import ChatError
 from chatserver.protocol import fold_nick
 
 KINDS = ("topic", "kick", "ban", "mute", "mode")
+
+
+class ChatRule(NamedTuple):
+    """A connection's chats in a room are let through: `slow`, the seconds of slow mode that
+    apply to them (0: none, or an operator); `mode`, the room's (moderated, slow) as read."""
+
+    slow: int
+    mode: tuple
 
 
 class Action(NamedTuple):
@@ -104,20 +115,19 @@ class Moderation:
             raise ChatError("forbidden", f"Your {what} does not let you join {room!r}.")
         self._check(room, "ban", nick, "You are banned from", client)
 
-    def chat_rule(self, client, room: str) -> ChatError | int:
+    def chat_rule(self, client, room: str) -> ChatError | ChatRule:
         """What applies to `client`'s chats in `room` now: the refusal (forbidden when it is
-        muted, by nick or connection; moderated), else the slow mode's seconds (0: none, or an
-        operator). Raises Unavailable."""
+        muted, by nick or connection; moderated), else the ChatRule they go under. Raises Unavailable."""
         try:
-            until, (moderated, slow) = self._engine.chat_rules(room, client.nick)  # one look (Redis: one round trip)
+            until, mode = self._engine.chat_rules(room, client.nick)  # one look (Redis: one round trip, or none)
             self._refuse(room, "mute", until, "You are muted in", client)
             if self.is_operator(client.identity, room):
-                return 0
+                return ChatRule(0, mode)
         except ChatError as exc:
             return exc
-        if moderated:
+        if mode[0]:
             return ChatError("moderated", f"{room!r} is moderated: only operators may chat there now.")
-        return slow
+        return ChatRule(mode[1], mode)
 
     def pace(self, client, room: str, slow: int, clock=time.monotonic) -> None:
         """A chat of `client` to `room` under slow mode (`slow` seconds, 0: off) is let through

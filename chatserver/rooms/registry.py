@@ -53,7 +53,7 @@ import uuid
 from typing import NamedTuple
 
 from chatserver import protocol
-from chatserver.engines.base import Meta, Unavailable
+from chatserver.engines.base import Meta, RulesChanged, Unavailable
 from chatserver.errors import ChatError
 from chatserver.ops import logs, trace
 from chatserver.ops.metrics import Metrics
@@ -70,6 +70,7 @@ SETTLE_TIMEOUT = 30.0  # seconds a request waits for its client's chats, at most
 # time (fail_after 10 s + a busy timeout), so replies stay in order even when commits fail
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
 REPLY_BUILDERS = 4  # history replies (joined, history) read and encoded at once
+RULE_LOOKS = 3  # a chat is published at most this often while the room's rules keep changing under it (Redis)
 ROOM_ITEM_BYTES = len('{"room":"r","members":1},')  # the smallest entry of a `rooms` list
 
 log = logging.getLogger("roomchat.registry")
@@ -231,17 +232,19 @@ class Registry:
                 self.metrics.published(items, self._flush_batch(), started)
                 self._settled.notify_all()
 
-    def reject(self, items: list, reason: str) -> None:
-        """Published chats that will not be delivered: their senders get `unavailable`."""
+    def reject(self, items: list, reason: str | ChatError) -> None:
+        """Published chats that will not be delivered: their senders get `unavailable` saying
+        `reason`, or the refusal `reason`."""
+        refusal = reason if isinstance(reason, ChatError) else unavailable(Unavailable(reason))
         with self._lock:
             for _name, _event, meta in items:
                 sender = self._origin(meta)
                 if sender is not None and meta.key in sender.pending:  # else answered already
                     sender.pending.discard(meta.key)
-                    error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
+                    error = protocol.error(refusal, meta.reply_id)
                     self.metrics.error(error)
                     sender.send(protocol.encode(error), own=True)
-                self._posts.failed(meta, unavailable(Unavailable(reason)))
+                self._posts.failed(meta, refusal)
             self._settled.notify_all()
 
     def deliver_dm(self, client_id: int, event: dict) -> bool:
@@ -850,39 +853,40 @@ class Registry:
         of chats to one room are published together (one write per member when delivered); an
         error reply waits until the chats before it are delivered. Refusals, each a reply in its
         place: the handler's own, not_in_room, forbidden (muted), moderated, slow_mode, unavailable."""
-        run_room, run = None, []
-        rules = {}  # room -> ChatError or slow mode seconds: read once per call and room
+        run_room, run_nick, run = None, None, []
+        rules = {}  # room -> ChatError or ChatRule: read once per call and room
         for request in requests:
             try:
                 if request.refused is not None:
                     raise request.refused
                 if request.room not in rules:
                     rules[request.room] = self._refusal(self._moderation.chat_rule, client, request.room)
-                if isinstance(rules[request.room], ChatError):
-                    raise rules[request.room]
+                rule = rules[request.room]
+                if isinstance(rule, ChatError):
+                    raise rule
                 with self._lock:
                     if client.id not in self._clients:
                         break
                     if request.room not in client.rooms:
                         raise ChatError("not_in_room", f"Join {request.room!r} before sending to it.")
-                    self._moderation.pace(client, request.room, rules[request.room])  # slow_mode
+                    self._moderation.pace(client, request.room, rule.slow)  # slow_mode
                     key = self._new_key()
                     client.pending.add(key)
                     nick = client.nick
-                if run and request.room != run_room:
-                    self._publish(run_room, run)
+                if run and (request.room != run_room or nick != run_nick):
+                    self._publish_run(client, run_room, run, rules[run_room])
                     run = []
-                run_room = request.room
+                run_room, run_nick = request.room, nick
                 run.append((nick, request.text, self._meta(client, request.reply_id, key=key)))
             except ChatError as exc:
                 if run:
-                    self._publish(run_room, run)
+                    self._publish_run(client, run_room, run, rules[run_room])
                     run = []
                 if logs.requests.isEnabledFor(logging.DEBUG):
                     logs.request(client, "chat", {"room": request.room}, exc.code)
                 self.reply(client, protocol.error(exc, request.reply_id))
         if run:
-            self._publish(run_room, run)
+            self._publish_run(client, run_room, run, rules[run_room])
 
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
         """A direct message to a connected nick, or kept for a token holder who is offline
@@ -988,13 +992,15 @@ class Registry:
         if isinstance(rule, ChatError):
             raise rule
         with poster.lock:
-            self._moderation.pace(poster, name, rule)  # slow_mode
+            self._moderation.pace(poster, name, rule.slow)  # slow_mode
         post_id = next(self._ids)  # never a client's id: the delivered chat is nobody's own copy
         waiter = self._posts.start(post_id, name)
         try:
             self._ask_engine(lambda: self._entered(name))  # several processes: the chat comes back here too
             meta = Meta(origin=(self.process_id, post_id), key=self._new_key())
-            self._ask_engine(lambda: self._engine.publish(name, [(poster.nick, text, meta)], member=False))
+            refusal = self._publish(poster, name, [(poster.nick, text, meta)], rule, member=False)[0]
+            if refusal is not None:
+                raise refusal
             return waiter.wait()
         finally:
             self._posts.finish(post_id, name)
@@ -1161,11 +1167,31 @@ class Registry:
             history, reply["truncated"] = history[: protocol.MAX_RESUME], True
         return budgets.bounded_frame(reply, "history", history, self._max_reply, newest)[0]
 
-    def _publish(self, name: str, run: list) -> None:
-        try:
-            self._engine.publish(name, run)
-        except Unavailable as exc:
-            self.reject([(name, None, meta) for _nick, _text, meta in run], str(exc))
+    def _publish_run(self, client: Client, name: str, run: list, rule) -> None:
+        """A run of `client`'s chats to room `name` ([(nick, text, Meta)], one nick), let through
+        by `rule` (a ChatRule): published, or each refused in its place."""
+        refusal, unstored = self._publish(client, name, run, rule)
+        if refusal is not None:
+            self.reject([(name, None, meta) for _nick, _text, meta in unstored], refusal)
+
+    def _publish(self, who, name: str, run: list, rule, member: bool = True) -> tuple:
+        """Publish `run` under the mode `rule` (a ChatRule of `who`'s) was read with. When the
+        engine finds the room's rules changed since (RulesChanged: a mute or mode in between),
+        look again and publish what they still let through, up to RULE_LOOKS times. Returns
+        (None, []) or (the refusal, the chats not stored): the new rule's ChatError, or
+        `unavailable`."""
+        for _look in range(RULE_LOOKS):
+            try:
+                self._engine.publish(name, run, member=member, mode=rule.mode)
+                return None, []
+            except RulesChanged as exc:
+                run = exc.chats
+                rule = self._refusal(self._moderation.chat_rule, who, name)
+                if isinstance(rule, ChatError):
+                    return rule, run
+            except Unavailable as exc:
+                return unavailable(exc), run
+        return unavailable(Unavailable("the room's rules kept changing; send it again")), run
 
     # -- what a cluster does differently (cluster.ClusterRegistry overrides these; lock not held) --
 

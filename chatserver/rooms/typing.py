@@ -12,6 +12,7 @@ with more than `--typing-max-members` members is dropped silently too (those ask
 
 import time
 
+from chatserver.errors import ChatError
 from chatserver.protocol import TYPING_INTERVAL
 
 
@@ -41,6 +42,6 @@ class Typing:
         """False when the notice is dropped: `client` is muted in `room`, the room is moderated
         and it is no operator there, or more than `max_members` are in the room (`members()`,
         asked last: it may go to the engine). Raises Unavailable."""
-        if not isinstance(self._moderation.chat_rule(client, room), int):
+        if isinstance(self._moderation.chat_rule(client, room), ChatError):
             return False
         return members() <= self.max_members

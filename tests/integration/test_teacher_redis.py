@@ -2,6 +2,7 @@
 a room's mode is one fact for every process, and a mute holds a renamed member on its own process."""
 
 import pytest
+import redis
 
 from tests.helpers import SECRET, token, with_token
 
@@ -39,3 +40,30 @@ def test_a_muted_member_on_another_process_that_renames_is_still_muted(cluster, 
     student.recv_type("mute")
     student.set_nick("innocent")
     assert student.request(type="chat", room="class", text="hi")["code"] == "forbidden"
+
+
+def test_a_mute_or_mode_in_redis_before_its_event_refuses_the_next_chat(redis_server, cluster, peers):
+    """A process keeps what it read of a member's rules (no read per chat) and the chat's write checks them
+    again: a mute or mode that is in Redis but has not reached the process (set here straight in Redis, as
+    another process does before its event goes out) refuses the chat with that rule's own error, and
+    nothing of it is stored."""
+    (a,) = cluster(1)
+    ann = peers(a.url)
+    ann.set_nick("ann")
+    ann.join("class")
+    assert ann.request(type="chat", room="class", text="one")["text"] == "one"  # its rules read, and kept
+    direct = redis.Redis.from_url(redis_server.url)
+    try:
+        direct.set("roomchat:{class}:mute:ann", "", px=60_000)
+        refused = ann.request(type="chat", room="class", text="two")
+        assert (refused["code"], refused["retry_after"] > 50) == ("forbidden", True)
+        direct.delete("roomchat:{class}:mute:ann")
+        assert ann.request(type="chat", room="class", text="three")["text"] == "three"
+        direct.set("roomchat:{class}:mode", "1:0")
+        assert ann.request(type="chat", room="class", text="four")["code"] == "moderated"
+        direct.set("roomchat:{class}:mode", "0:600")
+        assert ann.request(type="chat", room="class", text="five")["code"] == "slow_mode"
+    finally:
+        direct.close()
+    history = ann.request(type="history", room="class")["messages"]
+    assert [m["text"] for m in history if m["type"] == "chat"] == ["one", "three"]
