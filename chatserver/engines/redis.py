@@ -13,7 +13,8 @@ is left of a deleted chat's edits, overriding `hist`: redis_scripts.AMEND), `log
 its other events: presence, nick, topic, kick, ban, mute, mode; entry id `<seq there>-<n>`, with
 its time), `members` and `owners` (who is in it, by which process and client), `joins`, `idem`
 (idempotency keys), `topic`, `ban:<nick>`, `mute:<nick>`, `mode`; channel `...:events`. A
-message on the channel is `<origin json>\\n<event json>`. `transcript_of_redis` reads a room's
+message on the channel is `<origin json>\\n<event json>`, or several such pairs, one per line, for
+the chats one PUBLISH script stored. `transcript_of_redis` reads a room's
 transcript (export) from `hist` and `log`. A typing notice is
 only PUBLISHed on the channel (origin json without a place). Keys of an identity (read markers,
 DMs that wait) share the hash tag `{id:<folded nick>}` (redis_personal.py).
@@ -79,6 +80,7 @@ from chatserver.engines.base import (
 )
 from chatserver.engines.redis_personal import RedisPersonal
 from chatserver.engines.redis_quotas import RedisQuotas
+from chatserver.engines.redis_runner import NotSent, ScriptRunner
 from chatserver.engines.redis_scripts import (
     AMEND,
     ANNOUNCE,
@@ -184,6 +186,7 @@ class RedisEngine(RedisPersonal):
                 self.sharded = _kind_of(url, server, probe) == "cluster"
             finally:
                 probe.close()
+            self._runner = None
             if self.sharded:  # redis-py's own cluster client: it finds the nodes and follows MOVED
                 # a blocking pool per node, as below: a burst of connections waits for a free one
                 self._redis = redis.RedisCluster.from_url(
@@ -193,11 +196,12 @@ class RedisEngine(RedisPersonal):
                 # Connection threads share the pool. redis-py's default pool raises "Too many
                 # connections" past 100 at once (a burst of joins did that); this one makes a
                 # thread wait for a free one.
-                pool = _Pool.from_url(
+                pool = redis.BlockingConnectionPool.from_url(
                     url, max_connections=POOL_SIZE, timeout=POOL_WAIT,
                     socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, health_check_interval=10,
                 )
                 self._redis = redis.Redis(connection_pool=pool)
+                self._runner = ScriptRunner(pool, POOL_SIZE, POOL_WAIT)  # the writes: see redis_runner.py
             self._redis.set("roomchat:epoch", new_epoch(), nx=True)
             self.epoch = self._redis.get("roomchat:epoch").decode()
             flags = int(server["redis_version"].split(".")[0]) >= 7  # allow-oom
@@ -539,6 +543,8 @@ class RedisEngine(RedisPersonal):
             self._clean_up(lease)
         except (*REDIS_ERRORS, Unavailable):
             pass
+        if self._runner is not None:
+            self._runner.close()
         self._redis.close()
 
     # -- the directory: nicks, members, rooms, DMs ---------------------------------------------
@@ -799,10 +805,12 @@ class RedisEngine(RedisPersonal):
         unknown. Raises Unavailable (not carried out), _Unsettled (still unknown)."""
         for attempt in range(SETTLE_TRIES):
             try:
-                return script(keys=keys, args=args)
+                if self._runner is None:
+                    return script(keys=keys, args=args)
+                return self._runner.run(script, keys, args)
             except UNKNOWN as exc:
                 self._failed(exc)
-                if attempt == 0 and isinstance(exc, _NotSent):  # nothing of this write reached Redis
+                if attempt == 0 and isinstance(exc, NotSent):  # nothing of this write reached Redis
                     raise Unavailable("Redis is unreachable") from None
                 if self._stop.wait(0.2 * (attempt + 1)):
                     break
@@ -970,12 +978,20 @@ class RedisEngine(RedisPersonal):
             self._receive_sharded(pubsub)
             return
         message = pubsub.get_message(timeout=0.5)
+        conn = pubsub.connection
         while message is not None and len(items) < 512:
             items += self._take(message)
-            # Whatever has arrived already joins this batch. Not get_message(timeout=0): a reply
-            # that has arrived in part is a timeout to redis-py, which then reconnects and drops
-            # what was in flight.
-            message = pubsub.get_message(timeout=READ_TIMEOUT) if pubsub.connection.can_read(timeout=0) else None
+            # Whatever has arrived already joins this batch, read whole (within the socket's
+            # timeout). Not get_message(timeout=0): a reply that has arrived in part is a timeout
+            # to redis-py, which then reconnects and drops what was in flight. A room's message
+            # is read without get_message's layers (half of its cost); the rest go through them.
+            if not conn.can_read(timeout=0):
+                break
+            response = conn.read_response(push_request=True)
+            if isinstance(response, list) and response[0] == b"message":
+                message = {"type": "message", "channel": response[1], "data": response[2]}
+            else:
+                message = pubsub.handle_message(response)
 
     def _receive_sharded(self, pubsub) -> None:
         """On a Redis Cluster: one connection per shard with subscriptions; whatever has arrived
@@ -1036,8 +1052,17 @@ class RedisEngine(RedisPersonal):
         return items
 
     def _place(self, room: str, data: bytes) -> list:
-        """The items to deliver for one message: the event, after any it shows were missed."""
-        head, _, body = data.partition(b"\n")
+        """The items to deliver for one message (the chats of one PUBLISH script, or one other
+        event: an origin line and an event line each), each after any it shows were missed."""
+        lines = data.split(b"\n")
+        if len(lines) == 2:
+            return self._place_one(room, lines[0], lines[1])
+        items = []
+        for at in range(0, len(lines), 2):
+            items += self._place_one(room, lines[at], lines[at + 1])
+        return items
+
+    def _place_one(self, room: str, head: bytes, body: bytes) -> list:
         event, origin = orjson.loads(body), orjson.loads(head)
         with self._lock:
             if room not in self._last:
@@ -1305,23 +1330,6 @@ def _kind_of(url: str, server: dict, client) -> str:
 
 class _Unsettled(Exception):
     """A write's outcome is still unknown after SETTLE_TRIES attempts."""
-
-
-class _NotSent(redis.ConnectionError):
-    """No connection to Redis could be had for a call: nothing of it was sent."""
-
-
-class _Pool(redis.BlockingConnectionPool):
-    """redis-py's blocking pool, telling apart a call that never got a connection (_NotSent: a
-    stopped Redis is found here, as the pool checks a connection before handing it out) from
-    one cut off after it was sent (whose outcome is unknown). redis-py's client takes the
-    connection before its own retries, which reconnect without the pool."""
-
-    def get_connection(self, *args, **kwargs):
-        try:
-            return super().get_connection(*args, **kwargs)
-        except UNKNOWN as exc:
-            raise _NotSent(str(exc)) from exc
 
 
 def _seq_of(entry_id: bytes) -> int:

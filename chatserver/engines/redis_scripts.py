@@ -64,7 +64,8 @@ _TRIM = (  # forget idempotency keys older than ten minutes (written ones: > 0, 
 # below it means the history was replaced), owner ('' for a chat posted over the HTTP API: its
 # sender is no member, nothing to fence), the mode the chats were let through under ('-': not
 # checked), then n times (sender nick, event json up to its seq, the rest of the json, origin
-# json, key). Returns {1, r1..rn} with r = the seq given, 0 (written already), -2 (the sender is
+# json, key). The chats written go out in one message (origin json and event json, each on its
+# line, for each chat in turn). Returns {1, r1..rn} with r = the seq given, 0 (written already), -2 (the sender is
 # not a member by this owner: fenced), -3 (cancelled), -4 (not written: the mode is not the one
 # given, or the sender is muted: the rules changed since they were read); or {-1, counter} when
 # the counter went back.
@@ -75,6 +76,7 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[5]) or
 if cur < tonumber(ARGV[4]) then return {-1, cur} end
 local n = tonumber(ARGV[3])
 local out = {1}
+local message = {}
 for i = 0, n - 1 do
   local b = 7 + 5 * i
   local key = ARGV[b + 4]
@@ -91,11 +93,13 @@ for i = 0, n - 1 do
     redis.call('SET', KEYS[1], seq)
     local event = ARGV[b + 1] .. seq .. ARGV[b + 2]
     redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', event, 'o', ARGV[b + 3])
-    redis.call('PUBLISH', ARGV[1], ARGV[b + 3] .. '\\n' .. event)
+    message[#message + 1] = ARGV[b + 3]
+    message[#message + 1] = event
     redis.call('ZADD', KEYS[3], now, key)
     out[i + 2] = seq
   end
 end
+if #message > 0 then redis.call('PUBLISH', ARGV[1], table.concat(message, '\\n')) end
 """ + _TRIM + "return out\n"
 
 # Edit, delete and react (engines/redis.py `amend`). The event goes into `hist` like a chat; the
