@@ -76,7 +76,7 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[5]) or
 if cur < tonumber(ARGV[4]) then return {-1, cur} end
 local n = tonumber(ARGV[3])
 local out = {1}
-local message = {}
+local message, written, member = {}, {}, {}
 for i = 0, n - 1 do
   local b = 7 + 5 * i
   local key = ARGV[b + 4]
@@ -85,21 +85,31 @@ for i = 0, n - 1 do
     out[i + 2] = tonumber(done) < 0 and -3 or 0
   elseif changed then
     out[i + 2] = -4
-  elseif ARGV[5] ~= '' and redis.call('HGET', KEYS[4], ARGV[b]) ~= ARGV[5] then
-    out[i + 2] = -2
   else
-    cur = cur + 1
-    local seq = cur
-    redis.call('SET', KEYS[1], seq)
-    local event = ARGV[b + 1] .. seq .. ARGV[b + 2]
-    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', event, 'o', ARGV[b + 3])
-    message[#message + 1] = ARGV[b + 3]
-    message[#message + 1] = event
-    redis.call('ZADD', KEYS[3], now, key)
-    out[i + 2] = seq
+    if ARGV[5] ~= '' and member[ARGV[b]] == nil then  -- looked up once per sender
+      member[ARGV[b]] = redis.call('HGET', KEYS[4], ARGV[b]) == ARGV[5]
+    end
+    if ARGV[5] ~= '' and not member[ARGV[b]] then
+      out[i + 2] = -2
+    else
+      cur = cur + 1
+      local event = ARGV[b + 1] .. cur .. ARGV[b + 2]
+      redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. cur, 'e', event, 'o', ARGV[b + 3])
+      message[#message + 1] = ARGV[b + 3]
+      message[#message + 1] = event
+      written[#written + 1] = now
+      written[#written + 1] = key
+      out[i + 2] = cur
+    end
   end
 end
-if #message > 0 then redis.call('PUBLISH', ARGV[1], table.concat(message, '\\n')) end
+if #written > 0 then  -- the counter, the keys and the message once for all the chats written
+  redis.call('SET', KEYS[1], cur)
+  for j = 1, #written, 1000 do
+    redis.call('ZADD', KEYS[3], unpack(written, j, math.min(j + 999, #written)))
+  end
+  redis.call('PUBLISH', ARGV[1], table.concat(message, '\\n'))
+end
 """ + _TRIM + "return out\n"
 
 # Edit, delete and react (engines/redis.py `amend`). The event goes into `hist` like a chat; the
