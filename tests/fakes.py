@@ -16,21 +16,12 @@ class FakeConn:
 
     def __init__(self):
         self.frames = []
-        self.queued = []  # put with `later`, not yet pushed
         self.closed = None
         self.own_bytes = 0
 
-    def send_frame(self, frame: bytes, own: int = 0, later: bool = False) -> None:
-        """A write now, or (`later`) once `push` is called, in order: as streams.Outbox."""
-        if later or self.queued:
-            self.queued.append(frame)
-        else:
-            self.frames.append(frame)
+    def send_frame(self, frame: bytes, own: int = 0) -> None:
+        self.frames.append(frame)
         self.own_bytes += own
-
-    def push(self) -> None:
-        self.frames += self.queued
-        self.queued = []
 
     def pace(self) -> None:
         pass

@@ -1055,34 +1055,31 @@ class RedisEngine(RedisPersonal):
         """The items to deliver for one message (the chats of one PUBLISH script, or one other
         event: an origin line and an event line each), each after any it shows were missed."""
         lines = data.split(b"\n")
-        if len(lines) == 2:
-            return self._place_one(room, lines[0], lines[1])
-        items = []
-        for at in range(0, len(lines), 2):
-            items += self._place_one(room, lines[at], lines[at + 1])
-        return items
-
-    def _place_one(self, room: str, head: bytes, body: bytes) -> list:
-        event, origin = orjson.loads(body), orjson.loads(head)
         with self._lock:
             if room not in self._last:
                 return []  # unsubscribed meanwhile
             last = self._last[room]
-        if event["type"] in EPHEMERAL_TYPES:  # no place in the stream: as it comes
-            return [(room, event, Meta(origin=(origin[0], origin[1]) if origin[0] is not None else None))]
-        meta, place = _meta(origin, event)
-        stored = event["type"] in protocol.STORED_EVENTS  # with a seq of its own
-        if last is not None and place <= last:
-            if stored:
-                self._check_seq(room, last[0])
-            return []  # delivered already (a catch-up got there first)
         items = []
-        if last is not None and place[0] > last[0] + stored:
-            items = self._fill(room, last, place)  # chats were missed before this one
-        with self._lock:
-            if room in self._last:
-                self._last[room] = max(place, self._last[room] or place)
-        return [*items, (room, event, meta)]
+        for at in range(0, len(lines), 2):
+            event, origin = orjson.loads(lines[at + 1]), orjson.loads(lines[at])
+            if event["type"] in EPHEMERAL_TYPES:  # no place in the stream: as it comes
+                items.append((room, event, Meta(origin=(origin[0], origin[1]) if origin[0] is not None else None)))
+                continue
+            meta, place = _meta(origin, event)
+            stored = event["type"] in protocol.STORED_EVENTS  # with a seq of its own
+            if last is not None and place <= last:
+                if stored:
+                    self._check_seq(room, last[0])
+                continue  # delivered already (a catch-up got there first)
+            if last is not None and place[0] > last[0] + stored:
+                items += self._fill(room, last, place)  # chats were missed before this one
+            items.append((room, event, meta))
+            last = place
+        if last is not None:
+            with self._lock:
+                if room in self._last:
+                    self._last[room] = max(last, self._last[room] or last)
+        return items
 
     def _check_seq(self, room: str, delivered: int) -> None:
         """A chat at or below one delivered here: a repeat, unless Redis's counter went back."""

@@ -98,14 +98,9 @@ class Client:
         too far behind (streams.Outbox)."""
         self.conn.send_frame(frame, len(frame) if own else 0)
 
-    def send_mixed(self, data: bytes, own_bytes: int, later: bool = False) -> None:
-        """Queue frames of which `own_bytes` bytes are replies and the rest others' traffic. Never
-        blocks. With `later`, nothing is written until `push`."""
-        self.conn.send_frame(data, own_bytes, later)
-
-    def push(self) -> None:
-        """Write what `send_mixed(..., later=True)` queued; call it holding no lock."""
-        self.conn.push()
+    def send_mixed(self, data: bytes, own_bytes: int) -> None:
+        """Queue frames of which `own_bytes` bytes are replies and the rest others' traffic. Never blocks."""
+        self.conn.send_frame(data, own_bytes)
 
     def backlog(self) -> int:
         """Bytes of others' traffic waiting to be written to this client."""

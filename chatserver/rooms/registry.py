@@ -21,8 +21,7 @@ alone. Ping, who, rooms, dm, nick and leave never wait for the disk.
 Delivery. The engine calls `deliver`, `reject` and `deliver_dm` from its own threads (the
 publishing one, the SQLite writer, the Redis listener). `deliver` is the broadcast: each event,
 encoded once, is sent to every member of its room here, batched so each client gets one write
-per call: queued under the lock, written after it (`Client.push`), so the other threads need not
-wait for the fan-out's system calls; what is queued later for a client goes behind it. A kick or ban takes its target out of the room where it is delivered (moderation.py),
+per call. A kick or ban takes its target out of the room where it is delivered (moderation.py),
 followed by a presence `leave`.
 
 Joining has a seam: a joiner is a member at once, but receives events only from its own join's
@@ -224,19 +223,14 @@ class Registry:
         """[(room, event, Meta)] from the engine, in stream order per room: send each, encoded
         once, to the room's members, all in one batch (one write per client for the call)."""
         started = time.perf_counter()
-        written = []
-        try:
-            with self._lock:
-                self._batch, self._shared = {}, {}
-                try:
-                    for name, event, meta in items:
-                        self._deliver_one(name, event, meta)
-                finally:
-                    self.metrics.published(items, self._flush_batch(written), started)
-                    self._settled.notify_all()
-        finally:  # the writes, after the lock: what is put later queues behind them
-            for client in written:
-                client.push()
+        with self._lock:
+            self._batch, self._shared = {}, {}
+            try:
+                for name, event, meta in items:
+                    self._deliver_one(name, event, meta)
+            finally:
+                self.metrics.published(items, self._flush_batch(), started)
+                self._settled.notify_all()
 
     def reject(self, items: list, reason: str | ChatError) -> None:
         """Published chats that will not be delivered: their senders get `unavailable` saying
@@ -442,10 +436,9 @@ class Registry:
         else:
             self._batch[client] = [len(frame) if own else 0, frame]
 
-    def _flush_batch(self, written: list) -> int:
-        """Queue each client's frames of the step at once, and each room's shared frames (joined
-        once) for the members that share them, to be written (`Client.push`) once the lock is let
-        go; adds those clients to `written`; returns how many frames (deliveries). A client may
+    def _flush_batch(self) -> int:
+        """Write each client's frames of the step at once, and each room's shared frames (joined
+        once) to the members that share them; returns how many frames (deliveries). A client may
         get a write of its own and one per room it shares: nothing is promised across rooms."""
         batch, self._batch = self._batch, None
         shared, self._shared = self._shared, None
@@ -454,15 +447,13 @@ class Registry:
         frames = 0
         for client, queued in (batch or {}).items():
             frames += len(queued) - 1
-            client.send_mixed(queued[1] if len(queued) == 2 else b"".join(queued[1:]), queued[0], True)
-            written.append(client)
+            client.send_mixed(queued[1] if len(queued) == 2 else b"".join(queued[1:]), queued[0])
         for room in (shared or {}).values():
             if room.frames and room.members:
                 data = room.frames[0] if len(room.frames) == 1 else b"".join(room.frames)
                 frames += len(room.frames) * len(room.members)
                 for client in room.members:
-                    client.send_mixed(data, 0, True)
-                written += room.members
+                    client.send_mixed(data, 0)
         return frames
 
     # -- connections and nicks --------------------------------------------------------------
@@ -866,10 +857,14 @@ class Registry:
         for request in requests:
             if request.refused is None and request.room not in rules:
                 rules[request.room] = self._refusal(self._moderation.chat_rule, client, request.room)
-        outcomes = []  # (request, ChatError or (nick, key)): decided under one hold of the lock
+        # (request, ChatError or (nick, key, pending)), decided under one hold of the lock. The
+        # chats before the first refusal are pending at once; those after it only as their run
+        # is published, since the refusal's reply waits for the chats pending before it.
+        outcomes = []
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile
+            refused = False
             for request in requests:
                 try:
                     if request.refused is not None:
@@ -880,27 +875,31 @@ class Registry:
                     if request.room not in client.rooms:
                         raise ChatError("not_in_room", f"Join {request.room!r} before sending to it.")
                     self._moderation.pace(client, request.room, rule.slow)  # slow_mode
-                    outcomes.append((request, (client.nick, self._new_key())))
+                    key = self._new_key()
+                    if not refused:
+                        client.pending.add(key)
+                    outcomes.append((request, (client.nick, key, not refused)))
                 except ChatError as exc:
                     outcomes.append((request, exc))
-        run_room, run_nick, run = None, None, []
+                    refused = True
+        run_room, run_nick, run, run_pending = None, None, [], True
         for request, outcome in outcomes:
             if isinstance(outcome, ChatError):
                 if run:
-                    self._publish_run(client, run_room, run, rules[run_room])
+                    self._publish_run(client, run_room, run, rules[run_room], run_pending)
                     run = []
                 if logs.requests.isEnabledFor(logging.DEBUG):
                     logs.request(client, "chat", {"room": request.room}, outcome.code)
                 self.reply(client, protocol.error(outcome, request.reply_id))
                 continue
-            nick, key = outcome
+            nick, key, pending = outcome
             if run and (request.room != run_room or nick != run_nick):
-                self._publish_run(client, run_room, run, rules[run_room])
+                self._publish_run(client, run_room, run, rules[run_room], run_pending)
                 run = []
-            run_room, run_nick = request.room, nick
+            run_room, run_nick, run_pending = request.room, nick, pending
             run.append((nick, request.text, self._meta(client, request.reply_id, key=key)))
         if run:
-            self._publish_run(client, run_room, run, rules[run_room])
+            self._publish_run(client, run_room, run, rules[run_room], run_pending)
 
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
         """A direct message to a connected nick, or kept for a token holder who is offline
@@ -1181,14 +1180,15 @@ class Registry:
             history, reply["truncated"] = history[: protocol.MAX_RESUME], True
         return budgets.bounded_frame(reply, "history", history, self._max_reply, newest)[0]
 
-    def _publish_run(self, client: Client, name: str, run: list, rule) -> None:
+    def _publish_run(self, client: Client, name: str, run: list, rule, pending: bool) -> None:
         """A run of `client`'s chats to room `name` ([(nick, text, Meta)], one nick), let through
         by `rule` (a ChatRule): published, or each refused in its place. Their keys are pending
-        from now until each is answered (a reply after them waits: `_settle`)."""
-        with self._lock:
-            if client.id not in self._clients:
-                return  # gone meanwhile
-            client.pending.update(meta.key for _nick, _text, meta in run)
+        (already, with `pending`) until each is answered (a reply after them waits: `_settle`)."""
+        if not pending:
+            with self._lock:
+                if client.id not in self._clients:
+                    return  # gone meanwhile
+                client.pending.update(meta.key for _nick, _text, meta in run)
         refusal, unstored = self._publish(client, name, run, rule)
         if refusal is not None:
             self.reject([(name, None, meta) for _nick, _text, meta in unstored], refusal)

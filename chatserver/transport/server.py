@@ -235,16 +235,12 @@ class Connection(WebSocketHandler):
     # upstream: `self.request.send(header + payload)` under `_send_lock`: partial writes are lost.
     # fix: every frame goes through this connection's Outbox (complete writes, in order, never
     # blocking the caller). tests: test_transport.py::test_large_message_arrives_whole, test_slow_reader_*
-    def send_frame(self, frame: bytes, own: int = 0, later: bool = False) -> None:
+    def send_frame(self, frame: bytes, own: int = 0) -> None:
         """Queue `frame` (whole encoded frames, RFC 6455 5.2) after everything sent before, from any
         thread, without blocking; `own` of its bytes answer this client's own requests, the rest
-        counts toward its slow-reader limit (streams.Outbox). With `later`, written at `push`.
-        Dropped once the connection is closing."""
-        self.outbox.put(frame, own, later)
-
-    def push(self) -> None:
-        """Write what `send_frame(..., later=True)` queued (streams.Outbox.push)."""
-        self.outbox.push()
+        counts toward its slow-reader limit (streams.Outbox). Dropped once the connection is
+        closing."""
+        self.outbox.put(frame, own)
 
     def backlog(self) -> int:
         """Bytes of others' traffic queued for this client (streams.Outbox), a moment old."""

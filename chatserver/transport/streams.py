@@ -111,8 +111,7 @@ class Outbox:
       connection's thread calls `wait_for_room` before handling its next request, so the client
       cannot queue more than about `reply_budget` bytes of replies (plus one reply) by not reading.
 
-    Any thread may call `put`/`put_last` (fan-out runs on the engine's delivering thread, which
-    queues with `later` under the Registry's lock and calls `push` after it); the Flusher calls
+    Any thread may call `put`/`put_last` (fan-out runs on the engine's delivering thread); the Flusher calls
     `flush`; the connection's own thread calls `wait_for_room`. `self._lock` guards the queue, the
     byte counts and the open/broken flags, and is taken after the Registry's lock (lock order:
     registry -> outbox -> TLS session, connection state or housekeeper lock). Methods starting
@@ -149,11 +148,9 @@ class Outbox:
         """Bytes of others' traffic waiting (read without the lock: one int, a moment old)."""
         return self._others
 
-    def put(self, data: bytes, own: int = 0, later: bool = False) -> bool:
+    def put(self, data: bytes, own: int = 0) -> bool:
         """Queue `data` (bytes of whole frames) after everything put before it; `own` of its bytes
         answer the client's own requests (all of them: `len(data)`), the rest is others' traffic.
-        With `later`, nothing is written now: the caller calls `push` once it holds no lock of
-        its own (a fan-out then makes no system call under the Registry's lock).
 
         Returns False when the outbox no longer sends: after `put_last`, a failed write or an
         overflow (then `data` is dropped). A socket error only closes the outbox.
@@ -161,20 +158,7 @@ class Outbox:
         with self._lock:
             if not self._open:
                 return False
-            if later:  # counted against the limit at `push`, after the kernel took what it would
-                return self._append(data, own, check=False)
             return self._put(data, own)
-
-    def push(self) -> None:
-        """Write what `put(..., later=True)` queued, as much as the kernel takes now; the Flusher
-        writes the rest. Later puts queue behind it, so the order stays the order of `put`."""
-        with self._lock:
-            if self._send_queued():
-                return
-            if self._open and self._others > self._limit:
-                self._overflow()
-            if self._queue:
-                self._flusher.watch(self._fd, self)
 
     def put_last(self, data: bytes) -> None:
         """Queue a final frame (a close frame); nothing put later is sent. A no-op once closed,
@@ -204,14 +188,10 @@ class Outbox:
             data = memoryview(wire)[sent:] if sent or wire is not data else data
             own = max(0, len(data) - (len(wire) - own))  # what is left of it counts as others' first
             self._flusher.watch(self._fd, self)
-        return self._append(data, own)
-
-    def _append(self, data, own: int, check: bool = True) -> bool:
-        assert self._lock.locked()
         self._queue.append([data, own, len(data) - own])
         self._own += own
         self._others += len(data) - own
-        if check and self._others > self._limit:
+        if self._others > self._limit:
             self._overflow()
             return False
         return True
@@ -220,35 +200,28 @@ class Outbox:
         """Called by the Flusher when the socket is writable: send what the kernel will take.
         A socket error closes the outbox."""
         with self._lock:
-            if self._send_queued():
-                self._flusher.unwatch(self._fd, self)
-
-    def _send_queued(self) -> bool:
-        """Send queued entries while the kernel takes them; True once the queue is empty (False:
-        the kernel is full, or the socket failed and the outbox is closed)."""
-        assert self._lock.locked()
-        while self._queue:
-            entry = self._queue[0]
-            data = entry[0]
-            try:
-                if self._encrypt and not isinstance(data, memoryview):
-                    entry[0] = data = memoryview(self._encrypt(data))
-                sent = self._sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return False
-            except OSError:
-                self._fail()
-                return False
-            self.sent += sent
-            if sent < len(data):
-                entry[0] = memoryview(data)[sent:]
-                return False
-            self._queue.popleft()
-            self._own -= entry[1]
-            self._others -= entry[2]
-            if entry[1] and self._own <= self._reply_budget:
-                self._room.notify_all()
-        return True
+            while self._queue:
+                entry = self._queue[0]
+                data = entry[0]
+                try:
+                    if self._encrypt and not isinstance(data, memoryview):
+                        entry[0] = data = memoryview(self._encrypt(data))
+                    sent = self._sock.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    self._fail()
+                    return
+                self.sent += sent
+                if sent < len(data):
+                    entry[0] = memoryview(data)[sent:]
+                    return
+                self._queue.popleft()
+                self._own -= entry[1]
+                self._others -= entry[2]
+                if entry[1] and self._own <= self._reply_budget:
+                    self._room.notify_all()
+            self._flusher.unwatch(self._fd, self)
 
     def write_direct(self, data: bytes) -> None:
         """Write `data` whole, blocking (the socket's timeout applies): for the handshake and plain
