@@ -66,6 +66,7 @@ RETRY_MAX_DELAY = 2.0  # a failed commit is retried with backoff up to this many
 FAIL_AFTER = 10.0  # seconds of failing commits before queued chats are refused with `unavailable`
 
 _STOP = object()  # put on the writer's queue by close()
+_INDEX = object()  # put on it by a search that waits for the index: wakes the writer
 
 
 class SqliteEngine(LocalRules, SqlitePersonal):
@@ -155,6 +156,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
             target=self._checkpoint_loop, args=(checkpoint_interval,), name="roomchat-checkpoint", daemon=True
         )
         self._writer = threading.Thread(target=self._write_loop, name="roomchat-store", daemon=True)
+        self._indexer = sqlite_search.Indexer()  # chats stored, indexed for search a moment later
 
     def start(self, hub) -> None:
         self._hub = hub
@@ -250,6 +252,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
         """Chats of `room` with seq < `before` whose current text has every one of `words` as the
         start of one of its words (engines/sqlite_search.py), newest first, at most `limit`; with
         `max_bytes`, the reading stops one chat after their texts passed it. Raises Unavailable."""
+        self._indexer.wait(lambda: self._queue.put(_INDEX))  # what was delivered before it, indexed
         params = (sqlite_search.match_expression(room, words), room, MAX_SEQ if before is None else before, MAX_SEQ,
                   room, self._per_room, limit)
         rows = self._rows(sqlite_search.QUERY, params, max_bytes, f"search in {room}")
@@ -305,7 +308,10 @@ class SqliteEngine(LocalRules, SqlitePersonal):
             if batch and self._commit(batch):
                 touched.update(room for room, _event, _meta in batch)
                 written += sum(_text_bytes(event) for _room, event, _meta in batch)
+                self._indexer.stored(batch)
                 self._hand_over(batch)
+            if self._indexer.due():
+                self._index()
             due = stopping or written >= self._prune_bytes or time.monotonic() - last_prune >= self._prune_interval
             if due and (touched or self._backlog or self._quotas):
                 self._prune(touched)
@@ -314,6 +320,8 @@ class SqliteEngine(LocalRules, SqlitePersonal):
             if self._wal_bytes() > self._wal_max:  # the checkpoint thread fell behind: do it here
                 self._checkpoint("TRUNCATE", above=self._wal_max)
             if stopping and self._queue.empty():
+                if self._index():
+                    sqlite_search.mark_clean(self._conn)
                 return
 
     def _take_batch(self, stopping: bool) -> tuple[list, bool]:
@@ -323,11 +331,12 @@ class SqliteEngine(LocalRules, SqlitePersonal):
         batch = []
         size = 0
         try:  # wake up for the next retention pass even when nothing is written
-            item = self._queue.get_nowait() if stopping else self._queue.get(timeout=self._prune_interval)
+            item = (self._queue.get_nowait() if stopping
+                    else self._queue.get(timeout=self._indexer.timeout(self._prune_interval)))
             while True:
                 if item is _STOP:
                     stopping = True
-                else:
+                elif item is not _INDEX:
                     batch.append(item)
                     size += _text_bytes(item[1])
                     if len(batch) >= self._batch_max or size >= BATCH_MAX_BYTES:
@@ -429,7 +438,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
                     break
                 if item is _STOP:
                     stop = True
-                else:
+                elif item is not _INDEX:
                     refused.append(item)
             if stop:
                 self._queue.put(_STOP)
@@ -438,6 +447,17 @@ class SqliteEngine(LocalRules, SqlitePersonal):
             self._failing = reason
         log.error("history store failing (%s): %d chat events refused", reason, len(refused))
         self._hub.reject(refused, "history cannot be stored")
+
+    def _index(self) -> bool:
+        """Index the chats stored since the last time (sqlite_search.Indexer); a failure is
+        logged and they wait for the next try. True if it worked."""
+        try:
+            self._indexer.index(self._conn)
+            return True
+        except sqlite3.Error as exc:
+            self._metrics.engine_errors.inc()
+            log.error("search index: the chats stored last wait for the next try: %s", exc)
+            return False
 
     def _hand_over(self, batch: list) -> None:
         try:

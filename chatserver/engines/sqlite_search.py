@@ -1,8 +1,16 @@
 """Search over the SQLite history: an FTS5 index of the chats' current texts (engines/sqlite.py uses it).
 
-The index is kept by triggers on `events`, so whatever writes a chat row keeps it right without
-knowing of it: a chat stored (INSERT of a row with kind 'chat'), edited (UPDATE of its text; a
-delete sets the text to '', which takes it out), or pruned by retention and the quotas (DELETE).
+A chat stored is indexed a moment later, off the path of delivery (`Indexer`): the writer
+commits and delivers a batch of chats first, and indexes what it stored in one transaction of
+its own once INDEX_DELAY has passed, INDEX_BATCH chats wait, or a search asks. A search waits
+until every chat delivered before it began is indexed (at most INDEX_WAIT). Per commit, the
+index cost a chat of 50 members about as much as delivering it (FTS5 writes a segment per
+transaction): S3's p99 doubled. A chat's later changes are kept by triggers on `events`, so
+whatever writes a row keeps them right without knowing of it: edited (UPDATE of its text; a
+delete sets the text to '', which takes it out), or pruned by retention and the quotas
+(DELETE); a row not indexed yet is indexed as it is then, or not at all once gone. After a
+crash the chats stored but not indexed are indexed when the file is opened again (`prepare`:
+a clean close leaves the mark `search_clean`, its absence means a catch-up).
 Two tables in the history file hold it, and the file's byte quota counts them like the rest
 (engines/sqlite_quotas.py measures the pages in use):
 
@@ -27,6 +35,8 @@ becomes a quoted prefix term, and the terms are AND-ed with the room's token.
 
 import logging
 import sqlite3
+import threading
+import time
 
 log = logging.getLogger("roomchat.store")
 
@@ -36,12 +46,8 @@ SCHEMA = (
     " UNIQUE (room, seq))",
     "CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(room, text, content='',"
     " tokenize='unicode61 remove_diacritics 2')",
-    # A chat row stored: its id, then its words (none for an empty text: a deleted chat).
-    "CREATE TRIGGER IF NOT EXISTS search_insert AFTER INSERT ON events WHEN new.kind = 'chat' BEGIN"
-    " INSERT OR IGNORE INTO search_ids (room, seq) VALUES (new.room, new.seq);"
-    f" INSERT INTO search (rowid, room, text) SELECT id, {_TOKEN.format('new')}, new.text FROM search_ids"
-    "  WHERE room = new.room AND seq = new.seq AND new.text != '';"
-    " END",
+    # (A chat row stored is indexed by Indexer; the trigger that did it per commit goes.)
+    "DROP TRIGGER IF EXISTS search_insert",
     # Its text changed (an edit, or '' for a delete): the old words out (FTS5 needs the exact
     # values it was given), the new ones in; a delete also asks for a purge (`purge_step`).
     "CREATE TRIGGER IF NOT EXISTS search_update AFTER UPDATE OF text ON events WHEN old.kind = 'chat' BEGIN"
@@ -58,11 +64,23 @@ SCHEMA = (
     " DELETE FROM search_ids WHERE room = old.room AND seq = old.seq;"
     " END",
 )
-BACKFILL_IDS = ("INSERT OR IGNORE INTO search_ids (room, seq) SELECT room, seq FROM events WHERE kind = 'chat'"
+# A stored chat's id, then (if the id is new) its words, none for an empty text (a deleted chat).
+INDEX_ID = ("INSERT OR IGNORE INTO search_ids (room, seq) SELECT room, seq FROM events"
+            " WHERE room = ? AND seq = ? AND kind = 'chat'")
+INDEX_WORDS = (f"INSERT INTO search (rowid, room, text) SELECT i.id, {_TOKEN.format('e')}, e.text"
+               " FROM events e JOIN search_ids i ON i.room = e.room AND i.seq = e.seq"
+               " WHERE e.room = ? AND e.seq = ? AND e.text != ''")
+# Every chat without an id (a file from before search, or chats a crash left unindexed), in
+# (room, seq) order, then the words of the ids above the highest before.
+CATCH_UP_IDS = ("INSERT OR IGNORE INTO search_ids (room, seq) SELECT room, seq FROM events e WHERE kind = 'chat'"
+                " AND NOT EXISTS (SELECT 1 FROM search_ids s WHERE s.room = e.room AND s.seq = e.seq)"
                 " ORDER BY room, seq")
-BACKFILL_WORDS = (f"INSERT INTO search (rowid, room, text) SELECT i.id, {_TOKEN.format('e')}, e.text"
-                  " FROM events e JOIN search_ids i ON i.room = e.room AND i.seq = e.seq"
-                  " WHERE e.kind = 'chat' AND e.text != ''")
+CATCH_UP_WORDS = (f"INSERT INTO search (rowid, room, text) SELECT i.id, {_TOKEN.format('e')}, e.text"
+                  " FROM search_ids i JOIN events e ON e.room = i.room AND e.seq = i.seq"
+                  " WHERE i.id > ? AND e.kind = 'chat' AND e.text != ''")
+INDEX_DELAY = 0.25  # seconds a stored chat waits for the index at most, unless a search asks
+INDEX_BATCH = 1000  # chats waiting that make the writer index them at once
+INDEX_WAIT = 2.0  # seconds a search waits for the chats delivered before it to be indexed, at most
 # The newest matches below `before`, within the room's retention window (as reads apply it).
 # The index drives (CROSS JOIN keeps SQLite from starting at the room's ids and asking FTS5 once
 # per id), newest first by rowid, so LIMIT stops it early: a room's ids rise with its seqs (its
@@ -78,16 +96,104 @@ QUERY = ("SELECT i.seq, e.sender, e.text, e.ts, e.kind, e.target, e.data"  # sql
 
 
 def prepare(conn: sqlite3.Connection) -> None:
-    """Inside the opening transaction: create the index and its triggers; a file that had chats
-    but no index gets every chat indexed now. Raises sqlite3.Error (no FTS5 in this SQLite: a
-    sqlite3.OperationalError "no such module: fts5")."""
+    """Inside the opening transaction: create the index and its triggers; unless the file was
+    closed clean (the mark `search_clean`, taken away now), index every chat that has no id yet:
+    all of them in a file from before search, the last few after a crash. Raises sqlite3.Error
+    (no FTS5 in this SQLite: a sqlite3.OperationalError "no such module: fts5")."""
     new = conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'search_ids'").fetchone() is None
     for statement in SCHEMA:
         conn.execute(statement)
-    if new and conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
+    clean = conn.execute("DELETE FROM meta WHERE key = 'search_clean'").rowcount > 0 and not new
+    if clean or conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
+        return
+    if new:
         log.info("history: building the search index of the chats stored so far (about 10 s per million chats)")
-        conn.execute(BACKFILL_IDS)
-        conn.execute(BACKFILL_WORDS)
+    top = conn.execute("SELECT ifnull(max(id), 0) FROM search_ids").fetchone()[0]
+    if conn.execute(CATCH_UP_IDS).rowcount > 0:
+        conn.execute(CATCH_UP_WORDS, (top,))
+        if not new:
+            log.warning("history: chats stored before the last stop but not yet searchable are indexed now")
+
+
+def mark_clean(conn: sqlite3.Connection) -> None:
+    """After the writer's last index at close: every chat in the file is indexed."""
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('search_clean', '1')")
+
+
+class Indexer:
+    """The chats the writer stored and has not indexed yet, and who waits for them.
+
+    Threads: the writer calls `stored` (before it delivers a batch), `timeout`, `due` and
+    `index`; a search calls `wait` from its own thread. `_cond` guards `_handed` (batches
+    handed to the hub), `_done` (how many of them are indexed) and `_wanted`; `_pending` and
+    `_since` are the writer's alone."""
+
+    def __init__(self, delay: float = INDEX_DELAY, batch: int = INDEX_BATCH):
+        self._delay, self._batch = delay, batch
+        self._pending: list = []  # (room, seq) of the chats stored, not indexed
+        self._since: float | None = None  # time.monotonic() when the oldest of them was stored
+        self._cond = threading.Condition()
+        self._handed = self._done = 0
+        self._wanted = False  # a search waits
+
+    def stored(self, batch: list) -> None:
+        """A committed batch ([(room, event, Meta)]) about to be delivered."""
+        chats = [(room, event["seq"]) for room, event, _meta in batch if event["type"] == "chat"]
+        with self._cond:
+            self._handed += 1
+            if not chats and not self._pending:
+                self._done = self._handed  # nothing of it to index
+                return
+        self._pending += chats
+        if self._since is None:
+            self._since = time.monotonic()
+
+    def timeout(self, longest: float) -> float:
+        """How long the writer may wait for its queue: `longest`, or until the index is due."""
+        if self._since is None:
+            return longest
+        return max(0.0, min(longest, self._since + self._delay - time.monotonic()))
+
+    def due(self) -> bool:
+        if not self._pending:
+            return False
+        with self._cond:
+            wanted = self._wanted
+        return wanted or len(self._pending) >= self._batch or time.monotonic() - self._since >= self._delay
+
+    def index(self, conn: sqlite3.Connection) -> None:
+        """Index the chats pending, in one transaction of the writer's connection (it holds no
+        other). Raises sqlite3.Error (rolled back; they stay pending)."""
+        with self._cond:
+            upto = self._handed
+        if self._pending:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for room, seq in self._pending:
+                    before = conn.total_changes
+                    conn.execute(INDEX_ID, (room, seq))
+                    if conn.total_changes > before:  # not indexed already
+                        conn.execute(INDEX_WORDS, (room, seq))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.rollback()
+                raise
+            self._pending, self._since = [], None
+        with self._cond:
+            self._done, self._wanted = upto, False
+            self._cond.notify_all()
+
+    def wait(self, wake) -> None:
+        """A search: wait until every chat delivered before now is indexed (at most INDEX_WAIT);
+        `wake()` gets the writer to index at once."""
+        with self._cond:
+            want = self._handed
+            if self._done >= want:
+                return
+            self._wanted = True
+        wake()
+        with self._cond:
+            self._cond.wait_for(lambda: self._done >= want, INDEX_WAIT)
 
 
 def purge_step(conn: sqlite3.Connection, pages: int) -> bool:
