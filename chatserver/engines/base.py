@@ -216,9 +216,10 @@ class Engine(Protocol):
     def mode(self, room: str) -> tuple[bool, int]:
         """The room's mode as (moderated, slow); (False, 0) by default."""
 
-    def chat_rules(self, room: str, nick: str) -> tuple[float | None, tuple[bool, int]]:
+    def chat_rules(self, room: str, nick: str, fresh: bool = False) -> tuple[float | None, tuple[bool, int]]:
         """What a chat call checks, read together: (`restricted_until(room, "mute", nick)`,
-        `mode(room)`)."""
+        `mode(room)`). An engine shared by processes may answer from what it read before unless
+        `fresh` (for writes that do not check them again as they are stored: edits, reactions)."""
 
     def use_invite(self, invite: str, uses: int, until: float) -> int | None:
         """Take one of the `uses` of invite `invite` (kept until `until`): the number of this use
@@ -371,7 +372,7 @@ class LocalRules:
             moderated, slow = self._rules.get((room, "mode", ""), ("0:0", None))[0].split(":")
         return moderated == "1", int(slow)
 
-    def chat_rules(self, room: str, nick: str) -> tuple[float | None, tuple[bool, int]]:
+    def chat_rules(self, room: str, nick: str, fresh: bool = False) -> tuple[float | None, tuple[bool, int]]:
         return self.restricted_until(room, "mute", nick), self.mode(room)
 
     def use_invite(self, invite: str, uses: int, until: float) -> int | None:

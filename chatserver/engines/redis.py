@@ -50,7 +50,7 @@ Threads: connection threads call the public methods (redis-py's pool is thread-s
 listener thread reads the subscription and calls the hub (a request to let go of a nick runs
 `Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
 lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`.
-`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_claims`, `_sessions`,
+`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`, `_sessions`,
 `_confirmed`, `_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
 """
 
@@ -233,6 +233,7 @@ class RedisEngine(RedisPersonal):
         self._sub_lock = threading.Lock()
         self._last: dict[str, tuple | None] = {}  # subscribed room -> last place delivered here
         self._open: dict[str, set] = {}  # subscribed room -> folded nicks read unmuted, the mode the default
+        self._rules_generation = 0  # counts the drops of `_open`: a look that raced one keeps nothing
         self._claims: dict[str, tuple] = {}  # nick key -> (value, client id): the nicks this process holds
         self._sessions: dict[int, tuple] = {}  # client id -> (session key, value): its resume session
         self._sessions_kept = 0.0  # time.monotonic() when the sessions' windows were last renewed
@@ -294,8 +295,7 @@ class RedisEngine(RedisPersonal):
             self._hub.reject(refused, "this server is reconnecting to the others")
         changed = [chat for chat, r in zip(chats, result[1:], strict=True) if r == -4]
         if changed:
-            with self._lock:
-                self._open.pop(room, None)
+            self._drop_rules(room)
             raise RulesChanged(changed)
 
     def amend(self, room: str, event: dict, meta: Meta) -> None:
@@ -508,8 +508,8 @@ class RedisEngine(RedisPersonal):
                 return
             with self._lock:
                 self._last.pop(room, None)
-                self._open.pop(room, None)
                 self._confirmed.pop(room_key(room, "events"), None)
+            self._drop_rules(room)
             with contextlib.suppress(*REDIS_ERRORS, AttributeError):
                 if self.sharded:
                     self._pubsub.sunsubscribe(room_key(room, "events"))
@@ -732,47 +732,64 @@ class RedisEngine(RedisPersonal):
 
     def restrict(self, room: str, kind: str, nick: str, until: float) -> None:
         key, ms = room_key(room, f"{kind}:{fold_nick(nick)}"), int((until - time.time()) * 1000)
-        with self._lock:
-            self._open.pop(room, None)
-        if ms > 0:
-            self._call(self._redis.set, key, "", px=ms)
-        else:
-            self._call(self._redis.delete, key)
+        self._drop_rules(room)
+        try:
+            if ms > 0:
+                self._call(self._redis.set, key, "", px=ms)
+            else:
+                self._call(self._redis.delete, key)
+        finally:
+            self._drop_rules(room)  # also what a look racing the write kept
 
     def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
         return self._until(room_key(room, f"{kind}:{fold_nick(nick)}"))
 
     def set_mode(self, room: str, moderated: bool, slow: int) -> None:
         """The room's mode, `roomchat:{<room>}:mode` = "<0|1>:<slow seconds>" (none: the default)."""
-        with self._lock:
-            self._open.pop(room, None)
-        if moderated or slow:
-            self._call(self._redis.set, room_key(room, "mode"), _mode_value(moderated, slow))
-        else:
-            self._call(self._redis.delete, room_key(room, "mode"))
+        self._drop_rules(room)
+        try:
+            if moderated or slow:
+                self._call(self._redis.set, room_key(room, "mode"), _mode_value(moderated, slow))
+            else:
+                self._call(self._redis.delete, room_key(room, "mode"))
+        finally:
+            self._drop_rules(room)  # also what a look racing the write kept
 
     def mode(self, room: str) -> tuple[bool, int]:
         return _mode(self._call(self._redis.get, room_key(room, "mode")))
 
-    def chat_rules(self, room: str, nick: str) -> tuple[float | None, tuple[bool, int]]:
-        """The mute and the mode in one round trip (both keys are the room's: one slot), or none:
-        a nick read unmuted in a room read with the default mode is taken to be so still (`_open`).
-        Wrongly, at worst, for a moment: the publish script checks both again as it writes
-        (RulesChanged, then the caller looks again and the cache is dropped)."""
+    def chat_rules(self, room: str, nick: str, fresh: bool = False) -> tuple[float | None, tuple[bool, int]]:
+        """The mute and the mode in one round trip (both keys are the room's: one slot), or,
+        unless `fresh`, none: a nick read unmuted in a room read with the default mode is taken
+        to be so still (`_open`), until a mute or mode of the room is written or delivered here,
+        or the subscription drops. Wrongly, at worst, for that moment: the publish script checks
+        both again as it writes (RulesChanged: the caller looks again)."""
         folded = fold_nick(nick)
         with self._lock:
-            if folded in self._open.get(room, ()):
+            if not fresh and folded in self._open.get(room, ()):
                 return None, (False, 0)
+            generation = self._rules_generation
         ms, mode = self._call(self._scripts["chat_rules"], keys=[room_key(room, f"mute:{folded}"),
                                                                  room_key(room, "mode")])
         rules = (time.time() + ms / 1000 if ms > 0 else None), _mode(mode)
         if rules == (None, (False, 0)):
             with self._lock:
-                if room in self._last:  # subscribed: a room of this process's (forgotten at unsubscribe)
+                # kept only if nothing dropped a room's rules since the read began, and while
+                # subscribed (the room's mute and mode events reach this process)
+                if generation == self._rules_generation and room in self._last and self._pubsub is not None:
                     open_ = self._open.setdefault(room, set())
                     if len(open_) < OPEN_NICKS:
                         open_.add(folded)
         return rules
+
+    def _drop_rules(self, room: str | None) -> None:
+        """Forget what chat_rules keeps of `room` (None: of every room). Takes `_lock`."""
+        with self._lock:
+            self._rules_generation += 1
+            if room is None:
+                self._open.clear()
+            else:
+                self._open.pop(room, None)
 
     def use_invite(self, invite: str, uses: int, until: float) -> int | None:
         """Take one of an invite's `uses` (`roomchat:invite:<id>`, kept while the invite lives): the
@@ -967,8 +984,7 @@ class RedisEngine(RedisPersonal):
         of its room, so a member who saw it is judged by it."""
         for room, event, _meta in items:
             if event["type"] in ("mute", "mode"):
-                with self._lock:
-                    self._open.pop(room, None)
+                self._drop_rules(room)
         self._hub.deliver(items)
 
     def _receive_into(self, items: list) -> None:
@@ -1115,6 +1131,7 @@ class RedisEngine(RedisPersonal):
         return [item for _place, item in items]
 
     def _drop_pubsub(self) -> None:
+        self._drop_rules(None)  # its rooms' mute and mode events may be missed until it is back
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(*REDIS_ERRORS, OSError):

@@ -71,7 +71,7 @@ _TRIM = (  # forget idempotency keys older than ten minutes (written ones: > 0, 
 # the counter went back.
 PUBLISH = _NOW + """
 local changed = ARGV[6] ~= '-' and ((redis.call('GET', KEYS[6]) or '') ~= ARGV[6] or
-                                    redis.call('EXISTS', KEYS[7]) == 1)
+                                    redis.call('PTTL', KEYS[7]) > 0)
 local cur = tonumber(redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[5]) or '0')
 if cur < tonumber(ARGV[4]) then return {-1, cur} end
 local n = tonumber(ARGV[3])

@@ -320,7 +320,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
             if self._wal_bytes() > self._wal_max:  # the checkpoint thread fell behind: do it here
                 self._checkpoint("TRUNCATE", above=self._wal_max)
             if stopping and self._queue.empty():
-                if self._index():
+                if self._index() and not self._indexer.lost:
                     sqlite_search.mark_clean(self._conn)
                 return
 
@@ -455,6 +455,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
             self._indexer.index(self._conn)
             return True
         except sqlite3.Error as exc:
+            self._indexer.failed()
             self._metrics.engine_errors.inc()
             log.error("search index: the chats stored last wait for the next try: %s", exc)
             return False

@@ -81,6 +81,8 @@ CATCH_UP_WORDS = (f"INSERT INTO search (rowid, room, text) SELECT i.id, {_TOKEN.
 INDEX_DELAY = 0.25  # seconds a stored chat waits for the index at most, unless a search asks
 INDEX_BATCH = 1000  # chats waiting that make the writer index them at once
 INDEX_WAIT = 2.0  # seconds a search waits for the chats delivered before it to be indexed, at most
+INDEX_RETRY_MAX = 30.0  # seconds between tries at most while indexing fails (the first after 1 s)
+INDEX_PENDING_MAX = 100_000  # chats kept to index while it fails; past it they wait for the next open
 # The newest matches below `before`, within the room's retention window (as reads apply it).
 # The index drives (CROSS JOIN keeps SQLite from starting at the room's ids and asking FTS5 once
 # per id), newest first by rowid, so LIMIT stops it early: a room's ids rise with its seqs (its
@@ -123,10 +125,15 @@ def mark_clean(conn: sqlite3.Connection) -> None:
 class Indexer:
     """The chats the writer stored and has not indexed yet, and who waits for them.
 
-    Threads: the writer calls `stored` (before it delivers a batch), `timeout`, `due` and
-    `index`; a search calls `wait` from its own thread. `_cond` guards `_handed` (batches
-    handed to the hub), `_done` (how many of them are indexed) and `_wanted`; `_pending` and
-    `_since` are the writer's alone."""
+    While indexing fails (a full disk, a lock held by another program), it is tried again after
+    1 s, then twice as long each time up to INDEX_RETRY_MAX, and searches do not wait for it;
+    past INDEX_PENDING_MAX chats the oldest are left to the next open's catch-up (`prepare`:
+    the file is not marked clean).
+
+    Threads: the writer calls `stored` (before it delivers a batch), `timeout`, `due`, `index`
+    and `failed`; a search calls `wait` from its own thread. `_cond` guards `_handed` (batches
+    handed to the hub), `_done` (how many of them are indexed), `_wanted` and `_failing`;
+    `_pending`, `_since`, `_retry_at`, `_backoff` and `lost` are the writer's alone."""
 
     def __init__(self, delay: float = INDEX_DELAY, batch: int = INDEX_BATCH):
         self._delay, self._batch = delay, batch
@@ -135,6 +142,10 @@ class Indexer:
         self._cond = threading.Condition()
         self._handed = self._done = 0
         self._wanted = False  # a search waits
+        self._failing = False  # the last try failed: searches do not wait
+        self._retry_at = 0.0  # time.monotonic() of the next try while failing
+        self._backoff = 0.0
+        self.lost = 0  # chats left to the next open's catch-up (INDEX_PENDING_MAX passed)
 
     def stored(self, batch: list) -> None:
         """A committed batch ([(room, event, Meta)]) about to be delivered."""
@@ -145,6 +156,9 @@ class Indexer:
                 self._done = self._handed  # nothing of it to index
                 return
         self._pending += chats
+        if len(self._pending) > INDEX_PENDING_MAX:
+            self.lost += len(self._pending) - INDEX_PENDING_MAX
+            del self._pending[:-INDEX_PENDING_MAX]
         if self._since is None:
             self._since = time.monotonic()
 
@@ -152,14 +166,26 @@ class Indexer:
         """How long the writer may wait for its queue: `longest`, or until the index is due."""
         if self._since is None:
             return longest
-        return max(0.0, min(longest, self._since + self._delay - time.monotonic()))
+        at = self._retry_at if self._backoff else self._since + self._delay
+        return max(0.0, min(longest, at - time.monotonic()))
 
     def due(self) -> bool:
         if not self._pending:
             return False
+        now = time.monotonic()
+        if self._backoff:
+            return now >= self._retry_at
         with self._cond:
             wanted = self._wanted
-        return wanted or len(self._pending) >= self._batch or time.monotonic() - self._since >= self._delay
+        return wanted or len(self._pending) >= self._batch or now - self._since >= self._delay
+
+    def failed(self) -> None:
+        """The last `index` raised: try again later, and let searches go on meanwhile."""
+        self._backoff = min(INDEX_RETRY_MAX, 2 * self._backoff or 1.0)
+        self._retry_at = time.monotonic() + self._backoff
+        with self._cond:
+            self._failing, self._wanted = True, False
+            self._cond.notify_all()
 
     def index(self, conn: sqlite3.Connection) -> None:
         """Index the chats pending, in one transaction of the writer's connection (it holds no
@@ -179,8 +205,9 @@ class Indexer:
                 conn.rollback()
                 raise
             self._pending, self._since = [], None
+        self._backoff = 0.0
         with self._cond:
-            self._done, self._wanted = upto, False
+            self._done, self._wanted, self._failing = upto, False, False
             self._cond.notify_all()
 
     def wait(self, wake) -> None:
@@ -188,12 +215,12 @@ class Indexer:
         `wake()` gets the writer to index at once."""
         with self._cond:
             want = self._handed
-            if self._done >= want:
+            if self._done >= want or self._failing:
                 return
             self._wanted = True
         wake()
         with self._cond:
-            self._cond.wait_for(lambda: self._done >= want, INDEX_WAIT)
+            self._cond.wait_for(lambda: self._done >= want or self._failing, INDEX_WAIT)
 
 
 def purge_step(conn: sqlite3.Connection, pages: int) -> bool:

@@ -115,11 +115,12 @@ class Moderation:
             raise ChatError("forbidden", f"Your {what} does not let you join {room!r}.")
         self._check(room, "ban", nick, "You are banned from", client)
 
-    def chat_rule(self, client, room: str) -> ChatError | ChatRule:
+    def chat_rule(self, client, room: str, fresh: bool = False) -> ChatError | ChatRule:
         """What applies to `client`'s chats in `room` now: the refusal (forbidden when it is
-        muted, by nick or connection; moderated), else the ChatRule they go under. Raises Unavailable."""
+        muted, by nick or connection; moderated), else the ChatRule they go under; `fresh`: read
+        now, not kept from before (Engine.chat_rules). Raises Unavailable."""
         try:
-            until, mode = self._engine.chat_rules(room, client.nick)  # one look (Redis: one round trip, or none)
+            until, mode = self._engine.chat_rules(room, client.nick, fresh)  # one look (Redis: one round trip, or none)
             self._refuse(room, "mute", until, "You are muted in", client)
             if self.is_operator(client.identity, room):
                 return ChatRule(0, mode)

@@ -857,14 +857,10 @@ class Registry:
         for request in requests:
             if request.refused is None and request.room not in rules:
                 rules[request.room] = self._refusal(self._moderation.chat_rule, client, request.room)
-        # (request, ChatError or (nick, key, pending)), decided under one hold of the lock. The
-        # chats before the first refusal are pending at once; those after it only as their run
-        # is published, since the refusal's reply waits for the chats pending before it.
-        outcomes = []
+        outcomes = []  # (request, ChatError or (nick, key)), decided under one hold of the lock
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile
-            refused = False
             for request in requests:
                 try:
                     if request.refused is not None:
@@ -875,31 +871,27 @@ class Registry:
                     if request.room not in client.rooms:
                         raise ChatError("not_in_room", f"Join {request.room!r} before sending to it.")
                     self._moderation.pace(client, request.room, rule.slow)  # slow_mode
-                    key = self._new_key()
-                    if not refused:
-                        client.pending.add(key)
-                    outcomes.append((request, (client.nick, key, not refused)))
+                    outcomes.append((request, (client.nick, self._new_key())))
                 except ChatError as exc:
                     outcomes.append((request, exc))
-                    refused = True
-        run_room, run_nick, run, run_pending = None, None, [], True
+        run_room, run_nick, run = None, None, []
         for request, outcome in outcomes:
             if isinstance(outcome, ChatError):
                 if run:
-                    self._publish_run(client, run_room, run, rules[run_room], run_pending)
+                    self._publish_run(client, run_room, run, rules[run_room])
                     run = []
                 if logs.requests.isEnabledFor(logging.DEBUG):
                     logs.request(client, "chat", {"room": request.room}, outcome.code)
                 self.reply(client, protocol.error(outcome, request.reply_id))
                 continue
-            nick, key, pending = outcome
+            nick, key = outcome
             if run and (request.room != run_room or nick != run_nick):
-                self._publish_run(client, run_room, run, rules[run_room], run_pending)
+                self._publish_run(client, run_room, run, rules[run_room])
                 run = []
-            run_room, run_nick, run_pending = request.room, nick, pending
+            run_room, run_nick = request.room, nick
             run.append((nick, request.text, self._meta(client, request.reply_id, key=key)))
         if run:
-            self._publish_run(client, run_room, run, rules[run_room], run_pending)
+            self._publish_run(client, run_room, run, rules[run_room])
 
     def dm(self, client: Client, nick: str, text: str, reply_id=None) -> None:
         """A direct message to a connected nick, or kept for a token holder who is offline
@@ -1072,7 +1064,7 @@ class Registry:
             if name not in client.rooms:
                 raise ChatError("not_in_room", f"Join {name!r} before changing its chats.")
             nick, identity = client.nick, client.identity
-        rule = self._refusal(self._moderation.chat_rule, client, name)
+        rule = self._refusal(self._moderation.chat_rule, client, name, True)  # fresh: AMEND does not check it
         if isinstance(rule, ChatError) and rule.code == "unavailable":
             raise rule
         chat = self._ask_engine(lambda: self._engine.message(name, target))
@@ -1180,34 +1172,41 @@ class Registry:
             history, reply["truncated"] = history[: protocol.MAX_RESUME], True
         return budgets.bounded_frame(reply, "history", history, self._max_reply, newest)[0]
 
-    def _publish_run(self, client: Client, name: str, run: list, rule, pending: bool) -> None:
+    def _publish_run(self, client: Client, name: str, run: list, rule) -> None:
         """A run of `client`'s chats to room `name` ([(nick, text, Meta)], one nick), let through
         by `rule` (a ChatRule): published, or each refused in its place. Their keys are pending
-        (already, with `pending`) until each is answered (a reply after them waits: `_settle`)."""
-        if not pending:
-            with self._lock:
-                if client.id not in self._clients:
-                    return  # gone meanwhile
-                client.pending.update(meta.key for _nick, _text, meta in run)
+        from now until each is answered (a reply after them waits for them: `_settle`); so a
+        refusal of them is a reply that waits for the chats before them."""
+        with self._lock:
+            if client.id not in self._clients:
+                return  # gone meanwhile
+            client.pending.update(meta.key for _nick, _text, meta in run)
         refusal, unstored = self._publish(client, name, run, rule)
         if refusal is not None:
-            self.reject([(name, None, meta) for _nick, _text, meta in unstored], refusal)
+            with self._lock:
+                for _nick, _text, meta in unstored:
+                    client.pending.discard(meta.key)
+            for _nick, _text, meta in unstored:
+                self.reply(client, protocol.error(refusal, meta.reply_id))
 
     def _publish(self, who, name: str, run: list, rule, member: bool = True) -> tuple:
         """Publish `run` under the mode `rule` (a ChatRule of `who`'s) was read with. When the
         engine finds the room's rules changed since (RulesChanged: a mute or mode in between),
-        look again and publish what they still let through, up to RULE_LOOKS times. Returns
-        (None, []) or (the refusal, the chats not stored): the new rule's ChatError, or
-        `unavailable`."""
+        look again (fresh) and publish what they still let through, up to RULE_LOOKS times.
+        Returns (None, []) or (the refusal, the chats not stored): the new rule's ChatError
+        (slow_mode when slow mode began or grew as they were sent), or `unavailable`."""
         for _look in range(RULE_LOOKS):
             try:
                 self._engine.publish(name, run, member=member, mode=rule.mode)
                 return None, []
             except RulesChanged as exc:
-                run = exc.chats
-                rule = self._refusal(self._moderation.chat_rule, who, name)
+                run, slow = exc.chats, rule.slow
+                rule = self._refusal(self._moderation.chat_rule, who, name, True)
                 if isinstance(rule, ChatError):
                     return rule, run
+                if rule.slow > slow:  # slow mode began as they were sent: they were paced under none
+                    return ChatError("slow_mode", f"{name!r} went into slow mode as you sent this: wait "
+                                                  f"{rule.slow} s.", retry_after=rule.slow), run
             except Unavailable as exc:
                 return unavailable(exc), run
         return unavailable(Unavailable("the room's rules kept changing; send it again")), run

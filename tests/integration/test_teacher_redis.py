@@ -59,11 +59,33 @@ def test_a_mute_or_mode_in_redis_before_its_event_refuses_the_next_chat(redis_se
         assert (refused["code"], refused["retry_after"] > 50) == ("forbidden", True)
         direct.delete("roomchat:{class}:mute:ann")
         assert ann.request(type="chat", room="class", text="three")["text"] == "three"
+        direct.set("roomchat:{class}:mode", "0:600")  # slow mode began: "four" was let through under none
+        refused = ann.request(type="chat", room="class", text="four")
+        assert (refused["code"], refused["retry_after"]) == ("slow_mode", 600)
         direct.set("roomchat:{class}:mode", "1:0")
-        assert ann.request(type="chat", room="class", text="four")["code"] == "moderated"
-        direct.set("roomchat:{class}:mode", "0:600")
-        assert ann.request(type="chat", room="class", text="five")["code"] == "slow_mode"
+        assert ann.request(type="chat", room="class", text="five")["code"] == "moderated"
     finally:
         direct.close()
     history = ann.request(type="history", room="class")["messages"]
     assert [m["text"] for m in history if m["type"] == "chat"] == ["one", "three"]
+
+
+def test_a_chat_refused_that_way_is_answered_after_the_chats_sent_before_it(redis_server, cluster, peers):
+    """Replies keep the order of the requests: a chat to one room, then one to another that the write
+    finds muted, sent together: the first's own copy comes first, then the second's `forbidden`."""
+    (a,) = cluster(1)
+    ann = peers(a.url)
+    ann.set_nick("ann")
+    ann.join("x")
+    ann.join("y")
+    assert ann.request(type="chat", room="y", text="kept rules")["text"] == "kept rules"
+    direct = redis.Redis.from_url(redis_server.url)
+    try:
+        direct.set("roomchat:{y}:mute:ann", "", px=60_000)
+        for round_ in range(5):
+            ann.send(type="chat", room="x", text=f"first {round_}", id=1)
+            ann.send(type="chat", room="y", text=f"second {round_}", id=2)
+            answers = [ann.recv() for _ in range(2)]
+            assert [(e["type"], e["id"]) for e in answers] == [("chat", 1), ("error", 2)], answers
+    finally:
+        direct.close()
