@@ -10,7 +10,8 @@ whatever writes a row keeps them right without knowing of it: edited (UPDATE of 
 delete sets the text to '', which takes it out), or pruned by retention and the quotas
 (DELETE); a row not indexed yet is indexed as it is then, or not at all once gone. After a
 crash the chats stored but not indexed are indexed when the file is opened again (`prepare`:
-a clean close leaves the mark `search_clean`, its absence means a catch-up).
+a clean close leaves the mark `search_clean`; without it, the open looks up every chat's id
+once, so it takes longer the bigger the file, also on the first open of a file written before).
 Two tables in the history file hold it, and the file's byte quota counts them like the rest
 (engines/sqlite_quotas.py measures the pages in use):
 
