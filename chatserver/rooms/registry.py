@@ -232,19 +232,17 @@ class Registry:
                 self.metrics.published(items, self._flush_batch(), started)
                 self._settled.notify_all()
 
-    def reject(self, items: list, reason: str | ChatError) -> None:
-        """Published chats that will not be delivered: their senders get `unavailable` saying
-        `reason`, or the refusal `reason`."""
-        refusal = reason if isinstance(reason, ChatError) else unavailable(Unavailable(reason))
+    def reject(self, items: list, reason: str) -> None:
+        """Published chats that will not be delivered: their senders get `unavailable`."""
         with self._lock:
             for _name, _event, meta in items:
                 sender = self._origin(meta)
                 if sender is not None and meta.key in sender.pending:  # else answered already
                     sender.pending.discard(meta.key)
-                    error = protocol.error(refusal, meta.reply_id)
+                    error = protocol.error(unavailable(Unavailable(reason)), meta.reply_id)
                     self.metrics.error(error)
                     sender.send(protocol.encode(error), own=True)
-                self._posts.failed(meta, refusal)
+                self._posts.failed(meta, unavailable(Unavailable(reason)))
             self._settled.notify_all()
 
     def deliver_dm(self, client_id: int, event: dict) -> bool:
