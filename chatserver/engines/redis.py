@@ -732,28 +732,26 @@ class RedisEngine(RedisPersonal):
 
     def restrict(self, room: str, kind: str, nick: str, until: float) -> None:
         key, ms = room_key(room, f"{kind}:{fold_nick(nick)}"), int((until - time.time()) * 1000)
-        self._drop_rules(room)
         try:
             if ms > 0:
                 self._call(self._redis.set, key, "", px=ms)
             else:
                 self._call(self._redis.delete, key)
         finally:
-            self._drop_rules(room)  # also what a look racing the write kept
+            self._drop_rules(room)  # also what a look racing the write kept (the generation says so)
 
     def restricted_until(self, room: str, kind: str, nick: str) -> float | None:
         return self._until(room_key(room, f"{kind}:{fold_nick(nick)}"))
 
     def set_mode(self, room: str, moderated: bool, slow: int) -> None:
         """The room's mode, `roomchat:{<room>}:mode` = "<0|1>:<slow seconds>" (none: the default)."""
-        self._drop_rules(room)
         try:
             if moderated or slow:
                 self._call(self._redis.set, room_key(room, "mode"), _mode_value(moderated, slow))
             else:
                 self._call(self._redis.delete, room_key(room, "mode"))
         finally:
-            self._drop_rules(room)  # also what a look racing the write kept
+            self._drop_rules(room)  # also what a look racing the write kept (the generation says so)
 
     def mode(self, room: str) -> tuple[bool, int]:
         return _mode(self._call(self._redis.get, room_key(room, "mode")))

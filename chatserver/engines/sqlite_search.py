@@ -65,20 +65,19 @@ SCHEMA = (
     " DELETE FROM search_ids WHERE room = old.room AND seq = old.seq;"
     " END",
 )
-# A stored chat's id, then (if the id is new) its words, none for an empty text (a deleted chat).
+# A stored chat's id (none once it is gone); then NEW_WORDS gives the new ids their words.
 INDEX_ID = ("INSERT OR IGNORE INTO search_ids (room, seq) SELECT room, seq FROM events"
             " WHERE room = ? AND seq = ? AND kind = 'chat'")
-INDEX_WORDS = (f"INSERT INTO search (rowid, room, text) SELECT i.id, {_TOKEN.format('e')}, e.text"
-               " FROM events e JOIN search_ids i ON i.room = e.room AND i.seq = e.seq"
-               " WHERE e.room = ? AND e.seq = ? AND e.text != ''")
+TOP_ID = "SELECT ifnull(max(id), 0) FROM search_ids"
 # Every chat without an id (a file from before search, or chats a crash left unindexed), in
-# (room, seq) order, then the words of the ids above the highest before.
+# (room, seq) order; NEW_WORDS: the words of the ids above the highest before (none for an
+# empty text: a deleted chat).
 CATCH_UP_IDS = ("INSERT OR IGNORE INTO search_ids (room, seq) SELECT room, seq FROM events e WHERE kind = 'chat'"
                 " AND NOT EXISTS (SELECT 1 FROM search_ids s WHERE s.room = e.room AND s.seq = e.seq)"
                 " ORDER BY room, seq")
-CATCH_UP_WORDS = (f"INSERT INTO search (rowid, room, text) SELECT i.id, {_TOKEN.format('e')}, e.text"
-                  " FROM search_ids i JOIN events e ON e.room = i.room AND e.seq = i.seq"
-                  " WHERE i.id > ? AND e.kind = 'chat' AND e.text != ''")
+NEW_WORDS = (f"INSERT INTO search (rowid, room, text) SELECT i.id, {_TOKEN.format('e')}, e.text"
+             " FROM search_ids i JOIN events e ON e.room = i.room AND e.seq = i.seq"
+             " WHERE i.id > ? AND e.kind = 'chat' AND e.text != ''")
 INDEX_DELAY = 0.25  # seconds a stored chat waits for the index at most, unless a search asks
 INDEX_BATCH = 1000  # chats waiting that make the writer index them at once
 INDEX_WAIT = 2.0  # seconds a search waits for the chats delivered before it to be indexed, at most
@@ -111,9 +110,9 @@ def prepare(conn: sqlite3.Connection) -> None:
         return
     if new:
         log.info("history: building the search index of the chats stored so far (about 10 s per million chats)")
-    top = conn.execute("SELECT ifnull(max(id), 0) FROM search_ids").fetchone()[0]
+    top = conn.execute(TOP_ID).fetchone()[0]
     if conn.execute(CATCH_UP_IDS).rowcount > 0:
-        conn.execute(CATCH_UP_WORDS, (top,))
+        conn.execute(NEW_WORDS, (top,))
         if not new:
             log.warning("history: chats stored before the last stop but not yet searchable are indexed now")
 
@@ -196,11 +195,9 @@ class Indexer:
         if self._pending:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for room, seq in self._pending:
-                    before = conn.total_changes
-                    conn.execute(INDEX_ID, (room, seq))
-                    if conn.total_changes > before:  # not indexed already
-                        conn.execute(INDEX_WORDS, (room, seq))
+                top = conn.execute(TOP_ID).fetchone()[0]
+                conn.executemany(INDEX_ID, self._pending)
+                conn.execute(NEW_WORDS, (top,))  # the writer alone adds ids: those above `top` are these
                 conn.execute("COMMIT")
             except BaseException:
                 conn.rollback()

@@ -8,18 +8,24 @@ from chatserver.engines.sqlite_search import Indexer
 
 
 class Conn:
-    """A writer connection whose statements succeed (each changes one row) or, with `broken`, fail."""
+    """A writer connection whose statements succeed (each kept, once per row) or, with `broken`, fail."""
 
     def __init__(self):
         self.broken = False
-        self.total_changes = 0
         self.statements = []
 
     def execute(self, sql, params=()):
         if self.broken:
             raise sqlite3.OperationalError("database or disk is full")
         self.statements.append(sql)
-        self.total_changes += 1
+        return self
+
+    def executemany(self, sql, rows):
+        for row in rows:
+            self.execute(sql, row)
+
+    def fetchone(self):
+        return (0,)
 
     def rollback(self):
         pass
