@@ -222,7 +222,7 @@ def run_one(server_name, scenario, warmup, duration, workdir, generator, profile
             figures["profile"] = spy.summarise(profile_to)
         elif spying is not None:
             figures["profile_error"] = spying.stderr.read()[-300:]
-        if exited or result.get("held") != result.get("wanted"):
+        if exited or result.get("held") != result.get("wanted") or result.get("missing") or result.get("reordered"):
             figures["server_log"] = group.log_tail()
         for key, prefix in (("latency_ms", ""), ("probe_ms", "probe_")):
             for stat, value in (result.pop(key, None) or {}).items():

@@ -130,6 +130,7 @@ AMEND_TRIES = 10  # an edit, delete or react is read and tried again this often 
 DEFERRED_MAX = 100_000  # leaves and nick changes waiting for Redis at most; the oldest go first
 OPEN_NICKS = 10_000  # nicks per room known unmuted (chat_rules' cache) at most
 TAKE_POLL = 0.05  # seconds between claims while a nick's holder lets go of it
+RECEIVE_BATCH = 512  # items the listener reads at most before it delivers them (it may go past by one message)
 # the call may or may not have been carried out (a RedisClusterException: a Redis Cluster's slots
 # moving or uncovered, its retries spent; it is no RedisError)
 UNKNOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException)
@@ -986,20 +987,22 @@ class RedisEngine(RedisPersonal):
         self._hub.deliver(items)
 
     def _receive_into(self, items: list) -> None:
-        """Read what has arrived (up to 512 items) into `items`. Raises redis.RedisError."""
+        """Read what has arrived (RECEIVE_BATCH items, or the message that goes past it) into
+        `items`. Raises redis.RedisError."""
         pubsub = self._pubsub
         if self.sharded:
             self._receive_sharded(pubsub)
             return
         message = pubsub.get_message(timeout=0.5)
         conn = pubsub.connection
-        while message is not None and len(items) < 512:
+        while message is not None:
             items += self._take(message)
             # Whatever has arrived already joins this batch, read whole (within the socket's
             # timeout). Not get_message(timeout=0): a reply that has arrived in part is a timeout
             # to redis-py, which then reconnects and drops what was in flight. A room's message
             # is read without get_message's layers (half of its cost); the rest go through them.
-            if not conn.can_read(timeout=0):
+            # The batch is full before the next message is read, never after: one read is taken.
+            if len(items) >= RECEIVE_BATCH or not conn.can_read(timeout=0):
                 break
             response = conn.read_response(push_request=True)
             if isinstance(response, list) and response[0] == b"message":
@@ -1030,7 +1033,7 @@ class RedisEngine(RedisPersonal):
             target = self._redis.get_node(node_name=name)
             if target is None:  # the node left the cluster: subscribe again where the slots are now
                 raise redis.ConnectionError(f"{name} is no longer a node of the cluster")
-            while len(items) < 512 and node.connection is not None and node.connection.can_read(timeout=0):
+            while len(items) < RECEIVE_BATCH and node.connection is not None and node.connection.can_read(timeout=0):
                 message = pubsub.get_sharded_message(timeout=READ_TIMEOUT, target_node=target)
                 if message is None:
                     break

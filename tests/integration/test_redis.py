@@ -5,9 +5,12 @@ import threading
 import time
 
 import pytest
+import redis
 import websocket
 
-from tests.helpers import ROOT, Peer, run_to_exit, wait_for
+from chatserver.engines.base import Meta
+from chatserver.engines.redis import RECEIVE_BATCH, RedisEngine
+from tests.helpers import ROOT, Peer, RoomsHub, run_to_exit, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -261,3 +264,41 @@ def test_redis_back_without_its_data_is_a_new_history(redis_server, cluster, pee
     other.join("r")
     assert again.chat_all("r", ["fresh"])[0]["seq"] == 1
     assert other.recv_type("chat")["text"] == "fresh"
+
+
+class HeldHub(RoomsHub):
+    """Plays the Registry, holding every delivery until `go` is set (the listener waits in it)."""
+
+    def __init__(self):
+        super().__init__(live={"r1"})
+        self.holding, self.go = threading.Event(), threading.Event()
+
+    def deliver(self, items):
+        self.holding.set()
+        assert self.go.wait(20)
+        super().deliver(items)
+
+
+def test_a_backlog_past_one_batch_is_delivered_whole_and_in_order(redis_server):
+    """The listener reads RECEIVE_BATCH items at most before it delivers them. A backlog of more,
+    ending just past a batch, arrives whole and in order: the message read as the batch filled is
+    not left behind (nothing after it would show it missing)."""
+    engine, hub = RedisEngine(redis_server.url), HeldHub()
+    engine.start(hub)
+    try:
+        engine.subscribe("r1")
+        engine.publish("r1", [("ann", "first", Meta(key="first"))], member=False)
+        assert hub.holding.wait(10)  # the listener is in deliver: what follows waits on its socket
+        per = 8  # chats per publish: one pub/sub message each
+        for n in range(RECEIVE_BATCH // per + 1):
+            engine.publish("r1", [("ann", f"{n}.{k}", Meta(key=f"{n}.{k}")) for k in range(per)], member=False)
+        admin = redis.Redis.from_url(redis_server.url)
+        wait_for(lambda: all(c["omem"] == "0" for c in admin.client_list(_type="pubsub")), timeout=10)
+        hub.go.set()
+        total = 1 + (RECEIVE_BATCH // per + 1) * per
+        with hub._cond:
+            assert hub._cond.wait_for(lambda: len(hub.delivered) >= total, timeout=10), len(hub.delivered)
+        assert [event["seq"] for event in hub.delivered] == list(range(1, total + 1))
+    finally:
+        hub.go.set()
+        engine.close()
