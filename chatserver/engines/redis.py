@@ -930,7 +930,10 @@ class RedisEngine(RedisPersonal):
     def _connect(self) -> None:
         """Subscribe to this process's DM channel and every wanted room, then catch each room up
         from its history and log (what was published while the link was down)."""
-        pubsub = self._redis.pubsub()
+        # On RESP3 a message is a push, and redis-py's default handler for those logs each one
+        # at debug level, building its text first (str() of the whole message) even when debug is
+        # off; taking the push as it is skips that.
+        pubsub = self._redis.pubsub(push_handler_func=_as_is)
         self._check_epoch()
         with self._lock:
             rooms = list(self._last)
@@ -1071,14 +1074,15 @@ class RedisEngine(RedisPersonal):
     def _place(self, room: str, data: bytes) -> list:
         """The items to deliver for one message (the chats of one PUBLISH script, or one other
         event: an origin line and an event line each), each after any it shows were missed."""
-        lines = data.split(b"\n")
         with self._lock:
             if room not in self._last:
                 return []  # unsubscribed meanwhile
             last = self._last[room]
+        # one parse for the whole message: its lines (JSON never holds a raw newline) as an array
+        parsed = orjson.loads(b"[" + data.replace(b"\n", b",") + b"]")
         items = []
-        for at in range(0, len(lines), 2):
-            event, origin = orjson.loads(lines[at + 1]), orjson.loads(lines[at])
+        for at in range(0, len(parsed), 2):
+            origin, event = parsed[at], parsed[at + 1]
             if event["type"] in EPHEMERAL_TYPES:  # no place in the stream: as it comes
                 items.append((room, event, Meta(origin=(origin[0], origin[1]) if origin[0] is not None else None)))
                 continue
@@ -1347,6 +1351,11 @@ class _Unsettled(Exception):
     """A write's outcome is still unknown after SETTLE_TRIES attempts."""
 
 
+def _as_is(response):
+    """A pub/sub push as redis-py's parser read it (PubSub's `push_handler_func`)."""
+    return response
+
+
 def _seq_of(entry_id: bytes) -> int:
     """The seq of an entry of a room's `hist` (entry id `0-<seq>`)."""
     return int(entry_id.split(b"-")[1])
@@ -1361,6 +1370,6 @@ def _origin(meta: Meta) -> bytes:
 def _meta(origin: list, event: dict) -> tuple:
     """(Meta, place) from an origin's JSON (with `at` and n for an event other than a chat)."""
     process, client, reply_id, change, echo, key, *place = origin
-    meta = Meta(origin=(process, client) if process is not None else None, reply_id=reply_id,
-                at=place[0] if place else None, change=change, echo=echo, key=key)
+    meta = Meta((process, client) if process is not None else None, reply_id,  # positional: the
+                place[0] if place else None, change, echo, key)  # hot path (per event, every process)
     return meta, ((event["seq"], 0) if not place else (place[0], place[1] + 1))

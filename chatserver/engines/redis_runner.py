@@ -19,6 +19,11 @@ import threading
 
 import redis
 
+try:  # redis-py packs a command through per-argument checks; hiredis's packer alone is cheaper
+    from hiredis import pack_command
+except ImportError:  # hiredis is optional: redis-py's own packer
+    pack_command = None
+
 
 class NotSent(redis.ConnectionError):
     """No connection to Redis could be had or made for a call: nothing of it was sent."""
@@ -93,10 +98,23 @@ class ScriptRunner:
     @staticmethod
     def _evalsha(conn, script, keys: list, args: list):
         try:
-            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            _send(conn, ("EVALSHA", script.sha, len(keys), *keys, *args))
             return conn.read_response()
         except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts: load it
             conn.send_command("SCRIPT", "LOAD", script.script)
             conn.read_response()
-            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            _send(conn, ("EVALSHA", script.sha, len(keys), *keys, *args))
             return conn.read_response()
+
+
+def _send(conn, command: tuple) -> None:
+    """Send one command (str, bytes and int arguments) on `conn`. Raises what redis-py's
+    `send_command` raises."""
+    if pack_command is None:
+        conn.send_command(*command)
+    else:
+        try:
+            packed = pack_command(command)
+        except TypeError as exc:  # as redis-py reports an argument it cannot send
+            raise redis.DataError(exc) from exc
+        conn.send_packed_command([packed])

@@ -3,7 +3,8 @@ else happens between its checks, its writes and its PUBLISH. Times are Redis's o
 milliseconds, so every process judges leases by one clock.
 
 Idempotency (Centrifugo's publish, `broker_history_add_stream.lua`): every write a request makes
-carries a key, kept in the room's `idem` sorted set for ten minutes (score: the time written;
+carries a key, kept in the room's `idem` sorted set for ten minutes or a little more: PUBLISH
+trims it when the room's seq passes a multiple of 64, the other scripts at every call (score: the time written;
 negative: cancelled). A write whose key is there already does nothing, so a call whose outcome
 is unknown (a timeout, a broken link) can be sent again; `RESOLVE` settles such a key for good:
 written, or cancelled so that a late copy of the write can never take effect.
@@ -76,11 +77,18 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[5]) or
 if cur < tonumber(ARGV[4]) then return {-1, cur} end
 local n = tonumber(ARGV[3])
 local out = {1}
-local message, written, member = {}, {}, {}
+local message, written, member, keys = {}, {}, {}, {}
+for i = 0, n - 1 do keys[i + 1] = ARGV[11 + 5 * i] end
+local seen = {}  -- each chat's key in idem: its score, or false
+for j = 1, n, 1000 do
+  local part = redis.call('ZMSCORE', KEYS[3], unpack(keys, j, math.min(j + 999, n)))
+  for k = 1, #part do seen[j + k - 1] = part[k] end
+end
+local first = cur
 for i = 0, n - 1 do
   local b = 7 + 5 * i
   local key = ARGV[b + 4]
-  local done = redis.call('ZSCORE', KEYS[3], key)
+  local done = seen[i + 1]
   if done then
     out[i + 2] = tonumber(done) < 0 and -3 or 0
   elseif changed then
@@ -110,7 +118,8 @@ if #written > 0 then  -- the counter, the keys and the message once for all the 
   end
   redis.call('PUBLISH', ARGV[1], table.concat(message, '\\n'))
 end
-""" + _TRIM + "return out\n"
+if math.floor(first / 64) ~= math.floor(cur / 64) then  -- trimmed every 64 seqs, not every call
+""" + _TRIM + "end\nreturn out\n"
 
 # Edit, delete and react (engines/redis.py `amend`). The event goes into `hist` like a chat; the
 # state of the chat it changes is kept in `cur`, a sorted set (score: a seq; member: "<the seqs of

@@ -234,6 +234,8 @@ class Outbox:
         """On the connection's own thread, before it handles the client's next request: wait up to
         `timeout` seconds while more than `reply_budget` bytes of replies are queued. True once
         there is room (or the outbox stopped sending), False on timeout."""
+        if self._own <= self._reply_budget:  # the usual case, read without the lock: one int,
+            return True  # and a stale high value only takes the locked look below
         with self._lock:
             return self._room.wait_for(lambda: self._own <= self._reply_budget or not self._open, timeout)
 
