@@ -56,6 +56,7 @@ lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_
 
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import select
@@ -277,8 +278,7 @@ class RedisEngine(RedisPersonal):
             body = orjson.dumps(protocol.chat_event(room, sender, text, 0))  # the script writes its seq in
             cut = body.index(b'"seq":0') + 6
             args += [sender, body[:cut], body[cut + 1:], _origin(meta), self._key(meta)]
-        keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners"),
-                floor_key(room), room_key(room, "mode"), room_key(room, f"mute:{fold_nick(chats[0][0])}")]
+        keys = [*_publish_keys(room), room_key(room, f"mute:{fold_nick(chats[0][0])}")]
         self._quotas.touch(room)
         try:
             result = self._write(self._scripts["publish"], keys, args)
@@ -1349,6 +1349,14 @@ def _kind_of(url: str, server: dict, client) -> str:
 
 class _Unsettled(Exception):
     """A write's outcome is still unknown after SETTLE_TRIES attempts."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _publish_keys(room: str) -> tuple:
+    """The PUBLISH script's keys of `room` but the sender's mute (made once per room: a chat's
+    call is the hot path)."""
+    return (room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners"),
+            floor_key(room), room_key(room, "mode"))
 
 
 def _as_is(response):

@@ -84,7 +84,7 @@ for j = 1, n, 1000 do
   local part = redis.call('ZMSCORE', KEYS[3], unpack(keys, j, math.min(j + 999, n)))
   for k = 1, #part do seen[j + k - 1] = part[k] end
 end
-local first = cur
+local first, stamp = cur, tostring(now)  -- numbers made strings once (each is a printf)
 for i = 0, n - 1 do
   local b = 7 + 5 * i
   local key = ARGV[b + 4]
@@ -101,11 +101,12 @@ for i = 0, n - 1 do
       out[i + 2] = -2
     else
       cur = cur + 1
-      local event = ARGV[b + 1] .. cur .. ARGV[b + 2]
-      redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. cur, 'e', event, 'o', ARGV[b + 3])
+      local seq = tostring(cur)
+      local event = ARGV[b + 1] .. seq .. ARGV[b + 2]
+      redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'e', event, 'o', ARGV[b + 3])
       message[#message + 1] = ARGV[b + 3]
       message[#message + 1] = event
-      written[#written + 1] = now
+      written[#written + 1] = stamp
       written[#written + 1] = key
       out[i + 2] = cur
     end
