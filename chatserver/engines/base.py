@@ -75,6 +75,8 @@ class Meta(NamedTuple):
     uses it as the write's idempotency key.
     """
 
+    # engines/redis.py `_meta` makes these positionally (per event, on every process): a new
+    # field goes last.
     origin: tuple | None = None
     reply_id: object = None
     at: int | None = None

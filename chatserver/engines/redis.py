@@ -66,6 +66,7 @@ import urllib.parse
 
 import orjson
 import redis
+from redis.utils import check_protocol_version
 
 from chatserver import protocol
 from chatserver.engines.base import (
@@ -932,13 +933,17 @@ class RedisEngine(RedisPersonal):
         from its history and log (what was published while the link was down)."""
         # On RESP3 a message is a push, and redis-py's default handler for those logs each one
         # at debug level, building its text first (str() of the whole message) even when debug is
-        # off; taking the push as it is skips that.
-        pubsub = self._redis.pubsub(push_handler_func=_as_is)
+        # off; taking the push as it is skips that. (On RESP2 a message is a plain reply.)
+        resp3 = check_protocol_version(self._redis.get_connection_kwargs().get("protocol"), 3)
+        pubsub = self._redis.pubsub(push_handler_func=_as_is if resp3 else None)
         self._check_epoch()
-        with self._lock:
-            rooms = list(self._last)
-        self._subscribe(pubsub, self._dm_channel, *[room_key(r, "events") for r in rooms])
-        self._pubsub = pubsub
+        # Under `_sub_lock` from the rooms' list until the subscription is in place: a room that
+        # `subscribe` adds meanwhile is then either in the list or sent on this subscription.
+        with self._sub_lock:
+            with self._lock:
+                rooms = list(self._last)
+            self._subscribe(pubsub, self._dm_channel, *[room_key(r, "events") for r in rooms])
+            self._pubsub = pubsub
         for room in rooms:
             with self._lock:
                 last = self._last.get(room)

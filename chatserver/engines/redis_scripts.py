@@ -3,11 +3,13 @@ else happens between its checks, its writes and its PUBLISH. Times are Redis's o
 milliseconds, so every process judges leases by one clock.
 
 Idempotency (Centrifugo's publish, `broker_history_add_stream.lua`): every write a request makes
-carries a key, kept in the room's `idem` sorted set for ten minutes or a little more: PUBLISH
-trims it when the room's seq passes a multiple of 64, the other scripts at every call (score: the time written;
-negative: cancelled). A write whose key is there already does nothing, so a call whose outcome
-is unknown (a timeout, a broken link) can be sent again; `RESOLVE` settles such a key for good:
-written, or cancelled so that a late copy of the write can never take effect.
+carries a key, kept in the room's `idem` sorted set for at least ten minutes (score: the time
+written; negative: cancelled). Older keys are trimmed by PUBLISH when the room's seq passes a
+multiple of 64 and by ANNOUNCE and AMEND at every call, so a quiet room may keep up to 63 older
+keys until its next trim; a key is unique to its request, so keeping it longer changes nothing.
+A write whose key is there already does nothing, so a call whose outcome is unknown (a timeout,
+a broken link) can be sent again; `RESOLVE` settles such a key for good: written, or cancelled
+so that a late copy of the write can never take effect.
 
 The scripts of a room touch its keys (one hash tag); on one Redis, ANNOUNCE also writes ROOMS
 and the process's membership index, so membership, room counts and the index change together;

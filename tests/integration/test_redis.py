@@ -1,6 +1,8 @@
 """Several roomchat processes on one Redis behave as one server: real redis-server, real processes."""
 
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -302,3 +304,69 @@ def test_a_backlog_past_one_batch_is_delivered_whole_and_in_order(redis_server):
     finally:
         hub.go.set()
         engine.close()
+
+
+def test_a_room_subscribed_while_the_listener_connects_gets_its_events(redis_server):
+    """A join's subscribe that comes while the listener is connecting (between its list of rooms
+    and its subscription being in place) is confirmed, and the room's events arrive."""
+    engine, hub = RedisEngine(redis_server.url), RoomsHub(live={"r1"})
+    connecting, go = threading.Event(), threading.Event()
+    subscribe = engine._subscribe
+
+    def held(pubsub, *channels):  # the listener's first subscription waits in the middle
+        if pubsub is not None and pubsub is not engine._pubsub and not connecting.is_set():
+            connecting.set()
+            go.wait(10)
+        return subscribe(pubsub, *channels)
+
+    engine._subscribe = held
+    engine.start(hub)
+    failed = []
+    try:
+        assert connecting.wait(10)
+        joiner = threading.Thread(target=lambda: failed.extend(_raised(engine.subscribe, "r1")))
+        joiner.start()
+        time.sleep(0.3)  # lets the subscribe run into the window (the outcome must not depend on it)
+        go.set()
+        joiner.join(15)
+        assert failed == [] and not joiner.is_alive()
+        engine.publish("r1", [("ann", "hello", Meta(key="hello"))], member=False)
+        wait_for(lambda: hub.delivered, timeout=10)
+        assert [event["text"] for event in hub.delivered] == ["hello"]
+    finally:
+        go.set()
+        engine.close()
+
+
+def _raised(call, *args) -> list:
+    """[] when call(*args) returns, else [the exception]."""
+    try:
+        call(*args)
+    except Exception as exc:  # reported by the test
+        return [exc]
+    return []
+
+
+RESP2_WITHOUT_HIREDIS = """
+import sys, threading
+sys.modules["hiredis"] = None  # redis-py's own parsers: on RESP2, one without push handlers
+from chatserver.engines.base import Meta
+from chatserver.engines.redis import RedisEngine
+from tests.fakes import RoomsHub
+engine, hub = RedisEngine(sys.argv[1] + "?protocol=2"), RoomsHub(live={"r1"})
+engine.start(hub)
+engine.subscribe("r1")
+engine.publish("r1", [("ann", "hello", Meta(key="k"))], member=False)
+with hub._cond:
+    assert hub._cond.wait_for(lambda: hub.delivered, timeout=10)
+print(hub.delivered[0]["text"])
+engine.close()
+"""
+
+
+def test_resp2_without_hiredis_subscribes_and_delivers(redis_server):
+    """`--redis URL?protocol=2` with redis-py's own parser (no hiredis): the subscription works
+    (no RESP3 push handler is asked of a parser that has none) and a chat is delivered."""
+    done = subprocess.run([sys.executable, "-c", RESP2_WITHOUT_HIREDIS, redis_server.url], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "hello", done.stderr[-2000:]
