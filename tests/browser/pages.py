@@ -194,8 +194,15 @@ class ChatPage:
         self.engine = engine
 
     def open(self, path: str = "/", connected: bool = True) -> "ChatPage":
-        """Load `path`; with `connected`, wait until the page is connected (online())."""
-        self.browser.get(self.base_url + path)
+        """Load `path`; with `connected`, wait until the page is connected (online()). When the
+        address differs from the shown one by more than its fragment, first wait until the new
+        document is the one shown: under load Marionette's navigate has been seen to return while
+        the old document was still active, whose elements then went stale under the test."""
+        url = self.base_url + path
+        here = self.js("document.roomchatLeft = true; return location.href") or ""
+        self.browser.get(url)
+        if url.split("#")[0] != here.split("#")[0]:
+            self.wait(lambda: self.js("return document.roomchatLeft !== true"), "the new page was never shown")
         if connected:
             self.wait(self.online, "the page never connected")
         return self
