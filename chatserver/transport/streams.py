@@ -111,13 +111,14 @@ class Outbox:
       connection's thread calls `wait_for_room` before handling its next request, so the client
       cannot queue more than about `reply_budget` bytes of replies (plus one reply) by not reading.
 
-    Any thread may call `put`/`put_last` (fan-out runs on the engine's delivering thread); the Flusher calls
-    `flush`; the connection's own thread calls `wait_for_room`. `self._lock` guards the queue, the
-    byte counts and the open/broken flags (`wait_for_room` first reads `_own` without it: one int,
-    and a stale high value only sends it on to the locked wait), and is taken after the Registry's lock (lock order:
-    registry -> outbox -> TLS session, connection state or housekeeper lock). Methods starting
-    with `_` assume it is held. `sent` (bytes the kernel took, for metrics and for a waiting
-    reader's progress) changes under it and may be read from any thread. `on_overflow()` runs
+    Any thread may call `put`/`put_last` (fan-out runs on the engine's delivering thread); the
+    Flusher calls `flush`; the connection's own thread calls `wait_for_room`. `self._lock` guards
+    the queue, the byte counts and the open/broken flags (`wait_for_room` first reads `_own`
+    without it: one int, and a stale high value only sends it on to the locked wait), and is
+    taken after the Registry's lock (lock order: registry -> outbox -> TLS session, connection
+    state or housekeeper lock). Methods starting with `_` assume it is held. `sent` (bytes the
+    kernel took, for metrics and for a waiting reader's progress) changes under it and may be
+    read from any thread. `on_overflow()` runs
     with it held, on whatever thread was sending: it may take the connection's state lock and the
     housekeeper's lock, never this outbox's lock or the Registry's.
     """

@@ -36,6 +36,8 @@ def chats(*seqs):
 
 
 def test_a_search_waits_only_for_what_was_delivered_before_it():
+    """A search wakes the writer to index the chats delivered before it, then goes on; with
+    nothing left to index it does not wake the writer at all."""
     indexer = Indexer(delay=60)
     conn = Conn()
     indexer.stored(chats(1, 2))
@@ -49,6 +51,8 @@ def test_a_search_waits_only_for_what_was_delivered_before_it():
 
 
 def test_a_failing_index_backs_off_and_searches_do_not_wait_for_it(monkeypatch):
+    """A failing index is tried again after 1 s, then 2 s; meanwhile a search does not wait;
+    once it works, nothing is left due."""
     now = [100.0]
     monkeypatch.setattr(sqlite_search.time, "monotonic", lambda: now[0])
     indexer = Indexer(delay=0.25)
@@ -76,6 +80,7 @@ def test_a_failing_index_backs_off_and_searches_do_not_wait_for_it(monkeypatch):
 
 
 def test_past_its_bound_the_oldest_chats_are_left_to_the_next_open(monkeypatch):
+    """Past INDEX_PENDING_MAX chats waiting, the oldest are dropped and counted in `lost`."""
     monkeypatch.setattr(sqlite_search, "INDEX_PENDING_MAX", 3)
     indexer = Indexer()
     indexer.stored(chats(1, 2))
