@@ -237,6 +237,12 @@ class ChatPage:
     def active(self):
         return self.browser.active()
 
+    def member(self, nick: str):
+        """`nick`'s button in the member list, once it is there: a page that has just opened
+        shows the room's members only when its join has been answered."""
+        return self.wait(lambda: self.xpath(f'//ul[@id="member-list"]//button[normalize-space()="{nick}"]'),
+                         f"{nick} is not in the member list")
+
     def status(self) -> str:
         """The connection status's text ("" while connected with nothing to say, when it is hidden)."""
         return self.js("const s = document.getElementById('status'); "

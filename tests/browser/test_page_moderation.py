@@ -16,7 +16,7 @@ TOPIC = "Exam on Friday at 10"
 
 def member_action(page, nick: str, label: str) -> None:
     """Open `nick`'s menu in the member list and click `label` in it."""
-    page.xpath(f'//ul[@id="member-list"]//button[normalize-space()="{nick}"]').click()
+    page.member(nick).click()
     page.xpath(f'//ul[@class="member-menu"]//button[normalize-space()="{label}"]').click()
 
 
@@ -47,7 +47,7 @@ def test_a_teacher_moderates_from_the_page_and_the_student_sees_it(open_page, ma
     member_action(student, "ann", "Message")  # a student's menu holds no moderation
     student.wait(lambda: student.title() == "Direct messages with ann")
     student.tab("lobby").click()
-    student.xpath('//ul[@id="member-list"]//button[normalize-space()="ann"]').click()
+    student.member("ann").click()
     assert menu_labels(student) == ["Message"]
 
     teacher.find("settings-button").click()

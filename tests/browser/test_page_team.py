@@ -223,7 +223,7 @@ def test_a_direct_message_to_someone_offline_waits_for_them(open_page, make_serv
     zed = connect(with_token(server.url, token("zed")))
     zed.join("lobby")
     bob = open_page(f"/?token={token('bob')}#lobby", on=server)
-    bob.xpath('//ul[@id="member-list"]//button[normalize-space()="zed"]').click()
+    bob.member("zed").click()
     bob.xpath('//ul[@class="member-menu"]//button[normalize-space()="Message"]').click()
     bob.wait(lambda: bob.title() == "Direct messages with zed")
     zed.close()
