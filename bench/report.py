@@ -149,6 +149,26 @@ def evaluate(scenario, results):
     return verdicts
 
 
+def round_ratios(report):
+    """For runs with --rounds: each ratio target's figure round by round (round i of the server
+    over round i of its base, the two windows run next to each other), beside the ratio of the
+    medians that the table and the verdict use."""
+    lines = []
+    for name, entry in report["scenarios"].items():
+        results = entry["results"]
+        for server, scenario, metric, label, kind, _bound, base in TARGETS:
+            if scenario != name or not kind.startswith("ratio") or not results.get(server, {}).get("rounds"):
+                continue
+            if metric not in ("deliveries_per_s", "p99_ms") or "rounds" not in results.get(base, {}):
+                continue
+            pairs = zip(results[server]["rounds"], results[base]["rounds"], strict=True)
+            each = [f"{a / b:.2f}x" if a and b else "-" for a, b in pairs]
+            median = ratio(results, server, metric, base)
+            shown = f"{median:.2f}x" if median is not None else "-"
+            lines.append(f"{name} {server} {label}, round by round: {', '.join(each)} (medians: {shown})")
+    return lines
+
+
 def hop_costs(report):
     """What the Redis hop adds per chat message: each cluster row's server CPU per message minus
     the single-process rows' (memory and SQLite), with redis-server's own share, per scenario."""

@@ -10,6 +10,13 @@ not the server, sets the pace.
     python bench/run.py                      # all scenarios, the default servers (10 to 15 minutes)
     python bench/run.py --scenarios S1,S3 --servers cluster,reference --duration 3
     python bench/run.py --quick              # about a second per scenario; numbers are not targets
+    python bench/run.py --scenarios S2 --servers cluster,reference --rounds 3   # medians of 3 windows each
+
+With `--rounds N` every server runs each scenario N times, the servers taking turns (round 1 in
+the order given, round 2 in reverse, and so on), and the table keeps each server's median window:
+a window's figure moves about 8% with the machine from one 5-second window to the next (a shared
+VM), and adjacent, alternating windows keep the ratios about the code rather than the moment.
+Every round's figure and every round's ratio to the base server are printed and kept in the JSON.
 
 Prints one table (report.py) and writes the same figures as JSON to bench/results/<timestamp>.json
 and the table as Markdown beside it.
@@ -32,7 +39,7 @@ from pathlib import Path
 
 import profiles as spy
 import psutil
-from report import evaluate, headline, hop_costs, intact, markdown, table
+from report import evaluate, headline, hop_costs, intact, markdown, round_ratios, table
 from servers import (
     DEFAULT_SERVERS,
     LOADGEN_CPU,
@@ -289,6 +296,25 @@ def measure(server_name, scenario, warmup, duration, workdir, retries, generator
     return best
 
 
+def median_run(runs, mode):
+    """The run that stands for a server's rounds: the median window by the mode's headline figure
+    (deliveries/s when saturating, p99 latency at a rate; of two middles the less favourable), or
+    the first run that is not intact (an error, a lost connection, a failed delivery check), so
+    that no failure is hidden behind a median. Each run of the list keeps its own figures."""
+    broken = [r for r in runs if not intact(r)]
+    if broken:
+        return broken[0]
+    key, worst_first = ("p99_ms", True) if mode == "rate" else ("deliveries_per_s", False)
+    ordered = sorted(runs, key=lambda r: r.get(key) or 0, reverse=worst_first)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def round_figures(runs, mode):
+    """Each round's headline figure, in round order (None where a round has none)."""
+    key = "p99_ms" if mode == "rate" else "deliveries_per_s"
+    return [r.get(key) for r in runs]
+
+
 def progress(run):
     """One line per run while the benchmark goes on."""
     if "error" in run:
@@ -336,6 +362,9 @@ def main(argv=None):
                         help="about 1 s per scenario and 1/10 of the connections in S4/S6 (smoke test)")
     parser.add_argument("--retries", type=int, default=1,
                         help=f"re-runs of a window in which other processes used more than {QUIET_PCT}%% of a CPU")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="windows per server and scenario, servers taking turns; the table keeps each median "
+                        "(saturate and rate scenarios)")
     parser.add_argument("--linger-us", type=int, default=LINGER_US,
                         help="C generator, saturate runs: µs it polls, finding nothing to read, before it blocks")
     parser.add_argument("--python-loadgen", action="store_true",
@@ -383,7 +412,8 @@ def main(argv=None):
         "started": stamp,
         "notes": lines,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "pinned": bool(pinned(0))},
-        "options": {"servers": servers, "warmup_s": warmup, "duration_s": duration, "quick": args.quick},
+        "options": {"servers": servers, "warmup_s": warmup, "duration_s": duration, "quick": args.quick,
+                    "rounds": args.rounds},
         "commands": {s: SERVERS[s].commands("DIR", [f"redis://127.0.0.1:PORT{i}/0" for i in range(3)])
                      for s in servers},
         "scenarios": {},
@@ -392,19 +422,26 @@ def main(argv=None):
         print(f"# {line}", flush=True)
     with tempfile.TemporaryDirectory(prefix="roomchat-bench-") as tmp:
         for scenario in scenarios:
-            results = {}
-            for server in servers:
-                if scenario.name in SERVERS[server].skip:
-                    continue
-                print(f"# {scenario.name} {server} ...", end=" ", flush=True)
-                generator = (command, 0 if python_generator else args.linger_us)
-                profile_to = None
-                if args.profile:
-                    profile_to = out.parent / f"{stamp}-profiles" / f"{scenario.name}-{server}.txt"
-                    profile_to.parent.mkdir(parents=True, exist_ok=True)
-                run = results[server] = measure(server, scenario, warmup, duration, Path(tmp), retries, generator,
-                                                not args.quick, profile_to)
-                print(progress(run), flush=True)
+            taking_part = [s for s in servers if scenario.name not in SERVERS[s].skip]
+            rounds = max(1, args.rounds) if scenario.mode in ("saturate", "rate") else 1
+            runs = {server: [] for server in taking_part}
+            for turn in range(rounds):
+                for server in taking_part if turn % 2 == 0 else taking_part[::-1]:
+                    shown = f" (round {turn + 1} of {rounds})" if rounds > 1 else ""
+                    print(f"# {scenario.name} {server}{shown} ...", end=" ", flush=True)
+                    generator = (command, 0 if python_generator else args.linger_us)
+                    profile_to = None
+                    if args.profile:
+                        profile_to = out.parent / f"{stamp}-profiles" / f"{scenario.name}-{server}-{turn}.txt"
+                        profile_to.parent.mkdir(parents=True, exist_ok=True)
+                    run = measure(server, scenario, warmup, duration, Path(tmp) / f"round{turn}", retries,
+                                  generator, not args.quick, profile_to)
+                    runs[server].append(run)
+                    print(progress(run), flush=True)
+            results = {server: median_run(server_runs, scenario.mode) for server, server_runs in runs.items()}
+            if rounds > 1:
+                for server, server_runs in runs.items():
+                    results[server] = {**results[server], "rounds": round_figures(server_runs, scenario.mode)}
             report["scenarios"][scenario.name] = {
                 "title": scenario.title,
                 "mode": scenario.mode,
@@ -415,6 +452,7 @@ def main(argv=None):
     report["redis_hop"] = hop_costs(report)
 
     footer = [
+        *round_ratios(report),
         "'>=' marks a rate measured with the load generator above 90% of a core: a lower bound; "
         "'FAIL (>=)' a missed rate target that is such a lower bound.",
         *(["Redis hop per chat message (server CPU, all processes):", *report["redis_hop"]]
