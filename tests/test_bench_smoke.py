@@ -85,6 +85,26 @@ def test_one_redis_targets_are_judged_against_the_reference_and_one_process(monk
         {"server": "cluster", "target": "<= 1.5x roomchat", "result": "FAIL 1.60x"}]
 
 
+def test_rounds_keep_the_median_window_and_show_a_failed_round(monkeypatch):
+    """With --rounds, a server's median window stands for it (by deliveries/s when saturating, by
+    p99 at a rate, the less favourable of two middles), a round with missing deliveries is the one
+    shown whatever its rate, and the footer gives each round's ratio beside the medians'."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    run, report = importlib.import_module("run"), importlib.import_module("report")
+    clean = {"missing": 0, "reordered": 0, "errors": 0, "held": 500, "wanted": 500}
+    windows = [{**clean, "deliveries_per_s": rate} for rate in (300.0, 100.0, 200.0)]
+    assert run.median_run(windows, "saturate")["deliveries_per_s"] == 200.0
+    assert run.median_run(windows[:2], "saturate")["deliveries_per_s"] == 100.0  # two middles: the lower
+    latencies = [{**clean, "p99_ms": p99} for p99 in (3.0, 1.0)]
+    assert run.median_run(latencies, "rate")["p99_ms"] == 3.0  # two middles: the higher
+    lost = {**clean, "deliveries_per_s": 250.0, "missing": 8}
+    assert run.median_run([*windows, lost], "saturate") is lost
+    results = {"cluster": {"deliveries_per_s": 210.0, "rounds": [210.0, 190.0, 230.0]},
+               "reference": {"deliveries_per_s": 100.0, "rounds": [100.0, 100.0, 100.0]}}
+    lines = report.round_ratios({"scenarios": {"S2": {"results": results}}})
+    assert lines == ["S2 cluster >= 2x ref, round by round: 2.10x, 1.90x, 2.30x (medians: 2.10x)"]
+
+
 @pytest.mark.timeout(60)
 def test_store_bench_drives_the_sqlite_engine_alone():
     """store_bench.py --store-only publishes through SqliteEngine and counts what the hub gets
