@@ -54,6 +54,18 @@ def importable(module: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def quit_on_failure(browser):
+    """A browser whose set-up fails after it started is quit before the error goes on (no test
+    would quit it: it never reached the fixture's list)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            browser.quit()
+        raise
+
+
 class Chromium:
     """Chromium through selenium; `mobile` emulates a phone's viewport through DevTools."""
 
@@ -67,8 +79,9 @@ class Chromium:
             options.add_argument(flag)
         self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         if mobile:
-            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                        {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True})
+            with quit_on_failure(self):
+                self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                            {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True})
 
     def get(self, url: str) -> None:
         self.driver.get(url)
@@ -110,12 +123,29 @@ class Firefox:
 
         self.m = Marionette(host="127.0.0.1", port=0, bin=FIREFOX, headless=True,
                             gecko_log=str(profile / "gecko.log"), prefs={"network.proxy.type": 0})
-        self.m.start_session()
-        with self.m.using_context("chrome"):
-            self.m.execute_script("document.documentElement.style.minWidth = '0px';")
-        self.m.set_window_rect(width=width, height=height)
-        inner = self.js("return [innerWidth, innerHeight]")
-        self.m.set_window_rect(width=2 * width - inner[0], height=2 * height - inner[1])
+        with quit_on_failure(self):
+            self.m.start_session()
+            with self.m.using_context("chrome"):
+                self.m.execute_script("document.documentElement.style.minWidth = '0px';")
+            self.m.set_window_rect(width=width, height=height)
+            inner = self.viewport()
+            self.m.set_window_rect(width=2 * width - inner[0], height=2 * height - inner[1])
+            if (inner := self.viewport()) != [width, height]:
+                raise RuntimeError(f"Firefox's viewport is {inner}, not the {[width, height]} asked for")
+
+    def viewport(self, timeout: float = 10.0) -> list[int]:
+        """[innerWidth, innerHeight] in CSS px, once the document has the window's new size (its
+        outerWidth and outerHeight are the window's): the document may learn of a resize after
+        set_window_rect has returned."""
+        rect = self.m.window_rect
+        deadline = time.monotonic() + timeout
+        while True:
+            outer, inner = self.js("return [[outerWidth, outerHeight], [innerWidth, innerHeight]]")
+            if outer == [rect["width"], rect["height"]]:
+                return inner
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Firefox's document stays {outer} wide and high in a window of {rect}")
+            time.sleep(0.05)
 
     def get(self, url: str) -> None:
         self.m.navigate(url)
