@@ -106,7 +106,7 @@ def test_a_reload_shows_each_message_in_its_current_state(open_page, connect):
     ann.wait(lambda: row_of(ann, "one, again") and row_of(ann, "message deleted"), "live edit and delete")
     ann.open("/?nick=ann&again#lobby")  # a fresh page (open waits until it is shown): the same from history alone
     ann.wait(lambda: [r["text"] for r in rows(ann)] == ["one, again", "two", "message deleted"],
-             f"after a reload: {rows(ann)}")
+             lambda: f"after a reload: {rows(ann)}")
     assert row_of(ann, "two")["chips"] == [["🎉 1", "🎉 bob", "false"]]
 
 
