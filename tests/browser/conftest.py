@@ -44,8 +44,14 @@ def open_page(engine, server, tmp_path_factory):
         return ChatPage(browser, f"{scheme}://127.0.0.1:{(on or server).port}", engine).open(path, connected)
 
     yield start
-    for browser in browsers:
-        browser.quit()
+    failures = []
+    for browser in browsers:  # every one, even when one fails to quit (a leftover browser loads the next tests)
+        try:
+            browser.quit()
+        except Exception as exc:  # the drivers' own error types differ
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 @pytest.fixture

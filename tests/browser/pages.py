@@ -54,6 +54,18 @@ def importable(module: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def quit_on_failure(browser):
+    """A browser whose set-up fails after it started is quit before the error goes on (no test
+    would quit it: it never reached the fixture's list)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            browser.quit()
+        raise
+
+
 class Chromium:
     """Chromium through selenium; `mobile` emulates a phone's viewport through DevTools."""
 
@@ -67,8 +79,9 @@ class Chromium:
             options.add_argument(flag)
         self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         if mobile:
-            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                        {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True})
+            with quit_on_failure(self):
+                self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                            {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True})
 
     def get(self, url: str) -> None:
         self.driver.get(url)
@@ -110,12 +123,29 @@ class Firefox:
 
         self.m = Marionette(host="127.0.0.1", port=0, bin=FIREFOX, headless=True,
                             gecko_log=str(profile / "gecko.log"), prefs={"network.proxy.type": 0})
-        self.m.start_session()
-        with self.m.using_context("chrome"):
-            self.m.execute_script("document.documentElement.style.minWidth = '0px';")
-        self.m.set_window_rect(width=width, height=height)
-        inner = self.js("return [innerWidth, innerHeight]")
-        self.m.set_window_rect(width=2 * width - inner[0], height=2 * height - inner[1])
+        with quit_on_failure(self):
+            self.m.start_session()
+            with self.m.using_context("chrome"):
+                self.m.execute_script("document.documentElement.style.minWidth = '0px';")
+            self.m.set_window_rect(width=width, height=height)
+            inner = self.viewport()
+            self.m.set_window_rect(width=2 * width - inner[0], height=2 * height - inner[1])
+            if (inner := self.viewport()) != [width, height]:
+                raise RuntimeError(f"Firefox's viewport is {inner}, not the {[width, height]} asked for")
+
+    def viewport(self, timeout: float = 10.0) -> list[int]:
+        """[innerWidth, innerHeight] in CSS px, once the document has the window's new size (its
+        outerWidth and outerHeight are the window's): the document may learn of a resize after
+        set_window_rect has returned."""
+        rect = self.m.window_rect
+        deadline = time.monotonic() + timeout
+        while True:
+            outer, inner = self.js("return [[outerWidth, outerHeight], [innerWidth, innerHeight]]")
+            if outer == [rect["width"], rect["height"]]:
+                return inner
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Firefox's document stays {outer} wide and high in a window of {rect}")
+            time.sleep(0.05)
 
     def get(self, url: str) -> None:
         self.m.navigate(url)
@@ -183,6 +213,11 @@ return [...document.querySelectorAll('.pane:not([hidden]) .log li.msg')].map(li 
 }));"""
 READ_LINES = """
 return [...document.querySelectorAll('.pane:not([hidden]) .log li:not(.msg) .text')].map(s => s.textContent);"""
+# The rooms the page has a tab for whose join is not answered yet: those not listed under "All rooms".
+UNANSWERED_ROOMS = """
+const listed = new Set([...document.querySelectorAll('#all-rooms button.link')].map(b => b.textContent));
+const tabs = [...document.querySelectorAll('#my-rooms .tab-open')].map(b => b.firstChild?.textContent);
+return tabs.filter(name => !listed.has(name));"""
 
 
 class ChatPage:
@@ -194,10 +229,11 @@ class ChatPage:
         self.engine = engine
 
     def open(self, path: str = "/", connected: bool = True) -> "ChatPage":
-        """Load `path`; with `connected`, wait until the page is connected (online()). When the
-        address differs from the shown one by more than its fragment, first wait until the new
-        document is the one shown: under load Marionette's navigate has been seen to return while
-        the old document was still active, whose elements then went stale under the test."""
+        """Load `path`; with `connected`, wait until the page is connected (online()) and every
+        room it opened has its join answered (in_rooms()). When the address differs from the shown
+        one by more than its fragment, first wait until the new document is the one shown: under
+        load Marionette's navigate has been seen to return while the old document was still
+        active, whose elements then went stale under the test."""
         url = self.base_url + path
         here = self.js("document.roomchatLeft = true; return location.href") or ""
         self.browser.get(url)
@@ -205,11 +241,24 @@ class ChatPage:
             self.wait(lambda: self.js("return document.roomchatLeft !== true"), "the new page was never shown")
         if connected:
             self.wait(self.online, "the page never connected")
+            self.in_rooms()
         return self
 
-    def wait(self, predicate, message: str = "condition not met", timeout: float = 10.0):
+    def in_rooms(self) -> None:
+        """Wait until every room the page has a tab for has its join answered. Until then the page
+        keeps a message typed in the box ("Rejoining your rooms..."), shows no members, and a
+        room's events may reach it as history (not live: no unread count, no notification). The
+        page lists a room under "All rooms" once its `joined` came, or once the `rooms` reply
+        came, which the server sends after every join it asked for before; so this holds for a
+        page that has just loaded, not after a reconnect (the list still shows the rooms of
+        before)."""
+        self.wait(lambda: self.js(UNANSWERED_ROOMS) == [],
+                  lambda: f"no answer to the join of {self.js(UNANSWERED_ROOMS)}")
+
+    def wait(self, predicate, message="condition not met", timeout: float = 10.0):
         """Poll `predicate()` until it is truthy; return its value. An element it looks for that is
-        not there yet (the drivers' NoSuchElementException) counts as not yet."""
+        not there yet (the drivers' NoSuchElementException) counts as not yet. `message` may be a
+        function, called for the failure's text when the time is up (to say what was seen then)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -222,7 +271,7 @@ class ChatPage:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"{message} (after {timeout:g} s)")
+                raise AssertionError(f"{message() if callable(message) else message} (after {timeout:g} s)")
             time.sleep(0.05)
 
     def js(self, script: str, *args):
@@ -286,6 +335,19 @@ class ChatPage:
     def say(self, text: str) -> None:
         self.message_box().send_keys(text, ENTER)
 
+    def say_when_back(self, text: str, timeout: float = 20.0) -> None:
+        """Send `text` after a reconnect, as a person would: until the page has its nick and rooms
+        back, Enter keeps the text in the box with a note that says so (the send error); press
+        Enter again whenever no note is shown, until the box is empty (the text went out)."""
+        self.message_box().send_keys(text)
+
+        def sent() -> bool:
+            if not self.error("send"):
+                self.message_box().send_keys(ENTER)
+            return self.value("message-input") == ""
+
+        self.wait(sent, lambda: f"{text!r} never went out; the page says {self.error('send')!r}", timeout)
+
     def messages(self) -> list[dict]:
         """The shown room's messages; [] while a reload has no document to read (the script's
         answer is then null)."""
@@ -298,10 +360,10 @@ class ChatPage:
         return self.js(READ_LINES) or []
 
     def wait_for_text(self, text: str, timeout: float = 10.0) -> None:
-        self.wait(lambda: text in self.texts(), f"{text!r} never appeared; saw {self.texts()}", timeout)
+        self.wait(lambda: text in self.texts(), lambda: f"{text!r} never appeared; saw {self.texts()}", timeout)
 
     def wait_for_line(self, line: str, timeout: float = 10.0) -> None:
-        self.wait(lambda: line in self.lines(), f"line {line!r} never appeared; saw {self.lines()}", timeout)
+        self.wait(lambda: line in self.lines(), lambda: f"line {line!r} never appeared; saw {self.lines()}", timeout)
 
     def title(self) -> str:
         return self.find("conv-title").text

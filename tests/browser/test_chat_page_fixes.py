@@ -60,7 +60,7 @@ def test_errors_show_next_to_their_cause_and_go_away(open_page, connect, server,
     ann.wait(lambda: "taken" in ann.error("nick"), "no error at the nick field")
     restart(make_server, server)
     ann.wait(lambda: ann.online() and ann.find("member-list").text, "no reconnect", timeout=20)
-    ann.wait(lambda: ann.error("nick") == "", "the old error outlived the reconnect")
+    ann.wait(lambda: ann.error("nick") == "", "the old error outlived the reconnect", timeout=20)
     assert ann.nick() == "bobby"
 
 
