@@ -31,8 +31,8 @@ window.WebSocket = class extends Base {
 
 def test_silent_drop_resumes_nick_and_rooms_without_a_flap(open_page, relay, connect):
     """A connection that goes silent (no FIN) is found dead by the page's ping (?ping=1,1: within
-    about 2 s); the page reconnects with its resume token and within a second of opening the new
-    socket is ann again in lobby, with what was said meanwhile; bob, in the room, sees no leave
+    about 2 s); the page reconnects with its resume token and is ann again in lobby at once (its
+    first events on the new socket, well before a nick wait's 4 s), with what was said meanwhile; bob, in the room, sees no leave
     or join, and ann sends no second nick request."""
     bob = connect()
     bob.set_nick("bob")
@@ -51,8 +51,10 @@ def test_silent_drop_resumes_nick_and_rooms_without_a_flap(open_page, relay, con
     welcome, joined = sockets[0]["events"][:2]
     assert (welcome["type"], welcome["nick"], welcome["resumed"]) == ("welcome", "ann", True)
     assert (joined["type"], joined["room"]) == ("joined", "lobby")
-    assert joined["at"] - sockets[0]["opened"] < 1000
-    assert found_after < 6  # ping_interval + ping_timeout + the first backoff, and some slack
+    # Bounds far from what they guard against, so that a loaded machine does not reach them:
+    # a resume that waited for the nick took 4 s here, and the default pings find a drop in 44 s.
+    assert joined["at"] - sockets[0]["opened"] < 2500
+    assert found_after < 8  # ping_interval + ping_timeout + the first backoff, and slack
     assert ann.online() and ann.nick() == "ann"
 
     ann.say("back again")
