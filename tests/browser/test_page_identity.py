@@ -32,8 +32,8 @@ window.WebSocket = class extends Base {
 def test_silent_drop_resumes_nick_and_rooms_without_a_flap(open_page, relay, connect):
     """A connection that goes silent (no FIN) is found dead by the page's ping (?ping=1,1: within
     about 2 s); the page reconnects with its resume token and is ann again in lobby at once (its
-    first events on the new socket, well before a nick wait's 4 s), with what was said meanwhile; bob, in the room, sees no leave
-    or join, and ann sends no second nick request."""
+    first events on the new socket, well before a nick wait's 4 s), with what was said meanwhile;
+    bob, in the room, sees no leave or join, and ann sends no second nick request."""
     bob = connect()
     bob.set_nick("bob")
     bob.join("lobby")
