@@ -151,15 +151,17 @@ def evaluate(scenario, results):
 
 def round_ratios(report):
     """For runs with --rounds: each ratio target's figure round by round (round i of the server
-    over round i of its base, the two windows run next to each other), beside the ratio of the
-    medians that the table and the verdict use."""
+    over round i of its base, both windows of the same round), beside the ratio of the medians
+    that the table and the verdict use. Only targets on the figure the rounds keep (`rounds`:
+    deliveries/s when saturating, p99 at a rate)."""
     lines = []
     for name, entry in report["scenarios"].items():
         results = entry["results"]
+        kept = "p99_ms" if entry.get("mode") == "rate" else "deliveries_per_s"
         for server, scenario, metric, label, kind, _bound, base in TARGETS:
             if scenario != name or not kind.startswith("ratio") or not results.get(server, {}).get("rounds"):
                 continue
-            if metric not in ("deliveries_per_s", "p99_ms") or "rounds" not in results.get(base, {}):
+            if metric != kept or "rounds" not in results.get(base, {}):
                 continue
             pairs = zip(results[server]["rounds"], results[base]["rounds"], strict=True)
             each = [f"{a / b:.2f}x" if a and b else "-" for a, b in pairs]

@@ -16,7 +16,9 @@ With `--rounds N` every server runs each scenario N times, the servers taking tu
 the order given, round 2 in reverse, and so on), and the table keeps each server's median window:
 a window's figure moves about 8% with the machine from one 5-second window to the next (a shared
 VM), and adjacent, alternating windows keep the ratios about the code rather than the moment.
-Every round's figure and every round's ratio to the base server are printed and kept in the JSON.
+Every round's figure and its other load are printed and kept in the JSON (`rounds`,
+`rounds_other_load_pct`), and every round's ratio to a target's base server is printed under the
+table and kept in the JSON (`round_ratios`). N must be odd, so that the median is a window.
 
 Prints one table (report.py) and writes the same figures as JSON to bench/results/<timestamp>.json
 and the table as Markdown beside it.
@@ -322,6 +324,8 @@ def progress(run):
     parts = [f"held {run['held']:,}/{run['wanted']:,}"]
     if "deliveries_per_s" in run:
         parts.append(f"{run['deliveries_per_s']:,.0f} deliveries/s, loadgen CPU {run['loadgen_cpu_pct']:.0f}%")
+        if run.get("p99_ms") is not None:
+            parts.append(f"p99 {run['p99_ms']:.2f} ms")
         parts.append("other load {:.0f}%/{:.0f}%".format(*run["other_load_pct"]))
     if run["attempts"] > 1:
         parts.append(f"{run['attempts']} attempts")
@@ -363,8 +367,8 @@ def main(argv=None):
     parser.add_argument("--retries", type=int, default=1,
                         help=f"re-runs of a window in which other processes used more than {QUIET_PCT}%% of a CPU")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="windows per server and scenario, servers taking turns; the table keeps each median "
-                        "(saturate and rate scenarios)")
+                        help="windows per server and scenario (odd), servers taking turns; the table keeps each "
+                        "median (saturate and rate scenarios)")
     parser.add_argument("--linger-us", type=int, default=LINGER_US,
                         help="C generator, saturate runs: µs it polls, finding nothing to read, before it blocks")
     parser.add_argument("--python-loadgen", action="store_true",
@@ -384,6 +388,8 @@ def main(argv=None):
     unknown = [s for s in servers if s not in SERVERS]
     if unknown:
         parser.error(f"unknown server(s) {unknown}; choose from {list(SERVERS)}")
+    if args.rounds < 1 or args.rounds % 2 == 0:
+        parser.error(f"--rounds {args.rounds}: give an odd number of rounds (1, 3, 5...): the median is a window")
     warmup, duration = (0.3, 1.0) if args.quick else (args.warmup, args.duration)
     retries = 0 if args.quick else args.retries  # --quick neither waits for quiet nor repeats
     if args.quick:
@@ -423,7 +429,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="roomchat-bench-") as tmp:
         for scenario in scenarios:
             taking_part = [s for s in servers if scenario.name not in SERVERS[s].skip]
-            rounds = max(1, args.rounds) if scenario.mode in ("saturate", "rate") else 1
+            rounds = args.rounds if scenario.mode in ("saturate", "rate") else 1
             runs = {server: [] for server in taking_part}
             for turn in range(rounds):
                 for server in taking_part if turn % 2 == 0 else taking_part[::-1]:
@@ -441,7 +447,8 @@ def main(argv=None):
             results = {server: median_run(server_runs, scenario.mode) for server, server_runs in runs.items()}
             if rounds > 1:
                 for server, server_runs in runs.items():
-                    results[server] = {**results[server], "rounds": round_figures(server_runs, scenario.mode)}
+                    results[server] = {**results[server], "rounds": round_figures(server_runs, scenario.mode),
+                                       "rounds_other_load_pct": [r.get("other_load_pct") for r in server_runs]}
             report["scenarios"][scenario.name] = {
                 "title": scenario.title,
                 "mode": scenario.mode,
@@ -450,9 +457,10 @@ def main(argv=None):
                 "targets": evaluate(scenario, results),
             }
     report["redis_hop"] = hop_costs(report)
+    report["round_ratios"] = round_ratios(report)
 
     footer = [
-        *round_ratios(report),
+        *report["round_ratios"],
         "'>=' marks a rate measured with the load generator above 90% of a core: a lower bound; "
         "'FAIL (>=)' a missed rate target that is such a lower bound.",
         *(["Redis hop per chat message (server CPU, all processes):", *report["redis_hop"]]

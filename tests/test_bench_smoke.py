@@ -13,10 +13,11 @@ from tests.helpers import require_program
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def quick_bench(tmp_path, servers, scenarios, timeout=110):
-    """bench/run.py --quick for these servers and scenarios; returns its JSON report."""
+def quick_bench(tmp_path, servers, scenarios, timeout=110, more=()):
+    """bench/run.py --quick for these servers and scenarios (and `more` options); returns its JSON report."""
     out = tmp_path / "bench.json"
-    command = [sys.executable, "bench/run.py", "--quick", "--servers", servers, "--scenarios", scenarios, "--out", out]
+    command = [sys.executable, "bench/run.py", "--quick", "--servers", servers, "--scenarios", scenarios, "--out", out,
+               *more]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text())
@@ -101,8 +102,27 @@ def test_rounds_keep_the_median_window_and_show_a_failed_round(monkeypatch):
     assert run.median_run([*windows, lost], "saturate") is lost
     results = {"cluster": {"deliveries_per_s": 210.0, "rounds": [210.0, 190.0, 230.0]},
                "reference": {"deliveries_per_s": 100.0, "rounds": [100.0, 100.0, 100.0]}}
-    lines = report.round_ratios({"scenarios": {"S2": {"results": results}}})
+    lines = report.round_ratios({"scenarios": {"S2": {"mode": "saturate", "results": results}}})
     assert lines == ["S2 cluster >= 2x ref, round by round: 2.10x, 1.90x, 2.30x (medians: 2.10x)"]
+
+
+@pytest.mark.timeout(150)
+def test_rounds_take_turns_and_report_every_round(tmp_path):
+    """--rounds 3 against roomchat and the reference: three windows each, every round's figure and
+    other load kept, the target's round-by-round ratios in the report; an even count is refused."""
+    if not (ROOT / "roomchat.py").exists():
+        pytest.skip("roomchat.py does not exist yet: nothing to benchmark")
+    report = quick_bench(tmp_path, "roomchat,reference", "S1", timeout=140, more=("--rounds", "3"))
+    results = report["scenarios"]["S1"]["results"]
+    for server in ("roomchat", "reference"):
+        assert len(results[server]["rounds"]) == 3 and all(results[server]["rounds"]), results[server]
+        assert len(results[server]["rounds_other_load_pct"]) == 3
+        assert results[server]["deliveries_per_s"] == sorted(results[server]["rounds"])[1]
+        assert (results[server]["missing"], results[server]["reordered"]) == (0, 0)
+    assert [line.split(",")[0] for line in report["round_ratios"]] == ["S1 roomchat >= 5x ref"]
+    even = subprocess.run([sys.executable, "bench/run.py", "--quick", "--rounds", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert even.returncode == 2 and "odd number of rounds" in even.stderr
 
 
 @pytest.mark.timeout(60)

@@ -250,8 +250,9 @@ class ChatPage:
         room's events may reach it as history (not live: no unread count, no notification). The
         page lists a room under "All rooms" once its `joined` came, or once the `rooms` reply
         came, which the server sends after every join it asked for before; so this holds for a
-        page that has just loaded, not after a reconnect (the list still shows the rooms of
-        before)."""
+        page that has just loaded, not after a reconnect or a change of the address's fragment
+        alone (the list still shows the rooms of before). A join refused at load, to a room
+        nobody is in, leaves its tab unlisted: the wait then fails, naming the room."""
         self.wait(lambda: self.js(UNANSWERED_ROOMS) == [],
                   lambda: f"no answer to the join of {self.js(UNANSWERED_ROOMS)}")
 
@@ -271,8 +272,19 @@ class ChatPage:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"{message() if callable(message) else message} (after {timeout:g} s)")
+                raise AssertionError(f"{self._said(message)} (after {timeout:g} s)")
             time.sleep(0.05)
+
+    @staticmethod
+    def _said(message) -> str:
+        """A wait's failure text: `message`, or what the function `message` says (a page being
+        replaced may fail the reads it makes: then that, not a second error, is the text)."""
+        if not callable(message):
+            return message
+        try:
+            return message()
+        except Exception as exc:
+            return f"condition not met (the failure text could not be made: {type(exc).__name__}: {exc})"
 
     def js(self, script: str, *args):
         return self.browser.js(script, *args)
