@@ -149,6 +149,12 @@ def evaluate(scenario, results):
     return verdicts
 
 
+def headline_key(mode):
+    """The figure that stands for a window of a scenario in `mode` when rounds are compared: p99
+    latency at a rate, deliveries/s otherwise."""
+    return "p99_ms" if mode == "rate" else "deliveries_per_s"
+
+
 def round_ratios(report):
     """For runs with --rounds: each ratio target's figure round by round (round i of the server
     over round i of its base, both windows of the same round), beside the ratio of the medians
@@ -157,7 +163,7 @@ def round_ratios(report):
     lines = []
     for name, entry in report["scenarios"].items():
         results = entry["results"]
-        kept = "p99_ms" if entry.get("mode") == "rate" else "deliveries_per_s"
+        kept = headline_key(entry.get("mode"))
         for server, scenario, metric, label, kind, _bound, base in TARGETS:
             if scenario != name or not kind.startswith("ratio") or not results.get(server, {}).get("rounds"):
                 continue

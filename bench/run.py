@@ -41,7 +41,7 @@ from pathlib import Path
 
 import profiles as spy
 import psutil
-from report import evaluate, headline, hop_costs, intact, markdown, round_ratios, table
+from report import evaluate, headline, headline_key, hop_costs, intact, markdown, round_ratios, table
 from servers import (
     DEFAULT_SERVERS,
     LOADGEN_CPU,
@@ -306,15 +306,14 @@ def median_run(runs, mode):
     broken = [r for r in runs if not intact(r)]
     if broken:
         return broken[0]
-    key, worst_first = ("p99_ms", True) if mode == "rate" else ("deliveries_per_s", False)
-    ordered = sorted(runs, key=lambda r: r.get(key) or 0, reverse=worst_first)
+    key = headline_key(mode)
+    ordered = sorted(runs, key=lambda r: r.get(key) or 0, reverse=mode == "rate")  # the worst first at a rate
     return ordered[(len(ordered) - 1) // 2]
 
 
 def round_figures(runs, mode):
     """Each round's headline figure, in round order (None where a round has none)."""
-    key = "p99_ms" if mode == "rate" else "deliveries_per_s"
-    return [r.get(key) for r in runs]
+    return [r.get(headline_key(mode)) for r in runs]
 
 
 def progress(run):

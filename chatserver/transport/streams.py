@@ -118,9 +118,9 @@ class Outbox:
     taken after the Registry's lock (lock order: registry -> outbox -> TLS session, connection
     state or housekeeper lock). Methods starting with `_` assume it is held. `sent` (bytes the
     kernel took, for metrics and for a waiting reader's progress) changes under it and may be
-    read from any thread. `on_overflow()` runs
-    with it held, on whatever thread was sending: it may take the connection's state lock and the
-    housekeeper's lock, never this outbox's lock or the Registry's.
+    read from any thread. `on_overflow()` runs with it held, on whatever thread was sending: it
+    may take the connection's state lock and the housekeeper's lock, never this outbox's lock or
+    the Registry's.
     """
 
     def __init__(self, sock: socket.socket, limit_bytes: int, flusher: "Flusher", on_overflow, overflow_frame=b"",
