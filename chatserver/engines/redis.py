@@ -406,14 +406,15 @@ class RedisEngine(RedisPersonal):
             self._call(self._pub, room_key(room, "events"), _origin(meta) + b"\n" + orjson.dumps(event))
             return
         if event["type"] == "nick" or event.get("event") == "leave":
+            owner = self._owner(meta)  # before `_lock`: it takes the lock itself (not re-entrant)
             with self._lock:
                 if self._deferred:  # keep their order behind those waiting
-                    self._deferred.append(("announce", room, event, meta, self._owner(meta)))
+                    self._deferred.append(("announce", room, event, meta, owner))
                     return
             try:
-                self._announce(room, event, meta, self._owner(meta), self._index())
+                self._announce(room, event, meta, owner, self._index())
             except (Unavailable, _Unsettled):
-                self._defer(("announce", room, event, meta, self._owner(meta)))
+                self._defer(("announce", room, event, meta, owner))
             return
         with self._lock:
             if self._deferred:  # it would overtake a leave or nick change still waiting for Redis

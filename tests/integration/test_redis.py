@@ -132,6 +132,39 @@ def test_redis_restart_answers_unavailable_then_recovers(redis_server, cluster, 
     assert got == acked == [1, 2, 3]
 
 
+def test_leaving_two_rooms_while_redis_is_down_wedges_nothing(redis_server, cluster, peers):
+    """A client in two rooms disconnects while Redis is down: its first leave waits for Redis and
+    the second queues behind it (it once deadlocked on the engine's own lock there). Once Redis is
+    back, the other process hears both leaves, a newcomer on the leaver's process can join and
+    chat, and that process stops cleanly."""
+    a, b = cluster(2)
+    leaver, watcher = peers(a.url), peers(b.url)
+    for room in ("r1", "r2"):
+        leaver.join(room)
+        watcher.join(room)
+    redis_server.stop()
+    leaver.close()
+    time.sleep(0.5)  # the leaves are tried (and deferred) while Redis is down; a shorter wait only tests less
+    redis_server.start()
+    left = set()
+    while left != {"r1", "r2"}:
+        event = watcher.recv()
+        if event["type"] == "presence" and event["event"] == "leave" and event["nick"] == leaver.nick:
+            left.add(event["room"])
+    newcomer = peers(a.url)
+
+    def joined():
+        newcomer.send(type="join", room="r1")
+        reply = newcomer.recv()
+        while reply["type"] not in ("joined", "error"):
+            reply = newcomer.recv()
+        return reply if reply["type"] == "joined" else None
+
+    wait_for(joined, timeout=15, interval=0.2)
+    assert newcomer.chat_all("r1", ["still here"])[0]["text"] == "still here"
+    assert a.stop() == 0
+
+
 def test_killed_process_members_leave_after_its_lease(cluster, peers):
     """kill -9 of one process: the others go on, and once its lease (1 s here) and the grace after it
     have passed, its members leave everyone's presence once."""
