@@ -376,7 +376,9 @@ class RedisEngine(RedisPersonal):
                 newest: bool = False) -> list:
         """[(event, origin json or None)] of the stored events with low < seq < high (None: no
         bound), oldest first, each in its current state (`cur` over `hist`): the first `count`, or
-        with `newest` the last. Raises REDIS_ERRORS."""
+        with `newest` the last. A state in `cur` below the room's window (its last `per_room` seqs,
+        and all that `hist` holds) is of a chat the window let go: left out (AMEND trims `cur` to
+        that window, but only at the next edit). Raises REDIS_ERRORS."""
         ids = ("-" if low is None else f"(0-{low}", "+" if high is None else f"(0-{high}")
         scores = ("-inf" if low is None else f"({low}", "+inf" if high is None else f"({high}")
         page = {} if count is None else {"start": 0, "num": count}
@@ -387,11 +389,18 @@ class RedisEngine(RedisPersonal):
         else:
             pipe.xrange(room_key(room, "hist"), ids[0], ids[1], count=count)
             pipe.zrangebyscore(room_key(room, "cur"), scores[0], scores[1], **page)
-        entries, kept = pipe.execute()
+        pipe.xrange(room_key(room, "hist"), "-", "+", count=1)
+        pipe.get(room_key(room, "seq"))
+        entries, kept, first, counter = pipe.execute()
+        # the window AMEND trims `cur` to: the room's last `per_room` seqs, and all that `hist` holds
+        oldest = int(counter or 0) - self._per_room + 1
+        if first:
+            oldest = min(oldest, _seq_of(first[0][0]))
         found = {_seq_of(entry_id): [orjson.loads(fields[b"e"]), fields[b"o"]] for entry_id, fields in entries}
         for member in kept:
             event = orjson.loads(member.partition(b"\n")[2])
-            found.setdefault(event["seq"], [None, None])[0] = event
+            if event["seq"] >= oldest:
+                found.setdefault(event["seq"], [None, None])[0] = event
         seqs = sorted(found)
         if count is not None:
             seqs = seqs[-count:] if newest else seqs[:count]
@@ -1310,7 +1319,8 @@ def transcript_of_redis(url: str, room: str, since: float) -> list:
         chats = {_seq_of(entry_id): orjson.loads(f[b"e"]) for entry_id, f in client.xrange(room_key(room, "hist"))}
         for member in client.zrange(room_key(room, "cur"), 0, -1):  # edited and deleted chats as they are now
             event = orjson.loads(member.partition(b"\n")[2])
-            chats[event["seq"]] = event
+            if event["seq"] in chats:  # else deleted, or gone from `hist` past the room's window
+                chats[event["seq"]] = event
         logged = client.xrange(room_key(room, "log"))
     except redis.RedisError as exc:
         raise EngineError(f"cannot read Redis at {shown(url)}: {exc}") from None

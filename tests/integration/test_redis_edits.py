@@ -1,12 +1,14 @@
 """Edit, delete and react with several roomchat processes on Redis (one redis-server, and a Redis
 Cluster): real redis-server and roomchat processes started by the test."""
 
+import json
+import subprocess
 import threading
 
 import pytest
 import redis
 
-from tests.helpers import EMOJI, members_in, wait_for
+from tests.helpers import EMOJI, ROOMCHAT, members_in, roomchat_env, wait_for
 from tests.integration.test_edits import ask, play
 from tests.services import RedisCluster
 
@@ -54,6 +56,29 @@ def test_an_edit_on_one_process_reaches_members_on_the_other_and_is_replayed(clu
     assert [e["seq"] for e in replay] == list(range(first + 1, first + 6))
     assert b"SECRET" not in stored_text(redis_server.url)
     assert ask(carol, type="chat", room="lobby", text="after")["seq"] == first + 6
+
+
+def test_an_edited_chat_past_the_rooms_window_is_gone_from_history_and_transcript(cluster, redis_server, peers):
+    """With --history-per-room 5, an edited and reacted-to chat that later chats push out of the
+    room's window is in no history read (on either process, history or a join's) and in no
+    transcript, though no edit came since to trim what Redis keeps of its state."""
+    a, b = cluster(2, "--history-per-room", "5")
+    ann, bob = members_in([a.url, b.url], peers, ["ann", "bob"])
+    old = ask(ann, type="chat", room="lobby", text="OLD-one")["seq"]
+    ask(ann, type="edit", room="lobby", seq=old, text="OLD-edited")
+    ask(bob, type="react", room="lobby", seq=old, emoji="🎉")
+    sent = [ask(ann, type="chat", room="lobby", text=f"new {i}")["seq"] for i in range(6)]
+    for peer in (ann, bob):
+        messages = ask(peer, type="history", room="lobby", limit=50)["messages"]
+        assert old not in [m["seq"] for m in messages] and sent[-1] == messages[-1]["seq"]
+        assert all("OLD" not in m.get("text", "") for m in messages)
+    late = peers(b.url)
+    assert all("OLD" not in m.get("text", "") for m in late.join("lobby")["history"])
+    done = subprocess.run([*ROOMCHAT, "export", "--room", "lobby", "--redis", redis_server.url, "--format", "jsonl"],
+                          env=roomchat_env(), capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    texts = [json.loads(line).get("text", "") for line in done.stdout.splitlines()]
+    assert "new 5" in texts and not any("OLD" in text for text in texts)
 
 
 def test_concurrent_reactions_from_two_processes_converge(cluster, peers):
