@@ -37,4 +37,5 @@ def test_a_search_during_a_redis_stall_answers_unavailable(tmp_path, spawn):
     finally:
         ann.close()
         other.close()
+        server.stop()  # before its Redis goes
         service.kill()

@@ -3,11 +3,13 @@ Redis and a Redis Cluster), paging across the scan's pages, and history the quot
 redis-server(s), roomchat processes and servers in this process. The semantics every engine
 shares (words, edits, limits, errors): test_search.py, parametrized over the engines."""
 
+import threading
+
 import pytest
 import redis
 
 from chatserver.engines import redis as redis_engine
-from tests.helpers import FAST_LIMITS, wait_for
+from tests.helpers import FAST_LIMITS, ROOT, wait_for
 from tests.services import RedisCluster
 
 pytestmark = pytest.mark.timeout(90)
@@ -95,7 +97,38 @@ def test_on_a_redis_cluster_every_process_finds_each_rooms_chats(redis_cluster, 
             assert found(reader, f"build {i} gre", room) == [2] and found(reader, "coffee", room) == [3]
 
 
-def test_paging_with_before_walks_every_match_once_across_scan_pages(make_server, connect, redis_url, monkeypatch):
+def test_a_redis_search_holds_up_no_chat(redis_server, make_server, connect, monkeypatch):
+    """While one member's search is inside its scan (held there), chats in its room and in
+    another are stored and delivered, to the searcher too: the scan holds no lock of the
+    registry and leaves the listener alone; then the search answers what it had read."""
+    server = make_server(redis=redis_server.url, **FAST_LIMITS)
+    searcher, chatter = connect(server.url), connect(server.url)
+    searcher.join("big")
+    searcher.chat_all("big", ["needle one", "needle two"])
+    chatter.join("big")
+    chatter.join("other")
+    inside, release = threading.Event(), threading.Event()
+    real = redis_engine.matches
+
+    def slow(words, text):
+        inside.set()
+        release.wait(30)
+        return real(words, text)
+
+    monkeypatch.setattr(redis_engine, "matches", slow)
+    searcher.send(type="search", room="big", q="needle", id="s")
+    assert inside.wait(10)
+    try:
+        for room in ("other", "big"):
+            chatter.send(type="chat", room=room, text=f"needle in {room}")
+            assert chatter.recv_type("chat")["text"] == f"needle in {room}"
+        assert searcher.recv_type("chat")["text"] == "needle in big"
+    finally:
+        release.set()
+    assert [m["text"] for m in searcher.recv_type("search")["messages"]] == ["needle two", "needle one"]
+
+
+def test_paging_with_before_walks_every_match_once_across_scan_pages(redis_url, make_server, connect, monkeypatch):
     """With a scan page of 4 events, 90 stored events (chats, edits, deletes, reactions) searched
     with `limit` 7 and `before`: the pages together are every current match, newest first, each
     once; one search with limit 200 gives the same list."""
@@ -128,7 +161,7 @@ def test_paging_with_before_walks_every_match_once_across_scan_pages(make_server
     assert found(peer, "needle", limit=200) == expected
 
 
-def test_history_the_per_room_quota_trimmed_is_not_found(make_server, connect, redis_url):
+def test_history_the_per_room_quota_trimmed_is_not_found(redis_url, make_server, connect):
     """--history-per-room 10 on Redis: only the chats still in the room's stream are found; an
     edited chat that fell out of it is not (though its edited state was kept)."""
     server = make_server(redis=redis_url, history_per_room=10, **FAST_LIMITS)
@@ -142,7 +175,7 @@ def test_history_the_per_room_quota_trimmed_is_not_found(make_server, connect, r
     assert found(peer, "filler", limit=200) == list(range(22, 12, -1))
 
 
-def test_history_the_age_quota_trimmed_is_not_found(make_server, connect, redis_server):
+def test_history_the_age_quota_trimmed_is_not_found(redis_server, make_server, connect):
     """--history-max-age on Redis: chats older than it stop being found once a pass of the
     quotas trimmed them."""
     server = make_server(redis=redis_server.url, history_max_age=1.0, **FAST_LIMITS)
@@ -151,3 +184,10 @@ def test_history_the_age_quota_trimmed_is_not_found(make_server, connect, redis_
     peer.chat_all("lobby", ["ancient words", "ancient more"])
     assert found(peer, "ancient") in ([2, 1], [2], [])  # (the machine may have been slow)
     wait_for(lambda: found(peer, "ancient") == [], timeout=40, interval=0.5)
+
+
+def test_protocol_md_states_the_scans_page_size():
+    """PROTOCOL.md's cost of a search on Redis names the engine's page (SEARCH_PAGE events per round trip)."""
+    text = " ".join((ROOT / "PROTOCOL.md").read_text("utf-8").split())
+    assert f"{redis_engine.SEARCH_PAGE} stored events per round trip" in text
+    assert f"one round trip per {redis_engine.SEARCH_PAGE} events the room keeps" in text

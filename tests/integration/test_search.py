@@ -25,7 +25,8 @@ def redis_cluster(tmp_path_factory):
 
 @pytest.fixture(params=["sqlite", "memory", "redis", "redis-cluster"])
 def engine_options(request, tmp_path):
-    """The server options of each engine: a history file, memory, one Redis, a Redis Cluster."""
+    """The server options of each engine: a history file, memory, one Redis, a Redis Cluster (asked
+    for before make_server, so that a Redis outlives the servers on it)."""
     if request.param == "redis":
         return {"redis": request.getfixturevalue("redis_server").url}
     if request.param == "redis-cluster":
@@ -50,7 +51,7 @@ def search(peer, **msg) -> dict:
     return peer.request(type="search", **{"room": "lobby", **msg})
 
 
-def test_search_finds_every_word_as_a_prefix_newest_first(make_server, connect, engine_options):
+def test_search_finds_every_word_as_a_prefix_newest_first(engine_options, make_server, connect):
     """All words must match, each as the start of a word, case-insensitively, newest first."""
     _server, peer = seeded(make_server, connect, engine_options)
     reply = search(peer, q="BUILD", id=7)
@@ -63,7 +64,7 @@ def test_search_finds_every_word_as_a_prefix_newest_first(make_server, connect, 
     assert "truncated" not in search(peer, q="build")
 
 
-def test_search_ignores_case_diacritics_and_punctuation(make_server, connect, engine_options):
+def test_search_ignores_case_diacritics_and_punctuation(engine_options, make_server, connect):
     """Diacritics and case don't matter; punctuation only separates words; the user's text is never FTS5 syntax."""
     _server, peer = seeded(make_server, connect, engine_options)
     assert [m["seq"] for m in search(peer, q="cafe CREME")["messages"]] == [4]
@@ -78,7 +79,7 @@ def test_search_ignores_case_diacritics_and_punctuation(make_server, connect, en
     assert [m["seq"] for m in search(peer, q="b 4")["messages"]] == []
 
 
-def test_search_pages_with_before_and_limit(make_server, connect, engine_options):
+def test_search_pages_with_before_and_limit(engine_options, make_server, connect):
     """`limit` cuts a page; `before` (the last seq of the previous page) gives the next one."""
     _server, peer = seeded(make_server, connect, engine_options)
     first = search(peer, q="build", limit=2)["messages"]
@@ -88,7 +89,7 @@ def test_search_pages_with_before_and_limit(make_server, connect, engine_options
     assert search(peer, q="build", before=1)["messages"] == []
 
 
-def test_search_is_byte_bounded_like_history(make_server, connect, engine_options):
+def test_search_is_byte_bounded_like_history(engine_options, make_server, connect):
     """A page stays within max_reply_bytes and says truncated; the newest that fit are kept."""
     texts = [f"needle {i} " + "x" * 1500 for i in range(40)]
     _server, peer = seeded(make_server, connect, engine_options, texts, max_reply_bytes=32 * 1024)
@@ -99,7 +100,7 @@ def test_search_is_byte_bounded_like_history(make_server, connect, engine_option
     assert seqs == list(range(40, 40 - len(seqs), -1)) and 10 <= len(seqs) < 22
 
 
-def test_search_is_for_members_and_checks_its_fields(make_server, connect, engine_options):
+def test_search_is_for_members_and_checks_its_fields(engine_options, make_server, connect):
     """Not a member: not_in_room; q empty, wordless or over 200 characters, or a bad limit: bad_message."""
     server, peer = seeded(make_server, connect, engine_options)
     assert search(peer, room="elsewhere", q="build")["code"] == "not_in_room"
@@ -210,7 +211,7 @@ def test_a_deleted_chats_words_leave_the_index_pages(make_server, connect, tmp_p
         conn.close()
 
 
-def test_search_finds_current_texts_after_edits_and_deletes(make_server, connect, engine_options):
+def test_search_finds_current_texts_after_edits_and_deletes(engine_options, make_server, connect):
     """An edited chat is found by its new words only (and says `edited`), a deleted one never;
     edits' own texts are not searched."""
     _server, peer = seeded(make_server, connect, engine_options, ["deploy the old plan", "lunch plan", "secret plan"])
