@@ -1,9 +1,8 @@
 """search on Redis: a scan of the room's stream in Redis, the same answers on every process (one
 Redis and a Redis Cluster), paging across the scan's pages, and history the quotas trimmed; real
 redis-server(s), roomchat processes and servers in this process. The semantics every engine
-shares (words, edits, limits, errors): test_search.py, parametrized over the engines."""
-
-import threading
+shares (words, edits, limits, errors): test_search.py, parametrized over the engines; a scan that
+holds up no chat: test_attack_search.py."""
 
 import pytest
 import redis
@@ -95,37 +94,6 @@ def test_on_a_redis_cluster_every_process_finds_each_rooms_chats(redis_cluster, 
         for i, room in enumerate(rooms):
             wait_for(lambda r=reader, room=room: found(r, "build", room) == [2, 1], timeout=20, interval=0.1)
             assert found(reader, f"build {i} gre", room) == [2] and found(reader, "coffee", room) == [3]
-
-
-def test_a_redis_search_holds_up_no_chat(redis_server, make_server, connect, monkeypatch):
-    """While one member's search is inside its scan (held there), chats in its room and in
-    another are stored and delivered, to the searcher too: the scan holds no lock of the
-    registry and leaves the listener alone; then the search answers what it had read."""
-    server = make_server(redis=redis_server.url, **FAST_LIMITS)
-    searcher, chatter = connect(server.url), connect(server.url)
-    searcher.join("big")
-    searcher.chat_all("big", ["needle one", "needle two"])
-    chatter.join("big")
-    chatter.join("other")
-    inside, release = threading.Event(), threading.Event()
-    real = redis_engine.matches
-
-    def slow(words, text):
-        inside.set()
-        release.wait(30)
-        return real(words, text)
-
-    monkeypatch.setattr(redis_engine, "matches", slow)
-    searcher.send(type="search", room="big", q="needle", id="s")
-    assert inside.wait(10)
-    try:
-        for room in ("other", "big"):
-            chatter.send(type="chat", room=room, text=f"needle in {room}")
-            assert chatter.recv_type("chat")["text"] == f"needle in {room}"
-        assert searcher.recv_type("chat")["text"] == "needle in big"
-    finally:
-        release.set()
-    assert [m["text"] for m in searcher.recv_type("search")["messages"]] == ["needle two", "needle one"]
 
 
 def test_paging_with_before_walks_every_match_once_across_scan_pages(redis_url, make_server, connect, monkeypatch):
