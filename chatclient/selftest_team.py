@@ -1,7 +1,7 @@
 """The selftest's checks of a team's requests (PROTOCOL.md): edit, delete, react, typing, mark,
 search, and direct messages that wait. Registered after the checks of selftest_checks.py, in the
-order below. Search on a server that cannot search (Redis) answers `unsupported`: that check is
-then skipped, saying so, which PROTOCOL.md allows.
+order below. A server that cannot search answers `unsupported` (roomchat on Redis did, before it
+searched there): that check is then skipped, saying so, which PROTOCOL.md allows.
 """
 
 import json

@@ -64,7 +64,7 @@ ERROR_CODES = {  # the `code` of an `error` event -> when it is sent (PROTOCOL.m
     "too_late": "an edit or delete of your own chat past the edit window",
     "no_such_message": "an edit, delete or react of a seq that is no chat of the room (or one deleted or gone)",
     "too_many_reactions": "a new emoji on a chat that has MAX_REACTIONS different ones already",
-    "unsupported": "the engine cannot do it (search on Redis); nothing was done",
+    "unsupported": "the engine cannot do it; nothing was done (no engine here answers it now: older servers did)",
 }
 
 REQUEST_TYPES = frozenset({  # the `type` of a request; handlers/ has one module for each

@@ -30,12 +30,13 @@ SQLite writer thread or the Redis listener thread with no engine lock held; so t
 engine -> Registry, and the Registry never calls an engine under its lock.
 """
 
+import bisect
 import threading
 import time
 import uuid
 from typing import NamedTuple, Protocol
 
-from chatserver.protocol import MAX_REACTIONS, MAX_REACTORS, fold_nick
+from chatserver.protocol import MAX_REACTIONS, MAX_REACTORS, fold_nick, search_words
 
 
 class EngineError(Exception):
@@ -182,7 +183,7 @@ class Engine(Protocol):
                max_bytes: int | None = None) -> list:
         """Stored chats of `room` with seq < `before` whose current text has each of `words`
         (protocol.search_words) as the start of one of its words, NEWEST first, at most `limit`;
-        `max_bytes` is a hint as for `read`. Raises Unavailable; ChatError unsupported (Redis)."""
+        `max_bytes` is a hint as for `read`. Raises Unavailable."""
 
     def health(self) -> str | None:
         """None when the engine accepts writes, else a one-line reason (for /healthz)."""
@@ -302,6 +303,18 @@ def amended(chat: dict, event: dict) -> dict:
     if reactions:
         changed["reactions"] = reactions
     return changed
+
+
+def matches(words: list, text: str) -> bool:
+    """True when each of `words` (protocol.search_words) starts a word of `text` (one of one
+    character: is one). A search looks each word up among the text's words, sorted (bisect),
+    so a q of 100 words costs no more than 100 lookups per chat."""
+    have = sorted(set(search_words(text)))
+    for word in words:
+        at = bisect.bisect_left(have, word)  # the first of the text's words >= word: it starts with word if any does
+        if at == len(have) or not (have[at].startswith(word) if len(word) > 1 else have[at] == word):
+            return False
+    return True
 
 
 def without_text(event: dict) -> dict:

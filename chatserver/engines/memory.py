@@ -11,7 +11,6 @@ is forgotten, here and in the hub, once nobody is in it; seqs are never reused: 
 known starts above `_floor`, the highest last seq of any room forgotten.
 """
 
-import bisect
 import heapq
 import sys
 import threading
@@ -24,26 +23,15 @@ from chatserver.engines.base import (
     Meta,
     Registry,
     amended,
+    matches,
     new_epoch,
     transcript_order,
     without_text,
 )
 from chatserver.engines.personal import LocalPersonal
-from chatserver.protocol import chat_event, search_words
+from chatserver.protocol import chat_event
 
 EVENT_BYTES = 400  # what an event takes in memory besides its text: the dict, its seq and ts (tracemalloc)
-
-
-def matches(words: list, text: str) -> bool:
-    """True when each of `words` (protocol.search_words) starts a word of `text` (one of one
-    character: is one). A search looks each word up among the text's words, sorted (bisect),
-    so a q of 100 words costs no more than 100 lookups per chat."""
-    have = sorted(set(search_words(text)))
-    for word in words:
-        at = bisect.bisect_left(have, word)  # the first of the text's words >= word: it starts with word if any does
-        if at == len(have) or not (have[at].startswith(word) if len(word) > 1 else have[at] == word):
-            return False
-    return True
 
 
 def event_bytes(event: dict) -> int:

@@ -77,6 +77,7 @@ from chatserver.engines.base import (
     Session,
     Unavailable,
     amended,
+    matches,
     new_epoch,
     without_text,
 )
@@ -132,6 +133,7 @@ AMEND_TRIES = 10  # an edit, delete or react is read and tried again this often 
 DEFERRED_MAX = 100_000  # leaves and nick changes waiting for Redis at most; the oldest go first
 OPEN_NICKS = 10_000  # nicks per room known unmuted (chat_rules' cache) at most
 TAKE_POLL = 0.05  # seconds between claims while a nick's holder lets go of it
+SEARCH_PAGE = 500  # stored events a search reads per round trip (engines/redis.py `search`)
 RECEIVE_BATCH = 512  # items the listener reads at most before it delivers them (it may go past by one message)
 # the call may or may not have been carried out (a RedisClusterException: a Redis Cluster's slots
 # moving or uncovered, its retries spent; it is no RedisError)
@@ -485,9 +487,36 @@ class RedisEngine(RedisPersonal):
 
     def search(self, room: str, words: list, before: int | None = None, limit: int = 50,
                max_bytes: int | None = None) -> list:
-        """Not on Redis (no full-text index of the history there). Raises ChatError unsupported."""
-        raise ChatError("unsupported", "Search needs the SQLite engine (the default); this server keeps its "
-                                       "history in Redis, which roomchat does not search.")
+        """As engines.base.Engine.search: a scan of the room's history in Redis, newest first,
+        on the connection's thread that asked (no lock of the registry or the engine held). Each
+        page is one round trip, `_stored` (XREVRANGE `hist` COUNT SEARCH_PAGE with the `cur`
+        states of the same seqs: chats in their current text, as `read` gives them); the scan
+        stops at `limit` matches, once their texts passed `max_bytes` (one more: the caller sees
+        there was more), or at the start of the history. So a search costs at most
+        ceil(retained / SEARCH_PAGE) round trips, `retained` being the room's kept events: `hist`,
+        capped at --history-per-room, and the `cur` states of the chats deleted among the last
+        --history-per-room seqs (20 round trips for a full room at the default 10000, without
+        deletes; 1 for a room of 500 events). A chat no longer in `hist` (deleted, or trimmed by
+        the quotas with only its `cur` state left) is never found. On a Redis Cluster a page is
+        one call to the room's node (its keys share one hash slot). Raises Unavailable (Redis
+        unreachable or timed out)."""
+        return self._call(self._search, room, list(dict.fromkeys(words)), before, limit, max_bytes)
+
+    def _search(self, room: str, words: list, before: int | None, limit: int, max_bytes: int | None) -> list:
+        """The body of `search` (words given once each). Raises REDIS_ERRORS."""
+        found, total, high = [], 0, before
+        while True:
+            page = self._stored(room, None, high, SEARCH_PAGE, newest=True)
+            for event, origin in reversed(page):  # origin None: only `cur` holds it (deleted, or trimmed)
+                text = event.get("text") if event["type"] == "chat" and origin is not None else None
+                if text and matches(words, text):
+                    found.append(event)
+                    total += len(text.encode())
+                    if len(found) >= limit or (max_bytes is not None and total > max_bytes):
+                        return found
+            if len(page) < SEARCH_PAGE:
+                return found
+            high = page[0][0]["seq"]
 
     def health(self) -> str | None:
         return self._problem

@@ -966,7 +966,7 @@ class Registry:
 
     def search(self, client: Client, name: str, query: str, before=None, limit=50, reply_id=None) -> None:
         """Members search a room's stored chats: `search` with the matches, newest first,
-        cut to `max_reply_bytes` (`truncated`). Raises ChatError not_in_room, unsupported, unavailable."""
+        cut to `max_reply_bytes` (`truncated`). Raises ChatError not_in_room, unavailable."""
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile

@@ -2,33 +2,44 @@
 
 import threading
 
+import pytest
+
 from chatserver.engines import memory
+from chatserver.engines import redis as redis_engine
 from tests.helpers import FAST_LIMITS
 from tests.integration.test_search import search
 
 
-def test_a_memory_search_scans_without_holding_up_chats(make_server, connect, monkeypatch):
-    """The memory engine scans a room outside its lock: while one member's search is still
-    comparing texts (held here inside the scan), chats in every room are stored and delivered."""
-    server = make_server(**FAST_LIMITS)
+@pytest.mark.parametrize("engine", ["memory", "redis"])
+def test_a_search_scans_without_holding_up_chats(request, engine, monkeypatch):
+    """The memory engine scans a room outside its lock, Redis's on the searcher's thread: while one
+    member's search is still comparing texts (held here inside the scan), chats in its room and
+    in another are stored and delivered, to the searcher too; then the search answers what it read."""
+    options = {"redis": request.getfixturevalue("redis_server").url} if engine == "redis" else {}
+    server = request.getfixturevalue("make_server")(**options, **FAST_LIMITS)
+    connect = request.getfixturevalue("connect")
     searcher, chatter = connect(server.url), connect(server.url)
     searcher.join("big")
     searcher.chat_all("big", ["needle one", "needle two"])
+    chatter.join("big")
     chatter.join("other")
     inside, release = threading.Event(), threading.Event()
-    real = memory.matches
+    module = redis_engine if engine == "redis" else memory
+    real = module.matches
 
     def slow(words, text):
         inside.set()
         release.wait(30)
         return real(words, text)
 
-    monkeypatch.setattr(memory, "matches", slow)
+    monkeypatch.setattr(module, "matches", slow)
     searcher.send(type="search", room="big", q="needle", id="s")
     assert inside.wait(10)
     try:
-        chatter.send(type="chat", room="other", text="not held up")
-        assert chatter.recv_type("chat")["text"] == "not held up"
+        for room in ("other", "big"):
+            chatter.send(type="chat", room=room, text=f"needle in {room}")
+            assert chatter.recv_type("chat")["text"] == f"needle in {room}"
+        assert searcher.recv_type("chat")["text"] == "needle in big"
     finally:
         release.set()
     assert [m["text"] for m in searcher.recv_type("search")["messages"]] == ["needle two", "needle one"]

@@ -1,25 +1,46 @@
 """search: a room's chats by their words, newest first, paged and byte-bounded, on SQLite (FTS5),
-memory (a scan) and Redis (`unsupported`); over real sockets."""
+memory (a scan), one Redis and a Redis Cluster (a scan of the room's stream); over real sockets.
+Redis across processes, its quotas and paging inside a scan: test_redis_search.py."""
 
 import sqlite3
 
 import pytest
+import redis
 
 from chatserver.engines.sqlite import SqliteEngine
 from tests.helpers import FAST_LIMITS, wait_for
+from tests.services import RedisCluster
 
 TEXTS = ["Deploy of build 41 failed", "lunch at noon?", "build 42 is green", "Café crème at the Bäckerei",
          "BUILDING the release notes", "o'brien said deploy-now", "builds are slow today"]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-def engine_db(request, tmp_path):
-    """The --db of each engine that searches: a history file, and memory."""
-    return str(tmp_path / "history.db") if request.param == "sqlite" else ":memory:"
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """One 3-master Redis Cluster for this module's tests (emptied before each that uses it)."""
+    service = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    yield service
+    service.kill()
+
+
+@pytest.fixture(params=["sqlite", "memory", "redis", "redis-cluster"])
+def engine_options(request, tmp_path):
+    """The server options of each engine: a history file, memory, one Redis, a Redis Cluster (asked
+    for before make_server, so that a Redis outlives the servers on it)."""
+    if request.param == "redis":
+        return {"redis": request.getfixturevalue("redis_server").url}
+    if request.param == "redis-cluster":
+        service = request.getfixturevalue("redis_cluster")
+        for port in service.ports:
+            with redis.Redis(port=port) as client:
+                client.flushall()
+        return {"redis": service.urls[0]}
+    return {"db": str(tmp_path / "history.db") if request.param == "sqlite" else ":memory:"}
 
 
 def seeded(make_server, connect, db, texts=TEXTS, room="lobby", **overrides):
-    server = make_server(db=db, **{**FAST_LIMITS, **overrides})
+    """A server with options `db` (engine_options') and `texts` chatted into `room` by one member."""
+    server = make_server(**db, **FAST_LIMITS, **overrides)
     peer = connect(server.url)
     peer.join(room)
     peer.chat_all(room, texts)
@@ -30,9 +51,9 @@ def search(peer, **msg) -> dict:
     return peer.request(type="search", **{"room": "lobby", **msg})
 
 
-def test_search_finds_every_word_as_a_prefix_newest_first(make_server, connect, engine_db):
+def test_search_finds_every_word_as_a_prefix_newest_first(engine_options, make_server, connect):
     """All words must match, each as the start of a word, case-insensitively, newest first."""
-    _server, peer = seeded(make_server, connect, engine_db)
+    _server, peer = seeded(make_server, connect, engine_options)
     reply = search(peer, q="BUILD", id=7)
     assert reply["type"] == "search" and reply["room"] == "lobby" and reply["q"] == "BUILD" and reply["id"] == 7
     assert [m["seq"] for m in reply["messages"]] == [7, 5, 3, 1]
@@ -43,9 +64,9 @@ def test_search_finds_every_word_as_a_prefix_newest_first(make_server, connect, 
     assert "truncated" not in search(peer, q="build")
 
 
-def test_search_ignores_case_diacritics_and_punctuation(make_server, connect, engine_db):
+def test_search_ignores_case_diacritics_and_punctuation(engine_options, make_server, connect):
     """Diacritics and case don't matter; punctuation only separates words; the user's text is never FTS5 syntax."""
-    _server, peer = seeded(make_server, connect, engine_db)
+    _server, peer = seeded(make_server, connect, engine_options)
     assert [m["seq"] for m in search(peer, q="cafe CREME")["messages"]] == [4]
     assert [m["seq"] for m in search(peer, q="bäck")["messages"]] == [4]
     assert [m["seq"] for m in search(peer, q="deploy")["messages"]] == [6, 1]
@@ -58,9 +79,9 @@ def test_search_ignores_case_diacritics_and_punctuation(make_server, connect, en
     assert [m["seq"] for m in search(peer, q="b 4")["messages"]] == []
 
 
-def test_search_pages_with_before_and_limit(make_server, connect, engine_db):
+def test_search_pages_with_before_and_limit(engine_options, make_server, connect):
     """`limit` cuts a page; `before` (the last seq of the previous page) gives the next one."""
-    _server, peer = seeded(make_server, connect, engine_db)
+    _server, peer = seeded(make_server, connect, engine_options)
     first = search(peer, q="build", limit=2)["messages"]
     assert [m["seq"] for m in first] == [7, 5]
     second = search(peer, q="build", limit=2, before=first[-1]["seq"])["messages"]
@@ -68,10 +89,10 @@ def test_search_pages_with_before_and_limit(make_server, connect, engine_db):
     assert search(peer, q="build", before=1)["messages"] == []
 
 
-def test_search_is_byte_bounded_like_history(make_server, connect, engine_db):
+def test_search_is_byte_bounded_like_history(engine_options, make_server, connect):
     """A page stays within max_reply_bytes and says truncated; the newest that fit are kept."""
     texts = [f"needle {i} " + "x" * 1500 for i in range(40)]
-    _server, peer = seeded(make_server, connect, engine_db, texts, max_reply_bytes=32 * 1024)
+    _server, peer = seeded(make_server, connect, engine_options, texts, max_reply_bytes=32 * 1024)
     peer.ws.settimeout(10)
     reply = search(peer, q="needle", limit=200)
     assert reply["truncated"] is True
@@ -79,9 +100,9 @@ def test_search_is_byte_bounded_like_history(make_server, connect, engine_db):
     assert seqs == list(range(40, 40 - len(seqs), -1)) and 10 <= len(seqs) < 22
 
 
-def test_search_is_for_members_and_checks_its_fields(make_server, connect, engine_db):
+def test_search_is_for_members_and_checks_its_fields(engine_options, make_server, connect):
     """Not a member: not_in_room; q empty, wordless or over 200 characters, or a bad limit: bad_message."""
-    server, peer = seeded(make_server, connect, engine_db)
+    server, peer = seeded(make_server, connect, engine_options)
     assert search(peer, room="elsewhere", q="build")["code"] == "not_in_room"
     for q in ("", "x" * 201, "?!", 5):
         reply = search(peer, q=q)
@@ -96,7 +117,7 @@ def test_search_is_for_members_and_checks_its_fields(make_server, connect, engin
 def test_search_survives_a_restart_and_indexes_an_older_file(make_server, connect, tmp_path):
     """SQLite: the index is in the file (found after a restart); a file from before search gets indexed at open."""
     path = str(tmp_path / "history.db")
-    server, _peer = seeded(make_server, connect, path)
+    server, _peer = seeded(make_server, connect, {"db": path})
     server.shutdown(timeout=0.5)
     conn = sqlite3.connect(path)
     conn.executescript("DROP TABLE search; DROP TABLE search_ids; DROP TRIGGER IF EXISTS search_insert;"
@@ -166,21 +187,12 @@ def test_search_index_counts_in_the_byte_quota(make_server, connect, tmp_path):
     assert search(peer, q="word0x1")["messages"] == []  # pruned long ago
 
 
-def test_search_on_redis_is_unsupported(redis_server, cluster, connect):
-    """On Redis, search answers `unsupported`, saying it needs the SQLite engine."""
-    (process,) = cluster(1)
-    peer = connect(process.url)
-    peer.join("lobby")
-    reply = search(peer, q="build", id=3)
-    assert (reply["type"], reply["code"], reply["id"]) == ("error", "unsupported", 3)
-    assert "SQLite" in reply["message"]
-
-
 def test_a_deleted_chats_words_leave_the_index_pages(make_server, connect, tmp_path):
     """SQLite: once a chat's text is emptied (a delete), its words are merged out of the index's
     pages by the writer's retention passes, not only out of the answers."""
     path = str(tmp_path / "history.db")
-    _server, peer = seeded(make_server, connect, path, [f"filler number{i}" for i in range(300)] + ["zqxjvword here"])
+    texts = [f"filler number{i}" for i in range(300)] + ["zqxjvword here"]
+    _server, peer = seeded(make_server, connect, {"db": path}, texts)
     conn = sqlite3.connect(path, isolation_level=None, timeout=10)
     try:
         def in_index(word: bytes) -> int:
@@ -199,10 +211,10 @@ def test_a_deleted_chats_words_leave_the_index_pages(make_server, connect, tmp_p
         conn.close()
 
 
-def test_search_finds_current_texts_after_edits_and_deletes(make_server, connect, engine_db):
+def test_search_finds_current_texts_after_edits_and_deletes(engine_options, make_server, connect):
     """An edited chat is found by its new words only (and says `edited`), a deleted one never;
     edits' own texts are not searched."""
-    _server, peer = seeded(make_server, connect, engine_db, ["deploy the old plan", "lunch plan", "secret plan"])
+    _server, peer = seeded(make_server, connect, engine_options, ["deploy the old plan", "lunch plan", "secret plan"])
     peer.request(type="edit", room="lobby", seq=1, text="deploy the new idea")
     peer.request(type="delete", room="lobby", seq=3)
     peer.request(type="react", room="lobby", seq=2, emoji="👍")

@@ -1,6 +1,7 @@
 """selftest's checks of a team's requests (chatclient/selftest_team.py) against real servers: the
-SQLite engine, `--db :memory:`, and a process on Redis, where search answers `unsupported` and its
-check says skip; without a token the checks that need one say skip, with what to give."""
+SQLite engine, `--db :memory:` and a process on Redis pass them all; a server whose engine cannot
+search (answers `unsupported`, as roomchat on Redis did before it searched there) makes the search
+check say skip; without a token the checks that need one say skip, with what to give."""
 
 import io
 
@@ -8,6 +9,8 @@ import pytest
 
 from chatclient.selftest import run
 from chatclient.selftest_checks import CHECKS
+from chatserver.engines.memory import MemoryEngine
+from chatserver.errors import ChatError
 from tests.helpers import SECRET, token
 
 TEAM = ["edit", "delete", "react", "error too_many_reactions", "typing", "mark", "mark on another device", "search",
@@ -38,14 +41,28 @@ def test_every_team_check_passes_on_one_process(make_server, tmp_path, db):
     assert status == 0 and {name: r[0] for name, r in result.items()} == dict.fromkeys(TEAM, "ok"), result
 
 
-def test_on_redis_search_is_skipped_as_unsupported(redis_server, spawn):
-    """A process on Redis: every team check is ok but search, which says skip because the server
-    answers `unsupported`; the run's status is 0."""
+def test_on_redis_every_team_check_passes(redis_server, spawn):
+    """A process on Redis, with an operator's token: every team check is ok, search included."""
     process = spawn("--redis", redis_server.url, "--token-secret", SECRET)
     status, result = selftest(process.url, op_token=token("selftest-op", op=True))
+    assert status == 0 and {name: r[0] for name, r in result.items()} == dict.fromkeys(TEAM, "ok"), result
+
+
+class CannotSearch(MemoryEngine):
+    """The memory engine but for search, which it refuses as an engine that cannot search does."""
+
+    def search(self, room, words, before=None, limit=50, max_bytes=None):
+        raise ChatError("unsupported", "this server's engine does not search")
+
+
+def test_search_is_skipped_on_a_server_that_answers_unsupported(make_server):
+    """A server whose engine answers search with `unsupported`: the search check says skip,
+    quoting the server; the others pass and the run's status is 0."""
+    status, result = selftest(make_server(engine=CannotSearch(), token_secret=SECRET).url,
+                              op_token=token("selftest-op", op=True))
     assert status == 0, result
     assert {name: r[0] for name, r in result.items()} == {**dict.fromkeys(TEAM, "ok"), "search": "skip"}, result
-    assert "unsupported" in result["search"][1]
+    assert "unsupported" in result["search"][1] and "does not search" in result["search"][1]
 
 
 def test_without_a_token_the_identity_checks_skip(make_server):

@@ -1,7 +1,7 @@
 """`python roomchat.py client` through a pipe against a real server, on a team's features: /edit,
 /delete, /react, /search and /mark, the lines others' edits, reactions and typing make, read
-marks on another device and DMs that wait; on SQLite and on Redis (where /search is refused with
-`unsupported`, in one line)."""
+marks on another device and DMs that wait; on SQLite and on Redis alike. (A refusal of /search by
+a server that cannot search, `unsupported`: tests/unit/test_terminal_client_team.py.)"""
 
 import pytest
 
@@ -35,11 +35,10 @@ def pair(client, url: str, room: str = "lobby"):
     return ann, bob
 
 
-def test_edit_react_delete_and_search_from_the_terminal(team_url, client, peers, request):
+def test_edit_react_delete_and_search_from_the_terminal(team_url, client, peers):
     """ann's chat shows its #seq; /edit, /react and /delete reach both clients as one line each
     naming #seq; bob's /edit of ann's chat is refused in one line; /search lists the edited chat
-    (SQLite) or is refused as unsupported (Redis); /mark is confirmed; another member's typing is
-    one line."""
+    with its reaction (SQLite and Redis); /mark is confirmed; another member's typing is one line."""
     ann, bob = pair(client, team_url)
     ann.type("helo team")
     seq = int(bob.expect("<ann> helo team").split("#", 1)[1].split(" ", 1)[0])
@@ -52,11 +51,8 @@ def test_edit_react_delete_and_search_from_the_terminal(team_url, client, peers,
     bob.type(f"/edit {seq} mine now")
     assert bob.expect(f"edit of #{seq} in lobby refused: ").split(" ", 1)[1].startswith("! ")
     ann.type("/search HEL")
-    if request.node.callspec.params["team_url"] == "redis":
-        assert ann.expect("search").split(" ", 1)[1].startswith("! ")
-    else:
-        ann.expect("1 message in lobby match 'HEL', newest first:")
-        ann.expect(f"[lobby] #{seq} <ann> hello team (edited)  [👍 bob]")
+    ann.expect("1 message in lobby match 'HEL', newest first:")
+    ann.expect(f"[lobby] #{seq} <ann> hello team (edited)  [👍 bob]")
     typist = peers(team_url)
     typist.join("lobby")
     typist.send(type="typing", room="lobby")

@@ -167,7 +167,7 @@ def test_search_results_print_newest_first_and_say_when_there_may_be_more():
 
 
 def test_search_unsupported_is_one_refusal_line():
-    """A server that cannot search (Redis) answers `unsupported`: one line with its sentence, and the
+    """A server that cannot search answers `unsupported`: one line with its sentence, and the
     pipe's run counts it as refused."""
     session = connected_session(strict=True)
     session.handle_line("/search hi")
