@@ -207,6 +207,31 @@ def test_typing_marks_and_waiting_dms_on_a_redis_cluster(processes, peers):
     assert again.recv() == {k: v for k, v in copy.items() if k != "id"}
 
 
+def test_marks_without_a_token_follow_a_resume_across_nodes(redis_cluster, processes, peers):
+    """On a Redis Cluster: a guest's marks set on the first node's process are in `joined.mark`
+    after a resume on the third's; a mark set there is found after a resume on the second's; once
+    the client leaves, no node holds its marks."""
+    a, b, c = processes()
+    ann = peers(a.url)
+    ann.set_nick("ann")
+    ann.join("lobby")
+    ann.chat_all("lobby", ["one", "two", "three"])
+    assert ask(ann, "mark", type="mark", room="lobby", seq=2)["seq"] == 2
+    again = peers(f"{c.url}?resume={ann.welcome['resume']}")
+    assert again.welcome["resumed"] is True and again.join("lobby", after=3)["mark"] == 2
+    assert ask(again, "mark", type="mark", room="lobby", seq=3)["seq"] == 3
+    back = peers(f"{b.url}?resume={again.welcome['resume']}")
+    assert back.welcome["resumed"] is True and back.join("lobby", after=3)["mark"] == 3
+    nodes = [redis.Redis(port=port) for port in redis_cluster.ports]
+    try:
+        assert sum(len(n.keys("roomchat:{session:*")) for n in nodes) == 2  # its marks, on one node
+        back.close()
+        wait_for(lambda: not any(n.keys("roomchat:{session:*") for n in nodes), timeout=10)
+    finally:
+        for node in nodes:
+            node.close()
+
+
 def test_a_burst_of_calls_waits_for_a_free_connection_to_a_node(redis_cluster, monkeypatch):
     """More threads calling Redis at once than the engine's pool has connections to a node (a
     burst of new clients): each waits for a free connection, none is answered `unavailable`."""
