@@ -678,7 +678,8 @@ class RedisEngine(RedisPersonal):
         value = self._call(self._redis.get, key)
         if value is None:
             return None
-        owner, nick, identity, marks = value.decode().split("\n")
+        owner, nick, identity, *rest = value.decode().split("\n")
+        marks = rest[0] if rest else secrets.token_hex(8)  # a session kept before marks were: none yet
         suffix = f"\n{nick}\n{owner}"
         entries = self._call(self._redis.smembers, f"roomchat:proc:{owner.rsplit(':', 1)[0]}:rooms")
         rooms = sorted(e[: -len(suffix)] for e in (x.decode() for x in entries) if e.endswith(suffix))

@@ -8,7 +8,8 @@ import redis
 
 from chatserver import protocol
 from chatserver.engines.base import Meta
-from chatserver.engines.redis import RedisEngine
+from chatserver.engines.redis import RedisEngine, session_key
+from chatserver.protocol import MAX_MARKS
 from tests.client_helpers import Relay
 from tests.fakes import RoomsHub
 from tests.helpers import SECRET, Peer, ann_watched, seated, token, wait_for, with_token
@@ -199,6 +200,31 @@ def test_marks_without_a_token_follow_a_resume_to_the_other_process(redis_server
         store.close()
 
 
+def test_a_mark_without_a_token_while_redis_is_down_is_unavailable_and_changes_nothing(redis_server, cluster, peers):
+    """Redis stopped: a guest's mark is answered `unavailable`, as a token holder's is; once Redis
+    is back its mark is the one it had before, on its process and after a resume on the other."""
+    a, b = cluster(2)
+    guest = peers(a.url)
+    guest.join("lobby")
+    guest.chat_all("lobby", ["one", "two", "three"])
+    assert guest.request(type="mark", room="lobby", seq=2)["seq"] == 2
+    redis_server.stop()
+    reply = guest.request(type="mark", room="lobby", seq=3, id=7)
+    assert (reply["type"], reply["code"], reply["id"]) == ("error", "unavailable", 7)
+    redis_server.start()
+
+    def marked() -> dict | None:
+        guest.send(type="mark", room="lobby", seq=1, id="m")
+        reply = guest.recv()
+        while reply.get("id") != "m":
+            reply = guest.recv()
+        return reply if reply["type"] == "mark" else None
+
+    assert wait_for(marked, timeout=15, interval=0.2)["seq"] == 2
+    again = peers(f"{b.url}?resume={guest.welcome['resume']}")
+    assert again.welcome["resumed"] is True and again.join("lobby", after=3)["mark"] == 2
+
+
 def test_slow_mode_pacing_starts_afresh_on_another_process_as_on_a_new_connection(cluster, peers):
     """In a slow room, a resume on the same process keeps the member's pacing (its next chat gets
     slow_mode); a resume on the other process starts it afresh (its next chat goes through, the one
@@ -225,6 +251,54 @@ def test_slow_mode_pacing_starts_afresh_on_another_process_as_on_a_new_connectio
     fresh.join("class")
     fresh.send(type="chat", room="class", text="new connection")
     assert fresh.recv_type("chat")["text"] == "new connection"
+
+
+def test_the_rate_limit_starts_afresh_on_another_process_as_on_a_new_connection(cluster, peers):
+    """A member with its burst spent (3 frames, a token per 100 s) is still refused `rate_limited`
+    after a resume on the same process, and served after one on the other: the connection's own
+    bucket starts full there, as a new connection's does."""
+    a, b = cluster(2, "--token-secret", SECRET, "--rate-burst", "3", "--rate-per-second", "0.01")
+    _op, stud = seated(a.url, peers, "class", "stud")  # two of stud's frames: nick and join
+    assert stud.request(type="ping") == {"type": "pong"}
+    assert stud.request(type="ping")["code"] == "rate_limited"
+    same = peers(f"{a.url}?resume={stud.welcome['resume']}")
+    assert same.welcome["resumed"] is True and same.request(type="ping")["code"] == "rate_limited"
+    moved = peers(f"{b.url}?resume={same.welcome['resume']}")
+    assert moved.welcome["resumed"] is True and moved.request(type="ping") == {"type": "pong"}
+
+
+def test_a_mute_bound_to_a_renamed_connection_stays_on_its_process(cluster, peers):
+    """A muted member that renamed is still `forbidden` to chat after a resume on the same process;
+    after one on the other process only its nick is held (the mute named the old one), as for a
+    new connection: its chat goes through."""
+    a, b = cluster(2, "--token-secret", SECRET)
+    op, stud = seated(a.url, peers, "class", "stud")
+    op.send(type="mute", room="class", nick="stud", duration=600)
+    for peer in (op, stud):
+        peer.recv_type("mute")
+    stud.set_nick("stud2")
+    assert stud.request(type="chat", room="class", text="renamed")["code"] == "forbidden"
+    same = peers(f"{a.url}?resume={stud.welcome['resume']}")
+    assert same.welcome["resumed"] is True and same.nick == "stud2"
+    assert same.request(type="chat", room="class", text="resumed")["code"] == "forbidden"
+    moved = peers(f"{b.url}?resume={same.welcome['resume']}")
+    assert moved.welcome["resumed"] is True and moved.nick == "stud2"
+    moved.send(type="chat", room="class", text="elsewhere")
+    assert moved.recv_type("chat")["text"] == "elsewhere"
+
+
+def test_a_resume_on_the_other_process_right_after_a_rename_keeps_the_new_nick(cluster, peers):
+    """A client that renames and at once resumes on the other process, 10 times, alternating:
+    resumed every time under the nick its last reply gave (the session has it before the reply)."""
+    a, b = cluster(2)
+    peer = peers(a.url)
+    for i in range(10):
+        assert peer.request(type="nick", nick=f"ann{i}")["type"] == "nick"
+        again = peers(f"{(b, a)[i % 2].url}?resume={peer.welcome['resume']}")
+        got = again.welcome.get("resumed"), again.nick
+        assert got == (True, f"ann{i}"), (i, got)
+        peer.close()
+        peer = again
 
 
 class ProcessHub(RoomsHub):
@@ -298,7 +372,8 @@ def test_the_engine_keeps_marks_without_a_token_as_long_as_their_session(redis_s
     """The Redis engine keeps a tokenless session's marks under the session's hash tag with the
     session's lifetime: never back; kept under each new token of the session; renewed with it by a
     beat; found by the process that takes the session over and left alone when the old process ends
-    its copy; deleted when the session ends, and gone when it expires unrenewed."""
+    its copy; deleted when the session ends, and gone when it expires unrenewed. A session kept
+    before marks were is still found."""
     store = redis.Redis.from_url(redis_server.url)
     a, b = RedisEngine(redis_server.url, resume_window=30), RedisEngine(redis_server.url)
     hub_a, hub_b = ProcessHub("aaaaaaaaaaaa", a, {1: ("ann", [])}), ProcessHub("bbbbbbbbbbbb", b, {})
@@ -328,6 +403,10 @@ def test_the_engine_keeps_marks_without_a_token_as_long_as_their_session(redis_s
         assert b.session_mark(7, "lobby") == 4
         b.end_session(7)
         assert not store.keys("roomchat:{session:*") and not store.keys("roomchat:session:*")
+        store.set(session_key("older"), "x.1:3\nbob\n")  # kept by a roomchat before marks were
+        older = b.find_session("older")
+        assert (older.nick, older.identity) == ("bob", "") and older.marks
+        store.delete(older.key)
     finally:
         a.close()
         b.close()
@@ -340,3 +419,20 @@ def test_the_engine_keeps_marks_without_a_token_as_long_as_their_session(redis_s
     finally:
         short.close()
         store.close()
+
+
+def test_a_sessions_marks_are_bounded_like_an_identitys(redis_server):
+    """Past MAX_MARKS rooms, a tokenless session's mark in a new room forgets the one marked
+    longest ago (a room marked again counts as marked last)."""
+    engine = RedisEngine(redis_server.url)  # not started: no heartbeat needed for this
+    try:
+        engine.keep_session(1, "tok", "ann", "")
+        for n in range(MAX_MARKS):
+            engine.set_session_mark(1, f"r{n}", 1)
+        engine.set_session_mark(1, "r0", 1)  # marked again: now the newest
+        engine.set_session_mark(1, "new", 1)
+        assert engine.session_mark(1, "r0") == 1 and engine.session_mark(1, "r1") is None
+        assert engine.session_mark(1, "new") == 1 and engine.session_mark(1, f"r{MAX_MARKS - 1}") == 1
+        engine.end_session(1)
+    finally:
+        engine.close()
