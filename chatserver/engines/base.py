@@ -464,6 +464,14 @@ class ClusterEngine(Engine, Protocol):
     def member_count(self, room: str) -> int:
         """How many members room `room` has, on every process."""
 
+    def set_session_mark(self, client_id: int, room: str, seq: int) -> int:
+        """Mark `room` read up to `seq` for local client `client_id` (one without a token) with
+        its resume session, so a resume on any process finds it; as `set_mark` otherwise (never
+        back, MAX_MARKS rooms). Kept as long as the session."""
+
+    def session_mark(self, client_id: int, room: str) -> int | None:
+        """Local client `client_id`'s mark in `room` kept with its resume session, or None."""
+
     def take_session(self, session: "Session", client_id: int) -> dict | None:
         """Move `session`'s nick claim and memberships to local client `client_id`, and ask its
         old process to drop the old connection silently; {room: its seq then} for the rooms it
@@ -473,7 +481,8 @@ class ClusterEngine(Engine, Protocol):
 class Session(NamedTuple):
     """A resume session as the cluster engine keeps it: its owner (`<lease>:<client>`), nick,
     identity (folded nick, or ""), the rooms it is in; where it is stored and its stored value
-    (compared when it is taken)."""
+    (compared when it is taken); `marks`, where the read markers of a session without a token
+    are kept (the engine's own name for them, the same for every token of the session)."""
 
     owner: str
     nick: str
@@ -481,6 +490,7 @@ class Session(NamedTuple):
     rooms: tuple
     key: str
     value: bytes
+    marks: str = ""
 
 
 def new_epoch() -> str:

@@ -17,7 +17,8 @@ message on the channel is `<origin json>\\n<event json>`, or several such pairs,
 the chats one PUBLISH script stored. `transcript_of_redis` reads a room's
 transcript (export) from `hist` and `log`. A typing notice is
 only PUBLISHed on the channel (origin json without a place). Keys of an identity (read markers,
-DMs that wait) share the hash tag `{id:<folded nick>}` (redis_personal.py).
+DMs that wait) share the hash tag `{id:<folded nick>}`, and those of the read markers of a resume
+session without a token `{session:<marks id>}` (redis_personal.py).
 
 Positions. Each event has a place in its room's stream: a chat (seq, 0), another event (the
 room's seq when it happened, n + 1). The listener remembers the last place it delivered per room;
@@ -59,10 +60,12 @@ import contextlib
 import functools
 import hashlib
 import logging
+import secrets
 import select
 import threading
 import time
 import urllib.parse
+from typing import NamedTuple
 
 import orjson
 import redis
@@ -81,7 +84,7 @@ from chatserver.engines.base import (
     new_epoch,
     without_text,
 )
-from chatserver.engines.redis_personal import RedisPersonal
+from chatserver.engines.redis_personal import RedisPersonal, session_marks_keys
 from chatserver.engines.redis_quotas import RedisQuotas
 from chatserver.engines.redis_runner import NotSent, ScriptRunner
 from chatserver.engines.redis_scripts import (
@@ -115,7 +118,7 @@ from chatserver.engines.redis_scripts import (
 )
 from chatserver.errors import ChatError
 from chatserver.ops import metrics
-from chatserver.protocol import fold_nick
+from chatserver.protocol import MAX_MARKS, fold_nick
 from chatserver.rooms.moderation import KINDS as MODERATION
 from chatserver.rooms.moderation import removes_member
 
@@ -154,8 +157,20 @@ def moved_key(owner: str) -> str:
 
 def session_key(token: str) -> str:
     """Where a resume token's session is kept: named by the token's hash (Redis never holds a
-    token that could be used as one)."""
+    token that could be used as one). Its value: `<owner>\n<nick>\n<identity>\n<marks id>`
+    (identity: the folded token nick, or ""; marks id: where the read markers of a session
+    without a token are, redis_personal.session_marks_keys)."""
     return f"roomchat:session:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
+
+
+class Kept(NamedTuple):
+    """A local client's resume session as this process keeps it: its `key` and stored `value`
+    (session_key), its `marks` id, and whether its marks keys may exist (`marked`: renewed with it)."""
+
+    key: str
+    value: bytes
+    marks: str
+    marked: bool = False
 
 
 def shown(url: str) -> str:
@@ -240,7 +255,7 @@ class RedisEngine(RedisPersonal):
         self._open: dict[str, set] = {}  # subscribed room -> folded nicks read unmuted, the mode the default
         self._rules_generation = 0  # counts the drops of `_open`: a look that raced one keeps nothing
         self._claims: dict[str, tuple] = {}  # nick key -> (value, client id): the nicks this process holds
-        self._sessions: dict[int, tuple] = {}  # client id -> (session key, value): its resume session
+        self._sessions: dict[int, Kept] = {}  # client id -> its resume session
         self._sessions_kept = 0.0  # time.monotonic() when the sessions' windows were last renewed
         self._confirmed: dict[str, threading.Event] = {}  # subscribed channel -> set once Redis confirmed
         self._deferred: collections.deque = collections.deque()  # writes to retry, in order
@@ -667,27 +682,34 @@ class RedisEngine(RedisPersonal):
     # -- resume sessions: a resume token works on every process ----------------------------------
 
     def keep_session(self, client_id: int, token: str, nick: str, identity: str) -> None:
-        """Keep the client's session under `token` (in place of its earlier one), for the resume
-        window past this process's last beat. A failure is logged: the token then works here only."""
-        key, value = session_key(token), f"{self._owner(Meta((self.process_id, client_id)))}\n{nick}\n{identity}"
+        """Keep the client's session under `token` (in place of its earlier one, with the same
+        marks), for the resume window past this process's last beat. A failure is logged: the
+        token then works here only."""
+        owner = self._owner(Meta((self.process_id, client_id)))
         with self._lock:
             earlier = self._sessions.get(client_id)
-            self._sessions[client_id] = (key, value.encode())
+            marks = earlier.marks if earlier is not None else secrets.token_hex(8)
+            kept = Kept(session_key(token), f"{owner}\n{nick}\n{identity}\n{marks}".encode(), marks,
+                        earlier is not None and earlier.marked)
+            self._sessions[client_id] = kept
         try:
-            if earlier is not None and earlier[0] != key:
-                self._scripts["if_owner_delete"](keys=[earlier[0]], args=[earlier[1]])
-            self._redis.set(key, value, px=self._session_ms)
+            if earlier is not None and earlier.key != kept.key:
+                self._scripts["if_owner_delete"](keys=[earlier.key], args=[earlier.value])
+            self._redis.set(kept.key, kept.value, px=self._session_ms)
+            for key in session_marks_keys(marks) if kept.marked else ():  # they live as long as it
+                self._redis.pexpire(key, self._session_ms)
         except REDIS_ERRORS as exc:
             self._failed(exc)
             log.warning("resume session of client %d not kept in Redis: %s", client_id, exc)
 
     def end_session(self, client_id: int) -> None:
-        """Forget the client's session, unless another process took it over meanwhile."""
+        """Forget the client's session and its marks, unless another process took it over meanwhile."""
         with self._lock:
             session = self._sessions.pop(client_id, None)
         if session is not None:
             with contextlib.suppress(*REDIS_ERRORS):
-                self._scripts["if_owner_delete"](keys=[session[0]], args=[session[1]])
+                if self._scripts["if_owner_delete"](keys=[session.key], args=[session.value]) and session.marked:
+                    self._redis.delete(*session_marks_keys(session.marks))
 
     def find_session(self, token: str) -> Session | None:
         """The session `token` names, with the rooms its owner is in, or None. Raises Unavailable."""
@@ -695,11 +717,34 @@ class RedisEngine(RedisPersonal):
         value = self._call(self._redis.get, key)
         if value is None:
             return None
-        owner, nick, identity = value.decode().split("\n")
+        owner, nick, identity, *rest = value.decode().split("\n")
+        marks = rest[0] if rest else secrets.token_hex(8)  # a session kept before marks were: none yet
         suffix = f"\n{nick}\n{owner}"
         entries = self._call(self._redis.smembers, f"roomchat:proc:{owner.rsplit(':', 1)[0]}:rooms")
         rooms = sorted(e[: -len(suffix)] for e in (x.decode() for x in entries) if e.endswith(suffix))
-        return Session(owner, nick, identity, tuple(rooms), key, value)
+        return Session(owner, nick, identity, tuple(rooms), key, value, marks)
+
+    def set_session_mark(self, client_id: int, room: str, seq: int) -> int:
+        """Mark `room` read up to `seq` for local client `client_id`, with its resume session (a
+        connection without a token): as set_mark, living as long as the session. Raises Unavailable."""
+        with self._lock:
+            session = self._sessions.get(client_id)
+            if session is not None:
+                self._sessions[client_id] = session._replace(marked=True)  # renewed with it from now on
+        if session is None:
+            raise Unavailable("the connection has no resume session")  # it is gone: nobody hears the answer
+        return int(self._call(self._personal("set_mark"), keys=session_marks_keys(session.marks),
+                              args=[room, seq, MAX_MARKS, self._session_ms]))
+
+    def session_mark(self, client_id: int, room: str) -> int | None:
+        """Local client `client_id`'s mark in `room` kept with its resume session, or None. Raises
+        Unavailable."""
+        with self._lock:
+            session = self._sessions.get(client_id)
+        if session is None:
+            return None
+        seq = self._call(self._redis.hget, session_marks_keys(session.marks)[0], room)
+        return None if seq is None else int(seq)
 
     def take_session(self, session: Session, client_id: int) -> dict | None:
         """See engines.base.ClusterEngine. The old process is asked on its DM channel to drop
@@ -729,10 +774,10 @@ class RedisEngine(RedisPersonal):
         taken: dict = {}
         try:
             self._call(self._redis.sadd, f"roomchat:proc:{lease}:nicks", key)
-            new_value = f"{owner}\n{session.nick}\n{session.identity}".encode()
+            new_value = f"{owner}\n{session.nick}\n{session.identity}\n{session.marks}".encode()
             self._call(self._redis.set, session.key, new_value, keepttl=True)
-            with self._lock:
-                self._sessions[client_id] = (session.key, new_value)  # its new token's session replaces it
+            with self._lock:  # its new token's session replaces it; its marks stay where they are
+                self._sessions[client_id] = Kept(session.key, new_value, session.marks, not session.identity)
             for room in session.rooms:
                 self._call(self._redis.sadd, f"roomchat:proc:{lease}:rooms", f"{room}\n{session.nick}\n{owner}")
                 seq = self._call(self._scripts["owner_move"], keys=[room_key(room, "owners"), room_key(room, "seq")],
@@ -1239,7 +1284,8 @@ class RedisEngine(RedisPersonal):
             claims = list(self._claims.items())
             # sessions are written with their whole window and refreshed at half of it
             due = time.monotonic() - self._sessions_kept >= self._session_ms / 2000
-            sessions = [key for key, _value in self._sessions.values()] if due else []
+            sessions = [key for kept in self._sessions.values()
+                        for key in (kept.key, *(session_marks_keys(kept.marks) if kept.marked else ()))] if due else []
         if self._retaking:
             self._hub.retake()  # Raises Unavailable: tried again at the next beat
             self._retaking = False

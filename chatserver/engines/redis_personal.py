@@ -1,4 +1,5 @@
-"""Read markers and DMs that wait, per identity, in Redis (the RedisEngine's share of them).
+"""Read markers and DMs that wait, per identity, in Redis (the RedisEngine's share of them); the
+read markers of a connection without a token, kept with its resume session.
 
 An identity is a token's folded nick (protocol.fold_nick: letters, digits, `_ . -`, never a
 brace). Its keys share the hash tag `{id:<identity>}`, so each script below touches one slot of
@@ -10,6 +11,13 @@ a Redis Cluster, as a room's scripts do:
   caller's `most` (`--offline-dms`): KEEP_DM refuses one more.
 None of them expires: they are bounded per identity, and identities are the token nicks seen.
 At Redis's `maxmemory` a new mark or kept DM is refused (Unavailable); taking DMs still works.
+
+A connection without a token keeps its read markers with its resume session (RedisEngine's
+`set_session_mark`), so they follow a resume to any process: `roomchat:{session:<marks id>}:marks`
+and `:marked`, as above, under the hash tag `{session:<marks id>}` (the id is random, kept in the
+session's value and the same for every token the session is kept under). Each write gives them
+the session's whole window, as the session gets when it is kept and renewed (with them): they
+expire with it, at most half a window later, and are deleted when it ends.
 """
 
 import orjson
@@ -17,7 +25,8 @@ import orjson
 from chatserver.engines.redis_scripts import room_key
 from chatserver.protocol import MAX_MARKS
 
-# KEYS: marks, marked. ARGV: room, seq, most. The mark now (never lower than it was).
+# KEYS: marks, marked. ARGV: room, seq, most[, milliseconds both keys live from now]. The mark
+# now (never lower than it was).
 SET_MARK = """
 local seq = math.max(tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0'), tonumber(ARGV[2]))
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', seq))
@@ -28,6 +37,10 @@ if over > 0 then
   local gone = redis.call('ZRANGE', KEYS[2], 0, over - 1)
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
   redis.call('HDEL', KEYS[1], unpack(gone))
+end
+if ARGV[4] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
 return string.format('%.0f', seq)
 """
@@ -64,6 +77,11 @@ SCRIPTS = {"set_mark": SET_MARK, "marks": MARKS, "keep_dm": KEEP_DM, "take_dms":
 def identity_key(identity: str, part: str) -> str:
     """A key of identity `identity`'s (all of them share the hash tag `{id:<identity>}`: one slot)."""
     return f"roomchat:{{id:{identity}}}:{part}"
+
+
+def session_marks_keys(marks_id: str) -> list:
+    """[marks, marked] of a resume session's read markers (one hash tag: one slot)."""
+    return [f"roomchat:{{session:{marks_id}}}:{part}" for part in ("marks", "marked")]
 
 
 class RedisPersonal:

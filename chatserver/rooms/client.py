@@ -69,8 +69,13 @@ class Client:
     Its own connection thread only, no lock: `last_chat` ({room: time.monotonic() of its last
     chat there}, for slow mode); `invite` (rooms/invites.Invite it connected with, or None; set
     before its first request); `marks` ({room: seq}: its read markers while it has no token,
-    rooms/marks.py). Under the Registry lock: `typed` ({room: time.monotonic() of its last
-    typing notice there}, rooms/typing.py).
+    rooms/marks.py; one process only: a cluster engine keeps them with the resume session, so
+    they follow a resume to any process). Under the Registry lock: `typed` ({room:
+    time.monotonic() of its last typing notice there}, rooms/typing.py).
+
+    A resume on the same process keeps the whole Client; one on another process (cluster.py)
+    carries the nick, rooms, identity and tokenless marks, and starts the rest afresh there, as a
+    new connection does: `last_chat`, `limiter`, `bound`, `typed`, `changes` (PROTOCOL.md).
     """
 
     __slots__ = ("bound", "changes", "conn", "id", "identity", "invite", "last_chat", "limiter", "marks", "nick",

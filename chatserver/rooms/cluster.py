@@ -9,11 +9,13 @@ which room, where a DM goes.
 - A room is subscribed when its first local member joins, unsubscribed when its last leaves.
 - `who`, `rooms`, a kick's target and `joined.members` come from the engine (every process).
 - A DM to a nick held elsewhere goes through the engine; nobody received it: `no_such_user`.
-- A resume token works on every process: its session (owner, nick, identity) is kept in the
-  engine. The process the client reaches takes over the nick claim and the memberships (their
-  owner changes in Redis, the members stay: no presence) and the old process drops the old
-  connection (`let_go`: close 4002; its leaves and its release of the nick find another owner
-  and do nothing).
+- A resume token works on every process: its session (owner, nick, identity, and the read
+  markers of a client without a token: rooms/marks.py) is kept in the engine. The process the
+  client reaches takes over the nick claim and the memberships (their owner changes in Redis,
+  the members stay: no presence) and the old process drops the old connection (`let_go`: close
+  4002; its leaves and its release of the nick find another owner and do nothing). What is the
+  connection's own (slow mode's pacing, the rate limit, bans and mutes bound to it) starts
+  afresh, as on a new connection (rooms/client.py).
 
 Fencing (DESIGN-NOTES 1). A process's liveness is a lease in the engine. The engine's heartbeat
 finds out when the lease was lost (the process was paused or cut off long enough to be reaped by

@@ -629,6 +629,7 @@ class Registry:
         moving = folded != fold_nick(old)  # not a change of case: the claim changes hands
         if moving and not claimed and not self._claim(client, nick):
             raise nick_taken(nick)
+        self._keep_session(client, nick=nick)  # before the reply: a resume elsewhere right after it gets `nick`
         event = {"type": "nick", "old": old, "nick": nick}
         with self._lock:
             lost = client.id not in self._clients or self._nicks.get(folded, client) is not client
@@ -647,14 +648,15 @@ class Registry:
             if moving:
                 self._release(client, nick)
             if not gone:
+                self._keep_session(client)  # its nick is the old one still
                 raise nick_taken(nick)
+            self._end_session(client)  # gone as it was kept: not kept again for nobody
             return
         if moving:
             self._release(client, old)
         change = uuid.uuid4().hex
         for name in rooms:
             self._announce_quietly(name, event, client, change)
-        self._keep_session(client)
 
     def _guest_nick(self, client: Client) -> str:
         """A free guest nick that is not reserved, claimed for `client`. Raises ChatError unavailable."""

@@ -207,6 +207,62 @@ def test_typing_marks_and_waiting_dms_on_a_redis_cluster(processes, peers):
     assert again.recv() == {k: v for k, v in copy.items() if k != "id"}
 
 
+def test_marks_without_a_token_follow_a_resume_across_nodes(redis_cluster, processes, peers):
+    """On a Redis Cluster: a guest's marks set on the first node's process are in `joined.mark`
+    after a resume on the third's; a mark set there is found after a resume on the second's; once
+    the client leaves, no node holds its marks."""
+    a, b, c = processes()
+    ann = peers(a.url)
+    ann.set_nick("ann")
+    ann.join("lobby")
+    ann.chat_all("lobby", ["one", "two", "three"])
+    assert ask(ann, "mark", type="mark", room="lobby", seq=2)["seq"] == 2
+    again = peers(f"{c.url}?resume={ann.welcome['resume']}")
+    assert again.welcome["resumed"] is True and again.join("lobby", after=3)["mark"] == 2
+    assert ask(again, "mark", type="mark", room="lobby", seq=3)["seq"] == 3
+    back = peers(f"{b.url}?resume={again.welcome['resume']}")
+    assert back.welcome["resumed"] is True and back.join("lobby", after=3)["mark"] == 3
+    nodes = [redis.Redis(port=port) for port in redis_cluster.ports]
+    try:
+        assert sum(len(n.keys("roomchat:{session:*")) for n in nodes) == 2  # its marks, on one node
+        back.close()
+        wait_for(lambda: not any(n.keys("roomchat:{session:*") for n in nodes), timeout=10)
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def test_a_beat_renews_a_sessions_marks_on_their_own_node(redis_cluster):
+    """On a Redis Cluster a tokenless session's key and its marks' keys sit in different slots
+    (their nodes may differ): a beat renews all of them (one pipeline across nodes), and the end
+    of the session deletes them all."""
+    from chatserver.engines.redis import RedisEngine
+    from tests.integration.test_redis_resume import ProcessHub
+
+    nodes = [redis.Redis(port=port) for port in redis_cluster.ports]
+    for node in nodes:
+        node.flushall()
+    engine = RedisEngine(redis_cluster.urls[0], resume_window=30)
+    engine.start(ProcessHub("cccccccccccc", engine, {}))
+    try:
+        engine.keep_session(1, "tok", "ann", "")
+        assert engine.set_session_mark(1, "lobby", 3) == 3
+        keys = [(node, key) for node in nodes for key in node.keys("roomchat:*session*")]
+        assert len(keys) == 3
+        for node, key in keys:
+            node.pexpire(key, 5_000)
+        with engine._lock:
+            engine._sessions_kept = 0.0  # the next beat renews the sessions
+        engine._beat()
+        assert all(node.pttl(key) > 5_000 for node, key in keys)
+        engine.end_session(1)
+        assert not any(node.keys("roomchat:*session*") for node in nodes)
+    finally:
+        engine.close()
+        for node in nodes:
+            node.close()
+
+
 def test_a_burst_of_calls_waits_for_a_free_connection_to_a_node(redis_cluster, monkeypatch):
     """More threads calling Redis at once than the engine's pool has connections to a node (a
     burst of new clients): each waits for a free connection, none is answered `unavailable`."""

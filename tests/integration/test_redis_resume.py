@@ -8,10 +8,11 @@ import redis
 
 from chatserver import protocol
 from chatserver.engines.base import Meta
-from chatserver.engines.redis import RedisEngine
+from chatserver.engines.redis import RedisEngine, session_key
+from chatserver.protocol import MAX_MARKS
 from tests.client_helpers import Relay
 from tests.fakes import RoomsHub
-from tests.helpers import SECRET, Peer, ann_watched, token, wait_for, with_token
+from tests.helpers import SECRET, Peer, ann_watched, seated, token, wait_for, with_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -161,6 +162,145 @@ def test_resuming_back_and_forth_at_once_keeps_nick_and_rooms(cluster, peers):
     assert peer.request(type="who", room="r1")["members"] == ["ann"]
 
 
+def test_marks_without_a_token_follow_a_resume_to_the_other_process(redis_server, cluster, peers):
+    """A guest marks two rooms on A and is silently cut off; resumed on B, its re-joins carry the
+    same `joined.mark`s; a mark set on B never goes back and is there after a resume back on A; a
+    new connection has none; once the client leaves, Redis holds none of its marks."""
+    a, b = cluster(2)
+    relay = Relay(a.port)
+    try:
+        ann = peers(relay.url)
+        ann.set_nick("ann")
+        for room in ("lobby", "side"):
+            ann.join(room)
+        ann.chat_all("lobby", ["one", "two", "three"])
+        ann.chat_all("side", ["x"])
+        assert ann.request(type="mark", room="lobby", seq=2)["seq"] == 2
+        assert ann.request(type="mark", room="side", seq=1)["seq"] == 1
+        relay.go_silent()
+        again = peers(f"{b.url}?resume={ann.welcome['resume']}")
+        assert again.welcome["resumed"] is True and "marks" not in again.welcome
+        assert again.join("lobby", after=3)["mark"] == 2
+        assert again.join("side", after=1)["mark"] == 1
+        assert again.request(type="mark", room="lobby", seq=3)["seq"] == 3
+        assert again.request(type="mark", room="lobby", seq=1)["seq"] == 3
+    finally:
+        relay.close()
+    back = peers(f"{a.url}?resume={again.welcome['resume']}")
+    assert back.welcome["resumed"] is True
+    assert back.join("lobby", after=3)["mark"] == 3 and back.join("side", after=1)["mark"] == 1
+    assert "mark" not in peers(b.url).join("lobby")
+    store = redis.Redis.from_url(redis_server.url)
+    try:
+        assert len(store.keys("roomchat:{session:*")) == 2  # its marks and their order, one slot
+        back.request(type="leave", room="lobby")
+        back.close()
+        wait_for(lambda: not store.keys("roomchat:{session:*"), timeout=10)
+    finally:
+        store.close()
+
+
+def test_a_mark_without_a_token_while_redis_is_down_is_unavailable_and_changes_nothing(redis_server, cluster, peers):
+    """Redis stopped: a guest's mark is answered `unavailable`, as a token holder's is; once Redis
+    is back its mark is the one it had before, on its process and after a resume on the other."""
+    a, b = cluster(2)
+    guest = peers(a.url)
+    guest.join("lobby")
+    guest.chat_all("lobby", ["one", "two", "three"])
+    assert guest.request(type="mark", room="lobby", seq=2)["seq"] == 2
+    redis_server.stop()
+    reply = guest.request(type="mark", room="lobby", seq=3, id=7)
+    assert (reply["type"], reply["code"], reply["id"]) == ("error", "unavailable", 7)
+    redis_server.start()
+
+    def marked() -> dict | None:
+        guest.send(type="mark", room="lobby", seq=1, id="m")
+        reply = guest.recv()
+        while reply.get("id") != "m":
+            reply = guest.recv()
+        return reply if reply["type"] == "mark" else None
+
+    assert wait_for(marked, timeout=15, interval=0.2)["seq"] == 2
+    again = peers(f"{b.url}?resume={guest.welcome['resume']}")
+    assert again.welcome["resumed"] is True and again.join("lobby", after=3)["mark"] == 2
+
+
+def test_slow_mode_pacing_starts_afresh_on_another_process_as_on_a_new_connection(cluster, peers):
+    """In a slow room, a resume on the same process keeps the member's pacing (its next chat gets
+    slow_mode); a resume on the other process starts it afresh (its next chat goes through, the one
+    after gets slow_mode), as a new connection of the same nick on one process does."""
+    a, b = cluster(2, "--token-secret", SECRET)
+    op, stud = seated(a.url, peers, "class", "stud")
+    op.send(type="mode", room="class", slow=600)
+    for peer in (op, stud):
+        peer.recv_type("mode")
+    stud.send(type="chat", room="class", text="first")
+    assert stud.recv_type("chat")["text"] == "first"
+    same = peers(f"{a.url}?resume={stud.welcome['resume']}")
+    assert same.welcome["resumed"] is True
+    assert same.request(type="chat", room="class", text="at once")["code"] == "slow_mode"
+    moved = peers(f"{b.url}?resume={same.welcome['resume']}")
+    assert moved.welcome["resumed"] is True and moved.nick == "stud"
+    moved.send(type="chat", room="class", text="from B")
+    assert moved.recv_type("chat")["text"] == "from B"
+    assert moved.request(type="chat", room="class", text="at once")["code"] == "slow_mode"
+    moved.request(type="leave", room="class")
+    moved.close()
+    fresh = peers(a.url)
+    wait_for(lambda: fresh.request(type="nick", nick="stud")["type"] == "nick", timeout=10)
+    fresh.join("class")
+    fresh.send(type="chat", room="class", text="new connection")
+    assert fresh.recv_type("chat")["text"] == "new connection"
+
+
+def test_the_rate_limit_starts_afresh_on_another_process_as_on_a_new_connection(cluster, peers):
+    """A member with its burst spent (3 frames, a token per 100 s) is still refused `rate_limited`
+    after a resume on the same process, and served after one on the other: the connection's own
+    bucket starts full there, as a new connection's does."""
+    a, b = cluster(2, "--token-secret", SECRET, "--rate-burst", "3", "--rate-per-second", "0.01")
+    _op, stud = seated(a.url, peers, "class", "stud")  # two of stud's frames: nick and join
+    assert stud.request(type="ping") == {"type": "pong"}
+    assert stud.request(type="ping")["code"] == "rate_limited"
+    same = peers(f"{a.url}?resume={stud.welcome['resume']}")
+    assert same.welcome["resumed"] is True and same.request(type="ping")["code"] == "rate_limited"
+    moved = peers(f"{b.url}?resume={same.welcome['resume']}")
+    assert moved.welcome["resumed"] is True and moved.request(type="ping") == {"type": "pong"}
+
+
+def test_a_mute_bound_to_a_renamed_connection_stays_on_its_process(cluster, peers):
+    """A muted member that renamed is still `forbidden` to chat after a resume on the same process;
+    after one on the other process only its nick is held (the mute named the old one), as for a
+    new connection: its chat goes through."""
+    a, b = cluster(2, "--token-secret", SECRET)
+    op, stud = seated(a.url, peers, "class", "stud")
+    op.send(type="mute", room="class", nick="stud", duration=600)
+    for peer in (op, stud):
+        peer.recv_type("mute")
+    stud.set_nick("stud2")
+    assert stud.request(type="chat", room="class", text="renamed")["code"] == "forbidden"
+    same = peers(f"{a.url}?resume={stud.welcome['resume']}")
+    assert same.welcome["resumed"] is True and same.nick == "stud2"
+    assert same.request(type="chat", room="class", text="resumed")["code"] == "forbidden"
+    moved = peers(f"{b.url}?resume={same.welcome['resume']}")
+    assert moved.welcome["resumed"] is True and moved.nick == "stud2"
+    moved.send(type="chat", room="class", text="elsewhere")
+    assert moved.recv_type("chat")["text"] == "elsewhere"
+
+
+def test_a_resume_on_the_other_process_right_after_a_rename_keeps_the_new_nick(cluster, peers):
+    """A client that renames and at once resumes on the other process, 10 times, alternating:
+    resumed every time under the nick its last reply gave (the session has it before the reply)."""
+    a, b = cluster(2)
+    peer = peers(a.url)
+    for i in range(10):
+        assert peer.request(type="nick", nick=f"ann{i}")["type"] == "nick"
+        again = peers(f"{(b, a)[i % 2].url}?resume={peer.welcome['resume']}")
+        got = again.welcome.get("resumed"), again.nick
+        assert got == (True, f"ann{i}"), (i, got)
+        peer.close()
+        peer = again
+
+
 class ProcessHub(RoomsHub):
     """Plays one process's Registry for a cluster engine: records which clients it is told to let
     go (a resume moved them) and which it is told lost their nick (cut off: as the Registry does,
@@ -226,3 +366,73 @@ def test_a_beat_between_a_resumes_claim_and_room_moves_keeps_the_old_process_cal
     finally:
         a.close()
         b.close()
+
+
+def test_the_engine_keeps_marks_without_a_token_as_long_as_their_session(redis_server):
+    """The Redis engine keeps a tokenless session's marks under the session's hash tag with the
+    session's lifetime: never back; kept under each new token of the session; renewed with it by a
+    beat; found by the process that takes the session over and left alone when the old process ends
+    its copy; deleted when the session ends, and gone when it expires unrenewed. A session kept
+    before marks were is still found."""
+    store = redis.Redis.from_url(redis_server.url)
+    a, b = RedisEngine(redis_server.url, resume_window=30), RedisEngine(redis_server.url)
+    hub_a, hub_b = ProcessHub("aaaaaaaaaaaa", a, {1: ("ann", [])}), ProcessHub("bbbbbbbbbbbb", b, {})
+    a.start(hub_a)
+    b.start(hub_b)
+    try:
+        assert a.claim_nick("ann", 1)
+        a.keep_session(1, "tok", "ann", "")
+        assert a.set_session_mark(1, "lobby", 3) == 3 and a.set_session_mark(1, "lobby", 1) == 3
+        assert a.session_mark(1, "lobby") == 3 and a.session_mark(1, "side") is None
+        marks = sorted(k.decode() for k in store.keys("roomchat:{session:*"))
+        assert len(marks) == 2 and len({k.split("}")[0] for k in marks}) == 1  # one hash tag: one slot
+        assert all(0 < store.pttl(k) <= 30_000 for k in marks)
+        a.keep_session(1, "tok2", "ann", "")  # a resume on the same process: a new token
+        assert a.find_session("tok") is None and a.session_mark(1, "lobby") == 3
+        session = a.find_session("tok2")
+        for key in (session.key, *marks):
+            store.pexpire(key, 5_000)
+        with a._lock:
+            a._sessions_kept = 0.0  # the next beat renews the sessions
+        a._beat()
+        assert all(store.pttl(k) > 5_000 for k in (session.key, *marks))
+        assert b.take_session(session, 7) == {}
+        assert b.session_mark(7, "lobby") == 3 and b.set_session_mark(7, "lobby", 4) == 4
+        assert hub_a.wait_moved() == [1]
+        a.end_session(1)  # the old process lets its client go: the session is B's now
+        assert b.session_mark(7, "lobby") == 4
+        b.end_session(7)
+        assert not store.keys("roomchat:{session:*") and not store.keys("roomchat:session:*")
+        store.set(session_key("older"), "x.1:3\nbob\n")  # kept by a roomchat before marks were
+        older = b.find_session("older")
+        assert (older.nick, older.identity) == ("bob", "") and older.marks
+        store.delete(older.key)
+    finally:
+        a.close()
+        b.close()
+    short = RedisEngine(redis_server.url, lease=1.0, resume_window=1.0)  # not started: nobody renews
+    try:
+        short.keep_session(1, "tok3", "bob", "")
+        assert short.set_session_mark(1, "lobby", 2) == 2
+        wait_for(lambda: not store.keys("roomchat:{session:*") and not store.keys("roomchat:session:*"),
+                 timeout=10)
+    finally:
+        short.close()
+        store.close()
+
+
+def test_a_sessions_marks_are_bounded_like_an_identitys(redis_server):
+    """Past MAX_MARKS rooms, a tokenless session's mark in a new room forgets the one marked
+    longest ago (a room marked again counts as marked last)."""
+    engine = RedisEngine(redis_server.url)  # not started: no heartbeat needed for this
+    try:
+        engine.keep_session(1, "tok", "ann", "")
+        for n in range(MAX_MARKS):
+            engine.set_session_mark(1, f"r{n}", 1)
+        engine.set_session_mark(1, "r0", 1)  # marked again: now the newest
+        engine.set_session_mark(1, "new", 1)
+        assert engine.session_mark(1, "r0") == 1 and engine.session_mark(1, "r1") is None
+        assert engine.session_mark(1, "new") == 1 and engine.session_mark(1, f"r{MAX_MARKS - 1}") == 1
+        engine.end_session(1)
+    finally:
+        engine.close()
