@@ -3,6 +3,7 @@ fakes and waiting helpers. Fixtures live in conftest.py; test modules import onl
 
 import base64
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import websocket
@@ -85,6 +87,18 @@ def restart(make_server, server: ChatServer, engine=None) -> ChatServer:
     port, kept = server.port, server.engine
     server.shutdown(timeout=0.5)
     return make_server(engine=engine or kept, port=port)
+
+
+@contextlib.contextmanager
+def no_unclosed_resources():
+    """Fails the test when the garbage collector finds something the block left unclosed
+    (a ResourceWarning: from Python 3.13 on, a sqlite3.Connection dropped without close())."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        yield
+        gc.collect()
+    leaked = [str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)]
+    assert not leaked, leaked
 
 
 def closing_all(factory, close=lambda thing: thing.close()):

@@ -146,8 +146,7 @@ def open_history(path: str, synchronous: str, busy_timeout: float, wal_keep: int
         os.close(fd)  # after conn.close(): closing any descriptor of the file drops SQLite's locks
         if isinstance(exc, StoreError):
             raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StoreError(f"cannot use {where}: {reason}") from None
+        raise StoreError(f"cannot use {where}: {first_line(exc)}") from None
     return fd, conn, epoch
 
 def _prepare(conn: sqlite3.Connection, where: str) -> str:
@@ -229,6 +228,11 @@ def transcript_of_file(path: str, room: str, since: float) -> list:
             conn.close()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read history database {path}: {exc}") from None
+
+
+def first_line(exc: Exception) -> str:
+    """An exception's message in one line, for the operator (its type's name when it has none)."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def connect(path: str, timeout: float) -> sqlite3.Connection:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from chatserver.engines.sqlite import SqliteEngine, StoreError
-from tests.helpers import chat, started, write
+from tests.helpers import chat, no_unclosed_resources, started, write
 
 
 def malformed_pages(path) -> None:
@@ -68,6 +68,20 @@ def test_second_store_on_one_file_is_refused(tmp_path):
     finally:
         store.close()
     SqliteEngine(path).close()  # free again once the first is closed
+
+
+def test_a_file_that_fails_to_load_is_left_closed_and_unlocked(tmp_path):
+    """A row the engine cannot read at start (a waiting DM that is not JSON) raises StoreError with
+    one line, and leaves no connection open and no lock held: the file opens again once mended."""
+    path = str(tmp_path / "h.db")
+    SqliteEngine(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("INSERT INTO dms (n, identity, event) VALUES (1, 'ann', 'not json')")
+    with no_unclosed_resources(), pytest.raises(StoreError, match=r"^cannot use history database .*h\.db: [^\n]+$"):
+        SqliteEngine(path)
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DELETE FROM dms")
+    SqliteEngine(path).close()  # not "in use by another roomchat process"
 
 
 @pytest.mark.timeout(10)
