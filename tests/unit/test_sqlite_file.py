@@ -9,6 +9,7 @@ import time
 import pytest
 
 from chatserver.engines.sqlite import SqliteEngine, StoreError
+from chatserver.engines.sqlite_file import read_transcript
 from tests.helpers import chat, no_unclosed_resources, started, write
 
 
@@ -140,3 +141,14 @@ def test_a_schema_2_file_opens_with_its_chats_and_gains_the_event_columns(tmp_pa
         assert columns[-3:] == ["kind", "target", "data"]
         assert conn.execute("SELECT kind FROM events").fetchall() == [("chat",)]
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_a_transcript_of_a_file_from_before_edits_has_its_chats_as_sent():
+    """A schema 2 file (no kind/target/data columns, no notices) gives its chats in the shape `history` has."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE events (room TEXT, seq INTEGER, sender TEXT, text TEXT, ts REAL)")
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                         [("lobby", 2, "bob", "two", 20.0), ("lobby", 1, "ann", "one", 10.0),
+                          ("x", 1, "cy", "no", 5.0)])
+        assert read_transcript(conn, "lobby", 15.0) == [
+            {"type": "chat", "room": "lobby", "from": "bob", "text": "two", "seq": 2, "ts": 20.0}]
