@@ -168,7 +168,8 @@ class Peer:
                 return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
 
     def close(self) -> None:
-        self.ws.close()
+        self.ws.close()  # a no-op once the server closed it (websocket-client then keeps the socket)
+        self.ws.shutdown()  # so the socket is closed here, not left to the garbage collector
 
 
 def frames_until(peer: Peer, kind: str) -> list[dict]:
