@@ -94,7 +94,7 @@ def run_server(db: str, args, logfile: Path) -> dict:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
     if db != ":memory:":
-        with sqlite3.connect(db) as conn:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
             ever = conn.execute("SELECT sum(last_seq) FROM rooms").fetchone()[0]  # rows may be pruned
         result["file_mib"] = os.path.getsize(db) / 2**20
         if ever != result["echoes"]:

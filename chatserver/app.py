@@ -112,15 +112,18 @@ class ChatServer:
         )
         self.shares = AddressShares(config.address_rate_burst, config.rate_per_second * config.address_rate_factor)
         try:  # after binding: a port in use is reported before the history file is touched
+            # The token secret before the engine too: a file that cannot be read (OSError) must
+            # not leave the history file open and locked behind it.
+            key = config.token_key()
+            self.identities = Identities(key, config.reserved(), config.require_token, self._expired)
             self.engine = open_engine(config) if engine is None else engine
         except Exception:
             self.transport.server_close()
             raise
-        self.identities = Identities(config.token_key(), config.reserved(), config.require_token, self._expired)
         registry = ClusterRegistry if self.engine.cluster else Registry
         self.registry = registry(self.engine, config.limits(), self.identities, self.metrics,
                                  typing_max_members=config.typing_max_members, offline_dms=config.offline_dms)
-        self.invites = Invites(config.token_key(), self.engine)
+        self.invites = Invites(key, self.engine)
         self.metrics.watch(self.registry.stats, self.transport.housekeeper.totals)
         self.web = WebRoutes(self.registry.stats, self.engine.health, metrics=self.metrics.respond)
         self.api = Api(self.registry, self.identities, RateBook(config.address_rate_burst, self.shares.rate),

@@ -3,6 +3,7 @@ fakes and waiting helpers. Fixtures live in conftest.py; test modules import onl
 
 import base64
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import websocket
@@ -87,6 +89,18 @@ def restart(make_server, server: ChatServer, engine=None) -> ChatServer:
     return make_server(engine=engine or kept, port=port)
 
 
+@contextlib.contextmanager
+def no_unclosed_resources():
+    """Fails the test when the garbage collector finds something the block left unclosed
+    (a ResourceWarning: from Python 3.13 on, a sqlite3.Connection dropped without close())."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        yield
+        gc.collect()
+    leaked = [str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)]
+    assert not leaked, leaked
+
+
 def closing_all(factory, close=lambda thing: thing.close()):
     """The body of a fixture that hands out `factory(...)` and closes all it made at teardown:
     `yield from closing_all(Peer)`."""
@@ -154,7 +168,8 @@ class Peer:
                 return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
 
     def close(self) -> None:
-        self.ws.close()
+        self.ws.close()  # a no-op once the server closed it (websocket-client then keeps the socket)
+        self.ws.shutdown()  # so the socket is closed here, not left to the garbage collector
 
 
 def frames_until(peer: Peer, kind: str) -> list[dict]:

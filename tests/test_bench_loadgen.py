@@ -64,7 +64,8 @@ class ScriptedServer(threading.Thread):
         return b'42["msg",' + data + b"]" if self.socketio else data
 
     def run(self):
-        conn, _ = self.listener.accept()
+        with self.listener:  # one connection only
+            conn, _ = self.listener.accept()
         with conn:
             request = b""
             while b"\r\n\r\n" not in request:

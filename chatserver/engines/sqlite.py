@@ -43,6 +43,7 @@ from chatserver.engines.sqlite_file import (
     StoreError,
     chat_data,
     connect,
+    first_line,
     history_item,
     open_history,
     read_transcript,
@@ -141,16 +142,23 @@ class SqliteEngine(LocalRules, SqlitePersonal):
         self._purge_pages = max(16, self._wal_max // 4 // 4096)  # index pages merged per pass after a delete
         self._lock_fd, self._conn, self.epoch = open_history(self.path, synchronous, busy_timeout,
                                                              wal_keep=self._wal_max // 4)
+        try:
+            self._floor = seq_floor(self._conn)  # a room the file does not know starts above it
+            self._seqs = dict(self._conn.execute("SELECT room, last_seq FROM rooms"))
+            self._init_rules(self._conn.execute(READ_RULES).fetchall())
+            self._load_personal(self._conn)  # read markers and DMs that wait (engines/personal.py)
+            self._checkpoint_conn = connect(self.path, CHECKPOINT_WAIT)  # used under _checkpoint_lock
+        except BaseException as exc:  # nothing left open or locked: the file can be opened again
+            self._conn.close()
+            os.close(self._lock_fd)  # after conn.close(), as in close()
+            if isinstance(exc, sqlite3.Error | ValueError):  # a row that is not what roomchat wrote
+                raise StoreError(f"cannot use history database {self.path}: {first_line(exc)}") from None
+            raise
         self._readers = ReaderPool(self._connect_reader)
-        self._floor = seq_floor(self._conn)  # a room the file does not know starts above it
-        self._seqs = dict(self._conn.execute("SELECT room, last_seq FROM rooms"))
-        self._init_rules(self._conn.execute(READ_RULES).fetchall())
-        self._load_personal(self._conn)  # read markers and DMs that wait (engines/personal.py)
         self._committed_seqs = dict(self._seqs)  # writer thread only, once started
         self._backlog = deque(self._seqs)  # rooms still to get their retention pass: writer thread only
         self._checkpoints_stop = threading.Event()
         self._checkpoint_lock = threading.Lock()  # one checkpoint at a time (writer or checkpoint thread)
-        self._checkpoint_conn = connect(self.path, CHECKPOINT_WAIT)  # used under _checkpoint_lock
         self._truncate_after = 0  # after a TRUNCATE checkpoint gave up: bytes the WAL must pass first
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(checkpoint_interval,), name="roomchat-checkpoint", daemon=True
@@ -374,7 +382,7 @@ class SqliteEngine(LocalRules, SqlitePersonal):
                 self._metrics.engine_errors.inc()
                 self._rollback()
                 if self._closing or time.monotonic() >= give_up_at:
-                    self._give_up(batch, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    self._give_up(batch, first_line(exc))
                     return False
                 log.error("cannot store %d chat events, retrying in %.2f s: %s", len(batch), delay, exc)
                 time.sleep(delay)

@@ -92,15 +92,16 @@ SET_LAST_SEQ = (
 INSERT_NOTICE = "INSERT INTO notices (room, after_seq, ts, event) VALUES (?, ?, ?, ?)"
 # A room's notices go with the chats they followed (in the same retention pass).
 PRUNE_NOTICES = "DELETE FROM notices WHERE room = ? AND after_seq <= (SELECT last_seq FROM rooms WHERE room = ?) - ?"
+_COLUMNS = "seq, sender, text, ts, kind, target, data"  # what history_item() takes
 TRANSCRIPT_CHATS = "SELECT seq, sender, text, ts FROM events WHERE room = ? AND ts >= ? ORDER BY seq"
-# From schema 3: chats only, in their current text; deleted ones (text '') are gone.
-TRANSCRIPT_CHATS_3 = ("SELECT seq, sender, text, ts FROM events WHERE room = ? AND ts >= ? AND kind = 'chat'"
+# From schema 3: chats only, in their current state (history_item: text, `edited`, `reactions`),
+# as `history` sends them; deleted ones (text '') are gone.
+TRANSCRIPT_CHATS_3 = (f"SELECT {_COLUMNS} FROM events WHERE room = ? AND ts >= ? AND kind = 'chat'"
                       " AND text != '' ORDER BY seq")
 TRANSCRIPT_NOTICES = "SELECT after_seq, ts, event FROM notices WHERE room = ? AND ts >= ? ORDER BY rowid"
 PRUNE_ROOM = "DELETE FROM events WHERE room = ? AND seq <= (SELECT last_seq FROM rooms WHERE room = ?) - ?"
 # Reads apply the retention window themselves, so pruning can lag behind without showing.
 _WINDOW = "room = ? AND seq > max(?, ifnull((SELECT last_seq FROM rooms WHERE room = ?), 0) - ?) AND seq < ?"
-_COLUMNS = "seq, sender, text, ts, kind, target, data"  # what history_item() takes
 READ_FORWARD = f"SELECT {_COLUMNS} FROM events WHERE {_WINDOW} ORDER BY seq LIMIT ?"
 READ_BACK = f"SELECT {_COLUMNS} FROM events WHERE {_WINDOW} ORDER BY seq DESC LIMIT ?"
 
@@ -146,8 +147,7 @@ def open_history(path: str, synchronous: str, busy_timeout: float, wal_keep: int
         os.close(fd)  # after conn.close(): closing any descriptor of the file drops SQLite's locks
         if isinstance(exc, StoreError):
             raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StoreError(f"cannot use {where}: {reason}") from None
+        raise StoreError(f"cannot use {where}: {first_line(exc)}") from None
     return fd, conn, epoch
 
 def _prepare(conn: sqlite3.Connection, where: str) -> str:
@@ -199,14 +199,16 @@ def chat_data(chat: dict) -> str | None:
 
 
 def read_transcript(conn: sqlite3.Connection, room: str, since: float) -> list:
-    """The room's stored chats and moderation events from `since` (Unix time), in stream order
-    (a file without `notices`, written by an older roomchat, gives its chats). Raises sqlite3.Error."""
+    """The room's stored chats, in their current state (`edited`, `reactions`, as history items
+    carry them), and moderation events from `since` (Unix time), in stream order (a file without
+    `notices`, written by an older roomchat, gives its chats). Raises sqlite3.Error."""
     from chatserver.engines.base import transcript_order
 
-    kinds = any(row[1] == "kind" for row in conn.execute("PRAGMA table_info(events)"))
-    query = TRANSCRIPT_CHATS_3 if kinds else TRANSCRIPT_CHATS
-    chats = [{"type": "chat", "room": room, "from": sender, "text": text, "seq": seq, "ts": ts}
-             for seq, sender, text, ts in conn.execute(query, (room, since))]
+    if any(row[1] == "kind" for row in conn.execute("PRAGMA table_info(events)")):
+        chats = [history_item(room, *row) for row in conn.execute(TRANSCRIPT_CHATS_3, (room, since))]
+    else:  # schema 1 or 2: every row is a chat as it was sent
+        chats = [chat_event(room, sender, text, seq, ts)
+                 for seq, sender, text, ts in conn.execute(TRANSCRIPT_CHATS, (room, since))]
     has_notices = conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'notices'").fetchone()
     rows = conn.execute(TRANSCRIPT_NOTICES, (room, since)) if has_notices else ()
     notices = [(at, {**json.loads(event), "ts": ts}) for at, ts, event in rows]
@@ -229,6 +231,11 @@ def transcript_of_file(path: str, room: str, since: float) -> list:
             conn.close()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read history database {path}: {exc}") from None
+
+
+def first_line(exc: Exception) -> str:
+    """An exception's message in one line, for the operator (its type's name when it has none)."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def connect(path: str, timeout: float) -> sqlite3.Connection:

@@ -4,11 +4,12 @@
 
 reads the SQLite history file (read-only, beside a running server: WAL lets it), or with
 `--redis URL` the room's streams in Redis, and writes to stdout. The events are those the engine
-keeps (engines/base.py `transcript`): the chats within `--history-per-room`, and the topic,
-kick, ban, mute and mode events placed among them. Times are UTC. `jsonl` is one event per line
-as the server sent it (plus `ts` on moderation events); `md` and `html` say each event in words,
-and `html` is one self-contained page (its style inline, no script, nothing fetched) with every
-text escaped.
+keeps (engines/base.py `transcript`): the chats within `--history-per-room`, in their current
+state as `history` gives them (the last edit's text, `edited`, `reactions`; deleted ones left
+out), and the topic, kick, ban, mute and mode events placed among them. Times are UTC. `jsonl`
+is one event per line as `history` gives it (plus `ts` on moderation events); `md` and `html`
+say each event in words (a chat: "(edited)" and its reactions after its text), and `html` is
+one self-contained page (its style inline, no script, nothing fetched) with every text escaped.
 """
 
 import argparse
@@ -66,6 +67,11 @@ def describe(event: dict) -> str:
     return f"{kind} event"
 
 
+def reactions_said(chat: dict) -> str:
+    """A chat's reactions in words (plain text, not escaped): "👍 ann, bob; 🎉 cy", "" for none."""
+    return "; ".join(f"{emoji} {', '.join(nicks)}" for emoji, nicks in chat.get("reactions", {}).items())
+
+
 def render(room: str, events: list, fmt: str) -> str:
     """The transcript of `room` in `fmt` (FORMATS) from its events in stream order."""
     if fmt == "jsonl":
@@ -83,7 +89,9 @@ def _markdown(room: str, events: list) -> str:
     for event in events:
         stamp = _when(event.get("ts", 0))
         if event["type"] == "chat":
-            lines.append(f"- {stamp} **{esc(event['from'])}**: {esc(event['text'])}")
+            said = reactions_said(event)
+            lines.append(f"- {stamp} **{esc(event['from'])}**: {esc(event['text'])}"
+                         + (" _(edited)_" if event.get("edited") else "") + (f" {esc(f'[{said}]')}" if said else ""))
         else:
             lines.append(f"- {stamp} _{esc(describe(event))}_")
     return "\n".join(lines) + "\n"
@@ -91,7 +99,8 @@ def _markdown(room: str, events: list) -> str:
 
 _STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem;color:#1d2330}
 h1{font-size:1.4rem}ol{list-style:none;padding:0}li{padding:.2rem 0;white-space:pre-wrap;overflow-wrap:anywhere}
-time{color:#6b7280;font-size:.8rem;margin-right:.5rem}b{margin-right:.4rem}li.notice{color:#6b4e00;font-style:italic}"""
+time{color:#6b7280;font-size:.8rem;margin-right:.5rem}b{margin-right:.4rem}li.notice{color:#6b4e00;font-style:italic}
+small{color:#6b7280}.reactions{display:block;font-size:.85rem;color:#4b5563;margin-left:1rem}"""
 
 
 def _html(room: str, events: list) -> str:
@@ -101,7 +110,10 @@ def _html(room: str, events: list) -> str:
         stamp = _when(event.get("ts", 0))
         head = f'<time datetime="{esc(stamp)}Z">{esc(stamp)}</time>'
         if event["type"] == "chat":
-            items.append(f"<li>{head}<b>{esc(event['from'])}</b>{esc(event['text'])}</li>")
+            said = reactions_said(event)
+            items.append(f"<li>{head}<b>{esc(event['from'])}</b>{esc(event['text'])}"
+                         + (" <small>(edited)</small>" if event.get("edited") else "")
+                         + (f'<span class="reactions">{esc(said)}</span>' if said else "") + "</li>")
         else:
             items.append(f'<li class="notice">{head}{esc(describe(event))}</li>')
     return (

@@ -12,7 +12,7 @@ import websocket
 
 from chatclient.schema import problems, validator
 from chatserver.engines.sqlite import SqliteEngine
-from tests.helpers import Peer, ServerProcess, roomchat_env, run_to_exit, wait_for
+from tests.helpers import Peer, ServerProcess, no_unclosed_resources, roomchat_env, run_to_exit, wait_for
 
 
 def chat(peer: Peer, room: str, text: str) -> dict:
@@ -239,6 +239,16 @@ def test_database_in_use_exits_2_with_one_line(tmp_path):
         other.close()
     assert done.returncode == 2
     assert done.stderr == f"roomchat: cannot use history database {db}: database is locked\n"
+
+
+def test_a_server_that_fails_to_start_leaves_its_history_file_closed(make_server, tmp_path):
+    """A token secret file that cannot be read when the server starts (gone since the settings
+    were checked) raises OSError before the history file is opened: nothing is left open or
+    locked, and a server on the same file starts in the same process."""
+    db = str(tmp_path / "chat.db")
+    with no_unclosed_resources(), pytest.raises(OSError):
+        make_server(db=db, token_secret_file=str(tmp_path / "gone"))
+    make_server(db=db)  # not "in use by another roomchat process"
 
 
 FAIL_AFTER = 3.0  # seconds the disk stalls before chats are refused: answers that waited for it come later

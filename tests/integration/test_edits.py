@@ -1,6 +1,7 @@
 """Edit, delete and react over real sockets, on the memory and SQLite engines (PROTOCOL.md "Edit,
 delete and react"); Redis has its own in test_redis_edits.py."""
 
+import contextlib
 import itertools
 import sqlite3
 
@@ -196,7 +197,7 @@ def test_sqlite_edits_and_deletes_survive_a_restart_and_deleted_text_leaves_the_
     server.shutdown(timeout=0.5)
     data = path.read_bytes()
     assert b"SECRET" not in data
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT seq, kind, target, text FROM events ORDER BY seq").fetchall()
     assert rows == [(1, "chat", None, "kept, edited"), (2, "chat", None, ""), (3, "edit", 1, "kept, edited"),
                     (4, "edit", 2, ""), (5, "delete", 2, "")]

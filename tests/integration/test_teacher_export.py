@@ -1,14 +1,17 @@
 """Transcripts: `python roomchat.py export` over a real server's SQLite file (while it runs), in
-md, jsonl and html, moderation events included in stream order, html escaped, `--since`; the
-memory engine keeps the same transcript; `history` and `joined` still carry chats only."""
+md, jsonl and html, moderation events included in stream order, html escaped, `--since`; edited
+and reacted-to chats as `history` gives them, the same from SQLite and Redis; the memory engine
+keeps the same transcript; `history` and `joined` still carry chats only."""
 
+import itertools
 import json
+import re
 import subprocess
 import time
 
 import pytest
 
-from tests.helpers import ROOMCHAT, SECRET, roomchat_env, token, with_token
+from tests.helpers import ROOMCHAT, SECRET, members_in, roomchat_env, token, with_token
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -143,3 +146,91 @@ def test_a_lesson_run_from_invite_links_then_exported(make_server, peers, tmp_pa
     done = export(db, "--format", "jsonl")
     kinds = [json.loads(line)["type"] for line in done.stdout.splitlines()]
     assert kinds == ["topic", "mode", "mode", "chat", "mute", "kick"], kinds
+
+
+_IDS = itertools.count(1)
+
+
+def ask(peer, **msg) -> dict:
+    """Send a request with a fresh id and return its answer, skipping others' events before it."""
+    msg_id = msg["id"] = f"x{next(_IDS)}"
+    peer.send(room="class", **msg)
+    while (event := peer.recv()).get("id") != msg_id:
+        pass
+    assert event["type"] != "error", event
+    return event
+
+
+def discussion(url: str, peers) -> list:
+    """In `class`: ann's chat edited; bob's reacted to (👍 by ann and bob, 🎉 by bob) and then
+    edited; a chat deleted; one left as sent. Returns the chats `history` gives afterwards."""
+    ann, bob = members_in([url, url], peers, ["ann", "bob"], room="class")
+    draft = ask(ann, type="chat", text="first draft")["seq"]
+    ask(ann, type="edit", seq=draft, text="final *text*")
+    question = ask(bob, type="chat", text="question?")["seq"]
+    ask(ann, type="react", seq=question, emoji="👍")
+    ask(bob, type="react", seq=question, emoji="👍")
+    ask(bob, type="react", seq=question, emoji="🎉")
+    ask(bob, type="edit", seq=question, text="question, <b>better</b>?")
+    ask(ann, type="delete", seq=ask(ann, type="chat", text="oops")["seq"])
+    ask(bob, type="chat", text="plain")
+    items = ask(ann, type="history", limit=50)["messages"]
+    return [item for item in items if item["type"] == "chat" and not item.get("deleted")]
+
+
+def export_all(source: list) -> dict:
+    """{format: stdout} of `export --room class` with `source` (["--db", FILE] or ["--redis", URL])."""
+    outputs = {}
+    for fmt in ("jsonl", "md", "html"):
+        done = subprocess.run([*ROOMCHAT, "export", "--room", "class", *source, "--format", fmt],
+                              env=roomchat_env(), capture_output=True, text=True, timeout=10)
+        assert done.returncode == 0, done.stderr
+        outputs[fmt] = done.stdout
+    return outputs
+
+
+def timeless(outputs: dict) -> dict:
+    """The outputs without what differs between two runs: times (and the `ts`, `edited` values)."""
+    events = [json.loads(line) for line in outputs["jsonl"].splitlines()]
+    shapes = [{**e, "ts": 0, **({"edited": 0} if "edited" in e else {})} for e in events]
+    return {"jsonl": shapes, **{fmt: re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "T", outputs[fmt])
+                                 for fmt in ("md", "html")}}
+
+
+def test_export_of_edited_and_reacted_chats_from_sqlite(make_server, peers, tmp_path):
+    """SQLite: jsonl has each chat exactly as `history` gives it (current text, `edited`,
+    `reactions`; the deleted one gone); md and html say "(edited)" and the reactions after the text."""
+    db = str(tmp_path / "h.db")
+    chats = discussion(make_server(db=db).url, peers)
+    out = export_all(["--db", db])
+    assert [json.loads(line) for line in out["jsonl"].splitlines()] == chats
+    assert [(c["text"], "edited" in c, c.get("reactions")) for c in chats] == [
+        ("final *text*", True, None), ("question, <b>better</b>?", True, {"👍": ["ann", "bob"], "🎉": ["bob"]}),
+        ("plain", False, None)]
+    md = out["md"]
+    assert "**ann**: final \\*text\\* _(edited)_\n" in md
+    assert "**bob**: question, \\<b\\>better\\</b\\>? _(edited)_ \\[👍 ann, bob; 🎉 bob\\]\n" in md
+    assert "**bob**: plain\n" in md and "oops" not in md
+    assert ("<b>bob</b>question, &lt;b&gt;better&lt;/b&gt;? <small>(edited)</small>"
+            '<span class="reactions">👍 ann, bob; 🎉 bob</span></li>') in out["html"]
+    assert "<b>bob</b>plain</li>" in out["html"] and "oops" not in out["html"]
+
+
+def test_export_of_edited_and_reacted_chats_is_the_same_from_redis(cluster, redis_server, make_server, peers,
+                                                                    tmp_path):
+    """The same discussion on Redis and on SQLite: jsonl (each chat as `history` gives it), md and
+    html are the same but for the times."""
+    a, _b = cluster(2)
+    on_redis = discussion(a.url, peers)
+    from_redis = export_all(["--redis", redis_server.url])
+    assert [json.loads(line) for line in from_redis["jsonl"].splitlines()] == on_redis
+    db = str(tmp_path / "h.db")
+    discussion(make_server(db=db).url, peers)
+    assert timeless(from_redis) == timeless(export_all(["--db", db]))
+
+
+def test_the_memory_engines_transcript_has_chats_as_history_gives_them(make_server, peers):
+    """The memory engine's transcript carries the same chats, `edited` and `reactions`, as `history`."""
+    server = make_server()
+    chats = discussion(server.url, peers)
+    assert server.engine.transcript("class") == chats

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from chatserver.engines.sqlite import SqliteEngine, StoreError
-from tests.helpers import chat, started, write
+from chatserver.engines.sqlite_file import read_transcript
+from tests.helpers import chat, no_unclosed_resources, started, write
 
 
 def malformed_pages(path) -> None:
@@ -70,6 +71,20 @@ def test_second_store_on_one_file_is_refused(tmp_path):
     SqliteEngine(path).close()  # free again once the first is closed
 
 
+def test_a_file_that_fails_to_load_is_left_closed_and_unlocked(tmp_path):
+    """A row the engine cannot read at start (a waiting DM that is not JSON) raises StoreError with
+    one line, and leaves no connection open and no lock held: the file opens again once mended."""
+    path = str(tmp_path / "h.db")
+    SqliteEngine(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("INSERT INTO dms (n, identity, event) VALUES (1, 'ann', 'not json')")
+    with no_unclosed_resources(), pytest.raises(StoreError, match=r"^cannot use history database .*h\.db: [^\n]+$"):
+        SqliteEngine(path)
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DELETE FROM dms")
+    SqliteEngine(path).close()  # not "in use by another roomchat process"
+
+
 @pytest.mark.timeout(10)
 def test_write_lock_held_elsewhere_fails_fast(tmp_path):
     """A write lock held by another connection makes opening fail after OPEN_TIMEOUT (1 s), not
@@ -126,3 +141,14 @@ def test_a_schema_2_file_opens_with_its_chats_and_gains_the_event_columns(tmp_pa
         assert columns[-3:] == ["kind", "target", "data"]
         assert conn.execute("SELECT kind FROM events").fetchall() == [("chat",)]
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_a_transcript_of_a_file_from_before_edits_has_its_chats_as_sent():
+    """A schema 2 file (no kind/target/data columns, no notices) gives its chats in the shape `history` has."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE events (room TEXT, seq INTEGER, sender TEXT, text TEXT, ts REAL)")
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                         [("lobby", 2, "bob", "two", 20.0), ("lobby", 1, "ann", "one", 10.0),
+                          ("x", 1, "cy", "no", 5.0)])
+        assert read_transcript(conn, "lobby", 15.0) == [
+            {"type": "chat", "room": "lobby", "from": "bob", "text": "two", "seq": 2, "ts": 20.0}]

@@ -21,9 +21,17 @@ class Opened:
         return self.made[-1]
 
 
-def test_at_most_size_connections_and_the_rest_wait():
+@pytest.fixture
+def opened():
+    """An Opened whose connections are all closed at teardown, lent ones too (closing twice is harmless)."""
+    made = Opened()
+    yield made
+    for conn in made.made:
+        conn.close()
+
+
+def test_at_most_size_connections_and_the_rest_wait(opened):
     """Ten readers at once share two connections; each waits its turn and all get one."""
-    opened = Opened()
     pool = ReaderPool(opened, size=2, wait=5)
     inside, most = [0], [0]
     lock = threading.Lock()
@@ -46,16 +54,15 @@ def test_at_most_size_connections_and_the_rest_wait():
     assert len(opened.made) == 2 and most[0] == 2 and pool.open_connections == 2
 
 
-def test_a_read_waits_at_most_wait_seconds():
+def test_a_read_waits_at_most_wait_seconds(opened):
     """With every connection lent for longer than `wait`, the next read is refused with PoolBusy."""
-    pool = ReaderPool(Opened(), size=1, wait=0.1)
+    pool = ReaderPool(opened, size=1, wait=0.1)
     with pool.connection(), pytest.raises(PoolBusy), pool.connection():
         pass
 
 
-def test_idle_connections_are_closed():
+def test_idle_connections_are_closed(opened):
     """Connections unused for idle_timeout are closed and a later read opens a new one."""
-    opened = Opened()
     pool = ReaderPool(opened, size=2, idle_timeout=0.05)
     with pool.connection():
         pass
@@ -69,9 +76,8 @@ def test_idle_connections_are_closed():
     assert len(opened.made) == 2
 
 
-def test_closed_pool_refuses_and_closes_what_comes_back():
+def test_closed_pool_refuses_and_closes_what_comes_back(opened):
     """After close(), reads get PoolBusy and a connection still lent is closed when given back."""
-    opened = Opened()
     pool = ReaderPool(opened, size=2)
     with pool.connection():
         pool.close()
@@ -80,10 +86,10 @@ def test_closed_pool_refuses_and_closes_what_comes_back():
         pass
 
 
-def test_paused_waits_for_lent_connections_and_lends_none_meanwhile():
+def test_paused_waits_for_lent_connections_and_lends_none_meanwhile(opened):
     """paused() waits until the lent connection is back, then lends none until the block ends;
     the reader that asked meanwhile gets one right after."""
-    pool = ReaderPool(Opened(), size=2, wait=5)
+    pool = ReaderPool(opened, size=2, wait=5)
     lent = pool._borrow()
     events, release = [], threading.Event()
 
@@ -109,9 +115,9 @@ def test_paused_waits_for_lent_connections_and_lends_none_meanwhile():
     assert [name for name, _ in events] == ["paused", "read"]
 
 
-def test_paused_gives_up_waiting_after_its_wait():
+def test_paused_gives_up_waiting_after_its_wait(opened):
     """A connection kept past the wait: paused() goes on after `wait` seconds and says so."""
-    pool = ReaderPool(Opened(), size=1, wait=5)
+    pool = ReaderPool(opened, size=1, wait=5)
     lent = pool._borrow()
     with pool.paused(0.05) as idle:
         assert idle is False
