@@ -367,14 +367,19 @@ class RedisEngine(RedisPersonal):
 
     def _target(self, room: str, seq: int) -> tuple:
         """The event at `seq` as it is kept: (its member in `cur` or b"", the event in its current
-        state or None, the seqs of its edits, True if it was read from `hist`). Raises REDIS_ERRORS."""
+        state or None, the seqs of its edits, True if it was read from `hist`). A state in `cur`
+        below the room's window (`_window`) is of a chat the window let go: its event is None
+        (`no_such_message`, as history no longer shows it), its member kept for AMEND's compare.
+        Raises REDIS_ERRORS."""
         pipe = self._redis.pipeline(transaction=not self.sharded)
         pipe.zrangebyscore(room_key(room, "cur"), seq, seq)
         pipe.xrange(room_key(room, "hist"), f"0-{seq}", f"0-{seq}")
-        kept, entries = pipe.execute()
+        self._window(pipe, room)
+        kept, entries, *window = pipe.execute()
         if kept:
             edits, _, body = kept[0].partition(b"\n")
-            return kept[0], orjson.loads(body), [int(x) for x in edits.split()], False
+            event = orjson.loads(body) if seq >= self._oldest(*window) else None
+            return kept[0], event, [int(x) for x in edits.split()], False
         if entries:
             return b"", orjson.loads(entries[0][1][b"e"]), [], True
         return b"", None, [], False
@@ -393,9 +398,9 @@ class RedisEngine(RedisPersonal):
                 newest: bool = False) -> list:
         """[(event, origin json or None)] of the stored events with low < seq < high (None: no
         bound), oldest first, each in its current state (`cur` over `hist`): the first `count`, or
-        with `newest` the last. A state in `cur` below the room's window (its last `per_room` seqs,
-        and all that `hist` holds) is of a chat the window let go: left out (AMEND trims `cur` to
-        that window, but only at the next edit). Raises REDIS_ERRORS."""
+        with `newest` the last. A state in `cur` below the room's window (`_oldest`: its last
+        `per_room` seqs, and all that `hist` holds) is of a chat the window let go: left out (AMEND
+        trims `cur` to that window, but only at the next edit). Raises REDIS_ERRORS."""
         ids = ("-" if low is None else f"(0-{low}", "+" if high is None else f"(0-{high}")
         scores = ("-inf" if low is None else f"({low}", "+inf" if high is None else f"({high}")
         page = {} if count is None else {"start": 0, "num": count}
@@ -406,13 +411,9 @@ class RedisEngine(RedisPersonal):
         else:
             pipe.xrange(room_key(room, "hist"), ids[0], ids[1], count=count)
             pipe.zrangebyscore(room_key(room, "cur"), scores[0], scores[1], **page)
-        pipe.xrange(room_key(room, "hist"), "-", "+", count=1)
-        pipe.get(room_key(room, "seq"))
-        entries, kept, first, counter = pipe.execute()
-        # the window AMEND trims `cur` to: the room's last `per_room` seqs, and all that `hist` holds
-        oldest = int(counter or 0) - self._per_room + 1
-        if first:
-            oldest = min(oldest, _seq_of(first[0][0]))
+        self._window(pipe, room)
+        entries, kept, *window = pipe.execute()
+        oldest = self._oldest(*window)
         found = {_seq_of(entry_id): [orjson.loads(fields[b"e"]), fields[b"o"]] for entry_id, fields in entries}
         for member in kept:
             event = orjson.loads(member.partition(b"\n")[2])
@@ -422,6 +423,18 @@ class RedisEngine(RedisPersonal):
         if count is not None:
             seqs = seqs[-count:] if newest else seqs[:count]
         return [found[seq] for seq in seqs]
+
+    @staticmethod
+    def _window(pipe, room: str) -> None:
+        """Queue on `pipe` what `_oldest` needs of `room`: its first entry in `hist`, its counter."""
+        pipe.xrange(room_key(room, "hist"), "-", "+", count=1)
+        pipe.get(room_key(room, "seq"))
+
+    def _oldest(self, first: list, counter: bytes | None) -> int:
+        """The room's oldest seq in its window, from `_window`'s replies: the window AMEND trims
+        `cur` to (redis_scripts.AMEND), its last `per_room` seqs and all that `hist` holds."""
+        oldest = int(counter or 0) - self._per_room + 1
+        return min(oldest, _seq_of(first[0][0])) if first else oldest
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Raises Unavailable for a join or moderation event that was not put in the stream (a
