@@ -788,7 +788,9 @@ class RedisEngine(RedisPersonal):
         try:
             self._call(self._redis.sadd, f"roomchat:proc:{lease}:nicks", key)
             new_value = f"{owner}\n{session.nick}\n{session.identity}\n{session.marks}".encode()
-            self._call(self._redis.set, session.key, new_value, keepttl=True)
+            # its whole window, as keep_session writes it (KEEPTTL would keep none, had its old
+            # process ended it since it was read: a key that would outlive a crash here)
+            self._call(self._redis.set, session.key, new_value, px=self._session_ms)
             with self._lock:  # its new token's session replaces it; its marks stay where they are
                 self._sessions[client_id] = Kept(session.key, new_value, session.marks, not session.identity)
             for room in session.rooms:

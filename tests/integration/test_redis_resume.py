@@ -436,3 +436,31 @@ def test_a_sessions_marks_are_bounded_like_an_identitys(redis_server):
         engine.end_session(1)
     finally:
         engine.close()
+
+
+def test_a_session_ended_during_its_take_over_is_not_kept_without_expiry(redis_server):
+    """The old process ends ann's session (she left there) after B read it and before B moved her
+    nick claim: B's take-over writes the session again with the resume window (it expires, and B's
+    beat renews it), never without an expiry that would outlive a crash of B."""
+    store = redis.Redis.from_url(redis_server.url)
+    a, b = RedisEngine(redis_server.url), RedisEngine(redis_server.url, resume_window=30)
+    hub_a, hub_b = ProcessHub("aaaaaaaaaaaa", a, {1: ("ann", [])}), ProcessHub("bbbbbbbbbbbb", b, {})
+    a.start(hub_a)
+    b.start(hub_b)
+    try:
+        assert a.claim_nick("ann", 1)
+        a.keep_session(1, "tok", "ann", "")
+        session = b.find_session("tok")
+        move = b._scripts["claim_move"]
+
+        def ended_first(**kwargs):  # A's end_session in the window before the claim moves
+            a.end_session(1)
+            return move(**kwargs)
+
+        b._scripts["claim_move"] = ended_first
+        assert b.take_session(session, 7) == {}
+        assert 0 < store.pttl(session.key) <= 30_000
+    finally:
+        a.close()
+        b.close()
+        store.close()
