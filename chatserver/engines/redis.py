@@ -750,11 +750,12 @@ class RedisEngine(RedisPersonal):
                               args=[room, seq, MAX_MARKS, self._session_ms]))
 
     def session_mark(self, client_id: int, room: str) -> int | None:
-        """Local client `client_id`'s mark in `room` kept with its resume session, or None. Raises
-        Unavailable."""
+        """Local client `client_id`'s mark in `room` kept with its resume session, or None (without
+        a call to Redis while the session has none: a guest that never marked joins as before).
+        Raises Unavailable."""
         with self._lock:
             session = self._sessions.get(client_id)
-        if session is None:
+        if session is None or not session.marked:
             return None
         seq = self._call(self._redis.hget, session_marks_keys(session.marks)[0], room)
         return None if seq is None else int(seq)

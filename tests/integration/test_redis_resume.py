@@ -457,3 +457,24 @@ def test_a_session_ended_during_its_take_over_is_not_kept_without_expiry(redis_s
         b._scripts["claim_move"] = ended_first
         assert b.take_session(session, 7) == {}
         assert 0 < store.pttl(session.key) <= 30_000
+
+
+def test_a_session_that_never_marked_is_asked_nothing_of_its_marks(redis_server):
+    """A guest's joins read its session's marks from Redis only once it has marked a room (or its
+    session came from another process, which may have some): before that, `session_mark` is None
+    with no HGET reaching Redis."""
+    engine = RedisEngine(redis_server.url)  # not started: nothing else calls Redis meanwhile
+    try:
+        def hgets() -> int:
+            return int(engine._redis.info("commandstats").get("cmdstat_hget", {}).get("calls", 0))
+
+        engine.keep_session(1, "tok", "ann", "")
+        before = hgets()
+        assert engine.session_mark(1, "lobby") is None and hgets() == before
+        engine.set_session_mark(1, "side", 2)
+        before = hgets()  # (the mark's script reads its hash too)
+        assert engine.session_mark(1, "lobby") is None and hgets() == before + 1
+        assert engine.session_mark(1, "side") == 2
+        engine.end_session(1)
+    finally:
+        engine.close()
