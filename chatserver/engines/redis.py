@@ -803,6 +803,8 @@ class RedisEngine(RedisPersonal):
                     self._apart(self._redis.srem, f"roomchat:proc:{old_lease}:rooms",
                                 f"{room}\n{session.nick}\n{session.owner}")
         except Unavailable:  # what was moved leaves as a disconnect would, once Redis takes it
+            with self._lock:  # no client here has it: not renewed by the beats (it expires with its window)
+                self._sessions.pop(client_id, None)
             for room in taken:
                 self._defer(("announce", room, protocol.presence(room, "leave", session.nick),
                              Meta((self.process_id, client_id)), owner), first_try=True)

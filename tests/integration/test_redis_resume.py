@@ -8,8 +8,9 @@ import pytest
 import redis
 
 from chatserver import protocol
-from chatserver.engines.base import Meta
+from chatserver.engines.base import Meta, Unavailable
 from chatserver.engines.redis import RedisEngine, session_key
+from chatserver.engines.redis_personal import session_marks_keys
 from chatserver.protocol import MAX_MARKS
 from tests.client_helpers import Relay
 from tests.fakes import RoomsHub
@@ -478,3 +479,30 @@ def test_a_session_that_never_marked_is_asked_nothing_of_its_marks(redis_server)
         engine.end_session(1)
     finally:
         engine.close()
+
+
+def test_a_take_over_cut_off_by_redis_leaves_no_session_renewed_forever(redis_server):
+    """Redis fails while B moves ann's rooms in a take-over (B answers `unavailable`): B does not
+    keep the half-taken session as one of its own, so its beats do not renew that session's key
+    (nor its marks): it expires with its window instead of living as long as B."""
+    with two_processes(redis_server.url, ["r1"]) as (a, b, hub_a, _hub_b), \
+            redis.Redis.from_url(redis_server.url) as store:
+        assert a.claim_nick("ann", 1)
+        a.keep_session(1, "tok", "ann", "")
+        a.set_session_mark(1, "r1", 1)
+        a.announce("r1", protocol.presence("r1", "join", "ann"), Meta((hub_a.process_id, 1)))
+        session = b.find_session("tok")
+
+        def cut_off(**kwargs):
+            raise redis.ConnectionError("cut off")
+
+        b._scripts["owner_move"] = cut_off
+        with pytest.raises(Unavailable):
+            b.take_session(session, 7)
+        kept = [session.key, *session_marks_keys(session.marks)]
+        for key in kept:
+            store.pexpire(key, 5_000)
+        with b._lock:
+            b._sessions_kept = 0.0  # the next beat renews the sessions B keeps
+        b._beat()
+        assert all(0 < store.pttl(key) <= 5_000 for key in kept), [store.pttl(key) for key in kept]
