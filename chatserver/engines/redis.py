@@ -401,6 +401,12 @@ class RedisEngine(RedisPersonal):
         with `newest` the last. A state in `cur` below the room's window (`_oldest`: its last
         `per_room` seqs, and all that `hist` holds) is of a chat the window let go: left out (AMEND
         trims `cur` to that window, but only at the next edit). Raises REDIS_ERRORS."""
+        return self._page(room, low, high, count, newest)[0]
+
+    def _page(self, room: str, low: int | None, high: int | None, count: int | None,
+              newest: bool) -> tuple[list, int | None]:
+        """`_stored`'s list, and the seq of the oldest event `hist` holds (None: it holds none), from
+        the same round trip. Raises REDIS_ERRORS."""
         ids = ("-" if low is None else f"(0-{low}", "+" if high is None else f"(0-{high}")
         scores = ("-inf" if low is None else f"({low}", "+inf" if high is None else f"({high}")
         page = {} if count is None else {"start": 0, "num": count}
@@ -422,7 +428,7 @@ class RedisEngine(RedisPersonal):
         seqs = sorted(found)
         if count is not None:
             seqs = seqs[-count:] if newest else seqs[:count]
-        return [found[seq] for seq in seqs]
+        return [found[seq] for seq in seqs], (_seq_of(window[0][0][0]) if window[0] else None)
 
     @staticmethod
     def _window(pipe, room: str) -> None:
@@ -520,7 +526,7 @@ class RedisEngine(RedisPersonal):
         page is one round trip, `_stored` (XREVRANGE `hist` COUNT SEARCH_PAGE with the `cur`
         states of the same seqs: chats in their current text, as `read` gives them); the scan
         stops at `limit` matches, once their texts passed `max_bytes` (one more: the caller sees
-        there was more), or at the start of the history. So a search costs at most
+        there was more), or once it read the oldest event `hist` holds. So a search costs at most
         ceil(retained / SEARCH_PAGE) round trips, `retained` being the room's kept events: `hist`,
         capped at --history-per-room, and the `cur` states of the chats deleted among the last
         --history-per-room seqs (20 round trips for a full room at the default 10000, without
@@ -534,7 +540,7 @@ class RedisEngine(RedisPersonal):
         """The body of `search` (words given once each). Raises REDIS_ERRORS."""
         found, total, high = [], 0, before
         while True:
-            page = self._stored(room, None, high, SEARCH_PAGE, newest=True)
+            page, first = self._page(room, None, high, SEARCH_PAGE, newest=True)
             for event, origin in reversed(page):  # origin None: only `cur` holds it (deleted, or trimmed)
                 text = event.get("text") if event["type"] == "chat" and origin is not None else None
                 if text and matches(words, text):
@@ -542,7 +548,8 @@ class RedisEngine(RedisPersonal):
                     total += len(text.encode())
                     if len(found) >= limit or (max_bytes is not None and total > max_bytes):
                         return found
-            if len(page) < SEARCH_PAGE:
+            # done once `hist` has nothing older: what `cur` alone holds below is never found
+            if len(page) < SEARCH_PAGE or first is None or page[0][0]["seq"] <= first:
                 return found
             high = page[0][0]["seq"]
 
