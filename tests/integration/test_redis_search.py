@@ -186,7 +186,9 @@ def test_history_the_age_quota_trimmed_is_not_found(redis_server, make_server, c
 
 
 def test_protocol_md_states_the_scans_page_size():
-    """PROTOCOL.md's cost of a search on Redis names the engine's page (SEARCH_PAGE events per round trip)."""
+    """PROTOCOL.md's cost of a search on Redis names the engine's page (SEARCH_PAGE events per round
+    trip) and how long a round trip may take before `unavailable` (READ_TIMEOUT)."""
     text = " ".join((ROOT / "PROTOCOL.md").read_text("utf-8").split())
     assert f"{redis_engine.SEARCH_PAGE} stored events per round trip" in text
     assert f"one round trip per {redis_engine.SEARCH_PAGE} events the room keeps" in text
+    assert f"too slow to answer ({redis_engine.READ_TIMEOUT:g} s per round trip)" in text
