@@ -367,14 +367,19 @@ class RedisEngine(RedisPersonal):
 
     def _target(self, room: str, seq: int) -> tuple:
         """The event at `seq` as it is kept: (its member in `cur` or b"", the event in its current
-        state or None, the seqs of its edits, True if it was read from `hist`). Raises REDIS_ERRORS."""
+        state or None, the seqs of its edits, True if it was read from `hist`). A state in `cur`
+        below the room's window (`_window`) is of a chat the window let go: its event is None
+        (`no_such_message`, as history no longer shows it), its member kept for AMEND's compare.
+        Raises REDIS_ERRORS."""
         pipe = self._redis.pipeline(transaction=not self.sharded)
         pipe.zrangebyscore(room_key(room, "cur"), seq, seq)
         pipe.xrange(room_key(room, "hist"), f"0-{seq}", f"0-{seq}")
-        kept, entries = pipe.execute()
+        self._window(pipe, room)
+        kept, entries, *window = pipe.execute()
         if kept:
             edits, _, body = kept[0].partition(b"\n")
-            return kept[0], orjson.loads(body), [int(x) for x in edits.split()], False
+            event = orjson.loads(body) if seq >= self._oldest(*window) else None
+            return kept[0], event, [int(x) for x in edits.split()], False
         if entries:
             return b"", orjson.loads(entries[0][1][b"e"]), [], True
         return b"", None, [], False
@@ -393,9 +398,15 @@ class RedisEngine(RedisPersonal):
                 newest: bool = False) -> list:
         """[(event, origin json or None)] of the stored events with low < seq < high (None: no
         bound), oldest first, each in its current state (`cur` over `hist`): the first `count`, or
-        with `newest` the last. A state in `cur` below the room's window (its last `per_room` seqs,
-        and all that `hist` holds) is of a chat the window let go: left out (AMEND trims `cur` to
-        that window, but only at the next edit). Raises REDIS_ERRORS."""
+        with `newest` the last. A state in `cur` below the room's window (`_oldest`: its last
+        `per_room` seqs, and all that `hist` holds) is of a chat the window let go: left out (AMEND
+        trims `cur` to that window, but only at the next edit). Raises REDIS_ERRORS."""
+        return self._page(room, low, high, count, newest)[0]
+
+    def _page(self, room: str, low: int | None, high: int | None, count: int | None,
+              newest: bool) -> tuple[list, int | None]:
+        """`_stored`'s list, and the seq of the oldest event `hist` holds (None: it holds none), from
+        the same round trip. Raises REDIS_ERRORS."""
         ids = ("-" if low is None else f"(0-{low}", "+" if high is None else f"(0-{high}")
         scores = ("-inf" if low is None else f"({low}", "+inf" if high is None else f"({high}")
         page = {} if count is None else {"start": 0, "num": count}
@@ -406,13 +417,9 @@ class RedisEngine(RedisPersonal):
         else:
             pipe.xrange(room_key(room, "hist"), ids[0], ids[1], count=count)
             pipe.zrangebyscore(room_key(room, "cur"), scores[0], scores[1], **page)
-        pipe.xrange(room_key(room, "hist"), "-", "+", count=1)
-        pipe.get(room_key(room, "seq"))
-        entries, kept, first, counter = pipe.execute()
-        # the window AMEND trims `cur` to: the room's last `per_room` seqs, and all that `hist` holds
-        oldest = int(counter or 0) - self._per_room + 1
-        if first:
-            oldest = min(oldest, _seq_of(first[0][0]))
+        self._window(pipe, room)
+        entries, kept, *window = pipe.execute()
+        oldest = self._oldest(*window)
         found = {_seq_of(entry_id): [orjson.loads(fields[b"e"]), fields[b"o"]] for entry_id, fields in entries}
         for member in kept:
             event = orjson.loads(member.partition(b"\n")[2])
@@ -421,7 +428,19 @@ class RedisEngine(RedisPersonal):
         seqs = sorted(found)
         if count is not None:
             seqs = seqs[-count:] if newest else seqs[:count]
-        return [found[seq] for seq in seqs]
+        return [found[seq] for seq in seqs], (_seq_of(window[0][0][0]) if window[0] else None)
+
+    @staticmethod
+    def _window(pipe, room: str) -> None:
+        """Queue on `pipe` what `_oldest` needs of `room`: its first entry in `hist`, its counter."""
+        pipe.xrange(room_key(room, "hist"), "-", "+", count=1)
+        pipe.get(room_key(room, "seq"))
+
+    def _oldest(self, first: list, counter: bytes | None) -> int:
+        """The room's oldest seq in its window, from `_window`'s replies: the window AMEND trims
+        `cur` to (redis_scripts.AMEND), its last `per_room` seqs and all that `hist` holds."""
+        oldest = int(counter or 0) - self._per_room + 1
+        return min(oldest, _seq_of(first[0][0])) if first else oldest
 
     def announce(self, room: str, event: dict, meta: Meta) -> None:
         """Raises Unavailable for a join or moderation event that was not put in the stream (a
@@ -507,7 +526,7 @@ class RedisEngine(RedisPersonal):
         page is one round trip, `_stored` (XREVRANGE `hist` COUNT SEARCH_PAGE with the `cur`
         states of the same seqs: chats in their current text, as `read` gives them); the scan
         stops at `limit` matches, once their texts passed `max_bytes` (one more: the caller sees
-        there was more), or at the start of the history. So a search costs at most
+        there was more), or once it read the oldest event `hist` holds. So a search costs at most
         ceil(retained / SEARCH_PAGE) round trips, `retained` being the room's kept events: `hist`,
         capped at --history-per-room, and the `cur` states of the chats deleted among the last
         --history-per-room seqs (20 round trips for a full room at the default 10000, without
@@ -521,7 +540,7 @@ class RedisEngine(RedisPersonal):
         """The body of `search` (words given once each). Raises REDIS_ERRORS."""
         found, total, high = [], 0, before
         while True:
-            page = self._stored(room, None, high, SEARCH_PAGE, newest=True)
+            page, first = self._page(room, None, high, SEARCH_PAGE, newest=True)
             for event, origin in reversed(page):  # origin None: only `cur` holds it (deleted, or trimmed)
                 text = event.get("text") if event["type"] == "chat" and origin is not None else None
                 if text and matches(words, text):
@@ -529,7 +548,8 @@ class RedisEngine(RedisPersonal):
                     total += len(text.encode())
                     if len(found) >= limit or (max_bytes is not None and total > max_bytes):
                         return found
-            if len(page) < SEARCH_PAGE:
+            # done once `hist` has nothing older: what `cur` alone holds below is never found
+            if len(page) < SEARCH_PAGE or first is None or page[0][0]["seq"] <= first:
                 return found
             high = page[0][0]["seq"]
 
@@ -737,11 +757,12 @@ class RedisEngine(RedisPersonal):
                               args=[room, seq, MAX_MARKS, self._session_ms]))
 
     def session_mark(self, client_id: int, room: str) -> int | None:
-        """Local client `client_id`'s mark in `room` kept with its resume session, or None. Raises
-        Unavailable."""
+        """Local client `client_id`'s mark in `room` kept with its resume session, or None (without
+        a call to Redis while the session has none: a guest that never marked joins as before).
+        Raises Unavailable."""
         with self._lock:
             session = self._sessions.get(client_id)
-        if session is None:
+        if session is None or not session.marked:
             return None
         seq = self._call(self._redis.hget, session_marks_keys(session.marks)[0], room)
         return None if seq is None else int(seq)
@@ -775,7 +796,9 @@ class RedisEngine(RedisPersonal):
         try:
             self._call(self._redis.sadd, f"roomchat:proc:{lease}:nicks", key)
             new_value = f"{owner}\n{session.nick}\n{session.identity}\n{session.marks}".encode()
-            self._call(self._redis.set, session.key, new_value, keepttl=True)
+            # its whole window, as keep_session writes it (KEEPTTL would keep none, had its old
+            # process ended it since it was read: a key that would outlive a crash here)
+            self._call(self._redis.set, session.key, new_value, px=self._session_ms)
             with self._lock:  # its new token's session replaces it; its marks stay where they are
                 self._sessions[client_id] = Kept(session.key, new_value, session.marks, not session.identity)
             for room in session.rooms:
@@ -787,6 +810,8 @@ class RedisEngine(RedisPersonal):
                     self._apart(self._redis.srem, f"roomchat:proc:{old_lease}:rooms",
                                 f"{room}\n{session.nick}\n{session.owner}")
         except Unavailable:  # what was moved leaves as a disconnect would, once Redis takes it
+            with self._lock:  # no client here has it: not renewed by the beats (it expires with its window)
+                self._sessions.pop(client_id, None)
             for room in taken:
                 self._defer(("announce", room, protocol.presence(room, "leave", session.nick),
                              Meta((self.process_id, client_id)), owner), first_try=True)

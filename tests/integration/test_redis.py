@@ -134,17 +134,18 @@ def test_redis_restart_answers_unavailable_then_recovers(redis_server, cluster, 
 
 def test_leaving_two_rooms_while_redis_is_down_wedges_nothing(redis_server, cluster, peers):
     """A client in two rooms disconnects while Redis is down: its first leave waits for Redis and
-    the second queues behind it (it once deadlocked on the engine's own lock there). Once Redis is
+    the second queues behind it (it once deadlocked on the engine's own lock there), and the
+    process logs the disconnect, which comes after both, before Redis is started again. Once Redis is
     back, the other process hears both leaves, a newcomer on the leaver's process can join and
     chat, and that process stops cleanly."""
-    a, b = cluster(2)
+    a, b = cluster(2, "--log-level", "INFO")  # its disconnect line: logged once the leaves are queued
     leaver, watcher = peers(a.url), peers(b.url)
     for room in ("r1", "r2"):
         leaver.join(room)
         watcher.join(room)
     redis_server.stop()
     leaver.close()
-    time.sleep(0.5)  # the leaves are tried (and deferred) while Redis is down; a shorter wait only tests less
+    wait_for(lambda: f" {leaver.nick}: client closed" in a.stderr_text(), timeout=30)  # tried (and deferred)
     redis_server.start()
     left = set()
     while left != {"r1", "r2"}:

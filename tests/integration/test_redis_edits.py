@@ -68,6 +68,8 @@ def test_an_edited_chat_past_the_rooms_window_is_gone_from_history_and_transcrip
     ask(ann, type="edit", room="lobby", seq=old, text="OLD-edited")
     ask(bob, type="react", room="lobby", seq=old, emoji="🎉")
     sent = [ask(ann, type="chat", room="lobby", text=f"new {i}")["seq"] for i in range(6)]
+    while bob.recv().get("seq") != sent[-1]:  # delivered on bob's process too: its history reaches it
+        pass
     for peer in (ann, bob):
         messages = ask(peer, type="history", room="lobby", limit=50)["messages"]
         assert old not in [m["seq"] for m in messages] and sent[-1] == messages[-1]["seq"]
@@ -79,6 +81,22 @@ def test_an_edited_chat_past_the_rooms_window_is_gone_from_history_and_transcrip
     assert done.returncode == 0, done.stderr
     texts = [json.loads(line).get("text", "") for line in done.stdout.splitlines()]
     assert "new 5" in texts and not any("OLD" in text for text in texts)
+
+
+def test_a_chat_past_the_rooms_window_is_no_such_message_to_react_edit_and_delete(cluster, peers):
+    """With --history-per-room 5, a reacted-to chat that later chats push out of the room's window
+    is `no_such_message` to a react, an edit and a delete (nothing stored, nobody told), though no
+    edit came since to trim what Redis keeps of its state."""
+    a, b = cluster(2, "--history-per-room", "5")
+    ann, bob = members_in([a.url, b.url], peers, ["ann", "bob"])
+    old = ask(ann, type="chat", room="lobby", text="OLD-one")["seq"]
+    ask(bob, type="react", room="lobby", seq=old, emoji="🎉")
+    last = [ask(ann, type="chat", room="lobby", text=f"new {i}")["seq"] for i in range(6)][-1]
+    for peer, request in ((bob, {"type": "react", "emoji": "👍"}), (ann, {"type": "edit", "text": "OLD-again"}),
+                          (ann, {"type": "delete"})):
+        reply = ask(peer, room="lobby", seq=old, **request)
+        assert (reply["type"], reply.get("code")) == ("error", "no_such_message"), reply
+    assert ask(bob, type="chat", room="lobby", text="next")["seq"] == last + 1  # nothing was stored meanwhile
 
 
 def test_concurrent_reactions_from_two_processes_converge(cluster, peers):

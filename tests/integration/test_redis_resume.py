@@ -1,14 +1,16 @@
 """Resume on any process: a resume token works on whichever roomchat process the client reaches
 (real redis-server, real processes)."""
 
+import contextlib
 import threading
 
 import pytest
 import redis
 
 from chatserver import protocol
-from chatserver.engines.base import Meta
+from chatserver.engines.base import Meta, Unavailable
 from chatserver.engines.redis import RedisEngine, session_key
+from chatserver.engines.redis_personal import session_marks_keys
 from chatserver.protocol import MAX_MARKS
 from tests.client_helpers import Relay
 from tests.fakes import RoomsHub
@@ -338,15 +340,26 @@ class ProcessHub(RoomsHub):
             return self.moved
 
 
+@contextlib.contextmanager
+def two_processes(url: str, ann_rooms: list):
+    """Engines of processes A and B on Redis at `url` (resume window 30 s), each started with a
+    ProcessHub, A's client 1 being ann in `ann_rooms`: (a, b, hub_a, hub_b), both closed after."""
+    a, b = RedisEngine(url, resume_window=30), RedisEngine(url, resume_window=30)
+    hub_a, hub_b = ProcessHub("aaaaaaaaaaaa", a, {1: ("ann", ann_rooms)}), ProcessHub("bbbbbbbbbbbb", b, {})
+    a.start(hub_a)
+    b.start(hub_b)
+    try:
+        yield a, b, hub_a, hub_b
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_beat_between_a_resumes_claim_and_room_moves_keeps_the_old_process_calm(redis_server):
     """Process A beats right after process B moved ann's nick claim by a resume and before B moved
     her rooms: A does not take the moved claim for one lost while cut off (no 1012, no leaves that
     would take her rooms from B); B gets her rooms, and A is told to let her old connection go."""
-    a, b = RedisEngine(redis_server.url), RedisEngine(redis_server.url)
-    hub_a, hub_b = ProcessHub("aaaaaaaaaaaa", a, {1: ("ann", ["r1"])}), ProcessHub("bbbbbbbbbbbb", b, {})
-    a.start(hub_a)
-    b.start(hub_b)
-    try:
+    with two_processes(redis_server.url, ["r1"]) as (a, b, hub_a, _hub_b):
         assert a.claim_nick("ann", 1)
         a.keep_session(1, "tok", "ann", "")
         a.announce("r1", protocol.presence("r1", "join", "ann"), Meta((hub_a.process_id, 1)))
@@ -363,9 +376,6 @@ def test_a_beat_between_a_resumes_claim_and_room_moves_keeps_the_old_process_cal
         assert hub_a.lost == [] and set(taken) == {"r1"}, (hub_a.lost, taken)
         assert hub_a.wait_moved() == [1]
         assert b.members("r1") == ["ann"]
-    finally:
-        a.close()
-        b.close()
 
 
 def test_the_engine_keeps_marks_without_a_token_as_long_as_their_session(redis_server):
@@ -375,11 +385,7 @@ def test_the_engine_keeps_marks_without_a_token_as_long_as_their_session(redis_s
     its copy; deleted when the session ends, and gone when it expires unrenewed. A session kept
     before marks were is still found."""
     store = redis.Redis.from_url(redis_server.url)
-    a, b = RedisEngine(redis_server.url, resume_window=30), RedisEngine(redis_server.url)
-    hub_a, hub_b = ProcessHub("aaaaaaaaaaaa", a, {1: ("ann", [])}), ProcessHub("bbbbbbbbbbbb", b, {})
-    a.start(hub_a)
-    b.start(hub_b)
-    try:
+    with two_processes(redis_server.url, []) as (a, b, hub_a, _hub_b):
         assert a.claim_nick("ann", 1)
         a.keep_session(1, "tok", "ann", "")
         assert a.set_session_mark(1, "lobby", 3) == 3 and a.set_session_mark(1, "lobby", 1) == 3
@@ -407,9 +413,6 @@ def test_the_engine_keeps_marks_without_a_token_as_long_as_their_session(redis_s
         older = b.find_session("older")
         assert (older.nick, older.identity) == ("bob", "") and older.marks
         store.delete(older.key)
-    finally:
-        a.close()
-        b.close()
     short = RedisEngine(redis_server.url, lease=1.0, resume_window=1.0)  # not started: nobody renews
     try:
         short.keep_session(1, "tok3", "bob", "")
@@ -436,3 +439,70 @@ def test_a_sessions_marks_are_bounded_like_an_identitys(redis_server):
         engine.end_session(1)
     finally:
         engine.close()
+
+
+def test_a_session_ended_during_its_take_over_is_not_kept_without_expiry(redis_server):
+    """The old process ends ann's session (she left there) after B read it and before B moved her
+    nick claim: B's take-over writes the session again with the resume window (it expires, and B's
+    beat renews it), never without an expiry that would outlive a crash of B."""
+    with two_processes(redis_server.url, []) as (a, b, _hub_a, _hub_b), redis.Redis.from_url(redis_server.url) as store:
+        assert a.claim_nick("ann", 1)
+        a.keep_session(1, "tok", "ann", "")
+        session = b.find_session("tok")
+        move = b._scripts["claim_move"]
+
+        def ended_first(**kwargs):  # A's end_session in the window before the claim moves
+            a.end_session(1)
+            return move(**kwargs)
+
+        b._scripts["claim_move"] = ended_first
+        assert b.take_session(session, 7) == {}
+        assert 0 < store.pttl(session.key) <= 30_000
+
+
+def test_a_session_that_never_marked_is_asked_nothing_of_its_marks(redis_server):
+    """A guest's joins read its session's marks from Redis only once it has marked a room (or its
+    session came from another process, which may have some): before that, `session_mark` is None
+    with no HGET reaching Redis."""
+    engine = RedisEngine(redis_server.url)  # not started: nothing else calls Redis meanwhile
+    try:
+        def hgets() -> int:
+            return int(engine._redis.info("commandstats").get("cmdstat_hget", {}).get("calls", 0))
+
+        engine.keep_session(1, "tok", "ann", "")
+        before = hgets()
+        assert engine.session_mark(1, "lobby") is None and hgets() == before
+        engine.set_session_mark(1, "side", 2)
+        before = hgets()  # (the mark's script reads its hash too)
+        assert engine.session_mark(1, "lobby") is None and hgets() == before + 1
+        assert engine.session_mark(1, "side") == 2
+        engine.end_session(1)
+    finally:
+        engine.close()
+
+
+def test_a_take_over_cut_off_by_redis_leaves_no_session_renewed_forever(redis_server):
+    """Redis fails while B moves ann's rooms in a take-over (B answers `unavailable`): B does not
+    keep the half-taken session as one of its own, so its beats do not renew that session's key
+    (nor its marks): it expires with its window instead of living as long as B."""
+    with two_processes(redis_server.url, ["r1"]) as (a, b, hub_a, _hub_b), \
+            redis.Redis.from_url(redis_server.url) as store:
+        assert a.claim_nick("ann", 1)
+        a.keep_session(1, "tok", "ann", "")
+        a.set_session_mark(1, "r1", 1)
+        a.announce("r1", protocol.presence("r1", "join", "ann"), Meta((hub_a.process_id, 1)))
+        session = b.find_session("tok")
+
+        def cut_off(**kwargs):
+            raise redis.ConnectionError("cut off")
+
+        b._scripts["owner_move"] = cut_off
+        with pytest.raises(Unavailable):
+            b.take_session(session, 7)
+        kept = [session.key, *session_marks_keys(session.marks)]
+        for key in kept:
+            store.pexpire(key, 5_000)
+        with b._lock:
+            b._sessions_kept = 0.0  # the next beat renews the sessions B keeps
+        b._beat()
+        assert all(0 < store.pttl(key) <= 5_000 for key in kept), [store.pttl(key) for key in kept]

@@ -129,6 +129,37 @@ def test_paging_with_before_walks_every_match_once_across_scan_pages(redis_url, 
     assert found(peer, "needle", limit=200) == expected
 
 
+
+def test_a_scan_costs_one_round_trip_per_page_of_the_rooms_events(redis_server, make_server, connect, monkeypatch):
+    """With a scan page of 4 events, a search that finds nothing in a room of exactly 8 reads 2
+    pages (it knows the second reached the room's oldest event; no empty third), one of 9 reads 3,
+    and one of 9 whose 2 oldest chats are deleted (kept in `cur` only) still 3 (PROTOCOL.md's
+    cost: a round trip per SEARCH_PAGE events the room keeps)."""
+    monkeypatch.setattr(redis_engine, "SEARCH_PAGE", 4)
+    server = make_server(redis=redis_server.url, **FAST_LIMITS)
+    peer = connect(server.url)
+    store = redis.Redis.from_url(redis_server.url)
+
+    def pages(room: str) -> int:
+        def calls() -> int:
+            return int(store.info("commandstats").get("cmdstat_xrevrange", {}).get("calls", 0))
+
+        before = calls()
+        assert found(peer, "nowhere", room) == []
+        return calls() - before
+
+    try:
+        for room, count in (("eight", 8), ("nine", 9)):
+            peer.join(room)
+            peer.chat_all(room, [f"chat {i}" for i in range(count)])
+            assert pages(room) == -(-count // 4), room
+        for n, seq in enumerate((1, 2)):
+            assert ask(peer, f"d{n}", type="delete", room="nine", seq=seq)["type"] == "delete"
+        assert pages("nine") == 3  # 9 chats, 2 of them in `cur` only, and 2 deletes
+    finally:
+        store.close()
+
+
 def test_history_the_per_room_quota_trimmed_is_not_found(redis_url, make_server, connect):
     """--history-per-room 10 on Redis: only the chats still in the room's stream are found; an
     edited chat that fell out of it is not (though its edited state was kept)."""
@@ -155,7 +186,9 @@ def test_history_the_age_quota_trimmed_is_not_found(redis_server, make_server, c
 
 
 def test_protocol_md_states_the_scans_page_size():
-    """PROTOCOL.md's cost of a search on Redis names the engine's page (SEARCH_PAGE events per round trip)."""
+    """PROTOCOL.md's cost of a search on Redis names the engine's page (SEARCH_PAGE events per round
+    trip) and how long a round trip may take before `unavailable` (READ_TIMEOUT)."""
     text = " ".join((ROOT / "PROTOCOL.md").read_text("utf-8").split())
     assert f"{redis_engine.SEARCH_PAGE} stored events per round trip" in text
     assert f"one round trip per {redis_engine.SEARCH_PAGE} events the room keeps" in text
+    assert f"too slow to answer ({redis_engine.READ_TIMEOUT:g} s per round trip)" in text
