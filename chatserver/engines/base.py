@@ -22,7 +22,8 @@ The contract (PROTOCOL.md "What a client can rely on" is the client's side of it
    ... `invite_uses`). Moderation events themselves go through `announce`, so they are ordered
    with the chats; the memory and SQLite engines also keep them (NOTICE_TYPES) beside the chats
    for `transcript(room, since)` (`roomchat.py export`: the chats as history items carry them,
-   with `edited` and `reactions`, deleted ones left out), which Redis does not have yet.
+   with `edited` and `reactions`, deleted ones left out); export reads Redis's own streams
+   instead (engines/redis.py `transcript_of_redis`).
 
 Threads. `publish`, `announce` and the reads are called by connection threads, never while the
 Registry lock is held. `hub.deliver` and `hub.reject` are called from the publishing thread

@@ -163,6 +163,11 @@ def session_key(token: str) -> str:
     return f"roomchat:session:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
 
 
+def new_marks_id() -> str:
+    """A new resume session's marks id (random: redis_personal.session_marks_keys)."""
+    return secrets.token_hex(8)
+
+
 class Kept(NamedTuple):
     """A local client's resume session as this process keeps it: its `key` and stored `value`
     (session_key), its `marks` id, and whether its marks keys may exist (`marked`: renewed with it)."""
@@ -708,7 +713,7 @@ class RedisEngine(RedisPersonal):
         owner = self._owner(Meta((self.process_id, client_id)))
         with self._lock:
             earlier = self._sessions.get(client_id)
-            marks = earlier.marks if earlier is not None else secrets.token_hex(8)
+            marks = earlier.marks if earlier is not None else new_marks_id()
             kept = Kept(session_key(token), f"{owner}\n{nick}\n{identity}\n{marks}".encode(), marks,
                         earlier is not None and earlier.marked)
             self._sessions[client_id] = kept
@@ -738,7 +743,7 @@ class RedisEngine(RedisPersonal):
         if value is None:
             return None
         owner, nick, identity, *rest = value.decode().split("\n")
-        marks = rest[0] if rest else secrets.token_hex(8)  # a session kept before marks were: none yet
+        marks = rest[0] if rest else new_marks_id()  # a session kept before marks were: none yet
         suffix = f"\n{nick}\n{owner}"
         entries = self._call(self._redis.smembers, f"roomchat:proc:{owner.rsplit(':', 1)[0]}:rooms")
         rooms = sorted(e[: -len(suffix)] for e in (x.decode() for x in entries) if e.endswith(suffix))
