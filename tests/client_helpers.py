@@ -145,6 +145,11 @@ class TtyClient:
         with self._lock:
             return self.screen.display[self.screen.cursor.y].rstrip()
 
+    def snapshot(self) -> tuple[list[str], int]:
+        """(rows, the cursor's row index), read together so neither is from a later redraw."""
+        with self._lock:
+            return [row.rstrip() for row in self.screen.display], self.screen.cursor.y
+
     def wait_for(self, predicate, what: str, timeout: float = 10):
         """Wait until predicate(rows) is truthy; fail showing the screen."""
         deadline = time.monotonic() + timeout

@@ -28,13 +28,18 @@ def test_incoming_lines_print_above_the_line_being_typed(server, connect, tty):
     ann.wait_for(lambda rows: ann.cursor_row() == "[lobby] ann> half typ", "typing not echoed")
     for n in (1, 2, 3):
         bob.send(type="chat", room="lobby", text=f"incoming {n}, a line long enough to matter")
-    ann.wait_for(lambda rows: any("incoming 3" in row for row in rows), "messages never shown")
-    rows = ann.rows()
-    shown = [row for row in rows if "incoming" in row]
-    assert [row.split(" ", 1)[1] for row in shown] == [
-        f"[lobby] #{n} <bob> incoming {n}, a line long enough to matter" for n in (1, 2, 3)]
-    assert ann.cursor_row() == "[lobby] ann> half typ"
-    assert rows.index(shown[-1]) < rows.index("[lobby] ann> half typ")
+    expected = [f"[lobby] #{n} <bob> incoming {n}, a line long enough to matter" for n in (1, 2, 3)]
+    prompt = "[lobby] ann> half typ"
+
+    def settled() -> bool:
+        """The three lines printed and the prompt redrawn below them (the client prints, then
+        redraws: a screen read between the two is not the end state)."""
+        rows, y = ann.snapshot()
+        shown = [i for i, row in enumerate(rows) if "incoming" in row]
+        return ([rows[i].split(" ", 1)[1] for i in shown] == expected
+                and rows[y] == prompt and shown[-1] < y)
+
+    ann.wait_for(lambda rows: settled(), "the three lines above the intact prompt never shown")
 
     ann.type("ed\r")
     event = bob.recv_type("chat")
