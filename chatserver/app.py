@@ -42,8 +42,8 @@ Locks, each guarding one thing, none reentrant, taken only in this order:
   `SharedTokenBucket._lock` and `RateBook._lock`, rooms/posts.py's `Posts._lock` and
   `Posters._lock` (and each `Poster.lock`, held only around its slow-mode check), `ReaderPool._cond`
   (engines/sqlite_readers.py), `Identities._cond` (expiry times). `Registry._builders` (a
-  semaphore: history replies built at once) is taken before the registry's lock, never while
-  holding it.
+  semaphore: history replies built at once) and `Registry._searchers` (searches at once) are
+  taken before the registry's lock, never while holding it, and never one inside the other.
 What relies on the GIL instead: floats and strings written by one thread and read by another
 where a stale read is harmless: a connection's `last_seen`/`ping_sent_at` (a ping moves by one
 tick), the Flusher's fd table, the engines' `health()` reasons; a client's `bound` bans and mutes

@@ -69,7 +69,8 @@ from chatserver.rooms.typing import Typing
 SETTLE_TIMEOUT = 30.0  # seconds a request waits for its client's chats, at most: past the store's give-up
 # time (fail_after 10 s + a busy timeout), so replies stay in order even when commits fail
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
-REPLY_BUILDERS = 4  # history replies (joined, history) read and encoded at once
+REPLY_BUILDERS = 4  # history replies (joined, history, the HTTP API's read) read and encoded at once
+SEARCHERS = 2  # searches scanned and encoded at once, in slots of their own (never a reply builder's)
 RULE_LOOKS = 3  # a chat is published at most this often while the room's rules keep changing under it (Redis)
 ROOM_ITEM_BYTES = len('{"room":"r","members":1},')  # the smallest entry of a `rooms` list
 
@@ -153,10 +154,17 @@ class Registry:
         self._ids = itertools.count(1)
         self._keys = itertools.count(1)  # Meta.key of each write (next() is atomic under the GIL)
         self._guests = 0
-        # Replies built from history at once: each holds up to about a reply's worth of rows and
-        # bytes while it is built, so 600 clients asking together cost a few replies' memory.
-        # Taken before the lock, never while holding it.
+        # Replies built from history at once (`joined`, `history`, the HTTP API's read): each holds
+        # up to about a reply's worth of rows and bytes while it is built, so 600 clients asking
+        # together cost a few replies' memory. Taken by the asking connection's thread (an HTTP
+        # API request's for a read) before the lock, never while holding it.
         self._builders = threading.BoundedSemaphore(REPLY_BUILDERS)
+        # Searches at once, apart from the builders so that joins and history never wait behind a
+        # search (on Redis one may take a round trip per 500 kept events, 2 s each at most). Each
+        # holds up to a reply's worth of matches and bytes. Taken only by the searching
+        # connection's own thread, before the lock, never while holding it; a search waits for a
+        # slot as long as it takes (each search ahead of it is bounded).
+        self._searchers = threading.BoundedSemaphore(SEARCHERS)
         # One lock for everything below; see the module docstring for what it guards.
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)  # pending writes delivered, joins placed
@@ -968,7 +976,8 @@ class Registry:
 
     def search(self, client: Client, name: str, query: str, before=None, limit=50, reply_id=None) -> None:
         """Members search a room's stored chats: `search` with the matches, newest first,
-        cut to `max_reply_bytes` (`truncated`). Raises ChatError not_in_room, unavailable."""
+        cut to `max_reply_bytes` (`truncated`). At most SEARCHERS run at once; the rest wait for a
+        slot on their own thread, never for a reply builder's. Raises ChatError not_in_room, unavailable."""
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile
@@ -977,7 +986,7 @@ class Registry:
             bound = self._seqs.get(name, 0) + 1  # as history: what is delivered already
         bound = bound if before is None else min(before, bound)
         words = protocol.search_words(query)
-        with self._builders:
+        with self._searchers:
             found = self._ask_engine(lambda: self._engine.search(name, words, before=bound, limit=limit,
                                                                  max_bytes=self._max_reply))
             reply = protocol.with_id({"type": "search", "room": name, "q": query}, reply_id)

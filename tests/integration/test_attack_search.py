@@ -6,6 +6,7 @@ import pytest
 
 from chatserver.engines import memory
 from chatserver.engines import redis as redis_engine
+from chatserver.rooms.registry import REPLY_BUILDERS, SEARCHERS
 from tests.helpers import FAST_LIMITS
 from tests.integration.test_search import search
 
@@ -43,6 +44,60 @@ def test_a_search_scans_without_holding_up_chats(request, engine, monkeypatch):
     finally:
         release.set()
     assert [m["text"] for m in searcher.recv_type("search")["messages"]] == ["needle two", "needle one"]
+
+
+@pytest.mark.parametrize("engine", ["memory", "redis"])
+def test_searches_in_every_search_slot_hold_up_no_join_or_history(request, engine, monkeypatch):
+    """Searches have slots of their own: with REPLY_BUILDERS searches sent and SEARCHERS of them
+    held inside their scans, a join to the room (history in its `joined`) and a `history` on other
+    connections are answered; once released every search answers, never more than SEARCHERS scanning."""
+    options = {"redis": request.getfixturevalue("redis_server").url} if engine == "redis" else {}
+    server = request.getfixturevalue("make_server")(**options, **FAST_LIMITS)
+    connect = request.getfixturevalue("connect")
+    reader = connect(server.url)
+    reader.join("big")
+    reader.chat_all("big", ["needle one", "needle two"])
+    searchers = [connect(server.url) for _ in range(REPLY_BUILDERS)]
+    for searcher in searchers:
+        searcher.join("big")
+    lock, release, full = threading.Lock(), threading.Event(), threading.Event()
+    scanning = {"now": 0, "most": 0}  # searches inside the engine's scan, under `lock`
+    module = redis_engine if engine == "redis" else memory
+    real_matches, real_search = module.matches, server.engine.search
+
+    def held(words, text):
+        release.wait(30)
+        return real_matches(words, text)
+
+    def counted(*args, **kwargs):
+        with lock:
+            scanning["now"] += 1
+            scanning["most"] = max(scanning["most"], scanning["now"])
+            if scanning["now"] == SEARCHERS:
+                full.set()
+        try:
+            return real_search(*args, **kwargs)
+        finally:
+            with lock:
+                scanning["now"] -= 1
+
+    monkeypatch.setattr(module, "matches", held)
+    monkeypatch.setattr(server.engine, "search", counted)
+    for n, searcher in enumerate(searchers):
+        searcher.send(type="search", room="big", q="needle", id=n)
+    assert full.wait(10)
+    try:
+        joiner = connect(server.url)
+        assert [m["text"] for m in joiner.join("big")["history"]] == ["needle one", "needle two"]
+        reader.send(type="history", room="big", id="h")
+        assert [m["text"] for m in reader.recv_type("history")["messages"]] == ["needle one", "needle two"]
+        assert not release.is_set() and scanning["now"] == SEARCHERS  # the searches were held throughout
+    finally:
+        release.set()
+    for n, searcher in enumerate(searchers):
+        reply = searcher.recv_type("search")
+        assert (reply["id"], [m["text"] for m in reply["messages"]]) == (n, ["needle two", "needle one"])
+    assert scanning["most"] == SEARCHERS
 
 
 def test_repeated_and_overlapping_words_find_what_one_finds(make_server, connect):

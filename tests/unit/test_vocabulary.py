@@ -18,6 +18,7 @@ from chatclient.session import EVENTS, Session
 from chatclient.terminal import FINAL_CLOSES
 from chatserver import protocol
 from chatserver.ops.metrics import Metrics
+from chatserver.rooms.registry import REPLY_BUILDERS, SEARCHERS
 from handlers import HANDLERS
 from tests.services import require_program
 
@@ -196,6 +197,13 @@ def test_limits_table_in_the_settings_page_is_protocol_mds():
     """docs/settings.md's limits table is PROTOCOL.md's, row for row."""
     header = "| limit | default |"
     assert markdown_table(ROOT / "docs" / "settings.md", header) == markdown_table(ROOT / "PROTOCOL.md", header)
+
+
+def test_limits_table_gives_the_registrys_reply_and_search_slots():
+    """PROTOCOL.md's limits table says REPLY_BUILDERS history reads and SEARCHERS searches at once."""
+    defaults = {row[0]: row[1] for row in markdown_table(ROOT / "PROTOCOL.md", "| limit | default |")}
+    assert defaults["history reads at once"].startswith(f"{REPLY_BUILDERS} ")
+    assert defaults["searches at once (per process)"].startswith(f"{SEARCHERS}, ")
 
 
 # -- the nick rule and nick equality -----------------------------------------------------------
