@@ -20,7 +20,10 @@ import sqlite3
 import threading
 import time
 
-POOL_SIZE = 4  # connections reading at once: reads are CPU-bound, and the server has few cores
+# Connections reading at once: few, as reads are CPU-bound and the server has few cores, yet one
+# for each of the registry's REPLY_BUILDERS (4) and SEARCHERS (2), so a search never keeps a
+# join or history read waiting for a reader (tests/unit/test_sqlite_readers.py pins it).
+POOL_SIZE = 6
 IDLE_TIMEOUT = 10.0  # seconds an unused connection stays open
 READ_WAIT = 10.0  # seconds a read waits for a free connection before it is refused
 

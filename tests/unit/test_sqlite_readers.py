@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from chatserver.engines.sqlite_readers import PoolBusy, ReaderPool
+from chatserver.engines.sqlite_readers import POOL_SIZE, PoolBusy, ReaderPool
+from chatserver.rooms.registry import REPLY_BUILDERS, SEARCHERS
 from tests.helpers import wait_for
 
 
@@ -124,3 +125,8 @@ def test_paused_gives_up_waiting_after_its_wait(opened):
     pool._give_back(lent)
     with pool.connection() as conn:  # lent again once the block ended
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_pool_has_a_reader_for_every_reply_builder_and_search():
+    """POOL_SIZE is REPLY_BUILDERS + SEARCHERS: searches alone never keep a history reply from a reader."""
+    assert POOL_SIZE == REPLY_BUILDERS + SEARCHERS
