@@ -202,7 +202,8 @@ def test_limits_table_in_the_settings_page_is_protocol_mds():
 def test_limits_table_gives_the_registrys_reply_and_search_slots():
     """PROTOCOL.md's limits table says REPLY_BUILDERS history reads and SEARCHERS searches at once."""
     defaults = {row[0]: row[1] for row in markdown_table(ROOT / "PROTOCOL.md", "| limit | default |")}
-    assert defaults["history reads at once"].startswith(f"{REPLY_BUILDERS} ")
+    reads = "history reads at once (per process: `joined`, `history`, the HTTP API's read)"
+    assert defaults[reads].startswith(f"{REPLY_BUILDERS} ")
     assert defaults["searches at once (per process)"].startswith(f"{SEARCHERS}, ")
 
 
