@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from chatserver.engines.sqlite import SqliteEngine
-from chatserver.engines.sqlite_readers import POOL_SIZE
+from chatserver.engines.sqlite_readers import POOL_SIZE, ReaderPool
 from chatserver.rooms.registry import REPLY_BUILDERS
 from tests.helpers import FAST_LIMITS, RawClient, wait_for
 
@@ -127,3 +127,40 @@ def test_600_concurrent_history_reads_keep_builders_and_descriptors_bounded(make
         # SQLite keeps a closed connection's descriptor while the writer holds its lock on the
         # file, and reuses it for the next one: at most one per pooled reader stays
         wait_for(lambda: process.num_fds() <= fds_idle + POOL_SIZE, timeout=30)
+
+
+def test_readers_all_busy_answer_join_history_and_search_unavailable_then_work(make_server, tmp_path):
+    """Every SQLite history reader lent out for longer than the pool's wait: a join, a `history`
+    and a `search` are each answered `unavailable` with their id (nothing hangs); once a reader is
+    free again the same three are answered with the room's chat."""
+    engine = SqliteEngine(str(tmp_path / "h.db"))
+    server = make_server(engine=engine)
+    engine._readers.close()
+    engine._readers = ReaderPool(engine._connect_reader, size=1, wait=0.2)  # one reader: the test holds it
+    ann, bob = RawClient(server.port), RawClient(server.port)
+    try:
+        ann.send_json(type="join", room="lobby")
+        next_of(ann, "joined")
+        ann.send_json(type="chat", room="lobby", text="kept in the file")
+        next_of(ann, "chat")
+
+        def asked(client, **request) -> dict:
+            client.send_json(**request)
+            while (event := client.read_json()).get("id") != request["id"]:
+                pass
+            return event
+
+        requests = [(bob, {"type": "join", "room": "lobby", "id": 1}),
+                    (ann, {"type": "history", "room": "lobby", "id": 2}),
+                    (ann, {"type": "search", "room": "lobby", "q": "kept", "id": 3})]
+        with engine._readers.connection():
+            for client, request in requests:
+                reply = asked(client, **request)
+                assert (reply["type"], reply.get("code")) == ("error", "unavailable"), reply
+        joined, history, search = (asked(client, **request) for client, request in requests)
+        assert [m["text"] for m in joined["history"]] == ["kept in the file"]
+        assert [m["text"] for m in history["messages"]] == ["kept in the file"]
+        assert [m["text"] for m in search["messages"]] == ["kept in the file"]
+    finally:
+        ann.close()
+        bob.close()
