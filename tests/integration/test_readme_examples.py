@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -59,11 +60,15 @@ def test_websocket_client_walkthrough_survives_pauses_in_a_repl(make_server, con
 def test_make_run_stops_on_ctrl_c_as_the_readme_says(tmp_path):
     """`make run` prints where it listens; Ctrl-C on its terminal makes roomchat shut down (its
     "shutting down" line) and make end interrupted, which a shell reports as 130."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: make on a terminal of its own, as a person runs it
-        os.chdir(ROOT)
-        env = roomchat_env()
-        os.execvpe("make", ["make", "--no-print-directory", "run", f"ARGS=--port 0 --db {tmp_path / 'r.db'}"], env)
+    # a terminal of its own, as a person runs it: make leads a new session whose controlling
+    # terminal is the pty (setsid -c), so Ctrl-C there interrupts make and roomchat, the
+    # terminal's foreground process group (no fork in this multi-threaded process: subprocess
+    # starts it)
+    fd, terminal = pty.openpty()
+    make = subprocess.Popen(["setsid", "-c", "make", "--no-print-directory", "run",
+                             f"ARGS=--port 0 --db {tmp_path / 'r.db'}"],
+                            stdin=terminal, stdout=terminal, stderr=terminal, cwd=ROOT, env=roomchat_env())
+    os.close(terminal)
     output = b""
 
     def read_until(text: bytes, timeout: float) -> bytes:
@@ -83,10 +88,9 @@ def test_make_run_stops_on_ctrl_c_as_the_readme_says(tmp_path):
         assert b"roomchat.py" not in output  # the command itself is not echoed
         os.write(fd, b"\x03")
         assert b"shutting down" in read_until(b"shutting down", 10), output
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 2  # SIGINT: the shell's 130
-    finally:  # on failure: make and roomchat are in the process group pty.fork() made for make
-        with contextlib.suppress(ChildProcessError, ProcessLookupError):
-            os.killpg(pid, 9)
-            os.waitpid(pid, 0)
+        assert make.wait(timeout=30) == -signal.SIGINT  # killed by SIGINT: the shell's 130
+    finally:  # on failure: make and roomchat are in the process group setsid made for make
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(make.pid, signal.SIGKILL)
+        make.wait()
         os.close(fd)
