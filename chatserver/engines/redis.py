@@ -34,7 +34,9 @@ is reaped by the first other process whose own last beat was on time: its member
 gone and its nick claims deleted. A reaped process finds out at its next beat, takes a new
 generation and has the registry take everything back (`ClusterRegistry.retake`). Nick claims
 live NICK_LEASES leases, renewed at every beat; one that expired is taken again, one someone else
-took is lost (`ClusterRegistry.lose_nick`). A chat from a member the others think gone is refused
+took is lost (`ClusterRegistry.lose_nick`), unless a resume elsewhere moved it (`moved_key`):
+then the client is let go (`ClusterRegistry.let_go`, 4002) on that resume's message, or by the
+heartbeat MOVE_GRACE later if none came (`_settle_unclaimed`). A chat from a member the others think gone is refused
 by the publish script (fenced) and answered `unavailable`; the heartbeat then runs at once.
 
 Faults. Every write a request makes carries an idempotency key (Meta.key). A write whose outcome
@@ -131,6 +133,15 @@ RETRY_MAX_DELAY = 5.0
 POOL_SIZE = 64  # Redis connections per process at most (the subscription holds one of them)
 POOL_WAIT = 2.0  # seconds a thread waits for a free connection before Unavailable
 READ_TIMEOUT = 2.0  # seconds for a reply, and for the rest of a reply begun on the subscription
+# seconds a local client whose nick claim a resume elsewhere moved (`moved_key`) is kept waiting
+# for that resume's "moved" message while that resume's client holds the claim (sooner let go once
+# it is nobody's or someone else's); past it the heartbeat lets it go all the same (4002). After
+# its claim moved, a take-over is a few calls (the session, two per room, the message), each
+# answered or failing the take-over within POOL_WAIT + READ_TIMEOUT: one that goes through takes
+# milliseconds, one cut off fails at its first call that times out. Five READ_TIMEOUTs are far
+# past both; a take-over slower still loses only the rooms it has yet to move (the let-go's
+# leaves find the old owner there: the room sees a leave), never a nick.
+MOVE_GRACE = 5 * READ_TIMEOUT
 SETTLE_TRIES = 3  # a write whose outcome is unknown is sent again this many times, then settled
 AMEND_TRIES = 10  # an edit, delete or react is read and tried again this often while its chat keeps changing
 DEFERRED_MAX = 100_000  # leaves and nick changes waiting for Redis at most; the oldest go first
@@ -151,7 +162,8 @@ def nick_key(nick: str) -> str:
 def moved_key(owner: str) -> str:
     """Where a resume marks that it is taking client `owner` (`<lease>:<client>`) away from its
     process: that process's heartbeat, finding the client's nick claim gone, then knows it was
-    moved (its let-go is on its way), not lost while the process was cut off."""
+    moved (its let-go is on its way, or comes from that heartbeat after MOVE_GRACE), not lost
+    while the process was cut off."""
     return f"roomchat:moved:{owner}"
 
 
@@ -178,6 +190,18 @@ class Kept(NamedTuple):
     marked: bool = False
 
 
+class Unclaimed(NamedTuple):
+    """A local client whose nick claim a beat found lost: the claim's `key`, the `marker` a resume
+    elsewhere sets when it moves the claim (moved_key); once that marker was read, `mover` (the
+    claim's prefix while that resume's client holds it, `<owner>:`) and `deadline` (the
+    time.monotonic() past which the client is let go, MOVE_GRACE on)."""
+
+    key: str
+    marker: str
+    mover: str | None = None
+    deadline: float = 0.0
+
+
 def shown(url: str) -> str:
     """`url` (redis://[USER:PASSWORD@]HOST:PORT/DB) as printed and logged: its password as `***`."""
     parts = urllib.parse.urlsplit(url)
@@ -194,16 +218,22 @@ class RedisEngine(RedisPersonal):
     cluster = True
 
     def __init__(self, url: str, per_room: int = 10000, *, lease: float = LEASE, resume_window: float = 40.0,
-                 quotas: RedisQuotas | None = None):
+                 quotas: RedisQuotas | None = None, move_grace: float | None = None):
         """`resume_window`: seconds a resume session outlives its process's last beat
         (ping_interval + ping_timeout: how long the issuing process would keep the client);
-        `quotas`: on the history kept in Redis (redis_quotas.py), none by default."""
+        `quotas`: on the history kept in Redis (redis_quotas.py), none by default; `move_grace`:
+        seconds a client moved away by a resume elsewhere waits here for its let-go (by default
+        MOVE_GRACE, or less with a short lease: over before the moved claim would expire, were
+        the resume's process to die holding it)."""
         self.location = f"Redis at {shown(url)}"
         self._per_room = per_room
         self._lease_ms = int(lease * 1000)
         self._nick_ms = self._lease_ms * NICK_LEASES
         self._beat_every = lease / 4
         self._session_ms = max(int(resume_window * 1000), 3 * int(self._beat_every * 1000))
+        # a beat finds the claim moved a beat after it moved at most, and lets go a beat after the grace
+        self._move_grace = min(MOVE_GRACE, self._nick_ms / 1000 - 2 * self._beat_every) if move_grace is None \
+            else move_grace
         try:
             probe = redis.Redis.from_url(url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2)
             try:
@@ -260,6 +290,10 @@ class RedisEngine(RedisPersonal):
         self._open: dict[str, set] = {}  # subscribed room -> folded nicks read unmuted, the mode the default
         self._rules_generation = 0  # counts the drops of `_open`: a look that raced one keeps nothing
         self._claims: dict[str, tuple] = {}  # nick key -> (value, client id): the nicks this process holds
+        # local client id -> Unclaimed: the clients whose claim a beat found lost, until settled
+        # (_settle_unclaimed). Written and read by whichever thread beats (the heartbeat's; start's
+        # first), under `_lock`; Redis and the hub are called without it.
+        self._unclaimed: dict[int, Unclaimed] = {}
         self._sessions: dict[int, Kept] = {}  # client id -> its resume session
         self._sessions_kept = 0.0  # time.monotonic() when the sessions' windows were last renewed
         self._confirmed: dict[str, threading.Event] = {}  # subscribed channel -> set once Redis confirmed
@@ -728,9 +762,11 @@ class RedisEngine(RedisPersonal):
             log.warning("resume session of client %d not kept in Redis: %s", client_id, exc)
 
     def end_session(self, client_id: int) -> None:
-        """Forget the client's session and its marks, unless another process took it over meanwhile."""
+        """Forget the client's session and its marks, unless another process took it over meanwhile
+        (and a lost claim of its that waits to be settled: it left)."""
         with self._lock:
             session = self._sessions.pop(client_id, None)
+            self._unclaimed.pop(client_id, None)
         if session is not None:
             with contextlib.suppress(*REDIS_ERRORS):
                 if self._scripts["if_owner_delete"](keys=[session.key], args=[session.value]) and session.marked:
@@ -774,9 +810,11 @@ class RedisEngine(RedisPersonal):
 
     def take_session(self, session: Session, client_id: int) -> dict | None:
         """See engines.base.ClusterEngine. The old process is asked on its DM channel to drop
-        the old connection (Registry.let_go); if that message is lost, the old connection is
-        fenced (its writes are refused) until its pings time out. Raises Unavailable (its outcome
-        unknown: presenting the same token again settles it)."""
+        the old connection (Registry.let_go); if that message is lost, or this take-over is cut
+        off after the claim moved, the old process lets it go by itself, MOVE_GRACE after its
+        heartbeat found the claim moved, or at its next beat once the claim was given back
+        (`_settle_unclaimed`); its chats in the rooms that moved are refused meanwhile.
+        Raises Unavailable (its outcome unknown: presenting the same token again settles it)."""
         owner = self._owner(Meta((self.process_id, client_id)))
         claim, _ = self._claim_value(session.nick, client_id)
         old_lease, old_client = session.owner.rsplit(":", 1)
@@ -1303,8 +1341,8 @@ class RedisEngine(RedisPersonal):
 
     def _beat(self) -> None:
         """Renew the lease and the nick claims; a lost lease is taken anew and the registry takes
-        its clients back; a lost claim is the registry's to settle, unless a resume elsewhere marked
-        that it moved it (`moved_key`). Raises REDIS_ERRORS."""
+        its clients back; a client whose claim was lost is settled (`_settle_unclaimed`). Raises
+        REDIS_ERRORS."""
         with self._lock:
             lease, registered = self._lease, self._registered
         if not self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, int(registered)]):
@@ -1333,13 +1371,49 @@ class RedisEngine(RedisPersonal):
         for (key, (value, client)), kept in zip(claims, renewed, strict=True):
             if not kept:
                 with self._lock:
-                    if self._claims.get(key, (None,))[0] == value:
+                    if self._claims.get(key, (None,))[0] == value:  # still the client's: lost now
                         del self._claims[key]
-                # moved by a resume elsewhere: its message lets the client go (4002), and if that is
-                # lost the client is fenced until its pings time out (take_session)
-                if not self._redis.exists(moved_key(value.rsplit(":", 1)[0])):
-                    self._hub.lose_nick(client)
+                        self._unclaimed[client] = Unclaimed(key, moved_key(value.rsplit(":", 1)[0]))
+        self._settle_unclaimed()
         self._beat_ok = time.monotonic()
+
+    def _settle_unclaimed(self) -> None:
+        """Heartbeat: settle the local clients whose nick claim was lost (`_unclaimed`). One that
+        no resume elsewhere marked as moved lost it while this process was cut off: the registry
+        closes it (lose_nick, 1012). One marked waits for that resume's message (let_go, 4002)
+        while the resume's client holds the claim, for `move_grace` seconds at most; once the
+        claim is anyone else's or nobody's (the take-over was cut off and gave it back), or the
+        grace is over (the message was lost), it is let go here all the same: its session was
+        taken elsewhere, whatever became of the take-over, and it must not keep a nick it no
+        longer holds. let_go of a client the message already let go does nothing. Raises
+        REDIS_ERRORS (what is not settled yet is looked at again by the next beat)."""
+        now = time.monotonic()
+        with self._lock:
+            entries = list(self._unclaimed.items())
+        for client, entry in entries:
+            settled = None
+            if entry.mover is None:  # not looked at yet: moved, or lost?
+                mover = self._redis.get(entry.marker)
+                settled = (entry._replace(mover=f"{mover.decode()}:", deadline=now + self._move_grace)
+                           if mover is not None else None)
+                act, why = self._hub.lose_nick, None
+            else:
+                act, why = self._hub.let_go, "its take-over's message did not come"
+                if entry.deadline > now:
+                    held = self._redis.get(entry.key)
+                    if held is not None and held.decode().startswith(entry.mover):
+                        continue  # its new connection has it: the message may yet come
+                    why = "its take-over let go of its nick"
+            with self._lock:
+                if self._unclaimed.get(client) != entry:
+                    continue  # settled meanwhile by another beat (a test's, beside the heartbeat's)
+                if settled is not None:
+                    self._unclaimed[client] = settled
+                    continue
+                del self._unclaimed[client]
+            if why is not None:
+                log.warning("client %d was moved by a resume elsewhere, but %s: letting it go", client, why)
+            act(client)
 
     def _refresh_sharded(self, claims: list, pipe, queued: int) -> list:
         """REFRESH for each claim on a Redis Cluster, where a pipeline cannot run scripts: each

@@ -13,7 +13,10 @@ which room, where a DM goes.
   markers of a client without a token: rooms/marks.py) is kept in the engine. The process the
   client reaches takes over the nick claim and the memberships (their owner changes in Redis,
   the members stay: no presence) and the old process drops the old connection (`let_go`: close
-  4002; its leaves and its release of the nick find another owner and do nothing). What is the
+  4002; its leaves and its release of the nick find another owner and do nothing). Asked by a
+  message that may be lost, or not sent (a take-over cut off after the claim moved): the engine's
+  heartbeat then lets the old connection go itself, a grace after it found the claim moved
+  (engines/redis.py MOVE_GRACE), so no client here keeps a nick it no longer holds. What is the
   connection's own (slow mode's pacing, the rate limit, bans and mutes bound to it) starts
   afresh, as on a new connection (rooms/client.py).
 
@@ -151,7 +154,10 @@ class ClusterRegistry(Registry):
     def let_go(self, client_id: int) -> None:
         """The client resumed on another process, which holds its nick and rooms now: close its old
         connection here with 4002 and forget it (its leaves and its nick's release find another
-        owner in the engine and change nothing). Called on a thread of the engine's."""
+        owner in the engine and change nothing; those of rooms a take-over cut off never moved
+        announce its leave there). Called on a thread of the engine's (its listener's, on the
+        resume's message, or its heartbeat's, once the grace after a moved claim is over);
+        twice for one client, the second call does nothing."""
         with self._lock:
             client = self._clients.get(client_id)
         if client is not None:

@@ -9,7 +9,7 @@ import redis
 
 from chatserver import protocol
 from chatserver.engines.base import Meta, Unavailable
-from chatserver.engines.redis import RedisEngine, session_key
+from chatserver.engines.redis import LEASE, MOVE_GRACE, NICK_LEASES, RedisEngine, nick_key, session_key
 from chatserver.engines.redis_personal import session_marks_keys
 from chatserver.protocol import MAX_MARKS
 from tests.client_helpers import Relay
@@ -341,10 +341,11 @@ class ProcessHub(RoomsHub):
 
 
 @contextlib.contextmanager
-def two_processes(url: str, ann_rooms: list):
-    """Engines of processes A and B on Redis at `url` (resume window 30 s), each started with a
-    ProcessHub, A's client 1 being ann in `ann_rooms`: (a, b, hub_a, hub_b), both closed after."""
-    a, b = RedisEngine(url, resume_window=30), RedisEngine(url, resume_window=30)
+def two_processes(url: str, ann_rooms: list, **options):
+    """Engines of processes A and B on Redis at `url` (resume window 30 s, RedisEngine `options`),
+    each started with a ProcessHub, A's client 1 being ann in `ann_rooms`: (a, b, hub_a, hub_b),
+    both closed after."""
+    a, b = RedisEngine(url, resume_window=30, **options), RedisEngine(url, resume_window=30, **options)
     hub_a, hub_b = ProcessHub("aaaaaaaaaaaa", a, {1: ("ann", ann_rooms)}), ProcessHub("bbbbbbbbbbbb", b, {})
     a.start(hub_a)
     b.start(hub_b)
@@ -358,11 +359,10 @@ def two_processes(url: str, ann_rooms: list):
 def test_a_beat_between_a_resumes_claim_and_room_moves_keeps_the_old_process_calm(redis_server):
     """Process A beats right after process B moved ann's nick claim by a resume and before B moved
     her rooms: A does not take the moved claim for one lost while cut off (no 1012, no leaves that
-    would take her rooms from B); B gets her rooms, and A is told to let her old connection go."""
-    with two_processes(redis_server.url, ["r1"]) as (a, b, hub_a, _hub_b):
-        assert a.claim_nick("ann", 1)
-        a.keep_session(1, "tok", "ann", "")
-        a.announce("r1", protocol.presence("r1", "join", "ann"), Meta((hub_a.process_id, 1)))
+    would take her rooms from B); B gets her rooms, and A is told to let her old connection go
+    (after which nothing of hers waits to be let go again)."""
+    with two_processes(redis_server.url, ["r1"], move_grace=600) as (a, b, hub_a, _hub_b):
+        ann_on_a(a, hub_a)
         session = b.find_session("tok")
         assert session.rooms == ("r1",)
         move = b._scripts["owner_move"]
@@ -376,6 +376,9 @@ def test_a_beat_between_a_resumes_claim_and_room_moves_keeps_the_old_process_cal
         assert hub_a.lost == [] and set(taken) == {"r1"}, (hub_a.lost, taken)
         assert hub_a.wait_moved() == [1]
         assert b.members("r1") == ["ann"]
+        assert 1 in a._unclaimed  # waiting for the let-go the message brought: its end settles it
+        a.end_session(1)  # the registry's let-go (disconnect)
+        assert 1 not in a._unclaimed
 
 
 def test_the_engine_keeps_marks_without_a_token_as_long_as_their_session(redis_server):
@@ -506,3 +509,112 @@ def test_a_take_over_cut_off_by_redis_leaves_no_session_renewed_forever(redis_se
             b._sessions_kept = 0.0  # the next beat renews the sessions B keeps
         b._beat()
         assert all(0 < store.pttl(key) <= 5_000 for key in kept), [store.pttl(key) for key in kept]
+
+
+def ann_on_a(a: RedisEngine, hub_a: ProcessHub) -> None:
+    """A's client 1 takes the nick ann, keeps a session under token "tok" and joins r1."""
+    assert a.claim_nick("ann", 1)
+    a.keep_session(1, "tok", "ann", "")
+    a.announce("r1", protocol.presence("r1", "join", "ann"), Meta((hub_a.process_id, 1)))
+
+
+def end_grace(engine: RedisEngine, client_id: int) -> None:
+    """Move the deadline of `client_id`, waiting for its let-go after a moved claim, to the past
+    (what the grace's end would do, without waiting for it)."""
+    with engine._lock:
+        entry = engine._unclaimed[client_id]
+        assert entry.mover is not None, "its moved marker not read yet"
+        engine._unclaimed[client_id] = entry._replace(deadline=0.0)
+
+
+def cut_off_after_the_claim_moved(a: RedisEngine, b: RedisEngine, session) -> None:
+    """B's take-over of `session` cut off by Redis after the claim moved, A beating in between
+    (its claim gone, marked moved): B raises Unavailable."""
+    def beat_then_cut_off(**kwargs):
+        a._beat()
+        raise redis.ConnectionError("cut off")
+
+    b._scripts["owner_move"] = beat_then_cut_off
+    with pytest.raises(Unavailable):
+        b.take_session(session, 7)
+
+
+def test_a_take_over_cut_off_that_gave_the_nick_back_lets_the_old_client_go_at_once(redis_server):
+    """B's take-over of ann is cut off by Redis after her claim moved, and B gives the claim back:
+    A's next beat finds it nobody's and lets her old client go (4002) without waiting for the
+    grace or a message; the nick is then free for a third claimer, and A never takes it back."""
+    with two_processes(redis_server.url, ["r1"], move_grace=600) as (a, b, hub_a, _hub_b):
+        ann_on_a(a, hub_a)
+        cut_off_after_the_claim_moved(a, b, b.find_session("tok"))
+        a._beat()
+        assert hub_a.wait_moved() == [1] and hub_a.lost == []
+        assert b.claim_nick("ann", 9)
+        a._beat()
+        assert not a.claim_nick("ann", 2) and (hub_a.lost, hub_a.moved) == ([], [1])
+
+
+def test_a_take_over_cut_off_holding_the_nick_lets_the_old_client_go_after_the_grace(redis_server):
+    """B's take-over of ann is cut off after her claim moved and B never gives it back (cut off for
+    good): A keeps her while the claim is B's (no 1012, no let-go), lets her old client go (4002)
+    once the grace is over, and the nick is free once B's claim expires. By default the grace ends
+    before such a claim would expire (a short lease shortens it)."""
+    with two_processes(redis_server.url, ["r1"], move_grace=600) as (a, b, hub_a, _hub_b), \
+            redis.Redis.from_url(redis_server.url) as store:
+        ann_on_a(a, hub_a)
+        b.release_nick = lambda nick, client_id: None  # its give-back never reaches Redis
+        cut_off_after_the_claim_moved(a, b, b.find_session("tok"))
+        a._beat()
+        assert (hub_a.lost, hub_a.moved) == ([], [])
+        end_grace(a, 1)
+        a._beat()
+        assert hub_a.wait_moved() == [1] and hub_a.lost == []
+        store.delete(nick_key("ann"))  # B's claim expires (NICK_LEASES leases)
+        assert a.claim_nick("ann", 2)
+    for lease in (LEASE, 1.0):
+        engine = RedisEngine(redis_server.url, lease=lease)  # not started: its grace alone
+        try:
+            assert engine._move_grace == min(MOVE_GRACE, lease * (NICK_LEASES - 0.5)) < lease * NICK_LEASES
+        finally:
+            engine.close()
+
+
+def test_a_lost_moved_message_lets_the_old_client_go_after_the_grace(redis_server):
+    """B takes ann over but its "moved" message to A is lost: A's beat finds her claim moved and
+    keeps her (no 1012, no let-go), then lets her old client go once the grace is over; B keeps
+    her nick and room."""
+    with two_processes(redis_server.url, ["r1"], move_grace=600) as (a, b, hub_a, _hub_b):
+        ann_on_a(a, hub_a)
+        session = b.find_session("tok")
+        publish = b._pub
+
+        def moved_lost(channel, data):
+            return 0 if b'"moved"' in data else publish(channel, data)
+
+        b._pub = moved_lost
+        assert set(b.take_session(session, 7)) == {"r1"}
+        a._beat()
+        assert (hub_a.lost, hub_a.moved) == ([], [])
+        end_grace(a, 1)
+        a._beat()
+        assert hub_a.wait_moved() == [1] and hub_a.lost == []
+        assert b.members("r1") == ["ann"] and not a.claim_nick("ann", 2)
+
+
+def test_a_lost_claim_whose_marker_could_not_be_read_is_settled_by_the_next_beat(redis_server):
+    """A beat finds ann's claim held by someone else but fails to read whether a resume moved it:
+    the next beat reads it (none) and closes her (1012) rather than leaving her with the nick."""
+    with two_processes(redis_server.url, []) as (a, _b, hub_a, _hub_b), \
+            redis.Redis.from_url(redis_server.url) as store:
+        assert a.claim_nick("ann", 1)
+
+        def cut_off(*args):
+            raise redis.ConnectionError("cut off")
+
+        a._redis.get = cut_off  # first: every beat from now on fails to read the marker
+        store.set(nick_key("ann"), "someone.0:3:ann")  # taken while A was cut off
+        with pytest.raises(redis.ConnectionError):
+            a._beat()
+        assert hub_a.lost == []
+        del a._redis.get
+        a._beat()
+        assert hub_a.lost == [1] and hub_a.moved == []
