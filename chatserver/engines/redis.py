@@ -142,6 +142,9 @@ READ_TIMEOUT = 2.0  # seconds for a reply, and for the rest of a reply begun on 
 # past both; a take-over slower still loses only the rooms it has yet to move (the let-go's
 # leaves find the old owner there: the room sees a leave), never a nick.
 MOVE_GRACE = 5 * READ_TIMEOUT
+# A resume that finds its connection's rename on its way through the rooms (find_session) waits
+# for it up to RENAME_WAIT seconds (a round trip per room), looking again every RENAME_POLL.
+RENAME_WAIT, RENAME_POLL = READ_TIMEOUT, 0.01
 SETTLE_TRIES = 3  # a write whose outcome is unknown is sent again this many times, then settled
 AMEND_TRIES = 10  # an edit, delete or react is read and tried again this often while its chat keeps changing
 DEFERRED_MAX = 100_000  # leaves and nick changes waiting for Redis at most; the oldest go first
@@ -234,6 +237,7 @@ class RedisEngine(RedisPersonal):
         # a beat finds the claim moved a beat after it moved at most, and lets go a beat after the grace
         self._move_grace = min(MOVE_GRACE, self._nick_ms / 1000 - 2 * self._beat_every) if move_grace is None \
             else move_grace
+        self.rename_wait = RENAME_WAIT  # seconds (find_session); a test may set its own
         try:
             probe = redis.Redis.from_url(url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2)
             try:
@@ -775,14 +779,25 @@ class RedisEngine(RedisPersonal):
     def find_session(self, token: str) -> Session | None:
         """The session `token` names, with the rooms its owner is in, or None. Raises Unavailable."""
         key = session_key(token)
-        value = self._call(self._redis.get, key)
-        if value is None:
-            return None
-        owner, nick, identity, *rest = value.decode().split("\n")
-        marks = rest[0] if rest else new_marks_id()  # a session kept before marks were: none yet
-        suffix = f"\n{nick}\n{owner}"
-        entries = self._call(self._redis.smembers, f"roomchat:proc:{owner.rsplit(':', 1)[0]}:rooms")
-        rooms = sorted(e[: -len(suffix)] for e in (x.decode() for x in entries) if e.endswith(suffix))
+        deadline = time.monotonic() + self.rename_wait
+        while True:
+            value = self._call(self._redis.get, key)
+            if value is None:
+                return None
+            owner, nick, identity, *rest = value.decode().split("\n")
+            marks = rest[0] if rest else new_marks_id()  # a session kept before marks were: none yet
+            entries = self._call(self._redis.smembers, f"roomchat:proc:{owner.rsplit(':', 1)[0]}:rooms")
+            # each "<room>\n<nick>\n<owner>": the connection's rooms, under the nick each knows it by
+            known = [e.decode().rsplit("\n", 2) for e in entries]
+            mine = [(room, as_nick) for room, as_nick, of in known if of == owner]
+            renaming = any(as_nick != nick for _room, as_nick in mine)
+            if not renaming or time.monotonic() >= deadline:
+                break
+            # a rename of that connection on its way through its rooms (Registry._rename keeps the
+            # session with the new nick first, then tells each room): the rooms it has yet to tell
+            # would not move with the resume; it is a round trip per room, so wait for it
+            self._stop.wait(RENAME_POLL)
+        rooms = sorted(room for room, as_nick in mine if as_nick == nick)
         return Session(owner, nick, identity, tuple(rooms), key, value, marks)
 
     def set_session_mark(self, client_id: int, room: str, seq: int) -> int:

@@ -618,3 +618,43 @@ def test_a_lost_claim_whose_marker_could_not_be_read_is_settled_by_the_next_beat
         del a._redis.get
         a._beat()
         assert hub_a.lost == [1] and hub_a.moved == []
+
+
+def test_a_resume_during_a_rename_waits_for_it_and_takes_every_room(redis_server):
+    """ann, in r1 and r2 on A, renames to anna; a resume reaches B after A told r1 but before r2
+    (Registry._rename: the new claim, the session, then room by room). B's find_session waits for
+    the rename to reach r2 and the take-over gets both rooms under anna; a resume that may not wait
+    (rename_wait 0, or a rename that never finishes) gets the rooms already renamed only."""
+    with two_processes(redis_server.url, ["r1", "r2"]) as (a, b, hub_a, _hub_b):
+        for room in ("r1", "r2"):
+            a.announce(room, protocol.presence(room, "join", "ann"), Meta((hub_a.process_id, 1)))
+        assert a.claim_nick("ann", 1)
+        a.keep_session(1, "tok", "ann", "")
+        assert a.claim_nick("anna", 1)
+        a.keep_session(1, "tok", "anna", "")
+        change = {"type": "nick", "old": "ann", "nick": "anna"}
+        a.announce("r1", change, Meta((hub_a.process_id, 1), change="c1"))
+
+        assert b.rename_wait == 2  # PROTOCOL.md: a resume waits for a rename "up to 2 s"
+        b.rename_wait = 0
+        assert b.find_session("tok").rooms == ("r1",)  # r2 still knows her as ann
+
+        b.rename_wait = 60  # only the rename's end ends the wait, on a machine of any speed
+        looks, found = [], []
+        smembers = b._redis.smembers
+
+        def looked(*args):  # each look at A's rooms; the second is B waiting for the rename
+            looks.append(args)
+            return smembers(*args)
+
+        b._redis.smembers = looked
+        finder = threading.Thread(target=lambda: found.append(b.find_session("tok")))
+        finder.start()
+        wait_for(lambda: len(looks) >= 2, timeout=30)
+        assert finder.is_alive()
+        a.announce("r2", change, Meta((hub_a.process_id, 1), change="c1"))
+        finder.join(30)
+        session = found[0]
+        assert (session.nick, session.rooms) == ("anna", ("r1", "r2"))
+        assert set(b.take_session(session, 7)) == {"r1", "r2"}
+        assert b.members("r1") == ["anna"] and b.members("r2") == ["anna"]
