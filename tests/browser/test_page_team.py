@@ -93,7 +93,8 @@ def test_the_message_menu_works_with_the_arrow_keys(open_page):
     """The message menu is a menu (role menu, its actions menuitems) that works as desktop menus do:
     opened from the keyboard its first reaction has the focus; Down/Right and Up/Left move and wrap,
     Home and End jump; Escape closes it and gives the focus back to its "⋯"; Enter on a reaction
-    sends it (its chip shows), Enter on Edit opens the edit box; Tab closes it and moves on."""
+    sends it (its chip shows), Enter on Edit opens the edit box, Enter on Delete asks (the arrows
+    move between Delete and Cancel; Escape deletes nothing); Tab closes it and moves on."""
     ann = open_page("/?nick=ann#lobby")
     ann.say("arrow keys")
     ann.wait(lambda: row_of(ann, "arrow keys"), "the chat never came")
@@ -129,6 +130,17 @@ def test_the_message_menu_works_with_the_arrow_keys(open_page):
     ann.wait_for_focus("Edit your message")
     ann.press(" work", ENTER)  # the box starts with the text, the caret at its end
     ann.wait(lambda: (row_of(ann, "arrow keys work") or {}).get("edited"), "the edit is not shown")
+
+    open_menu(ann, seq)  # Delete asks first, in the same menu: the arrows move between its answers
+    ann.press(END, ENTER)
+    ann.wait(lambda: ann.js("return document.activeElement.textContent") == "Delete", "no confirmation asked")
+    for key, name in ((DOWN, "Cancel"), (DOWN, "Delete"), (UP, "Cancel")):
+        ann.press(key)
+        ann.wait_for_focus(name)
+    ann.press(ESCAPE)
+    ann.wait(lambda: not ann.js(menu_open), "Escape left the question open")
+    ann.wait_for_focus(opener)
+    assert not row_of(ann, "arrow keys work")["deleted"]
 
     open_menu(ann, seq)
     ann.press(TAB)
