@@ -16,6 +16,7 @@ import warnings
 
 # WebDriver key codes (W3C WebDriver, "Keyboard actions"), the same for both drivers
 ENTER, TAB, ESCAPE, CONTROL, SHIFT = "\ue007", "\ue004", "\ue00c", "\ue009", "\ue008"
+HOME, END, LEFT, UP, RIGHT, DOWN = "\ue011", "\ue010", "\ue012", "\ue013", "\ue014", "\ue015"
 ID, XPATH, CSS, TAG = "id", "xpath", "css selector", "tag name"
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -297,6 +298,26 @@ class ChatPage:
 
     def active(self):
         return self.browser.active()
+
+    def press(self, *keys: str) -> None:
+        """Press `keys` one after another, each on the element that has the focus when it comes
+        (real key events, as a keyboard sends them: a handler may move the focus between two)."""
+        for key in keys:
+            self.active().send_keys(key)
+
+    def focused(self) -> str:
+        """The focused element's name: its aria-label, else its text; "" when nothing has the focus."""
+        return self.js("const e = document.activeElement; return !e || e === document.body ? '' "
+                       ": e.getAttribute('aria-label') || e.textContent.trim()")
+
+    def roles(self, selector: str) -> list:
+        """[role, [role of each button in it]] of the first element `selector` (CSS) finds."""
+        return self.js("const e = document.querySelector(arguments[0]); return [e.getAttribute('role'), "
+                       "[...e.querySelectorAll('button')].map(b => b.getAttribute('role'))]", selector)
+
+    def wait_for_focus(self, name: str) -> None:
+        """Wait until the element named `name` (focused()) has the focus."""
+        self.wait(lambda: self.focused() == name, lambda: f"the focus is on {self.focused()!r}, not {name!r}")
 
     def member(self, nick: str):
         """`nick`'s button in the member list, once it is there: a page that has just opened

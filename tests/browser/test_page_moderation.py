@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from tests.browser.pages import DOWN, END, ENTER, ESCAPE, HOME, LEFT, RIGHT, TAB, UP
 from tests.helpers import SECRET, token
 
 pytestmark = pytest.mark.browser
@@ -111,3 +112,50 @@ def test_a_refused_kick_is_said_in_the_room(open_page, make_server, connect):
     teacher.find("mod-confirm").click()
     line = teacher.wait(lambda: [t for t in teacher.lines() if t.startswith("Could not kick bob: ")], "no refusal")
     assert len(line) == 1 and teacher.error("send") == ""
+
+
+def test_the_member_menu_works_with_the_arrow_keys(open_page, make_server, connect):
+    """A member's menu is a menu (role menu, its actions menuitems) that works as desktop menus do:
+    Enter on a nick opens it with the focus on "Message"; Down/Right and Up/Left move and wrap,
+    Home and End jump; Escape closes it and gives the focus back to the nick; Enter on "Kick…"
+    opens the kick dialog; Tab closes it and moves on to the next member."""
+    school = make_server(token_secret=SECRET)
+    teacher = open_page(f"/?token={token('ann', op=True)}#lobby", on=school)
+    for nick in ("bob", "cy"):
+        peer = connect(school.url)
+        peer.set_nick(nick)
+        peer.join("lobby")
+        teacher.member(nick)
+    menu_open = "return !!document.querySelector('.member-menu')"
+
+    def open_menu() -> None:
+        """Focus bob's nick (as Tab would) and press Enter."""
+        teacher.js("arguments[0].focus()", teacher.member("bob"))
+        teacher.press(ENTER)
+        teacher.wait_for_focus("Message")
+
+    open_menu()
+    assert menu_labels(teacher) == ["Message", "Mute…", "Kick…", "Ban…"]
+    assert teacher.roles(".member-menu") == ["menu", ["menuitem"] * 4]
+    for key, name in ((DOWN, "Mute…"), (RIGHT, "Kick…"), (LEFT, "Mute…"), (UP, "Message"), (UP, "Ban…"),
+                      (DOWN, "Message"), (END, "Ban…"), (HOME, "Message")):
+        teacher.press(key)
+        teacher.wait_for_focus(name)
+    teacher.press(ESCAPE)
+    teacher.wait(lambda: not teacher.js(menu_open), "Escape left the menu open")
+    teacher.wait_for_focus("bob")
+    assert teacher.active().get_attribute("aria-expanded") == "false"
+
+    teacher.press(ENTER)  # the nick has the focus again: Enter opens its menu again
+    teacher.wait_for_focus("Message")
+    teacher.press(END, UP)
+    teacher.wait_for_focus("Kick…")
+    teacher.press(ENTER)
+    teacher.wait(lambda: teacher.visible("mod-dialog"), "Enter on Kick… did not open the dialog")
+    assert teacher.find("mod-title").text == "Kick bob from lobby"
+    teacher.find("mod-cancel").click()
+
+    open_menu()
+    teacher.press(TAB)
+    teacher.wait(lambda: not teacher.js(menu_open), "Tab left the menu open")
+    teacher.wait_for_focus("cy")

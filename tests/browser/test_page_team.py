@@ -6,7 +6,7 @@ same page on Redis."""
 
 import pytest
 
-from tests.browser.pages import CONTROL, ENTER
+from tests.browser.pages import CONTROL, DOWN, END, ENTER, ESCAPE, HOME, LEFT, RIGHT, TAB, UP
 from tests.helpers import SECRET, token, with_token
 
 pytestmark = pytest.mark.browser
@@ -87,6 +87,66 @@ def test_edit_react_and_delete_show_live_on_another_page(open_page):
     for page in (ann, bob):
         page.wait(lambda p=page: (row_of(p, "message deleted") or {}).get("deleted"), "the delete is not shown")
         assert row_of(page, "message deleted")["chips"] == []
+
+
+def test_the_message_menu_works_with_the_arrow_keys(open_page):
+    """The message menu is a menu (role menu, its actions menuitems) that works as desktop menus do:
+    opened from the keyboard its first reaction has the focus; Down/Right and Up/Left move and wrap,
+    Home and End jump; Escape closes it and gives the focus back to its "⋯"; Enter on a reaction
+    sends it (its chip shows), Enter on Edit opens the edit box, Enter on Delete asks (the arrows
+    move between Delete and Cancel; Escape deletes nothing); Tab closes it and moves on."""
+    ann = open_page("/?nick=ann#lobby")
+    ann.say("arrow keys")
+    ann.wait(lambda: row_of(ann, "arrow keys"), "the chat never came")
+    seq = row_of(ann, "arrow keys")["seq"]
+    opener = "Actions for the message from ann"
+    menu_open = "return !!document.querySelector('.msg-menu')"
+
+    labels = open_menu(ann, seq)
+    assert len(labels) == 8 and labels[0] == "React with 👍" and labels[-2:] == ["Edit", "Delete"]
+    assert ann.roles(".msg-menu") == ["menu", ["menuitem"] * 8]
+    ann.wait_for_focus(labels[0])
+    for key, name in ((DOWN, labels[1]), (RIGHT, labels[2]), (LEFT, labels[1]), (UP, labels[0]),
+                      (UP, "Delete"), (DOWN, labels[0]), (END, "Delete"), (HOME, labels[0])):
+        ann.press(key)
+        ann.wait_for_focus(name)
+    ann.press(ESCAPE)
+    ann.wait(lambda: not ann.js(menu_open), "Escape left the menu open")
+    ann.wait_for_focus(opener)
+    assert ann.active().get_attribute("aria-expanded") == "false"
+
+    open_menu(ann, seq)
+    ann.press(DOWN, DOWN)
+    ann.wait_for_focus(labels[2])
+    ann.press(ENTER)
+    ann.wait(lambda: row_of(ann, "arrow keys")["chips"] == [["😄 1", "😄 ann", "true"]], "the reaction is not shown")
+    assert not ann.js(menu_open)
+    ann.wait_for_focus(opener)
+
+    open_menu(ann, seq)
+    ann.press(END, UP)
+    ann.wait_for_focus("Edit")
+    ann.press(ENTER)
+    ann.wait_for_focus("Edit your message")
+    ann.press(" work", ENTER)  # the box starts with the text, the caret at its end
+    ann.wait(lambda: (row_of(ann, "arrow keys work") or {}).get("edited"), "the edit is not shown")
+
+    open_menu(ann, seq)  # Delete asks first, in the same menu: the arrows move between its answers
+    ann.press(END, ENTER)
+    ann.wait(lambda: ann.js("return document.activeElement.textContent") == "Delete", "no confirmation asked")
+    for key, name in ((DOWN, "Cancel"), (DOWN, "Delete"), (UP, "Cancel")):
+        ann.press(key)
+        ann.wait_for_focus(name)
+    ann.press(ESCAPE)
+    ann.wait(lambda: not ann.js(menu_open), "Escape left the question open")
+    ann.wait_for_focus(opener)
+    assert not row_of(ann, "arrow keys work")["deleted"]
+
+    open_menu(ann, seq)
+    ann.press(TAB)
+    ann.wait(lambda: not ann.js(menu_open), "Tab left the menu open")
+    ann.wait(lambda: ann.active() == ann.message_box(),  # the next thing after the last message's "⋯"
+             lambda: f"Tab moved the focus to {ann.js('return document.activeElement.outerHTML')[:200]}")
 
 
 def test_a_reload_shows_each_message_in_its_current_state(open_page, connect):

@@ -10,6 +10,7 @@
 import { $, state, el, roomKey, sameNick, foldNick, isOp, duration, showError } from "./state.js";
 import { send } from "./connection.js";
 import { addLine, renderMembers, openDm } from "./view.js";
+import { menuItem, menuList } from "./menu.js";
 
 const TICK_MS = 1000;
 let ticker = null;
@@ -240,22 +241,26 @@ export function chatBlocked() {
  *  also Mute, Kick and Ban. */
 export function memberItem(conv, nick) {
   const open = menuFor === foldNick(nick);
-  const button = el("button", { type: "button", class: "link member", "aria-expanded": String(open),
-    onclick: () => {
+  const button = el("button", { type: "button", class: "link member", "aria-haspopup": "menu",
+    "aria-expanded": String(open), onclick: () => {
       menuFor = open ? null : foldNick(nick);
       renderMembers();
+      $("member-list").querySelector('.member-menu [role="menuitem"]')?.focus(); // an opened menu's first
     } }, nick);
   const item = el("li", {}, button);
   if (!open) return item;
-  const action = (label, run) => el("li", {}, el("button", { type: "button", onclick: run }, label));
-  const menu = el("ul", { class: "member-menu", "aria-label": `Actions for ${nick}` },
-    action("Message", () => {
-      menuFor = null;
-      openDm(nick, true);
-    }));
+  const close = () => {
+    button.focus(); // the redraw gives the focus to the nick's new button (view.js, replaceItems)
+    menuFor = null;
+    renderMembers();
+  };
+  const menu = menuList(`Actions for ${nick}`, close, { class: "member-menu" }, menuItem("Message", () => {
+    menuFor = null;
+    openDm(nick, true);
+  }));
   if (isOp(conv.name)) {
     for (const kind of ["mute", "kick", "ban"]) {
-      menu.append(action(`${kind[0].toUpperCase()}${kind.slice(1)}…`, () => askModeration(kind, conv.name, nick)));
+      menu.append(menuItem(`${kind[0].toUpperCase()}${kind.slice(1)}…`, () => askModeration(kind, conv.name, nick)));
     }
   }
   item.append(menu);

@@ -17,6 +17,7 @@
 import { $, state, el, clockTime, roomKey, sameNick, isOp } from "./state.js";
 import { send } from "./connection.js";
 import { addLine, renderTab, show, linkify, mentions } from "./view.js";
+import { menuItem, menuList } from "./menu.js";
 
 export const QUICK_REACTIONS = ["👍", "❤️", "😄", "🎉", "👀", "✅"];
 export const TYPING_INTERVAL_MS = 3000; // the server passes at most one `typing` per nick and room per 3 s
@@ -166,7 +167,7 @@ function canDelete(item, conv) {
 }
 
 function actionsButton(item) {
-  const button = el("button", { type: "button", class: "msg-actions", "aria-haspopup": "true",
+  const button = el("button", { type: "button", class: "msg-actions", "aria-haspopup": "menu",
     "aria-expanded": "false", title: "React, edit or delete",
     onclick: () => (openMenu?.item === item ? closeMenu(true) : showMenu(item)) }, "⋯");
   button.setAttribute("aria-label", `Actions for the message from ${item.dataset.author}`);
@@ -181,23 +182,13 @@ function showMenu(item) {
   closeMenu();
   const conv = convOfRow(item);
   if (!conv) return;
-  const action = (label, run, extra = {}) => el("li", {}, el("button", { type: "button", onclick: run, ...extra },
-    label));
-  const menu = el("ul", { class: "msg-menu", "aria-label": "Message actions" });
-  for (const emoji of QUICK_REACTIONS) {
-    menu.append(action(emoji, () => {
-      closeMenu(true);
-      react(item, emoji);
-    }, { class: "quick", "aria-label": `React with ${emoji}`, title: `React with ${emoji}` }));
-  }
-  if (canEdit(item)) menu.append(action("Edit", () => startEdit(item)));
-  if (canDelete(item, conv)) menu.append(action("Delete", () => confirmDelete(item, menu)));
-  menu.addEventListener("keydown", (e) => {
-    if (e.key === "Escape") {
-      e.stopPropagation();
-      closeMenu(true);
-    }
-  });
+  const reactions = QUICK_REACTIONS.map((emoji) => menuItem(emoji, () => {
+    closeMenu(true);
+    react(item, emoji);
+  }, { class: "quick", "aria-label": `React with ${emoji}`, title: `React with ${emoji}` }));
+  const menu = menuList("Message actions", () => closeMenu(true), { class: "msg-menu" }, ...reactions);
+  if (canEdit(item)) menu.append(menuItem("Edit", () => startEdit(item)));
+  if (canDelete(item, conv)) menu.append(menuItem("Delete", () => confirmDelete(item, menu)));
   item.append(menu);
   openMenu = { item, menu };
   item.querySelector(".msg-actions").setAttribute("aria-expanded", "true");
@@ -214,16 +205,18 @@ export function closeMenu(refocus = false) {
   if (refocus) button?.focus();
 }
 
+/** The menu asks first: it becomes the question (its name too), Delete and Cancel. */
 function confirmDelete(item, menu) {
   const conv = convOfRow(item);
   const theirs = !item.classList.contains("mine");
   const question = theirs ? `Delete ${item.dataset.author}'s message for everyone?` : "Delete this message for everyone?";
-  menu.replaceChildren(el("li", { class: "question" }, question),
-    el("li", {}, el("button", { type: "button", class: "danger", onclick: () => {
+  menu.setAttribute("aria-label", question);
+  menu.replaceChildren(el("li", { role: "none", class: "question" }, question),
+    menuItem("Delete", () => {
       closeMenu(true);
       if (conv && state.connected) send({ type: "delete", room: conv.name, seq: Number(item.dataset.seq) });
-    } }, "Delete")),
-    el("li", {}, el("button", { type: "button", onclick: () => closeMenu(true) }, "Cancel")));
+    }, { class: "danger" }),
+    menuItem("Cancel", () => closeMenu(true)));
   menu.querySelector(".danger").focus();
 }
 
