@@ -134,9 +134,14 @@ def build_loadgen():
         return None, "gcc is not installed (apt-get install gcc)"
     if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
         BUILD.mkdir(exist_ok=True)
-        done = subprocess.run([gcc, "-O2", "-o", str(binary), str(source)], capture_output=True, text=True)
+        # built beside it and renamed into place: a run started meanwhile (the test suite's
+        # workers run several) finds the old binary or the new one, never half of one
+        partial = BUILD / f"loadgen.{os.getpid()}.partial"
+        done = subprocess.run([gcc, "-O2", "-o", str(partial), str(source)], capture_output=True, text=True)
         if done.returncode:
+            partial.unlink(missing_ok=True)
             return None, f"gcc failed: {done.stderr.strip()[-300:]}"
+        os.replace(partial, binary)
     version = subprocess.run([gcc, "-dumpfullversion"], capture_output=True, text=True).stdout.strip()
     return [str(binary)], f"C/epoll (loadgen.c, gcc {version})"
 
