@@ -34,29 +34,53 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class PortTaken(Exception):
+    """Another process has the port a redis-server was to listen on."""
+
+
 class RedisServer:
     """A real redis-server of the test's own on a free port, with an append-only file in
     `directory` (fsync always), so it can be stopped, killed and started again with its data."""
 
+    PORT_TRIES = 5  # free ports tried: one found free may be taken before redis-server binds it
+    OPTIONS: tuple = ()  # more redis-server options (a subclass's)
+
     def __init__(self, directory: Path):
         self.binary = require_program("redis-server", "apt-get install redis-server")
         self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = None
-        self.start()
+        for tries_left in reversed(range(self.PORT_TRIES)):
+            self.port = free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            try:
+                self.start()
+                break
+            except PortTaken:
+                if not tries_left:
+                    raise
 
     def start(self) -> None:
+        """Start redis-server on `port` and wait until it answers. Raises PortTaken when it could
+        not have the port: another process (another test's Redis, on another xdist worker) had
+        it, and answering pings there, would otherwise have been taken for this one."""
         import redis
 
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
+             "--appendfsync", "always", "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning",
+             *self.OPTIONS],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait_for(lambda: _pings(client), timeout=10)
-        client.close()
+        try:
+            wait_for(lambda: self.proc.poll() is not None or _pings(client), timeout=10)
+            answered = None if self.proc.poll() is not None else client.info("server")["process_id"]
+        finally:
+            client.close()
+        if answered != self.proc.pid:
+            self.kill()
+            raise PortTaken(f"port {self.port}: redis-server {self.proc.pid} did not get it "
+                            f"({'another process answers there' if answered else 'it exited'})")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
