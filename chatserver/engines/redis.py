@@ -795,8 +795,10 @@ class RedisEngine(RedisPersonal):
                 break
             # a rename of that connection on its way through its rooms (Registry._rename keeps the
             # session with the new nick first, then tells each room): the rooms it has yet to tell
-            # would not move with the resume; it is a round trip per room, so wait for it
-            self._stop.wait(RENAME_POLL)
+            # would not move with the resume; it is a round trip per room, so wait for it (not
+            # while closing: that wait would return at once, a look at Redis after another)
+            if self._stop.wait(RENAME_POLL):
+                break
         rooms = sorted(room for room, as_nick in mine if as_nick == nick)
         return Session(owner, nick, identity, tuple(rooms), key, value, marks)
 
