@@ -568,7 +568,10 @@ def test_a_take_over_cut_off_holding_the_nick_lets_the_old_client_go_after_the_g
         end_grace(a, 1)
         a._beat()
         assert hub_a.wait_moved() == [1] and hub_a.lost == []
-        store.delete(nick_key("ann"))  # B's claim expires (NICK_LEASES leases)
+        with b._lock:  # B's claim expires (NICK_LEASES leases): B, cut off for good, renews it no more
+            b._claims.clear()
+        store.delete(nick_key("ann"))
+        b._beat()  # as its heartbeat may right then (one still holding the claim would take it again)
         assert a.claim_nick("ann", 2)
     for lease in (LEASE, 1.0):
         engine = RedisEngine(redis_server.url, lease=lease)  # not started: its grace alone
