@@ -73,8 +73,7 @@ class RedisServer:
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
-            wait_for(lambda: self.proc.poll() is not None or _pings(client), timeout=10)
-            answered = None if self.proc.poll() is not None else client.info("server")["process_id"]
+            answered = _answering(self.proc, client)
         finally:
             client.close()
         if answered != self.proc.pid:
@@ -91,6 +90,13 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def _answering(proc: subprocess.Popen, client) -> int | None:
+    """Wait until the redis-server `proc` exits or `client` (on the port it was to listen on) gets
+    an answer; the process id of the server that answers there, None if `proc` exited."""
+    wait_for(lambda: proc.poll() is not None or _pings(client), timeout=10)
+    return None if proc.poll() is not None else client.info("server")["process_id"]
 
 
 def _pings(client) -> bool:
@@ -149,23 +155,35 @@ class RedisCluster:
         """`replicas` per master (their nodes fail over within about two seconds)."""
         binary = require_program("redis-server", "apt-get install redis-server")
         cli = require_program("redis-cli", "apt-get install redis-tools")
-        self.ports = [_cluster_port() for _ in range(masters * (1 + replicas))]
-        self.urls = [f"redis://127.0.0.1:{port}/0" for port in self.ports]
-        self.procs = []
-        for port in self.ports:
-            node = directory / f"node-{port}"
-            node.mkdir()
-            self.procs.append(subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", str(node / "nodes.conf"), "--cluster-node-timeout", "2000",
-                 "--save", "", "--appendonly", "no",
-                 "--dir", str(node), "--daemonize", "no", "--loglevel", "warning"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         import redis
 
-        clients = [redis.Redis(port=port, socket_connect_timeout=0.5) for port in self.ports]
-        for client in clients:
-            wait_for(lambda c=client: _pings(c), timeout=10)
+        for tries_left in reversed(range(RedisServer.PORT_TRIES)):  # as RedisServer: ports taken meanwhile
+            self.ports = [_cluster_port() for _ in range(masters * (1 + replicas))]
+            self.procs = []
+            for port in self.ports:
+                node = directory / f"node-{port}-{tries_left}"  # a port may come again: never a used node's files
+                node.mkdir()
+                self.procs.append(subprocess.Popen(
+                    [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                     "--cluster-config-file", str(node / "nodes.conf"), "--cluster-node-timeout", "2000",
+                     "--save", "", "--appendonly", "no",
+                     "--dir", str(node), "--daemonize", "no", "--loglevel", "warning"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            clients = [redis.Redis(port=port, socket_connect_timeout=0.5) for port in self.ports]
+            try:
+                taken = [port for port, proc, client in zip(self.ports, self.procs, clients, strict=True)
+                         if _answering(proc, client) != proc.pid]
+            except BaseException:
+                self.kill()
+                raise
+            if not taken:
+                break
+            self.kill()
+            for client in clients:
+                client.close()
+            if not tries_left:
+                raise PortTaken(f"ports {taken}: their cluster nodes did not get them")
+        self.urls = [f"redis://127.0.0.1:{port}/0" for port in self.ports]
         subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                         "--cluster-replicas", str(replicas), "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)

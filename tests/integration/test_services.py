@@ -23,3 +23,23 @@ def test_a_redis_server_whose_port_was_taken_meanwhile_starts_on_another(tmp_pat
             assert client.info("server")["process_id"] == redis_server.proc.pid
     finally:
         mine.kill()
+
+
+def test_a_redis_cluster_whose_port_was_taken_meanwhile_starts_on_others(tmp_path, monkeypatch, redis_server):
+    """A Redis Cluster one of whose free ports is taken before its node binds it (by another test's
+    Redis) starts every node again on other ports rather than joining that Redis into the cluster:
+    each node answers as its own process, and the other Redis is no cluster node."""
+    ports = iter([redis_server.port])
+    find = services._cluster_port
+    monkeypatch.setattr(services, "_cluster_port", lambda: next(ports, None) or find())
+    (tmp_path / "cluster").mkdir()
+    cluster = services.RedisCluster(tmp_path / "cluster")
+    try:
+        assert redis_server.port not in cluster.ports
+        for port, proc in zip(cluster.ports, cluster.procs, strict=True):
+            with redis.Redis(port=port) as client:
+                assert client.info("server")["process_id"] == proc.pid
+        with redis.Redis(port=redis_server.port) as client:
+            assert client.info("server")["redis_mode"] == "standalone"
+    finally:
+        cluster.kill()
