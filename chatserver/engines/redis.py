@@ -52,9 +52,10 @@ Durability is Redis's own: with AOF and `appendfsync everysec`, about a second m
 Threads: connection threads call the public methods (redis-py's pool is thread-safe); the
 listener thread reads the subscription and calls the hub (a request to let go of a nick runs
 `Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
-lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`.
-`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`, `_sessions`,
-`_confirmed`, `_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
+lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`/`let_go`
+(`_settle_unclaimed`, with no lock held).
+`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`, `_unclaimed`,
+`_sessions`, `_confirmed`, `_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
 """
 
 import collections
