@@ -31,9 +31,11 @@ $(RUN_STAMP): requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+## What the dev stamp installs includes requirements.txt: the run stamp is touched too, so the `make run`s
+## that `make test`'s tests start (side by side, in its workers) install nothing into the venv it runs from.
 $(DEV_STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
-	touch $@
+	touch $@ $(RUN_STAMP)
 
 ## run: start the server on its defaults (settings: ROOMCHAT_* variables or ARGS="--port 9000").
 ## Ctrl-C stops roomchat (status 0) and make with it (make's status: 130, interrupted).

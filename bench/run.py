@@ -127,21 +127,24 @@ QUICK_ROOMS = {"S4": 10, "S6": 50}  # --quick: 200 and 1,000 connections instead
 
 def build_loadgen():
     """The C/epoll generator, compiled from loadgen.c into bench/.build/ when the source is newer;
-    returns (command, description), or (None, reason) when gcc is missing or the build fails."""
+    returns (command, description), or (None, reason) when gcc is missing or the build fails.
+    Compiled under a name of this process's and thread's, then renamed into place: a bench started
+    meanwhile (the test suite's workers run several at once) finds the old binary or the whole new
+    one, never one that gcc is still writing."""
     source, binary = BENCH / "loadgen.c", BUILD / "loadgen"
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         return None, "gcc is not installed (apt-get install gcc)"
     if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
         BUILD.mkdir(exist_ok=True)
-        # built beside it and renamed into place: a run started meanwhile (the test suite's
-        # workers run several) finds the old binary or the new one, never half of one
-        partial = BUILD / f"loadgen.{os.getpid()}.partial"
-        done = subprocess.run([gcc, "-O2", "-o", str(partial), str(source)], capture_output=True, text=True)
-        if done.returncode:
-            partial.unlink(missing_ok=True)
-            return None, f"gcc failed: {done.stderr.strip()[-300:]}"
-        os.replace(partial, binary)
+        building = BUILD / f".loadgen-{os.getpid()}-{threading.get_ident()}"
+        try:
+            done = subprocess.run([gcc, "-O2", "-o", str(building), str(source)], capture_output=True, text=True)
+            if done.returncode:
+                return None, f"gcc failed: {done.stderr.strip()[-300:]}"
+            os.replace(building, binary)
+        finally:
+            building.unlink(missing_ok=True)
     version = subprocess.run([gcc, "-dumpfullversion"], capture_output=True, text=True).stdout.strip()
     return [str(binary)], f"C/epoll (loadgen.c, gcc {version})"
 

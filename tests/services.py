@@ -34,29 +34,52 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class PortTaken(Exception):
+    """Another process has the port a redis-server was to listen on."""
+
+
 class RedisServer:
     """A real redis-server of the test's own on a free port, with an append-only file in
     `directory` (fsync always), so it can be stopped, killed and started again with its data."""
 
+    PORT_TRIES = 5  # free ports tried: one found free may be taken before redis-server binds it
+    OPTIONS: tuple = ()  # more redis-server options (a subclass's)
+
     def __init__(self, directory: Path):
         self.binary = require_program("redis-server", "apt-get install redis-server")
         self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = None
-        self.start()
+        for tries_left in reversed(range(self.PORT_TRIES)):
+            self.port = free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            try:
+                self.start()
+                break
+            except PortTaken:
+                if not tries_left:
+                    raise
 
     def start(self) -> None:
+        """Start redis-server on `port` and wait until it answers. Raises PortTaken when it could
+        not have the port: another process (another test's Redis, on another xdist worker) had
+        it, and answering pings there, would otherwise have been taken for this one."""
         import redis
 
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
+             "--appendfsync", "always", "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning",
+             *self.OPTIONS],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait_for(lambda: _pings(client), timeout=10)
-        client.close()
+        try:
+            answered = _answering(self.proc, client)
+        finally:
+            client.close()
+        if answered != self.proc.pid:
+            self.kill()
+            raise PortTaken(f"port {self.port}: redis-server {self.proc.pid} did not get it "
+                            f"({'another process answers there' if answered else 'it exited'})")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -67,6 +90,13 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def _answering(proc: subprocess.Popen, client) -> int | None:
+    """Wait until the redis-server `proc` exits or `client` (on the port it was to listen on) gets
+    an answer; the process id of the server that answers there, None if `proc` exited."""
+    wait_for(lambda: proc.poll() is not None or _pings(client), timeout=10)
+    return None if proc.poll() is not None else client.info("server")["process_id"]
 
 
 def _pings(client) -> bool:
@@ -125,23 +155,35 @@ class RedisCluster:
         """`replicas` per master (their nodes fail over within about two seconds)."""
         binary = require_program("redis-server", "apt-get install redis-server")
         cli = require_program("redis-cli", "apt-get install redis-tools")
-        self.ports = [_cluster_port() for _ in range(masters * (1 + replicas))]
-        self.urls = [f"redis://127.0.0.1:{port}/0" for port in self.ports]
-        self.procs = []
-        for port in self.ports:
-            node = directory / f"node-{port}"
-            node.mkdir()
-            self.procs.append(subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", str(node / "nodes.conf"), "--cluster-node-timeout", "2000",
-                 "--save", "", "--appendonly", "no",
-                 "--dir", str(node), "--daemonize", "no", "--loglevel", "warning"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         import redis
 
-        clients = [redis.Redis(port=port, socket_connect_timeout=0.5) for port in self.ports]
-        for client in clients:
-            wait_for(lambda c=client: _pings(c), timeout=10)
+        for tries_left in reversed(range(RedisServer.PORT_TRIES)):  # as RedisServer: ports taken meanwhile
+            self.ports = [_cluster_port() for _ in range(masters * (1 + replicas))]
+            self.procs = []
+            for port in self.ports:
+                node = directory / f"node-{port}-{tries_left}"  # a port may come again: never a used node's files
+                node.mkdir()
+                self.procs.append(subprocess.Popen(
+                    [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                     "--cluster-config-file", str(node / "nodes.conf"), "--cluster-node-timeout", "2000",
+                     "--save", "", "--appendonly", "no",
+                     "--dir", str(node), "--daemonize", "no", "--loglevel", "warning"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            clients = [redis.Redis(port=port, socket_connect_timeout=0.5) for port in self.ports]
+            try:
+                taken = [port for port, proc, client in zip(self.ports, self.procs, clients, strict=True)
+                         if _answering(proc, client) != proc.pid]
+            except BaseException:
+                self.kill()
+                raise
+            if not taken:
+                break
+            self.kill()
+            for client in clients:
+                client.close()
+            if not tries_left:
+                raise PortTaken(f"ports {taken}: their cluster nodes did not get them")
+        self.urls = [f"redis://127.0.0.1:{port}/0" for port in self.ports]
         subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                         "--cluster-replicas", str(replicas), "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)

@@ -2,13 +2,15 @@
 
 import importlib
 import json
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_program
+from tests.helpers import require_program, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,6 +157,48 @@ def test_loadgen_counts_gaps_and_reordering(monkeypatch):
     client.data_received(blob[:7])  # a frame split across reads
     client.data_received(blob[7:])
     assert (client.deliveries, client.missing, client.reordered) == (5, 1, 1)
+
+
+# A stand-in for gcc: writes its output in two steps; the first compile waits between them until
+# the test lets it go ("go"), any later one runs straight through.
+SLOW_GCC = """#!/bin/sh
+if [ "$1" = -dumpfullversion ]; then echo 0.0; exit 0; fi
+printf '#!/bin/sh\\n' > "$3"
+if [ ! -e "$STEPS/started" ]; then
+  touch "$STEPS/started"
+  n=0
+  while [ ! -e "$STEPS/go" ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n + 1)); done
+fi
+printf 'echo loadgen\\n' >> "$3"
+"""
+
+
+def test_a_bench_never_runs_a_loadgen_another_is_still_compiling(tmp_path, monkeypatch):
+    """While one bench's gcc is still writing the C generator, another bench (the suite's other
+    worker) gets the whole binary, not the half written; the first one's ends whole too."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    run = importlib.import_module("run")
+    (tmp_path / "bin").mkdir()
+    gcc = tmp_path / "bin" / "gcc"
+    gcc.write_text(SLOW_GCC)
+    gcc.chmod(0o755)
+    (tmp_path / "loadgen.c").write_text("int main(void) { return 0; }\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STEPS", str(tmp_path))
+    monkeypatch.setattr(run, "BENCH", tmp_path)
+    monkeypatch.setattr(run, "BUILD", tmp_path / ".build")
+    first = []
+    compiling = threading.Thread(target=lambda: first.append(run.build_loadgen()))
+    compiling.start()
+    try:
+        wait_for(lambda: (tmp_path / "started").exists(), timeout=30)
+        command, _ = run.build_loadgen()
+        assert Path(command[0]).read_text() == "#!/bin/sh\necho loadgen\n"
+    finally:
+        (tmp_path / "go").touch()
+        compiling.join(60)
+    assert Path(first[0][0][0]).read_text() == "#!/bin/sh\necho loadgen\n"
+    assert sorted(p.name for p in (tmp_path / ".build").iterdir()) == ["loadgen"]  # no half-built file left
 
 
 @pytest.mark.timeout(300)

@@ -52,9 +52,10 @@ Durability is Redis's own: with AOF and `appendfsync everysec`, about a second m
 Threads: connection threads call the public methods (redis-py's pool is thread-safe); the
 listener thread reads the subscription and calls the hub (a request to let go of a nick runs
 `Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
-lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`.
-`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`, `_sessions`,
-`_confirmed`, `_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
+lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`/`let_go`
+(`_settle_unclaimed`, with no lock held).
+`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`, `_unclaimed`,
+`_sessions`, `_confirmed`, `_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
 """
 
 import collections
@@ -795,8 +796,10 @@ class RedisEngine(RedisPersonal):
                 break
             # a rename of that connection on its way through its rooms (Registry._rename keeps the
             # session with the new nick first, then tells each room): the rooms it has yet to tell
-            # would not move with the resume; it is a round trip per room, so wait for it
-            self._stop.wait(RENAME_POLL)
+            # would not move with the resume; it is a round trip per room, so wait for it (not
+            # while closing: that wait would return at once, a look at Redis after another)
+            if self._stop.wait(RENAME_POLL):
+                break
         rooms = sorted(room for room, as_nick in mine if as_nick == nick)
         return Session(owner, nick, identity, tuple(rooms), key, value, marks)
 

@@ -11,7 +11,6 @@ acknowledgements, refusals, nick observations) and is taken after a Recorder's l
 import contextlib
 import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from chatserver.protocol import fold_nick
 from tests.faults.recorder import Recorder
 from tests.helpers import SECRET, ServerProcess, token
-from tests.services import RedisServer, _pings, require_program, wait_for
+from tests.services import RedisServer, require_program
 
 # The liveness lease each roomchat process holds in Redis, in seconds (`--redis-lease`). Short,
 # so that the suite is quick (every fault's length is a multiple of it), yet long enough that a
@@ -41,18 +40,7 @@ class FaultyRedis(RedisServer):
     """A redis-server (append-only file in `directory`) that the test can pause (SIGSTOP), put to
     sleep (DEBUG SLEEP), kill -9 and start again from an append-only file whose tail it cut."""
 
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--aof-load-truncated", "yes", "--enable-debug-command", "local",
-             "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait_for(lambda: _pings(client), timeout=10)
-        client.close()
+    OPTIONS = ("--aof-load-truncated", "yes", "--enable-debug-command", "local")
 
     def client(self):
         import redis

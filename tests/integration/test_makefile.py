@@ -38,6 +38,15 @@ def test_a_named_python_gets_a_venv_of_its_own():
     assert f".venv-{version}/bin/ruff check ." in result.stdout
 
 
+def test_installing_for_tests_counts_as_installing_for_run(tmp_path):
+    """A venv that gets the dev requirements (requirements.txt among them) gets the run stamp
+    too: `make run`, started by tests while `make test` runs them, finds nothing to install."""
+    venv = tmp_path / "v"
+    result = make_n(f"VENV={venv}")
+    assert result.returncode == 0, result.stderr
+    assert f"touch {venv}/.dev-installed {venv}/.run-installed" in result.stdout.splitlines(), result.stdout
+
+
 def test_a_python_that_cannot_run_roomchat_is_refused_in_one_line():
     """A name that runs nothing, or a Python older than 3.11, stops make with one line naming it."""
     for name in ("python3.99", *(["python2.7"] if shutil.which("python2.7") else [])):

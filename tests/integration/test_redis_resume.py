@@ -568,7 +568,10 @@ def test_a_take_over_cut_off_holding_the_nick_lets_the_old_client_go_after_the_g
         end_grace(a, 1)
         a._beat()
         assert hub_a.wait_moved() == [1] and hub_a.lost == []
-        store.delete(nick_key("ann"))  # B's claim expires (NICK_LEASES leases)
+        with b._lock:  # B's claim expires (NICK_LEASES leases): B, cut off for good, renews it no more
+            b._claims.clear()
+        store.delete(nick_key("ann"))
+        b._beat()  # as its heartbeat may right then (one still holding the claim would take it again)
         assert a.claim_nick("ann", 2)
     for lease in (LEASE, 1.0):
         engine = RedisEngine(redis_server.url, lease=lease)  # not started: its grace alone
@@ -620,21 +623,27 @@ def test_a_lost_claim_whose_marker_could_not_be_read_is_settled_by_the_next_beat
         assert hub_a.lost == [1] and hub_a.moved == []
 
 
+def renamed_in_r1_only(a: RedisEngine, hub_a: ProcessHub) -> dict:
+    """A's client 1, ann in r1 and r2 with a session under token "tok", renames to anna: the new
+    claim and session, then r1 told, r2 not yet. Returns the `nick` event."""
+    for room in ("r1", "r2"):
+        a.announce(room, protocol.presence(room, "join", "ann"), Meta((hub_a.process_id, 1)))
+    assert a.claim_nick("ann", 1)
+    a.keep_session(1, "tok", "ann", "")
+    assert a.claim_nick("anna", 1)
+    a.keep_session(1, "tok", "anna", "")
+    change = {"type": "nick", "old": "ann", "nick": "anna"}
+    a.announce("r1", change, Meta((hub_a.process_id, 1), change="c1"))
+    return change
+
+
 def test_a_resume_during_a_rename_waits_for_it_and_takes_every_room(redis_server):
     """ann, in r1 and r2 on A, renames to anna; a resume reaches B after A told r1 but before r2
     (Registry._rename: the new claim, the session, then room by room). B's find_session waits for
     the rename to reach r2 and the take-over gets both rooms under anna; a resume that may not wait
     (rename_wait 0, or a rename that never finishes) gets the rooms already renamed only."""
     with two_processes(redis_server.url, ["r1", "r2"]) as (a, b, hub_a, _hub_b):
-        for room in ("r1", "r2"):
-            a.announce(room, protocol.presence(room, "join", "ann"), Meta((hub_a.process_id, 1)))
-        assert a.claim_nick("ann", 1)
-        a.keep_session(1, "tok", "ann", "")
-        assert a.claim_nick("anna", 1)
-        a.keep_session(1, "tok", "anna", "")
-        change = {"type": "nick", "old": "ann", "nick": "anna"}
-        a.announce("r1", change, Meta((hub_a.process_id, 1), change="c1"))
-
+        change = renamed_in_r1_only(a, hub_a)
         assert b.rename_wait == 2  # PROTOCOL.md: a resume waits for a rename "up to 2 s"
         b.rename_wait = 0
         assert b.find_session("tok").rooms == ("r1",)  # r2 still knows her as ann
@@ -658,3 +667,22 @@ def test_a_resume_during_a_rename_waits_for_it_and_takes_every_room(redis_server
         assert (session.nick, session.rooms) == ("anna", ("r1", "r2"))
         assert set(b.take_session(session, 7)) == {"r1", "r2"}
         assert b.members("r1") == ["anna"] and b.members("r2") == ["anna"]
+
+
+def test_a_resume_on_a_closing_process_does_not_wait_for_a_rename(redis_server):
+    """A resume that finds a rename half-way while its process is closing looks once and answers
+    with the rooms renamed so far, rather than looking again and again (the closed engine's wait
+    returns at once) until rename_wait is over."""
+    with two_processes(redis_server.url, ["r1", "r2"]) as (a, b, hub_a, _hub_b):
+        renamed_in_r1_only(a, hub_a)
+        b.rename_wait = 60
+        b.close()  # its threads stopped; a connection's thread may still be resuming
+        looks = []
+        smembers = b._redis.smembers
+
+        def looked(*args):  # each look at A's rooms
+            looks.append(args)
+            return smembers(*args)
+
+        b._redis.smembers = looked
+        assert b.find_session("tok").rooms == ("r1",) and len(looks) == 1
