@@ -791,7 +791,10 @@ class RedisEngine(RedisPersonal):
             # each "<room>\n<nick>\n<owner>": the connection's rooms, under the nick each knows it by
             known = [e.decode().rsplit("\n", 2) for e in entries]
             mine = [(room, as_nick) for room, as_nick, of in known if of == owner]
-            renaming = any(as_nick != nick for _room, as_nick in mine)
+            # under another nick and still its owner there: a rename has yet to reach that room (an
+            # entry alone may be left over: on a Redis Cluster the index may hold more than is true)
+            renaming = any(as_nick != nick and self._call(self._redis.hget, room_key(room, "owners"), as_nick)
+                           == owner.encode() for room, as_nick in mine)
             if not renaming or time.monotonic() >= deadline:
                 break
             # a rename of that connection on its way through its rooms (Registry._rename keeps the
