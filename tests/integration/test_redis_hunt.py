@@ -1,0 +1,80 @@
+"""Defects found by fault hunting across processes on Redis: each test documents one (xfail,
+strict) until it is fixed. Real redis-server, real roomchat processes, real sockets."""
+
+import json
+import signal
+import subprocess
+
+import pytest
+
+from tests.helpers import ROOMCHAT, ROOT, SECRET, roomchat_env, token, wait_for, with_token
+from tests.services import RedisCluster
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a resume on another process hands out none of the DMs kept while its process was dead"))
+def test_dms_kept_while_a_holders_process_was_dead_reach_its_resume_elsewhere(cluster, peers):
+    """ann (token) is on A, which is killed -9; bob on B writes to her (kept: `stored`); ann
+    resumes on B with her token and resume token: she gets the kept DM right after `welcome`."""
+    a, b = cluster(2, "--token-secret", SECRET, "--redis-lease", "2")
+    ann = peers(with_token(a.url, token("ann")))
+    ann.join("lobby")
+    bob = peers(b.url, timeout=30)
+    a.proc.kill()
+    a.proc.wait()
+    kept = bob.request(type="dm", to="ann", text="are you there?")
+    assert kept["type"] == "dm" and kept.get("stored") is True, kept
+    again = peers(with_token(b.url, token("ann")) + f"&resume={ann.welcome['resume']}", timeout=10)
+    assert again.welcome.get("resumed") is True and again.nick == "ann"
+    assert again.request(type="ping")["type"] == "dm"
+
+
+def paused_past_its_lease(process, watcher, nick: str) -> None:
+    """SIGSTOP `process` until `watcher` (elsewhere, in a room with `nick`) sees `nick` leave
+    (the process was reaped), then SIGCONT it and wait until `watcher` sees `nick` join again."""
+    process.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: (e := watcher.recv_type("presence")) and (e["event"], e["nick"]) == ("leave", nick),
+                 timeout=30)
+    finally:
+        process.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: (e := watcher.recv_type("presence")) and (e["event"], e["nick"]) == ("join", nick),
+             timeout=30)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "after a lease is taken anew, resume sessions still name the old lease: no resume elsewhere"))
+def test_a_resume_elsewhere_works_after_the_old_process_came_back_from_a_pause(cluster, peers):
+    """A is paused past its lease (its members leave) and continued (they join again); then ann,
+    a guest of A, resumes on B with her resume token: same nick and rooms, as before the pause."""
+    a, b = cluster(2, "--redis-lease", "1")
+    watcher = peers(b.url, timeout=30)
+    watcher.join("lobby")
+    ann = peers(a.url, timeout=30)
+    ann.set_nick("ann")
+    ann.join("lobby")
+    paused_past_its_lease(a, watcher, "ann")
+    again = peers(f"{b.url}?resume={ann.welcome['resume']}", timeout=30)
+    assert (again.nick, again.welcome.get("resumed"), again.welcome.get("rooms")) == ("ann", True, ["lobby"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "export --redis reads with a plain client: MOVED from a cluster node without the room's slot"))
+def test_export_reads_a_room_from_any_node_of_a_redis_cluster(tmp_path, spawn, peers):
+    """On a Redis Cluster, `export --redis` pointed at any node (as the server may be) writes the
+    room's chats: every node's URL gives the same transcript."""
+    service = RedisCluster(tmp_path)
+    try:
+        server = spawn("--redis", service.urls[0])
+        peer = peers(server.url)
+        peer.join("lobby")
+        peer.chat_all("lobby", ["for the record"])
+        outputs = [subprocess.run([*ROOMCHAT, "export", "--room", "lobby", "--format", "jsonl", "--redis", url],
+                                  cwd=ROOT, env=roomchat_env(), capture_output=True, text=True, timeout=30)
+                   for url in service.urls]
+        assert [(o.returncode, [json.loads(line)["text"] for line in o.stdout.splitlines()]) for o in outputs] == \
+            [(0, ["for the record"])] * len(service.urls), [o.stderr for o in outputs]
+    finally:
+        service.kill()
