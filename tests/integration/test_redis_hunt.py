@@ -6,6 +6,7 @@ import signal
 import subprocess
 
 import pytest
+import redis
 
 from tests.helpers import ROOMCHAT, ROOT, SECRET, roomchat_env, token, wait_for, with_token
 from tests.services import RedisCluster
@@ -76,5 +77,43 @@ def test_export_reads_a_room_from_any_node_of_a_redis_cluster(tmp_path, spawn, p
                    for url in service.urls]
         assert [(o.returncode, [json.loads(line)["text"] for line in o.stdout.splitlines()]) for o in outputs] == \
             [(0, ["for the record"])] * len(service.urls), [o.stderr for o in outputs]
+    finally:
+        service.kill()
+
+
+def who(peer, room: str) -> list:
+    """`who` of `room` as `peer` is told (room events before the reply skipped)."""
+    peer.send(type="who", room=room)
+    return peer.recv_type("who")["members"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a join while the master of the process's membership index is down is left out of the index: never reaped"))
+def test_a_join_during_a_failover_of_the_index_master_is_reaped_with_its_process(tmp_path, spawn, peers):
+    """Redis Cluster with replicas: the master holding process A's membership index is killed -9
+    and bob on A joins a room of another shard meanwhile (answered `joined`); once the replica
+    has taken over, A is killed -9: when A is reaped, bob leaves that room as A's other members
+    leave theirs (no member of a dead process stays in `who` for ever)."""
+    service = RedisCluster(tmp_path, replicas=1)
+    try:
+        a, b = (spawn("--redis", url, "--redis-lease", "1") for url in service.urls[:2])
+        other = peers(a.url, timeout=60)
+        other.join("warmup")  # A's index now exists
+        store = redis.RedisCluster.from_url(service.urls[0])
+        index = next(k for k in store.keys("roomchat:proc:*:rooms", target_nodes=redis.RedisCluster.PRIMARIES)
+                     if any(other.nick.encode() in m for m in store.smembers(k)))
+        store.close()
+        master, _ = service.master_of(index)
+        room = next(r for r in (f"room{i}" for i in range(100))
+                    if service.master_of(f"roomchat:{{{r}}}:seq")[0] != master)
+        watcher, bob = peers(b.url, timeout=60), peers(a.url, timeout=60)
+        watcher.join(room)
+        service.kill_node(master)
+        assert bob.join(room)["members"] == [watcher.nick, bob.nick]
+        wait_for(lambda: service.master_of(index)[0] != master, timeout=30, interval=0.2)
+        a.proc.kill()
+        a.proc.wait()
+        wait_for(lambda: who(watcher, "warmup") == [], timeout=30, interval=0.2)  # A was reaped
+        wait_for(lambda: who(watcher, room) == [watcher.nick], timeout=30, interval=0.5)
     finally:
         service.kill()
