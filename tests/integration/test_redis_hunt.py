@@ -148,3 +148,19 @@ def test_rooms_counts_a_join_made_during_a_failover_of_the_counts_master(tmp_pat
         wait_for(lambda: counted(ann, room) == 2, timeout=30, interval=0.5)
     finally:
         service.kill()
+
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "`auth` does not rewrite the Redis resume session: it still says no identity, so a resume token alone takes over"))
+def test_a_stolen_resume_token_of_a_client_that_authenticated_later_gets_a_guest(cluster, peers):
+    """An anonymous connection on A named op becomes the operator op with an `auth` message (its
+    nick unchanged); its resume token presented on B without op's identity token gets an ordinary
+    guest, as for a connection that presented its token at connect (PROTOCOL.md, On connect)."""
+    a, b = cluster(2, "--token-secret", SECRET)
+    op = peers(a.url)
+    op.set_nick("op")
+    assert op.request(type="auth", token=token("op", op=True))["type"] == "auth"
+    op.join("lobby")
+    thief = peers(f"{b.url}?resume={op.welcome['resume']}", timeout=30)
+    assert thief.nick.startswith("guest-") and "resumed" not in thief.welcome, thief.welcome
