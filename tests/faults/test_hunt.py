@@ -62,3 +62,29 @@ def test_a_leave_during_a_retake_is_not_undone_by_it(rig):
         a.proxy.heal()
         done()
     check(rig, ["lobby"])
+
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a DM kept while its token holder connects on another process waits for the next connection"))
+def test_a_dm_kept_while_its_holder_connects_elsewhere_reaches_it(rig):
+    """bob on A writes to ann (a token's nick, offline): A has read that nobody holds ann when
+    ann connects on B with her token (A's reply held meanwhile), so the DM is kept (`stored`);
+    ann, connected, gets it all the same (as a DM kept while she connects to the same process
+    does: Registry._hand_to_newcomer), not only at her next connection."""
+    a, b = rig.node("A", proxied=True), rig.node("B")
+    first = rig.client(b, "ann0", token_for="ann")  # her token is seen: ann is reserved
+    first.close()
+    bob = rig.client(a, "bob", nick="bob")
+    bob.wait(lambda: bob.request(type="dm", to="ann", text="probe").get("stored"), 10, "ann offline")
+    a.proxy.hold_replies_after(b"roomchat:nick:ann\r\n")  # A's look-up of who holds ann
+    msg_id = bob.send(type="dm", to="ann", text="see you at 10?")
+    try:
+        assert a.proxy.held.wait(10), "A never looked ann up"
+        ann = rig.client(b, "ann", token_for="ann")
+        assert ann.nick == "ann"
+    finally:
+        a.proxy.heal()
+    reply = bob.answer(msg_id)
+    assert reply.get("type") == "dm" and reply.get("stored") is True, reply
+    ann.wait(lambda: ann.received("dm", text="see you at 10?"), 10, "the DM to ann")
