@@ -164,3 +164,27 @@ def test_a_stolen_resume_token_of_a_client_that_authenticated_later_gets_a_guest
     op.join("lobby")
     thief = peers(f"{b.url}?resume={op.welcome['resume']}", timeout=30)
     assert thief.nick.startswith("guest-") and "resumed" not in thief.welcome, thief.welcome
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "DMs kept while a token holder's process was reaped are not handed when it takes its clients back"))
+def test_dms_kept_while_a_holders_process_was_reaped_reach_it_when_it_is_back(cluster, peers):
+    """ann (token) is on A, which is paused past its lease (reaped: ann leaves, her nick is free);
+    bob on B writes to her meanwhile (kept: `stored`); A is continued and takes ann back (she
+    joins again): ann, connected all along, gets the kept DM."""
+    a, b = cluster(2, "--token-secret", SECRET, "--redis-lease", "1")
+    watcher = peers(b.url, timeout=30)
+    watcher.join("lobby")
+    ann = peers(with_token(a.url, token("ann")), timeout=30)
+    ann.join("lobby")
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: (e := watcher.recv_type("presence")) and (e["event"], e["nick"]) == ("leave", "ann"),
+                 timeout=30)
+        kept = watcher.request(type="dm", to="ann", text="are you there?")
+        assert kept["type"] == "dm" and kept.get("stored") is True, kept
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: (e := watcher.recv_type("presence")) and (e["event"], e["nick"]) == ("join", "ann"), timeout=30)
+    ann.ws.settimeout(10)
+    assert ann.recv_type("dm")["text"] == "are you there?"
