@@ -8,6 +8,7 @@ import pytest
 
 from tests.faults.harness import LEASE
 from tests.faults.invariants import check
+from tests.helpers import Peer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -118,3 +119,31 @@ def test_redis_back_without_an_acknowledged_join_converges(rig):
     assert answers[-1].get("type") == "chat", answers[-5:]
     check(rig, ["lobby"], then=lambda: [] if (r := carol.chat("lobby")).get("type") == "chat"
           else [f"carol, in lobby as she was told, cannot chat there: {r}"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a take-over's let-go message lost while the old process's subscription was down: the old connection lives on"))
+def test_the_old_connection_is_closed_when_the_let_go_message_was_lost(rig):
+    """ann's connection on A stays open (she resumes from a second device, say) while A's link to
+    Redis is cut for a moment, in which ann resumes on B (B's message asking A to let her go
+    finds no subscriber); once A's link is back, A still closes the old connection with 4002
+    (PROTOCOL.md, On connect), and a DM from bob on A reaches ann on B, not the old connection."""
+    a, b = rig.node("A", proxied=True), rig.node("B")
+    bob = rig.client(a, "bob", nick="bob", rooms=["lobby"])
+    ann = rig.client(a, "ann", nick="ann", rooms=["lobby"])
+    a.proxy.blackhole()
+    a.proxy.cut()
+    try:
+        again = Peer(f"{b.url}?resume={ann.resume}", timeout=30)
+    finally:
+        a.proxy.heal()
+    try:
+        assert again.welcome.get("resumed") is True and again.nick == "ann", again.welcome
+        bob.wait(lambda: bob.chat("lobby").get("type") == "chat", 30, "A back on Redis (a chat acknowledged)")
+        ann.wait(lambda: any(code == 4002 for _t, _n, code, _r in ann.closes), 15, "the old connection closed 4002")
+        reply = bob.request(type="dm", to="ann", text="which one of you?")
+        assert reply.get("type") == "dm", reply
+        again.ws.settimeout(10)
+        assert again.recv_type("dm")["text"] == "which one of you?"
+    finally:
+        again.close()
