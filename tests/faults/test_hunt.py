@@ -147,3 +147,22 @@ def test_the_old_connection_is_closed_when_the_let_go_message_was_lost(rig):
         assert again.recv_type("dm")["text"] == "which one of you?"
     finally:
         again.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "renames handled while a continued process retakes its lease are undone: old nicks claimed and listed again"))
+def test_renames_sent_to_a_paused_process_are_not_undone_by_its_retake(rig):
+    """A is SIGSTOPped past its lease (reaped: its members leave lobby) while 40 of its clients each
+    ask for a new nick; after SIGCONT each is answered `nick`, and lobby's `who` on every process,
+    and every member's view, lists the new nicks (none of the old ones)."""
+    a, b = rig.node("A"), rig.node("B")
+    bob = rig.client(b, "bob", nick="bob", rooms=["lobby"])
+    movers = [rig.client(a, f"l{i}", nick=f"l{i}", rooms=["lobby"]) for i in range(40)]
+    a.pause()
+    try:
+        bob.wait(lambda: bob.rooms["lobby"] == ["bob"], 10 * LEASE, "A's members leaving (A reaped)")
+        sent = [(client, client.send(type="nick", nick=f"m{i}")) for i, client in enumerate(movers)]
+    finally:
+        a.resume()
+    assert [client.answer(msg_id).get("type") for client, msg_id in sent] == ["nick"] * len(movers)
+    check(rig, ["lobby"])
