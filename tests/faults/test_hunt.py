@@ -166,3 +166,39 @@ def test_renames_sent_to_a_paused_process_are_not_undone_by_its_retake(rig):
         a.resume()
     assert [client.answer(msg_id).get("type") for client, msg_id in sent] == ["nick"] * len(movers)
     check(rig, ["lobby"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a client gone while a continued process retakes its lease is taken back: its nick stays claimed, it stays listed"))
+def test_a_disconnect_during_a_retake_frees_the_nick(rig):
+    """A is SIGSTOPped past its lease (reaped) and continued; while its retake waits for Redis (its
+    first claim's reply held), nine of its clients disconnect (their leaves reach Redis); once
+    Redis answers again, lobby's `who` on every process is bob and l0 (the clients still there),
+    and bob can take each of the gone clients' nicks (a nick of a client that is gone is free)."""
+    a, b = rig.node("A", proxied=True), rig.node("B")
+    bob = rig.client(b, "bob", nick="bob", rooms=["lobby"])
+    movers = [rig.client(a, f"l{i}", nick=f"l{i}", rooms=["lobby"]) for i in range(10)]
+    a.pause()
+    bob.wait(lambda: bob.rooms["lobby"] == ["bob"], 10 * LEASE, "A's members leaving (A reaped)")
+    a.proxy.hold_replies_after(b":l0\r\n")  # the retake's claim of l0's nick: its first
+    seen, done = count_commands(rig, b'"event":"leave"')
+    try:
+        a.resume()
+        assert a.proxy.held.wait(10 * LEASE), "A's retake never asked for l0's nick"
+        for client in movers[1:]:
+            client.close()
+        bob.wait(lambda: len(seen) >= 1, 10, "a leave of A's reaching Redis")
+    finally:
+        a.proxy.heal()
+        done()
+
+    def free() -> list:
+        taken = []
+        for client in movers[1:]:
+            reply = bob.set_nick(client.label)
+            if reply.get("type") == "nick":
+                taken.append(client.label)
+        wanted = [c.label for c in movers[1:]]
+        return [] if taken == wanted else [f"bob could take only {taken} of the gone clients' nicks {wanted}"]
+
+    check(rig, ["lobby"], then=free)
