@@ -172,7 +172,7 @@ def test_renames_sent_to_a_paused_process_are_not_undone_by_its_retake(rig):
     "a client gone while a continued process retakes its lease is taken back: its nick stays claimed, it stays listed"))
 def test_a_disconnect_during_a_retake_frees_the_nick(rig):
     """A is SIGSTOPped past its lease (reaped) and continued; while its retake waits for Redis (its
-    first claim's reply held), nine of its clients drop their connections (their leaves reach Redis); once
+    first claim's reply held), nine of its clients close their connections (their leaves reach Redis); once
     Redis answers again, lobby's `who` on every process is bob and l0 (the clients still there),
     and bob can take each of the gone clients' nicks (a nick of a client that is gone is free)."""
     a, b = rig.node("A", proxied=True), rig.node("B")
@@ -185,9 +185,10 @@ def test_a_disconnect_during_a_retake_frees_the_nick(rig):
     try:
         a.resume()
         assert a.proxy.held.wait(10 * LEASE), "A's retake never asked for l0's nick"
-        for client in movers[1:]:  # dropped at once (no close handshake: Redis's replies are held)
+        for client in movers[1:]:  # a close frame and gone (no wait for the echo: Redis's replies are held)
             with client._cond:
                 client.gone = client.closed_by_test = True
+            client.ws.send_close()
             client.ws.shutdown()
         bob.wait(lambda: len(seen) >= 1, 10, "a leave of A's reaching Redis")
     finally:
