@@ -1,0 +1,215 @@
+"""Defects found by fault hunting across processes on Redis: each test documents one (xfail,
+strict) until it is fixed. Real redis-server, real roomchat processes, real sockets."""
+
+import json
+import signal
+import subprocess
+
+import pytest
+import redis
+
+from chatserver.engines.redis_scripts import ROOMS
+from tests.helpers import ROOMCHAT, ROOT, SECRET, roomchat_env, token, wait_for, with_token
+from tests.services import RedisCluster
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a resume on another process hands out none of the DMs kept while its process was dead"))
+def test_dms_kept_while_a_holders_process_was_dead_reach_its_resume_elsewhere(cluster, peers):
+    """ann (token) is on A, which is killed -9; bob on B writes to her (kept: `stored`); ann
+    resumes on B with her token and resume token: she gets the kept DM right after `welcome`."""
+    a, b = cluster(2, "--token-secret", SECRET, "--redis-lease", "2")
+    ann = peers(with_token(a.url, token("ann")))
+    ann.join("lobby")
+    bob = peers(b.url, timeout=30)
+    a.proc.kill()
+    a.proc.wait()
+    kept = bob.request(type="dm", to="ann", text="are you there?")
+    assert kept["type"] == "dm" and kept.get("stored") is True, kept
+    again = peers(with_token(b.url, token("ann")) + f"&resume={ann.welcome['resume']}", timeout=10)
+    assert again.welcome.get("resumed") is True and again.nick == "ann"
+    assert again.request(type="ping")["type"] == "dm"
+
+
+def paused_past_its_lease(process, watcher, nick: str) -> None:
+    """SIGSTOP `process` until `watcher` (elsewhere, in a room with `nick`) sees `nick` leave
+    (the process was reaped), then SIGCONT it and wait until `watcher` sees `nick` join again."""
+    process.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: (e := watcher.recv_type("presence")) and (e["event"], e["nick"]) == ("leave", nick),
+                 timeout=30)
+    finally:
+        process.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: (e := watcher.recv_type("presence")) and (e["event"], e["nick"]) == ("join", nick),
+             timeout=30)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "after a lease is taken anew, resume sessions still name the old lease: no resume elsewhere"))
+def test_a_resume_elsewhere_works_after_the_old_process_came_back_from_a_pause(cluster, peers):
+    """A is paused past its lease (its members leave) and continued (they join again); then ann,
+    a guest of A, resumes on B with her resume token: same nick and rooms, as before the pause."""
+    a, b = cluster(2, "--redis-lease", "1")
+    watcher = peers(b.url, timeout=30)
+    watcher.join("lobby")
+    ann = peers(a.url, timeout=30)
+    ann.set_nick("ann")
+    ann.join("lobby")
+    paused_past_its_lease(a, watcher, "ann")
+    again = peers(f"{b.url}?resume={ann.welcome['resume']}", timeout=30)
+    assert (again.nick, again.welcome.get("resumed"), again.welcome.get("rooms")) == ("ann", True, ["lobby"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "export --redis reads with a plain client: MOVED from a cluster node without the room's slot"))
+def test_export_reads_a_room_from_any_node_of_a_redis_cluster(tmp_path, spawn, peers):
+    """On a Redis Cluster, `export --redis` pointed at any node (as the server may be) writes the
+    room's chats: every node's URL gives the same transcript."""
+    service = RedisCluster(tmp_path)
+    try:
+        server = spawn("--redis", service.urls[0])
+        peer = peers(server.url)
+        peer.join("lobby")
+        peer.chat_all("lobby", ["for the record"])
+        outputs = [subprocess.run([*ROOMCHAT, "export", "--room", "lobby", "--format", "jsonl", "--redis", url],
+                                  cwd=ROOT, env=roomchat_env(), capture_output=True, text=True, timeout=30)
+                   for url in service.urls]
+        assert [(o.returncode, [json.loads(line)["text"] for line in o.stdout.splitlines()]) for o in outputs] == \
+            [(0, ["for the record"])] * len(service.urls), [o.stderr for o in outputs]
+    finally:
+        service.kill()
+
+
+def who(peer, room: str) -> list:
+    """`who` of `room` as `peer` is told (room events before the reply skipped)."""
+    peer.send(type="who", room=room)
+    return peer.recv_type("who")["members"]
+
+
+def kill_master_holding_its_failover(service, master: int, replica: int):
+    """kill -9 `master` with its `replica` SIGSTOPped (the other shards go on serving:
+    cluster-require-full-coverage no), so that its slots stay down until the returned function
+    is called: it continues the replica and waits until it has taken over."""
+    for port in service.ports:
+        if port not in (master, replica):
+            node = redis.Redis(port=port)
+            node.config_set("cluster-require-full-coverage", "no")
+            node.close()
+    node = redis.Redis(port=replica)
+    node.config_set("cluster-replica-validity-factor", 0)  # takes over however long it was stopped
+    node.close()
+    stopped = service.procs[service.ports.index(replica)]
+    stopped.send_signal(signal.SIGSTOP)
+    service.kill_node(master)
+
+    def fail_over():
+        stopped.send_signal(signal.SIGCONT)
+        node = redis.Redis(port=replica, socket_timeout=5)
+        wait_for(lambda: node.execute_command("ROLE")[0] == b"master", timeout=60, interval=0.2)
+        node.close()
+
+    return fail_over
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a join while the master of the process's membership index is down is left out of the index: never reaped"))
+def test_a_join_during_a_failover_of_the_index_master_is_reaped_with_its_process(tmp_path, spawn, peers):
+    """Redis Cluster with replicas: the master holding process A's membership index is killed -9
+    and bob on A joins a room of another shard meanwhile (answered `joined`); once the replica
+    has taken over, A is killed -9: when A is reaped, bob leaves that room as A's other members
+    leave theirs (no member of a dead process stays in `who` for ever)."""
+    service = RedisCluster(tmp_path, replicas=1)
+    try:
+        a, b = (spawn("--redis", url, "--redis-lease", "1") for url in service.urls[:2])
+        other = peers(a.url, timeout=60)
+        other.join("warmup")  # A's index now exists
+        store = redis.RedisCluster.from_url(service.urls[0])
+        index = next(k for k in store.keys("roomchat:proc:*:rooms", target_nodes=redis.RedisCluster.PRIMARIES)
+                     if any(other.nick.encode() in m for m in store.smembers(k)))
+        store.close()
+        master, [replica] = service.master_of(index)
+        room = next(r for r in (f"room{i}" for i in range(100))
+                    if service.master_of(f"roomchat:{{{r}}}:seq")[0] != master)
+        watcher, bob = peers(b.url, timeout=60), peers(a.url, timeout=60)
+        watcher.join(room)
+        fail_over = kill_master_holding_its_failover(service, master, replica)
+        assert bob.join(room)["members"] == [watcher.nick, bob.nick]
+        fail_over()
+        a.proc.kill()
+        a.proc.wait()
+        wait_for(lambda: who(watcher, "warmup") == [], timeout=30, interval=0.2)  # A was reaped
+        wait_for(lambda: who(watcher, room) == [watcher.nick], timeout=30, interval=0.5)
+    finally:
+        service.kill()
+
+
+def counted(peer, room: str) -> int:
+    """The member count `rooms` gives `room` as `peer` is told (0 when it is not listed)."""
+    peer.send(type="rooms")
+    return next((r["members"] for r in peer.recv_type("rooms")["rooms"] if r["room"] == room), 0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a join while the master of the room counts is down is never counted: `rooms` stays short after the failover"))
+def test_rooms_counts_a_join_made_during_a_failover_of_the_counts_master(tmp_path, spawn, peers):
+    """Redis Cluster with replicas: the master holding the room counts (`rooms`) is killed -9 and
+    bob joins a room of another shard meanwhile (answered `joined`); once the replica has taken
+    over, `rooms` counts both members, as `who` lists them."""
+    service = RedisCluster(tmp_path, replicas=1)
+    try:
+        server = spawn("--redis", service.urls[0])
+        master, [replica] = service.master_of(ROOMS)
+        room = next(r for r in (f"room{i}" for i in range(100))
+                    if service.master_of(f"roomchat:{{{r}}}:seq")[0] != master)
+        ann, bob = peers(server.url, timeout=60), peers(server.url, timeout=60)
+        ann.join(room)
+        assert counted(ann, room) == 1
+        fail_over = kill_master_holding_its_failover(service, master, replica)
+        assert bob.join(room)["members"] == [ann.nick, bob.nick]
+        fail_over()
+        assert who(ann, room) == [ann.nick, bob.nick]
+        wait_for(lambda: counted(ann, room) == 2, timeout=30, interval=0.5)
+    finally:
+        service.kill()
+
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "`auth` does not rewrite the Redis resume session: it still says no identity, so a resume token alone takes over"))
+def test_a_stolen_resume_token_of_a_client_that_authenticated_later_gets_a_guest(cluster, peers):
+    """An anonymous connection on A named op becomes the operator op with an `auth` message (its
+    nick unchanged); its resume token presented on B without op's identity token gets an ordinary
+    guest, as for a connection that presented its token at connect (PROTOCOL.md, On connect)."""
+    a, b = cluster(2, "--token-secret", SECRET)
+    op = peers(a.url)
+    op.set_nick("op")
+    assert op.request(type="auth", token=token("op", op=True))["type"] == "auth"
+    op.join("lobby")
+    thief = peers(f"{b.url}?resume={op.welcome['resume']}", timeout=30)
+    assert thief.nick.startswith("guest-") and "resumed" not in thief.welcome, thief.welcome
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "DMs kept while a token holder's process was reaped are not handed when it takes its clients back"))
+def test_dms_kept_while_a_holders_process_was_reaped_reach_it_when_it_is_back(cluster, peers):
+    """ann (token) is on A, which is paused past its lease (reaped: ann leaves, her nick is free);
+    bob on B writes to her meanwhile (kept: `stored`); A is continued and takes ann back (she
+    joins again): ann, connected all along, gets the kept DM."""
+    a, b = cluster(2, "--token-secret", SECRET, "--redis-lease", "1")
+    watcher = peers(b.url, timeout=30)
+    watcher.join("lobby")
+    ann = peers(with_token(a.url, token("ann")), timeout=30)
+    ann.join("lobby")
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: (e := watcher.recv_type("presence")) and (e["event"], e["nick"]) == ("leave", "ann"),
+                 timeout=30)
+        kept = watcher.request(type="dm", to="ann", text="are you there?")
+        assert kept["type"] == "dm" and kept.get("stored") is True, kept
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: (e := watcher.recv_type("presence")) and (e["event"], e["nick"]) == ("join", "ann"), timeout=30)
+    ann.ws.settimeout(10)
+    assert ann.recv_type("dm")["text"] == "are you there?"
