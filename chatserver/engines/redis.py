@@ -54,8 +54,9 @@ listener thread reads the subscription and calls the hub (a request to let go of
 `Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
 lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`/`let_go`
 (`_settle_unclaimed`, with no lock held).
-`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`, `_unclaimed`,
-`_sessions`, `_confirmed`, `_deferred`, `_lease` and `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
+`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`,
+`_unclaimed`, `_sessions`, `_confirmed`, `_deferred`, `_holding`, `_lease` and `_generation`. Lock order:
+`_sub_lock` -> Registry -> `_lock`.
 """
 
 import collections
@@ -307,6 +308,11 @@ class RedisEngine(RedisPersonal):
         self._lease = ""  # "<process>.<generation>"
         self._registered = False
         self._retaking = False  # a new lease was taken; the registry has yet to take its clients back
+        # True while the registry takes its clients back (`retake`, on the heartbeat thread): leaves,
+        # nick changes and nick releases wait in `_deferred` meanwhile, and are carried out after
+        # it, in order, so that the retake's joins and claims, made from a look at the clients taken
+        # before, never undo them; other joins are refused (`unavailable`) until then. Under `_lock`.
+        self._holding = False
         self._beat_ok = 0.0  # time.monotonic() of the last beat that went through
         self._pubsub = None
         self._problem: str | None = None
@@ -497,7 +503,7 @@ class RedisEngine(RedisPersonal):
         if event["type"] == "nick" or event.get("event") == "leave":
             owner = self._owner(meta)  # before `_lock`: it takes the lock itself (not re-entrant)
             with self._lock:
-                if self._deferred:  # keep their order behind those waiting
+                if self._deferred or self._holding:  # keep their order behind those waiting (or the retake)
                     self._deferred.append(("announce", room, event, meta, owner))
                     return
             try:
@@ -506,8 +512,17 @@ class RedisEngine(RedisPersonal):
                 self._defer(("announce", room, event, meta, owner))
             return
         with self._lock:
-            if self._deferred:  # it would overtake a leave or nick change still waiting for Redis
+            if self._deferred or self._holding:  # it would overtake a leave or nick change waiting
                 raise Unavailable("catching up with Redis")
+        return self._join(room, event, meta)
+
+    def rejoin(self, room: str, event: dict, meta: Meta) -> None:
+        """`retake`'s join of a member back into a room: as announce, but while the leaves and
+        nick changes made meanwhile wait for the retake to end (`_holding`). Raises Unavailable,
+        ChatError forbidden."""
+        return self._join(room, event, meta)
+
+    def _join(self, room: str, event: dict, meta: Meta) -> None:
         try:
             result = self._announce(room, event, meta, self._owner(meta), self._index())
         except _Unsettled:
@@ -712,9 +727,13 @@ class RedisEngine(RedisPersonal):
             self._call(self._pub, channel, orjson.dumps([int(client), None, "guest", nick]))
 
     def release_nick(self, nick: str, client_id: int) -> None:
-        """Give `nick` back if this client still holds it (retried by the heartbeat)."""
+        """Give `nick` back if this client still holds it (retried by the heartbeat; while the
+        registry takes its clients back, after that: the retake may claim it again meanwhile)."""
         key = nick_key(nick)
         with self._lock:
+            if self._holding:
+                self._deferred.append(("release_nick", nick, client_id))
+                return
             claim = self._claims.get(key)
             if claim is None or claim[1] != client_id:
                 return
@@ -768,8 +787,12 @@ class RedisEngine(RedisPersonal):
 
     def end_session(self, client_id: int) -> None:
         """Forget the client's session and its marks, unless another process took it over meanwhile
-        (and a lost claim of its that waits to be settled: it left)."""
+        (and a lost claim of its that waits to be settled: it left). While the registry takes its
+        clients back, after that (it may keep the session again meanwhile)."""
         with self._lock:
+            if self._holding:
+                self._deferred.append(("end_session", client_id))
+                return
             session = self._sessions.pop(client_id, None)
             self._unclaimed.pop(client_id, None)
         if session is not None:
@@ -1036,7 +1059,7 @@ class RedisEngine(RedisPersonal):
         nothing is waiting and Redis takes it."""
         if first_try:
             with self._lock:
-                waiting = bool(self._deferred)
+                waiting = bool(self._deferred) or self._holding
             if not waiting:
                 try:
                     self._do(item)
@@ -1072,6 +1095,17 @@ class RedisEngine(RedisPersonal):
         elif kind == "release":
             _, key, value = item
             self._scripts["if_owner_delete"](keys=[key], args=[value])
+        elif kind == "end_session":  # asked for during a retake: the session as it is after it
+            self.end_session(item[1])
+        elif kind == "release_nick":  # asked for during a retake: the claim as it is after it
+            _, nick, client_id = item
+            key = nick_key(nick)
+            with self._lock:
+                claim = self._claims.get(key)
+                if claim is None or claim[1] != client_id:
+                    return
+                del self._claims[key]
+            self._scripts["if_owner_delete"](keys=[key], args=[claim[0]])  # failing: it expires unrenewed
         else:  # "settle" a chat (its sender is answered if it was not stored), or "cancel" a write
             _, room, meta = item
             written = self._scripts["resolve"](keys=[room_key(room, "idem")], args=[self._key(meta)])
@@ -1376,8 +1410,15 @@ class RedisEngine(RedisPersonal):
             sessions = [key for kept in self._sessions.values()
                         for key in (kept.key, *(session_marks_keys(kept.marks) if kept.marked else ()))] if due else []
         if self._retaking:
-            self._hub.retake()  # Raises Unavailable: tried again at the next beat
-            self._retaking = False
+            with self._lock:
+                self._holding = True
+            try:
+                self._hub.retake()  # Raises Unavailable: tried again at the next beat
+                self._retaking = False
+            finally:
+                with self._lock:
+                    self._holding = False
+            self._run_deferred()  # what was held, now: in order, after the retake
         pipe = self._redis.pipeline(transaction=False)
         for key in sessions:
             pipe.pexpire(key, self._session_ms)
@@ -1513,16 +1554,19 @@ class RedisEngine(RedisPersonal):
 def transcript_of_redis(url: str, room: str, since: float) -> list:
     """The room's stored chats and moderation events from `since` (Unix time), in stream order,
     as ops/export.py writes them (a moderation event gains `ts`). Raises EngineError when Redis
-    cannot be read."""
+    cannot be read. `url` may name any node of a Redis Cluster, as `--redis` may."""
     client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
     try:
+        if client.info("cluster").get("cluster_enabled"):  # its keys may be on another node
+            client.close()
+            client = redis.RedisCluster.from_url(url, socket_timeout=10, socket_connect_timeout=2)
         chats = {_seq_of(entry_id): orjson.loads(f[b"e"]) for entry_id, f in client.xrange(room_key(room, "hist"))}
         for member in client.zrange(room_key(room, "cur"), 0, -1):  # edited and deleted chats as they are now
             event = orjson.loads(member.partition(b"\n")[2])
             if event["seq"] in chats:  # else deleted, or gone from `hist` past the room's window
                 chats[event["seq"]] = event
         logged = client.xrange(room_key(room, "log"))
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise EngineError(f"cannot read Redis at {shown(url)}: {exc}") from None
     finally:
         client.close()

@@ -171,7 +171,12 @@ class ClusterRegistry(Registry):
     def retake(self) -> None:
         """The engine lost this process's lease (it was reaped) and has a new one: take every
         local client's nick again and put it back into its rooms; close (1012) a client whose
-        nick someone else holds now. Raises Unavailable (the heartbeat tries again)."""
+        nick someone else holds now. Its resume session is kept again under the new lease (a
+        resume elsewhere finds it), and a token holder gets the DMs kept for it while this process
+        was taken for gone. The leaves, nick changes and nick releases that clients make meanwhile
+        wait in the engine until this is over (engines/redis.py `_holding`), so they are carried
+        out after the joins made here from the look taken first, never undone by them.
+        Raises Unavailable (the heartbeat tries again)."""
         with self._lock:
             clients = [(c, c.nick, sorted(c.rooms)) for c in self._clients.values()]
         for client, nick, rooms in clients:
@@ -179,7 +184,14 @@ class ClusterRegistry(Registry):
                 self.lose_nick(client.id)
                 continue
             for name in rooms:
-                self._engine.announce(name, protocol.presence(name, "join", nick), self._meta(client))
+                self._engine.rejoin(name, protocol.presence(name, "join", nick), self._meta(client))
+            with self._lock:
+                here = client.id in self._clients
+            if not here:
+                continue  # gone meanwhile: its leaves and release, held in the engine, follow
+            self._keep_session(client)
+            if client.identity is not None:
+                self._hand_waiting(client, client.identity)
         log.warning("lease taken again: %d clients back in their rooms", len(clients))
 
     def lose_nick(self, client_id: int) -> None:

@@ -498,6 +498,7 @@ class Registry:
         if resumed is not None:
             if identity is not None:
                 self._identities.watch(client, identity.expires)
+                self._hand_waiting(client, identity)  # kept while it was taken for gone (its process dead, say)
             return client
         while True:
             nick = self._guest_nick(client) if identity is None else self._take(client, identity.nick)
@@ -755,6 +756,8 @@ class Registry:
             self._ask_engine(lambda: self._engine.reserve_nick(identity.nick, identity.expires))
             if fold_nick(nick) != fold_nick(identity.nick):
                 self._rename(client, self._take(client, identity.nick), claimed=True)
+            elif previous is None:
+                self._keep_session(client)  # with its identity now: its resume token alone takes nothing
         except ChatError:
             with self._lock:
                 client.identity = previous

@@ -1,12 +1,12 @@
 """Defects found by fault hunting (tests/faults harness: real processes, a real redis-server):
-each test documents one (xfail, strict) until it is fixed."""
+the fixed ones are checked here; each one still open is documented by an xfail test."""
 
 import threading
 import time
 
 import pytest
 
-from tests.faults.harness import LEASE
+from tests.faults.harness import LEASE, FaultyRedis
 from tests.faults.invariants import check
 from tests.helpers import Peer
 
@@ -40,8 +40,6 @@ def count_commands(rig, marker: bytes) -> tuple:
     return seen, done
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a leave handled while a continued process retakes its lease is undone by the retake's join: a ghost member"))
 def test_a_leave_during_a_retake_is_not_undone_by_it(rig):
     """A is SIGSTOPped past its lease (reaped: its members leave) and continued; while its retake
     waits for Redis (its first claim's reply held), its clients leave lobby (answered `left`, the
@@ -67,7 +65,7 @@ def test_a_leave_during_a_retake_is_not_undone_by_it(rig):
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=False, reason=(  # not strict: on a loaded machine the race may not happen
     "a DM kept while its token holder connects on another process waits for the next connection"))
 def test_a_dm_kept_while_its_holder_connects_elsewhere_reaches_it(rig):
     """bob on A writes to ann (a token's nick, offline): A has read that nobody holds ann when
@@ -121,8 +119,6 @@ def test_redis_back_without_an_acknowledged_join_converges(rig):
           else [f"carol, in lobby as she was told, cannot chat there: {r}"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a take-over's let-go message lost while the old process's subscription was down: the old connection lives on"))
 def test_the_old_connection_is_closed_when_the_let_go_message_was_lost(rig):
     """ann's connection on A stays open (she resumes from a second device, say) while A's link to
     Redis is cut for a moment, in which ann resumes on B (B's message asking A to let her go
@@ -140,7 +136,7 @@ def test_the_old_connection_is_closed_when_the_let_go_message_was_lost(rig):
     try:
         assert again.welcome.get("resumed") is True and again.nick == "ann", again.welcome
         bob.wait(lambda: bob.chat("lobby").get("type") == "chat", 30, "A back on Redis (a chat acknowledged)")
-        ann.wait(lambda: any(code == 4002 for _t, _n, code, _r in ann.closes), 15, "the old connection closed 4002")
+        ann.wait(lambda: any(code == 4002 for _t, _n, code, _r in ann.closes), 30, "the old connection closed 4002")
         reply = bob.request(type="dm", to="ann", text="which one of you?")
         assert reply.get("type") == "dm", reply
         again.ws.settimeout(10)
@@ -149,8 +145,6 @@ def test_the_old_connection_is_closed_when_the_let_go_message_was_lost(rig):
         again.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "renames handled while a continued process retakes its lease are undone: old nicks claimed and listed again"))
 def test_renames_sent_to_a_paused_process_are_not_undone_by_its_retake(rig):
     """A is SIGSTOPped past its lease (reaped: its members leave lobby) while 40 of its clients each
     ask for a new nick; after SIGCONT each is answered `nick`, and lobby's `who` on every process,
@@ -168,8 +162,6 @@ def test_renames_sent_to_a_paused_process_are_not_undone_by_its_retake(rig):
     check(rig, ["lobby"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a client gone while a continued process retakes its lease is taken back: its nick stays claimed, it stays listed"))
 def test_a_disconnect_during_a_retake_frees_the_nick(rig):
     """A is SIGSTOPped past its lease (reaped) and continued; while its retake waits for Redis (its
     first claim's reply held), nine of its clients close their connections (their leaves reach Redis); once
@@ -205,3 +197,26 @@ def test_a_disconnect_during_a_retake_frees_the_nick(rig):
         return [] if taken == wanted else [f"bob could take only {taken} of the gone clients' nicks {wanted}"]
 
     check(rig, ["lobby"], then=free)
+
+
+def test_a_nick_change_while_redis_is_stalled_is_unavailable_and_changes_nothing(tmp_path, spawn):
+    """docs/cluster.md's faults table: a nick change while Redis is stalled (SIGSTOP) is answered
+    `unavailable` once the read times out (the new nick must be claimed in Redis first), and the
+    connection keeps its nick: once Redis is back, the room lists it under the old one."""
+    service = FaultyRedis(tmp_path)
+    server = spawn("--redis", service.url)
+    ann = Peer(server.url, timeout=60)
+    try:
+        ann.set_nick("ann")
+        ann.join("lobby")
+        service.pause()
+        try:
+            reply = ann.request(type="nick", nick="anna", id=1)
+        finally:
+            service.resume()
+        assert (reply["type"], reply.get("code"), reply.get("id")) == ("error", "unavailable", 1), reply
+        assert ann.request(type="who", room="lobby")["members"] == ["ann"]
+    finally:
+        ann.close()
+        server.stop()  # before its Redis goes
+        service.kill()

@@ -1,5 +1,5 @@
-"""Defects found by fault hunting across processes on Redis: each test documents one (xfail,
-strict) until it is fixed. Real redis-server, real roomchat processes, real sockets."""
+"""Defects found by fault hunting across processes on Redis: the fixed ones are checked here;
+each one still open is documented by a strict xfail test. Real redis-server, real roomchat processes, real sockets."""
 
 import json
 import signal
@@ -15,8 +15,6 @@ from tests.services import RedisCluster
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a resume on another process hands out none of the DMs kept while its process was dead"))
 def test_dms_kept_while_a_holders_process_was_dead_reach_its_resume_elsewhere(cluster, peers):
     """ann (token) is on A, which is killed -9; bob on B writes to her (kept: `stored`); ann
     resumes on B with her token and resume token: she gets the kept DM right after `welcome`."""
@@ -46,8 +44,6 @@ def paused_past_its_lease(process, watcher, nick: str) -> None:
              timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after a lease is taken anew, resume sessions still name the old lease: no resume elsewhere"))
 def test_a_resume_elsewhere_works_after_the_old_process_came_back_from_a_pause(cluster, peers):
     """A is paused past its lease (its members leave) and continued (they join again); then ann,
     a guest of A, resumes on B with her resume token: same nick and rooms, as before the pause."""
@@ -62,8 +58,6 @@ def test_a_resume_elsewhere_works_after_the_old_process_came_back_from_a_pause(c
     assert (again.nick, again.welcome.get("resumed"), again.welcome.get("rooms")) == ("ann", True, ["lobby"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "export --redis reads with a plain client: MOVED from a cluster node without the room's slot"))
 def test_export_reads_a_room_from_any_node_of_a_redis_cluster(tmp_path, spawn, peers):
     """On a Redis Cluster, `export --redis` pointed at any node (as the server may be) writes the
     room's chats: every node's URL gives the same transcript."""
@@ -176,8 +170,6 @@ def test_rooms_counts_a_join_made_during_a_failover_of_the_counts_master(tmp_pat
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`auth` does not rewrite the Redis resume session: it still says no identity, so a resume token alone takes over"))
 def test_a_stolen_resume_token_of_a_client_that_authenticated_later_gets_a_guest(cluster, peers):
     """An anonymous connection on A named op becomes the operator op with an `auth` message (its
     nick unchanged); its resume token presented on B without op's identity token gets an ordinary
@@ -191,8 +183,6 @@ def test_a_stolen_resume_token_of_a_client_that_authenticated_later_gets_a_guest
     assert thief.nick.startswith("guest-") and "resumed" not in thief.welcome, thief.welcome
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DMs kept while a token holder's process was reaped are not handed when it takes its clients back"))
 def test_dms_kept_while_a_holders_process_was_reaped_reach_it_when_it_is_back(cluster, peers):
     """ann (token) is on A, which is paused past its lease (reaped: ann leaves, her nick is free);
     bob on B writes to her meanwhile (kept: `stored`); A is continued and takes ann back (she
