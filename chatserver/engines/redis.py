@@ -102,6 +102,7 @@ from chatserver.engines.redis_scripts import (
     FORGET,
     IF_OWNER_DELETE,
     IF_OWNER_PREFIX_DELETE,
+    IF_VALUE_SET,
     LEASES,
     OOM_OK,
     OWNER_MOVE,
@@ -282,6 +283,7 @@ class RedisEngine(RedisPersonal):
             ("announce_oom", sharded["announce"]), ("resolve", RESOLVE),
             ("beat", BEAT), ("reap", REAP), ("claim", CLAIM), ("refresh", REFRESH),
             ("if_owner_delete", IF_OWNER_DELETE), ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE),
+            ("if_value_set", IF_VALUE_SET),
             ("reserve", RESERVE), ("claim_move", CLAIM_MOVE), ("owner_move", OWNER_MOVE), ("count", COUNT),
             ("forget", FORGET), ("touch", TOUCH), ("quota_turn", QUOTA_TURN), ("use_invite", USE_INVITE),
             ("chat_rules", CHAT_RULES))}
@@ -307,11 +309,13 @@ class RedisEngine(RedisPersonal):
         self._generation = 0
         self._lease = ""  # "<process>.<generation>"
         self._registered = False
-        self._retaking = False  # a new lease was taken; the registry has yet to take its clients back
+        # a new lease was taken, or Redis restarted: the registry has yet to take its clients back
+        self._retaking = False
+        self._run_id = None  # the Redis's run_id at the last subscription (listener thread only)
         # True while the registry takes its clients back (`retake`, on the heartbeat thread): leaves,
         # nick changes and nick releases wait in `_deferred` meanwhile, and are carried out after
         # it, in order, so that the retake's joins and claims, made from a look at the clients taken
-        # before, never undo them; other joins are refused (`unavailable`) until then. Under `_lock`.
+        # before, never undo them. Under `_lock`.
         self._holding = False
         self._beat_ok = 0.0  # time.monotonic() of the last beat that went through
         self._pubsub = None
@@ -511,8 +515,10 @@ class RedisEngine(RedisPersonal):
             except (Unavailable, _Unsettled):
                 self._defer(("announce", room, event, meta, owner))
             return
-        with self._lock:
-            if self._deferred or self._holding:  # it would overtake a leave or nick change waiting
+        with self._lock:  # it would overtake a leave or nick change waiting for Redis (not one
+            # held for a retake: a join then goes through; a leave and re-join of one room during
+            # a retake is the one case this gets wrong, the held leave coming last)
+            if self._deferred and not self._holding:
                 raise Unavailable("catching up with Redis")
         return self._join(room, event, meta)
 
@@ -784,6 +790,21 @@ class RedisEngine(RedisPersonal):
         except REDIS_ERRORS as exc:
             self._failed(exc)
             log.warning("resume session of client %d not kept in Redis: %s", client_id, exc)
+
+    def rekeep_session(self, client_id: int) -> None:
+        """After a retake (a new lease): the client's session names this process's new lease, if
+        it is still the one kept here (a resume elsewhere meanwhile has taken it: left alone). Raises
+        Unavailable."""
+        owner = self._owner(Meta((self.process_id, client_id)))
+        with self._lock:
+            earlier = self._sessions.get(client_id)
+        if earlier is None:
+            return
+        value = b"\n".join([owner.encode(), *earlier.value.split(b"\n")[1:]])
+        if self._call(self._scripts["if_value_set"], keys=[earlier.key], args=[earlier.value, value, self._session_ms]):
+            with self._lock:
+                if self._sessions.get(client_id) == earlier:
+                    self._sessions[client_id] = earlier._replace(value=value)
 
     def end_session(self, client_id: int) -> None:
         """Forget the client's session and its marks, unless another process took it over meanwhile
@@ -1144,6 +1165,7 @@ class RedisEngine(RedisPersonal):
         resp3 = check_protocol_version(self._redis.get_connection_kwargs().get("protocol"), 3)
         pubsub = self._redis.pubsub(push_handler_func=_as_is if resp3 else None)
         self._check_epoch()
+        self._check_restart()
         # Under `_sub_lock` from the rooms' list until the subscription is in place: a room that
         # `subscribe` adds meanwhile is then either in the list or sent on this subscription.
         with self._sub_lock:
@@ -1160,6 +1182,22 @@ class RedisEngine(RedisPersonal):
             self._metrics.engine_reconnects.inc()
             log.warning("Redis is back")
         self._problem = None
+
+    def _check_restart(self) -> None:
+        """At each (re)subscription: if the Redis is another run than before (it restarted), the
+        registry takes its clients back (`retake`, at the next beat), as after a lost lease: a
+        restart from an append-only file may have lost the last writes, a join or a nick claim
+        among them, that no seq shows. What is still there is left as it is (a join of a member
+        already in, a claim already held, change nothing). One Redis only: on a Redis Cluster each
+        node restarts on its own. Raises REDIS_ERRORS."""
+        if self.sharded:
+            return
+        run_id = self._redis.info("server").get("run_id")
+        if self._run_id is not None and run_id != self._run_id:
+            log.warning("Redis restarted; every client's nick and rooms are checked again")
+            self._retaking = True  # read by the heartbeat (one bool: atomic under the GIL)
+            self._wake.set()
+        self._run_id = run_id
 
     def _check_epoch(self) -> None:
         """After a reconnect and at every heartbeat: if Redis lost its data, start a new history.

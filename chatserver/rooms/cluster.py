@@ -177,8 +177,9 @@ class ClusterRegistry(Registry):
         wait in the engine until this is over (engines/redis.py `_holding`), so they are carried
         out after the joins made here from the look taken first, never undone by them.
         Raises Unavailable (the heartbeat tries again)."""
-        with self._lock:
-            clients = [(c, c.nick, sorted(c.rooms)) for c in self._clients.values()]
+        with self._lock:  # a room it is still joining is left to that join
+            clients = [(c, c.nick, sorted(name for name in c.rooms if self._placed(c, name)))
+                       for c in self._clients.values()]
         for client, nick, rooms in clients:
             if not self._engine.claim_nick(nick, client.id, retake=True):
                 self.lose_nick(client.id)
@@ -189,10 +190,19 @@ class ClusterRegistry(Registry):
                 here = client.id in self._clients
             if not here:
                 continue  # gone meanwhile: its leaves and release, held in the engine, follow
-            self._keep_session(client)
+            self._engine.rekeep_session(client.id)
             if client.identity is not None:
                 self._hand_waiting(client, client.identity)
         log.warning("lease taken again: %d clients back in their rooms", len(clients))
+
+    def _placed(self, client: Client, name: str) -> bool:
+        """True when `client` is a member of room `name` and not a newcomer whose join has yet to
+        find its place in the stream (a re-join's or a resume's hold is a member's; lock held)."""
+        room = self._rooms.get(name)
+        if room is None or client not in room.members:
+            return False
+        hold = room.members[client]
+        return hold is None or hold.at is not None
 
     def lose_nick(self, client_id: int) -> None:
         """Someone else holds this client's nick now (its claim was lost while this process was
