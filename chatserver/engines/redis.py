@@ -523,9 +523,9 @@ class RedisEngine(RedisPersonal):
         return self._join(room, event, meta)
 
     def rejoin(self, room: str, event: dict, meta: Meta) -> None:
-        """`retake`'s join of a member back into a room: as announce, but while the leaves and
-        nick changes made meanwhile wait for the retake to end (`_holding`). Raises Unavailable,
-        ChatError forbidden."""
+        """`retake`'s join of a member back into a room: as announce, without waiting for writes
+        deferred before (the beat carried them out first; what fails still waits, and a join
+        refused for it would only delay the retake). Raises Unavailable, ChatError forbidden."""
         return self._join(room, event, meta)
 
     def _join(self, room: str, event: dict, meta: Meta) -> None:
@@ -792,9 +792,9 @@ class RedisEngine(RedisPersonal):
             log.warning("resume session of client %d not kept in Redis: %s", client_id, exc)
 
     def rekeep_session(self, client_id: int) -> None:
-        """After a retake (a new lease): the client's session names this process's new lease, if
-        it is still the one kept here (a resume elsewhere meanwhile has taken it: left alone). Raises
-        Unavailable."""
+        """After a retake (a new lease, or a Redis that restarted): the client's session names this
+        process's lease, if it is still the one kept here or gone (lost with a restart's last
+        writes); one a resume elsewhere has taken meanwhile is left alone. Raises Unavailable."""
         owner = self._owner(Meta((self.process_id, client_id)))
         with self._lock:
             earlier = self._sessions.get(client_id)

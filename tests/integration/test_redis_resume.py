@@ -711,3 +711,20 @@ def test_a_left_over_entry_under_an_old_nick_holds_up_no_resume(redis_server):
 
         b._redis.smembers = looked
         assert b.find_session("tok").rooms == ("r1",) and len(looks) == 1
+
+
+def test_a_retake_keeps_a_session_again_unless_a_resume_elsewhere_took_it(redis_server):
+    """After a retake (a new lease, or a Redis that restarted), A keeps ann's session again under
+    its lease: written back when a restart lost it, left alone when a resume elsewhere (B) holds it."""
+    with two_processes(redis_server.url, []) as (a, _b, _hub_a, _hub_b), \
+            redis.Redis.from_url(redis_server.url) as store:
+        assert a.claim_nick("ann", 1)
+        a.keep_session(1, "tok", "ann", "")
+        key = session_key("tok")
+        kept = store.get(key)
+        store.delete(key)  # lost with the restart's last writes
+        a.rekeep_session(1)
+        assert store.get(key) == kept and 0 < store.pttl(key) <= 30_000
+        store.set(key, b"B's take-over")
+        a.rekeep_session(1)
+        assert store.get(key) == b"B's take-over"
