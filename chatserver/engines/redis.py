@@ -682,7 +682,7 @@ class RedisEngine(RedisPersonal):
                 lease = self._lease
             self._redis.zrem(LEASES, lease)
             self._clean_up(lease)
-        except (*REDIS_ERRORS, Unavailable):
+        except (*REDIS_ERRORS, Unavailable, _Unsettled):  # what is left expires with the lease
             pass
         if self._runner is not None:
             self._runner.close()

@@ -98,7 +98,7 @@ def test_history_and_resume_across_a_process_restart(redis_server, cluster, peer
     assert [e["seq"] for e in peer.chat_all("r", [f"m{i}" for i in range(5)])] == [1, 2, 3, 4, 5]
     peer.close()
     epoch = peer.welcome["epoch"]
-    assert a.stop() == 0
+    assert a.stop() == 0, a.stderr_text()[-3000:]
     again = peers(spawn("--redis", redis_server.url).url)
     assert again.welcome["epoch"] == epoch
     assert [e["seq"] for e in again.join("r", after=2)["history"]] == [3, 4, 5]
@@ -404,3 +404,19 @@ def test_resp2_without_hiredis_subscribes_and_delivers(redis_server):
     done = subprocess.run([sys.executable, "-c", RESP2_WITHOUT_HIREDIS, redis_server.url], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and done.stdout.strip() == "hello", done.stderr[-2000:]
+
+
+def test_a_close_whose_leaves_stay_unsettled_ends_all_the_same(redis_server):
+    """At shutdown the engine announces its members gone; a write there whose outcome stays
+    unknown (_Unsettled) is left to expire with the lease: close() ends without raising (a raise
+    made roomchat exit 1 on SIGTERM instead of 0)."""
+    from chatserver.engines import redis as redis_engine
+
+    engine = RedisEngine(redis_server.url)
+    engine.start(RoomsHub())
+
+    def unsettled(lease):
+        raise redis_engine._Unsettled()
+
+    engine._clean_up = unsettled
+    engine.close()
