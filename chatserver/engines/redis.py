@@ -793,8 +793,9 @@ class RedisEngine(RedisPersonal):
 
     def rekeep_session(self, client_id: int) -> None:
         """After a retake (a new lease, or a Redis that restarted): the client's session names this
-        process's lease, if it is still the one kept here or gone (lost with a restart's last
-        writes); one a resume elsewhere has taken meanwhile is left alone. Raises Unavailable."""
+        process's lease, if it is still the one kept here; one a resume elsewhere has taken
+        meanwhile is left alone, and one Redis lost stays lost (a new history resumes nothing).
+        Raises Unavailable."""
         owner = self._owner(Meta((self.process_id, client_id)))
         with self._lock:
             earlier = self._sessions.get(client_id)

@@ -292,10 +292,9 @@ return 0
 """
 
 IF_OWNER_DELETE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-# KEYS: a key. ARGV: the value it must have (or none: it is gone), the new value, ms. 1 if it
-# was set, else 0.
-IF_VALUE_SET = ("local v = redis.call('GET', KEYS[1]) if not v or v == ARGV[1] then "
-                "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end return 0")
+# KEYS: a key. ARGV: the value it must have, the new value, ms. 1 if it was set, else 0.
+IF_VALUE_SET = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
+                "return 1 end return 0")
 IF_OWNER_PREFIX_DELETE = (
     "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then"
     " return redis.call('DEL', KEYS[1]) end return 0"

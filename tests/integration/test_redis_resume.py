@@ -715,16 +715,19 @@ def test_a_left_over_entry_under_an_old_nick_holds_up_no_resume(redis_server):
 
 def test_a_retake_keeps_a_session_again_unless_a_resume_elsewhere_took_it(redis_server):
     """After a retake (a new lease, or a Redis that restarted), A keeps ann's session again under
-    its lease: written back when a restart lost it, left alone when a resume elsewhere (B) holds it."""
+    its lease; one a resume elsewhere (B) holds is left alone, one Redis lost stays lost."""
     with two_processes(redis_server.url, []) as (a, _b, _hub_a, _hub_b), \
             redis.Redis.from_url(redis_server.url) as store:
         assert a.claim_nick("ann", 1)
         a.keep_session(1, "tok", "ann", "")
         key = session_key("tok")
         kept = store.get(key)
-        store.delete(key)  # lost with the restart's last writes
+        store.pexpire(key, 5_000)
         a.rekeep_session(1)
-        assert store.get(key) == kept and 0 < store.pttl(key) <= 30_000
+        assert store.get(key) == kept and 5_000 < store.pttl(key) <= 30_000
+        store.delete(key)  # lost with Redis's data
+        a.rekeep_session(1)
+        assert store.get(key) is None
         store.set(key, b"B's take-over")
         a.rekeep_session(1)
         assert store.get(key) == b"B's take-over"
