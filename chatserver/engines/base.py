@@ -131,6 +131,10 @@ class Registry(Protocol):
     def lose_nick(self, client_id: int) -> None:
         """Someone else holds this local client's nick now: close it (1012)."""
 
+    def hand_waiting(self, client_id: int) -> None:
+        """A DM was kept elsewhere for this local client's nick as it connected: hand it the DMs
+        waiting for its token (`take_dms`)."""
+
 
 class Engine(Protocol):
     """The interface every engine implements. See the module docstring for the contract.
@@ -445,6 +449,10 @@ class ClusterEngine(Engine, Protocol):
     def send_dm(self, nick: str, event: dict) -> str | None:
         """Deliver a DM to whichever process holds `nick`; its spelling, or None if nobody has it
         or nobody received it."""
+
+    def hand_kept_dms(self, nick: str) -> None:
+        """A DM was just kept for `nick` (`keep_dm`): ask the process of whoever holds `nick` now,
+        if another, to hand it out (Registry.hand_waiting there); returns at once."""
 
     def subscribe(self, room: str) -> None:
         """Start receiving the room's stream here (the first local member joins); returns once

@@ -768,6 +768,18 @@ class RedisEngine(RedisPersonal):
         received = self._call(self._pub, channel, orjson.dumps([int(client), event]))
         return spelled if received else None
 
+    def hand_kept_dms(self, nick: str) -> None:
+        """DMs were just kept for `nick` (keep_dm): if a client of another process holds `nick`
+        now, ask that process to hand them out (`Registry.hand_waiting` there). A holder here is
+        left to the registry; a message lost on the way leaves them kept. Raises Unavailable."""
+        owner = self._call(self._redis.get, nick_key(nick))
+        if owner is None:
+            return
+        lease, client, _ = owner.decode().split(":", 2)
+        process = lease.split(".")[0]
+        if process != self.process_id:
+            self._call(self._pub, f"roomchat:proc:{process}:dm", orjson.dumps([int(client), None, "dms"]))
+
     # -- resume sessions: a resume token works on every process ----------------------------------
 
     def keep_session(self, client_id: int, token: str, nick: str, identity: str) -> None:
@@ -1309,10 +1321,13 @@ class RedisEngine(RedisPersonal):
             if channel == self._dm_channel:
                 client, event, *why = orjson.loads(message["data"])
                 if event is None:  # let go of a nick, of a client resumed elsewhere, or of a
-                    # guest's nick for a post: off this thread, which must keep on listening
+                    # guest's nick for a post, or hand out kept DMs: off this thread, which must
+                    # keep on listening
                     act, args = self._hub.evict, (client,)
                     if why == ["moved"]:
                         act = self._hub.let_go
+                    elif why == ["dms"]:
+                        act = self._hub.hand_waiting
                     elif why[:1] == ["guest"]:
                         act, args = self._hub.evict_guest, (client, why[1])
                     threading.Thread(target=act, args=args, daemon=True).start()

@@ -94,6 +94,32 @@ class ClusterRegistry(Registry):
             raise ChatError("no_such_user", f"Nobody called {nick!r} is connected.")
         return to
 
+    def _hand_to_newcomer(self, nick: str) -> None:
+        super()._hand_to_newcomer(nick)  # a holder here
+        # A holder on another process P. No interleaving loses the DM: P claims the nick before
+        # it takes the DMs waiting (connect, auth, a resume's take-over, retake), and the claim
+        # is read here after keep_dm returned. Either P's take came after the keep, and took
+        # it; or it came before, so P's claim came before the keep, hence before this read,
+        # which finds it (unless she let go of the nick since: then it waits for her next
+        # connection) and asks P, whose hand_waiting then takes it (or finds it taken already:
+        # each is handed out once). A connection P has claimed for but not registered yet is
+        # skipped there, and takes after registering: later than the keep too. A failure here
+        # or a lost message leaves the DM kept for her next connection.
+        try:
+            self._engine.hand_kept_dms(nick)
+        except Unavailable as exc:
+            log.warning("DMs kept for %s not handed out on another process: %s", nick, exc)
+
+    def hand_waiting(self, client_id: int) -> None:
+        """A DM was kept on another process for this local client's nick as it connected: hand
+        it the DMs waiting for its token (none, or a client gone or without a token: nothing).
+        Called on a thread of the engine's own (on its listener's message)."""
+        with self._lock:
+            client = self._clients.get(client_id)
+            identity = client.identity if client is not None else None
+        if identity is not None:
+            self._hand_waiting(client, identity)
+
     # -- resume on any process ---------------------------------------------------------------
 
     def _resume_elsewhere(self, client: Client, resume: str, identity, token: str) -> bool:

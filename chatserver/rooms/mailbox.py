@@ -6,7 +6,8 @@ expired) and `--offline-dms` is more than 0: then the engine keeps it for that i
 folded nick), at most `--offline-dms` of them (past it: `recipient_busy`). The sender's copy is
 the DM plus `"stored": true`. The recipient's next connection with a token for that nick (on any
 process) gets them right after its `welcome` (or its `auth` reply), oldest first, each with its
-original `ts` and `"stored": true`; the engine hands each out once.
+original `ts` and `"stored": true`; the engine hands each out once. One kept as its recipient
+connects (on any process) reaches that connection, after its `welcome` (Registry.dm).
 
 No lock of its own: runs on connection threads without the Registry lock (it calls the
 engine). Methods Raise Unavailable when the engine cannot do it.

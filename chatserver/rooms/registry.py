@@ -933,8 +933,9 @@ class Registry:
 
     def _hand_to_newcomer(self, nick: str) -> None:
         """After a DM was kept for `nick`: if its token holder connected here meanwhile (its
-        connect handed out the DMs waiting before this one was kept), hand them now. The engine
-        hands each kept DM out once, whichever of the two takes it first."""
+        connect handed out the DMs waiting before this one was kept), hand them now (a
+        ClusterRegistry: on its process, wherever it is). The engine hands each kept DM out
+        once, whichever of the two takes it first."""
         with self._lock:
             holder = self._nicks.get(fold_nick(nick))
             identity = holder.identity if holder is not None else None
