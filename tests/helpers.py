@@ -275,7 +275,7 @@ def run_to_exit(*args: str, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
     """`python roomchat.py --port 0 ...` run to its end (for start-up failures and --help)."""
     return subprocess.run(
         [*ROOMCHAT, "--port", "0", *args],
-        cwd=cwd, env=roomchat_env() if env is None else env, capture_output=True, text=True, timeout=10,
+        cwd=cwd, env=roomchat_env() if env is None else env, capture_output=True, text=True, timeout=30,
     )
 
 

@@ -16,7 +16,7 @@ import websocket
 from chatserver.config import Config
 from tests.helpers import ROOMCHAT, ROOT, closing_all, roomchat_env, run_to_exit, wait_for
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = pytest.mark.timeout(30)  # a hang detector: Pythons started under coverage are slow on a busy machine
 
 
 @pytest.fixture
@@ -120,6 +120,7 @@ def test_help_lists_every_option_with_its_variable():
         assert f"[{variable}]" in help_for.get(option, ""), (option, help_for.get(option))
 
 
+@pytest.mark.timeout(60)  # four Pythons started one after the other: slow on a busy machine, not a hang
 def test_help_lists_every_subcommand_with_one_line():
     """--help names each subcommand (client, selftest, token, and any other in roomchat.COMMANDS)
     on a line of its own with what it does, and each subcommand answers its own --help."""
@@ -131,7 +132,7 @@ def test_help_lists_every_subcommand_with_one_line():
         assert re.search(rf"^  roomchat\.py {name} +{re.escape(line)}$", done.stdout, re.M), (name, done.stdout)
         assert f"{{{','.join(roomchat.COMMANDS)}}}" in done.stdout.split("\n\n", 1)[0]  # in the usage
         sub = subprocess.run([*ROOMCHAT, name, "--help"], cwd=ROOT, env=roomchat_env(), capture_output=True,
-                             text=True, timeout=10)
+                             text=True, timeout=30)
         assert sub.returncode == 0 and sub.stdout.startswith(f"usage: roomchat.py {name}"), (name, sub)
 
 
