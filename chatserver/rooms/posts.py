@@ -86,18 +86,18 @@ class Posts:
     def __init__(self, process_id: str):
         self._process_id = process_id
         self._lock = threading.Lock()
-        self._waiters: dict[int, Waiter] = {}
+        self.waiters: dict[int, Waiter] = {}  # read without the lock, for whether it is empty (one dict read)
         self._rooms: Counter = Counter()
 
     def start(self, post_id: int, room: str) -> Waiter:
         with self._lock:
-            waiter = self._waiters[post_id] = Waiter()
+            waiter = self.waiters[post_id] = Waiter()
             self._rooms[room] += 1
             return waiter
 
     def finish(self, post_id: int, room: str) -> None:
         with self._lock:
-            self._waiters.pop(post_id, None)
+            self.waiters.pop(post_id, None)
             self._rooms[room] -= 1
             if self._rooms[room] <= 0:
                 del self._rooms[room]
@@ -122,7 +122,7 @@ class Posts:
             waiter._done.set()
 
     def _waiter(self, meta) -> Waiter | None:
-        if not self._waiters or meta.origin is None or meta.origin[0] != self._process_id:
+        if not self.waiters or meta.origin is None or meta.origin[0] != self._process_id:
             return None
         with self._lock:
-            return self._waiters.get(meta.origin[1])
+            return self.waiters.get(meta.origin[1])

@@ -264,32 +264,39 @@ class Registry:
     # -- helpers (lock held) -------------------------------------------------------------------
 
     def _deliver_one(self, name: str, event: dict, meta: Meta) -> None:
-        """The broadcast: send one room event to every member of the room here."""
+        """The broadcast: send one room event to every member of the room here. (Runs once per
+        event on every process: the common steps are written out here, not called.)"""
         assert self._lock.locked()
+        kind = event["type"]
         room = self._rooms.get(name)
-        sender = self._origin(meta)
+        origin = meta.origin
+        sender = self._clients.get(origin[1]) if origin is not None and origin[0] == self.process_id else None
         own_id = self._settle_write(name, event, meta, sender)
-        self._posts.done(meta, event)  # a chat posted over the HTTP API: stored now
-        if event["type"] in ("ban", "mute"):  # the connection with that nick stays bound, renamed or not
+        if self._posts.waiters:  # a chat posted over the HTTP API: stored now
+            self._posts.done(meta, event)
+        if kind in ("ban", "mute"):  # the connection with that nick stays bound, renamed or not
             moderation.bind(self._nicks.get(protocol.fold_nick(event["nick"])), self._clients.values(), event)
         if room is None:
             return
         frame = protocol.encode(event)  # encoded once for every member
         own = frame if own_id is None else protocol.encode({**event, "id": own_id})
-        if self._shared is not None and self._plain(room, event) and not trace.ON:  # usual: all alike
-            self._share(room, frame, own, sender, event["type"] == "chat" or meta.echo)
+        # plain: nobody is joining the room (`Hold`) and it is not a nick change (which a member
+        # may have heard of already): every member gets the event alike (but its sender)
+        plain = kind != "nick" and not any(room.members.values())
+        if plain and self._shared is not None and not trace.ON:  # usual: all alike
+            self._share(room, frame, own, sender, kind == "chat" or meta.echo)
         else:
             self._unshare_room(name)  # a special case: each member's own queue, in its order
-            for member in self._recipients(room, event, meta, sender, frame, own):
+            for member in self._recipients(room, event, meta, sender, frame, own, plain):
                 self._out(member, own if member is sender else frame, member is sender)  # queued; never blocks
-        if trace.ON:
-            trace.room_event(name, event, self._batch or {}, frame, own)
+            if trace.ON:
+                trace.room_event(name, event, self._batch or {}, frame, own)
         if meta.echo and sender is not None and sender not in room.members:
             self._out(sender, own, True)  # taken out of the room since its request: it still gets its answer
-        if removes_member(event):
+        if kind in ("kick", "ban") and removes_member(event):
             self._drop_member(room, event["nick"], frame)
 
-    def _recipients(self, room: Room, event: dict, meta: Meta, sender, frame: bytes, own: bytes):
+    def _recipients(self, room: Room, event: dict, meta: Meta, sender, frame: bytes, own: bytes, plain: bool):
         """The members that get the event now, in join order (the sender gets `own`, its own copy
         with its request's id). Usually every member. The special cases: a joiner before its own
         join's place sees nothing of it, and a placed joiner keeps it until its `joined` is sent
@@ -298,7 +305,7 @@ class Registry:
         assert self._lock.locked()
         kind = event["type"]
         echo = kind == "chat" or meta.echo
-        if self._plain(room, event):  # nobody joining, not a nick change: the common case
+        if plain:  # nobody joining, not a nick change: the common case
             return room.members if echo or sender not in room.members else [m for m in room.members if m is not sender]
         if kind == "presence" and sender is not None and event["event"] == "join":
             hold = room.members.get(sender)
@@ -318,11 +325,6 @@ class Registry:
             else:
                 hold.frames.append(own if member is sender else frame)
         return now
-
-    def _plain(self, room: Room, event: dict) -> bool:
-        """True when every member gets the event alike (but its sender): nobody is joining the
-        room (`Hold`) and it is not a nick change (which a member may have heard already)."""
-        return event["type"] != "nick" and not any(room.members.values())
 
     def _share(self, room: Room, frame: bytes, own: bytes, sender, echo: bool) -> None:
         """The broadcast of a plain event within a `deliver` call: the frame goes once into the
