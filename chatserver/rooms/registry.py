@@ -71,6 +71,8 @@ SETTLE_TIMEOUT = 30.0  # seconds a request waits for its client's chats, at most
 JOIN_TIMEOUT = 10.0  # seconds a join waits for its place in the stream
 REPLY_BUILDERS = 4  # history replies (joined, history, the HTTP API's read) read and encoded at once
 SEARCHERS = 2  # searches scanned and encoded at once, in slots of their own (never a reply builder's)
+SEARCH_WAIT = 10.0  # seconds a search waits for a slot, then `unavailable`: its connection's thread,
+# waiting, reads nothing (not the pong either), so it must not wait near ping_interval + ping_timeout
 RULE_LOOKS = 3  # a chat is published at most this often while the room's rules keep changing under it (Redis)
 ROOM_ITEM_BYTES = len('{"room":"r","members":1},')  # the smallest entry of a `rooms` list
 
@@ -983,7 +985,8 @@ class Registry:
     def search(self, client: Client, name: str, query: str, before=None, limit=50, reply_id=None) -> None:
         """Members search a room's stored chats: `search` with the matches, newest first,
         cut to `max_reply_bytes` (`truncated`). At most SEARCHERS run at once; the rest wait for a
-        slot on their own thread, never for a reply builder's. Raises ChatError not_in_room, unavailable."""
+        slot on their own thread (never for a reply builder's), up to SEARCH_WAIT seconds.
+        Raises ChatError not_in_room, unavailable (no slot within SEARCH_WAIT too)."""
         with self._lock:
             if client.id not in self._clients:
                 return  # gone meanwhile
@@ -992,11 +995,15 @@ class Registry:
             bound = self._seqs.get(name, 0) + 1  # as history: what is delivered already
         bound = bound if before is None else min(before, bound)
         words = protocol.search_words(query)
-        with self._searchers:
+        if not self._searchers.acquire(timeout=SEARCH_WAIT):
+            raise ChatError("unavailable", f"{SEARCHERS} searches are running and more wait; try again shortly.")
+        try:
             found = self._ask_engine(lambda: self._engine.search(name, words, before=bound, limit=limit,
                                                                  max_bytes=self._max_reply))
             reply = protocol.with_id({"type": "search", "room": name, "q": query}, reply_id)
             frame = budgets.bounded_frame(reply, "messages", found, self._max_reply)[0]
+        finally:
+            self._searchers.release()
         self._reply_frame(client, frame)
 
     def post(self, identity, name: str, text: str) -> dict:

@@ -6,6 +6,7 @@ import pytest
 
 from chatserver.engines import memory
 from chatserver.engines import redis as redis_engine
+from chatserver.rooms import registry as registry_module
 from chatserver.rooms.registry import REPLY_BUILDERS, SEARCHERS
 from tests.helpers import FAST_LIMITS
 from tests.integration.test_search import search
@@ -98,6 +99,42 @@ def test_searches_in_every_search_slot_hold_up_no_join_or_history(request, engin
         reply = searcher.recv_type("search")
         assert (reply["id"], [m["text"] for m in reply["messages"]]) == (n, ["needle two", "needle one"])
     assert scanning["most"] == SEARCHERS
+
+
+def test_a_search_that_finds_no_slot_in_time_is_unavailable(make_server, connect, monkeypatch):
+    """With every search slot held (SEARCHERS searches inside their scans), one more search waits
+    for a slot SEARCH_WAIT seconds (made 0.5 here), then is answered `unavailable`, its connection
+    still open and answered; the held searches answer once released."""
+    server = make_server(**FAST_LIMITS)
+    peers = [connect(server.url) for _ in range(SEARCHERS + 1)]
+    for peer in peers:
+        peer.join("big")
+    peers[0].chat_all("big", ["needle one"])
+    release, inside = threading.Event(), threading.Semaphore(0)
+    real = memory.matches
+
+    def held(words, text):
+        inside.release()
+        release.wait(30)
+        return real(words, text)
+
+    monkeypatch.setattr(memory, "matches", held)
+    monkeypatch.setattr(registry_module, "SEARCH_WAIT", 0.5)
+    *holders, late = peers
+    for n, holder in enumerate(holders):
+        holder.send(type="search", room="big", q="needle", id=n)
+    try:
+        for _ in holders:
+            assert inside.acquire(timeout=10)  # every slot is held
+        late.send(type="search", room="big", q="needle", id="late")
+        error = late.recv_type("error")
+        assert (error["id"], error["code"]) == ("late", "unavailable"), error
+        assert late.chat_all("big", ["still here"])[0]["text"] == "still here"
+    finally:
+        release.set()
+    for n, holder in enumerate(holders):
+        reply = holder.recv_type("search")
+        assert (reply["id"], [m["text"] for m in reply["messages"]]) == (n, ["needle one"])
 
 
 def test_repeated_and_overlapping_words_find_what_one_finds(make_server, connect):

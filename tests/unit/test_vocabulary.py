@@ -18,7 +18,7 @@ from chatclient.session import EVENTS, Session
 from chatclient.terminal import FINAL_CLOSES
 from chatserver import protocol
 from chatserver.ops.metrics import Metrics
-from chatserver.rooms.registry import REPLY_BUILDERS, SEARCHERS
+from chatserver.rooms.registry import REPLY_BUILDERS, SEARCH_WAIT, SEARCHERS
 from handlers import HANDLERS
 from tests.services import require_program
 
@@ -200,11 +200,13 @@ def test_limits_table_in_the_settings_page_is_protocol_mds():
 
 
 def test_limits_table_gives_the_registrys_reply_and_search_slots():
-    """PROTOCOL.md's limits table says REPLY_BUILDERS history reads and SEARCHERS searches at once."""
-    defaults = {row[0]: row[1] for row in markdown_table(ROOT / "PROTOCOL.md", "| limit | default |")}
+    """PROTOCOL.md's limits table says REPLY_BUILDERS history reads and SEARCHERS searches at once,
+    and how long a search waits for a slot (SEARCH_WAIT)."""
+    rows = {row[0]: row for row in markdown_table(ROOT / "PROTOCOL.md", "| limit | default |")}
     reads = "history reads at once (per process: `joined`, `history`, the HTTP API's read)"
-    assert defaults[reads].startswith(f"{REPLY_BUILDERS} ")
-    assert defaults["searches at once (per process)"].startswith(f"{SEARCHERS}, ")
+    assert rows[reads][1].startswith(f"{REPLY_BUILDERS} ")
+    assert rows["searches at once (per process)"][1].startswith(f"{SEARCHERS}, ")
+    assert f"waits up to {SEARCH_WAIT:g} s for a slot, then `unavailable`" in rows["searches at once (per process)"][-1]
 
 
 # -- the nick rule and nick equality -----------------------------------------------------------
