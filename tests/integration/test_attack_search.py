@@ -12,6 +12,21 @@ from tests.helpers import FAST_LIMITS
 from tests.integration.test_search import search
 
 
+def hold_scans(monkeypatch, module) -> tuple:
+    """Every search of `module`'s engine stops inside its scan until released: (a Semaphore
+    released once per scan stopped, an Event that lets them all go on)."""
+    inside, release = threading.Semaphore(0), threading.Event()
+    real = module.matches
+
+    def held(words, text):
+        inside.release()
+        release.wait(30)
+        return real(words, text)
+
+    monkeypatch.setattr(module, "matches", held)
+    return inside, release
+
+
 @pytest.mark.parametrize("engine", ["memory", "redis"])
 def test_a_search_scans_without_holding_up_chats(request, engine, monkeypatch):
     """The memory engine scans a room outside its lock, Redis's on the searcher's thread: while one
@@ -25,18 +40,9 @@ def test_a_search_scans_without_holding_up_chats(request, engine, monkeypatch):
     searcher.chat_all("big", ["needle one", "needle two"])
     chatter.join("big")
     chatter.join("other")
-    inside, release = threading.Event(), threading.Event()
-    module = redis_engine if engine == "redis" else memory
-    real = module.matches
-
-    def slow(words, text):
-        inside.set()
-        release.wait(30)
-        return real(words, text)
-
-    monkeypatch.setattr(module, "matches", slow)
+    inside, release = hold_scans(monkeypatch, redis_engine if engine == "redis" else memory)
     searcher.send(type="search", room="big", q="needle", id="s")
-    assert inside.wait(10)
+    assert inside.acquire(timeout=10)
     try:
         for room in ("other", "big"):
             chatter.send(type="chat", room=room, text=f"needle in {room}")
@@ -61,14 +67,10 @@ def test_searches_in_every_search_slot_hold_up_no_join_or_history(request, engin
     searchers = [connect(server.url) for _ in range(REPLY_BUILDERS)]
     for searcher in searchers:
         searcher.join("big")
-    lock, release, full = threading.Lock(), threading.Event(), threading.Event()
+    lock, full = threading.Lock(), threading.Event()
     scanning = {"now": 0, "most": 0}  # searches inside the engine's scan, under `lock`
-    module = redis_engine if engine == "redis" else memory
-    real_matches, real_search = module.matches, server.engine.search
-
-    def held(words, text):
-        release.wait(30)
-        return real_matches(words, text)
+    real_search = server.engine.search
+    _inside, release = hold_scans(monkeypatch, redis_engine if engine == "redis" else memory)
 
     def counted(*args, **kwargs):
         with lock:
@@ -82,7 +84,6 @@ def test_searches_in_every_search_slot_hold_up_no_join_or_history(request, engin
             with lock:
                 scanning["now"] -= 1
 
-    monkeypatch.setattr(module, "matches", held)
     monkeypatch.setattr(server.engine, "search", counted)
     for n, searcher in enumerate(searchers):
         searcher.send(type="search", room="big", q="needle", id=n)
@@ -110,15 +111,7 @@ def test_a_search_that_finds_no_slot_in_time_is_unavailable(make_server, connect
     for peer in peers:
         peer.join("big")
     peers[0].chat_all("big", ["needle one"])
-    release, inside = threading.Event(), threading.Semaphore(0)
-    real = memory.matches
-
-    def held(words, text):
-        inside.release()
-        release.wait(30)
-        return real(words, text)
-
-    monkeypatch.setattr(memory, "matches", held)
+    inside, release = hold_scans(monkeypatch, memory)
     monkeypatch.setattr(registry_module, "SEARCH_WAIT", 0.5)
     *holders, late = peers
     for n, holder in enumerate(holders):
