@@ -18,7 +18,7 @@ from pathlib import Path
 
 import peers
 import psutil
-from common import find_port, free_port
+from common import PortTaken, find_port, free_port, on_free_port
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -204,21 +204,38 @@ class Group:
         raise RuntimeError(f"{self.server.name}: a process did not come up; log tail: {tail(logfile)}")
 
     def _start_redis(self, timeout, cluster=None):
-        """One redis-server on a free port; with `cluster` (a directory) a Redis Cluster node
-        keeping its nodes.conf there. Returns its port."""
+        """One redis-server on a free port (another if it was taken); with `cluster` (a directory)
+        a Redis Cluster node keeping its nodes.conf there. Returns its port."""
         binary = redis_binary()
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        port = free_port()
+        return on_free_port(lambda port: self._redis_on(binary, port, timeout, cluster), "redis-server")
+
+    def _redis_on(self, binary, port, timeout, cluster):
+        """redis-server on `port`, once it answers as itself. Raises PortTaken, having stopped it,
+        when it did not get the port (or its cluster bus port): it exited saying the address is in
+        use, or another process (another bench's or test's Redis) answers there."""
         home = cluster or self.directory
         command = [binary, "--port", str(port), "--bind", "127.0.0.1", *REDIS_PERSISTENCE,
                    "--dir", str(home), "--daemonize", "no", "--loglevel", "warning"]
         if cluster:  # the cluster bus on a free port of its own (Redis 7), not port + 10000
             bus = next(p for p in iter(free_port, None) if p != port)
+            (home / "nodes.conf").unlink(missing_ok=True)  # a node that lost its port may have written one
             command += ["--cluster-enabled", "yes", "--cluster-port", str(bus),
                         "--cluster-config-file", str(home / "nodes.conf")]
         proc = self._spawn("redis", command, home / "redis.log")
-        self._wait(lambda: redis_ask(port, lambda c: c.ping()), proc, home / "redis.log", timeout)
+        try:
+            answered = self._wait(lambda: redis_ask(port, lambda c: c.info("server")["process_id"]), proc,
+                                  home / "redis.log", timeout)
+        except RuntimeError:  # it exited
+            if "in use" not in tail(home / "redis.log"):
+                raise
+            answered = None
+        if answered != proc.pid:
+            stop(proc)
+            self.procs.pop()
+            raise PortTaken(f"port {port}: redis-server {proc.pid} did not get it "
+                            f"({'another process answers there' if answered else tail(home / 'redis.log', 200)})")
         return port
 
     def _start_redis_cluster(self, masters, timeout):

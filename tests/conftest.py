@@ -104,3 +104,17 @@ def redis_server(tmp_path):
 def cluster(redis_server, spawn):
     """cluster(n, *args) -> n roomchat processes on this test's Redis, with `args` as options."""
     return lambda n=2, *args: [spawn("--redis", redis_server.url, *args) for _ in range(n)]
+
+
+@pytest.fixture
+def ports_taken_first(monkeypatch):
+    """ports_taken_first(*ports): the next free ports handed out (bench/common.py's free_port, which
+    on_free_port asks) are `ports`, as if other processes had taken them since; then free ones.
+    `common=` the module to change instead: the bench's scripts import bench/common.py as `common`."""
+    from bench import common as tests_common
+
+    def hand_out(*ports: int, common=tests_common) -> None:
+        queue, find = list(ports), common.free_port
+        monkeypatch.setattr(common, "free_port", lambda: queue.pop(0) if queue else find())
+
+    return hand_out

@@ -33,10 +33,12 @@ from tests.fakes import (  # noqa: F401 - one place to import test helpers from
     write,
 )
 from tests.services import (  # noqa: F401
+    PortTaken,
     RedisServer,
     TlsFiles,
-    free_port,
+    held_port,
     make_tls_files,
+    on_free_port,
     require_program,
     wait_for,
 )

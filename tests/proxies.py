@@ -3,16 +3,17 @@ own, stopped at teardown, a recorder of the headers a proxy forwards, and the se
 docs/deploy.md's proxy line."""
 
 import http.server
+import os
 import re
 import shlex
-import socket
 import subprocess
+import tempfile
 import threading
 import urllib.request
 from pathlib import Path
 
 from chatserver.config import from_args
-from tests.services import wait_for
+from tests.services import PortTaken, on_free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -21,39 +22,47 @@ UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Versi
 
 
 class ProxyProcesses:
-    """Proxy programs started in the foreground as children; `stop_all()` ends them."""
+    """Proxy programs started in the foreground as children, each on a port of its own;
+    `stop_all()` ends them."""
 
     def __init__(self):
-        self._children = []
+        self._children = []  # (Popen, its stderr file)
 
-    def start(self, name: str, argv: list, port: int, env=None) -> int:
-        """Run `argv` and wait until it listens on 127.0.0.1:`port`; returns `port`. Raises
-        AssertionError with its stderr if it exits first."""
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        self._children.append(proc)
+    def start(self, name: str, argv_on, env=None) -> int:
+        """Run `argv_on(port)` (the program's command line for a free port; it writes the
+        program's config for that port) and wait until it listens there; returns the port. When
+        another process had the port (wait_listening) the program is stopped and started on
+        another. Raises AssertionError with its stderr if it exits for another reason."""
+        return on_free_port(lambda port: self._start_on(name, argv_on(port), port, env), name)
 
-        def listening() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited {proc.returncode}: {proc.stderr.read()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
+    def _start_on(self, name: str, argv: list, port: int, env) -> int:
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the program is stopped
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        self._children.append((proc, stderr))
 
-        wait_for(listening, timeout=10, interval=0.05)
+        def output() -> str:
+            return os.pread(stderr.fileno(), os.fstat(stderr.fileno()).st_size, 0).decode("utf-8", "replace")
+
+        try:
+            wait_listening(proc.pid, port, name, output, exited=lambda: proc.poll() is not None)
+        except PortTaken:
+            self._stop(*self._children.pop())
+            raise
         return port
 
     def stop_all(self) -> None:
-        for proc in self._children:
-            proc.terminate()  # SIGTERM: a fast shutdown for nginx and Caddy alike
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stderr.close()
+        for child in self._children:
+            self._stop(*child)
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen, stderr) -> None:
+        proc.terminate()  # SIGTERM: a fast shutdown for nginx and Caddy alike
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        stderr.close()
 
 
 class HeaderRecorder(http.server.BaseHTTPRequestHandler):

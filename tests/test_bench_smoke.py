@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_program, wait_for
+from tests.helpers import held_port, require_program, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,6 +199,28 @@ def test_a_bench_never_runs_a_loadgen_another_is_still_compiling(tmp_path, monke
         compiling.join(60)
     assert Path(first[0][0][0]).read_text() == "#!/bin/sh\necho loadgen\n"
     assert sorted(p.name for p in (tmp_path / ".build").iterdir()) == ["loadgen"]  # no half-built file left
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis-server", "cluster node"])
+@pytest.mark.parametrize("holder", ["another Redis", "a bound socket"])
+def test_a_bench_redis_whose_port_was_taken_meanwhile_starts_on_another(tmp_path, monkeypatch, ports_taken_first,
+                                                                        redis_server, holder, cluster):
+    """A free port found for the bench's redis-server (or Redis Cluster node) but taken before it
+    binds it, by another Redis answering there or by a socket bound there (it exits, the address
+    in use), is not taken for its own: it starts on another port and answers there as itself."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    servers, common = importlib.import_module("servers"), importlib.import_module("common")
+    with held_port() as bound:
+        taken = redis_server.port if holder == "another Redis" else bound
+        ports_taken_first(taken, common=common)
+        group = servers.Group(servers.SERVERS["redis-cluster" if cluster else "cluster"], tmp_path)
+        try:
+            (tmp_path / "node").mkdir()
+            port = group._start_redis(timeout=15, cluster=tmp_path / "node" if cluster else None)
+            assert port != taken and group.count("redis") == 1
+            assert servers.redis_ask(port, lambda c: c.info("server")["process_id"]) == group.procs[0][1].pid
+        finally:
+            group.stop()
 
 
 @pytest.mark.timeout(300)

@@ -13,6 +13,9 @@ import gc
 import shutil
 import time
 import warnings
+from pathlib import Path
+
+from tests.services import PortTaken, on_free_port, port_check
 
 # WebDriver key codes (W3C WebDriver, "Keyboard actions"), the same for both drivers
 ENTER, TAB, ESCAPE, CONTROL, SHIFT = "\ue007", "\ue004", "\ue00c", "\ue009", "\ue008"
@@ -72,13 +75,13 @@ class Chromium:
 
     def __init__(self, profile, width: int, height: int, mobile: bool, flags: tuple = ()):
         from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
 
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", *flags):
             options.add_argument(flag)
-        self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        self.driver = on_free_port(
+            lambda port: webdriver.Chrome(service=chromedriver_on(port, profile), options=options), "chromedriver")
         if mobile:
             with quit_on_failure(self):
                 self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
@@ -120,10 +123,10 @@ class Firefox:
     minimum window width (500 px) is lifted in its chrome."""
 
     def __init__(self, profile, width: int, height: int, mobile: bool):
-        from marionette_driver.marionette import Marionette  # imported quietly by missing() before
-
-        self.m = Marionette(host="127.0.0.1", port=0, bin=FIREFOX, headless=True,
-                            gecko_log=str(profile / "gecko.log"), prefs={"network.proxy.type": 0})
+        self.m = on_free_port(lambda port: marionette_on(port, bin=FIREFOX, headless=True,
+                                                         gecko_log=str(profile / "gecko.log"),
+                                                         prefs={"network.proxy.type": 0}),
+                              "Firefox's Marionette")
         with quit_on_failure(self):
             self.m.start_session()
             with self.m.using_context("chrome"):
@@ -180,6 +183,74 @@ class Firefox:
             self.m.cleanup()
         self.m = None
         gc.collect()  # the profile's finaliser runs now, not during interpreter shutdown
+
+
+def chromedriver_on(port: int, profile):
+    """selenium's Service for chromedriver on `port`, its output in `profile`. selenium takes
+    whatever answers on the port for its chromedriver (another test's, say); this one counts as
+    started only once chromedriver itself listens there, raises PortTaken when another process
+    does or chromedriver says the port is in use, and then sends no shutdown request there."""
+    from selenium.webdriver.chrome.service import Service
+
+    log = profile / f"chromedriver-{port}.log"
+    output = open(log, "wb")  # noqa: SIM115 - its stdout and stderr; closed by stop()
+
+    class OwnPortService(Service):
+        listening = False  # chromedriver itself listens on the port
+
+        def _check(self) -> bool:
+            return port_check(self.process.pid, port, "chromedriver", lambda: log.read_text(errors="replace"))
+
+        def assert_process_still_running(self) -> None:
+            if not self.listening and self.process.poll() is not None:
+                self._check()  # PortTaken when it exited saying the port is in use
+            super().assert_process_still_running()
+
+        def is_connectable(self) -> bool:
+            self.listening = self.listening or self._check()
+            return self.listening and super().is_connectable()
+
+        def send_remote_shutdown_command(self) -> None:
+            if self.listening:  # never to another process on the port
+                super().send_remote_shutdown_command()
+
+        def stop(self) -> None:
+            try:
+                super().stop()
+            finally:
+                output.close()
+
+    return OwnPortService(CHROMEDRIVER, port=port, log_output=output)
+
+
+def marionette_on(port: int, **options):
+    """marionette_driver's Marionette(host="127.0.0.1", port=port, **options), which starts
+    Firefox. marionette_driver connects to whatever listens on the port (another test's Firefox,
+    say), and waits out its whole start-up timeout when Firefox could not bind it; this one waits
+    until Firefox itself listens there, and raises PortTaken, Firefox closed, when another process
+    does or Firefox's log says it could not bind the port."""
+    from marionette_driver.marionette import Marionette  # imported quietly by missing() before
+
+    class OwnPortMarionette(Marionette):
+        def raise_for_port(self, timeout=None, check_process_status=True):
+            runner, log = self.instance.runner, Path(self.instance.gecko_log)
+
+            def output() -> str:
+                return log.read_text(errors="replace") if log.exists() else ""
+
+            deadline = time.monotonic() + (timeout or self.startup_timeout)
+            try:
+                while not port_check(runner.process_handler.pid, self.port, "Firefox", output,
+                                     taken_says=("could not bind to port",)):
+                    if not runner.is_running() or time.monotonic() > deadline:
+                        break  # marionette_driver's own check says what went wrong
+                    time.sleep(0.05)
+            except PortTaken:
+                self.cleanup()
+                raise
+            return super().raise_for_port(timeout, check_process_status)
+
+    return OwnPortMarionette(host="127.0.0.1", port=port, **options)
 
 
 def chromium_only() -> str:

@@ -12,9 +12,8 @@ import pytest
 import websocket
 
 from chatserver.config import Config
-from tests.helpers import ROOT, Peer, ServerProcess, require_program, roomchat_env, wait_for
+from tests.helpers import ROOT, Peer, ServerProcess, held_port, require_program, roomchat_env, wait_for
 from tests.proxies import ProxyProcesses, forwarded_headers
-from tests.services import free_port
 
 NGINX_CONF = ROOT / "docs" / "nginx.conf"
 UNIT = ROOT / "docs" / "roomchat.service"
@@ -48,14 +47,13 @@ def seconds(value: str) -> float:
 @pytest.fixture
 def nginx(tmp_path):
     """nginx(*upstream_ports) -> the port of Debian's nginx running docs/nginx.conf in front of
-    `upstream_ports` (round robin), in the foreground as our child, every path in tmp_path;
-    stopped at teardown."""
+    `upstream_ports` (round robin), in the foreground as our child, on a free port (another if it
+    was taken), every path in tmp_path; stopped at teardown."""
     binary = require_program("nginx", "apt-get install nginx")
 
     processes = ProxyProcesses()
 
-    def start(*upstream_ports: int) -> int:
-        port = free_port()
+    def argv_on(port: int, upstream_ports: tuple) -> list:
         site = NGINX_CONF.read_text()
         assert site.count(UPSTREAM) == site.count(LISTEN) == site.count(ACCESS_LOG) == 1, "nginx.conf changed shape"
         servers = " ".join(f"server 127.0.0.1:{upstream};" for upstream in upstream_ports)
@@ -63,10 +61,9 @@ def nginx(tmp_path):
         site = site.replace(ACCESS_LOG, f"access_log {tmp_path / 'roomchat.access.log'} roomchat;")
         (tmp_path / "roomchat.conf").write_text(site)
         (tmp_path / "nginx.conf").write_text(MAIN_CONF.format(tmp=tmp_path))
-        argv = [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")]
-        return processes.start("nginx", argv, port)
+        return [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")]
 
-    yield start
+    yield lambda *upstream_ports: processes.start("nginx", lambda port: argv_on(port, upstream_ports))
     processes.stop_all()
 
 
@@ -78,6 +75,18 @@ def test_nginx_serves_the_chat_page(server, nginx):
         assert proxied.status == 200 and proxied.headers["Content-Type"].startswith("text/html")
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=5) as direct:
         assert body == direct.read()
+
+
+def test_nginx_on_a_port_taken_meanwhile_starts_on_another(server, nginx, ports_taken_first):
+    """A free port found for nginx but taken before nginx binds it (here by a listener of the
+    test's that never answers) is not taken for nginx's: nginx starts on another port, and the chat
+    page comes from there."""
+    with held_port("listening") as taken:
+        ports_taken_first(taken)
+        port = nginx(server.port)
+        assert port != taken
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as proxied:
+            assert proxied.status == 200 and proxied.headers["Content-Type"].startswith("text/html")
 
 
 def test_nginx_carries_a_websocket_chat(server, nginx, peers):

@@ -9,9 +9,8 @@ import urllib.request
 import pytest
 import websocket
 
-from tests.helpers import ROOT, Peer, require_program, wait_for
+from tests.helpers import ROOT, Peer, held_port, require_program, wait_for
 from tests.proxies import ProxyProcesses, forwarded_headers
-from tests.services import free_port
 
 CADDYFILE = ROOT / "docs" / "Caddyfile"
 # What the test changes in docs/Caddyfile, each found exactly once: the site's name (plain HTTP
@@ -25,22 +24,22 @@ GLOBAL = "{\n\tadmin off\n}\n\n"
 @pytest.fixture
 def caddy(tmp_path):
     """caddy(upstream_port) -> the port of Debian's caddy running docs/Caddyfile in front of
-    `upstream_port`, in the foreground as our child, its files in tmp_path; stopped at teardown."""
+    `upstream_port`, in the foreground as our child, on a free port (another if it was taken), its
+    files in tmp_path; stopped at teardown."""
     binary = require_program("caddy", "apt-get install caddy")
     processes = ProxyProcesses()
+    home = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
 
-    def start(upstream_port: int) -> int:
-        port = free_port()
+    def argv_on(port: int, upstream_port: int) -> list:
         text = CADDYFILE.read_text()
         assert text.count(SITE) == text.count(UPSTREAM) == text.count(LOG) == 1, "docs/Caddyfile changed shape"
         text = text.replace(SITE, f"http://:{port} {{\n\tbind 127.0.0.1").replace(LOG, str(tmp_path / "access.log"))
         text = text.replace(UPSTREAM, f"reverse_proxy 127.0.0.1:{upstream_port} {{")
         (tmp_path / "Caddyfile").write_text(GLOBAL + text)
-        home = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
-        argv = [binary, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"]
-        return processes.start("caddy", argv, port, env={"PATH": "/usr/bin:/bin", **home})
+        return [binary, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"]
 
-    yield start
+    yield lambda upstream_port: processes.start("caddy", lambda port: argv_on(port, upstream_port),
+                                                env={"PATH": "/usr/bin:/bin", **home})
     processes.stop_all()
 
 
@@ -55,6 +54,20 @@ def test_caddy_serves_the_page_and_carries_a_websocket_chat(server, caddy, peers
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as proxied, \
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=5) as direct:
         assert proxied.status == 200 and proxied.read() == direct.read()
+
+
+@pytest.mark.parametrize("holder", ["bound", "reuseport"])
+def test_caddy_on_a_port_taken_meanwhile_starts_on_another(server, caddy, ports_taken_first, holder):
+    """A free port found for Caddy but taken before Caddy binds it is not taken for Caddy's, whether
+    Caddy exits ("address already in use": a socket bound there) or listens beside the other (a
+    listener with SO_REUSEPORT, which Caddy sets too): Caddy starts on another port, and the chat
+    page comes from there."""
+    with held_port(holder) as taken:
+        ports_taken_first(taken)
+        port = caddy(server.port)
+        assert port != taken
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as proxied:
+            assert proxied.status == 200 and proxied.headers["Content-Type"].startswith("text/html")
 
 
 def test_caddy_forwards_client_address_and_scheme(caddy):

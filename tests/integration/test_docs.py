@@ -11,8 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import ROOT, Peer, ServerProcess, roomchat_env
-from tests.services import free_port
+from tests.helpers import ROOT, Peer, PortTaken, ServerProcess, held_port, on_free_port, roomchat_env
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -71,19 +70,39 @@ def readme_line(pattern: str) -> str:
 
 
 @contextlib.contextmanager
-def make_run(command: str, tmp_path):
-    """Run `command` (a `make run ...` line, its history moved into tmp_path) until its
-    "listening on" line, which it yields; then SIGINT to the whole group, as Ctrl-C does."""
-    command = command.replace('ARGS="', f'ARGS="--db {tmp_path / "r.db"} ', 1)
-    proc = subprocess.Popen(["bash", "-c", command.replace("make run", "make --no-print-directory run", 1)],
-                            cwd=ROOT, env=roomchat_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+def make_run(command_on, tmp_path):
+    """Run `command_on(port)` (a `make run ...` line for a free port, its history moved into
+    tmp_path) until its "listening on" line, and yield (port, that line); then SIGINT to the whole
+    group, as Ctrl-C does. When roomchat says the port is in use (another process took it first)
+    it runs again on another port."""
+
+    def start(port: int) -> tuple:
+        command = command_on(port).replace('ARGS="', f'ARGS="--db {tmp_path / "r.db"} ', 1)
+        proc = subprocess.Popen(["bash", "-c", command.replace("make run", "make --no-print-directory run", 1)],
+                                cwd=ROOT, env=roomchat_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            line = next((line for line in proc.stdout if "listening on" in line or "cannot" in line), "")
+        except BaseException:
+            interrupt(proc)
+            raise
+        if "cannot listen" in line and "in use" in line:
+            interrupt(proc)
+            raise PortTaken(f"port {port}: {line.strip()}")
+        return port, proc, line
+
+    port, proc, line = on_free_port(start, "make run")
     try:
-        yield next((line for line in proc.stdout if "listening on" in line or "cannot" in line), "")
+        yield port, line
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(30)
-        proc.stdout.close()
+        interrupt(proc)
+
+
+def interrupt(proc: subprocess.Popen) -> None:
+    """SIGINT to `proc`'s process group (make and roomchat), as Ctrl-C does; wait for it."""
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(30)
+    proc.stdout.close()
 
 
 def page_status(port: int, host: str) -> int:
@@ -92,20 +111,34 @@ def page_status(port: int, host: str) -> int:
         return page.status
 
 
+def another_port_line(port: int) -> str:
+    """README's `make run ARGS="--port 9000"` with `port` for 9000."""
+    return readme_line(r'make run ARGS="--port 9000"').replace("9000", str(port))
+
+
 def test_readme_another_port_line_serves_the_page_there(tmp_path):
     """README's `make run ARGS="--port 9000"` (with a free port for 9000) serves the chat page there."""
-    port = free_port()
-    with make_run(readme_line(r'make run ARGS="--port 9000"').replace("9000", str(port)), tmp_path) as line:
+    with make_run(another_port_line, tmp_path) as (port, line):
         assert f"listening on ws://127.0.0.1:{port}/" in line, line
         assert page_status(port, f"127.0.0.1:{port}") == 200
+
+
+def test_readme_port_line_runs_again_when_its_port_was_taken_meanwhile(tmp_path, ports_taken_first):
+    """The free port put in README's `--port 9000` line but taken before roomchat binds it (here by
+    a listener of the test's): roomchat says it is in use, and the line runs again on another port,
+    which serves the page."""
+    with held_port("listening") as taken:
+        ports_taken_first(taken)
+        with make_run(another_port_line, tmp_path) as (port, line):
+            assert port != taken and f"listening on ws://127.0.0.1:{port}/" in line, line
+            assert page_status(port, f"127.0.0.1:{port}") == 200
 
 
 def test_readme_lan_line_listens_everywhere_and_answers_by_address(tmp_path):
     """README's `make run ARGS="--host 0.0.0.0"` listens on every interface and serves the page to
     a student who typed the machine's LAN address."""
-    port = free_port()
     line = readme_line(r'make run ARGS="--host 0.0.0.0"')
-    with make_run(line.replace('ARGS="', f'ARGS="--port {port} ', 1), tmp_path) as listening:
+    with make_run(lambda port: line.replace('ARGS="', f'ARGS="--port {port} ', 1), tmp_path) as (port, listening):
         assert f"listening on ws://0.0.0.0:{port}/" in listening, listening
         assert page_status(port, f"192.168.1.20:{port}") == 200
 

@@ -2,30 +2,24 @@
 traceback: a Sentinel, a read-only replica, a wrong password (real redis-server processes); the
 password of a Redis URL is never printed."""
 
-import subprocess
-
 import pytest
 import redis
 
-from tests.helpers import ServerProcess, run_to_exit, wait_for
-from tests.services import _pings, free_port, require_program
+from tests.helpers import ServerProcess, on_free_port, run_to_exit
+from tests.services import redis_on, require_program
 
 
 @pytest.fixture
 def start_redis(tmp_path):
     """start_redis(*args) -> the port of a redis-server started with `args` (a config file first,
-    for a Sentinel); killed at teardown."""
+    for a Sentinel) on a free port (another if it was taken); killed at teardown."""
     binary = require_program("redis-server", "apt-get install redis-server")
     procs = []
 
     def start(*args: str) -> int:
-        port = free_port()
-        procs.append(subprocess.Popen([binary, *args, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                       "--dir", str(tmp_path)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        client = redis.Redis(port=port, socket_connect_timeout=0.5)
-        wait_for(lambda: _pings(client), timeout=10)
-        client.close()
+        options = [*args, "--save", "", "--dir", str(tmp_path)]
+        port, proc = on_free_port(lambda port: (port, redis_on(binary, port, options)), "redis-server")
+        procs.append(proc)
         return port
 
     yield start

@@ -15,7 +15,7 @@ from websockets.sync.server import serve
 from chatclient import selftest_client
 from chatclient.selftest import main, run
 from chatclient.selftest_checks import CHECKS
-from tests.helpers import ROOMCHAT, ROOT, SECRET, roomchat_env, token
+from tests.helpers import ROOMCHAT, ROOT, SECRET, held_port, roomchat_env, token
 from tests.proxies import proxy_line_settings
 
 
@@ -152,9 +152,7 @@ def test_selftest_mode_checks_skip_without_an_operator_token(make_server):
 
 def test_selftest_unreachable_server_exits_2():
     """Nothing listening: one FAIL connect line and exit status 2."""
-    with contextlib.closing(__import__("socket").socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+    with held_port() as port:  # bound, never listening: refused, and no other process can take it
         status, lines = selftest(f"ws://127.0.0.1:{port}/")
     assert status == 2 and len(lines) == 1 and lines[0].startswith("FAIL  connect"), lines
 

@@ -3,7 +3,6 @@ status, refusals, reconnects. Under a pseudo-terminal: test_terminal_client_tty.
 hostile server: test_terminal_client_hostile.py."""
 
 import signal
-import socket
 import subprocess
 import time
 
@@ -11,7 +10,7 @@ import pytest
 
 from chatserver.engines.memory import MemoryEngine
 from tests.client_helpers import CLIENT, ClientProcess
-from tests.helpers import Peer, closing_all, events_until, restart, roomchat_env, server_with_chats
+from tests.helpers import Peer, closing_all, events_until, held_port, restart, roomchat_env, server_with_chats
 
 
 def run_pipe(url: str | None, stdin: str, *args: str, timeout: float = 20, env=None) -> subprocess.CompletedProcess:
@@ -23,12 +22,6 @@ def run_pipe(url: str | None, stdin: str, *args: str, timeout: float = 20, env=N
 def client():
     """client(url, *args) -> ClientProcess; any still running is killed at teardown."""
     yield from closing_all(ClientProcess, close=ClientProcess.kill)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def chats(peer: Peer, count: int) -> list[dict]:
@@ -73,7 +66,8 @@ def test_a_long_pipe_is_paced_under_the_rate_limit(make_server, connect):
 
 def test_refused_connection_exits_one_with_one_line():
     """Nothing listening: exit 1 and one line on stderr saying why, not a traceback."""
-    result = run_pipe(f"ws://127.0.0.1:{free_port()}/", "hello\n", "--room", "lobby")
+    with held_port() as port:  # bound, never listening: refused, and no other process can take it
+        result = run_pipe(f"ws://127.0.0.1:{port}/", "hello\n", "--room", "lobby")
     assert result.returncode == 1
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
