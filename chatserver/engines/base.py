@@ -131,6 +131,10 @@ class Registry(Protocol):
     def lose_nick(self, client_id: int) -> None:
         """Someone else holds this local client's nick now: close it (1012)."""
 
+    def memberships(self, after: str | None, most: int) -> list:
+        """[(room, [(nick, client id)])] of the local members placed in the stream, for up to
+        `most` rooms by name after `after` (None: from the first)."""
+
 
 class Engine(Protocol):
     """The interface every engine implements. See the module docstring for the contract.
