@@ -55,14 +55,16 @@ its next resubscription each process has the registry take its clients back (`_c
 Repair (a Redis Cluster). A room's script touches its own slot only: the room counts (ROOMS,
 for `rooms`) and each process's membership index (what its reaper announces gone) are written
 apart, right after it (`_apart`). Such a write may fail (its master down) or be lost (a
-failover), so every beat puts a slice of both right from the truth (`_repair`): the index from
-this process's local members, each count from its room's members; REPAIR_ROOMS rooms a beat.
+failover), so a thread of its own puts a slice of both right from the truth every beat
+(`_repair`): the index from this process's local members, each count from its room's members;
+REPAIR_ROOMS rooms a beat.
 
 Threads: connection threads call the public methods (redis-py's pool is thread-safe); the
 listener thread reads the subscription and calls the hub (a request to let go of a nick runs
 `Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
-lease and the claims, retries what is deferred, reaps, repairs (`_repair`), and calls
-`retake`/`lose_nick`/`let_go` (`_settle_unclaimed`, with no lock held) and `memberships`.
+lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`/`let_go`
+(`_settle_unclaimed`, with no lock held); on a Redis Cluster the repair thread calls `memberships`
+and writes counts and this process's index (`_repair`).
 `_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`,
 `_unclaimed`, `_sessions`, `_confirmed`, `_deferred`, `_holding`, `_lease` and `_generation`. Lock order:
 `_sub_lock` -> Registry -> `_lock`.
@@ -326,8 +328,8 @@ class RedisEngine(RedisPersonal):
         # a new lease was taken, or Redis restarted: the registry has yet to take its clients back
         self._retaking = False
         self._runs: dict | None = None  # run_id per master at the last subscription (listener thread only)
-        # where the heartbeat's repair goes on (Redis Cluster; heartbeat thread only): the last
-        # local room it looked at (None: from the first), and its ZSCAN cursor in ROOMS
+        # where the repair goes on (Redis Cluster; repair thread only): the last local room it
+        # looked at (None: from the first), and its ZSCAN cursor in ROOMS
         self._repair_after: str | None = None
         self._repair_cursor = 0
         # True while the registry takes its clients back (`retake`, on the heartbeat thread): leaves,
@@ -342,6 +344,8 @@ class RedisEngine(RedisPersonal):
         self._wake = threading.Event()  # beat now (a write was fenced)
         self._threads = [threading.Thread(target=self._listen, name="roomchat-redis-listener", daemon=True),
                          threading.Thread(target=self._heartbeat, name="roomchat-redis-heartbeat", daemon=True)]
+        if self.sharded:
+            self._threads.append(threading.Thread(target=self._repairs, name="roomchat-redis-repair", daemon=True))
 
     def start(self, hub) -> None:
         self._hub = hub
@@ -590,7 +594,7 @@ class RedisEngine(RedisPersonal):
 
     def _apart(self, command, *args, **kwargs) -> None:
         """On a Redis Cluster: a write to another slot after (or before) a room's script; a failure
-        is logged (the heartbeat's `_repair` puts the count and the index right)."""
+        is logged (the repair thread's `_repair` puts the count and the index right)."""
         try:
             command(*args, **kwargs)
         except REDIS_ERRORS as exc:
@@ -1440,8 +1444,6 @@ class RedisEngine(RedisPersonal):
                 if not late:
                     self._reap()
                 self._run_quotas()
-                if self.sharded:
-                    self._repair()
                 self._problem = None if self._pubsub is not None else self._problem
             except (*REDIS_ERRORS, Unavailable) as exc:
                 self._failed(exc)
@@ -1548,8 +1550,21 @@ class RedisEngine(RedisPersonal):
                 log.warning("client %d was moved by a resume elsewhere, but %s: letting it go", client, why)
             act(client)
 
+    def _repairs(self) -> None:
+        """The repair thread (a Redis Cluster): `_repair` every beat. Apart from the heartbeat: a
+        call to a master that is down can take redis-py seconds to give up, and must not delay
+        the lease (a process whose beats stop that long is reaped)."""
+        while not self._stop.wait(self._beat_every):
+            try:
+                self._repair()
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+                log.warning("Redis Cluster: room counts and membership index not put right yet: %s", exc)
+            except Exception:  # a bug: logged, and the next beat tries again
+                log.exception("Redis Cluster repair: unexpected error")
+
     def _repair(self) -> None:
-        """Heartbeat, on a Redis Cluster: put right, from the truth, what is written apart from a
+        """Every beat, on a Redis Cluster: put right, from the truth, what is written apart from a
         room's own call (`_apart`) and may have been lost (that call failed, or a failover lost
         it): this process's membership index, from its local members, and the room counts, from
         the rooms' members. Each beat looks at up to REPAIR_ROOMS rooms with local members (by

@@ -17,7 +17,7 @@ a room's counter starts at its hash slot's seq floor (`floor_key`: PUBLISH, ANNO
 highest seq any forgotten room of that slot had (FORGET: redis_quotas.py). On a Redis Cluster
 every script touches one slot: the room counts and the process's membership index are then
 written apart, after ANNOUNCE (COUNT: versioned, so no count is written from a stale read), put
-right by each process's heartbeat when a write apart was lost (RECOUNT; engines/redis.py, Repair),
+right by each process every beat when a write apart was lost (RECOUNT; engines/redis.py, Repair),
 and PUBLISH becomes SPUBLISH (sharded pub/sub).
 
 At Redis's `maxmemory` (noeviction), Redis refuses a script's first write that may grow memory.
@@ -246,7 +246,7 @@ return 1
 """
 
 # KEYS: a room's members, ver (its membership version). ARGV: the version ROOM_VERSIONS holds for
-# it ('0': none). On a Redis Cluster, the heartbeat's repair of a room count that is not the
+# it ('0': none). On a Redis Cluster, the repair (every beat) of a room count that is not the
 # room's: returns {members, version}, the version above the room's and ARGV[1] (and at least
 # microseconds of Redis's clock, as ANNOUNCE's), kept as the room's while it has members (an
 # empty room gets no key), so COUNT writes this count over every earlier one and a later

@@ -199,7 +199,7 @@ class ClusterRegistry(Registry):
     def memberships(self, after: str | None, most: int) -> list:
         """[(room, [(nick, client id)])]: the connected clients placed in the stream (`_placed`;
         not one a resume is still taking over) of up to `most` rooms with local members, by
-        name, those after `after` (None: from the first). Called by the engine's heartbeat
+        name, those after `after` (None: from the first). Called by the engine's repair thread
         (engines/redis.py `_repair`), no lock held."""
         with self._lock:  # names are kept sorted: only a slice of them under the lock
             start = 0 if after is None else bisect.bisect_right(self._names, after)

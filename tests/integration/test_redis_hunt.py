@@ -134,14 +134,16 @@ def rooms_on(service, masters: set) -> Iterator[str]:
 def test_a_join_during_a_failover_of_the_index_master_is_reaped_with_its_process(tmp_path, spawn, peers):
     """Redis Cluster with replicas: the master holding process A's membership index is killed -9
     and bob on A joins a room of another shard meanwhile (answered `joined`); once the replica
-    has taken over and A has beaten (its index is put right from its members), A is killed -9:
+    has taken over and A's heartbeat has put its index right (from its members), A is killed -9:
     when A is reaped, bob leaves that room as A's other members leave theirs (no member of a dead
     process stays in `who` for ever)."""
     service = RedisCluster(tmp_path, replicas=1)
     store = redis.RedisCluster.from_url(service.urls[0])
     try:
-        b = spawn("--redis", service.urls[1], "--redis-lease", "1")
-        a, lease, master = apart_from(service, store, spawn, "--redis", service.urls[0], "--redis-lease", "1")
+        # the default lease: a heartbeat's first call to the killed master waits seconds for
+        # redis-py to give up, which a lease of 1 s takes for a death (the other process reaps it)
+        b = spawn("--redis", service.urls[1])
+        a, lease, master = apart_from(service, store, spawn, "--redis", service.urls[0])
         index = f"roomchat:proc:{lease}:rooms"
         warmup, room = itertools.islice(rooms_on(service, set(service.ports) - {master}), 2)
         other = peers(a.url, timeout=60)
@@ -152,8 +154,7 @@ def test_a_join_during_a_failover_of_the_index_master_is_reaped_with_its_process
         fail_over = kill_master_holding_its_failover(service, master, replica)
         assert bob.join(room)["members"] == [watcher.nick, bob.nick]
         fail_over()
-        entry = f"{room}\n{bob.nick}\n{lease}:".encode()
-        wait_for(lambda: any(m.startswith(entry) for m in store.smembers(index)), timeout=30, interval=0.2)
+        wait_for(lambda: indexed(store, lease.split(".")[0], room, bob.nick), timeout=30, interval=0.2)
         a.proc.kill()
         a.proc.wait()
         wait_for(lambda: who(watcher, warmup) == [], timeout=30, interval=0.2)  # A was reaped
@@ -161,6 +162,14 @@ def test_a_join_during_a_failover_of_the_index_master_is_reaped_with_its_process
     finally:
         store.close()
         service.kill()
+
+
+def indexed(store, process: str, room: str, nick: str) -> bool:
+    """True when the membership index of `process` (under its lease now: it may have been reaped
+    and taken a new one) lists `nick` in `room`."""
+    leases = [lease.decode() for lease in store.zrange(LEASES, 0, -1) if lease.startswith(f"{process}.".encode())]
+    return any(entry.startswith(f"{room}\n{nick}\n{lease}:".encode())
+               for lease in leases for entry in store.smembers(f"roomchat:proc:{lease}:rooms"))
 
 
 def counted(peer, room: str) -> int:
