@@ -134,14 +134,14 @@ def rooms_on(service, masters: set) -> Iterator[str]:
 def test_a_join_during_a_failover_of_the_index_master_is_reaped_with_its_process(tmp_path, spawn, peers):
     """Redis Cluster with replicas: the master holding process A's membership index is killed -9
     and bob on A joins a room of another shard meanwhile (answered `joined`); once the replica
-    has taken over and A's heartbeat has put its index right (from its members), A is killed -9:
+    has taken over and A has put its index right from its members (a beat later), A is killed -9:
     when A is reaped, bob leaves that room as A's other members leave theirs (no member of a dead
     process stays in `who` for ever)."""
     service = RedisCluster(tmp_path, replicas=1)
     store = redis.RedisCluster.from_url(service.urls[0])
     try:
-        # the default lease: a heartbeat's first call to the killed master waits seconds for
-        # redis-py to give up, which a lease of 1 s takes for a death (the other process reaps it)
+        # the default lease: a heartbeat's first call to the killed master (a nick claim there)
+        # waits seconds for redis-py to give up, which a lease of 1 s takes for a death
         b = spawn("--redis", service.urls[1])
         a, lease, master = apart_from(service, store, spawn, "--redis", service.urls[0])
         index = f"roomchat:proc:{lease}:rooms"
