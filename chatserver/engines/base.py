@@ -135,6 +135,10 @@ class Registry(Protocol):
         """A DM was kept elsewhere for this local client's nick as it connected: hand it the DMs
         waiting for its token (`take_dms`)."""
 
+    def memberships(self, after: str | None, most: int) -> list:
+        """[(room, [(nick, client id)])] of the local members placed in the stream, for up to
+        `most` rooms by name after `after` (None: from the first)."""
+
 
 class Engine(Protocol):
     """The interface every engine implements. See the module docstring for the contract.

@@ -48,12 +48,23 @@ takes them. A seq at or below one this process delivered means Redis lost acknow
 AOF that lost its tail): a new epoch, and every client of every process is closed with 1012, as
 when Redis comes back empty. A DM that no process receives (PUBLISH counts 0) is `no_such_user`.
 Durability is Redis's own: with AOF and `appendfsync everysec`, about a second may be lost.
+A Redis that restarted (its `run_id`), or on a Redis Cluster a master that restarted or a
+replica that took over, may have lost acknowledged joins and nick claims that no seq shows: at
+its next resubscription each process has the registry take its clients back (`_check_restart`).
+
+Repair (a Redis Cluster). A room's script touches its own slot only: the room counts (ROOMS,
+for `rooms`) and each process's membership index (what its reaper announces gone) are written
+apart, right after it (`_apart`). Such a write may fail (its master down) or be lost (a
+failover), so a thread of its own puts a slice of both right from the truth every beat
+(`_repair`): the index from this process's local members, each count from its room's members;
+REPAIR_ROOMS rooms a beat.
 
 Threads: connection threads call the public methods (redis-py's pool is thread-safe); the
 listener thread reads the subscription and calls the hub (a request to let go of a nick runs
 `Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
 lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`/`let_go`
-(`_settle_unclaimed`, with no lock held).
+(`_settle_unclaimed`, with no lock held); on a Redis Cluster the repair thread calls `memberships`
+and writes counts and this process's index (`_repair`).
 `_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`,
 `_unclaimed`, `_sessions`, `_confirmed`, `_deferred`, `_holding`, `_lease` and `_generation`. Lock order:
 `_sub_lock` -> Registry -> `_lock`.
@@ -110,6 +121,7 @@ from chatserver.engines.redis_scripts import (
     QUOTA_TURN,
     REAP,
     REAPING,
+    RECOUNT,
     REFRESH,
     RESERVE,
     RESOLVE,
@@ -155,6 +167,9 @@ OPEN_NICKS = 10_000  # nicks per room known unmuted (chat_rules' cache) at most
 TAKE_POLL = 0.05  # seconds between claims while a nick's holder lets go of it
 SEARCH_PAGE = 500  # stored events a search reads per round trip (engines/redis.py `search`)
 RECEIVE_BATCH = 512  # items the listener reads at most before it delivers them (it may go past by one message)
+# rooms with local members, and rooms `rooms` lists, whose index entries and counts a beat puts
+# right on a Redis Cluster, at most (each; `_repair`): R rooms take ceil(R / REPAIR_ROOMS) beats
+REPAIR_ROOMS = 100
 # the call may or may not have been carried out (a RedisClusterException: a Redis Cluster's slots
 # moving or uncovered, its retries spent; it is no RedisError)
 UNKNOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException)
@@ -285,6 +300,7 @@ class RedisEngine(RedisPersonal):
             ("if_owner_delete", IF_OWNER_DELETE), ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE),
             ("if_value_set", IF_VALUE_SET),
             ("reserve", RESERVE), ("claim_move", CLAIM_MOVE), ("owner_move", OWNER_MOVE), ("count", COUNT),
+            ("recount", RECOUNT),
             ("forget", FORGET), ("touch", TOUCH), ("quota_turn", QUOTA_TURN), ("use_invite", USE_INVITE),
             ("chat_rules", CHAT_RULES))}
         floor_key("")  # its table of hash tags, made now rather than on a first chat
@@ -311,7 +327,11 @@ class RedisEngine(RedisPersonal):
         self._registered = False
         # a new lease was taken, or Redis restarted: the registry has yet to take its clients back
         self._retaking = False
-        self._run_id = None  # the Redis's run_id at the last subscription (listener thread only)
+        self._runs: dict | None = None  # run_id per master at the last subscription (listener thread only)
+        # where the repair goes on (Redis Cluster; repair thread only): the last local room it
+        # looked at (None: from the first), and its ZSCAN cursor in ROOMS
+        self._repair_after: str | None = None
+        self._repair_cursor = 0
         # True while the registry takes its clients back (`retake`, on the heartbeat thread): leaves,
         # nick changes and nick releases wait in `_deferred` meanwhile, and are carried out after
         # it, in order, so that the retake's joins and claims, made from a look at the clients taken
@@ -324,6 +344,8 @@ class RedisEngine(RedisPersonal):
         self._wake = threading.Event()  # beat now (a write was fenced)
         self._threads = [threading.Thread(target=self._listen, name="roomchat-redis-listener", daemon=True),
                          threading.Thread(target=self._heartbeat, name="roomchat-redis-heartbeat", daemon=True)]
+        if self.sharded:
+            self._threads.append(threading.Thread(target=self._repairs, name="roomchat-redis-repair", daemon=True))
 
     def start(self, hub) -> None:
         self._hub = hub
@@ -572,8 +594,7 @@ class RedisEngine(RedisPersonal):
 
     def _apart(self, command, *args, **kwargs) -> None:
         """On a Redis Cluster: a write to another slot after (or before) a room's script; a failure
-        is logged (a count is right again at the room's next change; the reaper's index may hold
-        more than is true, never less)."""
+        is logged (the repair thread's `_repair` puts the count and the index right)."""
         try:
             command(*args, **kwargs)
         except REDIS_ERRORS as exc:
@@ -1197,20 +1218,33 @@ class RedisEngine(RedisPersonal):
         self._problem = None
 
     def _check_restart(self) -> None:
-        """At each (re)subscription: if the Redis is another run than before (it restarted), the
-        registry takes its clients back (`retake`, at the next beat), as after a lost lease: a
-        restart from an append-only file may have lost the last writes, a join or a nick claim
-        among them, that no seq shows. What is still there is left as it is (a join of a member
-        already in, a claim already held, change nothing). One Redis only: on a Redis Cluster each
-        node restarts on its own. Raises REDIS_ERRORS."""
-        if self.sharded:
-            return
-        run_id = self._redis.info("server").get("run_id")
-        if self._run_id is not None and run_id != self._run_id:
-            log.warning("Redis restarted; every client's nick and rooms are checked again")
+        """At each (re)subscription: if a master is another run than before (it restarted), or
+        a node that was no master before is one now (a Redis Cluster's failover), the registry
+        takes its clients back (`retake`, at the next beat), as after a lost lease: a restart from
+        an append-only file, or a replica that took over (replication is asynchronous), may have
+        lost the last acknowledged writes, a join or a nick claim among them, that no seq shows.
+        What is still there is left as it is (a join of a member already in, a claim already
+        held, change nothing). On a Redis Cluster each master is asked (each restarts, or fails
+        over, on its own); while one cannot be reached the resubscription waits, tried again by
+        the listener, as it does for a room on that master. Raises REDIS_ERRORS."""
+        runs = self._masters()
+        changed = sorted(node or "Redis" for node, run in runs.items() if run != (self._runs or runs).get(node))
+        if changed:
+            log.warning("%s restarted or took over; every client's nick and rooms are checked again",
+                        ", ".join(changed))
             self._retaking = True  # read by the heartbeat (one bool: atomic under the GIL)
             self._wake.set()
-        self._run_id = run_id
+        self._runs = runs
+
+    def _masters(self) -> dict:
+        """{node name: run_id} of every master ("" names the one Redis, or a Redis Cluster's only
+        master). Raises REDIS_ERRORS (on a Redis Cluster, once redis-py found the masters anew)."""
+        if not self.sharded:
+            return {"": self._redis.info("server")["run_id"]}
+        found = self._redis.info("server", target_nodes=redis.RedisCluster.PRIMARIES)
+        if "run_id" in found:  # one master: redis-py gives its answer alone
+            return {"": found["run_id"]}
+        return {node: info["run_id"] for node, info in found.items()}
 
     def _check_epoch(self) -> None:
         """After a reconnect and at every heartbeat: if Redis lost its data, start a new history.
@@ -1530,6 +1564,57 @@ class RedisEngine(RedisPersonal):
             if why is not None:
                 log.warning("client %d was moved by a resume elsewhere, but %s: letting it go", client, why)
             act(client)
+
+    def _repairs(self) -> None:
+        """The repair thread (a Redis Cluster): `_repair` every beat. Apart from the heartbeat: a
+        call to a master that is down can take redis-py seconds to give up, and must not delay
+        the lease (a process whose beats stop that long is reaped)."""
+        while not self._stop.wait(self._beat_every):
+            try:
+                self._repair()
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+                log.warning("Redis Cluster: room counts and membership index not put right yet: %s", exc)
+            except Exception:  # a bug: logged, and the next beat tries again
+                log.exception("Redis Cluster repair: unexpected error")
+
+    def _repair(self) -> None:
+        """Every beat, on a Redis Cluster: put right, from the truth, what is written apart from a
+        room's own call (`_apart`) and may have been lost (that call failed, or a failover lost
+        it): this process's membership index, from its local members, and the room counts, from
+        the rooms' members. Each beat looks at up to REPAIR_ROOMS rooms with local members (by
+        name, on from where the last beat stopped: their placed members, ClusterRegistry.
+        memberships) and about REPAIR_ROOMS rooms `rooms` lists (ZSCAN, on from the last beat's
+        cursor: a count left for a room nobody is in any more): one pipeline (an SADD of the
+        index entries, a ZCARD per room, the counts and their versions), then two calls per
+        room whose count is not its members' (RECOUNT, COUNT). The index only ever gains entries:
+        one too many (a member that left as it was read) is harmless, the reaper's leave then
+        finds another owner there and does nothing. Raises REDIS_ERRORS."""
+        local = self._hub.memberships(self._repair_after, REPAIR_ROOMS)
+        self._repair_after = local[-1][0] if len(local) == REPAIR_ROOMS else None  # else round again
+        self._repair_cursor, listed = self._redis.zscan(ROOMS, self._repair_cursor, count=REPAIR_ROOMS)
+        rooms = list(dict.fromkeys([room for room, _members in local] + [room.decode() for room, _n in listed]))
+        if not rooms:
+            return
+        with self._lock:
+            lease = self._lease
+        entries = [f"{room}\n{nick}\n{lease}:{client}" for room, members in local for nick, client in members]
+        pipe = self._redis.pipeline(transaction=False)
+        if entries:
+            pipe.sadd(f"roomchat:proc:{lease}:rooms", *entries)
+        for room in rooms:
+            pipe.zcard(room_key(room, "members"))
+        pipe.zmscore(ROOMS, rooms)
+        pipe.hmget(ROOM_VERSIONS, rooms)
+        *members, counted, versions = pipe.execute()[1 if entries else 0:]
+        for room, count, was, version in zip(rooms, members, counted, versions, strict=True):
+            if count == int(was or 0):
+                continue
+            count, version = self._scripts["recount"](keys=[room_key(room, "members"), room_key(room, "ver")],
+                                                      args=[version or 0])
+            self._scripts["count"](keys=[ROOMS, ROOM_VERSIONS], args=[room, count, version])
+            log.info("Redis Cluster: room %s was counted %d, has %d members: count put right", room, int(was or 0),
+                     count)
 
     def _refresh_sharded(self, claims: list, pipe, queued: int) -> list:
         """REFRESH for each claim on a Redis Cluster, where a pipeline cannot run scripts: each

@@ -16,8 +16,9 @@ and the process's membership index, so membership, room counts and the index cha
 a room's counter starts at its hash slot's seq floor (`floor_key`: PUBLISH, ANNOUNCE), the
 highest seq any forgotten room of that slot had (FORGET: redis_quotas.py). On a Redis Cluster
 every script touches one slot: the room counts and the process's membership index are then
-written apart, after ANNOUNCE (COUNT: versioned, so no count is written from a stale read), and
-PUBLISH becomes SPUBLISH (sharded pub/sub).
+written apart, after ANNOUNCE (COUNT: versioned, so no count is written from a stale read), put
+right by each process every beat when a write apart was lost (RECOUNT; engines/redis.py, Repair),
+and PUBLISH becomes SPUBLISH (sharded pub/sub).
 
 At Redis's `maxmemory` (noeviction), Redis refuses a script's first write that may grow memory.
 The scripts in OOM_OK are flagged `allow-oom` (Redis 7; `oom_ok`): the lease, nick claims,
@@ -244,6 +245,20 @@ else redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 1
 """
 
+# KEYS: a room's members, ver (its membership version). ARGV: the version ROOM_VERSIONS holds for
+# it ('0': none). On a Redis Cluster, the repair (every beat) of a room count that is not the
+# room's: returns {members, version}, the version above the room's and ARGV[1] (and at least
+# microseconds of Redis's clock, as ANNOUNCE's), kept as the room's while it has members (an
+# empty room gets no key), so COUNT writes this count over every earlier one and a later
+# change's count over it.
+RECOUNT = """
+local t = redis.call('TIME')
+local count = redis.call('ZCARD', KEYS[1])
+local ver = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, t[1] * 1000000 + t[2], tonumber(ARGV[1]) + 1)
+if count > 0 then redis.call('SET', KEYS[2], string.format('%.0f', ver)) end
+return {count, ver}
+"""
+
 # KEYS: the room's idem set. ARGV: key. Settles a write whose outcome was unknown: 1 if it was
 # written; else it is cancelled now (a late copy will do nothing) and 0.
 RESOLVE = _NOW + """
@@ -358,7 +373,7 @@ QUOTA_TURN = "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) an
 CHAT_RULES = "return {redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]) or ''}"
 
 OOM_OK = ("beat", "reap", "claim", "refresh", "if_owner_delete", "if_owner_prefix_delete", "resolve",
-          "announce_oom", "forget", "claim_move", "owner_move", "count", "touch", "quota_turn")
+          "announce_oom", "forget", "claim_move", "owner_move", "count", "recount", "touch", "quota_turn")
 
 
 def oom_ok(text: str) -> str:

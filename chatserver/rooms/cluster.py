@@ -26,9 +26,10 @@ another, and its members announced gone) or when one of its nick claims was lost
 `retake` (on the heartbeat thread, no lock held): every local client takes its nick again and
 re-enters its rooms (the others see it join again). A client whose nick someone else took
 meanwhile is closed with 1012, so it reconnects and picks a nick again; nobody ever has two
-holders of one nick. Called by the engine's threads: `retake`, `lose_nick`, `let_go`.
+holders of one nick. Called by the engine's threads: `retake`, `lose_nick`, `let_go`, `memberships`.
 """
 
+import bisect
 import logging
 import uuid
 
@@ -220,6 +221,17 @@ class ClusterRegistry(Registry):
             if client.identity is not None:
                 self._hand_waiting(client, client.identity)
         log.warning("lease taken again: %d clients back in their rooms", len(clients))
+
+    def memberships(self, after: str | None, most: int) -> list:
+        """[(room, [(nick, client id)])]: the connected clients placed in the stream (`_placed`;
+        not one a resume is still taking over) of up to `most` rooms with local members, by
+        name, those after `after` (None: from the first). Called by the engine's repair thread
+        (engines/redis.py `_repair`), no lock held."""
+        with self._lock:  # names are kept sorted: only a slice of them under the lock
+            start = 0 if after is None else bisect.bisect_right(self._names, after)
+            return [(name, [(c.nick, c.id) for c in self._rooms[name].members
+                            if self._clients.get(c.id) is c and self._placed(c, name)])
+                    for name in self._names[start:start + most]]
 
     def _placed(self, client: Client, name: str) -> bool:
         """True when `client` is a member of room `name` and not a newcomer whose join has yet to

@@ -7,6 +7,7 @@ import time
 import pytest
 import redis
 
+from chatserver.engines.redis_scripts import ROOM_VERSIONS, ROOMS
 from tests.helpers import SECRET, ann_watched, token, wait_for, with_token
 from tests.integration.test_redis import stream
 from tests.services import RedisCluster
@@ -105,6 +106,29 @@ def test_nicks_dms_who_rooms_and_history_across_nodes(processes, peers):
     wait_for(lambda: ask(ann, "who", type="who", room="lobby")["members"] == ["ann", "bob"], timeout=10)
     wait_for(lambda: ask(ann, "rooms", type="rooms")["rooms"] == [{"room": "lobby", "members": 2},
                                                                  {"room": "side", "members": 1}], timeout=10)
+
+
+def test_a_beat_puts_room_counts_and_its_membership_index_right(redis_cluster, processes, peers):
+    """Room counts and a process's membership index, written apart from a room's own call on a
+    Redis Cluster, are put right from the truth by the heartbeats whatever became of them: a room
+    counted wrong under a version newer than the room's, a room listed that nobody is in, an
+    index that lost its entries."""
+    a, _b, _c = processes("--redis-lease", "1")
+    ann, bob = peers(a.url), peers(a.url)
+    ann.join("lobby")
+    bob.join("lobby")
+    store = redis.RedisCluster.from_url(redis_cluster.urls[0])
+    try:
+        [index] = store.keys("roomchat:proc:*:rooms", target_nodes=redis.RedisCluster.PRIMARIES)
+        ahead = int(time.time() * 1_000_000) + 10**9  # a version 1000 s ahead of the room's
+        store.zadd(ROOMS, {"lobby": 7, "ghost": 3})
+        store.hset(ROOM_VERSIONS, mapping={"lobby": ahead, "ghost": 1})
+        store.delete(index)
+        wait_for(lambda: ask(ann, "rooms", type="rooms")["rooms"] == [{"room": "lobby", "members": 2}], timeout=10)
+        wait_for(lambda: sorted(m.split(b"\n")[1].decode() for m in store.smembers(index))
+                 == sorted([ann.nick, bob.nick]), timeout=10)
+    finally:
+        store.close()
 
 
 def test_a_client_resumes_on_a_process_of_another_node(processes, peers):

@@ -1,14 +1,16 @@
 """Defects found by fault hunting across processes on Redis: the fixed ones are checked here;
 each one still open is documented by a strict xfail test. Real redis-server, real roomchat processes, real sockets."""
 
+import itertools
 import json
 import signal
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from chatserver.engines.redis_scripts import ROOMS
+from chatserver.engines.redis_scripts import LEASES, ROOMS
 from tests.helpers import ROOMCHAT, ROOT, SECRET, roomchat_env, token, wait_for, with_token
 from tests.services import RedisCluster
 
@@ -107,36 +109,67 @@ def kill_master_holding_its_failover(service, master: int, replica: int):
     return fail_over
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a join while the master of the process's membership index is down is left out of the index: never reaped"))
+def apart_from(service, store, spawn, *args, master: int | None = None) -> tuple:
+    """A roomchat process (`spawn(*args)`) with no subscription on `master` (None: the master
+    holding its membership index), so that killing that master leaves its listener alone: its
+    DM channel's shard is another (each process's channel is random: one on `master` is killed
+    and another started). (process, its lease, master)."""
+    for _ in range(20):
+        before = set(store.zrange(LEASES, 0, -1))
+        process = spawn(*args)
+        [lease] = {lease.decode() for lease in set(store.zrange(LEASES, 0, -1)) - before}
+        at = master or service.master_of(f"roomchat:proc:{lease}:rooms")[0]
+        if service.master_of(f"roomchat:proc:{lease.split('.')[0]}:dm")[0] != at:
+            return process, lease, at
+        process.proc.kill()
+        process.proc.wait()
+    raise AssertionError("every process started had its DM channel on that master")
+
+
+def rooms_on(service, masters: set) -> Iterator[str]:
+    """Names of rooms whose keys are on one of `masters` (ports)."""
+    return (r for r in (f"room{i}" for i in range(100)) if service.master_of(f"roomchat:{{{r}}}:seq")[0] in masters)
+
+
 def test_a_join_during_a_failover_of_the_index_master_is_reaped_with_its_process(tmp_path, spawn, peers):
     """Redis Cluster with replicas: the master holding process A's membership index is killed -9
     and bob on A joins a room of another shard meanwhile (answered `joined`); once the replica
-    has taken over, A is killed -9: when A is reaped, bob leaves that room as A's other members
-    leave theirs (no member of a dead process stays in `who` for ever)."""
+    has taken over and A has put its index right from its members (a beat later), A is killed -9:
+    when A is reaped, bob leaves that room as A's other members leave theirs (no member of a dead
+    process stays in `who` for ever)."""
     service = RedisCluster(tmp_path, replicas=1)
+    store = redis.RedisCluster.from_url(service.urls[0])
     try:
-        a, b = (spawn("--redis", url, "--redis-lease", "1") for url in service.urls[:2])
+        # the default lease: a heartbeat's first call to the killed master (a nick claim there)
+        # waits seconds for redis-py to give up, which a lease of 1 s takes for a death
+        b = spawn("--redis", service.urls[1])
+        a, lease, master = apart_from(service, store, spawn, "--redis", service.urls[0])
+        index = f"roomchat:proc:{lease}:rooms"
+        warmup, room = itertools.islice(rooms_on(service, set(service.ports) - {master}), 2)
         other = peers(a.url, timeout=60)
-        other.join("warmup")  # A's index now exists
-        store = redis.RedisCluster.from_url(service.urls[0])
-        index = next(k for k in store.keys("roomchat:proc:*:rooms", target_nodes=redis.RedisCluster.PRIMARIES)
-                     if any(other.nick.encode() in m for m in store.smembers(k)))
-        store.close()
-        master, [replica] = service.master_of(index)
-        room = next(r for r in (f"room{i}" for i in range(100))
-                    if service.master_of(f"roomchat:{{{r}}}:seq")[0] != master)
+        other.join(warmup)
+        replica = service.master_of(index)[1][0]
         watcher, bob = peers(b.url, timeout=60), peers(a.url, timeout=60)
         watcher.join(room)
         fail_over = kill_master_holding_its_failover(service, master, replica)
         assert bob.join(room)["members"] == [watcher.nick, bob.nick]
         fail_over()
+        wait_for(lambda: indexed(store, lease.split(".")[0], room, bob.nick), timeout=30, interval=0.2)
         a.proc.kill()
         a.proc.wait()
-        wait_for(lambda: who(watcher, "warmup") == [], timeout=30, interval=0.2)  # A was reaped
+        wait_for(lambda: who(watcher, warmup) == [], timeout=30, interval=0.2)  # A was reaped
         wait_for(lambda: who(watcher, room) == [watcher.nick], timeout=30, interval=0.5)
     finally:
+        store.close()
         service.kill()
+
+
+def indexed(store, process: str, room: str, nick: str) -> bool:
+    """True when the membership index of `process` (under its lease now: it may have been reaped
+    and taken a new one) lists `nick` in `room`."""
+    leases = [lease.decode() for lease in store.zrange(LEASES, 0, -1) if lease.startswith(f"{process}.".encode())]
+    return any(entry.startswith(f"{room}\n{nick}\n{lease}:".encode())
+               for lease in leases for entry in store.smembers(f"roomchat:proc:{lease}:rooms"))
 
 
 def counted(peer, room: str) -> int:
@@ -145,18 +178,16 @@ def counted(peer, room: str) -> int:
     return next((r["members"] for r in peer.recv_type("rooms")["rooms"] if r["room"] == room), 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a join while the master of the room counts is down is never counted: `rooms` stays short after the failover"))
 def test_rooms_counts_a_join_made_during_a_failover_of_the_counts_master(tmp_path, spawn, peers):
     """Redis Cluster with replicas: the master holding the room counts (`rooms`) is killed -9 and
     bob joins a room of another shard meanwhile (answered `joined`); once the replica has taken
     over, `rooms` counts both members, as `who` lists them."""
     service = RedisCluster(tmp_path, replicas=1)
+    store = redis.RedisCluster.from_url(service.urls[0])
     try:
-        server = spawn("--redis", service.urls[0])
         master, [replica] = service.master_of(ROOMS)
-        room = next(r for r in (f"room{i}" for i in range(100))
-                    if service.master_of(f"roomchat:{{{r}}}:seq")[0] != master)
+        server, _lease, _master = apart_from(service, store, spawn, "--redis", service.urls[0], master=master)
+        room = next(rooms_on(service, set(service.ports) - {master}))
         ann, bob = peers(server.url, timeout=60), peers(server.url, timeout=60)
         ann.join(room)
         assert counted(ann, room) == 1
@@ -166,8 +197,50 @@ def test_rooms_counts_a_join_made_during_a_failover_of_the_counts_master(tmp_pat
         assert who(ann, room) == [ann.nick, bob.nick]
         wait_for(lambda: counted(ann, room) == 2, timeout=30, interval=0.5)
     finally:
+        store.close()
         service.kill()
 
+
+def test_a_cluster_master_back_without_the_joins_it_acknowledged_converges(tmp_path, spawn, peers):
+    """Redis Cluster without persistence: ann and carol on A and bob on B are in a room; the
+    master holding the room (not the leases nor the epoch) is killed -9 and started again, empty:
+    the joins are lost, no chat was. Each process notices that master's new run as it
+    resubscribes and takes its clients back: `who` on every process lists the three again, and
+    carol can chat there."""
+    service = RedisCluster(tmp_path)
+    try:
+        kept = {service.master_of(key)[0] for key in (LEASES, "roomchat:epoch")}
+        port = next(p for p in service.ports if p not in kept)
+        room = next(rooms_on(service, {port}))
+        a, b = (spawn("--redis", url) for url in service.urls[:2])
+        ann, carol, bob = peers(a.url, timeout=30), peers(a.url, timeout=30), peers(b.url, timeout=30)
+        for peer in (ann, bob, carol):
+            peer.join(room)
+        everyone = sorted([ann.nick, bob.nick, carol.nick])
+        assert sorted(who(bob, room)) == everyone
+        at = service.ports.index(port)
+        service.kill_node(port)
+        service.procs[at] = subprocess.Popen(service.procs[at].args, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL)
+        node = redis.Redis(port=port)
+        wait_for(lambda: answers(node) and node.cluster("info")["cluster_state"] == "ok", timeout=20, interval=0.1)
+        node.close()
+        for peer in (ann, bob):
+            wait_for(lambda p=peer: sorted(who(p, room)) == everyone, timeout=30, interval=0.2)
+        reply = carol.request(type="chat", room=room, text="still here", id="c")
+        while reply.get("id") != "c":
+            reply = carol.recv()
+        assert reply["type"] == "chat", reply
+    finally:
+        service.kill()
+
+
+def answers(node) -> bool:
+    """True once the redis-server behind client `node` answers."""
+    try:
+        return node.ping()
+    except redis.ConnectionError:
+        return False
 
 
 def test_a_stolen_resume_token_of_a_client_that_authenticated_later_gets_a_guest(cluster, peers):
