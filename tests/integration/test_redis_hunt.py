@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from chatserver.engines.redis import nick_key
 from chatserver.engines.redis_scripts import LEASES, ROOMS
 from tests.helpers import ROOMCHAT, ROOT, SECRET, roomchat_env, token, wait_for, with_token
 from tests.services import RedisCluster
@@ -256,7 +257,7 @@ def test_a_stolen_resume_token_of_a_client_that_authenticated_later_gets_a_guest
     assert thief.nick.startswith("guest-") and "resumed" not in thief.welcome, thief.welcome
 
 
-def test_dms_kept_while_a_holders_process_was_reaped_reach_it_when_it_is_back(cluster, peers):
+def test_dms_kept_while_a_holders_process_was_reaped_reach_it_when_it_is_back(cluster, peers, redis_server):
     """ann (token) is on A, which is paused past its lease (reaped: ann leaves, her nick is free);
     bob on B writes to her meanwhile (kept: `stored`); A is continued and takes ann back (she
     joins again): ann, connected all along, gets the kept DM."""
@@ -265,10 +266,15 @@ def test_dms_kept_while_a_holders_process_was_reaped_reach_it_when_it_is_back(cl
     watcher.join("lobby")
     ann = peers(with_token(a.url, token("ann")), timeout=30)
     ann.join("lobby")
+    store = redis.Redis.from_url(redis_server.url)
     a.proc.send_signal(signal.SIGSTOP)
     try:
         wait_for(lambda: (e := watcher.recv_type("presence")) and (e["event"], e["nick"]) == ("leave", "ann"),
                  timeout=30)
+        # the reaper frees the claims right after it announced the leaves: until then a DM goes
+        # to A's channel (delivered once A is back), not into the mailbox
+        wait_for(lambda: store.get(nick_key("ann")) is None, timeout=15)
+        store.close()
         kept = watcher.request(type="dm", to="ann", text="are you there?")
         assert kept["type"] == "dm" and kept.get("stored") is True, kept
     finally:
