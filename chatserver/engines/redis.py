@@ -326,6 +326,8 @@ class RedisEngine(RedisPersonal):
         self._lease = ""  # "<process>.<generation>"
         self._registered = False
         # a new lease was taken, or Redis restarted: the registry has yet to take its clients back
+        # (set by the heartbeat and the listener, cleared by the heartbeat as a retake begins; one
+        # bool: atomic under the GIL)
         self._retaking = False
         self._runs: dict | None = None  # run_id per master at the last subscription (listener thread only)
         # where the repair goes on (Redis Cluster; repair thread only): the last local room it
@@ -1498,11 +1500,16 @@ class RedisEngine(RedisPersonal):
             sessions = [key for kept in self._sessions.values()
                         for key in (kept.key, *(session_marks_keys(kept.marks) if kept.marked else ()))] if due else []
         if self._retaking:
+            # cleared before the retake: a restart the listener notices during it (which may lose
+            # the retake's own writes) sets it again, for another retake after this one
+            self._retaking = False
             with self._lock:
                 self._holding = True
             try:
                 self._hub.retake()  # Raises Unavailable: tried again at the next beat
-                self._retaking = False
+            except BaseException:
+                self._retaking = True
+                raise
             finally:
                 with self._lock:
                     self._holding = False

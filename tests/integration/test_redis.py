@@ -272,6 +272,47 @@ def test_a_burst_of_connects_and_joins_is_answered_at_once(cluster, peers):
     assert max(seconds for _kind, seconds in results) < 9  # not after the join timeout (10 s)
 
 
+class RetakeHub(RoomsHub):
+    """Plays the Registry of one process that has no clients: counts the retakes the engine asks
+    for; the first one stays inside `retake` until `go` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.retakes, self.inside, self.go = 0, threading.Event(), threading.Event()
+
+    def retake(self):
+        self.retakes += 1
+        if self.retakes == 1:
+            self.inside.set()
+            assert self.go.wait(30)
+
+
+def test_a_redis_restart_noticed_during_a_retake_brings_another_retake(redis_server):
+    """Redis restarts (its data kept) and the engine's heartbeat has the registry take its clients
+    back; Redis restarts again while that retake is still going on (its writes may be lost with
+    that run): once the first retake ends, the registry is asked to take them back again."""
+    engine, hub = RedisEngine(redis_server.url), RetakeHub()
+    engine.start(hub)
+    try:
+        with redis.Redis.from_url(redis_server.url) as store:
+
+            def noticed() -> bool:  # the listener has seen this run of Redis (engines/redis.py _check_restart)
+                return engine._runs == {"": store.info("server")["run_id"]}
+
+            wait_for(noticed, timeout=10)
+            redis_server.stop()
+            redis_server.start()
+            assert hub.inside.wait(30), "no retake after the first restart"
+            redis_server.stop()
+            redis_server.start()
+            wait_for(noticed, timeout=30, interval=0.05)
+        hub.go.set()
+        wait_for(lambda: hub.retakes == 2, timeout=15, interval=0.05)
+    finally:
+        hub.go.set()
+        engine.close()
+
+
 def test_redis_back_without_its_data_is_a_new_history(redis_server, cluster, peers):
     """Redis restarted empty (its data lost): every client is closed with 1012, reconnects to a new
     epoch (a resume finds nothing: a fresh welcome, no rooms carried into the new history), and
