@@ -691,7 +691,8 @@ class RedisEngine(RedisPersonal):
 
     def close(self) -> None:
         """Stop the threads, then leave as a reaper would: the members still here are announced
-        gone and the nicks given back (what fails expires with the lease)."""
+        gone and the nicks given back, and only then the lease (should any of it fail, the lease
+        runs out and another process's reaper does it all again)."""
         if self._stop.is_set():
             return
         self._stop.set()
@@ -703,9 +704,9 @@ class RedisEngine(RedisPersonal):
             self._run_deferred()
             with self._lock:
                 lease = self._lease
-            self._redis.zrem(LEASES, lease)
             self._clean_up(lease)
-        except (*REDIS_ERRORS, Unavailable, _Unsettled):  # what is left expires with the lease
+            self._redis.zrem(LEASES, lease)
+        except (*REDIS_ERRORS, Unavailable, _Unsettled):  # what is left, the reaper's once the lease ran out
             pass
         if self._runner is not None:
             self._runner.close()

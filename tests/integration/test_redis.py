@@ -10,8 +10,10 @@ import pytest
 import redis
 import websocket
 
+from chatserver import protocol
 from chatserver.engines.base import Meta
 from chatserver.engines.redis import RECEIVE_BATCH, RedisEngine
+from chatserver.engines.redis_scripts import room_key
 from tests.helpers import ROOT, Peer, RoomsHub, run_to_exit, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -311,6 +313,31 @@ def test_a_redis_restart_noticed_during_a_retake_brings_another_retake(redis_ser
     finally:
         hub.go.set()
         engine.close()
+
+
+def test_a_process_whose_leaving_fails_half_way_is_reaped_as_a_dead_one(redis_server):
+    """Process A, closing, announces its members gone as a reaper would, and Redis refuses one of
+    those leaves (an error reply: the room's log is no stream here): A leaves its lease to run
+    out, and once it has, process B reaps A, so ann, A's member, leaves that room all the same
+    instead of staying in it for ever."""
+    hub_a, hub_b = RoomsHub(), RoomsHub()
+    hub_a.process_id, hub_b.process_id = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
+    a, b = RedisEngine(redis_server.url, lease=1), RedisEngine(redis_server.url, lease=1)
+    a.start(hub_a)
+    b.start(hub_b)
+    try:
+        with redis.Redis.from_url(redis_server.url) as store:
+            for room in ("good", "bad"):
+                a.announce(room, protocol.presence(room, "join", "ann"), Meta((hub_a.process_id, 1)))
+            store.delete(room_key("bad", "log"))
+            store.set(room_key("bad", "log"), "no stream")
+            a.close()
+            store.delete(room_key("bad", "log"))  # Redis takes the room's leaves again
+            wait_for(lambda: [store.zcard(room_key(room, "members")) for room in ("good", "bad")] == [0, 0],
+                     timeout=15, interval=0.1)
+    finally:
+        a.close()
+        b.close()
 
 
 def test_redis_back_without_its_data_is_a_new_history(redis_server, cluster, peers):
