@@ -18,8 +18,11 @@ Threads, and what each runs:
   the checkpointer (`roomchat-checkpoint`: WAL checkpoints).
 - identity expiry (`roomchat-expiry`, rooms/identity.py): closes connections whose token expired (4001).
 - Redis engine: the listener (`roomchat-redis-listener`: the subscription, catch-ups, then
-  `registry.deliver`/`deliver_dm`) and the heartbeat (`roomchat-redis-heartbeat`: the lease and
-  nick claims, writes waiting for Redis, reaping dead processes, `ClusterRegistry.retake`).
+  `registry.deliver`/`deliver_dm`; a request from another process, to let go of a nick or hand
+  out kept DMs, runs on a thread of its own), the heartbeat (`roomchat-redis-heartbeat`: the lease
+  and nick claims, writes waiting for Redis, reaping dead processes, `ClusterRegistry.retake`) and,
+  on a Redis Cluster, the repair (`roomchat-redis-repair`: room counts and this process's
+  membership index put right, `ClusterRegistry.memberships`).
 
 Locks, each guarding one thing, none reentrant, taken only in this order:
   MemoryEngine._lock or RedisEngine._sub_lock -> Registry._lock -> Outbox._lock -> the leaves

@@ -326,6 +326,8 @@ class RedisEngine(RedisPersonal):
         self._lease = ""  # "<process>.<generation>"
         self._registered = False
         # a new lease was taken, or Redis restarted: the registry has yet to take its clients back
+        # (set by the heartbeat and the listener, cleared by the heartbeat as a retake begins; one
+        # bool: atomic under the GIL)
         self._retaking = False
         self._runs: dict | None = None  # run_id per master at the last subscription (listener thread only)
         # where the repair goes on (Redis Cluster; repair thread only): the last local room it
@@ -689,7 +691,8 @@ class RedisEngine(RedisPersonal):
 
     def close(self) -> None:
         """Stop the threads, then leave as a reaper would: the members still here are announced
-        gone and the nicks given back (what fails expires with the lease)."""
+        gone and the nicks given back, and only then the lease (should any of it fail, the lease
+        runs out and another process's reaper does it all again)."""
         if self._stop.is_set():
             return
         self._stop.set()
@@ -701,9 +704,9 @@ class RedisEngine(RedisPersonal):
             self._run_deferred()
             with self._lock:
                 lease = self._lease
-            self._redis.zrem(LEASES, lease)
             self._clean_up(lease)
-        except (*REDIS_ERRORS, Unavailable, _Unsettled):  # what is left expires with the lease
+            self._redis.zrem(LEASES, lease)
+        except (*REDIS_ERRORS, Unavailable, _Unsettled):  # what is left, the reaper's once the lease ran out
             pass
         if self._runner is not None:
             self._runner.close()
@@ -1498,11 +1501,16 @@ class RedisEngine(RedisPersonal):
             sessions = [key for kept in self._sessions.values()
                         for key in (kept.key, *(session_marks_keys(kept.marks) if kept.marked else ()))] if due else []
         if self._retaking:
+            # cleared before the retake: a restart the listener notices during it (which may lose
+            # the retake's own writes) sets it again, for another retake after this one
+            self._retaking = False
             with self._lock:
                 self._holding = True
             try:
                 self._hub.retake()  # Raises Unavailable: tried again at the next beat
-                self._retaking = False
+            except BaseException:
+                self._retaking = True
+                raise
             finally:
                 with self._lock:
                     self._holding = False

@@ -165,7 +165,7 @@ class Registry:
         # search (on Redis one may take a round trip per 500 kept events, 2 s each at most). Each
         # holds up to a reply's worth of matches and bytes. Taken only by the searching
         # connection's own thread, before the lock, never while holding it; a search waits for a
-        # slot as long as it takes (each search ahead of it is bounded).
+        # slot up to SEARCH_WAIT seconds (each search ahead of it is bounded).
         self._searchers = threading.BoundedSemaphore(SEARCHERS)
         # One lock for everything below; see the module docstring for what it guards.
         self._lock = threading.Lock()

@@ -10,8 +10,10 @@ import pytest
 import redis
 import websocket
 
+from chatserver import protocol
 from chatserver.engines.base import Meta
 from chatserver.engines.redis import RECEIVE_BATCH, RedisEngine
+from chatserver.engines.redis_scripts import room_key
 from tests.helpers import ROOT, Peer, RoomsHub, run_to_exit, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -270,6 +272,72 @@ def test_a_burst_of_connects_and_joins_is_answered_at_once(cluster, peers):
     failed = [r for r in results if r[0] != "joined"]
     assert not failed, failed[:3]
     assert max(seconds for _kind, seconds in results) < 9  # not after the join timeout (10 s)
+
+
+class RetakeHub(RoomsHub):
+    """Plays the Registry of one process that has no clients: counts the retakes the engine asks
+    for; the first one stays inside `retake` until `go` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.retakes, self.inside, self.go = 0, threading.Event(), threading.Event()
+
+    def retake(self):
+        self.retakes += 1
+        if self.retakes == 1:
+            self.inside.set()
+            assert self.go.wait(30)
+
+
+def test_a_redis_restart_noticed_during_a_retake_brings_another_retake(redis_server):
+    """Redis restarts (its data kept) and the engine's heartbeat has the registry take its clients
+    back; Redis restarts again while that retake is still going on (its writes may be lost with
+    that run): once the first retake ends, the registry is asked to take them back again."""
+    engine, hub = RedisEngine(redis_server.url), RetakeHub()
+    engine.start(hub)
+    try:
+        with redis.Redis.from_url(redis_server.url) as store:
+
+            def noticed() -> bool:  # the listener has seen this run of Redis (engines/redis.py _check_restart)
+                return engine._runs == {"": store.info("server")["run_id"]}
+
+            wait_for(noticed, timeout=10)
+            redis_server.stop()
+            redis_server.start()
+            assert hub.inside.wait(30), "no retake after the first restart"
+            redis_server.stop()
+            redis_server.start()
+            wait_for(noticed, timeout=30, interval=0.05)
+        hub.go.set()
+        wait_for(lambda: hub.retakes == 2, timeout=15, interval=0.05)
+    finally:
+        hub.go.set()
+        engine.close()
+
+
+def test_a_process_whose_leaving_fails_half_way_is_reaped_as_a_dead_one(redis_server):
+    """Process A, closing, announces its members gone as a reaper would, and Redis refuses one of
+    those leaves (an error reply: the room's log is no stream here): A leaves its lease to run
+    out, and once it has, process B reaps A, so ann, A's member, leaves that room all the same
+    instead of staying in it for ever."""
+    hub_a, hub_b = RoomsHub(), RoomsHub()
+    hub_a.process_id, hub_b.process_id = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
+    a, b = RedisEngine(redis_server.url, lease=1), RedisEngine(redis_server.url, lease=1)
+    a.start(hub_a)
+    b.start(hub_b)
+    try:
+        with redis.Redis.from_url(redis_server.url) as store:
+            for room in ("good", "bad"):
+                a.announce(room, protocol.presence(room, "join", "ann"), Meta((hub_a.process_id, 1)))
+            store.delete(room_key("bad", "log"))
+            store.set(room_key("bad", "log"), "no stream")
+            a.close()
+            store.delete(room_key("bad", "log"))  # Redis takes the room's leaves again
+            wait_for(lambda: [store.zcard(room_key(room, "members")) for room in ("good", "bad")] == [0, 0],
+                     timeout=15, interval=0.1)
+    finally:
+        a.close()
+        b.close()
 
 
 def test_redis_back_without_its_data_is_a_new_history(redis_server, cluster, peers):
