@@ -196,6 +196,18 @@ def session_key(token: str) -> str:
     return f"roomchat:session:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
 
 
+def dm_channel(process: str) -> str:
+    """The pub/sub channel of process `process`'s DMs and requests from other processes (let go
+    of a nick, of a client resumed elsewhere, of a guest's nick; hand out kept DMs)."""
+    return f"roomchat:proc:{process}:dm"
+
+
+def _holder(claim: bytes) -> tuple:
+    """(process id, client id, the nick as spelled) from a nick claim's value, `lease:client:nick`."""
+    lease, client, spelled = claim.decode().split(":", 2)
+    return lease.split(".")[0], int(client), spelled
+
+
 def new_marks_id() -> str:
     """A new resume session's marks id (random: redis_personal.session_marks_keys)."""
     return secrets.token_hex(8)
@@ -354,7 +366,7 @@ class RedisEngine(RedisPersonal):
         self._metrics = metrics.of(hub)  # failed calls, subscription reconnects
         self.process_id = hub.process_id
         self._lease = f"{self.process_id}.{self._generation}"
-        self._dm_channel = f"roomchat:proc:{self.process_id}:dm"
+        self._dm_channel = dm_channel(self.process_id)
         self._beat()
         for thread in self._threads:
             thread.start()
@@ -737,9 +749,8 @@ class RedisEngine(RedisPersonal):
         while not self.claim_nick(nick, client_id):
             held = self._call(self._redis.get, nick_key(nick))
             if held is not None and held != asked:
-                lease, client, _ = held.decode().split(":", 2)
-                channel = f"roomchat:proc:{lease.split('.')[0]}:dm"
-                self._call(self._pub, channel, orjson.dumps([int(client), None]))
+                process, client, _ = _holder(held)
+                self._call(self._pub, dm_channel(process), orjson.dumps([client, None]))
                 asked = held
             if time.monotonic() >= deadline:
                 return False
@@ -752,9 +763,8 @@ class RedisEngine(RedisPersonal):
         Unavailable."""
         held = self._call(self._redis.get, nick_key(nick))
         if held is not None:
-            lease, client, _ = held.decode().split(":", 2)
-            channel = f"roomchat:proc:{lease.split('.')[0]}:dm"
-            self._call(self._pub, channel, orjson.dumps([int(client), None, "guest", nick]))
+            process, client, _ = _holder(held)
+            self._call(self._pub, dm_channel(process), orjson.dumps([client, None, "guest", nick]))
 
     def release_nick(self, nick: str, client_id: int) -> None:
         """Give `nick` back if this client still holds it (retried by the heartbeat; while the
@@ -783,13 +793,11 @@ class RedisEngine(RedisPersonal):
         owner = self._call(self._redis.get, nick_key(nick))
         if owner is None:
             return None
-        lease, client, spelled = owner.decode().split(":", 2)
+        process, client, spelled = _holder(owner)
         event = {**event, "to": spelled}
-        process = lease.split(".")[0]
         if process == self.process_id:
-            return spelled if self._hub.deliver_dm(int(client), event) else None
-        channel = f"roomchat:proc:{process}:dm"
-        received = self._call(self._pub, channel, orjson.dumps([int(client), event]))
+            return spelled if self._hub.deliver_dm(client, event) else None
+        received = self._call(self._pub, dm_channel(process), orjson.dumps([client, event]))
         return spelled if received else None
 
     def hand_kept_dms(self, nick: str) -> None:
@@ -799,10 +807,9 @@ class RedisEngine(RedisPersonal):
         owner = self._call(self._redis.get, nick_key(nick))
         if owner is None:
             return
-        lease, client, _ = owner.decode().split(":", 2)
-        process = lease.split(".")[0]
+        process, client, _ = _holder(owner)
         if process != self.process_id:
-            self._call(self._pub, f"roomchat:proc:{process}:dm", orjson.dumps([int(client), None, "dms"]))
+            self._call(self._pub, dm_channel(process), orjson.dumps([client, None, "dms"]))
 
     # -- resume sessions: a resume token works on every process ----------------------------------
 
@@ -963,7 +970,7 @@ class RedisEngine(RedisPersonal):
             self.release_nick(session.nick, client_id)
             raise
         with contextlib.suppress(*REDIS_ERRORS):
-            self._pub(f"roomchat:proc:{old_lease.split('.')[0]}:dm", orjson.dumps([int(old_client), None, "moved"]))
+            self._pub(dm_channel(old_lease.split(".")[0]), orjson.dumps([int(old_client), None, "moved"]))
         return taken
 
     # -- room rules and reserved nicks (engines.base.Engine) ------------------------------------
