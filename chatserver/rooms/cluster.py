@@ -211,13 +211,14 @@ class ClusterRegistry(Registry):
             if not self._engine.claim_nick(nick, client.id, retake=True):
                 self.lose_nick(client.id)
                 continue
-            for name in rooms:
-                self._engine.rejoin(name, protocol.presence(name, "join", nick), self._meta(client))
             with self._lock:
                 here = client.id in self._clients
+            if here:  # its session first: once its rooms see it back, a resume elsewhere finds it
+                self._engine.rekeep_session(client.id)
+            for name in rooms:
+                self._engine.rejoin(name, protocol.presence(name, "join", nick), self._meta(client))
             if not here:
                 continue  # gone meanwhile: its leaves and release, held in the engine, follow
-            self._engine.rekeep_session(client.id)
             if client.identity is not None:
                 self._hand_waiting(client, client.identity)
         log.warning("lease taken again: %d clients back in their rooms", len(clients))
