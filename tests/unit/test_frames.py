@@ -148,3 +148,11 @@ def test_frame_ready_only_for_whole_frames(size):
     assert frames.frame_ready(b"xx" + data, 2)
     assert frames.frame_ready(data + data[:3], 0)
     assert not any(frames.frame_ready(data[:cut], 0) for cut in range(len(data)) if cut in (0, 1, 3, 9, len(data) - 1))
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_text_frame_is_encode_frames_text_frame(size):
+    """text_frame writes encode_frame's header without its call (the per-event path): the same
+    bytes at each length boundary of RFC 6455 5.2 (7 bits, 16 bits, 64 bits)."""
+    payload = b"x" * size
+    assert frames.text_frame(payload) == frames.encode_frame(frames.OP_TEXT, payload)
