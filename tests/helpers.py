@@ -4,6 +4,7 @@ fakes and waiting helpers. Fixtures live in conftest.py; test modules import onl
 import base64
 import contextlib
 import gc
+import itertools
 import json
 import os
 import signal
@@ -118,6 +119,9 @@ def closing_all(factory, close=lambda thing: thing.close()):
             close(thing)
 
 
+_ASKED = itertools.count(1)  # Peer.ask's request ids
+
+
 class Peer:
     """A websocket-client connection with JSON helpers; `welcome` is read on connect."""
 
@@ -144,6 +148,14 @@ class Peer:
         """Send and return the next event (the reply, when nothing else is in flight)."""
         self.send(**msg)
         return self.recv()
+
+    def ask(self, **msg) -> dict:
+        """Send with an id of its own and return the answer carrying it (room events before it skipped)."""
+        msg_id = f"ask{next(_ASKED)}"
+        self.send(id=msg_id, **msg)
+        while (event := self.recv()).get("id") != msg_id:
+            pass
+        return event
 
     def join(self, room: str, **extra) -> dict:
         self.send(type="join", room=room, **extra)

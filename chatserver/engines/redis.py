@@ -349,7 +349,8 @@ class RedisEngine(RedisPersonal):
         # True while the registry takes its clients back (`retake`, on the heartbeat thread): leaves,
         # nick changes and nick releases wait in `_deferred` meanwhile, and are carried out after
         # it, in order, so that the retake's joins and claims, made from a look at the clients taken
-        # before, never undo them. Under `_lock`.
+        # before, never undo them; a client's join of a room whose leave waits there is refused
+        # (`announce`). Under `_lock`.
         self._holding = False
         self._beat_ok = 0.0  # time.monotonic() of the last beat that went through
         self._pubsub = None
@@ -551,12 +552,17 @@ class RedisEngine(RedisPersonal):
             except (Unavailable, _Unsettled):
                 self._defer(("announce", room, event, meta, owner))
             return
-        with self._lock:  # it would overtake a leave or nick change waiting for Redis (not one
-            # held for a retake: a join then goes through; a leave and re-join of one room during
-            # a retake is the one case this gets wrong, the held leave coming last)
-            if self._deferred and not self._holding:
+        with self._lock:  # it would overtake a leave or nick change waiting for Redis; during a
+            # retake only a join of a room its client left meanwhile (that leave, written last,
+            # would take it out again): the rest goes through
+            if self._deferred and (not self._holding or (event.get("event") == "join" and self._held_in(room, meta))):
                 raise Unavailable("catching up with Redis")
         return self._join(room, event, meta)
+
+    def _held_in(self, room: str, meta: Meta) -> bool:
+        """True if a leave or nick change of `meta`'s client in `room` waits in `_deferred` (`_lock` held)."""
+        return any(item[0] == "announce" and item[1] == room and item[3].origin == meta.origin
+                   for item in self._deferred)
 
     def rejoin(self, room: str, event: dict, meta: Meta) -> None:
         """`retake`'s join of a member back into a room: as announce, without waiting for writes

@@ -6,10 +6,12 @@ import threading
 import time
 
 import pytest
+import redis
 
-from tests.faults.harness import LEASE, FaultyRedis
+from chatserver.engines.redis_scripts import room_key
+from tests.faults.harness import LEASE, LEASE_ARGS, FaultyRedis, Proxy
 from tests.faults.invariants import check
-from tests.helpers import Peer
+from tests.helpers import Peer, events_until, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -73,6 +75,64 @@ def test_a_leave_during_a_retake_is_not_undone_by_it(rig):
         for client in leavers:
             assert client.request(type="leave", room="lobby").get("type") == "left"
     check(rig, ["lobby"])
+
+
+def test_a_leave_and_a_join_again_during_a_retake_end_with_the_member_in_the_room(redis_server, make_server, spawn,
+                                                                                  peers):
+    """Process A's link to Redis is cut past its lease, so B reaps A (bob sees ann leave lobby).
+    Once the link is back, A's registry takes its clients back (held inside `retake` by the
+    test), and meanwhile ann leaves lobby and joins it again: `joined`, or `unavailable` and then
+    `joined` once the retake is over. Afterwards ann is in lobby on both processes' `who` and in
+    Redis's members, and bob saw her leave, then join, and nothing more."""
+    proxy, a = Proxy(redis_server.port), None
+    try:
+        a = make_server(redis=proxy.url, redis_lease=LEASE)
+        b = spawn("--redis", redis_server.url, *LEASE_ARGS)
+        ann, bob = peers(a.url, timeout=30), peers(b.url, timeout=30)
+        ann.set_nick("ann")
+        ann.join("lobby")
+        bob.set_nick("bob")
+        assert sorted(bob.join("lobby")["members"]) == ["ann", "bob"]
+        inside, go, done = threading.Event(), threading.Event(), threading.Event()
+        retake = a.registry.retake
+
+        def held_retake():  # the first retake waits for `go`; `done` once one is over
+            if not inside.is_set():
+                inside.set()
+                assert go.wait(30)
+            retake()
+            done.set()
+
+        a.registry.retake = held_retake
+        proxy.blackhole()
+        seen = events_until(bob, lambda e: e["type"] == "presence" and e["nick"] == "ann")
+        assert seen[-1]["event"] == "leave", seen  # A reaped
+        proxy.heal()
+        try:
+            assert inside.wait(30), "A never took its clients back"
+            wait_for(lambda: a.engine._pubsub is not None, timeout=30)  # its listener is back: a join subscribes
+            assert ann.ask(type="leave", room="lobby")["type"] == "left"
+            again = ann.ask(type="join", room="lobby")
+        finally:
+            go.set()
+        # the retake is over and what waited for it (ann's leave) is written
+        wait_for(lambda: done.is_set() and not a.engine._deferred, timeout=30)
+        if again["type"] == "error":  # refused while her leave waited: joined once it is written
+            assert again["code"] == "unavailable", again
+            again = ann.ask(type="join", room="lobby")
+        assert again["type"] == "joined" and sorted(again["members"]) == ["ann", "bob"], again
+        for server in (a, b):
+            who = peers(server.url, timeout=30).ask(type="who", room="lobby")
+            assert sorted(who["members"]) == ["ann", "bob"], (server.url, who)
+        with redis.Redis(port=redis_server.port) as store:
+            assert sorted(store.zrange(room_key("lobby", "members"), 0, -1)) == [b"ann", b"bob"]
+        bob.send(type="chat", room="lobby", text="all here?")  # once bob has its copy, he had what came before
+        seen += events_until(bob, lambda e: e["type"] == "chat" and e["text"] == "all here?")
+        assert [e["event"] for e in seen if e["type"] == "presence" and e["nick"] == "ann"] == ["leave", "join"], seen
+    finally:
+        if a is not None:
+            a.shutdown(timeout=0.5)  # before its link to Redis goes
+        proxy.close()
 
 
 def test_a_dm_kept_while_its_holder_connects_elsewhere_reaches_it(rig):
