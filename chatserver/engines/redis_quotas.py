@@ -13,7 +13,8 @@ age, a room quiet for longer is forgotten, and an active room loses the chats ol
 process is never forgotten (FORGET checks, atomically with the deletion).
 
 Forgetting deletes the room's history and membership keys (`seq`, `hist`, `cur`, `log`, `idem`,
-`members`, `owners`, `joins`); its topic, bans and mutes are rules and stay (bans and mutes
+`members`, `owners`, `joins`, `ver`) and, on a Redis Cluster, its field of ROOM_VERSIONS (the
+version of its count in `rooms`); its topic, bans and mutes are rules and stay (bans and mutes
 expire). Its seqs are never given out again: FORGET raises the seq floor of the room's hash
 slot to its seq in the same call (redis_scripts.floor_key), and a room with no counter starts
 above its slot's floor (PUBLISH, ANNOUNCE).
@@ -29,7 +30,7 @@ import time
 
 import orjson
 
-from chatserver.engines.redis_scripts import floor_key, room_key
+from chatserver.engines.redis_scripts import ROOM_VERSIONS, floor_key, room_key
 
 log = logging.getLogger("roomchat.redis")
 
@@ -114,6 +115,8 @@ class RedisQuotas:
                     kept.append(room)
             if len(gone) >= most or len(rooms) < FORGET_CHUNK:
                 break
+        if gone:  # their count's versions (a Redis Cluster's; none on one Redis): the room's own went with it
+            redis.hdel(ROOM_VERSIONS, *gone)
         return gone
 
     def _forget(self, scripts: dict, room: str, seq: bytes | None) -> bool:

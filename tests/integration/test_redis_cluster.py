@@ -131,6 +131,31 @@ def test_a_beat_puts_room_counts_and_its_membership_index_right(redis_cluster, p
         store.close()
 
 
+def test_a_room_forgotten_by_the_quota_leaves_no_key_and_no_count_version(redis_cluster, processes, peers):
+    """With --history-max-rooms 1 on a Redis Cluster, the quieter of two rooms nobody is in loses
+    every key but its topic (a rule), and its field in ROOM_VERSIONS (the version of its count,
+    kept beside `rooms` in another slot), so forgotten rooms leave nothing behind that grows."""
+    a, _b, _c = processes("--redis-lease", "1", "--history-max-rooms", "1", "--token-secret", SECRET)
+    talker = peers(with_token(a.url, token("ann", op=True)))
+    talker.join("old")
+    assert talker.request(type="topic", room="old", topic="kept")["type"] == "topic"
+    talker.chat_all("old", ["a", "b"])
+    talker.request(type="leave", room="old")
+    talker.join("new")
+    talker.chat_all("new", ["x"])
+    store = redis.RedisCluster.from_url(redis_cluster.urls[0])
+    try:
+        def old_keys() -> set:
+            return {k.decode() for k in store.keys("roomchat:{old}:*", target_nodes=redis.RedisCluster.PRIMARIES)}
+
+        wait_for(lambda: old_keys() == {"roomchat:{old}:topic"} and not store.hexists(ROOM_VERSIONS, "old"),
+                 timeout=15)
+        assert store.hexists(ROOM_VERSIONS, "new")  # someone is in it: counted, kept
+        assert ask(talker, "rooms", type="rooms")["rooms"] == [{"room": "new", "members": 1}]
+    finally:
+        store.close()
+
+
 def test_a_client_resumes_on_a_process_of_another_node(processes, peers):
     """ann on the first node's process resumes on the third's: same nick and rooms, no presence
     for the watcher on the second, the old connection closed with 4002."""

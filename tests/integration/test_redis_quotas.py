@@ -4,7 +4,7 @@ what clients see at Redis's maxmemory: real redis-server, real processes."""
 import pytest
 import redis
 
-from tests.helpers import wait_for
+from tests.helpers import SECRET, token, wait_for, with_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,16 +28,17 @@ def test_quiet_rooms_past_the_room_quota_are_forgotten_and_their_seqs_go_on(redi
     rules (its edited chats' states too); a room with a member is kept; the forgotten room's next
     chat takes a seq above its old ones, and a client resuming it after its last seq gets nothing
     twice."""
-    server = spawn("--redis", redis_server.url, *FAST_BEAT, "--history-max-rooms", "1")
-    talker = peers(server.url)
+    server = spawn("--redis", redis_server.url, *FAST_BEAT, "--history-max-rooms", "1", "--token-secret", SECRET)
+    talker = peers(with_token(server.url, token("ann", op=True)))  # an operator: the topic is a rule
     talker.join("old")
-    talker.send(type="topic", room="old", topic="kept")
+    assert talker.request(type="topic", room="old", topic="kept")["type"] == "topic"
     assert [e["seq"] for e in talker.chat_all("old", ["a", "b", "c"])] == [1, 2, 3]
     assert talker.request(type="edit", room="old", seq=1, text="a!")["seq"] == 4  # its state in `cur`
     talker.request(type="leave", room="old")
     talker.join("new")
     talker.chat_all("new", ["x"])
     wait_for(lambda: not room_keys(store, "old"), timeout=15)
+    assert store.get("roomchat:{old}:topic") == b"kept"  # a rule: stays
     assert store.xlen("roomchat:{new}:hist") == 1  # someone is in it: kept
     other = peers(server.url)
     assert other.join("old", after=4)["history"] == []
