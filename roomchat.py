@@ -70,7 +70,10 @@ def serve(argv) -> int:
     print(f"history in {server.engine.location}", flush=True)
     server.start()
     print(f"roomchat listening on {server.url}", flush=True)
-    print(f"open {server.url.replace('ws', 'http', 1)} in your browser", flush=True)
+    here, there = server.page_urls()
+    print(f"open {here} in your browser", flush=True)
+    if there is not None:
+        print(f"from other machines: {there}", flush=True)
     log = logging.getLogger("roomchat")
     log.info("answering Host names: %s", server.transport.policy.check_host.describe())
     # A signal that lands on another thread only sets a flag; the main thread runs the handler

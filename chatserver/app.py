@@ -55,6 +55,7 @@ last committed seq of a room (read where a moderation event is kept for transcri
 """
 
 import logging
+import socket
 import threading
 from urllib.parse import parse_qs, urlsplit
 
@@ -143,6 +144,24 @@ class ChatServer:
     def url(self) -> str:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         return f"{'wss' if self.config.certfile else 'ws'}://{host}:{self.port}/"
+
+    def page_urls(self) -> tuple[str, str | None]:
+        """(the chat page's URL on this machine, its URL from other machines or None). Bound to
+        every interface (0.0.0.0, ::): the first is on 127.0.0.1, the second on this machine's
+        address on its default route (the source address a UDP socket connected towards
+        192.0.2.1, RFC 5737's TEST-NET-1, would use: no packet is sent), None without a route.
+        Bound to one address: that address, and None."""
+        scheme = "https" if self.config.certfile else "http"
+        if self.config.host not in exposure.WILDCARD_BINDS:
+            return self.url.replace("ws", "http", 1), None
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect(("192.0.2.1", 9))
+                address = probe.getsockname()[0]
+        except OSError:  # no IPv4 route
+            address = None
+        there = f"{scheme}://{address}:{self.port}/" if address and not address.startswith("127.") else None
+        return f"{scheme}://127.0.0.1:{self.port}/", there
 
     # -- transport callbacks ------------------------------------------------------------------------
 

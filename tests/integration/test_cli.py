@@ -38,6 +38,26 @@ def address(ws: websocket.WebSocket) -> str:
     return "{}:{}".format(*ws.sock.getsockname()[:2])
 
 
+def test_on_every_interface_it_prints_the_page_for_this_machine_and_for_others(spawn):
+    """With --host 0.0.0.0 the page's address to open here is 127.0.0.1 (not 0.0.0.0, which is no
+    address to browse to), and the next line gives the address other machines use (this machine's
+    on its default route), which serves the page."""
+    server = spawn("--host", "0.0.0.0", "--port", "0", "--db", ":memory:", defaults=())
+    port = server.port
+    assert server.lines[-1] == f"roomchat listening on ws://0.0.0.0:{port}/"
+    assert server.proc.stdout.readline() == f"open http://127.0.0.1:{port}/ in your browser\n"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            pytest.skip("this machine has no IPv4 route: no address for other machines to print")
+    line = server.proc.stdout.readline()
+    match = re.fullmatch(rf"from other machines: http://([0-9.]+):{port}/\n", line)
+    assert match and not match.group(1).startswith("127."), line
+    with urllib.request.urlopen(f"http://{match.group(1)}:{port}/", timeout=30) as page:
+        assert page.status == 200 and b"<html" in page.read().lower()
+
+
 def test_prints_where_it_listens_and_two_clients_chat_through_it(spawn, sockets):
     """With --port 0 --db :memory: it prints its ws:// and http:// addresses, and two websocket-client
     sessions chat through it as in docs/how-it-works.md: nick, join, chat, the other gets it with seq 1."""
