@@ -54,6 +54,7 @@ tick), the Flusher's fd table, the engines' `health()` reasons; a client's `boun
 last committed seq of a room (read where a moderation event is kept for transcripts).
 """
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -82,6 +83,19 @@ from chatserver.wire.handshake import SECURITY_HEADERS, TEXT
 from chatserver.wire.proxies import TrustedProxies
 
 log = logging.getLogger("roomchat")
+
+
+def routed_address(family: int, towards: str) -> str | None:
+    """This machine's source address towards `towards` (an IP of `family`), as the routing table
+    picks it: connecting a UDP socket sends nothing. None without a route, or for a loopback or
+    link-local address (no use to another machine)."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((towards, 9))
+            found = ipaddress.ip_address(probe.getsockname()[0].split("%")[0])
+    except OSError:
+        return None
+    return None if found.is_loopback or found.is_link_local else str(found)
 
 
 class ChatServer:
@@ -146,22 +160,24 @@ class ChatServer:
         return f"{'wss' if self.config.certfile else 'ws'}://{host}:{self.port}/"
 
     def page_urls(self) -> tuple[str, str | None]:
-        """(the chat page's URL on this machine, its URL from other machines or None). Bound to
-        every interface (0.0.0.0, ::): the first is on 127.0.0.1, the second on this machine's
-        address on its default route (the source address a UDP socket connected towards
-        192.0.2.1, RFC 5737's TEST-NET-1, would use: no packet is sent), None without a route.
-        Bound to one address: that address, and None."""
+        """(the chat page's URL on this machine, what to open from other machines). Bound to one
+        address: that address's URL, and None. Bound to every interface (0.0.0.0, ::): the URL on
+        127.0.0.1, and the URL on this machine's address on its default route (IPv4; with `::`,
+        else IPv6), or a hint where there is no route or the Host check (`--allowed-hosts`)
+        would refuse that address."""
         scheme = "https" if self.config.certfile else "http"
         if self.config.host not in exposure.WILDCARD_BINDS:
             return self.url.replace("ws", "http", 1), None
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                probe.connect(("192.0.2.1", 9))
-                address = probe.getsockname()[0]
-        except OSError:  # no IPv4 route
-            address = None
-        there = f"{scheme}://{address}:{self.port}/" if address and not address.startswith("127.") else None
-        return f"{scheme}://127.0.0.1:{self.port}/", there
+        here = f"{scheme}://127.0.0.1:{self.port}/"
+        address = routed_address(socket.AF_INET, "192.0.2.1")  # RFC 5737's TEST-NET-1
+        if address is None and self.config.host == "::":
+            address = routed_address(socket.AF_INET6, "2001:db8::1")  # RFC 3849's documentation prefix
+        if address is None:
+            return here, f"{scheme}://<this machine's address>:{self.port}/ (`hostname -I` lists them)"
+        name = f"[{address}]" if ":" in address else address
+        if not self.transport.policy.check_host.answers(name, self.port):
+            return here, f"{scheme}://{name}:{self.port}/ once --allowed-hosts lists {name}"
+        return here, f"{scheme}://{name}:{self.port}/"
 
     # -- transport callbacks ------------------------------------------------------------------------
 

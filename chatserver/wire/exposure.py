@@ -124,6 +124,11 @@ class HostCheck:
         names = sorted(self.names) + sorted(f"{name}:{port}" for name, port in self.pinned)
         return ", ".join(names) + (", any IP address" if self.any_ip else "")
 
+    def answers(self, name: str, port: int | None) -> bool:
+        """True if a request whose Host is `name` (as split_host gives it) with `port` passes."""
+        return (self.any_host or name in self.names or (name, port) in self.pinned
+                or (self.any_ip and is_ip_literal(name)))
+
     def __call__(self, request: Request) -> None:
         """Raises HandshakeError(400) for a missing (RFC 9112 section 3.2), malformed or unknown Host."""
         value = request.headers.get("host")
@@ -135,7 +140,7 @@ class HostCheck:
             name, port = split_host(value)
         except ValueError:
             raise HandshakeError(400, "malformed Host header") from None
-        if self.any_host or name in self.names or (name, port) in self.pinned or (self.any_ip and is_ip_literal(name)):
+        if self.answers(name, port):
             return
         if self._logged.first(name):
             log.warning("refused Host %r (400); to allow it: --allowed-hosts %s", value[:100], name)

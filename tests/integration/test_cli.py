@@ -7,6 +7,7 @@ import socket
 import struct
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from dataclasses import fields
 
@@ -38,24 +39,42 @@ def address(ws: websocket.WebSocket) -> str:
     return "{}:{}".format(*ws.sock.getsockname()[:2])
 
 
+def other_machines_line(server) -> str:
+    """The page's address for other machines a server bound to every interface printed, after
+    its `open ... in your browser` line for this machine (127.0.0.1, not the wildcard address);
+    skips on a machine with no route (then it prints a hint, not an address)."""
+    assert server.proc.stdout.readline() == f"open http://127.0.0.1:{server.port}/ in your browser\n"
+    line = server.proc.stdout.readline()
+    if "<this machine's address>" in line:
+        pytest.skip("this machine has no route: no address for other machines to print")
+    return line
+
+
 def test_on_every_interface_it_prints_the_page_for_this_machine_and_for_others(spawn):
-    """With --host 0.0.0.0 the page's address to open here is 127.0.0.1 (not 0.0.0.0, which is no
-    address to browse to), and the next line gives the address other machines use (this machine's
-    on its default route), which serves the page."""
+    """With --host 0.0.0.0 the page's address to open here is 127.0.0.1, and the next line gives
+    the address other machines use (this machine's on its default route), which serves the page."""
     server = spawn("--host", "0.0.0.0", "--port", "0", "--db", ":memory:", defaults=())
     port = server.port
     assert server.lines[-1] == f"roomchat listening on ws://0.0.0.0:{port}/"
-    assert server.proc.stdout.readline() == f"open http://127.0.0.1:{port}/ in your browser\n"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))
-        except OSError:
-            pytest.skip("this machine has no IPv4 route: no address for other machines to print")
-    line = server.proc.stdout.readline()
+    line = other_machines_line(server)
     match = re.fullmatch(rf"from other machines: http://([0-9.]+):{port}/\n", line)
     assert match and not match.group(1).startswith("127."), line
     with urllib.request.urlopen(f"http://{match.group(1)}:{port}/", timeout=30) as page:
         assert page.status == 200 and b"<html" in page.read().lower()
+
+
+def test_an_address_the_host_check_would_refuse_is_printed_with_the_option_it_needs(spawn):
+    """With --allowed-hosts naming only a host name, this machine's address would get 400: the
+    line says so and names the option, and the address is indeed refused until it is listed."""
+    server = spawn("--host", "0.0.0.0", "--port", "0", "--db", ":memory:", "--allowed-hosts", "chat.example.com",
+                   defaults=())
+    line = other_machines_line(server)
+    match = re.fullmatch(rf"from other machines: http://([0-9.]+):{server.port}/ once --allowed-hosts lists \1\n",
+                         line)
+    assert match, line
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://{match.group(1)}:{server.port}/", timeout=30)
+    assert refused.value.code == 400
 
 
 def test_prints_where_it_listens_and_two_clients_chat_through_it(spawn, sockets):

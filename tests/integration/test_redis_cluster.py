@@ -141,10 +141,11 @@ def test_a_room_forgotten_by_the_quota_leaves_no_key_and_no_count_version(redis_
     assert talker.request(type="topic", room="old", topic="kept")["type"] == "topic"
     talker.chat_all("old", ["a", "b"])
     talker.request(type="leave", room="old")
-    talker.join("new")
-    talker.chat_all("new", ["x"])
     store = redis.RedisCluster.from_url(redis_cluster.urls[0])
     try:
+        assert store.hexists(ROOM_VERSIONS, "old")  # counted (one room with history: under the quota)
+        talker.join("new")
+        talker.chat_all("new", ["x"])
         def old_keys() -> set:
             return {k.decode() for k in store.keys("roomchat:{old}:*", target_nodes=redis.RedisCluster.PRIMARIES)}
 
