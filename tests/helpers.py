@@ -203,6 +203,13 @@ def server_with_chats(make_server, connect, texts: list[str], room: str = "lobby
     return busy
 
 
+def as_run_here(command: str) -> str:
+    """A documented command with the docs' `.venv/bin/python` (the venv `make run` makes) as the
+    venv running these tests, which is another one under `make test PYTHON=python3.13`
+    (.venv-3.13); the same command otherwise."""
+    return command.replace(".venv/bin/python", f"{sys.prefix}/bin/python")
+
+
 def roomchat_env(**variables: str) -> dict:
     """This process's environment without any ROOMCHAT_* setting, plus `variables`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}

@@ -6,6 +6,7 @@ test_deploy_recipe.py."""
 import re
 import shlex
 import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -137,9 +138,10 @@ def test_nginx_timeouts_outlast_roomchat_pings():
 
 
 def unit_for_here(tmp_path):
-    """docs/roomchat.service with /opt/roomchat pointing at this checkout (its .venv included)."""
+    """docs/roomchat.service with /opt/roomchat pointing at this checkout, its .venv at the venv
+    running these tests."""
     unit = tmp_path / "roomchat.service"
-    unit.write_text(UNIT.read_text().replace("/opt/roomchat", str(ROOT)))
+    unit.write_text(UNIT.read_text().replace("/opt/roomchat/.venv", sys.prefix).replace("/opt/roomchat", str(ROOT)))
     return unit
 
 

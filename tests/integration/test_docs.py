@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import ROOT, Peer, PortTaken, ServerProcess, held_port, on_free_port, roomchat_env
+from tests.helpers import ROOT, Peer, PortTaken, ServerProcess, as_run_here, held_port, on_free_port, roomchat_env
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -158,8 +158,8 @@ def test_identity_page_commands_make_tokens_a_require_token_server_takes(tmp_pat
     env = roomchat_env(HOME=str(tmp_path))
 
     def bash(line: str, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
-                              **kwargs)
+        return subprocess.run(["bash", "-c", as_run_here(line)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=30, **kwargs)
 
     assert bash(lines[0]).returncode == 0
     secret = tmp_path / ".roomchat-secret"
@@ -185,7 +185,8 @@ def test_readme_terminal_client_pipe_line_posts_to_the_server_it_names(tmp_path)
     server = ServerProcess("--db", str(tmp_path / "r.db"))
     try:
         env = roomchat_env(ROOMCHAT_PORT=str(server.port))
-        done = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["bash", "-c", as_run_here(line)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=30)
         assert done.returncode == 0, done
         reader = Peer(server.url)
         assert [event["text"] for event in reader.join("ci")["history"]] == ["build is green"]

@@ -17,6 +17,7 @@ from tests.helpers import (
     FAST_LIMITS,
     ROOT,
     SECRET,
+    as_run_here,
     curl_server,
     seated,
     token,
@@ -270,7 +271,8 @@ def test_the_curl_examples_run_as_written(page, after, tmp_path, connect):
         member = connect(server.url)
         member.join("ci")
         script = "set -e\n" + "\n".join(sh_lines(page, after)).replace("127.0.0.1:8765", f"127.0.0.1:{server.port}")
-        done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(["bash", "-c", as_run_here(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
         assert done.returncode == 0, done
         posted = json.loads(done.stdout.splitlines()[0])
         assert (posted["from"], posted["text"], posted["room"]) == ("ci-bot", "build 123 is green", "ci")

@@ -6,7 +6,7 @@ import json
 import re
 import subprocess
 
-from tests.helpers import ROOT, curl_server
+from tests.helpers import ROOT, as_run_here, curl_server
 
 README = (ROOT / "README.md").read_text("utf-8")
 
@@ -22,7 +22,8 @@ def test_the_team_day_runs_as_the_readme_says(tmp_path):
     server, env = curl_server(tmp_path, "team.db")
     try:
         script = "set -e\n" + team_day_script().replace("127.0.0.1:8765", f"127.0.0.1:{server.port}")
-        done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+        done = subprocess.run(["bash", "-c", as_run_here(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=90)
     finally:
         assert server.stop() == 0
     assert done.returncode == 0, done
