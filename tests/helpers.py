@@ -150,9 +150,10 @@ class Peer:
         return self.recv()
 
     def ask(self, **msg) -> dict:
-        """Send with an id of its own and return the answer carrying it (room events before it skipped)."""
-        msg_id = f"ask{next(_ASKED)}"
-        self.send(id=msg_id, **msg)
+        """Send with an id (`id` if given, else one of its own) and return the answer carrying it
+        (others' events before it skipped)."""
+        msg_id = msg.setdefault("id", f"ask{next(_ASKED)}")
+        self.send(**msg)
         while (event := self.recv()).get("id") != msg_id:
             pass
         return event

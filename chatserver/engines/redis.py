@@ -1491,12 +1491,17 @@ class RedisEngine(RedisPersonal):
 
     def _run_quotas(self) -> None:
         """Heartbeat: the history quotas (one process a beat); the rooms forgotten are dropped
-        here too. Raises REDIS_ERRORS."""
+        here too, and on a Redis Cluster their count versions (ROOM_VERSIONS, in another slot
+        than the room: one call for the pass; should it fail, or a leave's count under way as a
+        room was forgotten land after it, that room's field stays, a few bytes). Raises
+        REDIS_ERRORS."""
         with self._lock:
             lease = self._lease
         forgotten = self._quotas.run(self._redis, self._scripts, lease, int(self._beat_every * 1000), self._used_memory)
         if forgotten:
             self._hub.forget(forgotten)
+            if self.sharded:
+                self._redis.hdel(ROOM_VERSIONS, *forgotten)
 
     def _beat(self) -> None:
         """Renew the lease and the nick claims; a lost lease is taken anew and the registry takes

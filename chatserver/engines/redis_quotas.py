@@ -13,9 +13,8 @@ age, a room quiet for longer is forgotten, and an active room loses the chats ol
 process is never forgotten (FORGET checks, atomically with the deletion).
 
 Forgetting deletes the room's history and membership keys (`seq`, `hist`, `cur`, `log`, `idem`,
-`members`, `owners`, `joins`, `ver`) and, on a Redis Cluster, right after, its field of
-ROOM_VERSIONS (the version of its count in `rooms`; a count written late, by a leave's call
-under way as the room was forgotten, can write one again); its topic, bans and mutes are rules and stay (bans and mutes
+`members`, `owners`, `joins`, `ver`; on a Redis Cluster the engine then drops the rooms'
+fields of ROOM_VERSIONS); its topic, bans and mutes are rules and stay (bans and mutes
 expire). Its seqs are never given out again: FORGET raises the seq floor of the room's hash
 slot to its seq in the same call (redis_scripts.floor_key), and a room with no counter starts
 above its slot's floor (PUBLISH, ANNOUNCE).
@@ -31,7 +30,7 @@ import time
 
 import orjson
 
-from chatserver.engines.redis_scripts import ROOM_VERSIONS, floor_key, room_key
+from chatserver.engines.redis_scripts import floor_key, room_key
 
 log = logging.getLogger("roomchat.redis")
 
@@ -110,8 +109,7 @@ class RedisQuotas:
             for room, members, seq in zip(rooms, found[::2], found[1::2], strict=True):
                 # (members are checked again by FORGET, atomically; this spares the floor live rooms' seqs)
                 if len(gone) < most and not members and self._forget(scripts, room, seq):
-                    redis.hdel(ROOM_VERSIONS, room)  # its count's version (a Redis Cluster's), before:
-                    redis.zrem(INDEX, room)  # a failure here leaves it listed, for the next pass
+                    redis.zrem(INDEX, room)
                     gone.append(room)
                 elif kept is not None:
                     kept.append(room)

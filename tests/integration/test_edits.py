@@ -2,7 +2,6 @@
 delete and react"); Redis has its own in test_redis_edits.py."""
 
 import contextlib
-import itertools
 import sqlite3
 
 import pytest
@@ -25,19 +24,8 @@ def seated(server, peers, *nicks):
     return members_in([server.url] * len(nicks), peers, list(nicks))
 
 
-_IDS = itertools.count(1)
 
 
-def ask(peer, **msg) -> dict:
-    """Send a request with a fresh id; its answer (the next event carrying that id), skipping
-    others' events in between."""
-    msg_id = msg.setdefault("id", f"t{next(_IDS)}")
-    peer.send(**msg)
-    for _ in range(100):
-        event = peer.recv()
-        if event.get("id") == msg_id:
-            return event
-    raise AssertionError(f"no answer to {msg}")
 
 
 def without_id(event: dict) -> dict:
@@ -62,13 +50,13 @@ def test_edit_reaches_every_member_with_its_own_seq(start, peers):
     member gets the same event, and the next chat takes the seq after it."""
     server = start()
     ann, bob = seated(server, peers, "ann", "bob")
-    chat = ask(ann, type="chat", room="lobby", text="helo")
+    chat = ann.ask(type="chat", room="lobby", text="helo")
     bob.recv_type("chat")
-    edit = ask(ann, type="edit", room="lobby", seq=chat["seq"], text="hello", id=7)
+    edit = ann.ask(type="edit", room="lobby", seq=chat["seq"], text="hello", id=7)
     assert edit == {"type": "edit", "room": "lobby", "seq": chat["seq"] + 1, "target": chat["seq"], "from": "ann",
                     "text": "hello", "ts": edit["ts"], "id": 7}
     assert bob.recv() == without_id(edit)
-    assert ask(ann, type="chat", room="lobby", text="next")["seq"] == chat["seq"] + 2
+    assert ann.ask(type="chat", room="lobby", text="next")["seq"] == chat["seq"] + 2
 
 
 def test_history_and_resume_give_chats_in_their_current_state(start, peers):
@@ -76,13 +64,13 @@ def test_history_and_resume_give_chats_in_their_current_state(start, peers):
     reactions, deleted without text); replaying them ends where the live events did."""
     server = start()
     ann, bob = seated(server, peers, "ann", "bob")
-    first, second = (without_id(ask(ann, type="chat", room="lobby", text=t)) for t in ("one", "two"))
+    first, second = (without_id(ann.ask(type="chat", room="lobby", text=t)) for t in ("one", "two"))
     live = [first, second]
-    live.append(ask(ann, type="edit", room="lobby", seq=first["seq"], text="one!"))
-    live.append(ask(bob, type="react", room="lobby", seq=first["seq"], emoji="👍"))
-    live.append(ask(ann, type="edit", room="lobby", seq=second["seq"], text="two, secret"))
-    live.append(ask(ann, type="delete", room="lobby", seq=second["seq"]))
-    messages = ask(bob, type="history", room="lobby")["messages"]
+    live.append(ann.ask(type="edit", room="lobby", seq=first["seq"], text="one!"))
+    live.append(bob.ask(type="react", room="lobby", seq=first["seq"], emoji="👍"))
+    live.append(ann.ask(type="edit", room="lobby", seq=second["seq"], text="two, secret"))
+    live.append(ann.ask(type="delete", room="lobby", seq=second["seq"]))
+    messages = bob.ask(type="history", room="lobby")["messages"]
     assert [m["seq"] for m in messages] == list(range(1, 7))
     assert messages[0] == {**first, "text": "one!", "edited": live[2]["ts"], "reactions": {"👍": ["bob"]}}
     assert messages[1] == {"type": "chat", "room": "lobby", "from": "ann", "seq": 2, "ts": second["ts"],
@@ -98,14 +86,14 @@ def test_react_toggles_and_lists_nicks_per_emoji(start, peers):
     """react toggles: `on` says whether the nick reacts after it; history lists the nicks per emoji."""
     server = start()
     ann, bob = seated(server, peers, "ann", "bob")
-    seq = ask(ann, type="chat", room="lobby", text="lunch?")["seq"]
+    seq = ann.ask(type="chat", room="lobby", text="lunch?")["seq"]
     bob.recv_type("chat")
-    assert ask(bob, type="react", room="lobby", seq=seq, emoji="👍🏽")["on"] is True
+    assert bob.ask(type="react", room="lobby", seq=seq, emoji="👍🏽")["on"] is True
     assert ann.recv_type("react")["on"] is True
-    assert ask(ann, type="react", room="lobby", seq=seq, emoji="👍🏽")["on"] is True
-    assert ask(bob, type="react", room="lobby", seq=seq, emoji="🍕")["on"] is True
-    assert ask(bob, type="react", room="lobby", seq=seq, emoji="👍🏽")["on"] is False
-    chat = ask(ann, type="history", room="lobby", after=seq - 1, limit=1)["messages"][0]
+    assert ann.ask(type="react", room="lobby", seq=seq, emoji="👍🏽")["on"] is True
+    assert bob.ask(type="react", room="lobby", seq=seq, emoji="🍕")["on"] is True
+    assert bob.ask(type="react", room="lobby", seq=seq, emoji="👍🏽")["on"] is False
+    chat = ann.ask(type="history", room="lobby", after=seq - 1, limit=1)["messages"][0]
     assert chat["reactions"] == {"👍🏽": ["ann"], "🍕": ["bob"]}
 
 
@@ -114,25 +102,25 @@ def test_refusals(start, peers):
     bad_message; a 21st emoji: too_many_reactions; outside the room: not_in_room. Nothing is stored."""
     server = start()
     ann, bob = seated(server, peers, "ann", "bob")
-    seq = ask(ann, type="chat", room="lobby", text="mine")["seq"]
+    seq = ann.ask(type="chat", room="lobby", text="mine")["seq"]
     bob.recv_type("chat")
-    assert ask(bob, type="edit", room="lobby", seq=seq, text="yours")["code"] == "forbidden"
-    assert ask(bob, type="delete", room="lobby", seq=seq)["code"] == "forbidden"
-    assert ask(bob, type="react", room="lobby", seq=seq + 5, emoji="👍")["code"] == "no_such_message"
+    assert bob.ask(type="edit", room="lobby", seq=seq, text="yours")["code"] == "forbidden"
+    assert bob.ask(type="delete", room="lobby", seq=seq)["code"] == "forbidden"
+    assert bob.ask(type="react", room="lobby", seq=seq + 5, emoji="👍")["code"] == "no_such_message"
     for emoji in ("a", "👍👍", ":thumbsup:", ""):
-        assert ask(bob, type="react", room="lobby", seq=seq, emoji=emoji)["code"] == "bad_message", emoji
-    assert ask(bob, type="edit", room="lobby", seq=0, text="x")["code"] == "bad_message"
+        assert bob.ask(type="react", room="lobby", seq=seq, emoji=emoji)["code"] == "bad_message", emoji
+    assert bob.ask(type="edit", room="lobby", seq=0, text="x")["code"] == "bad_message"
     for emoji in EMOJI[:20]:
-        assert ask(bob, type="react", room="lobby", seq=seq, emoji=emoji)["type"] == "react"
-    assert ask(bob, type="react", room="lobby", seq=seq, emoji=EMOJI[20])["code"] == "too_many_reactions"
-    assert ask(ann, type="react", room="lobby", seq=seq, emoji=EMOJI[0])["on"] is True  # an emoji it has
-    react = ask(ann, type="react", room="lobby", seq=seq + 1, emoji="👍")  # seq + 1 is a react, no chat
+        assert bob.ask(type="react", room="lobby", seq=seq, emoji=emoji)["type"] == "react"
+    assert bob.ask(type="react", room="lobby", seq=seq, emoji=EMOJI[20])["code"] == "too_many_reactions"
+    assert ann.ask(type="react", room="lobby", seq=seq, emoji=EMOJI[0])["on"] is True  # an emoji it has
+    react = ann.ask(type="react", room="lobby", seq=seq + 1, emoji="👍")  # seq + 1 is a react, no chat
     assert react["code"] == "no_such_message"
     outsider = peers(server.url)
-    assert ask(outsider, type="delete", room="lobby", seq=seq)["code"] == "not_in_room"
-    assert ask(ann, type="delete", room="lobby", seq=seq)["type"] == "delete"
-    assert ask(ann, type="edit", room="lobby", seq=seq, text="again")["code"] == "no_such_message"
-    assert ask(bob, type="history", room="lobby")["messages"][-1]["type"] == "delete"
+    assert outsider.ask(type="delete", room="lobby", seq=seq)["code"] == "not_in_room"
+    assert ann.ask(type="delete", room="lobby", seq=seq)["type"] == "delete"
+    assert ann.ask(type="edit", room="lobby", seq=seq, text="again")["code"] == "no_such_message"
+    assert bob.ask(type="history", room="lobby")["messages"][-1]["type"] == "delete"
 
 
 def test_past_the_edit_window_only_an_operator_deletes(start, peers):
@@ -145,11 +133,11 @@ def test_past_the_edit_window_only_an_operator_deletes(start, peers):
     op = peers(with_token(server.url, token("op", op=True)))
     op.join("lobby")
     ann.recv_type("presence")
-    seq = ask(ann, type="chat", room="lobby", text="oops")["seq"]
+    seq = ann.ask(type="chat", room="lobby", text="oops")["seq"]
     op.recv_type("chat")
-    assert ask(ann, type="edit", room="lobby", seq=seq, text="fixed")["code"] == "too_late"
-    assert ask(ann, type="delete", room="lobby", seq=seq)["code"] == "too_late"
-    deleted = ask(op, type="delete", room="lobby", seq=seq, id="d")
+    assert ann.ask(type="edit", room="lobby", seq=seq, text="fixed")["code"] == "too_late"
+    assert ann.ask(type="delete", room="lobby", seq=seq)["code"] == "too_late"
+    deleted = op.ask(type="delete", room="lobby", seq=seq, id="d")
     assert (deleted["type"], deleted["from"], deleted["id"]) == ("delete", "op", "d")
     assert ann.recv_type("delete")["target"] == seq
 
@@ -164,16 +152,16 @@ def test_muted_members_may_only_delete_and_moderated_rooms_refuse_edits(start, p
     ann.set_nick("ann")
     ann.join("lobby")
     op.recv_type("presence")
-    first, second = (ask(ann, type="chat", room="lobby", text=t)["seq"] for t in ("a", "b"))
-    ask(op, type="mode", room="lobby", moderated=True)
+    first, second = (ann.ask(type="chat", room="lobby", text=t)["seq"] for t in ("a", "b"))
+    op.ask(type="mode", room="lobby", moderated=True)
     ann.recv_type("mode")
-    assert ask(ann, type="edit", room="lobby", seq=first, text="c")["code"] == "moderated"
-    assert ask(ann, type="react", room="lobby", seq=first, emoji="👍")["type"] == "react"
-    ask(op, type="mute", room="lobby", nick="ann", duration=600)
+    assert ann.ask(type="edit", room="lobby", seq=first, text="c")["code"] == "moderated"
+    assert ann.ask(type="react", room="lobby", seq=first, emoji="👍")["type"] == "react"
+    op.ask(type="mute", room="lobby", nick="ann", duration=600)
     ann.recv_type("mute")
-    assert ask(ann, type="edit", room="lobby", seq=first, text="c")["code"] == "forbidden"
-    assert ask(ann, type="react", room="lobby", seq=second, emoji="👍")["code"] == "forbidden"
-    assert ask(ann, type="delete", room="lobby", seq=second)["type"] == "delete"
+    assert ann.ask(type="edit", room="lobby", seq=first, text="c")["code"] == "forbidden"
+    assert ann.ask(type="react", room="lobby", seq=second, emoji="👍")["code"] == "forbidden"
+    assert ann.ask(type="delete", room="lobby", seq=second)["type"] == "delete"
 
 
 def test_sqlite_edits_and_deletes_survive_a_restart_and_deleted_text_leaves_the_file(make_server, peers, tmp_path):
@@ -183,16 +171,16 @@ def test_sqlite_edits_and_deletes_survive_a_restart_and_deleted_text_leaves_the_
     server = make_server(db=str(path), **FAST_LIMITS)
     ann = peers(server.url)
     ann.join("lobby")
-    kept, gone = (ask(ann, type="chat", room="lobby", text=t)["seq"] for t in ("keep me", "SECRET-original"))
+    kept, gone = (ann.ask(type="chat", room="lobby", text=t)["seq"] for t in ("keep me", "SECRET-original"))
     ann.close()
     server.shutdown(timeout=0.5)  # the chats are in the main file now (the WAL checkpointed at close)
     assert b"SECRET-original" in path.read_bytes()
     server = make_server(db=str(path), **FAST_LIMITS)
     ann = peers(server.url)
     ann.join("lobby")
-    ask(ann, type="edit", room="lobby", seq=kept, text="kept, edited")
-    ask(ann, type="edit", room="lobby", seq=gone, text="SECRET-edited")
-    ask(ann, type="delete", room="lobby", seq=gone)
+    ann.ask(type="edit", room="lobby", seq=kept, text="kept, edited")
+    ann.ask(type="edit", room="lobby", seq=gone, text="SECRET-edited")
+    ann.ask(type="delete", room="lobby", seq=gone)
     ann.close()
     server.shutdown(timeout=0.5)
     data = path.read_bytes()
@@ -206,7 +194,7 @@ def test_sqlite_edits_and_deletes_survive_a_restart_and_deleted_text_leaves_the_
     history = bob.join("lobby")["history"]
     assert history[0]["text"] == "kept, edited" and history[1]["deleted"] is True
     assert [e["seq"] for e in history] == [1, 2, 3, 4, 5]
-    assert ask(bob, type="chat", room="lobby", text="after")["seq"] == 6
+    assert bob.ask(type="chat", room="lobby", text="after")["seq"] == 6
 
 
 def test_the_per_room_history_counts_every_stored_event(start, peers):
@@ -214,8 +202,8 @@ def test_the_per_room_history_counts_every_stored_event(start, peers):
     then changing it is no_such_message."""
     server = start(history_per_room=3)
     ann, bob = seated(server, peers, "ann", "bob")
-    first, second = (ask(ann, type="chat", room="lobby", text=t)["seq"] for t in ("one", "two"))
-    ask(ann, type="edit", room="lobby", seq=second, text="two!")
-    ask(bob, type="react", room="lobby", seq=second, emoji="👍")
-    assert [e["seq"] for e in ask(bob, type="history", room="lobby")["messages"]] == [2, 3, 4]
-    assert ask(bob, type="react", room="lobby", seq=first, emoji="👍")["code"] == "no_such_message"
+    first, second = (ann.ask(type="chat", room="lobby", text=t)["seq"] for t in ("one", "two"))
+    ann.ask(type="edit", room="lobby", seq=second, text="two!")
+    bob.ask(type="react", room="lobby", seq=second, emoji="👍")
+    assert [e["seq"] for e in bob.ask(type="history", room="lobby")["messages"]] == [2, 3, 4]
+    assert bob.ask(type="react", room="lobby", seq=first, emoji="👍")["code"] == "no_such_message"

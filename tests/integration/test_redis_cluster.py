@@ -21,14 +21,6 @@ def ask(peer, kind: str, **msg) -> dict:
     return peer.recv_type(kind)
 
 
-def reply_to(peer, request_id) -> dict:
-    """The reply (or own copy) carrying `request_id`, room events before it skipped."""
-    while True:
-        event = peer.recv()
-        if event.get("id") == request_id:
-            return event
-
-
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory):
     """One 3-master Redis Cluster for this module's tests (emptied before each)."""
@@ -210,8 +202,7 @@ def test_a_killed_master_fails_over_to_its_replica(tmp_path, spawn, peers):
         service.kill_node(master)
         answers = []
         for i in range(300):  # a chat every 0.1 s until one goes through
-            sender.send(type="chat", room="lobby", text=f"during {i}", id=i)
-            reply = reply_to(sender, i)
+            reply = sender.ask(type="chat", room="lobby", text=f"during {i}", id=i)
             answers.append(reply["type"] if reply["type"] == "chat" else reply["code"])
             if reply["type"] == "chat":
                 break
@@ -247,8 +238,7 @@ def test_typing_marks_and_waiting_dms_on_a_redis_cluster(processes, peers):
     ann.close()
 
     def kept() -> dict | None:
-        bob.send(type="dm", to="ann", text="hi", id="k")
-        reply = reply_to(bob, "k")
+        reply = bob.ask(type="dm", to="ann", text="hi", id="k")
         return reply if reply.get("stored") else None
 
     copy = wait_for(kept, timeout=15)

@@ -3,7 +3,6 @@ md, jsonl and html, moderation events included in stream order, html escaped, `-
 and reacted-to chats as `history` gives them, the same from SQLite and Redis; the memory engine
 keeps the same transcript; `history` and `joined` still carry chats only."""
 
-import itertools
 import json
 import re
 import subprocess
@@ -148,15 +147,11 @@ def test_a_lesson_run_from_invite_links_then_exported(make_server, peers, tmp_pa
     assert kinds == ["topic", "mode", "mode", "chat", "mute", "kick"], kinds
 
 
-_IDS = itertools.count(1)
 
 
 def ask(peer, **msg) -> dict:
     """Send a request with a fresh id and return its answer, skipping others' events before it."""
-    msg_id = msg["id"] = f"x{next(_IDS)}"
-    peer.send(room="class", **msg)
-    while (event := peer.recv()).get("id") != msg_id:
-        pass
+    event = peer.ask(room="class", **msg)
     assert event["type"] != "error", event
     return event
 

@@ -8,10 +8,6 @@ from tests.helpers import SECRET, seated
 pytestmark = pytest.mark.timeout(30)
 
 
-def answer(peer, **msg) -> dict:
-    """Send a request with an id and return the event that answers it, skipping the room's traffic."""
-    peer.send(**msg, id="q")
-    return next(event for event in iter(peer.recv, None) if event.get("id") == "q")
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -81,10 +77,10 @@ def test_slow_mode_spaces_a_members_chats_and_spares_operators(room):
     assert stud1.request(type="chat", room="class", text="renamed")["code"] == "slow_mode"
     stud1.join("other")
     assert stud1.request(type="chat", room="other", text="elsewhere")["text"] == "elsewhere"
-    assert [answer(op, type="chat", room="class", text=t)["text"] for t in "ab"] == ["a", "b"]
-    assert answer(stud2, type="chat", room="class", text="mine")["type"] == "chat"  # its own interval
-    answer(op, type="mode", room="class", slow=0)
-    assert answer(stud1, type="chat", room="class", text="free")["text"] == "free"
+    assert [op.ask(type="chat", room="class", text=t)["text"] for t in "ab"] == ["a", "b"]
+    assert stud2.ask(type="chat", room="class", text="mine")["type"] == "chat"  # its own interval
+    op.ask(type="mode", room="class", slow=0)
+    assert stud1.ask(type="chat", room="class", text="free")["text"] == "free"
 
 
 @pytest.mark.parametrize("bad", [{}, {"moderated": "yes"}, {"slow": -1}, {"slow": 3601}, {"slow": 1.5},
@@ -137,7 +133,7 @@ def test_a_banned_member_that_renames_cannot_rejoin(room):
     stud1.set_nick("someone_else")
     refused = stud1.request(type="join", room="class")
     assert refused["code"] == "forbidden" and 1 <= refused["retry_after"] <= 60
-    answer(op, type="ban", room="class", nick="stud1", duration=0)  # lifted by the nick it was banned as
+    op.ask(type="ban", room="class", nick="stud1", duration=0)  # lifted by the nick it was banned as
     assert stud1.join("class")["room"] == "class"
 
 
