@@ -5,7 +5,7 @@ import pytest
 
 from chatserver.protocol import MAX_SEQ
 from tests.helpers import FAST_LIMITS
-from tests.integration.test_edits import ask, seated
+from tests.integration.test_edits import seated
 
 ENGINES = ["memory", "sqlite"]
 
@@ -22,11 +22,11 @@ def test_the_largest_seq_is_no_such_message(start, peers):
     on every engine, not a closed connection; past it is bad_message."""
     server = start()
     (ann,) = seated(server, peers, "ann")
-    ask(ann, type="chat", room="lobby", text="hi")
+    ann.ask(type="chat", room="lobby", text="hi")
     for request in ({"type": "edit", "text": "x"}, {"type": "delete"}, {"type": "react", "emoji": "👍"}):
-        assert ask(ann, room="lobby", seq=MAX_SEQ, **request)["code"] == "no_such_message", request
-        assert ask(ann, room="lobby", seq=MAX_SEQ + 1, **request)["code"] == "bad_message", request
-    assert ask(ann, type="edit", room="lobby", seq=1, text="still mine")["type"] == "edit"
+        assert ann.ask(room="lobby", seq=MAX_SEQ, **request)["code"] == "no_such_message", request
+        assert ann.ask(room="lobby", seq=MAX_SEQ + 1, **request)["code"] == "bad_message", request
+    assert ann.ask(type="edit", room="lobby", seq=1, text="still mine")["type"] == "edit"
 
 
 def test_spellings_of_one_emoji_are_one_reaction(start, peers):
@@ -36,18 +36,18 @@ def test_spellings_of_one_emoji_are_one_reaction(start, peers):
     is still bad_message."""
     server = start()
     ann, bob = seated(server, peers, "ann", "bob")
-    seq = ask(ann, type="chat", room="lobby", text="vote")["seq"]
+    seq = ann.ask(type="chat", room="lobby", text="vote")["seq"]
     bob.recv_type("chat")
     for bare, qualified in (("\u2764", "\u2764\ufe0f"), ("👍", "👍\ufe0f"), ("#\u20e3", "#\ufe0f\u20e3")):
         canonical = qualified if bare != "👍" else bare  # the fully-qualified form
-        first = ask(ann, type="react", room="lobby", seq=seq, emoji=bare)
-        second = ask(ann, type="react", room="lobby", seq=seq, emoji=qualified)
+        first = ann.ask(type="react", room="lobby", seq=seq, emoji=bare)
+        second = ann.ask(type="react", room="lobby", seq=seq, emoji=qualified)
         assert (first["emoji"], first["on"], second["emoji"], second["on"]) == (canonical, True, canonical, False)
-        assert ask(bob, type="react", room="lobby", seq=seq, emoji=qualified)["emoji"] == canonical
-    assert ask(ann, type="history", room="lobby")["messages"][0]["reactions"] == {
+        assert bob.ask(type="react", room="lobby", seq=seq, emoji=qualified)["emoji"] == canonical
+    assert ann.ask(type="history", room="lobby")["messages"][0]["reactions"] == {
         "\u2764\ufe0f": ["bob"], "👍": ["bob"], "#\ufe0f\u20e3": ["bob"]}
     for bad in ("a👍", "🇫", "👍\u0301", "\ufe0f", "👍\ufe0f\ufe0f👍"):
-        assert ask(bob, type="react", room="lobby", seq=seq, emoji=bad)["code"] == "bad_message", bad
+        assert bob.ask(type="react", room="lobby", seq=seq, emoji=bad)["code"] == "bad_message", bad
 
 
 def test_a_bug_while_storing_refuses_the_event_and_the_store_goes_on(make_server, peers, tmp_path, monkeypatch):
@@ -56,7 +56,7 @@ def test_a_bug_while_storing_refuses_the_event_and_the_store_goes_on(make_server
     writer thread lives on: the next chat is stored with the next seq."""
     server = make_server(db=str(tmp_path / "history.db"), **FAST_LIMITS)
     (ann,) = seated(server, peers, "ann")
-    seq = ask(ann, type="chat", room="lobby", text="hi")["seq"]
+    seq = ann.ask(type="chat", room="lobby", text="hi")["seq"]
     amend = server.engine._amend
 
     def broken(room, event):
@@ -65,7 +65,7 @@ def test_a_bug_while_storing_refuses_the_event_and_the_store_goes_on(make_server
         return amend(room, event)
 
     monkeypatch.setattr(server.engine, "_amend", broken)
-    assert ask(ann, type="edit", room="lobby", seq=seq, text="boom")["code"] == "unavailable"
-    assert ask(ann, type="chat", room="lobby", text="still stored")["seq"] == seq + 1
-    assert ask(ann, type="edit", room="lobby", seq=seq, text="fine")["seq"] == seq + 2
-    assert [m["seq"] for m in ask(ann, type="history", room="lobby")["messages"]] == [seq, seq + 1, seq + 2]
+    assert ann.ask(type="edit", room="lobby", seq=seq, text="boom")["code"] == "unavailable"
+    assert ann.ask(type="chat", room="lobby", text="still stored")["seq"] == seq + 1
+    assert ann.ask(type="edit", room="lobby", seq=seq, text="fine")["seq"] == seq + 2
+    assert [m["seq"] for m in ann.ask(type="history", room="lobby")["messages"]] == [seq, seq + 1, seq + 2]

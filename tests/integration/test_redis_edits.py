@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from tests.helpers import EMOJI, ROOMCHAT, members_in, roomchat_env, wait_for
-from tests.integration.test_edits import ask, play
+from tests.integration.test_edits import play
 from tests.services import RedisCluster
 
 pytestmark = pytest.mark.timeout(90)
@@ -32,12 +32,12 @@ def test_an_edit_on_one_process_reaches_members_on_the_other_and_is_replayed(clu
     give the chats in their current state; the deleted text is nowhere in Redis."""
     a, b = cluster(2)
     ann, bob, carol = members_in([a.url, b.url, b.url], peers, ["ann", "bob", "carol"])
-    first = ask(ann, type="chat", room="lobby", text="one")["seq"]
-    second = ask(ann, type="chat", room="lobby", text="SECRET-two")["seq"]
-    ask(ann, type="edit", room="lobby", seq=first, text="one, edited")
-    ask(ann, type="edit", room="lobby", seq=second, text="SECRET-edited")
-    ask(bob, type="react", room="lobby", seq=first, emoji="🎉")
-    ask(ann, type="delete", room="lobby", seq=second)
+    first = ann.ask(type="chat", room="lobby", text="one")["seq"]
+    second = ann.ask(type="chat", room="lobby", text="SECRET-two")["seq"]
+    ann.ask(type="edit", room="lobby", seq=first, text="one, edited")
+    ann.ask(type="edit", room="lobby", seq=second, text="SECRET-edited")
+    bob.ask(type="react", room="lobby", seq=first, emoji="🎉")
+    ann.ask(type="delete", room="lobby", seq=second)
     live = []
     while len(live) < 6:  # carol, on the other process, saw it all live
         event = carol.recv()
@@ -46,16 +46,16 @@ def test_an_edit_on_one_process_reaches_members_on_the_other_and_is_replayed(clu
     assert [e["seq"] for e in live] == list(range(first, first + 6))
     assert [e["type"] for e in live] == ["chat", "chat", "edit", "edit", "react", "delete"]
     for peer in (bob, ann):
-        messages = ask(peer, type="history", room="lobby")["messages"]
+        messages = peer.ask(type="history", room="lobby")["messages"]
         assert play(messages) == play(live)
         assert messages[0]["text"] == "one, edited" and messages[0]["reactions"] == {"🎉": ["bob"]}
         assert messages[1].get("deleted") is True and "text" not in messages[3]
-    page = ask(bob, type="history", room="lobby", before=first + 3, limit=2)["messages"]  # paging back over it
+    page = bob.ask(type="history", room="lobby", before=first + 3, limit=2)["messages"]  # paging back over it
     assert [(e["seq"], e.get("deleted", False)) for e in page] == [(first + 1, True), (first + 2, False)]
-    replay = ask(carol, type="join", room="lobby", after=first)["history"]  # a re-join: what came after `first`
+    replay = carol.ask(type="join", room="lobby", after=first)["history"]  # a re-join: what came after `first`
     assert [e["seq"] for e in replay] == list(range(first + 1, first + 6))
     assert b"SECRET" not in stored_text(redis_server.url)
-    assert ask(carol, type="chat", room="lobby", text="after")["seq"] == first + 6
+    assert carol.ask(type="chat", room="lobby", text="after")["seq"] == first + 6
 
 
 def test_an_edited_chat_past_the_rooms_window_is_gone_from_history_and_transcript(cluster, redis_server, peers):
@@ -64,14 +64,14 @@ def test_an_edited_chat_past_the_rooms_window_is_gone_from_history_and_transcrip
     transcript, though no edit came since to trim what Redis keeps of its state."""
     a, b = cluster(2, "--history-per-room", "5")
     ann, bob = members_in([a.url, b.url], peers, ["ann", "bob"])
-    old = ask(ann, type="chat", room="lobby", text="OLD-one")["seq"]
-    ask(ann, type="edit", room="lobby", seq=old, text="OLD-edited")
-    ask(bob, type="react", room="lobby", seq=old, emoji="🎉")
-    sent = [ask(ann, type="chat", room="lobby", text=f"new {i}")["seq"] for i in range(6)]
+    old = ann.ask(type="chat", room="lobby", text="OLD-one")["seq"]
+    ann.ask(type="edit", room="lobby", seq=old, text="OLD-edited")
+    bob.ask(type="react", room="lobby", seq=old, emoji="🎉")
+    sent = [ann.ask(type="chat", room="lobby", text=f"new {i}")["seq"] for i in range(6)]
     while bob.recv().get("seq") != sent[-1]:  # delivered on bob's process too: its history reaches it
         pass
     for peer in (ann, bob):
-        messages = ask(peer, type="history", room="lobby", limit=50)["messages"]
+        messages = peer.ask(type="history", room="lobby", limit=50)["messages"]
         assert old not in [m["seq"] for m in messages] and sent[-1] == messages[-1]["seq"]
         assert all("OLD" not in m.get("text", "") for m in messages)
     late = peers(b.url)
@@ -89,14 +89,14 @@ def test_a_chat_past_the_rooms_window_is_no_such_message_to_react_edit_and_delet
     edit came since to trim what Redis keeps of its state."""
     a, b = cluster(2, "--history-per-room", "5")
     ann, bob = members_in([a.url, b.url], peers, ["ann", "bob"])
-    old = ask(ann, type="chat", room="lobby", text="OLD-one")["seq"]
-    ask(bob, type="react", room="lobby", seq=old, emoji="🎉")
-    last = [ask(ann, type="chat", room="lobby", text=f"new {i}")["seq"] for i in range(6)][-1]
+    old = ann.ask(type="chat", room="lobby", text="OLD-one")["seq"]
+    bob.ask(type="react", room="lobby", seq=old, emoji="🎉")
+    last = [ann.ask(type="chat", room="lobby", text=f"new {i}")["seq"] for i in range(6)][-1]
     for peer, request in ((bob, {"type": "react", "emoji": "👍"}), (ann, {"type": "edit", "text": "OLD-again"}),
                           (ann, {"type": "delete"})):
-        reply = ask(peer, room="lobby", seq=old, **request)
+        reply = peer.ask(room="lobby", seq=old, **request)
         assert (reply["type"], reply.get("code")) == ("error", "no_such_message"), reply
-    assert ask(bob, type="chat", room="lobby", text="next")["seq"] == last + 1  # nothing was stored meanwhile
+    assert bob.ask(type="chat", room="lobby", text="next")["seq"] == last + 1  # nothing was stored meanwhile
 
 
 def test_concurrent_reactions_from_two_processes_converge(cluster, peers):
@@ -104,12 +104,12 @@ def test_concurrent_reactions_from_two_processes_converge(cluster, peers):
     stored with its own seq, and the chat in history is exactly what applying them gives."""
     a, b = cluster(2)
     ann, bob = members_in([a.url, b.url], peers, ["ann", "bob"])
-    seq = ask(ann, type="chat", room="lobby", text="vote")["seq"]
+    seq = ann.ask(type="chat", room="lobby", text="vote")["seq"]
     rounds = 15
 
     def toggle(peer, answers):
         for i in range(rounds):
-            answers.append(ask(peer, type="react", room="lobby", seq=seq, emoji=EMOJI[i % 3]))
+            answers.append(peer.ask(type="react", room="lobby", seq=seq, emoji=EMOJI[i % 3]))
 
     answers = {"ann": [], "bob": []}
     threads = [threading.Thread(target=toggle, args=(p, answers[p.nick])) for p in (ann, bob)]
@@ -120,7 +120,7 @@ def test_concurrent_reactions_from_two_processes_converge(cluster, peers):
     assert all(e["type"] == "react" for e in answers["ann"] + answers["bob"])
 
     def delivered_on_a():  # ann's process has delivered bob's last react too (history reads what it has)
-        found = ask(ann, type="history", room="lobby", after=seq - 1)["messages"]
+        found = ann.ask(type="history", room="lobby", after=seq - 1)["messages"]
         return found if len(found) >= 2 * rounds + 1 else None
 
     messages = wait_for(delivered_on_a, timeout=15)
@@ -147,14 +147,14 @@ def test_edit_delete_and_react_on_a_redis_cluster(redis_cluster, spawn, peers):
     reach the members on every process (sharded pub/sub), and history gives the current state."""
     servers = [spawn("--redis", url) for url in redis_cluster.urls]
     ann, bob, carol = members_in([s.url for s in servers], peers, ["ann", "bob", "carol"])
-    first, second = (ask(ann, type="chat", room="lobby", text=t)["seq"] for t in ("one", "two"))
-    ask(ann, type="edit", room="lobby", seq=first, text="one!")
-    ask(bob, type="react", room="lobby", seq=first, emoji="👍")
-    ask(carol, type="react", room="lobby", seq=first, emoji="👍")
-    ask(ann, type="delete", room="lobby", seq=second)
+    first, second = (ann.ask(type="chat", room="lobby", text=t)["seq"] for t in ("one", "two"))
+    ann.ask(type="edit", room="lobby", seq=first, text="one!")
+    bob.ask(type="react", room="lobby", seq=first, emoji="👍")
+    carol.ask(type="react", room="lobby", seq=first, emoji="👍")
+    ann.ask(type="delete", room="lobby", seq=second)
     for peer in (bob, carol):
         assert peer.recv_type("delete")["target"] == second
-    messages = ask(carol, type="history", room="lobby")["messages"]
+    messages = carol.ask(type="history", room="lobby")["messages"]
     assert messages[0]["text"] == "one!" and messages[0]["reactions"] == {"👍": ["bob", "carol"]}
     assert messages[1].get("deleted") is True
     assert [e["seq"] for e in messages] == list(range(first, first + 6))
