@@ -27,6 +27,24 @@ def python_block(page: str, after_heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+def assert_prints_readme_block(output: str) -> None:
+    """README's block of what `make run` prints (after "It prints where it listens") is what it
+    printed, line for line, but for the database's path, the port, the log's time and this
+    machine's names."""
+    section = README[README.index("It prints where it listens"):]
+    block = re.search(r"```\n(.*?)```", section, re.S).group(1).splitlines()
+    printed = [line for line in output.replace("\r\n", "\n").splitlines() if line.strip()]
+    printed = printed[:next(at for at, line in enumerate(printed) if "answering Host names" in line) + 1]
+
+    def shape(line: str) -> str:
+        line = re.sub(r"^history in /\S+$", "history in PATH", line)
+        line = re.sub(r":\d+/", ":PORT/", line)
+        line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "TIME ", line)
+        return re.sub(r"(answering Host names: 127\.0\.0\.1, \[::1\], localhost)(, \S+)*$", r"\1, NAMES", line)
+
+    assert [shape(line) for line in printed] == [shape(line) for line in block], output
+
+
 @pytest.mark.slow
 def test_websocket_client_walkthrough_survives_pauses_in_a_repl(make_server, connect):
     """The walkthrough pasted into an interactive `python` a block at a time, with a pause longer
@@ -58,7 +76,7 @@ def test_websocket_client_walkthrough_survives_pauses_in_a_repl(make_server, con
 
 
 def test_make_run_stops_on_ctrl_c_as_the_readme_says(tmp_path):
-    """`make run` prints where it listens; Ctrl-C on its terminal makes roomchat shut down (its
+    """`make run` prints where it listens, as README's block shows; Ctrl-C on its terminal makes roomchat shut down (its
     "shutting down" line) and make end interrupted, which a shell reports as 130."""
     # a terminal of its own, as a person runs it: make leads a new session whose controlling
     # terminal is the pty (setsid -c), so Ctrl-C there interrupts make and roomchat, the
@@ -84,8 +102,9 @@ def test_make_run_stops_on_ctrl_c_as_the_readme_says(tmp_path):
         return output
 
     try:
-        assert b"in your browser" in read_until(b"in your browser", 45), output
+        assert b"answering Host names" in read_until(b"answering Host names", 45), output
         assert b"roomchat.py" not in output  # the command itself is not echoed
+        assert_prints_readme_block(output.decode())
         os.write(fd, b"\x03")
         assert b"shutting down" in read_until(b"shutting down", 10), output
         assert make.wait(timeout=30) == -signal.SIGINT  # killed by SIGINT: the shell's 130
