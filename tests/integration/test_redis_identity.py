@@ -1,6 +1,7 @@
 """Identity and moderation across roomchat processes on one Redis (real redis-server, real processes)."""
 
 import pytest
+import websocket
 
 from tests.helpers import SECRET, token, wait_for, with_token
 
@@ -83,3 +84,24 @@ def test_moderation_by_an_operator_on_one_process_holds_on_the_other(pair, peers
     assert carol.request(type="who", room="lobby")["members"] == ["carol"]
     newcomer = peers(a.url)
     assert newcomer.join("lobby")["topic"] == "quiet please"
+
+
+@pytest.mark.xfail(strict=True, raises=websocket.WebSocketTimeoutException,
+                   reason="open: only the target's process sends its members the presence leave (`_drop_member`)")
+@pytest.mark.parametrize("kind", ["kick", "ban"])
+def test_members_on_other_processes_see_the_removed_member_leave(pair, peers, kind):
+    """PROTOCOL.md's kick and ban rows: every member gets the event, then the others get bob's
+    presence `leave`, also members connected to another process than bob's; `who` agrees."""
+    a, b = pair
+    op = peers(with_token(a.url, token("op", op=True)))
+    alice, bob, carol = peers(a.url), peers(b.url), peers(b.url)
+    for peer, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        peer.set_nick(nick)
+        peer.join("lobby")
+    wait_for(lambda: op.ask(type="who", room="lobby")["members"] == ["alice", "bob", "carol"], timeout=10)
+    op.request(type=kind, room="lobby", nick="bob", **({"duration": 60} if kind == "ban" else {}))
+    leave = {"type": "presence", "room": "lobby", "event": "leave", "nick": "bob"}
+    for member in (alice, carol):  # alice on the op's process, carol on bob's
+        assert member.recv_type(kind)["nick"] == "bob"
+        assert member.recv_type("presence") == leave
+        assert member.ask(type="who", room="lobby")["members"] == ["alice", "carol"]
