@@ -3,7 +3,7 @@
 import pytest
 import websocket
 
-from tests.helpers import SECRET, token, wait_for, with_token
+from tests.helpers import SECRET, members_in, token, wait_for, with_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,12 +94,9 @@ def test_members_on_other_processes_see_the_removed_member_leave(pair, peers, ki
     presence `leave`, also members connected to another process than bob's; `who` agrees."""
     a, b = pair
     op = peers(with_token(a.url, token("op", op=True)))
-    alice, bob, carol = peers(a.url), peers(b.url), peers(b.url)
-    for peer, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
-        peer.set_nick(nick)
-        peer.join("lobby")
-    wait_for(lambda: op.ask(type="who", room="lobby")["members"] == ["alice", "bob", "carol"], timeout=10)
+    alice, bob, carol = members_in([a.url, b.url, b.url], peers, ["alice", "bob", "carol"])
     op.request(type=kind, room="lobby", nick="bob", **({"duration": 60} if kind == "ban" else {}))
+    assert bob.recv_type(kind)["nick"] == "bob"
     leave = {"type": "presence", "room": "lobby", "event": "leave", "nick": "bob"}
     for member in (alice, carol):  # alice on the op's process, carol on bob's
         assert member.recv_type(kind)["nick"] == "bob"
