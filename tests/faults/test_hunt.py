@@ -11,7 +11,7 @@ import redis
 from chatserver.engines.redis_scripts import room_key
 from tests.faults.harness import LEASE, LEASE_ARGS, FaultyRedis, Proxy
 from tests.faults.invariants import check
-from tests.helpers import Peer, events_until, wait_for
+from tests.helpers import SECRET, Peer, events_until, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -77,6 +77,88 @@ def test_a_leave_during_a_retake_is_not_undone_by_it(rig):
     check(rig, ["lobby"])
 
 
+@contextlib.contextmanager
+def ann_on_a_bob_on_b(redis_server, make_server, spawn, peers):
+    """Process A (in this test's process, its link to Redis through a Proxy) with ann in lobby,
+    process B (it takes operators' tokens) with bob in lobby: yields (a, b, ann, bob, the proxy)."""
+    proxy, a = Proxy(redis_server.port), None
+    try:
+        a = make_server(redis=proxy.url, redis_lease=LEASE)
+        b = spawn("--redis", redis_server.url, *LEASE_ARGS, "--token-secret", SECRET)
+        ann, bob = peers(a.url, timeout=30), peers(b.url, timeout=30)
+        ann.set_nick("ann")
+        ann.join("lobby")
+        bob.set_nick("bob")
+        assert sorted(bob.join("lobby")["members"]) == ["ann", "bob"]
+        yield a, b, ann, bob, proxy
+    finally:
+        if a is not None:
+            a.shutdown(timeout=0.5)  # before its link to Redis goes
+        proxy.close()
+
+
+@contextlib.contextmanager
+def retake_held(a, proxy, bob, at: str = "start"):
+    """A's link is cut past its lease, so B reaps A (bob sees ann leave); once the link is back,
+    A's registry takes its clients back and the test holds that retake open `at` its "start"
+    (before it looks at its clients), its first "rejoin" (ann's nick and session taken back, not
+    yet her room), its first "retaken" (ann back in her room, what she did meanwhile not yet
+    written: engine.retaken) or its "end" (everyone back, the retake not over: what they write
+    meanwhile waits as during any retake). Yields what bob saw so far, inside that window (A's
+    listener subscribed again); on exit lets the retake go on and waits until it is over and
+    what waited for it is written."""
+    inside, go, done = threading.Event(), threading.Event(), threading.Event()
+    retake, rejoin, retaken = a.registry.retake, a.engine.rejoin, a.engine.retaken
+
+    def hold(where: str) -> None:  # the first retake waits for `go` there
+        if where == at and not inside.is_set():
+            inside.set()
+            assert go.wait(30)
+
+    def held_retake():  # `done` once one is over
+        hold("start")
+        retake()
+        hold("end")
+        done.set()
+
+    def held_rejoin(*args):
+        hold("rejoin")
+        return rejoin(*args)
+
+    def held_retaken(*args):
+        hold("retaken")
+        return retaken(*args)
+
+    a.registry.retake, a.engine.rejoin, a.engine.retaken = held_retake, held_rejoin, held_retaken
+    proxy.blackhole()
+    seen = events_until(bob, lambda e: e["type"] == "presence" and e["nick"] == "ann")
+    assert seen[-1]["event"] == "leave", seen  # A reaped
+    proxy.heal()
+    try:
+        assert inside.wait(30), "A never took its clients back"
+        wait_for(lambda: a.engine._pubsub is not None, timeout=30)  # its listener is back: a join subscribes
+        yield seen
+    finally:
+        go.set()
+    wait_for(lambda: done.is_set() and not a.engine._deferred, timeout=30)
+
+
+def in_lobby_everywhere(redis_server, peers, servers) -> list:
+    """lobby's members as each of `servers` answers `who` and as Redis holds them: [sorted nicks]."""
+    seen = [sorted(peers(server.url, timeout=30).ask(type="who", room="lobby")["members"]) for server in servers]
+    with redis.Redis(port=redis_server.port) as store:
+        seen.append(sorted(m.decode() for m in store.zrange(room_key("lobby", "members"), 0, -1)))
+    return seen
+
+
+def presence_of(nick: str, bob, seen: list) -> list:
+    """The presence events of `nick` bob saw in lobby (`seen`, and what reaches him up to his own
+    chat: once he has its copy, he had what came before)."""
+    bob.send(type="chat", room="lobby", text="all here?")
+    seen = seen + events_until(bob, lambda e: e["type"] == "chat" and e["text"] == "all here?")
+    return [e["event"] for e in seen if e["type"] == "presence" and e["nick"] == nick]
+
+
 def test_a_leave_and_a_join_again_during_a_retake_end_with_the_member_in_the_room(redis_server, make_server, spawn,
                                                                                   peers):
     """Process A's link to Redis is cut past its lease, so B reaps A (bob sees ann leave lobby).
@@ -84,55 +166,55 @@ def test_a_leave_and_a_join_again_during_a_retake_end_with_the_member_in_the_roo
     test), and meanwhile ann leaves lobby and joins it again: `joined`, or `unavailable` and then
     `joined` once the retake is over. Afterwards ann is in lobby on both processes' `who` and in
     Redis's members, and bob saw her leave, then join, and nothing more."""
-    proxy, a = Proxy(redis_server.port), None
-    try:
-        a = make_server(redis=proxy.url, redis_lease=LEASE)
-        b = spawn("--redis", redis_server.url, *LEASE_ARGS)
-        ann, bob = peers(a.url, timeout=30), peers(b.url, timeout=30)
-        ann.set_nick("ann")
-        ann.join("lobby")
-        bob.set_nick("bob")
-        assert sorted(bob.join("lobby")["members"]) == ["ann", "bob"]
-        inside, go, done = threading.Event(), threading.Event(), threading.Event()
-        retake = a.registry.retake
-
-        def held_retake():  # the first retake waits for `go`; `done` once one is over
-            if not inside.is_set():
-                inside.set()
-                assert go.wait(30)
-            retake()
-            done.set()
-
-        a.registry.retake = held_retake
-        proxy.blackhole()
-        seen = events_until(bob, lambda e: e["type"] == "presence" and e["nick"] == "ann")
-        assert seen[-1]["event"] == "leave", seen  # A reaped
-        proxy.heal()
-        try:
-            assert inside.wait(30), "A never took its clients back"
-            wait_for(lambda: a.engine._pubsub is not None, timeout=30)  # its listener is back: a join subscribes
+    with ann_on_a_bob_on_b(redis_server, make_server, spawn, peers) as (a, b, ann, bob, proxy):
+        with retake_held(a, proxy, bob) as seen:
             assert ann.ask(type="leave", room="lobby")["type"] == "left"
             again = ann.ask(type="join", room="lobby")
-        finally:
-            go.set()
-        # the retake is over and what waited for it (ann's leave) is written
-        wait_for(lambda: done.is_set() and not a.engine._deferred, timeout=30)
         if again["type"] == "error":  # refused while her leave waited: joined once it is written
             assert again["code"] == "unavailable", again
             again = ann.ask(type="join", room="lobby")
         assert again["type"] == "joined" and sorted(again["members"]) == ["ann", "bob"], again
-        for server in (a, b):
-            who = peers(server.url, timeout=30).ask(type="who", room="lobby")
-            assert sorted(who["members"]) == ["ann", "bob"], (server.url, who)
-        with redis.Redis(port=redis_server.port) as store:
-            assert sorted(store.zrange(room_key("lobby", "members"), 0, -1)) == [b"ann", b"bob"]
-        bob.send(type="chat", room="lobby", text="all here?")  # once bob has its copy, he had what came before
-        seen += events_until(bob, lambda e: e["type"] == "chat" and e["text"] == "all here?")
-        assert [e["event"] for e in seen if e["type"] == "presence" and e["nick"] == "ann"] == ["leave", "join"], seen
-    finally:
-        if a is not None:
-            a.shutdown(timeout=0.5)  # before its link to Redis goes
-        proxy.close()
+        assert in_lobby_everywhere(redis_server, peers, (a, b)) == [["ann", "bob"]] * 3
+        assert presence_of("ann", bob, seen) == ["leave", "join"]
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["closed", "dropped"])
+@pytest.mark.parametrize("held", ["rejoin", "end"])
+def test_a_resume_during_a_retake_brings_back_no_room_left(redis_server, make_server, spawn, peers, held, noticed):
+    """A is reaped (bob sees ann leave lobby) and takes its clients back, the retake held by the
+    test before it puts ann back in lobby (`rejoin`) or once it has (`end`: bob sees her join);
+    meanwhile ann leaves lobby (`left`), her connection goes (closed, or dropped without A
+    noticing) and she resumes on B with her token before A's retake is over. She is not brought
+    back into lobby: her welcome does not list it (a drop A has not noticed is `resumed`), and
+    once all is written she is in lobby on neither process's `who` nor in Redis's members, her
+    chat there is `not_in_room`, and bob saw her leave, and if she was back, join and leave."""
+    with ann_on_a_bob_on_b(redis_server, make_server, spawn, peers) as (a, b, ann, bob, proxy):
+        with retake_held(a, proxy, bob, at=held) as seen:
+            assert ann.ask(type="leave", room="lobby")["type"] == "left"
+            if noticed:
+                ann.close()
+                wait_for(lambda: a.registry.stats()["connections"] == 0, timeout=30)
+            again = peers(f"{b.url}?resume={ann.welcome['resume']}", timeout=30)
+        assert "lobby" not in again.welcome.get("rooms", []), again.welcome
+        assert noticed or again.welcome.get("resumed") is True, again.welcome
+        assert in_lobby_everywhere(redis_server, peers, (a, b)) == [["bob"]] * 3
+        assert again.ask(type="chat", room="lobby", text="still here?").get("code") == "not_in_room"
+        assert presence_of("ann", bob, seen) == {"rejoin": ["leave"], "end": ["leave", "join", "leave"]}[held]
+
+
+def test_a_resume_after_a_retake_wrote_a_leave_brings_back_no_room_left(redis_server, make_server, spawn, peers):
+    """The other order: ann leaves lobby while A takes its clients back (held at its start), her
+    connection drops without A noticing, and she resumes on B once A's retake
+    is over and her leave written: her `resumed` welcome lists no room, she is in lobby nowhere,
+    and bob saw her leave (reaped) and nothing more (the retake did not put her back)."""
+    with ann_on_a_bob_on_b(redis_server, make_server, spawn, peers) as (a, b, ann, bob, proxy):
+        with retake_held(a, proxy, bob) as seen:
+            assert ann.ask(type="leave", room="lobby")["type"] == "left"
+        again = peers(f"{b.url}?resume={ann.welcome['resume']}", timeout=30)
+        assert again.welcome.get("resumed") is True and again.welcome["rooms"] == [], again.welcome
+        assert in_lobby_everywhere(redis_server, peers, (a, b)) == [["bob"]] * 3
+        assert again.ask(type="chat", room="lobby", text="still here?").get("code") == "not_in_room"
+        assert presence_of("ann", bob, seen) == ["leave"]
 
 
 def test_a_dm_kept_while_its_holder_connects_elsewhere_reaches_it(rig):
@@ -273,3 +355,5 @@ def test_a_nick_change_while_redis_is_stalled_is_unavailable_and_changes_nothing
         ann.close()
         server.stop()  # before its Redis goes
         service.kill()
+
+
