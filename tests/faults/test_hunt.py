@@ -11,7 +11,7 @@ import redis
 from chatserver.engines.redis_scripts import room_key
 from tests.faults.harness import LEASE, LEASE_ARGS, FaultyRedis, Proxy
 from tests.faults.invariants import check
-from tests.helpers import SECRET, Peer, events_until, wait_for
+from tests.helpers import SECRET, Peer, events_until, token, wait_for, with_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -357,3 +357,50 @@ def test_a_nick_change_while_redis_is_stalled_is_unavailable_and_changes_nothing
         service.kill()
 
 
+
+# Open: a nick change is applied on its process before it is in the room's stream (held there
+# until its client is taken back, its rejoin written already; without a retake, for the round
+# trip that writes it). A ban landing meanwhile binds and removes by the nick the process has,
+# and Redis by the nick the stream has: they disagree on the member.
+HELD_RENAME = "a ban between a nick change and its place in the stream: process and Redis disagree"
+
+
+@pytest.mark.parametrize("target", ["ann", "anna"])
+@pytest.mark.parametrize("held", ["start", pytest.param("retaken", marks=pytest.mark.xfail(strict=True,
+                                                                                             reason=HELD_RENAME)),
+                                  "end"])
+def test_a_ban_of_a_nick_changing_during_a_retake_holds_one_member_everywhere(redis_server, make_server, spawn,
+                                                                            peers, held, target):
+    """A (ann and carol in lobby) is reaped and takes its clients back, the retake held by the
+    test at its `start` (ann's rename waits for it: bob and carol see ann leave, then the ban,
+    then anna join), once it has put ann back but not yet written what she did meanwhile
+    (`retaken`), or at its `end` (the rename written at once: ann join, nick, ban); meanwhile ann
+    becomes anna (answered `nick`) and an operator on B bans `target` (her old or new nick) from
+    lobby. Afterwards lobby's members agree on both processes and in Redis, ann's own chat and
+    join there agree with them (she is in lobby unless the ban named the nick she had there
+    then, which binds her connection: `forbidden`), and bob on B and carol on A saw the joins,
+    the rename and the ban in one order (ann's leaves aside: after a ban only the members on the
+    target's process get one)."""
+    with ann_on_a_bob_on_b(redis_server, make_server, spawn, peers) as (a, b, ann, bob, proxy):
+        carol = peers(a.url, timeout=30)
+        carol.set_nick("carol")
+        carol.join("lobby")
+        events_until(bob, lambda e: e.get("nick") == "carol")
+        op = peers(with_token(b.url, token("op", op=True)), timeout=30)
+        with retake_held(a, proxy, bob, at=held) as seen:
+            assert ann.ask(type="nick", nick="anna")["type"] == "nick"
+            assert op.ask(type="ban", room="lobby", nick=target, duration=600)["type"] == "ban"
+        members = in_lobby_everywhere(redis_server, peers, (a, b))
+        assert members[0] == members[1] == members[2], members
+        inside = "anna" in members[0]
+        chat = ann.ask(type="chat", room="lobby", text="still here?")
+        assert chat.get("code", chat["type"]) == ("chat" if inside else "not_in_room"), (members, chat)
+        assert inside == (target == "ann" and held != "retaken"), members
+        if not inside:
+            assert ann.ask(type="join", room="lobby").get("code") == "forbidden"
+        streams = []
+        for peer, before in ((bob, seen), (carol, [])):
+            peer.send(type="chat", room="lobby", text="in order?")
+            events = before + events_until(peer, lambda e: e["type"] == "chat" and e["text"] == "in order?")
+            streams.append([e for e in events if e.get("nick") in ("ann", "anna") and e.get("event") != "leave"])
+        assert streams[0] == streams[1], streams
