@@ -66,7 +66,7 @@ lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_
 (`_settle_unclaimed`, with no lock held); on a Redis Cluster the repair thread calls `memberships`
 and writes counts and this process's index (`_repair`).
 `_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`,
-`_unclaimed`, `_sessions`, `_confirmed`, `_deferred`, `_holding`, `_retaken`, `_lease` and `_generation`. Lock order:
+`_unclaimed`, `_sessions`, `_confirmed`, `_deferred`, `_holding`, `_unretaken`, `_lease` and `_generation`. Lock order:
 `_sub_lock` -> Registry -> `_lock`.
 """
 
@@ -349,13 +349,14 @@ class RedisEngine(RedisPersonal):
         # True while the registry takes its clients back (`retake`, on the heartbeat thread): leaves,
         # nick changes and nick releases wait in `_deferred` meanwhile, so that the retake's joins
         # and claims, made from a look at the clients taken before, never undo them; a client's join
-        # of a room whose leave waits there is refused (`announce`). A client's leaves and nick
-        # changes wait only until the retake has taken that client back (`retaken`: they are
-        # carried out then, in order, and its later ones go through): a resume elsewhere must not
-        # find it in a room it left (find_session reads its rooms from Redis). Nick releases and
-        # session ends wait until the retake is over. Under `_lock`.
+        # of a room whose leave waits there is refused (`announce`). Leaves and nick changes wait
+        # only for the clients the retake has yet to take back (`_unretaken`, from its look:
+        # `retaking`), and only until it has (`retaken`: carried out then, in order); those of
+        # the others go through: a resume elsewhere must not find a client in a room it left
+        # (find_session reads its rooms from Redis). Nick releases and session ends wait until
+        # the retake is over. Under `_lock`.
         self._holding = False
-        self._retaken: set[int] = set()  # the local clients the retake going on has taken back
+        self._unretaken: set[int] = set()  # local clients the retake going on has yet to take back
         self._beat_ok = 0.0  # time.monotonic() of the last beat that went through
         self._pubsub = None
         self._problem: str | None = None
@@ -571,12 +572,12 @@ class RedisEngine(RedisPersonal):
 
     def _waits(self, meta: Meta) -> bool:
         """True if a leave or nick change of `meta`'s client must wait in `_deferred` (`_lock` held):
-        while anything waits there; during a retake, until the client is taken back and nothing
-        of its own waits (`_holding`)."""
+        while anything waits there; during a retake, while the retake has yet to take the client
+        back or something of its own waits (`_holding`)."""
         if not self._holding:
             return bool(self._deferred)
-        retaken = meta.origin is not None and meta.origin[1] in self._retaken
-        return not retaken or any(_origin_of(item) == meta.origin for item in self._deferred)
+        return (meta.origin is None or meta.origin[1] in self._unretaken
+                or any(_origin_of(item) == meta.origin for item in self._deferred))
 
     def rejoin(self, room: str, event: dict, meta: Meta) -> None:
         """`retake`'s join of a member back into a room: as announce, without waiting for writes
@@ -588,6 +589,13 @@ class RedisEngine(RedisPersonal):
                 return
         return self._join(room, event, meta)
 
+    def retaking(self, client_ids) -> None:
+        """`retake` looked at its clients (`client_ids`): their leaves and nick changes wait from
+        now on until each is taken back (`retaken`). No call to Redis: the registry calls this
+        with its lock held, so no change a client makes falls between the look and this."""
+        with self._lock:
+            self._unretaken = set(client_ids)
+
     def retaken(self, client_id: int) -> None:
         """`retake` has taken local client `client_id` back (its nick and rooms): its leaves and
         nick changes waiting for that are carried out now, in order (until one fails: it and those
@@ -595,7 +603,7 @@ class RedisEngine(RedisPersonal):
         Nick releases and session ends wait for that end still (they are no room's)."""
         origin = (self.process_id, client_id)
         with self._lock:
-            self._retaken.add(client_id)
+            self._unretaken.discard(client_id)
         while True:
             with self._lock:
                 item = next((item for item in self._deferred if _origin_of(item) == origin), None)
@@ -1561,7 +1569,7 @@ class RedisEngine(RedisPersonal):
             # the retake's own writes) sets it again, for another retake after this one
             self._retaking = False
             with self._lock:
-                self._holding, self._retaken = True, set()
+                self._holding, self._unretaken = True, set()
             try:
                 self._hub.retake()  # Raises Unavailable: tried again at the next beat
             except BaseException:

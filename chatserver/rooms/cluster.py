@@ -200,13 +200,14 @@ class ClusterRegistry(Registry):
         local client's nick again and put it back into its rooms; close (1012) a client whose
         nick someone else holds now. Its resume session is kept again under the new lease (a
         resume elsewhere finds it), and a token holder gets the DMs kept for it while this process
-        was taken for gone. The leaves and nick changes that a client makes meanwhile wait in the
-        engine until it is taken back (`engine.retaken`), its nick releases until this is over
-        (engines/redis.py `_holding`), so they are carried out after the joins made here from the
-        look taken first, never undone by them. Raises Unavailable (the heartbeat tries again)."""
+        was taken for gone. The leaves and nick changes that a client makes after the look taken
+        here first wait in the engine until it is taken back (`engine.retaken`), its nick releases
+        until this is over (engines/redis.py `_holding`), so they are carried out after the joins
+        made from that look, never undone by them. Raises Unavailable (the heartbeat tries again)."""
         with self._lock:  # a room it is still joining is left to that join
             clients = [(c, c.nick, sorted(name for name in c.rooms if self._placed(c, name)))
                        for c in self._clients.values()]
+            self._engine.retaking([c.id for c, _nick, _rooms in clients])  # (no call to Redis)
         for client, nick, rooms in clients:
             if not self._engine.claim_nick(nick, client.id, retake=True):
                 self.lose_nick(client.id)

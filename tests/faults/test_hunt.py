@@ -202,6 +202,23 @@ def test_a_resume_during_a_retake_brings_back_no_room_left(redis_server, make_se
         assert presence_of("ann", bob, seen) == {"rejoin": ["leave"], "end": ["leave", "join", "leave"]}[held]
 
 
+def test_a_client_new_during_a_retake_resumes_in_no_room_it_left(redis_server, make_server, spawn, peers):
+    """dave connects to A while A takes its clients back (the retake held once everyone it
+    looked at is back), joins lobby, leaves it and resumes on B with his token before the
+    retake is over: the retake never looked at him, so nothing of his waits for it; his `resumed`
+    welcome lists no room, lobby is ann and bob everywhere, and bob saw dave join and leave."""
+    with ann_on_a_bob_on_b(redis_server, make_server, spawn, peers) as (a, b, _ann, bob, proxy):
+        with retake_held(a, proxy, bob, at="end") as seen:
+            dave = peers(a.url, timeout=30)
+            dave.set_nick("dave")
+            assert dave.ask(type="join", room="lobby")["type"] == "joined"
+            assert dave.ask(type="leave", room="lobby")["type"] == "left"
+            again = peers(f"{b.url}?resume={dave.welcome['resume']}", timeout=30)
+        assert again.welcome.get("resumed") is True and again.welcome["rooms"] == [], again.welcome
+        assert in_lobby_everywhere(redis_server, peers, (a, b)) == [["ann", "bob"]] * 3
+        assert presence_of("dave", bob, seen) == ["join", "leave"]
+
+
 def test_a_resume_after_a_retake_wrote_a_leave_brings_back_no_room_left(redis_server, make_server, spawn, peers):
     """The other order: ann leaves lobby while A takes its clients back (held at its start), her
     connection drops without A noticing, and she resumes on B once A's retake
@@ -372,8 +389,8 @@ HELD_RENAME = "a ban between a nick change and its place in the stream: process 
 def test_a_ban_of_a_nick_changing_during_a_retake_holds_one_member_everywhere(redis_server, make_server, spawn,
                                                                             peers, held, target):
     """A (ann and carol in lobby) is reaped and takes its clients back, the retake held by the
-    test at its `start` (ann's rename waits for it: bob and carol see ann leave, then the ban,
-    then anna join), once it has put ann back but not yet written what she did meanwhile
+    test at its `start` (before it looks: bob and carol see ann leave, the ban, then anna join),
+    once it has put ann back but not yet written what she did meanwhile
     (`retaken`), or at its `end` (the rename written at once: ann join, nick, ban); meanwhile ann
     becomes anna (answered `nick`) and an operator on B bans `target` (her old or new nick) from
     lobby. Afterwards lobby's members agree on both processes and in Redis, ann's own chat and
