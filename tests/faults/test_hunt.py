@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from chatserver.engines.redis_scripts import room_key
+from chatserver.engines.redis_scripts import LEASES, room_key
 from tests.faults.harness import LEASE, LEASE_ARGS, FaultyRedis, Proxy
 from tests.faults.invariants import check
 from tests.helpers import SECRET, Peer, events_until, token, wait_for, with_token
@@ -107,13 +107,20 @@ def retake_held(a, proxy, bob, at: str = "start"):
     meanwhile waits as during any retake). Yields what bob saw so far, inside that window (A's
     listener subscribed again); on exit lets the retake go on and waits until it is over and
     what waited for it is written."""
-    inside, go, done = threading.Event(), threading.Event(), threading.Event()
+    inside, go, done, expired = threading.Event(), threading.Event(), threading.Event(), threading.Event()
     retake, rejoin, retaken = a.registry.retake, a.engine.rejoin, a.engine.retaken
 
-    def hold(where: str) -> None:  # the first retake waits for `go` there
+    def hold(where: str) -> None:  # the first retake waits for `go` there (longer than any wait of the test)
         if where == at and not inside.is_set():
             inside.set()
-            assert go.wait(30)
+            deadline = time.monotonic() + 60
+            # a retake runs on the heartbeat thread: while it is held, A's lease is renewed here, or
+            # B would reap A again (the retake held for long, not A gone)
+            while not go.wait(LEASE / 4):
+                a.engine._scripts["beat"](keys=[LEASES], args=[a.engine._lease, int(LEASE * 1000), 1])
+                if time.monotonic() > deadline:
+                    expired.set()
+                    return
 
     def held_retake():  # `done` once one is over
         hold("start")
@@ -140,6 +147,7 @@ def retake_held(a, proxy, bob, at: str = "start"):
         yield seen
     finally:
         go.set()
+    assert not expired.is_set(), "the test's body outlasted the retake it held: what it saw came after it"
     wait_for(lambda: done.is_set() and not a.engine._deferred, timeout=30)
 
 
