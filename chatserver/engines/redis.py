@@ -565,8 +565,8 @@ class RedisEngine(RedisPersonal):
         return self._join(room, event, meta)
 
     def _held_in(self, room: str, meta: Meta, kind: str | None = None) -> bool:
-        """True if a leave or nick change (`kind`: "leave" or "nick" only) of `meta`'s client in
-        `room` waits in `_deferred` (`_lock` held)."""
+        """True if a leave or nick change of `meta`'s client in `room` (with `kind` "leave" or
+        "nick", one of that kind) waits in `_deferred` (`_lock` held)."""
         return any(item[0] == "announce" and item[1] == room and item[3].origin == meta.origin
                    and kind in (None, item[2].get("event", item[2]["type"])) for item in self._deferred)
 
