@@ -350,13 +350,14 @@ class RedisEngine(RedisPersonal):
         # nick changes and nick releases wait in `_deferred` meanwhile, so that the retake's joins
         # and claims, made from a look at the clients taken before, never undo them; a client's join
         # of a room whose leave waits there is refused (`announce`). Leaves and nick changes wait
-        # only for the clients the retake has yet to take back (`_unretaken`, from its look:
-        # `retaking`), and only until it has (`retaken`: carried out then, in order); those of
-        # the others go through: a resume elsewhere must not find a client in a room it left
-        # (find_session reads its rooms from Redis). Nick releases and session ends wait until
-        # the retake is over. Under `_lock`.
+        # only for the clients the retake has yet to take back (`_unretaken`: every client until
+        # the retake has looked at them, `retaking`), and only until it has (`retaken`: carried
+        # out then, in order); those of the others go through: a resume elsewhere must not find
+        # a client in a room it left (find_session reads its rooms from Redis). Nick releases and
+        # session ends wait until the retake is over. Under `_lock`.
         self._holding = False
-        self._unretaken: set[int] = set()  # local clients the retake going on has yet to take back
+        # local clients the retake going on has yet to take back; None: all of them (not looked yet)
+        self._unretaken: set[int] | None = None
         self._beat_ok = 0.0  # time.monotonic() of the last beat that went through
         self._pubsub = None
         self._problem: str | None = None
@@ -576,7 +577,7 @@ class RedisEngine(RedisPersonal):
         back or something of its own waits (`_holding`)."""
         if not self._holding:
             return bool(self._deferred)
-        return (meta.origin is None or meta.origin[1] in self._unretaken
+        return (meta.origin is None or self._unretaken is None or meta.origin[1] in self._unretaken
                 or any(_origin_of(item) == meta.origin for item in self._deferred))
 
     def rejoin(self, room: str, event: dict, meta: Meta) -> None:
@@ -590,9 +591,9 @@ class RedisEngine(RedisPersonal):
         return self._join(room, event, meta)
 
     def retaking(self, client_ids) -> None:
-        """`retake` looked at its clients (`client_ids`): their leaves and nick changes wait from
-        now on until each is taken back (`retaken`). No call to Redis: the registry calls this
-        with its lock held, so no change a client makes falls between the look and this."""
+        """`retake` looked at its clients (`client_ids`): until now every client's leaves and nick
+        changes waited, from now on only theirs, each until it is taken back (`retaken`); those
+        of a client that connected since go through (the retake will not touch it)."""
         with self._lock:
             self._unretaken = set(client_ids)
 
@@ -603,7 +604,8 @@ class RedisEngine(RedisPersonal):
         Nick releases and session ends wait for that end still (they are no room's)."""
         origin = (self.process_id, client_id)
         with self._lock:
-            self._unretaken.discard(client_id)
+            if self._unretaken is not None:
+                self._unretaken.discard(client_id)
         while True:
             with self._lock:
                 item = next((item for item in self._deferred if _origin_of(item) == origin), None)
@@ -1569,7 +1571,7 @@ class RedisEngine(RedisPersonal):
             # the retake's own writes) sets it again, for another retake after this one
             self._retaking = False
             with self._lock:
-                self._holding, self._unretaken = True, set()
+                self._holding, self._unretaken = True, None
             try:
                 self._hub.retake()  # Raises Unavailable: tried again at the next beat
             except BaseException:

@@ -207,7 +207,7 @@ class ClusterRegistry(Registry):
         with self._lock:  # a room it is still joining is left to that join
             clients = [(c, c.nick, sorted(name for name in c.rooms if self._placed(c, name)))
                        for c in self._clients.values()]
-            self._engine.retaking([c.id for c, _nick, _rooms in clients])  # (no call to Redis)
+        self._engine.retaking([client.id for client, _nick, _rooms in clients])
         for client, nick, rooms in clients:
             if not self._engine.claim_nick(nick, client.id, retake=True):
                 self.lose_nick(client.id)
