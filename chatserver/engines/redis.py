@@ -66,7 +66,7 @@ lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_
 (`_settle_unclaimed`, with no lock held); on a Redis Cluster the repair thread calls `memberships`
 and writes counts and this process's index (`_repair`).
 `_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`,
-`_unclaimed`, `_sessions`, `_confirmed`, `_deferred`, `_holding`, `_lease` and `_generation`. Lock order:
+`_unclaimed`, `_sessions`, `_confirmed`, `_deferred`, `_holding`, `_unretaken`, `_lease` and `_generation`. Lock order:
 `_sub_lock` -> Registry -> `_lock`.
 """
 
@@ -347,11 +347,17 @@ class RedisEngine(RedisPersonal):
         self._repair_after: str | None = None
         self._repair_cursor = 0
         # True while the registry takes its clients back (`retake`, on the heartbeat thread): leaves,
-        # nick changes and nick releases wait in `_deferred` meanwhile, and are carried out after
-        # it, in order, so that the retake's joins and claims, made from a look at the clients taken
-        # before, never undo them; a client's join of a room whose leave waits there is refused
-        # (`announce`). Under `_lock`.
+        # nick changes and nick releases wait in `_deferred` meanwhile, so that the retake's joins
+        # and claims, made from a look at the clients taken before, never undo them; a client's join
+        # of a room whose leave waits there is refused (`announce`). Leaves and nick changes wait
+        # only for the clients the retake has yet to take back (`_unretaken`: every client until
+        # the retake has looked at them, `retaking`), and only until it has (`retaken`: carried
+        # out then, in order); those of the others go through: a resume elsewhere must not find
+        # a client in a room it left (find_session reads its rooms from Redis). Nick releases and
+        # session ends wait until the retake is over. Under `_lock`.
         self._holding = False
+        # local clients the retake going on has yet to take back; None: all of them (not looked yet)
+        self._unretaken: set[int] | None = None
         self._beat_ok = 0.0  # time.monotonic() of the last beat that went through
         self._pubsub = None
         self._problem: str | None = None
@@ -544,7 +550,7 @@ class RedisEngine(RedisPersonal):
         if event["type"] == "nick" or event.get("event") == "leave":
             owner = self._owner(meta)  # before `_lock`: it takes the lock itself (not re-entrant)
             with self._lock:
-                if self._deferred or self._holding:  # keep their order behind those waiting (or the retake)
+                if self._waits(meta):  # keep their order behind those waiting (or the retake)
                     self._deferred.append(("announce", room, event, meta, owner))
                     return
             try:
@@ -559,16 +565,58 @@ class RedisEngine(RedisPersonal):
                 raise Unavailable("catching up with Redis")
         return self._join(room, event, meta)
 
-    def _held_in(self, room: str, meta: Meta) -> bool:
-        """True if a leave or nick change of `meta`'s client in `room` waits in `_deferred` (`_lock` held)."""
+    def _held_in(self, room: str, meta: Meta, kind: str | None = None) -> bool:
+        """True if a leave or nick change of `meta`'s client in `room` (with `kind` "leave" or
+        "nick", one of that kind) waits in `_deferred` (`_lock` held)."""
         return any(item[0] == "announce" and item[1] == room and item[3].origin == meta.origin
-                   for item in self._deferred)
+                   and kind in (None, item[2].get("event", item[2]["type"])) for item in self._deferred)
+
+    def _waits(self, meta: Meta) -> bool:
+        """True if a leave or nick change of `meta`'s client must wait in `_deferred` (`_lock` held):
+        while anything waits there; during a retake, while the retake has yet to take the client
+        back or something of its own waits (`_holding`)."""
+        if not self._holding:
+            return bool(self._deferred)
+        return (meta.origin is None or self._unretaken is None or meta.origin[1] in self._unretaken
+                or any(_origin_of(item) == meta.origin for item in self._deferred))
 
     def rejoin(self, room: str, event: dict, meta: Meta) -> None:
         """`retake`'s join of a member back into a room: as announce, without waiting for writes
         deferred before (the beat carried them out first; what fails still waits, and a join
-        refused for it would only delay the retake). Raises Unavailable, ChatError forbidden."""
+        refused for it would only delay the retake); none if the member's leave of the room waits
+        (it left since the retake looked). Raises Unavailable, ChatError forbidden."""
+        with self._lock:
+            if self._held_in(room, meta, "leave"):
+                return
         return self._join(room, event, meta)
+
+    def retaking(self, client_ids) -> None:
+        """`retake` looked at its clients (`client_ids`): until now every client's leaves and nick
+        changes waited, from now on only theirs, each until it is taken back (`retaken`); those
+        of a client that connected since go through (the retake will not touch it)."""
+        with self._lock:
+            self._unretaken = set(client_ids)
+
+    def retaken(self, client_id: int) -> None:
+        """`retake` has taken local client `client_id` back (its nick and rooms): its leaves and
+        nick changes waiting for that are carried out now, in order (until one fails: it and those
+        after it wait for the heartbeat), and its later ones no longer wait for the retake's end.
+        Nick releases and session ends wait for that end still (they are no room's)."""
+        origin = (self.process_id, client_id)
+        with self._lock:
+            if self._unretaken is not None:
+                self._unretaken.discard(client_id)
+        while True:
+            with self._lock:
+                item = next((item for item in self._deferred if _origin_of(item) == origin), None)
+            if item is None:
+                return
+            try:
+                self._do(item)
+            except (*REDIS_ERRORS, Unavailable, _Unsettled):
+                return
+            with self._lock, contextlib.suppress(ValueError):  # (gone if DEFERRED_MAX dropped it)
+                self._deferred.remove(item)
 
     def _join(self, room: str, event: dict, meta: Meta) -> None:
         try:
@@ -1523,7 +1571,7 @@ class RedisEngine(RedisPersonal):
             # the retake's own writes) sets it again, for another retake after this one
             self._retaking = False
             with self._lock:
-                self._holding = True
+                self._holding, self._unretaken = True, None
             try:
                 self._hub.retake()  # Raises Unavailable: tried again at the next beat
             except BaseException:
@@ -1792,6 +1840,13 @@ def _as_is(response):
 def _seq_of(entry_id: bytes) -> int:
     """The seq of an entry of a room's `hist` (entry id `0-<seq>`)."""
     return int(entry_id.split(b"-")[1])
+
+
+def _origin_of(item: tuple) -> tuple | None:
+    """The origin (process, client) of a room write waiting in `_deferred`: a leave, nick change,
+    join taken back (announce), or a settle or cancel; None for a nick release or a session end."""
+    meta = item[3] if item[0] == "announce" else item[2] if item[0] in ("settle", "cancel") else None
+    return meta.origin if meta is not None else None
 
 
 def _origin(meta: Meta) -> bytes:

@@ -200,25 +200,28 @@ class ClusterRegistry(Registry):
         local client's nick again and put it back into its rooms; close (1012) a client whose
         nick someone else holds now. Its resume session is kept again under the new lease (a
         resume elsewhere finds it), and a token holder gets the DMs kept for it while this process
-        was taken for gone. The leaves, nick changes and nick releases that clients make meanwhile
-        wait in the engine until this is over (engines/redis.py `_holding`), so they are carried
-        out after the joins made here from the look taken first, never undone by them.
-        Raises Unavailable (the heartbeat tries again)."""
+        was taken for gone. The leaves and nick changes that a client makes after the look taken
+        here first wait in the engine until it is taken back (`engine.retaken`), its nick releases
+        until this is over (engines/redis.py `_holding`), so they are carried out after the joins
+        made from that look, never undone by them. Raises Unavailable (the heartbeat tries again)."""
         with self._lock:  # a room it is still joining is left to that join
             clients = [(c, c.nick, sorted(name for name in c.rooms if self._placed(c, name)))
                        for c in self._clients.values()]
+        self._engine.retaking([client.id for client, _nick, _rooms in clients])
         for client, nick, rooms in clients:
             if not self._engine.claim_nick(nick, client.id, retake=True):
                 self.lose_nick(client.id)
+                self._engine.retaken(client.id)
                 continue
             with self._lock:
                 here = client.id in self._clients
             if here:  # its session first: once its rooms see it back, a resume elsewhere finds it
                 self._engine.rekeep_session(client.id)
-            for name in rooms:
+            for name in rooms:  # (none it left since the look: the engine holds that leave)
                 self._engine.rejoin(name, protocol.presence(name, "join", nick), self._meta(client))
+            self._engine.retaken(client.id)  # what it did meanwhile, now: a resume elsewhere finds that
             if not here:
-                continue  # gone meanwhile: its leaves and release, held in the engine, follow
+                continue  # gone meanwhile: its release, held in the engine, follows
             if client.identity is not None:
                 self._hand_waiting(client, client.identity)
         log.warning("lease taken again: %d clients back in their rooms", len(clients))
