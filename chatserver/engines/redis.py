@@ -107,6 +107,7 @@ from chatserver.engines.redis_scripts import (
     AMEND,
     ANNOUNCE,
     BEAT,
+    BEATS,
     CHAT_RULES,
     CLAIM,
     CLAIM_MOVE,
@@ -1554,7 +1555,7 @@ class RedisEngine(RedisPersonal):
         REDIS_ERRORS."""
         with self._lock:
             lease, registered = self._lease, self._registered
-        if not self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, int(registered)]):
+        if not self._scripts["beat"](keys=[LEASES, BEATS], args=[lease, self._lease_ms, int(registered)]):
             self._retake(lease)
         with self._lock:
             self._registered = True
@@ -1647,7 +1648,7 @@ class RedisEngine(RedisPersonal):
             with self._lock:
                 lease = self._lease
             try:
-                self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, 1])
+                self._scripts["beat"](keys=[LEASES, BEATS], args=[lease, self._lease_ms, 1])
             except REDIS_ERRORS:
                 pass  # the heartbeat, which runs into the same fault, reports it
             except Exception:  # a bug: logged, and the next beat tries again
@@ -1736,7 +1737,7 @@ class RedisEngine(RedisPersonal):
             lease = self._lease
         log.error("this process's lease %s was lost (paused or cut off too long); taking everything back as %s",
                   lost, lease)
-        self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, 0])
+        self._scripts["beat"](keys=[LEASES, BEATS], args=[lease, self._lease_ms, 0])
         self._retaking = True
 
     def _check_seqs(self) -> None:
@@ -1757,7 +1758,7 @@ class RedisEngine(RedisPersonal):
         """Announce the leaves of processes whose lease expired more than a grace ago, and free
         their nicks (each reaped by one process; one that stopped half-way is finished by the
         next). Raises REDIS_ERRORS, Unavailable."""
-        for lease in (p.decode() for p in self._scripts["reap"](keys=[LEASES, REAPING],
+        for lease in (p.decode() for p in self._scripts["reap"](keys=[LEASES, REAPING, BEATS],
                                                                args=[self._lease_ms])):
             count = self._clean_up(lease)
             self._redis.srem(REAPING, lease)

@@ -100,6 +100,35 @@ def dms_reach(rig, sender, nicks) -> list:
     return [problem for nick in nicks for problem in dm_reaches_one_holder(rig, [sender], nick)]
 
 
+def fail_over(rig, master: int, room: str, clients: dict, side: str) -> None:
+    """SIGSTOP the master on `master` (it holds `room`, whose 3 chats its replica has) until its
+    replica is promoted, while the taker asks for ann's nick and dave and bob chat in `side`;
+    then SIGCONT it and wait until it follows the new master."""
+    key = f"roomchat:{{{room}}}:seq"
+    [replica] = rig.redis.master_of(key)[1]
+    wait_for(lambda: replicated(replica, key, b"3"), timeout=10)  # nothing acknowledged is on the master only
+    rig.redis.pause(master)
+    promoted_by = time.monotonic() + FAILOVER
+    while rig.redis.role(replica) != "master":
+        assert time.monotonic() < promoted_by, f"the replica {replica} was not promoted within {FAILOVER:g} s"
+        if clients["taker"].nick != "ann":
+            clients["taker"].request(type="nick", nick="ann")
+        clients["dave"].chat(side)
+        clients["bob"].chat(side)
+    rig.redis.resume(master)
+    wait_for(lambda: rig.redis.role(master) == "slave", timeout=FAILOVER, interval=0.1)
+
+
+def chat_and_check(rig, clients: dict, room: str, side: str) -> None:
+    """After a failover: ann, bob and carol chat in `room` until each is acknowledged; then every
+    invariant, nobody taken for gone, and a DM reaching a client of each process."""
+    problems = []
+    for label in ("ann", "bob", "carol"):
+        problems += chat_until_acked(clients[label], room, f"after the failover from {label}", timeout=FAILOVER)
+    check(rig, [room, side], then=lambda: [
+        *problems, *nobody_left(clients), *dms_reach(rig, clients["dave"], ["ann", "bob", "carol"])])
+
+
 def test_a_master_paused_shorter_than_the_node_timeout_is_a_stall(rig):
     """The master holding a room and the processes' leases SIGSTOPped for 0.4
     cluster-node-timeout while chats are on their way: no failover; each chat is answered once,
@@ -140,23 +169,19 @@ def test_a_master_paused_past_the_node_timeout_fails_over_and_comes_back_a_repli
     room = room_on(rig, master)
     side = room_on(rig, leases)
     clients = chatting_in(rig, started, room, side)
-    key = f"roomchat:{{{room}}}:seq"
-    [replica] = rig.redis.master_of(key)[1]
-    wait_for(lambda: replicated(replica, key, b"3"), timeout=10)  # nothing acknowledged is on the master only
+    fail_over(rig, master, room, clients, side)
+    chat_and_check(rig, clients, room, side)
 
-    rig.redis.pause(master)
-    promoted_by = time.monotonic() + FAILOVER
-    while rig.redis.role(replica) != "master":
-        assert time.monotonic() < promoted_by, f"the replica {replica} was not promoted within {FAILOVER:g} s"
-        if clients["taker"].nick != "ann":
-            clients["taker"].request(type="nick", nick="ann")
-        clients["dave"].chat(side)
-        clients["bob"].chat(side)
-    rig.redis.resume(master)
-    wait_for(lambda: rig.redis.role(master) == "slave", timeout=FAILOVER, interval=0.1)
 
-    problems = []
-    for label in ("ann", "bob", "carol"):
-        problems += chat_until_acked(clients[label], room, f"after the failover from {label}", timeout=FAILOVER)
-    check(rig, [room, side], then=lambda: [
-        *problems, *nobody_left(clients), *dms_reach(rig, clients["dave"], ["ann", "bob", "carol"])])
+def test_the_leases_master_paused_past_the_node_timeout_reaps_nobody(rig):
+    """The master holding the processes' leases (and a room) SIGSTOPped until its replica is
+    promoted: every lease runs out meanwhile, and each process has a lease and a grace, from the
+    failover on, to renew its own before any is reaped. So nobody is taken for gone (no leave, no
+    nick freed), and every invariant holds, as in the test above."""
+    started = processes(rig)
+    leases, _ = rig.redis.master_of(LEASES)
+    room = room_on(rig, leases)
+    side = room_on(rig, next(port for port in rig.redis.masters if port != leases))
+    clients = chatting_in(rig, started, room, side)
+    fail_over(rig, leases, room, clients, side)
+    chat_and_check(rig, clients, room, side)
