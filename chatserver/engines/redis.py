@@ -28,11 +28,13 @@ changes and moderation converge like chats: nothing published while a link was d
 
 Leases and fencing (DESIGN-NOTES 1). A process is alive while its lease in `roomchat:{leases}` (a
 sorted set: lease id -> expiry, judged by Redis's clock) is renewed by its heartbeat, every
-lease/4 seconds. The lease id is `<process>.<generation>`; owners of nicks and memberships are
-`<lease id>:<client>`. A process whose lease expired more than a grace ago (as long as the lease)
-is reaped by the first other process whose own last beat was on time: its members are announced
-gone and its nick claims deleted. A reaped process finds out at its next beat, takes a new
-generation and has the registry take everything back (`ClusterRegistry.retake`). Nick claims
+lease/4 seconds (on a Redis Cluster by a thread of its own, `_renew`). The lease id is
+`<process>.<generation>`; owners of nicks and memberships are `<lease id>:<client>`. A process
+whose lease expired more than a grace ago (as long as the lease) is reaped by the first other
+process whose own last beat was on time (none is for a lease and a grace after no beat at all
+could land: BEATS): its members are announced gone and its nick claims deleted. A reaped
+process finds out at its next beat, takes a new generation and has the registry take everything
+back (`ClusterRegistry.retake`). Nick claims
 live NICK_LEASES leases, renewed at every beat; one that expired is taken again, one someone else
 took is lost (`ClusterRegistry.lose_nick`), unless a resume elsewhere moved it (`moved_key`):
 then the client is let go (`ClusterRegistry.let_go`, 4002) on that resume's message, or by the

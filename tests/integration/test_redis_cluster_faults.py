@@ -1,7 +1,9 @@
-"""Faults of a Redis Cluster's nodes under several roomchat processes: a master paused (SIGSTOP)
-shorter than cluster-node-timeout, and one paused past it (its replica takes over; the old master
-comes back as a replica). Real redis-server nodes (3 masters, a replica each, cluster-node-timeout
-2 s: tests/services.py), real roomchat processes, the fault suite's recording clients and its
+"""Faults of a Redis Cluster's nodes under several roomchat processes (docs/several-machines.md,
+"What each fault does"): a master paused (SIGSTOP) shorter than cluster-node-timeout; one paused
+past it, whose replica takes over while it hangs and which then rejoins as a replica (a master
+of rooms, or the leases' master); and a chat that master acknowledged but never replicated. Real
+redis-server nodes (3 masters, a replica each, cluster-node-timeout 2 s: tests/services.py), real
+roomchat processes each pointed at another master, the fault suite's recording clients and its
 invariants (tests/faults/invariants.py), checked afterwards."""
 
 import itertools
@@ -22,7 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 NODE_TIMEOUT = 2.0  # cluster-node-timeout of tests/services.py's RedisCluster, in seconds
 SHORT_PAUSE = 0.4 * NODE_TIMEOUT  # no node marks it failing: it is a stall, not a failover
 FAILOVER = 30.0  # seconds a replica may take to be promoted, or an old master to follow it, at most
-ROOM = "lobby"
 
 
 @pytest.fixture
@@ -129,6 +130,20 @@ def chat_and_check(rig, clients: dict, room: str, side: str) -> None:
         *problems, *nobody_left(clients), *dms_reach(rig, clients["dave"], ["ann", "bob", "carol"])])
 
 
+def back_in(client, room: str, timeout: float = FAILOVER) -> list:
+    """Once `client` is connected again after a 1012, join `room` again until it is in it, as a
+    user would after `unavailable` (try again shortly); a problem if it never is."""
+    deadline = time.monotonic() + timeout
+    answers = []
+    while not client.in_room(room):
+        if time.monotonic() > deadline:
+            return [f"{client} not back in {room} within {timeout:g} s: {answers[-3:]}"]
+        if client.connected:
+            answers.append(client.join(room))
+        time.sleep(0.2)
+    return []
+
+
 def test_a_master_paused_shorter_than_the_node_timeout_is_a_stall(rig):
     """The master holding a room and the processes' leases SIGSTOPped for 0.4
     cluster-node-timeout while chats are on their way: no failover; each chat is answered once,
@@ -185,3 +200,45 @@ def test_the_leases_master_paused_past_the_node_timeout_reaps_nobody(rig):
     clients = chatting_in(rig, started, room, side)
     fail_over(rig, leases, room, clients, side)
     chat_and_check(rig, clients, room, side)
+
+
+def test_a_chat_acknowledged_by_a_master_and_lost_in_its_failover_starts_a_new_epoch(rig):
+    """Replication is asynchronous and roomchat waits for no replica (no WAIT): a chat the
+    master acknowledged that never reached its replica is lost when the replica takes over
+    (here the replica is kept from it: its link is cut and the master refuses its PSYNC, by
+    ACL). Every process has delivered that seq, so the next one the
+    new master hands out is below or at it: a new epoch, every client closed with 1012 and back
+    in its rooms (the reconnect the page and the terminal client make), no seq given to two chats
+    within an epoch, every other acknowledged chat in every stream once."""
+    started = processes(rig)
+    leases, _ = rig.redis.master_of(LEASES)
+    master = next(port for port in rig.redis.masters if port != leases)
+    room = room_on(rig, master)
+    side = room_on(rig, leases)
+    clients = chatting_in(rig, started, room, side)
+    key = f"roomchat:{{{room}}}:seq"
+    [replica] = rig.redis.master_of(key)[1]
+    wait_for(lambda: replicated(replica, key, b"3"), timeout=10)
+    node = redis.Redis(port=master)
+    node.execute_command("ACL", "SETUSER", "default", "-psync", "-sync", "-replconf")
+    node.client_kill_filter(_type="replica")
+    wait_for(lambda: node.info("replication")["connected_slaves"] == 0, timeout=10)
+    node.close()
+    lost = clients["ann"].chat(room, "acknowledged, then lost in the failover")
+    assert lost.get("seq") == 4, lost
+    for label in ("ann", "bob", "carol"):  # every process delivered it
+        clients[label].wait(lambda c=clients[label]: c.received("chat", seq=4), 10, "seq 4")
+    assert replicated(replica, key, b"3"), "the replica got the chat after all"
+
+    fail_over(rig, master, room, clients, side)
+    epoch = clients["ann"].epoch
+    problems = []
+    for label in ("ann", "bob", "carol"):
+        problems += back_in(clients[label], room)
+    for label in ("ann", "bob", "carol"):
+        problems += chat_until_acked(clients[label], room, f"after the failover from {label}", timeout=FAILOVER)
+    for label in ("ann", "bob", "carol", "dave"):
+        client = clients[label]
+        if not any(code == 1012 for _t, _n, code, _r in client.closes) or client.epoch == epoch:
+            problems.append(f"{client} was not closed with 1012 into a new epoch: {client.closes}, {client.epoch}")
+    check(rig, [room, side], lost=[(room, 4)], then=lambda: problems)
