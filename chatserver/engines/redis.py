@@ -28,11 +28,13 @@ changes and moderation converge like chats: nothing published while a link was d
 
 Leases and fencing (DESIGN-NOTES 1). A process is alive while its lease in `roomchat:{leases}` (a
 sorted set: lease id -> expiry, judged by Redis's clock) is renewed by its heartbeat, every
-lease/4 seconds. The lease id is `<process>.<generation>`; owners of nicks and memberships are
-`<lease id>:<client>`. A process whose lease expired more than a grace ago (as long as the lease)
-is reaped by the first other process whose own last beat was on time: its members are announced
-gone and its nick claims deleted. A reaped process finds out at its next beat, takes a new
-generation and has the registry take everything back (`ClusterRegistry.retake`). Nick claims
+lease/4 seconds (on a Redis Cluster by a thread of its own, `_renew`). The lease id is
+`<process>.<generation>`; owners of nicks and memberships are `<lease id>:<client>`. A process
+whose lease expired more than a grace ago (as long as the lease) is reaped by the first other
+process whose own last beat was on time (none is for a lease and a grace after no beat at all
+could land: BEATS): its members are announced gone and its nick claims deleted. A reaped
+process finds out at its next beat, takes a new generation and has the registry take everything
+back (`ClusterRegistry.retake`). Nick claims
 live NICK_LEASES leases, renewed at every beat; one that expired is taken again, one someone else
 took is lost (`ClusterRegistry.lose_nick`), unless a resume elsewhere moved it (`moved_key`):
 then the client is let go (`ClusterRegistry.let_go`, 4002) on that resume's message, or by the
@@ -64,10 +66,11 @@ listener thread reads the subscription and calls the hub (a request to let go of
 `Registry.evict` on a thread of its own, since evicting calls Redis); the heartbeat thread renews the
 lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_nick`/`let_go`
 (`_settle_unclaimed`, with no lock held); on a Redis Cluster the repair thread calls `memberships`
-and writes counts and this process's index (`_repair`).
+and writes counts and this process's index (`_repair`), and the lease thread renews the lease
+(`_renew`).
 `_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`,
-`_unclaimed`, `_sessions`, `_confirmed`, `_deferred`, `_holding`, `_unretaken`, `_lease` and `_generation`. Lock order:
-`_sub_lock` -> Registry -> `_lock`.
+`_unclaimed`, `_sessions`, `_confirmed`, `_leaving`, `_deferred`, `_holding`, `_unretaken`, `_lease` and
+`_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
 """
 
 import collections
@@ -106,6 +109,7 @@ from chatserver.engines.redis_scripts import (
     AMEND,
     ANNOUNCE,
     BEAT,
+    BEATS,
     CHAT_RULES,
     CLAIM,
     CLAIM_MOVE,
@@ -333,6 +337,12 @@ class RedisEngine(RedisPersonal):
         self._sessions: dict[int, Kept] = {}  # client id -> its resume session
         self._sessions_kept = 0.0  # time.monotonic() when the sessions' windows were last renewed
         self._confirmed: dict[str, threading.Event] = {}  # subscribed channel -> set once Redis confirmed
+        # channels this process unsubscribed from (a Redis Cluster) whose confirmation has yet to
+        # come: any other SUNSUBSCRIBE is a node's word that it no longer serves the channel
+        self._leaving: set[str] = set()
+        # set by redis-py when its map of a Redis Cluster's slots changed: the listener looks
+        # whether a subscription is on a node that no longer serves its channel (one Event)
+        self._slots_moved = threading.Event()
         self._deferred: collections.deque = collections.deque()  # writes to retry, in order
         self._generation = 0
         self._lease = ""  # "<process>.<generation>"
@@ -366,7 +376,8 @@ class RedisEngine(RedisPersonal):
         self._threads = [threading.Thread(target=self._listen, name="roomchat-redis-listener", daemon=True),
                          threading.Thread(target=self._heartbeat, name="roomchat-redis-heartbeat", daemon=True)]
         if self.sharded:
-            self._threads.append(threading.Thread(target=self._repairs, name="roomchat-redis-repair", daemon=True))
+            self._threads += [threading.Thread(target=self._repairs, name="roomchat-redis-repair", daemon=True),
+                              threading.Thread(target=self._renew, name="roomchat-redis-lease", daemon=True)]
 
     def start(self, hub) -> None:
         self._hub = hub
@@ -739,6 +750,8 @@ class RedisEngine(RedisPersonal):
             with self._lock:
                 self._last.pop(room, None)
                 self._confirmed.pop(room_key(room, "events"), None)
+                if self.sharded:
+                    self._leaving.add(room_key(room, "events"))
             self._drop_rules(room)
             with contextlib.suppress(*REDIS_ERRORS, AttributeError):
                 if self.sharded:
@@ -1262,6 +1275,11 @@ class RedisEngine(RedisPersonal):
         # off; taking the push as it is skips that. (On RESP2 a message is a plain reply.)
         resp3 = check_protocol_version(self._redis.get_connection_kwargs().get("protocol"), 3)
         pubsub = self._redis.pubsub(push_handler_func=_as_is if resp3 else None)
+        if self.sharded:
+            # redis-py would move the subscriptions to a slot's new node itself, from a thread of
+            # its own, and what was published in between would be missed with no catch-up: the
+            # listener subscribes anew instead (`_check_placement`), catching each room up here
+            pubsub.on_slots_changed = self._slots_moved.set
         self._check_epoch()
         self._check_restart()
         # Under `_sub_lock` from the rooms' list until the subscription is in place: a room that
@@ -1269,6 +1287,8 @@ class RedisEngine(RedisPersonal):
         with self._sub_lock:
             with self._lock:
                 rooms = list(self._last)
+                self._leaving.clear()
+            self._slots_moved.clear()
             self._subscribe(pubsub, self._dm_channel, *[room_key(r, "events") for r in rooms])
             self._pubsub = pubsub
         for room in rooms:
@@ -1355,7 +1375,7 @@ class RedisEngine(RedisPersonal):
         `items`. Raises redis.RedisError."""
         pubsub = self._pubsub
         if self.sharded:
-            self._receive_sharded(pubsub)
+            self._receive_sharded(pubsub, items)
             return
         message = pubsub.get_message(timeout=0.5)
         conn = pubsub.connection
@@ -1374,9 +1394,14 @@ class RedisEngine(RedisPersonal):
             else:
                 message = pubsub.handle_message(response)
 
-    def _receive_sharded(self, pubsub) -> None:
+    def _receive_sharded(self, pubsub, items: list) -> None:
         """On a Redis Cluster: one connection per shard with subscriptions; whatever has arrived
-        on each (waiting up to 0.5 s for something), delivered in one batch."""
+        on each (waiting up to 0.5 s for something), read into `items`. Raises redis.RedisError
+        (and RedisClusterException), also when a subscription is on a node that no longer serves
+        its channel."""
+        if self._slots_moved.is_set():
+            self._slots_moved.clear()
+            self._check_placement(pubsub)
         nodes = list(pubsub.node_pubsub_mapping.items())
 
         def ready() -> list:
@@ -1392,7 +1417,6 @@ class RedisEngine(RedisPersonal):
                 return
             select.select(socks, [], [], 0.5)
             arrived = ready()
-        items = []
         for name, node in arrived:
             target = self._redis.get_node(node_name=name)
             if target is None:  # the node left the cluster: subscribe again where the slots are now
@@ -1402,8 +1426,30 @@ class RedisEngine(RedisPersonal):
                 if message is None:
                     break
                 items += self._take(message)
-        if items:
-            self._deliver(items)
+
+    def _check_placement(self, pubsub) -> None:
+        """Raises redis.ConnectionError when a channel is subscribed on a node that no longer
+        serves its slot (a failover, a slot moved): the listener subscribes anew, where the slots
+        are now, and catches each room up. A node that has not yet said so would stay silent
+        while another one takes the channel's messages (an old master hung, not dead)."""
+        for name, node in list(pubsub.node_pubsub_mapping.items()):
+            for channel in list(node.shard_channels):
+                owner = self._redis.get_node_from_key(channel)
+                if owner is None or owner.name != name:
+                    raise redis.ConnectionError(f"{channel!r} moved from {name} to another node")
+
+    def _unsubscribed(self, channel: str) -> None:
+        """A node's SUNSUBSCRIBE (a Redis Cluster): the answer to this process's own, or the
+        node's word that it no longer serves the channel's slot (a failover's old master back
+        as a replica, a slot moved). Raises redis.ConnectionError when the channel is still
+        wanted: the listener subscribes anew, where the slot is now, and catches up."""
+        with self._lock:
+            if channel in self._leaving:
+                self._leaving.discard(channel)
+                return
+            wanted = channel == self._dm_channel or channel[len("roomchat:{"):-len("}:events")] in self._last
+        if wanted:
+            raise redis.ConnectionError(f"{channel!r} is no longer served by its node")
 
     def _take(self, message: dict) -> list:
         """One pub/sub message: a subscription confirmed, a DM, or a room's event (the items to
@@ -1414,6 +1460,8 @@ class RedisEngine(RedisPersonal):
                 confirmed = self._confirmed.get(message["channel"].decode())
             if confirmed is not None:
                 confirmed.set()
+        elif message["type"] == "sunsubscribe":
+            self._unsubscribed(message["channel"].decode())
         elif message["type"] in ("message", "smessage"):
             channel = message["channel"].decode()
             if channel == self._dm_channel:
@@ -1557,7 +1605,7 @@ class RedisEngine(RedisPersonal):
         REDIS_ERRORS."""
         with self._lock:
             lease, registered = self._lease, self._registered
-        if not self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, int(registered)]):
+        if not self._scripts["beat"](keys=[LEASES, BEATS], args=[lease, self._lease_ms, int(registered)]):
             self._retake(lease)
         with self._lock:
             self._registered = True
@@ -1638,6 +1686,23 @@ class RedisEngine(RedisPersonal):
             if why is not None:
                 log.warning("client %d was moved by a resume elsewhere, but %s: letting it go", client, why)
             act(client)
+
+    def _renew(self) -> None:
+        """The lease thread (a Redis Cluster): renew the lease every beat, apart from the
+        heartbeat, whose other calls (nick claims, waiting writes, seqs) go to every master: one
+        that is stalled or failing over holds each up for seconds, and a lease renewed only after
+        them would run out though its master answers (the process reaped, its members announced
+        gone and its nicks freed, by another whose beat missed that master). It never takes a
+        lease anew (BEAT with `registered`): one found gone is the heartbeat's to take back."""
+        while not self._stop.wait(self._beat_every):
+            with self._lock:
+                lease = self._lease
+            try:
+                self._scripts["beat"](keys=[LEASES, BEATS], args=[lease, self._lease_ms, 1])
+            except REDIS_ERRORS:
+                pass  # the heartbeat, which runs into the same fault, reports it
+            except Exception:  # a bug: logged, and the next beat tries again
+                log.exception("Redis lease: unexpected error")
 
     def _repairs(self) -> None:
         """The repair thread (a Redis Cluster): `_repair` every beat. Apart from the heartbeat: a
@@ -1722,7 +1787,7 @@ class RedisEngine(RedisPersonal):
             lease = self._lease
         log.error("this process's lease %s was lost (paused or cut off too long); taking everything back as %s",
                   lost, lease)
-        self._scripts["beat"](keys=[LEASES], args=[lease, self._lease_ms, 0])
+        self._scripts["beat"](keys=[LEASES, BEATS], args=[lease, self._lease_ms, 0])
         self._retaking = True
 
     def _check_seqs(self) -> None:
@@ -1743,7 +1808,7 @@ class RedisEngine(RedisPersonal):
         """Announce the leaves of processes whose lease expired more than a grace ago, and free
         their nicks (each reaped by one process; one that stopped half-way is finished by the
         next). Raises REDIS_ERRORS, Unavailable."""
-        for lease in (p.decode() for p in self._scripts["reap"](keys=[LEASES, REAPING],
+        for lease in (p.decode() for p in self._scripts["reap"](keys=[LEASES, REAPING, BEATS],
                                                                args=[self._lease_ms])):
             count = self._clean_up(lease)
             self._redis.srem(REAPING, lease)

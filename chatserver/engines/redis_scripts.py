@@ -33,6 +33,10 @@ from redis.crc import key_slot
 
 LEASES = "roomchat:{leases}"  # lease -> expiry (ms); REAPING beside it, in its slot
 REAPING = "roomchat:{leases}:reaping"
+# when a beat last landed (`last`), and when one landed after none had for longer than a lease
+# (`back`: the leases' node was stalled, failing over or restarting, or every process paused), ms
+# of Redis's clock; in LEASES's slot
+BEATS = "roomchat:{leases}:beats"
 ROOMS = "roomchat:{rooms}"  # room -> members, for `rooms`; ROOM_VERSIONS beside it
 ROOM_VERSIONS = "roomchat:{rooms}:ver"
 _SLOT_TAGS: list = []  # slot -> a hash tag in that slot (made when first needed)
@@ -268,19 +272,28 @@ redis.call('ZADD', KEYS[1], -now, ARGV[1])
 return 0
 """
 
-# KEYS: roomchat:leases (lease -> expiry, ms). ARGV: lease id, lease ms, 1 if it was registered.
-# Returns 1, or 0 when it was registered and is gone: reaped.
+# KEYS: roomchat:leases (lease -> expiry, ms), BEATS. ARGV: lease id, lease ms, 1 if it was
+# registered. Returns 1, or 0 when it was registered and is gone: reaped.
 BEAT = _NOW + """
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or now)
+if now - last > tonumber(ARGV[2]) then redis.call('HSET', KEYS[2], 'back', now) end
+redis.call('HSET', KEYS[2], 'last', now)
 if ARGV[3] == '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
 
-# KEYS: roomchat:leases, roomchat:reaping. ARGV: grace ms. Moves the leases that expired more than
-# the grace ago to `reaping` (each to one reaper only: atomically); returns every lease there,
-# those another reaper left unfinished included.
+# KEYS: roomchat:leases, roomchat:reaping, BEATS. ARGV: grace ms (as long as a lease). Moves the
+# leases that expired more than the grace ago to `reaping` (each to one reaper only: atomically);
+# returns every lease there, those another reaper left unfinished included. For a lease and a
+# grace after no beat could land (BEATS `back`), it moves none: every process's lease ran out
+# meanwhile, and each has that long to renew it (its calls wait out the same fault).
 REAP = _NOW + """
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, 16)
+local grace = tonumber(ARGV[1])
+if now - tonumber(redis.call('HGET', KEYS[3], 'back') or 0) < 2 * grace then
+  return redis.call('SMEMBERS', KEYS[2])
+end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - grace, 'LIMIT', 0, 16)
 for _, lease in ipairs(dead) do
   redis.call('ZREM', KEYS[1], lease)
   redis.call('SADD', KEYS[2], lease)

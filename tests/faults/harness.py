@@ -1,7 +1,8 @@
 """The fault suite's harness: a redis-server that can be paused, put to sleep, killed and restarted
-from an append-only file whose tail was cut; roomchat processes that can be paused, stopped and
-killed; a TCP proxy that can blackhole, heal or cut one process's link to Redis; and the Rig that
-holds them with the recording clients (tests/faults/recorder.py) and what they all saw.
+from an append-only file whose tail was cut, or a Redis Cluster whose nodes can be paused; roomchat
+processes that can be paused, stopped and killed; a TCP proxy that can blackhole, heal or cut one
+process's link to Redis; and the Rig that holds them with the recording clients
+(tests/faults/recorder.py) and what they all saw.
 
 Threads: each Proxy runs an accept thread and two pump threads per connection; the Rig runs one
 nick monitor thread; each Recorder its reader. `Rig._lock` guards the Rig's records (chats,
@@ -18,7 +19,7 @@ from pathlib import Path
 from chatserver.protocol import fold_nick
 from tests.faults.recorder import Recorder
 from tests.helpers import SECRET, ServerProcess, token
-from tests.services import RedisServer, require_program
+from tests.services import RedisCluster, RedisServer, require_program
 
 # The liveness lease each roomchat process holds in Redis, in seconds (`--redis-lease`). Short,
 # so that the suite is quick (every fault's length is a multiple of it), yet long enough that a
@@ -93,6 +94,40 @@ class FaultyRedis(RedisServer):
             file.truncate(cut_to)
         self.start()
         return size - cut_to
+
+
+class FaultyCluster(RedisCluster):
+    """A Redis Cluster (tests/services.py) of 3 masters with a replica each, whose nodes the test
+    can pause (SIGSTOP) and continue; `masters` are the ports of its masters at the start, `url`
+    and `port` name the first (any node serves as a roomchat process's seed)."""
+
+    def __init__(self, directory: Path):
+        super().__init__(directory, replicas=1)
+        self.masters = [int(url.rsplit(":", 1)[1].split("/")[0]) for url in self.urls]
+        self.port, self.url = self.masters[0], self.urls[0]
+
+    def pause(self, port: int) -> None:
+        self.procs[self.ports.index(port)].send_signal(signal.SIGSTOP)
+
+    def resume(self, port: int | None = None) -> None:
+        """SIGCONT the node on `port` (every node when None)."""
+        for proc in (self.procs if port is None else [self.procs[self.ports.index(port)]]):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+
+    def role(self, port: int) -> str:
+        """"master" or "slave", as the node on `port` says (ROLE)."""
+        import redis
+
+        client = redis.Redis(port=port, socket_timeout=5)
+        try:
+            return client.execute_command("ROLE")[0].decode()
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        self.resume()
+        super().kill()
 
 
 class Proxy:
@@ -246,10 +281,11 @@ class Rig:
     clients saw, cluster-wide: every chat by (epoch, room, seq), the acknowledged chats, and any
     moment two running clients held one nick. Checks: tests/faults/invariants.py."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, cluster: bool = False):
+        """`cluster`: a FaultyCluster rather than one FaultyRedis (`redis` either way)."""
         require_program("redis-server", "apt-get install redis-server")
         self.directory = directory
-        self.redis = FaultyRedis(directory)
+        self.redis = FaultyCluster(directory) if cluster else FaultyRedis(directory)
         self.nodes: list[Node] = []
         self.proxies: list[Proxy] = []
         self.clients: list[Recorder] = []
@@ -266,12 +302,13 @@ class Rig:
 
     # -- building ------------------------------------------------------------------------------
 
-    def node(self, name: str, proxied: bool = False, *args: str) -> Node:
-        """Start roomchat process `name`; `proxied`: its Redis link goes through a Proxy (node.proxy)."""
+    def node(self, name: str, proxied: bool = False, *args: str, url: str | None = None) -> Node:
+        """Start roomchat process `name`; `proxied`: its Redis link goes through a Proxy (node.proxy);
+        `url`: its Redis (a node of the cluster) when not the Rig's first."""
         proxy = Proxy(self.redis.port) if proxied else None
         if proxy:
             self.proxies.append(proxy)
-        node = Node(name, proxy.url if proxy else self.redis.url, proxy, self.directory / f"{name}.log", *args)
+        node = Node(name, proxy.url if proxy else url or self.redis.url, proxy, self.directory / f"{name}.log", *args)
         self.nodes.append(node)
         return node
 
