@@ -76,8 +76,9 @@ def relay(server):
 
 @pytest.fixture
 def spawn():
-    """spawn(*args, **kwargs) -> ServerProcess; any still running is stopped at teardown."""
-    yield from closing_all(ServerProcess, close=ServerProcess.stop)
+    """spawn(*args, **kwargs) -> ServerProcess; any still running is stopped at teardown, side by
+    side: each is sent its SIGTERM before any is waited for."""
+    yield from closing_all(ServerProcess, close=ServerProcess.stop, first=ServerProcess.send_signal)
 
 
 @pytest.fixture

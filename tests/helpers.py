@@ -104,9 +104,10 @@ def no_unclosed_resources():
     assert not leaked, leaked
 
 
-def closing_all(factory, close=lambda thing: thing.close()):
+def closing_all(factory, close=lambda thing: thing.close(), first=None):
     """The body of a fixture that hands out `factory(...)` and closes all it made at teardown:
-    `yield from closing_all(Peer)`."""
+    `yield from closing_all(Peer)`. `first(thing)` runs on every one before the first close (to
+    signal processes that then end side by side)."""
     made = []
 
     def make(*args, **kwargs):
@@ -114,6 +115,9 @@ def closing_all(factory, close=lambda thing: thing.close()):
         return made[-1]
 
     yield make
+    for thing in made if first else ():
+        with contextlib.suppress(Exception):
+            first(thing)
     for thing in made:
         with contextlib.suppress(Exception):
             close(thing)
@@ -257,6 +261,7 @@ class ServerProcess:
         )
         self.lines = []
         self.url = None
+        self.signalled = False  # by send_signal
         while self.url is None:
             line = self.proc.stdout.readline()
             if not line:
@@ -277,10 +282,17 @@ class ServerProcess:
         fd = self._log.fileno()  # pread leaves the offset the server writes at alone
         return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
-    def stop(self, sig=signal.SIGTERM) -> int:
-        """Signal the server and return its exit status; one that hangs is killed, then fails the test."""
+    def send_signal(self, sig=signal.SIGTERM) -> None:
+        """Send `sig` to the server if it is still running; stop() then sends none, only waits."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+            self.signalled = True
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        """Signal the server (unless send_signal did) and return its exit status; one that hangs is
+        killed, then fails the test."""
+        if not self.signalled:
+            self.send_signal(sig)
         try:
             return self.proc.wait(5)
         except subprocess.TimeoutExpired:

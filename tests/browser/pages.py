@@ -113,6 +113,24 @@ class Chromium:
     def screenshot(self, path) -> None:
         self.driver.save_screenshot(str(path))
 
+    def fresh_tab(self, origins) -> None:
+        """Leave the browser as a new one is for the next test: one new tab, the others closed
+        (with their documents, sessionStorage and scripts added through DevTools); cookies and the
+        HTTP cache cleared, and all that `origins` ("http://127.0.0.1:PORT") stored. Raises the
+        driver's errors (the browser is then to be quit)."""
+        driver = self.driver
+        old = driver.window_handles
+        driver.switch_to.new_window("tab")
+        new = driver.current_window_handle
+        for handle in old:
+            driver.switch_to.window(handle)
+            driver.close()
+        driver.switch_to.window(new)
+        for origin in origins:
+            driver.execute_cdp_cmd("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"})
+        driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+        driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+
     def quit(self) -> None:
         self.driver.quit()
 
@@ -177,6 +195,21 @@ class Firefox:
 
     def screenshot(self, path) -> None:
         path.write_bytes(self.m.screenshot(format="binary"))
+
+    def fresh_tab(self, origins) -> None:
+        """Leave the browser as a new one is for the next test: one new tab, the others closed,
+        and everything Firefox keeps for any site cleared (nsIClearDataService.CLEAR_ALL: storage,
+        cookies, cache); `origins` is for Chromium's sake. Raises Marionette's errors (the browser
+        is then to be quit)."""
+        old = self.m.window_handles
+        new = self.m.open(type="tab", focus=True)["handle"]
+        for handle in old:
+            self.m.switch_to_window(handle)
+            self.m.close()
+        self.m.switch_to_window(new)
+        with self.m.using_context("chrome"):
+            self.m.execute_async_script("const done = arguments[arguments.length - 1]; "
+                                        "Services.clearData.deleteData(Ci.nsIClearDataService.CLEAR_ALL, done);")
 
     def quit(self) -> None:
         with contextlib.suppress(Exception):
