@@ -343,6 +343,10 @@ class RedisEngine(RedisPersonal):
         # set by redis-py when its map of a Redis Cluster's slots changed: the listener looks
         # whether a subscription is on a node that no longer serves its channel (one Event)
         self._slots_moved = threading.Event()
+        # {node name: socket} of each shard's subscription as the listener last knew it (the
+        # listener's alone): another socket means redis-py connected it anew and subscribed again
+        # by itself, without a catch-up (`_check_sockets`)
+        self._sockets: dict = {}
         self._deferred: collections.deque = collections.deque()  # writes to retry, in order
         self._generation = 0
         self._lease = ""  # "<process>.<generation>"
@@ -1291,6 +1295,9 @@ class RedisEngine(RedisPersonal):
             self._slots_moved.clear()
             self._subscribe(pubsub, self._dm_channel, *[room_key(r, "events") for r in rooms])
             self._pubsub = pubsub
+            self._sockets = {}
+            if self.sharded:
+                self._check_sockets(pubsub)
         for room in rooms:
             with self._lock:
                 last = self._last.get(room)
@@ -1402,6 +1409,7 @@ class RedisEngine(RedisPersonal):
         if self._slots_moved.is_set():
             self._slots_moved.clear()
             self._check_placement(pubsub)
+        self._check_sockets(pubsub)
         nodes = list(pubsub.node_pubsub_mapping.items())
 
         def ready() -> list:
@@ -1421,11 +1429,37 @@ class RedisEngine(RedisPersonal):
             target = self._redis.get_node(node_name=name)
             if target is None:  # the node left the cluster: subscribe again where the slots are now
                 raise redis.ConnectionError(f"{name} is no longer a node of the cluster")
-            while len(items) < RECEIVE_BATCH and node.connection is not None and node.connection.can_read(timeout=0):
-                message = pubsub.get_sharded_message(timeout=READ_TIMEOUT, target_node=target)
-                if message is None:
-                    break
-                items += self._take(message)
+            # Read off the connection, not with get_sharded_message: redis-py connects a
+            # subscription anew before it reads when a call of any thread met a failover (it marks
+            # every connection to the nodes for that), dropping what had arrived unread, a DM
+            # among them, and what is published until it has subscribed again, with no catch-up.
+            conn = node.connection
+            while len(items) < RECEIVE_BATCH and conn is not None and conn.can_read(timeout=0):
+                response = conn.read_response(push_request=True)
+                if node.is_health_check_response(response):
+                    node.health_check_response_counter -= 1
+                    continue
+                message = node.handle_message(response)
+                if message is not None:
+                    items += self._take(message)
+
+    def _check_sockets(self, pubsub) -> None:
+        """Raises redis.ConnectionError when a shard's subscription is on another socket than the
+        listener last saw: redis-py connected it anew and subscribed again by itself (a connection
+        marked in a failover, then used by a `subscribe` of another thread), and what was published
+        meanwhile is missed: the listener subscribes anew and catches each room up. A mark found
+        first is taken off (what had arrived unread would be dropped with it, a DM among them).
+        Also sends each shard's health check when due (its answer is read with the messages)."""
+        for name, node in list(pubsub.node_pubsub_mapping.items()):
+            conn = node.connection
+            sock = conn and conn._sock
+            if sock is None:
+                continue
+            if self._sockets.setdefault(name, sock) is not sock:
+                raise redis.ConnectionError(f"the subscription on {name} was connected anew by redis-py")
+            if conn.should_reconnect():
+                conn.reset_should_reconnect()
+            node.check_health()
 
     def _check_placement(self, pubsub) -> None:
         """Raises redis.ConnectionError when a channel is subscribed on a node that no longer

@@ -4,6 +4,7 @@ behave as one server: real redis-server processes (started by the test), real ro
 import threading
 import time
 
+import orjson
 import pytest
 import redis
 
@@ -326,3 +327,53 @@ def test_a_burst_of_calls_waits_for_a_free_connection_to_a_node(redis_cluster, m
         thread.join()
     engine._redis.close()
     assert failures == []
+
+
+def test_a_subscription_redis_py_marked_for_reconnect_loses_no_dm_and_no_chat(redis_cluster):
+    """When a call of any thread meets a failover, redis-py marks every connection to the nodes
+    for a reconnect, the listener's subscriptions among them (as each process's calls do in
+    tests/integration/test_redis_cluster_faults.py). A DM and a room's chat published after that
+    mark (the DM counted as received) are both delivered: the listener reads its subscriptions
+    itself, and redis-py does not connect them anew, dropping what had arrived unread."""
+    from chatserver.engines.base import Meta
+    from chatserver.engines.redis import RedisEngine, dm_channel
+    from tests.fakes import RoomsHub
+
+    class DmHub(RoomsHub):
+        def __init__(self):
+            super().__init__(live={"lobby"})
+            self.dms = []
+
+        def deliver_dm(self, client_id, event):
+            with self._cond:
+                self.dms.append((client_id, event))
+                self._cond.notify_all()
+            return True
+
+    for port in redis_cluster.ports:
+        node = redis.Redis(port=port)
+        node.flushall()
+        node.close()
+    engine = RedisEngine(redis_cluster.urls[0])
+    hub = DmHub()
+    engine.start(hub)
+    other = redis.RedisCluster.from_url(redis_cluster.urls[1])
+    try:
+        engine.subscribe("lobby")
+        channel = dm_channel(hub.process_id)
+        wait_for(lambda: other.pubsub_shardnumsub(channel, target_nodes=other.get_node_from_key(channel))[0][1] == 1,
+                 timeout=10)
+        for node in engine._redis.get_nodes():
+            node.redis_connection.connection_pool.update_active_connections_for_reconnect()
+        dm = {"type": "dm", "from": "bob", "to": "ann", "text": "psst"}
+        assert other.spublish(channel, orjson.dumps([7, dm])) == 1
+        with hub._cond:
+            assert hub._cond.wait_for(lambda: hub.dms, 5), "the DM was not delivered"
+        assert hub.dms == [(7, dm)]
+        engine.publish("lobby", [("bob", "after the mark", Meta())], member=False)  # no member to fence
+        with hub._cond:
+            assert hub._cond.wait_for(lambda: hub.delivered, 5), "the chat was not delivered"
+        assert [(e["seq"], e["text"]) for e in hub.delivered] == [(1, "after the mark")]
+    finally:
+        other.close()
+        engine.close()
