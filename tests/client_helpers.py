@@ -21,7 +21,7 @@ import time
 import pyte
 from websockets.sync.server import serve
 
-from tests.helpers import ROOMCHAT, roomchat_env, wait_for
+from tests.helpers import AS_IN_A_TERMINAL, ROOMCHAT, roomchat_env, wait_for
 
 CLIENT = [*ROOMCHAT, "client"]
 
@@ -30,7 +30,7 @@ class ClientProcess:
     """The client with its stdin open, so a test can type lines and wait for output lines."""
 
     def __init__(self, url: str | None, *args: str, env=None):
-        argv = [*CLIENT, *([url] if url else []), *args]
+        argv = [*AS_IN_A_TERMINAL, *CLIENT, *([url] if url else []), *args]  # Ctrl-C as a person's
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, bufsize=1, env=env)
         self.lines: list[str] = []

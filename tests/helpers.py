@@ -48,6 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 ROOMCHAT = [sys.executable, str(ROOT / "roomchat.py")]
+# A prefix that starts a program with Ctrl-C (SIGINT) at its default, as in a terminal: a suite
+# started in the background of a shell without job control passes SIGINT on ignored, and Python
+# started so never raises KeyboardInterrupt (GNU env, coreutils 8.31 or newer).
+AS_IN_A_TERMINAL = ["env", "--default-signal=INT"]
 
 
 # Rate limits out of the way of a test's load: for make_server(), and as roomchat.py options.

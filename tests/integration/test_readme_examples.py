@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, roomchat_env, wait_for
+from tests.helpers import AS_IN_A_TERMINAL, ROOT, roomchat_env, wait_for
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 HOW = (ROOT / "docs" / "how-it-works.md").read_text(encoding="utf-8")
@@ -83,7 +83,7 @@ def test_make_run_stops_on_ctrl_c_as_the_readme_says(tmp_path):
     # terminal's foreground process group (no fork in this multi-threaded process: subprocess
     # starts it)
     fd, terminal = pty.openpty()
-    make = subprocess.Popen(["setsid", "-c", "make", "--no-print-directory", "run",
+    make = subprocess.Popen(["setsid", "-c", *AS_IN_A_TERMINAL, "make", "--no-print-directory", "run",
                              f"ARGS=--port 0 --db {tmp_path / 'r.db'}"],
                             stdin=terminal, stdout=terminal, stderr=terminal, cwd=ROOT, env=roomchat_env())
     os.close(terminal)
