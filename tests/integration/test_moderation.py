@@ -32,7 +32,7 @@ def test_topic_is_an_event_in_order_and_shows_in_joined(server, room, peers):
     seen = [bob.recv() for _ in range(3)]
     assert [e.get("text", e.get("topic")) for e in seen] == ["before", "Exam at 10", "after"]
     assert peers(server.url).join("lobby")["topic"] == "Exam at 10"
-    op.request(type="topic", room="lobby", topic="")
+    assert op.ask(type="topic", room="lobby", topic="")["topic"] == ""  # applied before the next join
     assert "topic" not in peers(server.url).join("lobby")
 
 
