@@ -35,6 +35,7 @@ COMMANDS = {
     "invite": ("chatserver.rooms.invites", "invite_main", "print a class invite link: N uses, some rooms"),
     "export": ("chatserver.ops.export", "export_main", "write a room's transcript (md, jsonl or html) to stdout"),
 }
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what systemd, Docker and kill send
 THREAD_STACK_BYTES = 512 * 1024  # many clients means many threads; 8 MiB stacks waste address space
 
 
@@ -48,9 +49,21 @@ def raise_open_file_limit() -> None:
 def serve(argv) -> int:
     # First: a SIGINT/SIGTERM during start-up is kept, not lost (a background job of a script has
     # SIGINT ignored until a handler is set), and acted on as soon as the server has started.
+    # Later ones (Ctrl-C pressed twice, a supervisor's second SIGTERM) change nothing: the
+    # shutdown is bounded by its grace anyway, so the first one has both ignored from then on.
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+
+    def on_stop_signal(*_) -> None:
+        for signum in STOP_SIGNALS:
+            # A plain int: the interpreter's exit puts the default action back (ending the process
+            # with -15 or -2) for a handler that is not exactly an int, the enum `signal.SIG_IGN`
+            # included (CPython's `_PySignal_Fini`). And no handler runs again, so a flood of
+            # signals cannot nest handlers in each other until a RecursionError.
+            signal.signal(signum, int(signal.SIG_IGN))
+        stop.set()
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_stop_signal)
     config = from_args(argv, commands={name: line for name, (_, _, line) in COMMANDS.items()})
     logs.configure(config.log_level, config.log_format)  # replaces websocket_server's basicConfig()
     if config.trace:

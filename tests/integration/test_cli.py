@@ -123,6 +123,26 @@ def test_signal_closes_every_client_with_1001_and_exits_0_promptly(spawn, socket
     assert silent.read_close(reply=False) == 1001
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signals_again_while_shutting_down_change_nothing(spawn, sockets, sig):
+    """Ctrl-C pressed again, or a supervisor's repeated SIGTERM: the shutdown under way goes on
+    (its clients get 1001) and the process still exits 0, whenever the later signals land, up to
+    the last moment of the interpreter's exit (one landing there ended it with -15 before)."""
+    server = spawn("--db", ":memory:")
+    client = sockets(server.url)
+    client.recv()  # welcome
+    sent = 0
+    while server.proc.poll() is None:  # signal after signal until the process is gone
+        try:
+            server.proc.send_signal(sig)
+        except ProcessLookupError:
+            break
+        sent += 1
+        time.sleep(0.001)
+    assert server.proc.wait(15) == 0, (sent, server.stderr_text())
+    assert close_code(client) == 1001
+
+
 def test_settings_from_the_environment(spawn, peers):
     """ROOMCHAT_MAX_TEXT_CHARS=123 and ROOMCHAT_RATE_BURST=7 show in welcome.limits; ROOMCHAT_PORT=0
     (no --port) listens on a free port."""
