@@ -76,6 +76,9 @@ class Meta(NamedTuple):
     `key`: names this request's write (unique within the process): the origin's `pending` holds
     it until the event is delivered or rejected, so each is answered once; the Redis engine also
     uses it as the write's idempotency key.
+    `removed`: a kick or ban took its nick out of the room's members, as a cluster engine found
+    them when it stored the event (so every process gives the room the same presence leave
+    after it: rooms/cluster.py); False from a one-process engine, whose registry knows.
     """
 
     # engines/redis.py `_meta` makes these positionally (per event, on every process): a new
@@ -86,6 +89,7 @@ class Meta(NamedTuple):
     change: str | None = None
     echo: bool = False
     key: str | None = None
+    removed: bool = False
 
 
 class Registry(Protocol):
@@ -426,7 +430,9 @@ class ClusterEngine(Engine, Protocol):
     held for local clients (`client_id`); the engine knows which process and lease they are of.
 
     Presence: `announce` of a presence join/leave or nick event also updates the room's members;
-    a join of a nick banned from the room raises ChatError forbidden, atomically with the ban.
+    a join of a nick banned from the room raises ChatError forbidden, atomically with the ban;
+    a kick or ban (moderation.removes_member) takes its nick out, and is delivered with
+    `Meta.removed` when that nick was a member.
     """
 
     def claim_nick(self, nick: str, client_id: int, retake: bool = False) -> bool:

@@ -1572,7 +1572,8 @@ class RedisEngine(RedisPersonal):
             if upto is not None and place >= upto:
                 continue
             event = orjson.loads(fields[b"e"])
-            items.append((place, (room, event, _meta([*orjson.loads(fields[b"o"]), at, k], event)[0])))
+            origin = [*orjson.loads(fields[b"o"]), at, k, *((1,) if b"r" in fields else ())]  # as published
+            items.append((place, (room, event, _meta(origin, event)[0])))
         items.sort(key=lambda item: item[0])
         if items:
             log.warning("%s: %d events filled in from history", room, len(items))
@@ -1955,11 +1956,13 @@ def _origin(meta: Meta) -> bytes:
 
 
 def _meta(origin: list, event: dict) -> tuple:
-    """(Meta, place) from an origin's JSON (with `at` and n for an event other than a chat)."""
+    """(Meta, place) from an origin's JSON (with `at` and n for an event other than a chat, and
+    then 1 for a kick or ban that took its nick out of the members: ANNOUNCE)."""
     process, client, reply_id, change, echo, key = origin[:6]
     placed = len(origin) > 6  # an event without a seq of its own: at, n
     at = origin[6] if placed else None
-    meta = _new_meta(((process, client) if process is not None else None, reply_id, at, change, echo, key))
+    meta = _new_meta(((process, client) if process is not None else None, reply_id, at, change, echo, key,
+                      len(origin) > 8))
     return meta, ((at, origin[7] + 1) if placed else (event["seq"], 0))
 
 

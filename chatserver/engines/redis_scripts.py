@@ -185,7 +185,10 @@ redis.call('ZADD', KEYS[3], now, key)
 # "room\\nnick\\nowner"). ARGV: channel, kind (join, leave, nick; remove: a kick or ban takes
 # `nick` out; anything else changes no membership), nick, owner, event json, origin json without
 # its closing ']', old nick, key ('' for none), maxlen, room, '1' if the last two keys are given.
-# Each log entry keeps its time ('t', ms). Returns {1, members, version} when published (version:
+# Each log entry keeps its time ('t', ms). A remove that took `nick` out of the members says so,
+# in its log entry ('r' 1) and as a last element 1 of its published origin, so every process
+# gives the room that member's presence leave right after it (rooms/cluster.py); a remove of a
+# nick that is no member says nothing. Returns {1, members, version} when published (version:
 # of the membership, microseconds of Redis's clock at least, for a count written apart: COUNT);
 # {0} written already (or a join of a member by this owner); {-3} cancelled; {-1} nothing to
 # announce (a leave or nick change by one who is not a member by this owner); {-4} banned (join).
@@ -209,7 +212,10 @@ if at < 0 then  -- a new (or forgotten) room: its seqs go on above every forgott
   at = tonumber(redis.call('GET', KEYS[8]) or '0')
   redis.call('SET', KEYS[1], at)
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], at .. '-*', 'e', ARGV[5], 'o', ARGV[6] .. ']', 't', now)
+local removed = kind == 'remove' and redis.call('ZSCORE', KEYS[4], nick) ~= false
+local fields = {'e', ARGV[5], 'o', ARGV[6] .. ']', 't', now}
+if removed then fields[7] = 'r' fields[8] = '1' end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], at .. '-*', unpack(fields))
 local entry, gone = room .. '\\n' .. nick .. '\\n' .. owner, room .. '\\n' .. old .. '\\n' .. owner
 if kind == 'join' then
   redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[6]), nick)
@@ -227,7 +233,7 @@ elseif kind == 'nick' then
   if shared then redis.call('SREM', KEYS[11], gone) redis.call('SADD', KEYS[11], entry) end
 end
 local k = string.sub(id, string.find(id, '-') + 1)
-redis.call('PUBLISH', ARGV[1], ARGV[6] .. ',' .. at .. ',' .. k .. ']\\n' .. ARGV[5])
+redis.call('PUBLISH', ARGV[1], ARGV[6] .. ',' .. at .. ',' .. k .. (removed and ',1]' or ']') .. '\\n' .. ARGV[5])
 local count = redis.call('ZCARD', KEYS[4])
 local ver = math.max(tonumber(redis.call('GET', KEYS[9]) or '0') + 1, t[1] * 1000000 + t[2])
 redis.call('SET', KEYS[9], string.format('%.0f', ver))

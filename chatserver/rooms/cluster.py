@@ -8,6 +8,8 @@ which room, where a DM goes.
 - Nicks are claimed in the engine before they are used here, and given back when let go.
 - A room is subscribed when its first local member joins, unsubscribed when its last leaves.
 - `who`, `rooms`, a kick's target and `joined.members` come from the engine (every process).
+- A kick or ban is followed by its target's presence `leave` on every process when the engine
+  says it took a member out (`Meta.removed`), not only where the target is connected.
 - A DM to a nick held elsewhere goes through the engine; nobody received it: `no_such_user`.
 - A resume token works on every process: its session (owner, nick, identity, and the read
   markers of a client without a token: rooms/marks.py) is kept in the engine. The process the
@@ -34,7 +36,7 @@ import logging
 import uuid
 
 from chatserver import protocol
-from chatserver.engines.base import Unavailable
+from chatserver.engines.base import Meta, Unavailable
 from chatserver.errors import ChatError
 from chatserver.protocol import CloseCode, fold_nick
 from chatserver.rooms.client import Client
@@ -69,6 +71,11 @@ class ClusterRegistry(Registry):
         self._ask_engine(lambda: self._engine.unseat_guest(nick))
 
     # -- rooms -------------------------------------------------------------------------------
+
+    def _leaver(self, target: Client | None, nick: str, meta: Meta) -> str | None:
+        # the room's stream says whether the kick or ban took a member out (engine's ANNOUNCE):
+        # every process, the target's or not, gives its members the same leave at the same place
+        return nick if meta.removed else None
 
     def _entered(self, name: str) -> None:
         self._engine.subscribe(name)

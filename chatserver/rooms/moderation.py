@@ -21,12 +21,13 @@ rename at all, so its token is bound through its nick. Slow mode counts per conn
 (`pace`, on the connection's own thread), so it too survives a rename.
 
 Where a kick or ban is delivered (rooms/registry.py), the registry takes its target out of the room if it is a
-local member and gives the others a presence `leave` right after: on every process, at the same
-place in the stream. The rules are read from the engine when they apply: bans at join, mutes
-at chat. A chat is published with the mode it was let through under (`ChatRule.mode`): on Redis
-the write checks that mode and the sender's mute again, so a mute or mode stored in between
-refuses it (RulesChanged) rather than letting it follow. Nicks are compared folded
-(protocol.fold_nick), like everywhere else.
+local member and, if the event took a member out of the room (with several processes, as the
+engine found when it stored it: `Meta.removed`), gives the others a presence `leave` right
+after: on every process, at the same place in the stream. The rules are read from the engine
+when they apply: bans at join, mutes at chat. A chat is published with the mode it was let
+through under (`ChatRule.mode`): on Redis the write checks that mode and the sender's mute
+again, so a mute or mode stored in between refuses it (RulesChanged) rather than letting it
+follow. Nicks are compared folded (protocol.fold_nick), like everywhere else.
 """
 
 import math

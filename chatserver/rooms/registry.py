@@ -296,7 +296,7 @@ class Registry:
         if meta.echo and sender is not None and sender not in room.members:
             self._out(sender, own, True)  # taken out of the room since its request: it still gets its answer
         if kind in ("kick", "ban") and removes_member(event):
-            self._drop_member(room, event["nick"], frame)
+            self._drop_member(room, event["nick"], frame, meta)
 
     def _recipients(self, room: Room, event: dict, meta: Meta, sender, frame: bytes, own: bytes, plain: bool):
         """The members that get the event now, in join order (the sender gets `own`, its own copy
@@ -373,10 +373,12 @@ class Registry:
         sender.pending.discard(meta.key)
         return meta.reply_id
 
-    def _drop_member(self, room: Room, nick: str, frame: bytes) -> None:
-        """A kick or ban (`frame`) was delivered: take its target out if it is a member here, and
-        tell the others (a cluster engine keeps this process subscribed to a room it empties:
-        harmless). A target still joining gets the event now (what it held is dropped with it)."""
+    def _drop_member(self, room: Room, nick: str, frame: bytes, meta: Meta) -> None:
+        """A kick or ban (`frame`, with `meta`) of `nick` was delivered: take its target out if it
+        is a member here, and give the others its presence `leave` right after, if it took a
+        member out of the room (`_leaver`; a cluster engine keeps this process subscribed to a
+        room it empties: harmless). A target still joining gets the event now (what it held is
+        dropped with it)."""
         assert self._lock.locked()
         self._unshare_room(room.name)  # the target leaves: later events of the call are not its
         folded = protocol.fold_nick(nick)
@@ -385,7 +387,9 @@ class Registry:
             if room.members[target] is not None:
                 self._out(target, frame, False)
             self._remove_member(target, room.name)
-            self._deliver_one(room.name, protocol.presence(room.name, "leave", target.nick), Meta())
+        leaver = self._leaver(target, nick, meta)
+        if leaver is not None:
+            self._deliver_one(room.name, protocol.presence(room.name, "leave", leaver), Meta())
 
     def settle(self, client: Client) -> bool:
         """Wait until the client's published writes are delivered (or rejected): the dispatcher
@@ -1239,6 +1243,12 @@ class Registry:
         """The next guest nick to try (lock held: the one exception in this section)."""
         self._guests += 1
         return f"guest-{self._guests}"
+
+    def _leaver(self, target: Client | None, nick: str, meta: Meta) -> str | None:
+        """The nick whose presence `leave` follows a kick or ban of `nick` (with `meta`), or None
+        (no member was taken out): the target taken out here, one process holding every member
+        (lock held: the other exception in this section)."""
+        return None if target is None else target.nick
 
     def _claim(self, client: Client, nick: str) -> bool:
         """Take `nick` for `client` beyond this process: one process has nothing more to do."""

@@ -440,6 +440,46 @@ def test_a_room_subscribed_while_the_listener_connects_gets_its_events(redis_ser
         engine.close()
 
 
+class MetaHub(RoomsHub):
+    """A RoomsHub that keeps each delivered event with its Meta: `items`."""
+
+    def __init__(self, live=()):
+        super().__init__(live)
+        self.items = []
+
+    def deliver(self, items):
+        with self._cond:
+            self.items += [(event, meta) for _room, event, meta in items]
+        super().deliver(items)
+
+
+def test_a_kick_or_ban_says_whether_it_took_a_member_out_live_and_caught_up(redis_server):
+    """Meta.removed (the registry's cue for the presence leave on every process): set on a kick
+    or ban of a member, not on a ban of a nick in no room, nor on a lift; the same when a room is
+    caught up from its log (`_fill`, as after a lost message) as when it came live."""
+    engine, hub = RedisEngine(redis_server.url), MetaHub(live={"r1"})
+    engine.start(hub)
+    try:
+        engine.subscribe("r1")
+        for client, nick in enumerate(("bob", "cat"), 1):
+            engine.announce("r1", protocol.presence("r1", "join", nick), Meta((hub.process_id, client)))
+        moderation = [{"type": "kick", "room": "r1", "nick": "bob", "by": "op", "reason": ""},
+                      {"type": "ban", "room": "r1", "nick": "zed", "by": "op", "reason": "", "duration": 60},
+                      {"type": "ban", "room": "r1", "nick": "cat", "by": "op", "reason": "", "duration": 0},
+                      {"type": "ban", "room": "r1", "nick": "cat", "by": "op", "reason": "", "duration": 60}]
+        for event in moderation:
+            engine.announce("r1", event, Meta())
+        wait_for(lambda: len(hub.items) >= 6, timeout=10)
+        live = [(event["type"], event["nick"], meta.removed) for event, meta in hub.items]
+        assert live == [("presence", "bob", False), ("presence", "cat", False), ("kick", "bob", True),
+                        ("ban", "zed", False), ("ban", "cat", False), ("ban", "cat", True)]
+        caught_up = engine._fill("r1", (0, 0), None)
+        assert [(event["type"], event["nick"], meta.removed) for _room, event, meta in caught_up] == live
+        assert engine.members("r1") == []
+    finally:
+        engine.close()
+
+
 def _raised(call, *args) -> list:
     """[] when call(*args) returns, else [the exception]."""
     try:

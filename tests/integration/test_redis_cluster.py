@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from chatserver.engines.redis_scripts import ROOM_VERSIONS, ROOMS
-from tests.helpers import SECRET, ann_watched, token, wait_for, with_token
+from tests.helpers import SECRET, ann_watched, members_in, token, wait_for, with_token
 from tests.integration.test_redis import stream
 from tests.services import RedisCluster
 
@@ -99,6 +99,22 @@ def test_nicks_dms_who_rooms_and_history_across_nodes(processes, peers):
     wait_for(lambda: ask(ann, "who", type="who", room="lobby")["members"] == ["ann", "bob"], timeout=10)
     wait_for(lambda: ask(ann, "rooms", type="rooms")["rooms"] == [{"room": "lobby", "members": 2},
                                                                  {"room": "side", "members": 1}], timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["kick", "ban"])
+def test_members_on_other_nodes_see_the_removed_member_leave(processes, peers, kind):
+    """A kick or ban of bob (on B's node) by an operator on A: members on all three processes get
+    the event, then bob's presence `leave` right after it; `who` agrees."""
+    a, b, c = processes("--token-secret", SECRET)
+    op = peers(with_token(a.url, token("op", op=True)))
+    alice, bob, carol = members_in([a.url, b.url, c.url], peers, ["alice", "bob", "carol"])
+    op.request(type=kind, room="lobby", nick="bob", **({"duration": 60} if kind == "ban" else {}))
+    assert bob.recv_type(kind)["nick"] == "bob"
+    leave = {"type": "presence", "room": "lobby", "event": "leave", "nick": "bob"}
+    for member in (alice, carol):
+        assert member.recv_type(kind)["nick"] == "bob"
+        assert member.recv() == leave
+        assert member.ask(type="who", room="lobby")["members"] == ["alice", "carol"]
 
 
 def test_a_beat_puts_room_counts_and_its_membership_index_right(redis_cluster, processes, peers):

@@ -408,8 +408,9 @@ def test_an_older_file_without_the_tables_gets_them(tmp_path):
 
 def test_redis_meta_from_an_origin_is_metas_own_making():
     """The Redis engine makes Meta positionally from an origin's JSON (engines/redis.py `_meta`,
-    the hot path): every field of Meta is given, each in its place, for a chat (seq of its own)
-    and for an event placed at a seq (at, n); a new field of Meta fails this until `_meta` has it."""
+    the hot path): every field of Meta is given, each in its place, for a chat (seq of its own),
+    for an event placed at a seq (at, n) and for a kick or ban that took a member out (at, n, 1);
+    a new field of Meta fails this until `_meta` has it."""
     from chatserver.engines.redis import _meta, _origin
 
     chat_meta = Meta(("p1", 7), "r1", None, None, False, "k1")
@@ -417,5 +418,6 @@ def test_redis_meta_from_an_origin_is_metas_own_making():
     placed = Meta(("p1", 7), None, 40, "c9", True, "k2")
     origin = [*orjson.loads(_origin(placed))[:2], None, "c9", True, "k2", 40, 3]
     assert _meta(origin, {"type": "presence"}) == (placed, (40, 4))
+    assert _meta([*origin, 1], {"type": "kick"}) == (placed._replace(removed=True), (40, 4))
     assert _meta([None, None, None, None, False, None], {"seq": 1})[0] == Meta()
-    assert len(Meta._fields) == len(chat_meta) == 6
+    assert len(Meta._fields) == len(chat_meta) == 7
