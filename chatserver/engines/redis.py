@@ -48,7 +48,10 @@ deadline waits, unanswered, until Redis answers (its sender's next request waits
 nick changes, which were already applied here, are retried in order by the heartbeat until Redis
 takes them. A seq at or below one this process delivered means Redis lost acknowledged writes (an
 AOF that lost its tail): a new epoch, and every client of every process is closed with 1012, as
-when Redis comes back empty. A DM that no process receives (PUBLISH counts 0) is `no_such_user`.
+when Redis comes back empty. One new epoch, however many threads and processes find the loss: each
+asks NEXT_EPOCH to replace the epoch in which it read that seq, so the first starts the next and
+the others take it, and one that has taken a later epoch since ignores what it read before.
+A DM that no process receives (PUBLISH counts 0) is `no_such_user`.
 Durability is Redis's own: with AOF and `appendfsync everysec`, about a second may be lost.
 A Redis that restarted (its `run_id`), or on a Redis Cluster a master that restarted or a
 replica that took over, may have lost acknowledged joins and nick claims that no seq shows: at
@@ -68,8 +71,9 @@ lease and the claims, retries what is deferred, reaps, and calls `retake`/`lose_
 (`_settle_unclaimed`, with no lock held); on a Redis Cluster the repair thread calls `memberships`
 and writes counts and this process's index (`_repair`), and the lease thread renews the lease
 (`_renew`).
-`_sub_lock` serializes (un)subscribing; `_lock` guards `_last`, `_open`, `_rules_generation`, `_claims`,
-`_unclaimed`, `_sessions`, `_confirmed`, `_leaving`, `_deferred`, `_holding`, `_unretaken`, `_lease` and
+`_sub_lock` serializes (un)subscribing; `_lock` guards `epoch` (written under it; the registry
+reads it as one attribute), `_last` (a place kept there is one of `epoch`), `_open`, `_rules_generation`,
+`_claims`, `_unclaimed`, `_sessions`, `_confirmed`, `_leaving`, `_deferred`, `_holding`, `_unretaken`, `_lease` and
 `_generation`. Lock order: `_sub_lock` -> Registry -> `_lock`.
 """
 
@@ -114,11 +118,13 @@ from chatserver.engines.redis_scripts import (
     CLAIM,
     CLAIM_MOVE,
     COUNT,
+    EPOCH,
     FORGET,
     IF_OWNER_DELETE,
     IF_OWNER_PREFIX_DELETE,
     IF_VALUE_SET,
     LEASES,
+    NEXT_EPOCH,
     OOM_OK,
     OWNER_MOVE,
     PUBLISH,
@@ -295,8 +301,8 @@ class RedisEngine(RedisPersonal):
                 )
                 self._redis = redis.Redis(connection_pool=pool)
                 self._runner = ScriptRunner(pool, POOL_SIZE, POOL_WAIT)  # the writes: see redis_runner.py
-            self._redis.set("roomchat:epoch", new_epoch(), nx=True)
-            self.epoch = self._redis.get("roomchat:epoch").decode()
+            self._redis.set(EPOCH, new_epoch(), nx=True)
+            self.epoch = self._redis.get(EPOCH).decode()
             flags = int(server["redis_version"].split(".")[0]) >= 7  # allow-oom
         except REDIS_ERRORS as exc:
             hint = (" (a Redis with a password: redis://:PASSWORD@HOST:PORT/DB, or USER:PASSWORD for an ACL user)"
@@ -314,7 +320,7 @@ class RedisEngine(RedisPersonal):
             ("announce_oom", sharded["announce"]), ("resolve", RESOLVE),
             ("beat", BEAT), ("reap", REAP), ("claim", CLAIM), ("refresh", REFRESH),
             ("if_owner_delete", IF_OWNER_DELETE), ("if_owner_prefix_delete", IF_OWNER_PREFIX_DELETE),
-            ("if_value_set", IF_VALUE_SET),
+            ("if_value_set", IF_VALUE_SET), ("next_epoch", NEXT_EPOCH),
             ("reserve", RESERVE), ("claim_move", CLAIM_MOVE), ("owner_move", OWNER_MOVE), ("count", COUNT),
             ("recount", RECOUNT),
             ("forget", FORGET), ("touch", TOUCH), ("quota_turn", QUOTA_TURN), ("use_invite", USE_INVITE),
@@ -400,7 +406,7 @@ class RedisEngine(RedisPersonal):
         the sender's mute as it writes); chats it cannot settle stay unanswered until the
         heartbeat settles them (their senders are answered then)."""
         with self._lock:
-            last = self._last.get(room)
+            last, epoch = self._last.get(room), self.epoch
         args = [room_key(room, "events"), self._per_room, len(chats), last[0] if last else 0,
                 self._owner(chats[0][2]) if member else "",  # "": no member to fence (an HTTP API post)
                 "-" if mode is None else _mode_value(*mode)]
@@ -417,7 +423,7 @@ class RedisEngine(RedisPersonal):
                 self._defer(("settle", room, meta))
             return
         if result[0] == -1:
-            self._history_replaced(f"{room}: Redis's seq {result[1]} is below one delivered here")
+            self._history_replaced(f"{room}: Redis's seq {result[1]} is below one delivered here", epoch)
             raise Unavailable("the chat history was reset")
         refused = [(room, None, meta) for (_s, _t, meta), r in zip(chats, result[1:], strict=True) if r in (-2, -3)]
         if refused:
@@ -435,7 +441,7 @@ class RedisEngine(RedisPersonal):
         to AMEND_TRIES times). Raises Unavailable when nothing was stored; one it cannot settle
         stays unanswered until the heartbeat settles it, as a chat."""
         with self._lock:
-            last = self._last.get(room)
+            last, epoch = self._last.get(room), self.epoch
         keys = [room_key(room, "seq"), room_key(room, "hist"), room_key(room, "idem"), room_key(room, "owners"),
                 floor_key(room), room_key(room, "cur")]
         for _attempt in range(AMEND_TRIES):
@@ -465,7 +471,7 @@ class RedisEngine(RedisPersonal):
             if result[0] == -5:
                 continue  # the chat changed since it was read
             if result[0] == -1:
-                self._history_replaced(f"{room}: Redis's seq {result[1]} is below one delivered here")
+                self._history_replaced(f"{room}: Redis's seq {result[1]} is below one delivered here", epoch)
                 raise Unavailable("the chat history was reset")
             if result[0] < 0:
                 if result[0] == -2:
@@ -1300,9 +1306,9 @@ class RedisEngine(RedisPersonal):
                 self._check_sockets(pubsub)
         for room in rooms:
             with self._lock:
-                last = self._last.get(room)
+                last, epoch = self._last.get(room), self.epoch
             if last is not None:
-                self._deliver(self._fill(room, last, None))
+                self._deliver(self._fill(room, last, None, epoch))
         if self._problem:
             self._metrics.engine_reconnects.inc()
             log.warning("Redis is back")
@@ -1338,27 +1344,36 @@ class RedisEngine(RedisPersonal):
         return {node: info["run_id"] for node, info in found.items()}
 
     def _check_epoch(self) -> None:
-        """After a reconnect and at every heartbeat: if Redis lost its data, start a new history.
-        Raises REDIS_ERRORS."""
-        current = self._redis.get("roomchat:epoch")  # a write only when it is gone (none at maxmemory)
-        if current not in (None, self.epoch.encode()) or \
-                (current is None and self._redis.set("roomchat:epoch", new_epoch(), nx=True)):
-            self._new_history()
+        """After a reconnect and at every heartbeat: if Redis lost its data (the epoch is gone),
+        start a new history; if another process started one, take it. Raises REDIS_ERRORS."""
+        with self._lock:
+            epoch = self.epoch
+        current = self._redis.get(EPOCH)  # a write only when it is gone (none at maxmemory)
+        if current is None:
+            current = self._scripts["next_epoch"](keys=[EPOCH], args=[epoch, new_epoch()])
+        self._take_epoch(current.decode())
 
-    def _history_replaced(self, why: str) -> None:
-        """Redis handed out a seq at or below one delivered here: a new epoch for everyone."""
+    def _history_replaced(self, why: str, epoch: str) -> None:
+        """Redis handed out a seq at or below one delivered here in `epoch` (this process's epoch
+        when that seq was read): a new epoch for everyone, started by NEXT_EPOCH once however many
+        threads and processes find it. Nothing if this process has left `epoch` since: the seq
+        compared was of the history before."""
+        with self._lock:
+            if epoch != self.epoch:
+                return
         log.error("%s: Redis lost acknowledged writes; a new history begins", why)
         with contextlib.suppress(*REDIS_ERRORS):
-            current = self._redis.get("roomchat:epoch")
-            if current is None or current == self.epoch.encode():
-                self._redis.set("roomchat:epoch", new_epoch())
-            self._new_history()
+            self._take_epoch(self._scripts["next_epoch"](keys=[EPOCH], args=[epoch, new_epoch()]).decode())
 
-    def _new_history(self) -> None:
-        self.epoch = self._redis.get("roomchat:epoch").decode()
-        log.error("a new history (epoch %s); every client reconnects", self.epoch)
+    def _take_epoch(self, epoch: str) -> None:
+        """`epoch` is Redis's: if it is not this process's yet, take it, and close every client
+        with 1012 (once per epoch, whichever thread sees it first)."""
         with self._lock:
+            if epoch == self.epoch:
+                return
+            self.epoch = epoch
             self._last = dict.fromkeys(self._last)  # seqs start over: accept them from the first
+        log.error("a new history (epoch %s); every client reconnects", epoch)
         self._hub.close_all(protocol.CloseCode.SERVICE_RESTART, "the chat history was reset; reconnect")
 
     def _receive(self) -> None:
@@ -1523,7 +1538,7 @@ class RedisEngine(RedisPersonal):
         with self._lock:
             if room not in self._last:
                 return []  # unsubscribed meanwhile
-            last = self._last[room]
+            last, epoch = self._last[room], self.epoch
         # one parse for the whole message: its lines (JSON never holds a raw newline) as an array
         parsed = orjson.loads(b"[" + data.replace(b"\n", b",") + b"]")
         items = []
@@ -1536,27 +1551,30 @@ class RedisEngine(RedisPersonal):
             stored = event["type"] in protocol.STORED_EVENTS  # with a seq of its own
             if last is not None and place <= last:
                 if stored:
-                    self._check_seq(room, last[0])
+                    self._check_seq(room, last[0], epoch)
                 continue  # delivered already (a catch-up got there first)
             if last is not None and place[0] > last[0] + stored:
-                items += self._fill(room, last, place)  # chats were missed before this one
+                items += self._fill(room, last, place, epoch)  # chats were missed before this one
             items.append((room, event, meta))
             last = place
-        if last is not None:
-            with self._lock:
-                if room in self._last:
-                    self._last[room] = max(last, self._last[room] or last)
+        with self._lock:
+            if epoch != self.epoch:
+                return []  # placed against the history before: no place of it is kept in this one
+            if last is not None and room in self._last:
+                self._last[room] = max(last, self._last[room] or last)
         return items
 
-    def _check_seq(self, room: str, delivered: int) -> None:
-        """A chat at or below one delivered here: a repeat, unless Redis's counter went back."""
+    def _check_seq(self, room: str, delivered: int, epoch: str) -> None:
+        """A chat at or below seq `delivered`, delivered here in `epoch`: a repeat, unless Redis's
+        counter went back."""
         with contextlib.suppress(*REDIS_ERRORS):
             if int(self._redis.get(room_key(room, "seq")) or 0) < delivered:
-                self._history_replaced(f"{room}: seq {delivered} delivered here, Redis is below it")
+                self._history_replaced(f"{room}: seq {delivered} delivered here, Redis is below it", epoch)
 
-    def _fill(self, room: str, last: tuple, upto: tuple | None) -> list:
+    def _fill(self, room: str, last: tuple, upto: tuple | None, epoch: str) -> list:
         """Stored events after place `last` (before `upto`), as items, from the room's chats and
-        log merged by place. Raises REDIS_ERRORS."""
+        log merged by place; none if this process left `epoch` (the one of `last`) meanwhile.
+        Raises REDIS_ERRORS."""
         seq, n = last
         # (an event other than a stored one follows its seq: upto[1] > 0 takes that seq in)
         chats = self._stored(room, seq, None if upto is None else upto[0] + (upto[1] > 0))
@@ -1576,10 +1594,12 @@ class RedisEngine(RedisPersonal):
             items.append((place, (room, event, _meta(origin, event)[0])))
         items.sort(key=lambda item: item[0])
         if items:
-            log.warning("%s: %d events filled in from history", room, len(items))
             with self._lock:
+                if epoch != self.epoch:
+                    return []
                 if room in self._last:
                     self._last[room] = max(items[-1][0], self._last[room] or items[-1][0])
+            log.warning("%s: %d events filled in from history", room, len(items))
         return [item for _place, item in items]
 
     def _drop_pubsub(self) -> None:
@@ -1635,12 +1655,17 @@ class RedisEngine(RedisPersonal):
                 self._redis.hdel(ROOM_VERSIONS, *forgotten)
 
     def _beat(self) -> None:
-        """Renew the lease and the nick claims; a lost lease is taken anew and the registry takes
-        its clients back; a client whose claim was lost is settled (`_settle_unclaimed`). Raises
-        REDIS_ERRORS."""
+        """Renew the lease (on a Redis Cluster the lease thread does, once it is registered: here
+        it is only looked for) and the nick claims; a lost lease is taken anew and the registry
+        takes its clients back; a client whose claim was lost is settled (`_settle_unclaimed`).
+        Raises REDIS_ERRORS."""
         with self._lock:
             lease, registered = self._lease, self._registered
-        if not self._scripts["beat"](keys=[LEASES, BEATS], args=[lease, self._lease_ms, int(registered)]):
+        if self.sharded and registered:
+            held = self._redis.zscore(LEASES, lease) is not None
+        else:
+            held = self._scripts["beat"](keys=[LEASES, BEATS], args=[lease, self._lease_ms, int(registered)])
+        if not held:
             self._retake(lease)
         with self._lock:
             self._registered = True
@@ -1829,6 +1854,7 @@ class RedisEngine(RedisPersonal):
         """A room whose counter in Redis went below what was delivered here: history replaced."""
         with self._lock:
             rooms = [(room, last[0]) for room, last in self._last.items() if last is not None and last[0] > 0]
+            epoch = self.epoch
         if not rooms:
             return
         pipe = self._redis.pipeline(transaction=False)
@@ -1836,7 +1862,7 @@ class RedisEngine(RedisPersonal):
             pipe.get(room_key(room, "seq"))
         for (room, seq), now in zip(rooms, pipe.execute(), strict=True):
             if int(now or 0) < seq:
-                self._history_replaced(f"{room}: seq {seq} delivered here, Redis has {int(now or 0)}")
+                self._history_replaced(f"{room}: seq {seq} delivered here, Redis has {int(now or 0)}", epoch)
                 return
 
     def _reap(self) -> None:

@@ -37,6 +37,7 @@ REAPING = "roomchat:{leases}:reaping"
 # (`back`: the leases' node was stalled, failing over or restarting, or every process paused), ms
 # of Redis's clock; in LEASES's slot
 BEATS = "roomchat:{leases}:beats"
+EPOCH = "roomchat:epoch"  # the epoch of the history the rooms' seqs count in (NEXT_EPOCH)
 ROOMS = "roomchat:{rooms}"  # room -> members, for `rooms`; ROOM_VERSIONS beside it
 ROOM_VERSIONS = "roomchat:{rooms}:ver"
 _SLOT_TAGS: list = []  # slot -> a hash tag in that slot (made when first needed)
@@ -329,6 +330,11 @@ IF_OWNER_DELETE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.ca
 # KEYS: a key. ARGV: the value it must have, the new value, ms. 1 if it was set, else 0.
 IF_VALUE_SET = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
                 "return 1 end return 0")
+# KEYS: EPOCH. ARGV: the epoch a process found a seq lost in, a new one. The new one replaces
+# that epoch (or none), never a later one: of the processes (or threads) that each find a loss in
+# one epoch, the first starts the next and the others take it. Returns the epoch held after.
+NEXT_EPOCH = ("local v = redis.call('GET', KEYS[1]) if not v or v == ARGV[1] then "
+              "redis.call('SET', KEYS[1], ARGV[2]) return ARGV[2] end return v")
 IF_OWNER_PREFIX_DELETE = (
     "local v = redis.call('GET', KEYS[1]) if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then"
     " return redis.call('DEL', KEYS[1]) end return 0"
