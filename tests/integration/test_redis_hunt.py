@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from chatserver.engines.redis import nick_key
-from chatserver.engines.redis_scripts import LEASES, ROOMS
+from chatserver.engines.redis_scripts import EPOCH, LEASES, ROOMS
 from tests.helpers import ROOMCHAT, ROOT, SECRET, roomchat_env, token, wait_for, with_token
 from tests.services import RedisCluster
 
@@ -210,7 +210,7 @@ def test_a_cluster_master_back_without_the_joins_it_acknowledged_converges(tmp_p
     carol can chat there."""
     service = RedisCluster(tmp_path)
     try:
-        kept = {service.master_of(key)[0] for key in (LEASES, "roomchat:epoch")}
+        kept = {service.master_of(key)[0] for key in (LEASES, EPOCH)}
         port = next(p for p in service.ports if p not in kept)
         room = next(rooms_on(service, {port}))
         a, b = (spawn("--redis", url) for url in service.urls[:2])
