@@ -1,6 +1,11 @@
 """Fixtures: a real roomchat on port 0 in this process or as `python roomchat.py`, WebSocket
 clients, and raw sockets. The helpers they hand out live in tests/helpers.py."""
 
+import os
+import shutil
+import sys
+import tempfile
+
 import pytest
 
 from chatserver.app import ChatServer
@@ -19,6 +24,21 @@ from tests.helpers import (
 )
 
 DISPATCHER = Dispatcher(HANDLERS, BATCH_HANDLERS)
+
+
+def pytest_configure(config):
+    """With PYTHONDONTWRITEBYTECODE set, each roomchat, client or tool process a test starts would
+    compile every module it imports that has no cached bytecode, the project's own (0.3 s of its
+    start here): the processes started after this (xdist's workers and theirs) write and read
+    their bytecode in a folder of the run's own instead (PYTHONPYCACHEPREFIX, removed at the end),
+    so each module is compiled once per run and the checkout still gets no __pycache__. Done in the
+    process pytest was started as (not in an xdist worker), before any is started."""
+    if not sys.flags.dont_write_bytecode or os.environ.get("PYTHONPYCACHEPREFIX") or hasattr(config, "workerinput"):
+        return
+    prefix = tempfile.mkdtemp(prefix="roomchat-pycache-")
+    config.add_cleanup(lambda: shutil.rmtree(prefix, ignore_errors=True))
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
 
 
 @pytest.fixture

@@ -287,6 +287,10 @@ class RedisCluster:
         return redis_on(binary, port, [
             "--cluster-enabled", "yes", "--cluster-config-file", str(node / "nodes.conf"),
             "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no", "--dir", str(node),
+            # A replica is listed in CLUSTER SLOTS once it is in sync and its replication offset is
+            # above 0: its full sync starts at once (not after a 5 s wait for other replicas), and a
+            # master with no writes raises the offset by pinging its replicas every second, not 10.
+            "--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1",
             "--daemonize", "no", "--loglevel", "warning"])
 
     def master_of(self, key: str) -> tuple[int, list]:

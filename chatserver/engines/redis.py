@@ -786,6 +786,7 @@ class RedisEngine(RedisPersonal):
             return
         self._stop.set()
         self._wake.set()
+        self._wake_listener()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(3)
@@ -800,6 +801,20 @@ class RedisEngine(RedisPersonal):
         if self._runner is not None:
             self._runner.close()
         self._redis.close()
+
+    def _wake_listener(self) -> None:
+        """End the listener's wait for a message (up to 0.5 s: `_receive_into`) as close begins:
+        the answer to unsubscribing from this process's DM channel wakes it, and it finds `_stop`
+        set. Redis unreachable, or no subscription (the listener reconnecting): nothing to do."""
+        with self._sub_lock:
+            with self._lock:
+                if self.sharded:  # the SUNSUBSCRIBE's answer is this process's own (`_unsubscribed`)
+                    self._leaving.add(self._dm_channel)
+            with contextlib.suppress(*REDIS_ERRORS, AttributeError):
+                if self.sharded:
+                    self._pubsub.sunsubscribe(self._dm_channel)
+                else:
+                    self._pubsub.unsubscribe(self._dm_channel)
 
     # -- the directory: nicks, members, rooms, DMs ---------------------------------------------
 

@@ -28,6 +28,7 @@ are refused (`unavailable`).
 """
 
 import binascii
+from itertools import repeat
 
 from redis.crc import key_slot
 
@@ -40,7 +41,8 @@ BEATS = "roomchat:{leases}:beats"
 EPOCH = "roomchat:epoch"  # the epoch of the history the rooms' seqs count in (NEXT_EPOCH)
 ROOMS = "roomchat:{rooms}"  # room -> members, for `rooms`; ROOM_VERSIONS beside it
 ROOM_VERSIONS = "roomchat:{rooms}:ver"
-_SLOT_TAGS: list = []  # slot -> a hash tag in that slot (made when first needed)
+_SLOT_TAGS: list = []  # slot -> a hash tag in that slot (slot_tags(), made when first needed)
+_TAGS_END = 109758  # the decimal numbers below this one reach every slot (109757 is the smallest in its slot)
 
 
 def room_key(room: str, part: str) -> str:
@@ -53,13 +55,19 @@ def floor_key(room: str) -> str:
     had): a key in that slot, so that a room's scripts read it and FORGET raises it with the
     room's own keys, on one Redis or a Redis Cluster alike."""
     if not _SLOT_TAGS:
-        tags: dict = {}
-        n = 0
-        while len(tags) < 16384:
-            tags.setdefault(binascii.crc_hqx(str(n).encode(), 0) % 16384, str(n))
-            n += 1
-        _SLOT_TAGS.extend(tags[slot] for slot in range(16384))
+        _SLOT_TAGS.extend(slot_tags())
     return f"roomchat:{{{_SLOT_TAGS[key_slot(room_key(room, 'seq').encode())]}}}:floor"
+
+
+def slot_tags() -> list[str]:
+    """Slot -> its hash tag: the smallest decimal number in that slot ("0" up to "109757"). These
+    name the floor keys stored in Redis, so they never change. Made in one pass of C calls (map,
+    dict; no Python line per number): about 0.05 s at start-up, also under coverage's line tracer,
+    where a loop of Python lines took 0.15-0.25 s."""
+    names = list(map(str, range(_TAGS_END - 1, -1, -1)))  # highest first: the smallest of a slot is put last
+    crcs = map(binascii.crc_hqx, map(str.encode, names), repeat(0))
+    tags = dict(zip(map(int.__and__, crcs, repeat(16383)), names, strict=True))
+    return list(map(tags.__getitem__, range(16384)))
 
 
 _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"

@@ -421,3 +421,24 @@ def test_redis_meta_from_an_origin_is_metas_own_making():
     assert _meta([*origin, 1], {"type": "kick"}) == (placed._replace(removed=True), (40, 4))
     assert _meta([None, None, None, None, False, None], {"seq": 1})[0] == Meta()
     assert len(Meta._fields) == len(chat_meta) == 7
+
+
+def test_floor_keys_are_named_by_the_smallest_number_in_their_slot():
+    """The seq floors stored in Redis keep their names (redis_scripts.slot_tags): each slot's tag
+    is the smallest decimal number whose CRC16 falls in that slot, as one number at a time finds."""
+    import binascii
+
+    from redis.crc import key_slot
+
+    from chatserver.engines.redis_scripts import floor_key, slot_tags
+
+    smallest: dict = {}
+    n = 0
+    while len(smallest) < 16384:
+        smallest.setdefault(binascii.crc_hqx(str(n).encode(), 0) % 16384, str(n))
+        n += 1
+    assert slot_tags() == [smallest[slot] for slot in range(16384)]
+    for room in ("lobby", "x", "ünï", "{odd}"):
+        key = floor_key(room)
+        assert key_slot(key.encode()) == key_slot(f"roomchat:{{{room}}}:seq".encode())
+        assert key == f"roomchat:{{{smallest[key_slot(key.encode())]}}}:floor"
