@@ -55,11 +55,11 @@ def serve(argv) -> int:
 
     def on_stop_signal(*_) -> None:
         for signum in STOP_SIGNALS:
-            # A plain int: the interpreter's exit puts the default action back (ending the process
-            # with -15 or -2) for a handler that is not exactly an int, the enum `signal.SIG_IGN`
-            # included (CPython's `_PySignal_Fini`). And no handler runs again, so a flood of
+            # SIG_IGN, not a Python handler: the interpreter's exit puts the default action back
+            # for a Python handler (ending the process with -15 or -2 if one lands then: CPython's
+            # `_PySignal_Fini`) and leaves SIG_IGN alone. And no handler runs again, so a flood of
             # signals cannot nest handlers in each other until a RecursionError.
-            signal.signal(signum, int(signal.SIG_IGN))
+            signal.signal(signum, signal.SIG_IGN)
         stop.set()
 
     for signum in STOP_SIGNALS:

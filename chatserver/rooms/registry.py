@@ -1240,7 +1240,7 @@ class Registry:
     # -- what a cluster does differently (cluster.ClusterRegistry overrides these; lock not held) --
 
     def _guest_name(self) -> str:
-        """The next guest nick to try (lock held: the one exception in this section)."""
+        """The next guest nick to try (lock held: an exception in this section, as `_leaver`)."""
         self._guests += 1
         return f"guest-{self._guests}"
 
