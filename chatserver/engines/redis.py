@@ -2003,7 +2003,7 @@ def _meta(origin: list, event: dict) -> tuple:
     placed = len(origin) > 6  # an event without a seq of its own: at, n
     at = origin[6] if placed else None
     meta = _new_meta(((process, client) if process is not None else None, reply_id, at, change, echo, key,
-                      len(origin) > 8))
+                      len(origin) > 8 and origin[8] == 1))
     return meta, ((at, origin[7] + 1) if placed else (event["seq"], 0))
 
 
