@@ -473,7 +473,7 @@ def test_a_kick_or_ban_says_whether_it_took_a_member_out_live_and_caught_up(redi
         live = [(event["type"], event["nick"], meta.removed) for event, meta in hub.items]
         assert live == [("presence", "bob", False), ("presence", "cat", False), ("kick", "bob", True),
                         ("ban", "zed", False), ("ban", "cat", False), ("ban", "cat", True)]
-        caught_up = engine._fill("r1", (0, 0), None)
+        caught_up = engine._fill("r1", (0, 0), None, engine.epoch)
         assert [(event["type"], event["nick"], meta.removed) for _room, event, meta in caught_up] == live
         assert engine.members("r1") == []
     finally:
