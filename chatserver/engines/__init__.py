@@ -5,7 +5,7 @@ base (the Engine and ClusterEngine interfaces, the Registry they call back, Loca
 history in a file) with sqlite_file (schema and opening), sqlite_readers (the read pool),
 sqlite_quotas and sqlite_search (the FTS5 index of the chats), redis (several processes as one
 server: streams, leases and fencing, the directory of nicks, members and DMs) with redis_scripts
-(its Lua), redis_runner (its writes on one Redis: EVALSHA on connections of its own) and
+(its Lua), redis_runner (its writes on one Redis: EVALSHA on connections of its own; its pool) and
 redis_quotas (the history quotas on Redis). personal (read markers and DMs that
 wait, per identity, for the memory and SQLite engines), sqlite_personal (written through to the
 file) and redis_personal (the same in Redis).

@@ -108,7 +108,7 @@ from chatserver.engines.base import (
 )
 from chatserver.engines.redis_personal import RedisPersonal, session_marks_keys
 from chatserver.engines.redis_quotas import RedisQuotas
-from chatserver.engines.redis_runner import NotSent, ScriptRunner
+from chatserver.engines.redis_runner import HandoutPool, NotSent, ScriptRunner
 from chatserver.engines.redis_scripts import (
     AMEND,
     ANNOUNCE,
@@ -290,12 +290,12 @@ class RedisEngine(RedisPersonal):
                 # a blocking pool per node, as below: a burst of connections waits for a free one
                 self._redis = redis.RedisCluster.from_url(
                     url, socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, max_connections=POOL_SIZE,
-                    connection_pool_class=redis.BlockingConnectionPool, timeout=POOL_WAIT)
+                    connection_pool_class=HandoutPool, timeout=POOL_WAIT)
             else:
                 # Connection threads share the pool. redis-py's default pool raises "Too many
                 # connections" past 100 at once (a burst of joins did that); this one makes a
                 # thread wait for a free one.
-                pool = redis.BlockingConnectionPool.from_url(
+                pool = HandoutPool.from_url(
                     url, max_connections=POOL_SIZE, timeout=POOL_WAIT,
                     socket_timeout=READ_TIMEOUT, socket_connect_timeout=2, health_check_interval=10,
                 )

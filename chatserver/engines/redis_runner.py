@@ -13,8 +13,14 @@ On a Redis Cluster the engine uses redis-py's cluster client instead (it routes 
 
 Threads: any thread may call `run`; a connection is used by one thread at a time (taken from
 `_idle` under `_lock`, given back after a complete reply); `_slots` bounds how many exist.
+
+The engine's other calls, and all of them on a Redis Cluster, take connections from a
+HandoutPool (one per node there), a redis-py blocking pool that does not close what it just
+handed out.
 """
 
+import functools
+import queue
 import threading
 
 import redis
@@ -105,6 +111,41 @@ class ScriptRunner:
             conn.read_response()
             _send(conn, ("EVALSHA", script.sha, len(keys), *keys, *args))
             return conn.read_response()
+
+
+class HandoutPool(redis.BlockingConnectionPool):
+    """redis-py's BlockingConnectionPool (same arguments), but a connection it hands out is one
+    no `disconnect_free_connections` closes under its new user.
+
+    redis-py's cluster client, on a connection error or timeout (a failover), lists a node pool's
+    free connections and closes them, holding the pool's `_lock` for the whole pass; the pool's
+    `get_connection` takes a connection from its queue without that lock. One taken between the
+    listing and the closing was closed while its taker checked it, and hiredis's parser, its
+    socket None under it, raised TypeError (no RedisError: the client was closed with 1011).
+    Here a connection taken from the queue waits for `_lock` (and lets go at once) before it is
+    checked: a pass that listed it ends before, a later pass cannot list it.
+
+    Threads: any, as redis-py's pool. Who holds `_lock` (redis-py's RLock): the closing pass,
+    and a taker for no time."""
+
+    def __init__(self, **kwargs):
+        super().__init__(queue_class=functools.partial(_Handout, self), **kwargs)
+
+
+class _Handout(queue.LifoQueue):
+    """A HandoutPool's queue of free connections (None: one to make)."""
+
+    def __init__(self, pool: HandoutPool, maxsize: int):
+        super().__init__(maxsize)
+        self._pool = pool
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        """What LifoQueue.get returns, once no closing pass that may have listed it is under way.
+        Raises queue.Empty."""
+        conn = super().get(block, timeout)
+        with self._pool._lock:  # waits out a pass of disconnect_free_connections
+            pass
+        return conn
 
 
 def _send(conn, command: tuple) -> None:

@@ -415,3 +415,21 @@ def test_a_subscription_redis_py_marked_for_reconnect_loses_no_dm_and_no_chat(re
     finally:
         other.close()
         engine.close()
+
+
+def test_a_connection_handed_out_during_a_failovers_closing_pass_is_the_takers_on_each_node(redis_cluster):
+    """What redis-py's cluster client does to a node's pool on a connection error or timeout (a
+    failover: disconnect_free_connections) closes no connection a thread just took from it: on
+    each node's pool of the engine's, the taker's command is answered (tests/integration/
+    test_redis_pool.py `race`; redis-py's own pool raised TypeError there)."""
+    from chatserver.engines.redis import RedisEngine
+    from tests.integration.test_redis_pool import race
+
+    engine = RedisEngine(redis_cluster.urls[0])  # not started: nothing else takes connections
+    try:
+        nodes = engine._redis.get_nodes()
+        assert len(nodes) == 3
+        for node in nodes:
+            race(node.redis_connection.connection_pool)
+    finally:
+        engine.close()
