@@ -661,7 +661,8 @@ class RedisEngine(RedisPersonal):
         if not self.sharded:  # one Redis: the count and the index change in the same call
             keys += [ROOMS, index]
         args = [room_key(room, "events"), kind, nick, owner, orjson.dumps(event), _origin(meta)[:-1],
-                event.get("old", ""), self._key(meta), self._per_room, room, "0" if self.sharded else "1"]
+                event.get("old", ""), self._key(meta), self._per_room, room, "0" if self.sharded else "1",
+                orjson.dumps(protocol.presence(room, "leave", nick)), _NO_ORIGIN]
         if kind == "join":
             self._quotas.touch(room)
         entries = (f"{room}\n{nick}\n{owner}", f"{room}\n{event.get('old', '')}\n{owner}")
@@ -2010,3 +2011,6 @@ def _meta(origin: list, event: dict) -> tuple:
 # Meta made from its fields in order, as tuple.__new__ does, without the Python-level __new__ that
 # NamedTuple gives it (the hot path: per event, on every process): a new field of Meta goes last.
 _new_meta = functools.partial(tuple.__new__, Meta)
+# the origin (without its closing ']') of the leave ANNOUNCE gives a stale member of a nick that
+# is joined or renamed to by another client: no origin, so every member gets it
+_NO_ORIGIN = _origin(Meta())[:-1]

@@ -193,7 +193,13 @@ redis.call('ZADD', KEYS[3], now, key)
 # other slots), the room counts (ROOMS) and the origin process's membership index (set of
 # "room\\nnick\\nowner"). ARGV: channel, kind (join, leave, nick; remove: a kick or ban takes
 # `nick` out; anything else changes no membership), nick, owner, event json, origin json without
-# its closing ']', old nick, key ('' for none), maxlen, room, '1' if the last two keys are given.
+# its closing ']', old nick, key ('' for none), maxlen, room, '1' if the last two keys are given,
+# the presence leave of `nick` and its origin json without its closing ']' (no origin: every
+# member gets it). A join or rename to `nick` over its membership by another client (its owner
+# but for the lease generation, "<process>.<generation>:<client>", differs) first takes that
+# member out with that leave, in the log and published before the join or nick change; the other
+# client's own leave then finds another owner and does nothing. (Its process's membership index
+# keeps its entry until that process is reaped: the reaper's leave then does nothing either.)
 # Each log entry keeps its time ('t', ms). A remove that took `nick` out of the members says so,
 # in its log entry ('r' 1) and as a last element 1 of its published origin, so every process
 # gives the room that member's presence leave right after it (rooms/cluster.py); a remove of a
@@ -220,6 +226,19 @@ local at = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if at < 0 then  -- a new (or forgotten) room: its seqs go on above every forgotten room's
   at = tonumber(redis.call('GET', KEYS[8]) or '0')
   redis.call('SET', KEYS[1], at)
+end
+-- a join of `nick`, or a rename to it, over its membership by another client (whose leave is
+-- still on its way: a failover held it while the nick's claim ran out) takes that member out
+-- first, with a leave of its own in the log and on the channel, so every view drops it
+local other = (kind == 'join' or kind == 'nick') and redis.call('HGET', KEYS[5], nick)
+local function client(o) return (string.gsub(o, '%.%d+:', ':', 1)) end  -- the owner but its generation
+if other and client(other) ~= client(owner) then
+  local lid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], at .. '-*', 'e', ARGV[12], 'o', ARGV[13] .. ']',
+                         't', now)
+  redis.call('ZREM', KEYS[4], nick)
+  redis.call('HDEL', KEYS[5], nick)
+  local lk = string.sub(lid, string.find(lid, '-') + 1)
+  redis.call('PUBLISH', ARGV[1], ARGV[13] .. ',' .. at .. ',' .. lk .. ']\\n' .. ARGV[12])
 end
 local removed = kind == 'remove' and redis.call('ZSCORE', KEYS[4], nick) ~= false
 local fields = {'e', ARGV[5], 'o', ARGV[6] .. ']', 't', now}
