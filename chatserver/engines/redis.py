@@ -1671,17 +1671,12 @@ class RedisEngine(RedisPersonal):
                 self._redis.hdel(ROOM_VERSIONS, *forgotten)
 
     def _beat(self) -> None:
-        """Renew the lease (on a Redis Cluster the lease thread does, once it is registered: here
-        it is only looked for) and the nick claims; a lost lease is taken anew and the registry
-        takes its clients back; a client whose claim was lost is settled (`_settle_unclaimed`).
-        Raises REDIS_ERRORS."""
+        """Renew the lease and the nick claims; a lost lease is taken anew and the registry takes
+        its clients back; a client whose claim was lost is settled (`_settle_unclaimed`). Raises
+        REDIS_ERRORS."""
         with self._lock:
             lease, registered = self._lease, self._registered
-        if self.sharded and registered:
-            held = self._redis.zscore(LEASES, lease) is not None
-        else:
-            held = self._scripts["beat"](keys=[LEASES, BEATS], args=[lease, self._lease_ms, int(registered)])
-        if not held:
+        if not self._scripts["beat"](keys=[LEASES, BEATS], args=[lease, self._lease_ms, int(registered)]):
             self._retake(lease)
         with self._lock:
             self._registered = True

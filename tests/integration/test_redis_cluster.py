@@ -8,7 +8,7 @@ import orjson
 import pytest
 import redis
 
-from chatserver.engines.redis_scripts import BEATS, LEASES, ROOM_VERSIONS, ROOMS
+from chatserver.engines.redis_scripts import ROOM_VERSIONS, ROOMS
 from tests.helpers import SECRET, ann_watched, members_in, token, wait_for, with_token
 from tests.integration.test_redis import stream
 from tests.services import RedisCluster
@@ -194,28 +194,6 @@ def test_a_killed_process_on_a_cluster_node_is_reaped(processes, peers):
     left = watcher.recv_type("presence")
     assert (left["event"], left["nick"]) == ("leave", gone.nick)
     assert watcher.request(type="who", room="lobby")["members"] == [watcher.nick]
-
-
-def test_a_beat_renews_the_lease_once(redis_cluster, processes):
-    """On a Redis Cluster the lease thread renews a process's lease (BEAT) every beat and the
-    heartbeat only looks for it: seen on the leases' master (MONITOR), 20 BEATs of one lease are
-    at least a beat apart each (--redis-lease/4 seconds: the lease thread waits that long between
-    two, whatever the machine's load), not two a beat."""
-    lease, beats = 1.0, {}
-    processes("--redis-lease", f"{lease:g}")
-    node = redis.Redis(port=redis_cluster.master_of(LEASES)[0], socket_timeout=20)
-    try:
-        with node.monitor() as monitor:
-            while max(map(len, beats.values()), default=0) < 20:
-                seen = monitor.next_command()
-                words = seen["command"].split(" ")
-                called = seen["client_type"] != "lua" and words[0].upper() == "EVALSHA"  # not a script's own calls
-                if called and words[2:5] == ["2", LEASES, BEATS]:
-                    beats.setdefault(words[5], []).append(seen["time"])
-    finally:
-        node.close()
-    [times] = [times for times in beats.values() if len(times) == 20]
-    assert (len(times) - 1) * lease / 4 <= (times[-1] - times[0]) * 1.05, times
 
 
 def test_a_killed_master_fails_over_to_its_replica(tmp_path, spawn, peers):
