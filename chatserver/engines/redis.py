@@ -806,7 +806,10 @@ class RedisEngine(RedisPersonal):
     def _wake_listener(self) -> None:
         """End the listener's wait for a message (up to 0.5 s: `_receive_into`) as close begins:
         the answer to unsubscribing from this process's DM channel wakes it, and it finds `_stop`
-        set. Redis unreachable, or no subscription (the listener reconnecting): nothing to do."""
+        set. Redis unreachable, or no subscription (the listener reconnecting, or never started):
+        nothing to do."""
+        if self._pubsub is None:
+            return
         with self._sub_lock:
             with self._lock:
                 if self.sharded:  # the SUNSUBSCRIBE's answer is this process's own (`_unsubscribed`)
